@@ -1,0 +1,93 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module layout and import rules: shared/ARCHITECTURE.md.
+// Scheduler and BuildAgent never import each other; they meet in etcd through KilnCore.
+let package = Package(
+    name: "kiln",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "kiln", targets: ["kiln"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.20.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.70.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        .target(
+            name: "KilnCore",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "Etcd",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
+        .target(
+            name: "Plugins",
+            dependencies: ["KilnCore"]
+        ),
+        .target(
+            name: "Scheduler",
+            dependencies: [
+                "KilnCore", "Etcd", "Plugins",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "BuildAgent",
+            dependencies: [
+                "KilnCore", "Etcd", "CLibGit2",
+                // The Docker Engine API is HTTP over a unix socket.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "Deploy",
+            dependencies: ["KilnCore", "Etcd", "Plugins"]
+        ),
+        // Starts and stops the real components of a one-machine farm (etcd, registry,
+        // podman's API service, a Maven mirror, a git server): used by `kiln up` and the tests.
+        .target(
+            name: "LocalFarm",
+            dependencies: [
+                "KilnCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "kiln",
+            dependencies: [
+                "KilnCore", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm"]),
+        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore"]),
+        .testTarget(name: "SchedulerTests", dependencies: ["Scheduler", "LocalFarm", "Etcd", "KilnCore"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: [
+                "Scheduler", "BuildAgent", "LocalFarm", "Etcd", "KilnCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,66 @@
+import Foundation
+
+/// Settings of one `kiln agent` process.
+public struct AgentConfiguration: Sendable {
+    public var id: String
+    /// How many builds may run at once.
+    public var capacity: Int
+    public var labels: [String]
+    /// Lease time-to-live of the registration; the agent renews it every third of it.
+    public var ttlSeconds: Int64
+    /// Mirrors, Maven caches and workspaces live here. One agent per folder.
+    public var dataDir: URL
+    public var etcdEndpoint: String
+    public var keyPrefix: String
+    /// The Docker Engine API socket (podman's compatible service or dockerd).
+    public var dockerSocket: String
+    /// Registry images are pushed to, as `host:port`.
+    public var registry: String
+    /// Push over plain HTTP (a local registry without TLS).
+    public var registryInsecure: Bool
+    /// A Maven repository mirror (for example Nexus) written into the global settings.xml
+    /// mounted into compile containers; nil leaves the build image's settings alone.
+    public var mavenMirror: String?
+    /// Network mode of compile containers: `host` lets the build reach a mirror on loopback.
+    public var compileNetwork: String
+    public var timeouts: StepTimeouts
+    public var version: String
+
+    public init(
+        id: String, capacity: Int = 2, labels: [String] = [], ttlSeconds: Int64 = 10, dataDir: URL,
+        etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
+        dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
+        registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: String = "host",
+        timeouts: StepTimeouts = .init(), version: String = "0.1.0"
+    ) {
+        self.id = id
+        self.capacity = capacity
+        self.labels = labels
+        self.ttlSeconds = ttlSeconds
+        self.dataDir = dataDir
+        self.etcdEndpoint = etcdEndpoint
+        self.keyPrefix = keyPrefix
+        self.dockerSocket = dockerSocket
+        self.registry = registry
+        self.registryInsecure = registryInsecure
+        self.mavenMirror = mavenMirror
+        self.compileNetwork = compileNetwork
+        self.timeouts = timeouts
+        self.version = version
+    }
+}
+
+/// Longest each step may run before the build fails with a timeout.
+public struct StepTimeouts: Sendable {
+    public var fetch: Duration
+    public var compile: Duration
+    public var image: Duration
+    public var push: Duration
+
+    public init(fetch: Duration = .seconds(600), compile: Duration = .seconds(1800), image: Duration = .seconds(900), push: Duration = .seconds(600)) {
+        self.fetch = fetch
+        self.compile = compile
+        self.image = image
+        self.push = push
+    }
+}

@@ -1,0 +1,268 @@
+import AsyncHTTPClient
+import Etcd
+import Foundation
+import KilnCore
+import Logging
+import ServiceLifecycle
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One build agent: registers `/kiln/agents/{id}` under a lease and keeps it alive
+/// (registering again if the lease is lost), watches `/kiln/tasks/{id}/`, and runs each
+/// build it is given.
+///
+/// On graceful shutdown it stops its builds without recording an end and revokes its
+/// lease, so the scheduler gives those builds to another agent at once.
+public struct AgentService: Service {
+    let configuration: AgentConfiguration
+    let etcd: EtcdClient
+    let keys: Keys
+    let logger: Logger
+    let runner: BuildRunner
+
+    public init(configuration: AgentConfiguration, httpClient: HTTPClient = .shared, logger: Logger) {
+        self.configuration = configuration
+        self.etcd = EtcdClient(endpoint: configuration.etcdEndpoint, httpClient: httpClient, logger: logger)
+        self.keys = Keys(prefix: configuration.keyPrefix)
+        var l = logger
+        l[metadataKey: "agent.id"] = "\(configuration.id)"
+        self.logger = l
+        self.runner = BuildRunner(
+            configuration: configuration, etcd: etcd, keys: keys,
+            docker: DockerClient(socketPath: configuration.dockerSocket, httpClient: httpClient),
+            mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l)
+    }
+
+    public func run() async throws {
+        try Validation.agentID(configuration.id)
+        let lockFD = try lockDataDir()
+        defer { close(lockFD) }
+        try writeMavenSettings()
+        do {
+            try await runner.docker.ping()
+        } catch {
+            throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
+        }
+        let builds = RunningBuilds()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await registrationLoop() }
+            group.addTask { await taskLoop(builds: builds) }
+            await withGracefulShutdownHandler {
+                await group.next()
+            } onGracefulShutdown: {
+                builds.stopAll(reason: .shutdown)
+            }
+            group.cancelAll()
+        }
+        await builds.waitForAll()
+        logger.info("agent stopped")
+    }
+
+    /// One agent per data folder: a second one would share mirrors and caches unlocked.
+    private func lockDataDir() throws -> Int32 {
+        try FileManager.default.createDirectory(at: configuration.dataDir, withIntermediateDirectories: true)
+        let path = configuration.dataDir.appendingPathComponent("agent.lock").path
+        let fd = open(path, O_CREAT | O_RDWR, 0o644)
+        guard fd >= 0 else { throw KilnError.invalid("cannot open \(path): errno \(errno)") }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            throw KilnError.conflict("another agent is using the data folder \(configuration.dataDir.path); give each agent its own --data-dir")
+        }
+        return fd
+    }
+
+    private func writeMavenSettings() throws {
+        let path = runner.mavenSettings
+        guard let mirror = configuration.mavenMirror else {
+            try? FileManager.default.removeItem(at: path)
+            return
+        }
+        let xml = """
+        <?xml version="1.0" encoding="UTF-8"?>
+        <!-- Written by kiln agent \(configuration.id): every repository through the mirror. -->
+        <settings>
+          <mirrors>
+            <mirror>
+              <id>kiln-mirror</id>
+              <mirrorOf>*</mirrorOf>
+              <url>\(mirror.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;"))</url>
+            </mirror>
+          </mirrors>
+        </settings>
+
+        """
+        try xml.write(to: path, atomically: true, encoding: .utf8)
+    }
+
+    // MARK: registration
+
+    private func registrationLoop() async {
+        var backoff = Duration.milliseconds(200)
+        while !Task.isCancelled {
+            var lease: Int64?
+            do {
+                let id = try await etcd.grantLease(ttl: configuration.ttlSeconds)
+                lease = id
+                let info = AgentInfo(id: configuration.id, capacity: configuration.capacity, labels: configuration.labels, version: configuration.version)
+                try await etcd.put(keys.agent(configuration.id), try KilnJSON.encode(info), lease: id)
+                logger.info("registered", metadata: ["lease": "\(id)", "ttl": "\(configuration.ttlSeconds)", "capacity": "\(configuration.capacity)"])
+                backoff = .milliseconds(200)
+                let interval = Duration.milliseconds(max(500, configuration.ttlSeconds * 1000 / 3))
+                try await etcd.keepAlive(id, every: interval)
+            } catch is CancellationError {
+            } catch let error as EtcdError where error == .leaseNotFound {
+                logger.warning("lease lost; registering again")
+                continue
+            } catch {
+                logger.warning("registration failed: \(error); trying again in \(backoff)")
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+                continue
+            }
+            // Cancelled: leave the farm now rather than after the TTL.
+            if let lease {
+                let etcd = self.etcd
+                await Task.detached { try? await etcd.revokeLease(lease) }.value
+                logger.info("lease revoked")
+            }
+            return
+        }
+    }
+
+    // MARK: tasks
+
+    private func taskLoop(builds: RunningBuilds) async {
+        let prefix = keys.tasks(of: configuration.id)
+        while !Task.isCancelled {
+            do {
+                let current = try await etcd.range(prefix: prefix)
+                reconcile(current.kvs, builds: builds)
+                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
+                    switch update {
+                    case .reset(let kvs, _):
+                        reconcile(kvs, builds: builds)
+                    case .events(let events, _):
+                        for e in events { handle(e, builds: builds) }
+                    }
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("task watch failed: \(error); watching again")
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    private func reconcile(_ kvs: [KeyValue], builds: RunningBuilds) {
+        var present: [String: Int64] = [:]
+        for kv in kvs {
+            guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value) else { continue }
+            present[task.build] = kv.createRevision
+            startOrCancel(task: task, kv: kv, builds: builds)
+        }
+        for (build, rev) in builds.snapshot() where present[build] != rev {
+            builds.stop(build, reason: .taskLost)
+        }
+    }
+
+    private func handle(_ event: WatchEvent, builds: RunningBuilds) {
+        guard let build = Keys.name(of: event.kv.key, under: keys.tasks(of: configuration.id)) else { return }
+        switch event.kind {
+        case .delete:
+            // Our own finish deletes the key too; then nothing runs any more.
+            builds.stop(build, reason: .taskLost)
+        case .put:
+            guard let task = try? KilnJSON.decode(BuildTask.self, from: event.kv.value) else {
+                logger.error("unreadable task \(event.kv.key)")
+                return
+            }
+            startOrCancel(task: task, kv: event.kv, builds: builds)
+        }
+    }
+
+    private func startOrCancel(task: BuildTask, kv: KeyValue, builds: RunningBuilds) {
+        if let rev = builds.revision(of: task.build) {
+            if rev != kv.createRevision {
+                builds.stop(task.build, reason: .taskLost)  // a new assignment replaces it
+            } else {
+                if task.cancel { builds.stop(task.build, reason: .requested) }
+                return
+            }
+        }
+        let control = BuildControl()
+        if task.cancel { control.set(.requested) }
+        if builds.count >= configuration.capacity {
+            logger.warning("over capacity (\(builds.count) running); starting \(task.build) anyway")
+        }
+        let runner = self.runner
+        let key = kv.key
+        let rev = kv.createRevision
+        builds.start(task.build, revision: rev, control: control) {
+            await runner.run(task: task, taskKey: key, taskCreateRevision: rev, control: control)
+        }
+        if task.cancel { builds.stop(task.build, reason: .requested) }
+    }
+}
+
+/// The builds this agent runs, each in its own task so that one can be cancelled alone.
+/// The agent waits for all of them before it stops.
+final class RunningBuilds: Sendable {
+    private struct Entry {
+        var revision: Int64
+        var control: BuildControl
+        var task: Task<Void, Never>
+    }
+    private let state = Mutex<[String: Entry]>([:])
+    private let finished = Mutex<[Task<Void, Never>]>([])
+
+    var count: Int { state.withLock { $0.count } }
+
+    func revision(of build: String) -> Int64? { state.withLock { $0[build]?.revision } }
+
+    func snapshot() -> [String: Int64] { state.withLock { $0.mapValues(\.revision) } }
+
+    func start(_ build: String, revision: Int64, control: BuildControl, _ body: @escaping @Sendable () async -> Void) {
+        state.withLock { entries in
+            let task = Task {
+                await body()
+                self.remove(build, revision: revision)
+            }
+            entries[build] = Entry(revision: revision, control: control, task: task)
+        }
+    }
+
+    private func remove(_ build: String, revision: Int64) {
+        let removed = state.withLock { entries -> Task<Void, Never>? in
+            guard let e = entries[build], e.revision == revision else { return nil }
+            entries[build] = nil
+            return e.task
+        }
+        if let removed { finished.withLock { $0.append(removed) } }
+    }
+
+    func stop(_ build: String, reason: BuildControl.Reason) {
+        state.withLock { entries in
+            guard let e = entries[build] else { return }
+            e.control.set(reason)
+            e.task.cancel()
+        }
+    }
+
+    func stopAll(reason: BuildControl.Reason) {
+        state.withLock { entries in
+            for e in entries.values {
+                e.control.set(reason)
+                e.task.cancel()
+            }
+        }
+    }
+
+    func waitForAll() async {
+        let tasks = state.withLock { Array($0.values.map(\.task)) } + finished.withLock { $0 }
+        for t in tasks { await t.value }
+    }
+}

@@ -1,0 +1,356 @@
+import Etcd
+import Foundation
+import KilnCore
+import Logging
+import Synchronization
+
+/// Why a running build is being stopped, set before its task is cancelled.
+final class BuildControl: Sendable {
+    enum Reason: Sendable, Equatable {
+        case requested          // `kiln cancel` / POST …/cancel
+        case taskLost           // the scheduler took the build away
+        case shutdown           // the agent is stopping; the build goes back to the queue
+    }
+    private let state = Mutex<Reason?>(nil)
+    var reason: Reason? { state.withLock { $0 } }
+    /// Records the first reason only.
+    func set(_ r: Reason) { state.withLock { if $0 == nil { $0 = r } } }
+}
+
+/// A step ended badly; `message` is what the person reading the build record needs.
+struct StepFailure: Error, CustomStringConvertible {
+    let step: StepName
+    let message: String
+    var description: String { "\(step.rawValue): \(message)" }
+}
+
+struct StepTimeout: Error, CustomStringConvertible {
+    let step: StepName
+    let limit: Duration
+    var description: String { "\(step.rawValue): timed out after \(limit.components.seconds) s" }
+}
+
+/// Runs one build on this agent: fetch, compile, image, push, each timed and logged,
+/// its record kept current in etcd.
+struct BuildRunner: Sendable {
+    let configuration: AgentConfiguration
+    let etcd: EtcdClient
+    let keys: Keys
+    let docker: DockerClient
+    let mirrorLocks: KeyedLock
+    let cacheLocks: KeyedLock
+    let logger: Logger
+
+    var mirrorsDir: URL { configuration.dataDir.appendingPathComponent("mirrors") }
+    var cachesDir: URL { configuration.dataDir.appendingPathComponent("mvncache") }
+    var workspacesDir: URL { configuration.dataDir.appendingPathComponent("workspaces") }
+    var mavenSettings: URL { configuration.dataDir.appendingPathComponent("maven-settings.xml") }
+
+    /// Runs the build to its end. Never throws: every outcome is written to the record,
+    /// except when the build was taken away (then nothing may be written).
+    func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
+        var log = logger
+        log[metadataKey: "build.id"] = "\(task.build)"
+        log[metadataKey: "project"] = "\(task.project.name)"
+        let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
+                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt)
+        do {
+            try await runGuarded(task: task, reporter: reporter, control: control, logger: log)
+        } catch is TaskLostError {
+            log.warning("build taken away from this agent; abandoning it")
+        } catch {
+            log.error("could not record the build's outcome: \(error)")
+        }
+    }
+
+    private func runGuarded(task: BuildTask, reporter: BuildReporter, control: BuildControl, logger: Logger) async throws {
+        guard let kv = try await etcd.get(keys.build(task.build)),
+              var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
+            logger.warning("task without a build record; removing it")
+            _ = try await etcd.txn(Txn(compare: [.createRevision(reporter.taskKey, .equal, reporter.taskCreateRevision)], success: [.delete(reporter.taskKey)]))
+            return
+        }
+        if build.status.isFinal {
+            try await reporter.finish(build)
+            return
+        }
+        build.status = .running
+        build.agent = configuration.id
+        build.attempt = task.attempt
+        build.startedAt = Date()
+        build.finishedAt = nil
+        build.error = nil
+        build.steps = StepName.allCases.map { BuildStep(name: $0) }
+        reporter.log("kiln: build \(build.id) of \(task.project.name) (ref \(task.ref)\(task.commit.map { ", commit \($0)" } ?? "")), attempt \(task.attempt), on agent \(configuration.id)")
+        try await reporter.update(build)
+
+        let workspace = workspacesDir.appendingPathComponent("\(build.id)-\(task.attempt)")
+        defer { try? FileManager.default.removeItem(at: workspace) }
+        let started = ContinuousClock.now
+
+        // The steps run here, in this task; a child flushes the log every 250 ms meanwhile.
+        let failure: Error? = await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    try? await reporter.flush()
+                }
+            }
+            defer { group.cancelAll() }
+            do {
+                try await runSteps(task: task, build: &build, workspace: workspace, reporter: reporter, control: control)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if failure is TaskLostError || control.reason == .taskLost { throw TaskLostError(build: build.id) }
+        if control.reason == .shutdown {
+            // The agent is stopping: leave the task in place; when this agent's lease is
+            // revoked the scheduler gives the build to another agent.
+            reporter.log("kiln: agent \(configuration.id) is stopping; the build goes back to the queue")
+            try? await reporter.flush()
+            return
+        }
+        build.finishedAt = Date()
+        let total = ContinuousClock.now - started
+        if let failure {
+            if control.reason == .requested {
+                build.status = .cancelled
+                build.error = "cancelled during \(build.steps.first { $0.status == .cancelled }?.name.rawValue ?? "the build")"
+            } else {
+                build.status = .failed
+                build.error = "\(failure)"
+            }
+            for i in build.steps.indices where build.steps[i].status == .pending { build.steps[i].status = .skipped }
+            reporter.log("kiln: build \(build.status.rawValue) after \(BuildRunner.seconds(total)): \(build.error ?? "")")
+        } else {
+            build.status = .succeeded
+            reporter.log("kiln: build succeeded in \(BuildRunner.seconds(total)): \(build.image ?? "") \(build.digest ?? "")")
+        }
+        reporter.log("kiln: steps: " + build.steps.map { "\($0.name.rawValue) \($0.durationMs.map { BuildRunner.seconds(.milliseconds($0)) } ?? $0.status.rawValue)" }.joined(separator: ", "))
+        try await reporter.finish(build)
+        logger.info("build \(build.status.rawValue)", metadata: ["duration": "\(BuildRunner.seconds(total))"])
+    }
+
+    static func seconds(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        return String(format: "%.2f s", Double(ms) / 1000)
+    }
+
+    // MARK: steps
+
+    private func runSteps(task: BuildTask, build: inout Build, workspace: URL, reporter: BuildReporter, control: BuildControl) async throws {
+        let project = task.project
+        let commit = try await step(.fetch, limit: configuration.timeouts.fetch, build: &build, reporter: reporter, control: control) {
+            try await fetch(task: task, workspace: workspace, reporter: reporter)
+        }
+        build.commit = commit
+        let tag = task.tag ?? String(commit.prefix(7))
+        let repository = "\(configuration.registry)/\(project.name)"
+        build.tag = tag
+        try await reporter.update(build)
+
+        try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
+            try await compile(task: task, workspace: workspace, reporter: reporter)
+        }
+        try await step(.image, limit: configuration.timeouts.image, build: &build, reporter: reporter, control: control) {
+            try await image(task: task, workspace: workspace, reference: "\(repository):\(tag)", reporter: reporter)
+        }
+        let digest = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
+            try await push(repository: repository, project: project.name, tag: tag, reporter: reporter)
+        }
+        build.image = "\(repository):\(tag)"
+        build.digest = digest
+    }
+
+    /// Runs one step with its time limit, recording start, end, duration and outcome.
+    @discardableResult
+    private func step<T: Sendable>(_ name: StepName, limit: Duration, build: inout Build, reporter: BuildReporter, control: BuildControl,
+                                   _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let i = build.steps.firstIndex(where: { $0.name == name })!
+        build.steps[i].status = .running
+        build.steps[i].startedAt = Date()
+        reporter.log("==> \(name.rawValue) started at \(KilnJSON.formatDate(build.steps[i].startedAt!))")
+        try await reporter.update(build)
+        let start = ContinuousClock.now
+        var failure: Error?
+        var value: T?
+        do {
+            try Task.checkCancellation()
+            value = try await BuildRunner.withTimeout(limit, step: name, body)
+        } catch {
+            failure = error
+        }
+        let elapsed = ContinuousClock.now - start
+        build.steps[i].finishedAt = Date()
+        build.steps[i].durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+        if let failure {
+            if failure is TaskLostError { throw failure }
+            let cancelled = control.reason != nil || failure is CancellationError
+            build.steps[i].status = cancelled ? .cancelled : .failed
+            let message: String
+            if cancelled {
+                message = "\(name.rawValue): cancelled"
+            } else if let f = failure as? StepFailure {
+                message = f.description
+            } else if let t = failure as? StepTimeout {
+                message = t.description
+            } else {
+                message = "\(name.rawValue): \(failure)"
+            }
+            build.steps[i].error = message
+            reporter.log("==> \(name.rawValue) \(build.steps[i].status.rawValue) after \(BuildRunner.seconds(elapsed)): \(message)")
+            if control.reason != .taskLost { try? await reporter.update(build) }
+            throw StepFailure(step: name, message: String(message.dropFirst(name.rawValue.count + 2)))
+        }
+        build.steps[i].status = .succeeded
+        reporter.log("==> \(name.rawValue) succeeded in \(BuildRunner.seconds(elapsed))")
+        try await reporter.update(build)
+        return value!
+    }
+
+    static func withTimeout<T: Sendable>(_ limit: Duration, step: StepName, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                throw StepTimeout(step: step, limit: limit)
+            }
+            defer { group.cancelAll() }
+            while let r = try await group.next() {
+                if let r { return r }
+            }
+            throw CancellationError()
+        }
+    }
+
+    // fetch: libgit2 mirror per project, incremental fetch, exact checkout.
+    private func fetch(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws -> String {
+        let project = task.project
+        let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
+        return try await mirrorLocks.withLock(project.name) {
+            let flag = CancelFlag()
+            let stats = try await blocking(cancel: flag) { try mirror.fetch(cancel: flag) }
+            reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(project.repository)")
+            let sha = try await blocking(cancel: flag) { try mirror.resolve(ref: task.ref, commit: task.commit) }
+            try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
+            try await blocking(cancel: flag) { try mirror.checkout(commit: sha, into: workspace) }
+            reporter.log("checked out \(sha) (\(task.commit == nil ? "tip of \(task.ref)" : "exact commit"))")
+            return sha
+        }
+    }
+
+    // compile: the build command in the project's build image, the checkout mounted as
+    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2.
+    private func compile(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws {
+        let project = task.project
+        var binds = ["\(workspace.path):/workspace"]
+        if FileManager.default.fileExists(atPath: mavenSettings.path) {
+            binds.append("\(mavenSettings.path):/etc/maven/settings.xml:ro")
+        }
+        let runIt: @Sendable ([String]) async throws -> Void = { binds in
+            let spec = ContainerSpec(
+                image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
+                env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
+                networkMode: configuration.compileNetwork, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
+            reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
+            let code = try await runContainer(spec, reporter: reporter)
+            if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
+        }
+        if task.mvncache {
+            let cache = cachesDir.appendingPathComponent(project.name)
+            try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+            // One build at a time writes a project's cache: Maven's local repository is
+            // not safe for two processes.
+            try await cacheLocks.withLock(project.name) { try await runIt(binds + ["\(cache.path):/root/.m2"]) }
+        } else {
+            try await runIt(binds)
+        }
+    }
+
+    /// Creates, starts and waits for a container, streaming its output into the log.
+    /// The container is removed in every case; on cancellation it is stopped first.
+    private func runContainer(_ spec: ContainerSpec, reporter: BuildReporter) async throws -> Int {
+        let docker = self.docker
+        let id: String
+        do {
+            id = try await docker.createContainer(spec, name: nil)
+        } catch {
+            throw StepFailure(step: .compile, message: "could not create the build container from '\(spec.image)': \(error)")
+        }
+        do {
+            try await docker.start(id)
+            let code = try await withThrowingTaskGroup(of: Int?.self) { group in
+                group.addTask {
+                    for try await line in docker.logs(id, follow: true) { reporter.log(line) }
+                    return nil
+                }
+                group.addTask { try await docker.wait(id) }
+                var code: Int?
+                for try await r in group { if let r { code = r } }
+                return code ?? -1
+            }
+            try? await docker.remove(id, force: true)
+            return code
+        } catch {
+            // Stop the container even though this task is cancelled.
+            await Task.detached {
+                try? await docker.stop(id, timeoutSeconds: 2)
+                try? await docker.remove(id, force: true)
+            }.value
+            throw error
+        }
+    }
+
+    // image: the project's Dockerfile, built through the same API from the context folder.
+    private func image(task: BuildTask, workspace: URL, reference: String, reporter: BuildReporter) async throws {
+        let project = task.project
+        let context = project.context == "." ? workspace : workspace.appendingPathComponent(project.context)
+        let dockerfile = workspace.appendingPathComponent(project.dockerfile)
+        guard FileManager.default.fileExists(atPath: dockerfile.path) else {
+            throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' is not in the repository at this commit")
+        }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: context.path, isDirectory: &isDir), isDir.boolValue else {
+            throw StepFailure(step: .image, message: "the context folder '\(project.context)' is not in the repository at this commit")
+        }
+        let contextPath = context.standardizedFileURL.path + "/"
+        let dockerfilePath = dockerfile.standardizedFileURL.path
+        guard dockerfilePath.hasPrefix(contextPath) else {
+            throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' must be inside the context folder '\(project.context)'")
+        }
+        let relative = String(dockerfilePath.dropFirst(contextPath.count))
+        reporter.log("building \(reference) from \(project.dockerfile)")
+        do {
+            let id = try await docker.build(contextDirectory: context, dockerfile: relative, tag: reference) { reporter.log($0) }
+            reporter.log("image \(id)")
+        } catch let e as DockerError {
+            throw StepFailure(step: .image, message: "\(e)")
+        }
+    }
+
+    // push: to the registry; the digest from the push stream, else from the registry.
+    private func push(repository: String, project: String, tag: String, reporter: BuildReporter) async throws -> String {
+        reporter.log("pushing \(repository):\(tag)")
+        do {
+            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure) { reporter.log($0) }
+            if let d = fromStream { return d }
+            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag, insecure: configuration.registryInsecure)
+        } catch let e as DockerError {
+            throw StepFailure(step: .push, message: "could not push to \(configuration.registry): \(e)")
+        }
+    }
+}
+
+/// Runs blocking work (libgit2) on its own thread; cancelling the caller sets `cancel`,
+/// which libgit2's progress callbacks read.
+func blocking<T: Sendable>(cancel: CancelFlag?, _ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+            Thread.detachNewThread { c.resume(with: Result { try work() }) }
+        }
+    } onCancel: {
+        cancel?.cancel()
+    }
+}

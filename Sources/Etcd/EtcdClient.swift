@@ -1,0 +1,288 @@
+import AsyncHTTPClient
+import Logging
+import NIOCore
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A client of one etcd v3 endpoint, through etcd 3.4's JSON gateway (`/v3/...`).
+///
+/// It is a value: copy it freely, share it between tasks. It holds no connection of its own;
+/// requests go through `httpClient`. Keys are UTF-8 strings; values are bytes, with `String`
+/// conveniences. Every call throws ``EtcdError``; one that could not reach etcd throws a
+/// transient `.unreachable`, which the caller may retry.
+///
+/// Each watch holds one HTTP/1 connection for as long as it is iterated. The default
+/// ``EtcdClient/defaultHTTPClient`` allows 256 connections per host and fails fast when etcd
+/// is down; `HTTPClient.shared` allows only 8 (the ninth request waits for a free one) and
+/// retries a refused connection for up to 90 s, so do not use it with more than a few watches.
+public struct EtcdClient: Sendable {
+    public let endpoint: String
+    public let httpClient: HTTPClient
+    public let logger: Logger
+    /// The deadline of each unary request.
+    public var requestTimeout: TimeAmount
+
+    public init(
+        endpoint: String = "http://127.0.0.1:2379",
+        httpClient: HTTPClient = EtcdClient.defaultHTTPClient,
+        logger: Logger = Logger(label: "kiln.etcd"),
+        requestTimeout: TimeAmount = .seconds(10)
+    ) {
+        var endpoint = endpoint
+        while endpoint.hasSuffix("/") { endpoint.removeLast() }
+        self.endpoint = endpoint
+        self.httpClient = httpClient
+        var logger = logger
+        logger[metadataKey: "etcd.endpoint"] = .string(endpoint)
+        self.logger = logger
+        self.requestTimeout = requestTimeout
+    }
+
+    /// A process-wide HTTP client for etcd: many connections per host (each watch holds one),
+    /// a 3 s connect timeout without retries (so a down etcd is reported at once and the
+    /// caller's backoff applies), and no read timeout (a quiet watch may stay silent for hours).
+    /// Like `HTTPClient.shared`, it is never shut down.
+    public static let defaultHTTPClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(3), read: nil)
+        configuration.connectionPool = HTTPClient.Configuration.ConnectionPool(
+            idleTimeout: .seconds(60),
+            concurrentHTTP1ConnectionsPerHostSoftLimit: 256
+        )
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.redirectConfiguration = .disallow
+        configuration.decompression = .disabled
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
+    // MARK: kv
+
+    /// The key, or nil if it does not exist.
+    public func get(_ key: String) async throws -> KeyValue? {
+        try await range(key: key, rangeEnd: nil).kvs.first
+    }
+
+    /// All keys that start with `prefix`, sorted by key (at most `limit` of them).
+    public func range(prefix: String, limit: Int? = nil) async throws -> RangeResult {
+        let end = Wire.prefixEnd(Array(prefix.utf8))
+        return try await range(key: Array(prefix.utf8), rangeEnd: end, limit: limit)
+    }
+
+    /// The keys in [key, rangeEnd), sorted by key; only `key` if `rangeEnd` is nil.
+    /// A `rangeEnd` of "\0" means every key from `key` on.
+    public func range(key: String, rangeEnd: String?, limit: Int? = nil) async throws -> RangeResult {
+        try await range(key: Array(key.utf8), rangeEnd: rangeEnd.map { Array($0.utf8) }, limit: limit)
+    }
+
+    func range(key: [UInt8], rangeEnd: [UInt8]?, limit: Int? = nil) async throws -> RangeResult {
+        let request = Wire.RangeRequest(
+            key: Wire.base64(key),
+            rangeEnd: rangeEnd.map(Wire.base64),
+            limit: limit.map(String.init)
+        )
+        return try await call("/v3/kv/range", request, as: Wire.RangeResponse.self).result
+    }
+
+    /// Writes `value` (UTF-8) at `key`, bound to `lease` if given. Returns the new revision.
+    @discardableResult
+    public func put(_ key: String, _ value: String, lease: Int64? = nil) async throws -> Int64 {
+        try await put(key, bytes: Array(value.utf8), lease: lease)
+    }
+
+    /// Writes `bytes` at `key`, bound to `lease` if given. Returns the new revision.
+    @discardableResult
+    public func put(_ key: String, bytes: [UInt8], lease: Int64? = nil) async throws -> Int64 {
+        let request = Wire.PutRequest(key: Wire.base64(key), value: Wire.base64(bytes), lease: lease.map(String.init))
+        return try await call("/v3/kv/put", request, as: Wire.HeaderOnly.self).header.revision
+    }
+
+    /// Deletes `key`. Returns how many keys were deleted (0 or 1).
+    @discardableResult
+    public func delete(_ key: String) async throws -> Int64 {
+        let request = Wire.DeleteRangeRequest(key: Wire.base64(key))
+        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self).deleted
+    }
+
+    /// Deletes every key that starts with `prefix`. Returns how many were deleted.
+    @discardableResult
+    public func delete(prefix: String) async throws -> Int64 {
+        let request = Wire.DeleteRangeRequest(
+            key: Wire.base64(prefix),
+            rangeEnd: Wire.base64(Wire.prefixEnd(Array(prefix.utf8)))
+        )
+        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self).deleted
+    }
+
+    /// Runs a transaction.
+    public func txn(_ txn: Txn) async throws -> TxnResult {
+        let request = Wire.TxnRequest(
+            compare: txn.compare.map(Wire.CompareRequest.init),
+            success: txn.success.map(Wire.RequestOp.init),
+            failure: txn.failure.map(Wire.RequestOp.init)
+        )
+        let response = try await call("/v3/kv/txn", request, as: Wire.TxnResponse.self)
+        return TxnResult(succeeded: response.succeeded, revision: response.header.revision, responses: response.responses.map(\.result))
+    }
+
+    /// The store's current revision; also the way to check that etcd answers.
+    public func status() async throws -> Int64 {
+        try await call("/v3/maintenance/status", Wire.Empty(), as: Wire.HeaderOnly.self).header.revision
+    }
+
+    /// Discards the history before `revision` and waits until it is gone from disk. A watch
+    /// or read from an earlier revision then fails with `.compacted`.
+    public func compact(revision: Int64) async throws {
+        _ = try await call("/v3/kv/compaction", Wire.CompactionRequest(revision: String(revision), physical: true), as: Wire.HeaderOnly.self)
+    }
+
+    // MARK: leases
+
+    /// Grants a lease of `ttl` seconds and returns its id.
+    public func grantLease(ttl: Int64) async throws -> Int64 {
+        let response = try await call("/v3/lease/grant", Wire.LeaseGrantRequest(ttl: String(ttl)), as: Wire.LeaseResponse.self)
+        if let error = response.error, !error.isEmpty {
+            throw EtcdError.gateway(endpoint, path: "/v3/lease/grant", httpStatus: 200, grpcCode: nil, message: error)
+        }
+        return response.id
+    }
+
+    /// Renews the lease once and returns its remaining TTL in seconds.
+    /// Throws `.leaseNotFound` if the lease expired or was revoked.
+    public func keepAliveOnce(_ lease: Int64) async throws -> Int64 {
+        // A streaming call: one request, one `{"result":…}` line, then the gateway ends the stream.
+        let message = try await call(
+            "/v3/lease/keepalive", Wire.LeaseRequest(id: String(lease)),
+            as: Wire.StreamMessage<Wire.LeaseResponse>.self
+        )
+        if let error = message.error {
+            throw EtcdError.gateway(
+                endpoint, path: "/v3/lease/keepalive", httpStatus: error.httpCode, grpcCode: error.grpcCode,
+                message: error.message ?? "unknown error"
+            )
+        }
+        // An unknown lease answers 200 with the ID and no TTL.
+        guard let result = message.result, result.ttl > 0 else {
+            throw EtcdError.leaseNotFound(endpoint, "lease \(lease) not found (expired or revoked)")
+        }
+        return result.ttl
+    }
+
+    /// Renews the lease every `interval` until the calling task is cancelled, then returns.
+    ///
+    /// Throws `.leaseNotFound` when etcd says the lease is gone, or when no renewal got
+    /// through for the lease's whole TTL (etcd unreachable): from then on the caller must act
+    /// as if its keys were deleted. While renewals fail, it retries every 250 ms (or
+    /// `interval`, if shorter). Until the first renewal succeeds the TTL is unknown and taken
+    /// to be 3 × `interval`.
+    public func keepAlive(_ lease: Int64, every interval: Duration) async throws {
+        let clock = ContinuousClock()
+        var ttl = interval * 3
+        var lastRenewal = clock.now
+        var failing: EtcdError?
+        while !Task.isCancelled {
+            do {
+                let remaining = try await keepAliveOnce(lease)
+                lastRenewal = clock.now
+                ttl = .seconds(remaining)
+                if failing != nil {
+                    logger.info("lease renewed again", metadata: ["etcd.lease": "\(lease)"])
+                }
+                failing = nil
+            } catch let error as EtcdError where error.isTransient {
+                if Task.isCancelled { return }
+                if clock.now - lastRenewal >= ttl {
+                    throw EtcdError.leaseNotFound(
+                        endpoint, "lease \(lease) could not be renewed for its TTL of \(ttl): \(error.message)")
+                }
+                if failing == nil {
+                    logger.warning("lease renewal failed, retrying", metadata: ["etcd.lease": "\(lease)", "error": "\(error)"])
+                }
+                failing = error
+            } catch {
+                if Task.isCancelled { return }
+                throw error
+            }
+            do {
+                try await Task.sleep(for: failing == nil ? interval : min(interval, .milliseconds(250)))
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// Revokes the lease: its keys are deleted at once. Throws `.leaseNotFound` if it is already gone.
+    public func revokeLease(_ lease: Int64) async throws {
+        _ = try await call("/v3/lease/revoke", Wire.LeaseRequest(id: String(lease)), as: Wire.HeaderOnly.self)
+    }
+
+    /// The lease's remaining TTL in seconds, or nil if it does not exist.
+    public func timeToLive(_ lease: Int64) async throws -> Int64? {
+        let response = try await call("/v3/lease/timetolive", Wire.LeaseRequest(id: String(lease)), as: Wire.LeaseResponse.self)
+        // An unknown lease answers TTL -1.
+        return response.ttl < 0 ? nil : response.ttl
+    }
+
+    // MARK: watch
+
+    /// Watches every key that starts with `prefix`, from `fromRevision` (inclusive) or from now.
+    /// See ``EtcdWatch`` for how it survives restarts and compaction.
+    public func watch(prefix: String, fromRevision: Int64? = nil, prevKV: Bool = false) -> EtcdWatch {
+        let key = Array(prefix.utf8)
+        return EtcdWatch(client: self, key: key, rangeEnd: Wire.prefixEnd(key), fromRevision: fromRevision, prevKV: prevKV)
+    }
+
+    /// Watches one key, from `fromRevision` (inclusive) or from now.
+    public func watch(key: String, fromRevision: Int64? = nil, prevKV: Bool = false) -> EtcdWatch {
+        EtcdWatch(client: self, key: Array(key.utf8), rangeEnd: nil, fromRevision: fromRevision, prevKV: prevKV)
+    }
+
+    // MARK: transport
+
+    func makeRequest(_ path: String, _ body: some Encodable) throws -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: endpoint + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        let json = try JSONEncoder().encode(body)
+        request.body = .bytes(ByteBuffer(bytes: json))
+        return request
+    }
+
+    /// One unary call: POST the JSON, read the whole answer, decode it or its error.
+    func call<Response: Decodable>(_ path: String, _ body: some Encodable, as type: Response.Type) async throws -> Response {
+        let request = try makeRequest(path, body)
+        let bytes: ByteBuffer
+        let status: UInt
+        do {
+            let response = try await httpClient.execute(request, timeout: requestTimeout, logger: logger)
+            status = response.status.code
+            bytes = try await response.body.collect(upTo: 256 << 20)
+        } catch {
+            try Task.checkCancellation()
+            throw EtcdError.unreachable(endpoint, "\(path): \(error)")
+        }
+        guard status == 200 else {
+            throw gatewayError(path, status: status, body: bytes)
+        }
+        do {
+            return try Wire.decoder().decode(Response.self, from: bytes)
+        } catch {
+            throw EtcdError.badResponse(endpoint, "\(path): \(error); body: \(String(buffer: bytes).prefix(500))")
+        }
+    }
+
+    func gatewayError(_ path: String, status: UInt, body: ByteBuffer) -> EtcdError {
+        let decoded = try? Wire.decoder().decode(Wire.ErrorBody.self, from: body)
+        let message = decoded?.message ?? decoded?.error ?? String(String(buffer: body).prefix(500))
+        return EtcdError.gateway(endpoint, path: path, httpStatus: Int(status), grpcCode: decoded?.code, message: message)
+    }
+}
+
+extension JSONDecoder {
+    func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+        try decode(type, from: Data(buffer.readableBytesView))
+    }
+}

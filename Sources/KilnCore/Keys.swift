@@ -1,0 +1,45 @@
+/// The etcd key schema (shared/ARCHITECTURE.md). Scheduler and agents meet only here.
+///
+/// Every key is under one prefix (default `/kiln`) so several farms can share an etcd.
+public struct Keys: Sendable, Equatable {
+    public let prefix: String
+
+    public init(prefix: String = "/kiln") {
+        var p = prefix
+        while p.hasSuffix("/") { p.removeLast() }
+        self.prefix = p.isEmpty ? "/kiln" : p
+    }
+
+    public var agents: String { "\(prefix)/agents/" }
+    public func agent(_ id: String) -> String { agents + id }
+
+    public var queue: String { "\(prefix)/queue/" }
+    public func queued(_ build: String) -> String { queue + build }
+
+    public var tasks: String { "\(prefix)/tasks/" }
+    public func tasks(of agent: String) -> String { "\(tasks)\(agent)/" }
+    public func task(agent: String, build: String) -> String { "\(tasks)\(agent)/\(build)" }
+
+    public var builds: String { "\(prefix)/builds/" }
+    public func build(_ id: String) -> String { builds + id }
+
+    public var projects: String { "\(prefix)/projects/" }
+    public func project(_ name: String) -> String { projects + name }
+
+    public var logs: String { "\(prefix)/logs/" }
+    public func logs(of build: String) -> String { "\(logs)\(build)/" }
+    /// Chunks sort by key: the sequence number is zero-padded.
+    public func logChunk(build: String, attempt: Int, seq: Int) -> String {
+        let a = String(attempt), s = String(seq)
+        return "\(logs)\(build)/\(String(repeating: "0", count: max(0, 3 - a.count)))\(a)-\(String(repeating: "0", count: max(0, 8 - s.count)))\(s)"
+    }
+
+    public var leader: String { "\(prefix)/leader" }
+
+    /// The last path component of `key` under `base`, or nil if `key` is not directly under it.
+    public static func name(of key: String, under base: String) -> String? {
+        guard key.hasPrefix(base) else { return nil }
+        let rest = key.dropFirst(base.count)
+        return rest.isEmpty ? nil : String(rest)
+    }
+}

@@ -1,0 +1,288 @@
+import Foundation
+
+/// A project Kiln builds: where its code is and how to turn it into an image.
+///
+/// Stored at `/kiln/projects/{name}`. `name` is also the image repository's last path
+/// component, so it follows the project-name rule (`[a-z0-9-]`).
+public struct Project: Codable, Sendable, Equatable {
+    public var name: String
+    /// Git URL: http(s)://, ssh://, git://, file:// or scp-like `user@host:path`.
+    public var repository: String
+    /// Image that runs the build command (for example a JDK + Maven image).
+    public var buildImage: String
+    /// Shell command run in the checkout (`sh -c`), for example `mvn -B -q package`.
+    public var buildCommand: String
+    /// Dockerfile path, relative to the checkout.
+    public var dockerfile: String
+    /// Build context directory, relative to the checkout.
+    public var context: String
+    /// Default branch, used when a build names no ref.
+    public var defaultBranch: String
+    public var createdAt: Date?
+
+    public init(
+        name: String, repository: String, buildImage: String, buildCommand: String,
+        dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
+        createdAt: Date? = nil
+    ) {
+        self.name = name
+        self.repository = repository
+        self.buildImage = buildImage
+        self.buildCommand = buildCommand
+        self.dockerfile = dockerfile
+        self.context = context
+        self.defaultBranch = defaultBranch
+        self.createdAt = createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, createdAt
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        repository = try c.decode(String.self, forKey: .repository)
+        buildImage = try c.decode(String.self, forKey: .buildImage)
+        buildCommand = try c.decode(String.self, forKey: .buildCommand)
+        dockerfile = try c.decodeIfPresent(String.self, forKey: .dockerfile) ?? "Dockerfile"
+        context = try c.decodeIfPresent(String.self, forKey: .context) ?? "."
+        defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
+        createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
+    }
+
+    /// Checks every field; throws `KilnError.invalid` naming the first bad one.
+    public func validate() throws {
+        try Validation.projectName(name)
+        try Validation.repositoryURL(repository)
+        try Validation.imageReference(buildImage, field: "buildImage")
+        if buildCommand.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            throw KilnError.invalid("buildCommand is empty: give the command that builds the project, for example \"mvn -B -q package\"")
+        }
+        if buildCommand.contains("\0") { throw KilnError.invalid("buildCommand contains a NUL byte") }
+        try Validation.relativePath(dockerfile, field: "dockerfile")
+        try Validation.relativePath(context, field: "context")
+        try Validation.ref(defaultBranch, field: "defaultBranch")
+    }
+}
+
+/// Where a build is in its life. Final states never change again.
+public enum BuildStatus: String, Codable, Sendable, CaseIterable {
+    case queued, assigned, running, succeeded, failed, cancelled
+
+    public var isFinal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+/// The four steps of a build, in order.
+public enum StepName: String, Codable, Sendable, CaseIterable {
+    case fetch, compile, image, push
+}
+
+public enum StepStatus: String, Codable, Sendable {
+    case pending, running, succeeded, failed, cancelled, skipped
+}
+
+/// One timed step of a build.
+public struct BuildStep: Codable, Sendable, Equatable {
+    public var name: StepName
+    public var status: StepStatus
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    public var durationMs: Int?
+    public var error: String?
+
+    public init(name: StepName, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, error: String? = nil) {
+        self.name = name
+        self.status = status
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.durationMs = durationMs
+        self.error = error
+    }
+}
+
+/// A request to build a project at a ref (or an exact commit), and everything that
+/// happened to it. Stored at `/kiln/builds/{id}`.
+public struct Build: Codable, Sendable, Equatable {
+    public var id: String
+    public var project: String
+    public var status: BuildStatus
+    public var ref: String
+    public var commit: String?
+    public var tag: String?
+    public var mvncache: Bool
+    /// The full pushed reference, `registry/project:tag`.
+    public var image: String?
+    public var digest: String?
+    public var agent: String?
+    public var attempt: Int
+    public var error: String?
+    public var steps: [BuildStep]
+    public var createdAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    /// Who or what asked for it (`cli`, `api`, `webhook`, `kiln up`).
+    public var trigger: String?
+    public var cancelRequested: Bool?
+
+    public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
+        self.id = id
+        self.project = project
+        self.status = .queued
+        self.ref = ref
+        self.commit = commit
+        self.tag = tag
+        self.mvncache = mvncache
+        self.attempt = 0
+        self.steps = StepName.allCases.map { BuildStep(name: $0) }
+        self.createdAt = createdAt
+        self.trigger = trigger
+    }
+
+    public var durationMs: Int? {
+        guard let s = startedAt, let f = finishedAt else { return nil }
+        return Int((f.timeIntervalSince(s) * 1000).rounded())
+    }
+}
+
+/// A live builder, registered under its lease at `/kiln/agents/{id}`.
+public struct AgentInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var capacity: Int
+    public var labels: [String]
+    public var version: String
+    public var startedAt: Date
+    /// Filled in by the API from `/kiln/tasks/{id}/`, not stored.
+    public var running: Int?
+    public var tasks: [String]?
+
+    public init(id: String, capacity: Int, labels: [String], version: String, startedAt: Date = Date()) {
+        self.id = id
+        self.capacity = capacity
+        self.labels = labels
+        self.version = version
+        self.startedAt = startedAt
+    }
+}
+
+/// The assignment of one build to one agent, at `/kiln/tasks/{agent}/{build}`.
+///
+/// It carries a copy of the project as it was when the build was queued, so a build is
+/// not changed by a later edit of its project. The agent's writes for the build are
+/// guarded by this key's create revision: once the key is gone or recreated, they fail.
+public struct BuildTask: Codable, Sendable, Equatable {
+    public var build: String
+    public var project: Project
+    public var ref: String
+    public var commit: String?
+    public var tag: String?
+    public var mvncache: Bool
+    public var attempt: Int
+    public var assignedAt: Date
+    /// Set by the scheduler to ask the agent to stop the build.
+    public var cancel: Bool
+
+    public init(build: String, project: Project, ref: String, commit: String?, tag: String?, mvncache: Bool, attempt: Int, assignedAt: Date = Date(), cancel: Bool = false) {
+        self.build = build
+        self.project = project
+        self.ref = ref
+        self.commit = commit
+        self.tag = tag
+        self.mvncache = mvncache
+        self.attempt = attempt
+        self.assignedAt = assignedAt
+        self.cancel = cancel
+    }
+}
+
+/// A build waiting for a builder, at `/kiln/queue/{build}`.
+public struct QueueEntry: Codable, Sendable, Equatable {
+    public var build: String
+    public var project: String
+    public var queuedAt: Date
+
+    public init(build: String, project: String, queuedAt: Date = Date()) {
+        self.build = build
+        self.project = project
+        self.queuedAt = queuedAt
+    }
+}
+
+/// One chunk of a build's log, at `/kiln/logs/{build}/{seq}`.
+public struct LogChunk: Codable, Sendable, Equatable {
+    public var seq: Int
+    public var lines: [String]
+    /// True on the last chunk of an attempt's log: nothing more will come.
+    public var end: Bool?
+
+    public init(seq: Int, lines: [String], end: Bool? = nil) {
+        self.seq = seq
+        self.lines = lines
+        self.end = end
+    }
+}
+
+/// The JSON coding every part of Kiln uses: camelCase keys, ISO 8601 dates with milliseconds.
+public enum KilnJSON {
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .custom { date, encoder in
+            var c = encoder.singleValueContainer()
+            try c.encode(formatDate(date))
+        }
+        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .custom { decoder in
+            let c = try decoder.singleValueContainer()
+            let s = try c.decode(String.self)
+            guard let date = parseDate(s) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an ISO 8601 date: \(s)")
+            }
+            return date
+        }
+        return d
+    }
+
+    public static func encode<T: Encodable>(_ value: T) throws -> String {
+        String(decoding: try encoder().encode(value), as: UTF8.self)
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from string: String) throws -> T {
+        try decoder().decode(type, from: Data(string.utf8))
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        try decoder().decode(type, from: Data(bytes))
+    }
+
+    public static func formatDate(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted))
+    }
+
+    public static func parseDate(_ s: String) -> Date? {
+        if let d = try? Date(s, strategy: .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted)) { return d }
+        if let d = try? Date(s, strategy: .iso8601) { return d }
+        return nil
+    }
+}
+
+/// Build identifiers: time-ordered, so a listing sorted by id is newest last.
+public enum BuildID {
+    /// `b` + 11 base-36 digits of milliseconds since 1970 + 6 random hex digits, e.g. `b0mj4x2k9q1-3fa2c1`.
+    public static func generate(now: Date = Date()) -> String {
+        let ms = UInt64(max(0, now.timeIntervalSince1970 * 1000))
+        var t = String(ms, radix: 36)
+        while t.count < 11 { t = "0" + t }
+        let r = String(UInt32.random(in: 0..<0x100_0000), radix: 16)
+        return "b\(t)-\(String(repeating: "0", count: 6 - r.count))\(r)"
+    }
+
+    /// Build ids are used in etcd keys and URLs: letters, digits and `-` only.
+    public static func isValid(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 64 && id.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+    }
+}

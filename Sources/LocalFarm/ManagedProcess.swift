@@ -1,0 +1,171 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An error from starting or waiting for one of the farm's components. The message says
+/// what is missing and what to do about it.
+public struct FarmError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A child process the farm started and will stop by PID.
+///
+/// Its standard output and error go to `logFile` (appended), so a component that fails to
+/// start can be diagnosed from the file named in the error. `stop()` sends SIGTERM, waits up
+/// to `grace`, then SIGKILL; calling it twice is harmless.
+public final class ManagedProcess: Sendable {
+    public let name: String
+    public let logFile: URL
+    private let process: Process
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+
+    /// Starts `executable` (a path, or a name looked up on PATH) with `arguments`.
+    public init(
+        name: String,
+        executable: String,
+        arguments: [String],
+        environment: [String: String]? = nil,
+        workingDirectory: URL? = nil,
+        logFile: URL
+    ) throws {
+        self.name = name
+        self.logFile = logFile
+        guard let path = ManagedProcess.which(executable) else {
+            throw FarmError("\(name): the program '\(executable)' is not installed (not found on PATH). Run scripts/install-deps.sh as root, or apt-get install the package that provides it.")
+        }
+        try FileManager.default.createDirectory(at: logFile.deletingLastPathComponent(), withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: logFile.path) {
+            FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        }
+        let handle = try FileHandle(forWritingTo: logFile)
+        handle.seekToEndOfFile()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        if let environment {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
+        if let workingDirectory { p.currentDirectoryURL = workingDirectory }
+        p.standardOutput = handle
+        p.standardError = handle
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        self.process = p
+        try? handle.close()
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL after `grace` seconds.
+    public func stop(grace: Double = 5) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(grace)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// Sends SIGKILL at once (for tests that kill a component on purpose).
+    public func killNow() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// The last `lines` lines of the log file, for error messages.
+    public func logTail(lines: Int = 20) -> String {
+        guard let text = try? String(contentsOf: logFile, encoding: .utf8) else { return "" }
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    }
+
+    /// Waits until `ready()` returns true, the process exits, or `timeout` passes.
+    /// Polls every 50 ms: a process that just started has no event to wait on.
+    public func waitUntilReady(timeout: Double, _ ready: @Sendable () async -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if !process.isRunning {
+                throw FarmError("\(name) exited with status \(process.terminationStatus) while starting. Its log (\(logFile.path)) ends with:\n\(logTail())")
+            }
+            if await ready() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw FarmError("\(name) did not become ready within \(Int(timeout)) s. Its log (\(logFile.path)) ends with:\n\(logTail())")
+    }
+
+    /// The full path of `program` on PATH, or nil.
+    public static func which(_ program: String) -> String? {
+        if program.contains("/") { return FileManager.default.isExecutableFile(atPath: program) ? program : nil }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        for dir in path.split(separator: ":") {
+            let candidate = "\(dir)/\(program)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Runs a short command to completion and returns its exit status and combined output.
+    @discardableResult
+    public static func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+        guard let path = which(executable) else {
+            throw FarmError("the program '\(executable)' is not installed (not found on PATH)")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        if let environment {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// Free TCP ports on the loopback interface.
+public enum FreePort {
+    /// A port that was free a moment ago on 127.0.0.1 (bound to port 0, read back, closed).
+    public static func next() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FarmError("socket() failed: errno \(errno)") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw FarmError("bind() to 127.0.0.1:0 failed: errno \(errno)") }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard named == 0 else { throw FarmError("getsockname() failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// Whether something already listens on 127.0.0.1:`port`.
+    public static func isInUse(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return r == 0
+    }
+}

@@ -1,0 +1,200 @@
+import Etcd
+import Foundation
+import Hummingbird
+import KilnCore
+import Logging
+import NIOCore
+
+/// The scheduler's HTTP API, `/api/v1/…` (JSON, camelCase keys; errors are
+/// `{"error": "…"}` with a 4xx or 5xx status).
+public struct API: Sendable {
+    let store: SchedulerStore
+    let logger: Logger
+    /// Largest request body accepted.
+    let maxBody = 1 << 20
+
+    public init(store: SchedulerStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+    }
+
+    public func addRoutes(to router: Router<BasicRequestContext>) {
+        let api = router.group("api/v1")
+        api.get("health") { _, _ in
+            _ = try await store.etcd.status()
+            return json(["status": "ok"])
+        }
+        api.get("projects") { _, _ in json(try await store.projects()) }
+        api.post("projects") { request, context in
+            var request = request
+            let project = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
+            let created = try await store.saveProject(project)
+            return json(try await store.project(project.name), status: created ? .created : .ok)
+        }
+        api.get("projects/:name") { _, context in
+            json(try await store.project(try context.parameters.require("name")))
+        }
+        api.post("projects/:name/builds") { request, context in
+            var request = request
+            let name = try context.parameters.require("name")
+            let body = try await request.collectBody(upTo: maxBody)
+            let req = body.readableBytes == 0 ? BuildRequest() : try decodeBody(BuildRequest.self, from: body)
+            let build = try await store.enqueue(project: name, request: req)
+            logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)"])
+            return json(build, status: .created)
+        }
+        api.get("builds") { request, _ in
+            let project = request.uri.queryParameters["project"].map(String.init)
+            let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
+            return json(try await store.builds(project: project, limit: max(1, min(limit, 1000))))
+        }
+        api.get("builds/:id") { _, context in
+            json(try await store.build(try context.parameters.require("id")))
+        }
+        api.post("builds/:id/cancel") { _, context in
+            json(try await store.cancel(try context.parameters.require("id")))
+        }
+        api.get("builds/:id/log") { request, context in
+            let id = try context.parameters.require("id")
+            let build = try await store.build(id)
+            let follow = ["1", "true", "yes"].contains(request.uri.queryParameters["follow"].map(String.init) ?? "")
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; charset=utf-8"
+            if !follow {
+                let log = try await store.log(of: id)
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: log.lines.map { $0 + "\n" }.joined())))
+            }
+            let follower = LogFollower(store: store, build: build.id, logger: logger)
+            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+                for try await lines in follower.lines() {
+                    try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
+                }
+                try await writer.finish(nil)
+            })
+        }
+        api.get("agents") { _, _ in json(try await store.agents()) }
+    }
+}
+
+/// Turns any error from a route into `{"error": "…"}` with the status decided where the
+/// error was made (`KilnError.httpStatus`); etcd trouble is a 503; anything else a 500.
+struct JSONErrorMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as KilnError {
+            return errorResponse(error.httpStatus, error.message)
+        } catch let error as HTTPError {
+            if error.status == .notFound {
+                return errorResponse(404, "no such endpoint: \(request.method) \(request.uri.path)")
+            }
+            if error.status == .contentTooLarge {
+                return errorResponse(413, "request body too large")
+            }
+            return errorResponse(error.status.code, error.body ?? error.status.reasonPhrase)
+        } catch let error as EtcdError {
+            logger.error("etcd: \(error)")
+            return errorResponse(503, "etcd is unreachable or failing: \(error)")
+        } catch {
+            logger.error("request \(request.method) \(request.uri.path) failed: \(error)")
+            return errorResponse(500, "internal error: \(error)")
+        }
+    }
+}
+
+func errorResponse(_ status: Int, _ message: String) -> Response {
+    json(["error": message], status: HTTPResponse.Status(code: status))
+}
+
+func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json; charset=utf-8"
+    let data = (try? KilnJSON.encoder(pretty: true).encode(value)) ?? Data("{}".utf8)
+    var buffer = ByteBuffer(data: data)
+    buffer.writeString("\n")
+    return Response(status: status, headers: headers, body: .init(byteBuffer: buffer))
+}
+
+/// Decodes a JSON body, turning decoding errors into a 400 that names the field.
+func decodeBody<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+    let data = Data(buffer: buffer)
+    guard !data.isEmpty else { throw KilnError.invalid("the request body is empty: send a JSON object") }
+    do {
+        return try KilnJSON.decoder().decode(type, from: data)
+    } catch let DecodingError.keyNotFound(key, _) {
+        throw KilnError.invalid("missing field '\(key.stringValue)'")
+    } catch let DecodingError.typeMismatch(_, ctx) {
+        throw KilnError.invalid("field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type")
+    } catch let DecodingError.valueNotFound(_, ctx) {
+        throw KilnError.invalid("field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' is null")
+    } catch {
+        throw KilnError.invalid("the request body is not valid JSON")
+    }
+}
+
+/// Follows a build's log: what is there, then each new chunk, until the build has ended.
+///
+/// Agents write a chunk with `end: true` last before recording the build's end, so the
+/// follower stops when it has seen such a chunk and the build is final. A build that ended
+/// without one (its agent died and retries ran out) is caught by a check every 10 s.
+struct LogFollower: Sendable {
+    let store: SchedulerStore
+    let build: String
+    let logger: Logger
+
+    func lines() -> AsyncThrowingStream<[String], Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    try await run { continuation.yield($0) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    private func run(_ emit: @escaping @Sendable ([String]) -> Void) async throws {
+        let etcd = store.etcd
+        let keys = store.keys
+        let first = try await etcd.range(prefix: keys.logs(of: build))
+        var ended = false
+        for kv in first.kvs {
+            guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
+            emit(chunk.lines)
+            ended = chunk.end ?? false
+        }
+        if try await store.build(build).status.isFinal { return }
+        _ = ended
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for try await update in etcd.watch(prefix: keys.logs(of: build), fromRevision: first.revision + 1) {
+                    guard case .events(let events, _) = update else { continue }
+                    for e in events where e.kind == .put {
+                        guard let chunk = try? KilnJSON.decode(LogChunk.self, from: e.kv.value) else { continue }
+                        emit(chunk.lines)
+                        if chunk.end == true, try await store.build(build).status.isFinal { return true }
+                    }
+                }
+                return true
+            }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .seconds(10))
+                    if try await store.build(build).status.isFinal {
+                        // Give chunks written just before the end a moment to arrive.
+                        try await Task.sleep(for: .milliseconds(500))
+                        return true
+                    }
+                }
+            }
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+}

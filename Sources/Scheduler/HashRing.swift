@@ -1,0 +1,85 @@
+/// A consistent-hash ring of agents, keyed by project, so a project keeps landing on the
+/// agent that holds its git mirror and Maven cache.
+///
+/// Pure: no I/O, no clock. Each agent gets `virtualNodes × capacity` points on the ring;
+/// a lookup walks clockwise from the project's hash to the first point whose agent the
+/// caller accepts (alive and below its bound), so a full agent passes its work on to the
+/// next one along the ring rather than to a random one.
+public struct HashRing: Sendable {
+    public struct Member: Sendable, Equatable {
+        public var id: String
+        public var weight: Int
+        public init(id: String, weight: Int) {
+            self.id = id
+            self.weight = max(1, weight)
+        }
+    }
+
+    public let virtualNodes: Int
+    private var points: [(hash: UInt64, agent: String)] = []
+    public private(set) var members: [Member] = []
+
+    public init(members: [Member] = [], virtualNodes: Int = 64) {
+        self.virtualNodes = virtualNodes
+        self.members = members.sorted { $0.id < $1.id }
+        rebuild()
+    }
+
+    private mutating func rebuild() {
+        var pts: [(hash: UInt64, agent: String)] = []
+        pts.reserveCapacity(members.reduce(0) { $0 + $1.weight * virtualNodes })
+        for m in members {
+            for v in 0..<(m.weight * virtualNodes) {
+                pts.append((HashRing.hash("\(m.id)#\(v)"), m.id))
+            }
+        }
+        pts.sort { $0.hash != $1.hash ? $0.hash < $1.hash : $0.agent < $1.agent }
+        points = pts
+    }
+
+    /// The agents in the order a lookup for `key` visits them, each once.
+    public func preference(for key: String) -> [String] {
+        guard !points.isEmpty else { return [] }
+        let h = HashRing.hash(key)
+        var lo = 0, hi = points.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if points[mid].hash < h { lo = mid + 1 } else { hi = mid }
+        }
+        var seen = Set<String>()
+        var order: [String] = []
+        var i = lo
+        for _ in 0..<points.count {
+            let a = points[i % points.count].agent
+            if seen.insert(a).inserted {
+                order.append(a)
+                if order.count == members.count { break }
+            }
+            i += 1
+        }
+        return order
+    }
+
+    /// The first agent along the ring from `key` that `accept` takes, or nil.
+    public func pick(_ key: String, accept: (String) -> Bool = { _ in true }) -> String? {
+        preference(for: key).first(where: accept)
+    }
+
+    /// The agent a project belongs to when every agent has room: its home.
+    public func home(of key: String) -> String? { pick(key) }
+
+    /// FNV-1a over the UTF-8 bytes, then the splitmix64 finaliser to spread nearby keys.
+    public static func hash(_ s: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01b3
+        }
+        h ^= h >> 30
+        h = h &* 0xbf58_476d_1ce4_e5b9
+        h ^= h >> 27
+        h = h &* 0x94d0_49bb_1331_11eb
+        h ^= h >> 31
+        return h
+    }
+}

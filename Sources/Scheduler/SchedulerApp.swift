@@ -1,0 +1,45 @@
+import Etcd
+import Hummingbird
+import KilnCore
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Settings of one `kiln scheduler` process.
+public struct SchedulerConfiguration: Sendable {
+    public var host: String
+    /// 0 picks a free port (tests read it back through `onServerRunning`).
+    public var port: Int
+    public var etcdEndpoint: String
+    public var keyPrefix: String
+    public var dispatcher: Dispatcher.Configuration
+
+    public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
+                keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init()) {
+        self.host = host
+        self.port = port
+        self.etcdEndpoint = etcdEndpoint
+        self.keyPrefix = keyPrefix
+        self.dispatcher = dispatcher
+    }
+}
+
+/// Builds the scheduler: the HTTP API and the dispatcher, as one Hummingbird application
+/// whose services run together. Used by `kiln scheduler` and by the tests.
+public func buildSchedulerApplication(
+    configuration: SchedulerConfiguration,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let store = SchedulerStore(etcd: EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger), keys: Keys(prefix: configuration.keyPrefix))
+    let router = Router()
+    router.add(middleware: JSONErrorMiddleware(logger: logger))
+    API(store: store, logger: logger).addRoutes(to: router)
+    let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, logger: logger)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
+        services: [dispatcher],
+        onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+        logger: logger)
+}

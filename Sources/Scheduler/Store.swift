@@ -1,0 +1,181 @@
+import Etcd
+import Foundation
+import KilnCore
+import Logging
+
+/// What a client asks for when it requests a build.
+public struct BuildRequest: Codable, Sendable {
+    public var ref: String?
+    public var commit: String?
+    public var tag: String?
+    public var mvncache: Bool?
+    public var trigger: String?
+
+    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil) {
+        self.ref = ref
+        self.commit = commit
+        self.tag = tag
+        self.mvncache = mvncache
+        self.trigger = trigger
+    }
+}
+
+/// The scheduler's reads and writes in etcd: projects, builds, the queue, cancellation.
+///
+/// Every change that touches more than one key is one transaction guarded by revisions,
+/// so a build is never lost between the queue and an agent and never assigned twice.
+public struct SchedulerStore: Sendable {
+    public let etcd: EtcdClient
+    public let keys: Keys
+
+    public init(etcd: EtcdClient, keys: Keys = Keys()) {
+        self.etcd = etcd
+        self.keys = keys
+    }
+
+    // MARK: projects
+
+    /// Creates or replaces a project. Returns true if it was new.
+    @discardableResult
+    public func saveProject(_ project: Project) async throws -> Bool {
+        try project.validate()
+        var p = project
+        let key = keys.project(p.name)
+        let existing = try await etcd.get(key)
+        if let existing, let old = try? KilnJSON.decode(Project.self, from: existing.value) {
+            p.createdAt = old.createdAt
+        } else {
+            p.createdAt = p.createdAt ?? Date()
+        }
+        try await etcd.put(key, KilnJSON.encode(p))
+        return existing == nil
+    }
+
+    public func project(_ name: String) async throws -> Project {
+        try Validation.projectName(name)
+        guard let kv = try await etcd.get(keys.project(name)) else {
+            throw KilnError.notFound("project '\(name)' does not exist: add it with `kiln project add` or POST /api/v1/projects")
+        }
+        return try KilnJSON.decode(Project.self, from: kv.value)
+    }
+
+    public func projects() async throws -> [Project] {
+        try await etcd.range(prefix: keys.projects).kvs.compactMap { try? KilnJSON.decode(Project.self, from: $0.value) }
+    }
+
+    // MARK: builds
+
+    /// Checks the request, writes the build record and its queue entry in one transaction
+    /// (which fails if the project was deleted meanwhile), and returns the new build.
+    public func enqueue(project name: String, request: BuildRequest) async throws -> Build {
+        let project = try await self.project(name)
+        let ref = request.ref ?? project.defaultBranch
+        try Validation.ref(ref)
+        if let c = request.commit { try Validation.commit(c) }
+        if let t = request.tag { try Validation.tag(t) }
+        let build = Build(
+            id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
+            mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
+        let entry = QueueEntry(build: build.id, project: name, queuedAt: build.createdAt)
+        let result = try await etcd.txn(Txn(
+            compare: [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)],
+            success: [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]))
+        guard result.succeeded else {
+            throw KilnError.conflict("project '\(name)' was deleted while the build was being queued")
+        }
+        return build
+    }
+
+    public func build(_ id: String) async throws -> Build {
+        try await buildWithRevision(id).build
+    }
+
+    public func buildWithRevision(_ id: String) async throws -> (build: Build, modRevision: Int64) {
+        guard BuildID.isValid(id) else { throw KilnError.invalid("build id '\(Validation.printable(id))' is malformed") }
+        guard let kv = try await etcd.get(keys.build(id)) else { throw KilnError.notFound("build '\(id)' does not exist") }
+        return (try KilnJSON.decode(Build.self, from: kv.value), kv.modRevision)
+    }
+
+    /// Builds, newest first, optionally of one project.
+    public func builds(project: String? = nil, limit: Int = 50) async throws -> [Build] {
+        if let project { try Validation.projectName(project) }
+        let all = try await etcd.range(prefix: keys.builds).kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }
+        return Array(all.filter { project == nil || $0.project == project }
+            .sorted { $0.createdAt != $1.createdAt ? $0.createdAt > $1.createdAt : $0.id > $1.id }
+            .prefix(limit))
+    }
+
+    /// Cancels a build. A queued build ends at once; an assigned or running one is marked
+    /// on its task so its agent stops the container and records the end.
+    public func cancel(_ id: String) async throws -> Build {
+        for _ in 0..<10 {
+            let (build, rev) = try await buildWithRevision(id)
+            if build.status.isFinal {
+                throw KilnError.conflict("build '\(id)' already \(build.status.rawValue)")
+            }
+            if build.status == .queued {
+                var b = build
+                b.status = .cancelled
+                b.finishedAt = Date()
+                b.error = "cancelled before it started"
+                b.cancelRequested = true
+                for i in b.steps.indices { b.steps[i].status = .skipped }
+                let end = LogChunk(seq: 0, lines: ["build cancelled before it started"], end: true)
+                let r = try await etcd.txn(Txn(
+                    compare: [.modRevision(keys.build(id), .equal, rev)],
+                    success: [.delete(keys.queued(id)), .put(keys.build(id), try KilnJSON.encode(b)),
+                              .put(keys.logChunk(build: id, attempt: max(1, b.attempt), seq: 99_999_999), try KilnJSON.encode(end))]))
+                if r.succeeded { return b }
+                continue
+            }
+            guard let agent = build.agent,
+                  let taskKV = try await etcd.get(keys.task(agent: agent, build: id)),
+                  var task = try? KilnJSON.decode(BuildTask.self, from: taskKV.value) else {
+                continue  // between states: read again
+            }
+            task.cancel = true
+            var b = build
+            b.cancelRequested = true
+            let r = try await etcd.txn(Txn(
+                compare: [.modRevision(keys.build(id), .equal, rev), .modRevision(taskKV.key, .equal, taskKV.modRevision)],
+                success: [.put(taskKV.key, try KilnJSON.encode(task)), .put(keys.build(id), try KilnJSON.encode(b))]))
+            if r.succeeded { return b }
+        }
+        throw KilnError.unavailable("build '\(id)' kept changing while it was being cancelled; try again")
+    }
+
+    // MARK: agents
+
+    /// Live agents with how many builds each holds.
+    public func agents() async throws -> [AgentInfo] {
+        let agents = try await etcd.range(prefix: keys.agents).kvs.compactMap { try? KilnJSON.decode(AgentInfo.self, from: $0.value) }
+        let tasks = try await etcd.range(prefix: keys.tasks).kvs
+        var byAgent: [String: [String]] = [:]
+        for kv in tasks {
+            guard let rest = Keys.name(of: kv.key, under: keys.tasks) else { continue }
+            let parts = rest.split(separator: "/", maxSplits: 1)
+            if parts.count == 2 { byAgent[String(parts[0]), default: []].append(String(parts[1])) }
+        }
+        return agents.map { a in
+            var a = a
+            a.tasks = byAgent[a.id] ?? []
+            a.running = a.tasks?.count
+            return a
+        }.sorted { $0.id < $1.id }
+    }
+
+    // MARK: logs
+
+    /// The whole log of a build so far, and the revision it was read at.
+    public func log(of id: String) async throws -> (lines: [String], revision: Int64, ended: Bool) {
+        let r = try await etcd.range(prefix: keys.logs(of: id))
+        var lines: [String] = []
+        var ended = false
+        for kv in r.kvs {
+            guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
+            lines.append(contentsOf: chunk.lines)
+            ended = chunk.end ?? false
+        }
+        return (lines, r.revision, ended)
+    }
+}

@@ -1,0 +1,94 @@
+import AsyncHTTPClient
+import Etcd
+import Foundation
+import LocalFarm
+import Testing
+
+/// Starts a fresh etcd on free ports in a temporary data dir, runs `body` with a client of it,
+/// and kills etcd and removes the dir afterwards, whether `body` passed, failed or timed out.
+/// `body` runs under a time limit, so a wait for an event that never comes fails the test.
+func withEtcd<T: Sendable>(
+    timeout: Duration = .seconds(60),
+    _ body: @escaping @Sendable (EtcdServer, EtcdClient) async throws -> T
+) async throws -> T {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-etcd-test-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let server = try await EtcdServer.start(dataDir: dir.appendingPathComponent("data"))
+    defer { server.kill() }
+    let client = EtcdClient(endpoint: server.endpoint)
+    return try await withTimeout(timeout) { try await body(server, client) }
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let after: Duration
+    var description: String { "timed out after \(after)" }
+}
+
+/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw TimedOut(after: limit)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// Iterates `watch` in a child task while `body` runs, and hands `body` the updates through
+/// `Updates`, so `body` can write to etcd (or restart it) while the watch is being read.
+/// The watch is cancelled when `body` returns.
+func consuming<T: Sendable>(
+    _ watch: EtcdWatch,
+    _ body: (inout Updates) async throws -> T
+) async throws -> T {
+    let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchUpdate.self)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+            do {
+                for try await update in watch { continuation.yield(update) }
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        defer { group.cancelAll() }
+        var updates = Updates(iterator: stream.makeAsyncIterator())
+        return try await body(&updates)
+    }
+}
+
+struct Updates {
+    var iterator: AsyncThrowingStream<WatchUpdate, any Error>.AsyncIterator
+
+    struct Ended: Error {}
+
+    mutating func next() async throws -> WatchUpdate {
+        guard let update = try await iterator.next() else { throw Ended() }
+        return update
+    }
+
+    /// Reads updates until `count` events arrived; fails on a reset.
+    mutating func events(_ count: Int) async throws -> [WatchEvent] {
+        var events: [WatchEvent] = []
+        while events.count < count {
+            let update = try await next()
+            guard case .events(let batch, _) = update else {
+                Issue.record("expected events, got \(update)")
+                throw Ended()
+            }
+            events += batch
+        }
+        return events
+    }
+}
+
+/// The number of watchers etcd has open (from its metrics).
+func openWatchers(_ server: EtcdServer) async throws -> Int {
+    let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: server.endpoint + "/metrics"), timeout: .seconds(5))
+    let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
+    let line = text.split(separator: "\n").first { $0.hasPrefix("etcd_debugging_mvcc_watcher_total ") }
+    return Int(line?.split(separator: " ").last ?? "") ?? -1
+}
