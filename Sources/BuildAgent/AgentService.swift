@@ -31,7 +31,7 @@ public struct AgentService: Service {
         self.logger = l
         self.runner = BuildRunner(
             configuration: configuration, etcd: etcd, keys: keys,
-            docker: DockerClient(socketPath: configuration.dockerSocket, httpClient: httpClient),
+            docker: DockerClient(socketPath: configuration.dockerSocket),
             mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l)
     }
 

@@ -245,10 +245,11 @@ struct BuildRunner: Sendable {
     // /workspace and, with mvncache, the project's own Maven cache as /root/.m2.
     private func compile(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws {
         let project = task.project
-        var binds = ["\(workspace.path):/workspace"]
+        var mounts = ["\(workspace.path):/workspace"]
         if FileManager.default.fileExists(atPath: mavenSettings.path) {
-            binds.append("\(mavenSettings.path):/etc/maven/settings.xml:ro")
+            mounts.append("\(mavenSettings.path):/etc/maven/settings.xml:ro")
         }
+        let baseMounts = mounts
         let runIt: @Sendable ([String]) async throws -> Void = { binds in
             let spec = ContainerSpec(
                 image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
@@ -263,9 +264,9 @@ struct BuildRunner: Sendable {
             try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
             // One build at a time writes a project's cache: Maven's local repository is
             // not safe for two processes.
-            try await cacheLocks.withLock(project.name) { try await runIt(binds + ["\(cache.path):/root/.m2"]) }
+            try await cacheLocks.withLock(project.name) { try await runIt(baseMounts + ["\(cache.path):/root/.m2"]) }
         } else {
-            try await runIt(binds)
+            try await runIt(baseMounts)
         }
     }
 

@@ -13,7 +13,7 @@ struct LeaseTests {
             #expect(try await etcd.keepAliveOnce(lease) == 30)
 
             try await etcd.put("/l/a", "1", lease: lease)
-            try await etcd.txn(Txn(success: [.put("/l/b", "2", lease: lease)]))
+            _ = try await etcd.txn(Txn(success: [.put("/l/b", "2", lease: lease)]))
             try await etcd.put("/l/free", "3")
             #expect(try await etcd.get("/l/a")?.lease == lease)
             #expect(try await etcd.get("/l/b")?.lease == lease)

@@ -92,3 +92,14 @@ func openWatchers(_ server: EtcdServer) async throws -> Int {
     let line = text.split(separator: "\n").first { $0.hasPrefix("etcd_debugging_mvcc_watcher_total ") }
     return Int(line?.split(separator: " ").last ?? "") ?? -1
 }
+
+/// Waits until etcd counts `count` open watchers; false if it does not within 10 s.
+/// (Polls: closing a connection gives no event a test can wait on.)
+func waitForWatchers(_ server: EtcdServer, toBe count: Int) async throws -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+        if try await openWatchers(server) == count { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return false
+}

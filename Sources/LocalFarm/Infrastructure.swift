@@ -1,0 +1,151 @@
+import Foundation
+import Logging
+
+/// Everything a one-machine farm needs below Kiln itself: etcd, the registry, podman's
+/// Docker-compatible API service with the base images, a Maven mirror over Debian's
+/// maven-repo, and a git server holding the demo project. Used by `kiln up` and the tests.
+///
+/// All data lives under `dataDir`, so a second start reuses images and caches.
+/// `stop()` stops what was started, in reverse order, by PID.
+public final class Infrastructure: Sendable {
+    /// Ports to use; nil picks a free one (tests), a number is required to be free (kiln up).
+    public struct Ports: Sendable {
+        public var etcd: Int?
+        public var etcdPeer: Int?
+        public var registry: Int?
+        public var mavenMirror: Int?
+        public var git: Int?
+        public init(etcd: Int? = nil, etcdPeer: Int? = nil, registry: Int? = nil, mavenMirror: Int? = nil, git: Int? = nil) {
+            self.etcd = etcd
+            self.etcdPeer = etcdPeer
+            self.registry = registry
+            self.mavenMirror = mavenMirror
+            self.git = git
+        }
+        public static let standard = Ports(etcd: 2379, etcdPeer: 2380, registry: 5000, mavenMirror: 8081, git: 8082)
+    }
+
+    public static let buildImage = "localhost/kiln/jdk17-maven:1"
+    public static let runtimeImage = "localhost/kiln/jre17:1"
+
+    public let dataDir: URL
+    public let etcd: EtcdServer
+    public let registry: RegistryServer
+    public let podman: PodmanService
+    public let mavenMirror: BackgroundServer
+    public let git: BackgroundServer
+    public let gitRoot: URL
+
+    private init(dataDir: URL, etcd: EtcdServer, registry: RegistryServer, podman: PodmanService, mavenMirror: BackgroundServer, git: BackgroundServer, gitRoot: URL) {
+        self.dataDir = dataDir
+        self.etcd = etcd
+        self.registry = registry
+        self.podman = podman
+        self.mavenMirror = mavenMirror
+        self.git = git
+        self.gitRoot = gitRoot
+    }
+
+    /// Starts everything. `podmanRoot` may be shared between runs (tests keep images there);
+    /// by default it is `dataDir/podman`. `progress` receives one line per stage.
+    public static func start(
+        dataDir: URL, ports: Ports = Ports(), podmanRoot: URL? = nil, fixtures: URL? = nil,
+        logger: Logger, progress: @escaping @Sendable (String) -> Void = { _ in }
+    ) async throws -> Infrastructure {
+        let fm = FileManager.default
+        try fm.createDirectory(at: dataDir, withIntermediateDirectories: true)
+        for (name, port) in [("etcd", ports.etcd), ("etcd peer", ports.etcdPeer), ("registry", ports.registry), ("Maven mirror", ports.mavenMirror), ("git server", ports.git)] {
+            if let port, FreePort.isInUse(port) {
+                throw FarmError("port \(port) (\(name)) is already in use on 127.0.0.1: stop whatever listens there (`ss -ltnp 'sport = :\(port)'` shows it), or choose another port")
+            }
+        }
+        guard let fixtures = fixtures ?? DemoRepository.locateFixtures() else {
+            throw FarmError("cannot find Kiln's fixtures/ folder (with demo/pom.xml): run from the repository, or pass its path")
+        }
+        let logs = dataDir.appendingPathComponent("logs")
+        var started: [@Sendable () async -> Void] = []
+        func rollback() async { for stop in started.reversed() { await stop() } }
+        do {
+            progress("starting etcd")
+            let etcd = try await EtcdServer.start(dataDir: dataDir.appendingPathComponent("etcd"), clientPort: ports.etcd, peerPort: ports.etcdPeer)
+            started.append { etcd.stop() }
+            progress("  etcd         \(etcd.endpoint)")
+
+            progress("starting the registry")
+            let registry = try await RegistryServer.start(root: dataDir.appendingPathComponent("registry"), port: ports.registry, logFile: logs.appendingPathComponent("registry.log"))
+            started.append { registry.stop() }
+            progress("  registry     \(registry.address)")
+
+            progress("starting podman's Docker API service")
+            let podmanDir = podmanRoot ?? dataDir.appendingPathComponent("podman")
+            let podman = try await PodmanService.start(root: podmanDir, logFile: logs.appendingPathComponent("podman.log"))
+            started.append { podman.stop() }
+            progress("  containers   unix://\(podman.socketPath)")
+
+            try makeImages(fixtures: fixtures, podman: podman, progress: progress)
+
+            let mirror = try await MavenMirror.start(port: ports.mavenMirror ?? 0, logger: logger)
+            started.append { await mirror.stop() }
+            progress("  Maven mirror \(mirror.url) (Debian's /usr/share/maven-repo)")
+
+            let gitRoot = dataDir.appendingPathComponent("git")
+            try fm.createDirectory(at: gitRoot, withIntermediateDirectories: true)
+            let git = try await GitHTTPServer.start(root: gitRoot, port: ports.git ?? 0, logger: logger)
+            started.append { await git.stop() }
+            progress("  git server   \(git.url)/")
+
+            return Infrastructure(dataDir: dataDir, etcd: etcd, registry: registry, podman: podman, mavenMirror: mirror, git: git, gitRoot: gitRoot)
+        } catch {
+            await rollback()
+            throw error
+        }
+    }
+
+    /// Runs fixtures/make-images.sh against this podman storage (a no-op once the images exist).
+    static func makeImages(fixtures: URL, podman: PodmanService, progress: @Sendable (String) -> Void) throws {
+        let script = fixtures.appendingPathComponent("make-images.sh").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [script]
+        p.environment = ProcessInfo.processInfo.environment.merging(podman.environment) { _, new in new }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        var pending = Data()
+        while true {
+            let data = pipe.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            pending.append(data)
+            while let nl = pending.firstIndex(of: 10) {
+                progress("  " + String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
+                pending.removeSubrange(pending.startIndex...nl)
+            }
+        }
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            throw FarmError("making the base images failed (\(script) exited \(p.terminationStatus)); its output is above")
+        }
+    }
+
+    /// The demo project's repository URL on this farm's git server.
+    public func repositoryURL(_ name: String) -> String { "\(git.url)/\(name).git" }
+
+    /// Publishes `fixtures/demo` (or `source`) as `name`.git on the git server; returns the tip.
+    @discardableResult
+    public func publishDemo(source: URL? = nil, name: String = "demo", edit: ((URL) throws -> Void)? = nil) throws -> String {
+        guard let src = source ?? DemoRepository.locateFixtures()?.appendingPathComponent("demo") else {
+            throw FarmError("cannot find fixtures/demo")
+        }
+        return try DemoRepository.publish(source: src, bareRepository: gitRoot.appendingPathComponent("\(name).git"), edit: edit)
+    }
+
+    public func stop() async {
+        await git.stop()
+        await mavenMirror.stop()
+        podman.stop()
+        registry.stop()
+        etcd.stop()
+    }
+}

@@ -1,0 +1,302 @@
+import AsyncHTTPClient
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// podman's Docker-compatible API service (`podman system service`) with everything of its
+/// own under `root`: configuration, image storage, runtime state, the socket. The builders'
+/// container engine on a one-machine farm and in the tests.
+///
+/// `root` is meant to be reused: a second start finds the images the first one stored. Only
+/// one service may use a root at a time; a service left running by a process that died is
+/// stopped (by the PID recorded in `<root>/podman.pid`) when the next one starts.
+///
+/// Files under `root`: `containers.conf` (runc, the VM's rlimits, cgroupfs, events to a
+/// file, podman's temporary state here instead of /run/libpod), `storage.conf` (overlay,
+/// graphroot `storage/`, runroot `run/`), `registries.conf` (no unqualified search; plain
+/// HTTP allowed for 127.0.0.1 and localhost registries), `podman.sock`, `podman.log`.
+///
+/// Containers started through the service outlive it (each has its own conmon): remove them
+/// before `stop()`.
+public final class PodmanService: Sendable {
+    public let root: URL
+    /// The API socket: give it to `DockerClient(socketPath:)`.
+    public let socketPath: String
+    /// CONTAINERS_CONF, CONTAINERS_STORAGE_CONF and CONTAINERS_REGISTRIES_CONF for this root:
+    /// a `podman` or `buildah` command run with them sees the same images.
+    public let environment: [String: String]
+    public let process: ManagedProcess
+
+    private init(root: URL, socketPath: String, environment: [String: String], process: ManagedProcess) {
+        self.root = root
+        self.socketPath = socketPath
+        self.environment = environment
+        self.process = process
+    }
+
+    deinit {
+        process.stop(grace: 10)
+    }
+
+    /// Writes the configuration into `root` (created if missing), starts the service and
+    /// waits until `GET /_ping` answers.
+    ///
+    /// - Parameters:
+    ///   - logFile: the service's output; by default `<root>/podman.log`.
+    ///   - insecureRegistries: "127.0.0.1:PORT" addresses to mark as plain HTTP besides the
+    ///     catch-all entries for 127.0.0.1 and localhost (which podman 4.3 also applies to
+    ///     their ports, though its documentation says not to rely on that).
+    public static func start(
+        root: URL, logFile: URL? = nil, insecureRegistries: [String] = [], timeout: Double = 30
+    ) async throws -> PodmanService {
+        guard ManagedProcess.which("podman") != nil else {
+            throw FarmError("podman is not installed: run scripts/install-deps.sh (Debian packages podman, runc)")
+        }
+        guard ManagedProcess.which("runc") != nil else {
+            throw FarmError("runc is not installed: run scripts/install-deps.sh (Debian package runc; crun does not work on these machines)")
+        }
+        let root = root.standardizedFileURL
+        let socket = root.appendingPathComponent("podman.sock").path
+        // sockaddr_un.sun_path holds 108 bytes with the NUL.
+        guard socket.utf8.count < 108 else {
+            throw FarmError("podman: the socket path \(socket) is longer than a unix socket allows (107 bytes): choose a shorter root folder")
+        }
+        try writeConfiguration(root: root, insecureRegistries: insecureRegistries)
+        try stopStaleService(root: root)
+        try? FileManager.default.removeItem(atPath: socket)
+
+        let environment = self.environment(root: root)
+        let process = try ManagedProcess(
+            name: "podman service", executable: "podman",
+            arguments: ["system", "service", "--time=0", "unix://\(socket)"],
+            environment: environment,
+            logFile: logFile ?? root.appendingPathComponent("podman.log"))
+        try? "\(process.pid)\n".write(to: pidFile(root), atomically: true, encoding: .utf8)
+        do {
+            try await process.waitUntilReady(timeout: timeout) { await answers(socket: socket) }
+        } catch {
+            process.stop()
+            throw error
+        }
+        return PodmanService(root: root, socketPath: socket, environment: environment, process: process)
+    }
+
+    /// Stops the service (SIGTERM, then SIGKILL after 10 s). Calling it twice is harmless.
+    public func stop() {
+        process.stop(grace: 10)
+        try? FileManager.default.removeItem(atPath: socketPath)
+        try? FileManager.default.removeItem(at: PodmanService.pidFile(root))
+    }
+
+    /// Runs the podman CLI on this root's storage and configuration (same environment as the
+    /// service) and returns its exit status and combined output.
+    @discardableResult
+    public func podmanCommand(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        try ManagedProcess.run("podman", arguments, environment: environment)
+    }
+
+    /// The environment that points podman and buildah at `root`'s configuration.
+    public static func environment(root: URL) -> [String: String] {
+        let root = root.standardizedFileURL
+        return [
+            "CONTAINERS_CONF": root.appendingPathComponent("containers.conf").path,
+            "CONTAINERS_STORAGE_CONF": root.appendingPathComponent("storage.conf").path,
+            "CONTAINERS_REGISTRIES_CONF": root.appendingPathComponent("registries.conf").path,
+        ]
+    }
+
+    /// Writes containers.conf, storage.conf and registries.conf into `root`.
+    public static func writeConfiguration(root: URL, insecureRegistries: [String] = []) throws {
+        let root = root.standardizedFileURL
+        let fm = FileManager.default
+        for sub in ["storage", "run", "tmp", "volumes"] {
+            try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
+        }
+        func path(_ sub: String) -> String { root.appendingPathComponent(sub).path }
+        // Containers may not ask for more than the hard limits this process has (podman's
+        // default of 1048576 open files fails with "setrlimit: Operation not permitted").
+        let nofile = hardLimit(Int32(RLIMIT_NOFILE.rawValue), fallback: 20000)
+        let nproc = hardLimit(Int32(__RLIMIT_NPROC.rawValue), fallback: 32768)
+        let containers = """
+            [containers]
+            default_ulimits = ["nofile=\(nofile):\(nofile)", "nproc=\(nproc):\(nproc)"]
+
+            [engine]
+            runtime = "runc"
+            cgroup_manager = "cgroupfs"
+            events_logger = "file"
+            events_logfile_path = "\(path("events.log"))"
+            tmp_dir = "\(path("tmp"))"
+            volume_path = "\(path("volumes"))"
+            static_dir = "\(path("storage/libpod"))"
+
+            """
+        let storage = """
+            [storage]
+            driver = "overlay"
+            graphroot = "\(path("storage"))"
+            runroot = "\(path("run"))"
+
+            """
+        var registries = """
+            unqualified-search-registries = []
+
+            [[registry]]
+            location = "127.0.0.1"
+            insecure = true
+
+            [[registry]]
+            location = "localhost"
+            insecure = true
+
+            """
+        for address in insecureRegistries {
+            registries += """
+
+                [[registry]]
+                location = "\(address)"
+                insecure = true
+
+                """
+        }
+        try containers.write(to: root.appendingPathComponent("containers.conf"), atomically: true, encoding: .utf8)
+        try storage.write(to: root.appendingPathComponent("storage.conf"), atomically: true, encoding: .utf8)
+        try registries.write(to: root.appendingPathComponent("registries.conf"), atomically: true, encoding: .utf8)
+    }
+
+    /// Deletes `root` and everything in it. The overlay driver leaves mounts under
+    /// `<root>/storage` (a bind mount on `storage/overlay`, and one per mounted layer) that
+    /// survive the service: they are unmounted first, deepest first, else the delete fails
+    /// with "Device or resource busy". Stop the service (and remove its containers) first.
+    public static func removeStorage(root: URL) throws {
+        let root = root.standardizedFileURL.path
+        guard FileManager.default.fileExists(atPath: root) else { return }
+        let mounts = mountPoints(under: root).sorted { $0.count > $1.count }
+        for mount in mounts where umount2(mount, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+            throw FarmError("podman: cannot unmount \(mount): \(String(cString: strerror(errno)))")
+        }
+        do {
+            try FileManager.default.removeItem(atPath: root)
+        } catch {
+            throw FarmError("podman: cannot delete \(root): \(error.localizedDescription)")
+        }
+    }
+
+    /// Makes `name` (by default localhost/kiln/busybox:1) if the storage does not have it: a
+    /// scratch image holding a static busybox with its applets linked in /bin, built with
+    /// buildah in about a second. No image can be pulled on these machines, so this is the
+    /// base image of the tests and the demo.
+    public func ensureBusyboxImage(_ name: String = "localhost/kiln/busybox:1") throws {
+        if try podmanCommand(["image", "exists", name]).status == 0 { return }
+        guard ManagedProcess.which("buildah") != nil else {
+            throw FarmError("buildah is not installed: run scripts/install-deps.sh (Debian package buildah)")
+        }
+        guard let busybox = ["/bin/busybox", "/usr/bin/busybox"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }),
+              isStatic(busybox)
+        else {
+            throw FarmError("a static busybox is needed to make \(name): apt-get install busybox-static")
+        }
+        func buildah(_ arguments: [String]) throws -> String {
+            let (status, output) = try ManagedProcess.run("buildah", arguments, environment: environment)
+            guard status == 0 else {
+                throw FarmError("buildah \(arguments.joined(separator: " ")) failed (\(status)): \(output)")
+            }
+            return output.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let container = try buildah(["from", "scratch"]).split(separator: "\n").last.map(String.init) ?? ""
+        defer { _ = try? buildah(["rm", container]) }
+        _ = try buildah(["copy", container, busybox, "/bin/busybox"])
+        _ = try buildah(["run", container, "/bin/busybox", "--install", "-s", "/bin"])
+        _ = try buildah([
+            "config", "--cmd", "/bin/sh",
+            "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", container,
+        ])
+        _ = try buildah(["commit", "--quiet", container, name])
+    }
+
+    // MARK: internals
+
+    private static func pidFile(_ root: URL) -> URL { root.appendingPathComponent("podman.pid") }
+
+    /// Stops a service a dead process left on `root`, identified by its recorded PID and its
+    /// command line; refuses when this very process runs it (share that one instead).
+    private static func stopStaleService(root: URL) throws {
+        guard let text = try? String(contentsOf: pidFile(root), encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
+        else { return }
+        let socket = root.appendingPathComponent("podman.sock").path
+        guard let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return }
+        let arguments = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard arguments.contains(where: { $0.hasSuffix("podman") }), arguments.contains("service"),
+              arguments.contains("unix://\(socket)")
+        else { return }
+        if parentPID(of: pid) == getpid() {
+            throw FarmError("podman: this process already runs a service on \(root.path) (pid \(pid)): share it, or use another root")
+        }
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while kill(pid, 0) == 0 && Date() < deadline { usleep(50_000) }
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+    }
+
+    private static func parentPID(of pid: Int32) -> Int32? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")")
+        else { return nil }
+        // after "pid (comm) ": state ppid …
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
+    }
+
+    private static func hardLimit(_ resource: Int32, fallback: UInt64) -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(resource, &limit) == 0 else { return fallback }
+        return limit.rlim_max == rlim_t.max ? 1_048_576 : UInt64(limit.rlim_max)
+    }
+
+    /// Mount points at or under `root`, from /proc/self/mountinfo (field 5, octal-escaped).
+    private static func mountPoints(under root: String) -> [String] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            let point = unescapeMountInfo(String(fields[4]))
+            return point == root || point.hasPrefix(root + "/") ? point : nil
+        }
+    }
+
+    private static func unescapeMountInfo(_ s: String) -> String {
+        guard s.contains("\\") else { return s }
+        var bytes: [UInt8] = []
+        let utf8 = Array(s.utf8)
+        var i = 0
+        while i < utf8.count {
+            if utf8[i] == UInt8(ascii: "\\"), i + 3 < utf8.count,
+               let value = UInt8(String(decoding: utf8[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                i += 4
+            } else {
+                bytes.append(utf8[i])
+                i += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// A dynamically linked busybox names its loader ("ld-linux") near the start of the file.
+    private func isStatic(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = handle.readData(ofLength: 8192)
+        return head.range(of: Data("ld-linux".utf8)) == nil && head.range(of: Data("ld-musl".utf8)) == nil
+    }
+
+    private static func answers(socket: String) async -> Bool {
+        guard let url = URL(httpURLWithSocketPath: socket, uri: "/_ping") else { return false }
+        let request = HTTPClientRequest(url: url.absoluteString)
+        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
+        _ = try? await response.body.collect(upTo: 1 << 10)
+        return response.status.code == 200
+    }
+}

@@ -1,0 +1,99 @@
+import AsyncHTTPClient
+import Foundation
+
+/// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP,
+/// storing its blobs under `root`: where the farm's builders push images.
+///
+/// `start` returns once `GET /v2/` answers 200. Stop it with `stop()`; it is also stopped when
+/// the last reference goes away, so a test that fails halfway leaves no registry behind.
+/// Deleting manifests is enabled (old versions can be cleaned). No authentication.
+public final class RegistryServer: Sendable {
+    public let root: URL
+    public let port: Int
+    public let logFile: URL
+    public let process: ManagedProcess
+
+    /// "127.0.0.1:<port>": the registry part of image names pushed here.
+    public var address: String { "127.0.0.1:\(port)" }
+    /// "http://127.0.0.1:<port>".
+    public var url: String { "http://\(address)" }
+
+    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess) {
+        self.root = root
+        self.port = port
+        self.logFile = logFile
+        self.process = process
+    }
+
+    deinit {
+        process.stop(grace: 2)
+    }
+
+    /// Starts a registry storing under `root` (created if missing; `<root>/config.yml` and
+    /// `<root>/data`). With `port` nil a free port is picked; a given port that is taken is a
+    /// `FarmError`. Its output goes to `logFile`, by default `<root>/registry.log`.
+    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil) async throws -> RegistryServer {
+        guard ManagedProcess.which("docker-registry") != nil else {
+            throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
+        }
+        if let port, FreePort.isInUse(port) {
+            throw FarmError("registry: port \(port) on 127.0.0.1 is already in use (another registry?); stop what listens there or pick another port")
+        }
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("data"), withIntermediateDirectories: true)
+        let logFile = logFile ?? root.appendingPathComponent("registry.log")
+
+        // A free port may be taken between FreePort.next() and the registry's bind: retry then.
+        let attempts = port == nil ? 3 : 1
+        var lastError: (any Error)?
+        for _ in 0..<attempts {
+            let chosen = try port ?? FreePort.next()
+            let config = root.appendingPathComponent("config.yml")
+            try configuration(root: root, port: chosen).write(to: config, atomically: true, encoding: .utf8)
+            let process = try ManagedProcess(
+                name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
+            do {
+                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen) }
+                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process)
+            } catch {
+                process.killNow()
+                lastError = error
+                if Task.isCancelled || !process.logTail(lines: 5).contains("address already in use") { break }
+            }
+        }
+        throw lastError ?? FarmError("the registry did not start")
+    }
+
+    /// Stops the registry (SIGTERM, then SIGKILL after 5 s). Calling it twice is harmless.
+    public func stop() {
+        process.stop()
+    }
+
+    /// The registry's configuration file.
+    static func configuration(root: URL, port: Int) -> String {
+        """
+        version: 0.1
+        log:
+          level: warn
+          accesslog:
+            disabled: true
+        storage:
+          filesystem:
+            rootdirectory: "\(root.appendingPathComponent("data").path)"
+          delete:
+            enabled: true
+        http:
+          addr: 127.0.0.1:\(port)
+        health:
+          storagedriver:
+            enabled: false
+
+        """
+    }
+
+    private static func answers(port: Int) async -> Bool {
+        let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v2/")
+        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        return response.status.code == 200
+    }
+}

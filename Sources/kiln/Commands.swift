@@ -1,0 +1,304 @@
+import ArgumentParser
+import BuildAgent
+import Foundation
+import KilnCore
+import Logging
+import Scheduler
+import ServiceLifecycle
+
+struct SchedulerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scheduler",
+        abstract: "Serve the HTTP API and assign queued builds to agents.",
+        discussion: """
+        Keeps its state in etcd: projects, builds, the queue and the assignments. Assigns each \
+        queued build to the first agent with room along a consistent-hash ring of the live \
+        agents, keyed by project, in one etcd transaction that fails if the agent is gone.
+
+        Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379
+        """)
+
+    @OptionGroup var etcd: EtcdOptions
+
+    @Option(name: .long, help: ArgumentHelp("Address to serve the API on (env KILN_LISTEN).", valueName: "host:port"))
+    var listen: String = env("KILN_LISTEN", "127.0.0.1:7070")
+
+    @Option(name: .long, help: "Attempts a build gets when its agents die before it fails.")
+    var maxAttempts: Int = 3
+
+    func validate() throws {
+        guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
+        guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+    }
+
+    func run() async throws {
+        let logger = KilnLogging.bootstrap(etcd.logLevel)
+        let hp = HostPort(listen)!
+        let app = buildSchedulerApplication(
+            configuration: .init(host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
+                                 dispatcher: .init(maxAttempts: maxAttempts)),
+            logger: logger,
+            onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+struct HostPort {
+    let host: String
+    let port: Int
+    init?(_ s: String) {
+        guard let colon = s.lastIndex(of: ":"), let p = Int(s[s.index(after: colon)...]), (0...65535).contains(p) else { return nil }
+        host = String(s[..<colon])
+        port = p
+        if host.isEmpty { return nil }
+    }
+}
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Register as a builder in etcd and run the builds assigned to it.",
+        discussion: """
+        Registers /kiln/agents/ID under a lease (renewed every third of --ttl; registered \
+        again if lost), watches /kiln/tasks/ID/, and runs each build: fetch with libgit2 into \
+        a mirror per project, compile in a container through the Docker Engine API (with the \
+        project's own Maven cache when mvncache is on), build the image, push it.
+
+        Example:
+          kiln agent --id agent-1 --capacity 2 --labels jdk17,maven --data-dir /var/lib/kiln/agent-1 \\
+            --docker-socket /run/podman/podman.sock --registry 127.0.0.1:5000
+        """)
+
+    @OptionGroup var etcd: EtcdOptions
+
+    @Option(name: .long, help: ArgumentHelp("Agent id, unique in the farm (env KILN_AGENT_ID; default: the host name).", valueName: "name"))
+    var id: String = env("KILN_AGENT_ID", ProcessInfo.processInfo.hostName)
+
+    @Option(name: .long, help: "Builds run at once.")
+    var capacity: Int = Int(env("KILN_CAPACITY", "2")) ?? 2
+
+    @Option(name: .long, help: ArgumentHelp("Labels, comma-separated.", valueName: "a,b"))
+    var labels: String = env("KILN_LABELS", "")
+
+    @Option(name: .long, help: ArgumentHelp("Registration lease TTL in seconds.", valueName: "seconds"))
+    var ttl: Int = 10
+
+    @Option(name: .long, help: ArgumentHelp("Folder for mirrors, Maven caches and workspaces; one agent per folder (env KILN_DATA_DIR).", valueName: "dir"))
+    var dataDir: String = env("KILN_DATA_DIR", "./kiln-data/agent")
+
+    @Option(name: .long, help: ArgumentHelp("Docker Engine API socket: podman's service or dockerd (env KILN_DOCKER_SOCKET).", valueName: "path"))
+    var dockerSocket: String = env("KILN_DOCKER_SOCKET", "/run/podman/podman.sock")
+
+    @Option(name: .long, help: ArgumentHelp("Registry to push to (env KILN_REGISTRY).", valueName: "host:port"))
+    var registry: String = env("KILN_REGISTRY", "127.0.0.1:5000")
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Push over plain HTTP (a registry without TLS).")
+    var insecureRegistry = true
+
+    @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
+    var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
+
+    @Option(name: .long, help: ArgumentHelp("Network of compile containers: host, bridge or none.", valueName: "mode"))
+    var compileNetwork: String = "host"
+
+    @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
+    var timeouts: String = "600,1800,900,600"
+
+    func validate() throws {
+        do { try Validation.agentID(id) } catch { throw ValidationError("--id: \(error)") }
+        guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
+        guard ttl >= 2 else { throw ValidationError("--ttl must be at least 2 seconds (etcd's shortest useful lease)") }
+        for l in parsedLabels { do { try Validation.label(l) } catch { throw ValidationError("--labels: \(error)") } }
+        guard parsedTimeouts != nil else { throw ValidationError("--timeouts must be four positive numbers of seconds: fetch,compile,image,push (for example 600,1800,900,600)") }
+        guard ["host", "bridge", "none"].contains(compileNetwork) else { throw ValidationError("--compile-network must be host, bridge or none") }
+    }
+
+    var parsedLabels: [String] { labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+    var parsedTimeouts: StepTimeouts? {
+        let n = timeouts.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard n.count == 4, n.allSatisfy({ $0 > 0 }) else { return nil }
+        return StepTimeouts(fetch: .seconds(n[0]), compile: .seconds(n[1]), image: .seconds(n[2]), push: .seconds(n[3]))
+    }
+
+    func run() async throws {
+        let logger = KilnLogging.bootstrap(etcd.logLevel)
+        let config = AgentConfiguration(
+            id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
+            dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
+            dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
+            compileNetwork: compileNetwork, timeouts: parsedTimeouts!, version: KilnVersion.current)
+        let agent = AgentService(configuration: config, logger: logger)
+        logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry)")
+        let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+struct ProjectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "project",
+        abstract: "Add, show and list projects.",
+        subcommands: [Add.self, ShowProject.self, List.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a project (or replace its settings).",
+            discussion: """
+            Example:
+              kiln project add demo --repository http://127.0.0.1:8082/demo.git \\
+                --build-image localhost/kiln/jdk17-maven:1 --build-command 'mvn -B -q package'
+            """)
+        @OptionGroup var api: APIOptions
+        @Argument(help: "Project name: lowercase letters, digits and '-'.") var name: String
+        @Option(name: .long, help: "Git URL: http(s)://, ssh://, git://, file:// or user@host:path.") var repository: String
+        @Option(name: .long, help: "Image that runs the build command.") var buildImage: String
+        @Option(name: .long, help: "Command run in the checkout (sh -c).") var buildCommand: String
+        @Option(name: .long, help: "Dockerfile path in the repository.") var dockerfile: String = "Dockerfile"
+        @Option(name: .long, help: "Build context folder in the repository.") var context: String = "."
+        @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
+
+        func validate() throws {
+            let p = Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
+                            dockerfile: dockerfile, context: context, defaultBranch: defaultBranch)
+            do { try p.validate() } catch { throw ValidationError("\(error)") }
+        }
+
+        func run() async throws {
+            let p = Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
+                            dockerfile: dockerfile, context: context, defaultBranch: defaultBranch)
+            let saved = try await APIClient(api.api).post("/api/v1/projects", body: p, as: Project.self)
+            if api.json { Show.printJSON(saved) } else { print("project \(saved.name) saved: \(saved.repository)") }
+        }
+    }
+
+    struct ShowProject: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a project's settings.")
+        @OptionGroup var api: APIOptions
+        @Argument(help: "Project name.") var name: String
+        func run() async throws {
+            Show.printJSON(try await APIClient(api.api).get("/api/v1/projects/\(name)", as: Project.self))
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List projects.")
+        @OptionGroup var api: APIOptions
+        func run() async throws {
+            let projects = try await APIClient(api.api).get("/api/v1/projects", as: [Project].self)
+            if api.json { Show.printJSON(projects); return }
+            for p in projects { print("\(p.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(p.repository)") }
+        }
+    }
+}
+
+struct BuildCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Queue a build of a project.",
+        discussion: """
+        Without --ref the project's default branch is built; --commit builds that exact commit. \
+        The image tag is --tag, else the commit's short sha. --follow prints the live log and \
+        exits 0 only if the build succeeded.
+
+        Example: kiln build demo --ref main --tag v1.2.0 --no-mvncache --follow
+        """)
+    @OptionGroup var api: APIOptions
+    @Argument(help: "Project name.") var project: String
+    @Option(name: .long, help: "Branch, tag or refs/… to build.") var ref: String?
+    @Option(name: .long, help: "Exact commit to build (7 to 40 hex digits).") var commit: String?
+    @Option(name: .long, help: "Image tag (default: the commit's short sha).") var tag: String?
+    @Flag(name: .long, inversion: .prefixedNo, help: "Mount the project's Maven cache in the compile container.") var mvncache = true
+    @Flag(name: [.long, .short], help: "Follow the log until the build ends.") var follow = false
+
+    func validate() throws {
+        do {
+            try Validation.projectName(project)
+            if let ref { try Validation.ref(ref) }
+            if let commit { try Validation.commit(commit) }
+            if let tag { try Validation.tag(tag) }
+        } catch { throw ValidationError("\(error)") }
+    }
+
+    func run() async throws {
+        let client = APIClient(api.api)
+        let build = try await client.post("/api/v1/projects/\(project)/builds",
+                                          body: BuildRequest(ref: ref, commit: commit, tag: tag, mvncache: mvncache, trigger: "cli"), as: Build.self)
+        if !follow {
+            if api.json { Show.printJSON(build) } else { print("queued build \(build.id) of \(project) (ref \(build.ref)); follow it with: kiln logs \(build.id) -f") }
+            return
+        }
+        print("queued build \(build.id) of \(project) (ref \(build.ref))")
+        try await client.followLog(build.id) { FileHandle.standardOutput.write(Data($0.utf8)) }
+        let done = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
+        print(Show.summary(done))
+        if done.status != .succeeded { throw ExitCode(1) }
+    }
+}
+
+struct BuildsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "builds", abstract: "List builds, newest first.")
+    @OptionGroup var api: APIOptions
+    @Option(name: .long, help: "Only this project's builds.") var project: String?
+    @Option(name: .long, help: "How many.") var limit: Int = 20
+    @Argument(help: "Show one build in full.") var id: String?
+
+    func run() async throws {
+        let client = APIClient(api.api)
+        if let id {
+            let b = try await client.get("/api/v1/builds/\(id)", as: Build.self)
+            if api.json { Show.printJSON(b) } else { print(Show.summary(b)) }
+            return
+        }
+        var path = "/api/v1/builds?limit=\(limit)"
+        if let project { path += "&project=\(project)" }
+        let builds = try await client.get(path, as: [Build].self)
+        if api.json { Show.printJSON(builds); return }
+        if builds.isEmpty { print("no builds yet; start one with: kiln build PROJECT"); return }
+        for b in builds {
+            print([b.id, b.project, b.status.rawValue, b.ref, b.tag ?? "-", b.agent ?? "-", Show.seconds(b.durationMs), Show.steps(b)]
+                .map { $0.padding(toLength: max($0.count, 10), withPad: " ", startingAt: 0) }.joined(separator: " "))
+        }
+    }
+}
+
+struct LogsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print a build's log (-f: follow it live).")
+    @OptionGroup var api: APIOptions
+    @Argument(help: "Build id.") var id: String
+    @Flag(name: [.short, .long], help: "Follow until the build ends.") var follow = false
+
+    func run() async throws {
+        let client = APIClient(api.api)
+        if follow {
+            try await client.followLog(id) { FileHandle.standardOutput.write(Data($0.utf8)) }
+        } else {
+            FileHandle.standardOutput.write(try await client.raw("GET", "/api/v1/builds/\(id)/log"))
+        }
+    }
+}
+
+struct CancelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a build (its container is stopped).")
+    @OptionGroup var api: APIOptions
+    @Argument(help: "Build id.") var id: String
+
+    func run() async throws {
+        let b = try await APIClient(api.api).post("/api/v1/builds/\(id)/cancel", body: Optional<BuildRequest>.none, as: Build.self)
+        print(b.status == .cancelled ? "build \(id) cancelled" : "cancel of build \(id) requested; its agent stops it now")
+    }
+}
+
+struct AgentsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "agents", abstract: "List live agents with their load.")
+    @OptionGroup var api: APIOptions
+
+    func run() async throws {
+        let agents = try await APIClient(api.api).get("/api/v1/agents", as: [AgentInfo].self)
+        if api.json { Show.printJSON(agents); return }
+        if agents.isEmpty { print("no live agents; start one with: kiln agent --id NAME"); return }
+        for a in agents {
+            print("\(a.id.padding(toLength: 16, withPad: " ", startingAt: 0)) running \(a.running ?? 0)/\(a.capacity)  labels \(a.labels.isEmpty ? "-" : a.labels.joined(separator: ","))  version \(a.version)")
+        }
+    }
+}

@@ -1,0 +1,75 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct Kiln: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln",
+        abstract: "Kiln: a build farm for container images.",
+        discussion: """
+        A build turns a project's git commit into an image in a registry: fetch (libgit2 mirror \
+        per project), compile (the project's build command in its build image, with its own \
+        Maven cache), image (its Dockerfile), push. A scheduler assigns builds to agents by \
+        consistent hashing over the agents registered in etcd, so a project keeps landing where \
+        its caches are.
+
+        Start everything on this machine and run a demo build:
+          kiln up
+        Then, in another terminal:
+          kiln builds
+          kiln build demo --follow
+        """,
+        version: KilnVersion.current,
+        subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
+                      BuildsCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self])
+}
+
+enum KilnVersion {
+    static let current = "0.1.0"
+}
+
+/// Logging for the process, to standard error, at the level of `--log-level` or `KILN_LOG_LEVEL`.
+enum KilnLogging {
+    static func bootstrap(_ level: String?) -> Logger {
+        let l = Logger.Level(rawValue: level ?? ProcessInfo.processInfo.environment["KILN_LOG_LEVEL"] ?? "info") ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = l
+            return h
+        }
+        return Logger(label: "kiln")
+    }
+}
+
+func env(_ name: String, _ fallback: String) -> String {
+    ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 } ?? fallback
+}
+
+/// Options of the commands that talk to the scheduler's API.
+struct APIOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Scheduler API URL (env KILN_API).", valueName: "url"))
+    var api: String = env("KILN_API", "http://127.0.0.1:7070")
+
+    @Flag(name: .long, help: "Print the JSON the API returned.")
+    var json = false
+}
+
+/// Options of the commands that talk to etcd.
+struct EtcdOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+    var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
+
+    @Option(name: .long, help: ArgumentHelp("Prefix of every Kiln key in etcd (env KILN_PREFIX).", valueName: "prefix"))
+    var prefix: String = env("KILN_PREFIX", "/kiln")
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
+    var logLevel: String?
+
+    func validate() throws {
+        guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
+            throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
+        }
+        guard prefix.hasPrefix("/") else { throw ValidationError("--prefix must start with '/', for example /kiln") }
+    }
+}

@@ -1,0 +1,187 @@
+import ArgumentParser
+@preconcurrency import Dispatch
+import Foundation
+import KilnCore
+import LocalFarm
+import Logging
+import Scheduler
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Up: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Start a whole farm on this machine and build the demo project.",
+        discussion: """
+        Starts etcd (127.0.0.1:2379), the registry (127.0.0.1:5000), podman's Docker API \
+        service, a Maven mirror over Debian's maven-repo (127.0.0.1:8081), a git server over \
+        HTTP holding fixtures/demo (127.0.0.1:8082), the scheduler (127.0.0.1:7070) and two \
+        agents, each as its own process. Registers the demo project, builds it, prints the \
+        step timings and the pushed image, then keeps running until Ctrl-C (or SIGTERM) and \
+        stops everything it started.
+
+        All data lives in --data-dir, so a second `kiln up` reuses images, mirrors and caches. \
+        The first run makes two base images with debootstrap (about 2 minutes, once).
+        Needs root and Debian's packages: run scripts/install-deps.sh first (scripts/up.sh does both).
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("Folder for all the farm's data (env KILN_DATA_DIR).", valueName: "dir"))
+    var dataDir: String = env("KILN_DATA_DIR", "./kiln-data")
+
+    @Option(name: .long, help: "Number of agents.") var agents: Int = 2
+    @Option(name: .long, help: "Builds each agent runs at once.") var capacity: Int = 2
+    @Option(name: .long, help: "etcd client port.") var etcdPort: Int = 2379
+    @Option(name: .long, help: "etcd peer port.") var etcdPeerPort: Int = 2380
+    @Option(name: .long, help: "Registry port.") var registryPort: Int = 5000
+    @Option(name: .long, help: "Scheduler API port.") var apiPort: Int = 7070
+    @Option(name: .long, help: "Maven mirror port.") var mavenPort: Int = 8081
+    @Option(name: .long, help: "Git server port.") var gitPort: Int = 8082
+    @Flag(name: .long, help: "Exit after the demo build (status 0 if it succeeded) instead of running until Ctrl-C.") var once = false
+    @Flag(name: .long, help: "Do not build the demo project.") var noDemo = false
+    @Flag(name: .long, inversion: .prefixedNo, help: "Use the Maven cache for the demo build.") var mvncache = true
+    @Option(name: .long, help: ArgumentHelp("Log level of Kiln's own processes.", valueName: "level")) var logLevel: String = "info"
+
+    func validate() throws {
+        guard agents >= 1 else { throw ValidationError("--agents must be at least 1") }
+        guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
+        guard getuid() == 0 else {
+            throw ValidationError("kiln up needs root (podman's storage, debootstrap): run it as root, e.g. sudo scripts/up.sh")
+        }
+    }
+
+    func run() async throws {
+        let logger = KilnLogging.bootstrap("warning")
+        let data = URL(fileURLWithPath: dataDir).standardizedFileURL
+        let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+        let signals = SignalWaiter()
+        say("kiln up: data in \(data.path)")
+        for (name, port) in [("scheduler API", apiPort)] where FreePort.isInUse(port) {
+            throw ValidationError("port \(port) (\(name)) is already in use on 127.0.0.1: stop whatever listens there, or pass --api-port")
+        }
+        let infra = try await Infrastructure.start(
+            dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
+            logger: logger, progress: say)
+        var processes: [ManagedProcess] = []
+        func shutdown() async {
+            say("kiln up: stopping")
+            for p in processes.reversed() { p.stop(grace: 15) }
+            await infra.stop()
+            say("kiln up: stopped")
+        }
+        let outcome: Int32
+        do {
+            let commit = try infra.publishDemo()
+            say("  demo repo    \(infra.repositoryURL("demo")) (main at \(commit.prefix(12)))")
+            let exe = try selfExecutable()
+            let logs = data.appendingPathComponent("logs")
+            let api = "http://127.0.0.1:\(apiPort)"
+            say("starting the scheduler and \(agents) agents")
+            let scheduler = try ManagedProcess(
+                name: "scheduler", executable: exe,
+                arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint, "--log-level", logLevel],
+                logFile: logs.appendingPathComponent("scheduler.log"))
+            processes.append(scheduler)
+            try await scheduler.waitUntildReadyHTTP("\(api)/api/v1/health", timeout: 30)
+            say("  scheduler    \(api)   (log: \(scheduler.logFile.path))")
+            for i in 1...agents {
+                let id = "agent-\(i)"
+                let agent = try ManagedProcess(
+                    name: id, executable: exe,
+                    arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
+                                "--etcd", infra.etcd.endpoint, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
+                                "--maven-mirror", infra.mavenMirror.url, "--log-level", logLevel],
+                    logFile: logs.appendingPathComponent("\(id).log"))
+                processes.append(agent)
+            }
+            let client = APIClient(api)
+            try await waitForAgents(client: client, count: agents, processes: processes)
+            say("  agents       \((1...agents).map { "agent-\($0)" }.joined(separator: ", ")) registered")
+
+            if noDemo {
+                outcome = 0
+            } else {
+                let project = Project(name: "demo", repository: infra.repositoryURL("demo"), buildImage: Infrastructure.buildImage,
+                                      buildCommand: "mvn -B -q package", dockerfile: "Dockerfile", context: ".")
+                _ = try await client.post("/api/v1/projects", body: project, as: Project.self)
+                let build = try await client.post("/api/v1/projects/demo/builds", body: BuildRequest(ref: "main", mvncache: mvncache, trigger: "kiln up"), as: Build.self)
+                say("building demo: build \(build.id)")
+                try await client.followLog(build.id) { text in
+                    for line in text.split(separator: "\n", omittingEmptySubsequences: false) where !line.isEmpty { say("  | \(line)") }
+                }
+                let done = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
+                say(Show.summary(done))
+                if done.status == .succeeded, let image = done.image {
+                    say("pull and run it:  podman pull --tls-verify=false \(image)")
+                }
+                outcome = done.status == .succeeded ? 0 : 1
+            }
+        } catch {
+            say("kiln up: \(error)")
+            await shutdown()
+            throw ExitCode(1)
+        }
+        if once {
+            await shutdown()
+            throw ExitCode(outcome)
+        }
+        say("""
+
+        Kiln is running. Try:
+          kiln builds
+          kiln build demo --tag v1 --follow
+          kiln agents
+        Press Ctrl-C to stop everything.
+        """)
+        await signals.wait()
+        await shutdown()
+    }
+
+    func waitForAgents(client: APIClient, count: Int, processes: [ManagedProcess]) async throws {
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            for p in processes where !p.isRunning {
+                throw ValidationError("\(p.name) exited while starting; its log (\(p.logFile.path)) ends with:\n\(p.logTail())")
+            }
+            if let agents = try? await client.get("/api/v1/agents", as: [AgentInfo].self), agents.count >= count { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw ValidationError("the agents did not register within 60 s; see \(processes.last?.logFile.path ?? "the logs")")
+    }
+
+    func selfExecutable() throws -> String {
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return exe }
+        return CommandLine.arguments[0]
+    }
+}
+
+extension ManagedProcess {
+    func waitUntildReadyHTTP(_ url: String, timeout: Double) async throws {
+        let client = APIClient("")
+        try await waitUntilReady(timeout: timeout) { (try? await client.raw("GET", url)) != nil }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (Ctrl-C, or `kill`), which it takes over from the default.
+final class SignalWaiter {
+    private let stream: AsyncStream<Int32>
+    private let sources: [DispatchSourceSignal]
+
+    init() {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        self.stream = stream
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { continuation.yield(sig) }
+            s.resume()
+            sources.append(s)
+        }
+        self.sources = sources
+    }
+
+    func wait() async {
+        for await _ in stream { return }
+    }
+}
