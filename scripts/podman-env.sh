@@ -18,6 +18,9 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
     exit 2
 fi
 
+case "$1" in
+    *'"'*|*\\*) echo "$0: DIR must not contain a double quote or a backslash" >&2; exit 2 ;;
+esac
 mkdir -p "$1"
 dir=$(cd "$1" && pwd -P)
 mkdir -p "$dir/storage" "$dir/run"
@@ -46,6 +49,6 @@ insecure = true
 EOF
 
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
-echo "export CONTAINERS_CONF=$(q "$dir/containers.conf")"
-echo "export CONTAINERS_STORAGE_CONF=$(q "$dir/storage.conf")"
-echo "export CONTAINERS_REGISTRIES_CONF=$(q "$dir/registries.conf")"
+printf 'export CONTAINERS_CONF=%s\n' "$(q "$dir/containers.conf")"
+printf 'export CONTAINERS_STORAGE_CONF=%s\n' "$(q "$dir/storage.conf")"
+printf 'export CONTAINERS_REGISTRIES_CONF=%s\n' "$(q "$dir/registries.conf")"

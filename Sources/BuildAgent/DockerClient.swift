@@ -22,12 +22,13 @@ public struct DockerClient: Sendable {
     /// The API version in every path.
     public static let apiVersion = "v1.41"
 
-    /// The HTTP client `DockerClient` uses unless given another: no read timeout, a 10 s
-    /// connect timeout and room for 64 open requests to one socket (each running build holds
-    /// two: `logs` and `wait`). Never shut down.
+    /// The HTTP client `DockerClient` uses unless given another: no read timeout, a 5 s
+    /// connect timeout (AsyncHTTPClient retries a refused connection until then) and room for
+    /// 64 open requests to one socket (each running build holds two: `logs` and `wait`).
+    /// Never shut down.
     public static let httpClient: HTTPClient = {
         var configuration = HTTPClient.Configuration(
-            timeout: .init(connect: .seconds(10), read: nil),
+            timeout: .init(connect: .seconds(5), read: nil),
             connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
         )
         configuration.decompression = .disabled
@@ -195,15 +196,18 @@ public struct DockerClient: Sendable {
         }
         text.finish().forEach(emit)
         if let imageID { return imageID }
-        // No aux message (older engines): the tag now names the image.
-        let inspect = try await send(.GET, "/images/\(escapePath(tag))/json", operation: operation)
-        let data = try await expect(inspect, [200, 404], operation)
-        struct Inspected: Decodable { let Id: String }
-        if inspect.status.code == 200, let inspected = try? JSONDecoder().decode(Inspected.self, from: data) {
-            return inspected.Id
+        // No aux message (older engines): the success line names the image by its short id.
+        // (Not the tag: after a broken-off build it may still name an older image.)
+        guard let lastBuilt, !lastBuilt.isEmpty, lastBuilt.allSatisfy(\.isHexDigit) else {
+            throw DockerError(operation, nil, "the build ended without naming an image")
         }
-        if let lastBuilt { return lastBuilt }
-        throw DockerError(operation, nil, "the build ended without naming an image")
+        let inspect = try await send(.GET, "/images/\(escapePath(lastBuilt))/json", operation: operation)
+        let data = try await expect(inspect, [200], operation)
+        struct Inspected: Decodable { let Id: String }
+        guard let inspected = try? JSONDecoder().decode(Inspected.self, from: data) else {
+            throw DockerError(operation, 200, "unexpected answer: \(String(decoding: data, as: UTF8.self))")
+        }
+        return inspected.Id
     }
 
     /// Pushes `image:tag` (the image must be named for its registry, "127.0.0.1:5000/app")
@@ -676,10 +680,16 @@ extension DockerClient {
         if !query.isEmpty {
             uri += "?" + query.map { "\(DockerClient.escapeComponent($0.0))=\(DockerClient.escapeComponent($0.1))" }.joined(separator: "&")
         }
+        // Without this, a missing socket costs the whole connect timeout (AsyncHTTPClient retries).
+        guard FileManager.default.fileExists(atPath: socketPath) else {
+            throw DockerError(operation, nil, "the container API does not answer: there is no socket at \(socketPath)")
+        }
         guard let url = URL(httpURLWithSocketPath: socketPath, uri: uri) else {
             throw DockerError(operation, nil, "cannot make a URL of the socket path \(socketPath) and \(uri)")
         }
         var request = HTTPClientRequest(url: url.absoluteString)
+        // AHC would send the socket path as Host; podman's Go server answers 400 to a '/' in it.
+        request.headers.add(name: "Host", value: "localhost")
         switch method {
         case .GET: request.method = .GET
         case .POST: request.method = .POST

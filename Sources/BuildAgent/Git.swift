@@ -187,8 +187,9 @@ public struct GitMirror: Sendable {
     /// Checks that `url` names a transport a build agent may use.
     ///
     /// Accepted: `http://`, `https://`, `ssh://`, `git://`, `file://`, and scp-like
-    /// `[user@]host:path`. Refused: anything starting with `-`, containing `ext::`, control
-    /// characters or spaces, other schemes, and plain local paths (use `file://`).
+    /// `[user@]host:path`. Refused: anything starting with `-`, containing `ext::`, git's
+    /// remote-helper form `transport::address`, control characters or spaces, other schemes,
+    /// and plain local paths (use `file://`).
     public static func validate(url: String) throws {
         func refuse(_ why: String) -> GitError { GitError(.invalidURL, "check repository URL '\(url)'", why) }
         if url.isEmpty { throw refuse("the URL is empty") }
@@ -196,6 +197,10 @@ public struct GitMirror: Sendable {
         if url.lowercased().contains("ext::") { throw refuse("the ext:: transport runs commands and is never allowed") }
         if url.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7f }) {
             throw refuse("the URL contains spaces or control characters")
+        }
+        // git's remote-helper form "<transport>::<address>" (fd::, ext::, …).
+        if let helper = url.range(of: "::"), !url[..<helper.lowerBound].contains(where: { "/@[:".contains($0) }) {
+            throw refuse("remote helpers ('\(url[..<helper.lowerBound])::') are not allowed")
         }
         if let range = url.range(of: "://") {
             let scheme = url[..<range.lowerBound].lowercased()
@@ -222,7 +227,7 @@ public struct GitMirror: Sendable {
         let path = url[url.index(after: colon)...]
         let hostCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-_[]"))
         guard !host.isEmpty, !host.hasPrefix("-"), host.unicodeScalars.allSatisfy(hostCharacters.contains),
-              authority.filter({ $0 == "@" }).count <= 1, !path.isEmpty
+              authority.filter({ $0 == "@" }).count <= 1, !path.isEmpty, !path.hasPrefix(":")
         else {
             throw refuse("not a valid scp-like address (user@host:path)")
         }

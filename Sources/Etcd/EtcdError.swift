@@ -91,12 +91,16 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     /// Worth retrying: the connection failed, or etcd said it is unavailable for now
-    /// (no leader yet, shutting down, request timed out).
-    var isTransient: Bool {
+    /// (no leader yet, shutting down, request timed out). A request in flight when etcd stops
+    /// gets HTTP 408 with gRPC code 1, "grpc: the client connection is closing".
+    public var isTransient: Bool {
         switch code {
-        case .unreachable: return true
-        case .rejected: return grpcCode == 14 || grpcCode == 4 || (httpStatus ?? 0) >= 502
-        default: return false
+        case .unreachable:
+            return true
+        case .rejected:
+            return [1, 4, 14].contains(grpcCode ?? 0) || [408, 502, 503, 504].contains(httpStatus ?? 0)
+        default:
+            return false
         }
     }
 }

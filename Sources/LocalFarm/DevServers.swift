@@ -202,7 +202,8 @@ public enum GitHTTPServer {
         var status = HTTPResponse.Status.ok
         var headers = HTTPFields()
         let head = String(decoding: bytes[0..<headerEnd], as: UTF8.self)
-        for line in head.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+        // "\r\n" is a single Character in Swift: drop the "\r"s before splitting.
+        for line in head.replacingOccurrences(of: "\r", with: "").split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = line[..<colon].trimmingCharacters(in: .whitespaces)
             let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)

@@ -114,10 +114,12 @@ public final class PodmanService: Sendable {
             try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         func path(_ sub: String) -> String { root.appendingPathComponent(sub).path }
-        // Containers may not ask for more than the hard limits this process has (podman's
+        // Containers may not ask for more than the hard limits their runtime has (podman's
         // default of 1048576 open files fails with "setrlimit: Operation not permitted").
-        let nofile = hardLimit(Int32(RLIMIT_NOFILE.rawValue), fallback: 20000)
-        let nproc = hardLimit(Int32(__RLIMIT_NPROC.rawValue), fallback: 32768)
+        // podman sets its own process limit to 32768 whatever the machine allows, and runc
+        // inherits that: asking more fails with "error setting rlimit type 6".
+        let nofile = min(hardLimit(Int32(RLIMIT_NOFILE.rawValue), fallback: 20000), 1_048_576)
+        let nproc = min(hardLimit(Int32(__RLIMIT_NPROC.rawValue), fallback: 32768), 32768)
         let containers = """
             [containers]
             default_ulimits = ["nofile=\(nofile):\(nofile)", "nproc=\(nproc):\(nproc)"]
@@ -294,7 +296,9 @@ public final class PodmanService: Sendable {
 
     private static func answers(socket: String) async -> Bool {
         guard let url = URL(httpURLWithSocketPath: socket, uri: "/_ping") else { return false }
-        let request = HTTPClientRequest(url: url.absoluteString)
+        var request = HTTPClientRequest(url: url.absoluteString)
+        // AHC would send the socket path as Host; Go's server (podman) refuses a '/' there.
+        request.headers.add(name: "Host", value: "localhost")
         guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 10)
         return response.status.code == 200

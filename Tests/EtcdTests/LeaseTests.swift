@@ -67,6 +67,33 @@ struct LeaseTests {
         }
     }
 
+    @Test func keepAliveRidesOutARestartAndGivesUpAfterTheTTL() async throws {
+        try await withEtcd { server, etcd in
+            let lease = try await etcd.grantLease(ttl: 3)
+            try await etcd.put("/kr/agent", "alive", lease: lease)
+            let keeper = Task { try await etcd.keepAlive(lease, every: .milliseconds(500)) }
+            defer { keeper.cancel() }
+
+            // Down for about a second: renewals fail, are retried, and the lease survives.
+            server.stop()
+            try await server.restart()
+            #expect(try await etcd.get("/kr/agent")?.lease == lease)
+
+            // Down for good: after one TTL without a renewal the keeper gives up.
+            let down = ContinuousClock.now
+            server.kill()
+            do {
+                try await keeper.value
+                Issue.record("keepAlive returned without being cancelled")
+            } catch let error as EtcdError {
+                #expect(error == .leaseNotFound)
+                #expect(error.description.contains("could not be renewed"))
+            }
+            let waited = ContinuousClock.now - down
+            #expect(waited >= .seconds(2) && waited < .seconds(6), "gave up after \(waited)")
+        }
+    }
+
     @Test func keepAliveReturnsWhenCancelled() async throws {
         try await withEtcd { _, etcd in
             let lease = try await etcd.grantLease(ttl: 5)

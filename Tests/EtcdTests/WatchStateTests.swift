@@ -96,6 +96,11 @@ struct WatchStateTests {
         #expect(error != .compacted)
         #expect(error.description.contains("http://e"))
         #expect(error.description.contains("404"))
+        #expect(!error.isTransient)
+        let closing = EtcdError.gateway("http://e", path: "/v3/lease/keepalive", httpStatus: 408, grpcCode: 1, message: "grpc: the client connection is closing")
+        #expect(closing == .rejected)
+        #expect(closing.isTransient)
+        #expect(EtcdError.gateway("http://e", path: "/v3/kv/put", httpStatus: 400, grpcCode: 3, message: "bad").isTransient == false)
         switch error as any Error {
         case EtcdError.leaseNotFound: break
         default: Issue.record("pattern did not match")

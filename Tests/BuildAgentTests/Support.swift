@@ -1,0 +1,124 @@
+import BuildAgent
+import Foundation
+import LocalFarm
+import Synchronization
+import Testing
+
+struct TimedOut: Error, CustomStringConvertible {
+    let after: Duration
+    var description: String { "timed out after \(after)" }
+}
+
+/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw TimedOut(after: limit)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// A fresh temporary folder, removed when the value goes away.
+final class TempDir: Sendable {
+    let url: URL
+    init(_ label: String) throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+    func path(_ sub: String) -> URL { url.appendingPathComponent(sub) }
+}
+
+struct CommandFailed: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Runs a command and returns its output, throwing when it exits non-zero.
+@discardableResult
+func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
+    let (status, output) = try ManagedProcess.run(program, arguments, environment: environment)
+    guard status == 0 else {
+        throw CommandFailed(description: "\(program) \(arguments.joined(separator: " ")) exited \(status): \(output)")
+    }
+    return output.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// A git repository made with the git CLI (test setup only): a bare `origin.git` that the
+/// mirror fetches from and a work tree `work` that commits and pushes to it.
+final class GitFixture: Sendable {
+    let dir: TempDir
+    var origin: URL { dir.path("origin.git") }
+    var work: URL { dir.path("work") }
+    var originURL: String { "file://" + origin.path }
+
+    /// git with no user or system configuration of the machine's.
+    var environment: [String: String] {
+        [
+            "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "HOME": dir.url.path,
+            "GIT_AUTHOR_NAME": "Kiln Test", "GIT_AUTHOR_EMAIL": "test@kiln.invalid",
+            "GIT_COMMITTER_NAME": "Kiln Test", "GIT_COMMITTER_EMAIL": "test@kiln.invalid",
+        ]
+    }
+
+    init() throws {
+        dir = try TempDir("git")
+        try run("git", ["init", "--quiet", "--bare", "--initial-branch=main", origin.path], environment: environment)
+        try run("git", ["init", "--quiet", "--initial-branch=main", work.path], environment: environment)
+        try git("remote", "add", "origin", origin.path)
+    }
+
+    @discardableResult
+    func git(_ arguments: String...) throws -> String {
+        try run("git", ["-C", work.path] + arguments, environment: environment)
+    }
+
+    /// Writes `files` (path → contents), commits them on the current branch, pushes, and
+    /// returns the new commit's sha.
+    @discardableResult
+    func commit(_ files: [String: String], message: String = "change", push: Bool = true) throws -> String {
+        for (path, contents) in files {
+            let url = work.appendingPathComponent(path)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try contents.write(to: url, atomically: true, encoding: .utf8)
+        }
+        try git("add", "-A")
+        try git("commit", "--quiet", "-m", message)
+        if push { try git("push", "--quiet", "origin", "HEAD") }
+        return try git("rev-parse", "HEAD")
+    }
+
+    func mirror(_ name: String = "project") -> GitMirror {
+        GitMirror(path: dir.path("mirrors/\(name).git"), url: originURL)
+    }
+}
+
+/// Where the Docker tests keep podman's storage: reused across runs so the busybox image
+/// is made once.
+let podmanTestRoot = URL(fileURLWithPath: "/var/tmp/kiln-test/podman")
+let busyboxImage = "localhost/kiln/busybox:1"
+
+/// Starts podman's service on `podmanTestRoot`, makes the busybox image if missing, runs
+/// `body` under a time limit and stops the service, whatever happened. The suites that use
+/// it are serialized: one service per root at a time.
+func withPodman<T: Sendable>(
+    timeout: Duration = .seconds(120),
+    _ body: @escaping @Sendable (PodmanService, DockerClient) async throws -> T
+) async throws -> T {
+    let service = try await PodmanService.start(root: podmanTestRoot)
+    defer { service.stop() }
+    try service.ensureBusyboxImage(busyboxImage)
+    let docker = DockerClient(socketPath: service.socketPath)
+    return try await withTimeout(timeout) { try await body(service, docker) }
+}
+
+/// Collects lines handed to an `onLine` callback.
+final class Lines: Sendable {
+    private let lines = Mutex<[String]>([])
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+    var all: [String] { lines.withLock { $0 } }
+}
+
