@@ -46,17 +46,24 @@ public struct AgentService: Service {
             throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
         }
         let builds = RunningBuilds()
+        // On graceful shutdown (SIGTERM, Ctrl-C): stop taking tasks, stop the running builds
+        // without recording an end, wait for them, then revoke the lease so the scheduler
+        // requeues those builds at once.
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await registrationLoop() }
-            group.addTask { await taskLoop(builds: builds) }
-            await withGracefulShutdownHandler {
-                await group.next()
-            } onGracefulShutdown: {
-                builds.stopAll(reason: .shutdown)
+            group.addTask { try? await cancelWhenGracefulShutdown { await taskLoop(builds: builds) } }
+            group.addTask {
+                await withGracefulShutdownHandler {
+                    await registrationLoop(beforeRevoke: {
+                        // Also reached on plain cancellation (tests, embedding): stop the builds.
+                        builds.stopAll(reason: .shutdown)
+                        await builds.waitForAll()
+                    })
+                } onGracefulShutdown: {
+                    builds.stopAll(reason: .shutdown)
+                }
             }
-            group.cancelAll()
+            await group.waitForAll()
         }
-        await builds.waitForAll()
         logger.info("agent stopped")
     }
 
@@ -98,7 +105,9 @@ public struct AgentService: Service {
 
     // MARK: registration
 
-    private func registrationLoop() async {
+    /// Keeps the registration alive until graceful shutdown; then runs `beforeRevoke` and
+    /// revokes the lease.
+    private func registrationLoop(beforeRevoke: @escaping @Sendable () async -> Void) async {
         var backoff = Duration.milliseconds(200)
         while !Task.isCancelled {
             var lease: Int64?
@@ -110,7 +119,7 @@ public struct AgentService: Service {
                 logger.info("registered", metadata: ["lease": "\(id)", "ttl": "\(configuration.ttlSeconds)", "capacity": "\(configuration.capacity)"])
                 backoff = .milliseconds(200)
                 let interval = Duration.milliseconds(max(500, configuration.ttlSeconds * 1000 / 3))
-                try await etcd.keepAlive(id, every: interval)
+                try await cancelWhenGracefulShutdown { try await etcd.keepAlive(id, every: interval) }
             } catch is CancellationError {
             } catch let error as EtcdError where error == .leaseNotFound {
                 logger.warning("lease lost; registering again")
@@ -121,7 +130,8 @@ public struct AgentService: Service {
                 backoff = min(backoff * 2, .seconds(2))
                 continue
             }
-            // Cancelled: leave the farm now rather than after the TTL.
+            // Shutting down: leave the farm now rather than after the TTL.
+            await beforeRevoke()
             if let lease {
                 let etcd = self.etcd
                 await Task.detached { try? await etcd.revokeLease(lease) }.value

@@ -43,6 +43,9 @@ public final class BackgroundServer: Sendable {
 
     static func start(name: String, port: Int, router: Router<BasicRequestContext>, requests: RequestCounter, logger: Logger) async throws -> BackgroundServer {
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        // Stopping is cancelling, which Hummingbird logs as an error; keep dev servers quiet.
+        var logger = logger
+        logger.logLevel = .critical
         let app = Application(
             router: router,
             configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: name),

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,7 +54,7 @@ public final class ManagedProcess: Sendable {
         p.standardOutput = handle
         p.standardError = handle
         p.standardInput = FileHandle.nullDevice
-        try p.run()
+        try ManagedProcess.spawnWithCleanSignalMask(p)
         self.process = p
         try? handle.close()
     }
@@ -66,7 +67,7 @@ public final class ManagedProcess: Sendable {
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            waitBriefly()
         }
     }
 
@@ -74,7 +75,14 @@ public final class ManagedProcess: Sendable {
     public func killNow() {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        waitBriefly()
+    }
+
+    /// Waits up to 5 s for the process to be reaped; never forever (a child whose own
+    /// children linger may stay a zombie for a while).
+    private func waitBriefly() {
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
     }
 
     /// The last `lines` lines of the log file, for error messages.
@@ -95,6 +103,27 @@ public final class ManagedProcess: Sendable {
             try await Task.sleep(for: .milliseconds(50))
         }
         throw FarmError("\(name) did not become ready within \(Int(timeout)) s. Its log (\(logFile.path)) ends with:\n\(logTail())")
+    }
+
+    /// Starts `p` from a new thread whose signal mask is empty.
+    ///
+    /// A child inherits the signal mask of the thread that spawns it, and Swift's concurrency
+    /// threads block SIGTERM and SIGCHLD: a child started from one would ignore SIGTERM (and
+    /// git-daemon would never reap its children). Go programs unblock what they handle, C
+    /// programs and Swift services may not.
+    static func spawnWithCleanSignalMask(_ p: Process) throws {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<Void, Error>>(.success(()))
+        let box = UnsafeSendableProcess(p)
+        Thread.detachNewThread {
+            var empty = sigset_t()
+            sigemptyset(&empty)
+            pthread_sigmask(SIG_SETMASK, &empty, nil)
+            do { try box.process.run() } catch { result.withLock { $0 = .failure(error) } }
+            done.signal()
+        }
+        done.wait()
+        try result.withLock { try $0.get() }
     }
 
     /// The full path of `program` on PATH, or nil.
@@ -124,11 +153,18 @@ public final class ManagedProcess: Sendable {
         p.standardOutput = pipe
         p.standardError = pipe
         p.standardInput = FileHandle.nullDevice
-        try p.run()
+        try spawnWithCleanSignalMask(p)
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
+}
+
+/// Carries a `Process` to the spawning thread; the caller waits for that thread, so the
+/// process object is never used from two threads at once.
+private struct UnsafeSendableProcess: @unchecked Sendable {
+    let process: Process
+    init(_ p: Process) { process = p }
 }
 
 /// Free TCP ports on the loopback interface.

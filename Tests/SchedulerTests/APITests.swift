@@ -1,0 +1,194 @@
+import Etcd
+import Foundation
+import KilnCore
+import Testing
+
+@Suite("Scheduler API against a real etcd", .serialized)
+struct APITests {
+    @Test func projectsAreSavedShownAndListed() async throws {
+        try await withScheduler { h in
+            let created = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            #expect(created.status == 201)
+            let again = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            #expect(again.status == 200)
+            let shown = try await h.request(.GET, "/api/v1/projects/demo")
+            #expect(shown.status == 200)
+            #expect(shown.json?["buildImage"] as? String == "localhost/kiln/jdk17-maven:1")
+            #expect(shown.json?["dockerfile"] as? String == "Dockerfile")
+            #expect(shown.json?["context"] as? String == ".")
+            let list = try await h.request(.GET, "/api/v1/projects")
+            #expect(list.body.contains("\"name\" : \"demo\"") || list.body.contains("\"name\":\"demo\""))
+        }
+    }
+
+    @Test func badProjectsAreRefusedWithTheReason() async throws {
+        try await withScheduler { h in
+            let cases: [(String, String)] = [
+                (#"{"name":"Bad_Name","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make"}"#, "project name"),
+                (#"{"name":"a/b","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make"}"#, "project name"),
+                (#"{"name":"evil","repository":"ext::sh -c touch% /tmp/pwned","buildImage":"a:1","buildCommand":"make"}"#, "::"),
+                (#"{"name":"evil","repository":"ssh://-oProxyCommand=x/r","buildImage":"a:1","buildCommand":"make"}"#, "'-'"),
+                (#"{"name":"evil","repository":"ftp://h/r","buildImage":"a:1","buildCommand":"make"}"#, "ftp"),
+                (#"{"name":"evil","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","dockerfile":"../../etc/passwd"}"#, ".."),
+                (#"{"name":"demo","repository":"http://h/r.git","buildCommand":"make"}"#, "buildImage"),
+                (#"{"name":"demo","#, "not valid JSON"),
+                ("", "empty"),
+            ]
+            for (body, reason) in cases {
+                let r = try await h.request(.POST, "/api/v1/projects", body: body)
+                #expect(r.status == 400, "\(body) -> \(r.status)")
+                #expect(r.error?.contains(reason) == true, "\(body) -> \(r.body)")
+            }
+            // Nothing was stored.
+            #expect(try await h.etcd.range(prefix: h.keys.projects).kvs.isEmpty)
+        }
+    }
+
+    @Test func unknownThingsAre404() async throws {
+        try await withScheduler { h in
+            #expect(try await h.request(.GET, "/api/v1/projects/nope").status == 404)
+            let build = try await h.request(.POST, "/api/v1/projects/nope/builds", body: "{}")
+            #expect(build.status == 404)
+            #expect(build.error?.contains("nope") == true)
+            #expect(try await h.request(.GET, "/api/v1/builds/b000000000-000000").status == 404)
+            #expect(try await h.request(.GET, "/api/v1/builds/b000000000-000000/log").status == 404)
+            let route = try await h.request(.GET, "/api/v1/nothing")
+            #expect(route.status == 404)
+            #expect(route.error != nil)
+        }
+    }
+
+    @Test func badBuildRequestsAre400AndQueueNothing() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let cases: [(String, String)] = [
+                (#"{"ref":"--upload-pack=touch /tmp/x"}"#, "'-'"),
+                (#"{"ref":"a..b"}"#, ".."),
+                (#"{"ref":"main branch"}"#, "space"),
+                (#"{"ref":"main","tag":"-x"}"#, "tag"),
+                (#"{"ref":"main","tag":"a/b"}"#, "tag"),
+                (#"{"ref":"main","tag":"has:colon"}"#, "tag"),
+                (#"{"ref":"main","commit":"not-hex"}"#, "commit"),
+                (#"{"ref":"main","mvncache":"yes"}"#, "mvncache"),
+            ]
+            for (body, reason) in cases {
+                let r = try await h.request(.POST, "/api/v1/projects/demo/builds", body: body)
+                #expect(r.status == 400, "\(body) -> \(r.status) \(r.body)")
+                #expect(r.error?.contains(reason) == true, "\(body) -> \(r.body)")
+            }
+            #expect(try await h.etcd.range(prefix: h.keys.queue).kvs.isEmpty)
+            #expect(try await h.etcd.range(prefix: h.keys.builds).kvs.isEmpty)
+            #expect(try await h.request(.GET, "/api/v1/projects/Bad_Name").status == 400)
+            #expect(try await h.request(.GET, "/api/v1/builds/..%2F..%2Fetc").status == 400)
+        }
+    }
+
+    @Test func buildsAreQueuedListedNewestFirstAndCancelled() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let first = try await h.request(.POST, "/api/v1/projects/demo/builds", body: #"{"ref":"main","tag":"v1","mvncache":false}"#)
+            #expect(first.status == 201)
+            let a = try KilnJSON.decode(Build.self, from: first.body)
+            #expect(a.status == .queued)
+            #expect(a.tag == "v1")
+            #expect(a.mvncache == false)
+            #expect(a.steps.map(\.name) == [.fetch, .compile, .image, .push])
+            #expect(try await h.etcd.get(h.keys.queued(a.id)) != nil)
+            let b = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "").body)
+            #expect(b.ref == "main")  // the project's default branch
+            #expect(b.mvncache == true)
+
+            let list = try KilnJSON.decode([Build].self, from: try await h.request(.GET, "/api/v1/builds?project=demo").body)
+            #expect(list.map(\.id) == [b.id, a.id])
+            #expect(try KilnJSON.decode([Build].self, from: try await h.request(.GET, "/api/v1/builds?project=other").body).isEmpty)
+
+            let cancelled = try await h.request(.POST, "/api/v1/builds/\(a.id)/cancel")
+            #expect(cancelled.status == 200)
+            #expect(try await h.build(a.id).status == .cancelled)
+            #expect(try await h.etcd.get(h.keys.queued(a.id)) == nil)
+            let twice = try await h.request(.POST, "/api/v1/builds/\(a.id)/cancel")
+            #expect(twice.status == 409)
+            let log = try await h.request(.GET, "/api/v1/builds/\(a.id)/log?follow=1")
+            #expect(log.body.contains("cancelled before it started"))
+        }
+    }
+}
+
+@Suite("Dispatcher against a real etcd", .serialized)
+struct DispatcherTests {
+    @Test func queuedBuildIsAssignedToALiveAgentInOneStep() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            _ = try await registerAgent(h, id: "a1", capacity: 2)
+            let b = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks(of: "a1")) { $0.count == 1 }
+            let task = try KilnJSON.decode(BuildTask.self, from: try #require(try await h.etcd.get(h.keys.task(agent: "a1", build: b.id))).value)
+            #expect(task.project.name == "demo")
+            #expect(task.attempt == 1)
+            let rec = try await h.build(b.id)
+            #expect(rec.status == .assigned)
+            #expect(rec.agent == "a1")
+            #expect(try await h.etcd.get(h.keys.queued(b.id)) == nil)
+            let agents = try await h.request(.GET, "/api/v1/agents")
+            #expect(agents.body.contains("\"running\" : 1") || agents.body.contains("\"running\":1"))
+        }
+    }
+
+    @Test func aProjectKeepsLandingOnTheSameAgentAndCapacityIsRespected() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            _ = try await registerAgent(h, id: "a1", capacity: 1)
+            _ = try await registerAgent(h, id: "a2", capacity: 1)
+            _ = try await registerAgent(h, id: "a3", capacity: 1)
+            let first = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks) { $0.count == 1 }
+            let home = try await h.build(first.id).agent!
+            // Finish it: the next build of the project lands on the same agent.
+            _ = try await h.etcd.delete(h.keys.task(agent: home, build: first.id))
+            let second = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks) { $0.count == 1 }
+            #expect(try await h.build(second.id).agent == home)
+            // Home is full (capacity 1): the third walks on along the ring to another agent.
+            let third = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks) { $0.count == 2 }
+            let other = try await h.build(third.id).agent
+            #expect(other != nil && other != home)
+            // All full: the fourth waits in the queue until a slot frees.
+            let fourth = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks) { $0.count == 3 }
+            let fifth = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            _ = fourth
+            #expect(try await h.build(fifth.id).status == .queued)
+            _ = try await h.etcd.delete(h.keys.task(agent: home, build: second.id))
+            try await h.waitFor(prefix: h.keys.queue) { $0.isEmpty }
+            #expect(try await h.build(fifth.id).agent == home)
+        }
+    }
+
+    @Test func aDeadAgentsBuildGoesBackToTheQueueWithTheAttemptCounted() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let lease = try await registerAgent(h, id: "doomed", capacity: 1)
+            let b = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks(of: "doomed")) { $0.count == 1 }
+            let taskKV = try #require(try await h.etcd.get(h.keys.task(agent: "doomed", build: b.id)))
+            // The agent dies: its lease ends. The build goes back to the queue (no agent left).
+            try await h.etcd.revokeLease(lease)
+            try await h.waitFor(prefix: h.keys.queue) { $0.count == 1 }
+            let requeued = try await h.build(b.id)
+            #expect(requeued.status == .queued)
+            #expect(requeued.attempt == 1)
+            #expect(requeued.error?.contains("doomed") == true)
+            // A write guarded by the old task's create revision (what the dead agent would do) is refused.
+            let late = try await h.etcd.txn(Txn(compare: [.createRevision(taskKV.key, .equal, taskKV.createRevision)],
+                                                 success: [.put(h.keys.build(b.id), "late")]))
+            #expect(!late.succeeded)
+            // Another agent comes: it gets the build as attempt 2.
+            _ = try await registerAgent(h, id: "survivor", capacity: 1)
+            try await h.waitFor(prefix: h.keys.tasks(of: "survivor")) { $0.count == 1 }
+            let again = try await h.build(b.id)
+            #expect(again.agent == "survivor")
+            #expect(again.attempt == 2)
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import AsyncHTTPClient
+import Etcd
+import Foundation
+import Hummingbird
+import KilnCore
+import LocalFarm
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Scheduler
+
+/// A scheduler running in this process on a free port, over a real etcd started for the test.
+struct SchedulerHarness: Sendable {
+    let api: String
+    let etcd: EtcdClient
+    let keys = Keys()
+
+    struct Reply: Sendable {
+        let status: Int
+        let body: String
+        var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
+        var error: String? { json?["error"] as? String }
+    }
+
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Reply {
+        var r = HTTPClientRequest(url: api + path)
+        r.method = method
+        if let body {
+            r.headers.add(name: "Content-Type", value: "application/json")
+            r.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await HTTPClient.shared.execute(r, timeout: .seconds(30))
+        let buffer = try await response.body.collect(upTo: 16 << 20)
+        return Reply(status: Int(response.status.code), body: String(buffer: buffer))
+    }
+
+    func build(_ id: String) async throws -> Build {
+        try KilnJSON.decode(Build.self, from: try await request(.GET, "/api/v1/builds/\(id)").body)
+    }
+
+    /// Waits until `condition` holds for the keys under `prefix`, re-checking on each change
+    /// (an etcd watch), up to `timeout`.
+    func waitFor(prefix: String, timeout: Duration = .seconds(20), _ condition: @escaping @Sendable ([KeyValue]) -> Bool) async throws {
+        let etcd = self.etcd
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let first = try await etcd.range(prefix: prefix)
+                if condition(first.kvs) { return }
+                for try await _ in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
+                    if condition(try await etcd.range(prefix: prefix).kvs) { return }
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw FarmError("condition on \(prefix) not met within \(timeout)")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    static let demoProject = #"{"name":"demo","repository":"http://127.0.0.1:1/demo.git","buildImage":"localhost/kiln/jdk17-maven:1","buildCommand":"mvn -B -q package"}"#
+}
+
+func withScheduler(_ body: @Sendable (SchedulerHarness) async throws -> Void) async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-sched-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let server = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
+    defer { server.stop() }
+    var logger = Logger(label: "test")
+    // Cancelling the server at the end of a test logs an error about its channels.
+    logger.logLevel = .critical
+    let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
+    let app = buildSchedulerApplication(
+        configuration: .init(port: 0, etcdEndpoint: server.endpoint), logger: logger,
+        onServerRunning: { portsContinuation.yield($0) })
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await app.run() }
+        var port = 0
+        for await p in ports { port = p; break }
+        let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: EtcdClient(endpoint: server.endpoint))
+        do {
+            try await body(harness)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+/// Registers an agent the way `kiln agent` does (a key under a lease), without running one:
+/// the scheduler sees only etcd, so this is the real protocol, not a stand-in.
+func registerAgent(_ h: SchedulerHarness, id: String, capacity: Int, ttl: Int64 = 10) async throws -> Int64 {
+    let lease = try await h.etcd.grantLease(ttl: ttl)
+    try await h.etcd.put(h.keys.agent(id), try KilnJSON.encode(AgentInfo(id: id, capacity: capacity, labels: [], version: "test")), lease: lease)
+    return lease
+}
