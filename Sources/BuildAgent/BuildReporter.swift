@@ -66,12 +66,16 @@ actor BuildReporter {
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
-    /// Writes the last log chunk, then the final record, and removes the task: the build is over.
+    /// Writes the last log chunk, the final record and removes the task, in one transaction:
+    /// whoever sees the log's end sees the build's end.
     func finish(_ build: Build) async throws {
-        try await flush(end: true)
+        let lines = buffer.take()
+        let chunk = LogChunk(seq: seq, lines: lines, end: true)
+        let chunkKey = keys.logChunk(build: buildID, attempt: attempt, seq: seq)
+        seq += 1
         let r = try await etcd.txn(Txn(
             compare: [guardCompare],
-            success: [.put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)]))
+            success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)]))
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 

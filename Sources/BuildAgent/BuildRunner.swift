@@ -105,6 +105,16 @@ struct BuildRunner: Sendable {
             }
         }
         if failure is TaskLostError || control.reason == .taskLost { throw TaskLostError(build: build.id) }
+        // A cancelled build's task is cancelled too, and so would be every etcd call made
+        // from it: record the end from a task of its own.
+        let ending = build
+        try await Task.detached {
+            try await finishRecord(ending, failure: failure, control: control, reporter: reporter, started: started, logger: logger)
+        }.value
+    }
+
+    private func finishRecord(_ ending: Build, failure: Error?, control: BuildControl, reporter: BuildReporter, started: ContinuousClock.Instant, logger: Logger) async throws {
+        var build = ending
         if control.reason == .shutdown {
             // The agent is stopping: leave the task in place; when this agent's lease is
             // revoked the scheduler gives the build to another agent.
@@ -282,16 +292,11 @@ struct BuildRunner: Sendable {
         }
         do {
             try await docker.start(id)
-            let code = try await withThrowingTaskGroup(of: Int?.self) { group in
-                group.addTask {
-                    for try await line in docker.logs(id, follow: true) { reporter.log(line) }
-                    return nil
-                }
-                group.addTask { try await docker.wait(id) }
-                var code: Int?
-                for try await r in group { if let r { code = r } }
-                return code ?? -1
-            }
+            // Follow the output to its end (the container has exited then), and only then
+            // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
+            // as it is open (containers/podman#18150), which halved the build's CPU here.
+            for try await line in docker.logs(id, follow: true) { reporter.log(line) }
+            let code = try await docker.wait(id)
             try? await docker.remove(id, force: true)
             return code
         } catch {

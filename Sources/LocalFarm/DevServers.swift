@@ -175,23 +175,8 @@ public enum GitHTTPServer {
     }
 
     static func runCGI(backend: String, env: [String: String], input: Data) throws -> Data {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: backend)
-        p.environment = env
-        let stdin = Pipe(), stdout = Pipe()
-        p.standardInput = stdin
-        p.standardOutput = stdout
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        // Write the body on its own thread so a large request and response cannot deadlock.
-        let writer = Thread {
-            stdin.fileHandleForWriting.write(input)
-            try? stdin.fileHandleForWriting.close()
-        }
-        writer.start()
-        let out = stdout.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return out
+        // A CGI program gets exactly the environment it is given, not ours.
+        try Spawn.run(backend, [], environment: env, replaceEnvironment: true, input: input, discardStderr: true).output
     }
 
     static func parseCGI(_ output: Data) -> Response {

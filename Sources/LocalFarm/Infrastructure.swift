@@ -102,30 +102,18 @@ public final class Infrastructure: Sendable {
     }
 
     /// Runs fixtures/make-images.sh against this podman storage (a no-op once the images exist).
-    static func makeImages(fixtures: URL, podman: PodmanService, progress: @Sendable (String) -> Void) throws {
+    static func makeImages(fixtures: URL, podman: PodmanService, progress: @escaping @Sendable (String) -> Void) throws {
         let script = fixtures.appendingPathComponent("make-images.sh").path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [script]
-        p.environment = ProcessInfo.processInfo.environment.merging(podman.environment) { _, new in new }
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
         var pending = Data()
-        while true {
-            let data = pipe.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            pending.append(data)
+        let r = try Spawn.run("/bin/bash", [script], environment: podman.environment) { chunk in
+            pending.append(chunk)
             while let nl = pending.firstIndex(of: 10) {
                 progress("  " + String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
                 pending.removeSubrange(pending.startIndex...nl)
             }
         }
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw FarmError("making the base images failed (\(script) exited \(p.terminationStatus)); its output is above")
+        guard r.status == 0 else {
+            throw FarmError("making the base images failed (\(script) exited \(r.status)); its output is above")
         }
     }
 

@@ -15,14 +15,24 @@ public struct FarmError: Error, CustomStringConvertible, Sendable {
 ///
 /// Its standard output and error go to `logFile` (appended), so a component that fails to
 /// start can be diagnosed from the file named in the error. `stop()` sends SIGTERM, waits up
-/// to `grace`, then SIGKILL; calling it twice is harmless.
+/// to `grace`, then SIGKILL; calling it twice is harmless. Started and reaped through
+/// `Spawn` (posix_spawn and waitpid), never Foundation's `Process`.
 public final class ManagedProcess: Sendable {
     public let name: String
     public let logFile: URL
-    private let process: Process
+    public let pid: Int32
+    /// The exit status once the process has been reaped.
+    private let exitStatus = Mutex<Int32?>(nil)
 
-    public var pid: Int32 { process.processIdentifier }
-    public var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { status == nil }
+
+    /// The exit status, or nil while it runs (reaps it if it has ended).
+    public var status: Int32? {
+        exitStatus.withLock { s in
+            if s == nil, let r = Spawn.poll(pid) { s = r }
+            return s
+        }
+    }
 
     /// Starts `executable` (a path, or a name looked up on PATH) with `arguments`.
     public init(
@@ -30,7 +40,6 @@ public final class ManagedProcess: Sendable {
         executable: String,
         arguments: [String],
         environment: [String: String]? = nil,
-        workingDirectory: URL? = nil,
         logFile: URL
     ) throws {
         self.name = name
@@ -39,50 +48,42 @@ public final class ManagedProcess: Sendable {
             throw FarmError("\(name): the program '\(executable)' is not installed (not found on PATH). Run scripts/install-deps.sh as root, or apt-get install the package that provides it.")
         }
         try FileManager.default.createDirectory(at: logFile.deletingLastPathComponent(), withIntermediateDirectories: true)
-        if !FileManager.default.fileExists(atPath: logFile.path) {
-            FileManager.default.createFile(atPath: logFile.path, contents: nil)
-        }
-        let handle = try FileHandle(forWritingTo: logFile)
-        handle.seekToEndOfFile()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        if let environment {
-            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        }
-        if let workingDirectory { p.currentDirectoryURL = workingDirectory }
-        p.standardOutput = handle
-        p.standardError = handle
-        p.standardInput = FileHandle.nullDevice
-        try ManagedProcess.spawnWithCleanSignalMask(p)
-        self.process = p
-        try? handle.close()
+        let log = open(logFile.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw FarmError("\(name): cannot open its log \(logFile.path): errno \(errno)") }
+        defer { close(log) }
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(null) }
+        self.pid = try Spawn.start(path, arguments, environment: environment, stdin: null, stdout: log, stderr: log)
+    }
+
+    deinit {
+        // Never leave a child behind, nor a zombie.
+        if isRunning { stop(grace: 2) }
     }
 
     /// Stops the process: SIGTERM, then SIGKILL after `grace` seconds.
     public func stop(grace: Double = 5) {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
+        guard isRunning else { return }
+        kill(pid, SIGTERM)
         let deadline = Date().addingTimeInterval(grace)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
+        while isRunning && Date() < deadline { usleep(20_000) }
+        if isRunning {
+            kill(pid, SIGKILL)
             waitBriefly()
         }
     }
 
     /// Sends SIGKILL at once (for tests that kill a component on purpose).
     public func killNow() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
+        guard isRunning else { return }
+        kill(pid, SIGKILL)
         waitBriefly()
     }
 
-    /// Waits up to 5 s for the process to be reaped; never forever (a child whose own
-    /// children linger may stay a zombie for a while).
+    /// Waits up to 5 s for the process to be reaped after SIGKILL.
     private func waitBriefly() {
         let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
+        while isRunning && Date() < deadline { usleep(10_000) }
     }
 
     /// The last `lines` lines of the log file, for error messages.
@@ -96,34 +97,13 @@ public final class ManagedProcess: Sendable {
     public func waitUntilReady(timeout: Double, _ ready: @Sendable () async -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if !process.isRunning {
-                throw FarmError("\(name) exited with status \(process.terminationStatus) while starting. Its log (\(logFile.path)) ends with:\n\(logTail())")
+            if let s = status {
+                throw FarmError("\(name) exited with status \(s) while starting. Its log (\(logFile.path)) ends with:\n\(logTail())")
             }
             if await ready() { return }
             try await Task.sleep(for: .milliseconds(50))
         }
         throw FarmError("\(name) did not become ready within \(Int(timeout)) s. Its log (\(logFile.path)) ends with:\n\(logTail())")
-    }
-
-    /// Starts `p` from a new thread whose signal mask is empty.
-    ///
-    /// A child inherits the signal mask of the thread that spawns it, and Swift's concurrency
-    /// threads block SIGTERM and SIGCHLD: a child started from one would ignore SIGTERM (and
-    /// git-daemon would never reap its children). Go programs unblock what they handle, C
-    /// programs and Swift services may not.
-    static func spawnWithCleanSignalMask(_ p: Process) throws {
-        let done = DispatchSemaphore(value: 0)
-        let result = Mutex<Result<Void, Error>>(.success(()))
-        let box = UnsafeSendableProcess(p)
-        Thread.detachNewThread {
-            var empty = sigset_t()
-            sigemptyset(&empty)
-            pthread_sigmask(SIG_SETMASK, &empty, nil)
-            do { try box.process.run() } catch { result.withLock { $0 = .failure(error) } }
-            done.signal()
-        }
-        done.wait()
-        try result.withLock { try $0.get() }
     }
 
     /// The full path of `program` on PATH, or nil.
@@ -143,28 +123,9 @@ public final class ManagedProcess: Sendable {
         guard let path = which(executable) else {
             throw FarmError("the program '\(executable)' is not installed (not found on PATH)")
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        if let environment {
-            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        }
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        p.standardInput = FileHandle.nullDevice
-        try spawnWithCleanSignalMask(p)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        let r = try Spawn.run(path, arguments, environment: environment)
+        return (r.status, String(decoding: r.output, as: UTF8.self))
     }
-}
-
-/// Carries a `Process` to the spawning thread; the caller waits for that thread, so the
-/// process object is never used from two threads at once.
-private struct UnsafeSendableProcess: @unchecked Sendable {
-    let process: Process
-    init(_ p: Process) { process = p }
 }
 
 /// Free TCP ports on the loopback interface.
