@@ -266,7 +266,7 @@ struct BuildRunner: Sendable {
                 env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
                 networkMode: configuration.compileNetwork, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
             reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
-            let code = try await runContainer(spec, reporter: reporter)
+            let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
         }
         if task.mvncache {
@@ -282,12 +282,18 @@ struct BuildRunner: Sendable {
 
     /// Creates, starts and waits for a container, streaming its output into the log.
     /// The container is removed in every case; on cancellation it is stopped first.
-    private func runContainer(_ spec: ContainerSpec, reporter: BuildReporter) async throws -> Int {
+    /// The container is named, so that one created by a request this build cancelled
+    /// halfway (podman made it, the answer never came) is still found and removed.
+    private func runContainer(_ spec: ContainerSpec, name: String, reporter: BuildReporter) async throws -> Int {
         let docker = self.docker
+        // Left by an earlier run of this very attempt (an agent that crashed): remove it.
+        try? await docker.remove(name, force: true)
         let id: String
         do {
-            id = try await docker.createContainer(spec, name: nil)
+            id = try await docker.createContainer(spec, name: name)
         } catch {
+            await Task.detached { try? await docker.remove(name, force: true) }.value
+            if Task.isCancelled { throw CancellationError() }
             throw StepFailure(step: .compile, message: "could not create the build container from '\(spec.image)': \(error)")
         }
         do {

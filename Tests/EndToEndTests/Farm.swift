@@ -109,6 +109,27 @@ final class Farm: Sendable {
         }
     }
 
+    /// Waits (on an etcd watch of the build's log chunks) until a line contains `text`.
+    func waitForLog(_ id: String, containing text: String, timeout: Duration = .seconds(120)) async throws {
+        let etcd = self.etcd, prefix = keys.logs(of: id)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let first = try await etcd.range(prefix: prefix)
+                if first.kvs.contains(where: { $0.string.contains(text) }) { return }
+                for try await update in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
+                    guard case .events(let events, _) = update else { continue }
+                    if events.contains(where: { $0.kind == .put && $0.kv.string.contains(text) }) { return }
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw FarmError("'\(text)' did not appear in the log of \(id) within \(timeout)")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
     func finished(_ id: String, timeout: Duration = .seconds(300)) async throws -> Build {
         try await waitForBuild(id, timeout: timeout) { $0.status.isFinal }
     }
