@@ -38,4 +38,12 @@ if [ "$status" -ne 0 ]; then
     exit 1
 fi
 echo "test.sh: built in $(( $(date +%s) - start )) s; running the tests"
-swift test --skip-build "$@"
+if [ $# -gt 0 ]; then
+    exec swift test --skip-build "$@"
+fi
+# EtcdTests run in a process of their own: their checks that a finished watch closes its
+# connection (etcd's watcher count back to 0) pass alone, idle or with both cores busy,
+# but fail when they share the process with the other suites. Not understood yet; see the
+# issue notes. Everything else runs together, in parallel.
+swift test --skip-build --skip EtcdTests
+swift test --skip-build --filter EtcdTests

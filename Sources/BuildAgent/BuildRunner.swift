@@ -274,6 +274,9 @@ struct BuildRunner: Sendable {
             try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
             // One build at a time writes a project's cache: Maven's local repository is
             // not safe for two processes.
+            if await cacheLocks.isHeld(project.name) {
+                reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
+            }
             try await cacheLocks.withLock(project.name) { try await runIt(baseMounts + ["\(cache.path):/root/.m2"]) }
         } else {
             try await runIt(baseMounts)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Logging
 
 /// Everything a one-machine farm needs below Kiln itself: etcd, the registry, podman's
@@ -82,7 +83,7 @@ public final class Infrastructure: Sendable {
             started.append { podman.stop() }
             progress("  containers   unix://\(podman.socketPath)")
 
-            try makeImages(fixtures: fixtures, podman: podman, progress: progress)
+            try await makeImages(fixtures: fixtures, podman: podman, progress: progress)
 
             let mirror = try await MavenMirror.start(port: ports.mavenMirror ?? 0, logger: logger)
             started.append { await mirror.stop() }
@@ -102,14 +103,16 @@ public final class Infrastructure: Sendable {
     }
 
     /// Runs fixtures/make-images.sh against this podman storage (a no-op once the images exist).
-    static func makeImages(fixtures: URL, podman: PodmanService, progress: @escaping @Sendable (String) -> Void) throws {
+    static func makeImages(fixtures: URL, podman: PodmanService, progress: @escaping @Sendable (String) -> Void) async throws {
         let script = fixtures.appendingPathComponent("make-images.sh").path
-        var pending = Data()
-        let r = try Spawn.run("/bin/bash", [script], environment: podman.environment) { chunk in
-            pending.append(chunk)
-            while let nl = pending.firstIndex(of: 10) {
-                progress("  " + String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
-                pending.removeSubrange(pending.startIndex...nl)
+        let pending = Mutex(Data())
+        let r = try await Spawn.runDetached("/bin/bash", [script], environment: podman.environment) { chunk in
+            pending.withLock { pending in
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: 10) {
+                    progress("  " + String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
+                    pending.removeSubrange(pending.startIndex...nl)
+                }
             }
         }
         guard r.status == 0 else {

@@ -174,14 +174,24 @@ public final class PodmanService: Sendable {
     public static func removeStorage(root: URL) throws {
         let root = root.standardizedFileURL.path
         guard FileManager.default.fileExists(atPath: root) else { return }
-        let mounts = mountPoints(under: root).sorted { $0.count > $1.count }
-        for mount in mounts where umount2(mount, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
-            throw FarmError("podman: cannot unmount \(mount): \(String(cString: strerror(errno)))")
+        // Unmount until nothing is left: with several podman services on one machine a
+        // mount point can carry stacked (propagated) mounts, each needing its own umount.
+        for _ in 0..<16 {
+            let mounts = mountPoints(under: root).sorted { $0.count > $1.count }
+            if mounts.isEmpty { break }
+            for mount in mounts where umount2(mount, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+                throw FarmError("podman: cannot unmount \(mount): \(String(cString: strerror(errno)))")
+            }
         }
         do {
             try FileManager.default.removeItem(atPath: root)
         } catch {
-            throw FarmError("podman: cannot delete \(root): \(error.localizedDescription)")
+            // FileManager gives up on some of overlay's leftovers (seen under load: error 512
+            // with no reason); rm copes, and says why when it cannot.
+            let rm = try? Spawn.run("/bin/rm", ["-rf", "--one-file-system", root])
+            if FileManager.default.fileExists(atPath: root) {
+                throw FarmError("podman: cannot delete \(root): \(error.localizedDescription) \(rm.map { String(decoding: $0.output, as: UTF8.self) } ?? "")")
+            }
         }
     }
 

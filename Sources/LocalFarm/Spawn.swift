@@ -141,4 +141,15 @@ public enum Spawn {
         close(readFD)
         return (exit ?? wait(pid), output)
     }
+
+    /// `run` on a thread of its own, so that a long command (debootstrap, an image import)
+    /// does not hold one of the few threads Swift's concurrency has.
+    public static func runDetached(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
+                                   onOutput: (@Sendable (Data) -> Void)? = nil) async throws -> (status: Int32, output: Data) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try run(path, arguments, environment: environment, onOutput: onOutput) })
+            }
+        }
+    }
 }

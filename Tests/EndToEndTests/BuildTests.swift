@@ -79,6 +79,14 @@ struct EndToEndTests {
             #expect(off.status == .succeeded, "\(off.error ?? "")")
             #expect(mirror.served - servedBefore == coldDownloads, "without the cache: \(mirror.served - servedBefore) files, cold: \(coldDownloads)")
             #expect(!off.mvncache)
+
+            // Two builds of the project at once on one agent: the second waits for the cache.
+            let a = try await farm.startBuild("demo", BuildRequest(ref: "main", tag: "twin-a", mvncache: true))
+            let b = try await farm.startBuild("demo", BuildRequest(ref: "main", tag: "twin-b", mvncache: true))
+            let (doneA, doneB) = (try await farm.finished(a.id), try await farm.finished(b.id))
+            #expect(doneA.status == .succeeded && doneB.status == .succeeded)
+            let waited = [try await farm.log(a.id), try await farm.log(b.id)].filter { $0.contains("waiting for the Maven cache of demo") }
+            #expect(waited.count == 1, "exactly one of two concurrent builds should wait for the cache")
         }
     }
 

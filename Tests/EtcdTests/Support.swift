@@ -101,5 +101,7 @@ func waitForWatchers(_ server: EtcdServer, toBe count: Int) async throws -> Bool
         if try await openWatchers(server) == count { return true }
         try await Task.sleep(for: .milliseconds(50))
     }
-    return false
+    // This task may have been kept off the CPU past the deadline (other tests in the same
+    // process): look once more before calling it a leak.
+    return try await openWatchers(server) == count
 }
