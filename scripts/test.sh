@@ -41,9 +41,12 @@ echo "test.sh: built in $(( $(date +%s) - start )) s; running the tests"
 if [ $# -gt 0 ]; then
     exec swift test --skip-build "$@"
 fi
-# EtcdTests run in a process of their own: their checks that a finished watch closes its
-# connection (etcd's watcher count back to 0) pass alone, idle or with both cores busy,
-# but fail when they share the process with the other suites. Not understood yet; see the
+# Two groups run in a process of their own, where they pass (idle, or with both cores
+# busy): EtcdTests' checks that a finished watch closes its connection (etcd's watcher
+# count back to 0), and LocalFarmTests' check that a podman root's overlay mount is gone
+# after removeStorage. Sharing the process with the other suites (podman services and
+# farms starting and stopping in parallel) makes both fail. Not understood yet; see the
 # issue notes. Everything else runs together, in parallel.
-swift test --skip-build --skip EtcdTests
-swift test --skip-build --filter EtcdTests
+isolated='EtcdTests|LocalFarmTests'
+swift test --skip-build --skip "$isolated"
+swift test --skip-build --filter "$isolated"
