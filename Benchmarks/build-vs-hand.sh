@@ -548,7 +548,7 @@ frows = [
 
 diag_runs = int(E["DIAG_RUNS"])
 drows = []
-for mode, what in [("wait", "create, start, POST /containers/ID/wait, remove (what Kiln does)"),
+for mode, what in [("wait", "create, start, POST /containers/ID/wait while it runs, remove (what Kiln did before it waited for the log stream's end)"),
                    ("poll", "create, start, GET /containers/ID/json every 250 ms, remove")]:
     drows.append([what, s(med([num(f"diag{i}-{mode}", "wall_ms") for i in range(1, diag_runs + 1)])),
                   s(med([num(f"diag{i}-{mode}", "podman_cpu_ms") for i in range(1, diag_runs + 1)]), 1)])
