@@ -16,8 +16,13 @@ struct EndToEndTests {
         try await withFarm { farm in
             try await farm.addProject()
             let queued = try await farm.startBuild()
-            let b = try await farm.finished(queued.id)
+            // Follow the log while the build runs: the stream ends when the build does.
+            let followed = try await farm.request(.GET, "/api/v1/builds/\(queued.id)/log?follow=1").body
+            let b = try await farm.build(queued.id)
+            #expect(b.status.isFinal, "the followed log ended while the build was \(b.status)")
+            #expect(followed.contains("==> fetch started") && followed.contains("kiln: steps:"), "\(followed)")
             let log = try await farm.log(b.id)
+            #expect(log == followed)
             #expect(b.status == .succeeded, "\(b.error ?? "") \(log)")
             #expect(b.agent == "agent-1")
             #expect(b.attempt == 1)
@@ -144,6 +149,18 @@ struct EndToEndTests {
             #expect(push.status == .failed)
             #expect(b.error?.contains("127.0.0.1:\(deadPort)") == true, "\(b.error ?? "")")
             #expect(b.steps.filter { $0.status == .succeeded }.map(\.name) == [.fetch, .compile, .image])
+
+            // The agent lost its lease (say etcd forgot it): it registers again under a new one.
+            let key = farm.keys.agent("agent-1")
+            let old = try #require(try await farm.etcd.get(key))
+            try await farm.etcd.revokeLease(old.lease)
+            try await farm.waitForAgents(1)
+            let again = try #require(try await farm.etcd.get(key))
+            #expect(again.lease != old.lease && again.lease != 0)
+            // And it still builds: a compile failure is reported by the re-registered agent.
+            try await farm.addProject("broken", buildCommand: "exit 4")
+            let afterLoss = try await farm.finished(try await farm.startBuild("broken").id)
+            #expect(afterLoss.error?.contains("status 4") == true, "\(afterLoss.error ?? "")")
         }
     }
 
