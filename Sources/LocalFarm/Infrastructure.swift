@@ -23,7 +23,6 @@ public final class Infrastructure: Sendable {
             self.mavenMirror = mavenMirror
             self.git = git
         }
-        public static let standard = Ports(etcd: 2379, etcdPeer: 2380, registry: 5000, mavenMirror: 8081, git: 8082)
     }
 
     public static let buildImage = "localhost/kiln/jdk17-maven:1"

@@ -61,8 +61,8 @@ public struct API: Sendable {
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; charset=utf-8"
             if !follow {
-                let log = try await store.log(of: id)
-                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: log.lines.map { $0 + "\n" }.joined())))
+                let lines = try await store.log(of: id)
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: lines.map { $0 + "\n" }.joined())))
             }
             let follower = LogFollower(store: store, build: build.id, logger: logger)
             return Response(status: .ok, headers: headers, body: ResponseBody { writer in
@@ -137,9 +137,10 @@ func decodeBody<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws ->
 
 /// Follows a build's log: what is there, then each new chunk, until the build has ended.
 ///
-/// Agents write a chunk with `end: true` last before recording the build's end, so the
-/// follower stops when it has seen such a chunk and the build is final. A build that ended
-/// without one (its agent died and retries ran out) is caught by a check every 10 s.
+/// Whoever ends a build (its agent, a cancel of a queued build, the requeue that gives up)
+/// writes a chunk with `end: true` in the same transaction as the final record, so the
+/// follower stops at that chunk. A check every 10 s is the backstop for a build that
+/// somehow ended without one.
 struct LogFollower: Sendable {
     let store: SchedulerStore
     let build: String
@@ -163,14 +164,11 @@ struct LogFollower: Sendable {
         let etcd = store.etcd
         let keys = store.keys
         let first = try await etcd.range(prefix: keys.logs(of: build))
-        var ended = false
         for kv in first.kvs {
             guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
             emit(chunk.lines)
-            ended = chunk.end ?? false
         }
         if try await store.build(build).status.isFinal { return }
-        _ = ended
         try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for try await update in etcd.watch(prefix: keys.logs(of: build), fromRevision: first.revision + 1) {
@@ -186,11 +184,7 @@ struct LogFollower: Sendable {
             group.addTask {
                 while true {
                     try await Task.sleep(for: .seconds(10))
-                    if try await store.build(build).status.isFinal {
-                        // Give chunks written just before the end a moment to arrive.
-                        try await Task.sleep(for: .milliseconds(500))
-                        return true
-                    }
+                    if try await store.build(build).status.isFinal { return true }
                 }
             }
             _ = try await group.next()

@@ -166,16 +166,10 @@ public struct SchedulerStore: Sendable {
 
     // MARK: logs
 
-    /// The whole log of a build so far, and the revision it was read at.
-    public func log(of id: String) async throws -> (lines: [String], revision: Int64, ended: Bool) {
-        let r = try await etcd.range(prefix: keys.logs(of: id))
-        var lines: [String] = []
-        var ended = false
-        for kv in r.kvs {
-            guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
-            lines.append(contentsOf: chunk.lines)
-            ended = chunk.end ?? false
+    /// The whole log of a build so far.
+    public func log(of id: String) async throws -> [String] {
+        try await etcd.range(prefix: keys.logs(of: id)).kvs.flatMap { kv in
+            (try? KilnJSON.decode(LogChunk.self, from: kv.value))?.lines ?? []
         }
-        return (lines, r.revision, ended)
     }
 }

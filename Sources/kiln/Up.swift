@@ -82,7 +82,7 @@ struct Up: AsyncParsableCommand {
                 arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint, "--log-level", logLevel],
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)
-            try await scheduler.waitUntildReadyHTTP("\(api)/api/v1/health", timeout: 30)
+            try await scheduler.waitUntilReadyHTTP("\(api)/api/v1/health", timeout: 30)
             say("  scheduler    \(api)   (log: \(scheduler.logFile.path))")
             for i in 1...agents {
                 let id = "agent-\(i)"
@@ -156,7 +156,7 @@ struct Up: AsyncParsableCommand {
 }
 
 extension ManagedProcess {
-    func waitUntildReadyHTTP(_ url: String, timeout: Double) async throws {
+    func waitUntilReadyHTTP(_ url: String, timeout: Double) async throws {
         let client = APIClient("")
         try await waitUntilReady(timeout: timeout) { (try? await client.raw("GET", url)) != nil }
     }
