@@ -18,12 +18,14 @@ public struct Project: Codable, Sendable, Equatable {
     public var context: String
     /// Default branch, used when a build names no ref.
     public var defaultBranch: String
+    /// Labels an agent must carry (all of them) to build this project.
+    public var labels: [String]
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
-        createdAt: Date? = nil
+        labels: [String] = [], createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -32,11 +34,12 @@ public struct Project: Codable, Sendable, Equatable {
         self.dockerfile = dockerfile
         self.context = context
         self.defaultBranch = defaultBranch
+        self.labels = labels
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -48,6 +51,7 @@ public struct Project: Codable, Sendable, Equatable {
         dockerfile = try c.decodeIfPresent(String.self, forKey: .dockerfile) ?? "Dockerfile"
         context = try c.decodeIfPresent(String.self, forKey: .context) ?? "."
         defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
+        labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -63,6 +67,7 @@ public struct Project: Codable, Sendable, Equatable {
         try Validation.relativePath(dockerfile, field: "dockerfile")
         try Validation.relativePath(context, field: "context")
         try Validation.ref(defaultBranch, field: "defaultBranch")
+        for l in labels { try Validation.label(l) }
     }
 }
 
@@ -124,6 +129,9 @@ public struct Build: Codable, Sendable, Equatable {
     /// Who or what asked for it (`cli`, `api`, `webhook`, `kiln up`).
     public var trigger: String?
     public var cancelRequested: Bool?
+    /// Why a queued build is not assigned yet (no live agent has its labels), if it is not
+    /// just waiting for room.
+    public var waiting: String?
 
     public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
         self.id = id

@@ -17,9 +17,12 @@ public struct Dispatcher: Service {
         /// After this many attempts (each ended by its agent dying) a build fails.
         public var maxAttempts: Int
         public var virtualNodes: Int
-        public init(maxAttempts: Int = 3, virtualNodes: Int = 64) {
+        /// `c` of bounded loads: no agent runs more than ceil(c × average) builds.
+        public var loadFactor: Double
+        public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25) {
             self.maxAttempts = maxAttempts
             self.virtualNodes = virtualNodes
+            self.loadFactor = loadFactor
         }
     }
 
@@ -100,15 +103,36 @@ public struct Dispatcher: Service {
         guard !queue.isEmpty, !agents.isEmpty else { return }
 
         let ring = HashRing(members: agents.values.map { .init(id: $0.info.id, weight: $0.info.capacity) }, virtualNodes: configuration.virtualNodes)
+        var labelsOf: [String: [String]] = [:]
+        for kv in try await etcd.range(prefix: keys.projects).kvs {
+            if let p = try? KilnJSON.decode(Project.self, from: kv.value) { labelsOf[p.name] = p.labels }
+        }
         for (entry, queueKV) in queue {
-            guard let agent = ring.pick(entry.project, accept: { load[$0, default: 0] < (agents[$0]?.info.capacity ?? 0) }) else {
-                logger.debug("no agent has room; \(queue.count) builds wait")
-                return
+            let wanted = labelsOf[entry.project] ?? []
+            let carries: (String) -> Bool = { id in
+                let have = Set(agents[id]?.info.labels ?? [])
+                return wanted.allSatisfy(have.contains)
+            }
+            if !wanted.isEmpty && !agents.keys.contains(where: carries) {
+                try await noteWaiting(entry.build, "no live agent has the labels \(wanted.joined(separator: ","))")
+                continue
+            }
+            guard let agent = ring.pick(entry.project, loads: load, c: configuration.loadFactor, eligible: carries) else {
+                continue  // every eligible agent is at its bound; a finishing build wakes us
             }
             if try await assign(entry: entry, queueKV: queueKV, agent: agent, agentCreateRevision: agents[agent]!.createRevision) {
                 load[agent, default: 0] += 1
             }
         }
+    }
+
+    /// Records why a queued build waits, once (only when the reason changes).
+    func noteWaiting(_ id: String, _ reason: String) async throws {
+        guard let kv = try await etcd.get(keys.build(id)), var build = try? KilnJSON.decode(Build.self, from: kv.value),
+              build.status == .queued, build.waiting != reason else { return }
+        build.waiting = reason
+        _ = try await etcd.txn(Txn(compare: [.modRevision(kv.key, .equal, kv.modRevision)], success: [.put(kv.key, try KilnJSON.encode(build))]))
+        logger.notice("build waits", metadata: ["build.id": "\(id)", "reason": "\(reason)"])
     }
 
     /// Moves one build from the queue to an agent. False if anything changed meanwhile
@@ -132,6 +156,7 @@ public struct Dispatcher: Service {
             return false
         }
         build.status = .assigned
+        build.waiting = nil
         build.agent = agent
         build.attempt += 1
         let task = BuildTask(build: build.id, project: project, ref: build.ref, commit: build.commit, tag: build.tag,

@@ -82,4 +82,33 @@ public struct HashRing: Sendable {
         h ^= h >> 31
         return h
     }
+
+    /// The agent for `key` under bounded loads (Mirrokni, Thorup, Zadimoghaddam, "Consistent
+    /// Hashing with Bounded Loads"): walking the ring from the key's hash, the first agent
+    /// that `eligible` accepts, whose load is below its declared capacity and below its bound
+    /// `ceil(c × (running + 1) × weight / total weight)`. `running` counts the builds running
+    /// on every agent of the ring, so the bound grows with the farm's load, and an agent never
+    /// holds more than `c` times its share. Nil when no agent qualifies.
+    public func pick(_ key: String, loads: [String: Int], c: Double, eligible: (String) -> Bool = { _ in true }) -> String? {
+        let bounds = self.bounds(loads: loads, c: c)
+        return pick(key) { agent in
+            guard eligible(agent), let bound = bounds[agent] else { return false }
+            return loads[agent, default: 0] < bound
+        }
+    }
+
+    /// Each member's bound for the next placement: `min(capacity, ceil(c × (m + 1) × w / W))`
+    /// where `m` is the builds running on the ring and `w`/`W` the member's and total weight
+    /// (the weight is the agent's capacity).
+    public func bounds(loads: [String: Int], c: Double) -> [String: Int] {
+        let totalWeight = members.reduce(0) { $0 + $1.weight }
+        guard totalWeight > 0 else { return [:] }
+        let running = members.reduce(0) { $0 + loads[$1.id, default: 0] }
+        var result: [String: Int] = [:]
+        for m in members {
+            let share = c * Double(running + 1) * Double(m.weight) / Double(totalWeight)
+            result[m.id] = min(m.weight, max(1, Int(share.rounded(.up))))
+        }
+        return result
+    }
 }

@@ -26,9 +26,13 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Attempts a build gets when its agents die before it fails.")
     var maxAttempts: Int = 3
 
+    @Option(name: .long, help: ArgumentHelp("Bounded loads: no agent runs more than ceil(c × average) builds; past it a build walks on along the ring.", valueName: "c"))
+    var loadFactor: Double = 1.25
+
     func validate() throws {
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        guard loadFactor >= 1 else { throw ValidationError("--load-factor must be at least 1 (1.25 is the usual choice)") }
     }
 
     func run() async throws {
@@ -36,7 +40,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let hp = HostPort(listen)!
         let app = buildSchedulerApplication(
             configuration: .init(host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-                                 dispatcher: .init(maxAttempts: maxAttempts)),
+                                 dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor)),
             logger: logger,
             onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -157,16 +161,20 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Dockerfile path in the repository.") var dockerfile: String = "Dockerfile"
         @Option(name: .long, help: "Build context folder in the repository.") var context: String = "."
         @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
+        @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
+
+        var project: Project {
+            Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
+                    dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
+                    labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        }
 
         func validate() throws {
-            let p = Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
-                            dockerfile: dockerfile, context: context, defaultBranch: defaultBranch)
-            do { try p.validate() } catch { throw ValidationError("\(error)") }
+            do { try project.validate() } catch { throw ValidationError("\(error)") }
         }
 
         func run() async throws {
-            let p = Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
-                            dockerfile: dockerfile, context: context, defaultBranch: defaultBranch)
+            let p = project
             let saved = try await APIClient(api.api).post("/api/v1/projects", body: p, as: Project.self)
             if api.json { Show.printJSON(saved) } else { print("project \(saved.name) saved: \(saved.repository)") }
         }

@@ -191,4 +191,28 @@ struct DispatcherTests {
             #expect(again.attempt == 2)
         }
     }
+
+    @Test func aProjectThatAsksForLabelsGoesOnlyToAgentsCarryingThemOrWaitsSayingWhy() async throws {
+        try await withScheduler { h in
+            let gpu = #"{"name":"trainer","repository":"http://127.0.0.1:1/t.git","buildImage":"a:1","buildCommand":"make","labels":["gpu"]}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: gpu).status == 201)
+            let bad = #"{"name":"x","repository":"http://127.0.0.1:1/t.git","buildImage":"a:1","buildCommand":"make","labels":["no good"]}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: bad).status == 400)
+            _ = try await registerAgent(h, id: "plain", capacity: 4)
+            let waiting = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/trainer/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.build(waiting.id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.waiting != nil
+            }
+            let record = try await h.build(waiting.id)
+            #expect(record.status == .queued)
+            #expect(record.waiting?.contains("gpu") == true)
+            #expect(try await h.etcd.range(prefix: h.keys.tasks(of: "plain")).kvs.isEmpty)
+            // An agent with the label comes: the build goes there, and the reason is cleared.
+            _ = try await registerAgent(h, id: "gpu-1", capacity: 1, labels: ["gpu", "cuda"])
+            try await h.waitFor(prefix: h.keys.tasks(of: "gpu-1")) { $0.count == 1 }
+            let assigned = try await h.build(waiting.id)
+            #expect(assigned.agent == "gpu-1")
+            #expect(assigned.waiting == nil)
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Scheduler
 import Testing
 
@@ -64,5 +65,85 @@ struct HashRingTests {
         let big = projects.filter { r.pick($0) == "big" }.count
         let share = Double(big) / Double(projects.count)
         #expect(share > 0.65 && share < 0.85, "big got \(share)")
+    }
+}
+
+@Suite("Hash ring with bounded loads")
+struct BoundedLoadTests {
+    /// Places builds one by one (none finishing), as a busy farm sees them.
+    func place(_ projects: [String], on ring: HashRing, c: Double) -> [String: Int] {
+        var loads: [String: Int] = [:]
+        for p in projects {
+            guard let a = ring.pick(p, loads: loads, c: c) else { continue }
+            loads[a, default: 0] += 1
+        }
+        return loads
+    }
+
+    @Test func noAgentExceedsCTimesTheAverageEvenForOneHotProject() {
+        let ring = HashRing(members: (1...10).map { .init(id: "agent-\($0)", weight: 100) })
+        // One project asks for 500 builds at once: without bounds all would land on its home.
+        let loads = place(Array(repeating: "hot", count: 500), on: ring, c: 1.25)
+        let total = loads.values.reduce(0, +)
+        #expect(total == 500)
+        let bound = Int((1.25 * Double(total) / 10).rounded(.up))
+        #expect(loads.values.max()! <= bound, "\(loads)")
+        // Past the bound the builds walk on: as few agents as the bound allows, and no fewer.
+        #expect(loads.count >= Int((Double(total) / Double(bound)).rounded(.up)))
+    }
+
+    @Test func aZipfPopularityStaysWithinTheBound() {
+        let ring = HashRing(members: (1...20).map { .init(id: "agent-\($0)", weight: 50) })
+        // Zipf(1.1) over 200 projects, drawn deterministically.
+        let weights = (1...200).map { 1.0 / pow(Double($0), 1.1) }
+        let total = weights.reduce(0, +)
+        var generator = SplitMix(seed: 42)
+        var builds: [String] = []
+        for _ in 0..<800 {
+            var x = Double(generator.next() % 1_000_000) / 1_000_000 * total
+            var i = 0
+            while i < weights.count - 1 && x > weights[i] { x -= weights[i]; i += 1 }
+            builds.append("project-\(i)")
+        }
+        let loads = place(builds, on: ring, c: 1.25)
+        let avg = Double(loads.values.reduce(0, +)) / 20
+        #expect(Double(loads.values.max()!) <= (1.25 * avg).rounded(.up) + 1, "max \(loads.values.max()!) avg \(avg)")
+    }
+
+    @Test func aProjectStaysHomeWhileItsHomeIsWithinTheBound() {
+        let ring = HashRing(members: (1...5).map { .init(id: "agent-\($0)", weight: 4) })
+        let home = ring.home(of: "demo")!
+        // A quiet farm: the project goes home.
+        #expect(ring.pick("demo", loads: [:], c: 1.25) == home)
+        // Others busy, home has room under the bound: still home.
+        let busy = Dictionary(uniqueKeysWithValues: ring.members.map { ($0.id, $0.id == home ? 1 : 2) })
+        #expect(ring.pick("demo", loads: busy, c: 1.25) == home)
+        // Home at its capacity: the next agent along the ring.
+        var full = busy
+        full[home] = 4
+        #expect(ring.pick("demo", loads: full, c: 1.25) == ring.preference(for: "demo").first { full[$0, default: 0] < 4 && $0 != home })
+    }
+
+    @Test func capacityIsAHardLimitAndEligibilityFilters() {
+        let ring = HashRing(members: [.init(id: "small", weight: 1), .init(id: "big", weight: 3)])
+        #expect(ring.pick("x", loads: ["small": 1, "big": 3], c: 10) == nil)
+        #expect(ring.pick("x", loads: [:], c: 1.25, eligible: { $0 == "small" }) == "small")
+        #expect(ring.pick("x", loads: [:], c: 1.25, eligible: { _ in false }) == nil)
+        let b = ring.bounds(loads: ["small": 0, "big": 2], c: 1.25)
+        #expect(b["small"] == 1)  // min(capacity 1, ceil(1.25 × 3 × 1/4) = 1)
+        #expect(b["big"] == 3)    // min(capacity 3, ceil(1.25 × 3 × 3/4) = 3)
+    }
+}
+
+/// A small deterministic generator for tests (splitmix64).
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -92,8 +92,8 @@ func withScheduler(_ body: @Sendable (SchedulerHarness) async throws -> Void) as
 
 /// Registers an agent the way `kiln agent` does (a key under a lease), without running one:
 /// the scheduler sees only etcd, so this is the real protocol, not a stand-in.
-func registerAgent(_ h: SchedulerHarness, id: String, capacity: Int, ttl: Int64 = 10) async throws -> Int64 {
+func registerAgent(_ h: SchedulerHarness, id: String, capacity: Int, labels: [String] = [], ttl: Int64 = 10) async throws -> Int64 {
     let lease = try await h.etcd.grantLease(ttl: ttl)
-    try await h.etcd.put(h.keys.agent(id), try KilnJSON.encode(AgentInfo(id: id, capacity: capacity, labels: [], version: "test")), lease: lease)
+    try await h.etcd.put(h.keys.agent(id), try KilnJSON.encode(AgentInfo(id: id, capacity: capacity, labels: labels, version: "test")), lease: lease)
     return lease
 }
