@@ -18,10 +18,14 @@ public struct HashRing: Sendable {
     public let virtualNodes: Int
     private var points: [(hash: UInt64, agent: String)] = []
     public private(set) var members: [Member] = []
+    private var weights: [String: Int] = [:]
+    private var totalWeight = 0
 
     public init(members: [Member] = [], virtualNodes: Int = 64) {
         self.virtualNodes = virtualNodes
         self.members = members.sorted { $0.id < $1.id }
+        for m in self.members { weights[m.id] = m.weight }
+        totalWeight = self.members.reduce(0) { $0 + $1.weight }
         rebuild()
     }
 
@@ -40,15 +44,9 @@ public struct HashRing: Sendable {
     /// The agents in the order a lookup for `key` visits them, each once.
     public func preference(for key: String) -> [String] {
         guard !points.isEmpty else { return [] }
-        let h = HashRing.hash(key)
-        var lo = 0, hi = points.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if points[mid].hash < h { lo = mid + 1 } else { hi = mid }
-        }
         var seen = Set<String>()
         var order: [String] = []
-        var i = lo
+        var i = firstPoint(atOrAfter: HashRing.hash(key))
         for _ in 0..<points.count {
             let a = points[i % points.count].agent
             if seen.insert(a).inserted {
@@ -60,9 +58,32 @@ public struct HashRing: Sendable {
         return order
     }
 
-    /// The first agent along the ring from `key` that `accept` takes, or nil.
+    /// The first agent along the ring from `key` that `accept` takes, or nil. Walks only as
+    /// far as it must (one binary search, then the points up to the first accepted agent).
     public func pick(_ key: String, accept: (String) -> Bool = { _ in true }) -> String? {
-        preference(for: key).first(where: accept)
+        guard !points.isEmpty else { return nil }
+        var i = firstPoint(atOrAfter: HashRing.hash(key))
+        var rejected: Set<String> = []
+        for _ in 0..<points.count {
+            let a = points[i].agent
+            if !rejected.contains(a) {
+                if accept(a) { return a }
+                rejected.insert(a)
+                if rejected.count == members.count { return nil }
+            }
+            i += 1
+            if i == points.count { i = 0 }
+        }
+        return nil
+    }
+
+    private func firstPoint(atOrAfter h: UInt64) -> Int {
+        var lo = 0, hi = points.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if points[mid].hash < h { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == points.count ? 0 : lo
     }
 
     /// The agent a project belongs to when every agent has room: its home.
@@ -88,11 +109,15 @@ public struct HashRing: Sendable {
     /// that `eligible` accepts, whose load is below its declared capacity and below its bound
     /// `ceil(c × (running + 1) × weight / total weight)`. `running` counts the builds running
     /// on every agent of the ring, so the bound grows with the farm's load, and an agent never
-    /// holds more than `c` times its share. Nil when no agent qualifies.
-    public func pick(_ key: String, loads: [String: Int], c: Double, eligible: (String) -> Bool = { _ in true }) -> String? {
-        let bounds = self.bounds(loads: loads, c: c)
+    /// holds more than `c` times its share. Nil when no agent qualifies. Pass `running` when
+    /// the caller keeps the total, to spare a sum over the members.
+    public func pick(_ key: String, loads: [String: Int], c: Double, running: Int? = nil, eligible: (String) -> Bool = { _ in true }) -> String? {
+        guard totalWeight > 0 else { return nil }
+        let m = running ?? members.reduce(0) { $0 + loads[$1.id, default: 0] }
+        let perWeight = c * Double(m + 1) / Double(totalWeight)
         return pick(key) { agent in
-            guard eligible(agent), let bound = bounds[agent] else { return false }
+            guard eligible(agent), let w = weights[agent] else { return false }
+            let bound = min(w, max(1, Int((perWeight * Double(w)).rounded(.up))))
             return loads[agent, default: 0] < bound
         }
     }
