@@ -129,6 +129,8 @@ public struct Build: Codable, Sendable, Equatable {
     /// Who or what asked for it (`cli`, `api`, `webhook`, `kiln up`).
     public var trigger: String?
     public var cancelRequested: Bool?
+    /// Higher goes first; default 0.
+    public var priority: Int?
     /// Why a queued build is not assigned yet (no live agent has its labels), if it is not
     /// just waiting for room.
     public var waiting: String?
@@ -208,11 +210,13 @@ public struct QueueEntry: Codable, Sendable, Equatable {
     public var build: String
     public var project: String
     public var queuedAt: Date
+    public var priority: Int?
 
-    public init(build: String, project: String, queuedAt: Date = Date()) {
+    public init(build: String, project: String, queuedAt: Date = Date(), priority: Int? = nil) {
         self.build = build
         self.project = project
         self.queuedAt = queuedAt
+        self.priority = priority
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import KilnCore
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Assigns queued builds to live agents.
 ///
@@ -29,6 +30,9 @@ public struct Dispatcher: Service {
     let store: SchedulerStore
     let configuration: Configuration
     let logger: Logger
+    /// When each project last got a build assigned, for fair turns (kept in memory: a new
+    /// leader starts with none, which only makes its first turns by age).
+    let lastServed = ServedTimes()
 
     public init(store: SchedulerStore, configuration: Configuration = .init(), logger: Logger) {
         self.store = store
@@ -96,10 +100,13 @@ public struct Dispatcher: Service {
             }
         }
 
-        let queue = try await etcd.range(prefix: keys.queue).kvs.compactMap { kv -> (QueueEntry, KeyValue)? in
-            guard let e = try? KilnJSON.decode(QueueEntry.self, from: kv.value) else { return nil }
-            return (e, kv)
-        }.sorted { $0.0.queuedAt != $1.0.queuedAt ? $0.0.queuedAt < $1.0.queuedAt : $0.0.build < $1.0.build }
+        var entries: [String: (QueueEntry, KeyValue)] = [:]
+        for kv in try await etcd.range(prefix: keys.queue).kvs {
+            if let e = try? KilnJSON.decode(QueueEntry.self, from: kv.value) { entries[e.build] = (e, kv) }
+        }
+        let queue = FairQueue.order(entries.values.map { .init(build: $0.0.build, project: $0.0.project, priority: $0.0.priority ?? 0, queuedAt: $0.0.queuedAt) },
+                                    lastServed: lastServed.snapshot)
+            .compactMap { entries[$0.build] }
         guard !queue.isEmpty, !agents.isEmpty else { return }
 
         let ring = HashRing(members: agents.values.map { .init(id: $0.info.id, weight: $0.info.capacity) }, virtualNodes: configuration.virtualNodes)
@@ -122,6 +129,7 @@ public struct Dispatcher: Service {
             }
             if try await assign(entry: entry, queueKV: queueKV, agent: agent, agentCreateRevision: agents[agent]!.createRevision) {
                 load[agent, default: 0] += 1
+                lastServed.mark(entry.project)
             }
         }
     }
@@ -204,7 +212,7 @@ public struct Dispatcher: Service {
             build.steps = StepName.allCases.map { BuildStep(name: $0) }
             let line = LogChunk(seq: 0, lines: ["kiln: \(reason); the build goes back to the queue"], end: false)
             ops.append(.put(keys.build(id), try KilnJSON.encode(build)))
-            ops.append(.put(keys.queued(id), try KilnJSON.encode(QueueEntry(build: id, project: build.project, queuedAt: build.createdAt))))
+            ops.append(.put(keys.queued(id), try KilnJSON.encode(QueueEntry(build: id, project: build.project, queuedAt: build.createdAt, priority: build.priority))))
             ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(line)))
         }
         let r = try await etcd.txn(Txn(
@@ -214,4 +222,12 @@ public struct Dispatcher: Service {
             logger.warning("requeued", metadata: ["build.id": "\(id)", "agent.id": "\(agent)", "status": "\(build.status.rawValue)"])
         }
     }
+}
+
+/// When the dispatcher last served each project (a class, so the `Dispatcher` value can
+/// be copied into its tasks and still share it).
+final class ServedTimes: Sendable {
+    private let times = Mutex<[String: Date]>([:])
+    var snapshot: [String: Date] { times.withLock { $0 } }
+    func mark(_ project: String) { times.withLock { $0[project] = Date() } }
 }

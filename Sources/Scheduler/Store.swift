@@ -10,13 +10,16 @@ public struct BuildRequest: Codable, Sendable {
     public var tag: String?
     public var mvncache: Bool?
     public var trigger: String?
+    /// Higher goes first (default 0); within one priority, projects take turns.
+    public var priority: Int?
 
-    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil) {
+    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil, priority: Int? = nil) {
         self.ref = ref
         self.commit = commit
         self.tag = tag
         self.mvncache = mvncache
         self.trigger = trigger
+        self.priority = priority
     }
 }
 
@@ -73,10 +76,12 @@ public struct SchedulerStore: Sendable {
         try Validation.ref(ref)
         if let c = request.commit { try Validation.commit(c) }
         if let t = request.tag { try Validation.tag(t) }
-        let build = Build(
+        if let p = request.priority, !(-1000...1000).contains(p) { throw KilnError.invalid("priority \(p) is out of range: use -1000 to 1000 (higher goes first)") }
+        var build = Build(
             id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
-        let entry = QueueEntry(build: build.id, project: name, queuedAt: build.createdAt)
+        build.priority = request.priority
+        let entry = QueueEntry(build: build.id, project: name, queuedAt: build.createdAt, priority: request.priority)
         let result = try await etcd.txn(Txn(
             compare: [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)],
             success: [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]))

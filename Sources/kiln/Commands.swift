@@ -218,8 +218,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Image tag (default: the commit's short sha).") var tag: String?
     @Flag(name: .long, inversion: .prefixedNo, help: "Mount the project's Maven cache in the compile container.") var mvncache = true
     @Flag(name: [.long, .short], help: "Follow the log until the build ends.") var follow = false
+    @Option(name: .long, help: "Priority, -1000 to 1000: higher goes first; within one priority, projects take turns.") var priority: Int?
 
     func validate() throws {
+        if let priority, !(-1000...1000).contains(priority) { throw ValidationError("--priority must be between -1000 and 1000") }
         do {
             try Validation.projectName(project)
             if let ref { try Validation.ref(ref) }
@@ -231,7 +233,7 @@ struct BuildCommand: AsyncParsableCommand {
     func run() async throws {
         let client = APIClient(api.api)
         let build = try await client.post("/api/v1/projects/\(project)/builds",
-                                          body: BuildRequest(ref: ref, commit: commit, tag: tag, mvncache: mvncache, trigger: "cli"), as: Build.self)
+                                          body: BuildRequest(ref: ref, commit: commit, tag: tag, mvncache: mvncache, trigger: "cli", priority: priority), as: Build.self)
         if !follow {
             if api.json { Show.printJSON(build) } else { print("queued build \(build.id) of \(project) (ref \(build.ref)); follow it with: kiln logs \(build.id) -f") }
             return

@@ -215,4 +215,28 @@ struct DispatcherTests {
             #expect(assigned.waiting == nil)
         }
     }
+
+    @Test func projectsTakeTurnsForAScarceSlot() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let small = #"{"name":"small","repository":"http://127.0.0.1:1/s.git","buildImage":"a:1","buildCommand":"make"}"#
+            _ = try await h.request(.POST, "/api/v1/projects", body: small)
+            _ = try await registerAgent(h, id: "only", capacity: 1)
+            var big: [String] = []
+            for _ in 0..<5 {
+                big.append(try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body).id)
+            }
+            try await h.waitFor(prefix: h.keys.tasks) { $0.count == 1 }
+            let lone = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/small/builds", body: "{}").body).id
+            // The slot frees twice: small's one goes first (big was just served), then big's second.
+            var order: [String] = []
+            for _ in 0..<2 {
+                let running = try #require(try await h.etcd.range(prefix: h.keys.tasks).kvs.first)
+                _ = try await h.etcd.delete(running.key)
+                try await h.waitFor(prefix: h.keys.tasks) { kvs in kvs.count == 1 && kvs[0].key != running.key }
+                order.append(String(try await h.etcd.range(prefix: h.keys.tasks).kvs[0].key.split(separator: "/").last!))
+            }
+            #expect(order == [lone, big[1]])
+        }
+    }
 }
