@@ -165,6 +165,8 @@ public struct AgentInfo: Codable, Sendable, Equatable {
     /// Filled in by the API from `/kiln/tasks/{id}/`, not stored.
     public var running: Int?
     public var tasks: [String]?
+    /// Filled in by the API: projects whose home on the ring is this agent.
+    public var homedProjects: Int?
 
     public init(id: String, capacity: Int, labels: [String], version: String, startedAt: Date = Date()) {
         self.id = id

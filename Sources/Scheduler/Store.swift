@@ -161,10 +161,17 @@ public struct SchedulerStore: Sendable {
             let parts = rest.split(separator: "/", maxSplits: 1)
             if parts.count == 2 { byAgent[String(parts[0]), default: []].append(String(parts[1])) }
         }
+        // Homes as the dispatcher's ring sees them (virtual nodes in proportion to capacity).
+        let ring = HashRing(members: agents.map { .init(id: $0.id, weight: $0.capacity) })
+        var homes: [String: Int] = [:]
+        for p in try await projects() {
+            if let home = ring.home(of: p.name) { homes[home, default: 0] += 1 }
+        }
         return agents.map { a in
             var a = a
             a.tasks = byAgent[a.id] ?? []
             a.running = a.tasks?.count
+            a.homedProjects = homes[a.id] ?? 0
             return a
         }.sorted { $0.id < $1.id }
     }

@@ -308,7 +308,7 @@ struct AgentsCommand: AsyncParsableCommand {
         if api.json { Show.printJSON(agents); return }
         if agents.isEmpty { print("no live agents; start one with: kiln agent --id NAME"); return }
         for a in agents {
-            print("\(a.id.padding(toLength: 16, withPad: " ", startingAt: 0)) running \(a.running ?? 0)/\(a.capacity)  labels \(a.labels.isEmpty ? "-" : a.labels.joined(separator: ","))  version \(a.version)")
+            print("\(a.id.padding(toLength: 16, withPad: " ", startingAt: 0)) running \(a.running ?? 0)/\(a.capacity)  home of \(a.homedProjects ?? 0) projects  labels \(a.labels.isEmpty ? "-" : a.labels.joined(separator: ","))  version \(a.version)")
         }
     }
 }
