@@ -240,4 +240,26 @@ struct DispatcherTests {
             #expect(order == [lone, big[1]])
         }
     }
+    @Test func aBuildWhoseAgentsKeepDyingFailsAfterTheLastAttempt() async throws {
+        try await withScheduler { h in
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let b = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            // Three agents in turn take the build and die (the default --max-attempts is 3).
+            for attempt in 1...3 {
+                let lease = try await registerAgent(h, id: "short-lived-\(attempt)", capacity: 1)
+                try await h.waitFor(prefix: h.keys.tasks(of: "short-lived-\(attempt)")) { $0.count == 1 }
+                #expect(try await h.build(b.id).attempt == attempt)
+                try await h.etcd.revokeLease(lease)
+                try await h.waitFor(prefix: h.keys.tasks) { $0.isEmpty }
+            }
+            try await h.waitFor(prefix: h.keys.build(b.id)) { kvs in
+                (kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) })?.status == .failed
+            }
+            let failed = try await h.build(b.id)
+            #expect(failed.error?.contains("gave up after 3 attempts") == true, "\(failed.error ?? "")")
+            #expect(try await h.etcd.get(h.keys.queued(b.id)) == nil)
+            let log = try await h.request(.GET, "/api/v1/builds/\(b.id)/log?follow=1")
+            #expect(log.body.contains("gave up after 3 attempts"))
+        }
+    }
 }
