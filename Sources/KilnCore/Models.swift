@@ -20,12 +20,15 @@ public struct Project: Codable, Sendable, Equatable {
     public var defaultBranch: String
     /// Labels an agent must carry (all of them) to build this project.
     public var labels: [String]
+    /// A newer build of a branch cancels older ones of the same branch: `queued` cancels the
+    /// queued ones, `running` also the assigned and running ones; nil cancels none.
+    public var supersede: String?
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
-        labels: [String] = [], createdAt: Date? = nil
+        labels: [String] = [], supersede: String? = nil, createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -35,11 +38,12 @@ public struct Project: Codable, Sendable, Equatable {
         self.context = context
         self.defaultBranch = defaultBranch
         self.labels = labels
+        self.supersede = supersede
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -52,6 +56,7 @@ public struct Project: Codable, Sendable, Equatable {
         context = try c.decodeIfPresent(String.self, forKey: .context) ?? "."
         defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
         labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
+        supersede = try c.decodeIfPresent(String.self, forKey: .supersede)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -68,6 +73,9 @@ public struct Project: Codable, Sendable, Equatable {
         try Validation.relativePath(context, field: "context")
         try Validation.ref(defaultBranch, field: "defaultBranch")
         for l in labels { try Validation.label(l) }
+        if let s = supersede, s != "queued", s != "running" {
+            throw KilnError.invalid("supersede '\(Validation.printable(s))' is not an option: use \"queued\" (a newer build of a branch cancels the queued ones) or \"running\" (the running ones too)")
+        }
     }
 }
 

@@ -88,7 +88,22 @@ public struct SchedulerStore: Sendable {
         guard result.succeeded else {
             throw KilnError.conflict("project '\(name)' was deleted while the build was being queued")
         }
+        if let mode = project.supersede {
+            try await supersede(by: build, includingRunning: mode == "running")
+        }
         return build
+    }
+
+    /// Cancels the older builds of the same project and ref that `build` makes pointless.
+    func supersede(by build: Build, includingRunning: Bool) async throws {
+        let older = try await builds(project: build.project, limit: 1000).filter {
+            $0.id != build.id && $0.ref == build.ref && $0.createdAt <= build.createdAt
+                && ($0.status == .queued || (includingRunning && ($0.status == .assigned || $0.status == .running)))
+        }
+        for b in older {
+            // A build that ended meanwhile is fine: it needs no cancel.
+            _ = try? await cancel(b.id, reason: "superseded by build \(build.id)")
+        }
     }
 
     public func build(_ id: String) async throws -> Build {
@@ -112,7 +127,7 @@ public struct SchedulerStore: Sendable {
 
     /// Cancels a build. A queued build ends at once; an assigned or running one is marked
     /// on its task so its agent stops the container and records the end.
-    public func cancel(_ id: String) async throws -> Build {
+    public func cancel(_ id: String, reason: String? = nil) async throws -> Build {
         for _ in 0..<10 {
             let (build, rev) = try await buildWithRevision(id)
             if build.status.isFinal {
@@ -122,10 +137,10 @@ public struct SchedulerStore: Sendable {
                 var b = build
                 b.status = .cancelled
                 b.finishedAt = Date()
-                b.error = "cancelled before it started"
+                b.error = reason.map { "cancelled before it started: \($0)" } ?? "cancelled before it started"
                 b.cancelRequested = true
                 for i in b.steps.indices { b.steps[i].status = .skipped }
-                let end = LogChunk(seq: 0, lines: ["build cancelled before it started"], end: true)
+                let end = LogChunk(seq: 0, lines: ["build cancelled before it started\(reason.map { ": \($0)" } ?? "")"], end: true)
                 let r = try await etcd.txn(Txn(
                     compare: [.modRevision(keys.build(id), .equal, rev)],
                     success: [.delete(keys.queued(id)), .put(keys.build(id), try KilnJSON.encode(b)),

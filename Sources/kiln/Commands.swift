@@ -162,11 +162,13 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Build context folder in the repository.") var context: String = "."
         @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
         @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
+        @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: String?
 
         var project: Project {
             Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
                     dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
-                    labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                    labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+                    supersede: supersede)
         }
 
         func validate() throws {

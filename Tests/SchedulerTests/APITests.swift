@@ -262,4 +262,43 @@ struct DispatcherTests {
             #expect(log.body.contains("gave up after 3 attempts"))
         }
     }
+
+    @Test func aNewerBuildOfABranchSupersedesTheQueuedOnesWhenTheProjectSaysSo() async throws {
+        try await withScheduler { h in
+            let p = #"{"name":"fast","repository":"http://127.0.0.1:1/f.git","buildImage":"a:1","buildCommand":"make","supersede":"queued"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: p).status == 201)
+            let bad = #"{"name":"odd","repository":"http://127.0.0.1:1/f.git","buildImage":"a:1","buildCommand":"make","supersede":"always"}"#
+            let refused = try await h.request(.POST, "/api/v1/projects", body: bad)
+            #expect(refused.status == 400)
+            #expect(refused.error?.contains("supersede") == true)
+            // No agent: everything stays queued.
+            let first = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/fast/builds", body: #"{"ref":"main"}"#).body)
+            let other = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/fast/builds", body: #"{"ref":"feature"}"#).body)
+            let second = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/fast/builds", body: #"{"ref":"main"}"#).body)
+            let cancelled = try await h.build(first.id)
+            #expect(cancelled.status == .cancelled)
+            #expect(cancelled.error?.contains("superseded by build \(second.id)") == true, "\(cancelled.error ?? "")")
+            #expect(try await h.build(other.id).status == .queued)   // another branch
+            #expect(try await h.build(second.id).status == .queued)  // the newest stays
+            #expect(try await h.etcd.get(h.keys.queued(first.id)) == nil)
+            // With "running", an assigned build is told to stop: its task carries the cancel.
+            let eager = #"{"name":"eager","repository":"http://127.0.0.1:1/e.git","buildImage":"a:1","buildCommand":"make","supersede":"running"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: eager).status == 201)
+            // The slot must go to eager's build: end the queued ones above first.
+            _ = try await h.request(.POST, "/api/v1/builds/\(other.id)/cancel")
+            _ = try await h.request(.POST, "/api/v1/builds/\(second.id)/cancel")
+            _ = try await registerAgent(h, id: "busy", capacity: 1)
+            let running = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/eager/builds", body: "{}").body)
+            try await h.waitFor(prefix: h.keys.tasks(of: "busy")) { $0.count == 1 }
+            _ = try await h.request(.POST, "/api/v1/projects/eager/builds", body: "{}")
+            let task = try KilnJSON.decode(BuildTask.self, from: try #require(try await h.etcd.get(h.keys.task(agent: "busy", build: running.id))).value)
+            #expect(task.cancel)
+            #expect(try await h.build(running.id).cancelRequested == true)
+            // Without the option nothing is superseded.
+            _ = try await h.request(.POST, "/api/v1/projects", body: SchedulerHarness.demoProject)
+            let a = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
+            _ = try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}")
+            #expect(try await h.build(a.id).status == .queued)
+        }
+    }
 }
