@@ -219,7 +219,8 @@ public struct AgentService: Service {
 }
 
 /// The builds this agent runs, each in its own task so that one can be cancelled alone.
-/// The agent waits for all of them before it stops.
+/// The agent waits for all of them before it stops. A build leaves the table as the last
+/// thing its task does, so nothing is kept once it has ended.
 final class RunningBuilds: Sendable {
     private struct Entry {
         var revision: Int64
@@ -227,7 +228,6 @@ final class RunningBuilds: Sendable {
         var task: Task<Void, Never>
     }
     private let state = Mutex<[String: Entry]>([:])
-    private let finished = Mutex<[Task<Void, Never>]>([])
 
     var count: Int { state.withLock { $0.count } }
 
@@ -246,12 +246,9 @@ final class RunningBuilds: Sendable {
     }
 
     private func remove(_ build: String, revision: Int64) {
-        let removed = state.withLock { entries -> Task<Void, Never>? in
-            guard let e = entries[build], e.revision == revision else { return nil }
-            entries[build] = nil
-            return e.task
+        state.withLock { entries in
+            if entries[build]?.revision == revision { entries[build] = nil }
         }
-        if let removed { finished.withLock { $0.append(removed) } }
     }
 
     func stop(_ build: String, reason: BuildControl.Reason) {
@@ -272,7 +269,7 @@ final class RunningBuilds: Sendable {
     }
 
     func waitForAll() async {
-        let tasks = state.withLock { Array($0.values.map(\.task)) } + finished.withLock { $0 }
+        let tasks = state.withLock { Array($0.values.map(\.task)) }
         for t in tasks { await t.value }
     }
 }

@@ -20,6 +20,14 @@ public struct Keys: Sendable, Equatable {
     public func tasks(of agent: String) -> String { "\(tasks)\(agent)/" }
     public func task(agent: String, build: String) -> String { "\(tasks)\(agent)/\(build)" }
 
+    /// The agent and build of a key under `tasks`, or nil for any other key.
+    public func taskOwner(_ key: String) -> (agent: String, build: String)? {
+        guard let rest = Keys.name(of: key, under: tasks) else { return nil }
+        let parts = rest.split(separator: "/", maxSplits: 1)
+        guard parts.count == 2, !parts[1].contains("/") else { return nil }
+        return (String(parts[0]), String(parts[1]))
+    }
+
     public var builds: String { "\(prefix)/builds/" }
     public func build(_ id: String) -> String { builds + id }
 

@@ -90,13 +90,11 @@ public struct Dispatcher: Service {
         }
         var load: [String: Int] = [:]
         for kv in try await etcd.range(prefix: keys.tasks).kvs {
-            guard let rest = Keys.name(of: kv.key, under: keys.tasks) else { continue }
-            let parts = rest.split(separator: "/", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { continue }
-            if agents[parts[0]] == nil {
-                try await requeue(taskKV: kv, agent: parts[0], build: parts[1])
+            guard let owner = keys.taskOwner(kv.key) else { continue }
+            if agents[owner.agent] == nil {
+                try await requeue(taskKV: kv, agent: owner.agent, build: owner.build)
             } else {
-                load[parts[0], default: 0] += 1
+                load[owner.agent, default: 0] += 1
             }
         }
 
@@ -110,16 +108,15 @@ public struct Dispatcher: Service {
         guard !queue.isEmpty, !agents.isEmpty else { return }
 
         let ring = HashRing(members: agents.values.map { .init(id: $0.info.id, weight: $0.info.capacity) }, virtualNodes: configuration.virtualNodes)
-        var labelsOf: [String: [String]] = [:]
+        // One read of the projects serves every assignment of this pass.
+        var projects: [String: Project] = [:]
         for kv in try await etcd.range(prefix: keys.projects).kvs {
-            if let p = try? KilnJSON.decode(Project.self, from: kv.value) { labelsOf[p.name] = p.labels }
+            if let p = try? KilnJSON.decode(Project.self, from: kv.value) { projects[p.name] = p }
         }
+        let labelSets = agents.mapValues { Set($0.info.labels) }
         for (entry, queueKV) in queue {
-            let wanted = labelsOf[entry.project] ?? []
-            let carries: (String) -> Bool = { id in
-                let have = Set(agents[id]?.info.labels ?? [])
-                return wanted.allSatisfy(have.contains)
-            }
+            let wanted = projects[entry.project]?.labels ?? []
+            let carries: (String) -> Bool = { id in wanted.allSatisfy { labelSets[id]?.contains($0) == true } }
             if !wanted.isEmpty && !agents.keys.contains(where: carries) {
                 try await noteWaiting(entry.build, "no live agent has the labels \(wanted.joined(separator: ","))")
                 continue
@@ -127,7 +124,8 @@ public struct Dispatcher: Service {
             guard let agent = ring.pick(entry.project, loads: load, c: configuration.loadFactor, eligible: carries) else {
                 continue  // every eligible agent is at its bound; a finishing build wakes us
             }
-            if try await assign(entry: entry, queueKV: queueKV, agent: agent, agentCreateRevision: agents[agent]!.createRevision) {
+            if try await assign(entry: entry, queueKV: queueKV, project: projects[entry.project], agent: agent,
+                                agentCreateRevision: agents[agent]!.createRevision) {
                 load[agent, default: 0] += 1
                 lastServed.mark(entry.project)
             }
@@ -143,9 +141,10 @@ public struct Dispatcher: Service {
         logger.notice("build waits", metadata: ["build.id": "\(id)", "reason": "\(reason)"])
     }
 
-    /// Moves one build from the queue to an agent. False if anything changed meanwhile
-    /// (the next pass sees the new state).
-    func assign(entry: QueueEntry, queueKV: KeyValue, agent: String, agentCreateRevision: Int64) async throws -> Bool {
+    /// Moves one build from the queue to an agent, with `project` as read in this pass (nil:
+    /// it no longer exists). False if anything changed meanwhile (the next pass sees the new
+    /// state).
+    func assign(entry: QueueEntry, queueKV: KeyValue, project: Project?, agent: String, agentCreateRevision: Int64) async throws -> Bool {
         guard let buildKV = try await etcd.get(keys.build(entry.build)),
               var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
             // A queue entry without a record cannot be built: drop it, guarded by its revision.
@@ -153,8 +152,7 @@ public struct Dispatcher: Service {
             logger.warning("dropped queue entry \(entry.build): its build record is missing")
             return false
         }
-        guard let projectKV = try await etcd.get(keys.project(entry.project)),
-              let project = try? KilnJSON.decode(Project.self, from: projectKV.value) else {
+        guard let project else {
             build.status = .failed
             build.error = "project '\(entry.project)' no longer exists"
             build.finishedAt = Date()

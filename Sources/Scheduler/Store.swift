@@ -172,9 +172,7 @@ public struct SchedulerStore: Sendable {
         let tasks = try await etcd.range(prefix: keys.tasks).kvs
         var byAgent: [String: [String]] = [:]
         for kv in tasks {
-            guard let rest = Keys.name(of: kv.key, under: keys.tasks) else { continue }
-            let parts = rest.split(separator: "/", maxSplits: 1)
-            if parts.count == 2 { byAgent[String(parts[0]), default: []].append(String(parts[1])) }
+            if let owner = keys.taskOwner(kv.key) { byAgent[owner.agent, default: []].append(owner.build) }
         }
         // Homes as the dispatcher's ring sees them (virtual nodes in proportion to capacity).
         let ring = HashRing(members: agents.map { .init(id: $0.id, weight: $0.capacity) })

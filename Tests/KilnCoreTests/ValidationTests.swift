@@ -143,5 +143,10 @@ struct ModelTests {
         #expect(k.logChunk(build: "b", attempt: 1, seq: 99_999_999) < k.logChunk(build: "b", attempt: 2, seq: 0))
         #expect(Keys.name(of: "/kiln/agents/a1", under: k.agents) == "a1")
         #expect(Keys.name(of: "/other/a1", under: k.agents) == nil)
+        let owner = k.taskOwner("/kiln/tasks/a1/b1")
+        #expect(owner?.agent == "a1" && owner?.build == "b1")
+        #expect(k.taskOwner("/kiln/tasks/a1") == nil)
+        #expect(k.taskOwner("/kiln/tasks/a1/b1/x") == nil)
+        #expect(k.taskOwner("/kiln/queue/b1") == nil)
     }
 }
