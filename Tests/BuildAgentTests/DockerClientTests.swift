@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import BuildAgent
 import Foundation
+import KilnTestSupport
 import LocalFarm
 import Testing
 

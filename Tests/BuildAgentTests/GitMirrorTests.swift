@@ -1,5 +1,6 @@
 import BuildAgent
 import Foundation
+import KilnTestSupport
 import LocalFarm
 import Testing
 

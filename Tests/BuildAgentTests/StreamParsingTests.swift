@@ -1,5 +1,6 @@
 @testable import BuildAgent
 import Foundation
+import KilnTestSupport
 import Testing
 
 @Suite("Docker stream parsing and build contexts")

@@ -1,37 +1,9 @@
 import BuildAgent
 import Foundation
+import KilnTestSupport
 import LocalFarm
 import Synchronization
 import Testing
-
-struct TimedOut: Error, CustomStringConvertible {
-    let after: Duration
-    var description: String { "timed out after \(after)" }
-}
-
-/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw TimedOut(after: limit)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
-}
-
-/// A fresh temporary folder, removed when the value goes away.
-final class TempDir: Sendable {
-    let url: URL
-    init(_ label: String) throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-\(label)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(at: url) }
-    func path(_ sub: String) -> URL { url.appendingPathComponent(sub) }
-}
 
 struct CommandFailed: Error, CustomStringConvertible {
     let description: String

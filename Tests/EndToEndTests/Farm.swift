@@ -3,6 +3,7 @@ import BuildAgent
 import Etcd
 import Foundation
 import Hummingbird
+import KilnTestSupport
 import KilnCore
 import LocalFarm
 import Logging
@@ -42,20 +43,8 @@ final class Farm: Sendable {
 
     // MARK: API
 
-    struct Reply: Sendable {
-        let status: Int
-        let body: String
-    }
-
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Reply {
-        var r = HTTPClientRequest(url: api + path)
-        r.method = method
-        if let body {
-            r.headers.add(name: "Content-Type", value: "application/json")
-            r.body = .bytes(ByteBuffer(string: body))
-        }
-        let response = try await HTTPClient.shared.execute(r, timeout: .seconds(60))
-        return Reply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)))
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body)
     }
 
     func addProject(_ name: String = "demo", repository: String? = nil, buildCommand: String = "mvn -B -q package", dockerfile: String = "Dockerfile") async throws {
@@ -82,52 +71,21 @@ final class Farm: Sendable {
     /// Waits (on an etcd watch of the build record) until `condition` holds.
     @discardableResult
     func waitForBuild(_ id: String, timeout: Duration = .seconds(300), _ condition: @escaping @Sendable (Build) -> Bool) async throws -> Build {
-        let etcd = self.etcd, key = keys.build(id)
-        return try await withThrowingTaskGroup(of: Build?.self) { group in
-            group.addTask {
-                let first = try await etcd.range(key: key, rangeEnd: nil)
-                if let kv = first.kvs.first, let b = try? KilnJSON.decode(Build.self, from: kv.value), condition(b) { return b }
-                for try await update in etcd.watch(key: key, fromRevision: first.revision + 1) {
-                    guard case .events(let events, _) = update else { continue }
-                    for e in events where e.kind == .put {
-                        if let b = try? KilnJSON.decode(Build.self, from: e.kv.value), condition(b) { return b }
-                    }
-                }
-                return nil
-            }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
-            }
-            let result = try await group.next() ?? nil
-            group.cancelAll()
-            guard let result else {
-                let current = try? await self.build(id)
-                throw FarmError("build \(id) did not reach the expected state within \(timeout); it is \(current.map { "\($0.status) \($0.error ?? "")" } ?? "unknown"); log:\n\((try? await self.log(id)) ?? "")")
-            }
-            return result
+        let key = keys.build(id)
+        let decode: @Sendable ([KeyValue]) -> Build? = { kvs in
+            kvs.first { $0.key == key }.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }
+        }
+        do {
+            return decode(try await waitUntil(etcd, prefix: key, timeout: timeout) { decode($0).map(condition) ?? false })!
+        } catch let e as TimedOut {
+            let current = try? await build(id)
+            throw FarmError("\(e): build \(id) is \(current.map { "\($0.status) \($0.error ?? "")" } ?? "unknown"); log:\n\((try? await log(id)) ?? "")")
         }
     }
 
     /// Waits (on an etcd watch of the build's log chunks) until a line contains `text`.
     func waitForLog(_ id: String, containing text: String, timeout: Duration = .seconds(120)) async throws {
-        let etcd = self.etcd, prefix = keys.logs(of: id)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                let first = try await etcd.range(prefix: prefix)
-                if first.kvs.contains(where: { $0.string.contains(text) }) { return }
-                for try await update in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-                    guard case .events(let events, _) = update else { continue }
-                    if events.contains(where: { $0.kind == .put && $0.kv.string.contains(text) }) { return }
-                }
-            }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw FarmError("'\(text)' did not appear in the log of \(id) within \(timeout)")
-            }
-            try await group.next()
-            group.cancelAll()
-        }
+        try await waitUntil(etcd, prefix: keys.logs(of: id), timeout: timeout) { kvs in kvs.contains { $0.string.contains(text) } }
     }
 
     func finished(_ id: String, timeout: Duration = .seconds(300)) async throws -> Build {
@@ -177,22 +135,7 @@ func withFarm(agents ids: [String] = ["agent-1"], configure: (@Sendable (Farm, S
 
 extension Farm {
     func waitForAgents(_ count: Int) async throws {
-        let etcd = self.etcd, prefix = keys.agents
-        let first = try await etcd.range(prefix: prefix)
-        if first.kvs.count >= count { return }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for try await _ in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-                    if try await etcd.range(prefix: prefix).kvs.count >= count { return }
-                }
-            }
-            group.addTask {
-                try await Task.sleep(for: .seconds(30))
-                throw FarmError("\(count) agents did not register within 30 s")
-            }
-            try await group.next()
-            group.cancelAll()
-        }
+        try await waitUntil(etcd, prefix: keys.agents, timeout: .seconds(30)) { $0.count >= count }
     }
 
     /// Runs the podman CLI against the farm's storage.

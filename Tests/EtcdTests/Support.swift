@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Etcd
 import Foundation
+import KilnTestSupport
 import LocalFarm
 import Testing
 
@@ -17,24 +18,6 @@ func withEtcd<T: Sendable>(
     defer { server.kill() }
     let client = EtcdClient(endpoint: server.endpoint)
     return try await withTimeout(timeout) { try await body(server, client) }
-}
-
-struct TimedOut: Error, CustomStringConvertible {
-    let after: Duration
-    var description: String { "timed out after \(after)" }
-}
-
-/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw TimedOut(after: limit)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
 }
 
 /// Iterates `watch` in a child task while `body` runs, and hands `body` the updates through

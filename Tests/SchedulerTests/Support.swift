@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Etcd
 import Foundation
+import KilnTestSupport
 import Hummingbird
 import KilnCore
 import LocalFarm
@@ -16,48 +17,17 @@ struct SchedulerHarness: Sendable {
     let etcd: EtcdClient
     let keys = Keys()
 
-    struct Reply: Sendable {
-        let status: Int
-        let body: String
-        var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
-        var error: String? { json?["error"] as? String }
-    }
-
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> Reply {
-        var r = HTTPClientRequest(url: api + path)
-        r.method = method
-        if let body {
-            r.headers.add(name: "Content-Type", value: "application/json")
-            r.body = .bytes(ByteBuffer(string: body))
-        }
-        let response = try await HTTPClient.shared.execute(r, timeout: .seconds(30))
-        let buffer = try await response.body.collect(upTo: 16 << 20)
-        return Reply(status: Int(response.status.code), body: String(buffer: buffer))
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body)
     }
 
     func build(_ id: String) async throws -> Build {
         try KilnJSON.decode(Build.self, from: try await request(.GET, "/api/v1/builds/\(id)").body)
     }
 
-    /// Waits until `condition` holds for the keys under `prefix`, re-checking on each change
-    /// (an etcd watch), up to `timeout`.
+    /// Waits until `condition` holds for the keys under `prefix` (on an etcd watch).
     func waitFor(prefix: String, timeout: Duration = .seconds(20), _ condition: @escaping @Sendable ([KeyValue]) -> Bool) async throws {
-        let etcd = self.etcd
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                let first = try await etcd.range(prefix: prefix)
-                if condition(first.kvs) { return }
-                for try await _ in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-                    if condition(try await etcd.range(prefix: prefix).kvs) { return }
-                }
-            }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw FarmError("condition on \(prefix) not met within \(timeout)")
-            }
-            try await group.next()
-            group.cancelAll()
-        }
+        try await waitUntil(etcd, prefix: prefix, timeout: timeout, condition)
     }
 
     static let demoProject = #"{"name":"demo","repository":"http://127.0.0.1:1/demo.git","buildImage":"localhost/kiln/jdk17-maven:1","buildCommand":"mvn -B -q package"}"#

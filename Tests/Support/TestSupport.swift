@@ -1,0 +1,74 @@
+import AsyncHTTPClient
+import Etcd
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+// Helpers shared by Kiln's test targets. Not part of Kiln.
+
+public struct TimedOut: Error, CustomStringConvertible {
+    public let after: Duration
+    public let waitingFor: String
+    public var description: String { "timed out after \(after)\(waitingFor.isEmpty ? "" : " waiting for \(waitingFor)")" }
+}
+
+/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
+public func withTimeout<T: Sendable>(_ limit: Duration, waitingFor what: String = "", _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw TimedOut(after: limit, waitingFor: what)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// Waits until `condition` holds for the keys under `prefix`: checks once, then again on
+/// every change (an etcd watch, never a sleep). Returns the keys that satisfied it.
+@discardableResult
+public func waitUntil(_ etcd: EtcdClient, prefix: String, timeout: Duration = .seconds(20),
+                      _ condition: @escaping @Sendable ([KeyValue]) -> Bool) async throws -> [KeyValue] {
+    try await withTimeout(timeout, waitingFor: "a condition on \(prefix)") {
+        let first = try await etcd.range(prefix: prefix)
+        if condition(first.kvs) { return first.kvs }
+        for try await _ in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
+            let now = try await etcd.range(prefix: prefix).kvs
+            if condition(now) { return now }
+        }
+        throw CancellationError()
+    }
+}
+
+/// A fresh temporary folder, removed when the value goes away.
+public final class TempDir: Sendable {
+    public let url: URL
+    public init(_ label: String) throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+    public func path(_ sub: String) -> URL { url.appendingPathComponent(sub) }
+}
+
+/// An HTTP answer, with its JSON error message if it has one.
+public struct HTTPReply: Sendable {
+    public let status: Int
+    public let body: String
+    public var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
+    public var error: String? { json?["error"] as? String }
+}
+
+/// One request with an optional JSON body; the whole answer (up to 32 MiB).
+public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
+    var r = HTTPClientRequest(url: url)
+    r.method = method
+    if let body {
+        r.headers.add(name: "Content-Type", value: "application/json")
+        r.body = .bytes(ByteBuffer(string: body))
+    }
+    let response = try await HTTPClient.shared.execute(r, timeout: timeout)
+    return HTTPReply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)))
+}
