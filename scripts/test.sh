@@ -12,10 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "test.sh: run as root (the tests run podman and debootstrap): sudo $0" >&2
-    exit 1
-fi
+. scripts/lib.sh
+require_root test.sh "the tests run podman and debootstrap"
 
 ./scripts/install-deps.sh
 
@@ -29,14 +27,7 @@ done
 
 start=$(date +%s)
 echo "test.sh: building (a first build takes several minutes on 2 cores)"
-set +e
-swift build --build-tests 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Wrapping|Linking|Write|Planning)'
-status=${PIPESTATUS[0]}
-set -e
-if [ "$status" -ne 0 ]; then
-    echo "test.sh: the build failed" >&2
-    exit 1
-fi
+quiet_build test.sh --build-tests
 echo "test.sh: built in $(( $(date +%s) - start )) s; running the tests"
 if [ $# -gt 0 ]; then
     exec swift test --skip-build "$@"

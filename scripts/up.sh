@@ -12,18 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "up.sh: run as root (podman's storage and debootstrap need it): sudo $0 $*" >&2
-    exit 1
-fi
+. scripts/lib.sh
+require_root up.sh "podman's storage and debootstrap need it"
 
 ./scripts/install-deps.sh
 if [ ! -x .build/debug/kiln ] || [ -n "$(find Sources Package.swift -newer .build/debug/kiln -print -quit 2>/dev/null)" ]; then
     echo "up.sh: building kiln (a first build takes several minutes on 2 cores)"
-    set +e
-    swift build --product kiln 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Wrapping|Linking|Write|Planning)'
-    status=${PIPESTATUS[0]}
-    set -e
-    [ "$status" -eq 0 ] || { echo "up.sh: the build failed" >&2; exit 1; }
+    quiet_build up.sh --product kiln
 fi
 exec .build/debug/kiln up "$@"
