@@ -23,12 +23,15 @@ public struct Project: Codable, Sendable, Equatable {
     /// A newer build of a branch cancels older ones of the same branch: `queued` cancels the
     /// queued ones, `running` also the assigned and running ones; nil cancels none.
     public var supersede: String?
+    /// At most this many of the project's builds run at once (nil: no limit of its own;
+    /// the agents' capacity still applies). The others wait in the queue and say why.
+    public var maxConcurrent: Int?
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
-        labels: [String] = [], supersede: String? = nil, createdAt: Date? = nil
+        labels: [String] = [], supersede: String? = nil, maxConcurrent: Int? = nil, createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -39,11 +42,12 @@ public struct Project: Codable, Sendable, Equatable {
         self.defaultBranch = defaultBranch
         self.labels = labels
         self.supersede = supersede
+        self.maxConcurrent = maxConcurrent
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -57,6 +61,7 @@ public struct Project: Codable, Sendable, Equatable {
         defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
         labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
         supersede = try c.decodeIfPresent(String.self, forKey: .supersede)
+        maxConcurrent = try c.decodeIfPresent(Int.self, forKey: .maxConcurrent)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -75,6 +80,9 @@ public struct Project: Codable, Sendable, Equatable {
         for l in labels { try Validation.label(l) }
         if let s = supersede, s != "queued", s != "running" {
             throw KilnError.invalid("supersede '\(Validation.printable(s))' is not an option: use \"queued\" (a newer build of a branch cancels the queued ones) or \"running\" (the running ones too)")
+        }
+        if let m = maxConcurrent, !(1...1000).contains(m) {
+            throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
         }
     }
 }

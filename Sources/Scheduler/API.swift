@@ -12,9 +12,12 @@ public struct API: Sendable {
     let logger: Logger
     /// Largest request body accepted.
     let maxBody = 1 << 20
+    /// This scheduler's name in the leader election.
+    let schedulerID: String
 
-    public init(store: SchedulerStore, logger: Logger) {
+    public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), logger: Logger) {
         self.store = store
+        self.schedulerID = schedulerID
         self.logger = logger
     }
 
@@ -23,6 +26,11 @@ public struct API: Sendable {
         api.get("health") { _, _ in
             _ = try await store.etcd.status()
             return json(["status": "ok"])
+        }
+        // Which scheduler answers and which one dispatches (the elected leader).
+        api.get("scheduler") { _, _ in
+            let leader = try await store.etcd.get(store.keys.leader)?.string
+            return json(SchedulerStatus(id: schedulerID, leader: leader, isLeader: leader == schedulerID))
         }
         api.get("projects") { _, _ in json(try await store.projects()) }
         api.post("projects") { request, context in
@@ -191,4 +199,12 @@ struct LogFollower: Sendable {
             group.cancelAll()
         }
     }
+}
+
+/// `GET /api/v1/scheduler`.
+public struct SchedulerStatus: Codable, Sendable {
+    public var id: String
+    /// The scheduler that dispatches; nil while none is elected.
+    public var leader: String?
+    public var isLeader: Bool
 }

@@ -5,14 +5,19 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// Assigns queued builds to live agents.
+/// Assigns queued builds to live agents, in the one scheduler that leads.
 ///
-/// Driven by watches on `/kiln/agents/`, `/kiln/queue/` and `/kiln/tasks/`: any change
-/// wakes one reconcile pass, and changes that arrive during a pass coalesce into the next.
-/// A pass reads the three prefixes, gives the tasks of agents that are gone back to the
-/// queue (counting the attempt), and assigns each queued build, oldest first, to the first
-/// agent with room along the hash ring from its project. Every assignment is one
-/// transaction that fails if the agent, the queue entry or the build changed meanwhile.
+/// Every `kiln scheduler` campaigns for `/kiln/leader` (``LeaderElection``); the leader
+/// reads `/kiln/agents/`, `/kiln/queue/`, `/kiln/tasks/` and `/kiln/projects/` once, then
+/// follows their watches (no polling) into a ``DispatchState``, which decides; this service
+/// performs each decision as one etcd transaction guarded by revisions and by the leader's
+/// term, and feeds the outcome back. Changes that arrive while decisions are under way are
+/// applied together before the next `decide()`. Actions run concurrently, so etcd commits
+/// many in one disk sync.
+///
+/// When leadership is lost (lease not renewed for its TTL, key gone), dispatching stops at
+/// once and the process campaigns again; on graceful shutdown the leader resigns so another
+/// scheduler takes over without waiting for the TTL.
 public struct Dispatcher: Service {
     public struct Configuration: Sendable {
         /// After this many attempts (each ended by its agent dying) a build fails.
@@ -20,177 +25,211 @@ public struct Dispatcher: Service {
         public var virtualNodes: Int
         /// `c` of bounded loads: no agent runs more than ceil(c × average) builds.
         public var loadFactor: Double
-        public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25) {
+        /// This scheduler's name in the election.
+        public var id: String
+        /// Lease TTL of the leader key: a dead leader is replaced within it.
+        public var leaderTTLSeconds: Int64
+
+        public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25,
+                    id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10) {
             self.maxAttempts = maxAttempts
             self.virtualNodes = virtualNodes
             self.loadFactor = loadFactor
+            self.id = id
+            self.leaderTTLSeconds = leaderTTLSeconds
         }
+    }
+
+    /// `hostname-pid`: unique among the schedulers of a farm.
+    public static func defaultID() -> String {
+        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
     }
 
     let store: SchedulerStore
     let configuration: Configuration
     let logger: Logger
-    /// When each project last got a build assigned, for fair turns (kept in memory: a new
-    /// leader starts with none, which only makes its first turns by age).
-    let lastServed = ServedTimes()
+    public let election: LeaderElection
 
     public init(store: SchedulerStore, configuration: Configuration = .init(), logger: Logger) {
         self.store = store
         self.configuration = configuration
-        self.logger = logger
+        var l = logger
+        l[metadataKey: "scheduler.id"] = "\(configuration.id)"
+        self.logger = l
+        self.election = LeaderElection(etcd: store.etcd, key: store.keys.leader, id: configuration.id,
+                                       ttlSeconds: configuration.leaderTTLSeconds, logger: l)
     }
 
     var etcd: EtcdClient { store.etcd }
     var keys: Keys { store.keys }
 
     public func run() async throws {
-        let (signals, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        continuation.yield()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for prefix in [keys.agents, keys.queue, keys.tasks] {
-                group.addTask {
-                    while !Task.isCancelled {
-                        do {
-                            for try await _ in etcd.watch(prefix: prefix) { continuation.yield() }
-                        } catch is CancellationError {
-                            return
-                        } catch {
-                            logger.warning("watch of \(prefix) ended: \(error); watching again")
-                            try? await Task.sleep(for: .milliseconds(500))
-                        }
-                    }
+        try? await cancelWhenGracefulShutdown {
+            var backoff = Duration.milliseconds(200)
+            while !Task.isCancelled {
+                let term: LeaderElection.Term
+                do {
+                    term = try await election.campaign()
+                    backoff = .milliseconds(200)
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("campaign for leader failed: \(error); trying again in \(backoff)")
+                    try? await Task.sleep(for: backoff)
+                    backoff = min(backoff * 2, .seconds(2))
+                    continue
                 }
+                await lead(term)
+                await election.resign(term)
+            }
+        }
+    }
+
+    /// What the dispatch loop is told.
+    enum Input: Sendable {
+        case reset(DispatchState.Prefix, [KeyValue], revision: Int64)
+        case events(DispatchState.Prefix, [WatchEvent], revision: Int64)
+        case finished(DispatchState.Action, DispatchState.Outcome)
+        case retryRefused
+        case leadershipLost
+    }
+
+    /// Dispatches until the term ends or the task is cancelled.
+    func lead(_ term: LeaderElection.Term) async {
+        let inbox = Inbox<Input>()
+        var state = DispatchState(keys: keys, loadFactor: configuration.loadFactor, virtualNodes: configuration.virtualNodes)
+        let fence = [election.fence(term)]
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                do { try await election.hold(term) } catch { logger.warning("leader lease: \(error)") }
+                inbox.push(.leadershipLost)
+            }
+            for p in DispatchState.Prefix.allCases {
+                let prefix = state.prefix(p)
+                group.addTask { await follow(p, prefix: prefix, into: inbox) }
             }
             group.addTask {
-                for await _ in signals.cancelOnGracefulShutdown() {
-                    do {
-                        try await reconcile()
-                    } catch is CancellationError {
-                        return
-                    } catch {
-                        logger.warning("dispatch pass failed: \(error); trying again")
-                        try? await Task.sleep(for: .milliseconds(500))
-                        continuation.yield()
+                // A safety net for a guard that failed on a change no watch shows; not a poll
+                // of etcd: it only lets the state try refused builds again.
+                while (try? await Task.sleep(for: .seconds(5))) != nil { inbox.push(.retryRefused) }
+            }
+            var ready = Set<DispatchState.Prefix>()
+            loop: for await inputs in inbox.batches {
+                for input in inputs {
+                    switch input {
+                    case .reset(let p, let kvs, let revision):
+                        state.reset(p, kvs: kvs, revision: revision)
+                        ready.insert(p)
+                    case .events(let p, let events, let revision):
+                        state.apply(p, events: events, revision: revision)
+                    case .finished(let action, let outcome):
+                        state.finished(action, outcome)
+                    case .retryRefused:
+                        state.retryRefused()
+                    case .leadershipLost:
+                        break loop
+                    }
+                }
+                guard ready.count == DispatchState.Prefix.allCases.count else { continue }
+                for action in state.decide() {
+                    group.addTask {
+                        let outcome = await perform(action, fence: fence)
+                        inbox.push(.finished(action, outcome))
                     }
                 }
             }
-            // The dispatch loop ends on graceful shutdown; then stop the watches.
-            try await group.next()
             group.cancelAll()
-            continuation.finish()
         }
     }
 
-    /// One pass: requeue the work of dead agents, then assign what is queued.
-    public func reconcile() async throws {
-        let agentKVs = try await etcd.range(prefix: keys.agents).kvs
-        var agents: [String: (info: AgentInfo, createRevision: Int64)] = [:]
-        for kv in agentKVs {
-            if let info = try? KilnJSON.decode(AgentInfo.self, from: kv.value) { agents[info.id] = (info, kv.createRevision) }
-        }
-        var load: [String: Int] = [:]
-        for kv in try await etcd.range(prefix: keys.tasks).kvs {
-            guard let owner = keys.taskOwner(kv.key) else { continue }
-            if agents[owner.agent] == nil {
-                try await requeue(taskKV: kv, agent: owner.agent, build: owner.build)
-            } else {
-                load[owner.agent, default: 0] += 1
-            }
-        }
-
-        var entries: [String: (QueueEntry, KeyValue)] = [:]
-        for kv in try await etcd.range(prefix: keys.queue).kvs {
-            if let e = try? KilnJSON.decode(QueueEntry.self, from: kv.value) { entries[e.build] = (e, kv) }
-        }
-        let queue = FairQueue.order(entries.values.map { .init(build: $0.0.build, project: $0.0.project, priority: $0.0.priority ?? 0, queuedAt: $0.0.queuedAt) },
-                                    lastServed: lastServed.snapshot)
-            .compactMap { entries[$0.build] }
-        guard !queue.isEmpty, !agents.isEmpty else { return }
-
-        let ring = HashRing(members: agents.values.map { .init(id: $0.info.id, weight: $0.info.capacity) }, virtualNodes: configuration.virtualNodes)
-        // One read of the projects serves every assignment of this pass.
-        var projects: [String: Project] = [:]
-        for kv in try await etcd.range(prefix: keys.projects).kvs {
-            if let p = try? KilnJSON.decode(Project.self, from: kv.value) { projects[p.name] = p }
-        }
-        let labelSets = agents.mapValues { Set($0.info.labels) }
-        for (entry, queueKV) in queue {
-            let wanted = projects[entry.project]?.labels ?? []
-            let carries: (String) -> Bool = { id in wanted.allSatisfy { labelSets[id]?.contains($0) == true } }
-            if !wanted.isEmpty && !agents.keys.contains(where: carries) {
-                try await noteWaiting(entry.build, "no live agent has the labels \(wanted.joined(separator: ","))")
-                continue
-            }
-            guard let agent = ring.pick(entry.project, loads: load, c: configuration.loadFactor, eligible: carries) else {
-                continue  // every eligible agent is at its bound; a finishing build wakes us
-            }
-            if try await assign(entry: entry, queueKV: queueKV, project: projects[entry.project], agent: agent,
-                                agentCreateRevision: agents[agent]!.createRevision) {
-                load[agent, default: 0] += 1
-                lastServed.mark(entry.project)
+    /// Reads `prefix`, then follows its watch, into `inbox`; reads again if the watch fails.
+    private func follow(_ p: DispatchState.Prefix, prefix: String, into inbox: Inbox<Input>) async {
+        while !Task.isCancelled {
+            do {
+                let current = try await etcd.range(prefix: prefix)
+                inbox.push(.reset(p, current.kvs, revision: current.revision))
+                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
+                    switch update {
+                    case .events(let events, let revision): inbox.push(.events(p, events, revision: revision))
+                    case .reset(let kvs, let revision): inbox.push(.reset(p, kvs, revision: revision))
+                    }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("watch of \(prefix) failed: \(error); reading it again")
+                try? await Task.sleep(for: .milliseconds(500))
             }
         }
     }
 
-    /// Records why a queued build waits, once (only when the reason changes).
-    func noteWaiting(_ id: String, _ reason: String) async throws {
-        guard let kv = try await etcd.get(keys.build(id)), var build = try? KilnJSON.decode(Build.self, from: kv.value),
-              build.status == .queued, build.waiting != reason else { return }
-        build.waiting = reason
-        _ = try await etcd.txn(Txn(compare: [.modRevision(kv.key, .equal, kv.modRevision)], success: [.put(kv.key, try KilnJSON.encode(build))]))
-        logger.notice("build waits", metadata: ["build.id": "\(id)", "reason": "\(reason)"])
+    // MARK: actions
+
+    /// Performs one decision. Never throws: an etcd error is `.failed`, after a short pause
+    /// so that a farm with etcd down does not spin.
+    public func perform(_ action: DispatchState.Action, fence: [Compare]) async -> DispatchState.Outcome {
+        do {
+            switch action {
+            case .assign(let a): return try await assign(a, fence: fence)
+            case .requeue(let t): return try await requeue(t, fence: fence)
+            case .noteWaiting(let build, let reason): return try await noteWaiting(build, reason, fence: fence)
+            case .fail(let q, let reason): return try await fail(q, reason: reason, fence: fence)
+            }
+        } catch {
+            if !Task.isCancelled {
+                logger.warning("dispatch action failed: \(error)", metadata: ["build.id": "\(action.build)"])
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+            return .failed
+        }
     }
 
-    /// Moves one build from the queue to an agent, with `project` as read in this pass (nil:
-    /// it no longer exists). False if anything changed meanwhile (the next pass sees the new
-    /// state).
-    func assign(entry: QueueEntry, queueKV: KeyValue, project: Project?, agent: String, agentCreateRevision: Int64) async throws -> Bool {
-        guard let buildKV = try await etcd.get(keys.build(entry.build)),
+    /// Moves one build from the queue to an agent in one transaction, which writes nothing
+    /// if the agent registered again or left, the queue entry or the record changed, the
+    /// build already has a task there, or this scheduler no longer leads.
+    func assign(_ a: DispatchState.Assignment, fence: [Compare]) async throws -> DispatchState.Outcome {
+        let id = a.queued.entry.build
+        guard let buildKV = try await etcd.get(keys.build(id)),
               var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
             // A queue entry without a record cannot be built: drop it, guarded by its revision.
-            _ = try await etcd.txn(Txn(compare: [.modRevision(queueKV.key, .equal, queueKV.modRevision)], success: [.delete(queueKV.key)]))
-            logger.warning("dropped queue entry \(entry.build): its build record is missing")
-            return false
-        }
-        guard let project else {
-            build.status = .failed
-            build.error = "project '\(entry.project)' no longer exists"
-            build.finishedAt = Date()
-            _ = try await etcd.txn(Txn(
-                compare: [.modRevision(queueKV.key, .equal, queueKV.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
-                success: [.delete(queueKV.key), .put(buildKV.key, try KilnJSON.encode(build))]))
-            return false
+            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(a.queued.key, .equal, a.queued.modRevision)], success: [.delete(a.queued.key)]))
+            logger.warning("dropped queue entry \(id): its build record is missing")
+            return r.succeeded ? .done(revision: r.revision, effects: [.init(kind: .delete, kv: .init(key: a.queued.key, value: [], modRevision: r.revision))]) : .refused
         }
         build.status = .assigned
         build.waiting = nil
-        build.agent = agent
+        build.agent = a.agent
         build.attempt += 1
-        let task = BuildTask(build: build.id, project: project, ref: build.ref, commit: build.commit, tag: build.tag,
+        let task = BuildTask(build: build.id, project: a.project, ref: build.ref, commit: build.commit, tag: build.tag,
                              mvncache: build.mvncache, attempt: build.attempt)
-        let taskKey = keys.task(agent: agent, build: build.id)
+        let taskKey = keys.task(agent: a.agent, build: build.id)
+        let taskValue = try KilnJSON.encode(task)
         let r = try await etcd.txn(Txn(
-            compare: [
-                .createRevision(keys.agent(agent), .equal, agentCreateRevision),
-                .modRevision(queueKV.key, .equal, queueKV.modRevision),
+            compare: fence + [
+                .createRevision(keys.agent(a.agent), .equal, a.agentCreateRevision),
+                .modRevision(a.queued.key, .equal, a.queued.modRevision),
                 .modRevision(buildKV.key, .equal, buildKV.modRevision),
                 .createRevision(taskKey, .equal, 0),
             ],
-            success: [.put(taskKey, try KilnJSON.encode(task)), .delete(queueKV.key), .put(buildKV.key, try KilnJSON.encode(build))]))
-        if r.succeeded {
-            logger.info("assigned", metadata: ["build.id": "\(build.id)", "project": "\(entry.project)", "agent.id": "\(agent)", "attempt": "\(build.attempt)"])
-        }
-        return r.succeeded
+            success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(buildKV.key, try KilnJSON.encode(build))]))
+        guard r.succeeded else { return .refused }
+        logger.info("assigned", metadata: ["build.id": "\(build.id)", "project": "\(a.project.name)", "agent.id": "\(a.agent)", "attempt": "\(build.attempt)"])
+        return .done(revision: r.revision, effects: [
+            .init(kind: .put, kv: .init(key: taskKey, value: Array(taskValue.utf8), createRevision: r.revision, modRevision: r.revision, version: 1)),
+            .init(kind: .delete, kv: .init(key: a.queued.key, value: [], modRevision: r.revision)),
+        ])
     }
 
     /// Gives a dead agent's build back to the queue, or fails it after `maxAttempts`.
-    func requeue(taskKV: KeyValue, agent: String, build id: String) async throws {
+    func requeue(_ t: DispatchState.TaskEntry, fence: [Compare]) async throws -> DispatchState.Outcome {
+        let id = t.build
+        let deleteTask = WatchEvent(kind: .delete, kv: .init(key: t.key, value: []))
         guard let buildKV = try await etcd.get(keys.build(id)),
               var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
-            _ = try await etcd.txn(Txn(compare: [.modRevision(taskKV.key, .equal, taskKV.modRevision)], success: [.delete(taskKV.key)]))
-            return
+            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(t.key, .equal, t.modRevision)], success: [.delete(t.key)]))
+            return r.succeeded ? .done(revision: r.revision, effects: [deleteTask]) : .refused
         }
-        var ops: [TxnOp] = [.delete(taskKV.key)]
-        let reason = "agent '\(agent)' stopped renewing its lease during attempt \(build.attempt)"
+        var ops: [TxnOp] = [.delete(t.key)]
+        var queueEntry: (key: String, value: String)?
+        let reason = "agent '\(t.agent)' stopped renewing its lease during attempt \(build.attempt)"
         if build.status.isFinal {
             // Finished already; only the task key was left behind.
         } else if build.cancelRequested == true || build.attempt >= configuration.maxAttempts {
@@ -209,23 +248,86 @@ public struct Dispatcher: Service {
             build.error = reason
             build.steps = StepName.allCases.map { BuildStep(name: $0) }
             let line = LogChunk(seq: 0, lines: ["kiln: \(reason); the build goes back to the queue"], end: false)
+            queueEntry = (keys.queued(id), try KilnJSON.encode(QueueEntry(build: id, project: build.project, queuedAt: build.createdAt, priority: build.priority)))
             ops.append(.put(keys.build(id), try KilnJSON.encode(build)))
-            ops.append(.put(keys.queued(id), try KilnJSON.encode(QueueEntry(build: id, project: build.project, queuedAt: build.createdAt, priority: build.priority))))
+            ops.append(.put(queueEntry!.key, queueEntry!.value))
             ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(line)))
         }
         let r = try await etcd.txn(Txn(
-            compare: [.modRevision(taskKV.key, .equal, taskKV.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
+            compare: fence + [.modRevision(t.key, .equal, t.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
             success: ops))
-        if r.succeeded {
-            logger.warning("requeued", metadata: ["build.id": "\(id)", "agent.id": "\(agent)", "status": "\(build.status.rawValue)"])
+        guard r.succeeded else { return .refused }
+        logger.warning("requeued", metadata: ["build.id": "\(id)", "agent.id": "\(t.agent)", "status": "\(build.status.rawValue)"])
+        var effects = [deleteTask]
+        if let queueEntry {
+            effects.append(.init(kind: .put, kv: .init(key: queueEntry.key, value: Array(queueEntry.value.utf8), createRevision: r.revision, modRevision: r.revision, version: 1)))
         }
+        return .done(revision: r.revision, effects: effects)
+    }
+
+    /// Records why a queued build waits (only if it still waits, for another reason).
+    func noteWaiting(_ id: String, _ reason: String, fence: [Compare]) async throws -> DispatchState.Outcome {
+        guard let kv = try await etcd.get(keys.build(id)), var build = try? KilnJSON.decode(Build.self, from: kv.value),
+              build.status == .queued, build.waiting != reason else { return .refused }
+        build.waiting = reason
+        let r = try await etcd.txn(Txn(compare: fence + [.modRevision(kv.key, .equal, kv.modRevision)], success: [.put(kv.key, try KilnJSON.encode(build))]))
+        guard r.succeeded else { return .refused }
+        logger.notice("build waits", metadata: ["build.id": "\(id)", "reason": "\(reason)"])
+        return .done(revision: r.revision, effects: [])
+    }
+
+    /// Ends a queued build that cannot run.
+    func fail(_ q: DispatchState.Queued, reason: String, fence: [Compare]) async throws -> DispatchState.Outcome {
+        let dropQueue = WatchEvent(kind: .delete, kv: .init(key: q.key, value: []))
+        guard let buildKV = try await etcd.get(keys.build(q.entry.build)),
+              var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
+            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(q.key, .equal, q.modRevision)], success: [.delete(q.key)]))
+            return r.succeeded ? .done(revision: r.revision, effects: [dropQueue]) : .refused
+        }
+        build.status = .failed
+        build.error = reason
+        build.finishedAt = Date()
+        for i in build.steps.indices { build.steps[i].status = .skipped }
+        let end = LogChunk(seq: 0, lines: ["kiln: \(reason)"], end: true)
+        let r = try await etcd.txn(Txn(
+            compare: fence + [.modRevision(q.key, .equal, q.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
+            success: [.delete(q.key), .put(buildKV.key, try KilnJSON.encode(build)),
+                      .put(keys.logChunk(build: build.id, attempt: max(1, build.attempt), seq: 99_999_999), try KilnJSON.encode(end))]))
+        guard r.succeeded else { return .refused }
+        logger.warning("failed before it started", metadata: ["build.id": "\(build.id)", "reason": "\(reason)"])
+        return .done(revision: r.revision, effects: [dropQueue])
     }
 }
 
-/// When the dispatcher last served each project (a class, so the `Dispatcher` value can
-/// be copied into its tasks and still share it).
-final class ServedTimes: Sendable {
-    private let times = Mutex<[String: Date]>([:])
-    var snapshot: [String: Date] { times.withLock { $0 } }
-    func mark(_ project: String) { times.withLock { $0[project] = Date() } }
+/// A mailbox many tasks push into and one loop drains: each batch is everything pushed
+/// since the last one, so a burst of changes makes one decision, not one per change.
+final class Inbox<Element: Sendable>: Sendable {
+    private let items = Mutex<[Element]>([])
+    private let signal: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+
+    init() {
+        (signal, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func push(_ element: Element) {
+        items.withLock { $0.append(element) }
+        continuation.yield()
+    }
+
+    /// Batches until the consuming task is cancelled.
+    var batches: AsyncCompactMapSequence<AsyncStream<Void>, [Element]> {
+        signal.compactMap { [self] in
+            let batch = take()
+            return batch.isEmpty ? nil : batch
+        }
+    }
+
+    private func take() -> [Element] {
+        items.withLock { all in
+            let b = all
+            all.removeAll(keepingCapacity: true)
+            return b
+        }
+    }
 }

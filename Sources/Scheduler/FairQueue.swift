@@ -8,7 +8,8 @@ import KilnCore
 /// longest ago goes first (never served before any other), then the one with the oldest
 /// build. So a project with a hundred queued builds does not starve another project's one,
 /// even when a single slot frees at a time, and within a project builds keep their order.
-/// Pure: no I/O; the dispatcher remembers when it last served each project.
+/// Pure: no I/O, no clock; the dispatcher numbers its turns and remembers the turn in
+/// which it last served each project.
 public enum FairQueue {
     public struct Item: Sendable, Equatable {
         public var build: String
@@ -23,7 +24,7 @@ public enum FairQueue {
         }
     }
 
-    public static func order(_ items: [Item], lastServed: [String: Date] = [:]) -> [Item] {
+    public static func order(_ items: [Item], lastServed: [String: Int] = [:]) -> [Item] {
         let byPriority = Dictionary(grouping: items, by: \.priority)
         var result: [Item] = []
         result.reserveCapacity(items.count)
@@ -33,7 +34,7 @@ public enum FairQueue {
             var queues = Dictionary(grouping: byPriority[priority]!, by: \.project).values
                 .map { $0.sorted(by: older) }
                 .sorted { a, b in
-                    let sa = lastServed[a[0].project] ?? .distantPast, sb = lastServed[b[0].project] ?? .distantPast
+                    let sa = lastServed[a[0].project] ?? Int.min, sb = lastServed[b[0].project] ?? Int.min
                     return sa != sb ? sa < sb : older(a[0], b[0])
                 }
             var round = 0

@@ -34,7 +34,7 @@ public func buildSchedulerApplication(
     let store = SchedulerStore(etcd: EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger), keys: Keys(prefix: configuration.keyPrefix))
     let router = Router()
     router.add(middleware: JSONErrorMiddleware(logger: logger))
-    API(store: store, logger: logger).addRoutes(to: router)
+    API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, logger: logger)
     return Application(
         router: router,

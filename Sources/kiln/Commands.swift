@@ -15,6 +15,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         queued build to the first agent with room along a consistent-hash ring of the live \
         agents, keyed by project, in one etcd transaction that fails if the agent is gone.
 
+        Run as many schedulers as you like against one etcd: all serve the API, one is elected \
+        leader (a lease on /kiln/leader) and dispatches; when it dies another takes over within \
+        --leader-ttl. A deposed leader's writes are refused by etcd, so no build is dispatched twice.
+
         Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379
         """)
 
@@ -29,7 +33,15 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Bounded loads: no agent runs more than ceil(c × average) builds; past it a build walks on along the ring.", valueName: "c"))
     var loadFactor: Double = 1.25
 
+    @Option(name: .long, help: ArgumentHelp("This scheduler's name in the leader election (env KILN_SCHEDULER_ID; default: host-pid).", valueName: "name"))
+    var id: String = env("KILN_SCHEDULER_ID", Dispatcher.defaultID())
+
+    @Option(name: .long, help: ArgumentHelp("Lease TTL of the leader: a dead leader is replaced within it.", valueName: "seconds"))
+    var leaderTTL: Int = 10
+
     func validate() throws {
+        guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
+        guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard loadFactor >= 1 else { throw ValidationError("--load-factor must be at least 1 (1.25 is the usual choice)") }
@@ -40,7 +52,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let hp = HostPort(listen)!
         let app = buildSchedulerApplication(
             configuration: .init(host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-                                 dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor)),
+                                 dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL))),
             logger: logger,
             onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -163,12 +175,13 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
         @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
         @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: String?
+        @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
 
         var project: Project {
             Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
                     dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
-                    supersede: supersede)
+                    supersede: supersede, maxConcurrent: maxConcurrent)
         }
 
         func validate() throws {

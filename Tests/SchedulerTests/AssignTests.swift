@@ -27,6 +27,12 @@ struct AssignTests {
         try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t")), lease: lease)
         let seen = try #require(try await etcd.get(keys.agent("a1"))).createRevision
         let dispatcher = Dispatcher(store: store, logger: Logger(label: "test"))
+        func assign(_ agentCreateRevision: Int64, fence: [Compare] = []) async -> Bool {
+            let a = DispatchState.Assignment(queued: .init(entry: entry, key: queueKV.key, modRevision: queueKV.modRevision),
+                                             project: project, agent: "a1", agentCreateRevision: agentCreateRevision)
+            if case .done = await dispatcher.perform(.assign(a), fence: fence) { return true }
+            return false
+        }
 
         func nothingWritten() async throws {
             #expect(try await etcd.get(keys.queued(build.id)) != nil)
@@ -39,24 +45,37 @@ struct AssignTests {
         try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t2")), lease: lease)
         _ = try await etcd.delete(keys.agent("a1"))
         try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t3")), lease: lease)
-        #expect(try await !dispatcher.assign(entry: entry, queueKV: queueKV, project: project, agent: "a1", agentCreateRevision: seen))
+        #expect(await !assign(seen))
         try await nothingWritten()
 
         // The agent is gone.
         let current = try #require(try await etcd.get(keys.agent("a1"))).createRevision
         try await etcd.revokeLease(lease)
-        #expect(try await !dispatcher.assign(entry: entry, queueKV: queueKV, project: project, agent: "a1", agentCreateRevision: current))
+        #expect(await !assign(current))
         try await nothingWritten()
+
+        // A leader whose term ended (the leader key was created again since) writes nothing.
+        let election = dispatcher.election
+        let firstTerm = try await election.campaign()
+        await election.resign(firstTerm)
+        let secondTerm = try await election.campaign()
+        let revokedAgain = try await etcd.grantLease(ttl: 10)
+        try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t3b")), lease: revokedAgain)
+        let live = try #require(try await etcd.get(keys.agent("a1"))).createRevision
+        #expect(await !assign(live, fence: [election.fence(firstTerm)]))
+        try await nothingWritten()
+        await election.resign(secondTerm)
+        try await etcd.revokeLease(revokedAgain)
 
         // With the state as read, the same call assigns.
         let back = try await etcd.grantLease(ttl: 10)
         try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t4")), lease: back)
         let now = try #require(try await etcd.get(keys.agent("a1"))).createRevision
-        #expect(try await dispatcher.assign(entry: entry, queueKV: queueKV, project: project, agent: "a1", agentCreateRevision: now))
+        #expect(await assign(now))
         #expect(try await etcd.get(keys.task(agent: "a1", build: build.id)) != nil)
         #expect(try await store.build(build.id).status == .assigned)
         // A second assignment of the same queue entry (a second dispatcher) is refused.
-        #expect(try await !dispatcher.assign(entry: entry, queueKV: queueKV, project: project, agent: "a1", agentCreateRevision: now))
+        #expect(await !assign(now))
         #expect(try await etcd.range(prefix: keys.tasks).kvs.count == 1)
     }
 }

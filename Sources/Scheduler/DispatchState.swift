@@ -1,0 +1,317 @@
+import Etcd
+import Foundation
+import KilnCore
+
+/// What the dispatcher knows of the farm, and the decisions it takes from that: a pure
+/// state machine, with no I/O and no clock, so every rule is tested without etcd.
+///
+/// Inputs are what etcd says: the first read of each watched prefix (`reset`), the watch
+/// events that follow (`apply`), and how each action it asked for ended (`finished`).
+/// `decide()` returns the actions to take now; the ``Dispatcher`` performs them against etcd
+/// (each one a transaction guarded by revisions, so a decision taken on a view that is
+/// already stale writes nothing) and feeds the outcome back.
+///
+/// Rules, in order:
+/// 1. A task of an agent that is no longer registered goes back to the queue (`requeue`).
+/// 2. Queued builds are offered in ``FairQueue`` order: priority, then projects in turns.
+/// 3. A build whose project is gone fails. A build whose project asks for labels that no live
+///    agent carries, or whose project already runs its `maxConcurrent` builds, waits, and its
+///    record says why (written once per reason).
+/// 4. Otherwise it goes to the first agent along the hash ring from its project that carries
+///    the labels and is below its bounded load (`ceil(c × average)`, never above capacity).
+///    When no agent has room, it waits; a finishing build or a new agent wakes the next pass.
+/// A build with an action under way is left alone until that action ends, so one view never
+/// produces two actions for the same build.
+public struct DispatchState: Sendable {
+    /// The prefixes the dispatcher watches.
+    public enum Prefix: Sendable, CaseIterable {
+        case agents, queue, tasks, projects
+    }
+
+    public struct Agent: Sendable, Equatable {
+        public var id: String
+        public var capacity: Int
+        public var labels: Set<String>
+        /// Changes when the agent registers again: an assignment names the registration it saw.
+        public var createRevision: Int64
+    }
+
+    public struct Queued: Sendable, Equatable {
+        public var entry: QueueEntry
+        public var key: String
+        public var modRevision: Int64
+    }
+
+    public struct TaskEntry: Sendable, Equatable {
+        public var key: String
+        public var agent: String
+        public var build: String
+        /// From the task's project snapshot; nil if the value could not be read.
+        public var project: String?
+        public var modRevision: Int64
+    }
+
+    public struct Assignment: Sendable, Equatable {
+        public var queued: Queued
+        public var project: Project
+        public var agent: String
+        public var agentCreateRevision: Int64
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Give the build to the agent: put its task, delete the queue entry, mark the record.
+        case assign(Assignment)
+        /// The task's agent is gone: back to the queue with the attempt counted, or failed
+        /// after the last attempt.
+        case requeue(TaskEntry)
+        /// Write on the queued build's record why it waits.
+        case noteWaiting(build: String, reason: String)
+        /// The build cannot run (its project was deleted): end it with the reason.
+        case fail(Queued, reason: String)
+
+        /// The build the action is about.
+        public var build: String {
+            switch self {
+            case .assign(let a): a.queued.entry.build
+            case .requeue(let t): t.build
+            case .noteWaiting(let b, _): b
+            case .fail(let q, _): q.entry.build
+            }
+        }
+    }
+
+    /// How an action ended.
+    public enum Outcome: Sendable, Equatable {
+        /// Written at `revision`; `effects` are the changes to watched keys it made, applied
+        /// at once unless the watch has already delivered that revision (then they are known).
+        case done(revision: Int64, effects: [WatchEvent])
+        /// The transaction's guard failed: the view was stale. The build is left alone until
+        /// the next change arrives.
+        case refused
+        /// etcd could not be reached or answered an error; the action may be taken again.
+        case failed
+    }
+
+    public let keys: Keys
+    public var loadFactor: Double
+    public var virtualNodes: Int
+
+    public private(set) var agents: [String: Agent] = [:]
+    public private(set) var queue: [String: Queued] = [:]
+    /// By key.
+    public private(set) var tasks: [String: TaskEntry] = [:]
+    public private(set) var projects: [String: Project] = [:]
+
+    /// The last revision seen for each prefix (a read or an event).
+    private var seen: [Prefix: Int64] = [:]
+    /// Builds with an action under way (and, for assignments, the agent they go to).
+    private var underWay: [String: Action] = [:]
+    /// Builds whose assignment was refused, left alone until something changes.
+    private var refused: Set<String> = []
+    /// The reason last written on each waiting build.
+    private var noted: [String: String] = [:]
+    /// Fair turns: the number of the last assignment, and the one in which each project was
+    /// last served. Kept for the life of this state (a new leader starts with none, which
+    /// only makes its first turns go by age).
+    private var turn = 0
+    private var lastServed: [String: Int] = [:]
+    private var ring = HashRing()
+    private var ringIsStale = true
+
+    public init(keys: Keys = Keys(), loadFactor: Double = 1.25, virtualNodes: Int = 64) {
+        self.keys = keys
+        self.loadFactor = loadFactor
+        self.virtualNodes = virtualNodes
+    }
+
+    public func prefix(_ p: Prefix) -> String {
+        switch p {
+        case .agents: keys.agents
+        case .queue: keys.queue
+        case .tasks: keys.tasks
+        case .projects: keys.projects
+        }
+    }
+
+    public func prefix(of key: String) -> Prefix? {
+        Prefix.allCases.first { key.hasPrefix(prefix($0)) }
+    }
+
+    /// Whether any action is under way (tests and shutdown wait for none).
+    public var isIdle: Bool { underWay.isEmpty }
+
+    // MARK: inputs
+
+    /// Replaces everything known under `p` with a full read at `revision`.
+    public mutating func reset(_ p: Prefix, kvs: [KeyValue], revision: Int64) {
+        switch p {
+        case .agents: agents = [:]; ringIsStale = true
+        case .queue: queue = [:]
+        case .tasks: tasks = [:]
+        case .projects: projects = [:]
+        }
+        for kv in kvs { put(p, kv) }
+        seen[p] = revision
+        refused.removeAll()
+        forgetNotesOfBuildsNotQueued()
+    }
+
+    /// Applies events of the watch on `p`, delivered at `revision`.
+    public mutating func apply(_ p: Prefix, events: [WatchEvent], revision: Int64) {
+        for e in events {
+            switch e.kind {
+            case .put: put(p, e.kv)
+            case .delete: delete(p, e.kv.key)
+            }
+        }
+        seen[p] = max(seen[p] ?? 0, revision)
+        if !events.isEmpty { refused.removeAll() }
+        if p == .queue { forgetNotesOfBuildsNotQueued() }
+    }
+
+    /// Records how an action returned by `decide()` ended.
+    public mutating func finished(_ action: Action, _ outcome: Outcome) {
+        underWay[action.build] = nil
+        switch outcome {
+        case .done(let revision, let effects):
+            // Apply what the action wrote unless the watch already brought that revision
+            // (then these changes, and perhaps later ones to the same keys, are known).
+            for e in effects {
+                guard let p = prefix(of: e.kv.key), (seen[p] ?? 0) < revision else { continue }
+                switch e.kind {
+                case .put: put(p, e.kv)
+                case .delete: delete(p, e.kv.key)
+                }
+            }
+            if case .assign(let a) = action {
+                turn += 1
+                lastServed[a.queued.entry.project] = turn
+            }
+            if case .noteWaiting(let build, let reason) = action { noted[build] = reason }
+        case .refused:
+            if case .assign = action { refused.insert(action.build) }
+            if case .noteWaiting(let build, let reason) = action { noted[build] = reason }
+        case .failed:
+            break
+        }
+    }
+
+    /// Lets refused builds be tried again without a change (a safety net for a guard that
+    /// failed on something no watch shows, such as a build record written meanwhile).
+    public mutating func retryRefused() {
+        refused.removeAll()
+    }
+
+    private mutating func put(_ p: Prefix, _ kv: KeyValue) {
+        switch p {
+        case .agents:
+            guard let info = try? KilnJSON.decode(AgentInfo.self, from: kv.value),
+                  Keys.name(of: kv.key, under: keys.agents) == info.id else { return }
+            let agent = Agent(id: info.id, capacity: max(0, info.capacity), labels: Set(info.labels), createRevision: kv.createRevision)
+            if agents[info.id]?.capacity != agent.capacity || agents[info.id] == nil { ringIsStale = true }
+            agents[info.id] = agent
+        case .queue:
+            guard let entry = try? KilnJSON.decode(QueueEntry.self, from: kv.value) else { return }
+            queue[entry.build] = Queued(entry: entry, key: kv.key, modRevision: kv.modRevision)
+        case .tasks:
+            guard let owner = keys.taskOwner(kv.key) else { return }
+            let project = (try? KilnJSON.decode(BuildTask.self, from: kv.value))?.project.name
+            tasks[kv.key] = TaskEntry(key: kv.key, agent: owner.agent, build: owner.build, project: project, modRevision: kv.modRevision)
+        case .projects:
+            guard let project = try? KilnJSON.decode(Project.self, from: kv.value) else { return }
+            projects[project.name] = project
+        }
+    }
+
+    private mutating func delete(_ p: Prefix, _ key: String) {
+        switch p {
+        case .agents:
+            if let id = Keys.name(of: key, under: keys.agents), agents.removeValue(forKey: id) != nil { ringIsStale = true }
+        case .queue:
+            if let id = Keys.name(of: key, under: keys.queue) { queue[id] = nil }
+        case .tasks:
+            tasks[key] = nil
+        case .projects:
+            if let name = Keys.name(of: key, under: keys.projects) { projects[name] = nil }
+        }
+    }
+
+    private mutating func forgetNotesOfBuildsNotQueued() {
+        if noted.isEmpty { return }
+        noted = noted.filter { queue[$0.key] != nil }
+    }
+
+    // MARK: decisions
+
+    /// The actions to take now. Each build named in them is under way until `finished`.
+    public mutating func decide() -> [Action] {
+        var actions: [Action] = []
+
+        // 1. Work of agents that are gone.
+        for task in tasks.values where agents[task.agent] == nil && underWay[task.build] == nil {
+            actions.append(.requeue(task))
+        }
+
+        // Load per agent and running builds per project: tasks of live agents plus
+        // assignments under way.
+        var load: [String: Int] = [:]
+        var running: [String: Int] = [:]
+        var total = 0
+        for task in tasks.values where agents[task.agent] != nil {
+            load[task.agent, default: 0] += 1
+            if let p = task.project { running[p, default: 0] += 1 }
+            total += 1
+        }
+        for case .assign(let a) in underWay.values {
+            load[a.agent, default: 0] += 1
+            running[a.project.name, default: 0] += 1
+            total += 1
+        }
+        var free = agents.values.reduce(0) { $0 + max(0, $1.capacity - load[$1.id, default: 0]) }
+
+        // 2-4. The queue, in fair order.
+        let candidates = queue.values.filter { underWay[$0.entry.build] == nil && !refused.contains($0.entry.build) }
+        let order = FairQueue.order(
+            candidates.map { .init(build: $0.entry.build, project: $0.entry.project, priority: $0.entry.priority ?? 0, queuedAt: $0.entry.queuedAt) },
+            lastServed: lastServed)
+        if ringIsStale {
+            ring = HashRing(members: agents.values.map { .init(id: $0.id, weight: $0.capacity) }, virtualNodes: virtualNodes)
+            ringIsStale = false
+        }
+        let agents = self.agents
+        for item in order {
+            guard let queued = queue[item.build] else { continue }
+            guard let project = projects[item.project] else {
+                actions.append(.fail(queued, reason: "project '\(item.project)' no longer exists"))
+                continue
+            }
+            let wanted = project.labels
+            let carries: (String) -> Bool = { id in
+                guard let agent = agents[id] else { return false }
+                return wanted.allSatisfy { agent.labels.contains($0) }
+            }
+            var waiting: String?
+            if !wanted.isEmpty && !agents.keys.contains(where: carries) {
+                waiting = "no live agent has the labels \(wanted.joined(separator: ","))"
+            } else if let limit = project.maxConcurrent, running[project.name, default: 0] >= limit {
+                waiting = "project '\(project.name)' already runs its limit of \(limit) build\(limit == 1 ? "" : "s") at once"
+            }
+            if let waiting {
+                if noted[item.build] != waiting { actions.append(.noteWaiting(build: item.build, reason: waiting)) }
+                continue
+            }
+            if free <= 0 { continue }  // every agent is full; only failures and notes remain
+            guard let agent = ring.pick(project.name, loads: load, c: loadFactor, running: total, eligible: carries),
+                  let registration = agents[agent] else {
+                continue  // every agent it may use is at its bound
+            }
+            actions.append(.assign(Assignment(queued: queued, project: project, agent: agent, agentCreateRevision: registration.createRevision)))
+            load[agent, default: 0] += 1
+            running[project.name, default: 0] += 1
+            total += 1
+            free -= 1
+        }
+        for a in actions { underWay[a.build] = a }
+        return actions
+    }
+}

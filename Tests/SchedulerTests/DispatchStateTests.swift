@@ -1,0 +1,222 @@
+import Etcd
+import Foundation
+import KilnCore
+@testable import Scheduler
+import Testing
+
+/// The dispatcher's decisions, without etcd: inputs are what the watches would deliver.
+@Suite("Dispatch state machine")
+struct DispatchStateTests {
+    let keys = Keys()
+    var revision: Int64 = 100
+
+    mutating func next() -> Int64 {
+        revision += 1
+        return revision
+    }
+
+    func kv(_ key: String, _ value: some Encodable, _ rev: Int64) -> KeyValue {
+        KeyValue(key: key, value: Array(try! KilnJSON.encode(value).utf8), createRevision: rev, modRevision: rev, version: 1)
+    }
+
+    mutating func agent(_ id: String, capacity: Int = 2, labels: [String] = []) -> KeyValue {
+        kv(keys.agent(id), AgentInfo(id: id, capacity: capacity, labels: labels, version: "t"), next())
+    }
+
+    mutating func queued(_ build: String, _ project: String, at seconds: Double = 0, priority: Int? = nil) -> KeyValue {
+        kv(keys.queued(build), QueueEntry(build: build, project: project, queuedAt: Date(timeIntervalSince1970: seconds), priority: priority), next())
+    }
+
+    func project(_ name: String, labels: [String] = [], maxConcurrent: Int? = nil) -> Project {
+        Project(name: name, repository: "http://127.0.0.1:1/\(name).git", buildImage: "a:1", buildCommand: "make",
+                labels: labels, maxConcurrent: maxConcurrent)
+    }
+
+    mutating func task(_ agent: String, _ build: String, _ project: Project) -> KeyValue {
+        kv(keys.task(agent: agent, build: build), BuildTask(build: build, project: project, ref: "main", commit: nil, tag: nil, mvncache: true, attempt: 1), next())
+    }
+
+    /// A state with every prefix read.
+    mutating func state(agents: [KeyValue] = [], queue: [KeyValue] = [], tasks: [KeyValue] = [], projects: [Project] = []) -> DispatchState {
+        var s = DispatchState(keys: keys)
+        s.reset(.agents, kvs: agents, revision: revision)
+        s.reset(.queue, kvs: queue, revision: revision)
+        s.reset(.tasks, kvs: tasks, revision: revision)
+        s.reset(.projects, kvs: projects.map { kv(keys.project($0.name), $0, 1) }, revision: revision)
+        return s
+    }
+
+    /// What etcd would answer for `action`, as the dispatcher reports it.
+    mutating func succeed(_ action: DispatchState.Action, in s: inout DispatchState) {
+        let rev = next()
+        switch action {
+        case .assign(let a):
+            let t = task(a.agent, a.queued.entry.build, a.project)
+            s.finished(action, .done(revision: rev, effects: [
+                .init(kind: .put, kv: KeyValue(key: t.key, value: t.value, createRevision: rev, modRevision: rev, version: 1)),
+                .init(kind: .delete, kv: KeyValue(key: a.queued.key, value: [], modRevision: rev)),
+            ]))
+        case .requeue(let t):
+            s.finished(action, .done(revision: rev, effects: [.init(kind: .delete, kv: KeyValue(key: t.key, value: []))]))
+        case .noteWaiting, .fail:
+            s.finished(action, .done(revision: rev, effects: []))
+        }
+    }
+
+    func assignments(_ actions: [DispatchState.Action]) -> [String: String] {
+        var m: [String: String] = [:]
+        for case .assign(let a) in actions { m[a.queued.entry.build] = a.agent }
+        return m
+    }
+
+    @Test mutating func assignsWithinCapacityAndNeverTwice() {
+        let p = project("p")
+        var s = state(agents: [agent("a1", capacity: 1), agent("a2", capacity: 1)],
+                      queue: [queued("b1", "p", at: 1), queued("b2", "p", at: 2), queued("b3", "p", at: 3)], projects: [p])
+        let first = s.decide()
+        // Two slots, three builds: the two oldest are placed, one per agent.
+        #expect(Set(assignments(first).keys) == ["b1", "b2"])
+        #expect(Set(assignments(first).values) == ["a1", "a2"])
+        // Deciding again while they are under way changes nothing.
+        #expect(s.decide().isEmpty)
+        for a in first { succeed(a, in: &s) }
+        #expect(s.decide().isEmpty, "both agents are full")
+        #expect(s.tasks.count == 2 && s.queue.keys.sorted() == ["b3"])
+        // A build ends: its agent takes the third.
+        let done = s.tasks.values.first { $0.build == "b1" }!
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: done.key, value: []))], revision: next())
+        #expect(assignments(s.decide()) == ["b3": done.agent])
+    }
+
+    @Test mutating func aGoneAgentsTasksAreRequeuedOnce() {
+        let p = project("p")
+        let a1 = agent("a1"), a2 = agent("a2")
+        let t1 = task("a1", "b1", p), t2 = task("a2", "b2", p)
+        var s = state(agents: [a1, a2], tasks: [t1, t2], projects: [p])
+        #expect(s.decide().isEmpty)
+        s.apply(.agents, events: [.init(kind: .delete, kv: KeyValue(key: a1.key, value: []))], revision: next())
+        let actions = s.decide()
+        #expect(actions.count == 1)
+        guard case .requeue(let t) = actions.first else { Issue.record("expected a requeue, got \(actions)"); return }
+        #expect(t.build == "b1" && t.agent == "a1" && t.modRevision == t1.modRevision)
+        #expect(s.decide().isEmpty, "the requeue is under way")
+        succeed(actions[0], in: &s)
+        #expect(s.tasks.count == 1 && s.decide().isEmpty)
+    }
+
+    @Test mutating func labelsNobodyCarriesMakeTheBuildWaitAndSayWhyOnce() {
+        let p = project("gpu", labels: ["gpu"])
+        var s = state(agents: [agent("a1")], queue: [queued("b1", "gpu")], projects: [p])
+        let actions = s.decide()
+        #expect(actions == [.noteWaiting(build: "b1", reason: "no live agent has the labels gpu")])
+        succeed(actions[0], in: &s)
+        #expect(s.decide().isEmpty, "the reason is written once")
+        // An agent with the label joins: the build goes there, not to a1.
+        s.apply(.agents, events: [.init(kind: .put, kv: agent("g1", labels: ["gpu", "x"]))], revision: revision)
+        #expect(assignments(s.decide()) == ["b1": "g1"])
+    }
+
+    @Test mutating func aProjectsConcurrencyLimitHoldsItsBuildsBack() {
+        let p = project("p", maxConcurrent: 1), q = project("q")
+        var s = state(agents: [agent("a1", capacity: 4), agent("a2", capacity: 4)],
+                      queue: [queued("p1", "p", at: 1), queued("p2", "p", at: 2), queued("q1", "q", at: 3)], projects: [p, q])
+        let actions = s.decide()
+        #expect(Set(assignments(actions).keys) == ["p1", "q1"])
+        #expect(actions.contains(.noteWaiting(build: "p2", reason: "project 'p' already runs its limit of 1 build at once")))
+        for a in actions { succeed(a, in: &s) }
+        #expect(s.decide().isEmpty)
+        // p1 ends: p2 may run.
+        let p1 = s.tasks.values.first { $0.build == "p1" }!
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: p1.key, value: []))], revision: next())
+        #expect(Set(assignments(s.decide()).keys) == ["p2"])
+    }
+
+    @Test mutating func aBuildOfADeletedProjectFails() {
+        var s = state(agents: [agent("a1")], queue: [queued("b1", "gone")], projects: [])
+        let actions = s.decide()
+        guard case .fail(let q, let reason) = actions.first, actions.count == 1 else { Issue.record("expected a fail, got \(actions)"); return }
+        #expect(q.entry.build == "b1" && reason == "project 'gone' no longer exists")
+    }
+
+    @Test mutating func aRefusedAssignmentWaitsForAChange() {
+        let p = project("p")
+        var s = state(agents: [agent("a1")], queue: [queued("b1", "p")], projects: [p])
+        let actions = s.decide()
+        #expect(assignments(actions) == ["b1": "a1"])
+        s.finished(actions[0], .refused)
+        #expect(s.decide().isEmpty, "nothing changed since the refusal")
+        s.apply(.agents, events: [.init(kind: .put, kv: agent("a1"))], revision: revision)  // registered again
+        let again = s.decide()
+        guard case .assign(let a) = again.first else { Issue.record("expected an assignment, got \(again)"); return }
+        #expect(a.agentCreateRevision == revision, "the new registration is named")
+        // A failed action (etcd unreachable) may be taken again at once.
+        s.finished(again[0], .failed)
+        #expect(assignments(s.decide()) == ["b1": "a1"])
+    }
+
+    @Test mutating func anOutcomeOlderThanTheWatchChangesNothing() {
+        // The watch delivered the assignment and the build's end before the outcome arrived:
+        // applying the outcome's effects would bring back a task that no longer exists.
+        let p = project("p")
+        var s = state(agents: [agent("a1", capacity: 1)], queue: [queued("b1", "p"), queued("b2", "p", at: 5)], projects: [p])
+        let actions = s.decide()
+        #expect(assignments(actions) == ["b1": "a1"])
+        guard case .assign(let a) = actions[0] else { return }
+        let rev = next()
+        let t = task("a1", "b1", p)
+        s.apply(.queue, events: [.init(kind: .delete, kv: KeyValue(key: a.queued.key, value: []))], revision: rev)
+        s.apply(.tasks, events: [.init(kind: .put, kv: t)], revision: rev)
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: t.key, value: []))], revision: next())
+        s.finished(actions[0], .done(revision: rev, effects: [.init(kind: .put, kv: t), .init(kind: .delete, kv: KeyValue(key: a.queued.key, value: []))]))
+        #expect(s.tasks.isEmpty)
+        #expect(assignments(s.decide()) == ["b2": "a1"])
+    }
+
+    @Test mutating func projectsTakeTurnsForASingleSlot() {
+        let a = project("a"), b = project("b")
+        var q: [KeyValue] = []
+        for i in 0..<5 { q.append(queued("a\(i)", "a", at: Double(i))) }
+        q.append(queued("b0", "b", at: 100))
+        var s = state(agents: [agent("x", capacity: 1)], queue: q, projects: [a, b])
+        var served: [String] = []
+        for _ in 0..<3 {
+            let actions = s.decide()
+            #expect(actions.count == 1)
+            guard case .assign(let asg) = actions.first else { return }
+            served.append(asg.queued.entry.build)
+            succeed(actions[0], in: &s)
+            let t = s.tasks.values.first!
+            s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: t.key, value: []))], revision: next())
+        }
+        // b's single build does not wait behind a's hundred: it goes second.
+        #expect(served == ["a0", "b0", "a1"])
+    }
+
+    @Test mutating func aHotProjectSpillsOverAlongTheRingAtItsBound() {
+        let p = project("hot")
+        var agents: [KeyValue] = []
+        for i in 0..<4 { agents.append(agent("a\(i)", capacity: 4)) }
+        var q: [KeyValue] = []
+        for i in 0..<8 { q.append(queued("h\(i)", "hot", at: Double(i))) }
+        var s = state(agents: agents, queue: q, projects: [p])
+        let placed = assignments(s.decide())
+        #expect(placed.count == 8)
+        var perAgent: [String: Int] = [:]
+        for agent in placed.values { perAgent[agent, default: 0] += 1 }
+        // ceil(1.25 × 8 / 4) = 3 at most per agent when all eight run; the home takes the most.
+        #expect(perAgent.values.allSatisfy { $0 <= 3 }, "\(perAgent)")
+        let home = HashRing(members: (0..<4).map { .init(id: "a\($0)", weight: 4) }).home(of: "hot")!
+        #expect(perAgent[home] == perAgent.values.max())
+    }
+
+    @Test mutating func aResetReplacesTheView() {
+        let p = project("p")
+        var s = state(agents: [agent("a1")], tasks: [task("a1", "b1", p)], projects: [p])
+        // After a compaction the watch re-reads: a1's registration is gone, a2 is there.
+        s.reset(.agents, kvs: [agent("a2")], revision: next())
+        let actions = s.decide()
+        guard case .requeue(let t) = actions.first, actions.count == 1 else { Issue.record("expected a requeue, got \(actions)"); return }
+        #expect(t.agent == "a1")
+        #expect(s.agents.keys.sorted() == ["a2"])
+    }
+}
