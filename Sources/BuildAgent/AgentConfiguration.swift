@@ -25,13 +25,16 @@ public struct AgentConfiguration: Sendable {
     public var compileNetwork: String
     public var timeouts: StepTimeouts
     public var version: String
+    /// Set: the agent builds nothing and runs each task with `SimulatedBuildRunner` for this
+    /// long (benchmarks and chaos tests). Nil: real builds.
+    public var simulate: SimulatedDuration?
 
     public init(
         id: String, capacity: Int = 2, labels: [String] = [], ttlSeconds: Int64 = 10, dataDir: URL,
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
         registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: String = "host",
-        timeouts: StepTimeouts = .init(), version: String = "0.1.0"
+        timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil
     ) {
         self.id = id
         self.capacity = capacity
@@ -47,6 +50,7 @@ public struct AgentConfiguration: Sendable {
         self.compileNetwork = compileNetwork
         self.timeouts = timeouts
         self.version = version
+        self.simulate = simulate
     }
 }
 
@@ -63,4 +67,32 @@ public struct StepTimeouts: Sendable {
         self.image = image
         self.push = push
     }
+}
+
+/// How long a simulated build lasts: a fixed number of seconds (`2`) or a range (`0.5-3`)
+/// from which each build draws uniformly.
+public struct SimulatedDuration: Sendable, Equatable, CustomStringConvertible {
+    public let lower: Double
+    public let upper: Double
+
+    public init(seconds: Double) {
+        self.lower = seconds
+        self.upper = seconds
+    }
+
+    /// `"2"`, `"0"` or `"0.5-3"` (seconds); nil for anything else, negative or reversed.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard (1...2).contains(parts.count), let lo = Double(parts[0]), let hi = Double(parts.last!),
+              lo.isFinite, hi.isFinite, lo >= 0, lo <= hi else { return nil }
+        self.lower = lo
+        self.upper = hi
+    }
+
+    /// One build's duration.
+    public func draw() -> Duration {
+        .milliseconds(Int((Double.random(in: lower...upper) * 1000).rounded()))
+    }
+
+    public var description: String { lower == upper ? "\(lower) s" : "\(lower)-\(upper) s" }
 }

@@ -20,7 +20,7 @@ public struct AgentService: Service {
     let etcd: EtcdClient
     let keys: Keys
     let logger: Logger
-    let runner: BuildRunner
+    let runner: any TaskRunner
 
     public init(configuration: AgentConfiguration, httpClient: HTTPClient = .shared, logger: Logger) {
         self.configuration = configuration
@@ -29,22 +29,21 @@ public struct AgentService: Service {
         var l = logger
         l[metadataKey: "agent.id"] = "\(configuration.id)"
         self.logger = l
-        self.runner = BuildRunner(
-            configuration: configuration, etcd: etcd, keys: keys,
-            docker: DockerClient(socketPath: configuration.dockerSocket),
-            mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l)
+        if let duration = configuration.simulate {
+            self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l)
+        } else {
+            self.runner = BuildRunner(
+                configuration: configuration, etcd: etcd, keys: keys,
+                docker: DockerClient(socketPath: configuration.dockerSocket),
+                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l)
+        }
     }
 
     public func run() async throws {
         try Validation.agentID(configuration.id)
         let lockFD = try lockDataDir()
         defer { close(lockFD) }
-        try writeMavenSettings()
-        do {
-            try await runner.docker.ping()
-        } catch {
-            throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
-        }
+        try await runner.prepare()
         let builds = RunningBuilds()
         // On graceful shutdown (SIGTERM, Ctrl-C): stop taking tasks, stop the running builds
         // without recording an end, wait for them, then revoke the lease so the scheduler
@@ -78,29 +77,6 @@ public struct AgentService: Service {
             throw KilnError.conflict("another agent is using the data folder \(configuration.dataDir.path); give each agent its own --data-dir")
         }
         return fd
-    }
-
-    private func writeMavenSettings() throws {
-        let path = runner.mavenSettings
-        guard let mirror = configuration.mavenMirror else {
-            try? FileManager.default.removeItem(at: path)
-            return
-        }
-        let xml = """
-        <?xml version="1.0" encoding="UTF-8"?>
-        <!-- Written by kiln agent \(configuration.id): every repository through the mirror. -->
-        <settings>
-          <mirrors>
-            <mirror>
-              <id>kiln-mirror</id>
-              <mirrorOf>*</mirrorOf>
-              <url>\(mirror.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;"))</url>
-            </mirror>
-          </mirrors>
-        </settings>
-
-        """
-        try xml.write(to: path, atomically: true, encoding: .utf8)
     }
 
     // MARK: registration
@@ -216,6 +192,19 @@ public struct AgentService: Service {
         }
         if task.cancel { builds.stop(task.build, reason: .requested) }
     }
+}
+
+/// Runs the builds an agent is given: `BuildRunner` builds for real, `SimulatedBuildRunner`
+/// only stands in for the steps. The agent calls `prepare` once before it registers, then
+/// `run` once per assignment, from a task of its own per build (so concurrently), and
+/// cancels that task to stop the build after setting `control`'s reason.
+protocol TaskRunner: Sendable {
+    /// Checks and sets up what the builds need; throws what the operator must fix.
+    func prepare() async throws
+    /// Runs the build to its end. Never throws: every outcome is written to the record
+    /// through a `BuildReporter`, except when the build was taken away or the agent stops
+    /// (then nothing may be written).
+    func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async
 }
 
 /// The builds this agent runs, each in its own task so that one can be cancelled alone.

@@ -32,7 +32,7 @@ struct StepTimeout: Error, CustomStringConvertible {
 
 /// Runs one build on this agent: fetch, compile, image, push, each timed and logged,
 /// its record kept current in etcd.
-struct BuildRunner: Sendable {
+struct BuildRunner: TaskRunner {
     let configuration: AgentConfiguration
     let etcd: EtcdClient
     let keys: Keys
@@ -45,6 +45,40 @@ struct BuildRunner: Sendable {
     var cachesDir: URL { configuration.dataDir.appendingPathComponent("mvncache") }
     var workspacesDir: URL { configuration.dataDir.appendingPathComponent("workspaces") }
     var mavenSettings: URL { configuration.dataDir.appendingPathComponent("maven-settings.xml") }
+
+    /// Writes the Maven settings and checks that the container API answers.
+    func prepare() async throws {
+        try writeMavenSettings()
+        do {
+            try await docker.ping()
+        } catch {
+            throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
+        }
+    }
+
+    private func writeMavenSettings() throws {
+        let path = mavenSettings
+        guard let mirror = configuration.mavenMirror else {
+            try? FileManager.default.removeItem(at: path)
+            return
+        }
+        let xml = """
+        <?xml version="1.0" encoding="UTF-8"?>
+        <!-- Written by kiln agent \(configuration.id): every repository through the mirror. -->
+        <settings>
+          <mirrors>
+            <mirror>
+              <id>kiln-mirror</id>
+              <mirrorOf>*</mirrorOf>
+              <url>\(mirror.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;"))</url>
+            </mirror>
+          </mirrors>
+        </settings>
+
+        """
+        try xml.write(to: path, atomically: true, encoding: .utf8)
+    }
+
 
     /// Runs the build to its end. Never throws: every outcome is written to the record,
     /// except when the build was taken away (then nothing may be written).

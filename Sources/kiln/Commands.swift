@@ -121,6 +121,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
     var timeouts: String = "600,1800,900,600"
 
+    @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds"))
+    var simulate: String?
+
     func validate() throws {
         do { try Validation.agentID(id) } catch { throw ValidationError("--id: \(error)") }
         guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
@@ -128,6 +131,9 @@ struct AgentCommand: AsyncParsableCommand {
         for l in parsedLabels { do { try Validation.label(l) } catch { throw ValidationError("--labels: \(error)") } }
         guard parsedTimeouts != nil else { throw ValidationError("--timeouts must be four positive numbers of seconds: fetch,compile,image,push (for example 600,1800,900,600)") }
         guard ["host", "bridge", "none"].contains(compileNetwork) else { throw ValidationError("--compile-network must be host, bridge or none") }
+        if let simulate, SimulatedDuration(simulate) == nil {
+            throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
+        }
     }
 
     var parsedLabels: [String] { labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
@@ -143,9 +149,14 @@ struct AgentCommand: AsyncParsableCommand {
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
-            compileNetwork: compileNetwork, timeouts: parsedTimeouts!, version: KilnVersion.current)
+            compileNetwork: compileNetwork, timeouts: parsedTimeouts!, version: KilnVersion.current,
+            simulate: simulate.flatMap(SimulatedDuration.init))
         let agent = AgentService(configuration: config, logger: logger)
-        logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry)")
+        if let duration = config.simulate {
+            logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")
+        } else {
+            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry)")
+        }
         let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

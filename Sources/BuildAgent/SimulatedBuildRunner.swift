@@ -1,0 +1,83 @@
+import Etcd
+import Foundation
+import KilnCore
+import Logging
+
+/// Stands in for the build steps in benchmarks and chaos tests (`kiln agent --simulate`):
+/// it does not build. Nothing is fetched, compiled, imaged or pushed, and it needs no
+/// container API, registry or Maven mirror.
+///
+/// Everything around the steps is the real agent's: the task arrives through the same watch,
+/// and every write goes through the same `BuildReporter`, guarded by the task key's create
+/// revision. The record turns `running` with this agent and `startedAt` (the moment the
+/// agent started the build); the runner then waits the simulated duration and finishes
+/// `succeeded` (end of log, final record and the task's deletion in one transaction).
+/// Stopping behaves as with a real build: a requested cancel finishes `cancelled`; a lost
+/// task or the agent's shutdown writes nothing more.
+struct SimulatedBuildRunner: TaskRunner {
+    let agentID: String
+    let duration: SimulatedDuration
+    let etcd: EtcdClient
+    let keys: Keys
+    let logger: Logger
+
+    func prepare() async throws {}
+
+    func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
+        var log = logger
+        log[metadataKey: "build.id"] = "\(task.build)"
+        log[metadataKey: "project"] = "\(task.project.name)"
+        let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
+                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt)
+        // Reads and writes run in tasks of their own: stopping a build cancels its task,
+        // which must interrupt only the wait, never a write half done.
+        let etcd = self.etcd, key = keys.build(task.build)
+        do {
+            guard let kv = try await Task.detached(operation: { try await etcd.get(key) }).value,
+                  var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
+                log.warning("task without a build record; removing it")
+                _ = try await etcd.txn(Txn(compare: [.createRevision(taskKey, .equal, taskCreateRevision)], success: [.delete(taskKey)]))
+                return
+            }
+            if build.status.isFinal {
+                let ending = build
+                try await Task.detached { try await reporter.finish(ending) }.value
+                return
+            }
+            let length = duration.draw()
+            let started = ContinuousClock.now
+            if control.reason == nil {
+                build.status = .running
+                build.agent = agentID
+                build.attempt = task.attempt
+                build.startedAt = Date()
+                build.finishedAt = nil
+                build.error = nil
+                build.steps = StepName.allCases.map { BuildStep(name: $0) }
+                let running = build
+                try await Task.detached { try await reporter.update(running) }.value
+                reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(BuildRunner.seconds(length))")
+                try? await Task.sleep(for: length)
+            }
+            switch control.reason {
+            case .taskLost, .shutdown:
+                return  // the build is no longer ours, or goes back to the queue: write nothing
+            case .requested, nil:
+                break
+            }
+            let cancelled = control.reason == .requested
+            build.finishedAt = Date()
+            build.status = cancelled ? .cancelled : .succeeded
+            build.error = cancelled ? "cancelled during the simulated build" : nil
+            for i in build.steps.indices where build.steps[i].status == .pending { build.steps[i].status = .skipped }
+            reporter.log("kiln: simulated build \(build.status.rawValue) after \(BuildRunner.seconds(ContinuousClock.now - started))")
+            let ending = build
+            try await Task.detached { try await reporter.finish(ending) }.value
+            log.info("simulated build \(ending.status.rawValue)")
+        } catch is TaskLostError {
+            log.warning("build taken away from this agent; abandoning it")
+        } catch {
+            log.error("could not record the simulated build: \(error)")
+        }
+    }
+}

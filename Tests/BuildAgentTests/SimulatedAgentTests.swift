@@ -1,0 +1,126 @@
+import BuildAgent
+import Etcd
+import Foundation
+import KilnCore
+import KilnTestSupport
+import LocalFarm
+import Logging
+import Testing
+
+/// `kiln agent --simulate`: the real agent (registration, lease, task watch, guarded writes)
+/// against a real etcd, with a task put by hand as the dispatcher would put it.
+@Suite("Simulated agent against a real etcd")
+struct SimulatedAgentTests {
+    let keys = Keys()
+    let project = Project(name: "sim", repository: "http://127.0.0.1:1/sim.git", buildImage: "a:1", buildCommand: "make")
+
+    /// Starts etcd and one simulated agent, runs `body`, stops both.
+    func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @Sendable (EtcdClient) async throws -> Void) async throws {
+        let dir = try TempDir("simulated-agent")
+        let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
+        defer { server.kill() }
+        let etcd = EtcdClient(endpoint: server.endpoint)
+        let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
+        let config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
+                                        etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
+                                        simulate: simulate)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await AgentService(configuration: config, logger: logger).run() }
+            do {
+                try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
+                try await body(etcd)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Writes a build record as assigned and its task key, as the dispatcher's transaction does.
+    func assign(_ etcd: EtcdClient, cancel: Bool = false) async throws -> (build: String, taskKey: String) {
+        var build = Build(id: BuildID.generate(), project: project.name, ref: "main")
+        build.status = .assigned
+        build.agent = "sim-1"
+        build.attempt = 1
+        let task = BuildTask(build: build.id, project: project, ref: "main", commit: nil, tag: nil, mvncache: true, attempt: 1, cancel: cancel)
+        let taskKey = keys.task(agent: "sim-1", build: build.id)
+        try await etcd.put(keys.build(build.id), try KilnJSON.encode(build))
+        try await etcd.put(taskKey, try KilnJSON.encode(task))
+        return (build.id, taskKey)
+    }
+
+    func record(_ etcd: EtcdClient, _ id: String) async throws -> Build {
+        try KilnJSON.decode(Build.self, from: try #require(try await etcd.get(keys.build(id))).value)
+    }
+
+    @Test func aTaskPutByHandRunsToSucceededAndItsTaskIsDeleted() async throws {
+        try await withSimulatedAgent(SimulatedDuration(seconds: 0.2)) { etcd in
+            // No container API exists at the socket: the simulated agent never asks for one.
+            let before = Date()
+            let (id, taskKey) = try await assign(etcd)
+            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .succeeded
+            }
+            let done = try await record(etcd, id)
+            #expect(done.agent == "sim-1")
+            #expect(done.attempt == 1)
+            let started = try #require(done.startedAt)
+            let finished = try #require(done.finishedAt)
+            #expect(started >= before.addingTimeInterval(-0.001))
+            #expect(finished.timeIntervalSince(started) >= 0.19)
+            #expect(try await etcd.get(taskKey) == nil)
+            // The log ends with an end chunk written in the same transaction.
+            let chunks = try await etcd.range(prefix: keys.logs(of: id)).kvs.compactMap { try? KilnJSON.decode(LogChunk.self, from: $0.value) }
+            #expect(chunks.last?.end == true)
+            #expect(chunks.flatMap(\.lines).contains { $0.contains("nothing is built") })
+        }
+    }
+
+    @Test func aCancelRequestedWhileItRunsFinishesItCancelled() async throws {
+        try await withSimulatedAgent(SimulatedDuration(seconds: 60)) { etcd in
+            let (id, taskKey) = try await assign(etcd)
+            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .running
+            }
+            // What the scheduler's cancel does: the same task key, with cancel set.
+            var task = try KilnJSON.decode(BuildTask.self, from: try #require(try await etcd.get(taskKey)).value)
+            task.cancel = true
+            try await etcd.put(taskKey, try KilnJSON.encode(task))
+            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .cancelled
+            }
+            #expect(try await etcd.get(taskKey) == nil)
+        }
+    }
+
+    @Test func aTaskTakenAwayWhileItRunsWritesNothingMore() async throws {
+        try await withSimulatedAgent(SimulatedDuration(seconds: 0.5)) { etcd in
+            let (id, taskKey) = try await assign(etcd)
+            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .running
+            }
+            let running = try #require(try await etcd.get(keys.build(id)))
+            try await etcd.delete(taskKey)
+            // A second build, put after the first was taken away, runs to its end on the same
+            // agent: once it has, the first one's wait is long over.
+            let (second, _) = try await assign(etcd)
+            try await waitUntil(etcd, prefix: keys.build(second)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .succeeded
+            }
+            #expect(try await etcd.get(keys.build(id))?.modRevision == running.modRevision)
+        }
+    }
+
+    @Test func durationsParse() {
+        #expect(SimulatedDuration("0") == SimulatedDuration(seconds: 0))
+        #expect(SimulatedDuration("2")?.upper == 2)
+        #expect(SimulatedDuration("0.5-3")?.lower == 0.5)
+        #expect(SimulatedDuration("0.5-3")?.upper == 3)
+        #expect(SimulatedDuration("3-1") == nil)
+        #expect(SimulatedDuration("-1") == nil)
+        #expect(SimulatedDuration("fast") == nil)
+        let d = SimulatedDuration("0.5-3")!
+        for _ in 0..<100 { #expect((Duration.milliseconds(500)...Duration.seconds(3)).contains(d.draw())) }
+    }
+}
