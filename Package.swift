@@ -107,6 +107,9 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "FarmTests",
+            dependencies: ["Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+        .testTarget(
             name: "EndToEndTests",
             dependencies: [
                 "Scheduler", "BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",

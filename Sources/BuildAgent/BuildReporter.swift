@@ -1,6 +1,7 @@
 import Etcd
 import Foundation
 import KilnCore
+import Logging
 import Synchronization
 
 /// The agent no longer holds the build: its task key was deleted or recreated (the
@@ -48,7 +49,10 @@ actor BuildReporter {
     let buffer = LogBuffer()
     private var seq = 0
 
-    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int) {
+    let logger: Logger
+
+    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, logger: Logger = Logger(label: "kiln.agent")) {
+        self.logger = logger
         self.etcd = etcd
         self.keys = keys
         self.buildID = buildID
@@ -58,11 +62,45 @@ actor BuildReporter {
     }
 
     private var guardCompare: Compare { .createRevision(taskKey, .equal, taskCreateRevision) }
+    private var warnedUnreachable = false
+
+    /// Runs one etcd call again until it gets through: a build's record must not be lost
+    /// because etcd was restarting when it was written (the agent lives, so nothing else
+    /// would ever end the build). Waits 100 ms doubling to 2 s, for up to 10 minutes; gives up
+    /// at once when the build was taken away or the caller is cancelled. A write that
+    /// committed but whose answer was lost is refused when tried again (the guard no longer
+    /// holds), which reads as `TaskLostError`: its effect is already there.
+    private func persistently<T: Sendable>(_ what: String, _ call: () async throws -> T) async throws -> T {
+        var delay = Duration.milliseconds(100)
+        let deadline = ContinuousClock.now + .seconds(600)
+        while true {
+            do {
+                return try await call()
+            } catch let error as TaskLostError {
+                throw error
+            } catch {
+                if Task.isCancelled || ContinuousClock.now > deadline { throw error }
+                if !warnedUnreachable {
+                    warnedUnreachable = true
+                    logger.warning("etcd: \(what) failed (\(error)); trying again until it gets through", metadata: ["build.id": "\(buildID)"])
+                }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// The build's record as it is now (nil if there is none), read again until etcd answers.
+    func record() async throws -> KeyValue? {
+        let etcd = self.etcd, key = keys.build(buildID)
+        return try await persistently("reading the build record") { try await etcd.get(key) }
+    }
 
     /// Writes the build record. Throws `TaskLostError` if the task is no longer ours.
     func update(_ build: Build) async throws {
         try await flush()
-        let r = try await etcd.txn(Txn(compare: [guardCompare], success: [.put(keys.build(buildID), try KilnJSON.encode(build))]))
+        let txn = Txn(compare: [guardCompare], success: [.put(keys.build(buildID), try KilnJSON.encode(build))])
+        let r = try await persistently("writing the build record") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
@@ -73,9 +111,10 @@ actor BuildReporter {
         let chunk = LogChunk(seq: seq, lines: lines, end: true)
         let chunkKey = keys.logChunk(build: buildID, attempt: attempt, seq: seq)
         seq += 1
-        let r = try await etcd.txn(Txn(
+        let txn = Txn(
             compare: [guardCompare],
-            success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)]))
+            success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)])
+        let r = try await persistently("writing the build's end") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
@@ -86,7 +125,8 @@ actor BuildReporter {
         let chunk = LogChunk(seq: seq, lines: lines, end: end ? true : nil)
         let key = keys.logChunk(build: buildID, attempt: attempt, seq: seq)
         seq += 1
-        let r = try await etcd.txn(Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(chunk))]))
+        let txn = Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(chunk))])
+        let r = try await persistently("writing the log") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 

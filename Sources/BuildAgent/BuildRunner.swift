@@ -87,7 +87,7 @@ struct BuildRunner: TaskRunner {
         log[metadataKey: "build.id"] = "\(task.build)"
         log[metadataKey: "project"] = "\(task.project.name)"
         let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
-                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt)
+                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: log)
         do {
             try await runGuarded(task: task, reporter: reporter, control: control, logger: log)
         } catch is TaskLostError {
@@ -98,7 +98,7 @@ struct BuildRunner: TaskRunner {
     }
 
     private func runGuarded(task: BuildTask, reporter: BuildReporter, control: BuildControl, logger: Logger) async throws {
-        guard let kv = try await etcd.get(keys.build(task.build)),
+        guard let kv = try await reporter.record(),
               var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
             logger.warning("task without a build record; removing it")
             _ = try await etcd.txn(Txn(compare: [.createRevision(reporter.taskKey, .equal, reporter.taskCreateRevision)], success: [.delete(reporter.taskKey)]))

@@ -28,12 +28,11 @@ struct SimulatedBuildRunner: TaskRunner {
         log[metadataKey: "build.id"] = "\(task.build)"
         log[metadataKey: "project"] = "\(task.project.name)"
         let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
-                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt)
+                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: log)
         // Reads and writes run in tasks of their own: stopping a build cancels its task,
         // which must interrupt only the wait, never a write half done.
-        let etcd = self.etcd, key = keys.build(task.build)
         do {
-            guard let kv = try await Task.detached(operation: { try await etcd.get(key) }).value,
+            guard let kv = try await Task.detached(operation: { try await reporter.record() }).value,
                   var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
                 log.warning("task without a build record; removing it")
                 _ = try await etcd.txn(Txn(compare: [.createRevision(taskKey, .equal, taskCreateRevision)], success: [.delete(taskKey)]))
