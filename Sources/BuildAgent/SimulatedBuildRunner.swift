@@ -59,8 +59,10 @@ struct SimulatedBuildRunner: TaskRunner {
                 try? await Task.sleep(for: length)
             }
             switch control.reason {
-            case .taskLost, .shutdown:
-                return  // the build is no longer ours, or goes back to the queue: write nothing
+            case .taskLost:
+                throw TaskLostError(build: task.build)  // no longer ours: write nothing, say so
+            case .shutdown:
+                return  // the build goes back to the queue: write nothing
             case .requested, nil:
                 break
             }

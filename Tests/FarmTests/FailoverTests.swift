@@ -126,4 +126,37 @@ struct FailoverTests {
         #expect(try await farm.etcd.range(prefix: farm.store.keys.tasks).kvs.isEmpty)
         #expect(try await farm.etcd.range(prefix: farm.store.keys.queue).kvs.isEmpty)
     }
+
+    @Test("an agent paused past its TTL loses its build to another; when it wakes, its writes are refused and the build ends once")
+    func aReturningAgentsWritesAreRefused() async throws {
+        let farm = try await ProcessFarm("returning-agent")
+        try await farm.startScheduler("sched-1", leaderTTL: 5)
+        try await farm.startAgent("agent-1", capacity: 1, ttl: 2, simulate: "3")
+        let projects = try await farm.addProjects(1)
+        let build = try await farm.store.enqueue(project: projects[0], request: BuildRequest())
+        let key = farm.store.keys.build(build.id)
+        try await waitUntil(farm.etcd, prefix: key) { kvs in
+            kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }.contains { $0.status == .running && $0.agent == "agent-1" }
+        }
+        // agent-1 stops answering mid-build; its lease expires and the build goes back to
+        // the queue; agent-2 takes it.
+        let paused = farm.agents["agent-1"]!
+        kill(paused.pid, SIGSTOP)
+        try await farm.startAgent("agent-2", capacity: 1, ttl: 10, simulate: "3")
+        try await waitUntil(farm.etcd, prefix: key, timeout: .seconds(20)) { kvs in
+            kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }.contains { $0.status == .running && $0.agent == "agent-2" }
+        }
+        // agent-1 wakes while agent-2 builds: its simulated build ends and tries to write.
+        kill(paused.pid, SIGCONT)
+        let ended = try await farm.waitForAll([build.id], timeout: .seconds(30))[build.id]!
+        #expect(ended.status == .succeeded && ended.agent == "agent-2" && ended.attempt == 2, "\(ended)")
+        // Let agent-1 finish its stale attempt, then check that nothing it wrote landed.
+        try await Task.sleep(for: .seconds(4))
+        let after = try await farm.store.build(build.id)
+        #expect(after.status == .succeeded && after.agent == "agent-2" && after.finishedAt == ended.finishedAt)
+        #expect(paused.logTail(lines: 200).contains("taken away"), "agent-1 did not report its build taken away:\n\(paused.logTail(lines: 30))")
+        // agent-1 registered again and is back in the farm.
+        let agents = try await farm.store.agents().map(\.id)
+        #expect(agents.contains("agent-1") && agents.contains("agent-2"))
+    }
 }

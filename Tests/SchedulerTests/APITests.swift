@@ -31,6 +31,7 @@ struct APITests {
                 (#"{"name":"evil","repository":"ftp://h/r","buildImage":"a:1","buildCommand":"make"}"#, "ftp"),
                 (#"{"name":"evil","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","dockerfile":"../../etc/passwd"}"#, ".."),
                 (#"{"name":"demo","repository":"http://h/r.git","buildCommand":"make"}"#, "buildImage"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","maxConcurrent":0}"#, "maxConcurrent 0 is out of range"),
                 (#"{"name":"demo","#, "not valid JSON"),
                 ("", "empty"),
             ]
