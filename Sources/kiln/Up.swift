@@ -163,7 +163,7 @@ extension ManagedProcess {
 }
 
 /// Waits for SIGINT or SIGTERM (Ctrl-C, or `kill`), which it takes over from the default.
-final class SignalWaiter {
+final class SignalWaiter: Sendable {
     private let stream: AsyncStream<Int32>
     private let sources: [DispatchSourceSignal]
 
