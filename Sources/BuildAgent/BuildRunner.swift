@@ -98,6 +98,8 @@ struct BuildRunner: TaskRunner {
     }
 
     private func runGuarded(task: BuildTask, reporter: BuildReporter, control: BuildControl, logger: Logger) async throws {
+        // The build starts when its task reaches this agent; reading the record is its work.
+        let began = Date()
         guard let kv = try await reporter.record(),
               var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
             logger.warning("task without a build record; removing it")
@@ -111,7 +113,7 @@ struct BuildRunner: TaskRunner {
         build.status = .running
         build.agent = configuration.id
         build.attempt = task.attempt
-        build.startedAt = Date()
+        build.startedAt = began
         build.finishedAt = nil
         build.error = nil
         build.steps = StepName.allCases.map { BuildStep(name: $0) }

@@ -24,6 +24,8 @@ struct SimulatedBuildRunner: TaskRunner {
     func prepare() async throws {}
 
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
+        // The build starts when its task reaches this agent; reading the record is its work.
+        let began = Date()
         var log = logger
         log[metadataKey: "build.id"] = "\(task.build)"
         log[metadataKey: "project"] = "\(task.project.name)"
@@ -49,7 +51,7 @@ struct SimulatedBuildRunner: TaskRunner {
                 build.status = .running
                 build.agent = agentID
                 build.attempt = task.attempt
-                build.startedAt = Date()
+                build.startedAt = began
                 build.finishedAt = nil
                 build.error = nil
                 build.steps = StepName.allCases.map { BuildStep(name: $0) }
