@@ -229,12 +229,22 @@ public struct QueueEntry: Codable, Sendable, Equatable {
     public var project: String
     public var queuedAt: Date
     public var priority: Int?
+    /// The build's record as written in the same transaction as this entry. Every write to a
+    /// queued build's record also writes its entry, so while the record's mod revision equals
+    /// the entry's, this is the record: the dispatcher assigns without reading it again.
+    public var record: Build?
 
-    public init(build: String, project: String, queuedAt: Date = Date(), priority: Int? = nil) {
+    public init(build: String, project: String, queuedAt: Date = Date(), priority: Int? = nil, record: Build? = nil) {
         self.build = build
         self.project = project
         self.queuedAt = queuedAt
         self.priority = priority
+        self.record = record
+    }
+
+    /// The entry of a build (re)queued with this record.
+    public init(queuing record: Build) {
+        self.init(build: record.id, project: record.project, queuedAt: record.createdAt, priority: record.priority, record: record)
     }
 }
 

@@ -187,8 +187,18 @@ public struct Dispatcher: Service {
     /// build already has a task there, or this scheduler no longer leads.
     func assign(_ a: DispatchState.Assignment, fence: [Compare]) async throws -> DispatchState.Outcome {
         let id = a.queued.entry.build
-        guard let buildKV = try await etcd.get(keys.build(id)),
-              var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
+        // The entry carries the record as it was queued: no read on the way to the agent. The
+        // transaction checks that the record has not changed since (same mod revision as the
+        // entry). An entry without one (queued by an older Kiln) reads the record.
+        var build: Build
+        let buildModRevision: Int64
+        if let record = a.queued.entry.record {
+            build = record
+            buildModRevision = a.queued.modRevision
+        } else if let buildKV = try await etcd.get(keys.build(id)), let record = try? KilnJSON.decode(Build.self, from: buildKV.value) {
+            build = record
+            buildModRevision = buildKV.modRevision
+        } else {
             // A queue entry without a record cannot be built: drop it, guarded by its revision.
             let r = try await etcd.txn(Txn(compare: fence + [.modRevision(a.queued.key, .equal, a.queued.modRevision)], success: [.delete(a.queued.key)]))
             logger.warning("dropped queue entry \(id): its build record is missing")
@@ -206,11 +216,20 @@ public struct Dispatcher: Service {
             compare: fence + [
                 .createRevision(keys.agent(a.agent), .equal, a.agentCreateRevision),
                 .modRevision(a.queued.key, .equal, a.queued.modRevision),
-                .modRevision(buildKV.key, .equal, buildKV.modRevision),
+                .modRevision(keys.build(id), .equal, buildModRevision),
                 .createRevision(taskKey, .equal, 0),
             ],
-            success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(buildKV.key, try KilnJSON.encode(build))]))
-        guard r.succeeded else { return .refused }
+            success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(keys.build(id), try KilnJSON.encode(build))]))
+        guard r.succeeded else {
+            if a.queued.entry.record != nil {
+                // Perhaps only the carried record was stale (written by something that does not
+                // keep the entry in step): try once more with the record as it is.
+                var reading = a
+                reading.queued.entry.record = nil
+                return try await assign(reading, fence: fence)
+            }
+            return .refused
+        }
         logger.info("assigned", metadata: ["build.id": "\(build.id)", "project": "\(a.project.name)", "agent.id": "\(a.agent)", "attempt": "\(build.attempt)"])
         return .done(revision: r.revision, effects: [
             .init(kind: .put, kv: .init(key: taskKey, value: Array(taskValue.utf8), createRevision: r.revision, modRevision: r.revision, version: 1)),
@@ -248,7 +267,7 @@ public struct Dispatcher: Service {
             build.error = reason
             build.steps = StepName.allCases.map { BuildStep(name: $0) }
             let line = LogChunk(seq: 0, lines: ["kiln: \(reason); the build goes back to the queue"], end: false)
-            queueEntry = (keys.queued(id), try KilnJSON.encode(QueueEntry(build: id, project: build.project, queuedAt: build.createdAt, priority: build.priority)))
+            queueEntry = (keys.queued(id), try KilnJSON.encode(QueueEntry(queuing: build)))
             ops.append(.put(keys.build(id), try KilnJSON.encode(build)))
             ops.append(.put(queueEntry!.key, queueEntry!.value))
             ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(line)))
@@ -266,14 +285,21 @@ public struct Dispatcher: Service {
     }
 
     /// Records why a queued build waits (only if it still waits, for another reason).
+    /// The record and the queue entry are written together (the entry carries the record).
     func noteWaiting(_ id: String, _ reason: String, fence: [Compare]) async throws -> DispatchState.Outcome {
         guard let kv = try await etcd.get(keys.build(id)), var build = try? KilnJSON.decode(Build.self, from: kv.value),
-              build.status == .queued, build.waiting != reason else { return .refused }
+              build.status == .queued, build.waiting != reason,
+              let queueKV = try await etcd.get(keys.queued(id)) else { return .refused }
         build.waiting = reason
-        let r = try await etcd.txn(Txn(compare: fence + [.modRevision(kv.key, .equal, kv.modRevision)], success: [.put(kv.key, try KilnJSON.encode(build))]))
+        let entry = try KilnJSON.encode(QueueEntry(queuing: build))
+        let r = try await etcd.txn(Txn(
+            compare: fence + [.modRevision(kv.key, .equal, kv.modRevision), .modRevision(queueKV.key, .equal, queueKV.modRevision)],
+            success: [.put(kv.key, try KilnJSON.encode(build)), .put(queueKV.key, entry)]))
         guard r.succeeded else { return .refused }
         logger.notice("build waits", metadata: ["build.id": "\(id)", "reason": "\(reason)"])
-        return .done(revision: r.revision, effects: [])
+        return .done(revision: r.revision, effects: [
+            .init(kind: .put, kv: .init(key: queueKV.key, value: Array(entry.utf8), createRevision: queueKV.createRevision, modRevision: r.revision, version: queueKV.version + 1)),
+        ])
     }
 
     /// Ends a queued build that cannot run.

@@ -81,7 +81,7 @@ public struct SchedulerStore: Sendable {
             id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
         build.priority = request.priority
-        let entry = QueueEntry(build: build.id, project: name, queuedAt: build.createdAt, priority: request.priority)
+        let entry = QueueEntry(queuing: build)
         let result = try await etcd.txn(Txn(
             compare: [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)],
             success: [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]))
