@@ -93,6 +93,17 @@ enum AffinityPhase {
         let waits = Samples(ran.compactMap { b in b.startedAt.map { $0.timeIntervalSince(b.createdAt) * 1000 } })
         let perAgent = Dictionary(grouping: ran, by: { $0.agent! }).mapValues(\.count)
 
+        // What placement on the home could reach at best with this popularity: each home
+        // agent runs at most its capacity (or its bounded-load bound at the mean load) of its
+        // projects' offered load; the rest must run elsewhere or wait. Fluctuations only lower it.
+        var offered: [String: Double] = [:]
+        for (k, p) in projects.enumerated() { if let h = ring.home(of: p) { offered[h, default: 0] += rate * zipf.share(k) * duration.mean } }
+        let totalOffered = offered.values.reduce(0, +)
+        let meanBound = Double(min(s.capacity, Int((1.25 * (s.load * Double(slots) + 1) * Double(s.capacity) / Double(slots)).rounded(.up))))
+        let capBound = offered.values.reduce(0) { $0 + min($1, Double(s.capacity)) } / totalOffered
+        let loadBound = offered.values.reduce(0) { $0 + min($1, meanBound) } / totalOffered
+        let topHome = offered[ring.home(of: projects[0]) ?? ""] ?? 0
+
         var report = PhaseReport("Cache affinity under normal load")
         report.setup = [
             "fresh etcd, `kiln scheduler` (bounded loads, c = 1.25), \(s.agents) × `kiln agent --simulate \(s.simulate) --capacity \(s.capacity)` (\(slots) slots)",
@@ -105,6 +116,7 @@ enum AffinityPhase {
             Figure("queue wait (created → agent starts it), p50 / p99", "\(Fmt.ms(waits.p50)) / \(Fmt.ms(waits.p99))"),
         ]
         report.notes = byRank + [
+            "at best, even with no fluctuation, a home agent runs only up to its capacity of its projects' offered load: that caps the share on the home at \(Fmt.pct(capBound)); with bounded loads (c = 1.25, at most \(Int(meanBound)) builds an agent at the mean load) at \(Fmt.pct(loadBound)). The most popular project's home is offered \(String(format: "%.1f", topHome)) builds at once on average, for \(s.capacity) slots",
             "builds per agent: min \(perAgent.values.min() ?? 0), max \(perAgent.values.max() ?? 0)",
             "requested \(requested.value) (failed POSTs \(failedPosts.withLock { $0.count })), ended \(finals.count), succeeded \(ran.count)\(allFinal ? "" : "; NOT all ended within 600 s"); arrivals sent late because the bench fell behind its schedule: \(late.value)",
         ]
