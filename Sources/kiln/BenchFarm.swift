@@ -171,7 +171,7 @@ extension BenchCommand {
             var lines = [
                 "# kiln bench farm, \(KilnJSON.formatDate(startedAt))",
                 "",
-                "`kiln bench farm \(CommandLine.arguments.dropFirst(3).joined(separator: " "))` (\(Self.buildKind) build\(commit.map { ", commit \($0)" } ?? "")); "
+                "`\((["kiln bench farm"] + CommandLine.arguments.dropFirst(3)).joined(separator: " "))` (\(Self.buildKind) build\(commit.map { ", commit \($0)" } ?? "")); "
                     + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load); \(etcdVersion). "
                     + "Every component is its own process on this machine: etcd, `kiln scheduler`, and `kiln agent --simulate` processes (they build nothing; see `SimulatedBuildRunner`).",
                 "",

@@ -50,8 +50,8 @@ enum LatencyPhase {
         report.setup = [
             "fresh etcd, `kiln scheduler`, \(s.agents) × `kiln agent --simulate 0 --capacity \(s.capacity)`, each its own process",
             "\(s.builds) builds requested one at a time through `POST /api/v1/projects/{name}/builds`, round-robin over \(s.projects) projects; the next is requested once the previous has ended (so no sample overlaps another's writes); \(s.warmup) warm-up builds dropped",
-            "start: POST answer received (the queue entry is committed by then); end: the `startedAt` the agent writes in the record with status running, stamped just before that write. Both are this machine's wall clock (CLOCK_REALTIME, shared by the processes); `startedAt` is kept to the millisecond",
-            "for comparison: POST answer → this process's watch on /kiln/builds/ delivers the running record (the later of the two clocks: it adds that write's commit and one watch delivery)",
+            "start: POST answer received (the queue entry is committed by then); end: the `startedAt` the agent writes in the record with status running, which it stamps when the task reaches its runner (since 1f513fd; before, just before the write, after reading the record). Both are this machine's wall clock (CLOCK_REALTIME, shared by the processes); `startedAt` is kept to the millisecond",
+            "for comparison: POST answer → this process's watch on /kiln/builds/ delivers the running record (the later of the two clocks: it adds the agent's read of the record, its running write and one watch delivery)",
         ]
         report.figures = [
             Figure("accepted → agent starts it (startedAt), p50", Fmt.ms(started.p50)),
