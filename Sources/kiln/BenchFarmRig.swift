@@ -152,6 +152,15 @@ final class BenchFarm: Sendable {
         return id
     }
 
+    /// Stops every agent (SIGTERM: each revokes its lease) and waits until none is registered.
+    func stopAgents() async throws {
+        rig.stop(agents.withLock { all in
+            defer { all.removeAll() }
+            return Array(all.values)
+        })
+        while try await !etcd.range(prefix: keys.agents).kvs.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+    }
+
     /// Kills an agent with SIGKILL, as a crash would; returns when it has been reaped.
     func killAgent(_ id: String) {
         guard let p = agents.withLock({ $0.removeValue(forKey: id) }) else { return }

@@ -26,6 +26,7 @@ enum ThroughputPhase {
         try await farm.createProjects(projects)
         say("  farm up: etcd \(farm.etcdServer.endpoint), scheduler \(farm.api.base), \(s.agents) agents registered")
 
+        // 1. A burst through the API with every agent up.
         let tracker = BuildTracker()
         let enqueued = Locked(0)
         let failedPosts = Locked<[String]>([])
@@ -36,27 +37,9 @@ enum ThroughputPhase {
                 return "enqueued \(enqueued.value), assigned \(a), ended \(f) of \(s.builds)"
             }) {
                 let start = Date()
-                let next = Locked(0)
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for _ in 0..<s.clients {
-                        group.addTask {
-                            while true {
-                                let i = next.add(1)
-                                if i >= s.builds { return }
-                                do {
-                                    _ = try await farm.api.requestBuild(projects[i % projects.count])
-                                    enqueued.add(1)
-                                } catch {
-                                    failedPosts.withLock { $0.append("\(error)") }
-                                }
-                            }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
+                try await enqueue(farm, projects, count: s.builds, clients: s.clients, enqueued: enqueued, failed: failedPosts)
                 let end = Date()
-                let ok = enqueued.value
-                let all = try await tracker.waitFinals(ok, timeout: .seconds(600))
+                let all = try await tracker.waitFinals(enqueued.value, timeout: .seconds(600))
                 return (start, end, all)
             }
         }
@@ -65,13 +48,36 @@ enum ThroughputPhase {
         let finalTimes = await tracker.builds.values.compactMap(\.finalSeenAt).sorted()
         let ok = enqueued.value
 
-        // etcd's own rate, on the same etcd with the farm stopped.
+        // 2. The dispatcher alone: a queue filled while no agent is up, drained once they are.
+        say("  draining: agents stopped, \(s.builds) builds queued, then \(s.agents) fresh agents started")
+        try await farm.stopAgents()
+        let drain = BuildTracker()
+        let drainQueued = Locked(0)
+        let (agentsStarted, agentsUp, drainAll) = try await whileTracking(farm, drain) {
+            try await withProgress({
+                let (a, f) = await (drain.assignments.count, drain.finalCount)
+                return "queued \(drainQueued.value), assigned \(a), ended \(f) of \(s.builds)"
+            }) {
+                try await enqueue(farm, projects, count: s.builds, clients: s.clients, enqueued: drainQueued, failed: failedPosts)
+                let started = Date()
+                for _ in 0..<s.agents { try farm.addAgent() }
+                try await farm.waitForAgents(s.agents)
+                let up = Date()
+                let all = try await drain.waitFinals(drainQueued.value, timeout: .seconds(600))
+                return (started, up, all)
+            }
+        }
+        let drained = await drain.assignments
+
+        // 3. etcd's own rate, on the same etcd with the farm stopped.
         farm.rig.stop(farm.agents.withLock { Array($0.values) } + [farm.scheduler])
         say("  farm stopped; etcd's own transaction rate on the same etcd: \(s.txns) sequential, then \(s.txnClients) concurrent clients")
         let sequential = try await txnRate(farm.etcd, clients: 1, total: s.txns, clock: clock)
         let concurrent = try await txnRate(farm.etcd, clients: s.txnClients, total: s.txns * 2, clock: clock)
 
-        let assignRate = assignments.count > 1 ? Double(assignments.count - 1) / assignments.last!.timeIntervalSince(assignments.first!) : .nan
+        func rate(_ times: [Date]) -> Double { times.count > 1 ? Double(times.count - 1) / times.last!.timeIntervalSince(times.first!) : .nan }
+        let assignRate = rate(assignments)
+        let drainRate = rate(drained)
         let enqueueRate = Double(ok) / enqueueEnd.timeIntervalSince(enqueueStart)
         let lastFinal = finalTimes.last
         var report = PhaseReport("Throughput: a burst of builds")
@@ -79,23 +85,49 @@ enum ThroughputPhase {
             "fresh etcd, `kiln scheduler`, \(s.agents) × `kiln agent --simulate 0 --capacity \(s.capacity)` (\(s.agents * s.capacity) slots), each its own process",
             "\(s.builds) builds requested through the API by \(s.clients) concurrent clients, round-robin over \(s.projects) projects",
             "assignments counted from a watch on /kiln/tasks/ (each task key created is one assignment), from the first to the last",
+            "then a drain, to see the dispatcher without the API in front of it: the agents stopped, \(s.builds) more builds queued through the API, \(s.agents) fresh agents started; assignments per second from the first to the last",
             "etcd's own rate afterwards, on the same etcd with scheduler and agents stopped: a transaction comparing a key's version and putting it (as the dispatcher's assignment compares revisions and puts), each client on its own key",
         ]
         report.figures = [
-            Figure("builds assigned per second (first → last assignment)", Fmt.rate(assignRate)),
+            Figure("builds assigned per second, burst through the API with the agents up (first → last assignment)", Fmt.rate(assignRate)),
             Figure("builds enqueued per second (\(s.clients) concurrent POSTs)", Fmt.rate(enqueueRate)),
             Figure("first POST → last build ended", lastFinal.map { Fmt.s($0.timeIntervalSince(enqueueStart)) } ?? "-"),
+            Figure("builds assigned per second draining a queue of \(s.builds)", Fmt.rate(drainRate)),
             Figure("etcd txn/s, one client, sequential", Fmt.rate(sequential)),
             Figure("etcd txn/s, \(s.txnClients) concurrent clients", Fmt.rate(concurrent)),
-            Figure("assignments per second / etcd sequential txn/s", String(format: "%.3f", assignRate / sequential)),
+            Figure("drain assignments per second / etcd sequential txn/s", String(format: "%.3f", drainRate / sequential)),
         ]
         let succeeded = finals.filter { $0.status == .succeeded }.count
         report.notes = [
             "builds enqueued \(ok) of \(s.builds) (failed POSTs: \(failedPosts.withLock { $0.count })), assignments seen \(assignments.count), ended \(finals.count) (succeeded \(succeeded))\(allFinal ? "" : "; NOT all ended within 600 s")",
         ]
+        report.notes.append("drain: \(drained.count) assignments; the fresh agents were all registered \(drained.first.map { Fmt.s(agentsUp.timeIntervalSince($0)) } ?? "-") after the first assignment (\(Fmt.s(agentsUp.timeIntervalSince(agentsStarted))) after they were started); the drain took \(drained.count > 1 ? Fmt.s(drained.last!.timeIntervalSince(drained.first!)) : "-")\(drainAll ? "" : "; NOT all ended within 600 s")")
         if let first = failedPosts.withLock({ $0.first }) { report.notes.append("first failed POST: \(first)") }
         say(report.printed())
         return report
+    }
+
+    /// Requests `count` builds through the API from `clients` concurrent clients, round-robin
+    /// over `projects`.
+    static func enqueue(_ farm: BenchFarm, _ projects: [String], count: Int, clients: Int, enqueued: Locked<Int>, failed: Locked<[String]>) async throws {
+        let next = Locked(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<clients {
+                group.addTask {
+                    while true {
+                        let i = next.add(1)
+                        if i >= count { return }
+                        do {
+                            _ = try await farm.api.requestBuild(projects[i % projects.count])
+                            enqueued.add(1)
+                        } catch {
+                            failed.withLock { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
     }
 
     /// Transactions per second that `clients` concurrent clients reach, `total` in all.
