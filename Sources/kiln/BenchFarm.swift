@@ -43,6 +43,7 @@ extension BenchCommand {
         @Option(help: "Throughput: concurrent clients enqueueing, and of etcd's own transaction rate.") var clients: Int = 32
         @Option(help: "Affinity: builds.") var affinityBuilds: Int = 2000
         @Option(help: "Affinity: average share of the slots kept busy, which sets the arrival rate.") var affinityLoad: Double = 0.5
+        @Option(help: ArgumentHelp("Affinity: the scheduler's bounded-load factor (kiln scheduler --load-factor).", valueName: "c")) var affinityLoadFactor: Double = 1.25
         @Option(help: "Chaos: builds.") var chaosBuilds: Int = 500
         @Option(help: "Chaos: agents.") var chaosAgents: Int = 12
         @Option(help: "Chaos: lease TTL of the agents, seconds.") var chaosTtl: Int = 3
@@ -138,6 +139,7 @@ extension BenchCommand {
                 var s = AffinityPhase.Settings()
                 s.builds = affinityBuilds
                 s.load = affinityLoad
+                s.loadFactor = affinityLoadFactor
                 done(try await AffinityPhase.run(rig: rig, settings: s))
             }
             if selected.contains(.chaos) {

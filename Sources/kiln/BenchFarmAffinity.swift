@@ -17,6 +17,8 @@ enum AffinityPhase {
         var simulate = "0.2-1"
         /// Average share of the farm's slots busy, which sets the arrival rate.
         var load = 0.5
+        /// The scheduler's bounded-load factor c.
+        var loadFactor = 1.25
     }
 
     static func run(rig: BenchRig, settings s: Settings) async throws -> PhaseReport {
@@ -25,7 +27,7 @@ enum AffinityPhase {
         // Little's law: busy slots = arrival rate × mean duration.
         let rate = s.load * Double(slots) / duration.mean
         say("== cache affinity: \(s.agents) simulated agents (--simulate \(s.simulate), capacity \(s.capacity)), \(s.projects) projects with Zipf(\(s.zipf)) popularity, \(s.builds) builds arriving at \(String(format: "%.1f", rate))/s (Poisson) for \(Int(s.load * 100)) % average load")
-        let farm = try await BenchFarm.start(rig: rig, phase: "affinity", agents: s.agents, capacity: s.capacity, simulate: s.simulate)
+        let farm = try await BenchFarm.start(rig: rig, phase: "affinity", agents: s.agents, capacity: s.capacity, simulate: s.simulate, loadFactor: s.loadFactor)
         defer { farm.stop() }
         let projects = (0..<s.projects).map { String(format: "aff-%03d", $0) }
         try await farm.createProjects(projects)
@@ -92,6 +94,21 @@ enum AffinityPhase {
         let carried = span > 0 ? busy / span / Double(slots) : .nan
         let waits = Samples(ran.compactMap { b in b.startedAt.map { $0.timeIntervalSince(b.createdAt) * 1000 } })
         let perAgent = Dictionary(grouping: ran, by: { $0.agent! }).mapValues(\.count)
+        // What affinity is for: a build that runs where its project ran before finds its git
+        // mirror and Maven cache warm. In start order, each build is warm if its agent had
+        // started a build of the same project earlier in the run (the first build of each
+        // project is cold everywhere, so it is left out).
+        var seen: [String: Set<String>] = [:]
+        var warm = 0, comparable = 0
+        for b in ran.sorted(by: { ($0.startedAt ?? .distantFuture) < ($1.startedAt ?? .distantFuture) }) {
+            if let agents = seen[b.project] {
+                comparable += 1
+                if agents.contains(b.agent!) { warm += 1 }
+            }
+            seen[b.project, default: []].insert(b.agent!)
+        }
+        let warmShare = comparable > 0 ? Double(warm) / Double(comparable) : .nan
+        let agentsPerProject = projects.prefix(10).map { seen[$0]?.count ?? 0 }
 
         // What placement on the home could reach at best with this popularity: each home
         // agent runs at most its capacity (or its bounded-load bound at the mean load) of its
@@ -99,25 +116,27 @@ enum AffinityPhase {
         var offered: [String: Double] = [:]
         for (k, p) in projects.enumerated() { if let h = ring.home(of: p) { offered[h, default: 0] += rate * zipf.share(k) * duration.mean } }
         let totalOffered = offered.values.reduce(0, +)
-        let meanBound = Double(min(s.capacity, Int((1.25 * (s.load * Double(slots) + 1) * Double(s.capacity) / Double(slots)).rounded(.up))))
+        let meanBound = Double(min(s.capacity, Int((s.loadFactor * (s.load * Double(slots) + 1) * Double(s.capacity) / Double(slots)).rounded(.up))))
         let capBound = offered.values.reduce(0) { $0 + min($1, Double(s.capacity)) } / totalOffered
         let loadBound = offered.values.reduce(0) { $0 + min($1, meanBound) } / totalOffered
         let topHome = offered[ring.home(of: projects[0]) ?? ""] ?? 0
 
         var report = PhaseReport("Cache affinity under normal load")
         report.setup = [
-            "fresh etcd, `kiln scheduler` (bounded loads, c = 1.25), \(s.agents) × `kiln agent --simulate \(s.simulate) --capacity \(s.capacity)` (\(slots) slots)",
+            "fresh etcd, `kiln scheduler --load-factor \(s.loadFactor)` (bounded loads, c = \(s.loadFactor)), \(s.agents) × `kiln agent --simulate \(s.simulate) --capacity \(s.capacity)` (\(slots) slots)",
             "\(s.projects) projects, popularity Zipf(\(s.zipf)) (the most popular one draws \(Fmt.pct(zipf.share(0))) of the builds); \(s.builds) builds arriving as a Poisson process at \(String(format: "%.1f", rate))/s = \(s.load) × \(slots) slots / \(Fmt.s(duration.mean)) mean duration",
             "home agent = `HashRing(members: agents as registered (id, weight = capacity), virtualNodes: 64).home(of: project)`, the scheduler's ring with every agent free; where a build ran = its final record's `agent`",
         ]
         report.figures = [
             Figure("builds that ran on their project's home agent", "\(Fmt.pct(share)) (\(home) of \(total))", target: "≥ 90 %", met: share >= 0.9),
+            Figure("builds that ran on an agent where their project had run before (warm mirror and cache; first build of each project left out)", "\(Fmt.pct(warmShare)) (\(warm) of \(comparable))"),
             Figure("average load carried (busy slot-seconds / span / slots)", Fmt.pct(carried)),
             Figure("queue wait (created → agent starts it), p50 / p99", "\(Fmt.ms(waits.p50)) / \(Fmt.ms(waits.p99))"),
         ]
         report.notes = byRank + [
-            "at best, even with no fluctuation, a home agent runs only up to its capacity of its projects' offered load: that caps the share on the home at \(Fmt.pct(capBound)); with bounded loads (c = 1.25, at most \(Int(meanBound)) builds an agent at the mean load) at \(Fmt.pct(loadBound)). The most popular project's home is offered \(String(format: "%.1f", topHome)) builds at once on average, for \(s.capacity) slots",
+            "at best, even with no fluctuation, a home agent runs only up to its capacity of its projects' offered load: that caps the share on the home at \(Fmt.pct(capBound)); with bounded loads (c = \(s.loadFactor), at most \(Int(meanBound)) builds an agent at the mean load) at \(Fmt.pct(loadBound)). The most popular project's home is offered \(String(format: "%.1f", topHome)) builds at once on average, for \(s.capacity) slots",
             "builds per agent: min \(perAgent.values.min() ?? 0), max \(perAgent.values.max() ?? 0)",
+            "agents each of the 10 most popular projects ran on: \(agentsPerProject.map(String.init).joined(separator: ", ")) (of \(s.agents))",
             "requested \(requested.value) (failed POSTs \(failedPosts.withLock { $0.count })), ended \(finals.count), succeeded \(ran.count)\(allFinal ? "" : "; NOT all ended within 600 s"); arrivals sent late because the bench fell behind its schedule: \(late.value)",
         ]
         say(report.printed())

@@ -70,12 +70,13 @@ final class BenchRig: Sendable {
     }
 
     /// Starts `kiln scheduler` on a free port and waits until its API answers.
-    func startScheduler(etcd: EtcdServer, phase: String, maxAttempts: Int? = nil) async throws -> (process: ManagedProcess, api: String) {
+    func startScheduler(etcd: EtcdServer, phase: String, maxAttempts: Int? = nil, loadFactor: Double? = nil) async throws -> (process: ManagedProcess, api: String) {
         var lastError: Error?
         for _ in 0..<3 {
             let port = try FreePort.next()
             var args = ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcd.endpoint, "--log-level", logLevel]
             if let maxAttempts { args += ["--max-attempts", String(maxAttempts)] }
+            if let loadFactor { args += ["--load-factor", String(loadFactor)] }
             let p = try spawn("scheduler", args, phase: phase)
             let api = "http://127.0.0.1:\(port)"
             do {
@@ -130,9 +131,9 @@ final class BenchFarm: Sendable {
     /// Starts a fresh etcd, the scheduler and `agents` simulated agents, and waits until
     /// every agent is registered.
     static func start(rig: BenchRig, phase: String, agents count: Int, capacity: Int, simulate: String, ttl: Int = 10,
-                      maxAttempts: Int? = nil) async throws -> BenchFarm {
+                      maxAttempts: Int? = nil, loadFactor: Double? = nil) async throws -> BenchFarm {
         let server = try await rig.startEtcd(phase)
-        let (scheduler, api) = try await rig.startScheduler(etcd: server, phase: phase, maxAttempts: maxAttempts)
+        let (scheduler, api) = try await rig.startScheduler(etcd: server, phase: phase, maxAttempts: maxAttempts, loadFactor: loadFactor)
         let farm = BenchFarm(rig: rig, phase: phase, etcdServer: server, scheduler: scheduler, api: api, capacity: capacity, ttl: ttl, simulate: simulate)
         for _ in 0..<count { _ = try farm.addAgent() }
         try await farm.waitForAgents(count)
