@@ -64,7 +64,7 @@ public struct Dispatcher: Service {
     var keys: Keys { store.keys }
 
     public func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             var backoff = Duration.milliseconds(200)
             while !Task.isCancelled {
                 let term: LeaderElection.Term
