@@ -106,7 +106,8 @@ public struct DispatchState: Sendable {
     private var seen: [Prefix: Int64] = [:]
     /// Builds with an action under way (and, for assignments, the agent they go to).
     private var underWay: [String: Action] = [:]
-    /// Builds whose assignment was refused, left alone until something changes.
+    /// Builds whose action was refused (the view was stale: one watch lags behind another,
+    /// or a write raced), left alone until something changes.
     private var refused: Set<String> = []
     /// The reason last written on each waiting build.
     private var noted: [String: String] = [:]
@@ -189,8 +190,11 @@ public struct DispatchState: Sendable {
             }
             if case .noteWaiting(let build, let reason) = action { noted[build] = reason }
         case .refused:
-            if case .assign = action { refused.insert(action.build) }
-            if case .noteWaiting(let build, let reason) = action { noted[build] = reason }
+            if case .noteWaiting(let build, let reason) = action {
+                noted[build] = reason
+            } else {
+                refused.insert(action.build)
+            }
         case .failed:
             break
         }
@@ -248,7 +252,7 @@ public struct DispatchState: Sendable {
         var actions: [Action] = []
 
         // 1. Work of agents that are gone.
-        for task in tasks.values where agents[task.agent] == nil && underWay[task.build] == nil {
+        for task in tasks.values where agents[task.agent] == nil && underWay[task.build] == nil && !refused.contains(task.build) {
             actions.append(.requeue(task))
         }
 

@@ -243,7 +243,8 @@ public struct Dispatcher: Service {
         let deleteTask = WatchEvent(kind: .delete, kv: .init(key: t.key, value: []))
         guard let buildKV = try await etcd.get(keys.build(id)),
               var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
-            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(t.key, .equal, t.modRevision)], success: [.delete(t.key)]))
+            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(t.key, .equal, t.modRevision), .createRevision(keys.agent(t.agent), .equal, 0)],
+                                           success: [.delete(t.key)]))
             return r.succeeded ? .done(revision: r.revision, effects: [deleteTask]) : .refused
         }
         var ops: [TxnOp] = [.delete(t.key)]
@@ -272,8 +273,12 @@ public struct Dispatcher: Service {
             ops.append(.put(queueEntry!.key, queueEntry!.value))
             ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(line)))
         }
+        // The agent must really be gone: each prefix has its own watch, so the view of the
+        // agents may lag behind that of the tasks (a task for an agent this view has not seen
+        // register yet).
         let r = try await etcd.txn(Txn(
-            compare: fence + [.modRevision(t.key, .equal, t.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
+            compare: fence + [.modRevision(t.key, .equal, t.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision),
+                              .createRevision(keys.agent(t.agent), .equal, 0)],
             success: ops))
         guard r.succeeded else { return .refused }
         logger.warning("requeued", metadata: ["build.id": "\(id)", "agent.id": "\(t.agent)", "status": "\(build.status.rawValue)"])
@@ -315,8 +320,11 @@ public struct Dispatcher: Service {
         build.finishedAt = Date()
         for i in build.steps.indices { build.steps[i].status = .skipped }
         let end = LogChunk(seq: 0, lines: ["kiln: \(reason)"], end: true)
+        // The project must really be gone: the view of the projects may lag behind that of the
+        // queue (a build queued right after its project was added).
         let r = try await etcd.txn(Txn(
-            compare: fence + [.modRevision(q.key, .equal, q.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision)],
+            compare: fence + [.modRevision(q.key, .equal, q.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision),
+                              .version(keys.project(q.entry.project), .equal, 0)],
             success: [.delete(q.key), .put(buildKV.key, try KilnJSON.encode(build)),
                       .put(keys.logChunk(build: build.id, attempt: max(1, build.attempt), seq: 99_999_999), try KilnJSON.encode(end))]))
         guard r.succeeded else { return .refused }

@@ -136,6 +136,12 @@ struct DispatchStateTests {
         let actions = s.decide()
         guard case .fail(let q, let reason) = actions.first, actions.count == 1 else { Issue.record("expected a fail, got \(actions)"); return }
         #expect(q.entry.build == "b1" && reason == "project 'gone' no longer exists")
+        // etcd refused (the project exists: this view of the projects lagged behind the
+        // queue's). Nothing is tried again until the projects' watch brings the change.
+        s.finished(actions[0], .refused)
+        #expect(s.decide().isEmpty)
+        s.apply(.projects, events: [.init(kind: .put, kv: kv(keys.project("gone"), project("gone"), next()))], revision: revision)
+        #expect(assignments(s.decide()) == ["b1": "a1"])
     }
 
     @Test mutating func aRefusedAssignmentWaitsForAChange() {
