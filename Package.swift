@@ -41,6 +41,7 @@ let package = Package(
             dependencies: [
                 "KilnCore", "Etcd", "Plugins",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

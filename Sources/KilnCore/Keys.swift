@@ -44,6 +44,10 @@ public struct Keys: Sendable, Equatable {
 
     public var leader: String { "\(prefix)/leader" }
 
+    /// Webhook deliveries already turned into builds, by idempotency key (hashed).
+    public var hooks: String { "\(prefix)/hooks/" }
+    public func hook(_ id: String) -> String { hooks + id }
+
     /// The last path component of `key` under `base`, or nil if `key` is not directly under it.
     public static func name(of key: String, under base: String) -> String? {
         guard key.hasPrefix(base) else { return nil }

@@ -26,12 +26,19 @@ public struct Project: Codable, Sendable, Equatable {
     /// At most this many of the project's builds run at once (nil: no limit of its own;
     /// the agents' capacity still applies). The others wait in the queue and say why.
     public var maxConcurrent: Int?
+    /// Branches whose pushes build (GitLab webhooks), as patterns where `*` matches any run of
+    /// characters, `/` included: `main`, `release/*`. Nil: the default branch only.
+    public var branches: [String]?
+    /// The secret token GitLab sends in `X-Gitlab-Token` with this project's webhooks. Kept in
+    /// etcd, never shown by the API; a project without one cannot be triggered by a webhook.
+    public var webhookSecret: String?
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
-        labels: [String] = [], supersede: String? = nil, maxConcurrent: Int? = nil, createdAt: Date? = nil
+        labels: [String] = [], supersede: String? = nil, maxConcurrent: Int? = nil,
+        branches: [String]? = nil, webhookSecret: String? = nil, createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -43,11 +50,13 @@ public struct Project: Codable, Sendable, Equatable {
         self.labels = labels
         self.supersede = supersede
         self.maxConcurrent = maxConcurrent
+        self.branches = branches
+        self.webhookSecret = webhookSecret
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -62,7 +71,40 @@ public struct Project: Codable, Sendable, Equatable {
         labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
         supersede = try c.decodeIfPresent(String.self, forKey: .supersede)
         maxConcurrent = try c.decodeIfPresent(Int.self, forKey: .maxConcurrent)
+        branches = try c.decodeIfPresent([String].self, forKey: .branches)
+        webhookSecret = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
+    }
+
+    /// The project as the API shows it: the webhook secret left out.
+    public var redacted: Project {
+        var p = self
+        p.webhookSecret = nil
+        return p
+    }
+
+    /// Whether a push to `branch` (a name without `refs/heads/`) builds this project.
+    public func builds(branch: String) -> Bool {
+        (branches ?? [defaultBranch]).contains { Project.glob($0, matches: branch) }
+    }
+
+    /// `*` matches any run of characters, `/` included; everything else matches itself.
+    public static func glob(_ pattern: String, matches s: String) -> Bool {
+        let p = Array(pattern.utf8), t = Array(s.utf8)
+        var pi = 0, ti = 0, star = -1, mark = 0
+        while ti < t.count {
+            if pi < p.count && p[pi] != UInt8(ascii: "*") && p[pi] == t[ti] {
+                pi += 1; ti += 1
+            } else if pi < p.count && p[pi] == UInt8(ascii: "*") {
+                star = pi; mark = ti; pi += 1
+            } else if star >= 0 {
+                pi = star + 1; mark += 1; ti = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.count && p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.count
     }
 
     /// Checks every field; throws `KilnError.invalid` naming the first bad one.
@@ -80,6 +122,15 @@ public struct Project: Codable, Sendable, Equatable {
         for l in labels { try Validation.label(l) }
         if let s = supersede, s != "queued", s != "running" {
             throw KilnError.invalid("supersede '\(Validation.printable(s))' is not an option: use \"queued\" (a newer build of a branch cancels the queued ones) or \"running\" (the running ones too)")
+        }
+        if let patterns = branches {
+            if patterns.isEmpty || patterns.count > 100 { throw KilnError.invalid("branches must list 1 to 100 patterns, for example [\"main\", \"release/*\"]; leave it out to build the default branch only") }
+            for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "branches pattern") }
+        }
+        if let secret = webhookSecret, !secret.isEmpty {
+            if secret.utf8.count > 256 || secret.utf8.contains(where: { $0 < 0x21 || $0 == 0x7f }) {
+                throw KilnError.invalid("webhookSecret must be 1 to 256 visible characters without spaces (GitLab's \"Secret token\" of the webhook)")
+            }
         }
         if let m = maxConcurrent, !(1...1000).contains(m) {
             throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")

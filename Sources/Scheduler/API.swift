@@ -15,13 +15,24 @@ public struct API: Sendable {
     /// This scheduler's name in the leader election.
     let schedulerID: String
 
-    public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), logger: Logger) {
+    let metrics: SchedulerMetrics
+
+    public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), metrics: SchedulerMetrics = SchedulerMetrics(), logger: Logger) {
         self.store = store
         self.schedulerID = schedulerID
+        self.metrics = metrics
         self.logger = logger
     }
 
     public func addRoutes(to router: Router<BasicRequestContext>) {
+        let hook = GitLabWebhook(store: store, logger: logger, metrics: metrics)
+        router.post("hooks/gitlab") { request, _ in try await hook.handle(request) }
+        let page = MetricsPage(store: store, metrics: metrics)
+        router.get("metrics") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try await page.render())))
+        }
         let api = router.group("api/v1")
         api.get("health") { _, _ in
             _ = try await store.etcd.status()
@@ -32,15 +43,15 @@ public struct API: Sendable {
             let leader = try await store.etcd.get(store.keys.leader)?.string
             return json(SchedulerStatus(id: schedulerID, leader: leader, isLeader: leader == schedulerID))
         }
-        api.get("projects") { _, _ in json(try await store.projects()) }
+        api.get("projects") { _, _ in json(try await store.projects().map(\.redacted)) }
         api.post("projects") { request, context in
             var request = request
             let project = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
             let created = try await store.saveProject(project)
-            return json(try await store.project(project.name), status: created ? .created : .ok)
+            return json(try await store.project(project.name).redacted, status: created ? .created : .ok)
         }
         api.get("projects/:name") { _, context in
-            json(try await store.project(try context.parameters.require("name")))
+            json(try await store.project(try context.parameters.require("name")).redacted)
         }
         api.post("projects/:name/builds") { request, context in
             var request = request

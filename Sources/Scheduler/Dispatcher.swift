@@ -208,7 +208,7 @@ public struct Dispatcher: Service {
         build.waiting = nil
         build.agent = a.agent
         build.attempt += 1
-        let task = BuildTask(build: build.id, project: a.project, ref: build.ref, commit: build.commit, tag: build.tag,
+        let task = BuildTask(build: build.id, project: a.project.redacted, ref: build.ref, commit: build.commit, tag: build.tag,
                              mvncache: build.mvncache, attempt: build.attempt)
         let taskKey = keys.task(agent: a.agent, build: build.id)
         let taskValue = try KilnJSON.encode(task)

@@ -47,9 +47,13 @@ public struct SchedulerStore: Sendable {
         let existing = try await etcd.get(key)
         if let existing, let old = try? KilnJSON.decode(Project.self, from: existing.value) {
             p.createdAt = old.createdAt
+            // The API never shows the secret, so a project saved back without one keeps it;
+            // an empty one removes it.
+            if p.webhookSecret == nil { p.webhookSecret = old.webhookSecret }
         } else {
             p.createdAt = p.createdAt ?? Date()
         }
+        if p.webhookSecret == "" { p.webhookSecret = nil }
         try await etcd.put(key, KilnJSON.encode(p))
         return existing == nil
     }
@@ -71,6 +75,13 @@ public struct SchedulerStore: Sendable {
     /// Checks the request, writes the build record and its queue entry in one transaction
     /// (which fails if the project was deleted meanwhile), and returns the new build.
     public func enqueue(project name: String, request: BuildRequest) async throws -> Build {
+        try await enqueue(project: name, request: request, delivery: nil).build
+    }
+
+    /// The same, once per `delivery` (a webhook's idempotency key, at most 200 characters):
+    /// the key is written in the build's transaction, so a redelivery, even a concurrent one,
+    /// gets the first build back (`created` false) instead of a second one.
+    public func enqueue(project name: String, request: BuildRequest, delivery: String?) async throws -> (build: Build, created: Bool) {
         let project = try await self.project(name)
         let ref = request.ref ?? project.defaultBranch
         try Validation.ref(ref)
@@ -82,16 +93,40 @@ public struct SchedulerStore: Sendable {
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
         build.priority = request.priority
         let entry = QueueEntry(queuing: build)
-        let result = try await etcd.txn(Txn(
-            compare: [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)],
-            success: [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]))
+        var compare: [Compare] = [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)]
+        var success: [TxnOp] = [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]
+        var failure: [TxnOp] = []
+        let hookKey = delivery.map { keys.hook("\(name)/\(SchedulerStore.escapeKeyPart(String($0.prefix(200))))") }
+        if let hookKey {
+            compare.append(.createRevision(hookKey, .equal, 0))
+            success.append(.put(hookKey, build.id))
+            failure.append(.get(hookKey))
+        }
+        let result = try await etcd.txn(Txn(compare: compare, success: success, failure: failure))
         guard result.succeeded else {
+            if hookKey != nil, let first = result.responses.first?.kvs.first {
+                return (try await self.build(first.string), false)
+            }
             throw KilnError.conflict("project '\(name)' was deleted while the build was being queued")
         }
         if let mode = project.supersede {
             try await supersede(by: build, includingRunning: mode == "running")
         }
-        return build
+        return (build, true)
+    }
+
+    /// A string made safe as one component of an etcd key: letters, digits, `-`, `_` and `.`
+    /// stay; every other byte becomes `%XX`.
+    static func escapeKeyPart(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            if (48...57).contains(b) || (65...90).contains(b) || (97...122).contains(b) || b == 45 || b == 95 || b == 46 {
+                out.append(Character(Unicode.Scalar(b)))
+            } else {
+                out += String(format: "%%%02X", b)
+            }
+        }
+        return out
     }
 
     /// Cancels the older builds of the same project and ref that `build` makes pointless.

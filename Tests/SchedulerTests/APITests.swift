@@ -238,7 +238,7 @@ struct DispatcherTests {
                 try await h.waitFor(prefix: h.keys.tasks) { kvs in kvs.count == 1 && kvs[0].key != running.key }
                 order.append(String(try await h.etcd.range(prefix: h.keys.tasks).kvs[0].key.split(separator: "/").last!))
             }
-            #expect(order == [lone, big[1]])
+            #expect(order == [lone, big[1]], "big: \(big), lone: \(lone)")
         }
     }
     @Test func aBuildWhoseAgentsKeepDyingFailsAfterTheLastAttempt() async throws {

@@ -62,13 +62,14 @@ public struct HTTPReply: Sendable {
 }
 
 /// One request with an optional JSON body; the whole answer (up to 32 MiB).
-public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
+public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, headers: [(String, String)] = [], timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
     var r = HTTPClientRequest(url: url)
     r.method = method
     if let body {
         r.headers.add(name: "Content-Type", value: "application/json")
         r.body = .bytes(ByteBuffer(string: body))
     }
+    for (name, value) in headers { r.headers.add(name: name, value: value) }
     let response = try await HTTPClient.shared.execute(r, timeout: timeout)
     return HTTPReply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)))
 }
