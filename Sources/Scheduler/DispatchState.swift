@@ -118,6 +118,13 @@ public struct DispatchState: Sendable {
     private var lastServed: [String: Int] = [:]
     private var ring = HashRing()
     private var ringIsStale = true
+    /// Builds held back from walking on past a full home because the view of the tasks may
+    /// not yet show that home's slot free (see `decide`), with when that began.
+    private var heldSince: [String: Double] = [:]
+    /// How long a build is held back at most, in seconds.
+    public var holdLimit = 0.02
+    /// When `decide` should run again even if nothing arrives: a held build's time is up.
+    public private(set) var nextWake: Double?
 
     public init(keys: Keys = Keys(), loadFactor: Double = 1.25, virtualNodes: Int = 64) {
         self.keys = keys
@@ -248,7 +255,13 @@ public struct DispatchState: Sendable {
     // MARK: decisions
 
     /// The actions to take now. Each build named in them is under way until `finished`.
-    public mutating func decide() -> [Action] {
+    ///
+    /// `now` is a monotonic time in seconds, used only to hold a build back briefly: each
+    /// prefix has its own watch, so a build queued right after a task ended can arrive before
+    /// that task's end. When such a build would walk on past its home because the home looks
+    /// full, and the view of the tasks is older than the build's queue entry, it is held up to
+    /// `holdLimit` for the tasks' watch to catch up, rather than leave its cache behind.
+    public mutating func decide(now: Double = 0) -> [Action] {
         var actions: [Action] = []
 
         // 1. Work of agents that are gone.
@@ -283,6 +296,8 @@ public struct DispatchState: Sendable {
             ringIsStale = false
         }
         let agents = self.agents
+        nextWake = nil
+        heldSince = heldSince.filter { queue[$0.key] != nil }
         for item in order {
             guard let queued = queue[item.build] else { continue }
             guard let project = projects[item.project] else {
@@ -309,6 +324,15 @@ public struct DispatchState: Sendable {
                   let registration = agents[agent] else {
                 continue  // every agent it may use is at its bound
             }
+            if agent != ring.pick(project.name, accept: carries), (seen[.tasks] ?? 0) < queued.modRevision {
+                let since = heldSince[item.build] ?? now
+                if now - since < holdLimit {
+                    heldSince[item.build] = since
+                    nextWake = min(nextWake ?? .infinity, since + holdLimit)
+                    continue
+                }
+            }
+            heldSince[item.build] = nil
             actions.append(.assign(Assignment(queued: queued, project: project, agent: agent, agentCreateRevision: registration.createRevision)))
             load[agent, default: 0] += 1
             running[project.name, default: 0] += 1

@@ -90,6 +90,7 @@ public struct Dispatcher: Service {
         case events(DispatchState.Prefix, [WatchEvent], revision: Int64)
         case finished(DispatchState.Action, DispatchState.Outcome)
         case retryRefused
+        case wake
         case leadershipLost
     }
 
@@ -113,6 +114,8 @@ public struct Dispatcher: Service {
                 while (try? await Task.sleep(for: .seconds(5))) != nil { inbox.push(.retryRefused) }
             }
             var ready = Set<DispatchState.Prefix>()
+            let clock = ContinuousClock(), start = clock.now
+            var wakeAt: Double?
             loop: for await inputs in inbox.batches {
                 for input in inputs {
                     switch input {
@@ -125,15 +128,26 @@ public struct Dispatcher: Service {
                         state.finished(action, outcome)
                     case .retryRefused:
                         state.retryRefused()
+                    case .wake:
+                        wakeAt = nil
                     case .leadershipLost:
                         break loop
                     }
                 }
                 guard ready.count == DispatchState.Prefix.allCases.count else { continue }
-                for action in state.decide() {
+                let now = clock.now - start
+                for action in state.decide(now: Double(now.components.seconds) + Double(now.components.attoseconds) * 1e-18) {
                     group.addTask {
                         let outcome = await perform(action, fence: fence)
                         inbox.push(.finished(action, outcome))
+                    }
+                }
+                if let wake = state.nextWake, wake < (wakeAt ?? .infinity) {
+                    // A held build's time runs out then: decide again even if nothing arrives.
+                    wakeAt = wake
+                    group.addTask {
+                        try? await Task.sleep(until: start + .milliseconds(Int64((wake * 1000).rounded(.up)) + 1), clock: clock)
+                        inbox.push(.wake)
                     }
                 }
             }

@@ -175,6 +175,10 @@ struct ProjectCommand: AsyncParsableCommand {
             Example:
               kiln project add demo --repository http://127.0.0.1:8082/demo.git \\
                 --build-image localhost/kiln/jdk17-maven:1 --build-command 'mvn -B -q package'
+
+            GitLab: point a project webhook (Push events, Tag push events) at
+            http://SCHEDULER/hooks/gitlab with the same secret token as --webhook-secret; pushes to
+            --branches build the pushed commit, tags build with the tag as image tag.
             """)
         @OptionGroup var api: APIOptions
         @Argument(help: "Project name: lowercase letters, digits and '-'.") var name: String
@@ -187,12 +191,16 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
         @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: String?
         @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
+        @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
+        @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
 
         var project: Project {
             Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
                     dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
-                    supersede: supersede, maxConcurrent: maxConcurrent)
+                    supersede: supersede, maxConcurrent: maxConcurrent,
+                    branches: branches.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+                    webhookSecret: webhookSecret)
         }
 
         func validate() throws {

@@ -225,4 +225,30 @@ struct DispatchStateTests {
         #expect(t.agent == "a1")
         #expect(s.agents.keys.sorted() == ["a2"])
     }
+
+    @Test mutating func aBuildQueuedRightAfterATaskEndedWaitsBrieflyForItsHomeRatherThanWalkOn() {
+        let p = project("p")
+        let home = HashRing(members: [.init(id: "a1", weight: 1), .init(id: "a2", weight: 1)]).home(of: "p")!
+        let other = home == "a1" ? "a2" : "a1"
+        let t = task(home, "b0", p)
+        var s = state(agents: [agent("a1", capacity: 1), agent("a2", capacity: 1)], tasks: [t], projects: [p])
+        // The queue's watch brings a build queued after b0 ended; the tasks' watch has not yet
+        // brought b0's end.
+        let endOfB0 = next()
+        s.apply(.queue, events: [.init(kind: .put, kv: queued("b1", "p"))], revision: revision)
+        #expect(s.decide(now: 0).isEmpty, "held for its home")
+        #expect(s.nextWake == s.holdLimit)
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: t.key, value: [], modRevision: endOfB0))], revision: endOfB0)
+        #expect(assignments(s.decide(now: 0.005)) == ["b1": home])
+
+        // When the home really is busy, the build walks on once the hold is over.
+        var busy = state(agents: [agent("a1", capacity: 1), agent("a2", capacity: 1)], tasks: [task(home, "b0", p)], projects: [p])
+        busy.apply(.queue, events: [.init(kind: .put, kv: queued("b2", "p"))], revision: revision)
+        #expect(busy.decide(now: 10).isEmpty)
+        #expect(busy.decide(now: 10.01).isEmpty)
+        #expect(assignments(busy.decide(now: 10.021)) == ["b2": other])
+        // A build whose tasks' view is current walks on at once.
+        var current = state(agents: [agent("a1", capacity: 1), agent("a2", capacity: 1)], queue: [queued("b3", "p")], tasks: [task(home, "b0", p)], projects: [p])
+        #expect(assignments(current.decide(now: 0)) == ["b3": other])
+    }
 }
