@@ -53,6 +53,10 @@ public struct API: Sendable {
         api.get("projects/:name") { _, context in
             json(try await store.project(try context.parameters.require("name")).redacted)
         }
+        api.get("projects/:name/activity") { request, context in
+            let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
+            return json(try await store.activity(project: try context.parameters.require("name"), limit: max(1, min(limit, 1000))))
+        }
         api.post("projects/:name/builds") { request, context in
             var request = request
             let name = try context.parameters.require("name")

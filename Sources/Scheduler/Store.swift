@@ -160,6 +160,12 @@ public struct SchedulerStore: Sendable {
             .prefix(limit))
     }
 
+    /// A project's activity, newest first.
+    public func activity(project name: String, limit: Int = 50) async throws -> [ActivityEntry] {
+        _ = try await project(name)
+        return try await builds(project: name, limit: limit).map(ActivityEntry.init)
+    }
+
     /// Cancels a build. A queued build ends at once; an assigned or running one is marked
     /// on its task so its agent stops the container and records the end.
     public func cancel(_ id: String, reason: String? = nil) async throws -> Build {

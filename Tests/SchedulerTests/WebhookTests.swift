@@ -172,6 +172,23 @@ struct WebhookTests {
         }
     }
 
+    @Test func theActivityFeedSaysWhoTriggeredWhatAndHowItEnded() async throws {
+        try await withScheduler { h in
+            try await addProjects(h)
+            let pushed = try await deliver(h, try Self.fixture("push.json"))
+            let pushedID = (pushed.json?["builds"] as? [String] ?? [""])[0]
+            let manual = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/diaspora/builds", body: #"{"tag":"v9"}"#).body)
+            #expect(try await h.request(.POST, "/api/v1/builds/\(manual.id)/cancel").status == 200)
+            let r = try await h.request(.GET, "/api/v1/projects/diaspora/activity")
+            #expect(r.status == 200)
+            let feed = try KilnJSON.decode([ActivityEntry].self, from: r.body)
+            #expect(feed.map(\.build) == [manual.id, pushedID])
+            #expect(feed[0].trigger == "api" && feed[0].tag == "v9" && feed[0].status == .cancelled && feed[0].note?.contains("cancelled") == true)
+            #expect(feed[1].trigger == "gitlab push to master by jsmith" && feed[1].commit == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7" && feed[1].status == .queued)
+            #expect(try await h.request(.GET, "/api/v1/projects/nope/activity").status == 404)
+        }
+    }
+
     @Test func globs() {
         #expect(Project.glob("main", matches: "main"))
         #expect(!Project.glob("main", matches: "main2"))
