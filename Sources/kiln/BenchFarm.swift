@@ -22,6 +22,8 @@ extension BenchCommand {
                           Zipf(1.1) popularity (target ≥ 90 %)
               chaos       agents killed with SIGKILL while building: nothing lost, nothing run
                           twice, kill → requeue p99 ≤ TTL + 2 s
+              webhook     GitLab push deliveries: answer time under 50 concurrent ones, and
+                          delivery → agent starts the build, next to the same through the API
             Results are printed and written to Benchmarks/results/farm-DATE.md.
 
             Example: swift build -c release --product kiln && .build/release/kiln bench farm
@@ -29,10 +31,10 @@ extension BenchCommand {
             """)
 
         enum Phase: String, CaseIterable, ExpressibleByArgument {
-            case floor, latency, throughput, affinity, chaos
+            case floor, latency, throughput, affinity, chaos, webhook
         }
 
-        @Option(help: ArgumentHelp("Phases to run, comma-separated: floor, latency, throughput, affinity, chaos (latency also measures the floor).", valueName: "phases"))
+        @Option(help: ArgumentHelp("Phases to run, comma-separated: floor, latency, throughput, affinity, chaos, webhook (latency also measures the floor).", valueName: "phases"))
         var only: String = Phase.allCases.map(\.rawValue).joined(separator: ",")
 
         @Option(help: "Floor samples.") var floorSamples: Int = 500
@@ -48,6 +50,7 @@ extension BenchCommand {
         @Option(help: "Chaos: agents.") var chaosAgents: Int = 12
         @Option(help: "Chaos: lease TTL of the agents, seconds.") var chaosTtl: Int = 3
         @Option(help: "Chaos: seconds after which a build that has not ended counts as lost.") var chaosTimeout: Double = 900
+        @Option(help: "Webhook: concurrent deliveries per round.") var webhookConcurrent: Int = 50
         @Option(help: ArgumentHelp("Folder of the result file.", valueName: "dir")) var resultsDir: String = "Benchmarks/results"
         @Option(help: ArgumentHelp("Log level of the scheduler and agents (their logs are in the temp folder).", valueName: "level")) var logLevel: String = "warning"
         @Flag(help: "Keep the temp folder (etcd data and the processes' logs) after a successful run.") var keep = false
@@ -149,6 +152,11 @@ extension BenchCommand {
                 s.ttl = chaosTtl
                 s.timeout = chaosTimeout
                 done(try await ChaosPhase.run(rig: rig, settings: s))
+            }
+            if selected.contains(.webhook) {
+                var s = WebhookPhase.Settings()
+                s.concurrent = webhookConcurrent
+                done(try await WebhookPhase.run(rig: rig, settings: s))
             }
         }
 

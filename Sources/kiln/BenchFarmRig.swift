@@ -231,13 +231,14 @@ enum BenchHTTP {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
 
-    static func send(_ method: String, _ url: String, body: String?) async throws -> (status: Int, body: String) {
+    static func send(_ method: String, _ url: String, body: String?, headers: [(String, String)] = []) async throws -> (status: Int, body: String) {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(string: body))
         }
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         let response = try await client.execute(request, timeout: .seconds(60))
         return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 16 << 20)))
     }
