@@ -124,11 +124,12 @@ struct BuildRunner: TaskRunner {
         defer { try? FileManager.default.removeItem(at: workspace) }
         let started = ContinuousClock.now
 
-        // The steps run here, in this task; a child flushes the log every 250 ms meanwhile.
+        // The steps run here, in this task; a child writes new log lines every 50 ms meanwhile
+        // (when there are any), so an agent killed mid-build loses at most the last 50 ms.
         let failure: Error? = await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(250))
+                    try? await Task.sleep(for: .milliseconds(50))
                     try? await reporter.flush()
                 }
             }

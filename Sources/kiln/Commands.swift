@@ -5,6 +5,10 @@ import KilnCore
 import Logging
 import Scheduler
 import ServiceLifecycle
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -273,7 +277,22 @@ struct BuildCommand: AsyncParsableCommand {
             return
         }
         print("queued build \(build.id) of \(project) (ref \(build.ref))")
-        try await client.followLog(build.id) { FileHandle.standardOutput.write(Data($0.utf8)) }
+        let progress = ProgressLine(interactive: isatty(STDOUT_FILENO) == 1)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await client.followLog(build.id) { progress.write($0) }
+            }
+            group.addTask {
+                // The running step and how long it has run, read once a second.
+                while true {
+                    try await Task.sleep(for: .seconds(1))
+                    if let b = try? await client.get("/api/v1/builds/\(build.id)", as: Build.self) { progress.show(b) }
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+        progress.clear()
         let done = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
         print(Show.summary(done))
         if done.status != .succeeded { throw ExitCode(1) }
@@ -368,6 +387,60 @@ struct AgentsCommand: AsyncParsableCommand {
         if agents.isEmpty { print("no live agents; start one with: kiln agent --id NAME"); return }
         for a in agents {
             print("\(a.id.padding(toLength: 16, withPad: " ", startingAt: 0)) running \(a.running ?? 0)/\(a.capacity)  home of \(a.homedProjects ?? 0) projects  labels \(a.labels.isEmpty ? "-" : a.labels.joined(separator: ","))  version \(a.version)")
+        }
+    }
+}
+
+/// The line under a followed log that says which step runs and for how long. On a terminal it
+/// is redrawn in place (and cleared before each piece of log); otherwise it is printed as its
+/// own line every 30 s, so a CI log shows that a long step is still going.
+final class ProgressLine: Sendable {
+    private struct State { var shown = false; var lastPrinted: Date? }
+    private let interactive: Bool
+    private let state = Mutex(State())
+
+    init(interactive: Bool) { self.interactive = interactive }
+
+    func write(_ text: String) {
+        state.withLock { s in
+            if interactive && s.shown { FileHandle.standardOutput.write(Data("\r\u{1b}[K".utf8)); s.shown = false }
+            FileHandle.standardOutput.write(Data(text.utf8))
+        }
+    }
+
+    func show(_ b: Build) {
+        guard let line = ProgressLine.describe(b, now: Date()) else { return }
+        state.withLock { s in
+            if interactive {
+                FileHandle.standardOutput.write(Data("\r\u{1b}[K\(line)".utf8))
+                s.shown = true
+            } else if s.lastPrinted.map({ Date().timeIntervalSince($0) >= 30 }) ?? true {
+                FileHandle.standardOutput.write(Data("\(line)\n".utf8))
+                s.lastPrinted = Date()
+            }
+        }
+    }
+
+    func clear() {
+        state.withLock { s in
+            if interactive && s.shown { FileHandle.standardOutput.write(Data("\r\u{1b}[K".utf8)); s.shown = false }
+        }
+    }
+
+    /// `… compile running 12 s (fetch 0.4 s done)`, or why it waits; nil once it has ended.
+    static func describe(_ b: Build, now: Date) -> String? {
+        switch b.status {
+        case .queued:
+            return "… queued \(Int(now.timeIntervalSince(b.createdAt))) s\(b.waiting.map { ": \($0)" } ?? "")"
+        case .assigned:
+            return "… assigned to \(b.agent ?? "an agent"), starting"
+        case .running:
+            let done = b.steps.filter { $0.status == .succeeded }.map { "\($0.name.rawValue) \(Show.seconds($0.durationMs))" }
+            guard let step = b.steps.first(where: { $0.status == .running }) else { return "… running" }
+            let elapsed = step.startedAt.map { Int(now.timeIntervalSince($0)) } ?? 0
+            return "… \(step.name.rawValue) running \(elapsed) s" + (done.isEmpty ? "" : " (done: \(done.joined(separator: ", ")))")
+        case .succeeded, .failed, .cancelled:
+            return nil
         }
     }
 }
