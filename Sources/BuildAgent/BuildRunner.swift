@@ -247,12 +247,12 @@ struct BuildRunner: TaskRunner {
                 message = "\(name.rawValue): \(failure)"
             }
             build.steps[i].error = message
-            reporter.log("==> \(name.rawValue) \(build.steps[i].status.rawValue) after \(BuildRunner.seconds(elapsed)): \(message)")
+            reporter.log("==> \(name.rawValue) \(build.steps[i].status.rawValue) at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) after \(BuildRunner.seconds(elapsed)): \(message)")
             if control.reason != .taskLost { try? await reporter.update(build) }
             throw StepFailure(step: name, message: String(message.dropFirst(name.rawValue.count + 2)))
         }
         build.steps[i].status = .succeeded
-        reporter.log("==> \(name.rawValue) succeeded in \(BuildRunner.seconds(elapsed))")
+        reporter.log("==> \(name.rawValue) succeeded at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) in \(BuildRunner.seconds(elapsed))")
         try await reporter.update(build)
         return value!
     }

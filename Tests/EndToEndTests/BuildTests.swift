@@ -34,9 +34,13 @@ struct EndToEndTests {
                 #expect(step.status == .succeeded, "\(step.name): \(step.error ?? "")")
                 #expect(step.durationMs != nil && step.startedAt != nil && step.finishedAt != nil)
             }
-            for marker in ["==> fetch started", "==> compile succeeded in", "==> image succeeded in", "==> push succeeded in", "kiln: build succeeded"] {
-                #expect(log.contains(marker), "log lacks \(marker)")
+            // Each step's start, end and duration are marked in the log.
+            for step in ["fetch", "compile", "image", "push"] {
+                let lines = log.split(separator: "\n")
+                #expect(lines.contains { $0.hasPrefix("==> \(step) started at 20") }, "log lacks the start of \(step)")
+                #expect(lines.contains { $0.hasPrefix("==> \(step) succeeded at 20") && $0.contains(" in ") && $0.hasSuffix("s") }, "log lacks the end of \(step)")
             }
+            #expect(log.contains("kiln: build succeeded"))
             // The digest recorded is the registry's.
             let digest = try await DockerClient.registryDigest(registry: farm.infra.registry.address, repository: "demo", tag: b.tag!, insecure: true)
             #expect(b.digest == digest)
