@@ -427,22 +427,21 @@ final class Browser: Sendable {
         try png.write(to: file)
     }
 
-    /// Stops Chromium by its PID (SIGTERM, then SIGKILL after 5 s) and closes the pipes.
-    /// A second call does nothing.
+    /// Asks Chromium to close (`Browser.close`, so it stops its own helper processes), then
+    /// stops it by its PID if it has not ended within 5 s (SIGTERM, then SIGKILL after 5 s
+    /// more), and closes the pipes. A second call does nothing.
     func close() {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
-        Glibc.close(toBrowser)
-        Glibc.close(fromBrowser)
-        if Spawn.poll(pid) != nil { return }
-        kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(5)
-        while Spawn.poll(pid) == nil {
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                _ = Spawn.wait(pid)
-                return
+        defer { Glibc.close(toBrowser); Glibc.close(fromBrowser) }
+        let message = Array(#"{"id":0,"method":"Browser.close"}"#.utf8) + [0]
+        _ = message.withUnsafeBytes { write(toBrowser, $0.baseAddress!, $0.count) }
+        for signal in [0, SIGTERM, SIGKILL] {
+            if signal != 0 { kill(pid, signal) }
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline {
+                if Spawn.poll(pid) != nil { return }
+                usleep(20_000)
             }
-            usleep(20_000)
         }
     }
 
