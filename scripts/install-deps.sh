@@ -16,6 +16,7 @@ libmaven-compiler-plugin-java libmaven-jar-plugin-java libmaven-resources-plugin
 libsurefire-java libmaven-install-plugin-java junit4
 libcommons-lang3-java
 git python3 curl zstd busybox-static
+chromium
 "
 # libcommons-lang3-java: the demo app's (fixtures/demo) runtime dependency; it puts
 #   org/apache/commons/commons-lang3/3.12.0 into /usr/share/maven-repo, which the test
@@ -23,6 +24,7 @@ git python3 curl zstd busybox-static
 # python3, curl: the test Maven mirror (python3 -m http.server) and the fixture checks.
 # zstd: fixtures/make-images.sh compresses its cached root filesystem tarballs.
 # busybox-static: the tiny test image (localhost/kiln/busybox:1) for the container API tests.
+# chromium: the headless browser the web console's tests drive (/usr/bin/chromium).
 
 # Installed packages, one name a line ("install ok installed" only; half-installed or
 # removed-with-config packages count as missing).

@@ -13,16 +13,26 @@ import Glibc
 /// unstoppable), in its own process group, so a Ctrl-C in the terminal reaches only Kiln,
 /// which then stops its children in order.
 public enum Spawn {
-    /// Starts `path` with `arguments`; the three descriptors become its stdin, stdout, stderr.
-    /// `environment` is added to this process's own unless `replaceEnvironment` is set.
+    /// Starts `path` with `arguments`; the three descriptors become its stdin, stdout, stderr,
+    /// and `extraDescriptors` its 3, 4, … in order (Chromium's `--remote-debugging-pipe`
+    /// talks on 3 and 4). `environment` is added to this process's own unless
+    /// `replaceEnvironment` is set.
     public static func start(_ path: String, _ arguments: [String], environment: [String: String]? = nil, replaceEnvironment: Bool = false,
-                             stdin: Int32, stdout: Int32, stderr: Int32) throws -> pid_t {
+                             stdin: Int32, stdout: Int32, stderr: Int32, extraDescriptors: [Int32] = []) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, stdin, 0)
         posix_spawn_file_actions_adddup2(&actions, stdout, 1)
         posix_spawn_file_actions_adddup2(&actions, stderr, 2)
+        // Copies above the targets first, so that moving one onto 3 + i cannot overwrite
+        // another that is still to be moved.
+        let copies = extraDescriptors.map { fcntl($0, F_DUPFD_CLOEXEC, Int32(3 + extraDescriptors.count)) }
+        defer { for fd in copies where fd >= 0 { close(fd) } }
+        if let bad = copies.firstIndex(where: { $0 < 0 }) {
+            throw FarmError("cannot pass descriptor \(extraDescriptors[bad]) to \(path): errno \(errno)")
+        }
+        for (i, fd) in copies.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)

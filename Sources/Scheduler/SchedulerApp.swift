@@ -35,6 +35,7 @@ public func buildSchedulerApplication(
     let router = Router()
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
+    Console(store: store).addRoutes(to: router)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, logger: logger)
     return Application(
         router: router,
