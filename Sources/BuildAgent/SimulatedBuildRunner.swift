@@ -56,8 +56,9 @@ struct SimulatedBuildRunner: TaskRunner {
                 build.error = nil
                 build.steps = StepName.allCases.map { BuildStep(name: $0) }
                 let running = build
-                try await Task.detached { try await reporter.update(running) }.value
+                // The first line goes out with the running record, as a real build's would.
                 reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(BuildRunner.seconds(length))")
+                try await Task.detached { try await reporter.update(running) }.value
                 try? await Task.sleep(for: length)
             }
             switch control.reason {

@@ -159,4 +159,39 @@ struct FailoverTests {
         let agents = try await farm.store.agents().map(\.id)
         #expect(agents.contains("agent-1") && agents.contains("agent-2"))
     }
+
+    @Test("a build's log is kept when its agent is killed mid-build and when the scheduler restarts, and its next attempt adds to it")
+    func logsSurviveAKilledAgentAndARestartedScheduler() async throws {
+        let farm = try await ProcessFarm("logs")
+        try await farm.startScheduler("sched-1", leaderTTL: 5)
+        try await farm.startAgent("agent-1", capacity: 1, ttl: 2, simulate: "30")
+        let projects = try await farm.addProjects(1)
+        let build = try await farm.store.enqueue(project: projects[0], request: BuildRequest())
+        // agent-1 starts it and writes its first lines; then it is killed.
+        try await waitUntil(farm.etcd, prefix: farm.store.keys.logs(of: build.id)) { kvs in
+            kvs.contains { String(decoding: $0.value, as: UTF8.self).contains("agent-1") }
+        }
+        let before = try await farm.store.log(of: build.id)
+        #expect(before.contains { $0.contains("simulated build \(build.id)") && $0.contains("on agent agent-1") }, "\(before)")
+        farm.agents["agent-1"]!.killNow()
+        // Its lease runs out; the build goes back to the queue and agent-2 runs attempt 2.
+        try await farm.startAgent("agent-2", capacity: 1, ttl: 10, simulate: "0.5")
+        let ended = try await farm.waitForAll([build.id], timeout: .seconds(30))[build.id]!
+        #expect(ended.status == .succeeded && ended.attempt == 2 && ended.agent == "agent-2")
+
+        // The scheduler is killed and another starts: the whole log is still served, in order:
+        // attempt 1 up to agent-1's last line, the requeue, then attempt 2 to its end.
+        farm.schedulers["sched-1"]!.process.killNow()
+        try await farm.startScheduler("sched-2", leaderTTL: 5)
+        let reply = try await httpRequest(.GET, "\(farm.schedulers["sched-2"]!.api)/api/v1/builds/\(build.id)/log")
+        #expect(reply.status == 200)
+        let lines = reply.body.split(separator: "\n").map(String.init)
+        for line in before { #expect(lines.contains(line), "lost after the kill and the restart: \(line)") }
+        let firstOfAgent1 = lines.firstIndex { $0.contains("on agent agent-1") }
+        let requeue = lines.firstIndex { $0.contains("stopped renewing its lease during attempt 1") }
+        let firstOfAgent2 = lines.firstIndex { $0.contains("on agent agent-2") }
+        let end = lines.lastIndex { $0.contains("simulated build succeeded") }
+        #expect(firstOfAgent1 != nil && requeue != nil && firstOfAgent2 != nil && end != nil, "\(lines)")
+        if let a = firstOfAgent1, let r = requeue, let b = firstOfAgent2, let e = end { #expect(a < r && r < b && b < e, "\(lines)") }
+    }
 }
