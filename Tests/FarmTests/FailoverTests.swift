@@ -194,4 +194,30 @@ struct FailoverTests {
         #expect(firstOfAgent1 != nil && requeue != nil && firstOfAgent2 != nil && end != nil, "\(lines)")
         if let a = firstOfAgent1, let r = requeue, let b = firstOfAgent2, let e = end { #expect(a < r && r < b && b < e, "\(lines)") }
     }
+
+    @Test("kiln build --follow prints the live log and how long the build has run, and exits with its outcome")
+    func buildFollowShowsProgressAndExitsWithTheOutcome() async throws {
+        let farm = try await ProcessFarm("follow")
+        try await farm.startScheduler("sched-1", leaderTTL: 5)
+        try await farm.startAgent("agent-1", capacity: 1, ttl: 10, simulate: "2.5")
+        let projects = try await farm.addProjects(1)
+        let api = farm.schedulers["sched-1"]!.api
+        let (status, output) = try await Spawn.runDetached(ProcessFarm.kiln, ["build", projects[0], "--follow", "--api", api])
+        let text = String(decoding: output, as: UTF8.self)
+        #expect(status == 0, "\(text)")
+        #expect(text.contains("queued build "))
+        #expect(text.contains("kiln: simulated build") && text.contains("on agent agent-1"), "the live log: \(text)")
+        // Not a terminal here: the progress line is printed as a line of its own.
+        #expect(text.contains("… running") || text.contains("… assigned"), "no progress line: \(text)")
+        #expect(text.contains("succeeded"), "\(text)")
+        // A build that is cancelled while followed ends the command with a failure status.
+        async let followed = Spawn.runDetached(ProcessFarm.kiln, ["build", projects[0], "--follow", "--api", api])
+        try await waitUntil(farm.etcd, prefix: farm.store.keys.builds) { kvs in
+            kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }.contains { $0.status == .running && $0.attempt == 1 && $0.finishedAt == nil }
+        }
+        let running = try await farm.builds().values.first { $0.status == .running }!
+        _ = try await farm.store.cancel(running.id)
+        let (cancelledStatus, cancelledOutput) = try await followed
+        #expect(cancelledStatus != 0, "\(String(decoding: cancelledOutput, as: UTF8.self))")
+    }
 }
