@@ -51,6 +51,14 @@ actor BuildReporter {
 
     let logger: Logger
 
+    /// The reporter of one task; its logger names the build and the project.
+    init(task: BuildTask, taskKey: String, taskCreateRevision: Int64, etcd: EtcdClient, keys: Keys, agentLogger: Logger) {
+        var l = agentLogger
+        l[metadataKey: "build.id"] = "\(task.build)"
+        l[metadataKey: "project"] = "\(task.project.name)"
+        self.init(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey, taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: l)
+    }
+
     init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, logger: Logger = Logger(label: "kiln.agent")) {
         self.logger = logger
         self.etcd = etcd
@@ -90,10 +98,18 @@ actor BuildReporter {
         }
     }
 
-    /// The build's record as it is now (nil if there is none), read again until etcd answers.
-    func record() async throws -> KeyValue? {
+    /// The build's record as it is now, read again until etcd answers. A task whose record is
+    /// missing or unreadable cannot be built: its task is removed (if still ours) and nil returned.
+    func currentBuild() async throws -> Build? {
         let etcd = self.etcd, key = keys.build(buildID)
-        return try await persistently("reading the build record") { try await etcd.get(key) }
+        if let kv = try await persistently("reading the build record", { try await etcd.get(key) }),
+           let build = try? KilnJSON.decode(Build.self, from: kv.value) {
+            return build
+        }
+        logger.warning("task without a readable build record; removing it")
+        let txn = Txn(compare: [guardCompare], success: [.delete(taskKey)])
+        _ = try await persistently("removing the task") { try await etcd.txn(txn) }
+        return nil
     }
 
     /// Writes the build record. Throws `TaskLostError` if the task is no longer ours.

@@ -83,11 +83,8 @@ struct BuildRunner: TaskRunner {
     /// Runs the build to its end. Never throws: every outcome is written to the record,
     /// except when the build was taken away (then nothing may be written).
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
-        var log = logger
-        log[metadataKey: "build.id"] = "\(task.build)"
-        log[metadataKey: "project"] = "\(task.project.name)"
-        let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
-                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: log)
+        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger)
+        let log = reporter.logger
         do {
             try await runGuarded(task: task, reporter: reporter, control: control, logger: log)
         } catch is TaskLostError {
@@ -100,12 +97,7 @@ struct BuildRunner: TaskRunner {
     private func runGuarded(task: BuildTask, reporter: BuildReporter, control: BuildControl, logger: Logger) async throws {
         // The build starts when its task reaches this agent; reading the record is its work.
         let began = Date()
-        guard let kv = try await reporter.record(),
-              var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
-            logger.warning("task without a build record; removing it")
-            _ = try await etcd.txn(Txn(compare: [.createRevision(reporter.taskKey, .equal, reporter.taskCreateRevision)], success: [.delete(reporter.taskKey)]))
-            return
-        }
+        guard var build = try await reporter.currentBuild() else { return }
         if build.status.isFinal {
             try await reporter.finish(build)
             return

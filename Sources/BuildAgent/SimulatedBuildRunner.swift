@@ -26,20 +26,12 @@ struct SimulatedBuildRunner: TaskRunner {
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
         // The build starts when its task reaches this agent; reading the record is its work.
         let began = Date()
-        var log = logger
-        log[metadataKey: "build.id"] = "\(task.build)"
-        log[metadataKey: "project"] = "\(task.project.name)"
-        let reporter = BuildReporter(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey,
-                                     taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: log)
+        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger)
+        let log = reporter.logger
         // Reads and writes run in tasks of their own: stopping a build cancels its task,
         // which must interrupt only the wait, never a write half done.
         do {
-            guard let kv = try await Task.detached(operation: { try await reporter.record() }).value,
-                  var build = try? KilnJSON.decode(Build.self, from: kv.value) else {
-                log.warning("task without a build record; removing it")
-                _ = try await etcd.txn(Txn(compare: [.createRevision(taskKey, .equal, taskCreateRevision)], success: [.delete(taskKey)]))
-                return
-            }
+            guard var build = try await Task.detached(operation: { try await reporter.currentBuild() }).value else { return }
             if build.status.isFinal {
                 let ending = build
                 try await Task.detached { try await reporter.finish(ending) }.value
