@@ -84,6 +84,7 @@ struct Up: AsyncParsableCommand {
             processes.append(scheduler)
             try await scheduler.waitUntilReadyHTTP("\(api)/api/v1/health", timeout: 30)
             say("  scheduler    \(api)   (log: \(scheduler.logFile.path))")
+            say("  console      \(api)/   (GitLab webhooks: \(api)/hooks/gitlab, metrics: \(api)/metrics)")
             for i in 1...agents {
                 let id = "agent-\(i)"
                 let agent = try ManagedProcess(
