@@ -32,13 +32,16 @@ public struct Project: Codable, Sendable, Equatable {
     /// The secret token GitLab sends in `X-Gitlab-Token` with this project's webhooks. Kept in
     /// etcd, never shown by the API; a project without one cannot be triggered by a webhook.
     public var webhookSecret: String?
+    /// What runs after a build succeeds (deploy, lb, retire, notify), checked against the
+    /// plugins' settings when the project is saved.
+    public var pipeline: [PipelineStep]?
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
         labels: [String] = [], supersede: String? = nil, maxConcurrent: Int? = nil,
-        branches: [String]? = nil, webhookSecret: String? = nil, createdAt: Date? = nil
+        branches: [String]? = nil, webhookSecret: String? = nil, pipeline: [PipelineStep]? = nil, createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -52,11 +55,12 @@ public struct Project: Codable, Sendable, Equatable {
         self.maxConcurrent = maxConcurrent
         self.branches = branches
         self.webhookSecret = webhookSecret
+        self.pipeline = pipeline
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -73,6 +77,7 @@ public struct Project: Codable, Sendable, Equatable {
         maxConcurrent = try c.decodeIfPresent(Int.self, forKey: .maxConcurrent)
         branches = try c.decodeIfPresent([String].self, forKey: .branches)
         webhookSecret = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
+        pipeline = try c.decodeIfPresent([PipelineStep].self, forKey: .pipeline)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -403,5 +408,57 @@ public struct ActivityEntry: Codable, Sendable, Equatable {
         status = b.status
         durationMs = b.durationMs
         note = b.status == .queued ? b.waiting : (b.status == .failed || b.status == .cancelled ? b.error : nil)
+    }
+}
+
+/// A JSON value, for plugin settings whose shape each plugin defines.
+public enum JSONValue: Codable, Sendable, Equatable {
+    case string(String), number(Double), bool(Bool), array([JSONValue]), object([String: JSONValue]), null
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .string(let s): try c.encode(s)
+        case .number(let n): try c.encode(n)
+        case .bool(let b): try c.encode(b)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        case .null: try c.encodeNil()
+        }
+    }
+}
+
+/// One step of a project's post-build pipeline: a plugin and its settings. The steps run in
+/// order after a build succeeds (see the Plugins module).
+public struct PipelineStep: Codable, Sendable, Equatable {
+    /// `deploy`, `lb`, `retire` or `notify`.
+    public var plugin: String
+    public var settings: [String: JSONValue]
+    /// Longest the step may run (default: the plugin's own).
+    public var timeoutSeconds: Int?
+
+    public init(plugin: String, settings: [String: JSONValue] = [:], timeoutSeconds: Int? = nil) {
+        self.plugin = plugin
+        self.settings = settings
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    enum CodingKeys: String, CodingKey { case plugin, settings, timeoutSeconds }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        plugin = try c.decode(String.self, forKey: .plugin)
+        settings = try c.decodeIfPresent([String: JSONValue].self, forKey: .settings) ?? [:]
+        timeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .timeoutSeconds)
     }
 }

@@ -1,6 +1,7 @@
 import Etcd
 import Foundation
 import KilnCore
+import Plugins
 import Logging
 
 /// What a client asks for when it requests a build.
@@ -42,6 +43,7 @@ public struct SchedulerStore: Sendable {
     @discardableResult
     public func saveProject(_ project: Project) async throws -> Bool {
         try project.validate()
+        try PluginCatalog.validate(project.pipeline ?? [])
         var p = project
         let key = keys.project(p.name)
         let existing = try await etcd.get(key)

@@ -21,6 +21,18 @@ struct APITests {
         }
     }
 
+    @Test func aProjectsPipelineIsSavedAndShown() async throws {
+        try await withScheduler { h in
+            let body = #"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","pipeline":[{"plugin":"deploy","settings":{"app":"demo","port":8080,"cells":["a","b"]}},{"plugin":"notify","settings":{"url":"http://127.0.0.1:9/x"},"timeoutSeconds":5}]}"#
+            let r = try await h.request(.POST, "/api/v1/projects", body: body)
+            #expect(r.status == 201, "\(r.body)")
+            let saved = try KilnJSON.decode(Project.self, from: try await h.request(.GET, "/api/v1/projects/demo").body)
+            #expect(saved.pipeline?.map(\.plugin) == ["deploy", "notify"])
+            #expect(saved.pipeline?[0].settings["cells"] == .array([.string("a"), .string("b")]))
+            #expect(saved.pipeline?[1].timeoutSeconds == 5)
+        }
+    }
+
     @Test func badProjectsAreRefusedWithTheReason() async throws {
         try await withScheduler { h in
             let cases: [(String, String)] = [
@@ -32,6 +44,8 @@ struct APITests {
                 (#"{"name":"evil","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","dockerfile":"../../etc/passwd"}"#, ".."),
                 (#"{"name":"demo","repository":"http://h/r.git","buildCommand":"make"}"#, "buildImage"),
                 (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","maxConcurrent":0}"#, "maxConcurrent 0 is out of range"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","pipeline":[{"plugin":"deploi"}]}"#, "unknown plugin 'deploi'"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","pipeline":[{"plugin":"lb","settings":{"group":"web","app":"demo"}}]}"#, "setting 'domain' is required"),
                 (#"{"name":"demo","#, "not valid JSON"),
                 ("", "empty"),
             ]
