@@ -145,9 +145,6 @@ public struct DispatchState: Sendable {
         Prefix.allCases.first { key.hasPrefix(prefix($0)) }
     }
 
-    /// Whether any action is under way (tests and shutdown wait for none).
-    public var isIdle: Bool { underWay.isEmpty }
-
     // MARK: inputs
 
     /// Replaces everything known under `p` with a full read at `revision`.
@@ -324,7 +321,7 @@ public struct DispatchState: Sendable {
                   let registration = agents[agent] else {
                 continue  // every agent it may use is at its bound
             }
-            if agent != ring.pick(project.name, accept: carries), (seen[.tasks] ?? 0) < queued.modRevision {
+            if (seen[.tasks] ?? 0) < queued.modRevision, agent != ring.pick(project.name, accept: carries) {
                 let since = heldSince[item.build] ?? now
                 if now - since < holdLimit {
                     heldSince[item.build] = since

@@ -107,11 +107,6 @@ public struct LeaderElection: Sendable {
         logger.notice("resigned leadership", metadata: ["scheduler.id": "\(id)", "term": "\(term.createRevision)"])
     }
 
-    /// The current leader's id, if any.
-    public func leader() async throws -> String? {
-        try await etcd.get(key)?.string
-    }
-
     private func revoke(_ lease: Int64) async {
         let etcd = self.etcd
         await Task.detached { try? await etcd.revokeLease(lease) }.value

@@ -84,7 +84,13 @@ public struct SchedulerStore: Sendable {
     /// the key is written in the build's transaction, so a redelivery, even a concurrent one,
     /// gets the first build back (`created` false) instead of a second one.
     public func enqueue(project name: String, request: BuildRequest, delivery: String?) async throws -> (build: Build, created: Bool) {
-        let project = try await self.project(name)
+        try await enqueue(try await self.project(name), request: request, delivery: delivery)
+    }
+
+    /// The same, for a project the caller has just read (the transaction still checks that it
+    /// exists).
+    func enqueue(_ project: Project, request: BuildRequest, delivery: String?) async throws -> (build: Build, created: Bool) {
+        let name = project.name
         let ref = request.ref ?? project.defaultBranch
         try Validation.ref(ref)
         if let c = request.commit { try Validation.commit(c) }
