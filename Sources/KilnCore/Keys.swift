@@ -44,6 +44,20 @@ public struct Keys: Sendable, Equatable {
 
     public var leader: String { "\(prefix)/leader" }
 
+    /// Where apps run: Docker Engine API endpoints or Kubernetes API servers.
+    public var cells: String { "\(prefix)/cells/" }
+    public func cell(_ name: String) -> String { cells + name }
+
+    /// Apps and their versions, written by the deploy and retire plugins.
+    public var apps: String { "\(prefix)/apps/" }
+    public func app(_ name: String) -> String { apps + name }
+
+    /// A post-build pipeline run's log, after the build's own chunks (`p` sorts after digits).
+    public func pipelineLogChunk(build: String, run: Int, seq: Int) -> String {
+        let a = String(run), s = String(seq)
+        return "\(logs)\(build)/p\(String(repeating: "0", count: max(0, 3 - a.count)))\(a)-\(String(repeating: "0", count: max(0, 8 - s.count)))\(s)"
+    }
+
     /// Webhook deliveries already turned into builds, by idempotency key (hashed).
     public var hooks: String { "\(prefix)/hooks/" }
     public func hook(_ id: String) -> String { hooks + id }

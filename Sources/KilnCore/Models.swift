@@ -206,6 +206,9 @@ public struct Build: Codable, Sendable, Equatable {
     /// Why a queued build is not assigned yet (no live agent has its labels), if it is not
     /// just waiting for room.
     public var waiting: String?
+    /// The post-build pipeline's latest run (deploy, lb, retire, notify), if the project has
+    /// a pipeline and the build succeeded. Its failure leaves the build `succeeded`.
+    public var deploy: PipelineRun?
 
     public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
         self.id = id

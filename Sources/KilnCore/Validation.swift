@@ -5,14 +5,14 @@
 /// rules are strict: what passes here can be used without quoting.
 public enum Validation {
     /// Project names: `[a-z0-9-]`, 1 to 63 characters, starting and ending with a letter or digit.
-    public static func projectName(_ name: String) throws {
-        guard !name.isEmpty else { throw KilnError.invalid("project name is empty: use lowercase letters, digits and '-'") }
-        guard name.utf8.count <= 63 else { throw KilnError.invalid("project name '\(name.prefix(70))' is longer than 63 characters") }
+    public static func projectName(_ name: String, what: String = "project name") throws {
+        guard !name.isEmpty else { throw KilnError.invalid("\(what) is empty: use lowercase letters, digits and '-'") }
+        guard name.utf8.count <= 63 else { throw KilnError.invalid("\(what) '\(name.prefix(70))' is longer than 63 characters") }
         for b in name.utf8 where !(isLower(b) || isDigit(b) || b == UInt8(ascii: "-")) {
-            throw KilnError.invalid("project name '\(printable(name))' has '\(printable(String(decoding: [b], as: UTF8.self)))': use only lowercase letters, digits and '-'")
+            throw KilnError.invalid("\(what) '\(printable(name))' has '\(printable(String(decoding: [b], as: UTF8.self)))': use only lowercase letters, digits and '-'")
         }
         if name.hasPrefix("-") || name.hasSuffix("-") {
-            throw KilnError.invalid("project name '\(name)' must start and end with a letter or digit")
+            throw KilnError.invalid("\(what) '\(name)' must start and end with a letter or digit")
         }
     }
 

@@ -1,0 +1,45 @@
+import Foundation
+import KilnCore
+
+/// What a backend needs to start one version of an app in one cell.
+public struct VersionSpec: Sendable, Equatable {
+    public var app: String
+    public var version: Int
+    /// The image to pull from the registry and run (`registry/project:tag`).
+    public var image: String
+    public var settings: DeploySettings
+
+    public init(app: String, version: Int, image: String, settings: DeploySettings) {
+        self.app = app
+        self.version = version
+        self.image = image
+        self.settings = settings
+    }
+
+    /// The name every instance of this version carries, with its cell and index added.
+    public var baseName: String { "kiln-\(app)-v\(version)" }
+}
+
+/// Runs an app's versions in a cell. One implementation per backend: `LocalDeployer` (the
+/// Docker Engine API on this machine) and `KubernetesDeployer` (the Kubernetes REST API).
+///
+/// Every call is about one cell. Errors are `KilnError`s that say what failed and where
+/// (`cell b: port 20000 is already taken`), so the deploy step can report them as they are.
+public protocol Deployer: Sendable {
+    /// Starts the version's `settings.replicas` instances in `cell` from `spec.image`, pulled
+    /// from the registry. Returns them as soon as they are started (not yet known healthy).
+    /// On failure it removes whatever it started for this version in this cell.
+    func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance]
+
+    /// Checks one instance now: healthy when its health check passes (an HTTP 2xx from
+    /// `settings.healthPath`, or Kubernetes' readiness). `detail` says what was seen.
+    func check(_ instance: Instance, of spec: VersionSpec, in cell: Cell) async -> (healthy: Bool, detail: String)
+
+    /// Stops and removes these instances (already out of the load balancer). Instances that
+    /// are already gone are not an error.
+    func stop(_ instances: [Instance], of spec: VersionSpec, in cell: Cell) async throws
+
+    /// The instances of `app` that exist in `cell`, by version number: what discovery and
+    /// `kiln apps` see, whatever etcd says.
+    func instances(of app: String, in cell: Cell) async throws -> [Int: [Instance]]
+}
