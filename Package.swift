@@ -31,6 +31,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // posix_spawn and waitpid, and long-running child processes stopped by PID (not
+        // Foundation's Process, which never reaps a child where SIGCHLD is blocked).
+        .target(name: "Processes"),
+        // A Docker Engine API client over a unix socket (podman's or dockerd's): the
+        // builders' container runtime and the local deploy backend's.
+        .target(
+            name: "DockerAPI",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
         .target(
             name: "Plugins",
@@ -48,8 +60,7 @@ let package = Package(
         .target(
             name: "BuildAgent",
             dependencies: [
-                "KilnCore", "Etcd", "CLibGit2",
-                // The Docker Engine API is HTTP over a unix socket.
+                "KilnCore", "Etcd", "CLibGit2", "DockerAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -57,14 +68,20 @@ let package = Package(
         ),
         .target(
             name: "Deploy",
-            dependencies: ["KilnCore", "Etcd", "Plugins"]
+            dependencies: [
+                "KilnCore", "Etcd", "Plugins", "DockerAPI", "Processes",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // Starts and stops the real components of a one-machine farm (etcd, registry,
         // podman's API service, a Maven mirror, a git server): used by `kiln up` and the tests.
         .target(
             name: "LocalFarm",
             dependencies: [
-                "KilnCore",
+                "KilnCore", "Processes",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -97,7 +114,7 @@ let package = Package(
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport"]),
-        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "DockerAPI", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
         .testTarget(
             name: "SchedulerTests",
             dependencies: [

@@ -1,4 +1,5 @@
 @testable import BuildAgent
+@testable import DockerAPI
 import Foundation
 import KilnTestSupport
 import Testing
