@@ -126,6 +126,18 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "DeployTests",
+            dependencies: [
+                "Deploy", "Plugins", "DockerAPI", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
+        ),
+        .testTarget(
             name: "FarmTests",
             dependencies: ["Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
         .testTarget(

@@ -356,7 +356,7 @@ extension Validation {
         func bad(_ why: String) -> KilnError { KilnError.invalid("server '\(printable(a))' is refused: \(why); use host:port, such as 127.0.0.1:20001") }
         guard let colon = a.lastIndex(of: ":") else { throw bad("it has no port") }
         let host = a[..<colon], port = a[a.index(after: colon)...]
-        guard let p = Int(port), (1...65535).contains(p), port.allSatisfy(\.isASCII) else { throw bad("the port must be 1 to 65535") }
+        guard port.utf8.allSatisfy(isDigit), let p = Int(port), (1...65535).contains(p) else { throw bad("the port must be 1 to 65535") }
         if host.isEmpty || host.utf8.count > 253 { throw bad("the host is empty or too long") }
         if !host.utf8.allSatisfy({ isLower($0) || isUpper($0) || isDigit($0) || $0 == 45 || $0 == 46 }) { throw bad("the host may hold only letters, digits, '-' and '.'") }
     }
