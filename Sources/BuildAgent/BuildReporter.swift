@@ -48,6 +48,9 @@ actor BuildReporter {
     let attempt: Int
     let buffer = LogBuffer()
     private var seq = 0
+    /// The project's post-build pipeline as the task carries it: a build that succeeds asks
+    /// for its first run in the same write that records the success.
+    let pipeline: [PipelineStep]
 
     let logger: Logger
 
@@ -56,11 +59,13 @@ actor BuildReporter {
         var l = agentLogger
         l[metadataKey: "build.id"] = "\(task.build)"
         l[metadataKey: "project"] = "\(task.project.name)"
-        self.init(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey, taskCreateRevision: taskCreateRevision, attempt: task.attempt, logger: l)
+        self.init(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey, taskCreateRevision: taskCreateRevision, attempt: task.attempt,
+                  pipeline: task.project.pipeline ?? [], logger: l)
     }
 
-    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, logger: Logger = Logger(label: "kiln.agent")) {
+    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, pipeline: [PipelineStep] = [], logger: Logger = Logger(label: "kiln.agent")) {
         self.logger = logger
+        self.pipeline = pipeline
         self.etcd = etcd
         self.keys = keys
         self.buildID = buildID
@@ -123,6 +128,11 @@ actor BuildReporter {
     /// Writes the last log chunk, the final record and removes the task, in one transaction:
     /// whoever sees the log's end sees the build's end.
     func finish(_ build: Build) async throws {
+        var build = build
+        if build.status == .succeeded, !pipeline.isEmpty, build.deploy == nil {
+            build.deploy = PipelineRun(run: 1, pipeline: pipeline, trigger: "build succeeded", requestedAt: build.finishedAt ?? Date())
+            log("kiln: the post-build pipeline (\(pipeline.map(\.plugin).joined(separator: ", "))) starts next")
+        }
         let lines = buffer.take()
         let chunk = LogChunk(seq: seq, lines: lines, end: true)
         let chunkKey = keys.logChunk(build: buildID, attempt: attempt, seq: seq)

@@ -132,7 +132,51 @@ public struct DockerClient: Sendable {
         _ = try await expect(response, [200, 204, 404], operation)
     }
 
+    /// The containers (running or not) carrying all of `labels`.
+    public func containers(labeled labels: [String: String]) async throws -> [ContainerSummary] {
+        let operation = "list containers"
+        let filters = try JSONEncoder().encode(["label": labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }])
+        let response = try await send(.GET, "/containers/json", query: [("all", "true"), ("filters", String(decoding: filters, as: UTF8.self))], operation: operation)
+        let data = try await expect(response, [200], operation)
+        do {
+            return try JSONDecoder().decode([ContainerSummary].self, from: data)
+        } catch {
+            throw DockerError(operation, 200, "unexpected answer: \(String(decoding: data.prefix(300), as: UTF8.self))")
+        }
+    }
+
+    /// A container's state: whether it runs, its exit code and the engine's error, if any.
+    public func state(of id: String) async throws -> ContainerState {
+        let operation = "inspect container \(id)"
+        let response = try await send(.GET, "/containers/\(escape(id))/json", operation: operation)
+        let data = try await expect(response, [200], operation)
+        struct Inspected: Decodable { let State: ContainerState }
+        do {
+            return try JSONDecoder().decode(Inspected.self, from: data).State
+        } catch {
+            throw DockerError(operation, 200, "unexpected answer: \(String(decoding: data.prefix(300), as: UTF8.self))")
+        }
+    }
+
     // MARK: images
+
+    /// Pulls `image` ("registry/repository:tag") from its registry. `insecure`: the registry
+    /// speaks plain HTTP (podman is told `tlsVerify=false`). Throws the engine's message when
+    /// the image cannot be pulled (unknown repository or tag, registry down).
+    public func pull(_ image: String, insecure: Bool, onLine: @Sendable (String) -> Void = { _ in }) async throws {
+        let operation = "pull \(image)"
+        var query = [("fromImage", image)]
+        if insecure { query.append(("tlsVerify", "false")) }
+        let response = try await send(
+            .POST, "/images/create", query: query,
+            headers: [("X-Registry-Auth", Data("{}".utf8).base64EncodedString())],
+            operation: operation, long: true)
+        if response.status.code != 200 { _ = try await expect(response, [200], operation) }
+        try await forEachMessage(response, operation) { message in
+            if let error = message.errorMessage { throw DockerError(operation, nil, error.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            if let status = message.statusLine { onLine(status) }
+        }
+    }
 
     /// Builds an image from `contextDirectory` and tags it `tag`; returns the image id
     /// ("sha256:…").
@@ -329,12 +373,23 @@ public struct ContainerSpec: Sendable, Equatable {
     public var entrypoint: [String]?
     public var user: String?
     public var pidsLimit: Int?
+    /// Container TCP port → the host address and port it is published on.
+    public var publish: [Int: PublishedPort]
+
+    public struct PublishedPort: Sendable, Equatable {
+        public var hostIP: String
+        public var hostPort: Int
+        public init(hostIP: String, hostPort: Int) {
+            self.hostIP = hostIP
+            self.hostPort = hostPort
+        }
+    }
 
     public init(
         image: String, cmd: [String] = [], workingDir: String? = nil, env: [String: String] = [:],
         binds: [String] = [], networkMode: String? = nil, labels: [String: String] = [:],
         memoryBytes: Int64? = nil, cpus: Double? = nil, entrypoint: [String]? = nil, user: String? = nil,
-        pidsLimit: Int? = nil
+        pidsLimit: Int? = nil, publish: [Int: PublishedPort] = [:]
     ) {
         self.image = image
         self.cmd = cmd
@@ -348,18 +403,59 @@ public struct ContainerSpec: Sendable, Equatable {
         self.entrypoint = entrypoint
         self.user = user
         self.pidsLimit = pidsLimit
+        self.publish = publish
+    }
+}
+
+/// One container in a `containers(labeled:)` answer.
+public struct ContainerSummary: Decodable, Sendable, Equatable {
+    public let id: String
+    public let names: [String]
+    public let labels: [String: String]
+    /// `running`, `exited`, `created`, …
+    public let state: String
+
+    enum CodingKeys: String, CodingKey { case id = "Id", names = "Names", labels = "Labels", state = "State" }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        names = (try c.decodeIfPresent([String].self, forKey: .names) ?? []).map { $0.hasPrefix("/") ? String($0.dropFirst()) : $0 }
+        labels = try c.decodeIfPresent([String: String].self, forKey: .labels) ?? [:]
+        state = try c.decodeIfPresent(String.self, forKey: .state) ?? "unknown"
+    }
+}
+
+/// `State` of an inspected container.
+public struct ContainerState: Decodable, Sendable, Equatable {
+    public let running: Bool
+    public let status: String
+    public let exitCode: Int
+    public let error: String
+
+    enum CodingKeys: String, CodingKey { case running = "Running", status = "Status", exitCode = "ExitCode", error = "Error" }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        running = try c.decodeIfPresent(Bool.self, forKey: .running) ?? false
+        status = try c.decodeIfPresent(String.self, forKey: .status) ?? "unknown"
+        exitCode = try c.decodeIfPresent(Int.self, forKey: .exitCode) ?? 0
+        error = try c.decodeIfPresent(String.self, forKey: .error) ?? ""
     }
 }
 
 // The API's field names.
 private struct CreateContainerBody: Encodable {
     struct HostConfigBody: Encodable {
+        struct Binding: Encodable { var HostIp: String; var HostPort: String }
         var Binds: [String]
         var NetworkMode: String?
         var Memory: Int64?
         var NanoCpus: Int64?
         var PidsLimit: Int?
+        var PortBindings: [String: [Binding]]?
     }
+    struct Empty: Encodable {}
     var Image: String
     var Cmd: [String]
     var Entrypoint: [String]?
@@ -370,6 +466,7 @@ private struct CreateContainerBody: Encodable {
     var Tty = false
     var AttachStdout = true
     var AttachStderr = true
+    var ExposedPorts: [String: Empty]?
     var HostConfig: HostConfigBody
 
     init(_ spec: ContainerSpec) {
@@ -382,7 +479,11 @@ private struct CreateContainerBody: Encodable {
         User = spec.user
         HostConfig = .init(
             Binds: spec.binds, NetworkMode: spec.networkMode, Memory: spec.memoryBytes,
-            NanoCpus: spec.cpus.map { Int64(($0 * 1e9).rounded()) }, PidsLimit: spec.pidsLimit)
+            NanoCpus: spec.cpus.map { Int64(($0 * 1e9).rounded()) }, PidsLimit: spec.pidsLimit,
+            PortBindings: spec.publish.isEmpty ? nil : Dictionary(uniqueKeysWithValues: spec.publish.map {
+                ("\($0.key)/tcp", [HostConfigBody.Binding(HostIp: $0.value.hostIP, HostPort: String($0.value.hostPort))])
+            }))
+        ExposedPorts = spec.publish.isEmpty ? nil : Dictionary(uniqueKeysWithValues: spec.publish.keys.map { ("\($0)/tcp", Empty()) })
     }
 }
 

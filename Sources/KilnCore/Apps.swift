@@ -128,6 +128,9 @@ public struct AppVersion: Codable, Sendable, Equatable {
     /// 1, 2, 3… per app.
     public var number: Int
     public var build: String
+    /// The pipeline run of `build` that made it: a run started over after a crash finds its
+    /// version again instead of making another.
+    public var pipelineRun: Int?
     public var project: String
     public var image: String
     public var backend: String
@@ -211,6 +214,8 @@ public struct PipelineStepResult: Codable, Sendable, Equatable {
     /// One line on what it did (`version 3 of demo: 2 instances healthy in 2 cells`).
     public var summary: String?
     public var error: String?
+    /// What the step handed on to later steps (kept so a resumed run can skip it).
+    public var outputs: [String: JSONValue]?
 
     public init(plugin: String, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, summary: String? = nil, error: String? = nil) {
         self.plugin = plugin

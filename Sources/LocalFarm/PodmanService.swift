@@ -28,8 +28,13 @@ public final class PodmanService: Sendable {
     public let environment: [String: String]
     public let process: ManagedProcess
 
-    private init(root: URL, socketPath: String, environment: [String: String], process: ManagedProcess) {
+    /// `podman` for the first service on a root; other names for more API endpoints on the
+    /// same storage (cells of the local deploy backend): socket `<root>/<name>.sock`.
+    public let name: String
+
+    private init(root: URL, name: String, socketPath: String, environment: [String: String], process: ManagedProcess) {
         self.root = root
+        self.name = name
         self.socketPath = socketPath
         self.environment = environment
         self.process = process
@@ -48,7 +53,7 @@ public final class PodmanService: Sendable {
     ///     catch-all entries for 127.0.0.1 and localhost (which podman 4.3 also applies to
     ///     their ports, though its documentation says not to rely on that).
     public static func start(
-        root: URL, logFile: URL? = nil, insecureRegistries: [String] = [], timeout: Double = 30
+        root: URL, name: String = "podman", logFile: URL? = nil, insecureRegistries: [String] = [], timeout: Double = 30
     ) async throws -> PodmanService {
         guard ManagedProcess.which("podman") != nil else {
             throw FarmError("podman is not installed: run scripts/install-deps.sh (Debian packages podman, runc)")
@@ -57,13 +62,13 @@ public final class PodmanService: Sendable {
             throw FarmError("runc is not installed: run scripts/install-deps.sh (Debian package runc; crun does not work on these machines)")
         }
         let root = root.standardizedFileURL
-        let socket = root.appendingPathComponent("podman.sock").path
+        let socket = root.appendingPathComponent("\(name).sock").path
         // sockaddr_un.sun_path holds 108 bytes with the NUL.
         guard socket.utf8.count < 108 else {
             throw FarmError("podman: the socket path \(socket) is longer than a unix socket allows (107 bytes): choose a shorter root folder")
         }
         try writeConfiguration(root: root, insecureRegistries: insecureRegistries)
-        try stopStaleService(root: root)
+        try stopStaleService(root: root, name: name)
         try? FileManager.default.removeItem(atPath: socket)
 
         let environment = self.environment(root: root)
@@ -71,22 +76,22 @@ public final class PodmanService: Sendable {
             name: "podman service", executable: "podman",
             arguments: ["system", "service", "--time=0", "unix://\(socket)"],
             environment: environment,
-            logFile: logFile ?? root.appendingPathComponent("podman.log"))
-        try? "\(process.pid)\n".write(to: pidFile(root), atomically: true, encoding: .utf8)
+            logFile: logFile ?? root.appendingPathComponent("\(name).log"))
+        try? "\(process.pid)\n".write(to: pidFile(root, name), atomically: true, encoding: .utf8)
         do {
             try await process.waitUntilReady(timeout: timeout) { await answers(socket: socket) }
         } catch {
             process.stop()
             throw error
         }
-        return PodmanService(root: root, socketPath: socket, environment: environment, process: process)
+        return PodmanService(root: root, name: name, socketPath: socket, environment: environment, process: process)
     }
 
     /// Stops the service (SIGTERM, then SIGKILL after 10 s). Calling it twice is harmless.
     public func stop() {
         process.stop(grace: 10)
         try? FileManager.default.removeItem(atPath: socketPath)
-        try? FileManager.default.removeItem(at: PodmanService.pidFile(root))
+        try? FileManager.default.removeItem(at: PodmanService.pidFile(root, name))
     }
 
     /// Runs the podman CLI on this root's storage and configuration (same environment as the
@@ -229,15 +234,15 @@ public final class PodmanService: Sendable {
 
     // MARK: internals
 
-    private static func pidFile(_ root: URL) -> URL { root.appendingPathComponent("podman.pid") }
+    private static func pidFile(_ root: URL, _ name: String) -> URL { root.appendingPathComponent("\(name).pid") }
 
     /// Stops a service a dead process left on `root`, identified by its recorded PID and its
     /// command line; refuses when this very process runs it (share that one instead).
-    private static func stopStaleService(root: URL) throws {
-        guard let text = try? String(contentsOf: pidFile(root), encoding: .utf8),
+    private static func stopStaleService(root: URL, name: String) throws {
+        guard let text = try? String(contentsOf: pidFile(root, name), encoding: .utf8),
               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
         else { return }
-        let socket = root.appendingPathComponent("podman.sock").path
+        let socket = root.appendingPathComponent("\(name).sock").path
         guard let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return }
         let arguments = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         guard arguments.contains(where: { $0.hasSuffix("podman") }), arguments.contains("service"),

@@ -2,9 +2,8 @@ import Foundation
 import KilnCore
 
 /// What a post-build plugin is called and which settings it takes: enough to refuse a bad
-/// pipeline when a project is saved, before any build runs it. The plugins themselves (the
-/// `deploy`, `lb` and `retire` steps in the Deploy module, `notify` here) are bound to these
-/// names by the pipeline runner.
+/// pipeline when a project is saved, before any build runs it. The plugins themselves
+/// (`PostBuildPlugin`s, in the Deploy module) are bound to these names by the pipeline runner.
 public struct PluginSpec: Sendable {
     public enum Kind: String, Sendable {
         case string, integer, number, boolean, stringList = "list of strings", stringMap = "object of strings"
@@ -41,6 +40,7 @@ public enum PluginCatalog {
             .init(name: "memoryMB", kind: .integer, required: false, help: "memory per instance in MiB (default: the previous version's)", range: 16...262_144),
             .init(name: "env", kind: .stringMap, required: false, help: "environment variables (default: the previous version's)"),
             .init(name: "healthPath", kind: .string, required: false, help: "HTTP path that answers 2xx when an instance is healthy (default: the previous version's, else /health)"),
+            .init(name: "healthTimeoutSeconds", kind: .integer, required: false, help: "how long every instance has to pass its health check before the version fails (default 60)", range: 1...3600),
         ], defaultTimeoutSeconds: 300),
         PluginSpec(name: "lb", summary: "point a domain of an nginx group at the new version's healthy instances", settings: [
             .init(name: "group", kind: .string, required: true, help: "the nginx group (its lb-agents watch /slb/{group}/)"),
@@ -50,6 +50,7 @@ public enum PluginCatalog {
         PluginSpec(name: "retire", summary: "take the previous version out of the load balancer, then stop its instances", settings: [
             .init(name: "app", kind: .string, required: true, help: "the app whose older versions are retired"),
             .init(name: "keep", kind: .integer, required: false, help: "older versions kept running, for a quick roll back (default 0)", range: 0...10),
+            .init(name: "drainSeconds", kind: .integer, required: false, help: "how long an old version keeps running after nginx left it, for requests still in flight (default 2)", range: 0...600),
         ], defaultTimeoutSeconds: 120),
         PluginSpec(name: "notify", summary: "POST the build's outcome and image as JSON to a URL", settings: [
             .init(name: "url", kind: .string, required: true, help: "an http:// or https:// URL"),
@@ -95,7 +96,12 @@ public enum PluginCatalog {
                     throw bad("is not an http:// or https:// URL")
                 }
             }
-            if s.name == "app" { try Validation.projectName(v) }
+            if s.name == "app" { try Validation.projectName(v, what: "app name") }
+            if s.name == "healthPath", !v.hasPrefix("/") || !v.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) {
+                throw bad("must be a path starting with '/', without spaces")
+            }
+            if s.name == "domain" { try Validation.domain(v) }
+            if s.name == "group" { try Validation.groupName(v) }
         case (.integer, .number(let n)):
             if n != n.rounded() { throw bad("must be a whole number") }
             if let r = s.range, !r.contains(n) { throw bad("is \(Int(n)), out of range \(Int(r.lowerBound))…\(Int(r.upperBound))") }

@@ -151,15 +151,15 @@ public enum FreePort {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    /// Whether something already listens on 127.0.0.1:`port`.
-    public static func isInUse(_ port: Int) -> Bool {
+    /// Whether something already listens on `host` (an IPv4 address):`port`.
+    public static func isInUse(_ port: Int, host: String = "127.0.0.1") -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_addr.s_addr = inet_addr(host)
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }

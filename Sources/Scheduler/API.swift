@@ -96,6 +96,29 @@ public struct API: Sendable {
             })
         }
         api.get("agents") { _, _ in json(try await store.agents()) }
+
+        // Deploys: run the project's pipeline again for a build (a roll back to its image).
+        api.post("builds/:id/deploy") { _, context in
+            let build = try await store.requestPipelineRun(build: try context.parameters.require("id"), trigger: "api")
+            logger.info("pipeline run requested", metadata: ["build.id": "\(build.id)", "run": "\(build.deploy?.run ?? 0)"])
+            return json(build, status: .accepted)
+        }
+        api.get("apps") { _, _ in json(try await store.apps()) }
+        api.get("apps/:app") { _, context in json(try await store.appStatus(try context.parameters.require("app"))) }
+        api.get("cells") { _, _ in json(try await store.cells()) }
+        api.put("cells/:name") { request, context in
+            var request = request
+            var cell = try decodeBody(Cell.self, from: try await request.collectBody(upTo: maxBody))
+            let name = try context.parameters.require("name")
+            if cell.name != name { throw KilnError.invalid("the body names cell '\(Validation.printable(cell.name))' but the path names '\(Validation.printable(name))'") }
+            cell.createdAt = nil
+            let created = try await store.saveCell(cell)
+            return json(try await store.cells().first { $0.name == name }, status: created ? .created : .ok)
+        }
+        api.delete("cells/:name") { _, context in
+            try await store.deleteCell(try context.parameters.require("name"))
+            return json(["deleted": try context.parameters.require("name")])
+        }
     }
 }
 
@@ -158,7 +181,8 @@ func decodeBody<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws ->
     }
 }
 
-/// Follows a build's log: what is there, then each new chunk, until the build has ended.
+/// Follows a build's log: what is there, then each new chunk, until the build has ended
+/// (and its post-build pipeline run, whose chunks follow the build's own).
 ///
 /// Whoever ends a build (its agent, a cancel of a queued build, the requeue that gives up)
 /// writes a chunk with `end: true` in the same transaction as the final record, so the
@@ -183,6 +207,12 @@ struct LogFollower: Sendable {
         }
     }
 
+    /// The build has ended, and so has its pipeline run if it has one.
+    private func isDone() async throws -> Bool {
+        let b = try await store.build(build)
+        return b.status.isFinal && (b.deploy.map { $0.status.isFinal } ?? true)
+    }
+
     private func run(_ emit: @escaping @Sendable ([String]) -> Void) async throws {
         let etcd = store.etcd
         let keys = store.keys
@@ -191,7 +221,7 @@ struct LogFollower: Sendable {
             guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
             emit(chunk.lines)
         }
-        if try await store.build(build).status.isFinal { return }
+        if try await isDone() { return }
         try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for try await update in etcd.watch(prefix: keys.logs(of: build), fromRevision: first.revision + 1) {
@@ -199,7 +229,7 @@ struct LogFollower: Sendable {
                     for e in events where e.kind == .put {
                         guard let chunk = try? KilnJSON.decode(LogChunk.self, from: e.kv.value) else { continue }
                         emit(chunk.lines)
-                        if chunk.end == true, try await store.build(build).status.isFinal { return true }
+                        if chunk.end == true, try await isDone() { return true }
                     }
                 }
                 return true
@@ -207,7 +237,7 @@ struct LogFollower: Sendable {
             group.addTask {
                 while true {
                     try await Task.sleep(for: .seconds(10))
-                    if try await store.build(build).status.isFinal { return true }
+                    if try await isDone() { return true }
                 }
             }
             _ = try await group.next()

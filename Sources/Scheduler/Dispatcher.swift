@@ -50,9 +50,13 @@ public struct Dispatcher: Service {
     let logger: Logger
     public let election: LeaderElection
 
-    public init(store: SchedulerStore, configuration: Configuration = .init(), logger: Logger) {
+    /// Runs post-build pipelines while this scheduler leads (nil: none run here).
+    let pipelines: PipelineService?
+
+    public init(store: SchedulerStore, configuration: Configuration = .init(), pipelines: PipelineService? = nil, logger: Logger) {
         self.store = store
         self.configuration = configuration
+        self.pipelines = pipelines
         var l = logger
         l[metadataKey: "scheduler.id"] = "\(configuration.id)"
         self.logger = l
@@ -103,6 +107,9 @@ public struct Dispatcher: Service {
             group.addTask {
                 do { try await election.hold(term) } catch { logger.warning("leader lease: \(error)") }
                 inbox.push(.leadershipLost)
+            }
+            if let pipelines {
+                group.addTask { await pipelines.lead(term: "\(configuration.id)/\(term.createRevision)", fence: fence) }
             }
             for p in DispatchState.Prefix.allCases {
                 let prefix = state.prefix(p)

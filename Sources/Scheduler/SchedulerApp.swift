@@ -3,6 +3,7 @@ import Hummingbird
 import KilnCore
 import Logging
 import NIOCore
+import Plugins
 import ServiceLifecycle
 
 /// Settings of one `kiln scheduler` process.
@@ -13,9 +14,13 @@ public struct SchedulerConfiguration: Sendable {
     public var etcdEndpoint: String
     public var keyPrefix: String
     public var dispatcher: Dispatcher.Configuration
+    /// The post-build plugins this scheduler runs (deploy, lb, retire, notify: wired by
+    /// `kiln scheduler` from the Deploy module). Empty: pipelines wait for a scheduler that has them.
+    public var plugins: [any PostBuildPlugin]
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
-                keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init()) {
+                keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
+        self.plugins = plugins
         self.host = host
         self.port = port
         self.etcdEndpoint = etcdEndpoint
@@ -36,7 +41,8 @@ public func buildSchedulerApplication(
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
     Console(store: store).addRoutes(to: router)
-    let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, logger: logger)
+    let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
+    let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines, logger: logger)
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),

@@ -98,7 +98,18 @@ enum Show {
         if let image = b.image { lines.append("  image    \(image)") }
         if let digest = b.digest { lines.append("  digest   \(digest)") }
         if let e = b.error, b.status != .succeeded { lines.append("  error    \(e)") }
+        if let run = b.deploy { lines += pipeline(run) }
         return lines.joined(separator: "\n")
+    }
+
+    /// A pipeline run's lines for a build's summary.
+    static func pipeline(_ run: PipelineRun) -> [String] {
+        var lines = ["  pipeline run \(run.run) (\(run.trigger))  \(run.status.rawValue.uppercased())\(run.durationMs.map { "  \(seconds($0))" } ?? "")"]
+        for s in run.steps {
+            let what = s.error ?? s.summary
+            lines.append("    \(s.plugin.padding(toLength: 8, withPad: " ", startingAt: 0)) \(s.status.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(seconds(s.durationMs))\(what.map { "  \($0)" } ?? "")")
+        }
+        return lines
     }
 
     static func printJSON<T: Encodable>(_ value: T) {

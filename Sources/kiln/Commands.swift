@@ -197,6 +197,7 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
         @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
         @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
+        @Option(name: .long, help: ArgumentHelp("Post-build pipeline: a JSON file holding an array of steps, each {\"plugin\": \"deploy|lb|retire|notify\", \"settings\": {…}, \"timeoutSeconds\": n}. Checked against the plugins' settings when saved (see `kiln plugins`).", valueName: "file")) var pipeline: String?
 
         var project: Project {
             Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
@@ -204,10 +205,23 @@ struct ProjectCommand: AsyncParsableCommand {
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
                     supersede: supersede, maxConcurrent: maxConcurrent,
                     branches: branches.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
-                    webhookSecret: webhookSecret)
+                    webhookSecret: webhookSecret, pipeline: try? pipelineSteps())
+        }
+
+        func pipelineSteps() throws -> [PipelineStep]? {
+            guard let pipeline else { return nil }
+            guard let data = FileManager.default.contents(atPath: pipeline) else {
+                throw ValidationError("--pipeline: cannot read \(pipeline)")
+            }
+            do {
+                return try KilnJSON.decoder().decode([PipelineStep].self, from: data)
+            } catch {
+                throw ValidationError("--pipeline: \(pipeline) is not a JSON array of steps ({\"plugin\": …, \"settings\": {…}}): \(error)")
+            }
         }
 
         func validate() throws {
+            _ = try pipelineSteps()
             do { try project.validate() } catch { throw ValidationError("\(error)") }
         }
 

@@ -1,0 +1,150 @@
+import AsyncHTTPClient
+import DockerAPI
+import Foundation
+import KilnCore
+import NIOCore
+import Processes
+
+/// The local backend: each instance is a container run through a cell's Docker Engine API
+/// (podman's compatible service or dockerd), its port published on the cell's advertise host
+/// at a host port from the cell's range. nginx reaches instances there.
+///
+/// Containers carry the labels `kiln.app`, `kiln.version`, `kiln.cell` and `kiln.host-port`;
+/// several cells may share one engine (on one machine), so every query filters on the cell.
+public struct LocalDeployer: Deployer {
+    let http: HTTPClient
+
+    public init(http: HTTPClient = .shared) {
+        self.http = http
+    }
+
+    static func socket(of cell: Cell) throws -> String {
+        guard cell.backend == "local" else { throw KilnError.invalid("cell \(cell.name) is a \(cell.backend) cell, not a local one") }
+        guard cell.endpoint.hasPrefix("unix://") else {
+            throw KilnError.invalid("cell \(cell.name): the local backend speaks to a unix socket (unix:///path); \(cell.endpoint) is not one")
+        }
+        return String(cell.endpoint.dropFirst("unix://".count))
+    }
+
+    func docker(_ cell: Cell) throws -> DockerClient { DockerClient(socketPath: try Self.socket(of: cell)) }
+
+    static func labels(app: String, version: Int? = nil, cell: String) -> [String: String] {
+        var l = ["kiln.app": app, "kiln.cell": cell]
+        if let version { l["kiln.version"] = String(version) }
+        return l
+    }
+
+    public func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance] {
+        let docker = try docker(cell)
+        do {
+            try await docker.ping()
+        } catch {
+            throw KilnError.unavailable("cell \(cell.name): the Docker API at \(cell.endpoint) does not answer (\(error)); start it, or remove the cell with `kiln cell remove \(cell.name)`")
+        }
+        do {
+            try await docker.pull(spec.image, insecure: Self.isPlainHTTP(spec.image))
+        } catch {
+            throw KilnError.invalid("cell \(cell.name): cannot pull \(spec.image): \(Self.message(error))")
+        }
+        // A re-run after a crash finds what an earlier start left: start over.
+        let leftovers = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
+        for c in leftovers { try await docker.remove(c.id, force: true) }
+
+        let used = Set(try await docker.containers(labeled: ["kiln.cell": cell.name]).compactMap { $0.labels["kiln.host-port"].flatMap(Int.init) })
+        let host = cell.advertiseHost ?? "127.0.0.1"
+        var started: [Instance] = []
+        var taken: [Int] = []
+        do {
+            var candidates = cell.ports.makeIterator()
+            for index in 0..<spec.settings.replicas {
+                var port: Int?
+                while let p = candidates.next() {
+                    if used.contains(p) { continue }
+                    if FreePort.isInUse(p, host: host) { taken.append(p); continue }
+                    port = p
+                    break
+                }
+                guard let port else {
+                    let why = taken.isEmpty ? "all are used by other instances" : "port\(taken.count == 1 ? "" : "s") \(taken.prefix(5).map(String.init).joined(separator: ", ")) \(taken.count == 1 ? "is" : "are") already taken by another program"
+                    throw KilnError.conflict("cell \(cell.name): no free host port left in \(cell.ports.lowerBound)-\(cell.ports.upperBound) for instance \(index + 1) of \(spec.settings.replicas): \(why); free one, or widen the cell's range (kiln cell add \(cell.name) --ports FIRST-LAST)")
+                }
+                let name = "\(spec.baseName)-\(cell.name)-\(index)"
+                var labels = Self.labels(app: spec.app, version: spec.version, cell: cell.name)
+                labels["kiln.host-port"] = String(port)
+                let container = ContainerSpec(
+                    image: spec.image, env: spec.settings.env, labels: labels,
+                    memoryBytes: spec.settings.memoryMB.map { Int64($0) << 20 }, cpus: spec.settings.cpu,
+                    publish: [spec.settings.port: .init(hostIP: host, hostPort: port)])
+                let id = try await docker.createContainer(container, name: name)
+                started.append(Instance(id: id, name: name, cell: cell.name, address: "\(host):\(port)"))
+                do {
+                    try await docker.start(id)
+                } catch {
+                    let text = Self.message(error)
+                    if text.contains("address already in use") || text.contains("bind") {
+                        throw KilnError.conflict("cell \(cell.name): port \(port) is already taken: \(text)")
+                    }
+                    throw KilnError.internalError("cell \(cell.name): cannot start \(name): \(text)")
+                }
+            }
+            return started
+        } catch {
+            for instance in started { try? await docker.remove(instance.id, force: true) }
+            throw error
+        }
+    }
+
+    public func check(_ instance: Instance, of spec: VersionSpec, in cell: Cell) async -> (healthy: Bool, detail: String) {
+        var request = HTTPClientRequest(url: "http://\(instance.address)\(spec.settings.healthPath)")
+        request.method = .GET
+        do {
+            let response = try await http.execute(request, timeout: .seconds(2))
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            let code = Int(response.status.code)
+            return ((200..<300).contains(code), "HTTP \(code) from \(spec.settings.healthPath)")
+        } catch {
+            // Say why: a container that exited explains more than a refused connection.
+            if let docker = try? docker(cell), let state = try? await docker.state(of: instance.id), !state.running {
+                return (false, "container \(state.status), exit code \(state.exitCode)\(state.error.isEmpty ? "" : ": \(state.error)")")
+            }
+            return (false, "no answer from \(instance.address)\(spec.settings.healthPath): \(Self.message(error))")
+        }
+    }
+
+    public func stop(_ instances: [Instance], of spec: VersionSpec, in cell: Cell) async throws {
+        let docker = try docker(cell)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for instance in instances {
+                group.addTask {
+                    try await docker.stop(instance.id, timeoutSeconds: 10)
+                    try await docker.remove(instance.id, force: true)
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    public func instances(of app: String, in cell: Cell) async throws -> [Int: [Instance]] {
+        let docker = try docker(cell)
+        var found: [Int: [Instance]] = [:]
+        for c in try await docker.containers(labeled: Self.labels(app: app, cell: cell.name)) {
+            guard let v = c.labels["kiln.version"].flatMap(Int.init), let port = c.labels["kiln.host-port"] else { continue }
+            found[v, default: []].append(Instance(
+                id: c.id, name: c.names.first ?? c.id, cell: cell.name, address: "\(cell.advertiseHost ?? "127.0.0.1"):\(port)",
+                healthy: false, detail: "container \(c.state)"))
+        }
+        return found
+    }
+
+    /// Registries on the loopback speak plain HTTP here (as Docker itself assumes).
+    static func isPlainHTTP(_ image: String) -> Bool {
+        let host = image.split(separator: "/").first.map(String.init) ?? ""
+        return host.hasPrefix("127.") || host.hasPrefix("localhost")
+    }
+
+    static func message(_ error: any Error) -> String {
+        if let e = error as? DockerError { return e.message }
+        if let e = error as? KilnError { return e.message }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import KilnCore
+
+/// Runs a pipeline's steps in order, each under its time limit, and records each step's
+/// outcome and duration as it goes.
+///
+/// - A step that throws or runs out of time ends the run: the run is `failed` with the
+///   step's reason, the later steps are `skipped`. The build itself stays `succeeded`.
+/// - Steps already `succeeded` in the run given (a run resumed after its scheduler died) are
+///   not run again; their outputs are handed on as they were recorded.
+/// - `record` is called after every change (run started, step started, step ended, run
+///   ended); if it throws, the run stops there (another scheduler owns it now) and the error
+///   is thrown.
+public struct PipelineRunner: Sendable {
+    public let plugins: [String: any PostBuildPlugin]
+
+    public init(plugins: [any PostBuildPlugin]) {
+        self.plugins = Dictionary(plugins.map { ($0.spec.name, $0) }, uniquingKeysWith: { _, last in last })
+    }
+
+    public func run(
+        _ run: PipelineRun, build: Build, project: Project,
+        log: @escaping @Sendable (String) async -> Void,
+        record: @Sendable (PipelineRun) async throws -> Void,
+        now: @Sendable () -> Date = { Date() }
+    ) async throws -> PipelineRun {
+        var run = run
+        if run.steps.count != run.pipeline.count {
+            run.steps = run.pipeline.map { PipelineStepResult(plugin: $0.plugin) }
+        }
+        run.status = .running
+        run.startedAt = run.startedAt ?? now()
+        run.error = nil
+        try await record(run)
+        await log("==> pipeline run \(run.run) (\(run.trigger)): \(run.pipeline.map(\.plugin).joined(separator: " ▶ "))")
+        var outputs: [String: [String: JSONValue]] = [:]
+        let started = ContinuousClock.now
+
+        for (i, step) in run.pipeline.enumerated() {
+            if run.steps[i].status == .succeeded {
+                outputs[step.plugin] = run.steps[i].outputs ?? [:]
+                await log("==> \(step.plugin) already succeeded in an earlier attempt of this run: \(run.steps[i].summary ?? "")")
+                continue
+            }
+            guard let plugin = plugins[step.plugin] else {
+                fail(&run, at: i, "no plugin named '\(step.plugin)' is installed in this scheduler", now: now())
+                break
+            }
+            let limit = step.timeoutSeconds ?? plugin.spec.defaultTimeoutSeconds
+            run.steps[i] = PipelineStepResult(plugin: step.plugin, status: .running, startedAt: now())
+            try await record(run)
+            await log("==> \(step.plugin) started (time limit \(limit) s)")
+            let context = PluginContext(build: build, project: project, settings: step.settings, outputs: outputs, run: run.run, log: log)
+            let stepStart = ContinuousClock.now
+            do {
+                let result = try await Self.withTimeLimit(seconds: limit, step: step.plugin) { try await plugin.run(context) }
+                let elapsed = ContinuousClock.now - stepStart
+                run.steps[i].status = .succeeded
+                run.steps[i].finishedAt = now()
+                run.steps[i].durationMs = Self.milliseconds(elapsed)
+                run.steps[i].summary = result.summary
+                run.steps[i].outputs = result.outputs
+                outputs[step.plugin] = result.outputs
+                try await record(run)
+                await log("==> \(step.plugin) succeeded in \(Self.seconds(elapsed)): \(result.summary)")
+            } catch {
+                if error is CancellationError && Task.isCancelled { throw error }
+                let elapsed = ContinuousClock.now - stepStart
+                let reason = (error as? KilnError)?.message ?? "\(error)"
+                fail(&run, at: i, reason, now: now())
+                run.steps[i].durationMs = Self.milliseconds(elapsed)
+                await log("==> \(step.plugin) failed after \(Self.seconds(elapsed)): \(reason)")
+                break
+            }
+        }
+        run.finishedAt = now()
+        if run.status != .failed { run.status = .succeeded }
+        try await record(run)
+        await log("==> pipeline run \(run.run) \(run.status.rawValue) in \(Self.seconds(ContinuousClock.now - started))\(run.error.map { ": \($0)" } ?? "")")
+        return run
+    }
+
+    private func fail(_ run: inout PipelineRun, at i: Int, _ reason: String, now: Date) {
+        run.status = .failed
+        run.error = "\(run.pipeline[i].plugin): \(reason)"
+        run.steps[i].status = .failed
+        run.steps[i].error = reason
+        run.steps[i].finishedAt = now
+        for j in run.steps.indices where j > i && run.steps[j].status != .succeeded { run.steps[j].status = .skipped }
+    }
+
+    /// Runs `work`, cancelling it after `seconds`. The work's own cleanup on cancellation
+    /// finishes before this returns.
+    static func withTimeLimit<T: Sendable>(seconds: Int, step: String, _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await work() }
+            group.addTask {
+                try await Task.sleep(for: .seconds(seconds))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next() else { throw CancellationError() }
+            if let value = first { return value }
+            group.cancelAll()
+            // Let the step clean up (it sees the cancellation), then report the time limit.
+            while let next = try? await group.next() { if let value = next { return value } }
+            throw KilnError.unavailable("timed out after \(seconds) s (the step's timeoutSeconds); it was stopped")
+        }
+    }
+
+    static func milliseconds(_ d: Duration) -> Int {
+        Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    static func seconds(_ d: Duration) -> String { String(format: "%.2f s", Double(milliseconds(d)) / 1000) }
+}
