@@ -143,7 +143,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Scheduler", "BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "BuildAgent", "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

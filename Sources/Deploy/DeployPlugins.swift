@@ -19,6 +19,11 @@ public struct DeployEnvironment: Sendable {
         self.deployers = deployers
     }
 
+    /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints).
+    public static func standardDeployers() -> [String: any Deployer] {
+        ["local": LocalDeployer()]
+    }
+
     func deployer(_ backend: String) throws -> any Deployer {
         guard let d = deployers[backend] else {
             throw KilnError.invalid("no '\(backend)' backend is configured in this scheduler; the backends here are \(deployers.keys.sorted().joined(separator: ", "))")

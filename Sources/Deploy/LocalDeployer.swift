@@ -116,7 +116,11 @@ public struct LocalDeployer: Deployer {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for instance in instances {
                 group.addTask {
-                    try await docker.stop(instance.id, timeoutSeconds: 10)
+                    do {
+                        try await docker.stop(instance.id, timeoutSeconds: 10)
+                    } catch let e as DockerError where e.isNotFound {
+                        return  // already gone
+                    }
                     try await docker.remove(instance.id, force: true)
                 }
             }

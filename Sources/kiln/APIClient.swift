@@ -27,6 +27,20 @@ struct APIClient: Sendable {
         return try decode(T.self, try await send("POST", path, body: data))
     }
 
+    /// A request to any URL (not the API), with a Host header: the body as text. Throws on a
+    /// status other than 2xx unless `anyStatus`.
+    func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false) async throws -> String {
+        var request = HTTPClientRequest(url: url)
+        request.method = .init(rawValue: method)
+        request.headers.add(name: "Host", value: host)
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        guard anyStatus || (200..<300).contains(Int(response.status.code)) else {
+            throw Failure(description: "\(method) \(url) (Host \(host)): HTTP \(response.status.code) \(body.prefix(200))")
+        }
+        return body
+    }
+
     func raw(_ method: String, _ path: String, body: Data? = nil) async throws -> Data {
         try await send(method, path, body: body)
     }

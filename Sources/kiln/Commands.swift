@@ -1,5 +1,7 @@
 import ArgumentParser
 import BuildAgent
+import Deploy
+import Etcd
 import Foundation
 import KilnCore
 import Logging
@@ -22,6 +24,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         Run as many schedulers as you like against one etcd: all serve the API, one is elected \
         leader (a lease on /kiln/leader) and dispatches; when it dies another takes over within \
         --leader-ttl. A deposed leader's writes are refused by etcd, so no build is dispatched twice.
+
+        The leader also runs each project's post-build pipeline when a build succeeds (deploy, \
+        lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
+        Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
 
         Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379
         """)
@@ -54,9 +60,14 @@ struct SchedulerCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         let hp = HostPort(listen)!
+        // The post-build plugins: deploys run from the leader, through the cells in etcd.
+        let deploy = DeployEnvironment(
+            store: AppStore(etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), keys: Keys(prefix: etcd.prefix)),
+            deployers: DeployEnvironment.standardDeployers())
         let app = buildSchedulerApplication(
             configuration: .init(host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-                                 dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL))),
+                                 dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
+                                 plugins: deploy.plugins),
             logger: logger,
             onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -4,6 +4,7 @@ import Foundation
 import KilnCore
 import LocalFarm
 import Logging
+import Plugins
 import Scheduler
 #if canImport(Glibc)
 import Glibc
@@ -16,10 +17,12 @@ struct Up: AsyncParsableCommand {
         discussion: """
         Starts etcd (127.0.0.1:2379), the registry (127.0.0.1:5000), podman's Docker API \
         service, a Maven mirror over Debian's maven-repo (127.0.0.1:8081), a git server over \
-        HTTP holding fixtures/demo (127.0.0.1:8082), the scheduler (127.0.0.1:7070) and two \
-        agents, each as its own process. Registers the demo project, builds it, prints the \
-        step timings and the pushed image, then keeps running until Ctrl-C (or SIGTERM) and \
-        stops everything it started.
+        HTTP holding fixtures/demo (127.0.0.1:8082), the scheduler (127.0.0.1:7070), two \
+        agents, two cells (podman API endpoints the demo app is deployed in) and an lb-agent \
+        with its nginx (127.0.0.1:8088), each as its own process. Registers the demo project \
+        with a pipeline (deploy ▶ lb ▶ retire), builds it, prints the step timings, deploys \
+        it and prints the URL nginx serves it on, then keeps running until Ctrl-C (or \
+        SIGTERM) and stops everything it started, app containers included.
 
         All data lives in --data-dir, so a second `kiln up` reuses images, mirrors and caches. \
         The first run makes two base images with debootstrap (about 2 minutes, once).
@@ -37,6 +40,7 @@ struct Up: AsyncParsableCommand {
     @Option(name: .long, help: "Scheduler API port.") var apiPort: Int = 7070
     @Option(name: .long, help: "Maven mirror port.") var mavenPort: Int = 8081
     @Option(name: .long, help: "Git server port.") var gitPort: Int = 8082
+    @Option(name: .long, help: "Port nginx serves deployed apps on (the lb-agent of group 'local').") var lbPort: Int = 8088
     @Flag(name: .long, help: "Exit after the demo build (status 0 if it succeeded) instead of running until Ctrl-C.") var once = false
     @Flag(name: .long, help: "Do not build the demo project.") var noDemo = false
     @Flag(name: .long, inversion: .prefixedNo, help: "Use the Maven cache for the demo build.") var mvncache = true
@@ -56,16 +60,23 @@ struct Up: AsyncParsableCommand {
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         let signals = SignalWaiter()
         say("kiln up: data in \(data.path)")
-        for (name, port) in [("scheduler API", apiPort)] where FreePort.isInUse(port) {
-            throw ValidationError("port \(port) (\(name)) is already in use on 127.0.0.1: stop whatever listens there, or pass --api-port")
+        for (name, port, option) in [("scheduler API", apiPort, "--api-port"), ("nginx", lbPort, "--lb-port")] where FreePort.isInUse(port) {
+            throw ValidationError("port \(port) (\(name)) is already in use on 127.0.0.1: stop whatever listens there, or pass \(option)")
         }
         let infra = try await Infrastructure.start(
             dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
             logger: logger, progress: say)
         var processes: [ManagedProcess] = []
+        var cells: [PodmanService] = []
         func shutdown() async {
             say("kiln up: stopping")
             for p in processes.reversed() { p.stop(grace: 15) }
+            // App containers outlive the API services that started them.
+            if let ids = try? infra.podman.podmanCommand(["ps", "-aq", "--filter", "label=kiln.app"]).output
+                .split(whereSeparator: \.isNewline).map(String.init), !ids.isEmpty {
+                _ = try? infra.podman.podmanCommand(["rm", "-f", "-t", "5"] + ids)
+            }
+            for c in cells { c.stop() }
             await infra.stop()
             say("kiln up: stopped")
         }
@@ -99,11 +110,31 @@ struct Up: AsyncParsableCommand {
             try await waitForAgents(client: client, count: agents, processes: processes)
             say("  agents       \((1...agents).map { "agent-\($0)" }.joined(separator: ", ")) registered")
 
+            // Where the demo app is deployed: two cells (two more podman API endpoints on the
+            // same storage) and nginx driven by an lb-agent of group "local".
+            say("starting two cells and nginx")
+            for (i, name) in ["a", "b"].enumerated() {
+                let service = try await PodmanService.start(root: infra.podman.root, name: "cell-\(name)", logFile: logs.appendingPathComponent("cell-\(name).log"))
+                cells.append(service)
+                let cell = Cell(name: name, endpoint: "unix://\(service.socketPath)", firstPort: 20000 + i * 500, lastPort: 20499 + i * 500)
+                _ = try await client.raw("PUT", "/api/v1/cells/\(name)", body: try KilnJSON.encoder().encode(cell))
+                say("  cell \(name)       \(cell.endpoint), host ports \(cell.ports.lowerBound)-\(cell.ports.upperBound)")
+            }
+            let lb = try ManagedProcess(
+                name: "lb-agent", executable: exe,
+                arguments: ["lb-agent", "--group", "local", "--id", "lb-1", "--listen", "127.0.0.1:\(lbPort)", "--dir", data.appendingPathComponent("lb/local").path,
+                            "--etcd", infra.etcd.endpoint, "--log-level", logLevel],
+                logFile: logs.appendingPathComponent("lb-agent.log"))
+            processes.append(lb)
+            try await waitForLBAgent(client: client, process: lb)
+            say("  nginx        http://127.0.0.1:\(lbPort)/ (lb-agent lb-1 of group local; log: \(lb.logFile.path))")
+
             if noDemo {
                 outcome = 0
             } else {
                 let project = Project(name: "demo", repository: infra.repositoryURL("demo"), buildImage: Infrastructure.buildImage,
-                                      buildCommand: "mvn -B -q package", dockerfile: "Dockerfile", context: ".")
+                                      buildCommand: "mvn -B -q package", dockerfile: "Dockerfile", context: ".",
+                                      pipeline: Up.demoPipeline)
                 _ = try await client.post("/api/v1/projects", body: project, as: Project.self)
                 let build = try await client.post("/api/v1/projects/demo/builds", body: BuildRequest(ref: "main", mvncache: mvncache, trigger: "kiln up"), as: Build.self)
                 say("building demo: build \(build.id)")
@@ -115,7 +146,19 @@ struct Up: AsyncParsableCommand {
                 if done.status == .succeeded, let image = done.image {
                     say("pull and run it:  podman pull --tls-verify=false \(image)")
                 }
-                outcome = done.status == .succeeded ? 0 : 1
+                var served = false
+                if done.deploy?.status == .succeeded {
+                    let url = "http://demo.localhost:\(lbPort)/"
+                    let page = try? await APIClient("").rawText("GET", "http://127.0.0.1:\(lbPort)/", host: "demo.localhost")
+                    let title = page.flatMap(Up.heading)
+                    served = title != nil
+                    say("""
+                    the demo app is live: \(url)  (served through nginx: "\(title ?? "no answer")")
+                      curl -H 'Host: demo.localhost' http://127.0.0.1:\(lbPort)/
+                      kiln apps demo
+                    """)
+                }
+                outcome = done.status == .succeeded && served ? 0 : 1
             }
         } catch {
             say("kiln up: \(error)")
@@ -130,12 +173,39 @@ struct Up: AsyncParsableCommand {
 
         Kiln is running. Try:
           kiln builds
-          kiln build demo --tag v1 --follow
+          kiln build demo --tag v1 --follow     (builds, deploys a new version, moves nginx onto it)
+          kiln apps demo
           kiln agents
         Press Ctrl-C to stop everything.
         """)
         await signals.wait()
         await shutdown()
+    }
+
+    /// deploy ▶ lb ▶ retire: two instances of the demo app (one per cell) behind nginx.
+    static let demoPipeline: [PipelineStep] = [
+        PipelineStep(plugin: "deploy", settings: ["app": .string("demo"), "port": .number(8080), "replicas": .number(1), "memoryMB": .number(256), "healthPath": .string("/health")]),
+        PipelineStep(plugin: "lb", settings: ["group": .string("local"), "domain": .string("demo.localhost"), "app": .string("demo")]),
+        PipelineStep(plugin: "retire", settings: ["app": .string("demo")]),
+    ]
+
+    /// The text of a page's first <h1>.
+    static func heading(_ page: String) -> String? {
+        guard let start = page.range(of: "<h1>"), let end = page[start.upperBound...].range(of: "</h1>") else { return nil }
+        return String(page[start.upperBound..<end.lowerBound])
+    }
+
+    func waitForLBAgent(client: APIClient, process: ManagedProcess) async throws {
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if !process.isRunning {
+                throw ValidationError("the lb-agent exited while starting; its log (\(process.logFile.path)) ends with:\n\(process.logTail())")
+            }
+            // Any answer from nginx will do (a 404 for a host it does not serve).
+            if (try? await APIClient("").rawText("GET", "http://127.0.0.1:\(lbPort)/", host: "kiln-up-probe.invalid", anyStatus: true)) != nil { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw ValidationError("nginx did not answer on 127.0.0.1:\(lbPort) within 30 s; see \(process.logFile.path)")
     }
 
     func waitForAgents(client: APIClient, count: Int, processes: [ManagedProcess]) async throws {

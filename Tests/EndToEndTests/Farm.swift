@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import BuildAgent
+import Deploy
 import Etcd
 import Foundation
 import Hummingbird
@@ -93,8 +94,9 @@ final class Farm: Sendable {
     }
 }
 
-/// Starts a farm with the given agents, runs `body`, and stops everything by PID.
-func withFarm(agents ids: [String] = ["agent-1"], configure: (@Sendable (Farm, String) -> AgentConfiguration)? = nil,
+/// Starts a farm with the given agents, runs `body`, and stops everything by PID. With
+/// `deploy`, the scheduler runs the post-build plugins (deploy, lb, retire, notify).
+func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configure: (@Sendable (Farm, String) -> AgentConfiguration)? = nil,
               _ body: @Sendable (Farm) async throws -> Void) async throws {
     let dir = URL(fileURLWithPath: "/var/tmp/kiln-test/e2e-\(UUID().uuidString.prefix(8))")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -106,7 +108,10 @@ func withFarm(agents ids: [String] = ["agent-1"], configure: (@Sendable (Farm, S
     do {
         try infra.publishDemo()
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
-        let app = buildSchedulerApplication(configuration: .init(port: 0, etcdEndpoint: infra.etcd.endpoint), logger: logger,
+        let plugins = deploy
+            ? DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)), deployers: ["local": LocalDeployer()]).plugins
+            : []
+        let app = buildSchedulerApplication(configuration: .init(port: 0, etcdEndpoint: infra.etcd.endpoint, plugins: plugins), logger: logger,
                                             onServerRunning: { portsContinuation.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run() }
