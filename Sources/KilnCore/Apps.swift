@@ -217,7 +217,9 @@ public struct PipelineStepResult: Codable, Sendable, Equatable {
     /// What the step handed on to later steps (kept so a resumed run can skip it).
     public var outputs: [String: JSONValue]?
 
-    public init(plugin: String, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, summary: String? = nil, error: String? = nil) {
+    public init(plugin: String, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, summary: String? = nil, error: String? = nil,
+                outputs: [String: JSONValue]? = nil) {
+        self.outputs = outputs
         self.plugin = plugin
         self.status = status
         self.startedAt = startedAt

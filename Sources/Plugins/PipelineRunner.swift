@@ -36,7 +36,7 @@ public struct PipelineRunner: Sendable {
         var outputs: [String: [String: JSONValue]] = [:]
         let started = ContinuousClock.now
 
-        for (i, step) in run.pipeline.enumerated() {
+        steps: for (i, step) in run.pipeline.enumerated() {
             if run.steps[i].status == .succeeded {
                 outputs[step.plugin] = run.steps[i].outputs ?? [:]
                 await log("==> \(step.plugin) already succeeded in an earlier attempt of this run: \(run.steps[i].summary ?? "")")
@@ -44,7 +44,7 @@ public struct PipelineRunner: Sendable {
             }
             guard let plugin = plugins[step.plugin] else {
                 fail(&run, at: i, "no plugin named '\(step.plugin)' is installed in this scheduler", now: now())
-                break
+                break steps
             }
             let limit = step.timeoutSeconds ?? plugin.spec.defaultTimeoutSeconds
             run.steps[i] = PipelineStepResult(plugin: step.plugin, status: .running, startedAt: now())
@@ -52,9 +52,16 @@ public struct PipelineRunner: Sendable {
             await log("==> \(step.plugin) started (time limit \(limit) s)")
             let context = PluginContext(build: build, project: project, settings: step.settings, outputs: outputs, run: run.run, log: log)
             let stepStart = ContinuousClock.now
+            let outcome: Result<PluginResult, any Error>
             do {
-                let result = try await Self.withTimeLimit(seconds: limit, step: step.plugin) { try await plugin.run(context) }
-                let elapsed = ContinuousClock.now - stepStart
+                outcome = .success(try await Self.withTimeLimit(seconds: limit, step: step.plugin) { try await plugin.run(context) })
+            } catch {
+                if error is CancellationError && Task.isCancelled { throw error }
+                outcome = .failure(error)
+            }
+            let elapsed = ContinuousClock.now - stepStart
+            switch outcome {
+            case .success(let result):
                 run.steps[i].status = .succeeded
                 run.steps[i].finishedAt = now()
                 run.steps[i].durationMs = Self.milliseconds(elapsed)
@@ -63,14 +70,12 @@ public struct PipelineRunner: Sendable {
                 outputs[step.plugin] = result.outputs
                 try await record(run)
                 await log("==> \(step.plugin) succeeded in \(Self.seconds(elapsed)): \(result.summary)")
-            } catch {
-                if error is CancellationError && Task.isCancelled { throw error }
-                let elapsed = ContinuousClock.now - stepStart
+            case .failure(let error):
                 let reason = (error as? KilnError)?.message ?? "\(error)"
                 fail(&run, at: i, reason, now: now())
                 run.steps[i].durationMs = Self.milliseconds(elapsed)
                 await log("==> \(step.plugin) failed after \(Self.seconds(elapsed)): \(reason)")
-                break
+                break steps
             }
         }
         run.finishedAt = now()

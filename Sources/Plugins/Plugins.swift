@@ -25,6 +25,13 @@ public struct PluginSpec: Sendable {
     public var settings: [Setting]
     /// Used when a step gives no `timeoutSeconds`.
     public var defaultTimeoutSeconds: Int
+
+    public init(name: String, summary: String, settings: [Setting], defaultTimeoutSeconds: Int) {
+        self.name = name
+        self.summary = summary
+        self.settings = settings
+        self.defaultTimeoutSeconds = defaultTimeoutSeconds
+    }
 }
 
 /// The built-in plugins, and the check of a project's pipeline against them.
