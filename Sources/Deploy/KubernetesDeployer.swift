@@ -341,21 +341,30 @@ public struct KubernetesDeployer: Deployer {
         let body: ByteBuffer
     }
 
-    func send(_ method: HTTPMethod, _ path: String, query: String? = nil, in cell: Cell, operation: String) async throws -> Reply {
+    /// The verbs Kiln uses (NIOHTTP1's `HTTPMethod` is not among Deploy's dependencies).
+    enum Verb: String {
+        case GET, POST, DELETE
+    }
+
+    func send(_ method: Verb, _ path: String, query: String? = nil, in cell: Cell, operation: String) async throws -> Reply {
         try await send(method, path, query: query, bodyData: nil, in: cell, operation: operation)
     }
 
-    func send<Body: Encodable>(_ method: HTTPMethod, _ path: String, query: String? = nil, body: Body, in cell: Cell, operation: String) async throws -> Reply {
+    func send<Body: Encodable>(_ method: Verb, _ path: String, query: String? = nil, body: Body, in cell: Cell, operation: String) async throws -> Reply {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return try await send(method, path, query: query, bodyData: try encoder.encode(body), in: cell, operation: operation)
     }
 
-    private func send(_ method: HTTPMethod, _ path: String, query: String?, bodyData: Data?, in cell: Cell, operation: String) async throws -> Reply {
+    private func send(_ method: Verb, _ path: String, query: String?, bodyData: Data?, in cell: Cell, operation: String) async throws -> Reply {
         var base = cell.endpoint
         while base.hasSuffix("/") { base.removeLast() }
         var request = HTTPClientRequest(url: base + path + (query.map { "?\($0)" } ?? ""))
-        request.method = method
+        switch method {
+        case .GET: request.method = .GET
+        case .POST: request.method = .POST
+        case .DELETE: request.method = .DELETE
+        }
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "kiln")
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
@@ -370,7 +379,7 @@ public struct KubernetesDeployer: Deployer {
             return Reply(status: Int(response.status.code), body: body)
         } catch {
             if Task.isCancelled { throw CancellationError() }
-            throw KilnError.unavailable("cell \(cell.name): the Kubernetes API server at \(cell.endpoint) cannot be reached (\(operation)): \(Self.describe(error))")
+            throw KilnError.unavailable("cell \(cell.name): the Kubernetes API server at \(cell.endpoint) cannot be reached: \(Self.describe(error)) (trying to \(operation))")
         }
     }
 
@@ -414,6 +423,10 @@ public struct KubernetesDeployer: Deployer {
             case .deadlineExceeded: return "no answer within the time limit"
             default: return "\(e)"
             }
+        }
+        if let e = error as? IOError {
+            // NIO's description repeats itself ("connection reset (error set): Connection refused) (errno: 111)").
+            return String(cString: strerror(e.errnoCode)).lowercased()
         }
         return "\(error)"
     }

@@ -101,10 +101,10 @@ final class FakeKubernetesAPIServer: Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
 
-    private init(port: Int, token: String?, state: Mutex<State>, task: Task<Void, Error>) {
+    private init(port: Int, token: String?, task: Task<Void, Error>) {
         self.port = port
         self.token = token
-        self.state = state
+        self.state = Mutex(State())
         self.task = task
     }
 
@@ -139,7 +139,7 @@ final class FakeKubernetesAPIServer: Sendable {
             try await app.run()
         }
         for await port in ports {
-            let server = FakeKubernetesAPIServer(port: port, token: token, state: Mutex(State()), task: task)
+            let server = FakeKubernetesAPIServer(port: port, token: token, task: task)
             box.server = server
             return server
         }
