@@ -405,8 +405,10 @@ public struct KubernetesDeployer: Deployer {
         case 404: return .notFound(head)
         case 409: return .conflict(head)
         case 401: return .unavailable("\(head); the API server at \(cell.endpoint) does not accept Kiln's credentials: set KILN_KUBE_TOKEN to a valid service account token")
-        case 403: return .unavailable("\(head); the token's Role must allow it (docs/kubernetes.md lists the rules)")
-        case 429, 500...: return .unavailable(head)
+        case 403 where message.contains("forbidden: User"):
+            // RBAC's refusal (403 also comes for a namespace being deleted: no hint then).
+            return .unavailable("\(head); the token's Role must allow it (docs/kubernetes.md lists the rules)")
+        case 403, 429, 500...: return .unavailable(head)
         default: return .internalError(head)
         }
     }

@@ -118,6 +118,12 @@ import Testing
             #expect(c[0]["resources"] == nil)
             #expect(c[0]["env"] == nil)
             #expect(fake.requests.allSatisfy { $0.authorization == nil })
+
+            // An endpoint given with a trailing '/' makes the same paths.
+            fake.clearRequests()
+            let slashed = Cell(name: "k1", backend: "kubernetes", endpoint: fake.url + "/")
+            #expect(try await KubernetesDeployer(configuration: Self.fast, logger: Self.logger).instances(of: "demo", in: slashed)[1]?.count == 1)
+            #expect(fake.requests.map(\.path) == ["/api/v1/namespaces/kiln-demo/pods"])
         }
     }
 
@@ -270,6 +276,12 @@ import Testing
             let e = await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(), in: cell) }
             #expect(e?.message.hasPrefix("cell k1: create Deployment demo-v1 in namespace kiln-demo failed: \(forbidden) (Forbidden, HTTP 403); the token's Role must allow it") == true, "\(e?.message ?? "")")
             #expect(fake.deployments(in: "kiln-demo").isEmpty)
+
+            // A 403 that is not RBAC's gets no hint about Roles.
+            let terminating = "unable to create new content in namespace kiln-demo because it is being terminated"
+            fake.failNext("POST", "/apis/apps/v1/namespaces/kiln-demo/deployments", status: 403, reason: "Forbidden", message: terminating)
+            let t = await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(), in: cell) }
+            #expect(t?.message == "cell k1: create Deployment demo-v1 in namespace kiln-demo failed: \(terminating) (Forbidden, HTTP 403)")
 
             // The API server's own validation.
             let invalid = await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(replicas: -1), in: cell) }
