@@ -53,6 +53,7 @@ final class FakeKubernetesAPIServer: Sendable {
         let query: String?
         let authorization: String?
         let body: Data?
+        var answered = false
         var json: [String: Any]? { body.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } }
         var description: String { "\(method) \(path)\(query.map { "?\($0)" } ?? "")" }
     }
@@ -91,6 +92,7 @@ final class FakeKubernetesAPIServer: Sendable {
         var behaviours: [String: PodBehaviour] = [:]
         var nextIP = 0
         var failures: [InjectedFailure] = []
+        var waiters: [(method: String, path: String, continuation: CheckedContinuation<Void, Never>)] = []
     }
 
     let port: Int
@@ -170,6 +172,18 @@ final class FakeKubernetesAPIServer: Sendable {
     }
     func clearRequests() { state.withLock { $0.requests.removeAll() } }
 
+    /// Returns once a `method` request to `path` has been answered (at once if one was).
+    func answered(_ method: String, _ path: String) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s in
+                if s.requests.contains(where: { $0.method == method && $0.path == path && $0.answered }) { return true }
+                s.waiters.append((method, path, c))
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
     var namespaces: [String] { state.withLock { $0.namespaces.keys.sorted() } }
     func deployments(in ns: String) -> [String] {
         state.withLock { $0.deployments.keys.filter { $0.hasPrefix("\(ns)/") }.map { String($0.dropFirst(ns.count + 1)) }.sorted() }
@@ -182,53 +196,63 @@ final class FakeKubernetesAPIServer: Sendable {
     // MARK: the API
 
     private func handle(method: String, path: String, query: String?, authorization: String?, body: Data?) -> (Int, Data) {
-        state.withLock { s in
-            s.requests.append(RecordedRequest(method: method, path: path, query: query, authorization: authorization, body: body))
-            if let token, authorization != "Bearer \(token)" {
-                return Self.status(401, "Unauthorized", "Unauthorized")
+        let (answer, waiting) = state.withLock { s in
+            let answer = self.answer(&s, method: method, path: path, query: query, authorization: authorization, body: body)
+            s.requests[s.requests.count - 1].answered = true
+            let waiting = s.waiters.filter { $0.method == method && $0.path == path }.map(\.continuation)
+            s.waiters.removeAll { $0.method == method && $0.path == path }
+            return (answer, waiting)
+        }
+        for c in waiting { c.resume() }
+        return answer
+    }
+
+    private func answer(_ s: inout State, method: String, path: String, query: String?, authorization: String?, body: Data?) -> (Int, Data) {
+        s.requests.append(RecordedRequest(method: method, path: path, query: query, authorization: authorization, body: body))
+        if let token, authorization != "Bearer \(token)" {
+            return Self.status(401, "Unauthorized", "Unauthorized")
+        }
+        if let i = s.failures.firstIndex(where: { $0.method == method && $0.path == path }) {
+            let f = s.failures.remove(at: i)
+            return Self.status(f.status, f.reason, f.message)
+        }
+        let parts = path.split(separator: "/").map(String.init)
+        var object: [String: Any]?
+        if let body {
+            guard let o = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+                return Self.status(400, "BadRequest", "the body of the request was in an unknown format - accepted media types include: application/json")
             }
-            if let i = s.failures.firstIndex(where: { $0.method == method && $0.path == path }) {
-                let f = s.failures.remove(at: i)
-                return Self.status(f.status, f.reason, f.message)
-            }
-            let parts = path.split(separator: "/").map(String.init)
-            var object: [String: Any]?
-            if let body {
-                guard let o = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-                    return Self.status(400, "BadRequest", "the body of the request was in an unknown format - accepted media types include: application/json")
-                }
-                object = o
-            }
-            switch (method, parts.count, parts) {
-            case ("POST", 3, ["api", "v1", "namespaces"]):
-                return Self.createNamespace(&s, object)
-            case ("GET", 4, _) where parts.starts(with: ["api", "v1", "namespaces"]):
-                guard let ns = s.namespaces[parts[3]] else { return Self.notFound("namespaces", parts[3]) }
-                return (200, ns)
-            case ("POST", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "services":
-                return Self.createService(&s, namespace: parts[3], object)
-            case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "services":
-                guard let svc = s.services["\(parts[3])/\(parts[5])"] else { return Self.notFound("services", parts[5]) }
-                return (200, svc)
-            case ("GET", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
-                return Self.listPods(s, namespace: parts[3], query: query)
-            case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
-                guard let pod = s.pods.first(where: { $0.namespace == parts[3] && $0.name == parts[5] }) else { return Self.notFound("pods", parts[5]) }
-                return (200, Self.json(Self.podObject(pod, withKind: true)))
-            case ("POST", 6, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
-                return Self.createDeployment(&s, namespace: parts[4], object)
-            case ("GET", 7, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
-                guard let d = s.deployments["\(parts[4])/\(parts[6])"] else { return Self.notFound("deployments", parts[6], group: "apps") }
-                return (200, d)
-            case ("DELETE", 7, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
-                let (ns, name) = (parts[4], parts[6])
-                guard s.deployments.removeValue(forKey: "\(ns)/\(name)") != nil else { return Self.notFound("deployments", name, group: "apps") }
-                s.pods.removeAll { $0.namespace == ns && $0.deployment == name }
-                return (200, Self.json(["kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Success",
-                                        "details": ["name": name, "group": "apps", "kind": "deployments"]]))
-            default:
-                return Self.status(404, "NotFound", "the server could not find the requested resource")
-            }
+            object = o
+        }
+        switch (method, parts.count, parts) {
+        case ("POST", 3, ["api", "v1", "namespaces"]):
+            return Self.createNamespace(&s, object)
+        case ("GET", 4, _) where parts.starts(with: ["api", "v1", "namespaces"]):
+            guard let ns = s.namespaces[parts[3]] else { return Self.notFound("namespaces", parts[3]) }
+            return (200, ns)
+        case ("POST", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "services":
+            return Self.createService(&s, namespace: parts[3], object)
+        case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "services":
+            guard let svc = s.services["\(parts[3])/\(parts[5])"] else { return Self.notFound("services", parts[5]) }
+            return (200, svc)
+        case ("GET", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
+            return Self.listPods(s, namespace: parts[3], query: query)
+        case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
+            guard let pod = s.pods.first(where: { $0.namespace == parts[3] && $0.name == parts[5] }) else { return Self.notFound("pods", parts[5]) }
+            return (200, Self.json(Self.podObject(pod, withKind: true)))
+        case ("POST", 6, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
+            return Self.createDeployment(&s, namespace: parts[4], object)
+        case ("GET", 7, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
+            guard let d = s.deployments["\(parts[4])/\(parts[6])"] else { return Self.notFound("deployments", parts[6], group: "apps") }
+            return (200, d)
+        case ("DELETE", 7, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments":
+            let (ns, name) = (parts[4], parts[6])
+            guard s.deployments.removeValue(forKey: "\(ns)/\(name)") != nil else { return Self.notFound("deployments", name, group: "apps") }
+            s.pods.removeAll { $0.namespace == ns && $0.deployment == name }
+            return (200, Self.json(["kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Success",
+                                    "details": ["name": name, "group": "apps", "kind": "deployments"]]))
+        default:
+            return Self.status(404, "NotFound", "the server could not find the requested resource")
         }
     }
 

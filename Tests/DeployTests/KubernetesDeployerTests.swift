@@ -318,6 +318,24 @@ import Testing
         }
     }
 
+    @Test func aCancelledStartStillRemovesItsDeployment() async throws {
+        try await withFake { fake, cell in
+            let image = "registry.example:5000/demo:huge"
+            fake.setBehaviour(.unschedulable, forImage: image)
+            let deployer = KubernetesDeployer(configuration: .init(startTimeout: .seconds(600), pollInterval: .milliseconds(50)), logger: Self.logger)
+            let start = Task { try await deployer.start(Self.spec(image: image, replicas: 1), in: cell) }
+            // Once it lists the pods, it is waiting for them to be placed (never, here).
+            try await withTimeout(.seconds(20), waitingFor: "the pods to be listed") {
+                await fake.answered("GET", "/api/v1/namespaces/kiln-demo/pods")
+            }
+            #expect(fake.deployments(in: "kiln-demo") == ["demo-v1"])
+            start.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await start.value }
+            #expect(fake.requests("DELETE", "/apis/apps/v1/namespaces/kiln-demo/deployments/demo-v1").count == 1)
+            #expect(fake.deployments(in: "kiln-demo").isEmpty)
+        }
+    }
+
     @Test func anAppNameTooLongForANamespaceIsRefusedBeforeAnyCall() async throws {
         try await withFake { fake, cell in
             var spec = Self.spec()
