@@ -40,8 +40,9 @@ import Synchronization
 /// - No RBAC, admission, quotas, resourceVersion conflicts, watches, PATCH or PUT.
 ///
 /// It records every request (method, path, query, Authorization header, body) so tests can
-/// assert the exact calls and objects, and `failNext` makes one request fail with a given
-/// `Status`, as RBAC or an admission webhook would.
+/// assert the exact calls and objects (`answered` waits until a given call was answered),
+/// and `failNext` makes one request fail with a given `Status`, as RBAC or an admission
+/// webhook would.
 final class FakeKubernetesAPIServer: Sendable {
     enum PodBehaviour: Sendable { case ready, neverReady, imagePullBackOff, unschedulable }
 
