@@ -19,9 +19,10 @@ public struct DeployEnvironment: Sendable {
         self.deployers = deployers
     }
 
-    /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints).
-    public static func standardDeployers() -> [String: any Deployer] {
-        ["local": LocalDeployer()]
+    /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints) and
+    /// `kubernetes` (API servers, with the bearer token in KILN_KUBE_TOKEN if set).
+    public static func standardDeployers(kubeToken: String? = ProcessInfo.processInfo.environment["KILN_KUBE_TOKEN"]) -> [String: any Deployer] {
+        ["local": LocalDeployer(), "kubernetes": KubernetesDeployer(token: kubeToken)]
     }
 
     func deployer(_ backend: String) throws -> any Deployer {
