@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks, run by hand (build with -c release for timings).",
-        subcommands: [Ring.self, Farm.self])
+        subcommands: [Ring.self, Farm.self, Deploy.self])
 
     struct Ring: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -36,7 +36,7 @@ struct DeployCommand: AsyncParsableCommand {
             return
         }
         print("pipeline run \(run) of build \(id) requested")
-        let runStarted = MutexBox(false)
+        let runStarted = Locked(false)
         try await client.followLog(id) { text in
             // The build's own log came before; print this run's lines only.
             for line in text.split(separator: "\n", omittingEmptySubsequences: false) where !line.isEmpty {
@@ -49,18 +49,6 @@ struct DeployCommand: AsyncParsableCommand {
         let done = try await client.get("/api/v1/builds/\(id)", as: Build.self)
         print(Show.pipeline(done.deploy!).joined(separator: "\n"))
         if done.deploy?.status != .succeeded { throw ExitCode(1) }
-    }
-}
-
-/// A value guarded by a lock, for the CLI's callbacks.
-final class MutexBox<T: Sendable>: @unchecked Sendable {
-    private var value: T
-    private let lock = NSLock()
-    init(_ value: T) { self.value = value }
-    func withLock<R>(_ body: (inout T) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
     }
 }
 
