@@ -22,7 +22,7 @@ struct Kiln: AsyncParsableCommand {
         """,
         version: KilnVersion.current,
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
-                      BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self, BenchCommand.self])
+                      BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self, BenchCommand.self, LBAgentCommand.self])
 }
 
 enum KilnVersion {
