@@ -16,6 +16,8 @@ struct Applier {
     /// Domain → a file nginx refused and its message, so an unchanged refused value is not
     /// tested again at every apply.
     private var refusedByNginx: [String: (file: String, message: String)] = [:]
+    /// The last report's rejections, so each is logged once.
+    private var rejected: [String: String] = [:]
 
     init(agent: LBAgent, nginx: Nginx, nginxPath: String) {
         self.agent = agent
@@ -81,7 +83,11 @@ struct Applier {
         } else {
             logger.debug("revision \(view.revision): nothing to reload; rejected \(rejected.keys.sorted())")
         }
-        for (domain, reason) in rejected { logger.warning("domain \(domain) keeps its last good config: \(reason)") }
+        for (domain, reason) in rejected.sorted(by: { $0.key < $1.key }) where self.rejected[domain] != reason {
+            let kept = live[domain] != nil ? "it keeps its last good config" : "it is not served"
+            logger.warning("domain \(domain) is refused, \(kept): \(reason)")
+        }
+        self.rejected = rejected
         return SLBAgentReport(id: agent.configuration.id, appliedRevision: view.revision, rejected: rejected, listen: agent.configuration.listen)
     }
 
