@@ -91,7 +91,9 @@ public struct LBAgent: Sendable {
         guard let nginxPath = ManagedProcess.which(configuration.nginx) else {
             throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
         }
-        try prepareDirectory()
+        do { try prepareDirectory() } catch {
+            throw KilnError.unavailable("cannot prepare nginx's folder \(dir.path): \(error); give a folder this user may write with --dir")
+        }
         if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: dir.appendingPathComponent("nginx.conf")) {
             throw KilnError.invalid("nginx refuses the lb-agent's main config (listen \(configuration.listen)): \(refused)")
         }

@@ -31,13 +31,17 @@ struct LBAgentCommand: AsyncParsableCommand {
           curl -H 'Host: demo.localhost' http://127.0.0.1/
         """)
 
-    @OptionGroup var etcd: EtcdOptions
+    @Option(name: .long, help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+    var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
+    var logLevel: String?
 
     @Option(name: .long, help: ArgumentHelp("The lb group whose domains it serves (env KILN_LB_GROUP).", valueName: "group"))
     var group: String = env("KILN_LB_GROUP", "")
 
-    @Option(name: .long, help: ArgumentHelp("Its name among the group's agents (env KILN_LB_AGENT_ID; default: host-pid).", valueName: "name"))
-    var id: String = env("KILN_LB_AGENT_ID", "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)")
+    @Option(name: .long, help: ArgumentHelp("Its name among the group's agents, unique in the group (env KILN_LB_AGENT_ID; default: HOST-PID).", valueName: "name"))
+    var id: String?
 
     @Option(name: .long, help: ArgumentHelp("Address nginx listens on (env KILN_LB_LISTEN).", valueName: "host:port"))
     var listen: String = env("KILN_LB_LISTEN", "127.0.0.1:8088")
@@ -56,23 +60,27 @@ struct LBAgentCommand: AsyncParsableCommand {
 
     var agentConfiguration: LBAgentConfiguration {
         let folder = dir ?? ProcessInfo.processInfo.environment["KILN_LB_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+        let name = id ?? env("KILN_LB_AGENT_ID", "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)")
         return LBAgentConfiguration(
-            group: group, id: id, listen: listen,
+            group: group, id: name, listen: listen,
             directory: folder.map { URL(fileURLWithPath: $0).standardizedFileURL } ?? LBAgentConfiguration.defaultDirectory(group: group),
             keys: SLBKeys(root: slbRoot), leaseTTL: Int64(ttl), nginx: nginx)
     }
 
     func validate() throws {
+        guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
+            throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
+        }
         guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
         guard slbRoot.hasPrefix("/") else { throw ValidationError("--slb-root must start with '/', for example /slb") }
         do { try agentConfiguration.validate() } catch let e as KilnError { throw ValidationError(e.message) }
     }
 
     func run() async throws {
-        let logger = KilnLogging.bootstrap(etcd.logLevel)
+        let logger = KilnLogging.bootstrap(logLevel)
         let config = agentConfiguration
-        let agent = LBAgent(configuration: config, etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), logger: logger)
-        logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd.etcd)")
+        let agent = LBAgent(configuration: config, etcd: EtcdClient(endpoint: etcd, logger: logger), logger: logger)
+        logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd)")
         let group = ServiceGroup(configuration: .init(services: [.init(service: LBAgentService(agent: agent))], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
