@@ -2,56 +2,64 @@ import Etcd
 import Foundation
 import KilnCore
 
-/// The lb-agents of a group, as their reports at `/slb/{group}/agents/` show them.
+/// What the `lb` and `retire` plugins ask of a group's lb-agents.
 public enum LBAgents {
-    /// Waits until every lb-agent registered for `group` reports `appliedRevision >= revision`
-    /// (it watches the reports; no polling) and returns their reports. Throws when no agent
-    /// serves the group, or when some have not applied it within `timeout` (naming them).
+    /// Waits until every lb-agent registered under `/slb/{group}/agents/` reports
+    /// `appliedRevision >= revision` (it serves the domains as of that etcd revision), and
+    /// returns their reports, sorted by id. A domain whose config an agent refused is in that
+    /// report's `rejected`: the caller decides whether that fails its step.
+    ///
+    /// It follows the reports' watch (no polling). An agent that goes away while waiting (its
+    /// lease expired) is no longer waited for. Throws a `KilnError` naming the agents that lag
+    /// when `timeout` passes, and one saying how to start an agent when none is registered.
     public static func waitApplied(etcd: EtcdClient, keys: SLBKeys, group: String, revision: Int64, timeout: Duration) async throws -> [SLBAgentReport] {
         let prefix = keys.agents(group)
-        let first = try await etcd.range(prefix: prefix)
-        var reports: [String: SLBAgentReport] = [:]
-        for kv in first.kvs { if let r = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value) { reports[kv.key] = r } }
-        func done() -> Bool { !reports.isEmpty && reports.values.allSatisfy { $0.appliedRevision >= revision } }
-        guard !reports.isEmpty else {
-            throw KilnError.unavailable("no lb-agent serves group \(group) (nothing under \(prefix)): start one beside nginx with `kiln lb-agent --group \(group)`")
-        }
-        if done() { return reports.values.sorted { $0.id < $1.id } }
-        let seen = reports
+        let seen = Locked<[String: KeyValue]>([:])
         let outcome = try await withThrowingTaskGroup(of: [SLBAgentReport]?.self) { tasks in
             tasks.addTask {
-                var reports = seen
-                func done() -> Bool { !reports.isEmpty && reports.values.allSatisfy { $0.appliedRevision >= revision } }
+                let first = try await etcd.range(prefix: prefix)
+                seen.value = Dictionary(first.kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+                if let done = try check(seen.value, group: group, prefix: prefix, revision: revision) { return done }
                 for try await update in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-                    switch update {
-                    case .reset(let kvs, _):
-                        reports = [:]
-                        for kv in kvs { if let r = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value) { reports[kv.key] = r } }
-                    case .events(let events, _):
-                        for e in events {
-                            if e.kind == .delete { reports[e.kv.key] = nil; continue }
-                            if let r = try? KilnJSON.decode(SLBAgentReport.self, from: e.kv.value) { reports[e.kv.key] = r }
+                    seen.withLock { agents in
+                        switch update {
+                        case .reset(let kvs, _):
+                            agents = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+                        case .events(let events, _):
+                            for e in events { agents[e.kv.key] = e.kind == .put ? e.kv : nil }
                         }
                     }
-                    if done() { return reports.values.sorted { $0.id < $1.id } }
+                    if let done = try check(seen.value, group: group, prefix: prefix, revision: revision) { return done }
                 }
-                return nil
+                throw CancellationError()
             }
             tasks.addTask {
                 try await Task.sleep(for: timeout)
                 return nil
             }
-            let first = try await tasks.next() ?? nil
-            tasks.cancelAll()
-            return first
+            defer { tasks.cancelAll() }
+            return try await tasks.next()!
         }
         if let outcome { return outcome }
-        let latest = try await etcd.range(prefix: prefix).kvs.compactMap { try? KilnJSON.decode(SLBAgentReport.self, from: $0.value) }
-        let lagging = latest.filter { $0.appliedRevision < revision }
-        if latest.isEmpty {
-            throw KilnError.unavailable("no lb-agent serves group \(group) any more: start one with `kiln lb-agent --group \(group)`")
+        let lagging = seen.value.values.sorted { $0.key < $1.key }.compactMap { kv -> String? in
+            let id = String(kv.key.dropFirst(prefix.count))
+            guard let report = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value) else { return "\(id) (its report is unreadable)" }
+            guard report.appliedRevision < revision else { return nil }
+            return "\(id) (applied revision \(report.appliedRevision)\(report.listen.map { ", nginx on \($0)" } ?? ""))"
         }
-        if lagging.isEmpty { return latest.sorted { $0.id < $1.id } }
-        throw KilnError.unavailable("lb-agent\(lagging.count == 1 ? "" : "s") \(lagging.map { "\($0.id) (at revision \($0.appliedRevision))" }.joined(separator: ", ")) of group \(group) did not apply revision \(revision) within \(timeout.components.seconds) s; see its log")
+        throw KilnError.unavailable("lb group \(group): not every lb-agent applied etcd revision \(revision) within \(timeout); lagging: \(lagging.joined(separator: ", ")). Check that they run and can reach etcd and nginx (their logs say why), or stop the ones that are gone")
+    }
+
+    /// The reports if every registered agent applied `revision`, nil if some still lag.
+    private static func check(_ agents: [String: KeyValue], group: String, prefix: String, revision: Int64) throws -> [SLBAgentReport]? {
+        if agents.isEmpty {
+            throw KilnError.unavailable("no lb-agent serves lb group \(group) (nothing under \(prefix)): start one beside each nginx of the group with `kiln lb-agent --group \(group) --etcd URL`")
+        }
+        var reports: [SLBAgentReport] = []
+        for kv in agents.values {
+            guard let report = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value), report.appliedRevision >= revision else { return nil }
+            reports.append(report)
+        }
+        return reports.sorted { $0.id < $1.id }
     }
 }

@@ -1,0 +1,288 @@
+import Etcd
+import Foundation
+import KilnCore
+import Logging
+import Processes
+import Synchronization
+
+/// How one lb-agent runs: its nginx group, its name, where nginx listens and keeps its files.
+public struct LBAgentConfiguration: Sendable {
+    /// The nginx group it serves: it renders `/slb/{group}/domains/`.
+    public var group: String
+    /// Its name among the group's agents, the last part of `/slb/{group}/agents/{id}`.
+    public var id: String
+    /// `host:port` nginx listens on.
+    public var listen: String
+    /// nginx's prefix folder: `nginx.conf`, `domains/`, `staging/`, `logs/`, `temp/`, the pid file.
+    /// One agent per folder.
+    public var directory: URL
+    public var keys: SLBKeys
+    /// TTL of the lease its report is bound to: a dead agent's report disappears within it.
+    public var leaseTTL: Int64
+    /// Changes arriving within this time of each other are applied together (one reload).
+    public var debounce: Duration
+    /// The nginx program (a name on PATH or a path).
+    public var nginx: String
+
+    public init(group: String, id: String, listen: String = "127.0.0.1:8088", directory: URL, keys: SLBKeys = SLBKeys(),
+                leaseTTL: Int64 = 10, debounce: Duration = .milliseconds(50), nginx: String = "nginx") {
+        self.group = group
+        self.id = id
+        self.listen = listen
+        self.directory = directory
+        self.keys = keys
+        self.leaseTTL = leaseTTL
+        self.debounce = debounce
+        self.nginx = nginx
+    }
+
+    /// The default folder of a group's agent.
+    public static func defaultDirectory(group: String) -> URL {
+        URL(fileURLWithPath: "/var/lib/kiln/lb").appendingPathComponent(group)
+    }
+
+    public func validate() throws {
+        try Validation.groupName(group)
+        do { try Validation.agentID(id) } catch { throw KilnError.invalid("lb-agent id '\(Validation.printable(id))' is invalid: use letters, digits, '-', '_' and '.'") }
+        do { try Validation.serverAddress(listen) } catch {
+            throw KilnError.invalid("listen address '\(Validation.printable(listen))' is invalid: use host:port, such as 127.0.0.1:8088 or 0.0.0.0:80")
+        }
+        guard leaseTTL >= 2 else { throw KilnError.invalid("lease TTL \(leaseTTL) s is too short: use at least 2 seconds") }
+    }
+}
+
+/// The agent beside one nginx: keeps nginx serving what `/slb/{group}/domains/` says.
+///
+/// `run()` starts nginx (its own child process, stopped by PID when `run()` ends), reads the
+/// domains, then follows their watch. Each change is checked, rendered into the domain's own
+/// file, tested with `nginx -t` and applied with a graceful reload (old workers finish their
+/// requests). A domain whose value is invalid or that nginx refuses keeps its last good
+/// config, and the reason is reported. After every apply it writes an `SLBAgentReport` at
+/// `/slb/{group}/agents/{id}`, bound to a lease, so a caller can wait until every agent of the
+/// group serves a revision (`LBAgents.waitApplied`).
+///
+/// `run()` returns when its task is cancelled, after stopping nginx (SIGQUIT, then SIGKILL)
+/// and revoking the lease. It throws when it cannot go on: nginx would not start or died, or
+/// a reload failed. Run one agent per `directory`; several agents of a group (on other
+/// machines, or on other ports) each run their own nginx.
+public struct LBAgent: Sendable {
+    public let configuration: LBAgentConfiguration
+    public let etcd: EtcdClient
+    public let logger: Logger
+
+    public init(configuration: LBAgentConfiguration, etcd: EtcdClient, logger: Logger = Logger(label: "kiln.lb-agent")) {
+        self.configuration = configuration
+        self.etcd = etcd
+        var logger = logger
+        logger[metadataKey: "lb.group"] = .string(configuration.group)
+        logger[metadataKey: "lb.agent"] = .string(configuration.id)
+        self.logger = logger
+    }
+
+    var dir: URL { configuration.directory }
+    var liveDomains: URL { dir.appendingPathComponent("domains") }
+    var stagingDomains: URL { dir.appendingPathComponent("staging/domains") }
+    var stagingConfig: URL { dir.appendingPathComponent("staging/nginx.conf") }
+    var nginxConfig: NginxConfig { NginxConfig(group: configuration.group, listen: configuration.listen, directory: dir) }
+
+    /// Serves the group until the task is cancelled.
+    public func run() async throws {
+        try configuration.validate()
+        guard let nginxPath = ManagedProcess.which(configuration.nginx) else {
+            throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
+        }
+        do { try prepareDirectory() } catch {
+            throw KilnError.unavailable("cannot prepare nginx's folder \(dir.path): \(error); give a folder this user may write with --dir")
+        }
+        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: dir.appendingPathComponent("nginx.conf")) {
+            throw KilnError.invalid("nginx refuses the lb-agent's main config (listen \(configuration.listen)): \(refused)")
+        }
+        let nginx = try await Nginx.start(executable: nginxPath, directory: dir)
+        logger.notice("nginx (pid \(nginx.process.pid)) listens on \(configuration.listen); following \(configuration.keys.domains(configuration.group))")
+        let lease = Locked<Int64?>(nil)
+        do {
+            try await serve(nginx: nginx, nginxPath: nginxPath, lease: lease)
+        } catch {
+            await shutdown(nginx: nginx, lease: lease.value)
+            if Task.isCancelled { return }
+            throw error
+        }
+        await shutdown(nginx: nginx, lease: lease.value)
+    }
+
+    /// Creates the folders and the main file; removes domain files of an earlier run, so that
+    /// nginx starts serving nothing and then exactly what etcd says.
+    private func prepareDirectory() throws {
+        let fm = FileManager.default
+        for sub in ["logs", "temp", "domains", "staging/domains"] {
+            try fm.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
+        }
+        for folder in [liveDomains, stagingDomains] {
+            for file in try fm.contentsOfDirectory(atPath: folder.path) {
+                try fm.removeItem(at: folder.appendingPathComponent(file))
+            }
+        }
+        try nginxConfig.mainFile(domainsFolder: liveDomains).write(to: dir.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
+        try nginxConfig.mainFile(domainsFolder: stagingDomains).write(to: stagingConfig, atomically: true, encoding: .utf8)
+    }
+
+    private func serve(nginx: Nginx, nginxPath: String, lease: Locked<Int64?>) async throws {
+        let view = LatestView()
+        let (reports, reportsContinuation) = AsyncStream.makeStream(of: ReporterInput.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await follow(into: view) }
+            group.addTask { try await publish(reports, continuation: reportsContinuation, lease: lease) }
+            group.addTask {
+                // nginx says nothing when it dies; the agent must not go on reporting for it.
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    if let status = nginx.process.status {
+                        throw KilnError.unavailable("nginx (pid \(nginx.process.pid)) exited with status \(status); \(nginx.errorLog.path) ends with:\n\(nginx.logTail())")
+                    }
+                }
+            }
+            group.addTask {
+                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath)
+                for await _ in view.changed {
+                    try await Task.sleep(for: configuration.debounce)
+                    let snapshot = view.snapshot()
+                    let report = try await applier.apply(snapshot)
+                    reportsContinuation.yield(.report(report))
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Reads the domains, then follows their watch into `view`; reads again when the watch fails.
+    private func follow(into view: LatestView) async {
+        let prefix = configuration.keys.domains(configuration.group)
+        while !Task.isCancelled {
+            do {
+                let current = try await etcd.range(prefix: prefix)
+                view.reset(current.kvs, revision: current.revision)
+                // The watch itself survives a compaction: it reads the range again and yields `.reset`.
+                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
+                    switch update {
+                    case .events(let events, let revision): view.apply(events, revision: revision)
+                    case .reset(let kvs, let revision): view.reset(kvs, revision: revision)
+                    }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("watch of \(prefix) failed: \(error); reading it again")
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    enum ReporterInput: Sendable {
+        case report(SLBAgentReport)
+        case leaseLost(Int64)
+    }
+
+    /// Writes each new report at `/slb/{group}/agents/{id}` under a lease it keeps alive; when
+    /// the lease is lost (etcd was unreachable for a TTL) it takes a new one and writes again.
+    private func publish(_ inputs: AsyncStream<ReporterInput>, continuation: AsyncStream<ReporterInput>.Continuation, lease: Locked<Int64?>) async throws {
+        let key = configuration.keys.agent(group: configuration.group, configuration.id)
+        let ttl = configuration.leaseTTL
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var latest: SLBAgentReport?
+            var current: Int64?
+            for await input in inputs {
+                switch input {
+                case .report(let r): latest = r
+                case .leaseLost(let id): if current == id { current = nil } else { continue }
+                }
+                guard let report = latest else { continue }
+                while !Task.isCancelled {
+                    do {
+                        if current == nil {
+                            let id = try await etcd.grantLease(ttl: ttl)
+                            current = id
+                            lease.value = id
+                            group.addTask {
+                                do { try await etcd.keepAlive(id, every: .seconds(ttl) / 3) } catch {
+                                    logger.warning("lease of the report lost: \(error); taking a new one")
+                                }
+                                continuation.yield(.leaseLost(id))
+                            }
+                        }
+                        try await etcd.put(key, try KilnJSON.encode(report), lease: current)
+                        break
+                    } catch {
+                        if Task.isCancelled { break }
+                        if case EtcdError.leaseNotFound = error { current = nil }
+                        logger.warning("writing the report at \(key) failed: \(error); retrying")
+                        try? await Task.sleep(for: .milliseconds(500))
+                    }
+                }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Revokes the report's lease (its key goes at once), then stops nginx gracefully.
+    private func shutdown(nginx: Nginx, lease: Int64?) async {
+        if let lease {
+            // The run's task is cancelled, and a cancelled task's requests end at once.
+            let etcd = self.etcd
+            let revoked = await Task.detached { try? await etcd.revokeLease(lease) }.value
+            if revoked == nil { logger.warning("could not revoke the report's lease \(lease); the report goes when it expires") }
+        }
+        nginx.stop()
+        logger.notice("nginx stopped")
+    }
+}
+
+/// The domains as etcd has them now, shared by the watch (which writes) and the applier
+/// (which reads); `changed` wakes the applier, once for any number of changes.
+final class LatestView: Sendable {
+    struct State {
+        var kvs: [String: KeyValue] = [:]
+        var revision: Int64 = 0
+    }
+
+    private let state = Mutex(State())
+    private let continuation: AsyncStream<Void>.Continuation
+    let changed: AsyncStream<Void>
+
+    init() {
+        (changed, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func reset(_ kvs: [KeyValue], revision: Int64) {
+        state.withLock { s in
+            s.kvs = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+            s.revision = revision
+        }
+        continuation.yield()
+    }
+
+    func apply(_ events: [WatchEvent], revision: Int64) {
+        state.withLock { s in
+            for e in events {
+                switch e.kind {
+                case .put: s.kvs[e.kv.key] = e.kv
+                case .delete: s.kvs[e.kv.key] = nil
+                }
+            }
+            s.revision = revision
+        }
+        continuation.yield()
+    }
+
+    func snapshot() -> State { state.withLock { $0 } }
+}
+
+/// A value behind a lock, shareable between tasks.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    var value: Value {
+        get { mutex.withLock { $0 } }
+        set { mutex.withLock { $0 = newValue } }
+    }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+}

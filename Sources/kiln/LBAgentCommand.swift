@@ -1,0 +1,96 @@
+import ArgumentParser
+import Deploy
+import Etcd
+import Foundation
+import KilnCore
+import ServiceLifecycle
+
+struct LBAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lb-agent",
+        abstract: "Run nginx for one lb group and keep it serving the group's domains from etcd.",
+        discussion: """
+        Starts its own nginx (nginx -p DIR -c DIR/nginx.conf), reads /slb/GROUP/domains/ and \
+        follows its watch. Each domain gets its own file in DIR/domains/ (an upstream of its \
+        servers, and a server block for its name). A change is tested with nginx -t before it \
+        is applied with a graceful reload, so requests in flight finish. A domain whose value \
+        is invalid, or that nginx refuses, keeps its last good config; the reason is reported.
+
+        After every apply it writes what it serves at /slb/GROUP/agents/ID (applied etcd \
+        revision, rejected domains, listen address) under a lease: the lb plugin waits there \
+        until every agent of the group serves the new servers. A request whose Host names no \
+        domain gets a 404 that says so.
+
+        Run one lb-agent beside each nginx of the group, each with its own --id and --dir. \
+        SIGTERM or Ctrl-C stops nginx gracefully and removes the report.
+
+        Example:
+          kiln lb-agent --group web --listen 0.0.0.0:80 --etcd http://127.0.0.1:2379
+          etcdctl put /slb/web/domains/demo.localhost \\
+            '{"domain":"demo.localhost","servers":[{"address":"127.0.0.1:20001"}]}'
+          curl -H 'Host: demo.localhost' http://127.0.0.1/
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+    var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
+    var logLevel: String?
+
+    @Option(name: .long, help: ArgumentHelp("The lb group whose domains it serves (env KILN_LB_GROUP).", valueName: "group"))
+    var group: String = env("KILN_LB_GROUP", "")
+
+    @Option(name: .long, help: ArgumentHelp("Its name among the group's agents, unique in the group (env KILN_LB_AGENT_ID; default: HOST-PID).", valueName: "name"))
+    var id: String?
+
+    @Option(name: .long, help: ArgumentHelp("Address nginx listens on (env KILN_LB_LISTEN).", valueName: "host:port"))
+    var listen: String = env("KILN_LB_LISTEN", "127.0.0.1:8088")
+
+    @Option(name: .long, help: ArgumentHelp("nginx's folder: config, domain files, logs, temp files; one agent per folder (env KILN_LB_DIR; default: /var/lib/kiln/lb/GROUP).", valueName: "dir"))
+    var dir: String?
+
+    @Option(name: .long, help: ArgumentHelp("Root of the lb keys in etcd (env KILN_SLB_ROOT).", valueName: "prefix"))
+    var slbRoot: String = env("KILN_SLB_ROOT", "/slb")
+
+    @Option(name: .long, help: ArgumentHelp("TTL of the lease its report is bound to.", valueName: "seconds"))
+    var ttl: Int = 10
+
+    @Option(name: .long, help: ArgumentHelp("The nginx program (env KILN_NGINX).", valueName: "path"))
+    var nginx: String = env("KILN_NGINX", "nginx")
+
+    var agentConfiguration: LBAgentConfiguration {
+        let folder = dir ?? ProcessInfo.processInfo.environment["KILN_LB_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+        let name = id ?? env("KILN_LB_AGENT_ID", "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)")
+        return LBAgentConfiguration(
+            group: group, id: name, listen: listen,
+            directory: folder.map { URL(fileURLWithPath: $0).standardizedFileURL } ?? LBAgentConfiguration.defaultDirectory(group: group),
+            keys: SLBKeys(root: slbRoot), leaseTTL: Int64(ttl), nginx: nginx)
+    }
+
+    func validate() throws {
+        guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
+            throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
+        }
+        guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
+        guard slbRoot.hasPrefix("/") else { throw ValidationError("--slb-root must start with '/', for example /slb") }
+        do { try agentConfiguration.validate() } catch let e as KilnError { throw ValidationError(e.message) }
+    }
+
+    func run() async throws {
+        let logger = KilnLogging.bootstrap(logLevel)
+        let config = agentConfiguration
+        let agent = LBAgent(configuration: config, etcd: EtcdClient(endpoint: etcd, logger: logger), logger: logger)
+        logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd)")
+        let group = ServiceGroup(configuration: .init(services: [.init(service: LBAgentService(agent: agent))], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// The lb-agent as a service of the process: graceful shutdown cancels it, which stops nginx
+/// and revokes its report's lease.
+struct LBAgentService: Service {
+    let agent: LBAgent
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { try await agent.run() }
+    }
+}

@@ -1,0 +1,383 @@
+import AsyncHTTPClient
+import Deploy
+import Etcd
+import Foundation
+import Hummingbird
+import KilnCore
+import KilnTestSupport
+import LocalFarm
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import Testing
+
+/// The lb-agent with a real etcd, real nginx and real backends (HTTP servers in this process
+/// that answer their own name). Each test waits on `LBAgents.waitApplied`, then asks nginx.
+@Suite("lb-agent: nginx driven from etcd", .serialized)
+struct LBAgentTests {
+    @Test func servesADomainMovesItAndRemovesIt() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let agent = try await farm.startAgent("a1")
+
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b1"))
+            let unknown = try await agent.get("other.localhost")
+            #expect(unknown.status == 404 && unknown.body.contains("no domain named other.localhost"), "\(unknown)")
+
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b2]))
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+
+            try await farm.waitApplied(try await farm.put("demo.localhost", []))
+            let empty = try await agent.get("demo.localhost")
+            #expect(empty.status == 503 && empty.body.contains("demo.localhost has no upstream servers"), "\(empty)")
+
+            try await farm.waitApplied(try await farm.delete("demo.localhost"))
+            #expect(try await agent.get("demo.localhost").status == 404)
+            #expect(!FileManager.default.fileExists(atPath: agent.directory.appendingPathComponent("domains/demo.localhost.conf").path))
+
+            // Stopping the agent stops its nginx and takes its report away at once (lease revoked).
+            try await agent.stop()
+            #expect(try await farm.etcd.get(farm.keys.agent(group: farm.group, "a1")) == nil)
+            #expect(!FreePort.isInUse(agent.port))
+        }
+    }
+
+    @Test func aConfigNginxRefusesKeepsTheLastGoodOneWhileOtherDomainsUpdate() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let agent = try await farm.startAgent("a1")
+            _ = try await farm.put("one.localhost", [b1])
+            try await farm.waitApplied(try await farm.put("two.localhost", [b1]))
+
+            // One burst: a value nginx refuses for one, a good change for the other.
+            _ = try await farm.put("one.localhost", [b2], settings: ["client_max_body_size": "ten"])
+            let reports = try await farm.waitApplied(try await farm.put("two.localhost", [b2]))
+            let reason = try #require(reports.first?.rejected["one.localhost"])
+            #expect(reason.contains("client_max_body_size"), "\(reason)")
+            #expect(!reason.contains("staging"), "the reason names the domain's file, not the agent's staging folder: \(reason)")
+            #expect(try await agent.get("one.localhost") == Reply(200, "b1"))
+            #expect(try await agent.get("two.localhost") == Reply(200, "b2"))
+
+            // Mended: it applies, and the rejection is gone from the report. A setting that has
+            // a default of the agent's replaces it (nginx refuses a directive given twice).
+            let mended = try await farm.waitApplied(try await farm.put("one.localhost", [b2], settings: ["client_max_body_size": "10m", "proxy_next_upstream_tries": "5"]))
+            #expect(mended.first?.rejected.isEmpty == true)
+            #expect(try await agent.get("one.localhost") == Reply(200, "b2"))
+        }
+    }
+
+    @Test func malformedAndHostileValuesAreRejectedWithoutReachingNginx() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+
+            let domains = farm.keys.domains(farm.group)
+            let hostile: [(key: String, value: String, reason: String)] = [
+                ("demo.localhost", #"{"domain":"demo.localhost","servers":[{"address":"1.2.3.4:80; include /etc/passwd"}]}"#, "server '1.2.3.4:80; include /etc/passwd' is refused"),
+                ("broken.localhost", #"{"domain":"broken.localhost","servers":[{"address":"#, "not an SLBDomain in JSON"),
+                ("mismatch.localhost", #"{"domain":"other.localhost","servers":[]}"#, "its key names 'mismatch.localhost'"),
+                ("settings.localhost", #"{"domain":"settings.localhost","servers":[],"settings":{"client_max_body_size":"1m; include /etc/passwd"}}"#, "setting client_max_body_size"),
+                ("variable.localhost", #"{"domain":"variable.localhost","servers":[],"settings":{"proxy_read_timeout":"$http_x"}}"#, "setting proxy_read_timeout"),
+                ("unknown.localhost", #"{"domain":"unknown.localhost","servers":[],"settings":{"root":"/etc"}}"#, "setting 'root' is not allowed"),
+                ("weight.localhost", #"{"domain":"weight.localhost","servers":[{"address":"127.0.0.1:1","weight":0}]}"#, "weight 0"),
+                ("Upper.localhost", #"{"domain":"Upper.localhost","servers":[]}"#, "domain 'Upper.localhost' is refused"),
+            ]
+            var last: Int64 = 0
+            for h in hostile { last = try await farm.etcd.put(domains + h.key, h.value) }
+            let report = try #require(try await farm.waitApplied(last).first)
+            for h in hostile {
+                let reason = report.rejected[h.key]
+                #expect(reason?.contains(h.reason) == true, "\(h.key): \(reason ?? "not rejected")")
+            }
+            // The good config stays; nothing hostile reached a file.
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b1"))
+            #expect(try await agent.get("settings.localhost").status == 404)
+            let files = try FileManager.default.contentsOfDirectory(atPath: agent.directory.appendingPathComponent("domains").path)
+            #expect(files == ["demo.localhost.conf"])
+            let text = try String(contentsOf: agent.directory.appendingPathComponent("domains/demo.localhost.conf"), encoding: .utf8)
+            #expect(!text.contains("passwd"))
+        }
+    }
+
+    @Test func twoAgentsOfAGroupConvergeOnTheSameRevision() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let a1 = try await farm.startAgent("a1"), a2 = try await farm.startAgent("a2")
+            _ = try await farm.put("one.localhost", [b1])
+            _ = try await farm.put("two.localhost", [b1, b2], weights: [1, 3])
+            _ = try await farm.put("three.localhost", [b2])
+            _ = try await farm.delete("three.localhost")
+            let revision = try await farm.put("one.localhost", [b2])
+            let reports = try await farm.waitApplied(revision)
+            #expect(reports.map(\.id) == ["a1", "a2"])
+            #expect(Set(reports.map(\.appliedRevision)) == [revision], "both read up to the newest event: \(reports)")
+            #expect(Set(reports.compactMap(\.listen)) == [a1.listen, a2.listen])
+            for agent in [a1, a2] {
+                #expect(try await agent.get("one.localhost") == Reply(200, "b2"))
+                #expect(["b1", "b2"].contains(try await agent.get("two.localhost").body))
+                #expect(try await agent.get("three.localhost").status == 404)
+            }
+        }
+    }
+
+    @Test func waitAppliedSaysWhenNoAgentServesTheGroupOrOneLags() async throws {
+        try await withLBFarm { farm in
+            let none = await #expect(throws: KilnError.self) {
+                try await LBAgents.waitApplied(etcd: farm.etcd, keys: farm.keys, group: farm.group, revision: 1, timeout: .seconds(5))
+            }
+            #expect(none?.message.contains("no lb-agent serves lb group \(farm.group)") == true, "\(none?.message ?? "")")
+            #expect(none?.message.contains("kiln lb-agent --group \(farm.group)") == true)
+
+            let b1 = try await farm.backend("b1")
+            _ = try await farm.startAgent("a1")
+            // An agent that stopped applying: its report stays at an old revision while its
+            // lease lives (written the way an agent writes it).
+            let lease = try await farm.etcd.grantLease(ttl: 10)
+            try await farm.etcd.put(farm.keys.agent(group: farm.group, "stuck"),
+                                    try KilnJSON.encode(SLBAgentReport(id: "stuck", appliedRevision: 1, listen: "127.0.0.1:1")), lease: lease)
+            let revision = try await farm.put("demo.localhost", [b1])
+            let clock = ContinuousClock(), start = clock.now
+            let lagging = await #expect(throws: KilnError.self) {
+                try await LBAgents.waitApplied(etcd: farm.etcd, keys: farm.keys, group: farm.group, revision: revision, timeout: .seconds(1))
+            }
+            #expect(clock.now - start < .seconds(5))
+            let message = lagging?.message ?? ""
+            #expect(message.contains("stuck (applied revision 1, nginx on 127.0.0.1:1)"), "\(message)")
+            #expect(!message.contains("a1"), "a1 applied; only the lagging agent is named: \(message)")
+
+            // Once the stuck agent is gone (its lease ends), the wait is over.
+            async let waited = LBAgents.waitApplied(etcd: farm.etcd, keys: farm.keys, group: farm.group, revision: revision, timeout: .seconds(10))
+            try await farm.etcd.revokeLease(lease)
+            #expect(try await waited.map(\.id) == ["a1"])
+        }
+    }
+
+    @Test func aSteadyClientSeesNoFailedRequestAcrossServerSwitches() async throws {
+        try await withLBFarm { farm in
+            var current = try await farm.backend("v0")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [current]))
+
+            let client = SteadyClient(url: agent.url, host: "demo.localhost")
+            let load = Task { await client.run() }
+            defer { client.stop() }
+            for n in 1...5 {
+                let next = try await farm.backend("v\(n)")
+                try await farm.waitApplied(try await farm.put("demo.localhost", [next]))
+                #expect(try await agent.get("demo.localhost") == Reply(200, next.name))
+                // A short drain: requests the old workers still hold finish before the old backend goes.
+                try await Task.sleep(for: .milliseconds(200))
+                await current.stop()
+                current = next
+            }
+            client.stop()
+            await load.value
+            let seen = client.summary
+            #expect(seen.failures.isEmpty, "failed requests: \(seen.failures.prefix(5))")
+            #expect(seen.ok > 50, "the client kept asking during the switches: \(seen.ok) answers")
+            #expect(seen.names == Set((0...5).map { "v\($0)" }))
+        }
+    }
+}
+
+// MARK: - harness
+
+struct Reply: Equatable, CustomStringConvertible {
+    let status: Int
+    let body: String
+    init(_ status: Int, _ body: String) {
+        self.status = status
+        self.body = body
+    }
+    var description: String { "\(status) \(body)" }
+}
+
+/// A backend: an HTTP server on a free port that answers its own name.
+final class Backend: Sendable {
+    let name: String
+    let port: Int
+    private let task: Task<Void, Error>
+
+    private init(name: String, port: Int, task: Task<Void, Error>) {
+        self.name = name
+        self.port = port
+        self.task = task
+    }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    static func start(_ name: String) async throws -> Backend {
+        let router = Router()
+        router.get("/") { _, _ in name }
+        var logger = Logger(label: "backend")
+        // Stopping is cancelling, which Hummingbird logs as an error.
+        logger.logLevel = .critical
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: name),
+                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: logger)
+        let task = Task {
+            defer { continuation.finish() }
+            try await app.run()
+        }
+        for await port in ports { return Backend(name: name, port: port, task: task) }
+        try await task.value
+        throw FarmError("backend \(name) stopped before it listened")
+    }
+
+    func stop() async {
+        task.cancel()
+        _ = try? await task.value
+    }
+}
+
+/// One lb-agent run in this process, stopped by the farm at the end of the test.
+final class RunningAgent: Sendable {
+    let id: String
+    let port: Int
+    let directory: URL
+    private let task: Task<Void, Error>
+
+    init(id: String, port: Int, directory: URL, task: Task<Void, Error>) {
+        self.id = id
+        self.port = port
+        self.directory = directory
+        self.task = task
+    }
+
+    var listen: String { "127.0.0.1:\(port)" }
+    var url: String { "http://\(listen)/" }
+
+    /// Asks nginx for `/` of `host`, on a fresh connection.
+    func get(_ host: String) async throws -> Reply {
+        let r = try await httpRequest(.GET, url, headers: [("Host", host), ("Connection", "close")], timeout: .seconds(10))
+        return Reply(r.status, r.body)
+    }
+
+    /// Cancels the agent and waits until it has stopped nginx and revoked its lease.
+    func stop() async throws {
+        task.cancel()
+        try await task.value
+    }
+}
+
+struct LBFarm: Sendable {
+    let etcd: EtcdClient
+    let keys = SLBKeys()
+    let group = "web"
+    let dir: URL
+    let started: Started
+
+    /// What the test started, stopped at its end.
+    final class Started: Sendable {
+        let agents = Mutex<[RunningAgent]>([])
+        let backends = Mutex<[Backend]>([])
+    }
+
+    func backend(_ name: String) async throws -> Backend {
+        let b = try await Backend.start(name)
+        started.backends.withLock { $0.append(b) }
+        return b
+    }
+
+    func startAgent(_ id: String) async throws -> RunningAgent {
+        let port = try FreePort.next()
+        let directory = dir.appendingPathComponent("lb-\(id)")
+        var logger = Logger(label: "lb-agent")
+        logger.logLevel = .warning
+        let agent = LBAgent(
+            configuration: .init(group: group, id: id, listen: "127.0.0.1:\(port)", directory: directory, keys: keys),
+            etcd: etcd, logger: logger)
+        let task = Task { try await agent.run() }
+        let running = RunningAgent(id: id, port: port, directory: directory, task: task)
+        started.agents.withLock { $0.append(running) }
+        // Ready once it has applied what etcd held when it started, and reported it.
+        let key = keys.agent(group: group, id)
+        try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
+        return running
+    }
+
+    /// Writes a domain with these backends as its servers; returns the write's revision.
+    func put(_ domain: String, _ backends: [Backend], weights: [Int]? = nil, settings: [String: String]? = nil) async throws -> Int64 {
+        let servers = backends.enumerated().map { SLBServer(address: $1.address, weight: weights?[$0]) }
+        return try await etcd.put(keys.domain(group: group, domain), try KilnJSON.encode(SLBDomain(domain: domain, servers: servers, settings: settings)))
+    }
+
+    func delete(_ domain: String) async throws -> Int64 {
+        _ = try await etcd.delete(keys.domain(group: group, domain))
+        return try await etcd.status()
+    }
+
+    @discardableResult
+    func waitApplied(_ revision: Int64) async throws -> [SLBAgentReport] {
+        try await LBAgents.waitApplied(etcd: etcd, keys: keys, group: group, revision: revision, timeout: .seconds(15))
+    }
+}
+
+/// A real etcd for the test; every agent and backend started through the farm is stopped at
+/// the end, whether the test passed or not (each agent stops its nginx by PID).
+func withLBFarm(_ body: (LBFarm) async throws -> Void) async throws {
+    let dir = try TempDir("lb")
+    let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
+    defer { server.stop() }
+    let farm = LBFarm(etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
+    let result: Result<Void, any Error>
+    do {
+        try await body(farm)
+        result = .success(())
+    } catch {
+        result = .failure(error)
+    }
+    for agent in farm.started.agents.withLock({ $0 }) {
+        do { try await agent.stop() } catch { Issue.record("lb-agent \(agent.id) ended with: \(error)") }
+    }
+    for backend in farm.started.backends.withLock({ $0 }) { await backend.stop() }
+    try result.get()
+}
+
+/// Asks one domain through nginx again and again, each on a fresh connection, and counts
+/// what it got. (A reused keep-alive connection may be closed by an old worker between two
+/// requests, which any HTTP client must retry; a fresh connection shows what nginx does.)
+final class SteadyClient: Sendable {
+    struct Summary {
+        var ok = 0
+        var failures: [String] = []
+        var names: Set<String> = []
+    }
+
+    let url: String
+    let host: String
+    private let state = Mutex(Summary())
+    private let stopped = Atomic(false)
+
+    init(url: String, host: String) {
+        self.url = url
+        self.host = host
+    }
+
+    var summary: Summary { state.withLock { $0 } }
+
+    /// Ends `run()` after the request in flight.
+    func stop() { stopped.store(true, ordering: .relaxed) }
+
+    func run() async {
+        while !stopped.load(ordering: .relaxed) {
+            do {
+                let r = try await httpRequest(.GET, url, headers: [("Host", host), ("Connection", "close")], timeout: .seconds(10))
+                state.withLock { s in
+                    if r.status == 200 {
+                        s.ok += 1
+                        s.names.insert(r.body)
+                    } else {
+                        s.failures.append("\(r.status) \(r.body)")
+                    }
+                }
+            } catch {
+                state.withLock { $0.failures.append("\(error)") }
+            }
+        }
+    }
+
+}
