@@ -19,11 +19,20 @@ require_root test.sh "the tests run podman and debootstrap"
 
 # Leftovers of an interrupted earlier run would hold ports or storage: stop them by the
 # PIDs they recorded.
-for pidfile in /var/tmp/kiln-test/*/podman.pid; do
+for pidfile in /var/tmp/kiln-test/*/*.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile" 2>/dev/null || true)
     if [ -n "$pid" ] && grep -q podman "/proc/$pid/cmdline" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
 done
+# Deployed app containers (label kiln.app) outlive the API services that started them.
+e2e=/var/tmp/kiln-test/podman-e2e
+if [ -f "$e2e/containers.conf" ] && command -v podman >/dev/null; then
+    ids=$(CONTAINERS_CONF=$e2e/containers.conf CONTAINERS_STORAGE_CONF=$e2e/storage.conf \
+          podman ps -aq --filter label=kiln.app 2>/dev/null || true)
+    if [ -n "$ids" ]; then
+        CONTAINERS_CONF=$e2e/containers.conf CONTAINERS_STORAGE_CONF=$e2e/storage.conf podman rm -f $ids >/dev/null 2>&1 || true
+    fi
+fi
 
 start=$(date +%s)
 echo "test.sh: building (a first build takes several minutes on 2 cores)"
