@@ -291,7 +291,11 @@ public struct RetirePlugin: PostBuildPlugin {
         guard !retiring.isEmpty else {
             return PluginResult(summary: "nothing to retire: version \(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
         }
-        let leaving = Set(retiring.flatMap { $0.instances.map(\.address) })
+        // An address a retiring version had may be a newer version's now (a host port freed by
+        // a container that is gone and taken again): such an address stays.
+        let retiringNumbers = Set(retiring.map(\.number))
+        let staying = Set(app.versions.filter { !retiringNumbers.contains($0.number) && $0.state != .retired && $0.state != .failed }.flatMap { $0.instances.map(\.address) })
+        let leaving = Set(retiring.flatMap { $0.instances.map(\.address) }).subtracting(staying)
         // 1. Out of every domain of the app, and every lb-agent has applied it.
         for binding in app.lb {
             var revision: Int64
