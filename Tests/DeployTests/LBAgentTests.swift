@@ -155,6 +155,34 @@ struct LBAgentTests {
         }
     }
 
+    @Test func anAgentFollowsEtcdAcrossARestartAndACompaction() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+
+            // etcd crashes. While the agent cannot reach it (the same data served on another
+            // client port), the domains change and the history its watch would resume from is
+            // compacted away: back on its port, the agent must read the domains again.
+            farm.server.kill()
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b1"), "nginx serves on while etcd is down")
+            let aside = try await EtcdServer.start(dataDir: farm.server.dataDir, clientPort: try FreePort.next(), peerPort: farm.server.peerPort,
+                                                   logFile: farm.dir.appendingPathComponent("etcd-aside.log"))
+            let elsewhere = LBFarm(server: aside, etcd: EtcdClient(endpoint: aside.endpoint), dir: farm.dir, started: farm.started)
+            _ = try await elsewhere.put("gone.localhost", [b1])
+            _ = try await elsewhere.delete("gone.localhost")
+            let revision = try await elsewhere.put("demo.localhost", [b2])
+            try await elsewhere.etcd.compact(revision: revision)
+            aside.stop()
+            try await farm.server.restart()
+
+            let reports = try await farm.waitApplied(revision)
+            #expect(reports.map(\.id) == ["a1"])
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+            #expect(try await agent.get("gone.localhost").status == 404)
+        }
+    }
+
     @Test func aSteadyClientSeesNoFailedRequestAcrossServerSwitches() async throws {
         try await withLBFarm { farm in
             var current = try await farm.backend("v0")
@@ -264,6 +292,7 @@ final class RunningAgent: Sendable {
 }
 
 struct LBFarm: Sendable {
+    let server: EtcdServer
     let etcd: EtcdClient
     let keys = SLBKeys()
     let group = "web"
@@ -322,7 +351,7 @@ func withLBFarm(_ body: (LBFarm) async throws -> Void) async throws {
     let dir = try TempDir("lb")
     let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
     defer { server.stop() }
-    let farm = LBFarm(etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
+    let farm = LBFarm(server: server, etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
     let result: Result<Void, any Error>
     do {
         try await body(farm)
