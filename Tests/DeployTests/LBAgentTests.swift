@@ -11,6 +11,9 @@ import NIOCore
 import NIOHTTP1
 import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The lb-agent with a real etcd, real nginx and real backends (HTTP servers in this process
 /// that answer their own name). Each test waits on `LBAgents.waitApplied`, then asks nginx.
@@ -183,6 +186,24 @@ struct LBAgentTests {
         }
     }
 
+    @Test func whenItsNginxDiesTheAgentEndsAndSaysWhy() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            let pidText = try String(contentsOf: agent.directory.appendingPathComponent("nginx.pid"), encoding: .utf8)
+            let pid = try #require(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            kill(pid, SIGKILL)
+
+            let error = try await agent.waitForEnd()
+            let message = (error as? KilnError)?.message ?? "\(String(describing: error))"
+            #expect(message.contains("nginx (pid \(pid)) exited"), "\(message)")
+            // Its report is gone at once, and no orphaned worker holds the port.
+            #expect(try await farm.etcd.get(farm.keys.agent(group: farm.group, "a1")) == nil)
+            #expect(!FreePort.isInUse(agent.port))
+        }
+    }
+
     @Test func aSteadyClientSeesNoFailedRequestAcrossServerSwitches() async throws {
         try await withLBFarm { farm in
             var current = try await farm.backend("v0")
@@ -284,10 +305,23 @@ final class RunningAgent: Sendable {
         return Reply(r.status, r.body)
     }
 
-    /// Cancels the agent and waits until it has stopped nginx and revoked its lease.
+    private let endSeen = Mutex(false)
+
+    /// Cancels the agent and waits until it has stopped nginx and revoked its lease. Throws
+    /// what the agent threw, unless `waitForEnd()` took it already.
     func stop() async throws {
         task.cancel()
-        try await task.value
+        do { try await task.value } catch where !endSeen.withLock({ $0 }) { throw error } catch {}
+    }
+
+    /// Waits until the agent ends by itself, and returns what it threw.
+    func waitForEnd(timeout: Duration = .seconds(10)) async throws -> (any Error)? {
+        let task = self.task
+        let error = try await withTimeout(timeout, waitingFor: "lb-agent \(id) to end") {
+            do { try await task.value; return nil as (any Error)? } catch { return error }
+        }
+        endSeen.withLock { $0 = true }
+        return error
     }
 }
 
