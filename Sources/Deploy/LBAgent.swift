@@ -91,17 +91,25 @@ public struct LBAgent: Sendable {
         guard let nginxPath = ManagedProcess.which(configuration.nginx) else {
             throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
         }
-        do { try prepareDirectory() } catch {
+        var kept: [String: String]
+        do { kept = try prepareDirectory() } catch {
             throw KilnError.unavailable("cannot prepare nginx's folder \(dir.path): \(error); give a folder this user may write with --dir")
         }
-        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: dir.appendingPathComponent("nginx.conf")) {
+        let mainFile = dir.appendingPathComponent("nginx.conf")
+        if !kept.isEmpty, let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: mainFile) {
+            logger.warning("the domain files of the last run do not pass nginx -t (\(refused)); starting without them")
+            try write([:], to: liveDomains)
+            kept = [:]
+        }
+        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: mainFile) {
             throw KilnError.invalid("nginx refuses the lb-agent's main config (listen \(configuration.listen)): \(refused)")
         }
         let nginx = try await Nginx.start(executable: nginxPath, directory: dir)
+        if !kept.isEmpty { logger.notice("serving the \(kept.count) domains of the last run until etcd answers") }
         logger.notice("nginx (pid \(nginx.process.pid)) listens on \(configuration.listen); following \(configuration.keys.domains(configuration.group))")
         let lease = Locked<Int64?>(nil)
         do {
-            try await serve(nginx: nginx, nginxPath: nginxPath, lease: lease)
+            try await serve(nginx: nginx, nginxPath: nginxPath, live: kept, lease: lease)
         } catch {
             await shutdown(nginx: nginx, lease: lease.value)
             if Task.isCancelled { return }
@@ -110,23 +118,33 @@ public struct LBAgent: Sendable {
         await shutdown(nginx: nginx, lease: lease.value)
     }
 
-    /// Creates the folders and the main file; removes domain files of an earlier run, so that
-    /// nginx starts serving nothing and then exactly what etcd says.
-    private func prepareDirectory() throws {
+    /// Creates the folders and the main files, and returns the domain files an earlier run left
+    /// in `domains/` for the same listen address (each passed `nginx -t` then): nginx starts
+    /// with them, so a restarted agent serves on while it reads etcd, and the first apply
+    /// replaces them with what etcd says. Any other file there is removed.
+    private func prepareDirectory() throws -> [String: String] {
         let fm = FileManager.default
         for sub in ["logs", "temp", "domains", "staging/domains"] {
             try fm.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
-        for folder in [liveDomains, stagingDomains] {
-            for file in try fm.contentsOfDirectory(atPath: folder.path) {
-                try fm.removeItem(at: folder.appendingPathComponent(file))
+        var kept: [String: String] = [:]
+        for name in try fm.contentsOfDirectory(atPath: liveDomains.path) {
+            let file = liveDomains.appendingPathComponent(name)
+            let domain = name.hasSuffix(".conf") ? String(name.dropLast(5)) : ""
+            // A file written for another listen address would serve there, not here.
+            if (try? Validation.domain(domain)) != nil, let text = try? String(contentsOf: file, encoding: .utf8),
+               text.contains("\n    listen \(configuration.listen);\n") {
+                kept[domain] = text
+            } else {
+                try fm.removeItem(at: file)
             }
         }
         try nginxConfig.mainFile(domainsFolder: liveDomains).write(to: dir.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
         try nginxConfig.mainFile(domainsFolder: stagingDomains).write(to: stagingConfig, atomically: true, encoding: .utf8)
+        return kept
     }
 
-    private func serve(nginx: Nginx, nginxPath: String, lease: Locked<Int64?>) async throws {
+    private func serve(nginx: Nginx, nginxPath: String, live: [String: String], lease: Locked<Int64?>) async throws {
         let view = LatestView()
         let (reports, reportsContinuation) = AsyncStream.makeStream(of: ReporterInput.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -142,7 +160,7 @@ public struct LBAgent: Sendable {
                 }
             }
             group.addTask {
-                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath)
+                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath, live: live)
                 for await _ in view.changed {
                     try await Task.sleep(for: configuration.debounce)
                     let snapshot = view.snapshot()

@@ -50,7 +50,9 @@ struct NginxConfig: Sendable {
             fastcgi_temp_path \(d)/temp/fastcgi;
             uwsgi_temp_path \(d)/temp/uwsgi;
             scgi_temp_path \(d)/temp/scgi;
-            server_names_hash_bucket_size 128;
+            # Domains may be 253 characters long, and a group may hold thousands.
+            server_names_hash_bucket_size 256;
+            server_names_hash_max_size 16384;
 
             # A Host that names no domain of the group.
             server {

@@ -186,6 +186,30 @@ struct LBAgentTests {
         }
     }
 
+    @Test func aRestartedAgentServesTheLastRunsDomainsUntilEtcdAnswers() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let first = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            try await first.stop()
+
+            farm.server.kill()
+            let again = try farm.launchAgent("a1", port: first.port)
+            try await withTimeout(.seconds(10), waitingFor: "nginx to listen again") {
+                // nginx announces nothing when it listens: look every 20 ms.
+                while !FreePort.isInUse(again.port) { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(try await again.get("demo.localhost") == Reply(200, "b1"), "the last run's config, with etcd down")
+
+            try await farm.server.restart()
+            let revision = try await farm.put("demo.localhost", [b2])
+            let key = farm.keys.agent(group: farm.group, "a1")
+            try await waitUntil(farm.etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
+            try await farm.waitApplied(revision)
+            #expect(try await again.get("demo.localhost") == Reply(200, "b2"))
+        }
+    }
+
     @Test func whenItsNginxDiesTheAgentEndsAndSaysWhy() async throws {
         try await withLBFarm { farm in
             let b1 = try await farm.backend("b1")
@@ -345,8 +369,17 @@ struct LBFarm: Sendable {
         return b
     }
 
+    /// Starts an agent and waits until it has applied what etcd held when it started, and reported it.
     func startAgent(_ id: String) async throws -> RunningAgent {
-        let port = try FreePort.next()
+        let running = try launchAgent(id)
+        let key = keys.agent(group: group, id)
+        try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
+        return running
+    }
+
+    /// Starts an agent (on `port`, or a free one) without waiting for it.
+    func launchAgent(_ id: String, port: Int? = nil) throws -> RunningAgent {
+        let port = try port ?? FreePort.next()
         let directory = dir.appendingPathComponent("lb-\(id)")
         var logger = Logger(label: "lb-agent")
         logger.logLevel = .warning
@@ -356,9 +389,6 @@ struct LBFarm: Sendable {
         let task = Task { try await agent.run() }
         let running = RunningAgent(id: id, port: port, directory: directory, task: task)
         started.agents.withLock { $0.append(running) }
-        // Ready once it has applied what etcd held when it started, and reported it.
-        let key = keys.agent(group: group, id)
-        try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
         return running
     }
 
