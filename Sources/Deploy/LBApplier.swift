@@ -31,6 +31,7 @@ struct Applier {
 
     /// Makes nginx serve `view` as far as each domain allows, and says what it did.
     mutating func apply(_ view: LatestView.State) async throws -> SLBAgentReport {
+        let clock = ContinuousClock(), start = clock.now
         let prefix = agent.configuration.keys.domains(agent.configuration.group)
         var wanted: [String: String] = [:]
         var rejected: [String: String] = [:]
@@ -78,9 +79,10 @@ struct Applier {
         let next = base.merging(accepted) { _, new in new }
         if next != live {
             try swapIn(next)
+            let tested = clock.now - start
             try await nginx.reload()
             let removed = live.keys.filter { next[$0] == nil }.sorted()
-            logger.info("applied revision \(view.revision): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
+            logger.info("applied revision \(view.revision) (checked in \(Int(tested / .milliseconds(1))) ms, reloaded in \(Int((clock.now - start - tested) / .milliseconds(1))) ms): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
             live = next
         } else {
             logger.debug("revision \(view.revision): nothing to reload; rejected \(rejected.keys.sorted())")
