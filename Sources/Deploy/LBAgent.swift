@@ -208,6 +208,7 @@ public struct LBAgent: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             var latest: SLBAgentReport?
             var current: Int64?
+            var warnedAbout: Int64?
             for await input in inputs {
                 switch input {
                 case .report(let r): latest = r
@@ -227,7 +228,15 @@ public struct LBAgent: Sendable {
                                 continuation.yield(.leaseLost(id))
                             }
                         }
-                        try await etcd.put(key, try KilnJSON.encode(report), lease: current)
+                        if let other = try await write(report, at: key, lease: current!) {
+                            if other != warnedAbout {
+                                logger.warning("another lb-agent reports as \(configuration.id) in group \(configuration.group) (lease \(other)): waiting until its report goes; give each agent its own --id")
+                                warnedAbout = other
+                            }
+                            try? await Task.sleep(for: .seconds(1))
+                            continue
+                        }
+                        warnedAbout = nil
                         break
                     } catch {
                         if Task.isCancelled { break }
@@ -239,6 +248,17 @@ public struct LBAgent: Sendable {
             }
             group.cancelAll()
         }
+    }
+
+    /// Writes the report if the key is this agent's (bound to `lease`) or free. Returns the
+    /// lease of another agent that holds the key, so two agents given the same id cannot
+    /// overwrite each other's report and make `LBAgents.waitApplied` believe the wrong one.
+    private func write(_ report: SLBAgentReport, at key: String, lease: Int64) async throws -> Int64? {
+        let json = try KilnJSON.encode(report)
+        if try await etcd.txn(Txn(compare: [.lease(key, .equal, lease)], success: [.put(key, json, lease: lease)])).succeeded { return nil }
+        let created = try await etcd.txn(Txn(compare: [.createRevision(key, .equal, 0)], success: [.put(key, json, lease: lease)], failure: [.get(key)]))
+        if created.succeeded { return nil }
+        return created.responses.first?.kvs.first?.lease ?? 0
     }
 
     /// Revokes the report's lease (its key goes at once), then stops nginx gracefully.

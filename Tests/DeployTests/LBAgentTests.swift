@@ -210,6 +210,28 @@ struct LBAgentTests {
         }
     }
 
+    @Test func aSecondAgentWithTheSameIDDoesNotOverwriteTheFirstsReport() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1")
+            let first = try await farm.startAgent("a1")
+            let key = farm.keys.agent(group: farm.group, "a1")
+            let firstLease = try #require(try await farm.etcd.get(key)).lease
+            let twin = try farm.launchAgent("a1", folder: "lb-a1-twin")
+            try await withTimeout(.seconds(10), waitingFor: "the twin's nginx to listen") {
+                while !FreePort.isInUse(twin.port) { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            #expect(try #require(try await farm.etcd.get(key)).lease == firstLease)
+
+            // Once the first is gone, the twin reports.
+            try await first.stop()
+            try await waitUntil(farm.etcd, prefix: key) { kvs in kvs.contains { $0.key == key && $0.lease != firstLease } }
+            let report = try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            #expect(report.map(\.listen) == [twin.listen])
+            #expect(try await twin.get("demo.localhost") == Reply(200, "b1"))
+        }
+    }
+
     @Test func whenItsNginxDiesTheAgentEndsAndSaysWhy() async throws {
         try await withLBFarm { farm in
             let b1 = try await farm.backend("b1")
@@ -378,9 +400,9 @@ struct LBFarm: Sendable {
     }
 
     /// Starts an agent (on `port`, or a free one) without waiting for it.
-    func launchAgent(_ id: String, port: Int? = nil) throws -> RunningAgent {
+    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil) throws -> RunningAgent {
         let port = try port ?? FreePort.next()
-        let directory = dir.appendingPathComponent("lb-\(id)")
+        let directory = dir.appendingPathComponent(folder ?? "lb-\(id)")
         var logger = Logger(label: "lb-agent")
         logger.logLevel = .warning
         let agent = LBAgent(
