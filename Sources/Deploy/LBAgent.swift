@@ -41,6 +41,7 @@ public struct LBAgentConfiguration: Sendable {
         URL(fileURLWithPath: "/var/lib/kiln/lb").appendingPathComponent(group)
     }
 
+    /// Throws a `KilnError` naming the first field that is wrong and what to give instead.
     public func validate() throws {
         try Validation.groupName(group)
         do { try Validation.agentID(id) } catch { throw KilnError.invalid("lb-agent id '\(Validation.printable(id))' is invalid: use letters, digits, '-', '_' and '.'") }

@@ -12,7 +12,7 @@ struct Applier {
     let nginxPath: String
 
     /// Domain → the file nginx serves now (the last good config of each domain).
-    private(set) var live: [String: String]
+    private var live: [String: String]
     /// Domain → a file nginx refused and its message, so an unchanged refused value is not
     /// tested again at every apply.
     private var refusedByNginx: [String: (file: String, message: String)] = [:]

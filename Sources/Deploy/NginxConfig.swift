@@ -4,7 +4,7 @@ import KilnCore
 /// The nginx configuration of one lb-agent, as text: the main file and one file per domain.
 /// Pure: no file or process is touched here, so every rule is testable on its own.
 ///
-/// Nothing read from etcd reaches a file before `domainFile(key:value:)` has checked it: the
+/// Nothing read from etcd reaches a file before `domainFile(domain:value:)` has checked it: the
 /// domain and the server addresses against `Validation`, the settings against
 /// `SLBDomain.allowedSettings` and a character set that cannot end a directive, open a block,
 /// start a comment or name a variable. Values nginx itself refuses (`client_max_body_size ten`)
