@@ -41,6 +41,7 @@ public struct LBAgentConfiguration: Sendable {
         URL(fileURLWithPath: "/var/lib/kiln/lb").appendingPathComponent(group)
     }
 
+    /// Throws a `KilnError` naming the first field that is wrong and what to give instead.
     public func validate() throws {
         try Validation.groupName(group)
         do { try Validation.agentID(id) } catch { throw KilnError.invalid("lb-agent id '\(Validation.printable(id))' is invalid: use letters, digits, '-', '_' and '.'") }
@@ -91,17 +92,25 @@ public struct LBAgent: Sendable {
         guard let nginxPath = ManagedProcess.which(configuration.nginx) else {
             throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
         }
-        do { try prepareDirectory() } catch {
+        var kept: [String: String]
+        do { kept = try prepareDirectory() } catch {
             throw KilnError.unavailable("cannot prepare nginx's folder \(dir.path): \(error); give a folder this user may write with --dir")
         }
-        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: dir.appendingPathComponent("nginx.conf")) {
+        let mainFile = dir.appendingPathComponent("nginx.conf")
+        if !kept.isEmpty, let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: mainFile) {
+            logger.warning("the domain files of the last run do not pass nginx -t (\(refused)); starting without them")
+            try write([:], to: liveDomains)
+            kept = [:]
+        }
+        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: mainFile) {
             throw KilnError.invalid("nginx refuses the lb-agent's main config (listen \(configuration.listen)): \(refused)")
         }
         let nginx = try await Nginx.start(executable: nginxPath, directory: dir)
+        if !kept.isEmpty { logger.notice("serving the \(kept.count) domains of the last run until etcd answers") }
         logger.notice("nginx (pid \(nginx.process.pid)) listens on \(configuration.listen); following \(configuration.keys.domains(configuration.group))")
         let lease = Locked<Int64?>(nil)
         do {
-            try await serve(nginx: nginx, nginxPath: nginxPath, lease: lease)
+            try await serve(nginx: nginx, nginxPath: nginxPath, live: kept, lease: lease)
         } catch {
             await shutdown(nginx: nginx, lease: lease.value)
             if Task.isCancelled { return }
@@ -110,23 +119,33 @@ public struct LBAgent: Sendable {
         await shutdown(nginx: nginx, lease: lease.value)
     }
 
-    /// Creates the folders and the main file; removes domain files of an earlier run, so that
-    /// nginx starts serving nothing and then exactly what etcd says.
-    private func prepareDirectory() throws {
+    /// Creates the folders and the main files, and returns the domain files an earlier run left
+    /// in `domains/` for the same listen address (each passed `nginx -t` then): nginx starts
+    /// with them, so a restarted agent serves on while it reads etcd, and the first apply
+    /// replaces them with what etcd says. Any other file there is removed.
+    private func prepareDirectory() throws -> [String: String] {
         let fm = FileManager.default
         for sub in ["logs", "temp", "domains", "staging/domains"] {
             try fm.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
-        for folder in [liveDomains, stagingDomains] {
-            for file in try fm.contentsOfDirectory(atPath: folder.path) {
-                try fm.removeItem(at: folder.appendingPathComponent(file))
+        var kept: [String: String] = [:]
+        for name in try fm.contentsOfDirectory(atPath: liveDomains.path) {
+            let file = liveDomains.appendingPathComponent(name)
+            let domain = name.hasSuffix(".conf") ? String(name.dropLast(5)) : ""
+            // A file written for another listen address would serve there, not here.
+            if (try? Validation.domain(domain)) != nil, let text = try? String(contentsOf: file, encoding: .utf8),
+               text.contains("\n    listen \(configuration.listen);\n") {
+                kept[domain] = text
+            } else {
+                try fm.removeItem(at: file)
             }
         }
         try nginxConfig.mainFile(domainsFolder: liveDomains).write(to: dir.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
         try nginxConfig.mainFile(domainsFolder: stagingDomains).write(to: stagingConfig, atomically: true, encoding: .utf8)
+        return kept
     }
 
-    private func serve(nginx: Nginx, nginxPath: String, lease: Locked<Int64?>) async throws {
+    private func serve(nginx: Nginx, nginxPath: String, live: [String: String], lease: Locked<Int64?>) async throws {
         let view = LatestView()
         let (reports, reportsContinuation) = AsyncStream.makeStream(of: ReporterInput.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -142,7 +161,7 @@ public struct LBAgent: Sendable {
                 }
             }
             group.addTask {
-                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath)
+                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath, live: live)
                 for await _ in view.changed {
                     try await Task.sleep(for: configuration.debounce)
                     let snapshot = view.snapshot()
@@ -190,6 +209,7 @@ public struct LBAgent: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             var latest: SLBAgentReport?
             var current: Int64?
+            var warnedAbout: Int64?
             for await input in inputs {
                 switch input {
                 case .report(let r): latest = r
@@ -209,7 +229,15 @@ public struct LBAgent: Sendable {
                                 continuation.yield(.leaseLost(id))
                             }
                         }
-                        try await etcd.put(key, try KilnJSON.encode(report), lease: current)
+                        if let other = try await write(report, at: key, lease: current!) {
+                            if other != warnedAbout {
+                                logger.warning("another lb-agent reports as \(configuration.id) in group \(configuration.group) (lease \(other)): waiting until its report goes; give each agent its own --id")
+                                warnedAbout = other
+                            }
+                            try? await Task.sleep(for: .seconds(1))
+                            continue
+                        }
+                        warnedAbout = nil
                         break
                     } catch {
                         if Task.isCancelled { break }
@@ -221,6 +249,17 @@ public struct LBAgent: Sendable {
             }
             group.cancelAll()
         }
+    }
+
+    /// Writes the report if the key is this agent's (bound to `lease`) or free. Returns the
+    /// lease of another agent that holds the key, so two agents given the same id cannot
+    /// overwrite each other's report and make `LBAgents.waitApplied` believe the wrong one.
+    private func write(_ report: SLBAgentReport, at key: String, lease: Int64) async throws -> Int64? {
+        let json = try KilnJSON.encode(report)
+        if try await etcd.txn(Txn(compare: [.lease(key, .equal, lease)], success: [.put(key, json, lease: lease)])).succeeded { return nil }
+        let created = try await etcd.txn(Txn(compare: [.createRevision(key, .equal, 0)], success: [.put(key, json, lease: lease)], failure: [.get(key)]))
+        if created.succeeded { return nil }
+        return created.responses.first?.kvs.first?.lease ?? 0
     }
 
     /// Revokes the report's lease (its key goes at once), then stops nginx gracefully.

@@ -12,15 +12,17 @@ struct Applier {
     let nginxPath: String
 
     /// Domain → the file nginx serves now (the last good config of each domain).
-    private(set) var live: [String: String] = [:]
+    private var live: [String: String]
     /// Domain → a file nginx refused and its message, so an unchanged refused value is not
     /// tested again at every apply.
     private var refusedByNginx: [String: (file: String, message: String)] = [:]
     /// The last report's rejections, so each is logged once.
     private var rejected: [String: String] = [:]
 
-    init(agent: LBAgent, nginx: Nginx, nginxPath: String) {
+    /// `live`: the files nginx started with.
+    init(agent: LBAgent, nginx: Nginx, nginxPath: String, live: [String: String]) {
         self.agent = agent
+        self.live = live
         self.nginx = nginx
         self.nginxPath = nginxPath
     }
@@ -29,6 +31,7 @@ struct Applier {
 
     /// Makes nginx serve `view` as far as each domain allows, and says what it did.
     mutating func apply(_ view: LatestView.State) async throws -> SLBAgentReport {
+        let clock = ContinuousClock(), start = clock.now
         let prefix = agent.configuration.keys.domains(agent.configuration.group)
         var wanted: [String: String] = [:]
         var rejected: [String: String] = [:]
@@ -76,9 +79,10 @@ struct Applier {
         let next = base.merging(accepted) { _, new in new }
         if next != live {
             try swapIn(next)
+            let tested = clock.now - start
             try await nginx.reload()
             let removed = live.keys.filter { next[$0] == nil }.sorted()
-            logger.info("applied revision \(view.revision): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
+            logger.info("applied revision \(view.revision) (checked in \(Int(tested / .milliseconds(1))) ms, reloaded in \(Int((clock.now - start - tested) / .milliseconds(1))) ms): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
             live = next
         } else {
             logger.debug("revision \(view.revision): nothing to reload; rejected \(rejected.keys.sorted())")
@@ -93,7 +97,7 @@ struct Applier {
 
     /// `nginx -t` of the main file over `files` in the staging folder: nil if nginx accepts them, else its message.
     private func test(_ files: [String: String]) async throws -> String? {
-        try write(files, to: agent.stagingDomains)
+        try agent.write(files, to: agent.stagingDomains)
         let message = try await Nginx.test(executable: nginxPath, directory: agent.dir, configFile: agent.stagingConfig)
         // Staging paths mean nothing to a reader of the report.
         return message.map { $0.replacingOccurrences(of: agent.stagingDomains.path + "/", with: "") }
@@ -101,11 +105,13 @@ struct Applier {
 
     /// Makes the live folder hold exactly `files` (each written whole, then renamed into place).
     private func swapIn(_ files: [String: String]) throws {
-        try write(files, to: agent.liveDomains, unchanged: live)
+        try agent.write(files, to: agent.liveDomains, unchanged: live)
     }
+}
 
+extension LBAgent {
     /// Makes `folder` hold exactly `files`; skips files whose text is already `unchanged`'s.
-    private func write(_ files: [String: String], to folder: URL, unchanged: [String: String] = [:]) throws {
+    func write(_ files: [String: String], to folder: URL, unchanged: [String: String] = [:]) throws {
         let fm = FileManager.default
         let wantedNames = Set(files.keys.map(NginxConfig.fileName))
         for name in try fm.contentsOfDirectory(atPath: folder.path) where !wantedNames.contains(name) {

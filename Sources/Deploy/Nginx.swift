@@ -112,7 +112,12 @@ struct Nginx: Sendable {
 
     /// Stops nginx: SIGQUIT (graceful: requests in flight finish), then SIGKILL after `grace` seconds.
     func stop(grace: Double = 10) {
-        guard process.isRunning else { return }
+        guard process.isRunning else {
+            // A master that died leaves its workers serving the old config: take them too
+            // (its process group lives on as long as they do, so the id names only them).
+            kill(-process.pid, SIGKILL)
+            return
+        }
         kill(process.pid, SIGQUIT)
         let deadline = Date().addingTimeInterval(grace)
         while process.isRunning && Date() < deadline { usleep(20_000) }

@@ -4,7 +4,7 @@ import KilnCore
 /// The nginx configuration of one lb-agent, as text: the main file and one file per domain.
 /// Pure: no file or process is touched here, so every rule is testable on its own.
 ///
-/// Nothing read from etcd reaches a file before `domainFile(key:value:)` has checked it: the
+/// Nothing read from etcd reaches a file before `domainFile(domain:value:)` has checked it: the
 /// domain and the server addresses against `Validation`, the settings against
 /// `SLBDomain.allowedSettings` and a character set that cannot end a directive, open a block,
 /// start a comment or name a variable. Values nginx itself refuses (`client_max_body_size ten`)
@@ -50,7 +50,9 @@ struct NginxConfig: Sendable {
             fastcgi_temp_path \(d)/temp/fastcgi;
             uwsgi_temp_path \(d)/temp/uwsgi;
             scgi_temp_path \(d)/temp/scgi;
-            server_names_hash_bucket_size 128;
+            # Domains may be 253 characters long, and a group may hold thousands.
+            server_names_hash_bucket_size 256;
+            server_names_hash_max_size 16384;
 
             # A Host that names no domain of the group.
             server {

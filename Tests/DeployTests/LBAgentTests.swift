@@ -11,6 +11,9 @@ import NIOCore
 import NIOHTTP1
 import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The lb-agent with a real etcd, real nginx and real backends (HTTP servers in this process
 /// that answer their own name). Each test waits on `LBAgents.waitApplied`, then asks nginx.
@@ -155,6 +158,98 @@ struct LBAgentTests {
         }
     }
 
+    @Test func anAgentFollowsEtcdAcrossARestartAndACompaction() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+
+            // etcd crashes. While the agent cannot reach it (the same data served on another
+            // client port), the domains change and the history its watch would resume from is
+            // compacted away: back on its port, the agent must read the domains again.
+            farm.server.kill()
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b1"), "nginx serves on while etcd is down")
+            let aside = try await EtcdServer.start(dataDir: farm.server.dataDir, clientPort: try FreePort.next(), peerPort: farm.server.peerPort,
+                                                   logFile: farm.dir.appendingPathComponent("etcd-aside.log"))
+            let elsewhere = LBFarm(server: aside, etcd: EtcdClient(endpoint: aside.endpoint), dir: farm.dir, started: farm.started)
+            _ = try await elsewhere.put("gone.localhost", [b1])
+            _ = try await elsewhere.delete("gone.localhost")
+            let revision = try await elsewhere.put("demo.localhost", [b2])
+            try await elsewhere.etcd.compact(revision: revision)
+            aside.stop()
+            try await farm.server.restart()
+
+            let reports = try await farm.waitApplied(revision)
+            #expect(reports.map(\.id) == ["a1"])
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+            #expect(try await agent.get("gone.localhost").status == 404)
+        }
+    }
+
+    @Test func aRestartedAgentServesTheLastRunsDomainsUntilEtcdAnswers() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let first = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            try await first.stop()
+
+            farm.server.kill()
+            let again = try farm.launchAgent("a1", port: first.port)
+            try await withTimeout(.seconds(10), waitingFor: "nginx to listen again") {
+                // nginx announces nothing when it listens: look every 20 ms.
+                while !FreePort.isInUse(again.port) { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(try await again.get("demo.localhost") == Reply(200, "b1"), "the last run's config, with etcd down")
+
+            try await farm.server.restart()
+            let revision = try await farm.put("demo.localhost", [b2])
+            let key = farm.keys.agent(group: farm.group, "a1")
+            try await waitUntil(farm.etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
+            try await farm.waitApplied(revision)
+            #expect(try await again.get("demo.localhost") == Reply(200, "b2"))
+        }
+    }
+
+    @Test func aSecondAgentWithTheSameIDDoesNotOverwriteTheFirstsReport() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1")
+            let first = try await farm.startAgent("a1")
+            let key = farm.keys.agent(group: farm.group, "a1")
+            let firstLease = try #require(try await farm.etcd.get(key)).lease
+            let twin = try farm.launchAgent("a1", folder: "lb-a1-twin")
+            try await withTimeout(.seconds(10), waitingFor: "the twin's nginx to listen") {
+                while !FreePort.isInUse(twin.port) { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            #expect(try #require(try await farm.etcd.get(key)).lease == firstLease)
+
+            // Once the first is gone, the twin reports.
+            try await first.stop()
+            try await waitUntil(farm.etcd, prefix: key) { kvs in kvs.contains { $0.key == key && $0.lease != firstLease } }
+            let report = try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            #expect(report.map(\.listen) == [twin.listen])
+            #expect(try await twin.get("demo.localhost") == Reply(200, "b1"))
+        }
+    }
+
+    @Test func whenItsNginxDiesTheAgentEndsAndSaysWhy() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            let pidText = try String(contentsOf: agent.directory.appendingPathComponent("nginx.pid"), encoding: .utf8)
+            let pid = try #require(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            kill(pid, SIGKILL)
+
+            let error = try await agent.waitForEnd()
+            let message = (error as? KilnError)?.message ?? "\(String(describing: error))"
+            #expect(message.contains("nginx (pid \(pid)) exited"), "\(message)")
+            // Its report is gone at once, and no orphaned worker holds the port.
+            #expect(try await farm.etcd.get(farm.keys.agent(group: farm.group, "a1")) == nil)
+            #expect(!FreePort.isInUse(agent.port))
+        }
+    }
+
     @Test func aSteadyClientSeesNoFailedRequestAcrossServerSwitches() async throws {
         try await withLBFarm { farm in
             var current = try await farm.backend("v0")
@@ -256,14 +351,28 @@ final class RunningAgent: Sendable {
         return Reply(r.status, r.body)
     }
 
-    /// Cancels the agent and waits until it has stopped nginx and revoked its lease.
+    private let endSeen = Mutex(false)
+
+    /// Cancels the agent and waits until it has stopped nginx and revoked its lease. Throws
+    /// what the agent threw, unless `waitForEnd()` took it already.
     func stop() async throws {
         task.cancel()
-        try await task.value
+        do { try await task.value } catch where !endSeen.withLock({ $0 }) { throw error } catch {}
+    }
+
+    /// Waits until the agent ends by itself, and returns what it threw.
+    func waitForEnd(timeout: Duration = .seconds(10)) async throws -> (any Error)? {
+        let task = self.task
+        let error = try await withTimeout(timeout, waitingFor: "lb-agent \(id) to end") {
+            do { try await task.value; return nil as (any Error)? } catch { return error }
+        }
+        endSeen.withLock { $0 = true }
+        return error
     }
 }
 
 struct LBFarm: Sendable {
+    let server: EtcdServer
     let etcd: EtcdClient
     let keys = SLBKeys()
     let group = "web"
@@ -282,9 +391,18 @@ struct LBFarm: Sendable {
         return b
     }
 
+    /// Starts an agent and waits until it has applied what etcd held when it started, and reported it.
     func startAgent(_ id: String) async throws -> RunningAgent {
-        let port = try FreePort.next()
-        let directory = dir.appendingPathComponent("lb-\(id)")
+        let running = try launchAgent(id)
+        let key = keys.agent(group: group, id)
+        try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
+        return running
+    }
+
+    /// Starts an agent (on `port`, or a free one) without waiting for it.
+    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil) throws -> RunningAgent {
+        let port = try port ?? FreePort.next()
+        let directory = dir.appendingPathComponent(folder ?? "lb-\(id)")
         var logger = Logger(label: "lb-agent")
         logger.logLevel = .warning
         let agent = LBAgent(
@@ -293,9 +411,6 @@ struct LBFarm: Sendable {
         let task = Task { try await agent.run() }
         let running = RunningAgent(id: id, port: port, directory: directory, task: task)
         started.agents.withLock { $0.append(running) }
-        // Ready once it has applied what etcd held when it started, and reported it.
-        let key = keys.agent(group: group, id)
-        try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
         return running
     }
 
@@ -322,7 +437,7 @@ func withLBFarm(_ body: (LBFarm) async throws -> Void) async throws {
     let dir = try TempDir("lb")
     let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
     defer { server.stop() }
-    let farm = LBFarm(etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
+    let farm = LBFarm(server: server, etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
     let result: Result<Void, any Error>
     do {
         try await body(farm)
