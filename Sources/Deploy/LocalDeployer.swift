@@ -89,7 +89,10 @@ public struct LocalDeployer: Deployer {
             }
             return started
         } catch {
-            for instance in started { try? await docker.remove(instance.id, force: true) }
+            // Also when this start was cancelled (another cell failed first): a task of its own
+            // is not cancelled, so the removals do happen.
+            let leftovers = started
+            await Task { for instance in leftovers { try? await docker.remove(instance.id, force: true) } }.value
             throw error
         }
     }

@@ -12,7 +12,10 @@ import Testing
 /// The deploy pipeline with every real part: a push builds, the image is deployed in two
 /// cells (two podman API endpoints), nginx (driven by an lb-agent) serves it, the next
 /// version takes over under a steady client, and what must not happen does not.
-@Suite(.serialized) struct DeployPipelineTests {
+// Nested in the end-to-end suite, which runs one farm at a time: farms share one podman
+// storage (and its API service's pid file).
+extension EndToEndTests {
+@Suite struct DeployPipelineTests {
     static let group = "e2e"
     static let domain = "demo.localhost"
 
@@ -139,6 +142,8 @@ import Testing
     }
 }
 
+}
+
 /// Holds a TCP port on 127.0.0.1 (a listening socket) until closed.
 final class PortHolder: Sendable {
     let port: Int
@@ -162,9 +167,10 @@ extension Farm {
     func cellSocket(_ name: String) -> String { Farm.podmanRoot.appendingPathComponent("cell-\(name).sock").path }
 
     /// Cells a and b: two more podman API services on the farm's storage, with host port
-    /// ranges of their own.
+    /// ranges of their own, below Linux's ephemeral ports (32768 up), which outgoing
+    /// connections take and a published port then cannot.
     func cell(_ name: String) -> Cell {
-        let base = 31000 + (Int(infra.etcd.endpoint.split(separator: ":").last ?? "0") ?? 0) % 300 * 100
+        let base = 21000 + (Int(infra.etcd.endpoint.split(separator: ":").last ?? "0") ?? 0) % 100 * 100
         return Cell(name: name, endpoint: "unix://\(cellSocket(name))", firstPort: base + (name == "a" ? 0 : 50), lastPort: base + (name == "a" ? 49 : 99))
     }
 
