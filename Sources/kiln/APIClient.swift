@@ -29,10 +29,11 @@ struct APIClient: Sendable {
 
     /// A request to any URL (not the API), with a Host header: the body as text. Throws on a
     /// status other than 2xx unless `anyStatus`.
-    func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false) async throws -> String {
+    func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false, closeConnection: Bool = false) async throws -> String {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         request.headers.add(name: "Host", value: host)
+        if closeConnection { request.headers.add(name: "Connection", value: "close") }
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
         let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
         guard anyStatus || (200..<300).contains(Int(response.status.code)) else {

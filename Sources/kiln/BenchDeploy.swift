@@ -17,7 +17,9 @@ extension BenchCommand {
             loops request the page through nginx without pause. Figures (issue 5):
               served     from the build's end (its record's finishedAt) to the first answer
                          that names the run, p50 over the runs
-              failed     requests that got no 200 during all runs (target: 0)
+              failed     requests that got no 200 during all runs (target: 0), for client
+                         loops that open a new connection per request and for loops that
+                         keep connections alive (half the --clients each)
               steps      each pipeline step's duration, p50
             Results are printed and written to Benchmarks/results/deploy-DATE.md.
 
@@ -52,24 +54,26 @@ extension BenchCommand {
             let stamp = String(Int(Date().timeIntervalSince1970) % 100_000)
             say("kiln bench deploy: \(runs) runs, \(clients) client loops on http://\(lb)/ (Host \(domain))")
             var served = Samples(), stepTimes: [String: Samples] = [:], pipelineTimes = Samples()
-            var requests = 0, failures: [String] = []
+            var requests = [0, 0], failures: [[String]] = [[], []]
             for i in 1...runs {
                 let marker = "bench-\(stamp)-\(i)"
                 try DemoRepository.publish(source: source, bareRepository: repo, message: "bench \(marker)", edit: { dir in
                     try "${project.version}-\(marker)\n".write(to: dir.appendingPathComponent("src/main/resources/version.txt"), atomically: true, encoding: .utf8)
                 })
-                let seen = Locked<Date?>(nil), count = Locked(0), failed = Locked<[String]>([])
-                let loops = (0..<clients).map { _ in
+                // Loop k % 2 == 0 opens a new connection per request; the others keep theirs.
+                let seen = Locked<Date?>(nil), count = Locked([0, 0]), failed = Locked<[[String]]>([[], []])
+                let loops = (0..<clients).map { k in
                     Task {
+                        let kind = k % 2
                         while !Task.isCancelled {
                             do {
-                                let body = try await APIClient("").rawText("GET", "http://\(lb)/", host: domain)
-                                count.add(1)
+                                let body = try await APIClient("").rawText("GET", "http://\(lb)/", host: domain, closeConnection: kind == 0)
+                                count.withLock { $0[kind] += 1 }
                                 if body.contains(marker) { seen.withLock { if $0 == nil { $0 = Date() } } }
                             } catch {
                                 if Task.isCancelled { break }
-                                count.add(1)
-                                failed.withLock { $0.append("\(error)") }
+                                count.withLock { $0[kind] += 1 }
+                                failed.withLock { $0[kind].append("\(error)") }
                             }
                         }
                     }
@@ -85,8 +89,10 @@ extension BenchCommand {
                 try await Task.sleep(for: .milliseconds(300))
                 for l in loops { l.cancel() }
                 for l in loops { _ = await l.value }
-                requests += count.value
-                failures += failed.value
+                for kind in 0..<2 {
+                    requests[kind] += count.value[kind]
+                    failures[kind] += failed.value[kind]
+                }
                 guard build.status == .succeeded, let run = build.deploy, run.status == .succeeded, let end = build.finishedAt, let at = seen.value else {
                     say("run \(i): build \(build.id) \(build.status.rawValue), pipeline \(build.deploy?.status.rawValue ?? "none"): \(build.error ?? build.deploy?.error ?? "the new version was not seen within 30 s")")
                     continue
@@ -95,18 +101,22 @@ extension BenchCommand {
                 served.add(ms)
                 if let d = run.durationMs { pipelineTimes.add(Double(d)) }
                 for s in run.steps { if let d = s.durationMs { stepTimes[s.plugin, default: Samples()].add(Double(d)) } }
-                say("run \(i): build \(build.id) succeeded; served by the new version \(Fmt.ms(ms)) later (\(run.steps.map { "\($0.plugin) \(Fmt.ms(Double($0.durationMs ?? 0)))" }.joined(separator: ", "))); \(count.value) requests, \(failed.value.count) failed")
+                say("run \(i): build \(build.id) succeeded; served by the new version \(Fmt.ms(ms)) later (\(run.steps.map { "\($0.plugin) \(Fmt.ms(Double($0.durationMs ?? 0)))" }.joined(separator: ", "))); \(count.value.reduce(0, +)) requests, \(failed.value.map(\.count).reduce(0, +)) failed")
             }
             var lines = [
                 "# kiln bench deploy, \(KilnJSON.formatDate(Date()))", "",
                 "\(runs) runs on this machine (\(ProcessInfo.processInfo.activeProcessorCount) cores); \(clients) client loops requesting the page through nginx without pause.", "",
                 "| figure | measured | target |", "|---|---|---|",
                 "| build succeeded → first request served by the new version (p50) | \(Fmt.ms(served.p50)) (max \(Fmt.ms(served.max)), n = \(served.count)) | - |",
-                "| failed requests during the switches | \(failures.count) of \(requests) | 0 |",
+                "| failed requests during the switches, a new connection per request | \(failures[0].count) of \(requests[0]) | 0 |",
+                "| failed requests during the switches, kept-alive connections | \(failures[1].count) of \(requests[1]) | 0 |",
                 "| pipeline run (p50) | \(Fmt.ms(pipelineTimes.p50)) | - |",
             ]
             for (plugin, t) in stepTimes.sorted(by: { $0.key < $1.key }) { lines.append("| \(plugin) step (p50) | \(Fmt.ms(t.p50)) | - |") }
-            if !failures.isEmpty { lines += ["", "First failures:", ""] + failures.prefix(5).map { "- \($0)" } }
+            let allFailures = failures[0] + failures[1]
+            if !allFailures.isEmpty {
+                lines += ["", "First failures:", ""] + failures[0].prefix(3).map { "- new connection: \($0)" } + failures[1].prefix(3).map { "- kept alive: \($0)" }
+            }
             let report = lines.joined(separator: "\n") + "\n"
             print("\n" + report)
             let dir = URL(fileURLWithPath: results)
@@ -116,7 +126,7 @@ extension BenchCommand {
             let file = dir.appendingPathComponent("deploy-\(f.string(from: Date())).md")
             try report.write(to: file, atomically: true, encoding: .utf8)
             say("written to \(file.path)")
-            if served.count < runs || !failures.isEmpty { throw ExitCode(1) }
+            if served.count < runs || !allFailures.isEmpty { throw ExitCode(1) }
         }
     }
 }
