@@ -344,7 +344,13 @@ public struct RetirePlugin: PostBuildPlugin {
 /// POSTs the build's outcome as JSON to a URL; a 2xx answer is success.
 public struct NotifyPlugin: PostBuildPlugin {
     let http: HTTPClient
-    public init(http: HTTPClient = .shared) { self.http = http }
+    public init(http: HTTPClient = NotifyPlugin.httpClient) { self.http = http }
+
+    /// Gives up connecting after 3 s (AsyncHTTPClient tries a refused connection again until
+    /// then) and waiting for the answer after 20 s. Never shut down.
+    public static let httpClient = HTTPClient(
+        eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+        configuration: .init(timeout: .init(connect: .seconds(3), read: .seconds(20))))
     public var spec: PluginSpec { PluginCatalog.spec("notify")! }
 
     struct Payload: Encodable {
