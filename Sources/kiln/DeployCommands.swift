@@ -1,4 +1,5 @@
 import ArgumentParser
+import Deploy
 import Foundation
 import KilnCore
 import Plugins
@@ -65,6 +66,8 @@ struct AppsCommand: AsyncParsableCommand {
         """)
     @OptionGroup var api: APIOptions
     @Argument(help: "App name.") var app: String?
+    @Flag(name: .long, help: "Check every running instance's health now, from this machine (discovery), instead of showing the last check the pipeline made.")
+    var check = false
 
     func run() async throws {
         let client = APIClient(api.api)
@@ -78,7 +81,24 @@ struct AppsCommand: AsyncParsableCommand {
             }
             return
         }
-        let status = try await client.get("/api/v1/apps/\(app)", as: AppStatus.self)
+        var status = try await client.get("/api/v1/apps/\(app)", as: AppStatus.self)
+        if check {
+            let cells = try await client.get("/api/v1/cells", as: [Cell].self)
+            let deployers = DeployEnvironment.standardDeployers()
+            for (vi, v) in status.app.versions.enumerated() where [.deploying, .ready, .live, .retiring].contains(v.state) {
+                let spec = VersionSpec(app: status.app.name, version: v.number, image: v.image, settings: v.settings)
+                for (ii, instance) in v.instances.enumerated() {
+                    var checked = instance
+                    checked.checkedAt = Date()
+                    if let cell = cells.first(where: { $0.name == instance.cell }), let deployer = deployers[cell.backend] {
+                        (checked.healthy, checked.detail) = await deployer.check(instance, of: spec, in: cell)
+                    } else {
+                        (checked.healthy, checked.detail) = (false, "cell \(instance.cell) no longer exists")
+                    }
+                    status.app.versions[vi].instances[ii] = checked
+                }
+            }
+        }
         if api.json { Show.printJSON(status); return }
         print("app \(status.app.name)")
         for v in status.app.versions.reversed() {
