@@ -21,10 +21,6 @@ public struct AppStore: Sendable {
         return try KilnJSON.decode(App.self, from: kv.value)
     }
 
-    public func apps() async throws -> [App] {
-        try await etcd.range(prefix: keys.apps).kvs.compactMap { try? KilnJSON.decode(App.self, from: $0.value) }
-    }
-
     /// Changes app `name` (created empty if absent) with `change`, atomically; returns what was
     /// written and `change`'s own result.
     @discardableResult
@@ -53,11 +49,6 @@ public struct AppStore: Sendable {
 
     public func cells() async throws -> [Cell] {
         try await etcd.range(prefix: keys.cells).kvs.compactMap { try? KilnJSON.decode(Cell.self, from: $0.value) }.sorted { $0.name < $1.name }
-    }
-
-    public func cell(_ name: String) async throws -> Cell? {
-        guard let kv = try await etcd.get(keys.cell(name)) else { return nil }
-        return try KilnJSON.decode(Cell.self, from: kv.value)
     }
 
     public func domain(group: String, _ domain: String) async throws -> (SLBDomain, Int64)? {

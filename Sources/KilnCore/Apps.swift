@@ -156,11 +156,6 @@ public struct AppVersion: Codable, Sendable, Equatable {
         self.createdAt = createdAt
         self.updatedAt = updatedAt
     }
-
-    /// Instances that passed their last health check, by cell.
-    public var healthyByCell: [String: [Instance]] {
-        Dictionary(grouping: instances.filter(\.healthy), by: \.cell)
-    }
 }
 
 /// Where an app is served: a domain of an nginx group.
@@ -336,7 +331,6 @@ public struct SLBKeys: Sendable, Equatable {
         while r.hasSuffix("/") { r.removeLast() }
         self.root = r.isEmpty ? "/slb" : r
     }
-    public func group(_ g: String) -> String { "\(root)/\(g)/" }
     public func domains(_ g: String) -> String { "\(root)/\(g)/domains/" }
     public func domain(group g: String, _ d: String) -> String { "\(root)/\(g)/domains/\(d)" }
     public func agents(_ g: String) -> String { "\(root)/\(g)/agents/" }
