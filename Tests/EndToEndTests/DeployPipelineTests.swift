@@ -39,7 +39,9 @@ extension EndToEndTests {
                     guard r.status == 200 else { throw FarmError("nginx answered \(r.status): \(r.body)") }
                     return r.body
                 }
-                try await farm.saveProject(pipeline: Self.pipeline())
+                // The first deploy sets memory, CPU and an environment variable; the later steps
+                // do not, so each new version takes them from the one before.
+                try await farm.saveProject(pipeline: Self.pipeline(deploy: ["memoryMB": .number(300), "cpu": .number(0.5), "env": .object(["KILN_GREETING": .string("hello")])]))
 
                 // 1. First version: built, deployed in cells a and b, served through nginx.
                 let b1 = try await farm.deployed(try await farm.startBuild().id)
@@ -54,6 +56,11 @@ extension EndToEndTests {
                 #expect(v1.instances.allSatisfy { $0.healthy })
                 #expect(app.domains.first?.agents.first?.current == true)
                 #expect(try await farm.log(b1.id).contains("==> lb succeeded"))
+
+                let inspected = try farm.podman(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", v1.instances[0].id])
+                #expect(inspected.hasPrefix("314572800 500000000 "), "\(inspected)")
+                #expect(inspected.contains("KILN_GREETING=hello"), "\(inspected)")
+                try await farm.saveProject(pipeline: Self.pipeline())
 
                 // 2. Second version while a client requests the page without pause.
                 try farm.infra.publishDemo(edit: { dir in
@@ -89,6 +96,7 @@ extension EndToEndTests {
                 app = try await farm.appStatus()
                 #expect(app.app.version(1)?.state == .retired)
                 #expect(app.app.live?.number == 2)
+                #expect(app.app.live?.settings == v1.settings, "v2 took v1's replicas, CPU, memory, env and health path")
                 #expect(try await farm.containers(version: 1).isEmpty, "the retired version's containers are removed")
 
                 // 3. A version whose health check never passes never joins; v2 keeps serving.
