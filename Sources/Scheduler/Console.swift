@@ -160,7 +160,19 @@ enum ConsolePages {
             \(definitions(fields))
             <h2>Steps</h2>
             \(stepBar(b.steps, now: now))
+            \(b.deploy.map(pipelineRun) ?? "")
             </div>
+            """
+    }
+
+    /// The post-build pipeline's run: each step's status, duration and what it did or why it failed.
+    static func pipelineRun(_ run: PipelineRun) -> String {
+        let rows = run.steps.map { s in
+            "<tr><td>\(html(s.plugin))</td><td>\(html(s.status.rawValue))</td><td>\(s.durationMs.map(seconds) ?? "—")</td><td>\(html(s.error ?? s.summary ?? ""))</td></tr>"
+        }
+        return """
+            <h2 id="pipeline">Pipeline run \(run.run) <small>\(html(run.trigger)) · \(html(run.status.rawValue))</small></h2>
+            \(table(["step", "status", "time", "outcome"], rows, empty: "No steps."))
             """
     }
 

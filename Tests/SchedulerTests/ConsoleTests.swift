@@ -33,6 +33,11 @@ struct ConsoleTests {
         b.agent = "agent-\(evil)"
         b.image = "127.0.0.1:5000/demo:\(evil)"
         b.trigger = "gitlab push to main by \(evil)"
+        var run = PipelineRun(run: 2, pipeline: [PipelineStep(plugin: "deploy"), PipelineStep(plugin: "lb")], trigger: "api")
+        run.status = .failed
+        run.steps[0] = PipelineStepResult(plugin: "deploy", status: .failed, durationMs: 1500, error: "cannot pull \(evil)")
+        run.steps[1].status = .skipped
+        b.deploy = run
         let project = Project(name: "demo", repository: "http://h/\(evil).git", buildImage: "a:1", buildCommand: "echo \(evil)",
                               labels: [evil], webhookSecret: "hush-hush-123")
         let agent = AgentInfo(id: "agent-\(evil)", capacity: 2, labels: [evil], version: evil)
@@ -51,6 +56,10 @@ struct ConsoleTests {
         // The build page's one script is the console's own.
         #expect(pages[0].components(separatedBy: "<script>").count == 2)
         #expect(pages[0].contains("<p class=\"error\" id=\"error\">compile failed: &lt;script&gt;"))
+        // The pipeline run: each step's status, time and reason.
+        #expect(pages[0].contains("Pipeline run 2"))
+        #expect(pages[0].contains("<tr><td>deploy</td><td>failed</td><td>1.5 s</td><td>cannot pull &lt;script&gt;"))
+        #expect(pages[0].contains("<tr><td>lb</td><td>skipped</td><td>—</td>"))
     }
 
     @Test func theStepBarIsProportionalToTheStepsDurations() {
