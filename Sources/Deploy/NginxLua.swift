@@ -270,6 +270,8 @@ struct ServerControl: Sendable {
         case .put: request.method = .PUT
         case .delete: request.method = .DELETE
         }
+        // The URL's host is the socket's path, which nginx refuses as a Host header.
+        request.headers.add(name: "Host", value: "localhost")
         request.headers.add(name: "Connection", value: "close")
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
         let response = try await http.execute(request, timeout: .seconds(5))

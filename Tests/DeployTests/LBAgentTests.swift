@@ -352,13 +352,17 @@ struct LBAgentTests {
         }
     }
 
-    @Test func aStoppedServerIsRetriedOnTheNextOneWithTheLuaBalancer() async throws {
+    @Test func aServerThatRefusesIsRetriedOnTheNextOneWithTheLuaBalancer() async throws {
         try await withLBFarm { farm in
-            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let b2 = try await farm.backend("b2")
             let agent = try await farm.startAgent("a1")
-            try await farm.waitApplied(try await farm.put("demo.localhost", [b1, b2]))
-            await b1.stop()
-            // proxy_next_upstream passes each request that meets the stopped one on to b2.
+            let dead = "127.0.0.1:\(try FreePort.next())"
+            let servers = [SLBServer(address: dead), SLBServer(address: b2.address)]
+            try await farm.waitApplied(try await farm.etcd.put(farm.keys.domain(group: farm.group, "demo.localhost"),
+                                                               try KilnJSON.encode(SLBDomain(domain: "demo.localhost", servers: servers))))
+            let file = try String(contentsOf: agent.directory.appendingPathComponent("domains/demo.localhost.conf"), encoding: .utf8)
+            #expect(file.contains("balancer_by_lua_block"))
+            // proxy_next_upstream passes each request that meets the refusing one on to b2.
             for _ in 0..<10 { #expect(try await agent.get("demo.localhost") == Reply(200, "b2")) }
         }
     }
