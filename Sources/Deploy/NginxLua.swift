@@ -94,6 +94,7 @@ struct NginxLua: Sendable {
     local M = {}
     local cache = {}     -- domain -> {text = ..., peers = ...}, this worker's
     local failures = {}  -- "address:port" -> {count = ..., at = ...}, this worker's (nginx's max_fails)
+    local failure_count = 0  -- entries in failures
     local max_fails, fail_timeout = 2, 5
 
     local function revision(text)
@@ -176,11 +177,20 @@ struct NginxLua: Sendable {
             -- Like nginx's own upstream: each server once, within proxy_next_upstream_tries.
             if #entry.peers > 1 then balancer.set_more_tries(#entry.peers - 1) end
         elseif ctx.kiln_last and balancer.get_last_failure() == "failed" then
+            local now = ngx.now()
             local f = failures[ctx.kiln_last]
             if f then
-                f.count, f.at = f.count + 1, ngx.now()
+                f.count, f.at = f.count + 1, now
             else
-                failures[ctx.kiln_last] = {count = 1, at = ngx.now()}
+                -- Servers come and go without a reload: forget old failures now and then.
+                failure_count = failure_count + 1
+                if failure_count > 1000 then
+                    failure_count = 0
+                    for key, old in pairs(failures) do
+                        if now - old.at >= fail_timeout then failures[key] = nil else failure_count = failure_count + 1 end
+                    end
+                end
+                failures[ctx.kiln_last] = {count = 1, at = now}
             end
         end
         local peer = pick(entry.peers, tried) or entry.peers[1]
