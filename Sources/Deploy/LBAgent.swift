@@ -23,9 +23,15 @@ public struct LBAgentConfiguration: Sendable {
     public var debounce: Duration
     /// The nginx program (a name on PATH or a path).
     public var nginx: String
+    /// How a change of a domain's servers alone reaches nginx.
+    public var serverUpdates: LBServerUpdates
+    /// The folder of nginx's dynamic modules that holds the Lua module; nil: the one `nginx -V`
+    /// names (`--modules-path`).
+    public var nginxModules: URL?
 
     public init(group: String, id: String, listen: String = "127.0.0.1:8088", directory: URL, keys: SLBKeys = SLBKeys(),
-                leaseTTL: Int64 = 10, debounce: Duration = .milliseconds(50), nginx: String = "nginx") {
+                leaseTTL: Int64 = 10, debounce: Duration = .milliseconds(50), nginx: String = "nginx",
+                serverUpdates: LBServerUpdates = .lua, nginxModules: URL? = nil) {
         self.group = group
         self.id = id
         self.listen = listen
@@ -34,6 +40,8 @@ public struct LBAgentConfiguration: Sendable {
         self.leaseTTL = leaseTTL
         self.debounce = debounce
         self.nginx = nginx
+        self.serverUpdates = serverUpdates
+        self.nginxModules = nginxModules
     }
 
     /// The default folder of a group's agent.
@@ -52,12 +60,24 @@ public struct LBAgentConfiguration: Sendable {
     }
 }
 
+/// How an lb-agent makes nginx serve a domain's new servers when nothing else of the group
+/// changed. Any other change (a domain added or removed, its settings) always reloads.
+public enum LBServerUpdates: String, Sendable, CaseIterable {
+    /// Through the Lua module (a shared dict the balancer reads, set over the agent's control
+    /// socket: no reload, so no kept-alive client connection is closed), when nginx can load
+    /// it; else by reload.
+    case lua
+    /// Every change reloads nginx.
+    case reload
+}
+
 /// The agent beside one nginx: keeps nginx serving what `/slb/{group}/domains/` says.
 ///
 /// `run()` starts nginx (its own child process, stopped by PID when `run()` ends), reads the
 /// domains, then follows their watch. Each change is checked, rendered into the domain's own
 /// file, tested with `nginx -t` and applied with a graceful reload (old workers finish their
-/// requests). A domain whose value is invalid or that nginx refuses keeps its last good
+/// requests); a change of servers alone goes through the Lua module without a reload, when
+/// nginx has it (`LBServerUpdates`). A domain whose value is invalid or that nginx refuses keeps its last good
 /// config, and the reason is reported. After every apply it writes an `SLBAgentReport` at
 /// `/slb/{group}/agents/{id}`, bound to a lease, so a caller can wait until every agent of the
 /// group serves a revision (`LBAgents.waitApplied`).
@@ -84,7 +104,10 @@ public struct LBAgent: Sendable {
     var liveDomains: URL { dir.appendingPathComponent("domains") }
     var stagingDomains: URL { dir.appendingPathComponent("staging/domains") }
     var stagingConfig: URL { dir.appendingPathComponent("staging/nginx.conf") }
-    var nginxConfig: NginxConfig { NginxConfig(group: configuration.group, listen: configuration.listen, directory: dir) }
+    var controlFolder: URL { dir.appendingPathComponent("control") }
+    func nginxConfig(lua: NginxLua?) -> NginxConfig {
+        NginxConfig(group: configuration.group, listen: configuration.listen, directory: dir, lua: lua)
+    }
 
     /// Serves the group until the task is cancelled.
     public func run() async throws {
@@ -93,7 +116,12 @@ public struct LBAgent: Sendable {
             throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
         }
         var kept: [String: String]
-        do { kept = try prepareDirectory() } catch {
+        let lua: NginxLua?
+        do {
+            try createFolders()
+            lua = try await luaIfAvailable(nginxPath: nginxPath)
+            kept = try prepareFiles(lua: lua)
+        } catch {
             throw KilnError.unavailable("cannot prepare nginx's folder \(dir.path): \(error); give a folder this user may write with --dir")
         }
         let mainFile = dir.appendingPathComponent("nginx.conf")
@@ -110,7 +138,7 @@ public struct LBAgent: Sendable {
         logger.notice("nginx (pid \(nginx.process.pid)) listens on \(configuration.listen); following \(configuration.keys.domains(configuration.group))")
         let lease = Locked<Int64?>(nil)
         do {
-            try await serve(nginx: nginx, nginxPath: nginxPath, live: kept, lease: lease)
+            try await serve(nginx: nginx, nginxPath: nginxPath, lua: lua, live: kept, lease: lease)
         } catch {
             await shutdown(nginx: nginx, lease: lease.value)
             if Task.isCancelled { return }
@@ -119,15 +147,53 @@ public struct LBAgent: Sendable {
         await shutdown(nginx: nginx, lease: lease.value)
     }
 
-    /// Creates the folders and the main files, and returns the domain files an earlier run left
-    /// in `domains/` for the same listen address (each passed `nginx -t` then): nginx starts
-    /// with them, so a restarted agent serves on while it reads etcd, and the first apply
-    /// replaces them with what etcd says. Any other file there is removed.
-    private func prepareDirectory() throws -> [String: String] {
+    private func createFolders() throws {
         let fm = FileManager.default
-        for sub in ["logs", "temp", "domains", "staging/domains"] {
+        for sub in ["logs", "temp", "domains", "staging/domains", "staging/lua-check", "lua"] {
             try fm.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
+        // The control socket lets whoever reaches it pick any domain's servers: only this user may.
+        try fm.createDirectory(at: controlFolder, withIntermediateDirectories: true)
+        try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: controlFolder.path)
+        // nginx cannot listen on a socket file a killed nginx left behind.
+        for name in try fm.contentsOfDirectory(atPath: controlFolder.path) {
+            try fm.removeItem(at: controlFolder.appendingPathComponent(name))
+        }
+    }
+
+    /// The Lua module's setup if `serverUpdates` asks for it and nginx accepts it (`nginx -t`
+    /// of the main file and a domain file with its balancer); logs which way servers change.
+    private func luaIfAvailable(nginxPath: String) async throws -> NginxLua? {
+        guard configuration.serverUpdates == .lua else {
+            logger.notice("every change reloads nginx (server updates: reload)")
+            return nil
+        }
+        let (found, why) = await NginxLua.find(nginxPath: nginxPath, modulesDirectory: configuration.nginxModules, directory: dir)
+        guard let lua = found else {
+            logger.notice("every change reloads nginx: \(why)")
+            return nil
+        }
+        try NginxLua.source.write(to: lua.script, atomically: true, encoding: .utf8)
+        let check = dir.appendingPathComponent("staging/lua-check")
+        let config = nginxConfig(lua: lua)
+        let sample = SLBDomain(domain: "lua-check.localhost", servers: [SLBServer(address: "127.0.0.1:1")])
+        try write(["lua-check.localhost": try config.domainFile(domain: sample.domain, value: Array(try KilnJSON.encode(sample).utf8), revision: 1).get()], to: check)
+        let main = dir.appendingPathComponent("staging/lua-check.conf")
+        try config.mainFile(domainsFolder: check).write(to: main, atomically: true, encoding: .utf8)
+        if let refused = try await Nginx.test(executable: nginxPath, directory: dir, configFile: main) {
+            logger.warning("every change reloads nginx: it refuses the Lua module (\(lua.modules.map(\.path).joined(separator: ", "))): \(refused)")
+            return nil
+        }
+        logger.notice("a change of servers alone needs no reload: the Lua module (\(lua.modules.last!.path)) balances, the agent sets servers through \(lua.controlSocket.path)")
+        return lua
+    }
+
+    /// Writes the main files, and returns the domain files an earlier run left in `domains/`
+    /// for the same listen address (each passed `nginx -t` then): nginx starts with them, so a
+    /// restarted agent serves on while it reads etcd, and the first apply replaces them with
+    /// what etcd says. Any other file there is removed.
+    private func prepareFiles(lua: NginxLua?) throws -> [String: String] {
+        let fm = FileManager.default
         var kept: [String: String] = [:]
         for name in try fm.contentsOfDirectory(atPath: liveDomains.path) {
             let file = liveDomains.appendingPathComponent(name)
@@ -140,12 +206,13 @@ public struct LBAgent: Sendable {
                 try fm.removeItem(at: file)
             }
         }
-        try nginxConfig.mainFile(domainsFolder: liveDomains).write(to: dir.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
-        try nginxConfig.mainFile(domainsFolder: stagingDomains).write(to: stagingConfig, atomically: true, encoding: .utf8)
+        let config = nginxConfig(lua: lua)
+        try config.mainFile(domainsFolder: liveDomains).write(to: dir.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
+        try config.mainFile(domainsFolder: stagingDomains).write(to: stagingConfig, atomically: true, encoding: .utf8)
         return kept
     }
 
-    private func serve(nginx: Nginx, nginxPath: String, live: [String: String], lease: Locked<Int64?>) async throws {
+    private func serve(nginx: Nginx, nginxPath: String, lua: NginxLua?, live: [String: String], lease: Locked<Int64?>) async throws {
         let view = LatestView()
         let (reports, reportsContinuation) = AsyncStream.makeStream(of: ReporterInput.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -161,7 +228,8 @@ public struct LBAgent: Sendable {
                 }
             }
             group.addTask {
-                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath, live: live)
+                var applier = Applier(agent: self, nginx: nginx, nginxPath: nginxPath, config: nginxConfig(lua: lua),
+                                      control: lua.map { ServerControl(socket: $0.controlSocket) }, live: live)
                 for await _ in view.changed {
                     try await Task.sleep(for: configuration.debounce)
                     let snapshot = view.snapshot()

@@ -5,11 +5,15 @@ import Logging
 
 /// Turns a view of `/slb/{group}/domains/` into what nginx serves: checks and renders each
 /// domain, tests the candidate files with `nginx -t`, swaps them into the live folder and
-/// reloads. Owned by one task; it remembers what nginx serves (`live`).
+/// reloads, or, when only servers of Lua-balanced domains changed, sets them through the
+/// control socket without a reload. Owned by one task; it remembers what nginx serves (`live`).
 struct Applier {
     let agent: LBAgent
     let nginx: Nginx
     let nginxPath: String
+    let config: NginxConfig
+    /// The Lua module's control endpoint; nil: every change reloads.
+    let control: ServerControl?
 
     /// Domain → the file nginx serves now (the last good config of each domain).
     private var live: [String: String]
@@ -20,8 +24,10 @@ struct Applier {
     private var rejected: [String: String] = [:]
 
     /// `live`: the files nginx started with.
-    init(agent: LBAgent, nginx: Nginx, nginxPath: String, live: [String: String]) {
+    init(agent: LBAgent, nginx: Nginx, nginxPath: String, config: NginxConfig, control: ServerControl?, live: [String: String]) {
         self.agent = agent
+        self.config = config
+        self.control = control
         self.live = live
         self.nginx = nginx
         self.nginxPath = nginxPath
@@ -37,7 +43,7 @@ struct Applier {
         var rejected: [String: String] = [:]
         for kv in view.kvs.values {
             let domain = String(kv.key.dropFirst(prefix.count))
-            switch agent.nginxConfig.domainFile(domain: domain, value: kv.value) {
+            switch config.domainFile(domain: domain, value: kv.value, revision: kv.modRevision) {
             case .success(let file): wanted[domain] = file
             case .failure(let error): rejected[Validation.printable(domain)] = error.message
             }
@@ -78,11 +84,22 @@ struct Applier {
 
         let next = base.merging(accepted) { _, new in new }
         if next != live {
+            // Written whether or not nginx reloads: a later reload or restart serves the same.
             try swapIn(next)
             let tested = clock.now - start
-            try await nginx.reload()
             let removed = live.keys.filter { next[$0] == nil }.sorted()
-            logger.info("applied revision \(view.revision) (checked in \(Int(tested / .milliseconds(1))) ms, reloaded in \(Int((clock.now - start - tested) / .milliseconds(1))) ms): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
+            if let control, let servers = Self.serversOnly(from: live, to: next), await set(servers, through: control) {
+                logger.info("applied revision \(view.revision) without a reload (checked in \(Int(tested / .milliseconds(1))) ms, servers set in \(Int((clock.now - start - tested) / .milliseconds(1))) ms): servers of \(servers.keys.sorted()); rejected \(rejected.keys.sorted())")
+            } else {
+                try await nginx.reload()
+                logger.info("applied revision \(view.revision) (checked in \(Int(tested / .milliseconds(1))) ms, reloaded in \(Int((clock.now - start - tested) / .milliseconds(1))) ms): \(next.count) domains; changed \(accepted.keys.sorted()), removed \(removed), rejected \(rejected.keys.sorted())")
+                if let control {
+                    // The dict outlives a reload: a removed domain's servers would stay in it.
+                    for domain in removed {
+                        do { try await control.remove(domain) } catch { logger.debug("could not remove the servers of \(domain) from the dict: \(error)") }
+                    }
+                }
+            }
             live = next
         } else {
             logger.debug("revision \(view.revision): nothing to reload; rejected \(rejected.keys.sorted())")
@@ -93,6 +110,33 @@ struct Applier {
         }
         self.rejected = rejected
         return SLBAgentReport(id: agent.configuration.id, appliedRevision: view.revision, rejected: rejected, listen: agent.configuration.listen)
+    }
+
+    /// Domain → its new servers (`NginxLua.servers`) when `next` differs from `live` only in
+    /// the servers of Lua-balanced domains; nil when nginx must reload (a domain added or
+    /// removed, anything else of a file changed, a domain without the balancer).
+    static func serversOnly(from live: [String: String], to next: [String: String]) -> [String: String]? {
+        guard live.count == next.count else { return nil }
+        var servers: [String: String] = [:]
+        for (domain, file) in next where live[domain] != file {
+            guard let old = live[domain].flatMap(NginxLua.split), let new = NginxLua.split(file), old.shape == new.shape else { return nil }
+            servers[domain] = new.servers
+        }
+        return servers
+    }
+
+    /// Sets each domain's servers through the control endpoint and reads them back; false
+    /// (logged) if one failed, and the caller reloads: the files already hold them all.
+    private func set(_ servers: [String: String], through control: ServerControl) async -> Bool {
+        for (domain, text) in servers.sorted(by: { $0.key < $1.key }) {
+            do {
+                try await control.set(domain, servers: text)
+            } catch {
+                logger.warning("could not set the servers of \(domain) through the Lua control socket (\(error)); reloading nginx instead")
+                return false
+            }
+        }
+        return true
     }
 
     /// `nginx -t` of the main file over `files` in the staging folder: nil if nginx accepts them, else its message.

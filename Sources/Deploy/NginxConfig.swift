@@ -9,12 +9,26 @@ import KilnCore
 /// `SLBDomain.allowedSettings` and a character set that cannot end a directive, open a block,
 /// start a comment or name a variable. Values nginx itself refuses (`client_max_body_size ten`)
 /// are left to `nginx -t`.
+///
+/// With `lua` set (the Lua module is loaded), a domain whose servers are all IPv4 addresses
+/// gets an upstream that picks among servers held in a shared dict (`balancer_by_lua_block`),
+/// so the agent can change them without a reload; the file carries them too (with the etcd
+/// revision they are from), so a fresh nginx or a reload serves them at once.
 struct NginxConfig: Sendable {
     var group: String
     /// `host:port` nginx listens on.
     var listen: String
     /// The folder that holds everything nginx writes (pid, logs, temp files).
     var directory: URL
+    /// The Lua module and the agent's control endpoint, when servers change without a reload.
+    var lua: NginxLua?
+
+    init(group: String, listen: String, directory: URL, lua: NginxLua? = nil) {
+        self.group = group
+        self.listen = listen
+        self.directory = directory
+        self.lua = lua
+    }
 
     /// How often a failing server may fail before nginx leaves it out for `failTimeout`.
     static let maxFails = 2
@@ -29,9 +43,10 @@ struct NginxConfig: Sendable {
     /// files in `domainsFolder` (the live folder, or a staging one under test).
     func mainFile(domainsFolder: URL) -> String {
         let d = directory.path
+        let modules = lua.map { lua in lua.modules.map { "load_module \($0.path);\n" }.joined() } ?? ""
         return """
         # Written by `kiln lb-agent --group \(group)`: rewritten at every start, do not edit.
-        daemon off;
+        \(modules)daemon off;
         worker_processes auto;
         pid \(d)/nginx.pid;
         error_log \(d)/logs/error.log warn;
@@ -64,8 +79,28 @@ struct NginxConfig: Sendable {
                 }
             }
 
+        \(lua.map(luaBlock) ?? "")
             include \(domainsFolder.path)/*.conf;
         }
+
+        """
+    }
+
+    /// The shared dict, the Lua code and the agent's control endpoint (see `NginxLua`).
+    private func luaBlock(_ lua: NginxLua) -> String {
+        """
+            # Upstream servers the lb-agent changes without a reload (see kiln_lb.lua).
+            lua_shared_dict \(NginxLua.dict) \(NginxLua.dictSize);
+            init_by_lua_file \(lua.script.path);
+            # Only the agent reaches this: the socket's folder is the agent user's alone.
+            server {
+                listen unix:\(lua.controlSocket.path);
+                client_max_body_size 1m;
+                client_body_buffer_size 1m;
+                location /servers/ {
+                    content_by_lua_block { require("kiln_lb").control() }
+                }
+            }
 
         """
     }
@@ -74,8 +109,9 @@ struct NginxConfig: Sendable {
     static func fileName(_ domain: String) -> String { "\(domain).conf" }
 
     /// Checks one etcd key and value of `/slb/{group}/domains/` and renders the domain's file,
-    /// or says why it is refused. `domain` is the key's last part.
-    func domainFile(domain: String, value: [UInt8]) -> Result<String, KilnError> {
+    /// or says why it is refused. `domain` is the key's last part; `revision` the key's
+    /// mod revision, which orders the servers of the file against those the agent sets later.
+    func domainFile(domain: String, value: [UInt8], revision: Int64 = 0) -> Result<String, KilnError> {
         do {
             try Validation.domain(domain)
             let d: SLBDomain
@@ -102,7 +138,7 @@ struct NginxConfig: Sendable {
                     throw KilnError.invalid("setting \(name) '\(Validation.printable(value))' is refused: use one word of letters, digits, '.', '-' and '_' (such as 10m or 30s)")
                 }
             }
-            return .success(render(d, settings: settings))
+            return .success(render(d, settings: settings, revision: revision))
         } catch let e as KilnError {
             return .failure(e)
         } catch {
@@ -111,7 +147,7 @@ struct NginxConfig: Sendable {
     }
 
     /// The file of a domain that passed `domainFile`'s checks.
-    private func render(_ d: SLBDomain, settings: [String: String]) -> String {
+    private func render(_ d: SLBDomain, settings: [String: String], revision: Int64) -> String {
         var merged = settings
         for (name, value) in Self.defaults where merged[name] == nil { merged[name] = value }
         let directives = merged.sorted { $0.key < $1.key }.map { "    \($0.key) \($0.value);" }.joined(separator: "\n")
@@ -132,9 +168,18 @@ struct NginxConfig: Sendable {
             """
             return text
         }
-        let servers = d.servers.map { s in
-            "    server \(s.address)\(s.weight.map { " weight=\($0)" } ?? "") max_fails=\(Self.maxFails) fail_timeout=\(Self.failTimeout);"
-        }.joined(separator: "\n")
+        let servers: String
+        if lua != nil, let seed = NginxLua.servers(d.servers, revision: revision) {
+            // nginx wants one server in an upstream; the balancer sets the real one.
+            servers = """
+                server 0.0.0.1:1;
+                balancer_by_lua_block { require("kiln_lb").balance("\(d.domain)", "\(seed)") }
+            """
+        } else {
+            servers = d.servers.map { s in
+                "    server \(s.address)\(s.weight.map { " weight=\($0)" } ?? "") max_fails=\(Self.maxFails) fail_timeout=\(Self.failTimeout);"
+            }.joined(separator: "\n")
+        }
         text += """
         upstream \(upstream) {
         \(servers)

@@ -13,7 +13,10 @@ struct LBAgentCommand: AsyncParsableCommand {
         Starts its own nginx (nginx -p DIR -c DIR/nginx.conf), reads /slb/GROUP/domains/ and \
         follows its watch. Each domain gets its own file in DIR/domains/ (an upstream of its \
         servers, and a server block for its name). A change is tested with nginx -t before it \
-        is applied with a graceful reload, so requests in flight finish. A domain whose value \
+        is applied with a graceful reload, so requests in flight finish. When only a domain's \
+        servers changed and nginx has the Lua module (libnginx-mod-http-lua), the servers are \
+        set through the agent's control socket without a reload, so no kept-alive client \
+        connection is closed (--server-updates reload turns that off). A domain whose value \
         is invalid, or that nginx refuses, keeps its last good config; the reason is reported.
 
         After every apply it writes what it serves at /slb/GROUP/agents/ID (applied etcd \
@@ -58,13 +61,21 @@ struct LBAgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The nginx program (env KILN_NGINX).", valueName: "path"))
     var nginx: String = env("KILN_NGINX", "nginx")
 
+    @Option(name: .long, help: ArgumentHelp("How a change of servers alone reaches nginx: lua (without a reload, when nginx can load the Lua module) or reload (env KILN_LB_SERVER_UPDATES).", valueName: "lua|reload"))
+    var serverUpdates: String = env("KILN_LB_SERVER_UPDATES", "lua")
+
+    @Option(name: .long, help: ArgumentHelp("Folder of nginx's dynamic modules holding ngx_http_lua_module.so (env KILN_NGINX_MODULES; default: nginx -V's --modules-path).", valueName: "dir"))
+    var nginxModules: String?
+
     var agentConfiguration: LBAgentConfiguration {
         let folder = dir ?? ProcessInfo.processInfo.environment["KILN_LB_DIR"].flatMap { $0.isEmpty ? nil : $0 }
         let name = id ?? env("KILN_LB_AGENT_ID", "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)")
         return LBAgentConfiguration(
             group: group, id: name, listen: listen,
             directory: folder.map { URL(fileURLWithPath: $0).standardizedFileURL } ?? LBAgentConfiguration.defaultDirectory(group: group),
-            keys: SLBKeys(root: slbRoot), leaseTTL: Int64(ttl), nginx: nginx)
+            keys: SLBKeys(root: slbRoot), leaseTTL: Int64(ttl), nginx: nginx,
+            serverUpdates: LBServerUpdates(rawValue: serverUpdates) ?? .lua,
+            nginxModules: (nginxModules ?? ProcessInfo.processInfo.environment["KILN_NGINX_MODULES"]).flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) })
     }
 
     func validate() throws {
@@ -72,6 +83,9 @@ struct LBAgentCommand: AsyncParsableCommand {
             throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
         }
         guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
+        guard LBServerUpdates(rawValue: serverUpdates) != nil else {
+            throw ValidationError("--server-updates must be lua or reload, not '\(serverUpdates)'")
+        }
         guard slbRoot.hasPrefix("/") else { throw ValidationError("--slb-root must start with '/', for example /slb") }
         do { try agentConfiguration.validate() } catch let e as KilnError { throw ValidationError(e.message) }
     }

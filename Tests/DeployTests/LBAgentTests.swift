@@ -276,6 +276,114 @@ struct LBAgentTests {
             #expect(seen.names == Set((0...5).map { "v\($0)" }))
         }
     }
+    @Test func keepAliveClientsSeeNoFailedRequestWhileServersChangeWithoutAReload() async throws {
+        try await withLBFarm { farm in
+            var current = try await farm.backend("v0")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [current]))
+            let main = try String(contentsOf: agent.directory.appendingPathComponent("nginx.conf"), encoding: .utf8)
+            #expect(main.contains("ngx_http_lua_module.so"), "the Lua module is installed here, so the agent uses it")
+            let before = try agent.nginxProcesses()
+            #expect(!before.workers.isEmpty)
+
+            // One client whose connections stay open between requests, shared by four loops.
+            let http = HTTPClient(eventLoopGroupProvider: .singleton)
+            let client = SteadyClient(url: agent.url, host: "demo.localhost", keepAlive: http)
+            let loads = (0..<4).map { _ in Task { await client.run() } }
+            for n in 1...5 {
+                let next = try await farm.backend("v\(n)")
+                try await farm.waitApplied(try await farm.put("demo.localhost", [next]))
+                #expect(try await agent.get("demo.localhost") == Reply(200, next.name))
+                // Requests that picked the old backend just before the change finish first.
+                try await Task.sleep(for: .milliseconds(200))
+                await current.stop()
+                current = next
+            }
+            client.stop()
+            for load in loads { await load.value }
+            try await http.shutdown()
+
+            let seen = client.summary
+            #expect(seen.failures.isEmpty, "\(seen.failures.count) failed requests: \(seen.failures.prefix(5))")
+            #expect(seen.ok > 200, "the clients kept asking during the switches: \(seen.ok) answers")
+            #expect(seen.names == Set((0...5).map { "v\($0)" }))
+            let after = try agent.nginxProcesses()
+            #expect(after.master == before.master && after.workers == before.workers, "no reload: \(before) then \(after)")
+            // The file holds the new servers, so a reload or a restart serves the same.
+            let file = try String(contentsOf: agent.directory.appendingPathComponent("domains/demo.localhost.conf"), encoding: .utf8)
+            #expect(file.contains("\(current.address)=1"), "\(file)")
+        }
+    }
+
+    @Test func aSettingsChangeOrANewDomainStillReloadsAndServesTheNewestServers() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2"), b3 = try await farm.backend("b3")
+            let agent = try await farm.startAgent("a1")
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            let first = try agent.nginxProcesses()
+
+            // Servers alone: no reload.
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b2]))
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+            #expect(try agent.nginxProcesses() == first)
+
+            // Another domain added: a reload, and demo keeps the servers set without one (its
+            // file's were written too, so the new workers agree).
+            try await farm.waitApplied(try await farm.put("two.localhost", [b1]))
+            let second = try agent.nginxProcesses()
+            #expect(second.master == first.master && second.workers.isDisjoint(with: first.workers), "reloaded: \(first) then \(second)")
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+            #expect(try await agent.get("two.localhost") == Reply(200, "b1"))
+
+            // Settings and servers at once: a reload that serves both.
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b3], settings: ["client_max_body_size": "1k"]))
+            let third = try agent.nginxProcesses()
+            #expect(third.master == first.master && third.workers.isDisjoint(with: second.workers), "reloaded: \(second) then \(third)")
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b3"))
+            let big = try await httpRequest(.POST, agent.url, body: String(repeating: "x", count: 4096), headers: [("Host", "demo.localhost"), ("Connection", "close")], timeout: .seconds(10))
+            #expect(big.status == 413, "the new setting applies: \(big.status)")
+
+            // And servers alone again: no reload, weights honoured.
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1, b2], weights: [1, 3], settings: ["client_max_body_size": "1k"]))
+            #expect(try agent.nginxProcesses() == third)
+            var names: [String: Int] = [:]
+            for _ in 0..<40 { names[try await agent.get("demo.localhost").body, default: 0] += 1 }
+            #expect(names.keys.sorted() == ["b1", "b2"] && names["b2"]! > names["b1"]!, "\(names)")
+        }
+    }
+
+    @Test func aServerThatRefusesIsRetriedOnTheNextOneWithTheLuaBalancer() async throws {
+        try await withLBFarm { farm in
+            let b2 = try await farm.backend("b2")
+            let agent = try await farm.startAgent("a1")
+            let dead = "127.0.0.1:\(try FreePort.next())"
+            let servers = [SLBServer(address: dead), SLBServer(address: b2.address)]
+            try await farm.waitApplied(try await farm.etcd.put(farm.keys.domain(group: farm.group, "demo.localhost"),
+                                                               try KilnJSON.encode(SLBDomain(domain: "demo.localhost", servers: servers))))
+            let file = try String(contentsOf: agent.directory.appendingPathComponent("domains/demo.localhost.conf"), encoding: .utf8)
+            #expect(file.contains("balancer_by_lua_block"))
+            // proxy_next_upstream passes each request that meets the refusing one on to b2.
+            for _ in 0..<10 { #expect(try await agent.get("demo.localhost") == Reply(200, "b2")) }
+        }
+    }
+
+    @Test func withoutTheLuaModuleEveryChangeReloads() async throws {
+        try await withLBFarm { farm in
+            let b1 = try await farm.backend("b1"), b2 = try await farm.backend("b2")
+            let empty = farm.dir.appendingPathComponent("no-modules")
+            try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+            let agent = try await farm.startAgent("a1", nginxModules: empty)
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b1]))
+            let main = try String(contentsOf: agent.directory.appendingPathComponent("nginx.conf"), encoding: .utf8)
+            #expect(!main.contains("load_module") && !main.contains("lua"))
+            let before = try agent.nginxProcesses()
+
+            try await farm.waitApplied(try await farm.put("demo.localhost", [b2]))
+            #expect(try await agent.get("demo.localhost") == Reply(200, "b2"))
+            let after = try agent.nginxProcesses()
+            #expect(after.master == before.master && after.workers.isDisjoint(with: before.workers), "reloaded: \(before) then \(after)")
+        }
+    }
 }
 
 // MARK: - harness
@@ -328,6 +436,12 @@ final class Backend: Sendable {
     }
 }
 
+struct NginxProcesses: Equatable, CustomStringConvertible {
+    let master: Int32
+    let workers: Set<Int32>
+    var description: String { "master \(master), workers \(workers.sorted())" }
+}
+
 /// One lb-agent run in this process, stopped by the farm at the end of the test.
 final class RunningAgent: Sendable {
     let id: String
@@ -344,6 +458,23 @@ final class RunningAgent: Sendable {
 
     var listen: String { "127.0.0.1:\(port)" }
     var url: String { "http://\(listen)/" }
+
+    /// nginx's master (from its pid file) and its workers that take connections (from /proc).
+    func nginxProcesses() throws -> NginxProcesses {
+        let text = try String(contentsOf: directory.appendingPathComponent("nginx.pid"), encoding: .utf8)
+        guard let master = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { throw FarmError("no pid in \(directory.path)/nginx.pid") }
+        var workers: Set<Int32> = []
+        for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") {
+            guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, Int32(fields[1]) == master,
+                  let cmdline = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let title = String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+            if title.contains("worker process") && !title.contains("shutting down") { workers.insert(pid) }
+        }
+        return NginxProcesses(master: master, workers: workers)
+    }
 
     /// Asks nginx for `/` of `host`, on a fresh connection.
     func get(_ host: String) async throws -> Reply {
@@ -392,21 +523,21 @@ struct LBFarm: Sendable {
     }
 
     /// Starts an agent and waits until it has applied what etcd held when it started, and reported it.
-    func startAgent(_ id: String) async throws -> RunningAgent {
-        let running = try launchAgent(id)
+    func startAgent(_ id: String, nginxModules: URL? = nil) async throws -> RunningAgent {
+        let running = try launchAgent(id, nginxModules: nginxModules)
         let key = keys.agent(group: group, id)
         try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
         return running
     }
 
     /// Starts an agent (on `port`, or a free one) without waiting for it.
-    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil) throws -> RunningAgent {
+    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil, nginxModules: URL? = nil) throws -> RunningAgent {
         let port = try port ?? FreePort.next()
         let directory = dir.appendingPathComponent(folder ?? "lb-\(id)")
         var logger = Logger(label: "lb-agent")
         logger.logLevel = .warning
         let agent = LBAgent(
-            configuration: .init(group: group, id: id, listen: "127.0.0.1:\(port)", directory: directory, keys: keys),
+            configuration: .init(group: group, id: id, listen: "127.0.0.1:\(port)", directory: directory, keys: keys, nginxModules: nginxModules),
             etcd: etcd, logger: logger)
         let task = Task { try await agent.run() }
         let running = RunningAgent(id: id, port: port, directory: directory, task: task)
@@ -452,9 +583,9 @@ func withLBFarm(_ body: (LBFarm) async throws -> Void) async throws {
     try result.get()
 }
 
-/// Asks one domain through nginx again and again, each on a fresh connection, and counts
-/// what it got. (A reused keep-alive connection may be closed by an old worker between two
-/// requests, which any HTTP client must retry; a fresh connection shows what nginx does.)
+/// Asks one domain through nginx again and again and counts what it got: each request on a
+/// fresh connection, or, given `keepAlive`, through that client, which reuses its connections
+/// (one an old worker closes at a reload fails the request that reused it).
 final class SteadyClient: Sendable {
     struct Summary {
         var ok = 0
@@ -464,12 +595,25 @@ final class SteadyClient: Sendable {
 
     let url: String
     let host: String
+    let keepAlive: HTTPClient?
     private let state = Mutex(Summary())
     private let stopped = Atomic(false)
 
-    init(url: String, host: String) {
+    init(url: String, host: String, keepAlive: HTTPClient? = nil) {
         self.url = url
         self.host = host
+        self.keepAlive = keepAlive
+    }
+
+    private func request() async throws -> Reply {
+        guard let keepAlive else {
+            let r = try await httpRequest(.GET, url, headers: [("Host", host), ("Connection", "close")], timeout: .seconds(10))
+            return Reply(r.status, r.body)
+        }
+        var request = HTTPClientRequest(url: url)
+        request.headers.add(name: "Host", value: host)
+        let response = try await keepAlive.execute(request, timeout: .seconds(10))
+        return Reply(Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 20)))
     }
 
     var summary: Summary { state.withLock { $0 } }
@@ -480,7 +624,7 @@ final class SteadyClient: Sendable {
     func run() async {
         while !stopped.load(ordering: .relaxed) {
             do {
-                let r = try await httpRequest(.GET, url, headers: [("Host", host), ("Connection", "close")], timeout: .seconds(10))
+                let r = try await request()
                 state.withLock { s in
                     if r.status == 200 {
                         s.ok += 1
