@@ -269,8 +269,9 @@ struct BuildCommand: AsyncParsableCommand {
         abstract: "Queue a build of a project.",
         discussion: """
         Without --ref the project's default branch is built; --commit builds that exact commit. \
-        The image tag is --tag, else the commit's short sha. --follow prints the live log and \
-        exits 0 only if the build succeeded.
+        The image tag is --tag, else the commit's short sha. --follow prints the live log, and \
+        the project's post-build pipeline (deploy, lb, …) after it, and exits 0 if the build and \
+        its pipeline succeeded, 1 if the build failed, 3 if the build succeeded but its pipeline failed.
 
         Example: kiln build demo --ref main --tag v1.2.0 --no-mvncache --follow
         """)
@@ -321,6 +322,7 @@ struct BuildCommand: AsyncParsableCommand {
         let done = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
         print(Show.summary(done))
         if done.status != .succeeded { throw ExitCode(1) }
+        if done.deploy?.status == .failed { throw ExitCode(3) }
     }
 }
 
