@@ -90,6 +90,20 @@ struct Nginx: Sendable {
         }
     }
 
+    /// Whether a process of nginx's process group (the master's id) still runs: a zombie has
+    /// already closed its sockets and does not count.
+    func groupHasLiveProcesses() -> Bool {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return false }
+        for entry in entries where pid_t(entry) != nil {
+            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // "pid (comm) state ppid pgrp …"
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, pid_t(fields[2]) == process.pid, fields[0] != "Z" { return true }
+        }
+        return false
+    }
+
     /// The master's worker processes, read from `/proc`: each one's PID and whether its title
     /// says it is shutting down (it then no longer accepts connections).
     func workers() -> [(pid: pid_t, shuttingDown: Bool)] {
@@ -114,8 +128,11 @@ struct Nginx: Sendable {
     func stop(grace: Double = 10) {
         guard process.isRunning else {
             // A master that died leaves its workers serving the old config: take them too
-            // (its process group lives on as long as they do, so the id names only them).
+            // (its process group lives on as long as they do, so the id names only them), and
+            // wait until they are gone, so their port is free when this returns.
             kill(-process.pid, SIGKILL)
+            let deadline = Date().addingTimeInterval(5)
+            while groupHasLiveProcesses() && Date() < deadline { usleep(10_000) }
             return
         }
         kill(process.pid, SIGQUIT)
