@@ -38,8 +38,9 @@ public struct DeployEnvironment: Sendable {
 
     /// Checks every instance of a version now, in parallel: discovery's answer to "which
     /// instances of this version can take traffic".
-    public func checkInstances(app: String, version v: AppVersion) async -> [Instance] {
-        let cells = (try? await store.cells()) ?? []
+    public func checkInstances(app: String, version v: AppVersion, cells known: [Cell]? = nil) async -> [Instance] {
+        let cells: [Cell]
+        if let known { cells = known } else { cells = (try? await store.cells()) ?? [] }
         let spec = spec(app, v)
         return await withTaskGroup(of: (Int, Instance).self) { group in
             for (i, instance) in v.instances.enumerated() {
@@ -168,7 +169,7 @@ public struct DeployPlugin: PostBuildPlugin {
             let deadline = ContinuousClock.now + limit
             var lastReport = ContinuousClock.now
             while true {
-                version.instances = await env.checkInstances(app: appName, version: version)
+                version.instances = await env.checkInstances(app: appName, version: version, cells: cells)
                 let healthy = version.instances.filter(\.healthy).count
                 if healthy == version.instances.count { break }
                 if ContinuousClock.now >= deadline {
@@ -188,7 +189,9 @@ public struct DeployPlugin: PostBuildPlugin {
         } catch {
             // Remove what this version started, in every cell, even when the step was cancelled
             // by its time limit; then say why it failed.
-            let reason = Task.isCancelled ? "the deploy step ran out of time" : ((error as? KilnError)?.message ?? "\(error)")
+            let reason = Task.isCancelled
+                ? "the deploy step was stopped (its time limit ran out, or this scheduler stopped leading)"
+                : ((error as? KilnError)?.message ?? "\(error)")
             await Task {
                 for cell in cells {
                     let found = (try? await deployer.instances(of: appName, in: cell))?[version.number] ?? []
