@@ -52,11 +52,16 @@ public struct Dispatcher: Service {
 
     /// Runs post-build pipelines while this scheduler leads (nil: none run here).
     let pipelines: PipelineService?
+    /// Other work only the leader does (deploy discovery), each run while it leads and
+    /// cancelled when the term ends.
+    let leaderTasks: [@Sendable () async -> Void]
 
-    public init(store: SchedulerStore, configuration: Configuration = .init(), pipelines: PipelineService? = nil, logger: Logger) {
+    public init(store: SchedulerStore, configuration: Configuration = .init(), pipelines: PipelineService? = nil,
+                leaderTasks: [@Sendable () async -> Void] = [], logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.pipelines = pipelines
+        self.leaderTasks = leaderTasks
         var l = logger
         l[metadataKey: "scheduler.id"] = "\(configuration.id)"
         self.logger = l
@@ -111,6 +116,7 @@ public struct Dispatcher: Service {
             if let pipelines {
                 group.addTask { await pipelines.lead(term: "\(configuration.id)/\(term.createRevision)", fence: fence) }
             }
+            for task in leaderTasks { group.addTask { await task() } }
             for p in DispatchState.Prefix.allCases {
                 let prefix = state.prefix(p)
                 group.addTask { await follow(p, prefix: prefix, into: inbox) }

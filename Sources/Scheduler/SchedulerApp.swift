@@ -17,6 +17,8 @@ public struct SchedulerConfiguration: Sendable {
     /// The post-build plugins this scheduler runs (deploy, lb, retire, notify: wired by
     /// `kiln scheduler` from the Deploy module). Empty: pipelines wait for a scheduler that has them.
     public var plugins: [any PostBuildPlugin]
+    /// Work only the leader does besides dispatching and pipelines (deploy discovery).
+    public var leaderTasks: [@Sendable () async -> Void] = []
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -42,7 +44,8 @@ public func buildSchedulerApplication(
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
     Console(store: store).addRoutes(to: router)
     let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
-    let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines, logger: logger)
+    let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
+                                leaderTasks: configuration.leaderTasks, logger: logger)
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),

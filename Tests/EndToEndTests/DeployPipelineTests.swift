@@ -30,7 +30,7 @@ extension EndToEndTests {
         ]
     }
 
-    @Test("a push deploys in two cells behind nginx; the next version takes over with no failed request; an unhealthy version never joins; roll back; a deleted cell, a taken port and an unpullable image fail the deploy and leave the live version serving")
+    @Test("a push deploys in two cells behind nginx; the next version takes over with no failed request; an unhealthy version never joins; roll back; an instance that stops leaves the domain and comes back; a deleted cell, a taken port and an unpullable image fail the deploy and leave the live version serving")
     func deployPipeline() async throws {
         try await withFarm(deploy: true) { farm in
             try await farm.withDeployTargets(group: Self.group) { nginx in
@@ -121,7 +121,20 @@ extension EndToEndTests {
                 #expect(app.app.live?.number == 4 && app.app.live?.image == b1.image)
                 #expect(app.app.version(2)?.state == .retired)
 
-                // 5. Bad input: each fails the deploy with the reason; v4 keeps serving.
+                // 5. Discovery: an instance that stops leaves the domain, and comes back once it
+                //    passes its health check again.
+                let v4 = try #require(app.app.live)
+                let victim = v4.instances[0], survivor = v4.instances[1]
+                try farm.podman(["stop", "-t", "1", victim.id])
+                try await farm.waitForDomain(Self.group, Self.domain) { $0.servers.map(\.address) == [survivor.address] }
+                #expect(try await page().contains("kiln-demo version 1.0.0"))
+                app = try await farm.appStatus()
+                #expect(app.app.live?.instances.first { $0.id == victim.id }?.healthy == false)
+                try farm.podman(["start", victim.id])
+                try await farm.waitForDomain(Self.group, Self.domain) { Set($0.servers.map(\.address)) == Set(v4.instances.map(\.address)) }
+                #expect(try await farm.appStatus().app.live?.instances.allSatisfy { $0.healthy } == true)
+
+                // 6. Bad input: each fails the deploy with the reason; v4 keeps serving.
                 try await farm.saveProject(pipeline: Self.pipeline(cells: ["a", "gone"]))
                 let deletedCell = try await farm.redeploy(b1.id)
                 #expect(deletedCell.deploy?.steps.first?.error?.contains("cell gone does not exist") == true, "\(deletedCell.deploy?.error ?? "")")
@@ -242,6 +255,14 @@ extension Farm {
         guard r.status == 202 else { throw FarmError("deploy \(id): \(r.status) \(r.body)") }
         let run = try KilnJSON.decode(Build.self, from: r.body).deploy!.run
         return try await waitForBuild(id, timeout: .seconds(300)) { $0.deploy?.run == run && $0.deploy?.status.isFinal == true }
+    }
+
+    /// Waits (on an etcd watch) until the domain's value satisfies `condition`.
+    func waitForDomain(_ group: String, _ domain: String, timeout: Duration = .seconds(30), _ condition: @escaping @Sendable (SLBDomain) -> Bool) async throws {
+        let key = SLBKeys().domain(group: group, domain)
+        try await waitUntil(etcd, prefix: key, timeout: timeout) { kvs in
+            kvs.first { $0.key == key }.flatMap { try? KilnJSON.decode(SLBDomain.self, from: $0.value) }.map(condition) ?? false
+        }
     }
 
     func appStatus() async throws -> AppStatus {

@@ -108,10 +108,14 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
     do {
         try infra.publishDemo()
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
-        let plugins = deploy
-            ? DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)), deployers: ["local": LocalDeployer()]).plugins
-            : []
-        let app = buildSchedulerApplication(configuration: .init(port: 0, etcdEndpoint: infra.etcd.endpoint, plugins: plugins), logger: logger,
+        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: infra.etcd.endpoint)
+        if deploy {
+            let env = DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)), deployers: ["local": LocalDeployer()])
+            let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
+            configuration.plugins = env.plugins
+            configuration.leaderTasks = [{ await monitor.run() }]
+        }
+        let app = buildSchedulerApplication(configuration: configuration, logger: logger,
                                             onServerRunning: { portsContinuation.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run() }
