@@ -142,25 +142,27 @@ public struct DeployPlugin: PostBuildPlugin {
 
         let spec = env.spec(appName, version)
         do {
-            // Start in every cell at once; the first failure stops the rest.
-            let started = try await withThrowingTaskGroup(of: [Instance].self) { group in
+            // Start in every cell at once. A failure in one cell lets the others finish (a
+            // request cancelled half way could leave a container the engine creates after the
+            // clean-up looked); then everything this version started is removed below.
+            let outcomes = await withTaskGroup(of: Result<[Instance], any Error>.self) { group in
                 for cell in cells {
                     group.addTask {
-                        let instances = try await deployer.start(spec, in: cell)
-                        await ctx.log("deploy: cell \(cell.name): started \(instances.map { "\($0.name) at \($0.address)" }.joined(separator: ", "))")
-                        return instances
+                        do {
+                            let instances = try await deployer.start(spec, in: cell)
+                            await ctx.log("deploy: cell \(cell.name): started \(instances.map { "\($0.name) at \($0.address)" }.joined(separator: ", "))")
+                            return .success(instances)
+                        } catch {
+                            return .failure(error)
+                        }
                     }
                 }
-                var all: [Instance] = []
-                do {
-                    for try await instances in group { all += instances }
-                } catch {
-                    group.cancelAll()
-                    // What the other cells started is found by label and removed below.
-                    throw error
-                }
+                var all: [Result<[Instance], any Error>] = []
+                for await outcome in group { all.append(outcome) }
                 return all
             }
+            var started: [Instance] = []
+            for outcome in outcomes { started += try outcome.get() }
             version.instances = started
             try await store.updateVersion(appName, version.number) { $0.instances = started }
 
@@ -192,10 +194,16 @@ public struct DeployPlugin: PostBuildPlugin {
             let reason = Task.isCancelled
                 ? "the deploy step was stopped (its time limit ran out, or this scheduler stopped leading)"
                 : ((error as? KilnError)?.message ?? "\(error)")
+            let cancelled = Task.isCancelled
             await Task {
-                for cell in cells {
-                    let found = (try? await deployer.instances(of: appName, in: cell))?[version.number] ?? []
-                    if !found.isEmpty { try? await deployer.stop(found, of: spec, in: cell) }
+                // Twice when the step was cancelled: a create request cut short may still be
+                // finishing in the engine.
+                for pass in 0..<(cancelled ? 2 : 1) {
+                    if pass > 0 { try? await Task.sleep(for: .seconds(1)) }
+                    for cell in cells {
+                        let found = (try? await deployer.instances(of: appName, in: cell))?[version.number] ?? []
+                        if !found.isEmpty { try? await deployer.stop(found, of: spec, in: cell) }
+                    }
                 }
                 try? await store.updateVersion(appName, version.number) { $0.state = .failed; $0.error = reason; $0.instances = [] }
                 await ctx.log("deploy: version \(version.number) of \(appName) failed and was removed: \(reason)")
