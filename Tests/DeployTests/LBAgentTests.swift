@@ -259,15 +259,7 @@ struct LBAgentTests {
             let client = SteadyClient(url: agent.url, host: "demo.localhost")
             let load = Task { await client.run() }
             defer { client.stop() }
-            for n in 1...5 {
-                let next = try await farm.backend("v\(n)")
-                try await farm.waitApplied(try await farm.put("demo.localhost", [next]))
-                #expect(try await agent.get("demo.localhost") == Reply(200, next.name))
-                // A short drain: requests the old workers still hold finish before the old backend goes.
-                try await Task.sleep(for: .milliseconds(200))
-                await current.stop()
-                current = next
-            }
+            current = try await switchServers(farm, agent, from: current, times: 5)
             client.stop()
             await load.value
             let seen = client.summary
@@ -290,15 +282,7 @@ struct LBAgentTests {
             let http = HTTPClient(eventLoopGroupProvider: .singleton)
             let client = SteadyClient(url: agent.url, host: "demo.localhost", keepAlive: http)
             let loads = (0..<4).map { _ in Task { await client.run() } }
-            for n in 1...5 {
-                let next = try await farm.backend("v\(n)")
-                try await farm.waitApplied(try await farm.put("demo.localhost", [next]))
-                #expect(try await agent.get("demo.localhost") == Reply(200, next.name))
-                // Requests that picked the old backend just before the change finish first.
-                try await Task.sleep(for: .milliseconds(200))
-                await current.stop()
-                current = next
-            }
+            current = try await switchServers(farm, agent, from: current, times: 5)
             client.stop()
             for load in loads { await load.value }
             try await http.shutdown()
@@ -639,4 +623,20 @@ final class SteadyClient: Sendable {
         }
     }
 
+}
+
+/// Moves demo.localhost to a new backend `times` times: each change waits until the agent
+/// applied it and serves the new backend, then gives requests that picked the old backend
+/// just before 200 ms to finish before stopping it. Returns the last backend.
+func switchServers(_ farm: LBFarm, _ agent: RunningAgent, from first: Backend, times: Int) async throws -> Backend {
+    var current = first
+    for n in 1...times {
+        let next = try await farm.backend("v\(n)")
+        try await farm.waitApplied(try await farm.put("demo.localhost", [next]))
+        #expect(try await agent.get("demo.localhost") == Reply(200, next.name))
+        try await Task.sleep(for: .milliseconds(200))
+        await current.stop()
+        current = next
+    }
+    return current
 }

@@ -37,7 +37,9 @@ final class Farm: Sendable {
 
     func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2) -> AgentConfiguration {
         AgentConfiguration(
-            id: id, capacity: capacity, ttlSeconds: 4, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
+            // A lease of 10 s, as in production: with both cores busy (the other suites run beside
+            // these), a 4 s lease once expired in the middle of a build, which then ran a second attempt.
+            id: id, capacity: capacity, ttlSeconds: 10, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirror.url, timeouts: timeouts)
     }
