@@ -112,7 +112,9 @@ struct ConsoleTests {
             let running = try await queueBuild(h, project: "webapp", tag: nil)
             try await write(h, build: running, log: []) { $0.status = .running; $0.agent = "agent-one"; $0.attempt = 1 }
             // The agent comes after the builds left the queue, so the dispatcher assigns none.
-            _ = try await registerAgent(h, id: "agent-one", capacity: 3, labels: ["gpu"])
+            // Its lease outlives the test (nothing keeps it alive; Chromium can take over 10 s
+            // for the pages when both cores are busy).
+            _ = try await registerAgent(h, id: "agent-one", capacity: 3, labels: ["gpu"], ttl: 600)
             try await h.etcd.put(h.keys.task(agent: "agent-one", build: running), "{}")
 
             let overview = try await Chromium.dumpDOM(chromium, h.api + "/")
