@@ -154,17 +154,3 @@ func withProgress<T: Sendable>(every: Duration = .seconds(5), _ line: @escaping 
     }
 }
 
-/// A value behind a lock that tasks can share (a `Mutex` itself cannot be captured by the
-/// closures of a task group).
-final class Locked<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { mutex = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
-    var value: Value { mutex.withLock { $0 } }
-}
-
-extension Locked where Value == Int {
-    /// Adds `n` and returns the value before.
-    @discardableResult
-    func add(_ n: Int) -> Int { withLock { v in defer { v += n }; return v } }
-}

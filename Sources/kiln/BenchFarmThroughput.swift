@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import KilnCore
 import LocalFarm
 import Synchronization
 
