@@ -32,16 +32,17 @@ public struct DeployEnvironment: Sendable {
         return d
     }
 
-    func spec(_ app: String, _ v: AppVersion) -> VersionSpec {
-        VersionSpec(app: app, version: v.number, image: v.image, settings: v.settings)
-    }
-
     /// Checks every instance of a version now, in parallel: discovery's answer to "which
     /// instances of this version can take traffic".
     public func checkInstances(app: String, version v: AppVersion, cells known: [Cell]? = nil) async -> [Instance] {
         let cells: [Cell]
         if let known { cells = known } else { cells = (try? await store.cells()) ?? [] }
-        let spec = spec(app, v)
+        return await Self.checkInstances(app: app, version: v, cells: cells, deployers: deployers)
+    }
+
+    /// The same check with the cells and backends given (`kiln apps --check` has no etcd).
+    public static func checkInstances(app: String, version v: AppVersion, cells: [Cell], deployers: [String: any Deployer]) async -> [Instance] {
+        let spec = VersionSpec(app: app, v)
         return await withTaskGroup(of: (Int, Instance).self) { group in
             for (i, instance) in v.instances.enumerated() {
                 group.addTask {
@@ -52,7 +53,7 @@ public struct DeployEnvironment: Sendable {
                         checked.detail = "cell \(instance.cell) no longer exists"
                         return (i, checked)
                     }
-                    guard let deployer = try? deployer(cell.backend) else {
+                    guard let deployer = deployers[cell.backend] else {
                         checked.healthy = false
                         checked.detail = "no \(cell.backend) backend here"
                         return (i, checked)
@@ -140,7 +141,7 @@ public struct DeployPlugin: PostBuildPlugin {
         let s = version.settings
         await ctx.log("deploy: version \(version.number) of \(appName) from \(image): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")")
 
-        let spec = env.spec(appName, version)
+        let spec = VersionSpec(app: appName, version)
         do {
             // Start in every cell at once. A failure in one cell lets the others finish (a
             // request cancelled half way could leave a container the engine creates after the
@@ -335,7 +336,7 @@ public struct RetirePlugin: PostBuildPlugin {
         let cells = try await store.cells()
         var stopped = 0
         for v in retiring {
-            let spec = env.spec(appName, v)
+            let spec = VersionSpec(app: appName, v)
             for (cellName, instances) in Dictionary(grouping: v.instances, by: \.cell) {
                 guard let cell = cells.first(where: { $0.name == cellName }) else {
                     await ctx.log("retire: cell \(cellName) no longer exists; \(instances.count) instance(s) of v\(v.number) there were not stopped")

@@ -16,6 +16,11 @@ public struct VersionSpec: Sendable, Equatable {
         self.settings = settings
     }
 
+    /// The spec a recorded version was started from.
+    public init(app: String, _ v: AppVersion) {
+        self.init(app: app, version: v.number, image: v.image, settings: v.settings)
+    }
+
     /// The name every instance of this version carries, with its cell and index added.
     public var baseName: String { "kiln-\(app)-v\(version)" }
 }

@@ -85,18 +85,8 @@ struct AppsCommand: AsyncParsableCommand {
         if check {
             let cells = try await client.get("/api/v1/cells", as: [Cell].self)
             let deployers = DeployEnvironment.standardDeployers()
-            for (vi, v) in status.app.versions.enumerated() where [.deploying, .ready, .live, .retiring].contains(v.state) {
-                let spec = VersionSpec(app: status.app.name, version: v.number, image: v.image, settings: v.settings)
-                for (ii, instance) in v.instances.enumerated() {
-                    var checked = instance
-                    checked.checkedAt = Date()
-                    if let cell = cells.first(where: { $0.name == instance.cell }), let deployer = deployers[cell.backend] {
-                        (checked.healthy, checked.detail) = await deployer.check(instance, of: spec, in: cell)
-                    } else {
-                        (checked.healthy, checked.detail) = (false, "cell \(instance.cell) no longer exists")
-                    }
-                    status.app.versions[vi].instances[ii] = checked
-                }
+            for (i, v) in status.app.versions.enumerated() where [.deploying, .ready, .live, .retiring].contains(v.state) {
+                status.app.versions[i].instances = await DeployEnvironment.checkInstances(app: status.app.name, version: v, cells: cells, deployers: deployers)
             }
         }
         if api.json { Show.printJSON(status); return }
