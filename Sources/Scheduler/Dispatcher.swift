@@ -149,7 +149,7 @@ public struct Dispatcher: Service {
                 }
                 guard ready.count == DispatchState.Prefix.allCases.count else { continue }
                 let now = clock.now - start
-                for action in state.decide(now: Double(now.components.seconds) + Double(now.components.attoseconds) * 1e-18) {
+                for action in state.decide(now: now.inSeconds) {
                     group.addTask {
                         let outcome = await perform(action, fence: fence)
                         inbox.push(.finished(action, outcome))
