@@ -160,10 +160,13 @@ extension KilnBench {
             let etcdVersion = (try? ManagedProcess.run("etcd", ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "etcd ?"
             let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
                 .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+            // The kiln binary as the repository names it (.build/release/kiln), else its full path.
+            let root = Repository.root.path + "/"
+            let kilnShown = kiln.hasPrefix(root) ? String(kiln.dropFirst(root.count)) : kiln
             var lines = [
                 "# kiln-bench farm, \(KilnJSON.formatDate(startedAt))",
                 "",
-                "`\((["kiln-bench farm"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? ""), kiln `\(kiln)`); "
+                "`\((["kiln-bench farm"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? ""), kiln `\(kilnShown)`); "
                     + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load); \(etcdVersion). "
                     + "Every component is its own process on this machine: etcd, `kiln scheduler`, and `kiln agent --simulate` processes (they build nothing; see `SimulatedBuildRunner`).",
                 "",
