@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        // For Benchmarks/Package.swift (kiln-bench): the process-farm harness, and the
+        // modules the benchmarks measure or read (the ring, the simulated agent's durations).
+        .library(name: "FarmHarness", targets: ["FarmHarness", "KilnCore", "Etcd", "LocalFarm", "Scheduler", "BuildAgent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
@@ -111,6 +114,18 @@ let package = Package(
             ],
             path: "Tests/Support"
         ),
+        // A farm of real processes (etcd, `kiln scheduler`, `kiln agent --simulate`) and the
+        // "no build lost, none run twice" check: used by FarmTests and by kiln-bench.
+        .target(
+            name: "FarmHarness",
+            dependencies: [
+                "KilnCore", "Etcd", "LocalFarm", "KilnTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            path: "Tests/FarmHarness"
+        ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport"]),
@@ -141,7 +156,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

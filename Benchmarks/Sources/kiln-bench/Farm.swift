@@ -2,16 +2,16 @@ import ArgumentParser
 import Foundation
 import KilnCore
 import LocalFarm
-import Synchronization
+import UnixSignals
 
-extension BenchCommand {
+extension KilnBench {
     struct Farm: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "A whole farm of simulated agents: dispatch latency, throughput, cache affinity and chaos.",
             discussion: """
             Starts everything as separate processes on free loopback ports, and stops them by PID at \
             the end of each phase, on error and on Ctrl-C: a real etcd (data in a temp folder), \
-            `kiln scheduler` and `kiln agent --simulate` processes (this very binary). Projects and \
+            `kiln scheduler` and `kiln agent --simulate` processes (the kiln of --kiln). Projects and \
             builds go through the scheduler's HTTP API; measurements come from etcd watches. Phases:
               floor       etcd's own put → watch-event latency (the floor of any dispatch)
               latency     build accepted → agent starts it, one at a time, 20 agents
@@ -26,8 +26,9 @@ extension BenchCommand {
                           delivery → agent starts the build, next to the same through the API
             Results are printed and written to Benchmarks/results/farm-DATE.md.
 
-            Example: swift build -c release --product kiln && .build/release/kiln bench farm
-                     .build/release/kiln bench farm --only latency,chaos
+            Example: swift build -c release --product kiln && swift build -c release --package-path Benchmarks
+                     Benchmarks/.build/release/kiln-bench farm
+                     Benchmarks/.build/release/kiln-bench farm --only latency,chaos
             """)
 
         enum Phase: String, CaseIterable, ExpressibleByArgument {
@@ -51,7 +52,9 @@ extension BenchCommand {
         @Option(help: "Chaos: lease TTL of the agents, seconds.") var chaosTtl: Int = 3
         @Option(help: "Chaos: seconds after which a build that has not ended counts as lost.") var chaosTimeout: Double = 900
         @Option(help: "Webhook: concurrent deliveries per round.") var webhookConcurrent: Int = 50
-        @Option(help: ArgumentHelp("Folder of the result file.", valueName: "dir")) var resultsDir: String = "Benchmarks/results"
+        @Option(help: ArgumentHelp("The kiln executable to start as scheduler and agents (env KILN_BIN; default: the repository's .build/\(Repository.configuration)/kiln, the configuration of this kiln-bench).", valueName: "path"))
+        var kiln: String = env("KILN_BIN", Repository.kiln)
+        @Option(help: ArgumentHelp("Folder of the result file.", valueName: "dir")) var resultsDir: String = Repository.results
         @Option(help: ArgumentHelp("Log level of the scheduler and agents (their logs are in the temp folder).", valueName: "level")) var logLevel: String = "warning"
         @Flag(help: "Keep the temp folder (etcd data and the processes' logs) after a successful run.") var keep = false
 
@@ -67,18 +70,21 @@ extension BenchCommand {
             guard latencyAgents > 0, throughputAgents > 0, chaosAgents > 1, clients > 0 else { throw ValidationError("--*-agents and --clients must be positive (chaos needs at least 2 agents)") }
             guard affinityLoad > 0, affinityLoad < 1 else { throw ValidationError("--affinity-load is a share of the slots, between 0 and 1 (0.5 for half)") }
             guard chaosTtl >= 2 else { throw ValidationError("--chaos-ttl must be at least 2 seconds (etcd's shortest useful lease)") }
+            guard FileManager.default.isExecutableFile(atPath: kiln) else {
+                throw ValidationError("no kiln executable at \(kiln): \(Repository.buildKiln), or name one with --kiln or KILN_BIN")
+            }
         }
 
         func run() async throws {
-            _ = KilnLogging.bootstrap("error")
+            bootstrapLogging()
             let root = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-bench-farm-\(UUID().uuidString.prefix(8))")
-            let rig = try BenchRig(root: root, logLevel: logLevel)
+            let rig = try BenchRig(root: root, kiln: kiln, logLevel: logLevel)
             let startedAt = Date()
             let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
-            say("kiln bench farm: \(phases.map(\.rawValue).joined(separator: ", ")); \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load), \(Self.buildKind) build; processes' data and logs in \(root.path)")
+            say("kiln-bench farm: \(phases.map(\.rawValue).joined(separator: ", ")); \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load), \(Repository.configuration) build of kiln-bench, kiln \(kiln); processes' data and logs in \(root.path)")
 
             // Ctrl-C or SIGTERM: stop every child by PID, then leave.
-            let signals = SignalWaiter()
+            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
             let reports = Locked<[PhaseReport]>([])
             let outcome: Result<Void, Error> = await withTaskGroup(of: Result<Void, Error>?.self) { group in
                 group.addTask {
@@ -90,9 +96,9 @@ extension BenchCommand {
                     }
                 }
                 group.addTask {
-                    await signals.wait()
+                    for await _ in signals { break }
                     if Task.isCancelled { return nil }
-                    say("\nkiln bench farm: interrupted; stopping every process it started")
+                    say("\nkiln-bench farm: interrupted; stopping every process it started")
                     rig.stopAll()
                     return .failure(ExitCode(130))
                 }
@@ -110,7 +116,7 @@ extension BenchCommand {
             case .success:
                 if keep { say("kept \(root.path)") } else { try? FileManager.default.removeItem(at: root) }
             case .failure(let error):
-                if !(error is ExitCode) { say("kiln bench farm failed: \(error)") }
+                if !(error is ExitCode) { say("kiln-bench farm failed: \(error)") }
                 say("the processes' data and logs are kept in \(root.path)")
                 throw error is ExitCode ? error : ExitCode(1)
             }
@@ -125,47 +131,23 @@ extension BenchCommand {
                 done(r.report)
             }
             if selected.contains(.latency), let floor {
-                var s = LatencyPhase.Settings()
-                s.builds = latencyBuilds
-                s.agents = latencyAgents
-                done(try await LatencyPhase.run(rig: rig, floor: floor, settings: s))
+                done(try await LatencyPhase.run(rig: rig, floor: floor, settings: .init(builds: latencyBuilds, agents: latencyAgents)))
             }
             if selected.contains(.throughput) {
-                var s = ThroughputPhase.Settings()
-                s.builds = throughputBuilds
-                s.agents = throughputAgents
-                s.clients = clients
-                s.txnClients = clients
-                done(try await ThroughputPhase.run(rig: rig, settings: s))
+                let settings = ThroughputPhase.Settings(builds: throughputBuilds, agents: throughputAgents, clients: clients, txnClients: clients)
+                done(try await ThroughputPhase.run(rig: rig, settings: settings))
             }
             if selected.contains(.affinity) {
-                var s = AffinityPhase.Settings()
-                s.builds = affinityBuilds
-                s.load = affinityLoad
-                s.loadFactor = affinityLoadFactor
-                done(try await AffinityPhase.run(rig: rig, settings: s))
+                let settings = AffinityPhase.Settings(builds: affinityBuilds, load: affinityLoad, loadFactor: affinityLoadFactor)
+                done(try await AffinityPhase.run(rig: rig, settings: settings))
             }
             if selected.contains(.chaos) {
-                var s = ChaosPhase.Settings()
-                s.builds = chaosBuilds
-                s.agents = chaosAgents
-                s.ttl = chaosTtl
-                s.timeout = chaosTimeout
-                done(try await ChaosPhase.run(rig: rig, settings: s))
+                let settings = ChaosPhase.Settings(builds: chaosBuilds, agents: chaosAgents, ttl: chaosTtl, timeout: chaosTimeout)
+                done(try await ChaosPhase.run(rig: rig, settings: settings))
             }
             if selected.contains(.webhook) {
-                var s = WebhookPhase.Settings()
-                s.concurrent = webhookConcurrent
-                done(try await WebhookPhase.run(rig: rig, settings: s))
+                done(try await WebhookPhase.run(rig: rig, settings: .init(concurrent: webhookConcurrent)))
             }
-        }
-
-        static var buildKind: String {
-            #if DEBUG
-            return "debug"
-            #else
-            return "release"
-            #endif
         }
 
         func writeResults(_ reports: [PhaseReport], startedAt: Date, load: String, complete: Bool) throws -> URL {
@@ -176,12 +158,15 @@ extension BenchCommand {
             f.dateFormat = "yyyy-MM-dd-HHmmss"
             let file = dir.appendingPathComponent("farm-\(f.string(from: startedAt)).md")
             let etcdVersion = (try? ManagedProcess.run("etcd", ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "etcd ?"
-            let commit = (try? ManagedProcess.run("git", ["rev-parse", "--short", "HEAD"]))
+            let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
                 .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+            // The kiln binary as the repository names it (.build/release/kiln), else its full path.
+            let root = Repository.root.path + "/"
+            let kilnShown = kiln.hasPrefix(root) ? String(kiln.dropFirst(root.count)) : kiln
             var lines = [
-                "# kiln bench farm, \(KilnJSON.formatDate(startedAt))",
+                "# kiln-bench farm, \(KilnJSON.formatDate(startedAt))",
                 "",
-                "`\((["kiln bench farm"] + CommandLine.arguments.dropFirst(3)).joined(separator: " "))` (\(Self.buildKind) build\(commit.map { ", commit \($0)" } ?? "")); "
+                "`\((["kiln-bench farm"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? ""), kiln `\(kilnShown)`); "
                     + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load); \(etcdVersion). "
                     + "Every component is its own process on this machine: etcd, `kiln scheduler`, and `kiln agent --simulate` processes (they build nothing; see `SimulatedBuildRunner`).",
                 "",

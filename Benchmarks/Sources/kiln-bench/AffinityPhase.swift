@@ -3,7 +3,6 @@ import Foundation
 import LocalFarm
 import KilnCore
 import Scheduler
-import Synchronization
 
 /// Phase 4, cache affinity: under a normal load, the share of builds that ran on their
 /// project's home agent (where its git mirror and Maven cache are).
@@ -27,11 +26,12 @@ enum AffinityPhase {
         // Little's law: busy slots = arrival rate × mean duration.
         let rate = s.load * Double(slots) / duration.mean
         say("== cache affinity: \(s.agents) simulated agents (--simulate \(s.simulate), capacity \(s.capacity)), \(s.projects) projects with Zipf(\(s.zipf)) popularity, \(s.builds) builds arriving at \(String(format: "%.1f", rate))/s (Poisson) for \(Int(s.load * 100)) % average load")
-        let farm = try await BenchFarm.start(rig: rig, phase: "affinity", agents: s.agents, capacity: s.capacity, simulate: s.simulate, loadFactor: s.loadFactor)
+        let farm = try await rig.startFarm("affinity", agents: s.agents, .init(capacity: s.capacity, ttl: 10, simulate: s.simulate),
+                                          schedulerOptions: ["--load-factor", String(s.loadFactor)])
         defer { farm.stop() }
         let projects = (0..<s.projects).map { String(format: "aff-%03d", $0) }
         try await farm.createProjects(projects)
-        say("  farm up: etcd \(farm.etcdServer.endpoint), scheduler \(farm.api.base), \(s.agents) agents registered")
+        farm.sayUp()
 
         let zipf = ZipfSampler(n: s.projects, s: s.zipf)
         let tracker = BuildTracker()

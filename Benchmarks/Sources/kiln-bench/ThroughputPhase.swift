@@ -2,7 +2,6 @@ import Etcd
 import Foundation
 import KilnCore
 import LocalFarm
-import Synchronization
 
 /// Phase 3, throughput: how many builds per second the scheduler assigns when a burst is
 /// queued at once, next to how many transactions etcd itself commits per second.
@@ -21,11 +20,11 @@ enum ThroughputPhase {
 
     static func run(rig: BenchRig, settings s: Settings) async throws -> PhaseReport {
         say("== throughput: \(s.agents) simulated agents (--simulate 0, capacity \(s.capacity)), \(s.builds) builds enqueued by \(s.clients) concurrent clients over \(s.projects) projects")
-        let farm = try await BenchFarm.start(rig: rig, phase: "throughput", agents: s.agents, capacity: s.capacity, simulate: "0")
+        let farm = try await rig.startFarm("throughput", agents: s.agents, .init(capacity: s.capacity, ttl: 10, simulate: "0"))
         defer { farm.stop() }
         let projects = (0..<s.projects).map { String(format: "tp-%02d", $0) }
         try await farm.createProjects(projects)
-        say("  farm up: etcd \(farm.etcdServer.endpoint), scheduler \(farm.api.base), \(s.agents) agents registered")
+        farm.sayUp()
 
         // 1. A burst through the API with every agent up.
         let tracker = BuildTracker()
@@ -51,7 +50,7 @@ enum ThroughputPhase {
 
         // 2. The dispatcher alone: a queue filled while no agent is up, drained once they are.
         say("  draining: agents stopped, \(s.builds) builds queued, then \(s.agents) fresh agents started")
-        try await farm.stopAgents()
+        try await farm.processes.stopAgents()
         let drain = BuildTracker()
         let drainQueued = Locked(0)
         let (agentsStarted, agentsUp, drainAll) = try await whileTracking(farm, drain) {
@@ -62,7 +61,7 @@ enum ThroughputPhase {
                 try await enqueue(farm, projects, count: s.builds, clients: s.clients, enqueued: drainQueued, failed: failedPosts)
                 let started = Date()
                 for _ in 0..<s.agents { try farm.addAgent() }
-                try await farm.waitForAgents(s.agents)
+                try await farm.processes.waitForAgents()
                 let up = Date()
                 let all = try await drain.waitFinals(drainQueued.value, timeout: .seconds(600))
                 return (started, up, all)
@@ -71,7 +70,7 @@ enum ThroughputPhase {
         let drained = await drain.assignments
 
         // 3. etcd's own rate, on the same etcd with the farm stopped.
-        farm.rig.stop(farm.agents.withLock { Array($0.values) } + [farm.scheduler])
+        farm.processes.stopProcesses()
         say("  farm stopped; etcd's own transaction rate on the same etcd: \(s.txns) sequential, then \(s.txnClients) concurrent clients")
         let sequential = try await txnRate(farm.etcd, clients: 1, total: s.txns, clock: clock)
         let concurrent = try await txnRate(farm.etcd, clients: s.txnClients, total: s.txns * 2, clock: clock)

@@ -2,12 +2,7 @@ import ArgumentParser
 import Foundation
 import Scheduler
 
-struct BenchCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench",
-        abstract: "Benchmarks, run by hand (build with -c release for timings).",
-        subcommands: [Ring.self, Farm.self, Deploy.self])
-
+extension KilnBench {
     struct Ring: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "The hash ring: movement on join and leave, balance under Zipf(1.1), lookup time.",
@@ -20,7 +15,7 @@ struct BenchCommand: AsyncParsableCommand {
                          popularity and none finish, with and without bounded loads (target ≤ 1.25)
               lookup     time of one placement at 10, 100 and 1,000 agents (target < 2 µs at 1,000)
 
-            Example: swift build -c release --product kiln && .build/release/kiln bench ring
+            Example: swift build -c release --package-path Benchmarks && Benchmarks/.build/release/kiln-bench ring
             """)
 
         @Option(help: "Projects.") var projects: Int = 10_000
@@ -31,7 +26,7 @@ struct BenchCommand: AsyncParsableCommand {
 
         func run() async throws {
             let names = (0..<projects).map { "project-\($0)" }
-            print("kiln bench ring: \(projects) projects, \(agents) agents of capacity 4, c = \(c)\n")
+            print("kiln-bench ring: \(projects) projects, \(agents) agents of capacity 4, c = \(c)\n")
 
             // Movement.
             let members = (1...agents).map { HashRing.Member(id: "agent-\($0)", weight: 4) }

@@ -1,7 +1,6 @@
 import Foundation
 import KilnCore
 import LocalFarm
-import Synchronization
 
 /// Phase 2, dispatch latency: from the API accepting a build (its POST returned) to the
 /// agent starting it, one build at a time on an otherwise idle farm.
@@ -16,11 +15,11 @@ enum LatencyPhase {
 
     static func run(rig: BenchRig, floor: Samples, settings s: Settings) async throws -> PhaseReport {
         say("== dispatch latency: \(s.agents) simulated agents (--simulate 0, capacity \(s.capacity)), \(s.builds) builds one at a time over \(s.projects) projects")
-        let farm = try await BenchFarm.start(rig: rig, phase: "latency", agents: s.agents, capacity: s.capacity, simulate: "0")
+        let farm = try await rig.startFarm("latency", agents: s.agents, .init(capacity: s.capacity, ttl: 10, simulate: "0"))
         defer { farm.stop() }
         let projects = (0..<s.projects).map { String(format: "lat-%02d", $0) }
         try await farm.createProjects(projects)
-        say("  farm up: etcd \(farm.etcdServer.endpoint), scheduler \(farm.api.base), \(s.agents) agents registered")
+        farm.sayUp()
 
         struct Sample: Sendable { var started: Double; var seen: Double; var post: Double }
         let done = Locked<[Sample]>([])
@@ -31,7 +30,7 @@ enum LatencyPhase {
                     let sent = Date()
                     let (build, accepted) = try await farm.api.requestBuild(projects[i % projects.count])
                     guard let seen = try await tracker.waitFinal(build.id, timeout: .seconds(30)), let final = seen.final else {
-                        throw FarmError("build \(build.id) did not end within 30 s on an idle farm; see \(rig.root.path)/latency/logs")
+                        throw FarmError("build \(build.id) did not end within 30 s on an idle farm; see \(farm.logs)")
                     }
                     guard final.status == .succeeded, let startedAt = final.startedAt, let runningSeen = seen.runningSeenAt else {
                         throw FarmError("build \(build.id) ended \(final.status.rawValue) (\(final.error ?? "")) instead of succeeding")

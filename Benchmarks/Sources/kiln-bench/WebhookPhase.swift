@@ -1,7 +1,7 @@
+import FarmHarness
 import Foundation
 import KilnCore
 import LocalFarm
-import Synchronization
 
 /// GitLab webhooks: how fast `POST /hooks/gitlab` answers under concurrent deliveries, and
 /// how long from a push's delivery to the agent starting its build, next to the same for a
@@ -38,19 +38,18 @@ enum WebhookPhase {
 
     static func deliver(_ api: String) async throws -> (status: Int, body: String) {
         let uuid = UUID().uuidString
-        return try await BenchHTTP.send("POST", api + "/hooks/gitlab", body: push(sha: randomSHA()), headers: [
+        return try await FarmHTTP.send("POST", api + "/hooks/gitlab", body: push(sha: randomSHA()), headers: [
             ("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", secret), ("X-Gitlab-Event-UUID", uuid), ("Idempotency-Key", uuid),
         ])
     }
 
     static func run(rig: BenchRig, settings s: Settings) async throws -> PhaseReport {
         say("== webhooks: \(s.agents) simulated agents (--simulate 0, capacity \(s.capacity)); \(s.rounds) rounds of \(s.concurrent) concurrent deliveries, then \(s.builds) builds one at a time per path")
-        let farm = try await BenchFarm.start(rig: rig, phase: "webhook", agents: s.agents, capacity: s.capacity, simulate: "0")
+        let farm = try await rig.startFarm("webhook", agents: s.agents, .init(capacity: s.capacity, ttl: 10, simulate: "0"))
         defer { farm.stop() }
         let project = Project(name: "hooked", repository: repository, buildImage: "localhost/kiln/none:1", buildCommand: "true", webhookSecret: secret)
-        let created = try await BenchHTTP.send("POST", farm.api.base + "/api/v1/projects", body: try KilnJSON.encode(project))
-        guard created.status == 201 else { throw FarmError("POST /api/v1/projects: HTTP \(created.status) \(created.body)") }
-        say("  farm up: etcd \(farm.etcdServer.endpoint), scheduler \(farm.api.base), \(s.agents) agents registered")
+        try await farm.api.createProject(project)
+        farm.sayUp()
 
         // 1. Answers under concurrent deliveries.
         let answers = Locked<[Double]>([])
@@ -94,7 +93,7 @@ enum WebhookPhase {
                     }
                     guard let seen = try await tracker.waitFinal(id, timeout: .seconds(30)), let final = seen.final,
                           final.status == .succeeded, let startedAt = final.startedAt else {
-                        throw FarmError("build \(id) did not succeed within 30 s on an idle farm; see \(rig.root.path)/webhook/logs")
+                        throw FarmError("build \(id) did not succeed within 30 s on an idle farm; see \(farm.logs)")
                     }
                     if i < 2 * s.warmup { continue }
                     samples.withLock { $0.append(Sample(viaHook: viaHook, started: startedAt.timeIntervalSince(sent) * 1000)) }

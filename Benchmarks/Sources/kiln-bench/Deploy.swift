@@ -1,12 +1,11 @@
 import ArgumentParser
 import AsyncHTTPClient
+import FarmHarness
 import Foundation
 import KilnCore
 import LocalFarm
-import NIOCore
-import Scheduler
 
-extension BenchCommand {
+extension KilnBench {
     struct Deploy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Push to served: build succeeded → first request answered by the new version through nginx; failed requests during the switch.",
@@ -23,7 +22,7 @@ extension BenchCommand {
               steps      each pipeline step's duration, p50
             Results are printed and written to Benchmarks/results/deploy-DATE.md.
 
-            Example: scripts/up.sh &  then  .build/release/kiln bench deploy --runs 5
+            Example: scripts/up.sh &  then  Benchmarks/.build/release/kiln-bench deploy --runs 5
             """)
 
         @Option(help: ArgumentHelp("Scheduler API URL (env KILN_API).", valueName: "url")) var api: String = env("KILN_API", "http://127.0.0.1:7070")
@@ -32,14 +31,14 @@ extension BenchCommand {
         @Option(help: ArgumentHelp("kiln up's data folder (its git server holds the demo project).", valueName: "dir")) var dataDir: String = env("KILN_DATA_DIR", "./kiln-data")
         @Option(help: "Runs (pushes).") var runs: Int = 5
         @Option(help: "Client loops requesting the page during each run.") var clients: Int = 4
-        @Option(help: ArgumentHelp("Where to write the results (a folder).", valueName: "dir")) var results: String = "Benchmarks/results"
+        @Option(help: ArgumentHelp("Where to write the results (a folder).", valueName: "dir")) var results: String = Repository.results
 
         func validate() throws {
             guard runs >= 1, clients >= 1 else { throw ValidationError("--runs and --clients must be at least 1") }
         }
 
         func run() async throws {
-            let client = APIClient(api)
+            let client = FarmAPI(base: api)
             let repo = URL(fileURLWithPath: dataDir).appendingPathComponent("git/demo.git")
             guard FileManager.default.fileExists(atPath: repo.appendingPathComponent("HEAD").path) else {
                 throw ValidationError("no demo repository at \(repo.path): start the farm with `kiln up --data-dir \(dataDir)` first")
@@ -52,7 +51,7 @@ extension BenchCommand {
                 throw ValidationError("project demo has no lb step in its pipeline: start the farm with `kiln up`, which gives it deploy ▶ lb ▶ retire")
             }
             let stamp = String(Int(Date().timeIntervalSince1970) % 100_000)
-            say("kiln bench deploy: \(runs) runs, \(clients) client loops on http://\(lb)/ (Host \(domain))")
+            say("kiln-bench deploy: \(runs) runs, \(clients) client loops on http://\(lb)/ (Host \(domain))")
             var served = Samples(), stepTimes: [String: Samples] = [:], pipelineTimes = Samples()
             var requests = [0, 0], failures: [[String]] = [[], []]
             for i in 1...runs {
@@ -67,9 +66,12 @@ extension BenchCommand {
                         let kind = k % 2
                         while !Task.isCancelled {
                             do {
-                                let body = try await APIClient("").rawText("GET", "http://\(lb)/", host: domain, closeConnection: kind == 0)
+                                // HTTPClient.shared, as the CLI's client (it retries a refused connection).
+                                let page = try await FarmHTTP.send("GET", "http://\(lb)/", headers: [("Host", domain)] + (kind == 0 ? [("Connection", "close")] : []),
+                                                                   client: .shared, timeout: .seconds(10))
+                                guard (200..<300).contains(page.status) else { throw FarmError("HTTP \(page.status) \(page.body.prefix(200))") }
                                 count.withLock { $0[kind] += 1 }
-                                if body.contains(marker) { seen.withLock { if $0 == nil { $0 = Date() } } }
+                                if page.body.contains(marker) { seen.withLock { if $0 == nil { $0 = Date() } } }
                             } catch {
                                 if Task.isCancelled { break }
                                 count.withLock { $0[kind] += 1 }
@@ -78,7 +80,7 @@ extension BenchCommand {
                         }
                     }
                 }
-                let queued = try await client.post("/api/v1/projects/demo/builds", body: BuildRequest(ref: "main", trigger: "bench deploy"), as: Build.self)
+                let (queued, _) = try await client.requestBuild("demo", trigger: "bench deploy")
                 var build = queued
                 while !(build.status.isFinal && (build.status != .succeeded || build.deploy?.status.isFinal == true)) {
                     try await Task.sleep(for: .milliseconds(100))
@@ -104,7 +106,7 @@ extension BenchCommand {
                 say("run \(i): build \(build.id) succeeded; served by the new version \(Fmt.ms(ms)) later (\(run.steps.map { "\($0.plugin) \(Fmt.ms(Double($0.durationMs ?? 0)))" }.joined(separator: ", "))); \(count.value.reduce(0, +)) requests, \(failed.value.map(\.count).reduce(0, +)) failed")
             }
             var lines = [
-                "# kiln bench deploy, \(KilnJSON.formatDate(Date()))", "",
+                "# kiln-bench deploy, \(KilnJSON.formatDate(Date()))", "",
                 "\(runs) runs on this machine (\(ProcessInfo.processInfo.activeProcessorCount) cores); \(clients) client loops requesting the page through nginx without pause.", "",
                 "| figure | measured | target |", "|---|---|---|",
                 "| build succeeded → first request served by the new version (p50) | \(Fmt.ms(served.p50)) (max \(Fmt.ms(served.max)), n = \(served.count)) | - |",
