@@ -96,7 +96,7 @@ enum ChaosPhase {
                 return done
             }
         }
-        let elapsed = (ContinuousClock.now - start).seconds
+        let elapsed = (ContinuousClock.now - start).inSeconds
         let killList = kills.withLock { $0 }
         // Let the watch deliver what was committed up to now before reading the history.
         let revision = try await farm.etcd.status()

@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import KilnCore
 
 /// Phase 1, the floor: etcd's own put-to-watch-event latency on this machine, which any
 /// dispatch through etcd pays at least twice (the queue entry reaches the dispatcher, the
@@ -50,7 +51,7 @@ enum FloorPhase {
             }
             let t1 = clock.now
             _ = try await written
-            if i >= warmup { samples.add((t1 - t0).milliseconds) }
+            if i >= warmup { samples.add((t1 - t0).inSeconds * 1000) }
         }
         return samples
     }

@@ -33,11 +33,6 @@ struct Samples: Sendable {
     }
 }
 
-extension Duration {
-    var milliseconds: Double { Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15 }
-    var seconds: Double { milliseconds / 1000 }
-}
-
 enum Fmt {
     static func ms(_ v: Double) -> String {
         if v.isNaN { return "-" }
@@ -138,19 +133,11 @@ struct ZipfSampler: Sendable {
 /// Prints a progress line every `every` while `body` runs.
 func withProgress<T: Sendable>(every: Duration = .seconds(5), _ line: @escaping @Sendable () async -> String,
                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask {
-            while true {
-                try await Task.sleep(for: every)
-                say("  … \(await line())")
-            }
+    try await whileRunning({
+        while true {
+            try await Task.sleep(for: every)
+            say("  … \(await line())")
         }
-        group.addTask { try await body() }
-        defer { group.cancelAll() }
-        while let r = try await group.next() {
-            if let r { return r }
-        }
-        throw CancellationError()
-    }
+    }, body)
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnCore
 import Scheduler
 
 extension KilnBench {
@@ -85,7 +86,7 @@ extension KilnBench {
                 let clock = ContinuousClock()
                 let plainTime = clock.measure { for k in keys { sink &+= ring.pick(k)!.utf8.count } }
                 let boundedTime = clock.measure { for k in keys { sink &+= ring.pick(k, loads: loads, c: c, running: running)?.utf8.count ?? 0 } }
-                func ns(_ d: Duration) -> Double { Double(d.components.seconds) * 1e9 / Double(lookups) + Double(d.components.attoseconds) / 1e9 / Double(lookups) }
+                func ns(_ d: Duration) -> Double { d.inSeconds * 1e9 / Double(lookups) }
                 print(String(format: "  %5d agents: %.0f ns a lookup (plain), %.0f ns (bounded, agents a quarter to three quarters full)", n, ns(plainTime), ns(boundedTime)))
                 if sink == 42 { print("") }
             }

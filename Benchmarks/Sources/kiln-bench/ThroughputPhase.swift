@@ -150,6 +150,6 @@ enum ThroughputPhase {
             }
             try await group.waitForAll()
         }
-        return Double(each * clients) / (clock.now - start).seconds
+        return Double(each * clients) / (clock.now - start).inSeconds
     }
 }
