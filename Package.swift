@@ -23,6 +23,17 @@ let package = Package(
             name: "KilnCore",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
+        // The client of the scheduler's HTTP API; its wire types are KilnCore's (API/), so
+        // the scheduler does not need an HTTP client and the CLI does not need the scheduler.
+        .target(
+            name: "KilnClient",
+            dependencies: [
+                "KilnCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "Etcd",
             dependencies: [
@@ -91,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

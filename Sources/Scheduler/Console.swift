@@ -111,7 +111,7 @@ enum ConsolePages {
             ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
             ("labels", p.labels.isEmpty ? "—" : p.labels.joined(separator: ", ")),
             ("branches", p.branches?.joined(separator: ", ") ?? p.defaultBranch),
-            ("supersede", p.supersede ?? "—"),
+            ("supersede", p.supersede?.rawValue ?? "—"),
             ("max concurrent", p.maxConcurrent.map(String.init) ?? "—"),
         ]
         if let created = p.createdAt { settings.append(("created", when(created))) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
+import KilnClient
 import KilnCore
 import LocalFarm
 import NIOCore
