@@ -66,7 +66,10 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            // The console's stylesheet and script, compiled into the binary
+            // (PackageResources.console_css, .console_js): no resource folder at run time.
+            resources: [.embedInCode("Console/console.css"), .embedInCode("Console/console.js")]
         ),
         .target(
             name: "BuildAgent",
