@@ -132,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
