@@ -26,6 +26,17 @@ let package = Package(
             name: "KilnCore",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
+        // The client of the scheduler's HTTP API; its wire types are KilnCore's (API/), so
+        // the scheduler does not need an HTTP client and the CLI does not need the scheduler.
+        .target(
+            name: "KilnClient",
+            dependencies: [
+                "KilnCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "Etcd",
             dependencies: [
@@ -58,7 +69,10 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            // The console's stylesheet and script, compiled into the binary
+            // (PackageResources.console_css, .console_js): no resource folder at run time.
+            resources: [.embedInCode("Console/console.css"), .embedInCode("Console/console.js")]
         ),
         .target(
             name: "BuildAgent",
@@ -94,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,7 +149,7 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -265,7 +265,7 @@ struct BuildRunner: TaskRunner {
             let spec = ContainerSpec(
                 image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
                 env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
-                networkMode: configuration.compileNetwork, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
+                networkMode: configuration.compileNetwork.rawValue, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
             reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
             let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }

@@ -20,9 +20,8 @@ public struct Project: Codable, Sendable, Equatable {
     public var defaultBranch: String
     /// Labels an agent must carry (all of them) to build this project.
     public var labels: [String]
-    /// A newer build of a branch cancels older ones of the same branch: `queued` cancels the
-    /// queued ones, `running` also the assigned and running ones; nil cancels none.
-    public var supersede: String?
+    /// A newer build of a branch cancels older ones of the same branch; nil cancels none.
+    public var supersede: Supersede?
     /// At most this many of the project's builds run at once (nil: no limit of its own;
     /// the agents' capacity still applies). The others wait in the queue and say why.
     public var maxConcurrent: Int?
@@ -40,7 +39,7 @@ public struct Project: Codable, Sendable, Equatable {
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
-        labels: [String] = [], supersede: String? = nil, maxConcurrent: Int? = nil,
+        labels: [String] = [], supersede: Supersede? = nil, maxConcurrent: Int? = nil,
         branches: [String]? = nil, webhookSecret: String? = nil, pipeline: [PipelineStep]? = nil, createdAt: Date? = nil
     ) {
         self.name = name
@@ -73,7 +72,7 @@ public struct Project: Codable, Sendable, Equatable {
         context = try c.decodeIfPresent(String.self, forKey: .context) ?? "."
         defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
         labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
-        supersede = try c.decodeIfPresent(String.self, forKey: .supersede)
+        supersede = try c.decodeIfPresent(Supersede.self, forKey: .supersede)
         maxConcurrent = try c.decodeIfPresent(Int.self, forKey: .maxConcurrent)
         branches = try c.decodeIfPresent([String].self, forKey: .branches)
         webhookSecret = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
@@ -125,9 +124,6 @@ public struct Project: Codable, Sendable, Equatable {
         try Validation.relativePath(context, field: "context")
         try Validation.ref(defaultBranch, field: "defaultBranch")
         for l in labels { try Validation.label(l) }
-        if let s = supersede, s != "queued", s != "running" {
-            throw KilnError.invalid("supersede '\(Validation.printable(s))' is not an option: use \"queued\" (a newer build of a branch cancels the queued ones) or \"running\" (the running ones too)")
-        }
         if let patterns = branches {
             if patterns.isEmpty || patterns.count > 100 { throw KilnError.invalid("branches must list 1 to 100 patterns, for example [\"main\", \"release/*\"]; leave it out to build the default branch only") }
             for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "branches pattern") }

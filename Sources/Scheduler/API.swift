@@ -152,7 +152,7 @@ struct JSONErrorMiddleware: RouterMiddleware {
 }
 
 func errorResponse(_ status: Int, _ message: String) -> Response {
-    json(["error": message], status: HTTPResponse.Status(code: status))
+    json(APIErrorBody(error: message), status: HTTPResponse.Status(code: status))
 }
 
 func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
@@ -170,6 +170,8 @@ func decodeBody<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws ->
     guard !data.isEmpty else { throw KilnError.invalid("the request body is empty: send a JSON object") }
     do {
         return try KilnJSON.decoder().decode(type, from: data)
+    } catch let error as KilnError {
+        throw error  // a value a type refused while decoding, with its own reason
     } catch let DecodingError.keyNotFound(key, _) {
         throw KilnError.invalid("missing field '\(key.stringValue)'")
     } catch let DecodingError.typeMismatch(_, ctx) {
@@ -244,12 +246,4 @@ struct LogFollower: Sendable {
             group.cancelAll()
         }
     }
-}
-
-/// `GET /api/v1/scheduler`.
-public struct SchedulerStatus: Codable, Sendable {
-    public var id: String
-    /// The scheduler that dispatches; nil while none is elected.
-    public var leader: String?
-    public var isLeader: Bool
 }

@@ -67,30 +67,6 @@ extension SchedulerStore {
     }
 }
 
-/// What `GET /api/v1/apps/{app}` answers: the app, and its domains as the lb-agents serve them.
-public struct AppStatus: Codable, Sendable {
-    public var app: App
-    public var domains: [DomainStatus]
-
-    public struct DomainStatus: Codable, Sendable {
-        public var group: String
-        public var domain: String
-        public var servers: [String]
-        public var version: Int?
-        /// Every lb-agent of the group: the revision it applied, and whether it serves this
-        /// domain's latest config (false while it lags, or if nginx refused it).
-        public var agents: [AgentStatus]
-    }
-
-    public struct AgentStatus: Codable, Sendable {
-        public var id: String
-        public var listen: String?
-        public var appliedRevision: Int64
-        public var current: Bool
-        public var rejected: String?
-    }
-}
-
 extension SchedulerStore {
     public func appStatus(_ name: String, slb: SLBKeys = SLBKeys()) async throws -> AppStatus {
         let app = try await app(name)

@@ -2,6 +2,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import FarmHarness
 import Foundation
+import KilnClient
 import KilnCore
 import LocalFarm
 

@@ -4,32 +4,41 @@ import KilnCore
 import NIOCore
 import NIOFoundationCompat
 
-/// The CLI's client of the scheduler's HTTP API.
-struct APIClient: Sendable {
-    let base: String
+/// A client of the scheduler's HTTP API (`/api/v1/…`), for the CLI and anything else that
+/// drives a farm from outside: JSON in and out with KilnCore's coders, the API's
+/// `{"error": …}` answers thrown as `Failure` with their message.
+///
+/// `base` is the scheduler's URL (`http://127.0.0.1:7070`); paths start with `/`. Every call
+/// goes through the process-wide `HTTPClient.shared`, so a client is cheap to make and needs
+/// no shutdown.
+public struct APIClient: Sendable {
+    public let base: String
 
-    init(_ base: String) {
+    public init(_ base: String) {
         var b = base
         while b.hasSuffix("/") { b.removeLast() }
         self.base = b
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+    /// A request that failed: the API's own message, or what went wrong on the way.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    func get<T: Decodable>(_ path: String, as: T.Type) async throws -> T {
+    /// `GET path`, the answer decoded as `T`.
+    public func get<T: Decodable>(_ path: String, as: T.Type) async throws -> T {
         try decode(T.self, try await send("GET", path, body: nil))
     }
 
-    func post<T: Decodable>(_ path: String, body: (some Encodable)?, as: T.Type) async throws -> T {
+    /// `POST path` with `body` as JSON (none if nil), the answer decoded as `T`.
+    public func post<T: Decodable>(_ path: String, body: (some Encodable)?, as: T.Type) async throws -> T {
         let data = try body.map { try KilnJSON.encoder().encode($0) }
         return try decode(T.self, try await send("POST", path, body: data))
     }
 
     /// A request to any URL (not the API), with a Host header: the body as text. Throws on a
     /// status other than 2xx unless `anyStatus`.
-    func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false, closeConnection: Bool = false) async throws -> String {
+    public func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false, closeConnection: Bool = false) async throws -> String {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         request.headers.add(name: "Host", value: host)
@@ -42,7 +51,8 @@ struct APIClient: Sendable {
         return body
     }
 
-    func raw(_ method: String, _ path: String, body: Data? = nil) async throws -> Data {
+    /// A request to the API: the answer's body as it came.
+    public func raw(_ method: String, _ path: String, body: Data? = nil) async throws -> Data {
         try await send(method, path, body: body)
     }
 
@@ -62,8 +72,8 @@ struct APIClient: Sendable {
         let buffer = try await response.body.collect(upTo: 64 << 20)
         let data = Data(buffer: buffer)
         guard (200..<300).contains(Int(response.status.code)) else {
-            if let e = try? JSONDecoder().decode([String: String].self, from: data), let message = e["error"] {
-                throw Failure(description: message)
+            if let e = try? JSONDecoder().decode(APIErrorBody.self, from: data) {
+                throw Failure(description: e.error)
             }
             throw Failure(description: "\(method) \(path): HTTP \(response.status.code)")
         }
@@ -79,7 +89,7 @@ struct APIClient: Sendable {
     }
 
     /// Streams a build's log to `output` until the build ends.
-    func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
+    public func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
         let request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
         let response = try await HTTPClient.shared.execute(request, timeout: .hours(24))
         guard response.status == .ok else {
@@ -89,45 +99,5 @@ struct APIClient: Sendable {
         for try await chunk in response.body {
             output(String(buffer: chunk))
         }
-    }
-}
-
-/// What the CLI prints of builds and agents.
-enum Show {
-    static func seconds(_ ms: Int?) -> String {
-        guard let ms else { return "-" }
-        return String(format: "%.2fs", Double(ms) / 1000)
-    }
-
-    static func steps(_ b: Build) -> String {
-        b.steps.map { "\($0.name.rawValue) \($0.status == .succeeded ? seconds($0.durationMs) : $0.status.rawValue)" }.joined(separator: "  ")
-    }
-
-    static func summary(_ b: Build) -> String {
-        var lines = ["build \(b.id)  \(b.project)  \(b.status.rawValue.uppercased())"]
-        lines.append("  ref \(b.ref)  commit \(b.commit.map { String($0.prefix(12)) } ?? "-")  tag \(b.tag ?? "-")  mvncache \(b.mvncache ? "on" : "off")  agent \(b.agent ?? "-")  attempt \(b.attempt)")
-        for s in b.steps {
-            lines.append("  \(s.name.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)) \(s.status.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(seconds(s.durationMs))\(s.error.map { "  \($0)" } ?? "")")
-        }
-        if let d = b.durationMs { lines.append("  total    \(seconds(d))") }
-        if let image = b.image { lines.append("  image    \(image)") }
-        if let digest = b.digest { lines.append("  digest   \(digest)") }
-        if let e = b.error, b.status != .succeeded { lines.append("  error    \(e)") }
-        if let run = b.deploy { lines += pipeline(run) }
-        return lines.joined(separator: "\n")
-    }
-
-    /// A pipeline run's lines for a build's summary.
-    static func pipeline(_ run: PipelineRun) -> [String] {
-        var lines = ["  pipeline run \(run.run) (\(run.trigger))  \(run.status.rawValue.uppercased())\(run.durationMs.map { "  \(seconds($0))" } ?? "")"]
-        for s in run.steps {
-            let what = s.error ?? s.summary
-            lines.append("    \(s.plugin.padding(toLength: 8, withPad: " ", startingAt: 0)) \(s.status.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(seconds(s.durationMs))\(what.map { "  \($0)" } ?? "")")
-        }
-        return lines
-    }
-
-    static func printJSON<T: Encodable>(_ value: T) {
-        if let data = try? KilnJSON.encoder(pretty: true).encode(value) { print(String(decoding: data, as: UTF8.self)) }
     }
 }
