@@ -2,7 +2,6 @@ import ArgumentParser
 import AsyncHTTPClient
 import FarmHarness
 import Foundation
-import KilnClient
 import KilnCore
 import LocalFarm
 
