@@ -1,6 +1,32 @@
 import Foundation
 
-// The post-build pipeline's run, kept in the build record.
+// The post-build pipeline: its steps (part of a project) and its runs (kept in the build
+// record).
+
+/// One step of a project's post-build pipeline: a plugin and its settings. The steps run in
+/// order after a build succeeds (see the Plugins module).
+public struct PipelineStep: Codable, Sendable, Equatable {
+    /// `deploy`, `lb`, `retire` or `notify`.
+    public var plugin: String
+    public var settings: [String: JSONValue]
+    /// Longest the step may run (default: the plugin's own).
+    public var timeoutSeconds: Int?
+
+    public init(plugin: String, settings: [String: JSONValue] = [:], timeoutSeconds: Int? = nil) {
+        self.plugin = plugin
+        self.settings = settings
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    enum CodingKeys: String, CodingKey { case plugin, settings, timeoutSeconds }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        plugin = try c.decode(String.self, forKey: .plugin)
+        settings = try c.decodeIfPresent([String: JSONValue].self, forKey: .settings) ?? [:]
+        timeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .timeoutSeconds)
+    }
+}
 
 public enum PipelineStatus: String, Codable, Sendable {
     case pending, running, succeeded, failed
