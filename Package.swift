@@ -72,7 +72,7 @@ let package = Package(
             ],
             // The console's stylesheet and script, compiled into the binary
             // (PackageResources.console_css, .console_js): no resource folder at run time.
-            resources: [.embedInCode("Console/console.css"), .embedInCode("Console/console.js")]
+            resources: [.embedInCode("HTTP/Console/console.css"), .embedInCode("HTTP/Console/console.js")]
         ),
         .target(
             name: "BuildAgent",
