@@ -15,24 +15,18 @@ struct TaskLostError: Error, CustomStringConvertible {
 /// Lines of a build's log waiting to be written to etcd. `append` never waits, so any
 /// callback (container output, image build output) can feed it.
 final class LogBuffer: Sendable {
-    private let state = Mutex<(lines: [String], bytes: Int)>(([], 0))
+    private let lines = Mutex<[String]>([])
 
     func append(_ line: String) {
         // A single line is capped so one runaway line cannot exceed etcd's request limit.
         let capped = line.utf8.count > 16_384 ? String(line.prefix(16_384)) + "…[line cut]" : line
-        state.withLock {
-            $0.lines.append(capped)
-            $0.bytes += capped.utf8.count
-        }
+        lines.withLock { $0.append(capped) }
     }
 
-    var pendingBytes: Int { state.withLock { $0.bytes } }
-
     func take() -> [String] {
-        state.withLock {
-            let l = $0.lines
-            $0 = ([], 0)
-            return l
+        lines.withLock {
+            defer { $0 = [] }
+            return $0
         }
     }
 }

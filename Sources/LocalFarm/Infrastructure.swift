@@ -26,7 +26,6 @@ public final class Infrastructure: Sendable {
     }
 
     public static let buildImage = "localhost/kiln/jdk17-maven:1"
-    public static let runtimeImage = "localhost/kiln/jre17:1"
 
     public let dataDir: URL
     public let etcd: EtcdServer
