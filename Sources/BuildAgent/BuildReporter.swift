@@ -24,9 +24,9 @@ final class LogBuffer: Sendable {
     }
 
     func take() -> [String] {
-        lines.withLock {
-            defer { $0 = [] }
-            return $0
+        lines.withLock { pending in
+            defer { pending = [] }
+            return pending
         }
     }
 }
