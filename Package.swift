@@ -74,6 +74,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Starts and stops the real components of a one-machine farm (etcd, registry,
@@ -99,11 +100,11 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ]
         ),
-        // Helpers shared by the test targets (timeouts, waits on etcd, temp folders, HTTP).
+        // Helpers shared by the test targets (timeouts, an etcd per test, waits on etcd, temp folders, HTTP).
         .target(
             name: "KilnTestSupport",
             dependencies: [
-                "Etcd",
+                "Etcd", "LocalFarm",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
