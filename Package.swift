@@ -104,7 +104,7 @@ let package = Package(
         .target(
             name: "KilnTestSupport",
             dependencies: [
-                "Etcd", "LocalFarm",
+                "Etcd", "DockerAPI", "LocalFarm", "Processes",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -115,7 +115,9 @@ let package = Package(
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport"]),
-        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "DockerAPI", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "KilnTestSupport"]),
         .testTarget(
             name: "SchedulerTests",
             dependencies: [

@@ -102,13 +102,7 @@ struct BuildRunner: TaskRunner {
             try await reporter.finish(build)
             return
         }
-        build.status = .running
-        build.agent = configuration.id
-        build.attempt = task.attempt
-        build.startedAt = began
-        build.finishedAt = nil
-        build.error = nil
-        build.steps = StepName.allCases.map { BuildStep(name: $0) }
+        build.start(agent: configuration.id, attempt: task.attempt, at: began)
         reporter.log("kiln: build \(build.id) of \(task.project.name) (ref \(task.ref)\(task.commit.map { ", commit \($0)" } ?? "")), attempt \(task.attempt), on agent \(configuration.id)")
         try await reporter.update(build)
 
@@ -151,20 +145,18 @@ struct BuildRunner: TaskRunner {
             try? await reporter.flush()
             return
         }
-        build.finishedAt = Date()
+        let now = Date()
         let total = ContinuousClock.now - started
         if let failure {
             if control.reason == .requested {
-                build.status = .cancelled
-                build.error = "cancelled during \(build.steps.first { $0.status == .cancelled }?.name.rawValue ?? "the build")"
+                build.end(.cancelled, error: "cancelled during \(build.steps.first { $0.status == .cancelled }?.name.rawValue ?? "the build")", at: now)
             } else {
-                build.status = .failed
-                build.error = "\(failure)"
+                build.end(.failed, error: "\(failure)", at: now)
             }
-            for i in build.steps.indices where build.steps[i].status == .pending { build.steps[i].status = .skipped }
             reporter.log("kiln: build \(build.status.rawValue) after \(BuildRunner.seconds(total)): \(build.error ?? "")")
         } else {
-            build.status = .succeeded
+            // Every step ran and succeeded, and the error was cleared when the build started.
+            build.end(.succeeded, error: nil, at: now)
             reporter.log("kiln: build succeeded in \(BuildRunner.seconds(total)): \(build.image ?? "") \(build.digest ?? "")")
         }
         reporter.log("kiln: steps: " + build.steps.map { "\($0.name.rawValue) \($0.durationMs.map { BuildRunner.seconds(.milliseconds($0)) } ?? $0.status.rawValue)" }.joined(separator: ", "))

@@ -1,5 +1,6 @@
 import CLibGit2
 import Foundation
+import KilnCore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -20,8 +21,9 @@ private let libgit2Initialised: Bool = git_libgit2_init() > 0
 /// Rules for callers:
 /// - Two `fetch`es of the same mirror are serialised by a file lock beside it (`<path>.lock`),
 ///   so concurrent builds of one project are safe; `resolve` and `checkout` only read.
-/// - The URL is checked before any network use: only http(s)://, ssh://, git://, file:// and
-///   scp-like `user@host:path` are accepted; `ext::` and anything that starts with `-` is refused.
+/// - The URL is checked before any network use, by the rule the API checks projects with
+///   (`Validation.repositoryURL`): only http(s)://, ssh://, git://, file:// and scp-like
+///   `user@host:path` are accepted; `ext::` and options hidden as `-…` are refused.
 /// - Submodules and LFS objects are not fetched.
 public struct GitMirror: Sendable {
     /// Where the bare repository lives (created by the first `fetch`).
@@ -184,52 +186,20 @@ public struct GitMirror: Sendable {
     /// The 7-character short form of a sha.
     public static func shortSHA(_ sha: String) -> String { String(sha.prefix(7)) }
 
-    /// Checks that `url` names a transport a build agent may use.
+    /// Checks that `url` names a transport a build agent may use: `Validation.repositoryURL`,
+    /// the rule the API checks projects with (one rule, so the two cannot drift apart).
     ///
     /// Accepted: `http://`, `https://`, `ssh://`, `git://`, `file://`, and scp-like
-    /// `[user@]host:path`. Refused: anything starting with `-`, containing `ext::`, git's
-    /// remote-helper form `transport::address`, control characters or spaces, other schemes,
-    /// and plain local paths (use `file://`).
+    /// `[user@]host:path`. Refused, among others: anything starting with `-` or whose user,
+    /// host or path does, git's `transport::address` form (`ext::`, `fd::`), control characters
+    /// or spaces, other schemes, and plain local paths (use `file://`).
+    ///
+    /// - Throws: `GitError` of kind `invalidURL` with the reason.
     public static func validate(url: String) throws {
-        func refuse(_ why: String) -> GitError { GitError(.invalidURL, "check repository URL '\(url)'", why) }
-        if url.isEmpty { throw refuse("the URL is empty") }
-        if url.hasPrefix("-") { throw refuse("a URL may not begin with '-'") }
-        if url.lowercased().contains("ext::") { throw refuse("the ext:: transport runs commands and is never allowed") }
-        if url.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7f }) {
-            throw refuse("the URL contains spaces or control characters")
-        }
-        // git's remote-helper form "<transport>::<address>" (fd::, ext::, …).
-        if let helper = url.range(of: "::"), !url[..<helper.lowerBound].contains(where: { "/@[:".contains($0) }) {
-            throw refuse("remote helpers ('\(url[..<helper.lowerBound])::') are not allowed")
-        }
-        if let range = url.range(of: "://") {
-            let scheme = url[..<range.lowerBound].lowercased()
-            guard ["http", "https", "ssh", "git", "file"].contains(scheme) else {
-                throw refuse("the transport '\(scheme)://' is not allowed (use http, https, ssh, git or file)")
-            }
-            let rest = url[range.upperBound...]
-            if scheme != "file" {
-                let authority = rest.prefix { $0 != "/" }
-                let host = authority.split(separator: "@").last.map(String.init) ?? ""
-                if host.isEmpty { throw refuse("the URL has no host") }
-                if host.hasPrefix("-") { throw refuse("a host may not begin with '-'") }
-            } else if !rest.hasPrefix("/") {
-                throw refuse("a file:// URL needs an absolute path (file:///path)")
-            }
-            return
-        }
-        // scp-like: [user@]host:path
-        guard let colon = url.firstIndex(of: ":") else {
-            throw refuse("not a URL: use http(s)://, ssh://, git://, file:// or user@host:path")
-        }
-        let authority = url[..<colon]
-        let host = authority.split(separator: "@", omittingEmptySubsequences: false).last ?? ""
-        let path = url[url.index(after: colon)...]
-        let hostCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-_[]"))
-        guard !host.isEmpty, !host.hasPrefix("-"), host.unicodeScalars.allSatisfy(hostCharacters.contains),
-              authority.filter({ $0 == "@" }).count <= 1, !path.isEmpty, !path.hasPrefix(":")
-        else {
-            throw refuse("not a valid scp-like address (user@host:path)")
+        do {
+            try Validation.repositoryURL(url)
+        } catch let error as KilnError {
+            throw GitError(.invalidURL, "check repository URL '\(Validation.printable(url))'", error.message)
         }
     }
 }

@@ -40,13 +40,7 @@ struct SimulatedBuildRunner: TaskRunner {
             let length = duration.draw()
             let started = ContinuousClock.now
             if control.reason == nil {
-                build.status = .running
-                build.agent = agentID
-                build.attempt = task.attempt
-                build.startedAt = began
-                build.finishedAt = nil
-                build.error = nil
-                build.steps = StepName.allCases.map { BuildStep(name: $0) }
+                build.start(agent: agentID, attempt: task.attempt, at: began)
                 let running = build
                 // The first line goes out with the running record, as a real build's would.
                 reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(BuildRunner.seconds(length))")
@@ -62,10 +56,8 @@ struct SimulatedBuildRunner: TaskRunner {
                 break
             }
             let cancelled = control.reason == .requested
-            build.finishedAt = Date()
-            build.status = cancelled ? .cancelled : .succeeded
-            build.error = cancelled ? "cancelled during the simulated build" : nil
-            for i in build.steps.indices where build.steps[i].status == .pending { build.steps[i].status = .skipped }
+            // No step ran: all four end `skipped`, a success too.
+            build.end(cancelled ? .cancelled : .succeeded, error: cancelled ? "cancelled during the simulated build" : nil, at: Date())
             reporter.log("kiln: simulated build \(build.status.rawValue) after \(BuildRunner.seconds(ContinuousClock.now - started))")
             let ending = build
             try await Task.detached { try await reporter.finish(ending) }.value

@@ -42,6 +42,12 @@ public struct Keys: Sendable, Equatable {
         return "\(logs)\(build)/\(String(repeating: "0", count: max(0, 3 - a.count)))\(a)-\(String(repeating: "0", count: max(0, 8 - s.count)))\(s)"
     }
 
+    /// The last chunk of an attempt's log, after any its agent can write: where the scheduler
+    /// closes the log of a build it ends or requeues itself (``Build/LogEnd``).
+    public func logEnd(build: String, attempt: Int) -> String {
+        logChunk(build: build, attempt: attempt, seq: 99_999_999)
+    }
+
     public var leader: String { "\(prefix)/leader" }
 
     /// Where apps run: Docker Engine API endpoints or Kubernetes API servers.

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Checks for everything that reaches Kiln from outside: names, refs, tags, image
 /// references, repository URLs, paths. Each throws `KilnError.invalid` with the reason.
 ///
@@ -91,8 +93,19 @@ public enum Validation {
     }
 
     /// Repository URLs: http, https, ssh, git and file transports, or scp-like `user@host:path`.
-    /// Refuses git's `ext::`/`fd::` transports, other schemes, options hidden in a host or
-    /// user (`ssh://-oProxyCommand=…`), whitespace and control characters.
+    /// The one rule for them: the API checks a project with it, and the agent's `GitMirror`
+    /// checks again before any network use, so an URL that reached etcd some other way is
+    /// still refused.
+    ///
+    /// Refuses, thinking of what git (or ssh under it) would make of the text:
+    /// - anything starting with `-`, and a user, host or path that does (`ssh://-oProxyCommand=…`,
+    ///   `host:-path`, `https://h/-x`): read as an option by some program on the way;
+    /// - `::` anywhere but inside an IPv6 host literal (`ssh://git@[::1]:22/…`): git's
+    ///   `transport::address` syntax (`ext::`, `fd::`) runs commands;
+    /// - whitespace and control characters, more than 2048 bytes;
+    /// - other schemes, plain paths (use `file://`), a file URL without an absolute path;
+    /// - an empty host; for the scp-like form also a host of other than letters, digits,
+    ///   `.-_[]`, more than one `@`, an empty path.
     public static func repositoryURL(_ url: String) throws {
         func bad(_ why: String) -> KilnError { KilnError.invalid("repository '\(printable(url))' is refused: \(why); use http(s)://, ssh://, git://, file:// or user@host:path") }
         if url.isEmpty { throw KilnError.invalid("repository is empty: give the git URL of the project") }
@@ -101,7 +114,7 @@ public enum Validation {
         for b in url.utf8 where b <= 0x20 || b == 0x7f {
             throw bad(b == 0x20 ? "it contains a space" : "it contains a control character")
         }
-        if url.contains("::") { throw bad("git's '::' transport syntax (ext::, fd::) runs commands") }
+        if withoutIPv6Host(url).contains("::") { throw bad("git's '::' transport syntax (ext::, fd::) runs commands") }
         if let schemeEnd = url.range(of: "://") {
             let scheme = url[..<schemeEnd.lowerBound].lowercased()
             guard ["http", "https", "ssh", "git", "file"].contains(scheme) else { throw bad("the transport '\(scheme)' is not allowed") }
@@ -112,7 +125,7 @@ public enum Validation {
             }
             let authority = rest.prefix { $0 != "/" }
             if authority.isEmpty { throw bad("it has no host") }
-            let hostPart = authority.split(separator: "@").last.map(String.init) ?? ""
+            let hostPart = authority.split(separator: "@", omittingEmptySubsequences: false).last.map(String.init) ?? ""
             if let user = authority.split(separator: "@").dropLast().first, user.hasPrefix("-") { throw bad("its user starts with '-'") }
             if hostPart.hasPrefix("-") || hostPart.isEmpty { throw bad("its host is empty or starts with '-'") }
             if rest.dropFirst(authority.count).hasPrefix("/-") { throw bad("its path starts with '-'") }
@@ -120,14 +133,36 @@ public enum Validation {
         }
         // scp-like: [user@]host:path, host without '/'
         if let colon = url.firstIndex(of: ":"), !url[..<colon].contains("/") {
-            let userHost = url[..<colon]
-            let host = userHost.split(separator: "@").last.map(String.init) ?? ""
-            if let user = userHost.split(separator: "@").dropLast().first, user.hasPrefix("-") { throw bad("its user starts with '-'") }
+            let userHost = url[..<colon].split(separator: "@", omittingEmptySubsequences: false)
+            let host = userHost.last ?? ""
+            if userHost.count > 2 { throw bad("it has more than one '@' before the ':'") }
+            if userHost.count == 2, userHost[0].hasPrefix("-") { throw bad("its user starts with '-'") }
             if host.isEmpty || host.hasPrefix("-") { throw bad("its host is empty or starts with '-'") }
-            if url[url.index(after: colon)...].hasPrefix("-") { throw bad("its path starts with '-'") }
+            if !host.unicodeScalars.allSatisfy(scpHostCharacters.contains) { throw bad("its host may hold only letters, digits and '.-_[]'") }
+            let path = url[url.index(after: colon)...]
+            if path.isEmpty { throw bad("it has no path after the ':'") }
+            if path.hasPrefix("-") { throw bad("its path starts with '-'") }
             return
         }
         throw bad("it has no transport")
+    }
+
+    /// The host of an scp-like address: letters and digits (any script), `.`, `-`, `_` and the
+    /// brackets of an IPv6 literal.
+    private static let scpHostCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-_[]"))
+
+    /// `url` with the inside of its IPv6 host literal (`ssh://git@[::1]:22/…` → `ssh://git@[]:22/…`)
+    /// left out: the one place where `::` is part of an address rather than git's transport
+    /// syntax. Only hex digits, ':' and '.' count as such a literal, so `[ext::…]` stays.
+    private static func withoutIPv6Host(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://") else { return url }
+        let authority = url[schemeEnd.upperBound...].prefix { $0 != "/" }
+        let hostStart = authority.lastIndex(of: "@").map { authority.index(after: $0) } ?? authority.startIndex
+        let host = authority[hostStart...]
+        guard host.hasPrefix("["), let close = host.firstIndex(of: "]") else { return url }
+        let literal = host[host.index(after: host.startIndex)..<close]
+        guard literal.unicodeScalars.allSatisfy({ $0.properties.isASCIIHexDigit || $0 == ":" || $0 == "." }) else { return url }
+        return String(url[...host.startIndex]) + String(url[close...])
     }
 
     /// A path inside the checkout: relative, no '..' component, no NUL, no leading '-'.

@@ -221,10 +221,7 @@ public struct Dispatcher: Service {
             logger.warning("dropped queue entry \(id): its build record is missing")
             return r.succeeded ? .done(revision: r.revision, effects: [.init(kind: .delete, kv: .init(key: a.queued.key, value: [], modRevision: r.revision))]) : .refused
         }
-        build.status = .assigned
-        build.waiting = nil
-        build.agent = a.agent
-        build.attempt += 1
+        build.assign(to: a.agent)
         let task = BuildTask(build: build.id, project: a.project.redacted, ref: build.ref, commit: build.commit, tag: build.tag,
                              mvncache: build.mvncache, attempt: build.attempt)
         let taskKey = keys.task(agent: a.agent, build: build.id)
@@ -266,29 +263,15 @@ public struct Dispatcher: Service {
         }
         var ops: [TxnOp] = [.delete(t.key)]
         var queueEntry: (key: String, value: String)?
-        let reason = "agent '\(t.agent)' stopped renewing its lease during attempt \(build.attempt)"
-        if build.status.isFinal {
-            // Finished already; only the task key was left behind.
-        } else if build.cancelRequested == true || build.attempt >= configuration.maxAttempts {
-            build.status = build.cancelRequested == true ? .cancelled : .failed
-            build.error = build.cancelRequested == true ? "cancelled; \(reason)" : "\(reason); gave up after \(build.attempt) attempts"
-            build.finishedAt = Date()
-            for i in build.steps.indices where build.steps[i].status == .running || build.steps[i].status == .pending {
-                build.steps[i].status = build.steps[i].status == .running ? .failed : .skipped
-            }
-            let end = LogChunk(seq: 0, lines: ["kiln: \(build.error!)"], end: true)
-            ops.append(.put(keys.build(id), try KilnJSON.encode(build)))
-            ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(end)))
-        } else {
-            build.status = .queued
-            build.agent = nil
-            build.error = reason
-            build.steps = StepName.allCases.map { BuildStep(name: $0) }
-            let line = LogChunk(seq: 0, lines: ["kiln: \(reason); the build goes back to the queue"], end: false)
-            queueEntry = (keys.queued(id), try KilnJSON.encode(QueueEntry(queuing: build)))
-            ops.append(.put(keys.build(id), try KilnJSON.encode(build)))
-            ops.append(.put(queueEntry!.key, queueEntry!.value))
-            ops.append(.put(keys.logChunk(build: id, attempt: build.attempt, seq: 99_999_999), try KilnJSON.encode(line)))
+        switch build.agentLost(t.agent, maxAttempts: configuration.maxAttempts, at: Date()) {
+        case .alreadyFinal:
+            break  // only the task key was left behind
+        case .ended(let end):
+            ops += [.put(keys.build(id), try KilnJSON.encode(build)), try store.putLogEnd(end, of: id)]
+        case .requeued(let line):
+            let entry = (key: keys.queued(id), value: try KilnJSON.encode(QueueEntry(queuing: build)))
+            queueEntry = entry
+            ops += [.put(keys.build(id), try KilnJSON.encode(build)), .put(entry.key, entry.value), try store.putLogEnd(line, of: id)]
         }
         // The agent must really be gone: each prefix has its own watch, so the view of the
         // agents may lag behind that of the tasks (a task for an agent this view has not seen
@@ -332,18 +315,14 @@ public struct Dispatcher: Service {
             let r = try await etcd.txn(Txn(compare: fence + [.modRevision(q.key, .equal, q.modRevision)], success: [.delete(q.key)]))
             return r.succeeded ? .done(revision: r.revision, effects: [dropQueue]) : .refused
         }
-        build.status = .failed
-        build.error = reason
-        build.finishedAt = Date()
-        for i in build.steps.indices { build.steps[i].status = .skipped }
-        let end = LogChunk(seq: 0, lines: ["kiln: \(reason)"], end: true)
+        let end = build.failBeforeStart(reason, at: Date())
         // The project must really be gone: the view of the projects may lag behind that of the
         // queue (a build queued right after its project was added).
         let r = try await etcd.txn(Txn(
             compare: fence + [.modRevision(q.key, .equal, q.modRevision), .modRevision(buildKV.key, .equal, buildKV.modRevision),
                               .version(keys.project(q.entry.project), .equal, 0)],
             success: [.delete(q.key), .put(buildKV.key, try KilnJSON.encode(build)),
-                      .put(keys.logChunk(build: build.id, attempt: max(1, build.attempt), seq: 99_999_999), try KilnJSON.encode(end))]))
+                      try store.putLogEnd(end, of: build.id)]))
         guard r.succeeded else { return .refused }
         logger.warning("failed before it started", metadata: ["build.id": "\(build.id)", "reason": "\(reason)"])
         return .done(revision: r.revision, effects: [dropQueue])

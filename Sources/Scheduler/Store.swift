@@ -179,38 +179,33 @@ public struct SchedulerStore: Sendable {
     public func cancel(_ id: String, reason: String? = nil) async throws -> Build {
         for _ in 0..<10 {
             let (build, rev) = try await buildWithRevision(id)
-            if build.status.isFinal {
-                throw KilnError.conflict("build '\(id)' already \(build.status.rawValue)")
-            }
-            if build.status == .queued {
-                var b = build
-                b.status = .cancelled
-                b.finishedAt = Date()
-                b.error = reason.map { "cancelled before it started: \($0)" } ?? "cancelled before it started"
-                b.cancelRequested = true
-                for i in b.steps.indices { b.steps[i].status = .skipped }
-                let end = LogChunk(seq: 0, lines: ["build cancelled before it started\(reason.map { ": \($0)" } ?? "")"], end: true)
+            var b = build
+            if case .ended(let end) = try b.cancel(reason: reason, at: Date()) {
                 let r = try await etcd.txn(Txn(
                     compare: [.modRevision(keys.build(id), .equal, rev)],
                     success: [.delete(keys.queued(id)), .put(keys.build(id), try KilnJSON.encode(b)),
-                              .put(keys.logChunk(build: id, attempt: max(1, b.attempt), seq: 99_999_999), try KilnJSON.encode(end))]))
+                              try putLogEnd(end, of: id)]))
                 if r.succeeded { return b }
                 continue
             }
-            guard let agent = build.agent,
+            // Only marked: the agent stops the build when its task says so.
+            guard let agent = b.agent,
                   let taskKV = try await etcd.get(keys.task(agent: agent, build: id)),
                   var task = try? KilnJSON.decode(BuildTask.self, from: taskKV.value) else {
                 continue  // between states: read again
             }
             task.cancel = true
-            var b = build
-            b.cancelRequested = true
             let r = try await etcd.txn(Txn(
                 compare: [.modRevision(keys.build(id), .equal, rev), .modRevision(taskKV.key, .equal, taskKV.modRevision)],
                 success: [.put(taskKV.key, try KilnJSON.encode(task)), .put(keys.build(id), try KilnJSON.encode(b))]))
             if r.succeeded { return b }
         }
         throw KilnError.unavailable("build '\(id)' kept changing while it was being cancelled; try again")
+    }
+
+    /// The write that closes an attempt's log with the scheduler's last line of it.
+    func putLogEnd(_ end: Build.LogEnd, of build: String) throws -> TxnOp {
+        .put(keys.logEnd(build: build, attempt: end.attempt), try KilnJSON.encode(end.chunk))
     }
 
     // MARK: agents

@@ -1,5 +1,6 @@
 import BuildAgent
 import Foundation
+import KilnCore
 import KilnTestSupport
 import LocalFarm
 import Testing
@@ -126,6 +127,42 @@ struct GitMirrorTests {
         let dir = try TempDir("git-url")
         let mirror = GitMirror(path: dir.path("m.git"), url: url)
         let error = #expect(throws: GitError.self) { try mirror.fetch() }
+        #expect(error?.kind == .invalidURL)
+        #expect(!FileManager.default.fileExists(atPath: dir.path("m.git").path))
+    }
+
+    /// Every URL either test list names, and those the two rules once disagreed on.
+    static let urlsBothSidesCheck = [
+        "ext::sh -c touch% /tmp/pwned", "-uhttps://example.com/x.git", "--upload-pack=touch /tmp/x", "fd::17", "ftp://example.com/x.git",
+        "/srv/git/project.git", "git://-oProxyCommand=x/y", "HTTP::ext::foo", "", "user@-host:repo.git", "host::path", "host:-repo",
+        "ssh://git@-oProxyCommand=x/repo", "file://relative/path", "just-a-name", "http:///nohost",
+        "https://h/a::b", "https://h/-x", "ssh://-oProxyCommand=x@host/r", "git@host:", "user@:repo", "a@b@host:repo", "h$x:repo",
+        "ssh://user@/repo", "ssh://[ext::1]/repo", "https://h/" + String(repeating: "a", count: 2048),
+        "https://gitlab.example.com/group/app.git", "http://127.0.0.1:8080/app.git", "ssh://git@host:22/app.git",
+        "git://127.0.0.1:9418/app.git", "file:///srv/git/app.git", "git@gitlab.example.com:group/app.git", "ssh://git@[::1]:22/app.git",
+    ]
+
+    @Test("the mirror refuses exactly what Validation.repositoryURL refuses, with its reason", arguments: GitMirrorTests.urlsBothSidesCheck)
+    func sameRuleAsValidation(url: String) {
+        let validation = Result { try Validation.repositoryURL(url) }
+        let mirror = Result { try GitMirror.validate(url: url) }
+        switch (validation, mirror) {
+        case (.success, .success):
+            break
+        case (.failure(let v as KilnError), .failure(let m as GitError)):
+            #expect(m.kind == .invalidURL)
+            #expect(m.message == v.message)
+        default:
+            Issue.record("Validation: \(validation), GitMirror: \(mirror)")
+        }
+    }
+
+    @Test("a URL the mirror once let through is refused before any network use", arguments: [
+        "https://example.com/a::b", "https://example.com/-x", "ssh://-oProxyCommand=x@example.com/r",
+    ])
+    func onceAcceptedNowRefused(url: String) throws {
+        let dir = try TempDir("git-url")
+        let error = #expect(throws: GitError.self) { try GitMirror(path: dir.path("m.git"), url: url).fetch() }
         #expect(error?.kind == .invalidURL)
         #expect(!FileManager.default.fileExists(atPath: dir.path("m.git").path))
     }

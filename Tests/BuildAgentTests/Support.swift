@@ -2,22 +2,7 @@ import BuildAgent
 import Foundation
 import KilnTestSupport
 import LocalFarm
-import Synchronization
 import Testing
-
-struct CommandFailed: Error, CustomStringConvertible {
-    let description: String
-}
-
-/// Runs a command and returns its output, throwing when it exits non-zero.
-@discardableResult
-func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
-    let (status, output) = try ManagedProcess.run(program, arguments, environment: environment)
-    guard status == 0 else {
-        throw CommandFailed(description: "\(program) \(arguments.joined(separator: " ")) exited \(status): \(output)")
-    }
-    return output.trimmingCharacters(in: .whitespacesAndNewlines)
-}
 
 /// A git repository made with the git CLI (test setup only): a bare `origin.git` that the
 /// mirror fetches from and a work tree `work` that commits and pushes to it.
@@ -67,30 +52,3 @@ final class GitFixture: Sendable {
         GitMirror(path: dir.path("mirrors/\(name).git"), url: originURL)
     }
 }
-
-/// Where the Docker tests keep podman's storage: reused across runs so the busybox image
-/// is made once.
-let podmanTestRoot = URL(fileURLWithPath: "/var/tmp/kiln-test/podman")
-let busyboxImage = "localhost/kiln/busybox:1"
-
-/// Starts podman's service on `podmanTestRoot`, makes the busybox image if missing, runs
-/// `body` under a time limit and stops the service, whatever happened. The suites that use
-/// it are serialized: one service per root at a time.
-func withPodman<T: Sendable>(
-    timeout: Duration = .seconds(120),
-    _ body: @escaping @Sendable (PodmanService, DockerClient) async throws -> T
-) async throws -> T {
-    let service = try await PodmanService.start(root: podmanTestRoot)
-    defer { service.stop() }
-    try service.ensureBusyboxImage(busyboxImage)
-    let docker = DockerClient(socketPath: service.socketPath)
-    return try await withTimeout(timeout) { try await body(service, docker) }
-}
-
-/// Collects lines handed to an `onLine` callback.
-final class Lines: Sendable {
-    private let lines = Mutex<[String]>([])
-    func append(_ line: String) { lines.withLock { $0.append(line) } }
-    var all: [String] { lines.withLock { $0 } }
-}
-

@@ -71,6 +71,35 @@ struct ValidationTests {
         #expect(throws: KilnError.self) { try Validation.repositoryURL(url) }
     }
 
+    // Validation and the agent's GitMirror had rules of their own that disagreed both ways;
+    // these are the cases where one let through what the other refused, now one rule.
+    @Test("refused by one of the two old rules, so by the one rule", arguments: [
+        ("https://h/a::b", "'::' transport syntax"),            // the mirror let '::' after a '/' through
+        ("https://h/-x", "its path starts with '-'"),              // the mirror did not look at the path
+        ("ssh://-oProxyCommand=x@host/r", "its user starts with '-'"),  // nor at the user
+        ("git@host:", "it has no path"),                           // Validation took an empty path
+        ("user@:repo", "its host is empty"),                       // … and read 'user' as the host
+        ("a@b@host:repo", "more than one '@'"),
+        ("h$x:repo", "its host may hold only"),
+        ("ssh://user@/repo", "its host is empty"),                 // neither saw the empty host
+        ("ssh://[ext::1]/repo", "'::' transport syntax"),          // not an IPv6 literal
+        ("ssh://[fe80::1%25eth0]/repo", "'::' transport syntax"),
+        ("ext::ssh://[::1]/repo", "'::' transport syntax"),
+        ("https://h/" + String(repeating: "a", count: 2048), "longer than 2048"),
+    ])
+    func onceDisagreeingRefused(_ url: String, _ why: String) {
+        let error = #expect(throws: KilnError.self) { try Validation.repositoryURL(url) }
+        #expect(error?.message.contains(why) == true, "\(error?.message ?? "accepted")")
+        #expect(error?.isInvalid == true)
+    }
+
+    @Test("an IPv6 host literal is the one place '::' is allowed", arguments: [
+        "ssh://git@[::1]:22/app.git", "http://[fd00::2]:8080/app.git", "https://[::ffff:10.0.0.1]/app.git",
+    ])
+    func onceDisagreeingAccepted(_ url: String) throws {
+        try Validation.repositoryURL(url)
+    }
+
     @Test(arguments: ["Dockerfile", "docker/Dockerfile", ".", "sub/dir"])
     func goodPaths(_ p: String) throws {
         try Validation.relativePath(p, field: "dockerfile")

@@ -1,4 +1,3 @@
-@testable import BuildAgent
 @testable import DockerAPI
 import Foundation
 import KilnTestSupport

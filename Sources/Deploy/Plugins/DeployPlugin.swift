@@ -1,0 +1,146 @@
+import Foundation
+import KilnCore
+import Plugins
+
+/// Runs the build's image as a new version of an app in every cell, and waits until each
+/// instance passes its health check. The previous version keeps running and keeps its
+/// traffic; a version that fails is removed and marked `failed`, with the reason.
+public struct DeployPlugin: PostBuildPlugin {
+    let env: DeployEnvironment
+    public var spec: PluginSpec { PluginCatalog.spec("deploy")! }
+
+    public func run(_ ctx: PluginContext) async throws -> PluginResult {
+        let store = env.store
+        let appName = ctx.string("app")!
+        let backend = ctx.string("backend") ?? "local"
+        guard let image = ctx.build.image else {
+            throw KilnError.invalid("build \(ctx.build.id) has no image to deploy (it did not push one)")
+        }
+        let deployer = try env.deployer(backend)
+        let all = try await store.cells()
+        let names = ctx.strings("cells") ?? all.filter { $0.backend == backend }.map(\.name)
+        guard !names.isEmpty else {
+            throw KilnError.invalid("there are no \(backend) cells to deploy \(appName) in: add two with `kiln cell add NAME --endpoint unix:///path/to/docker.sock`")
+        }
+        var cells: [Cell] = []
+        for name in names {
+            guard let cell = all.first(where: { $0.name == name }) else {
+                throw KilnError.notFound("cell \(name) does not exist (was it deleted?): add it again with `kiln cell add \(name) …`, or take it out of the deploy step's cells")
+            }
+            guard cell.backend == backend else {
+                throw KilnError.invalid("cell \(name) is a \(cell.backend) cell; this deploy step uses the \(backend) backend")
+            }
+            cells.append(cell)
+        }
+        if cells.count < 2 { await ctx.log("deploy: warning: \(appName) runs in one cell only (\(cells[0].name)); LeEngine runs every app in at least two") }
+
+        // Find this run's version again (a run started over), or make the next one with the
+        // previous version's settings under the pipeline's own.
+        let (_, made) = try await store.update(appName) { app -> (AppVersion, Bool) in
+            if let existing = app.versions.last(where: { $0.build == ctx.build.id && $0.pipelineRun == ctx.run }) {
+                return (existing, false)
+            }
+            let previous = app.current?.settings
+            let settings = DeploySettings(
+                port: ctx.int("port") ?? previous?.port ?? 8080,
+                replicas: ctx.int("replicas") ?? previous?.replicas ?? 1,
+                cpu: ctx.double("cpu") ?? previous?.cpu,
+                memoryMB: ctx.int("memoryMB") ?? previous?.memoryMB,
+                env: ctx.stringMap("env") ?? previous?.env ?? [:],
+                healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health")
+            var v = AppVersion(number: app.nextNumber, build: ctx.build.id, project: ctx.project.name, image: image,
+                               backend: backend, cells: cells.map(\.name), settings: settings)
+            v.pipelineRun = ctx.run
+            app.versions.append(v)
+            return (v, true)
+        }
+        var version = made.0
+        if !made.1, version.state == .ready || version.state == .live {
+            return result(appName, version, note: " (made by an earlier attempt of this run)")
+        }
+        if !made.1 {
+            // Started over: whatever the earlier attempt started is removed by start().
+            try await store.updateVersion(appName, version.number) { $0.state = .deploying; $0.error = nil; $0.instances = [] }
+        }
+        let s = version.settings
+        await ctx.log("deploy: version \(version.number) of \(appName) from \(image): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")")
+
+        let spec = VersionSpec(app: appName, version)
+        do {
+            // Start in every cell at once. A failure in one cell lets the others finish (a
+            // request cancelled half way could leave a container the engine creates after the
+            // clean-up looked); then everything this version started is removed below.
+            let outcomes = await withTaskGroup(of: Result<[Instance], any Error>.self) { group in
+                for cell in cells {
+                    group.addTask {
+                        do {
+                            let instances = try await deployer.start(spec, in: cell)
+                            await ctx.log("deploy: cell \(cell.name): started \(instances.map { "\($0.name) at \($0.address)" }.joined(separator: ", "))")
+                            return .success(instances)
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                var all: [Result<[Instance], any Error>] = []
+                for await outcome in group { all.append(outcome) }
+                return all
+            }
+            var started: [Instance] = []
+            for outcome in outcomes { started += try outcome.get() }
+            version.instances = started
+            try await store.updateVersion(appName, version.number) { $0.instances = started }
+
+            // Wait for every instance to pass its health check.
+            let limit = Duration.seconds(ctx.int("healthTimeoutSeconds") ?? 60)
+            let deadline = ContinuousClock.now + limit
+            var lastReport = ContinuousClock.now
+            while true {
+                version.instances = await env.checkInstances(app: appName, version: version, cells: cells)
+                let healthy = version.instances.filter(\.healthy).count
+                if healthy == version.instances.count { break }
+                if ContinuousClock.now >= deadline {
+                    let failing = version.instances.filter { !$0.healthy }.prefix(4).map { "\($0.name): \($0.detail ?? "?")" }.joined(separator: "; ")
+                    throw KilnError.unavailable("version \(version.number) of \(appName): \(healthy) of \(version.instances.count) instances passed the health check at \(s.healthPath) within \(limit.components.seconds) s (\(failing)); the running version is untouched")
+                }
+                if ContinuousClock.now - lastReport > .seconds(5) {
+                    lastReport = ContinuousClock.now
+                    await ctx.log("deploy: \(healthy) of \(version.instances.count) instances healthy; waiting")
+                }
+                try await Task.sleep(for: env.healthInterval)
+            }
+            let ready = version.instances
+            try await store.updateVersion(appName, version.number) { $0.instances = ready; $0.state = .ready }
+            version.state = .ready
+            return result(appName, version, note: "")
+        } catch {
+            // Remove what this version started, in every cell, even when the step was cancelled
+            // by its time limit; then say why it failed.
+            let reason = Task.isCancelled
+                ? "the deploy step was stopped (its time limit ran out, or this scheduler stopped leading)"
+                : ((error as? KilnError)?.message ?? "\(error)")
+            let cancelled = Task.isCancelled
+            await Task {
+                // Twice when the step was cancelled: a create request cut short may still be
+                // finishing in the engine.
+                for pass in 0..<(cancelled ? 2 : 1) {
+                    if pass > 0 { try? await Task.sleep(for: .seconds(1)) }
+                    for cell in cells {
+                        let found = (try? await deployer.instances(of: appName, in: cell))?[version.number] ?? []
+                        if !found.isEmpty { try? await deployer.stop(found, of: spec, in: cell) }
+                    }
+                }
+                try? await store.updateVersion(appName, version.number) { $0.state = .failed; $0.error = reason; $0.instances = [] }
+                await ctx.log("deploy: version \(version.number) of \(appName) failed and was removed: \(reason)")
+            }.value
+            throw error
+        }
+    }
+
+    func result(_ app: String, _ v: AppVersion, note: String) -> PluginResult {
+        let cells = Set(v.instances.map(\.cell)).count
+        return PluginResult(
+            summary: "version \(v.number) of \(app): \(v.instances.count) instance\(v.instances.count == 1 ? "" : "s") healthy in \(cells) cell\(cells == 1 ? "" : "s")\(note)",
+            outputs: ["app": .string(app), "version": .number(Double(v.number))])
+    }
+}

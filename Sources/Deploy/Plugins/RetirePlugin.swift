@@ -1,0 +1,71 @@
+import Foundation
+import KilnCore
+import Plugins
+
+/// Stops the app's versions older than the one in the load balancer (all but `keep`): each
+/// first leaves every domain that still lists it, every lb-agent applies that, in-flight
+/// requests get `drainSeconds`, and only then are its instances stopped.
+public struct RetirePlugin: PostBuildPlugin {
+    let env: DeployEnvironment
+    public var spec: PluginSpec { PluginCatalog.spec("retire")! }
+
+    public func run(_ ctx: PluginContext) async throws -> PluginResult {
+        let store = env.store
+        let appName = ctx.string("app")!
+        let keep = ctx.int("keep") ?? 0
+        let drain = ctx.int("drainSeconds") ?? 2
+        guard let app = try await store.app(appName), let live = app.live else {
+            return PluginResult(summary: "nothing to retire: \(appName) has no version in the load balancer")
+        }
+        let older = app.versions.filter { $0.number < live.number && [.ready, .live, .retiring].contains($0.state) }.sorted { $0.number > $1.number }
+        let kept = Array(older.prefix(keep)), retiring = Array(older.dropFirst(keep))
+        guard !retiring.isEmpty else {
+            return PluginResult(summary: "nothing to retire: version \(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
+        }
+        // An address a retiring version had may be a newer version's now (a host port freed by
+        // a container that is gone and taken again): such an address stays.
+        let retiringNumbers = Set(retiring.map(\.number))
+        let staying = Set(app.versions.filter { !retiringNumbers.contains($0.number) && $0.state != .retired && $0.state != .failed }.flatMap { $0.instances.map(\.address) })
+        let leaving = Set(retiring.flatMap { $0.instances.map(\.address) }).subtracting(staying)
+        // 1. Out of every domain of the app, and every lb-agent has applied it.
+        for binding in app.lb {
+            var revision: Int64
+            if let (domain, modRevision) = try await store.domain(group: binding.group, binding.domain) {
+                revision = modRevision
+                let staying = domain.servers.filter { !leaving.contains($0.address) }
+                if staying.count < domain.servers.count {
+                    guard !staying.isEmpty else {
+                        throw KilnError.conflict("retiring would leave \(binding.domain) (group \(binding.group)) with no servers; nothing was stopped")
+                    }
+                    var changed = domain
+                    changed.servers = staying
+                    changed.updatedAt = Date()
+                    revision = try await store.putDomain(group: binding.group, changed)
+                    await ctx.log("retire: \(binding.domain) no longer lists \(domain.servers.count - staying.count) old server(s) (revision \(revision))")
+                }
+            } else {
+                continue
+            }
+            _ = try await LBAgents.waitApplied(etcd: store.etcd, keys: store.slb, group: binding.group, revision: revision, timeout: env.lbTimeout)
+        }
+        for v in retiring { try await store.updateVersion(appName, v.number) { $0.state = .retiring } }
+        await ctx.log("retire: every lb-agent has left \(retiring.map { "v\($0.number)" }.joined(separator: ", ")); draining \(drain) s")
+        try await Task.sleep(for: .seconds(drain))
+        // 2. Stop them.
+        let cells = try await store.cells()
+        var stopped = 0
+        for v in retiring {
+            let spec = VersionSpec(app: appName, v)
+            for (cellName, instances) in Dictionary(grouping: v.instances, by: \.cell) {
+                guard let cell = cells.first(where: { $0.name == cellName }) else {
+                    await ctx.log("retire: cell \(cellName) no longer exists; \(instances.count) instance(s) of v\(v.number) there were not stopped")
+                    continue
+                }
+                try await env.deployer(cell.backend).stop(instances, of: spec, in: cell)
+                stopped += instances.count
+            }
+            try await store.updateVersion(appName, v.number) { $0.state = .retired; $0.instances = [] }
+        }
+        return PluginResult(summary: "retired \(retiring.map { "v\($0.number)" }.joined(separator: ", ")) (\(stopped) instance\(stopped == 1 ? "" : "s") stopped); v\(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+
+/// How each instance of a version runs. A new version takes these from the previous
+/// version of the app unless the pipeline's `deploy` step sets them.
+public struct DeploySettings: Codable, Sendable, Equatable {
+    /// The port the app listens on inside its container.
+    public var port: Int
+    /// Instances per cell.
+    public var replicas: Int
+    public var cpu: Double?
+    public var memoryMB: Int?
+    public var env: [String: String]
+    /// Answers 2xx when an instance is healthy.
+    public var healthPath: String
+
+    public init(port: Int, replicas: Int = 1, cpu: Double? = nil, memoryMB: Int? = nil, env: [String: String] = [:], healthPath: String = "/health") {
+        self.port = port
+        self.replicas = replicas
+        self.cpu = cpu
+        self.memoryMB = memoryMB
+        self.env = env
+        self.healthPath = healthPath
+    }
+}
+
+/// One running instance of a version: a container (local) or a pod (Kubernetes).
+public struct Instance: Codable, Sendable, Equatable {
+    /// Container id or pod name.
+    public var id: String
+    /// Container or pod name, for people.
+    public var name: String
+    public var cell: String
+    /// `host:port` nginx sends requests to.
+    public var address: String
+    /// Whether it passed its health check when last checked.
+    public var healthy: Bool
+    public var checkedAt: Date?
+    /// The last health answer, or why there is none.
+    public var detail: String?
+
+    public init(id: String, name: String, cell: String, address: String, healthy: Bool = false, checkedAt: Date? = nil, detail: String? = nil) {
+        self.id = id
+        self.name = name
+        self.cell = cell
+        self.address = address
+        self.healthy = healthy
+        self.checkedAt = checkedAt
+        self.detail = detail
+    }
+}
+
+public enum VersionState: String, Codable, Sendable {
+    /// Instances starting, not all healthy yet.
+    case deploying
+    /// All instances passed their health check; may take traffic.
+    case ready
+    /// In the load balancer.
+    case live
+    /// Leaving the load balancer, then stopping.
+    case retiring
+    /// Stopped and removed.
+    case retired
+    /// Never became ready; its instances were removed.
+    case failed
+}
+
+/// One version of an app: one build's image with its settings, in its cells.
+public struct AppVersion: Codable, Sendable, Equatable {
+    /// 1, 2, 3… per app.
+    public var number: Int
+    public var build: String
+    /// The pipeline run of `build` that made it: a run started over after a crash finds its
+    /// version again instead of making another.
+    public var pipelineRun: Int?
+    public var project: String
+    public var image: String
+    public var backend: String
+    public var cells: [String]
+    public var settings: DeploySettings
+    public var state: VersionState
+    public var instances: [Instance]
+    public var error: String?
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    public init(number: Int, build: String, project: String, image: String, backend: String, cells: [String], settings: DeploySettings, state: VersionState = .deploying, instances: [Instance] = [], error: String? = nil, createdAt: Date = Date(), updatedAt: Date = Date()) {
+        self.number = number
+        self.build = build
+        self.project = project
+        self.image = image
+        self.backend = backend
+        self.cells = cells
+        self.settings = settings
+        self.state = state
+        self.instances = instances
+        self.error = error
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// Where an app is served: a domain of an nginx group.
+public struct LBBinding: Codable, Sendable, Equatable {
+    public var group: String
+    public var domain: String
+    public init(group: String, domain: String) {
+        self.group = group
+        self.domain = domain
+    }
+}
+
+/// An app and all its versions, at `/kiln/apps/{name}`.
+public struct App: Codable, Sendable, Equatable {
+    public var name: String
+    /// Oldest first.
+    public var versions: [AppVersion]
+    public var lb: [LBBinding]
+    public var updatedAt: Date
+
+    public init(name: String, versions: [AppVersion] = [], lb: [LBBinding] = [], updatedAt: Date = Date()) {
+        self.name = name
+        self.versions = versions
+        self.lb = lb
+        self.updatedAt = updatedAt
+    }
+
+    public func version(_ n: Int) -> AppVersion? { versions.first { $0.number == n } }
+    /// The newest version that is live, if any.
+    public var live: AppVersion? { versions.last { $0.state == .live } }
+    /// The newest version that is not failed or retired: the settings a next version inherits.
+    public var current: AppVersion? { versions.last { $0.state != .failed && $0.state != .retired } }
+    public var nextNumber: Int { (versions.map(\.number).max() ?? 0) + 1 }
+}
