@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        // For Benchmarks/Package.swift (kiln-bench): the process-farm harness, and the
+        // modules the benchmarks measure or read (the ring, the simulated agent's durations).
+        .library(name: "FarmHarness", targets: ["FarmHarness", "KilnCore", "Etcd", "LocalFarm", "Scheduler", "BuildAgent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
@@ -22,6 +25,17 @@ let package = Package(
         .target(
             name: "KilnCore",
             dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        // The client of the scheduler's HTTP API; its wire types are KilnCore's (API/), so
+        // the scheduler does not need an HTTP client and the CLI does not need the scheduler.
+        .target(
+            name: "KilnClient",
+            dependencies: [
+                "KilnCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "Etcd",
@@ -55,7 +69,10 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            // The console's stylesheet and script, compiled into the binary
+            // (PackageResources.console_css, .console_js): no resource folder at run time.
+            resources: [.embedInCode("HTTP/Console/console.css"), .embedInCode("HTTP/Console/console.js")]
         ),
         .target(
             name: "BuildAgent",
@@ -92,7 +109,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -112,6 +129,18 @@ let package = Package(
             ],
             path: "Tests/Support"
         ),
+        // A farm of real processes (etcd, `kiln scheduler`, `kiln agent --simulate`) and the
+        // "no build lost, none run twice" check: used by FarmTests and by kiln-bench.
+        .target(
+            name: "FarmHarness",
+            dependencies: [
+                "KilnCore", "Etcd", "LocalFarm", "KilnTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            path: "Tests/FarmHarness"
+        ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport"]),
@@ -121,7 +150,7 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -142,7 +171,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

@@ -2,7 +2,7 @@
 """A model of cache affinity under bounded loads: why "90 % of builds on their project's
 home agent" and "no agent above ceil(c × average)" cannot both hold at c = 1.25.
 
-Not Kiln's code and not a benchmark of it (`kiln bench farm --only affinity` measures the
+Not Kiln's code and not a benchmark of it (`kiln-bench farm --only affinity` measures the
 real farm). It replays the dispatcher's placement rule on a ring of the same shape (20
 agents of capacity 4, 64 virtual nodes per slot; a different hash, so not the same homes)
 with Poisson arrivals and uniform 0.2-1 s durations, and prints, per popularity and load,

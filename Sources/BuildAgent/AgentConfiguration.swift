@@ -22,7 +22,7 @@ public struct AgentConfiguration: Sendable {
     /// mounted into compile containers; nil leaves the build image's settings alone.
     public var mavenMirror: String?
     /// Network mode of compile containers: `host` lets the build reach a mirror on loopback.
-    public var compileNetwork: String
+    public var compileNetwork: CompileNetwork
     public var timeouts: StepTimeouts
     public var version: String
     /// Set: the agent builds nothing and runs each task with `SimulatedBuildRunner` for this
@@ -33,7 +33,7 @@ public struct AgentConfiguration: Sendable {
         id: String, capacity: Int = 2, labels: [String] = [], ttlSeconds: Int64 = 10, dataDir: URL,
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
-        registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: String = "host",
+        registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .host,
         timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil
     ) {
         self.id = id
@@ -52,6 +52,16 @@ public struct AgentConfiguration: Sendable {
         self.version = version
         self.simulate = simulate
     }
+}
+
+/// The network of compile containers, as the Docker Engine API names it (`HostConfig.NetworkMode`).
+public enum CompileNetwork: String, Codable, Sendable, CaseIterable {
+    /// The host's network: the build reaches a Maven mirror or registry on loopback.
+    case host
+    /// The runtime's default bridge: outside access, but not the host's loopback.
+    case bridge
+    /// No network at all: the build needs nothing it has not got.
+    case none
 }
 
 /// Longest each step may run before the build fails with a timeout.

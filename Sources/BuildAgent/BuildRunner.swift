@@ -131,9 +131,9 @@ struct BuildRunner: TaskRunner {
         // A cancelled build's task is cancelled too, and so would be every etcd call made
         // from it: record the end from a task of its own.
         let ending = build
-        try await Task.detached {
+        try await outlivingCancellation {
             try await finishRecord(ending, failure: failure, control: control, reporter: reporter, started: started, logger: logger)
-        }.value
+        }
     }
 
     private func finishRecord(_ ending: Build, failure: Error?, control: BuildControl, reporter: BuildReporter, started: ContinuousClock.Instant, logger: Logger) async throws {
@@ -153,20 +153,15 @@ struct BuildRunner: TaskRunner {
             } else {
                 build.end(.failed, error: "\(failure)", at: now)
             }
-            reporter.log("kiln: build \(build.status.rawValue) after \(BuildRunner.seconds(total)): \(build.error ?? "")")
+            reporter.log("kiln: build \(build.status.rawValue) after \(total.secondsDescription): \(build.error ?? "")")
         } else {
             // Every step ran and succeeded, and the error was cleared when the build started.
             build.end(.succeeded, error: nil, at: now)
-            reporter.log("kiln: build succeeded in \(BuildRunner.seconds(total)): \(build.image ?? "") \(build.digest ?? "")")
+            reporter.log("kiln: build succeeded in \(total.secondsDescription): \(build.image ?? "") \(build.digest ?? "")")
         }
-        reporter.log("kiln: steps: " + build.steps.map { "\($0.name.rawValue) \($0.durationMs.map { BuildRunner.seconds(.milliseconds($0)) } ?? $0.status.rawValue)" }.joined(separator: ", "))
+        reporter.log("kiln: steps: " + build.steps.map { "\($0.name.rawValue) \($0.durationMs.map { Duration.milliseconds($0).secondsDescription } ?? $0.status.rawValue)" }.joined(separator: ", "))
         try await reporter.finish(build)
-        logger.info("build \(build.status.rawValue)", metadata: ["duration": "\(BuildRunner.seconds(total))"])
-    }
-
-    static func seconds(_ d: Duration) -> String {
-        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
-        return String(format: "%.2f s", Double(ms) / 1000)
+        logger.info("build \(build.status.rawValue)", metadata: ["duration": "\(total.secondsDescription)"])
     }
 
     // MARK: steps
@@ -209,13 +204,13 @@ struct BuildRunner: TaskRunner {
         var value: T?
         do {
             try Task.checkCancellation()
-            value = try await BuildRunner.withTimeout(limit, step: name, body)
+            value = try await withTimeout(limit, { StepTimeout(step: name, limit: limit) }, body)
         } catch {
             failure = error
         }
         let elapsed = ContinuousClock.now - start
         build.steps[i].finishedAt = Date()
-        build.steps[i].durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+        build.steps[i].durationMs = elapsed.inMilliseconds
         if let failure {
             if failure is TaskLostError { throw failure }
             let cancelled = control.reason != nil || failure is CancellationError
@@ -231,29 +226,14 @@ struct BuildRunner: TaskRunner {
                 message = "\(name.rawValue): \(failure)"
             }
             build.steps[i].error = message
-            reporter.log("==> \(name.rawValue) \(build.steps[i].status.rawValue) at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) after \(BuildRunner.seconds(elapsed)): \(message)")
+            reporter.log("==> \(name.rawValue) \(build.steps[i].status.rawValue) at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) after \(elapsed.secondsDescription): \(message)")
             if control.reason != .taskLost { try? await reporter.update(build) }
             throw StepFailure(step: name, message: String(message.dropFirst(name.rawValue.count + 2)))
         }
         build.steps[i].status = .succeeded
-        reporter.log("==> \(name.rawValue) succeeded at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) in \(BuildRunner.seconds(elapsed))")
+        reporter.log("==> \(name.rawValue) succeeded at \(KilnJSON.formatDate(build.steps[i].finishedAt ?? Date())) in \(elapsed.secondsDescription)")
         try await reporter.update(build)
         return value!
-    }
-
-    static func withTimeout<T: Sendable>(_ limit: Duration, step: StepName, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                throw StepTimeout(step: step, limit: limit)
-            }
-            defer { group.cancelAll() }
-            while let r = try await group.next() {
-                if let r { return r }
-            }
-            throw CancellationError()
-        }
     }
 
     // fetch: libgit2 mirror per project, incremental fetch, exact checkout.
@@ -285,7 +265,7 @@ struct BuildRunner: TaskRunner {
             let spec = ContainerSpec(
                 image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
                 env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
-                networkMode: configuration.compileNetwork, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
+                networkMode: configuration.compileNetwork.rawValue, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
             reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
             let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
@@ -316,7 +296,7 @@ struct BuildRunner: TaskRunner {
         do {
             id = try await docker.createContainer(spec, name: name)
         } catch {
-            await Task.detached { try? await docker.remove(name, force: true) }.value
+            await outlivingCancellation { try? await docker.remove(name, force: true) }
             if Task.isCancelled { throw CancellationError() }
             throw StepFailure(step: .compile, message: "could not create the build container from '\(spec.image)': \(error)")
         }
@@ -331,10 +311,10 @@ struct BuildRunner: TaskRunner {
             return code
         } catch {
             // Stop the container even though this task is cancelled.
-            await Task.detached {
+            await outlivingCancellation {
                 try? await docker.stop(id, timeoutSeconds: 2)
                 try? await docker.remove(id, force: true)
-            }.value
+            }
             throw error
         }
     }

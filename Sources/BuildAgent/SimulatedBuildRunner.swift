@@ -31,10 +31,10 @@ struct SimulatedBuildRunner: TaskRunner {
         // Reads and writes run in tasks of their own: stopping a build cancels its task,
         // which must interrupt only the wait, never a write half done.
         do {
-            guard var build = try await Task.detached(operation: { try await reporter.currentBuild() }).value else { return }
+            guard var build = try await outlivingCancellation({ try await reporter.currentBuild() }) else { return }
             if build.status.isFinal {
                 let ending = build
-                try await Task.detached { try await reporter.finish(ending) }.value
+                try await outlivingCancellation { try await reporter.finish(ending) }
                 return
             }
             let length = duration.draw()
@@ -43,8 +43,8 @@ struct SimulatedBuildRunner: TaskRunner {
                 build.start(agent: agentID, attempt: task.attempt, at: began)
                 let running = build
                 // The first line goes out with the running record, as a real build's would.
-                reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(BuildRunner.seconds(length))")
-                try await Task.detached { try await reporter.update(running) }.value
+                reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(length.secondsDescription)")
+                try await outlivingCancellation { try await reporter.update(running) }
                 try? await Task.sleep(for: length)
             }
             switch control.reason {
@@ -58,9 +58,9 @@ struct SimulatedBuildRunner: TaskRunner {
             let cancelled = control.reason == .requested
             // No step ran: all four end `skipped`, a success too.
             build.end(cancelled ? .cancelled : .succeeded, error: cancelled ? "cancelled during the simulated build" : nil, at: Date())
-            reporter.log("kiln: simulated build \(build.status.rawValue) after \(BuildRunner.seconds(ContinuousClock.now - started))")
+            reporter.log("kiln: simulated build \(build.status.rawValue) after \((ContinuousClock.now - started).secondsDescription)")
             let ending = build
-            try await Task.detached { try await reporter.finish(ending) }.value
+            try await outlivingCancellation { try await reporter.finish(ending) }
             log.info("simulated build \(ending.status.rawValue)")
         } catch is TaskLostError {
             log.warning("build taken away from this agent; abandoning it")

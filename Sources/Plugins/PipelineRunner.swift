@@ -54,7 +54,7 @@ public struct PipelineRunner: Sendable {
             let stepStart = ContinuousClock.now
             let outcome: Result<PluginResult, any Error>
             do {
-                outcome = .success(try await Self.withTimeLimit(seconds: limit, step: step.plugin) { try await plugin.run(context) })
+                outcome = .success(try await withTimeout(.seconds(limit), { KilnError.unavailable("timed out after \(limit) s (the step's timeoutSeconds); it was stopped") }) { try await plugin.run(context) })
             } catch {
                 if error is CancellationError && Task.isCancelled { throw error }
                 outcome = .failure(error)
@@ -64,24 +64,24 @@ public struct PipelineRunner: Sendable {
             case .success(let result):
                 run.steps[i].status = .succeeded
                 run.steps[i].finishedAt = now()
-                run.steps[i].durationMs = Self.milliseconds(elapsed)
+                run.steps[i].durationMs = elapsed.inMilliseconds
                 run.steps[i].summary = result.summary
                 run.steps[i].outputs = result.outputs
                 outputs[step.plugin] = result.outputs
                 try await record(run)
-                await log("==> \(step.plugin) succeeded in \(Self.seconds(elapsed)): \(result.summary)")
+                await log("==> \(step.plugin) succeeded in \(elapsed.secondsDescription): \(result.summary)")
             case .failure(let error):
                 let reason = (error as? KilnError)?.message ?? "\(error)"
                 fail(&run, at: i, reason, now: now())
-                run.steps[i].durationMs = Self.milliseconds(elapsed)
-                await log("==> \(step.plugin) failed after \(Self.seconds(elapsed)): \(reason)")
+                run.steps[i].durationMs = elapsed.inMilliseconds
+                await log("==> \(step.plugin) failed after \(elapsed.secondsDescription): \(reason)")
                 break steps
             }
         }
         run.finishedAt = now()
         if run.status != .failed { run.status = .succeeded }
         try await record(run)
-        await log("==> pipeline run \(run.run) \(run.status.rawValue) in \(Self.seconds(ContinuousClock.now - started))\(run.error.map { ": \($0)" } ?? "")")
+        await log("==> pipeline run \(run.run) \(run.status.rawValue) in \((ContinuousClock.now - started).secondsDescription)\(run.error.map { ": \($0)" } ?? "")")
         return run
     }
 
@@ -93,29 +93,4 @@ public struct PipelineRunner: Sendable {
         run.steps[i].finishedAt = now
         for j in run.steps.indices where j > i && run.steps[j].status != .succeeded { run.steps[j].status = .skipped }
     }
-
-    /// Runs `work`, cancelling it after `seconds`. The work's own cleanup on cancellation
-    /// finishes before this returns.
-    static func withTimeLimit<T: Sendable>(seconds: Int, step: String, _ work: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await work() }
-            group.addTask {
-                try await Task.sleep(for: .seconds(seconds))
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next() else { throw CancellationError() }
-            if let value = first { return value }
-            group.cancelAll()
-            // Let the step clean up (it sees the cancellation), then report the time limit.
-            while let next = try? await group.next() { if let value = next { return value } }
-            throw KilnError.unavailable("timed out after \(seconds) s (the step's timeoutSeconds); it was stopped")
-        }
-    }
-
-    static func milliseconds(_ d: Duration) -> Int {
-        Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
-    }
-
-    static func seconds(_ d: Duration) -> String { String(format: "%.2f s", Double(milliseconds(d)) / 1000) }
 }

@@ -109,6 +109,6 @@ public struct LeaderElection: Sendable {
 
     private func revoke(_ lease: Int64) async {
         let etcd = self.etcd
-        await Task.detached { try? await etcd.revokeLease(lease) }.value
+        await outlivingCancellation { try? await etcd.revokeLease(lease) }
     }
 }

@@ -4,26 +4,6 @@ import KilnCore
 import Plugins
 import Logging
 
-/// What a client asks for when it requests a build.
-public struct BuildRequest: Codable, Sendable {
-    public var ref: String?
-    public var commit: String?
-    public var tag: String?
-    public var mvncache: Bool?
-    public var trigger: String?
-    /// Higher goes first (default 0); within one priority, projects take turns.
-    public var priority: Int?
-
-    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil, priority: Int? = nil) {
-        self.ref = ref
-        self.commit = commit
-        self.tag = tag
-        self.mvncache = mvncache
-        self.trigger = trigger
-        self.priority = priority
-    }
-}
-
 /// The scheduler's reads and writes in etcd: projects, builds, the queue, cancellation.
 ///
 /// Every change that touches more than one key is one transaction guarded by revisions,
@@ -118,7 +98,7 @@ public struct SchedulerStore: Sendable {
             throw KilnError.conflict("project '\(name)' was deleted while the build was being queued")
         }
         if let mode = project.supersede {
-            try await supersede(by: build, includingRunning: mode == "running")
+            try await supersede(by: build, includingRunning: mode == .running)
         }
         return (build, true)
     }

@@ -1,100 +1,14 @@
 import ArgumentParser
 import BuildAgent
-import Deploy
-import Etcd
 import Foundation
+import KilnClient
 import KilnCore
 import Logging
-import Scheduler
 import ServiceLifecycle
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
-
-struct SchedulerCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "scheduler",
-        abstract: "Serve the HTTP API and assign queued builds to agents.",
-        discussion: """
-        Keeps its state in etcd: projects, builds, the queue and the assignments. Assigns each \
-        queued build to the first agent with room along a consistent-hash ring of the live \
-        agents, keyed by project, in one etcd transaction that fails if the agent is gone.
-
-        Run as many schedulers as you like against one etcd: all serve the API, one is elected \
-        leader (a lease on /kiln/leader) and dispatches; when it dies another takes over within \
-        --leader-ttl. A deposed leader's writes are refused by etcd, so no build is dispatched twice.
-
-        The leader also runs each project's post-build pipeline when a build succeeds (deploy, \
-        lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
-        Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
-
-        Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379
-        """)
-
-    @OptionGroup var etcd: EtcdOptions
-
-    @Option(name: .long, help: ArgumentHelp("Address to serve the API on (env KILN_LISTEN).", valueName: "host:port"))
-    var listen: String = env("KILN_LISTEN", "127.0.0.1:7070")
-
-    @Option(name: .long, help: "Attempts a build gets when its agents die before it fails.")
-    var maxAttempts: Int = 3
-
-    @Option(name: .long, help: ArgumentHelp("Bounded loads: no agent runs more than ceil(c × average) builds; past it a build walks on along the ring.", valueName: "c"))
-    var loadFactor: Double = 1.25
-
-    @Option(name: .long, help: ArgumentHelp("This scheduler's name in the leader election (env KILN_SCHEDULER_ID; default: host-pid).", valueName: "name"))
-    var id: String = env("KILN_SCHEDULER_ID", Dispatcher.defaultID())
-
-    @Option(name: .long, help: ArgumentHelp("Lease TTL of the leader: a dead leader is replaced within it.", valueName: "seconds"))
-    var leaderTTL: Int = 10
-
-    @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
-    var discoveryInterval: Double = 5
-
-    func validate() throws {
-        guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
-        guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
-        guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
-        guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
-        guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
-        guard loadFactor >= 1 else { throw ValidationError("--load-factor must be at least 1 (1.25 is the usual choice)") }
-    }
-
-    func run() async throws {
-        let logger = KilnLogging.bootstrap(etcd.logLevel)
-        let hp = HostPort(listen)!
-        // The post-build plugins: deploys run from the leader, through the cells in etcd.
-        let deploy = DeployEnvironment(
-            store: AppStore(etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), keys: Keys(prefix: etcd.prefix)),
-            deployers: DeployEnvironment.standardDeployers())
-        var configuration = SchedulerConfiguration(
-            host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-            dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
-            plugins: deploy.plugins)
-        if discoveryInterval > 0 {
-            let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
-            configuration.leaderTasks = [{ await monitor.run() }]
-        }
-        let app = buildSchedulerApplication(
-            configuration: configuration,
-            logger: logger,
-            onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
-        let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
-    }
-}
-
-struct HostPort {
-    let host: String
-    let port: Int
-    init?(_ s: String) {
-        guard let colon = s.lastIndex(of: ":"), let p = Int(s[s.index(after: colon)...]), (0...65535).contains(p) else { return nil }
-        host = String(s[..<colon])
-        port = p
-        if host.isEmpty { return nil }
-    }
-}
 
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -141,12 +55,13 @@ struct AgentCommand: AsyncParsableCommand {
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
 
     @Option(name: .long, help: ArgumentHelp("Network of compile containers: host, bridge or none.", valueName: "mode"))
-    var compileNetwork: String = "host"
+    var compileNetwork: CompileNetwork = .host
 
     @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
     var timeouts: String = "600,1800,900,600"
 
-    @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds"))
+    // Hidden: for the benchmarks (kiln-bench) and FarmTests, not for a farm's users.
+    @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
 
     func validate() throws {
@@ -155,7 +70,6 @@ struct AgentCommand: AsyncParsableCommand {
         guard ttl >= 2 else { throw ValidationError("--ttl must be at least 2 seconds (etcd's shortest useful lease)") }
         for l in parsedLabels { do { try Validation.label(l) } catch { throw ValidationError("--labels: \(error)") } }
         guard parsedTimeouts != nil else { throw ValidationError("--timeouts must be four positive numbers of seconds: fetch,compile,image,push (for example 600,1800,900,600)") }
-        guard ["host", "bridge", "none"].contains(compileNetwork) else { throw ValidationError("--compile-network must be host, bridge or none") }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
         }
@@ -214,7 +128,7 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Build context folder in the repository.") var context: String = "."
         @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
         @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
-        @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: String?
+        @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: Supersede?
         @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
         @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
         @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]

@@ -1,9 +1,9 @@
 import ArgumentParser
 import Deploy
 import Foundation
+import KilnClient
 import KilnCore
 import Plugins
-import Scheduler
 #if canImport(Glibc)
 import Glibc
 #endif

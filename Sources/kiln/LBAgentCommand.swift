@@ -61,8 +61,13 @@ struct LBAgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The nginx program (env KILN_NGINX).", valueName: "path"))
     var nginx: String = env("KILN_NGINX", "nginx")
 
-    @Option(name: .long, help: ArgumentHelp("How a change of servers alone reaches nginx: lua (without a reload, when nginx can load the Lua module) or reload (env KILN_LB_SERVER_UPDATES).", valueName: "lua|reload"))
-    var serverUpdates: String = env("KILN_LB_SERVER_UPDATES", "lua")
+    @Option(name: .long, help: ArgumentHelp("How a change of servers alone reaches nginx: lua (without a reload, when nginx can load the Lua module) or reload (env KILN_LB_SERVER_UPDATES; default: lua).", valueName: "lua|reload"))
+    var serverUpdates: LBServerUpdates?
+
+    /// The option, else the environment's choice (checked in `validate()`), else lua.
+    var serverUpdatesMode: LBServerUpdates {
+        serverUpdates ?? LBServerUpdates(rawValue: env("KILN_LB_SERVER_UPDATES", "lua")) ?? .lua
+    }
 
     @Option(name: .long, help: ArgumentHelp("Folder of nginx's dynamic modules holding ngx_http_lua_module.so (env KILN_NGINX_MODULES; default: nginx -V's --modules-path).", valueName: "dir"))
     var nginxModules: String?
@@ -74,7 +79,7 @@ struct LBAgentCommand: AsyncParsableCommand {
             group: group, id: name, listen: listen,
             directory: folder.map { URL(fileURLWithPath: $0).standardizedFileURL } ?? LBAgentConfiguration.defaultDirectory(group: group),
             keys: SLBKeys(root: slbRoot), leaseTTL: Int64(ttl), nginx: nginx,
-            serverUpdates: LBServerUpdates(rawValue: serverUpdates) ?? .lua,
+            serverUpdates: serverUpdatesMode,
             nginxModules: (nginxModules ?? ProcessInfo.processInfo.environment["KILN_NGINX_MODULES"]).flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) })
     }
 
@@ -83,8 +88,8 @@ struct LBAgentCommand: AsyncParsableCommand {
             throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
         }
         guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
-        guard LBServerUpdates(rawValue: serverUpdates) != nil else {
-            throw ValidationError("--server-updates must be lua or reload, not '\(serverUpdates)'")
+        if serverUpdates == nil, let raw = ProcessInfo.processInfo.environment["KILN_LB_SERVER_UPDATES"], !raw.isEmpty, LBServerUpdates(rawValue: raw) == nil {
+            throw ValidationError("KILN_LB_SERVER_UPDATES must be lua or reload, not '\(raw)'")
         }
         guard slbRoot.hasPrefix("/") else { throw ValidationError("--slb-root must start with '/', for example /slb") }
         do { try agentConfiguration.validate() } catch let e as KilnError { throw ValidationError(e.message) }

@@ -1,11 +1,11 @@
 import ArgumentParser
 @preconcurrency import Dispatch
 import Foundation
+import KilnClient
 import KilnCore
 import LocalFarm
 import Logging
 import Plugins
-import Scheduler
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import Etcd
+import FarmHarness
 import Foundation
 import KilnCore
 import KilnTestSupport
@@ -26,7 +27,9 @@ struct FailoverTests {
     @Test("three schedulers: a paused leader is deposed and its writes refused, a killed one replaced; no build is dispatched twice")
     func leaderFailover() async throws {
         let farm = try await ProcessFarm("failover")
-        let log = try await AssignmentLog(etcd: farm.etcd, keys: farm.store.keys)
+        let history = FarmHistory(keys: farm.keys)
+        let following = try await farm.followTasks(into: history)
+        defer { following.cancel() }
         for id in ["sched-1", "sched-2", "sched-3"] { try await farm.startScheduler(id, leaderTTL: 2) }
         for i in 1...4 { try await farm.startAgent("agent-\(i)", capacity: 2, ttl: 10) }
         let projects = try await farm.addProjects(6)
@@ -75,9 +78,10 @@ struct FailoverTests {
         // Given to an agent once each: one task key ever, attempt 1, never two at once.
         #expect(builds.values.allSatisfy { $0.attempt == 1 }, "\(builds.values.filter { $0.attempt != 1 }.map { "\($0.id): \($0.attempt)" })")
         try await Task.sleep(for: .milliseconds(200))
-        let assigned = log.assignments
+        let check = await history.check()
+        let assigned = check.assignments
         #expect(ids.allSatisfy { assigned[$0] == 1 }, "\(ids.filter { assigned[$0] != 1 }.map { "\($0): \(assigned[$0] ?? 0)" })")
-        #expect(log.overlaps.isEmpty)
+        #expect(check.doubleDispatch.isEmpty, "\(check.runTwice)")
         // Exactly one leader now, and not the killed one.
         let now = try await farm.leader(asking: first)
         #expect(now != nil && now != newLeader)
@@ -86,7 +90,9 @@ struct FailoverTests {
     @Test("etcd killed and restarted under load, then compacted past the watchers of a paused scheduler and agent: no task is missed")
     func etcdRestartAndCompaction() async throws {
         let farm = try await ProcessFarm("etcd-faults")
-        let log = try await AssignmentLog(etcd: farm.etcd, keys: farm.store.keys)
+        let history = FarmHistory(keys: farm.keys)
+        let following = try await farm.followTasks(into: history)
+        defer { following.cancel() }
         try await farm.startScheduler("sched-1", leaderTTL: 5)
         for i in 1...3 { try await farm.startAgent("agent-\(i)", capacity: 2, ttl: 10) }
         let projects = try await farm.addProjects(5)
@@ -122,7 +128,8 @@ struct FailoverTests {
         // The paused agent took work again after its watch was compacted away.
         let afterCompaction = builds.values.filter { more.contains($0.id) }
         #expect(afterCompaction.contains { $0.agent == "agent-1" }, "agent-1 ran none of the builds queued while it was paused\n\(farm.logs())")
-        #expect(log.overlaps.isEmpty)
+        let check = await history.check()
+        #expect(check.doubleDispatch.isEmpty, "\(check.runTwice)")
         #expect(try await farm.etcd.range(prefix: farm.store.keys.tasks).kvs.isEmpty)
         #expect(try await farm.etcd.range(prefix: farm.store.keys.queue).kvs.isEmpty)
     }
@@ -202,7 +209,7 @@ struct FailoverTests {
         try await farm.startAgent("agent-1", capacity: 1, ttl: 10, simulate: "2.5")
         let projects = try await farm.addProjects(1)
         let api = farm.schedulers["sched-1"]!.api
-        let (status, output) = try await Spawn.runDetached(ProcessFarm.kiln, ["build", projects[0], "--follow", "--api", api])
+        let (status, output) = try await Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api])
         let text = String(decoding: output, as: UTF8.self)
         #expect(status == 0, "\(text)")
         #expect(text.contains("queued build "))
@@ -211,7 +218,7 @@ struct FailoverTests {
         #expect(text.contains("… running") || text.contains("… assigned"), "no progress line: \(text)")
         #expect(text.contains("succeeded"), "\(text)")
         // A build that is cancelled while followed ends the command with a failure status.
-        async let followed = Spawn.runDetached(ProcessFarm.kiln, ["build", projects[0], "--follow", "--api", api])
+        async let followed = Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api])
         try await waitUntil(farm.etcd, prefix: farm.store.keys.builds) { kvs in
             kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }.contains { $0.status == .running && $0.attempt == 1 && $0.finishedAt == nil }
         }

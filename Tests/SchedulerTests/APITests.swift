@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import KilnClient
 import KilnCore
 import Testing
 
@@ -314,6 +315,33 @@ struct DispatcherTests {
             let a = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}").body)
             _ = try await h.request(.POST, "/api/v1/projects/demo/builds", body: "{}")
             #expect(try await h.build(a.id).status == .queued)
+        }
+    }
+
+    /// The CLI's client against the real API: both sides use KilnCore's wire types, and an
+    /// error answer reaches the caller as its message.
+    @Test func theClientSpeaksTheAPIWithTheSharedWireTypes() async throws {
+        try await withScheduler { h in
+            let client = APIClient(h.api + "/")
+            let status = try await client.get("/api/v1/scheduler", as: SchedulerStatus.self)
+            #expect(!status.id.isEmpty)
+            #expect(status.isLeader == (status.leader == status.id))
+            let project = Project(name: "demo", repository: "http://127.0.0.1:1/demo.git", buildImage: "a:1", buildCommand: "make", supersede: .queued)
+            #expect(try await client.post("/api/v1/projects", body: project, as: Project.self).supersede == .queued)
+            let build = try await client.post("/api/v1/projects/demo/builds", body: BuildRequest(ref: "feature", tag: "t1", mvncache: false, trigger: "cli", priority: 5), as: Build.self)
+            #expect(build.ref == "feature" && build.tag == "t1" && !build.mvncache && build.trigger == "cli" && build.priority == 5)
+            let read = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
+            #expect(read.id == build.id && read.tag == "t1" && read.priority == 5)
+            let entries = try await client.get("/api/v1/projects/demo/activity", as: [ActivityEntry].self)
+            #expect(entries.map(\.build) == [build.id])
+            let missing = await #expect(throws: APIClient.Failure.self) {
+                try await client.get("/api/v1/builds/b000000000-000000", as: Build.self)
+            }
+            #expect(missing?.description == "build 'b000000000-000000' does not exist")
+            let bad = await #expect(throws: APIClient.Failure.self) {
+                try await client.raw("POST", "/api/v1/projects", body: Data(#"{"name":"x","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","supersede":"always"}"#.utf8))
+            }
+            #expect(bad?.description.hasPrefix("supersede 'always' is not an option") == true)
         }
     }
 }

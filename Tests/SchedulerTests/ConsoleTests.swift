@@ -21,8 +21,8 @@ struct ConsoleTests {
     // MARK: pure rendering
 
     @Test func htmlEscapesEverythingThatCouldOpenMarkup() {
-        #expect(html(#"<a href="x" onclick='y'>&amp;</a>"#) == "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;amp;&lt;/a&gt;")
-        #expect(html("plain text, é ✓") == "plain text, é ✓")
+        #expect(HTML.escape(#"<a href="x" onclick='y'>&amp;</a>"#) == "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;amp;&lt;/a&gt;")
+        #expect(HTML.escape("plain text, é ✓") == "plain text, é ✓")
     }
 
     @Test func hostileValuesFromDataAreEscapedOnEveryPage() {
@@ -47,7 +47,7 @@ struct ConsoleTests {
             ConsolePages.project(project.redacted, builds: [b], activity: [ActivityEntry(b)], now: Date()),
             ConsolePages.agents([agent]),
             ConsolePages.error(status: 404, message: "build '\(evil)' does not exist"),
-        ]
+        ].map(\.rendered)
         for page in pages {
             #expect(!page.contains("<script>alert"), "\(page)")
             #expect(page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"))
@@ -75,14 +75,14 @@ struct ConsoleTests {
         #expect(widths.map(\.ms) == [1000, 3000, 2000, 0])
         let percents = widths.map { ($0.percent * 100).rounded() / 100 }
         #expect(percents == [16.67, 50, 33.33, 0])
-        let bar = ConsolePages.stepBar(steps, now: now)
+        let bar = ConsolePages.stepBar(steps, now: now).rendered
         #expect(bar.contains(#"data-step="fetch" style="width:16.67%""#))
         #expect(bar.contains(#"data-step="compile" style="width:50.00%""#))
         #expect(bar.contains(#"data-step="image" style="width:33.33%""#))
         #expect(!bar.contains(#"data-step="push""#))  // no time, no segment
         #expect(bar.contains("fetch 1.0 s") && bar.contains("compile 3.0 s") && bar.contains("image 2.0 s"))
         #expect(bar.contains("push: pending"))
-        #expect(ConsolePages.stepBar(Build(id: "b1", project: "p", ref: "main").steps, now: now).contains("No step has started yet"))
+        #expect(ConsolePages.stepBar(Build(id: "b1", project: "p", ref: "main").steps, now: now).rendered.contains("No step has started yet"))
     }
 
     // MARK: in Chromium

@@ -1,0 +1,187 @@
+import ArgumentParser
+import Foundation
+import KilnCore
+import LocalFarm
+import UnixSignals
+
+extension KilnBench {
+    struct Farm: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A whole farm of simulated agents: dispatch latency, throughput, cache affinity and chaos.",
+            discussion: """
+            Starts everything as separate processes on free loopback ports, and stops them by PID at \
+            the end of each phase, on error and on Ctrl-C: a real etcd (data in a temp folder), \
+            `kiln scheduler` and `kiln agent --simulate` processes (the kiln of --kiln). Projects and \
+            builds go through the scheduler's HTTP API; measurements come from etcd watches. Phases:
+              floor       etcd's own put → watch-event latency (the floor of any dispatch)
+              latency     build accepted → agent starts it, one at a time, 20 agents
+                          (target: p99 ≤ 3 × floor p99)
+              throughput  builds assigned per second for a burst, 50 agents, next to etcd's own
+                          transaction rate
+              affinity    share of builds run on their project's home agent under ≈ 50 % load,
+                          Zipf(1.1) popularity (target ≥ 90 %)
+              chaos       agents killed with SIGKILL while building: nothing lost, nothing run
+                          twice, kill → requeue p99 ≤ TTL + 2 s
+              webhook     GitLab push deliveries: answer time under 50 concurrent ones, and
+                          delivery → agent starts the build, next to the same through the API
+            Results are printed and written to Benchmarks/results/farm-DATE.md.
+
+            Example: swift build -c release --product kiln && swift build -c release --package-path Benchmarks
+                     Benchmarks/.build/release/kiln-bench farm
+                     Benchmarks/.build/release/kiln-bench farm --only latency,chaos
+            """)
+
+        enum Phase: String, CaseIterable, ExpressibleByArgument {
+            case floor, latency, throughput, affinity, chaos, webhook
+        }
+
+        @Option(help: ArgumentHelp("Phases to run, comma-separated: floor, latency, throughput, affinity, chaos, webhook (latency also measures the floor).", valueName: "phases"))
+        var only: String = Phase.allCases.map(\.rawValue).joined(separator: ",")
+
+        @Option(help: "Floor samples.") var floorSamples: Int = 500
+        @Option(help: "Latency: builds measured.") var latencyBuilds: Int = 300
+        @Option(help: "Latency: agents.") var latencyAgents: Int = 20
+        @Option(help: "Throughput: builds in the burst.") var throughputBuilds: Int = 2000
+        @Option(help: "Throughput: agents.") var throughputAgents: Int = 50
+        @Option(help: "Throughput: concurrent clients enqueueing, and of etcd's own transaction rate.") var clients: Int = 32
+        @Option(help: "Affinity: builds.") var affinityBuilds: Int = 2000
+        @Option(help: "Affinity: average share of the slots kept busy, which sets the arrival rate.") var affinityLoad: Double = 0.5
+        @Option(help: ArgumentHelp("Affinity: the scheduler's bounded-load factor (kiln scheduler --load-factor).", valueName: "c")) var affinityLoadFactor: Double = 1.25
+        @Option(help: "Chaos: builds.") var chaosBuilds: Int = 500
+        @Option(help: "Chaos: agents.") var chaosAgents: Int = 12
+        @Option(help: "Chaos: lease TTL of the agents, seconds.") var chaosTtl: Int = 3
+        @Option(help: "Chaos: seconds after which a build that has not ended counts as lost.") var chaosTimeout: Double = 900
+        @Option(help: "Webhook: concurrent deliveries per round.") var webhookConcurrent: Int = 50
+        @Option(help: ArgumentHelp("The kiln executable to start as scheduler and agents (env KILN_BIN; default: the repository's .build/\(Repository.configuration)/kiln, the configuration of this kiln-bench).", valueName: "path"))
+        var kiln: String = env("KILN_BIN", Repository.kiln)
+        @Option(help: ArgumentHelp("Folder of the result file.", valueName: "dir")) var resultsDir: String = Repository.results
+        @Option(help: ArgumentHelp("Log level of the scheduler and agents (their logs are in the temp folder).", valueName: "level")) var logLevel: String = "warning"
+        @Flag(help: "Keep the temp folder (etcd data and the processes' logs) after a successful run.") var keep = false
+
+        var phases: [Phase] { only.split(separator: ",").compactMap { Phase(rawValue: $0.trimmingCharacters(in: .whitespaces)) } }
+
+        func validate() throws {
+            let names = only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            for n in names where Phase(rawValue: n) == nil {
+                throw ValidationError("--only: unknown phase '\(n)'; pick from \(Phase.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard !names.isEmpty else { throw ValidationError("--only: name at least one phase") }
+            guard floorSamples > 0, latencyBuilds > 0, throughputBuilds > 0, affinityBuilds > 0, chaosBuilds > 0 else { throw ValidationError("counts must be positive") }
+            guard latencyAgents > 0, throughputAgents > 0, chaosAgents > 1, clients > 0 else { throw ValidationError("--*-agents and --clients must be positive (chaos needs at least 2 agents)") }
+            guard affinityLoad > 0, affinityLoad < 1 else { throw ValidationError("--affinity-load is a share of the slots, between 0 and 1 (0.5 for half)") }
+            guard chaosTtl >= 2 else { throw ValidationError("--chaos-ttl must be at least 2 seconds (etcd's shortest useful lease)") }
+            guard FileManager.default.isExecutableFile(atPath: kiln) else {
+                throw ValidationError("no kiln executable at \(kiln): \(Repository.buildKiln), or name one with --kiln or KILN_BIN")
+            }
+        }
+
+        func run() async throws {
+            bootstrapLogging()
+            let root = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-bench-farm-\(UUID().uuidString.prefix(8))")
+            let rig = try BenchRig(root: root, kiln: kiln, logLevel: logLevel)
+            let startedAt = Date()
+            let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+            say("kiln-bench farm: \(phases.map(\.rawValue).joined(separator: ", ")); \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load), \(Repository.configuration) build of kiln-bench, kiln \(kiln); processes' data and logs in \(root.path)")
+
+            // Ctrl-C or SIGTERM: stop every child by PID, then leave.
+            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+            let reports = Locked<[PhaseReport]>([])
+            let outcome: Result<Void, Error> = await withTaskGroup(of: Result<Void, Error>?.self) { group in
+                group.addTask {
+                    do {
+                        try await runPhases(rig: rig) { r in reports.withLock { $0.append(r) } }
+                        return .success(())
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                group.addTask {
+                    for await _ in signals { break }
+                    if Task.isCancelled { return nil }
+                    say("\nkiln-bench farm: interrupted; stopping every process it started")
+                    rig.stopAll()
+                    return .failure(ExitCode(130))
+                }
+                let first = await group.next()!!
+                group.cancelAll()
+                return first
+            }
+            rig.stopAll()
+            let done = reports.withLock { $0 }
+            if !done.isEmpty {
+                let file = try writeResults(done, startedAt: startedAt, load: load, complete: (try? outcome.get()) != nil)
+                say("\nresults written to \(file.path)")
+            }
+            switch outcome {
+            case .success:
+                if keep { say("kept \(root.path)") } else { try? FileManager.default.removeItem(at: root) }
+            case .failure(let error):
+                if !(error is ExitCode) { say("kiln-bench farm failed: \(error)") }
+                say("the processes' data and logs are kept in \(root.path)")
+                throw error is ExitCode ? error : ExitCode(1)
+            }
+        }
+
+        func runPhases(rig: BenchRig, _ done: @Sendable (PhaseReport) -> Void) async throws {
+            let selected = Set(phases)
+            var floor: Samples?
+            if selected.contains(.floor) || selected.contains(.latency) {
+                let r = try await FloorPhase.run(rig: rig, samples: floorSamples)
+                floor = r.samples
+                done(r.report)
+            }
+            if selected.contains(.latency), let floor {
+                done(try await LatencyPhase.run(rig: rig, floor: floor, settings: .init(builds: latencyBuilds, agents: latencyAgents)))
+            }
+            if selected.contains(.throughput) {
+                let settings = ThroughputPhase.Settings(builds: throughputBuilds, agents: throughputAgents, clients: clients, txnClients: clients)
+                done(try await ThroughputPhase.run(rig: rig, settings: settings))
+            }
+            if selected.contains(.affinity) {
+                let settings = AffinityPhase.Settings(builds: affinityBuilds, load: affinityLoad, loadFactor: affinityLoadFactor)
+                done(try await AffinityPhase.run(rig: rig, settings: settings))
+            }
+            if selected.contains(.chaos) {
+                let settings = ChaosPhase.Settings(builds: chaosBuilds, agents: chaosAgents, ttl: chaosTtl, timeout: chaosTimeout)
+                done(try await ChaosPhase.run(rig: rig, settings: settings))
+            }
+            if selected.contains(.webhook) {
+                done(try await WebhookPhase.run(rig: rig, settings: .init(concurrent: webhookConcurrent)))
+            }
+        }
+
+        func writeResults(_ reports: [PhaseReport], startedAt: Date, load: String, complete: Bool) throws -> URL {
+            let dir = URL(fileURLWithPath: resultsDir)
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let f = DateFormatter()
+            f.locale = Locale(identifier: "en_US_POSIX")
+            f.dateFormat = "yyyy-MM-dd-HHmmss"
+            let file = dir.appendingPathComponent("farm-\(f.string(from: startedAt)).md")
+            let etcdVersion = (try? ManagedProcess.run("etcd", ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "etcd ?"
+            let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
+                .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+            // The kiln binary as the repository names it (.build/release/kiln), else its full path.
+            let root = Repository.root.path + "/"
+            let kilnShown = kiln.hasPrefix(root) ? String(kiln.dropFirst(root.count)) : kiln
+            var lines = [
+                "# kiln-bench farm, \(KilnJSON.formatDate(startedAt))",
+                "",
+                "`\((["kiln-bench farm"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? ""), kiln `\(kilnShown)`); "
+                    + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load); \(etcdVersion). "
+                    + "Every component is its own process on this machine: etcd, `kiln scheduler`, and `kiln agent --simulate` processes (they build nothing; see `SimulatedBuildRunner`).",
+                "",
+            ]
+            if !complete { lines += ["**Incomplete run**: it stopped early (error or interrupt); the phases below are those that finished.", ""] }
+            lines += ["| phase | figure | measured | target | |", "|---|---|---:|---|---|"]
+            for r in reports {
+                for fig in r.figures where fig.met != nil {
+                    lines.append("| \(r.title.split(separator: ":").first ?? "") | \(fig.name) | \(fig.measured) | \(fig.target) | \(fig.met! ? "met" : "**missed**") |")
+                }
+            }
+            lines.append("")
+            lines += reports.map(\.markdown)
+            try lines.joined(separator: "\n").write(to: file, atomically: true, encoding: .utf8)
+            return file
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct KilnBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln-bench",
+        abstract: "Kiln's benchmarks, run by hand (build with -c release for timings; Benchmarks/README.md).",
+        discussion: """
+        Build what is measured and the benchmarks, from the repository:
+          swift build -c release --product kiln
+          swift build -c release --package-path Benchmarks
+        Then:
+          Benchmarks/.build/release/kiln-bench ring
+          Benchmarks/.build/release/kiln-bench farm --only latency
+        """,
+        subcommands: [Ring.self, Farm.self, Deploy.self])
+}
+
+/// Where the repository and its builds are, from this file's place in it
+/// (`Benchmarks/Sources/kiln-bench/`), so that kiln-bench finds them from any folder.
+enum Repository {
+    static let root = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Where result files go by default.
+    static var results: String { root.appendingPathComponent("Benchmarks/results").path }
+
+    /// This build's configuration, which is also the default of the `kiln` it starts.
+    static var configuration: String {
+        #if DEBUG
+        return "debug"
+        #else
+        return "release"
+        #endif
+    }
+
+    /// The root package's `kiln` of the same configuration as this kiln-bench.
+    static var kiln: String { root.appendingPathComponent(".build/\(configuration)/kiln").path }
+
+    /// How to build `kiln` where the default looks for it.
+    static var buildKiln: String {
+        "build it with `swift build\(configuration == "release" ? " -c release" : "") --product kiln` in \(root.path)"
+    }
+}
+
+/// Logs of the libraries (etcd client, processes) at error only: the benchmark's own lines
+/// are its output.
+func bootstrapLogging() {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = .error
+        return handler
+    }
+}
+
+func env(_ name: String, _ fallback: String) -> String {
+    ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 } ?? fallback
+}

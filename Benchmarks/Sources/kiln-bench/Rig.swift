@@ -1,0 +1,108 @@
+import Etcd
+import FarmHarness
+import Foundation
+import KilnCore
+import LocalFarm
+import Synchronization
+
+/// The processes of `kiln-bench farm`: each phase's farm (the harness's `ProcessFarm`: a real
+/// etcd, a `kiln scheduler` and simulated `kiln agent`s) and the floor's bare etcd, all
+/// children of this process in folders under `root`, all stopped by PID when a phase ends,
+/// when the benchmark fails, or on Ctrl-C (`stopAll`).
+final class BenchRig: Sendable {
+    /// Everything of this run: data dirs and the processes' logs, a folder per phase.
+    let root: URL
+    /// The `kiln` executable of the schedulers and agents.
+    let kiln: String
+    let logLevel: String
+    private let farms = Mutex<[ProcessFarm]>([])
+    private let etcds = Mutex<[EtcdServer]>([])
+
+    init(root: URL, kiln: String, logLevel: String) throws {
+        self.root = root
+        self.kiln = kiln
+        self.logLevel = logLevel
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+    }
+
+    /// Stops every process still running: each farm's agents and scheduler, then its etcd.
+    func stopAll() {
+        for farm in farms.withLock({ $0 }) { farm.stop() }
+        for server in etcds.withLock({ $0 }) { server.stop() }
+    }
+
+    /// A bare etcd in the folder `name` (the floor's).
+    func startEtcd(_ name: String) async throws -> EtcdServer {
+        let server = try await EtcdServer.start(dataDir: root.appendingPathComponent("\(name)/etcd"))
+        etcds.withLock { $0.append(server) }
+        return server
+    }
+
+    /// One phase's farm in the folder `phase`: a fresh etcd, `kiln scheduler` with
+    /// `schedulerOptions`, and `agents` simulated agents (`agent-1`, …), every one registered.
+    func startFarm(_ phase: String, agents count: Int, _ agent: ProcessFarm.AgentOptions, schedulerOptions: [String] = []) async throws -> BenchFarm {
+        let farm = try await ProcessFarm(dir: root.appendingPathComponent(phase), kiln: kiln, logLevel: logLevel, missing: Repository.buildKiln)
+        farms.withLock { $0.append(farm) }
+        let scheduler = try await farm.startScheduler("scheduler", options: schedulerOptions)
+        for _ in 0..<count { try farm.startAgent(agent) }
+        try await farm.waitForAgents()
+        return BenchFarm(processes: farm, api: FarmAPI(base: scheduler.api), agent: agent)
+    }
+}
+
+/// One phase's farm, started together and stopped together, with the options of its agents
+/// (the chaos phase and the drain start fresh ones).
+struct BenchFarm: Sendable {
+    let processes: ProcessFarm
+    let api: FarmAPI
+    let agent: ProcessFarm.AgentOptions
+
+    var etcd: EtcdClient { processes.etcd }
+    var keys: Keys { processes.keys }
+
+    /// Starts one more agent with the next unused id.
+    @discardableResult
+    func addAgent() throws -> String { try processes.startAgent(agent) }
+
+    /// Creates `names` as projects through the API (simulated agents fetch nothing, so any
+    /// valid repository URL does).
+    func createProjects(_ names: [String]) async throws {
+        for name in names {
+            try await api.createProject(Project(name: name, repository: "http://127.0.0.1:1/\(name).git", buildImage: "localhost/kiln/none:1", buildCommand: "true"))
+        }
+    }
+
+    /// Says where the farm runs, once it is up.
+    func sayUp() {
+        say("  farm up: etcd \(processes.etcdServer.endpoint), scheduler \(api.base), \(processes.agents.count) agents registered")
+    }
+
+    /// Where the phase's processes log.
+    var logs: String { processes.dir.appendingPathComponent("logs").path }
+
+    func stop() { processes.stop() }
+}
+
+/// The scheduler's HTTP API as the benchmarks use it, through `FarmHTTP`'s wide pool.
+struct FarmAPI: Sendable {
+    let base: String
+
+    func createProject(_ project: Project) async throws {
+        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects", body: try KilnJSON.encode(project))
+        guard r.status == 200 || r.status == 201 else { throw FarmError("POST /api/v1/projects (\(project.name)): HTTP \(r.status) \(r.body)") }
+    }
+
+    /// Requests a build of `project`; returns it and the moment the API's answer arrived.
+    func requestBuild(_ project: String, trigger: String = "bench") async throws -> (build: Build, accepted: Date) {
+        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects/\(project)/builds", body: #"{"ref":"main","trigger":"\#(trigger)"}"#)
+        let accepted = Date()
+        guard r.status == 201 else { throw FarmError("POST /api/v1/projects/\(project)/builds: HTTP \(r.status) \(r.body)") }
+        return (try KilnJSON.decode(Build.self, from: r.body), accepted)
+    }
+
+    func get<T: Decodable>(_ path: String, as: T.Type) async throws -> T {
+        let r = try await FarmHTTP.send("GET", base + path)
+        guard r.status == 200 else { throw FarmError("GET \(path): HTTP \(r.status) \(r.body)") }
+        return try KilnJSON.decode(T.self, from: r.body)
+    }
+}

@@ -1,0 +1,205 @@
+import CLibGit2
+import Foundation
+import KilnCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// libgit2 must be initialised once per process before any other call; a global `let` is
+// initialised lazily and exactly once (swift_once), which is what libgit2 asks for.
+// It is never shut down: the mirrors live as long as the agent.
+let libgit2Initialised: Bool = git_libgit2_init() > 0
+
+/// A per-project bare mirror of a git repository, kept on the builder's disk and updated by
+/// incremental fetches, from which builds check out exact commits (no `.git` in the workspace).
+///
+/// All work goes through libgit2 (never the `git` program). Every method **blocks** the
+/// calling thread for as long as the network or the disk takes: run them on a thread of your
+/// own (or a dedicated dispatch queue), never on Swift's cooperative pool.
+///
+/// Rules for callers:
+/// - Two `fetch`es of the same mirror are serialised by a file lock beside it (`<path>.lock`),
+///   so concurrent builds of one project are safe; `resolve` and `checkout` only read.
+/// - The URL is checked before any network use, by the rule the API checks projects with
+///   (`Validation.repositoryURL`): only http(s)://, ssh://, git://, file:// and scp-like
+///   `user@host:path` are accepted; `ext::` and options hidden as `-…` are refused.
+/// - Submodules and LFS objects are not fetched.
+public struct GitMirror: Sendable {
+    /// Where the bare repository lives (created by the first `fetch`).
+    public let path: URL
+    /// The repository it mirrors (the remote "origin").
+    public let url: String
+
+    /// The refspecs a mirror fetches: every branch and every tag, forced, with prune.
+    public static let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+    public init(path: URL, url: String) {
+        self.path = path
+        self.url = url
+    }
+
+    // MARK: fetch
+
+    /// Creates the bare repository if it is absent (remote "origin" = `url`), points origin at
+    /// `url` if it changed, and fetches every branch and tag incrementally, pruning refs that
+    /// are gone upstream. The mirror's HEAD follows the remote's default branch, so
+    /// `resolve(ref: "HEAD", …)` gives the remote's default tip.
+    ///
+    /// - Parameters:
+    ///   - cancel: when set, the transfer stops at the next progress report and this throws a
+    ///     `GitError` whose `isCancelled` is true. A fetch blocked on a silent network is only
+    ///     interrupted when data or a timeout arrives.
+    ///   - progress: called on libgit2's thread (this one) as objects arrive.
+    /// - Throws: `GitError` with libgit2's message.
+    @discardableResult
+    public func fetch(cancel: CancelFlag? = nil, progress: (@Sendable (FetchProgress) -> Void)? = nil) throws -> FetchStats {
+        try GitMirror.validate(url: url)
+        precondition(libgit2Initialised, "git_libgit2_init failed")
+        if cancel?.isCancelled == true { throw GitError(.cancelled, "fetch \(url)", "cancelled before it started") }
+        let started = ContinuousClock.now
+
+        let lock = try FileLock(path: path.path + ".lock")
+        defer { lock.unlock() }
+
+        let repo = try openOrCreate()
+        defer { git_repository_free(repo) }
+        let remote = try originRemote(repo)
+        defer { git_remote_free(remote) }
+
+        let context = FetchContext(cancel: cancel, progress: progress)
+        let payload = Unmanaged.passUnretained(context).toOpaque()
+        return try withExtendedLifetime(context) {
+            var callbacks = git_remote_callbacks()
+            git_remote_init_callbacks(&callbacks, UInt32(GIT_REMOTE_CALLBACKS_VERSION))
+            callbacks.payload = payload
+            callbacks.transfer_progress = { stats, payload in
+                guard let payload else { return 0 }
+                let context = Unmanaged<FetchContext>.fromOpaque(payload).takeUnretainedValue()
+                if context.cancel?.isCancelled == true { return -1 }
+                if let stats, let progress = context.progress { progress(FetchProgress(stats.pointee)) }
+                return 0
+            }
+            callbacks.sideband_progress = { _, _, payload in
+                guard let payload else { return 0 }
+                return Unmanaged<FetchContext>.fromOpaque(payload).takeUnretainedValue().cancel?.isCancelled == true ? -1 : 0
+            }
+            callbacks.remote_ready = { _, _, payload in
+                guard let payload else { return 0 }
+                return Unmanaged<FetchContext>.fromOpaque(payload).takeUnretainedValue().cancel?.isCancelled == true ? -1 : 0
+            }
+
+            // Connect first so the remote's default branch can be read; git_remote_fetch then
+            // reuses this connection.
+            var proxy = git_proxy_options()
+            git_proxy_options_init(&proxy, UInt32(GIT_PROXY_OPTIONS_VERSION))
+            try check(git_remote_connect(remote, GIT_DIRECTION_FETCH, &callbacks, &proxy, nil), "connect to \(url)", context: context)
+            let defaultBranch = GitMirror.defaultBranch(of: remote)
+
+            var options = git_fetch_options()
+            git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION))
+            options.callbacks = callbacks
+            options.prune = GIT_FETCH_PRUNE
+            options.update_fetchhead = 0
+            // The tags refspec fetches every tag; auto-following would only add work.
+            options.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE
+            try withStrArray(GitMirror.refspecs) { refspecs in
+                try check(git_remote_fetch(remote, &refspecs, &options, "kiln fetch"), "fetch \(url)", context: context)
+            }
+            if let defaultBranch {
+                // Best effort: an empty remote, or one whose HEAD is detached, has none.
+                git_repository_set_head(repo, defaultBranch)
+            }
+
+            let stats = git_remote_stats(remote)?.pointee ?? git_indexer_progress()
+            return FetchStats(
+                receivedObjects: Int(stats.received_objects),
+                receivedBytes: Int(stats.received_bytes),
+                indexedObjects: Int(stats.indexed_objects),
+                durationMs: started.duration(to: .now).inMilliseconds
+            )
+        }
+    }
+
+    // MARK: resolve
+
+    /// The full 40-hex sha of the commit to build.
+    ///
+    /// - With `commit` (a full or abbreviated sha, at least 4 hex digits): that commit, which
+    ///   must exist in the mirror; a tag object's sha is peeled to its commit.
+    /// - Without: the tip of `ref`: "HEAD" (the remote's default branch), a full ref name
+    ///   ("refs/heads/main", "refs/tags/v1.0") or a short one ("main", "v1.0"). A short name
+    ///   that is both a branch and a tag pointing at different commits is refused as ambiguous.
+    public func resolve(ref: String, commit: String?) throws -> String {
+        precondition(libgit2Initialised, "git_libgit2_init failed")
+        let repo = try openExisting()
+        defer { git_repository_free(repo) }
+        if let commit, !commit.isEmpty {
+            return try GitMirror.lookupCommit(repo, commit).sha
+        }
+        return try GitMirror.resolveRef(repo, ref)
+    }
+
+    // MARK: checkout
+
+    /// Writes the tree of `commit` into `directory` (created if missing), with no `.git`.
+    ///
+    /// Files are forced into place; files already in `directory` that the commit does not
+    /// have are left alone, so pass a new or empty directory.
+    public func checkout(commit: String, into directory: URL) throws {
+        precondition(libgit2Initialised, "git_libgit2_init failed")
+        let repo = try openExisting()
+        defer { git_repository_free(repo) }
+        let found = try GitMirror.lookupCommit(repo, commit)
+        defer { git_commit_free(found.commit) }
+        var tree: OpaquePointer?
+        try check(git_commit_tree(&tree, found.commit), "read the tree of \(found.sha)")
+        defer { git_tree_free(tree) }
+
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw GitError(.io, "checkout \(found.sha)", "cannot create \(directory.path): \(error.localizedDescription)")
+        }
+        // An empty baseline makes libgit2 write every file: with the default baseline (HEAD's
+        // tree) files equal in HEAD and the commit would be taken as already present.
+        var emptyIndex: OpaquePointer?
+        try check(git_index_new(&emptyIndex), "create an empty index")
+        defer { git_index_free(emptyIndex) }
+
+        var options = git_checkout_options()
+        git_checkout_options_init(&options, UInt32(GIT_CHECKOUT_OPTIONS_VERSION))
+        options.checkout_strategy = GIT_CHECKOUT_FORCE.rawValue | GIT_CHECKOUT_DONT_UPDATE_INDEX.rawValue
+            | GIT_CHECKOUT_DONT_WRITE_INDEX.rawValue
+        options.baseline_index = emptyIndex
+        try directory.path.withCString { target in
+            options.target_directory = target
+            try check(git_checkout_tree(repo, tree, &options), "checkout \(found.sha) into \(directory.path)")
+        }
+    }
+
+    // MARK: names
+
+    /// The 7-character short form of a sha, as shown in logs and used as the default image tag.
+    public func shortSHA(_ sha: String) -> String { GitMirror.shortSHA(sha) }
+
+    /// The 7-character short form of a sha.
+    public static func shortSHA(_ sha: String) -> String { String(sha.prefix(7)) }
+
+    /// Checks that `url` names a transport a build agent may use: `Validation.repositoryURL`,
+    /// the rule the API checks projects with (one rule, so the two cannot drift apart).
+    ///
+    /// Accepted: `http://`, `https://`, `ssh://`, `git://`, `file://`, and scp-like
+    /// `[user@]host:path`. Refused, among others: anything starting with `-` or whose user,
+    /// host or path does, git's `transport::address` form (`ext::`, `fd::`), control characters
+    /// or spaces, other schemes, and plain local paths (use `file://`).
+    ///
+    /// - Throws: `GitError` of kind `invalidURL` with the reason.
+    public static func validate(url: String) throws {
+        do {
+            try Validation.repositoryURL(url)
+        } catch let error as KilnError {
+            throw GitError(.invalidURL, "check repository URL '\(Validation.printable(url))'", error.message)
+        }
+    }
+}

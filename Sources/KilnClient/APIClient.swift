@@ -1,0 +1,103 @@
+import AsyncHTTPClient
+import Foundation
+import KilnCore
+import NIOCore
+import NIOFoundationCompat
+
+/// A client of the scheduler's HTTP API (`/api/v1/…`), for the CLI and anything else that
+/// drives a farm from outside: JSON in and out with KilnCore's coders, the API's
+/// `{"error": …}` answers thrown as `Failure` with their message.
+///
+/// `base` is the scheduler's URL (`http://127.0.0.1:7070`); paths start with `/`. Every call
+/// goes through the process-wide `HTTPClient.shared`, so a client is cheap to make and needs
+/// no shutdown.
+public struct APIClient: Sendable {
+    public let base: String
+
+    public init(_ base: String) {
+        var b = base
+        while b.hasSuffix("/") { b.removeLast() }
+        self.base = b
+    }
+
+    /// A request that failed: the API's own message, or what went wrong on the way.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// `GET path`, the answer decoded as `T`.
+    public func get<T: Decodable>(_ path: String, as: T.Type) async throws -> T {
+        try decode(T.self, try await send("GET", path, body: nil))
+    }
+
+    /// `POST path` with `body` as JSON (none if nil), the answer decoded as `T`.
+    public func post<T: Decodable>(_ path: String, body: (some Encodable)?, as: T.Type) async throws -> T {
+        let data = try body.map { try KilnJSON.encoder().encode($0) }
+        return try decode(T.self, try await send("POST", path, body: data))
+    }
+
+    /// A request to any URL (not the API), with a Host header: the body as text. Throws on a
+    /// status other than 2xx unless `anyStatus`.
+    public func rawText(_ method: String, _ url: String, host: String, anyStatus: Bool = false, closeConnection: Bool = false) async throws -> String {
+        var request = HTTPClientRequest(url: url)
+        request.method = .init(rawValue: method)
+        request.headers.add(name: "Host", value: host)
+        if closeConnection { request.headers.add(name: "Connection", value: "close") }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        guard anyStatus || (200..<300).contains(Int(response.status.code)) else {
+            throw Failure(description: "\(method) \(url) (Host \(host)): HTTP \(response.status.code) \(body.prefix(200))")
+        }
+        return body
+    }
+
+    /// A request to the API: the answer's body as it came.
+    public func raw(_ method: String, _ path: String, body: Data? = nil) async throws -> Data {
+        try await send(method, path, body: body)
+    }
+
+    private func send(_ method: String, _ path: String, body: Data?) async throws -> Data {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .init(rawValue: method)
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(data: body))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        } catch {
+            throw Failure(description: "cannot reach the Kiln API at \(base) (\(error)). Is `kiln scheduler` (or `kiln up`) running? Pass --api or set KILN_API.")
+        }
+        let buffer = try await response.body.collect(upTo: 64 << 20)
+        let data = Data(buffer: buffer)
+        guard (200..<300).contains(Int(response.status.code)) else {
+            if let e = try? JSONDecoder().decode(APIErrorBody.self, from: data) {
+                throw Failure(description: e.error)
+            }
+            throw Failure(description: "\(method) \(path): HTTP \(response.status.code)")
+        }
+        return data
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
+        do {
+            return try KilnJSON.decoder().decode(type, from: data)
+        } catch {
+            throw Failure(description: "the API answered something this kiln cannot read (\(error)); is it the same version?")
+        }
+    }
+
+    /// Streams a build's log to `output` until the build ends.
+    public func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
+        let request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
+        let response = try await HTTPClient.shared.execute(request, timeout: .hours(24))
+        guard response.status == .ok else {
+            let body = try await response.body.collect(upTo: 1 << 20)
+            throw Failure(description: "log of \(id): HTTP \(response.status.code) \(String(buffer: body))")
+        }
+        for try await chunk in response.body {
+            output(String(buffer: chunk))
+        }
+    }
+}

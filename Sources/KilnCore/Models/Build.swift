@@ -1,0 +1,105 @@
+import Foundation
+
+/// Where a build is in its life. Final states never change again.
+public enum BuildStatus: String, Codable, Sendable, CaseIterable {
+    case queued, assigned, running, succeeded, failed, cancelled
+
+    public var isFinal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+/// The four steps of a build, in order.
+public enum StepName: String, Codable, Sendable, CaseIterable {
+    case fetch, compile, image, push
+}
+
+public enum StepStatus: String, Codable, Sendable {
+    case pending, running, succeeded, failed, cancelled, skipped
+}
+
+/// One timed step of a build.
+public struct BuildStep: Codable, Sendable, Equatable {
+    public var name: StepName
+    public var status: StepStatus
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    public var durationMs: Int?
+    public var error: String?
+
+    public init(name: StepName, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, error: String? = nil) {
+        self.name = name
+        self.status = status
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.durationMs = durationMs
+        self.error = error
+    }
+}
+
+/// A request to build a project at a ref (or an exact commit), and everything that
+/// happened to it. Stored at `/kiln/builds/{id}`.
+public struct Build: Codable, Sendable, Equatable {
+    public var id: String
+    public var project: String
+    public var status: BuildStatus
+    public var ref: String
+    public var commit: String?
+    public var tag: String?
+    public var mvncache: Bool
+    /// The full pushed reference, `registry/project:tag`.
+    public var image: String?
+    public var digest: String?
+    public var agent: String?
+    public var attempt: Int
+    public var error: String?
+    public var steps: [BuildStep]
+    public var createdAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    /// Who or what asked for it (`cli`, `api`, `webhook`, `kiln up`).
+    public var trigger: String?
+    public var cancelRequested: Bool?
+    /// Higher goes first; default 0.
+    public var priority: Int?
+    /// Why a queued build is not assigned yet (no live agent has its labels), if it is not
+    /// just waiting for room.
+    public var waiting: String?
+    /// The post-build pipeline's latest run (deploy, lb, retire, notify), if the project has
+    /// a pipeline and the build succeeded. Its failure leaves the build `succeeded`.
+    public var deploy: PipelineRun?
+
+    public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
+        self.id = id
+        self.project = project
+        self.status = .queued
+        self.ref = ref
+        self.commit = commit
+        self.tag = tag
+        self.mvncache = mvncache
+        self.attempt = 0
+        self.steps = StepName.allCases.map { BuildStep(name: $0) }
+        self.createdAt = createdAt
+        self.trigger = trigger
+    }
+
+    public var durationMs: Int? {
+        guard let s = startedAt, let f = finishedAt else { return nil }
+        return Int((f.timeIntervalSince(s) * 1000).rounded())
+    }
+}
+
+/// Build identifiers: time-ordered, so a listing sorted by id is newest last.
+public enum BuildID {
+    /// `b` + 11 base-36 digits of milliseconds since 1970 + 6 random hex digits, e.g. `b0mj4x2k9q1-3fa2c1`.
+    public static func generate(now: Date = Date()) -> String {
+        let ms = UInt64(max(0, now.timeIntervalSince1970 * 1000))
+        var t = String(ms, radix: 36)
+        while t.count < 11 { t = "0" + t }
+        let r = String(UInt32.random(in: 0..<0x100_0000), radix: 16)
+        return "b\(t)-\(String(repeating: "0", count: 6 - r.count))\(r)"
+    }
+
+    /// Build ids are used in etcd keys and URLs: letters, digits and `-` only.
+    public static func isValid(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 64 && id.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+    }
+}

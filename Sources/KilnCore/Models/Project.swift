@@ -1,0 +1,140 @@
+import Foundation
+
+/// A project Kiln builds: where its code is and how to turn it into an image.
+///
+/// Stored at `/kiln/projects/{name}`. `name` is also the image repository's last path
+/// component, so it follows the project-name rule (`[a-z0-9-]`).
+public struct Project: Codable, Sendable, Equatable {
+    public var name: String
+    /// Git URL: http(s)://, ssh://, git://, file:// or scp-like `user@host:path`.
+    public var repository: String
+    /// Image that runs the build command (for example a JDK + Maven image).
+    public var buildImage: String
+    /// Shell command run in the checkout (`sh -c`), for example `mvn -B -q package`.
+    public var buildCommand: String
+    /// Dockerfile path, relative to the checkout.
+    public var dockerfile: String
+    /// Build context directory, relative to the checkout.
+    public var context: String
+    /// Default branch, used when a build names no ref.
+    public var defaultBranch: String
+    /// Labels an agent must carry (all of them) to build this project.
+    public var labels: [String]
+    /// A newer build of a branch cancels older ones of the same branch; nil cancels none.
+    public var supersede: Supersede?
+    /// At most this many of the project's builds run at once (nil: no limit of its own;
+    /// the agents' capacity still applies). The others wait in the queue and say why.
+    public var maxConcurrent: Int?
+    /// Branches whose pushes build (GitLab webhooks), as patterns where `*` matches any run of
+    /// characters, `/` included: `main`, `release/*`. Nil: the default branch only.
+    public var branches: [String]?
+    /// The secret token GitLab sends in `X-Gitlab-Token` with this project's webhooks. Kept in
+    /// etcd, never shown by the API; a project without one cannot be triggered by a webhook.
+    public var webhookSecret: String?
+    /// What runs after a build succeeds (deploy, lb, retire, notify), checked against the
+    /// plugins' settings when the project is saved.
+    public var pipeline: [PipelineStep]?
+    public var createdAt: Date?
+
+    public init(
+        name: String, repository: String, buildImage: String, buildCommand: String,
+        dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
+        labels: [String] = [], supersede: Supersede? = nil, maxConcurrent: Int? = nil,
+        branches: [String]? = nil, webhookSecret: String? = nil, pipeline: [PipelineStep]? = nil, createdAt: Date? = nil
+    ) {
+        self.name = name
+        self.repository = repository
+        self.buildImage = buildImage
+        self.buildCommand = buildCommand
+        self.dockerfile = dockerfile
+        self.context = context
+        self.defaultBranch = defaultBranch
+        self.labels = labels
+        self.supersede = supersede
+        self.maxConcurrent = maxConcurrent
+        self.branches = branches
+        self.webhookSecret = webhookSecret
+        self.pipeline = pipeline
+        self.createdAt = createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, createdAt
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        repository = try c.decode(String.self, forKey: .repository)
+        buildImage = try c.decode(String.self, forKey: .buildImage)
+        buildCommand = try c.decode(String.self, forKey: .buildCommand)
+        dockerfile = try c.decodeIfPresent(String.self, forKey: .dockerfile) ?? "Dockerfile"
+        context = try c.decodeIfPresent(String.self, forKey: .context) ?? "."
+        defaultBranch = try c.decodeIfPresent(String.self, forKey: .defaultBranch) ?? "main"
+        labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
+        supersede = try c.decodeIfPresent(Supersede.self, forKey: .supersede)
+        maxConcurrent = try c.decodeIfPresent(Int.self, forKey: .maxConcurrent)
+        branches = try c.decodeIfPresent([String].self, forKey: .branches)
+        webhookSecret = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
+        pipeline = try c.decodeIfPresent([PipelineStep].self, forKey: .pipeline)
+        createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
+    }
+
+    /// The project as the API shows it: the webhook secret left out.
+    public var redacted: Project {
+        var p = self
+        p.webhookSecret = nil
+        return p
+    }
+
+    /// Whether a push to `branch` (a name without `refs/heads/`) builds this project.
+    public func builds(branch: String) -> Bool {
+        (branches ?? [defaultBranch]).contains { Project.glob($0, matches: branch) }
+    }
+
+    /// `*` matches any run of characters, `/` included; everything else matches itself.
+    public static func glob(_ pattern: String, matches s: String) -> Bool {
+        let p = Array(pattern.utf8), t = Array(s.utf8)
+        var pi = 0, ti = 0, star = -1, mark = 0
+        while ti < t.count {
+            if pi < p.count && p[pi] != UInt8(ascii: "*") && p[pi] == t[ti] {
+                pi += 1; ti += 1
+            } else if pi < p.count && p[pi] == UInt8(ascii: "*") {
+                star = pi; mark = ti; pi += 1
+            } else if star >= 0 {
+                pi = star + 1; mark += 1; ti = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.count && p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.count
+    }
+
+    /// Checks every field; throws `KilnError.invalid` naming the first bad one.
+    public func validate() throws {
+        try Validation.projectName(name)
+        try Validation.repositoryURL(repository)
+        try Validation.imageReference(buildImage, field: "buildImage")
+        if buildCommand.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            throw KilnError.invalid("buildCommand is empty: give the command that builds the project, for example \"mvn -B -q package\"")
+        }
+        if buildCommand.contains("\0") { throw KilnError.invalid("buildCommand contains a NUL byte") }
+        try Validation.relativePath(dockerfile, field: "dockerfile")
+        try Validation.relativePath(context, field: "context")
+        try Validation.ref(defaultBranch, field: "defaultBranch")
+        for l in labels { try Validation.label(l) }
+        if let patterns = branches {
+            if patterns.isEmpty || patterns.count > 100 { throw KilnError.invalid("branches must list 1 to 100 patterns, for example [\"main\", \"release/*\"]; leave it out to build the default branch only") }
+            for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "branches pattern") }
+        }
+        if let secret = webhookSecret, !secret.isEmpty {
+            if secret.utf8.count > 256 || secret.utf8.contains(where: { $0 < 0x21 || $0 == 0x7f }) {
+                throw KilnError.invalid("webhookSecret must be 1 to 256 visible characters without spaces (GitLab's \"Secret token\" of the webhook)")
+            }
+        }
+        if let m = maxConcurrent, !(1...1000).contains(m) {
+            throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
+        }
+    }
+}

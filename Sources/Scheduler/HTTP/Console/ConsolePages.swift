@@ -1,0 +1,225 @@
+import Foundation
+import KilnCore
+
+/// The console's pages: data in, HTML out, no I/O (unit-tested without a server).
+///
+/// Every page and piece is an `HTML` value: the markup is the literals written here, and every
+/// `String` interpolated into them (names, refs, log lines, errors, labels) is escaped.
+enum ConsolePages {
+    // MARK: pages
+
+    static func overview(projects: [Project], builds: [Build], agents: [AgentInfo], now: Date) -> HTML {
+        let projectRows = projects.sorted { $0.name < $1.name }.map { p -> HTML in
+            let last: HTML = builds.first { $0.project == p.name }.map { b -> HTML in "\(buildLink(b.id)) \(badge(b.status))" } ?? "—"
+            return "<tr><td>\(projectLink(p.name))</td><td>\(p.repository)</td><td>\(p.defaultBranch)</td><td>\(last)</td></tr>"
+        }
+        return layout(title: "Kiln", refresh: 10, body: """
+            <h1>Kiln</h1>
+            <h2>Projects</h2>
+            \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project yet: add one with <code>kiln project add</code>."))
+            <h2>Recent builds</h2>
+            \(buildsTable(builds, now: now, showProject: true))
+            <h2>Agents</h2>
+            \(agentsTable(agents))
+            """)
+    }
+
+    static func project(_ p: Project, builds: [Build], activity: [ActivityEntry], now: Date) -> HTML {
+        var settings: [(String, String)] = [
+            ("repository", p.repository), ("build image", p.buildImage), ("build command", p.buildCommand),
+            ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
+            ("labels", p.labels.isEmpty ? "—" : p.labels.joined(separator: ", ")),
+            ("branches", p.branches?.joined(separator: ", ") ?? p.defaultBranch),
+            ("supersede", p.supersede?.rawValue ?? "—"),
+            ("max concurrent", p.maxConcurrent.map(String.init) ?? "—"),
+        ]
+        if let created = p.createdAt { settings.append(("created", when(created))) }
+        let activityRows = activity.map { a -> HTML in
+            "<tr><td>\(when(a.at))</td><td>\(buildLink(a.build))</td><td>\(a.trigger)</td><td>\(a.ref)</td><td>\(code(a.commit.map(shortCommit)))</td><td>\(a.tag ?? "—")</td><td>\(badge(a.status))</td><td>\(a.durationMs.map(seconds) ?? "—")</td><td>\(a.note ?? "")</td></tr>"
+        }
+        return layout(title: "\(p.name) · Kiln", refresh: 10, body: """
+            <h1>Project <span id="project">\(p.name)</span></h1>
+            <h2>Settings</h2>
+            \(definitions(settings))
+            <h2>Builds</h2>
+            \(buildsTable(builds, now: now, showProject: false))
+            <h2>Activity</h2>
+            \(table(["at", "build", "trigger", "ref", "commit", "tag", "status", "duration", "note"], activityRows, empty: "No activity yet."))
+            """)
+    }
+
+    /// The build page: the summary (refreshed by the script) and the live log.
+    static func build(_ b: Build, now: Date) -> HTML {
+        layout(title: "\(b.id) · Kiln", refresh: nil, body: """
+            <h1>Build <span id="build">\(b.id)</span> of \(projectLink(b.project))</h1>
+            \(buildSummary(b, now: now))
+            <h2>Log <small><a href="/api/v1/builds/\(b.id)/log">raw</a></small></h2>
+            <pre id="log" data-build="\(b.id)"></pre>
+            <script>\(ConsoleAssets.followScript)</script>
+            """)
+    }
+
+    /// The part of the build page that changes while it runs: status, fields, step bar.
+    static func buildSummary(_ b: Build, now: Date) -> HTML {
+        var fields: [(String, String)] = [
+            ("status", b.status.rawValue), ("ref", b.ref), ("commit", b.commit ?? "—"), ("tag", b.tag ?? "—"),
+            ("image", b.image ?? "—"), ("digest", b.digest ?? "—"), ("agent", b.agent ?? "—"),
+            ("attempt", String(b.attempt)), ("trigger", b.trigger ?? "api"), ("Maven cache", b.mvncache ? "yes" : "no"),
+            ("created", when(b.createdAt)),
+        ]
+        if let d = b.durationMs { fields.append(("duration", seconds(d))) }
+        if let w = b.waiting, b.status == .queued { fields.append(("waiting", w)) }
+        let error: HTML = b.error.map { e -> HTML in "<p class=\"error\" id=\"error\">\(e)</p>" } ?? ""
+        let pipeline: HTML = b.deploy.map(pipelineRun) ?? ""
+        return """
+            <div id="summary" data-status="\(b.status.rawValue)">
+            <p>\(badge(b.status))</p>
+            \(error)
+            \(definitions(fields))
+            <h2>Steps</h2>
+            \(stepBar(b.steps, now: now))
+            \(pipeline)
+            </div>
+            """
+    }
+
+    /// The post-build pipeline's run: each step's status, duration and what it did or why it failed.
+    static func pipelineRun(_ run: PipelineRun) -> HTML {
+        let rows = run.steps.map { s -> HTML in
+            "<tr><td>\(s.plugin)</td><td>\(s.status.rawValue)</td><td>\(s.durationMs.map(seconds) ?? "—")</td><td>\(s.error ?? s.summary ?? "")</td></tr>"
+        }
+        return """
+            <h2 id="pipeline">Pipeline run \(run.run) <small>\(run.trigger) · \(run.status.rawValue)</small></h2>
+            \(table(["step", "status", "time", "outcome"], rows, empty: "No steps."))
+            """
+    }
+
+    static func agents(_ agents: [AgentInfo]) -> HTML {
+        layout(title: "Agents · Kiln", refresh: 10, body: """
+            <h1>Agents</h1>
+            \(agentsTable(agents))
+            """)
+    }
+
+    static func error(status: Int, message: String) -> HTML {
+        layout(title: "\(status) · Kiln", refresh: nil, body: """
+            <h1>\(status == 404 ? "Not found" : "Error \(status)")</h1>
+            <p class="error">\(message)</p>
+            <p><a href="/">Back to the overview</a></p>
+            """)
+    }
+
+    // MARK: the step bar
+
+    /// Each step's share of the bar, in percent of the timed steps' total: a finished step
+    /// counts its duration, a running one the time since it started, the others nothing.
+    static func stepWidths(_ steps: [BuildStep], now: Date) -> [(step: BuildStep, ms: Int, percent: Double)] {
+        let ms = steps.map { stepMs($0, now: now) }
+        let total = ms.reduce(0, +)
+        return zip(steps, ms).map { ($0, $1, total > 0 ? Double($1) * 100 / Double(total) : 0) }
+    }
+
+    static func stepMs(_ s: BuildStep, now: Date) -> Int {
+        if let d = s.durationMs { return max(0, d) }
+        if s.status == .running, let start = s.startedAt { return max(0, Int((now.timeIntervalSince(start) * 1000).rounded())) }
+        return 0
+    }
+
+    static func stepBar(_ steps: [BuildStep], now: Date) -> HTML {
+        let widths = stepWidths(steps, now: now)
+        let segments = widths.filter { $0.ms > 0 }.map { w -> HTML in
+            let name = w.step.name.rawValue, label = "\(w.step.name.rawValue) \(seconds(w.ms))"
+            return "<span class=\"seg \(w.step.status.rawValue) \(name)\" data-step=\"\(name)\" style=\"width:\(percent(w.percent))%\" title=\"\(label)\">\(label)</span>"
+        }
+        let legend = widths.map { w -> HTML in
+            let name = w.step.name.rawValue
+            let time = w.ms > 0 || w.step.durationMs != nil ? ", " + seconds(w.ms) : ""
+            let error = w.step.error.map { " — " + $0 } ?? ""
+            return "<li><span class=\"dot \(name)\"></span>\(name): \(w.step.status.rawValue)\(time)\(error)</li>"
+        }
+        let bar: HTML = segments.isEmpty ? "<p class=\"muted\">No step has started yet.</p>" : "<div class=\"bar\" id=\"steps\">\(segments.joined())</div>"
+        return "\(bar)<ul class=\"legend\">\(legend.joined())</ul>"
+    }
+
+    // MARK: pieces
+
+    static func buildsTable(_ builds: [Build], now: Date, showProject: Bool) -> HTML {
+        let rows = builds.map { b -> HTML in
+            let project: HTML = showProject ? "<td>\(projectLink(b.project))</td>" : ""
+            return "<tr><td>\(buildLink(b.id))</td>\(project)<td>\(badge(b.status))</td><td>\(b.ref)</td><td>\(code(b.commit.map(shortCommit)))</td><td>\(b.tag ?? "—")</td><td>\(b.image ?? "—")</td><td>\(b.agent ?? "—")</td><td class=\"mini\">\(miniBar(b.steps, now: now))</td><td>\(when(b.createdAt))</td></tr>"
+        }
+        let heads = ["build"] + (showProject ? ["project"] : []) + ["status", "ref", "commit", "tag", "image", "agent", "steps", "created"]
+        return table(heads, rows, empty: "No build yet.")
+    }
+
+    /// The step bar without labels, for a table row.
+    static func miniBar(_ steps: [BuildStep], now: Date) -> HTML {
+        let segments = stepWidths(steps, now: now).filter { $0.ms > 0 }.map { w -> HTML in
+            "<span class=\"seg \(w.step.name.rawValue)\" style=\"width:\(percent(w.percent))%\" title=\"\(w.step.name.rawValue) \(seconds(w.ms))\"></span>"
+        }
+        return segments.isEmpty ? "" : "<div class=\"bar small\">\(segments.joined())</div>"
+    }
+
+    static func agentsTable(_ agents: [AgentInfo]) -> HTML {
+        let rows = agents.map { a -> HTML in
+            let tasks = a.tasks ?? []
+            let running: HTML = tasks.isEmpty ? "—" : tasks.map(buildLink).joined(separator: " ")
+            let labels = a.labels.isEmpty ? "—" : a.labels.joined(separator: ", ")
+            return "<tr><td class=\"agent\">\(a.id)</td><td>\(a.running ?? 0)/\(a.capacity)</td><td>\(labels)</td><td>\(a.homedProjects ?? 0)</td><td>\(running)</td><td>\(a.version)</td><td>\(when(a.startedAt))</td></tr>"
+        }
+        return table(["agent", "load/capacity", "labels", "homed projects", "running builds", "version", "up since"], rows,
+                     empty: "No live agent: start one with <code>kiln agent</code>.")
+    }
+
+    /// A table of `headers` (text) and `rows` (markup), or the `empty` note if there are no rows.
+    static func table(_ headers: [String], _ rows: [HTML], empty: HTML) -> HTML {
+        if rows.isEmpty { return "<p class=\"muted\">\(empty)</p>" }
+        let heads = headers.map { h -> HTML in "<th>\(h)</th>" }.joined()
+        return "<table><thead><tr>\(heads)</tr></thead><tbody>\n\(rows.joined(separator: "\n"))\n</tbody></table>"
+    }
+
+    /// A definition list of labels and values (both text).
+    static func definitions(_ pairs: [(String, String)]) -> HTML {
+        "<dl>\(pairs.map { p -> HTML in "<dt>\(p.0)</dt><dd>\(p.1)</dd>" }.joined())</dl>"
+    }
+
+    static func projectLink(_ name: String) -> HTML {
+        "<a href=\"/ui/projects/\(name)\">\(name)</a>"
+    }
+
+    static func buildLink(_ id: String) -> HTML {
+        "<a href=\"/ui/builds/\(id)\"><code>\(id)</code></a>"
+    }
+
+    static func badge(_ status: BuildStatus) -> HTML {
+        "<span class=\"status \(status.rawValue)\">\(status.rawValue)</span>"
+    }
+
+    static func code(_ value: String?) -> HTML {
+        value.map { v -> HTML in "<code>\(v)</code>" } ?? "—"
+    }
+
+    static func shortCommit(_ commit: String) -> String { String(commit.prefix(12)) }
+
+    static func seconds(_ ms: Int) -> String { String(format: "%.1f s", Double(ms) / 1000) }
+
+    static func percent(_ value: Double) -> String { String(format: "%.2f", value) }
+
+    static func when(_ date: Date) -> String { date.formatted(.iso8601) }
+
+    static func layout(title: String, refresh: Int?, body: HTML) -> HTML {
+        let meta: HTML = refresh.map { r -> HTML in "<meta http-equiv=\"refresh\" content=\"\(r)\">" } ?? ""
+        return """
+            <!doctype html>
+            <html lang="en"><head><meta charset="utf-8">
+            <meta name="viewport" content="width=device-width, initial-scale=1">
+            \(meta)
+            <title>\(title)</title>
+            <style>\(ConsoleAssets.style)</style></head>
+            <body><nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/agents">Agents</a></nav>
+            <main>
+            \(body)
+            </main></body></html>
+            """
+    }
+}
