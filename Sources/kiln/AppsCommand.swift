@@ -1,0 +1,62 @@
+import ArgumentParser
+import Deploy
+import Foundation
+import KilnClient
+import KilnCore
+
+struct AppsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apps",
+        abstract: "Show deployed apps: versions, instances per cell with their health, and the LB domain.",
+        discussion: """
+        Without an app, one line per app. With one: every version (live, ready, retired, \
+        failed), each instance with its cell, address and last health check, and each domain \
+        with the lb-agents that serve it and whether they applied its latest config.
+
+        Example: kiln apps demo
+        """)
+    @OptionGroup var api: APIOptions
+    @Argument(help: "App name.") var app: String?
+    @Flag(name: .long, help: "Check every running instance's health now, from this machine (discovery), instead of showing the last check the pipeline made.")
+    var check = false
+
+    func run() async throws {
+        let client = APIClient(api.api)
+        guard let app else {
+            let apps = try await client.get("/api/v1/apps", as: [App].self)
+            if api.json { Show.printJSON(apps); return }
+            if apps.isEmpty { print("no apps yet: an app appears when a project's pipeline deploys it"); return }
+            for a in apps {
+                let live = a.live.map { "v\($0.number) live (\($0.instances.filter(\.healthy).count)/\($0.instances.count) healthy)" } ?? "no live version"
+                print("\(a.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(live)  \(a.lb.map { "\($0.domain) [\($0.group)]" }.joined(separator: ", "))")
+            }
+            return
+        }
+        var status = try await client.get("/api/v1/apps/\(app)", as: AppStatus.self)
+        if check {
+            let cells = try await client.get("/api/v1/cells", as: [Cell].self)
+            let deployers = DeployEnvironment.standardDeployers()
+            for (i, v) in status.app.versions.enumerated() where [.deploying, .ready, .live, .retiring].contains(v.state) {
+                status.app.versions[i].instances = await DeployEnvironment.checkInstances(app: status.app.name, version: v, cells: cells, deployers: deployers)
+            }
+        }
+        if api.json { Show.printJSON(status); return }
+        print("app \(status.app.name)")
+        for v in status.app.versions.reversed() {
+            print("  v\(v.number)  \(v.state.rawValue.uppercased())  build \(v.build)  \(v.image)")
+            let s = v.settings
+            print("      \(s.replicas) per cell in \(v.cells.joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")")
+            for i in v.instances.sorted(by: { ($0.cell, $0.name) < ($1.cell, $1.name) }) {
+                print("      \(i.cell.padding(toLength: 8, withPad: " ", startingAt: 0)) \(i.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(i.address.padding(toLength: 22, withPad: " ", startingAt: 0)) \(i.healthy ? "healthy" : "unhealthy")  \(i.detail ?? "")")
+            }
+            if let e = v.error { print("      error: \(e)") }
+        }
+        for d in status.domains {
+            print("  domain \(d.domain) [group \(d.group)] → v\(d.version.map(String.init) ?? "?"): \(d.servers.joined(separator: ", "))")
+            if d.agents.isEmpty { print("      no lb-agent serves group \(d.group): start one with `kiln lb-agent --group \(d.group)`") }
+            for a in d.agents {
+                print("      lb-agent \(a.id) \(a.listen ?? "")  revision \(a.appliedRevision)  \(a.current ? "serves the latest config" : (a.rejected.map { "REFUSED: \($0)" } ?? "lagging"))")
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import KilnClient
+import KilnCore
+
+struct ProjectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "project",
+        abstract: "Add, show and list projects.",
+        subcommands: [Add.self, ShowProject.self, List.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a project (or replace its settings).",
+            discussion: """
+            Example:
+              kiln project add demo --repository http://127.0.0.1:8082/demo.git \\
+                --build-image localhost/kiln/jdk17-maven:1 --build-command 'mvn -B -q package'
+
+            GitLab: point a project webhook (Push events, Tag push events) at
+            http://SCHEDULER/hooks/gitlab with the same secret token as --webhook-secret; pushes to
+            --branches build the pushed commit, tags build with the tag as image tag.
+            """)
+        @OptionGroup var api: APIOptions
+        @Argument(help: "Project name: lowercase letters, digits and '-'.") var name: String
+        @Option(name: .long, help: "Git URL: http(s)://, ssh://, git://, file:// or user@host:path.") var repository: String
+        @Option(name: .long, help: "Image that runs the build command.") var buildImage: String
+        @Option(name: .long, help: "Command run in the checkout (sh -c).") var buildCommand: String
+        @Option(name: .long, help: "Dockerfile path in the repository.") var dockerfile: String = "Dockerfile"
+        @Option(name: .long, help: "Build context folder in the repository.") var context: String = "."
+        @Option(name: .long, help: "Branch built when a build names no ref.") var defaultBranch: String = "main"
+        @Option(name: .long, help: ArgumentHelp("Labels an agent must carry to build it, comma-separated.", valueName: "a,b")) var labels: String = ""
+        @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: Supersede?
+        @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
+        @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
+        @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
+        @Option(name: .long, help: ArgumentHelp("Post-build pipeline: a JSON file holding an array of steps, each {\"plugin\": \"deploy|lb|retire|notify\", \"settings\": {…}, \"timeoutSeconds\": n}. Checked against the plugins' settings when saved (see `kiln plugins`).", valueName: "file")) var pipeline: String?
+
+        var project: Project {
+            Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
+                    dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
+                    labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+                    supersede: supersede, maxConcurrent: maxConcurrent,
+                    branches: branches.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+                    webhookSecret: webhookSecret, pipeline: try? pipelineSteps())
+        }
+
+        func pipelineSteps() throws -> [PipelineStep]? {
+            guard let pipeline else { return nil }
+            guard let data = FileManager.default.contents(atPath: pipeline) else {
+                throw ValidationError("--pipeline: cannot read \(pipeline)")
+            }
+            do {
+                return try KilnJSON.decoder().decode([PipelineStep].self, from: data)
+            } catch {
+                throw ValidationError("--pipeline: \(pipeline) is not a JSON array of steps ({\"plugin\": …, \"settings\": {…}}): \(error)")
+            }
+        }
+
+        func validate() throws {
+            _ = try pipelineSteps()
+            do { try project.validate() } catch { throw ValidationError("\(error)") }
+        }
+
+        func run() async throws {
+            let p = project
+            let saved = try await APIClient(api.api).post("/api/v1/projects", body: p, as: Project.self)
+            if api.json { Show.printJSON(saved) } else { print("project \(saved.name) saved: \(saved.repository)") }
+        }
+    }
+
+    struct ShowProject: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a project's settings.")
+        @OptionGroup var api: APIOptions
+        @Argument(help: "Project name.") var name: String
+        func run() async throws {
+            Show.printJSON(try await APIClient(api.api).get("/api/v1/projects/\(name)", as: Project.self))
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List projects.")
+        @OptionGroup var api: APIOptions
+        func run() async throws {
+            let projects = try await APIClient(api.api).get("/api/v1/projects", as: [Project].self)
+            if api.json { Show.printJSON(projects); return }
+            for p in projects { print("\(p.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(p.repository)") }
+        }
+    }
+}
