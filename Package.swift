@@ -91,6 +91,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Starts and stops the real components of a one-machine farm (etcd, registry,
@@ -116,7 +117,7 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ]
         ),
-        // Helpers shared by the test targets (timeouts, waits on etcd, temp folders, HTTP).
+        // Helpers shared by the test targets (timeouts, an etcd per test, waits on etcd, temp folders, HTTP).
         .target(
             name: "KilnTestSupport",
             dependencies: [

@@ -49,7 +49,7 @@ public struct AgentService: Service {
         // without recording an end, wait for them, then revoke the lease so the scheduler
         // requeues those builds at once.
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await cancelWhenGracefulShutdown { await taskLoop(builds: builds) } }
+            group.addTask { await cancelWhenGracefulShutdown { await taskLoop(builds: builds) } }
             group.addTask {
                 await withGracefulShutdownHandler {
                     await registrationLoop(beforeRevoke: {
@@ -120,25 +120,12 @@ public struct AgentService: Service {
     // MARK: tasks
 
     private func taskLoop(builds: RunningBuilds) async {
-        let prefix = keys.tasks(of: configuration.id)
-        while !Task.isCancelled {
-            do {
-                let current = try await etcd.range(prefix: prefix)
-                reconcile(current.kvs, builds: builds)
-                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
-                    switch update {
-                    case .reset(let kvs, _):
-                        reconcile(kvs, builds: builds)
-                    case .events(let events, _):
-                        for e in events { handle(e, builds: builds) }
-                    }
-                }
-            } catch is CancellationError {
-                return
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning("task watch failed: \(error); watching again")
-                try? await Task.sleep(for: .milliseconds(500))
+        for await update in etcd.follow(prefix: keys.tasks(of: configuration.id)) {
+            switch update {
+            case .reset(let kvs, _):
+                reconcile(kvs, builds: builds)
+            case .events(let events, _):
+                for e in events { handle(e, builds: builds) }
             }
         }
     }

@@ -15,9 +15,9 @@ import Foundation
 /// conveniences. Every call throws ``EtcdError``; one that could not reach etcd throws a
 /// transient `.unreachable`, which the caller may retry.
 ///
-/// Each watch holds one HTTP/1 connection for as long as it is iterated. The default
-/// ``EtcdClient/defaultHTTPClient`` allows 256 connections per host and fails fast when etcd
-/// is down; `HTTPClient.shared` allows only 8 (the ninth request waits for a free one) and
+/// Each watch (and each follow) holds one HTTP/1 connection for as long as it is iterated.
+/// The default ``EtcdClient/defaultHTTPClient`` allows 256 connections per host and fails
+/// fast when etcd is down; `HTTPClient.shared` allows only 8 (the ninth request waits for a free one) and
 /// retries a refused connection for up to 90 s, so do not use it with more than a few watches.
 public struct EtcdClient: Sendable {
     public let endpoint: String
@@ -227,6 +227,14 @@ public struct EtcdClient: Sendable {
     }
 
     // MARK: watch
+
+    /// Follows every key that starts with `prefix`: first all of them with the revision they
+    /// were read at (a `.reset`), then their changes; after a failure or a compaction the
+    /// whole prefix again (another `.reset`). Use it rather than a read and a watch of your
+    /// own. See ``EtcdFollow``.
+    public func follow(prefix: String) -> EtcdFollow {
+        EtcdFollow(client: self, prefix: prefix)
+    }
 
     /// Watches every key that starts with `prefix`, from `fromRevision` (inclusive) or from now.
     /// See ``EtcdWatch`` for how it survives restarts and compaction.

@@ -201,7 +201,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             let wait = state.disconnected()
             delay = wait
             let metadata: Logger.Metadata = [
-                "etcd.revision": "\(state.nextRevision ?? 0)", "retry.ms": "\(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)",
+                "etcd.revision": "\(state.nextRevision ?? 0)", "retry.ms": "\(wait.milliseconds)",
             ]
             if state.failures == 1 {
                 logger.warning("watch connection lost: \(reason); reconnecting", metadata: metadata)

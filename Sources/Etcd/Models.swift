@@ -164,9 +164,9 @@ public enum WatchUpdate: Sendable, Equatable {
     /// Changes, in revision order. `revision` is the revision of the last event: every change in
     /// the watched range up to and including it has been delivered.
     case events([WatchEvent], revision: Int64)
-    /// The watch could not resume because its revision was compacted. This is the whole
-    /// content of the watched range at `revision`: rebuild your view from it. Events after
-    /// `revision` follow.
+    /// The whole content of the watched range at `revision`: rebuild your view from it.
+    /// Events after `revision` follow. A follow starts with one; a watch yields one when it
+    /// could not resume because its revision was compacted.
     case reset([KeyValue], revision: Int64)
 
     /// The revision up to which the watcher's view is complete.

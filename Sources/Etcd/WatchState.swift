@@ -16,17 +16,14 @@ struct WatchState {
         case fail(String)
     }
 
-    static let initialBackoff: Duration = .milliseconds(100)
-    static let maxBackoff: Duration = .seconds(2)
-
     /// The revision the next connection starts from; nil until the first watch is created
     /// (then it starts from "now").
     private(set) var nextRevision: Int64?
     /// The range must be read (and `.reset` yielded) before watching again.
     private(set) var needsReset = false
-    private(set) var backoff = WatchState.initialBackoff
+    private var backoff = Backoff()
     /// Failed connections since the last successful one.
-    private(set) var failures = 0
+    var failures: Int { backoff.failures }
 
     init(fromRevision: Int64?) {
         nextRevision = fromRevision
@@ -45,8 +42,7 @@ struct WatchState {
             if nextRevision == nil, let header = response.header {
                 nextRevision = header.revision + 1
             }
-            backoff = WatchState.initialBackoff
-            failures = 0
+            backoff.succeeded()
             return .none
         }
         if response.events.isEmpty {
@@ -78,10 +74,7 @@ struct WatchState {
 
     /// The connection ended or could not be made: how long to wait before the next attempt.
     mutating func disconnected() -> Duration {
-        failures += 1
-        let delay = backoff
-        backoff = min(backoff * 2, WatchState.maxBackoff)
-        return delay
+        backoff.failed()
     }
 
     /// The range was read at `revision` and yielded as a reset.

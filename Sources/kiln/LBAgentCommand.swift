@@ -100,16 +100,8 @@ struct LBAgentCommand: AsyncParsableCommand {
         let config = agentConfiguration
         let agent = LBAgent(configuration: config, etcd: EtcdClient(endpoint: etcd, logger: logger), logger: logger)
         logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd)")
-        let group = ServiceGroup(configuration: .init(services: [.init(service: LBAgentService(agent: agent))], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // Graceful shutdown (SIGTERM, Ctrl-C) stops nginx and revokes the report's lease.
+        let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-    }
-}
-
-/// The lb-agent as a service of the process: graceful shutdown cancels it, which stops nginx
-/// and revokes its report's lease.
-struct LBAgentService: Service {
-    let agent: LBAgent
-    func run() async throws {
-        try await cancelWhenGracefulShutdown { try await agent.run() }
     }
 }

@@ -15,25 +15,24 @@ struct SimulatedAgentTests {
     let project = Project(name: "sim", repository: "http://127.0.0.1:1/sim.git", buildImage: "a:1", buildCommand: "make")
 
     /// Starts etcd and one simulated agent, runs `body`, stops both.
-    func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @Sendable (EtcdClient) async throws -> Void) async throws {
-        let dir = try TempDir("simulated-agent")
-        let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
-        defer { server.kill() }
-        let etcd = EtcdClient(endpoint: server.endpoint)
-        let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
-        let config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
-                                        etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
-                                        simulate: simulate)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await AgentService(configuration: config, logger: logger).run() }
-            do {
-                try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
-                try await body(etcd)
-            } catch {
+    func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @escaping @Sendable (EtcdClient) async throws -> Void) async throws {
+        try await withEtcd(timeout: nil) { server, etcd in
+            let dir = try TempDir("simulated-agent")
+            let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
+            let config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
+                                            etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
+                                            simulate: simulate)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await AgentService(configuration: config, logger: logger).run() }
+                do {
+                    try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
+                    try await body(etcd)
+                } catch {
+                    group.cancelAll()
+                    throw error
+                }
                 group.cancelAll()
-                throw error
             }
-            group.cancelAll()
         }
     }
 

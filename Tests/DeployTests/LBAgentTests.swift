@@ -553,23 +553,23 @@ struct LBFarm: Sendable {
 
 /// A real etcd for the test; every agent and backend started through the farm is stopped at
 /// the end, whether the test passed or not (each agent stops its nginx by PID).
-func withLBFarm(_ body: (LBFarm) async throws -> Void) async throws {
-    let dir = try TempDir("lb")
-    let server = try await EtcdServer.start(dataDir: dir.path("etcd"))
-    defer { server.stop() }
-    let farm = LBFarm(server: server, etcd: EtcdClient(endpoint: server.endpoint), dir: dir.url, started: .init())
-    let result: Result<Void, any Error>
-    do {
-        try await body(farm)
-        result = .success(())
-    } catch {
-        result = .failure(error)
+func withLBFarm(_ body: @escaping @Sendable (LBFarm) async throws -> Void) async throws {
+    try await withEtcd(timeout: nil) { server, etcd in
+        let dir = try TempDir("lb")
+        let farm = LBFarm(server: server, etcd: etcd, dir: dir.url, started: .init())
+        let result: Result<Void, any Error>
+        do {
+            try await body(farm)
+            result = .success(())
+        } catch {
+            result = .failure(error)
+        }
+        for agent in farm.started.agents.withLock({ $0 }) {
+            do { try await agent.stop() } catch { Issue.record("lb-agent \(agent.id) ended with: \(error)") }
+        }
+        for backend in farm.started.backends.withLock({ $0 }) { await backend.stop() }
+        try result.get()
     }
-    for agent in farm.started.agents.withLock({ $0 }) {
-        do { try await agent.stop() } catch { Issue.record("lb-agent \(agent.id) ended with: \(error)") }
-    }
-    for backend in farm.started.backends.withLock({ $0 }) { await backend.stop() }
-    try result.get()
 }
 
 /// Asks one domain through nginx again and again and counts what it got: each request on a

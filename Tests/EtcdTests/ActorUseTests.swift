@@ -1,27 +1,18 @@
 import Etcd
+import KilnTestSupport
 import Testing
 
 /// A view of a prefix kept by an actor, the way the scheduler keeps its agents: checks that
-/// a watch can be iterated from actor-isolated code under strict concurrency.
-actor PrefixView {
-    private(set) var values: [String: String] = [:]
-    private(set) var revision: Int64 = 0
+/// a watch and a follow can be iterated from actor-isolated code under strict concurrency.
+actor ViewOwner {
+    private(set) var view = PrefixView()
 
-    func follow(_ watch: EtcdWatch, until done: @Sendable ([String: String]) -> Bool) async throws {
-        for try await update in watch {
-            switch update {
-            case .reset(let kvs, let revision):
-                values = Dictionary(uniqueKeysWithValues: kvs.map { ($0.key, $0.string) })
-                self.revision = revision
-            case .events(let events, let revision):
-                for event in events {
-                    switch event.kind {
-                    case .put: values[event.kv.key] = event.kv.string
-                    case .delete: values[event.kv.key] = nil
-                    }
-                }
-                self.revision = revision
-            }
+    var values: [String: String] { view.kvs.mapValues(\.string) }
+
+    func follow<Updates: AsyncSequence>(_ updates: Updates, until done: @Sendable ([String: String]) -> Bool) async throws
+    where Updates.Element == WatchUpdate {
+        for try await update in updates {
+            view.apply(update)
             if done(values) { return }
         }
     }
@@ -34,13 +25,25 @@ struct ActorUseTests {
             let first = try await etcd.put("/v/a", "1")
             try await etcd.put("/v/b", "2")
             try await etcd.compact(revision: try await etcd.put("/v/a", "3"))
-            let view = PrefixView()
-            async let following: Void = view.follow(etcd.watch(prefix: "/v/", fromRevision: first)) { $0["/v/c"] == "4" && $0["/v/b"] == nil }
+            let owner = ViewOwner()
+            async let following: Void = owner.follow(etcd.watch(prefix: "/v/", fromRevision: first)) { $0["/v/c"] == "4" && $0["/v/b"] == nil }
             try await etcd.delete("/v/b")
             let last = try await etcd.put("/v/c", "4")
             try await following
-            #expect(await view.values == ["/v/a": "3", "/v/c": "4"])
-            #expect(await view.revision == last)
+            #expect(await owner.values == ["/v/a": "3", "/v/c": "4"])
+            #expect(await owner.view.revision == last)
+        }
+    }
+
+    @Test func anActorFollowsAPrefix() async throws {
+        try await withEtcd { _, etcd in
+            try await etcd.put("/y/a", "1")
+            let owner = ViewOwner()
+            async let following: Void = owner.follow(etcd.follow(prefix: "/y/")) { $0["/y/b"] == "2" }
+            let last = try await etcd.put("/y/b", "2")
+            try await following
+            #expect(await owner.values == ["/y/a": "1", "/y/b": "2"])
+            #expect(await owner.view.revision == last)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Etcd
+import KilnTestSupport
 import LocalFarm
 import Testing
 

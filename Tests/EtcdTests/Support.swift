@@ -5,28 +5,13 @@ import KilnTestSupport
 import LocalFarm
 import Testing
 
-/// Starts a fresh etcd on free ports in a temporary data dir, runs `body` with a client of it,
-/// and kills etcd and removes the dir afterwards, whether `body` passed, failed or timed out.
-/// `body` runs under a time limit, so a wait for an event that never comes fails the test.
-func withEtcd<T: Sendable>(
-    timeout: Duration = .seconds(60),
-    _ body: @escaping @Sendable (EtcdServer, EtcdClient) async throws -> T
-) async throws -> T {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-etcd-test-\(UUID().uuidString)")
-    defer { try? FileManager.default.removeItem(at: dir) }
-    let server = try await EtcdServer.start(dataDir: dir.appendingPathComponent("data"))
-    defer { server.kill() }
-    let client = EtcdClient(endpoint: server.endpoint)
-    return try await withTimeout(timeout) { try await body(server, client) }
-}
-
-/// Iterates `watch` in a child task while `body` runs, and hands `body` the updates through
-/// `Updates`, so `body` can write to etcd (or restart it) while the watch is being read.
-/// The watch is cancelled when `body` returns.
-func consuming<T: Sendable>(
-    _ watch: EtcdWatch,
+/// Iterates `watch` (an ``EtcdWatch`` or ``EtcdFollow``) in a child task while `body` runs,
+/// and hands `body` the updates through `Updates`, so `body` can write to etcd (or restart
+/// it) while the watch is being read. The watch is cancelled when `body` returns.
+func consuming<T: Sendable, Watch: AsyncSequence & Sendable>(
+    _ watch: Watch,
     _ body: (inout Updates) async throws -> T
-) async throws -> T {
+) async throws -> T where Watch.Element == WatchUpdate {
     let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchUpdate.self)
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask {

@@ -33,30 +33,28 @@ struct SchedulerHarness: Sendable {
     static let demoProject = #"{"name":"demo","repository":"http://127.0.0.1:1/demo.git","buildImage":"localhost/kiln/jdk17-maven:1","buildCommand":"mvn -B -q package"}"#
 }
 
-func withScheduler(_ body: @Sendable (SchedulerHarness) async throws -> Void) async throws {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-sched-\(UUID().uuidString)")
-    defer { try? FileManager.default.removeItem(at: dir) }
-    let server = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
-    defer { server.stop() }
-    var logger = Logger(label: "test")
-    // Cancelling the server at the end of a test logs an error about its channels.
-    logger.logLevel = .critical
-    let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
-    let app = buildSchedulerApplication(
-        configuration: .init(port: 0, etcdEndpoint: server.endpoint), logger: logger,
-        onServerRunning: { portsContinuation.yield($0) })
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await app.run() }
-        var port = 0
-        for await p in ports { port = p; break }
-        let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: EtcdClient(endpoint: server.endpoint))
-        do {
-            try await body(harness)
-        } catch {
+func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
+    try await withEtcd(timeout: nil) { server, etcd in
+        var logger = Logger(label: "test")
+        // Cancelling the server at the end of a test logs an error about its channels.
+        logger.logLevel = .critical
+        let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
+        let app = buildSchedulerApplication(
+            configuration: .init(port: 0, etcdEndpoint: server.endpoint), logger: logger,
+            onServerRunning: { portsContinuation.yield($0) })
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.run() }
+            var port = 0
+            for await p in ports { port = p; break }
+            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd)
+            do {
+                try await body(harness)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
             group.cancelAll()
-            throw error
         }
-        group.cancelAll()
     }
 }
 

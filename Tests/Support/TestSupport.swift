@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Etcd
 import Foundation
+import LocalFarm
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -26,20 +27,40 @@ public func withTimeout<T: Sendable>(_ limit: Duration, waitingFor what: String 
     }
 }
 
-/// Waits until `condition` holds for the keys under `prefix`: checks once, then again on
-/// every change (an etcd watch, never a sleep). Returns the keys that satisfied it.
+/// Waits until `condition` holds for the keys under `prefix` (sorted by key, as a range read
+/// returns them): checks them once, then again on every change (it follows the prefix, never
+/// sleeps). Returns the keys that satisfied it.
 @discardableResult
 public func waitUntil(_ etcd: EtcdClient, prefix: String, timeout: Duration = .seconds(20),
                       _ condition: @escaping @Sendable ([KeyValue]) -> Bool) async throws -> [KeyValue] {
     try await withTimeout(timeout, waitingFor: "a condition on \(prefix)") {
-        let first = try await etcd.range(prefix: prefix)
-        if condition(first.kvs) { return first.kvs }
-        for try await _ in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-            let now = try await etcd.range(prefix: prefix).kvs
-            if condition(now) { return now }
+        var view = PrefixView()
+        for await update in etcd.follow(prefix: prefix) {
+            view.apply(update)
+            let kvs = view.sorted
+            if condition(kvs) { return kvs }
         }
         throw CancellationError()
     }
+}
+
+/// Starts a fresh etcd on free ports in a temporary folder, runs `body` with it and a client
+/// of it, and kills etcd and removes the folder afterwards, whether `body` passed, failed or
+/// timed out. `body` runs under `timeout` (nil: no limit of its own), so a wait for an event
+/// that never comes fails the test.
+public func withEtcd<T: Sendable>(
+    timeout: Duration? = .seconds(60),
+    _ body: @escaping @Sendable (EtcdServer, EtcdClient) async throws -> T
+) async throws -> T {
+    let dir = try TempDir("etcd")
+    let server = try await EtcdServer.start(dataDir: dir.path("data"))
+    defer {
+        server.kill()
+        withExtendedLifetime(dir) {}
+    }
+    let client = EtcdClient(endpoint: server.endpoint)
+    guard let timeout else { return try await body(server, client) }
+    return try await withTimeout(timeout) { try await body(server, client) }
 }
 
 /// A fresh temporary folder, removed when the value goes away.

@@ -3,6 +3,7 @@ import Foundation
 import KilnCore
 import Logging
 import Processes
+import ServiceLifecycle
 import Synchronization
 
 /// How one lb-agent runs: its nginx group, its name, where nginx listens and keeps its files.
@@ -82,11 +83,11 @@ public enum LBServerUpdates: String, Sendable, CaseIterable {
 /// `/slb/{group}/agents/{id}`, bound to a lease, so a caller can wait until every agent of the
 /// group serves a revision (`LBAgents.waitApplied`).
 ///
-/// `run()` returns when its task is cancelled, after stopping nginx (SIGQUIT, then SIGKILL)
-/// and revoking the lease. It throws when it cannot go on: nginx would not start or died, or
-/// a reload failed. Run one agent per `directory`; several agents of a group (on other
-/// machines, or on other ports) each run their own nginx.
-public struct LBAgent: Sendable {
+/// A `Service`: `run()` returns on graceful shutdown or when its task is cancelled, after
+/// stopping nginx (SIGQUIT, then SIGKILL) and revoking the lease. It throws when it cannot go
+/// on: nginx would not start or died, or a reload failed. Run one agent per `directory`;
+/// several agents of a group (on other machines, or on other ports) each run their own nginx.
+public struct LBAgent: Service {
     public let configuration: LBAgentConfiguration
     public let etcd: EtcdClient
     public let logger: Logger
@@ -109,8 +110,12 @@ public struct LBAgent: Sendable {
         NginxConfig(group: configuration.group, listen: configuration.listen, directory: dir, lua: lua)
     }
 
-    /// Serves the group until the task is cancelled.
+    /// Serves the group until graceful shutdown or the task is cancelled.
     public func run() async throws {
+        try await cancelWhenGracefulShutdown { try await serveUntilCancelled() }
+    }
+
+    private func serveUntilCancelled() async throws {
         try configuration.validate()
         guard let nginxPath = ManagedProcess.which(configuration.nginx) else {
             throw KilnError.unavailable("nginx is not installed ('\(configuration.nginx)' is not on PATH): apt-get install nginx-light")
@@ -242,25 +247,11 @@ public struct LBAgent: Sendable {
         }
     }
 
-    /// Reads the domains, then follows their watch into `view`; reads again when the watch fails.
+    /// Follows the domains into `view`: all of them first, again after a failure or a
+    /// compaction (etcd crashed, or was unreachable for long), and every change between.
     private func follow(into view: LatestView) async {
-        let prefix = configuration.keys.domains(configuration.group)
-        while !Task.isCancelled {
-            do {
-                let current = try await etcd.range(prefix: prefix)
-                view.reset(current.kvs, revision: current.revision)
-                // The watch itself survives a compaction: it reads the range again and yields `.reset`.
-                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
-                    switch update {
-                    case .events(let events, let revision): view.apply(events, revision: revision)
-                    case .reset(let kvs, let revision): view.reset(kvs, revision: revision)
-                    }
-                }
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning("watch of \(prefix) failed: \(error); reading it again")
-                try? await Task.sleep(for: .milliseconds(500))
-            }
+        for await update in etcd.follow(prefix: configuration.keys.domains(configuration.group)) {
+            view.apply(update)
         }
     }
 
@@ -346,12 +337,7 @@ public struct LBAgent: Sendable {
 /// The domains as etcd has them now, shared by the watch (which writes) and the applier
 /// (which reads); `changed` wakes the applier, once for any number of changes.
 final class LatestView: Sendable {
-    struct State {
-        var kvs: [String: KeyValue] = [:]
-        var revision: Int64 = 0
-    }
-
-    private let state = Mutex(State())
+    private let state = Mutex(PrefixView())
     private let continuation: AsyncStream<Void>.Continuation
     let changed: AsyncStream<Void>
 
@@ -359,27 +345,10 @@ final class LatestView: Sendable {
         (changed, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
-    func reset(_ kvs: [KeyValue], revision: Int64) {
-        state.withLock { s in
-            s.kvs = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
-            s.revision = revision
-        }
+    func apply(_ update: WatchUpdate) {
+        state.withLock { $0.apply(update) }
         continuation.yield()
     }
 
-    func apply(_ events: [WatchEvent], revision: Int64) {
-        state.withLock { s in
-            for e in events {
-                switch e.kind {
-                case .put: s.kvs[e.kv.key] = e.kv
-                case .delete: s.kvs[e.kv.key] = nil
-                }
-            }
-            s.revision = revision
-        }
-        continuation.yield()
-    }
-
-    func snapshot() -> State { state.withLock { $0 } }
+    func snapshot() -> PrefixView { state.withLock { $0 } }
 }
-

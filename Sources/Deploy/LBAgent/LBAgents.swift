@@ -14,22 +14,15 @@ public enum LBAgents {
     /// when `timeout` passes, and one saying how to start an agent when none is registered.
     public static func waitApplied(etcd: EtcdClient, keys: SLBKeys, group: String, revision: Int64, timeout: Duration) async throws -> [SLBAgentReport] {
         let prefix = keys.agents(group)
-        let seen = Locked<[String: KeyValue]>([:])
+        let seen = Locked(PrefixView())
         let outcome = try await withThrowingTaskGroup(of: [SLBAgentReport]?.self) { tasks in
             tasks.addTask {
-                let first = try await etcd.range(prefix: prefix)
-                seen.value = Dictionary(first.kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
-                if let done = try check(seen.value, group: group, prefix: prefix, revision: revision) { return done }
-                for try await update in etcd.watch(prefix: prefix, fromRevision: first.revision + 1) {
-                    seen.withLock { agents in
-                        switch update {
-                        case .reset(let kvs, _):
-                            agents = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
-                        case .events(let events, _):
-                            for e in events { agents[e.kv.key] = e.kind == .put ? e.kv : nil }
-                        }
+                for await update in etcd.follow(prefix: prefix) {
+                    let agents = seen.withLock { view in
+                        view.apply(update)
+                        return view.kvs
                     }
-                    if let done = try check(seen.value, group: group, prefix: prefix, revision: revision) { return done }
+                    if let done = try check(agents, group: group, prefix: prefix, revision: revision) { return done }
                 }
                 throw CancellationError()
             }
@@ -41,7 +34,10 @@ public enum LBAgents {
             return try await tasks.next()!
         }
         if let outcome { return outcome }
-        let lagging = seen.value.values.sorted { $0.key < $1.key }.compactMap { kv -> String? in
+        if seen.value.revision == 0 {
+            throw KilnError.unavailable("lb group \(group): could not read the lb-agents' reports under \(prefix) from etcd within \(timeout); check that etcd answers")
+        }
+        let lagging = seen.value.sorted.compactMap { kv -> String? in
             let id = String(kv.key.dropFirst(prefix.count))
             guard let report = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value) else { return "\(id) (its report is unreadable)" }
             guard report.appliedRevision < revision else { return nil }

@@ -36,7 +36,7 @@ struct Applier {
     var logger: Logger { agent.logger }
 
     /// Makes nginx serve `view` as far as each domain allows, and says what it did.
-    mutating func apply(_ view: LatestView.State) async throws -> SLBAgentReport {
+    mutating func apply(_ view: PrefixView) async throws -> SLBAgentReport {
         let clock = ContinuousClock(), start = clock.now
         let prefix = agent.configuration.keys.domains(agent.configuration.group)
         var wanted: [String: String] = [:]

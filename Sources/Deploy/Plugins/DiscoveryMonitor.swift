@@ -2,6 +2,7 @@ import Etcd
 import Foundation
 import KilnCore
 import Logging
+import ServiceLifecycle
 
 /// Discovery while the pipeline is idle: every `interval` it checks the instances of each
 /// app's live version, writes their health into the app record when it changed, and keeps
@@ -13,7 +14,11 @@ import Logging
 /// touches a domain whose value names the app's live version (so never one an `lb` step has
 /// just moved to a newer version), and it writes the app record and the domain in one
 /// transaction guarded by both keys' revisions, so a pipeline's write in between wins.
-public struct DiscoveryMonitor: Sendable {
+///
+/// A `Service`: `run()` checks until graceful shutdown or until its task is cancelled (the
+/// leader cancels it when its term ends), and never throws: a failed round is logged and the
+/// next one tries again.
+public struct DiscoveryMonitor: Service {
     let env: DeployEnvironment
     let interval: Duration
     let logger: Logger
@@ -24,16 +29,18 @@ public struct DiscoveryMonitor: Sendable {
         self.logger = logger
     }
 
-    /// Checks every `interval` until cancelled.
+    /// Checks every `interval` until graceful shutdown or cancellation.
     public func run() async {
-        while !Task.isCancelled {
-            do {
-                try await round()
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning("discovery: \(error)")
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    try await round()
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("discovery: \(error)")
+                }
+                try? await Task.sleep(for: interval)
             }
-            try? await Task.sleep(for: interval)
         }
     }
 

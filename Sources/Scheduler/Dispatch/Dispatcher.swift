@@ -168,22 +168,12 @@ public struct Dispatcher: Service {
         }
     }
 
-    /// Reads `prefix`, then follows its watch, into `inbox`; reads again if the watch fails.
+    /// Follows `prefix` into `inbox` (a reset first, and again whenever the follow reads anew).
     private func follow(_ p: DispatchState.Prefix, prefix: String, into inbox: Inbox<Input>) async {
-        while !Task.isCancelled {
-            do {
-                let current = try await etcd.range(prefix: prefix)
-                inbox.push(.reset(p, current.kvs, revision: current.revision))
-                for try await update in etcd.watch(prefix: prefix, fromRevision: current.revision + 1) {
-                    switch update {
-                    case .events(let events, let revision): inbox.push(.events(p, events, revision: revision))
-                    case .reset(let kvs, let revision): inbox.push(.reset(p, kvs, revision: revision))
-                    }
-                }
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning("watch of \(prefix) failed: \(error); reading it again")
-                try? await Task.sleep(for: .milliseconds(500))
+        for await update in etcd.follow(prefix: prefix) {
+            switch update {
+            case .events(let events, let revision): inbox.push(.events(p, events, revision: revision))
+            case .reset(let kvs, let revision): inbox.push(.reset(p, kvs, revision: revision))
             }
         }
     }

@@ -217,22 +217,26 @@ struct LogFollower: Sendable {
 
     private func run(_ emit: @escaping @Sendable ([String]) -> Void) async throws {
         let etcd = store.etcd
-        let keys = store.keys
-        let first = try await etcd.range(prefix: keys.logs(of: build))
-        for kv in first.kvs {
-            guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
-            emit(chunk.lines)
-        }
-        if try await isDone() { return }
+        let prefix = store.keys.logs(of: build)
         try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
-                for try await update in etcd.watch(prefix: keys.logs(of: build), fromRevision: first.revision + 1) {
-                    guard case .events(let events, _) = update else { continue }
-                    for e in events where e.kind == .put {
-                        guard let chunk = try? KilnJSON.decode(LogChunk.self, from: e.kv.value) else { continue }
-                        emit(chunk.lines)
-                        if chunk.end == true, try await isDone() { return true }
+                // Every chunk up to this revision was emitted: a later whole log (the follow
+                // read it anew) emits only the chunks written since.
+                var emitted: Int64?
+                for await update in etcd.follow(prefix: prefix) {
+                    let first = emitted == nil
+                    let chunks: [KeyValue]
+                    switch update {
+                    case .reset(let kvs, _): chunks = kvs.filter { kv in emitted.map { kv.modRevision > $0 } ?? true }
+                    case .events(let events, _): chunks = events.filter { $0.kind == .put }.map(\.kv)
                     }
+                    emitted = update.revision
+                    for kv in chunks {
+                        guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
+                        emit(chunk.lines)
+                        if !first, chunk.end == true, try await isDone() { return true }
+                    }
+                    if first, try await isDone() { return true }
                 }
                 return true
             }

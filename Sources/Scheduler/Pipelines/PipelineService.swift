@@ -38,22 +38,10 @@ public struct PipelineService: Sendable {
                     group.addTask { await drive(lane: b.project, first: start, lanes: lanes, term: term, fence: fence) }
                 }
             }
-            var backoff = Duration.milliseconds(200)
-            while !Task.isCancelled {
-                do {
-                    let first = try await etcd.range(prefix: keys.builds)
-                    for kv in first.kvs { offer(kv) }
-                    for try await update in etcd.watch(prefix: keys.builds, fromRevision: first.revision + 1) {
-                        switch update {
-                        case .reset(let kvs, _): for kv in kvs { offer(kv) }
-                        case .events(let events, _): for e in events where e.kind == .put { offer(e.kv) }
-                        }
-                    }
-                } catch {
-                    if Task.isCancelled { break }
-                    logger.warning("pipelines: watching builds failed: \(error); reading again in \(backoff)")
-                    try? await Task.sleep(for: backoff)
-                    backoff = min(backoff * 2, .seconds(5))
+            for await update in etcd.follow(prefix: keys.builds) {
+                switch update {
+                case .reset(let kvs, _): for kv in kvs { offer(kv) }
+                case .events(let events, _): for e in events where e.kind == .put { offer(e.kv) }
                 }
             }
         }
