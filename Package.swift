@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Module layout and import rules: shared/ARCHITECTURE.md.
+// Module layout, import rules and which file holds what: docs/architecture.md.
 // Scheduler and BuildAgent never import each other; they meet in etcd through KilnCore.
 let package = Package(
     name: "kiln",
@@ -23,8 +23,7 @@ let package = Package(
     ],
     targets: [
         .target(
-            name: "KilnCore",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            name: "KilnCore"
         ),
         // The client of the scheduler's HTTP API; its wire types are KilnCore's (API/), so
         // the scheduler does not need an HTTP client and the CLI does not need the scheduler.
@@ -68,6 +67,8 @@ let package = Package(
                 "KilnCore", "Etcd", "Plugins",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             // The console's stylesheet and script, compiled into the binary
@@ -79,7 +80,7 @@ let package = Package(
             dependencies: [
                 "KilnCore", "Etcd", "CLibGit2", "DockerAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -99,10 +100,11 @@ let package = Package(
         .target(
             name: "LocalFarm",
             dependencies: [
-                "KilnCore", "Processes",
+                "Processes",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -113,15 +115,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ]
         ),
         // Helpers shared by the test targets (timeouts, an etcd per test, waits on etcd, temp folders, HTTP).
         .target(
             name: "KilnTestSupport",
             dependencies: [
-                "Etcd", "DockerAPI", "LocalFarm", "Processes",
+                "KilnCore", "Etcd", "DockerAPI", "LocalFarm", "Processes",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -143,8 +143,8 @@ let package = Package(
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
-        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport"]),
-        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "KilnTestSupport"]),
         .testTarget(
@@ -152,6 +152,8 @@ let package = Package(
             dependencies: [
                 "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -160,7 +162,8 @@ let package = Package(
         .testTarget(
             name: "DeployTests",
             dependencies: [
-                "Deploy", "Plugins", "DockerAPI", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -175,8 +178,10 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Scheduler", "BuildAgent", "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "BuildAgent", "Deploy", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -110,7 +110,7 @@ public struct AgentService: Service {
             await beforeRevoke()
             if let lease {
                 let etcd = self.etcd
-                await Task.detached { try? await etcd.revokeLease(lease) }.value
+                await outlivingCancellation { try? await etcd.revokeLease(lease) }
                 logger.info("lease revoked")
             }
             return

@@ -93,7 +93,7 @@ public struct EtcdFollow: AsyncSequence, Sendable {
                 return
             }
             let wait = state.failed()
-            let metadata: Logger.Metadata = ["retry.ms": "\(wait.milliseconds)"]
+            let metadata: Logger.Metadata = ["retry.after": "\(wait)"]
             if state.failures == 1 {
                 logger.warning("following the prefix: \(reason); reading it again", metadata: metadata)
             } else {

@@ -201,7 +201,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             let wait = state.disconnected()
             delay = wait
             let metadata: Logger.Metadata = [
-                "etcd.revision": "\(state.nextRevision ?? 0)", "retry.ms": "\(wait.milliseconds)",
+                "etcd.revision": "\(state.nextRevision ?? 0)", "retry.after": "\(wait)",
             ]
             if state.failures == 1 {
                 logger.warning("watch connection lost: \(reason); reconnecting", metadata: metadata)

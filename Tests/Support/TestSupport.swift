@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Etcd
 import Foundation
+import KilnCore
 import LocalFarm
 import NIOCore
 import NIOFoundationCompat
@@ -14,17 +15,10 @@ public struct TimedOut: Error, CustomStringConvertible {
     public var description: String { "timed out after \(after)\(waitingFor.isEmpty ? "" : " waiting for \(waitingFor)")" }
 }
 
-/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`.
+/// Runs `body`, cancelling it and throwing `TimedOut` if it takes longer than `limit`
+/// (KilnCore's `withTimeout`, with the tests' error).
 public func withTimeout<T: Sendable>(_ limit: Duration, waitingFor what: String = "", _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw TimedOut(after: limit, waitingFor: what)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
+    try await KilnCore.withTimeout(limit, { TimedOut(after: limit, waitingFor: what) }, body)
 }
 
 /// Waits until `condition` holds for the keys under `prefix` (sorted by key, as a range read

@@ -326,7 +326,7 @@ public struct LBAgent: Service {
         if let lease {
             // The run's task is cancelled, and a cancelled task's requests end at once.
             let etcd = self.etcd
-            let revoked = await Task.detached { try? await etcd.revokeLease(lease) }.value
+            let revoked = await outlivingCancellation { try? await etcd.revokeLease(lease) }
             if revoked == nil { logger.warning("could not revoke the report's lease \(lease); the report goes when it expires") }
         }
         nginx.stop()
