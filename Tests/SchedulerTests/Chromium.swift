@@ -1,0 +1,220 @@
+import Etcd
+import Foundation
+import KilnCore
+import KilnTestSupport
+import LocalFarm
+@testable import Scheduler
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Debian's Chromium, headless, as a child process started with `Spawn` and stopped by PID.
+enum Chromium {
+    static let executable = "/usr/bin/chromium"
+    static let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars"]
+
+    /// The binary, or an error saying how to install it: the console's tests never skip.
+    static func path() throws -> String {
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw FarmError("Chromium is not installed (\(executable) is missing): run scripts/install-deps.sh as root, which installs Debian's chromium")
+        }
+        return executable
+    }
+
+    /// The DOM after the page's scripts ran for `budgetMs` of virtual time.
+    static func dumpDOM(_ chromium: String, _ url: String, budgetMs: Int = 3000) async throws -> String {
+        try await run(chromium, ["--dump-dom", "--virtual-time-budget=\(budgetMs)", url])
+    }
+
+    /// Runs Chromium to its end with a fresh profile and returns its standard output; stops it
+    /// (by PID) and fails if it takes more than `timeout` seconds.
+    static func run(_ chromium: String, _ arguments: [String], timeout: Double = 60) async throws -> String {
+        let profile = try TempDir("chromium")
+        let out = profile.path("stdout"), err = profile.path("stderr")
+        let outFD = open(out.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let errFD = open(err.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        let pid: pid_t
+        do {
+            defer { close(outFD); close(errFD); close(null) }
+            pid = try Spawn.start(chromium, flags + ["--user-data-dir=\(profile.path("profile").path)"] + arguments, stdin: null, stdout: outFD, stderr: errFD)
+        }
+        // Waiting for a child to exit has no event to wait on here: check every 50 ms.
+        let deadline = Date().addingTimeInterval(timeout)
+        var status = Spawn.poll(pid)
+        while status == nil && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            status = Spawn.poll(pid)
+        }
+        guard let status else {
+            kill(pid, SIGKILL)
+            _ = Spawn.wait(pid)
+            throw FarmError("chromium \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
+        }
+        guard status == 0 else {
+            throw FarmError("chromium \(arguments.joined(separator: " ")) exited with \(status): \((try? String(contentsOf: err, encoding: .utf8)) ?? "")")
+        }
+        return try String(contentsOf: out, encoding: .utf8)
+    }
+}
+
+struct DevToolsError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Headless Chromium driven over its DevTools protocol on a pipe (`--remote-debugging-pipe`):
+/// it reads commands on its descriptor 3 and writes answers and events on 4, each one JSON
+/// text ending in a NUL byte. One command at a time; each blocks a thread of its own, not
+/// one of Swift's concurrency threads.
+final class Browser: Sendable {
+    let pid: pid_t
+    let profile: TempDir
+    private let toBrowser: Int32
+    private let fromBrowser: Int32
+    /// The next command id and what was read past the last answer; held for a whole command.
+    private let state = Mutex<(nextID: Int, pending: [UInt8])>((1, []))
+    private let closed = Atomic<Bool>(false)
+
+    private init(pid: pid_t, profile: TempDir, toBrowser: Int32, fromBrowser: Int32) {
+        self.pid = pid
+        self.profile = profile
+        self.toBrowser = toBrowser
+        self.fromBrowser = fromBrowser
+    }
+
+    static func launch(_ chromium: String) throws -> Browser {
+        let profile = try TempDir("chromium")
+        var commands: [Int32] = [0, 0], answers: [Int32] = [0, 0]
+        guard pipe(&commands) == 0, pipe(&answers) == 0 else { throw FarmError("pipe() failed: errno \(errno)") }
+        // Only Chromium gets them, as its 3 and 4 (Spawn moves them there).
+        for fd in commands + answers { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let log = open(profile.path("chromium.log").path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { Glibc.close(log); Glibc.close(null); Glibc.close(commands[0]); Glibc.close(answers[1]) }
+        let pid: pid_t
+        do {
+            pid = try Spawn.start(
+                chromium, Chromium.flags + ["--user-data-dir=\(profile.path("profile").path)", "--remote-debugging-pipe", "--window-size=1280,900", "about:blank"],
+                stdin: null, stdout: log, stderr: log, extraDescriptors: [commands[0], answers[1]])
+        } catch {
+            Glibc.close(commands[1]); Glibc.close(answers[0])
+            throw error
+        }
+        return Browser(pid: pid, profile: profile, toBrowser: commands[1], fromBrowser: answers[0])
+    }
+
+    /// Sends one command and returns its answer's `result` as JSON text.
+    func call(_ method: String, _ params: [String: any Sendable] = [:], session: String? = nil, timeout: Double = 30) async throws -> Data {
+        var message: [String: Any] = ["method": method, "params": params]
+        if let session { message["sessionId"] = session }
+        let body = try JSONSerialization.data(withJSONObject: message)
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try self.exchange(body, timeout: timeout, method: method) })
+            }
+        }
+    }
+
+    private func exchange(_ body: Data, timeout: Double, method: String) throws -> Data {
+        try state.withLock { state in
+            let id = state.nextID
+            state.nextID += 1
+            // Splice the id in front of the message's other fields.
+            var bytes = Array("{\"id\":\(id),".utf8) + Array(body.dropFirst()) + [0]
+            var written = 0
+            while written < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { write(toBrowser, $0.baseAddress! + written, $0.count - written) }
+                if n < 0 { if errno == EINTR { continue }; throw DevToolsError(description: "\(method): write to chromium failed: errno \(errno)") }
+                written += n
+            }
+            let deadline = Date().addingTimeInterval(timeout)
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                while let end = state.pending.firstIndex(of: 0) {
+                    let text = Data(state.pending[..<end])
+                    state.pending.removeSubrange(...end)
+                    guard let answer = try? JSONSerialization.jsonObject(with: text) as? [String: Any], answer["id"] as? Int == id else { continue }
+                    if let error = answer["error"] { throw DevToolsError(description: "\(method): \(error)") }
+                    return try JSONSerialization.data(withJSONObject: answer["result"] ?? [:])
+                }
+                let left = deadline.timeIntervalSinceNow
+                guard left > 0 else { throw DevToolsError(description: "\(method): no answer from chromium within \(Int(timeout)) s") }
+                var pfd = pollfd(fd: fromBrowser, events: Int16(POLLIN), revents: 0)
+                if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { continue }
+                let n = read(fromBrowser, &buffer, buffer.count)
+                if n == 0 { throw DevToolsError(description: "\(method): chromium closed its pipe (log: \(profile.path("chromium.log").path))") }
+                if n > 0 { state.pending += buffer[..<n] }
+            }
+        }
+    }
+
+    /// Attaches to the page Chromium opened and returns the session to send page commands on.
+    func attachToPage() async throws -> String {
+        let targets = try JSONSerialization.jsonObject(with: try await call("Target.getTargets")) as? [String: Any]
+        let infos = targets?["targetInfos"] as? [[String: Any]] ?? []
+        guard let page = infos.first(where: { $0["type"] as? String == "page" })?["targetId"] as? String else {
+            throw DevToolsError(description: "chromium has no page open: \(infos)")
+        }
+        let attached = try JSONSerialization.jsonObject(with: try await call("Target.attachToTarget", ["targetId": page, "flatten": true])) as? [String: Any]
+        guard let session = attached?["sessionId"] as? String else { throw DevToolsError(description: "no session from Target.attachToTarget") }
+        return session
+    }
+
+    /// Evaluates a JavaScript expression in the page, waiting for it if it is a promise;
+    /// returns its value as a string.
+    func evaluate(_ expression: String, session: String, timeout: Double = 30) async throws -> String {
+        let answer = try JSONSerialization.jsonObject(with: try await call(
+            "Runtime.evaluate", ["expression": expression, "awaitPromise": true, "returnByValue": true], session: session, timeout: timeout)) as? [String: Any]
+        if let exception = answer?["exceptionDetails"] { throw DevToolsError(description: "\(expression): \(exception)") }
+        let result = answer?["result"] as? [String: Any]
+        return result?["value"].map { "\($0)" } ?? "undefined"
+    }
+
+    /// The text of the page's `#log` once it contains `text` (a MutationObserver in the page
+    /// tells when; no polling).
+    func waitForLog(containing text: String, session: String) async throws -> String {
+        let quoted = String(decoding: try JSONSerialization.data(withJSONObject: [text]), as: UTF8.self).dropFirst().dropLast()
+        return try await evaluate("""
+            new Promise(function(resolve) {
+              function check() {
+                var l = document.getElementById('log');
+                if (l && l.textContent.indexOf(\(quoted)) >= 0) { resolve(l.textContent); return true; }
+              }
+              if (!check()) new MutationObserver(check).observe(document, {subtree: true, childList: true, characterData: true});
+            })
+            """, session: session)
+    }
+
+    /// Loads `url` in the page; returns once the new document has been committed.
+    func navigate(_ url: String, session: String) async throws {
+        _ = try await call("Page.navigate", ["url": url], session: session)
+    }
+
+    func screenshot(to file: URL, session: String) async throws {
+        let answer = try JSONSerialization.jsonObject(with: try await call("Page.captureScreenshot", ["format": "png"], session: session)) as? [String: Any]
+        guard let base64 = answer?["data"] as? String, let png = Data(base64Encoded: base64) else { throw DevToolsError(description: "no image from Page.captureScreenshot") }
+        try png.write(to: file)
+    }
+
+    /// Asks Chromium to close (`Browser.close`, so it stops its own helper processes), then
+    /// stops it by its PID if it has not ended within 5 s (SIGTERM, then SIGKILL after 5 s
+    /// more), and closes the pipes. A second call does nothing.
+    func close() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        defer { Glibc.close(toBrowser); Glibc.close(fromBrowser) }
+        let message = Array(#"{"id":0,"method":"Browser.close"}"#.utf8) + [0]
+        _ = message.withUnsafeBytes { write(toBrowser, $0.baseAddress!, $0.count) }
+        for signal in [0, SIGTERM, SIGKILL] {
+            if signal != 0 { kill(pid, signal) }
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline {
+                if Spawn.poll(pid) != nil { return }
+                usleep(20_000)
+            }
+        }
+    }
+
+    deinit { close() }
+}
