@@ -7,12 +7,14 @@ import Foundation
 /// Runs `body`; if it has not ended after `limit`, cancels it, lets it finish its clean-up
 /// (it sees the cancellation), and throws `timedOut()`.
 ///
-/// Rules: the limit wins once it has passed, even if the cancelled body then returns a value;
-/// an error `body` throws before the limit is rethrown as it is; cancelling the caller cancels
-/// both and throws `CancellationError` (or whatever `body` throws on cancellation). Nothing
-/// is left running when this returns: a task group waits for its children.
+/// Rules: once the limit has passed, a value the cancelled body still returns is dropped and
+/// the limit is reported, unless `acceptingLateValue` (a pipeline step that finished its work
+/// while being stopped did that work: its outcome is recorded); an error `body` throws before
+/// the limit is rethrown as it is; cancelling the caller cancels both and throws
+/// `CancellationError` (or whatever `body` throws on cancellation). Nothing is left running
+/// when this returns: a task group waits for its children.
 public func withTimeout<T: Sendable>(
-    _ limit: Duration, _ timedOut: @escaping @Sendable () -> any Error,
+    _ limit: Duration, acceptingLateValue: Bool = false, _ timedOut: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
@@ -27,7 +29,9 @@ public func withTimeout<T: Sendable>(
         group.cancelAll()
         // Let the body clean up (a container stopped, a half-done deploy removed) before the
         // limit is reported.
-        while (try? await group.next()) != nil {}
+        while let late = try? await group.next() {
+            if acceptingLateValue, let value = late { return value }
+        }
         throw timedOut()
     }
 }

@@ -54,7 +54,7 @@ public struct PipelineRunner: Sendable {
             let stepStart = ContinuousClock.now
             let outcome: Result<PluginResult, any Error>
             do {
-                outcome = .success(try await withTimeout(.seconds(limit), { KilnError.unavailable("timed out after \(limit) s (the step's timeoutSeconds); it was stopped") }) { try await plugin.run(context) })
+                outcome = .success(try await withTimeout(.seconds(limit), acceptingLateValue: true, { KilnError.unavailable("timed out after \(limit) s (the step's timeoutSeconds); it was stopped") }) { try await plugin.run(context) })
             } catch {
                 if error is CancellationError && Task.isCancelled { throw error }
                 outcome = .failure(error)

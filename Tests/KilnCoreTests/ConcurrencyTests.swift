@@ -41,6 +41,21 @@ struct ConcurrencyTests {
         }
     }
 
+    @Test("acceptingLateValue: a value the cancelled body returns after the limit is kept")
+    func lateValueAccepted() async throws {
+        let value = try await withTimeout(.milliseconds(20), acceptingLateValue: true, { Late() }) { () async -> Int in
+            try? await Task.sleep(for: .seconds(30))  // cancelled, then returns anyway
+            return 7
+        }
+        #expect(value == 7)
+        await #expect(throws: Late.self) {
+            try await withTimeout(.milliseconds(20), acceptingLateValue: true, { Late() }) { () async throws -> Int in
+                try await Task.sleep(for: .seconds(30))
+                return 7
+            }
+        }
+    }
+
     @Test("outlivingCancellation runs to its end inside a cancelled task")
     func outlives() async throws {
         let task = Task { () async -> Bool in
