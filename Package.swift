@@ -137,7 +137,6 @@ let package = Package(
                 "KilnCore", "Etcd", "LocalFarm", "KilnTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             path: "Tests/FarmHarness"
         ),

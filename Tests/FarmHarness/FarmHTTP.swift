@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 import Foundation
+import KilnTestSupport
 import NIOCore
-import NIOFoundationCompat
 
 /// HTTP for a farm under load: a client with room for many concurrent requests to one host
 /// (`HTTPClient.shared` allows 8 connections per host, which would make the benchmark's
@@ -16,18 +16,11 @@ public enum FarmHTTP {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
 
-    /// One request, with a JSON body if `body` is given; the status and the whole answer (up
-    /// to 16 MiB). Any status is returned; only a failed exchange throws.
+    /// One request through `client` (KilnTestSupport's `httpRequest`): the status and the
+    /// whole answer. Any status is returned; only a failed exchange throws.
     public static func send(_ method: String, _ url: String, body: String? = nil, headers: [(String, String)] = [],
                             client: HTTPClient = FarmHTTP.client, timeout: TimeAmount = .seconds(60)) async throws -> (status: Int, body: String) {
-        var request = HTTPClientRequest(url: url)
-        request.method = .init(rawValue: method)
-        if let body {
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(string: body))
-        }
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        let response = try await client.execute(request, timeout: timeout)
-        return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 16 << 20)))
+        let reply = try await httpRequest(.init(rawValue: method), url, body: body, headers: headers, client: client, timeout: timeout)
+        return (reply.status, reply.body)
     }
 }

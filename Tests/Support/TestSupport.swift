@@ -76,8 +76,10 @@ public struct HTTPReply: Sendable {
     public var error: String? { json?["error"] as? String }
 }
 
-/// One request with an optional JSON body; the whole answer (up to 32 MiB).
-public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, headers: [(String, String)] = [], timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
+/// One request with an optional JSON body; the whole answer (up to 32 MiB). Any status is
+/// returned; only a failed exchange throws.
+public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, headers: [(String, String)] = [],
+                        client: HTTPClient = .shared, timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
     var r = HTTPClientRequest(url: url)
     r.method = method
     if let body {
@@ -85,6 +87,6 @@ public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil
         r.body = .bytes(ByteBuffer(string: body))
     }
     for (name, value) in headers { r.headers.add(name: name, value: value) }
-    let response = try await HTTPClient.shared.execute(r, timeout: timeout)
+    let response = try await client.execute(r, timeout: timeout)
     return HTTPReply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)))
 }
