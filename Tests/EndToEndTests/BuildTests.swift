@@ -173,10 +173,11 @@ struct EndToEndTests {
         try await withFarm(configure: { farm, id in
             farm.agentConfiguration(id, timeouts: StepTimeouts(fetch: .seconds(60), compile: .seconds(6), image: .seconds(60), push: .seconds(60)))
         }) { farm in
-            try await farm.addProject("sleepy", buildCommand: "echo sleeping; sleep 300")
+            // The shell prints "awake-42"; the command line the log shows first does not
+            // contain that text, so finding it means the container runs.
+            try await farm.addProject("sleepy", buildCommand: "echo awake-$((40+2)); sleep 300")
             let b = try await farm.startBuild("sleepy")
-            // The container's own output in the log: it runs now.
-            try await farm.waitForLog(b.id, containing: "sleeping")
+            try await farm.waitForLog(b.id, containing: "awake-42")
             let running = try farm.podman(["ps", "-q", "--filter", "label=kiln.build=\(b.id)"])
             #expect(!running.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
             let cancel = try await farm.request(.POST, "/api/v1/builds/\(b.id)/cancel")
