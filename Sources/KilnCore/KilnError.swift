@@ -3,7 +3,7 @@
 /// A struct over a private code so that cases can be added without breaking callers.
 /// `httpStatus` is decided where the error is made; the API answers with it.
 public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
-    private enum Code: Sendable, Equatable { case invalid, notFound, conflict, unavailable, internalError }
+    private enum Code: Sendable, Equatable { case invalid, unauthorized, forbidden, notFound, conflict, unavailable, internalError }
     private let code: Code
     public let message: String
 
@@ -14,6 +14,10 @@ public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
 
     /// Bad input: HTTP 400.
     public static func invalid(_ message: String) -> KilnError { KilnError(.invalid, message) }
+    /// No credentials, or wrong ones: HTTP 401.
+    public static func unauthorized(_ message: String) -> KilnError { KilnError(.unauthorized, message) }
+    /// Known caller, not allowed to do this: HTTP 403.
+    public static func forbidden(_ message: String) -> KilnError { KilnError(.forbidden, message) }
     /// Unknown project, build or agent: HTTP 404.
     public static func notFound(_ message: String) -> KilnError { KilnError(.notFound, message) }
     /// The request clashes with the current state (already exists, already finished): HTTP 409.
@@ -25,6 +29,8 @@ public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
     public var httpStatus: Int {
         switch code {
         case .invalid: 400
+        case .unauthorized: 401
+        case .forbidden: 403
         case .notFound: 404
         case .conflict: 409
         case .unavailable: 503
