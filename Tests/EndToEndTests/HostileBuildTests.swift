@@ -54,7 +54,7 @@ struct HostileBuildTests {
             "probe/probe.sh": probe, "probe/etcd-port": "\(etcdPort)\n", "probe/mirror-port": "\(farm.infra.mavenMirror.port)\n",
             "probe/other-ports": "\(apiPort) \(farm.infra.registry.port)\n", "probe/host-addresses": own.joined(separator: " ") + "\n",
             "Dockerfile": dockerfile,
-            "bomb.Dockerfile": "FROM \(busybox)\nRUN i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-FORKED\n",
+            "bomb.Dockerfile": "FROM \(busybox)\nRUN i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-'FORKED'\n",
             "mount.Dockerfile": "FROM \(busybox)\nRUN --mount=type=cache,id=../../../../..,target=/host ls /host\n",
         ]
         return try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
@@ -143,7 +143,7 @@ struct HostileBuildTests {
             #expect(allowed.steps.first?.status == .succeeded, "\(allowed.error ?? "") \(allowedLog)")
 
             // 5. A fork bomb: stopped by the agent's pids limit (256), the agent goes on.
-            try await addProject(farm, "forkbomb", command: "i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-FORKED")
+            try await addProject(farm, "forkbomb", command: "i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-'FORKED'")
             let (bomb, bombLog) = try await build(farm, "forkbomb")
             #expect(bomb.status == .failed, "\(bombLog)")
             #expect(!bombLog.contains("ALL-FORKED"))
@@ -165,7 +165,7 @@ struct HostileBuildTests {
             #expect(runmount.error?.contains("RUN --mount is not allowed") == true, "\(runmount.error ?? "")")
 
             // 6. A memory hog: killed at the agent's memory limit (256 MiB; tail keeps 1 GiB).
-            try await addProject(farm, "memhog", command: "head -c 1200m /dev/zero | tail -c 1000m > /dev/null; s=$?; [ $s = 0 ] && echo SURVIVED; exit $s")
+            try await addProject(farm, "memhog", command: "head -c 1200m /dev/zero | tail -c 1000m > /dev/null; s=$?; [ $s = 0 ] && echo SUR'VIVED'; exit $s")
             let (hog, hogLog) = try await build(farm, "memhog")
             #expect(hog.status == .failed, "\(hogLog)")
             #expect(!hogLog.contains("SURVIVED"))
@@ -173,7 +173,8 @@ struct HostileBuildTests {
 
             // 7. Caches: what a feature branch plants, the main build does not find.
             try HostileBuildTests.publishHostileRepository(farm, branch: "feature")
-            let plant = "if [ -e /root/.m2/planted ]; then echo FOUND-PLANTED; fi; echo evil > /root/.m2/planted"
+            // (The markers are quoted apart so that the command line the log repeats does not hold them.)
+            let plant = "if [ -e /root/.m2/planted ]; then echo FOUND-'PLANTED'; fi; echo evil > /root/.m2/planted"
             try await addProject(farm, "cache", command: plant)
             let (feature, featureLog) = try await build(farm, "cache", BuildRequest(ref: "feature", mvncache: true))
             #expect(feature.status == .succeeded, "\(feature.error ?? "") \(featureLog)")
