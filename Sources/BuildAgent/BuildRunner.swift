@@ -311,7 +311,7 @@ struct BuildRunner: TaskRunner {
             // Follow the output to its end (the container has exited then), and only then
             // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
             // as it is open (containers/podman#18150), which halved the build's CPU here.
-            for try await line in docker.logs(id, follow: true) { reporter.log(line) }
+            try await followOutput(of: id, docker: docker) { reporter.log($0) }
             let code = try await docker.wait(id)
             try? await docker.remove(id, force: true)
             return code

@@ -6,9 +6,12 @@ import KilnTestSupport
 import LocalFarm
 import Testing
 
+extension EndToEndTests {
 /// Builds written by someone who wants the farm: each tries one way out of its sandbox and
 /// must fail, with the farm untouched. Several holes share one farm to keep the suite short.
-@Suite("Hostile builds", .serialized)
+/// Nested in `EndToEndTests` so that its `.serialized` keeps it from running beside the other
+/// farms (they share the podman storage).
+@Suite("Hostile builds")
 struct HostileBuildTests {
     static let busybox = "localhost/kiln/busybox:1"
 
@@ -192,4 +195,5 @@ struct HostileBuildTests {
             #expect(FileManager.default.fileExists(atPath: agentData.appendingPathComponent("mvncache/shared/cache/planted").path))
         }
     }
+}
 }
