@@ -65,7 +65,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPUs each build container may keep busy, such as 2 or 1.5; 0: no limit (env KILN_BUILD_CPUS).", valueName: "cpus"))
     var buildCpus: String = env("KILN_BUILD_CPUS", "2")
 
-    @Option(name: .long, help: ArgumentHelp("Processes and threads at once in a compile container (stops a fork bomb); 0: no limit (env KILN_BUILD_PIDS).", valueName: "n"))
+    @Option(name: .long, help: ArgumentHelp("Processes and threads at once in a build container (stops a fork bomb; for the Dockerfile's RUN steps see --image-pids-cgroup); 0: no limit (env KILN_BUILD_PIDS).", valueName: "n"))
     var buildPids: Int = Int(env("KILN_BUILD_PIDS", "4096")) ?? 4096
 
     @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp("""
