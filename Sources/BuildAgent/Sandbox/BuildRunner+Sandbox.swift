@@ -51,7 +51,11 @@ extension BuildRunner {
         guard ((attributes?[.size] as? NSNumber)?.intValue ?? 0) <= 1 << 20 else {
             throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' is larger than 1 MiB")
         }
-        let text = (try? String(contentsOf: dockerfile, encoding: .utf8)) ?? ""
+        // Read lossily: bytes that are not UTF-8 must not hide the instructions around them.
+        guard let data = FileManager.default.contents(atPath: dockerfile.path) else {
+            throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' cannot be read")
+        }
+        let text = String(decoding: data, as: UTF8.self)
         if let violation = DockerfilePolicy.check(text) {
             throw StepFailure(step: .image, message: "\(project.dockerfile): \(violation)")
         }
