@@ -38,6 +38,8 @@ extension EndToEndTests {
             try await farm.waitForLog(b.id, containing: "awake-42")
             let orphan = try farm.podman(["ps", "-q", "--no-trunc", "--filter", "label=kiln.build=\(b.id)"]).trimmingCharacters(in: .whitespacesAndNewlines)
             try #require(!orphan.isEmpty, "the compile container is not running")
+            // Should this test fail, the orphan must not outlive it in the shared podman storage.
+            defer { _ = try? farm.podman(["rm", "-f", "-t", "0", orphan]) }
             let orphanBeat = try await waitForBeat(in: cache, excluding: [], agent: first, farm: farm, build: b.id)
 
             first.killNow()
