@@ -75,4 +75,14 @@ struct SpawnTests {
         #expect(ContinuousClock.now - cancelledAt < .seconds(3))
         #expect(processes(containing: marker).isEmpty)
     }
+
+    @Test("kiln is found: KILN_BIN before the one beside this executable; a missing KILN_BIN is passed over")
+    func locateKiln() throws {
+        // This test bundle is not kiln, so the process itself is never the answer here.
+        #expect(KilnExecutable.locate(environment: ["KILN_BIN": "/bin/true"])?.path == "/bin/true")
+        let beside = try #require(KilnExecutable.besideCurrent)
+        try #require(FileManager.default.isExecutableFile(atPath: beside.path), "\(beside.path) is missing: swift build --build-tests builds it")
+        #expect(KilnExecutable.locate(environment: ["KILN_BIN": "/nonexistent/kiln"]) == beside)
+        #expect(KilnExecutable.locate(environment: [:]) == beside)
+    }
 }
