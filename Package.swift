@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "BuildAgent",
             dependencies: [
-                "KilnCore", "Etcd", "CLibGit2", "DockerAPI",
+                "KilnCore", "Etcd", "CLibGit2", "DockerAPI", "Processes",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -145,7 +145,7 @@ let package = Package(
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "KilnTestSupport"]),
+        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "Processes", "KilnTestSupport"]),
         .testTarget(
             name: "SchedulerTests",
             dependencies: [

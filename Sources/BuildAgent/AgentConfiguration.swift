@@ -1,5 +1,6 @@
 import Foundation
 import KilnCore
+import Processes
 
 /// Settings of one `kiln agent` process.
 public struct AgentConfiguration: Sendable {
@@ -39,13 +40,45 @@ public struct AgentConfiguration: Sendable {
     /// Set: the agent builds nothing and runs each task with `SimulatedBuildRunner` for this
     /// long (benchmarks and chaos tests). Nil: real builds.
     public var simulate: SimulatedDuration?
+    /// The `kiln` executable a fetch runs in (its hidden `git-fetch`, so a step's time limit
+    /// or a cancel can kill it): by default this process when it is `kiln`, else `KILN_BIN`,
+    /// else the `kiln` built beside this executable (`KilnExecutable.locate`). Nil: none was
+    /// found, and the agent refuses to start real builds.
+    public var kilnExecutable: URL?
+    /// The most a build's log may hold, in bytes; past it the log says where it was cut and
+    /// how much was dropped, and the build goes on.
+    public var maxLogBytes: Int
+
+    /// 64 MiB: a log larger than that is read by nobody, and etcd keeps every byte.
+    public static let defaultMaxLogBytes = 64 << 20
+    /// Below this a cap would cut the agent's own step lines.
+    public static let minimumMaxLogBytes = 64 << 10
+
+    /// A size as `--max-log-size` takes it: bytes (`1048576`), or a number with `K`, `M` or
+    /// `G` (powers of 1024, an optional `iB`/`B` after it: `64M`, `64MiB`). Nil for anything else.
+    public static func parseSize(_ text: String) -> Int? {
+        var t = text.trimmingCharacters(in: .whitespaces).uppercased()
+        for suffix in ["IB", "B"] where t.hasSuffix(suffix) && t.count > suffix.count {
+            t.removeLast(suffix.count)
+            break
+        }
+        var shift = 0
+        if let last = t.last, let s = ["K": 10, "M": 20, "G": 30][String(last)] {
+            shift = s
+            t.removeLast()
+        }
+        guard !t.isEmpty, t.allSatisfy(\.isASCII), t.allSatisfy(\.isNumber), let n = Int(t), n <= (Int.max >> shift) else { return nil }
+        return n << shift
+    }
 
     public init(
         id: String, capacity: Int = 2, labels: [String] = [], ttlSeconds: Int64 = 10, dataDir: URL,
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
         registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .bridge,
-        limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil
+        limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(),
+        version: String = "0.1.0", simulate: SimulatedDuration? = nil,
+        kilnExecutable: URL? = KilnExecutable.locate(), maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes
     ) {
         self.id = id
         self.capacity = capacity
@@ -65,6 +98,8 @@ public struct AgentConfiguration: Sendable {
         self.timeouts = timeouts
         self.version = version
         self.simulate = simulate
+        self.kilnExecutable = kilnExecutable
+        self.maxLogBytes = maxLogBytes
     }
 }
 

@@ -12,21 +12,40 @@ struct TaskLostError: Error, CustomStringConvertible {
     var description: String { "build \(build) was taken away from this agent" }
 }
 
-/// Lines of a build's log waiting to be written to etcd. `append` never waits, so any
-/// callback (container output, image build output) can feed it.
+/// Lines of a build's log waiting to be written to etcd, under the log's cap (`LogCap`).
+/// Appending never waits, so any callback (container output, image build output) can feed it.
 final class LogBuffer: Sendable {
-    private let lines = Mutex<[String]>([])
+    private struct State {
+        var lines: [String] = []
+        var cap: LogCap
+    }
+    private let state: Mutex<State>
 
+    init(maxBytes: Int = AgentConfiguration.defaultMaxLogBytes) {
+        state = Mutex(State(cap: LogCap(limit: maxBytes)))
+    }
+
+    /// A line of the build's output: kept while the log is under its cap.
+    func output(_ line: String) {
+        state.withLock { $0.lines += $0.cap.output(line) }
+    }
+
+    /// A line of the agent's own: always kept.
     func append(_ line: String) {
-        // A single line is capped so one runaway line cannot exceed etcd's request limit.
-        let capped = line.utf8.count > 16_384 ? String(line.prefix(16_384)) + "…[line cut]" : line
-        lines.withLock { $0.append(capped) }
+        state.withLock { $0.lines += $0.cap.agent(line) }
+    }
+
+    /// Adds how much the cap dropped, if it dropped anything (once, at the end).
+    func appendSummary() {
+        state.withLock { s in
+            if let note = s.cap.summary { s.lines += s.cap.agent(note) }
+        }
     }
 
     func take() -> [String] {
-        lines.withLock { pending in
-            defer { pending = [] }
-            return pending
+        state.withLock { s in
+            defer { s.lines = [] }
+            return s.lines
         }
     }
 }
@@ -40,7 +59,7 @@ actor BuildReporter {
     let taskKey: String
     let taskCreateRevision: Int64
     let attempt: Int
-    let buffer = LogBuffer()
+    let buffer: LogBuffer
     private var seq = 0
     /// The project's post-build pipeline as the task carries it: a build that succeeds asks
     /// for its first run in the same write that records the success.
@@ -49,15 +68,18 @@ actor BuildReporter {
     let logger: Logger
 
     /// The reporter of one task; its logger names the build and the project.
-    init(task: BuildTask, taskKey: String, taskCreateRevision: Int64, etcd: EtcdClient, keys: Keys, agentLogger: Logger) {
+    init(task: BuildTask, taskKey: String, taskCreateRevision: Int64, etcd: EtcdClient, keys: Keys, agentLogger: Logger,
+         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes) {
         var l = agentLogger
         l[metadataKey: "build.id"] = "\(task.build)"
         l[metadataKey: "project"] = "\(task.project.name)"
         self.init(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey, taskCreateRevision: taskCreateRevision, attempt: task.attempt,
-                  pipeline: task.project.pipeline ?? [], logger: l)
+                  pipeline: task.project.pipeline ?? [], logger: l, maxLogBytes: maxLogBytes)
     }
 
-    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, pipeline: [PipelineStep] = [], logger: Logger = Logger(label: "kiln.agent")) {
+    init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, pipeline: [PipelineStep] = [], logger: Logger = Logger(label: "kiln.agent"),
+         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes) {
+        self.buffer = LogBuffer(maxBytes: maxLogBytes)
         self.logger = logger
         self.pipeline = pipeline
         self.etcd = etcd
@@ -127,28 +149,49 @@ actor BuildReporter {
             build.deploy = PipelineRun(run: 1, pipeline: pipeline, trigger: "build succeeded", requestedAt: build.finishedAt ?? Date())
             log("kiln: the post-build pipeline (\(pipeline.map(\.plugin).joined(separator: ", "))) starts next")
         }
-        let lines = buffer.take()
-        let chunk = LogChunk(seq: seq, lines: lines, end: true)
-        let chunkKey = keys.logChunk(build: buildID, attempt: attempt, seq: seq)
-        seq += 1
+        buffer.appendSummary()
+        // All but the last chunk's worth first, so that the final write stays small too.
+        var chunks = LogChunks.group(buffer.take())
+        let lines = chunks.popLast() ?? []
+        let writes = chunks.map { numbered($0, end: false) }
+        let (chunkKey, chunk) = numbered(lines, end: true)
         let txn = Txn(
             compare: [guardCompare],
             success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)])
+        for (key, value) in writes { try await write(key, value) }
         let r = try await persistently("writing the build's end") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
-    /// Writes what the buffer holds as one chunk (and an end mark if `end`).
+    /// Writes what the buffer holds, in as many chunks as `LogChunks.group` makes of it (and
+    /// an end mark on the last if `end`).
     func flush(end: Bool = false) async throws {
-        let lines = buffer.take()
-        if lines.isEmpty && !end { return }
-        let chunk = LogChunk(seq: seq, lines: lines, end: end ? true : nil)
-        let key = keys.logChunk(build: buildID, attempt: attempt, seq: seq)
-        seq += 1
+        var chunks = LogChunks.group(buffer.take())
+        if chunks.isEmpty {
+            guard end else { return }
+            chunks = [[]]
+        }
+        // Numbered before the first write waits: a flush that runs meanwhile (the actor lets
+        // one in at each wait) takes the numbers after these, so the log keeps its order.
+        let writes = chunks.enumerated().map { numbered($0.element, end: end && $0.offset == chunks.count - 1) }
+        for (key, value) in writes { try await write(key, value) }
+    }
+
+    private func numbered(_ lines: [String], end: Bool) -> (key: String, chunk: LogChunk) {
+        defer { seq += 1 }
+        return (keys.logChunk(build: buildID, attempt: attempt, seq: seq), LogChunk(seq: seq, lines: lines, end: end ? true : nil))
+    }
+
+    private func write(_ key: String, _ chunk: LogChunk) async throws {
         let txn = Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(chunk))])
         let r = try await persistently("writing the log") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
+    /// A line of the agent's own (never dropped by the log's cap).
     nonisolated func log(_ line: String) { buffer.append(line) }
+
+    /// A line of the build's output (compile container, image build, push): dropped once the
+    /// log has reached its cap.
+    nonisolated func output(_ line: String) { buffer.output(line) }
 }

@@ -46,14 +46,19 @@ struct BuildRunner: TaskRunner {
     var workspacesDir: URL { configuration.dataDir.appendingPathComponent("workspaces") }
     var mavenSettings: URL { configuration.dataDir.appendingPathComponent("maven-settings.xml") }
 
-    /// Writes the Maven settings and checks that the container API answers.
+    /// Writes the Maven settings, checks that the container API answers, and removes the
+    /// containers an earlier run of this agent left (`removeOrphans`).
     func prepare() async throws {
+        guard configuration.kilnExecutable != nil else {
+            throw KilnError.unavailable("agent \(configuration.id): no kiln executable to run git fetches in (they run as `kiln git-fetch` so that a time limit can stop them): set KILN_BIN to the kiln program")
+        }
         try writeMavenSettings()
         do {
             try await docker.ping()
         } catch {
             throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
         }
+        try await removeOrphans()
     }
 
     private func writeMavenSettings() throws {
@@ -83,7 +88,8 @@ struct BuildRunner: TaskRunner {
     /// Runs the build to its end. Never throws: every outcome is written to the record,
     /// except when the build was taken away (then nothing may be written).
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
-        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger)
+        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger,
+                                     maxLogBytes: configuration.maxLogBytes)
         let log = reporter.logger
         do {
             try await runGuarded(task: task, reporter: reporter, control: control, logger: log)
@@ -242,9 +248,11 @@ struct BuildRunner: TaskRunner {
         let project = task.project
         try checkFileRepository(project.repository)
         let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
+        guard let kiln = configuration.kilnExecutable else { throw StepFailure(step: .fetch, message: "no kiln executable to fetch with") }
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
-            let stats = try await blocking(cancel: flag) { try mirror.fetch(cancel: flag) }
+            // In a child process: a silent server cannot hold the step past its limit or a cancel.
+            let stats = try await GitFetcher(executable: kiln).fetch(mirror)
             reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(project.repository)")
             let sha = try await blocking(cancel: flag) { try mirror.resolve(ref: task.ref, commit: task.commit) }
             try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
@@ -311,7 +319,7 @@ struct BuildRunner: TaskRunner {
             // Follow the output to its end (the container has exited then), and only then
             // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
             // as it is open (containers/podman#18150), which halved the build's CPU here.
-            try await followOutput(of: id, docker: docker) { reporter.log($0) }
+            try await followOutput(of: id, docker: docker) { reporter.output($0) }
             let code = try await docker.wait(id)
             try? await docker.remove(id, force: true)
             return code
@@ -335,7 +343,7 @@ struct BuildRunner: TaskRunner {
         defer { cgroup?.remove() }
         do {
             let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, tag: reference,
-                                            confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.log($0) }
+                                            confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.output($0) }
             reporter.log("image \(id)")
         } catch let e as DockerError {
             throw StepFailure(step: .image, message: "\(e)")
@@ -346,7 +354,7 @@ struct BuildRunner: TaskRunner {
     private func push(repository: String, project: String, tag: String, reporter: BuildReporter) async throws -> String {
         reporter.log("pushing \(repository):\(tag)")
         do {
-            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure) { reporter.log($0) }
+            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure) { reporter.output($0) }
             if let d = fromStream { return d }
             return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag, insecure: configuration.registryInsecure)
         } catch let e as DockerError {

@@ -12,10 +12,18 @@ import Glibc
 /// actions (a child inherits the spawning thread's mask: SIGTERM blocked would make it
 /// unstoppable), in its own process group, so a Ctrl-C in the terminal reaches only Kiln,
 /// which then stops its children in order.
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which its header
+/// declares only under `_GNU_SOURCE` and so Swift's Glibc module does not: found by name once.
+private let addCloseFrom: (@Sendable @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(symbol, to: (@Sendable @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
+
 public enum Spawn {
     /// Starts `path` with `arguments`; the three descriptors become its stdin, stdout, stderr,
     /// and `extraDescriptors` its 3, 4, … in order (Chromium's `--remote-debugging-pipe`
-    /// talks on 3 and 4). `environment` is added to this process's own unless
+    /// talks on 3 and 4). The child gets no other descriptor of this process, whether or not
+    /// it is marked close-on-exec. `environment` is added to this process's own unless
     /// `replaceEnvironment` is set.
     public static func start(_ path: String, _ arguments: [String], environment: [String: String]? = nil, replaceEnvironment: Bool = false,
                              stdin: Int32, stdout: Int32, stderr: Int32, extraDescriptors: [Int32] = []) throws -> pid_t {
@@ -33,6 +41,13 @@ public enum Spawn {
             throw FarmError("cannot pass descriptor \(extraDescriptors[bad]) to \(path): errno \(errno)")
         }
         for (i, fd) in copies.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
+        // Nothing else crosses over: a descriptor this process opened without close-on-exec
+        // (a lock file, a socket a library made) would otherwise live on in the child and in
+        // everything it starts; an orphaned test etcd once held the test runner's lock file.
+        guard let closeFrom = addCloseFrom else {
+            throw FarmError("cannot start \(path): this C library lacks posix_spawn_file_actions_addclosefrom_np (glibc 2.34 or later has it)")
+        }
+        _ = closeFrom(&actions, Int32(3 + extraDescriptors.count))
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)

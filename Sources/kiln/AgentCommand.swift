@@ -4,6 +4,7 @@ import Etcd
 import Foundation
 import KilnCore
 import Logging
+import Processes
 import ServiceLifecycle
 
 struct AgentCommand: AsyncParsableCommand {
@@ -86,6 +87,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
     var timeouts: String = "600,1800,900,600"
 
+    @Option(name: .long, help: ArgumentHelp("Most a build's log may hold (env KILN_MAX_LOG_SIZE): bytes, or with a K, M or G suffix (powers of 1024). Past it the log says where it was cut and how much was dropped; the build goes on.", valueName: "size"))
+    var maxLogSize: String = env("KILN_MAX_LOG_SIZE", "64M")
+
     // Hidden: for the benchmarks (kiln-bench) and FarmTests, not for a farm's users.
     @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
@@ -101,6 +105,9 @@ struct AgentCommand: AsyncParsableCommand {
         }
         for dir in allowFileRepos where !dir.hasPrefix("/") {
             throw ValidationError("--allow-file-repos needs an absolute folder, not '\(dir)'")
+        }
+        guard let size = AgentConfiguration.parseSize(maxLogSize), size >= AgentConfiguration.minimumMaxLogBytes else {
+            throw ValidationError("--max-log-size must be a size of at least 64K: bytes, or a number with K, M or G (for example 64M), not '\(maxLogSize)'")
         }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
@@ -137,7 +144,9 @@ struct AgentCommand: AsyncParsableCommand {
             compileNetwork: compileNetwork, limits: parsedLimits!,
             allowFileRepos: allowFileRepos.map { URL(fileURLWithPath: $0).standardizedFileURL }, imagePidsCgroup: imagePidsCgroup,
             timeouts: parsedTimeouts!, version: KilnVersion.current,
-            simulate: simulate.flatMap(SimulatedDuration.init))
+            simulate: simulate.flatMap(SimulatedDuration.init),
+            // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
+            kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!)
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")

@@ -221,8 +221,7 @@ struct Up: AsyncParsableCommand {
     }
 
     func selfExecutable() throws -> String {
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return exe }
-        return CommandLine.arguments[0]
+        KilnExecutable.current?.path ?? CommandLine.arguments[0]
     }
 }
 

@@ -11,8 +11,7 @@ import Scheduler
 extension ProcessFarm {
     /// The `kiln` executable built beside this test bundle (`swift build --build-tests`).
     static var testKiln: String {
-        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        return exe.deletingLastPathComponent().appendingPathComponent("kiln").path
+        KilnExecutable.besideCurrent?.path ?? "kiln"
     }
 
     /// A farm in a temporary folder, its processes logging at info.

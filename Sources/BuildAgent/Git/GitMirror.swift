@@ -49,7 +49,8 @@ public struct GitMirror: Sendable {
     /// - Parameters:
     ///   - cancel: when set, the transfer stops at the next progress report and this throws a
     ///     `GitError` whose `isCancelled` is true. A fetch blocked on a silent network is only
-    ///     interrupted when data or a timeout arrives.
+    ///     interrupted when data or a timeout arrives: libgit2 1.5 has no timeout of its own,
+    ///     so the agent runs this in a child process it can kill (`GitFetcher`, `kiln git-fetch`).
     ///   - progress: called on libgit2's thread (this one) as objects arrive.
     /// - Throws: `GitError` with libgit2's message.
     @discardableResult
@@ -61,6 +62,8 @@ public struct GitMirror: Sendable {
 
         let lock = try FileLock(path: path.path + ".lock")
         defer { lock.unlock() }
+        // Holding the lock, no other fetch writes here: what a killed fetch left is stale.
+        try removeLeftovers()
 
         let repo = try openOrCreate()
         defer { git_repository_free(repo) }
@@ -119,6 +122,29 @@ public struct GitMirror: Sendable {
                 durationMs: started.duration(to: .now).inMilliseconds
             )
         }
+    }
+
+    /// Removes what a fetch that was killed midway left in the mirror: lock files (`*.lock`:
+    /// a ref, `packed-refs`, `config`), which would make every later fetch fail, and
+    /// half-written temporary files (libgit2's `*_git2_*`, git's `tmp_*`, e.g. a pack in
+    /// `objects/pack/`). Call only while holding the mirror's fetch lock.
+    func removeLeftovers() throws {
+        let fm = FileManager.default
+        guard let walker = fm.enumerator(at: path, includingPropertiesForKeys: [.isRegularFileKey], options: []) else { return }
+        for case let file as URL in walker where GitMirror.isLeftover(file.lastPathComponent) {
+            guard (try? file.resourceValues(forKeys: [.isRegularFileKey]))?.isRegularFile == true else { continue }
+            do {
+                try fm.removeItem(at: file)
+            } catch {
+                throw GitError(.io, "clean mirror \(path.path)", "cannot remove the leftover \(file.path) of an interrupted fetch: \(error.localizedDescription)")
+            }
+        }
+    }
+
+    /// Whether a file of this name in a bare repository is a lock or temporary file of an
+    /// unfinished write (never a ref, object, pack or index git keeps).
+    static func isLeftover(_ name: String) -> Bool {
+        name.hasSuffix(".lock") || name.contains("_git2_") || name.hasPrefix("tmp_")
     }
 
     // MARK: resolve

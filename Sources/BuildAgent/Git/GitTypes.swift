@@ -24,7 +24,7 @@ public struct FetchProgress: Sendable, Equatable {
 }
 
 /// What one fetch transferred: 0 received objects means the mirror was already up to date.
-public struct FetchStats: Sendable, Equatable {
+public struct FetchStats: Sendable, Equatable, Codable {
     public var receivedObjects: Int
     public var receivedBytes: Int
     public var indexedObjects: Int

@@ -1,0 +1,64 @@
+import Foundation
+import KilnCore
+import Processes
+
+/// Runs a mirror's fetch (the network part of a build's fetch step) in a child process,
+/// `kiln git-fetch`, which does `GitMirror.fetch` with libgit2 and reports its stats as JSON.
+///
+/// Why a child: libgit2 1.5 has no server timeout, and a server that accepts a connection and
+/// then says nothing blocks its thread in `recv` for ever, where no cancel flag is read. A
+/// child can be killed: cancelling the caller (a cancel, the step's time limit, the agent's
+/// shutdown) kills its process group and returns at once. What a killed fetch leaves in the
+/// mirror (lock files, a half-written pack) is removed by the next fetch, under the mirror's
+/// file lock (`GitMirror.removeLeftovers`).
+///
+/// Rules: the URL is checked here, before the child starts, and again by the child. Nothing
+/// secret goes on the child's command line or into its environment (both are visible in
+/// `ps`): credentials, when fetches get them, go in a file of mode 0600 named by an argument.
+public struct GitFetcher: Sendable {
+    /// The `kiln` executable whose hidden `git-fetch` subcommand does the work.
+    public let executable: URL
+
+    public init(executable: URL) {
+        self.executable = executable
+    }
+
+    /// The child's arguments for one fetch.
+    static func arguments(for mirror: GitMirror) -> [String] {
+        ["git-fetch", "--mirror", mirror.path.path, "--url", mirror.url]
+    }
+
+    /// Fetches `mirror` in a child process and returns what it transferred.
+    /// - Throws: `GitError` with the child's own message when the fetch failed,
+    ///   `CancellationError` when the caller was cancelled (the child is killed then).
+    public func fetch(_ mirror: GitMirror) async throws -> FetchStats {
+        try GitMirror.validate(url: mirror.url)
+        let operation = "fetch \(mirror.url)"
+        let outcome: Spawn.Outcome
+        do {
+            outcome = try await Spawn.runCancellable(executable.path, GitFetcher.arguments(for: mirror), outputLimit: 64 * 1024)
+        } catch let error as FarmError {
+            throw GitError(.io, operation, "cannot start \(executable.path) git-fetch: \(error.description)")
+        }
+        return try GitFetcher.interpret(outcome, operation: operation)
+    }
+
+    /// The stats of a child that succeeded, or the error it reported (pure, for tests).
+    static func interpret(_ outcome: Spawn.Outcome, operation: String) throws -> FetchStats {
+        let stderr = String(decoding: outcome.stderr, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard outcome.status == 0 else {
+            if outcome.status > 128 {
+                throw GitError(.libgit2, operation, "the fetch process was killed by signal \(outcome.status - 128)\(stderr.isEmpty ? "" : ": \(stderr)")")
+            }
+            // The child prints the GitError's description ("git: fetch URL: message").
+            let prefix = "git: \(operation): "
+            let message = stderr.hasPrefix(prefix) ? String(stderr.dropFirst(prefix.count)) : stderr
+            throw GitError(.libgit2, operation, message.isEmpty ? "the fetch process exited with status \(outcome.status)" : message)
+        }
+        do {
+            return try JSONDecoder().decode(FetchStats.self, from: outcome.stdout)
+        } catch {
+            throw GitError(.io, operation, "the fetch process printed no stats (\(String(decoding: outcome.stdout.prefix(200), as: UTF8.self)))")
+        }
+    }
+}
