@@ -267,9 +267,11 @@ struct BuildRunner: TaskRunner {
     // protected one for protected refs), in the build's sandbox.
     private func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
         let project = task.project
-        var mounts = ["\(workspace.path):/workspace"]
+        // nosuid, nodev: a root build could leave a setuid-root program in its checkout or
+        // cache, which a user of the agent's machine could then run.
+        var mounts = ["\(workspace.path):/workspace:rw,nosuid,nodev"]
         if FileManager.default.fileExists(atPath: mavenSettings.path) {
-            mounts.append("\(mavenSettings.path):/etc/maven/settings.xml:ro")
+            mounts.append("\(mavenSettings.path):/etc/maven/settings.xml:ro,nosuid,nodev")
         }
         let baseMounts = mounts
         let runIt: @Sendable ([String]) async throws -> Void = { binds in
@@ -292,7 +294,7 @@ struct BuildRunner: TaskRunner {
             if await cacheLocks.isHeld(choice.folder) {
                 reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
             }
-            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2"]) }
+            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2:rw,nosuid,nodev"]) }
         } else {
             try await runIt(baseMounts)
         }

@@ -270,6 +270,9 @@ public struct DockerIgnore: Sendable {
         self.init(patterns: contents.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init))
     }
 
+    /// The largest `.dockerignore` read (64 KiB).
+    public static let maximumBytes = 64 << 10
+
     /// The rules of `<directory>/.dockerignore`, or none if there is no such file. Only a
     /// regular file is read: a link could point anywhere (`/dev/zero` never ends).
     public init(contextDirectory: URL) throws {
@@ -281,6 +284,10 @@ public struct DockerIgnore: Sendable {
         }
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw TarError("the context's .dockerignore is not a regular file (a link or a device): make it a plain file")
+        }
+        // A build writes this file: a huge one would take the agent's memory, many patterns its time.
+        guard st.st_size <= DockerIgnore.maximumBytes else {
+            throw TarError("the context's .dockerignore is larger than \(DockerIgnore.maximumBytes / 1024) KiB: keep it to the patterns the image needs")
         }
         self.init(contents: try String(contentsOf: file, encoding: .utf8))
     }

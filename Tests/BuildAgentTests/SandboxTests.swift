@@ -25,6 +25,20 @@ struct SandboxTests {
         #"FROM x\#nADD ["http://127.0.0.1:5000/v2/_catalog", "/c"]"#,
         #"FROM x\#nADD --chown=1 ["http://127.0.0.1/", "/c"]"#,
         "FROM x\nONBUILD ADD http://127.0.0.1/ /x",
+        // Where two parsers could read one text two ways (found by a hostile review):
+        "# syntax=x\n# escape=`\nFROM x\nRUN echo `\nRUN --mount=type=cache,id=../../..,target=/h ls /h",
+        "# escape=`x\nFROM x\nRUN echo `\nRUN --mount=type=cache,target=/h ls",
+        "\u{FEFF}# escape=`\nFROM x\nRUN echo \\\nRUN --mount=type=cache,target=/h ls",
+        "FROM x\nRUN\u{0B}--mount=type=cache,target=/h ls",
+        "FROM x\nRUN\u{0C}--mount=type=cache,target=/h ls",
+        "FROM x\nRUN true\rRUN --mount=type=cache,target=/h ls",
+        "FROM x\nRUN echo \\\u{A0}\nRUN --mount=type=cache,target=/h ls",
+        "FROM x\nRUN --mo\\\nunt=type=cache,target=/h ls",
+        "FROM x\nRUN \"--mount=type=cache,target=/h\" ls",
+        #"FROM x\#nADD http:"//"127.0.0.1:5000/v2/x/blobs/sha256:0 /loot"#,
+        #"FROM x\#nADD http:\/\/127.0.0.1:5000/ /loot"#,
+        #"FROM x\#nADD ["http:\/\/127.0.0.1/","/x"] junk"#,
+        "FROM x\nADD 'http://127.0.0.1/' /x",
     ])
     func refused(_ dockerfile: String) {
         #expect(DockerfilePolicy.check(dockerfile) != nil, "\(dockerfile)")
@@ -32,10 +46,11 @@ struct SandboxTests {
 
     @Test("ordinary Dockerfiles pass", arguments: [
         "FROM localhost/kiln/busybox:1\nCOPY target/app.jar /app.jar\nCMD [\"java\", \"-jar\", \"/app.jar\"]",
-        "FROM x\nRUN apt-get install -y curl && echo --mount\nADD app.tar.gz /opt/\nADD --chown=1:1 a b /dst/",
+        "FROM x\nRUN apt-get install -y curl && echo mount\nADD app.tar.gz /opt/\nADD --chown=1:1 a b /dst/",
         "FROM x\n# RUN --mount=type=cache,target=/c (a comment)\nRUN echo 'ADD http://x/ /y'",
         "FROM x\nENV A=1 \\\n    B=2\nRUN true",
         "# escape=`\nFROM x\nRUN echo a `\n  b",
+        "FROM x\r\nRUN echo 'é ü'\r\nLABEL a=\"b\"\r\nADD --chown=1:1 [\"app.tar.gz\", \"/opt/\"]\r\n",
     ])
     func allowed(_ dockerfile: String) {
         #expect(DockerfilePolicy.check(dockerfile) == nil, "\(dockerfile)")

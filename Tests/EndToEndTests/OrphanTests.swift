@@ -18,7 +18,7 @@ extension EndToEndTests {
         try await withFarm(agents: []) { farm in
             let id = "agent-orphan"
             let dataDir = farm.dataDir.appendingPathComponent("agents/\(id)")
-            let cache = dataDir.appendingPathComponent("mvncache/orphan")
+            let cache = dataDir.appendingPathComponent("mvncache/protected/orphan")  // main is the default branch: the protected cache
             func startAgent(_ run: Int) throws -> ManagedProcess {
                 try ManagedProcess(
                     name: "kiln agent \(id) (run \(run))", executable: kiln.path,

@@ -14,9 +14,18 @@ import Foundation
 /// Other flags of `RUN` (`--network`, `--security`) are refused the same way as `--mount`:
 /// this buildah knows none of them, a later one may.
 ///
-/// The text is read as Docker reads it: parser directives (`# escape=`), line continuations
-/// with the escape character, comment and blank lines inside a continued instruction, keywords
-/// in any case.
+/// The text is read as buildah's parser (openshift/imagebuilder) reads it: only `escape` is a
+/// parser directive, the first line that is not one ends them, the escape is the first
+/// character after `=`, lines end at `\n` only, only spaces and tabs are trimmed; line
+/// continuations with the escape character, comment and blank lines inside a continued
+/// instruction, keywords in any case.
+///
+/// Two more rules close the gaps where two parsers could read one text two ways (a hostile
+/// reviewer found five: a BOM before the directive, `\v` or a lone `\r` as a line break, a
+/// no-break space after a continuation, a second directive line, a longer escape value):
+/// the text must be UTF-8 with no control characters but tab and line ends, no non-ASCII
+/// space and no BOM; and, whatever the escape character, `--mount` may not appear anywhere
+/// once comment lines, spaces, quotes and both escape characters are taken out.
 enum DockerfilePolicy {
     struct Violation: Error, Equatable, CustomStringConvertible {
         let line: Int
@@ -26,10 +35,42 @@ enum DockerfilePolicy {
 
     /// The first instruction the sandbox cannot hold, or nil.
     static func check(_ text: String) -> Violation? {
+        if let violation = characters(text) { return violation }
         for instruction in instructions(text) {
             if let message = refusal(instruction.text) { return Violation(line: instruction.line, message: message) }
         }
+        return squashed(text)
+    }
+
+    /// Characters two parsers may read differently: refused wherever they are.
+    static func characters(_ text: String) -> Violation? {
+        var line = 1
+        let scalars = Array(text.unicodeScalars)
+        for (i, u) in scalars.enumerated() {
+            if u == "\n" { line += 1; continue }
+            if u == "\t" { continue }
+            if u == "\r", i + 1 < scalars.count, scalars[i + 1] == "\n" { continue }
+            let bad: String? = switch u.value {
+            case 0xFFFD: "bytes that are not UTF-8"
+            case 0xFEFF: "a byte order mark"
+            case 0..<0x20, 0x7F, 0x80..<0xA0: "the control character U+\(String(u.value, radix: 16, uppercase: true))"
+            default: u.value >= 0x80 && u.properties.isWhitespace ? "the non-ASCII space U+\(String(u.value, radix: 16, uppercase: true))" : nil
+            }
+            if let bad {
+                return Violation(line: line, message: "\(bad) is not allowed in a Dockerfile: parsers disagree on it, so the check could not see what the image builder runs. Save the Dockerfile as plain UTF-8 text")
+            }
+        }
         return nil
+    }
+
+    /// `--mount` anywhere, read with every escape character and quoting taken out.
+    static func squashed(_ text: String) -> Violation? {
+        let kept = text.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.drop { $0 == " " || $0 == "\t" }.hasPrefix("#") }
+            .joined()
+        let squashed = String(kept.unicodeScalars.filter { !" \t\r\\`\"'".unicodeScalars.contains($0) }).lowercased()
+        guard squashed.contains("--mount") || squashed.contains("-mount=") else { return nil }
+        return Violation(line: 1, message: "--mount appears in the Dockerfile (spaces, quotes and escapes aside): RUN --mount is not allowed, the image builder would carry it out outside the build's sandbox. Run the command without it, or do the work in the compile step")
     }
 
     private static func refusal(_ text: String) -> String? {
@@ -43,7 +84,10 @@ enum DockerfilePolicy {
                 return "RUN \(flag) is not allowed: the image builder would carry it out outside the build's sandbox (a cache or bind mount can reach the builder's host). Run the command without it, or do the work in the compile step"
             }
         case "ADD":
-            for source in addSources(rest) where source.contains("://") || source.contains("$") || source.hasPrefix("git@") {
+            guard let sources = addSources(rest) else {
+                return "ADD \(rest.prefix(80)) is not allowed: a list that starts with '[' must be exactly a JSON list of strings"
+            }
+            for source in sources where !isPlainPath(source) || source.contains("://") || source.hasPrefix("git@") {
                 return "ADD \(source) is not allowed: the image builder would fetch it on the host's own network. Download files in the compile step (build command) and COPY them, or use COPY for files of the repository"
             }
         default:
@@ -60,37 +104,47 @@ enum DockerfilePolicy {
         return (keyword.uppercased(), String(rest))
     }
 
-    /// The source arguments of an ADD (flags and the destination left out), in either form.
-    private static func addSources(_ rest: String) -> [String] {
-        var words: [String]
-        let trimmed = rest.trimmingCharacters(in: .whitespaces)
-        if trimmed.hasPrefix("["), let data = trimmed.data(using: .utf8), let list = try? JSONDecoder().decode([String].self, from: data) {
+    /// An ADD source the builder can only read as a file of the context: letters, digits and
+    /// `._/*?[]@+,=~-`. No quotes, escapes or `$`, which the builder's word processing would
+    /// turn into something else (`http:"//"host` is a URL to it); no `:`, so no URL.
+    static func isPlainPath(_ source: String) -> Bool {
+        !source.isEmpty && source.unicodeScalars.allSatisfy {
+            ($0.isASCII && (CharacterSet.alphanumerics.contains($0))) || "._/*?[]@+,=~-".unicodeScalars.contains($0)
+        }
+    }
+
+    /// The source arguments of an ADD (flags and the destination left out), in either form;
+    /// nil for text that starts like a JSON list and is not exactly one.
+    private static func addSources(_ rest: String) -> [String]? {
+        var words = rest.trimmingCharacters(in: .whitespaces).split(whereSeparator: \.isWhitespace).map(String.init)
+        // Flags come first in the shell form; a JSON list may follow them.
+        while let first = words.first, first.hasPrefix("--") { words.removeFirst() }
+        let remainder = words.joined(separator: " ")
+        if remainder.hasPrefix("[") {
+            guard let data = remainder.data(using: .utf8), let list = try? JSONDecoder().decode([String].self, from: data) else { return nil }
             words = list
-        } else {
-            words = trimmed.split(whereSeparator: \.isWhitespace).map(String.init)
-            // Flags come first in the shell form; a JSON list may follow them.
-            while let first = words.first, first.hasPrefix("--") { words.removeFirst() }
-            let remainder = words.joined(separator: " ")
-            if remainder.hasPrefix("["), let data = remainder.data(using: .utf8), let list = try? JSONDecoder().decode([String].self, from: data) {
-                words = list
-            }
         }
         return Array(words.dropLast())
     }
 
     /// Logical instructions with the line each starts on.
     static func instructions(_ text: String) -> [(line: Int, text: String)] {
-        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
+            String($0.hasSuffix("\r") ? $0.dropLast() : $0)
+        }
         var escape: Character = "\\"
         var index = 0
-        // Parser directives: `# key=value` lines at the very top.
+        // Parser directives as imagebuilder reads them: `#[ \t]*escape[ \t]*=[ \t]*(.)` lines
+        // at the very top; the first other line ends them.
         while index < lines.count {
-            let line = lines[index].trimmingCharacters(in: .whitespaces)
-            guard line.hasPrefix("#"), let eq = line.firstIndex(of: "=") else { break }
-            let key = line.dropFirst().prefix { $0 != "=" }.trimmingCharacters(in: .whitespaces).lowercased()
-            let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-            if key == "escape", let c = value.first, value.count == 1, c == "`" || c == "\\" { escape = c }
-            else if key != "syntax" && key != "check" { break }
+            let line = lines[index].drop { $0 == " " || $0 == "\t" }
+            guard line.hasPrefix("#") else { break }
+            let afterHash = line.dropFirst().drop { $0 == " " || $0 == "\t" }
+            guard afterHash.lowercased().hasPrefix("escape") else { break }
+            let afterKey = afterHash.dropFirst("escape".count).drop { $0 == " " || $0 == "\t" }
+            guard afterKey.hasPrefix("=") else { break }
+            guard let c = afterKey.dropFirst().drop(while: { $0 == " " || $0 == "\t" }).first else { break }
+            escape = c
             index += 1
         }
         var result: [(line: Int, text: String)] = []
@@ -99,14 +153,14 @@ enum DockerfilePolicy {
         var continuing = false
         for i in index..<lines.count {
             let raw = lines[i]
-            let trimmed = raw.trimmingCharacters(in: .whitespaces)
+            let trimmed = trimSpaces(raw)
             if trimmed.hasPrefix("#") { continue }          // comments, also inside a continuation
             if trimmed.isEmpty { continue }                 // blank lines, also inside a continuation
             if !continuing {
                 startLine = i + 1
                 current = ""
             }
-            let body = raw.trimmingCharacters(in: .whitespaces)
+            let body = trimmed
             if body.last == escape {
                 current += String(body.dropLast()) + " "
                 continuing = true
@@ -118,5 +172,10 @@ enum DockerfilePolicy {
         }
         if continuing { result.append((startLine, current)) }
         return result
+    }
+
+    /// Spaces and tabs off both ends, as imagebuilder trims (not other whitespace).
+    private static func trimSpaces(_ s: String) -> String {
+        String(s.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }
