@@ -1,3 +1,4 @@
+import DockerAPI
 import Foundation
 
 /// Settings of one `kiln agent` process.
@@ -18,6 +19,10 @@ public struct AgentConfiguration: Sendable {
     public var registry: String
     /// Push over plain HTTP (a local registry without TLS).
     public var registryInsecure: Bool
+    /// This agent's `name:token` for the registry's token service (`--registry-credentials`),
+    /// handed to the engine on push only: never to a build container. Nil: push anonymously
+    /// (a registry without authentication).
+    public var registryCredentials: RegistryCredentials?
     /// A Maven repository mirror (for example Nexus) written into the global settings.xml
     /// mounted into compile containers; nil leaves the build image's settings alone.
     public var mavenMirror: String?
@@ -34,7 +39,8 @@ public struct AgentConfiguration: Sendable {
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
         registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .host,
-        timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil
+        timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil,
+        registryCredentials: RegistryCredentials? = nil
     ) {
         self.id = id
         self.capacity = capacity
@@ -51,6 +57,7 @@ public struct AgentConfiguration: Sendable {
         self.timeouts = timeouts
         self.version = version
         self.simulate = simulate
+        self.registryCredentials = registryCredentials
     }
 }
 

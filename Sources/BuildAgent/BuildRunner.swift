@@ -350,9 +350,11 @@ struct BuildRunner: TaskRunner {
     private func push(repository: String, project: String, tag: String, reporter: BuildReporter) async throws -> String {
         reporter.log("pushing \(repository):\(tag)")
         do {
-            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure) { reporter.log($0) }
+            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure,
+                                                   credentials: configuration.registryCredentials) { reporter.log($0) }
             if let d = fromStream { return d }
-            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag, insecure: configuration.registryInsecure)
+            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag,
+                                                         insecure: configuration.registryInsecure, credentials: configuration.registryCredentials)
         } catch let e as DockerError {
             throw StepFailure(step: .push, message: "could not push to \(configuration.registry): \(e)")
         }

@@ -108,6 +108,9 @@ public final class PodmanService: Sendable {
             "CONTAINERS_CONF": root.appendingPathComponent("containers.conf").path,
             "CONTAINERS_STORAGE_CONF": root.appendingPathComponent("storage.conf").path,
             "CONTAINERS_REGISTRIES_CONF": root.appendingPathComponent("registries.conf").path,
+            // Not root's auth.json: a person's `podman login` on this machine must not become
+            // the credentials of every anonymous push or pull through this service.
+            "REGISTRY_AUTH_FILE": root.appendingPathComponent("auth.json").path,
         ]
     }
 

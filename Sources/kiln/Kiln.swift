@@ -23,7 +23,7 @@ struct Kiln: AsyncParsableCommand {
         version: KilnVersion.current,
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
-                      DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self])
+                      DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self, MachineCommand.self])
 }
 
 enum KilnVersion {
