@@ -28,12 +28,17 @@
 #   2. N times: (a) `kiln build demo --ref main --tag kiln-I --mvncache --follow`, timed by the
 #      wall clock of the command, with Kiln's own step durations from `kiln builds ID --json`;
 #      (b) by hand against the same podman storage (DIR/podman/*.conf), the same Maven mirror
-#      settings (the home agent's maven-settings.xml) and a warm by-hand Maven cache:
+#      settings (the home agent's maven-settings.xml), a warm by-hand Maven cache, and the
+#      sandbox a Kiln build gets (the agent's defaults: podman's bridge network, 4 GiB, 2 CPUs,
+#      4096 processes, all capabilities dropped but SANDBOX_CAPS, no-new-privileges):
 #        git clone --quiet http://127.0.0.1:GIT/demo.git W
-#        podman run --rm --network host -v W:/workspace -w /workspace \
+#        podman run --rm --network bridge LIMITS --cap-drop ALL --cap-add SANDBOX_CAPS \
+#          --security-opt no-new-privileges -v W:/workspace -w /workspace \
 #          -v SETTINGS:/etc/maven/settings.xml:ro -v HANDCACHE:/root/.m2 \
 #          localhost/kiln/jdk17-maven:1 sh -c 'mvn -B -q package'
-#        podman build --isolation oci -t 127.0.0.1:REG/demo:hand-I -f W/Dockerfile W
+#        podman build --isolation oci --network private --memory 4g --memory-swap 4g \
+#          --cpu-period 100000 --cpu-quota 200000 --cap-drop ALL --cap-add SANDBOX_CAPS \
+#          -t 127.0.0.1:REG/demo:hand-I -f W/Dockerfile W
 #        podman push --tls-verify=false 127.0.0.1:REG/demo:hand-I
 #   3. Cold vs warm Maven cache: a Kiln build with --no-mvncache and one with --mvncache; by
 #      hand, the same podman run with an empty cache folder (files downloaded into it are
@@ -67,6 +72,13 @@ START_TIMEOUT=900
 
 BUILD_IMAGE=localhost/kiln/jdk17-maven:1
 BUILD_COMMAND='mvn -B -q package'
+# The sandbox of a Kiln build with the agent's defaults (kiln agent --build-memory 4g
+# --build-cpus 2 --build-pids 4096, --compile-network bridge; BuildSandbox.capabilities).
+SANDBOX_CAPS=CHOWN,DAC_OVERRIDE,FOWNER,FSETID,SETUID,SETGID,KILL,NET_BIND_SERVICE
+RUN_SANDBOX=(--network bridge --memory 4g --memory-swap 4g --cpus 2 --pids-limit 4096
+             --cap-drop ALL --cap-add "$SANDBOX_CAPS" --security-opt no-new-privileges)
+BUILD_SANDBOX=(--network private --memory 4g --memory-swap 4g --cpu-period 100000 --cpu-quota 200000
+               --cap-drop ALL --cap-add "$SANDBOX_CAPS")
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -302,11 +314,11 @@ hand_build() {
     t0=$(now_ms)
     hand_step "$tag" git clone --quiet "$GIT_URL" "$w"
     t1=$(now_ms)
-    hand_step "$tag" podman run --rm --network host -v "$w:/workspace" -w /workspace \
+    hand_step "$tag" podman run --rm "${RUN_SANDBOX[@]}" -v "$w:/workspace" -w /workspace \
         -v "$SETTINGS:/etc/maven/settings.xml:ro" -v "$cache:/root/.m2" \
         "$BUILD_IMAGE" sh -c "$BUILD_COMMAND"
     t2=$(now_ms)
-    hand_step "$tag" podman build --isolation oci --quiet -t "$REG/demo:$tag" -f "$w/Dockerfile" "$w"
+    hand_step "$tag" podman build --isolation oci "${BUILD_SANDBOX[@]}" --quiet -t "$REG/demo:$tag" -f "$w/Dockerfile" "$w"
     t3=$(now_ms)
     hand_step "$tag" podman push --quiet --tls-verify=false "$REG/demo:$tag"
     t4=$(now_ms)
@@ -342,7 +354,7 @@ kiln_build warmup-kiln warmup --mvncache
 HOME_AGENT=$(awk -F'\t' '$1 == "warmup-kiln" && $2 == "agent" { print $3 }' "$RAW")
 SETTINGS=$DATA/agents/$HOME_AGENT/maven-settings.xml
 [[ -f $SETTINGS ]] || die "no Maven settings at $SETTINGS"
-KILN_CACHE=$DATA/agents/$HOME_AGENT/mvncache/demo
+KILN_CACHE=$DATA/agents/$HOME_AGENT/mvncache/protected/demo   # main is the default branch
 say "  home agent $HOME_AGENT; Maven settings $SETTINGS"
 say "warm-up: one by-hand run (cache $HANDCACHE)"
 hand_build warmup-hand hand-warmup "$HANDCACHE"
@@ -410,7 +422,7 @@ docker_api() { curl -sS --unix-socket "$SOCK" -X "$1" -H 'Content-Type: applicat
 api_run() {
     local label=$1 mode=$2 w=$3 body id t0 t1 cpu0 cpu1 code
     rm -rf "$w/target"
-    body=$(python3 -c 'import json, sys; print(json.dumps({"Image": sys.argv[1], "Cmd": ["sh", "-c", sys.argv[2]], "WorkingDir": "/workspace", "HostConfig": {"NetworkMode": "host", "Binds": [sys.argv[3] + ":/workspace", sys.argv[4] + ":/etc/maven/settings.xml:ro", sys.argv[5] + ":/root/.m2"]}}))' \
+    body=$(python3 -c 'import json, sys; print(json.dumps({"Image": sys.argv[1], "Cmd": ["sh", "-c", sys.argv[2]], "WorkingDir": "/workspace", "HostConfig": {"NetworkMode": "bridge", "Binds": [sys.argv[3] + ":/workspace", sys.argv[4] + ":/etc/maven/settings.xml:ro", sys.argv[5] + ":/root/.m2"]}}))' \
         "$BUILD_IMAGE" "$BUILD_COMMAND" "$w" "$SETTINGS" "$HANDCACHE")
     cpu0=$(podman_cpu_ms)
     t0=$(now_ms)

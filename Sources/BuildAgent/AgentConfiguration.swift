@@ -1,5 +1,6 @@
 import DockerAPI
 import Foundation
+import KilnCore
 
 /// Settings of one `kiln agent` process.
 public struct AgentConfiguration: Sendable {
@@ -26,8 +27,18 @@ public struct AgentConfiguration: Sendable {
     /// A Maven repository mirror (for example Nexus) written into the global settings.xml
     /// mounted into compile containers; nil leaves the build image's settings alone.
     public var mavenMirror: String?
-    /// Network mode of compile containers: `host` lets the build reach a mirror on loopback.
+    /// Network of compile containers and of the image step's `RUN` instructions. `bridge`
+    /// (the default) keeps builds off the host's loopback, where etcd, the scheduler and the
+    /// registry listen; `host` hands them all of it and is for a trusted farm only.
     public var compileNetwork: CompileNetwork
+    /// Memory, CPU and process limits of every build container; a project may ask for less.
+    public var limits: BuildLimits
+    /// Folders whose git repositories projects may name with `file://`; empty: none. A
+    /// repository inside `dataDir` (mirrors, caches, workspaces) is refused whatever this says.
+    public var allowFileRepos: [URL]
+    /// Bound the processes of the Dockerfile's RUN steps through a cgroup of the agent's own
+    /// (`ImageCgroup`; needs cgroup v1 and a container engine using cgroupfs, not systemd).
+    public var imagePidsCgroup: Bool
     public var timeouts: StepTimeouts
     public var version: String
     /// Set: the agent builds nothing and runs each task with `SimulatedBuildRunner` for this
@@ -38,8 +49,8 @@ public struct AgentConfiguration: Sendable {
         id: String, capacity: Int = 2, labels: [String] = [], ttlSeconds: Int64 = 10, dataDir: URL,
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
-        registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .host,
-        timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil,
+        registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .bridge,
+        limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(), version: String = "0.1.0", simulate: SimulatedDuration? = nil,
         registryCredentials: RegistryCredentials? = nil
     ) {
         self.id = id
@@ -54,6 +65,9 @@ public struct AgentConfiguration: Sendable {
         self.registryInsecure = registryInsecure
         self.mavenMirror = mavenMirror
         self.compileNetwork = compileNetwork
+        self.limits = limits
+        self.allowFileRepos = allowFileRepos
+        self.imagePidsCgroup = imagePidsCgroup
         self.timeouts = timeouts
         self.version = version
         self.simulate = simulate
@@ -61,11 +75,13 @@ public struct AgentConfiguration: Sendable {
     }
 }
 
-/// The network of compile containers, as the Docker Engine API names it (`HostConfig.NetworkMode`).
+/// The network of build containers, as the Docker Engine API names it (`HostConfig.NetworkMode`).
 public enum CompileNetwork: String, Codable, Sendable, CaseIterable {
-    /// The host's network: the build reaches a Maven mirror or registry on loopback.
+    /// The host's network: the build reaches everything on the host's loopback (etcd, the
+    /// scheduler, the registry). Only for a farm whose every build is trusted.
     case host
-    /// The runtime's default bridge: outside access, but not the host's loopback.
+    /// The runtime's default bridge: outside access and the host's services that listen on
+    /// the bridge (`host.containers.internal`), but not the host's loopback.
     case bridge
     /// No network at all: the build needs nothing it has not got.
     case none

@@ -177,11 +177,12 @@ struct BuildRunner: TaskRunner {
         build.tag = tag
         try await reporter.update(build)
 
+        let sandbox = BuildSandbox(network: configuration.compileNetwork, agentLimits: configuration.limits, project: project)
         try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
-            try await compile(task: task, workspace: workspace, reporter: reporter)
+            try await compile(task: task, workspace: workspace, sandbox: sandbox, reporter: reporter)
         }
         try await step(.image, limit: configuration.timeouts.image, build: &build, reporter: reporter, control: control) {
-            try await image(task: task, workspace: workspace, reference: "\(repository):\(tag)", reporter: reporter)
+            try await image(task: task, workspace: workspace, reference: "\(repository):\(tag)", sandbox: sandbox, reporter: reporter)
         }
         let digest = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
             try await push(repository: repository, project: project.name, tag: tag, reporter: reporter)
@@ -239,6 +240,7 @@ struct BuildRunner: TaskRunner {
     // fetch: libgit2 mirror per project, incremental fetch, exact checkout.
     private func fetch(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws -> String {
         let project = task.project
+        try checkFileRepository(project.repository)
         let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
@@ -253,8 +255,9 @@ struct BuildRunner: TaskRunner {
     }
 
     // compile: the build command in the project's build image, the checkout mounted as
-    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2.
-    private func compile(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws {
+    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2 (the
+    // protected one for protected refs), in the build's sandbox.
+    private func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
         let project = task.project
         var mounts = ["\(workspace.path):/workspace"]
         if FileManager.default.fileExists(atPath: mavenSettings.path) {
@@ -262,23 +265,26 @@ struct BuildRunner: TaskRunner {
         }
         let baseMounts = mounts
         let runIt: @Sendable ([String]) async throws -> Void = { binds in
-            let spec = ContainerSpec(
+            let spec = sandbox.confine(ContainerSpec(
                 image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
                 env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
-                networkMode: configuration.compileNetwork.rawValue, labels: ["kiln.build": task.build, "kiln.agent": configuration.id])
+                labels: ["kiln.build": task.build, "kiln.agent": configuration.id]))
             reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
             let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
         }
+        reporter.log(sandbox.summary)
         if task.mvncache {
-            let cache = cachesDir.appendingPathComponent(project.name)
+            let choice = try await cachePlacement(task: task)
+            let cache = cachesDir.appendingPathComponent(choice.folder)
             try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
-            // One build at a time writes a project's cache: Maven's local repository is
-            // not safe for two processes.
-            if await cacheLocks.isHeld(project.name) {
+            reporter.log("Maven cache: \(choice.protected ? "the protected one (\(task.ref) is a protected ref)" : "the one of unprotected refs (only the default branch and protectedRefs use the protected one)")")
+            // One build at a time writes a cache: Maven's local repository is not safe for
+            // two processes.
+            if await cacheLocks.isHeld(choice.folder) {
                 reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
             }
-            try await cacheLocks.withLock(project.name) { try await runIt(baseMounts + ["\(cache.path):/root/.m2"]) }
+            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2"]) }
         } else {
             try await runIt(baseMounts)
         }
@@ -305,7 +311,7 @@ struct BuildRunner: TaskRunner {
             // Follow the output to its end (the container has exited then), and only then
             // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
             // as it is open (containers/podman#18150), which halved the build's CPU here.
-            for try await line in docker.logs(id, follow: true) { reporter.log(line) }
+            try await followOutput(of: id, docker: docker) { reporter.log($0) }
             let code = try await docker.wait(id)
             try? await docker.remove(id, force: true)
             return code
@@ -319,27 +325,17 @@ struct BuildRunner: TaskRunner {
         }
     }
 
-    // image: the project's Dockerfile, built through the same API from the context folder.
-    private func image(task: BuildTask, workspace: URL, reference: String, reporter: BuildReporter) async throws {
+    // image: the project's Dockerfile, built through the same API from the context folder,
+    // both resolved through links and inside the checkout, RUN steps in the build's sandbox.
+    private func image(task: BuildTask, workspace: URL, reference: String, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
         let project = task.project
-        let context = project.context == "." ? workspace : workspace.appendingPathComponent(project.context)
-        let dockerfile = workspace.appendingPathComponent(project.dockerfile)
-        guard FileManager.default.fileExists(atPath: dockerfile.path) else {
-            throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' is not in the repository at this commit")
-        }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: context.path, isDirectory: &isDir), isDir.boolValue else {
-            throw StepFailure(step: .image, message: "the context folder '\(project.context)' is not in the repository at this commit")
-        }
-        let contextPath = context.standardizedFileURL.path + "/"
-        let dockerfilePath = dockerfile.standardizedFileURL.path
-        guard dockerfilePath.hasPrefix(contextPath) else {
-            throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' must be inside the context folder '\(project.context)'")
-        }
-        let relative = String(dockerfilePath.dropFirst(contextPath.count))
+        let (context, dockerfile) = try resolveImageInputs(project: project, workspace: workspace)
         reporter.log("building \(reference) from \(project.dockerfile)")
+        let cgroup = imageCgroup(task: task, sandbox: sandbox, reporter: reporter)
+        defer { cgroup?.remove() }
         do {
-            let id = try await docker.build(contextDirectory: context, dockerfile: relative, tag: reference) { reporter.log($0) }
+            let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, tag: reference,
+                                            confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.log($0) }
             reporter.log("image \(id)")
         } catch let e as DockerError {
             throw StepFailure(step: .image, message: "\(e)")

@@ -17,6 +17,11 @@ public struct ContainerSpec: Sendable, Equatable {
     public var entrypoint: [String]?
     public var user: String?
     public var pidsLimit: Int?
+    /// `HostConfig.SecurityOpt`, for example `no-new-privileges`.
+    public var securityOptions: [String]
+    /// Capabilities taken away (`ALL` for every one) and given back, without the `CAP_` prefix.
+    public var capDrop: [String]
+    public var capAdd: [String]
     /// Container TCP port → the host address and port it is published on.
     public var publish: [Int: PublishedPort]
 
@@ -33,7 +38,8 @@ public struct ContainerSpec: Sendable, Equatable {
         image: String, cmd: [String] = [], workingDir: String? = nil, env: [String: String] = [:],
         binds: [String] = [], networkMode: String? = nil, labels: [String: String] = [:],
         memoryBytes: Int64? = nil, cpus: Double? = nil, entrypoint: [String]? = nil, user: String? = nil,
-        pidsLimit: Int? = nil, publish: [Int: PublishedPort] = [:]
+        pidsLimit: Int? = nil, publish: [Int: PublishedPort] = [:],
+        securityOptions: [String] = [], capDrop: [String] = [], capAdd: [String] = []
     ) {
         self.image = image
         self.cmd = cmd
@@ -48,6 +54,9 @@ public struct ContainerSpec: Sendable, Equatable {
         self.user = user
         self.pidsLimit = pidsLimit
         self.publish = publish
+        self.securityOptions = securityOptions
+        self.capDrop = capDrop
+        self.capAdd = capAdd
     }
 }
 
@@ -98,6 +107,9 @@ struct CreateContainerBody: Encodable {
         var NanoCpus: Int64?
         var PidsLimit: Int?
         var PortBindings: [String: [Binding]]?
+        var SecurityOpt: [String]?
+        var CapDrop: [String]?
+        var CapAdd: [String]?
     }
     struct Empty: Encodable {}
     var Image: String
@@ -126,7 +138,10 @@ struct CreateContainerBody: Encodable {
             NanoCpus: spec.cpus.map { Int64(($0 * 1e9).rounded()) }, PidsLimit: spec.pidsLimit,
             PortBindings: spec.publish.isEmpty ? nil : Dictionary(uniqueKeysWithValues: spec.publish.map {
                 ("\($0.key)/tcp", [HostConfigBody.Binding(HostIp: $0.value.hostIP, HostPort: String($0.value.hostPort))])
-            }))
+            }),
+            SecurityOpt: spec.securityOptions.isEmpty ? nil : spec.securityOptions,
+            CapDrop: spec.capDrop.isEmpty ? nil : spec.capDrop,
+            CapAdd: spec.capAdd.isEmpty ? nil : spec.capAdd)
         ExposedPorts = spec.publish.isEmpty ? nil : Dictionary(uniqueKeysWithValues: spec.publish.keys.map { ("\($0)/tcp", Empty()) })
     }
 }

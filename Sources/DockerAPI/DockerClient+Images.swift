@@ -30,11 +30,13 @@ extension DockerClient {
     /// excludes; the Dockerfile and `.dockerignore` always go. Intermediate containers are
     /// removed, also when the build fails. Each output line goes to `onLine` as it arrives.
     ///
-    /// - Parameter dockerfile: the Dockerfile's path relative to the context.
+    /// - Parameters:
+    ///   - dockerfile: the Dockerfile's path relative to the context.
+    ///   - confinement: the network, limits and capabilities of the `RUN` steps.
     /// - Throws: `DockerError` with the builder's message when a step fails.
     public func build(
         contextDirectory: URL, dockerfile: String = "Dockerfile", tag: String,
-        onLine: @Sendable (String) -> Void
+        confinement: BuildConfinement = BuildConfinement(), onLine: @Sendable (String) -> Void
     ) async throws -> String {
         let operation = "build \(tag)"
         if dockerfile.isEmpty || dockerfile.hasPrefix("/") || dockerfile.split(separator: "/").contains("..") {
@@ -64,7 +66,7 @@ extension DockerClient {
 
         let response = try await send(
             .POST, "/build",
-            query: [("t", tag), ("dockerfile", dockerfile), ("rm", "1"), ("forcerm", "1")],
+            query: [("t", tag), ("dockerfile", dockerfile), ("rm", "1"), ("forcerm", "1")] + confinement.queryItems,
             headers: [("Content-Type", "application/x-tar")],
             body: .stream(FileChunks(path: archive.path), length: .known(Int64(size))),
             operation: operation, long: true)

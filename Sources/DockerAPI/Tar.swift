@@ -270,12 +270,17 @@ public struct DockerIgnore: Sendable {
         self.init(patterns: contents.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init))
     }
 
-    /// The rules of `<directory>/.dockerignore`, or none if there is no such file.
+    /// The rules of `<directory>/.dockerignore`, or none if there is no such file. Only a
+    /// regular file is read: a link could point anywhere (`/dev/zero` never ends).
     public init(contextDirectory: URL) throws {
         let file = contextDirectory.appendingPathComponent(".dockerignore")
-        guard FileManager.default.fileExists(atPath: file.path) else {
+        var st = stat()
+        guard lstat(file.path, &st) == 0 else {
             self.init(patterns: [])
             return
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw TarError("the context's .dockerignore is not a regular file (a link or a device): make it a plain file")
         }
         self.init(contents: try String(contentsOf: file, encoding: .utf8))
     }

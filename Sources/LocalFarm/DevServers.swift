@@ -35,20 +35,24 @@ public final class BackgroundServer: Sendable {
     }
 
     public var url: String { "http://127.0.0.1:\(port)" }
+    /// The address build containers on podman's bridge use (podman names the host so in their
+    /// /etc/hosts); reachable only for a server started with `LocalPeers`.
+    public var bridgeURL: String { "http://host.containers.internal:\(port)" }
 
     public func stop() async {
         task.cancel()
         _ = try? await task.value
     }
 
-    static func start(name: String, port: Int, router: Router<BasicRequestContext>, requests: RequestCounter, logger: Logger) async throws -> BackgroundServer {
+    /// `host`: "127.0.0.1", or "0.0.0.0" for a server whose router filters peers (`LocalPeers`).
+    static func start(name: String, host: String = "127.0.0.1", port: Int, router: Router<PeerRequestContext>, requests: RequestCounter, logger: Logger) async throws -> BackgroundServer {
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         // Stopping is cancelling, which Hummingbird logs as an error; keep dev servers quiet.
         var logger = logger
         logger.logLevel = .critical
         let app = Application(
             router: router,
-            configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: name),
+            configuration: .init(address: .hostname(host, port: port), serverName: name),
             onServerRunning: { channel in continuation.yield(channel.localAddress?.port ?? port) },
             logger: logger)
         let task = Task {
@@ -61,15 +65,15 @@ public final class BackgroundServer: Sendable {
         do {
             try await task.value
         } catch {
-            throw FarmError("\(name) could not listen on 127.0.0.1:\(port): \(error)")
+            throw FarmError("\(name) could not listen on \(host):\(port): \(error)")
         }
-        throw FarmError("\(name) stopped before it listened on 127.0.0.1:\(port)")
+        throw FarmError("\(name) stopped before it listened on \(host):\(port)")
     }
 }
 
 /// Counts every answer, whatever route or error produced it.
 struct CountingMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = PeerRequestContext
     let counter: RequestCounter
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -90,17 +94,21 @@ struct CountingMiddleware: RouterMiddleware {
 /// standing in for Nexus or Artifactory. Follows the folder's symbolic links (Debian's
 /// repository links into /usr/share/java) but never serves outside them via `..`.
 public enum MavenMirror {
-    public static func start(root: URL = URL(fileURLWithPath: "/usr/share/maven-repo"), port: Int = 0, logger: Logger) async throws -> BackgroundServer {
+    /// - Parameter peers: nil listens on 127.0.0.1 only; given, listens on every address and
+    ///   answers only these peers (this machine and its build containers: see `LocalPeers`).
+    public static func start(root: URL = URL(fileURLWithPath: "/usr/share/maven-repo"), port: Int = 0, peers: LocalPeers? = nil, logger: Logger) async throws -> BackgroundServer {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
             throw FarmError("Maven mirror: \(root.path) does not exist. Install Debian's Maven plugins (run scripts/install-deps.sh).")
         }
         let counter = RequestCounter()
-        let router = Router()
+        let router = Router(context: PeerRequestContext.self)
         router.add(middleware: CountingMiddleware(counter: counter))
+        if let peers { router.add(middleware: PeerFilterMiddleware(peers: peers)) }
         router.on("**", method: .get) { request, _ in try serveFile(root: root, path: request.uri.path, head: false) }
         router.on("**", method: .head) { request, _ in try serveFile(root: root, path: request.uri.path, head: true) }
-        return try await BackgroundServer.start(name: "maven-mirror", port: port, router: router, requests: counter, logger: logger)
+        return try await BackgroundServer.start(name: "maven-mirror", host: peers == nil ? "127.0.0.1" : "0.0.0.0", port: port,
+                                                router: router, requests: counter, logger: logger)
     }
 
     static func serveFile(root: URL, path: String, head: Bool) throws -> Response {
@@ -133,9 +141,9 @@ public enum GitHTTPServer {
             throw FarmError("git server: git-http-backend is missing. Install git (apt-get install git).")
         }
         let counter = RequestCounter()
-        let router = Router()
+        let router = Router(context: PeerRequestContext.self)
         router.add(middleware: CountingMiddleware(counter: counter))
-        let handler: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, _ in
+        let handler: @Sendable (Request, PeerRequestContext) async throws -> Response = { request, _ in
             var request = request
             let body = try await request.collectBody(upTo: 256 << 20)
             return try await cgi(backend: backend, root: root, request: request, body: body)

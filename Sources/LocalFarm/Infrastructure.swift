@@ -87,9 +87,12 @@ public final class Infrastructure: Sendable {
 
             try await makeImages(fixtures: fixtures, podman: podman, progress: progress)
 
-            let mirror = try await MavenMirror.start(port: ports.mavenMirror ?? 0, logger: logger)
+            // Builds run on podman's bridge: the mirror listens where they reach it and answers
+            // only this machine and the bridge (see LocalPeers for why not the bridge address).
+            let peers = LocalPeers.thisMachine(bridgeSubnets: podman.bridgeSubnets())
+            let mirror = try await MavenMirror.start(port: ports.mavenMirror ?? 0, peers: peers, logger: logger)
             started.append { await mirror.stop() }
-            progress("  Maven mirror \(mirror.url) (Debian's /usr/share/maven-repo)")
+            progress("  Maven mirror \(mirror.bridgeURL) for builds (Debian's /usr/share/maven-repo; answers this machine and podman's bridge \(peers.networks.suffix(1).map(\.description).joined()) only)")
 
             let gitRoot = dataDir.appendingPathComponent("git")
             try fm.createDirectory(at: gitRoot, withIntermediateDirectories: true)
@@ -121,6 +124,10 @@ public final class Infrastructure: Sendable {
             throw FarmError("making the base images failed (\(script) exited \(r.status)); its output is above")
         }
     }
+
+    /// The Maven mirror's URL as build containers on podman's bridge reach it: give it to
+    /// agents (`--maven-mirror`), which write it into the settings.xml of compile containers.
+    public var mavenMirrorForBuilds: String { mavenMirror.bridgeURL }
 
     /// The demo project's repository URL on this farm's git server.
     public func repositoryURL(_ name: String) -> String { "\(git.url)/\(name).git" }

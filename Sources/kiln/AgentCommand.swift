@@ -61,8 +61,38 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
 
-    @Option(name: .long, help: ArgumentHelp("Network of compile containers: host, bridge or none.", valueName: "mode"))
-    var compileNetwork: CompileNetwork = .host
+    @Option(name: .long, help: ArgumentHelp("""
+        Network of build containers (compile step and the Dockerfile's RUN steps): bridge (default) \
+        reaches the outside and services listening on the bridge (host.containers.internal) but \
+        not this machine's loopback, where etcd, the scheduler and the registry listen; none has \
+        no network; host hands every build all of this machine's network and is for a farm whose \
+        every build is trusted (a warning is logged). Env KILN_COMPILE_NETWORK.
+        """, valueName: "mode"))
+    var compileNetwork: CompileNetwork = CompileNetwork(rawValue: env("KILN_COMPILE_NETWORK", "bridge")) ?? .bridge
+
+    @Option(name: .long, help: ArgumentHelp("Memory of each build container, such as 4g or 512m; a project may ask for less, never more. 0: no limit (env KILN_BUILD_MEMORY).", valueName: "size"))
+    var buildMemory: String = env("KILN_BUILD_MEMORY", "4g")
+
+    @Option(name: .long, help: ArgumentHelp("CPUs each build container may keep busy, such as 2 or 1.5; 0: no limit (env KILN_BUILD_CPUS).", valueName: "cpus"))
+    var buildCpus: String = env("KILN_BUILD_CPUS", "2")
+
+    @Option(name: .long, help: ArgumentHelp("Processes and threads at once in a build container (stops a fork bomb; for the Dockerfile's RUN steps see --image-pids-cgroup); 0: no limit (env KILN_BUILD_PIDS).", valueName: "n"))
+    var buildPids: Int = Int(env("KILN_BUILD_PIDS", "4096")) ?? 4096
+
+    @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp("""
+        Bound the processes of the Dockerfile's RUN steps (to --build-pids) through a cgroup the \
+        agent makes under /sys/fs/cgroup/pids (the container API has no such limit for image \
+        builds). Needs cgroup v1 and an engine using cgroupfs; turn it off for one using systemd \
+        (env KILN_IMAGE_PIDS_CGROUP=0).
+        """))
+    var imagePidsCgroup = env("KILN_IMAGE_PIDS_CGROUP", "1") != "0"
+
+    @Option(name: .long, help: ArgumentHelp("""
+        A folder whose git repositories projects may name with file:// (repeat for more; env \
+        KILN_ALLOW_FILE_REPOS, colon-separated). Without it file:// repositories are refused: one \
+        on the agent's disk could be another project's. Never allowed inside --data-dir.
+        """, valueName: "dir"))
+    var allowFileRepos: [String] = env("KILN_ALLOW_FILE_REPOS", "").split(separator: ":").map(String.init)
 
     @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
     var timeouts: String = "600,1800,900,600"
@@ -77,6 +107,12 @@ struct AgentCommand: AsyncParsableCommand {
         guard ttl >= 2 else { throw ValidationError("--ttl must be at least 2 seconds (etcd's shortest useful lease)") }
         for l in parsedLabels { do { try Validation.label(l) } catch { throw ValidationError("--labels: \(error)") } }
         guard parsedTimeouts != nil else { throw ValidationError("--timeouts must be four positive numbers of seconds: fetch,compile,image,push (for example 600,1800,900,600)") }
+        guard parsedLimits != nil else {
+            throw ValidationError("--build-memory must be a size such as 4g, 512m or 0 (no limit) of at least 64m; --build-cpus a number such as 2 or 1.5 (0: no limit); --build-pids at least 32 (0: no limit)")
+        }
+        for dir in allowFileRepos where !dir.hasPrefix("/") {
+            throw ValidationError("--allow-file-repos needs an absolute folder, not '\(dir)'")
+        }
         if let path = registryCredentials {
             let credentials: UserPassword
             do { credentials = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
@@ -90,6 +126,20 @@ struct AgentCommand: AsyncParsableCommand {
     }
 
     var parsedLabels: [String] { labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+    var parsedLimits: BuildLimits? {
+        var limits = BuildLimits()
+        if buildMemory.trimmingCharacters(in: .whitespaces) != "0" {
+            guard let bytes = BuildLimits.parseBytes(buildMemory) else { return nil }
+            limits.memoryBytes = bytes
+        }
+        guard let cpus = Double(buildCpus), cpus >= 0 else { return nil }
+        if cpus > 0 { limits.cpus = cpus }
+        guard buildPids >= 0 else { return nil }
+        if buildPids > 0 { limits.pids = buildPids }
+        do { try limits.validate(field: "agent limits") } catch { return nil }
+        return limits
+    }
+
     var parsedTimeouts: StepTimeouts? {
         let n = timeouts.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard n.count == 4, n.allSatisfy({ $0 > 0 }) else { return nil }
@@ -103,14 +153,19 @@ struct AgentCommand: AsyncParsableCommand {
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
-            compileNetwork: compileNetwork, timeouts: parsedTimeouts!, version: KilnVersion.current,
+            compileNetwork: compileNetwork, limits: parsedLimits!,
+            allowFileRepos: allowFileRepos.map { URL(fileURLWithPath: $0).standardizedFileURL }, imagePidsCgroup: imagePidsCgroup,
+            timeouts: parsedTimeouts!, version: KilnVersion.current,
             simulate: simulate.flatMap(SimulatedDuration.init),
             registryCredentials: credentials.map { RegistryCredentials(user: $0.user, password: $0.password) })
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")
         } else {
-            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry)")
+            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description)")
+            if compileNetwork == .host {
+                logger.warning("kiln agent \(id): --compile-network host: every build runs on this machine's network and can reach etcd, the scheduler and the registry on loopback. Use it only when every build on this agent is trusted; the default is bridge")
+            }
         }
         let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

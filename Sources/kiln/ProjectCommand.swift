@@ -23,7 +23,7 @@ struct ProjectCommand: AsyncParsableCommand {
             """)
         @OptionGroup var api: APIOptions
         @Argument(help: "Project name: lowercase letters, digits and '-'.") var name: String
-        @Option(name: .long, help: "Git URL: http(s)://, ssh://, git://, file:// or user@host:path.") var repository: String
+        @Option(name: .long, help: "Git URL: http(s)://, ssh://, git://, file:// (only agents started with --allow-file-repos for its folder fetch it) or user@host:path.") var repository: String
         @Option(name: .long, help: "Image that runs the build command.") var buildImage: String
         @Option(name: .long, help: "Command run in the checkout (sh -c).") var buildCommand: String
         @Option(name: .long, help: "Dockerfile path in the repository.") var dockerfile: String = "Dockerfile"
@@ -33,6 +33,10 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("A newer build of a branch cancels older ones: queued (those waiting) or running (those running too).", valueName: "queued|running")) var supersede: Supersede?
         @Option(name: .long, help: ArgumentHelp("At most this many of its builds run at once; the others wait (default: no limit of its own).", valueName: "n")) var maxConcurrent: Int?
         @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
+        @Option(name: .long, help: ArgumentHelp("Refs whose builds share the default branch's protected Maven cache, comma-separated; '*' matches anything. Name only refs that only trusted people can push (every other ref uses a second cache).", valueName: "release/*,refs/tags/v*")) var protectedRefs: String?
+        @Option(name: .long, help: ArgumentHelp("Memory of its build containers, such as 2g; an agent's own limit still applies when lower (default: the agent's).", valueName: "size")) var buildMemory: String?
+        @Option(name: .long, help: ArgumentHelp("CPUs its build containers may keep busy, such as 1.5 (default: the agent's).", valueName: "cpus")) var buildCpus: Double?
+        @Option(name: .long, help: ArgumentHelp("Processes at once in its build containers (default: the agent's).", valueName: "n")) var buildPids: Int?
         @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
         @Option(name: .long, help: ArgumentHelp("Post-build pipeline: a JSON file holding an array of steps, each {\"plugin\": \"deploy|lb|retire|notify\", \"settings\": {…}, \"timeoutSeconds\": n}. Checked against the plugins' settings when saved (see `kiln plugins`).", valueName: "file")) var pipeline: String?
 
@@ -42,7 +46,15 @@ struct ProjectCommand: AsyncParsableCommand {
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
                     supersede: supersede, maxConcurrent: maxConcurrent,
                     branches: branches.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
-                    webhookSecret: webhookSecret, pipeline: try? pipelineSteps())
+                    webhookSecret: webhookSecret, pipeline: try? pipelineSteps(),
+                    protectedRefs: protectedRefs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+                    limits: limits)
+        }
+
+        var limits: BuildLimits? {
+            if buildMemory == nil && buildCpus == nil && buildPids == nil { return nil }
+            // An unreadable size becomes 0, which validate() refuses with the field named.
+            return BuildLimits(memoryBytes: buildMemory.map { BuildLimits.parseBytes($0) ?? 0 }, cpus: buildCpus, pids: buildPids)
         }
 
         func pipelineSteps() throws -> [PipelineStep]? {

@@ -111,7 +111,7 @@ struct Up: AsyncParsableCommand {
                     name: id, executable: exe,
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
                                 "--etcd", infra.etcd.endpoint, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
-                                "--maven-mirror", infra.mavenMirror.url, "--log-level", logLevel] + registryCredentials.agentArguments(id),
+                                "--maven-mirror", infra.mavenMirrorForBuilds, "--log-level", logLevel] + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }

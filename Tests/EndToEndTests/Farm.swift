@@ -51,7 +51,7 @@ final class Farm: Sendable {
             // these), a 4 s lease once expired in the middle of a build, which then ran a second attempt.
             id: id, capacity: capacity, ttlSeconds: 10, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
-            mavenMirror: infra.mavenMirror.url, timeouts: timeouts)
+            mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
         configuration.registryCredentials = registryAuth.machines[id]
         return configuration
     }

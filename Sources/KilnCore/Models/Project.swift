@@ -34,13 +34,22 @@ public struct Project: Codable, Sendable, Equatable {
     /// What runs after a build succeeds (deploy, lb, retire, notify), checked against the
     /// plugins' settings when the project is saved.
     public var pipeline: [PipelineStep]?
+    /// Refs whose builds use the project's protected Maven cache, besides the default branch:
+    /// patterns as in `branches` (`release/*`, `refs/tags/v*`). Only people trusted with the
+    /// project's releases should be able to push these refs: what a build of one leaves in the
+    /// cache, the next build of the default branch uses.
+    public var protectedRefs: [String]?
+    /// Limits of this project's build containers, lower than the agent's (a higher one is
+    /// cut down to the agent's); nil fields take the agent's.
+    public var limits: BuildLimits?
     public var createdAt: Date?
 
     public init(
         name: String, repository: String, buildImage: String, buildCommand: String,
         dockerfile: String = "Dockerfile", context: String = ".", defaultBranch: String = "main",
         labels: [String] = [], supersede: Supersede? = nil, maxConcurrent: Int? = nil,
-        branches: [String]? = nil, webhookSecret: String? = nil, pipeline: [PipelineStep]? = nil, createdAt: Date? = nil
+        branches: [String]? = nil, webhookSecret: String? = nil, pipeline: [PipelineStep]? = nil,
+        protectedRefs: [String]? = nil, limits: BuildLimits? = nil, createdAt: Date? = nil
     ) {
         self.name = name
         self.repository = repository
@@ -55,11 +64,13 @@ public struct Project: Codable, Sendable, Equatable {
         self.branches = branches
         self.webhookSecret = webhookSecret
         self.pipeline = pipeline
+        self.protectedRefs = protectedRefs
+        self.limits = limits
         self.createdAt = createdAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -77,6 +88,8 @@ public struct Project: Codable, Sendable, Equatable {
         branches = try c.decodeIfPresent([String].self, forKey: .branches)
         webhookSecret = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
         pipeline = try c.decodeIfPresent([PipelineStep].self, forKey: .pipeline)
+        protectedRefs = try c.decodeIfPresent([String].self, forKey: .protectedRefs)
+        limits = try c.decodeIfPresent(BuildLimits.self, forKey: .limits)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -90,6 +103,16 @@ public struct Project: Codable, Sendable, Equatable {
     /// Whether a push to `branch` (a name without `refs/heads/`) builds this project.
     public func builds(branch: String) -> Bool {
         (branches ?? [defaultBranch]).contains { Project.glob($0, matches: branch) }
+    }
+
+    /// Whether builds of `ref` use the protected cache: the default branch and the refs
+    /// `protectedRefs` names. `ref` is compared as given and without `refs/heads/`, so
+    /// `main` and `refs/heads/main` are the same branch; a pattern naming `refs/tags/…`
+    /// matches tags given that way.
+    public func isProtected(ref: String) -> Bool {
+        let branch = ref.hasPrefix("refs/heads/") ? String(ref.dropFirst("refs/heads/".count)) : ref
+        if branch == defaultBranch { return true }
+        return (protectedRefs ?? []).contains { Project.glob($0, matches: branch) || Project.glob($0, matches: ref) }
     }
 
     /// `*` matches any run of characters, `/` included; everything else matches itself.
@@ -133,6 +156,11 @@ public struct Project: Codable, Sendable, Equatable {
                 throw KilnError.invalid("webhookSecret must be 1 to 256 visible characters without spaces (GitLab's \"Secret token\" of the webhook)")
             }
         }
+        if let patterns = protectedRefs {
+            if patterns.count > 100 { throw KilnError.invalid("protectedRefs lists \(patterns.count) patterns: use at most 100, for example [\"release/*\", \"refs/tags/v*\"]") }
+            for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "protectedRefs pattern") }
+        }
+        try limits?.validate(field: "limits")
         if let m = maxConcurrent, !(1...1000).contains(m) {
             throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
         }

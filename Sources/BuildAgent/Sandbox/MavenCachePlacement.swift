@@ -1,0 +1,29 @@
+import KilnCore
+
+/// Which Maven cache folder a build mounts as `/root/.m2`.
+///
+/// A build can write anything into the cache it is given, and the next build that mounts it
+/// runs what it finds there (a planted plugin jar). So builds of refs only trusted people push
+/// (the default branch and `Project.protectedRefs`) get a cache of their own that no other
+/// ref's build ever mounts; every other ref shares the project's second cache.
+///
+/// Rules, in order:
+/// 1. A build that pins a commit gets the protected cache only if the commit is on its ref
+///    (`commitOnRef`): otherwise `ref: main, commit: <a feature branch's commit>` would run
+///    feature code with the main cache.
+/// 2. A protected ref (`Project.isProtected(ref:)`) gets `protected/<project>`.
+/// 3. Anything else gets `shared/<project>`.
+/// The folder is relative to the agent's `mvncache` folder and is also the key of its lock.
+enum MavenCachePlacement {
+    struct Choice: Equatable, Sendable {
+        let folder: String
+        let protected: Bool
+    }
+
+    static func choose(project: Project, ref: String, pinnedCommit: Bool, commitOnRef: Bool) -> Choice {
+        if project.isProtected(ref: ref) && (!pinnedCommit || commitOnRef) {
+            return Choice(folder: "protected/\(project.name)", protected: true)
+        }
+        return Choice(folder: "shared/\(project.name)", protected: false)
+    }
+}
