@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.0"),
     ],
     targets: [
         .target(
@@ -56,6 +59,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // Docker's registry token specification: ES256 JWTs signed by the scheduler (the token
+        // service), the libtrust key id, scopes, and the signing key with its self-signed
+        // certificate (the registry's rootcertbundle). Pure: no I/O but reading and writing PEM.
+        .target(
+            name: "RegistryAuth",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
         .target(
             name: "Plugins",
@@ -64,7 +78,7 @@ let package = Package(
         .target(
             name: "Scheduler",
             dependencies: [
-                "KilnCore", "Etcd", "Plugins",
+                "KilnCore", "Etcd", "Plugins", "RegistryAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -111,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm", "RegistryAuth", "DockerAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -141,6 +155,7 @@ let package = Package(
             path: "Tests/FarmHarness"
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "RegistryAuthTests", dependencies: ["RegistryAuth", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
@@ -149,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,7 +176,7 @@ let package = Package(
         .testTarget(
             name: "DeployTests",
             dependencies: [
-                "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "DockerAPI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -177,7 +192,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Scheduler", "BuildAgent", "Deploy", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport",
+                "Scheduler", "BuildAgent", "Deploy", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "DockerAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

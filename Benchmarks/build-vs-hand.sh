@@ -212,6 +212,11 @@ say "farm running"
 export CONTAINERS_CONF=$DATA/podman/containers.conf
 export CONTAINERS_STORAGE_CONF=$DATA/podman/storage.conf
 export CONTAINERS_REGISTRIES_CONF=$DATA/podman/registries.conf
+# The registry takes only tokens from the scheduler: the by-hand side pushes as admin, logged
+# in once into an auth file of this run's own (not the farm's podman service's).
+export REGISTRY_AUTH_FILE=$TMP/hand-auth.json
+podman login --tls-verify=false -u admin --password-stdin "$REG" <"$DATA/credentials/admin-token" >/dev/null \
+    || die "podman login to $REG as admin failed (the admin token is $DATA/credentials/admin-token)"
 PODMAN_PID=$(cat "$DATA/podman/podman.pid" 2>/dev/null || true)
 [[ -n $PODMAN_PID && -r /proc/$PODMAN_PID/stat ]] || PODMAN_PID=
 # CPU time (ms) the podman API service has used so far; 0 if unknown.

@@ -1,3 +1,4 @@
+import DockerAPI
 import Foundation
 import KilnCore
 import Processes
@@ -20,6 +21,10 @@ public struct AgentConfiguration: Sendable {
     public var registry: String
     /// Push over plain HTTP (a local registry without TLS).
     public var registryInsecure: Bool
+    /// This agent's `name:token` for the registry's token service (`--registry-credentials`),
+    /// handed to the engine on push only: never to a build container. Nil: push anonymously
+    /// (a registry without authentication).
+    public var registryCredentials: RegistryCredentials?
     /// A Maven repository mirror (for example Nexus) written into the global settings.xml
     /// mounted into compile containers; nil leaves the build image's settings alone.
     public var mavenMirror: String?
@@ -78,7 +83,8 @@ public struct AgentConfiguration: Sendable {
         registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .bridge,
         limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(),
         version: String = "0.1.0", simulate: SimulatedDuration? = nil,
-        kilnExecutable: URL? = KilnExecutable.locate(), maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes
+        kilnExecutable: URL? = KilnExecutable.locate(), maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes,
+        registryCredentials: RegistryCredentials? = nil
     ) {
         self.id = id
         self.capacity = capacity
@@ -100,6 +106,7 @@ public struct AgentConfiguration: Sendable {
         self.simulate = simulate
         self.kilnExecutable = kilnExecutable
         self.maxLogBytes = maxLogBytes
+        self.registryCredentials = registryCredentials
     }
 }
 

@@ -187,13 +187,28 @@ struct BuildRunner: TaskRunner {
         try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
             try await compile(task: task, workspace: workspace, sandbox: sandbox, reporter: reporter)
         }
-        try await step(.image, limit: configuration.timeouts.image, build: &build, reporter: reporter, control: control) {
-            try await image(task: task, workspace: workspace, reference: "\(repository):\(tag)", sandbox: sandbox, reporter: reporter)
+        // The image leaves the engine's storage once pushed (or failed): every project's builds
+        // share that storage, and another build's `FROM registry/<this project>:<tag>` or build
+        // image would otherwise be served from it without asking the registry, whose tokens
+        // keep one project's images from another.
+        let reference = "\(repository):\(tag)"
+        let removeLocal: @Sendable () async -> Void = { [docker] in
+            await outlivingCancellation { try? await docker.removeImage(reference, force: true) }
         }
-        let digest = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
-            try await push(repository: repository, project: project.name, tag: tag, reporter: reporter)
+        let digest: String
+        do {
+            try await step(.image, limit: configuration.timeouts.image, build: &build, reporter: reporter, control: control) {
+                try await image(task: task, workspace: workspace, reference: reference, sandbox: sandbox, reporter: reporter)
+            }
+            digest = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
+                try await push(repository: repository, project: project.name, tag: tag, reporter: reporter)
+            }
+        } catch {
+            await removeLocal()
+            throw error
         }
-        build.image = "\(repository):\(tag)"
+        await removeLocal()
+        build.image = reference
         build.digest = digest
     }
 
@@ -356,9 +371,11 @@ struct BuildRunner: TaskRunner {
     private func push(repository: String, project: String, tag: String, reporter: BuildReporter) async throws -> String {
         reporter.log("pushing \(repository):\(tag)")
         do {
-            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure) { reporter.output($0) }
+            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure,
+                                                   credentials: configuration.registryCredentials) { reporter.output($0) }
             if let d = fromStream { return d }
-            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag, insecure: configuration.registryInsecure)
+            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag,
+                                                         insecure: configuration.registryInsecure, credentials: configuration.registryCredentials)
         } catch let e as DockerError {
             throw StepFailure(step: .push, message: "could not push to \(configuration.registry): \(e)")
         }

@@ -5,14 +5,16 @@ import NIOCore
 extension DockerClient {
     /// Pulls `image` ("registry/repository:tag") from its registry. `insecure`: the registry
     /// speaks plain HTTP (podman is told `tlsVerify=false`). Throws the engine's message when
-    /// the image cannot be pulled (unknown repository or tag, registry down).
-    public func pull(_ image: String, insecure: Bool, onLine: @Sendable (String) -> Void = { _ in }) async throws {
+    /// the image cannot be pulled (unknown repository or tag, registry down, credentials
+    /// refused). `credentials` go to the engine as `X-Registry-Auth`; it asks the registry's
+    /// token service with them.
+    public func pull(_ image: String, insecure: Bool, credentials: RegistryCredentials? = nil, onLine: @Sendable (String) -> Void = { _ in }) async throws {
         let operation = "pull \(image)"
         var query = [("fromImage", image)]
         if insecure { query.append(("tlsVerify", "false")) }
         let response = try await send(
             .POST, "/images/create", query: query,
-            headers: [("X-Registry-Auth", Data("{}".utf8).base64EncodedString())],
+            headers: [("X-Registry-Auth", credentials?.registryAuthHeader ?? RegistryCredentials.anonymousHeader)],
             operation: operation, long: true)
         if response.status.code != 200 { _ = try await expect(response, [200], operation) }
         try await forEachMessage(response, operation) { message in
@@ -103,15 +105,20 @@ extension DockerClient {
     /// and returns the manifest digest if the API reported it (podman says it in a status
     /// line, dockerd in an `aux` message), else nil: then ask `registryDigest`.
     ///
-    /// - Parameter insecure: the registry speaks plain HTTP (podman is told `tlsVerify=false`;
-    ///   dockerd must list it under insecure-registries, 127.0.0.0/8 is by default).
-    public func push(image: String, tag: String, insecure: Bool, onLine: @Sendable (String) -> Void) async throws -> String? {
+    /// A push the registry refuses (wrong credentials, a token without `push`) is an error:
+    /// podman answers such a push with HTTP 200 and an error line in the stream, which is read.
+    ///
+    /// - Parameters:
+    ///   - insecure: the registry speaks plain HTTP (podman is told `tlsVerify=false`;
+    ///     dockerd must list it under insecure-registries, 127.0.0.0/8 is by default).
+    ///   - credentials: sent as `X-Registry-Auth`; the engine gets a token with them.
+    public func push(image: String, tag: String, insecure: Bool, credentials: RegistryCredentials? = nil, onLine: @Sendable (String) -> Void) async throws -> String? {
         let operation = "push \(image):\(tag)"
         var query = [("tag", tag)]
         if insecure { query.append(("tlsVerify", "false")) }
         let response = try await send(
             .POST, "/images/\(escapePath(image))/push", query: query,
-            headers: [("X-Registry-Auth", Data("{}".utf8).base64EncodedString())],
+            headers: [("X-Registry-Auth", credentials?.registryAuthHeader ?? RegistryCredentials.anonymousHeader)],
             operation: operation, long: true)
         if response.status.code != 200 { _ = try await expect(response, [200], operation) }
         var digest: String?

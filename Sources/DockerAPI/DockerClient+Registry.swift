@@ -4,14 +4,18 @@ import Foundation
 extension DockerClient {
     /// The digest ("sha256:…") the registry gives `repository:tag`'s manifest:
     /// `HEAD /v2/<repository>/manifests/<tag>` accepting Docker v2 and OCI manifests and
-    /// indexes, read from `Docker-Content-Digest`. No authentication.
+    /// indexes, read from `Docker-Content-Digest`.
+    ///
+    /// A registry with token authentication answers 401 with a Bearer challenge: with
+    /// `credentials` the token is asked from the challenge's realm (HTTP Basic) and the request
+    /// made again with it; without, that is an error that says credentials are needed.
     ///
     /// - Parameters:
     ///   - registry: "host:port", or a base URL ("http://host:port") whose scheme wins.
     ///   - insecure: plain HTTP instead of HTTPS when `registry` has no scheme.
     public static func registryDigest(
         registry: String, repository: String, tag: String, insecure: Bool = false,
-        httpClient: HTTPClient = .shared
+        credentials: RegistryCredentials? = nil, httpClient: HTTPClient = .shared
     ) async throws -> String {
         let operation = "read the digest of \(registry)/\(repository):\(tag)"
         let base = registry.contains("://") ? registry : (insecure ? "http://" : "https://") + registry
@@ -24,13 +28,24 @@ extension DockerClient {
             "application/vnd.oci.image.manifest.v1+json",
             "application/vnd.oci.image.index.v1+json",
         ].joined(separator: ", "))
-        let response: HTTPClientResponse
+        var response: HTTPClientResponse
         do {
             response = try await httpClient.execute(request, timeout: .seconds(30))
         } catch {
             throw DockerError(operation, nil, "the registry does not answer: \(error)")
         }
         _ = try? await response.body.collect(upTo: 1 << 20)
+        if response.status.code == 401, let credentials,
+           let challenge = response.headers.first(name: "Www-Authenticate").flatMap(BearerChallenge.init(header:)) {
+            let token = try await challenge.token(credentials: credentials, httpClient: httpClient, operation: operation)
+            request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)")
+            do {
+                response = try await httpClient.execute(request, timeout: .seconds(30))
+            } catch {
+                throw DockerError(operation, nil, "the registry does not answer: \(error)")
+            }
+            _ = try? await response.body.collect(upTo: 1 << 20)
+        }
         switch response.status.code {
         case 200:
             guard let digest = response.headers.first(name: "Docker-Content-Digest"), digest.hasPrefix("sha256:") else {
@@ -40,7 +55,9 @@ extension DockerClient {
         case 404:
             throw DockerError(operation, 404, "the registry has no manifest for \(repository):\(tag)")
         case 401, 403:
-            throw DockerError(operation, Int(response.status.code), "the registry asks for credentials")
+            throw DockerError(operation, Int(response.status.code), credentials == nil
+                ? "the registry asks for credentials"
+                : "the registry refused \(credentials!.user): its token does not allow pulling \(repository)")
         default:
             throw DockerError(operation, Int(response.status.code), "the registry answered \(response.status)")
         }

@@ -68,6 +68,11 @@ public struct Keys: Sendable, Equatable {
     public var hooks: String { "\(prefix)/hooks/" }
     public func hook(_ id: String) -> String { hooks + id }
 
+    /// Machines that may ask the registry's token service for tokens (`MachineCredential`):
+    /// the SHA-256 of each one's token and its kind. Only the schedulers read them.
+    public var machines: String { "\(prefix)/machines/" }
+    public func machine(_ name: String) -> String { machines + name }
+
     /// The last path component of `key` under `base`, or nil if `key` is not directly under it.
     public static func name(of key: String, under base: String) -> String? {
         guard key.hasPrefix(base) else { return nil }

@@ -47,8 +47,11 @@ public final class Infrastructure: Sendable {
 
     /// Starts everything. `podmanRoot` may be shared between runs (tests keep images there);
     /// by default it is `dataDir/podman`. `progress` receives one line per stage.
+    /// `registryAuth`: the registry's token authentication (its realm is the scheduler's
+    /// `/auth/token`, so the scheduler's address must be chosen before this starts).
     public static func start(
         dataDir: URL, ports: Ports = Ports(), podmanRoot: URL? = nil, fixtures: URL? = nil,
+        registryAuth: RegistryServer.TokenAuth? = nil,
         logger: Logger, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> Infrastructure {
         let fm = FileManager.default
@@ -71,9 +74,10 @@ public final class Infrastructure: Sendable {
             progress("  etcd         \(etcd.endpoint)")
 
             progress("starting the registry")
-            let registry = try await RegistryServer.start(root: dataDir.appendingPathComponent("registry"), port: ports.registry, logFile: logs.appendingPathComponent("registry.log"))
+            let registry = try await RegistryServer.start(root: dataDir.appendingPathComponent("registry"), port: ports.registry,
+                                                          logFile: logs.appendingPathComponent("registry.log"), auth: registryAuth)
             started.append { registry.stop() }
-            progress("  registry     \(registry.address)")
+            progress("  registry     \(registry.address)\(registryAuth.map { " (tokens from \($0.realm))" } ?? " (no authentication)")")
 
             progress("starting podman's Docker API service")
             let podmanDir = podmanRoot ?? dataDir.appendingPathComponent("podman")

@@ -15,7 +15,8 @@ import Glibc
 /// Files under `root`: `containers.conf` (runc, the VM's rlimits, cgroupfs, events to a
 /// file, podman's temporary state here instead of /run/libpod), `storage.conf` (overlay,
 /// graphroot `storage/`, runroot `run/`), `registries.conf` (no unqualified search; plain
-/// HTTP allowed for 127.0.0.1 and localhost registries), `podman.sock`, `podman.log`.
+/// HTTP allowed for 127.0.0.1 and localhost registries), `auth.json` (empty: the service's own
+/// registry credentials, none), `podman.sock`, `podman.log`.
 ///
 /// Containers started through the service outlive it (each has its own conmon): remove them
 /// before `stop()`.
@@ -76,6 +77,9 @@ public final class PodmanService: Sendable {
             name: "podman service", executable: "podman",
             arguments: ["system", "service", "--time=0", "unix://\(socket)"],
             environment: environment,
+            // conmon leaves an empty file named "oom" in its working directory when a
+            // container hits its memory limit: keep that inside the service's own folder.
+            workingDirectory: root,
             logFile: logFile ?? root.appendingPathComponent("\(name).log"))
         try? "\(process.pid)\n".write(to: pidFile(root, name), atomically: true, encoding: .utf8)
         do {
@@ -108,6 +112,9 @@ public final class PodmanService: Sendable {
             "CONTAINERS_CONF": root.appendingPathComponent("containers.conf").path,
             "CONTAINERS_STORAGE_CONF": root.appendingPathComponent("storage.conf").path,
             "CONTAINERS_REGISTRIES_CONF": root.appendingPathComponent("registries.conf").path,
+            // Not root's auth.json: a person's `podman login` on this machine must not become
+            // the credentials of every anonymous push or pull through this service.
+            "REGISTRY_AUTH_FILE": root.appendingPathComponent("auth.json").path,
         ]
     }
 
@@ -170,6 +177,14 @@ public final class PodmanService: Sendable {
         try containers.write(to: root.appendingPathComponent("containers.conf"), atomically: true, encoding: .utf8)
         try storage.write(to: root.appendingPathComponent("storage.conf"), atomically: true, encoding: .utf8)
         try registries.write(to: root.appendingPathComponent("registries.conf"), atomically: true, encoding: .utf8)
+        // REGISTRY_AUTH_FILE must exist: `podman run` refuses a missing one. Empty: this
+        // service holds no registry credentials of its own; callers send theirs per request.
+        let auth = path("auth.json")
+        if !fm.fileExists(atPath: auth) {
+            guard fm.createFile(atPath: auth, contents: Data(#"{"auths":{}}"#.utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw FarmError("cannot create \(auth)")
+            }
+        }
     }
 
     /// Deletes `root` and everything in it. The overlay driver leaves mounts under

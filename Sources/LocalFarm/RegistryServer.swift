@@ -6,8 +6,31 @@ import Foundation
 ///
 /// `start` returns once `GET /v2/` answers 200. Stop it with `stop()`; it is also stopped when
 /// the last reference goes away, so a test that fails halfway leaves no registry behind.
-/// Deleting manifests is enabled (old versions can be cleaned). No authentication.
+/// Deleting manifests is enabled (old versions can be cleaned). With `TokenAuth` every client
+/// needs a token from Kiln's token service (the scheduler's `/auth/token`); without it anyone
+/// on loopback may push and pull (for tests of the Docker API client only).
 public final class RegistryServer: Sendable {
+    /// Docker's token authentication: the registry sends clients to `realm` for a token and
+    /// accepts only tokens signed by a key whose certificate is in `rootCertBundle`, issued by
+    /// `issuer` for `service`.
+    public struct TokenAuth: Sendable, Equatable {
+        /// The token service's URL, `http://127.0.0.1:7070/auth/token`.
+        public var realm: String
+        /// The JWT's `aud` the registry expects (`kiln scheduler --registry-service`).
+        public var service: String
+        /// The JWT's `iss` the registry expects (`kiln scheduler --registry-token-issuer`).
+        public var issuer: String
+        /// PEM certificate(s) of the signing key(s).
+        public var rootCertBundle: URL
+
+        public init(realm: String, service: String = "kiln-registry", issuer: String = "kiln", rootCertBundle: URL) {
+            self.realm = realm
+            self.service = service
+            self.issuer = issuer
+            self.rootCertBundle = rootCertBundle
+        }
+    }
+
     public let root: URL
     public let port: Int
     public let logFile: URL
@@ -32,7 +55,7 @@ public final class RegistryServer: Sendable {
     /// Starts a registry storing under `root` (created if missing; `<root>/config.yml` and
     /// `<root>/data`). With `port` nil a free port is picked; a given port that is taken is a
     /// `FarmError`. Its output goes to `logFile`, by default `<root>/registry.log`.
-    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil) async throws -> RegistryServer {
+    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
@@ -48,11 +71,11 @@ public final class RegistryServer: Sendable {
         for _ in 0..<attempts {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
-            try configuration(root: root, port: chosen).write(to: config, atomically: true, encoding: .utf8)
+            try configuration(root: root, port: chosen, auth: auth).write(to: config, atomically: true, encoding: .utf8)
             let process = try ManagedProcess(
                 name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
             do {
-                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen) }
+                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, authenticated: auth != nil) }
                 return RegistryServer(root: root, port: chosen, logFile: logFile, process: process)
             } catch {
                 process.killNow()
@@ -69,8 +92,8 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int) -> String {
-        """
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil) -> String {
+        var text = """
         version: 0.1
         log:
           level: warn
@@ -88,12 +111,29 @@ public final class RegistryServer: Sendable {
             enabled: false
 
         """
+        if let auth {
+            // Quoted: YAML would read a bare URL fine, but a path or name with ': ' would not.
+            text += """
+            auth:
+              token:
+                realm: "\(auth.realm)"
+                service: "\(auth.service)"
+                issuer: "\(auth.issuer)"
+                rootcertbundle: "\(auth.rootCertBundle.path)"
+
+            """
+        }
+        return text
     }
 
-    private static func answers(port: Int) async -> Bool {
+    /// `GET /v2/` answers 200, or 401 with a Bearer challenge when token auth is on.
+    private static func answers(port: Int, authenticated: Bool) async -> Bool {
         let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v2/")
         guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 16)
+        if authenticated {
+            return response.status.code == 401 && response.headers.first(name: "Www-Authenticate")?.hasPrefix("Bearer ") == true
+        }
         return response.status.code == 200
     }
 }

@@ -40,6 +40,7 @@ public final class ManagedProcess: Sendable {
         executable: String,
         arguments: [String],
         environment: [String: String]? = nil,
+        workingDirectory: URL? = nil,
         logFile: URL
     ) throws {
         self.name = name
@@ -53,7 +54,8 @@ public final class ManagedProcess: Sendable {
         defer { close(log) }
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer { close(null) }
-        self.pid = try Spawn.start(path, arguments, environment: environment, stdin: null, stdout: log, stderr: log)
+        self.pid = try Spawn.start(path, arguments, environment: environment, workingDirectory: workingDirectory?.path,
+                                   stdin: null, stdout: log, stderr: log)
     }
 
     deinit {

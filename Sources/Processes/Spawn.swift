@@ -19,17 +19,31 @@ private let addCloseFrom: (@Sendable @convention(c) (UnsafeMutablePointer<posix_
     return unsafeBitCast(symbol, to: (@Sendable @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
 }()
 
+/// glibc's `posix_spawn_file_actions_addchdir_np` (2.29 and later), found the same way.
+private let addChdir: (@Sendable @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addchdir_np") else { return nil }
+    return unsafeBitCast(symbol, to: (@Sendable @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
+}()
+
 public enum Spawn {
     /// Starts `path` with `arguments`; the three descriptors become its stdin, stdout, stderr,
     /// and `extraDescriptors` its 3, 4, … in order (Chromium's `--remote-debugging-pipe`
     /// talks on 3 and 4). The child gets no other descriptor of this process, whether or not
     /// it is marked close-on-exec. `environment` is added to this process's own unless
-    /// `replaceEnvironment` is set.
+    /// `replaceEnvironment` is set. With `workingDirectory` the child starts there, else in
+    /// this process's.
     public static func start(_ path: String, _ arguments: [String], environment: [String: String]? = nil, replaceEnvironment: Bool = false,
+                             workingDirectory: String? = nil,
                              stdin: Int32, stdout: Int32, stderr: Int32, extraDescriptors: [Int32] = []) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        if let workingDirectory {
+            guard let chdir = addChdir else {
+                throw FarmError("cannot start \(path) in \(workingDirectory): this C library lacks posix_spawn_file_actions_addchdir_np (glibc 2.29 or later has it)")
+            }
+            _ = chdir(&actions, workingDirectory)
+        }
         posix_spawn_file_actions_adddup2(&actions, stdin, 0)
         posix_spawn_file_actions_adddup2(&actions, stdout, 1)
         posix_spawn_file_actions_adddup2(&actions, stderr, 2)

@@ -19,6 +19,8 @@ public struct SchedulerConfiguration: Sendable {
     public var plugins: [any PostBuildPlugin]
     /// Work only the leader does besides dispatching and pipelines (deploy discovery).
     public var leaderTasks: [@Sendable () async -> Void] = []
+    /// The registry's token service (`GET /auth/token`); nil: this scheduler serves no tokens.
+    public var registryTokens: RegistryTokenService.Configuration?
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -43,6 +45,9 @@ public func buildSchedulerApplication(
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
     Console(store: store).addRoutes(to: router)
+    if let tokens = configuration.registryTokens {
+        RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
+    }
     let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
                                 leaderTasks: configuration.leaderTasks, logger: logger)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BuildAgent
+import DockerAPI
 import Etcd
 import Foundation
 import KilnCore
@@ -47,6 +48,16 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Flag(name: .long, inversion: .prefixedNo, help: "Push over plain HTTP (a registry without TLS).")
     var insecureRegistry = true
+
+    @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) holding this agent's registry credentials as ID:TOKEN, the user being \
+        --id (env KILN_REGISTRY_CREDENTIALS). Sent to the registry's token service (the \
+        scheduler's /auth/token) on push, which grants push only to the repositories of the \
+        builds assigned to this agent; never given to a build. `kiln up` writes one per agent; \
+        make one with `kiln machine add ID --kind agent --out FILE`. Without it pushes are \
+        anonymous, which a registry with token authentication refuses.
+        """, valueName: "file"))
+    var registryCredentials: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_CREDENTIALS"]
 
     @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
@@ -109,6 +120,13 @@ struct AgentCommand: AsyncParsableCommand {
         guard let size = AgentConfiguration.parseSize(maxLogSize), size >= AgentConfiguration.minimumMaxLogBytes else {
             throw ValidationError("--max-log-size must be a size of at least 64K: bytes, or a number with K, M or G (for example 64M), not '\(maxLogSize)'")
         }
+        if let path = registryCredentials {
+            let credentials: UserPassword
+            do { credentials = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
+            guard credentials.user == id else {
+                throw ValidationError("--registry-credentials: \(path) holds the credentials of '\(credentials.user)', not of this agent '\(id)': the token service grants an agent the repositories of its own builds only")
+            }
+        }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
         }
@@ -137,6 +155,7 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
+        let credentials = try registryCredentials.map { try UserPassword.read($0) }
         let config = AgentConfiguration(
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
@@ -146,7 +165,8 @@ struct AgentCommand: AsyncParsableCommand {
             timeouts: parsedTimeouts!, version: KilnVersion.current,
             simulate: simulate.flatMap(SimulatedDuration.init),
             // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
-            kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!)
+            kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
+            registryCredentials: credentials.map { RegistryCredentials(user: $0.user, password: $0.password) })
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")

@@ -43,7 +43,7 @@ struct AppsCommand: AsyncParsableCommand {
         if api.json { Show.printJSON(status); return }
         print("app \(status.app.name)")
         for v in status.app.versions.reversed() {
-            print("  v\(v.number)  \(v.state.rawValue.uppercased())  build \(v.build)  \(v.image)")
+            print("  v\(v.number)  \(v.state.rawValue.uppercased())  build \(v.build)  \(v.image)\(v.tag.map { "  (tag \($0))" } ?? "")")
             let s = v.settings
             print("      \(s.replicas) per cell in \(v.cells.joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")")
             for i in v.instances.sorted(by: { ($0.cell, $0.name) < ($1.cell, $1.name) }) {

@@ -9,3 +9,4 @@ import KilnCore
 extension Supersede: ExpressibleByArgument {}
 extension CompileNetwork: ExpressibleByArgument {}
 extension LBServerUpdates: ExpressibleByArgument {}
+extension MachineCredential.Kind: ExpressibleByArgument {}

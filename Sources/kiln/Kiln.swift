@@ -24,7 +24,7 @@ struct Kiln: AsyncParsableCommand {
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
                       DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self,
-                      GitFetchCommand.self])
+                      MachineCommand.self, GitFetchCommand.self])
 }
 
 enum KilnVersion {

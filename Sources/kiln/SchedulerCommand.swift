@@ -1,7 +1,10 @@
 import ArgumentParser
 import Deploy
+import DockerAPI
 import Etcd
+import Foundation
 import KilnCore
+import RegistryAuth
 import Scheduler
 import ServiceLifecycle
 
@@ -22,7 +25,14 @@ struct SchedulerCommand: AsyncParsableCommand {
         lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
         Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
 
-        Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379
+        With --registry-signing-key and --admin-token-file it is also the registry's token \
+        service (GET /auth/token, Docker's token specification): user admin with the admin \
+        token gets everything, an agent push and pull on the repositories of its current \
+        builds, a deployer pull; see docs/registry-auth.md to point a registry at it.
+
+        Example: kiln scheduler --listen 127.0.0.1:7070 --etcd http://127.0.0.1:2379 \
+          --registry-signing-key /etc/kiln/registry-signing-key.pem --admin-token-file /etc/kiln/admin-token \
+          --registry-credentials /etc/kiln/registry-deployer
         """)
 
     @OptionGroup var etcd: EtcdOptions
@@ -45,7 +55,44 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
     var discoveryInterval: Double = 5
 
+    @Option(name: .long, help: ArgumentHelp("""
+        PEM file (mode 0600) with the P-256 key registry tokens are signed with (env \
+        KILN_REGISTRY_SIGNING_KEY). Turns on the token service at /auth/token; the registry's \
+        auth.token.rootcertbundle must hold its certificate (`kiln up` writes both). Every \
+        scheduler of a farm needs the same key. Needs --admin-token-file.
+        """, valueName: "file"))
+    var registrySigningKey: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_SIGNING_KEY"]
+
+    @Option(name: .long, help: ArgumentHelp("The tokens' issuer: the registry's auth.token.issuer (env KILN_REGISTRY_TOKEN_ISSUER).", valueName: "name"))
+    var registryTokenIssuer: String = env("KILN_REGISTRY_TOKEN_ISSUER", "kiln")
+
+    @Option(name: .long, help: ArgumentHelp("The registry's service name: its auth.token.service, the tokens' audience (env KILN_REGISTRY_SERVICE).", valueName: "name"))
+    var registryService: String = env("KILN_REGISTRY_SERVICE", "kiln-registry")
+
+    @Option(name: .long, help: ArgumentHelp("File (mode 0600) holding the admin token: the registry password of user admin (env KILN_ADMIN_TOKEN_FILE).", valueName: "file"))
+    var adminTokenFile: String? = ProcessInfo.processInfo.environment["KILN_ADMIN_TOKEN_FILE"]
+
+    @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) holding NAME:TOKEN of a deployer machine: the deploy backends pull \
+        images with it (local cells through their Docker API, Kubernetes through a pull \
+        secret in each app's namespace) (env KILN_REGISTRY_CREDENTIALS). Make one with \
+        `kiln machine add NAME --kind deployer --out FILE`.
+        """, valueName: "file"))
+    var registryCredentials: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_CREDENTIALS"]
+
     func validate() throws {
+        switch (registrySigningKey, adminTokenFile) {
+        case (nil, nil): break
+        case (let key?, let admin?):
+            do { _ = try TokenSigningKey(pem: try CredentialFile.read(key)) } catch { throw ValidationError("--registry-signing-key: \(error)") }
+            do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
+        default:
+            throw ValidationError("--registry-signing-key and --admin-token-file go together: the token service needs both (the key signs tokens, the admin token is user admin's password)")
+        }
+        guard !registryTokenIssuer.isEmpty, !registryService.isEmpty else { throw ValidationError("--registry-token-issuer and --registry-service must not be empty") }
+        if let path = registryCredentials {
+            do { _ = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
+        }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
         guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
@@ -60,11 +107,19 @@ struct SchedulerCommand: AsyncParsableCommand {
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         let deploy = DeployEnvironment(
             store: AppStore(etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), keys: Keys(prefix: etcd.prefix)),
-            deployers: DeployEnvironment.standardDeployers())
+            deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map {
+                let c = try UserPassword.read($0)
+                return RegistryCredentials(user: c.user, password: c.password)
+            }))
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
             plugins: deploy.plugins)
+        if let key = registrySigningKey, let admin = adminTokenFile {
+            configuration.registryTokens = .init(
+                signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
+                service: registryService, adminToken: try CredentialFile.read(admin))
+        }
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

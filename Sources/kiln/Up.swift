@@ -1,5 +1,6 @@
 import ArgumentParser
 @preconcurrency import Dispatch
+import Etcd
 import Foundation
 import KilnClient
 import KilnCore
@@ -23,6 +24,11 @@ struct Up: AsyncParsableCommand {
         with a pipeline (deploy ▶ lb ▶ retire), builds it, prints the step timings, deploys \
         it and prints the URL nginx serves it on, then keeps running until Ctrl-C (or \
         SIGTERM) and stops everything it started, app containers included.
+
+        The registry accepts only tokens from the scheduler's /auth/token. Credentials are \
+        kept in --data-dir/credentials/ (mode 0600): the token signing key and its \
+        certificate, admin-token (the registry password of user admin; the login command is \
+        printed), and one registry-* file per agent and for the deployer.
 
         All data lives in --data-dir, so a second `kiln up` reuses images, mirrors and caches. \
         The first run makes two base images with debootstrap (about 2 minutes, once).
@@ -63,9 +69,10 @@ struct Up: AsyncParsableCommand {
         for (name, port, option) in [("scheduler API", apiPort, "--api-port"), ("nginx", lbPort, "--lb-port")] where FreePort.isInUse(port) {
             throw ValidationError("port \(port) (\(name)) is already in use on 127.0.0.1: stop whatever listens there, or pass \(option)")
         }
+        let registryCredentials = try UpRegistryCredentials(dataDir: data, agents: agents)
         let infra = try await Infrastructure.start(
             dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
-            logger: logger, progress: say)
+            registryAuth: registryCredentials.registryAuth(apiPort: apiPort), logger: logger, progress: say)
         var processes: [ManagedProcess] = []
         var cells: [PodmanService] = []
         func shutdown() async {
@@ -87,10 +94,12 @@ struct Up: AsyncParsableCommand {
             let exe = try selfExecutable()
             let logs = data.appendingPathComponent("logs")
             let api = "http://127.0.0.1:\(apiPort)"
+            try await registryCredentials.registerMachines(etcd: EtcdClient(endpoint: infra.etcd.endpoint, logger: logger), keys: Keys())
             say("starting the scheduler and \(agents) agents")
             let scheduler = try ManagedProcess(
                 name: "scheduler", executable: exe,
-                arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint, "--log-level", logLevel],
+                arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint, "--log-level", logLevel]
+                    + registryCredentials.schedulerArguments,
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)
             try await scheduler.waitUntilReadyHTTP("\(api)/api/v1/health", timeout: 30)
@@ -102,7 +111,7 @@ struct Up: AsyncParsableCommand {
                     name: id, executable: exe,
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
                                 "--etcd", infra.etcd.endpoint, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
-                                "--maven-mirror", infra.mavenMirrorForBuilds, "--log-level", logLevel],
+                                "--maven-mirror", infra.mavenMirrorForBuilds, "--log-level", logLevel] + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }
@@ -143,8 +152,12 @@ struct Up: AsyncParsableCommand {
                 }
                 let done = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
                 say(Show.summary(done))
-                if done.status == .succeeded, let image = done.image {
-                    say("pull and run it:  podman pull --tls-verify=false \(image)")
+                if done.status == .succeeded, let image = done.imageByDigest ?? done.image {
+                    say("""
+                    log in to the registry as admin, then pull it:
+                      \(registryCredentials.loginCommand(registry: infra.registry.address))
+                      podman pull --tls-verify=false \(image)
+                    """)
                 }
                 var served = false
                 if done.deploy?.status == .succeeded {
@@ -176,6 +189,7 @@ struct Up: AsyncParsableCommand {
           kiln build demo --tag v1 --follow     (builds, deploys a new version, moves nginx onto it)
           kiln apps demo
           kiln agents
+          \(registryCredentials.loginCommand(registry: infra.registry.address))
         Press Ctrl-C to stop everything.
         """)
         await signals.wait()

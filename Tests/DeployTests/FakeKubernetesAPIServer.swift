@@ -19,6 +19,9 @@ import Synchronization
 /// - `GET|POST /apis/apps/v1/namespaces/{ns}/deployments[/{name}]`, `DELETE …/deployments/{name}`
 /// - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,…` (equality selectors only),
 ///   `GET /api/v1/namespaces/{ns}/pods/{name}`
+/// - `POST /api/v1/namespaces/{ns}/secrets` (409 AlreadyExists), `PUT …/secrets/{name}`
+///   (404 when missing); a `kubernetes.io/dockerconfigjson` Secret must hold a
+///   `.dockerconfigjson` that is base64 of JSON with `auths` (422 otherwise)
 ///
 /// It checks what the real API server would refuse and Kiln could get wrong: an object made
 /// in a namespace that does not exist (404), a kind or namespace that does not match the
@@ -30,6 +33,10 @@ import Synchronization
 /// - There is no scheduler, no controller manager and no kubelet. Creating a Deployment
 ///   creates its `replicas` pods at once, in the same request (the real one answers first;
 ///   a ReplicaSet then pods follow over the next seconds). Pods get IPs 10.244.x.y.
+/// - The kubelet's pull is only emulated: for a registry host set with `requirePullCredentials`,
+///   a pod whose `imagePullSecrets` name no Secret of its namespace holding exactly those
+///   credentials for that host waits in `ImagePullBackOff` (a real kubelet asks the registry,
+///   which may also refuse for other reasons).
 /// - Pods never change by themselves. What each does is set per image (`setBehaviour`):
 ///   `ready` (the `Ready` condition true at once), `neverReady` (running, readiness never
 ///   passes), `imagePullBackOff` (the container waits with reason `ImagePullBackOff`, as when
@@ -37,7 +44,7 @@ import Synchronization
 ///   IP, `PodScheduled` false). A real pod goes through these over time and probes really run.
 /// - Deleting a Deployment deletes its pods at once (the real garbage collector deletes them
 ///   in the background, each pod terminating for up to its grace period).
-/// - No RBAC, admission, quotas, resourceVersion conflicts, watches, PATCH or PUT.
+/// - No RBAC, admission, quotas, resourceVersion conflicts, watches or PATCH; PUT only for Secrets.
 ///
 /// It records every request (method, path, query, Authorization header, body) so tests can
 /// assert the exact calls and objects (`answered` waits until a given call was answered),
@@ -75,7 +82,7 @@ final class FakeKubernetesAPIServer: Sendable {
         var created: String
     }
 
-    private struct InjectedFailure: Sendable {
+    struct InjectedFailure: Sendable {
         var method: String
         var path: String
         var status: Int
@@ -83,9 +90,13 @@ final class FakeKubernetesAPIServer: Sendable {
         var message: String
     }
 
-    private struct State: Sendable {
+    struct State: Sendable {
         var requests: [RecordedRequest] = []
         var namespaces: [String: Data] = [:]
+        /// "ns/name" → the Secret as stored.
+        var secrets: [String: Data] = [:]
+        /// Registry host → the "user:password" its pulls need.
+        var pullCredentials: [String: String] = [:]
         /// "ns/name" → the object as stored.
         var deployments: [String: Data] = [:]
         var services: [String: Data] = [:]
@@ -193,6 +204,14 @@ final class FakeKubernetesAPIServer: Sendable {
         state.withLock { $0.services.keys.filter { $0.hasPrefix("\(ns)/") }.map { String($0.dropFirst(ns.count + 1)) }.sorted() }
     }
     func pods(in ns: String) -> [Pod] { state.withLock { $0.pods.filter { $0.namespace == ns } } }
+    func secret(_ name: String, in ns: String) -> [String: Any]? {
+        state.withLock { $0.secrets["\(ns)/\(name)"] }.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+    }
+
+    /// Pods of images from `host` pull only with these credentials in an image pull secret.
+    func requirePullCredentials(host: String, user: String, password: String) {
+        state.withLock { $0.pullCredentials[host] = "\(user):\(password)" }
+    }
 
     // MARK: the API
 
@@ -236,6 +255,10 @@ final class FakeKubernetesAPIServer: Sendable {
         case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "services":
             guard let svc = s.services["\(parts[3])/\(parts[5])"] else { return Self.notFound("services", parts[5]) }
             return (200, svc)
+        case ("POST", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "secrets":
+            return Self.saveSecret(&s, namespace: parts[3], name: nil, object)
+        case ("PUT", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "secrets":
+            return Self.saveSecret(&s, namespace: parts[3], name: parts[5], object)
         case ("GET", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
             return Self.listPods(s, namespace: parts[3], query: query)
         case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
@@ -257,7 +280,7 @@ final class FakeKubernetesAPIServer: Sendable {
         }
     }
 
-    private static func createNamespace(_ s: inout State, _ object: [String: Any]?) -> (Int, Data) {
+    static func createNamespace(_ s: inout State, _ object: [String: Any]?) -> (Int, Data) {
         guard var o = object, o["kind"] as? String == "Namespace", o["apiVersion"] as? String == "v1" else {
             return status(400, "BadRequest", "the API version in the data (\((object?["apiVersion"] as? String) ?? "")) does not match the expected API version (v1)")
         }
@@ -271,7 +294,7 @@ final class FakeKubernetesAPIServer: Sendable {
         return (201, s.namespaces[name]!)
     }
 
-    private static func createService(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
+    static func createService(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
         guard var o = object, o["kind"] as? String == "Service", o["apiVersion"] as? String == "v1" else {
             return status(400, "BadRequest", "Service in version \"v1\" cannot be handled as a Service: the object's kind or apiVersion is wrong")
         }
@@ -296,7 +319,7 @@ final class FakeKubernetesAPIServer: Sendable {
         return (201, s.services["\(ns)/\(name)"]!)
     }
 
-    private static func createDeployment(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
+    static func createDeployment(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
         guard var o = object, o["kind"] as? String == "Deployment", o["apiVersion"] as? String == "apps/v1" else {
             return status(400, "BadRequest", "Deployment in version \"v1\" cannot be handled as a Deployment: the object's kind or apiVersion is wrong")
         }
@@ -337,7 +360,7 @@ final class FakeKubernetesAPIServer: Sendable {
         // Where the real cluster's controllers and scheduler take seconds, the fake is done now.
         let hash = randomName(10)
         let image = first["image"] as? String ?? ""
-        let behaviour = s.behaviours[image] ?? .ready
+        let behaviour = Self.canPull(s, image: image, namespace: ns, podSpec: podSpec) ? s.behaviours[image] ?? .ready : .imagePullBackOff
         for _ in 0..<replicas {
             var ip: String?
             if behaviour != .unschedulable {
@@ -354,7 +377,7 @@ final class FakeKubernetesAPIServer: Sendable {
         return (201, s.deployments["\(ns)/\(name)"]!)
     }
 
-    private static func listPods(_ s: State, namespace ns: String, query: String?) -> (Int, Data) {
+    static func listPods(_ s: State, namespace ns: String, query: String?) -> (Int, Data) {
         var requirements: [(key: String, value: String?, equal: Bool)] = []
         for item in (query ?? "").split(separator: "&") {
             let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
@@ -381,7 +404,7 @@ final class FakeKubernetesAPIServer: Sendable {
                            "items": items.map { podObject($0, withKind: false) }]))
     }
 
-    private static func podObject(_ pod: Pod, withKind: Bool) -> [String: Any] {
+    static func podObject(_ pod: Pod, withKind: Bool) -> [String: Any] {
         var status: [String: Any] = ["hostIP": "10.0.0.11", "startTime": pod.created, "qosClass": "BestEffort"]
         func condition(_ type: String, _ ok: Bool, reason: String? = nil, message: String? = nil) -> [String: Any] {
             var c: [String: Any] = ["type": type, "status": ok ? "True" : "False", "lastProbeTime": NSNull(), "lastTransitionTime": pod.created]
@@ -440,30 +463,30 @@ final class FakeKubernetesAPIServer: Sendable {
 
     // MARK: the real API's answers
 
-    private static func status(_ code: Int, _ reason: String, _ message: String, details: [String: Any]? = nil) -> (Int, Data) {
+    static func status(_ code: Int, _ reason: String, _ message: String, details: [String: Any]? = nil) -> (Int, Data) {
         var o: [String: Any] = ["kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Failure",
                                 "message": message, "reason": reason, "code": code]
         if let details { o["details"] = details }
         return (code, json(o))
     }
 
-    private static func notFound(_ resource: String, _ name: String, group: String? = nil) -> (Int, Data) {
+    static func notFound(_ resource: String, _ name: String, group: String? = nil) -> (Int, Data) {
         var details: [String: Any] = ["name": name, "kind": resource]
         if let group { details["group"] = group }
         return status(404, "NotFound", "\(resource)\(group.map { ".\($0)" } ?? "") \"\(name)\" not found", details: details)
     }
 
-    private static func invalid(_ kind: String, _ name: String, _ cause: String) -> (Int, Data) {
+    static func invalid(_ kind: String, _ name: String, _ cause: String) -> (Int, Data) {
         let group = kind == "Deployment" ? ".apps" : ""
         return status(422, "Invalid", "\(kind)\(group) \"\(name)\" is invalid: \(cause)", details: ["name": name, "kind": kind])
     }
 
-    private static func namespaceMismatch(_ o: [String: Any], _ ns: String) -> (Int, Data)? {
+    static func namespaceMismatch(_ o: [String: Any], _ ns: String) -> (Int, Data)? {
         guard let given = (o["metadata"] as? [String: Any])?["namespace"] as? String, given != ns else { return nil }
         return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
     }
 
-    private static func stamped(_ metadata: Any?) -> [String: Any] {
+    static func stamped(_ metadata: Any?) -> [String: Any] {
         var m = metadata as? [String: Any] ?? [:]
         m["uid"] = UUID().uuidString.lowercased()
         m["creationTimestamp"] = now()
@@ -471,28 +494,28 @@ final class FakeKubernetesAPIServer: Sendable {
         return m
     }
 
-    private static func json(_ o: [String: Any]) -> Data {
+    static func json(_ o: [String: Any]) -> Data {
         (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data("{}".utf8)
     }
 
-    private static func now() -> String {
+    static func now() -> String {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
         return f.string(from: Date())
     }
 
-    private static func randomName(_ n: Int) -> String {
+    static func randomName(_ n: Int) -> String {
         // The alphabet Kubernetes' name generator uses (no vowels, no look-alikes).
         let alphabet = Array("bcdfghjklmnpqrstvwxz2456789")
         return String((0..<n).map { _ in alphabet.randomElement()! })
     }
 
-    private static func isDNSLabel(_ s: String) -> Bool {
+    static func isDNSLabel(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 63 && !s.hasPrefix("-") && !s.hasSuffix("-")
             && s.utf8.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }
     }
 
-    private static func isDNSSubdomain(_ s: String) -> Bool {
+    static func isDNSSubdomain(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 253 && s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { isDNSLabel(String($0)) }
     }
 }

@@ -42,13 +42,14 @@ struct EndToEndTests {
             }
             #expect(log.contains("kiln: build succeeded"))
             // The digest recorded is the registry's.
-            let digest = try await DockerClient.registryDigest(registry: farm.infra.registry.address, repository: "demo", tag: b.tag!, insecure: true)
+            let digest = try await DockerClient.registryDigest(registry: farm.infra.registry.address, repository: "demo", tag: b.tag!,
+                                                               insecure: true, credentials: farm.admin)
             #expect(b.digest == digest)
 
-            // Pull it back from the registry and run it: it answers with the fixture's output.
+            // Pull it back from the registry (as admin) and run it: it answers with the fixture's output.
             let image = try #require(b.image)
             try? farm.podman(["rmi", "-f", image])
-            try farm.podman(["pull", "--tls-verify=false", image])
+            try farm.podman(["pull", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), image])
             let port = try FreePort.next()
             let name = "kiln-e2e-\(UUID().uuidString.prefix(8))"
             try farm.podman(["run", "-d", "--name", name, "--network", "host", "-e", "PORT=\(port)", image])

@@ -51,12 +51,16 @@ extension EndToEndTests {
                 var app = try await farm.appStatus()
                 let v1 = try #require(app.app.live)
                 #expect(v1.number == 1 && v1.build == b1.id)
+                // Deployed by digest, never by the tag (which may move); the tag is kept for people.
+                let pinned = try #require(b1.imageByDigest)
+                #expect(v1.image == pinned && pinned.contains("/demo@sha256:") && v1.tag == b1.tag, "\(v1.image)")
                 let v1Cells: [String] = v1.instances.map(\.cell).sorted()
                 #expect(v1Cells == ["a", "b"], "one instance in each cell")
                 #expect(v1.instances.allSatisfy { $0.healthy })
                 #expect(app.domains.first?.agents.first?.current == true)
                 #expect(try await farm.log(b1.id).contains("==> lb succeeded"))
 
+                #expect(try farm.podman(["inspect", "--format", "{{.ImageName}}", v1.instances[0].id]).trimmingCharacters(in: .whitespacesAndNewlines) == pinned)
                 let inspected = try farm.podman(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", v1.instances[0].id])
                 #expect(inspected.hasPrefix("314572800 500000000 "), "\(inspected)")
                 #expect(inspected.contains("KILN_GREETING=hello"), "\(inspected)")
@@ -112,13 +116,19 @@ extension EndToEndTests {
                 #expect(app.domains.first?.servers.sorted() == app.app.version(2)?.instances.map(\.address).sorted())
                 #expect(try await farm.containers(version: 3).isEmpty)
 
-                // 4. Roll back to the first build's image: a new version, v2 retired.
+                // 4. Roll back to the first build's image: a new version, v2 retired. First the
+                //    first build's tag is moved onto the second build's image (admin pushes it):
+                //    the roll back still runs the first build's image, by its digest.
+                let b1Tag = try #require(b1.image)
+                try farm.podman(["tag", try #require(b2.imageByDigest), b1Tag])
+                try farm.podman(["push", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), b1Tag])
+                try farm.podman(["rmi", b1Tag])
                 try await farm.saveProject(pipeline: Self.pipeline())
                 let back = try await farm.redeploy(b1.id)
                 #expect(back.deploy?.status == .succeeded, "\(back.deploy?.error ?? "")")
-                #expect(try await page().contains("kiln-demo version 1.0.0"))
+                #expect(try await page().contains("kiln-demo version 1.0.0"), "the roll back ran the moved tag")
                 app = try await farm.appStatus()
-                #expect(app.app.live?.number == 4 && app.app.live?.image == b1.image)
+                #expect(app.app.live?.number == 4 && app.app.live?.image == pinned)
                 #expect(app.app.version(2)?.state == .retired)
 
                 // 5. Discovery: an instance that stops leaves the domain, and comes back once it
@@ -147,7 +157,9 @@ extension EndToEndTests {
                 holder.close()
                 try await farm.saveCell(farm.cell("b"))
 
-                try farm.deleteTag(project: "demo", tag: try #require(b2.tag))
+                let b2Pinned = try #require(b2.imageByDigest)
+                try farm.deleteManifest(project: "demo", digest: try #require(b2.digest))
+                try farm.podman(["rmi", "-f", b2Pinned])
                 let unpullable = try await farm.redeploy(b2.id)
                 #expect(unpullable.deploy?.steps.first?.error?.contains("cannot pull") == true, "\(unpullable.deploy?.error ?? "")")
 
@@ -278,9 +290,11 @@ extension Farm {
         return found
     }
 
-    /// Deletes a tag from the registry's storage, as if it had been deleted or never pushed.
-    func deleteTag(project: String, tag: String) throws {
-        let dir = infra.registry.root.appendingPathComponent("data/docker/registry/v2/repositories/\(project)/_manifests/tags/\(tag)")
+    /// Deletes a manifest from the registry's storage (its revision link), as if it had been
+    /// deleted or never pushed: a pull by its digest then fails.
+    func deleteManifest(project: String, digest: String) throws {
+        let hex = digest.replacingOccurrences(of: "sha256:", with: "")
+        let dir = infra.registry.root.appendingPathComponent("data/docker/registry/v2/repositories/\(project)/_manifests/revisions/sha256/\(hex)")
         try FileManager.default.removeItem(at: dir)
     }
 }

@@ -11,6 +11,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import RegistryAuth
 import Scheduler
 import Testing
 
@@ -19,6 +20,10 @@ import Testing
 /// Kiln's scheduler and agents in this process. Agent data is fresh for each farm, so the
 /// first build of a project is cold; the podman storage is shared between runs so the base
 /// images are made once.
+///
+/// The registry runs with token authentication, the scheduler being its token service, as
+/// `kiln up` runs it: every agent has machine credentials of kind agent, the deploy backends
+/// those of machine `deployer`, and `adminToken` is user admin's password.
 final class Farm: Sendable {
     static let podmanRoot = URL(fileURLWithPath: ProcessInfo.processInfo.environment["KILN_TEST_PODMAN_ROOT"] ?? "/var/tmp/kiln-test/podman-e2e")
 
@@ -27,21 +32,28 @@ final class Farm: Sendable {
     let etcd: EtcdClient
     let keys = Keys()
     let dataDir: URL
+    let registryAuth: FarmRegistryAuth
 
-    init(infra: Infrastructure, api: String, dataDir: URL) {
+    init(infra: Infrastructure, api: String, dataDir: URL, registryAuth: FarmRegistryAuth) {
         self.infra = infra
         self.api = api
         self.etcd = EtcdClient(endpoint: infra.etcd.endpoint)
         self.dataDir = dataDir
+        self.registryAuth = registryAuth
     }
 
+    /// User admin's credentials for the registry.
+    var admin: RegistryCredentials { RegistryCredentials(user: "admin", password: registryAuth.adminToken) }
+
     func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2) -> AgentConfiguration {
-        AgentConfiguration(
+        var configuration = AgentConfiguration(
             // A lease of 10 s, as in production: with both cores busy (the other suites run beside
             // these), a 4 s lease once expired in the middle of a build, which then ran a second attempt.
             id: id, capacity: capacity, ttlSeconds: 10, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
+        configuration.registryCredentials = registryAuth.machines[id]
+        return configuration
     }
 
     // MARK: API
@@ -105,14 +117,20 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
     var logger = Logger(label: "e2e")
     logger.logLevel = ProcessInfo.processInfo.environment["KILN_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
     let agentLogger = logger
-    let infra = try await Infrastructure.start(dataDir: dir, podmanRoot: Farm.podmanRoot, logger: logger,
+    // The registry's realm is the scheduler's /auth/token: its port is chosen first.
+    let apiPort = try FreePort.next()
+    let auth = try FarmRegistryAuth(directory: dir.appendingPathComponent("credentials"), apiPort: apiPort, agents: ids)
+    let infra = try await Infrastructure.start(dataDir: dir, podmanRoot: Farm.podmanRoot, registryAuth: auth.registry, logger: logger,
                                                progress: { print("farm: \($0)") })
     do {
         try infra.publishDemo()
+        try await auth.registerMachines(etcd: EtcdClient(endpoint: infra.etcd.endpoint))
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
-        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: infra.etcd.endpoint)
+        var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
+        configuration.registryTokens = auth.tokenService
         if deploy {
-            let env = DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)), deployers: ["local": LocalDeployer()])
+            let env = DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)),
+                                        deployers: ["local": LocalDeployer(registryCredentials: auth.machines["deployer"])])
             let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
             configuration.plugins = env.plugins
             configuration.leaderTasks = [{ await monitor.run() }]
@@ -123,7 +141,7 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
             group.addTask { try await app.run() }
             var port = 0
             for await p in ports { port = p; break }
-            let farm = Farm(infra: infra, api: "http://127.0.0.1:\(port)", dataDir: dir)
+            let farm = Farm(infra: infra, api: "http://127.0.0.1:\(port)", dataDir: dir, registryAuth: auth)
             for id in ids {
                 let config = configure?(farm, id) ?? farm.agentConfiguration(id)
                 group.addTask { try await AgentService(configuration: config, logger: agentLogger).run() }
@@ -155,5 +173,36 @@ extension Farm {
         let r = try infra.podman.podmanCommand(args)
         guard r.status == 0 else { throw FarmError("podman \(args.joined(separator: " ")) failed: \(r.output)") }
         return r.output
+    }
+}
+
+/// The registry's token authentication of a test farm: a signing key and its certificate,
+/// the admin token, and machine credentials for each agent and for `deployer`, the way
+/// `kiln up` makes them (files of mode 0600; etcd holds only the tokens' SHA-256).
+struct FarmRegistryAuth: Sendable {
+    let registry: RegistryServer.TokenAuth
+    let tokenService: RegistryTokenService.Configuration
+    let adminToken: String
+    /// By machine name: each agent's and `deployer`'s credentials.
+    let machines: [String: RegistryCredentials]
+
+    init(directory: URL, apiPort: Int, agents: [String]) throws {
+        let key = TokenSigningKey.generate()
+        let bundle = directory.appendingPathComponent("registry-signing-cert.pem")
+        try CredentialFile.write(try key.certificatePEM(), to: bundle.path)
+        adminToken = Secret.random()
+        registry = RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: bundle)
+        tokenService = RegistryTokenService.Configuration(signingKey: key, adminToken: adminToken)
+        var machines: [String: RegistryCredentials] = [:]
+        for name in agents + ["deployer"] { machines[name] = RegistryCredentials(user: name, password: Secret.random()) }
+        self.machines = machines
+    }
+
+    func registerMachines(etcd: EtcdClient, keys: Keys = Keys()) async throws {
+        for (name, credentials) in machines {
+            let kind: MachineCredential.Kind = name == "deployer" ? .deployer : .agent
+            let record = MachineCredential(name: name, kind: kind, tokenSHA256: MachineToken.sha256Hex(credentials.password))
+            _ = try await etcd.put(keys.machine(name), try KilnJSON.encode(record))
+        }
     }
 }

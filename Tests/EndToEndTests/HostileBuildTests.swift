@@ -83,8 +83,10 @@ struct HostileBuildTests {
         return (b, try await farm.log(b.id))
     }
 
+    /// The status of the repository's tag list, asked as admin (the registry takes tokens only).
     func tags(_ farm: Farm, _ repository: String) async throws -> Int {
-        try await httpRequest(.GET, "\(farm.infra.registry.url)/v2/\(repository)/tags/list").status
+        let token = try await farm.token(farm.admin, scopes: ["repository:\(repository):pull"])
+        return try await httpRequest(.GET, "\(farm.infra.registry.url)/v2/\(repository)/tags/list", headers: [("Authorization", "Bearer \(token)")]).status
     }
 
     @Test("builds reach neither etcd nor the scheduler nor the registry, from the compile step or a RUN; paths through links, file:// mirrors and fork or memory bombs fail; a feature branch cannot plant into the main cache")

@@ -72,6 +72,8 @@ public final class TempDir: Sendable {
 public struct HTTPReply: Sendable {
     public let status: Int
     public let body: String
+    /// The answer's headers, in order.
+    public var headers: [(String, String)] = []
     public var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
     public var error: String? { json?["error"] as? String }
 }
@@ -88,5 +90,6 @@ public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil
     }
     for (name, value) in headers { r.headers.add(name: name, value: value) }
     let response = try await client.execute(r, timeout: timeout)
-    return HTTPReply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)))
+    return HTTPReply(status: Int(response.status.code), body: String(buffer: try await response.body.collect(upTo: 32 << 20)),
+                     headers: response.headers.map { ($0.name, $0.value) })
 }

@@ -5,7 +5,8 @@ import KilnCore
 public struct VersionSpec: Sendable, Equatable {
     public var app: String
     public var version: Int
-    /// The image to pull from the registry and run (`registry/project:tag`).
+    /// The image to pull from the registry and run: by digest (`registry/project@sha256:…`),
+    /// as the deploy plugin records it, so a tag pushed again since changes nothing.
     public var image: String
     public var settings: DeploySettings
 

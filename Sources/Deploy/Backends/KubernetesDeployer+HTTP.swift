@@ -15,7 +15,7 @@ extension KubernetesDeployer {
 
     /// The verbs Kiln uses (NIOHTTP1's `HTTPMethod` is not among Deploy's dependencies).
     enum Verb: String {
-        case GET, POST, DELETE
+        case GET, POST, PUT, DELETE
     }
 
     func send(_ method: Verb, _ path: String, query: String? = nil, in cell: Cell, operation: String) async throws -> Reply {
@@ -35,6 +35,7 @@ extension KubernetesDeployer {
         switch method {
         case .GET: request.method = .GET
         case .POST: request.method = .POST
+        case .PUT: request.method = .PUT
         case .DELETE: request.method = .DELETE
         }
         request.headers.add(name: "Accept", value: "application/json")

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DockerAPI
 import Foundation
 import KilnCore
 import Logging
@@ -41,6 +42,48 @@ extension KubernetesDeployer {
         guard [200, 201, 202, 409].contains(reply.status) else { throw failure(reply, in: cell, operation: create) }
     }
 
+    /// The pull secret every app namespace gets when this deployer has registry credentials.
+    static let pullSecretName = "kiln-registry"
+
+    /// The registry host of an image reference (`127.0.0.1:5000/demo@sha256:…` →
+    /// `127.0.0.1:5000`), or nil when it names none (Docker Hub's short names).
+    static func registryHost(of image: String) -> String? {
+        guard let slash = image.firstIndex(of: "/") else { return nil }
+        let host = String(image[..<slash])
+        return host.contains(".") || host.contains(":") || host == "localhost" ? host : nil
+    }
+
+    /// The `.dockerconfigjson` of the pull secret: `{"auths":{host:{username,password,auth}}}`.
+    static func dockerConfigJSON(host: String, credentials: RegistryCredentials) -> Data {
+        struct Entry: Encodable { let username: String; let password: String; let auth: String }
+        struct Config: Encodable { let auths: [String: Entry] }
+        let auth = Data("\(credentials.user):\(credentials.password)".utf8).base64EncodedString()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(Config(auths: [host: Entry(username: credentials.user, password: credentials.password, auth: auth)]))) ?? Data()
+    }
+
+    /// Writes the namespace's pull secret (create, or replace when it exists).
+    func ensurePullSecret(for spec: VersionSpec, namespace ns: String, in cell: Cell) async throws {
+        guard let registryCredentials, let host = Self.registryHost(of: spec.image) else { return }
+        let secret = KubernetesSecret(
+            metadata: .init(name: Self.pullSecretName, namespace: ns, labels: ["app.kubernetes.io/managed-by": "kiln"]),
+            type: "kubernetes.io/dockerconfigjson",
+            data: [".dockerconfigjson": Self.dockerConfigJSON(host: host, credentials: registryCredentials).base64EncodedString()])
+        let path = "/api/v1/namespaces/\(ns)/secrets"
+        let create = "create Secret \(Self.pullSecretName) in namespace \(ns)"
+        let reply = try await send(.POST, path, body: secret, in: cell, operation: create)
+        switch reply.status {
+        case 200, 201, 202: return
+        case 409:
+            let replace = "replace Secret \(Self.pullSecretName) in namespace \(ns)"
+            let replaced = try await send(.PUT, "\(path)/\(Self.pullSecretName)", body: secret, in: cell, operation: replace)
+            guard [200, 201].contains(replaced.status) else { throw failure(replaced, in: cell, operation: replace) }
+        default:
+            throw failure(reply, in: cell, operation: create)
+        }
+    }
+
     func deployment(for spec: VersionSpec, namespace ns: String) -> KubernetesDeployment {
         let labels = Self.labels(app: spec.app, version: spec.version)
         let s = spec.settings
@@ -63,7 +106,10 @@ extension KubernetesDeployer {
             spec: .init(
                 replicas: s.replicas,
                 selector: .init(matchLabels: [Self.appLabel: spec.app, Self.versionLabel: String(spec.version)]),
-                template: .init(metadata: .init(labels: labels), spec: .init(containers: [container]))))
+                template: .init(metadata: .init(labels: labels), spec: .init(
+                    containers: [container],
+                    imagePullSecrets: registryCredentials != nil && Self.registryHost(of: spec.image) != nil
+                        ? [.init(name: Self.pullSecretName)] : nil))))
     }
 
     func createDeployment(_ spec: VersionSpec, namespace ns: String, in cell: Cell) async throws {

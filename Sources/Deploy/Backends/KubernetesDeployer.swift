@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DockerAPI
 import Foundation
 import KilnCore
 import Logging
@@ -13,7 +14,11 @@ import NIOFoundationCompat
 /// - one Service per app, `{app}`, selecting `kiln.dev/app: {app}`, made when first needed and
 ///   left as it is afterwards (Kiln's load balancer sends to pod addresses, not to it);
 /// - one Deployment per version, `{app}-v{n}`, whose pods carry `kiln.dev/app` and
-///   `kiln.dev/version` and a readiness probe on the app's health path.
+///   `kiln.dev/version` and a readiness probe on the app's health path;
+/// - with registry credentials, one Secret `kiln-registry` of type
+///   `kubernetes.io/dockerconfigjson` per namespace (written again on every start, so a
+///   rotated credential reaches it), named in every pod's `imagePullSecrets`: the kubelet
+///   pulls with it from the registry's token service. Give a deployer's pull-only credential.
 ///
 /// An instance is a pod: `id` and `name` are its name, `address` is `podIP:port`. Health is
 /// the pod's `Ready` condition as the kubelet reports it (the readiness probe), not a request
@@ -61,6 +66,8 @@ public struct KubernetesDeployer: Deployer {
 
     public let configuration: Configuration
     let token: String?
+    /// What the kubelet pulls images with (a `deployer` machine's pull-only credential).
+    let registryCredentials: RegistryCredentials?
     let client: HTTPClient
     let logger: Logger
 
@@ -68,10 +75,13 @@ public struct KubernetesDeployer: Deployer {
     ///   - token: a bearer token (a service account's, from `KILN_KUBE_TOKEN`) sent as
     ///     `Authorization: Bearer …` with every request; nil sends none (an API server that
     ///     trusts its callers, such as one behind `kubectl proxy`).
-    public init(token: String? = nil, configuration: Configuration = Configuration(),
+    ///   - registryCredentials: put into each app namespace's pull secret `kiln-registry`;
+    ///     nil: pods pull anonymously.
+    public init(token: String? = nil, registryCredentials: RegistryCredentials? = nil, configuration: Configuration = Configuration(),
                 httpClient: HTTPClient = KubernetesDeployer.httpClient,
                 logger: Logger = Logger(label: "kiln.deploy.kubernetes")) {
         self.token = token.flatMap { $0.isEmpty ? nil : $0 }
+        self.registryCredentials = registryCredentials
         self.configuration = configuration
         self.client = httpClient
         self.logger = logger
@@ -108,6 +118,7 @@ public struct KubernetesDeployer: Deployer {
         let ns = try namespace(of: spec.app, in: cell)
         let name = Self.deploymentName(app: spec.app, version: spec.version)
         try await ensureNamespace(ns, app: spec.app, in: cell)
+        try await ensurePullSecret(for: spec, namespace: ns, in: cell)
         try await ensureService(spec, namespace: ns, in: cell)
         try await createDeployment(spec, namespace: ns, in: cell)
         do {

@@ -1,7 +1,7 @@
 import Foundation
 
 // The subset of the Kubernetes API's objects `KubernetesDeployer` writes and reads, in their
-// wire shapes (core/v1 Namespace, Service, Pod, Status, DeleteOptions; apps/v1 Deployment).
+// wire shapes (core/v1 Namespace, Service, Secret, Pod, Status, DeleteOptions; apps/v1 Deployment).
 // Fields Kiln never sets are left out; fields it reads are optional, since the API server
 // leaves out empty ones (a pending pod has no `podIP`, a fresh one no `conditions`).
 
@@ -66,6 +66,21 @@ struct KubernetesContainer: Codable, Sendable, Equatable {
 
 struct KubernetesPodSpec: Codable, Sendable, Equatable {
     var containers: [KubernetesContainer]
+    /// Secrets of type `kubernetes.io/dockerconfigjson` the kubelet pulls the image with.
+    var imagePullSecrets: [KubernetesLocalObjectReference]?
+}
+
+struct KubernetesLocalObjectReference: Codable, Sendable, Equatable {
+    var name: String
+}
+
+/// core/v1 Secret; `data` values are base64.
+struct KubernetesSecret: Codable, Sendable {
+    var apiVersion = "v1"
+    var kind = "Secret"
+    var metadata: KubernetesObjectMeta
+    var type: String
+    var data: [String: String]
 }
 
 struct KubernetesPodTemplate: Codable, Sendable, Equatable {

@@ -11,11 +11,16 @@ import Processes
 ///
 /// Containers carry the labels `kiln.app`, `kiln.version`, `kiln.cell` and `kiln.host-port`;
 /// several cells may share one engine (on one machine), so every query filters on the cell.
+///
+/// Images are pulled with `registryCredentials` (a `deployer` machine's pull-only credential),
+/// which the cell's engine takes to the registry's token service; nil pulls anonymously.
 public struct LocalDeployer: Deployer {
     let http: HTTPClient
+    let registryCredentials: RegistryCredentials?
 
-    public init(http: HTTPClient = .shared) {
+    public init(registryCredentials: RegistryCredentials? = nil, http: HTTPClient = .shared) {
         self.http = http
+        self.registryCredentials = registryCredentials
     }
 
     static func socket(of cell: Cell) throws -> String {
@@ -42,7 +47,7 @@ public struct LocalDeployer: Deployer {
             throw KilnError.unavailable("cell \(cell.name): the Docker API at \(cell.endpoint) does not answer (\(error)); start it, or remove the cell with `kiln cell remove \(cell.name)`")
         }
         do {
-            try await docker.pull(spec.image, insecure: Self.isPlainHTTP(spec.image))
+            try await docker.pull(spec.image, insecure: Self.isPlainHTTP(spec.image), credentials: registryCredentials)
         } catch {
             throw KilnError.invalid("cell \(cell.name): cannot pull \(spec.image): \(Self.message(error))")
         }

@@ -1,3 +1,4 @@
+import DockerAPI
 import Foundation
 import KilnCore
 import Plugins
@@ -17,9 +18,13 @@ public struct DeployEnvironment: Sendable {
     }
 
     /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints) and
-    /// `kubernetes` (API servers, with the bearer token in KILN_KUBE_TOKEN if set).
-    public static func standardDeployers(kubeToken: String? = ProcessInfo.processInfo.environment["KILN_KUBE_TOKEN"]) -> [String: any Deployer] {
-        ["local": LocalDeployer(), "kubernetes": KubernetesDeployer(token: kubeToken)]
+    /// `kubernetes` (API servers, with the bearer token in KILN_KUBE_TOKEN if set). Both pull
+    /// with `registryCredentials` (`kiln scheduler --registry-credentials`).
+    public static func standardDeployers(
+        kubeToken: String? = ProcessInfo.processInfo.environment["KILN_KUBE_TOKEN"], registryCredentials: RegistryCredentials? = nil
+    ) -> [String: any Deployer] {
+        ["local": LocalDeployer(registryCredentials: registryCredentials),
+         "kubernetes": KubernetesDeployer(token: kubeToken, registryCredentials: registryCredentials)]
     }
 
     func deployer(_ backend: String) throws -> any Deployer {

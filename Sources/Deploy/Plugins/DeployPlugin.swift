@@ -13,8 +13,13 @@ public struct DeployPlugin: PostBuildPlugin {
         let store = env.store
         let appName = ctx.string("app")!
         let backend = ctx.string("backend") ?? "local"
-        guard let image = ctx.build.image else {
+        guard let tagged = ctx.build.image else {
             throw KilnError.invalid("build \(ctx.build.id) has no image to deploy (it did not push one)")
+        }
+        // By digest, never by tag: the tag may have been pushed again since this build, and a
+        // roll back must run exactly the image this build made.
+        guard let image = ctx.build.imageByDigest else {
+            throw KilnError.invalid("build \(ctx.build.id) recorded no digest for \(tagged): deploys pull by digest only; build it again")
         }
         let deployer = try env.deployer(backend)
         let all = try await store.cells()
@@ -50,6 +55,7 @@ public struct DeployPlugin: PostBuildPlugin {
                 healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health")
             var v = AppVersion(number: app.nextNumber, build: ctx.build.id, project: ctx.project.name, image: image,
                                backend: backend, cells: cells.map(\.name), settings: settings)
+            v.tag = ctx.build.tag
             v.pipelineRun = ctx.run
             app.versions.append(v)
             return (v, true)
@@ -63,7 +69,7 @@ public struct DeployPlugin: PostBuildPlugin {
             try await store.updateVersion(appName, version.number) { $0.state = .deploying; $0.error = nil; $0.instances = [] }
         }
         let s = version.settings
-        await ctx.log("deploy: version \(version.number) of \(appName) from \(image): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")")
+        await ctx.log("deploy: version \(version.number) of \(appName) from \(image) (\(tagged)): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")")
 
         let spec = VersionSpec(app: appName, version)
         do {

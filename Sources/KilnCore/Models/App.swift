@@ -73,7 +73,10 @@ public struct AppVersion: Codable, Sendable, Equatable {
     /// version again instead of making another.
     public var pipelineRun: Int?
     public var project: String
+    /// The image by digest, `registry/project@sha256:…`: what every instance runs.
     public var image: String
+    /// The build's tag, for people only (`kiln apps` shows it); the tag may move, `image` does not.
+    public var tag: String?
     public var backend: String
     public var cells: [String]
     public var settings: DeploySettings

@@ -45,8 +45,9 @@ public struct Build: Codable, Sendable, Equatable {
     public var commit: String?
     public var tag: String?
     public var mvncache: Bool
-    /// The full pushed reference, `registry/project:tag`.
+    /// The full pushed reference, `registry/project:tag`: for people (the tag may move).
     public var image: String?
+    /// The manifest digest the registry gave the push, `sha256:…`.
     public var digest: String?
     public var agent: String?
     public var attempt: Int
@@ -79,6 +80,24 @@ public struct Build: Codable, Sendable, Equatable {
         self.steps = StepName.allCases.map { BuildStep(name: $0) }
         self.createdAt = createdAt
         self.trigger = trigger
+    }
+
+    /// The pushed image by its digest, `registry/project@sha256:…`: what deploys and roll
+    /// backs run, since the tag may have been pushed again since (a second build with the
+    /// same `--tag`, or anyone with push rights). Nil without an image or a digest.
+    public var imageByDigest: String? {
+        guard let image, let digest, digest.hasPrefix("sha256:"), digest.count == 71 else { return nil }
+        return Build.repository(of: image) + "@" + digest
+    }
+
+    /// `host:port/path` of `host:port/path:tag` or `host:port/path@digest` (a ':' before the
+    /// last '/' is the port's, not a tag's).
+    public static func repository(of image: String) -> String {
+        var name = Substring(image)
+        if let at = name.firstIndex(of: "@") { name = name[..<at] }
+        let lastSlash = name.lastIndex(of: "/") ?? name.startIndex
+        if let colon = name[lastSlash...].lastIndex(of: ":") { name = name[..<colon] }
+        return String(name)
     }
 
     public var durationMs: Int? {

@@ -1,0 +1,119 @@
+import Etcd
+import Foundation
+import Hummingbird
+import KilnCore
+import Logging
+import NIOCore
+import RegistryAuth
+
+/// The registry's token service (Docker's token specification): `GET /auth/token`, which
+/// the registry names as its `auth.token.realm`. Clients (podman, docker, kubelet) come here
+/// with HTTP Basic credentials and the scopes they need, and get a short-lived ES256 token
+/// the registry checks against the certificate of `signingKey`.
+///
+/// Callers are the admin (user `admin`, the admin token) and the machines in
+/// `/kiln/machines/` (the SHA-256 of each token and its kind); what each gets is
+/// `RegistryAccessPolicy`'s decision. No credentials, unknown users and wrong passwords get
+/// 401; a token is never logged, only who asked and what was granted.
+public struct RegistryTokenService: Sendable {
+    /// Settings of the token service; `kiln scheduler --registry-signing-key …`.
+    public struct Configuration: Sendable {
+        public var signingKey: TokenSigningKey
+        /// The JWT's `iss`: the registry's `auth.token.issuer`.
+        public var issuer: String
+        /// The JWT's `aud`: the registry's `auth.token.service`.
+        public var service: String
+        /// The password of user `admin`.
+        public var adminToken: String
+        /// Seconds a token lives (`expires_in`); Distribution allows 60 s of skew beyond it.
+        public var lifetime: Int
+
+        public init(signingKey: TokenSigningKey, issuer: String = "kiln", service: String = "kiln-registry", adminToken: String, lifetime: Int = 300) {
+            self.signingKey = signingKey
+            self.issuer = issuer
+            self.service = service
+            self.adminToken = adminToken
+            self.lifetime = lifetime
+        }
+    }
+
+    let configuration: Configuration
+    let store: SchedulerStore
+    let logger: Logger
+
+    public init(configuration: Configuration, store: SchedulerStore, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.logger = logger
+    }
+
+    /// The answer of a token request.
+    struct TokenAnswer: Encodable {
+        var token: String
+        var access_token: String
+        var expires_in: Int
+        var issued_at: String
+    }
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("auth/token") { request, _ in try await handle(request) }
+    }
+
+    func handle(_ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        guard let credentials = BasicAuthorization.parse(request.headers[.authorization]) else {
+            return unauthorized("the token service needs credentials (HTTP Basic): user admin with the admin token, or a machine's name:token")
+        }
+        if let service = query["service"].map(String.init), service != configuration.service {
+            throw KilnError.invalid("this token service signs for service '\(configuration.service)', not '\(Validation.printable(service))': set the registry's auth.token.service to it")
+        }
+        if let account = query["account"].map(String.init), !account.isEmpty, account != credentials.user {
+            throw KilnError.invalid("the account '\(Validation.printable(account))' is not the user of the credentials")
+        }
+        guard let caller = try await authenticate(credentials) else {
+            logger.notice("registry token refused: wrong credentials", metadata: ["account": "\(Validation.printable(credentials.user))"])
+            return unauthorized("wrong user or password")
+        }
+        let requested: [ResourceAccess]
+        switch ResourceAccess.parse(scopes: query.getAll("scope")) {
+        case .success(let scopes): requested = scopes
+        case .failure(let error): throw KilnError.invalid(error.message)
+        }
+        let granted = RegistryAccessPolicy.grant(requested, to: caller)
+        let now = Date()
+        let claims = RegistryTokenClaims(issuer: configuration.issuer, subject: caller.account, audience: configuration.service,
+                                         access: granted, issuedAt: now, lifetime: configuration.lifetime, id: Secret.random(bytes: 16))
+        let token = try RegistryToken.sign(claims, with: configuration.signingKey)
+        let refused = requested.map(\.description).filter { scope in !granted.contains { scope.hasPrefix("\($0.type):\($0.name):") } }
+        logger.info("registry token", metadata: [
+            "account": "\(caller.account)", "granted": "\(granted.map(\.description).joined(separator: " "))",
+            "refused": "\(refused.joined(separator: " "))",
+        ])
+        return json(TokenAnswer(token: token, access_token: token, expires_in: configuration.lifetime, issued_at: KilnJSON.formatDate(now)))
+    }
+
+    /// The caller these credentials belong to, or nil when they belong to nobody.
+    func authenticate(_ credentials: UserPassword) async throws -> RegistryCaller? {
+        if credentials.user == MachineCredential.adminUser {
+            return Secret.equal(credentials.password, configuration.adminToken) ? .admin : nil
+        }
+        guard (try? MachineCredential.validateName(credentials.user)) != nil,
+              let kv = try await store.etcd.get(store.keys.machine(credentials.user)),
+              let machine = try? KilnJSON.decode(MachineCredential.self, from: kv.value),
+              Secret.equal(MachineToken.sha256Hex(credentials.password), machine.tokenSHA256) else { return nil }
+        switch machine.kind {
+        case .deployer:
+            return .deployer(machine.name)
+        case .agent:
+            let tasks = try await store.etcd.range(prefix: store.keys.tasks(of: machine.name)).kvs
+            let projects = Set(tasks.compactMap { try? KilnJSON.decode(BuildTask.self, from: $0.value).project.name })
+            return .agent(machine.name, projects: projects)
+        }
+    }
+
+    func unauthorized(_ message: String) -> Response {
+        var response = errorResponse(401, message)
+        response.headers[.wwwAuthenticate] = "Basic realm=\"kiln registry token service\""
+        return response
+    }
+}

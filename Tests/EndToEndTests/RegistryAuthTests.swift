@@ -1,0 +1,178 @@
+import BuildAgent
+import Foundation
+import KilnCore
+import KilnTestSupport
+import LocalFarm
+import RegistryAuth
+import Testing
+
+/// The registry with token authentication, the scheduler its token service: who may push and
+/// pull what, tried the way a hostile build or a stranger on the machine would.
+// Nested in the end-to-end suite, which runs one farm at a time.
+extension EndToEndTests {
+@Suite struct RegistryAuthTests {
+    @Test("anonymous push and pull are refused; wrong credentials get 401; an agent pushes only its current builds' repositories; a deployer only pulls; admin logs in with podman and pulls")
+    func registryAuthentication() async throws {
+        try await withFarm { farm in
+            try await farm.addProject()
+            let built = try await farm.finished(try await farm.startBuild().id)
+            let builtLog = try await farm.log(built.id)
+            #expect(built.status == .succeeded, "\(built.error ?? "") \(builtLog)")
+            let registry = farm.infra.registry.address
+            let image = try #require(built.imageByDigest)
+            let docker = DockerClient(socketPath: farm.infra.podman.socketPath)
+
+            // 1. The registry itself asks for a token, naming the scheduler's realm.
+            let anonymous = try await httpRequest(.GET, "http://\(registry)/v2/demo/tags/list")
+            #expect(anonymous.status == 401)
+            let challenge = try #require(anonymous.headers.first { $0.0.lowercased() == "www-authenticate" }?.1)
+            #expect(challenge.contains("realm=\"\(farm.registryAuth.registry.realm)\""), "\(challenge)")
+
+            // 2. The token service: no credentials, a wrong password, an unknown user: 401.
+            let realm = farm.registryAuth.registry.realm + "?service=kiln-registry&scope=repository:demo:pull,push"
+            #expect(try await httpRequest(.GET, realm).status == 401)
+            let wrong = "not-\(Secret.random(bytes: 8))"
+            for (user, password) in [("admin", wrong), ("agent-1", wrong), ("deployer", farm.admin.password), ("nobody", wrong), ("agent-1", farm.admin.password)] {
+                let r = try await httpRequest(.GET, realm, headers: [("Authorization", basic(user, password))])
+                #expect(r.status == 401, "\(user): \(r.status) \(r.body)")
+                #expect(!r.body.contains(password), "the answer does not repeat the password")
+            }
+
+            // 3. Anonymous pull and push through the engine fail, and say so.
+            _ = try? farm.podman(["rmi", "-f", image])
+            await #expect(throws: DockerError.self) { try await docker.pull(image, insecure: true) }
+            // A tiny image of one file to push (not the 500 MB build image).
+            let tiny = farm.dataDir.appendingPathComponent("tiny")
+            try FileManager.default.createDirectory(at: tiny, withIntermediateDirectories: true)
+            try "pushed by a test\n".write(to: tiny.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
+            _ = try run("/bin/tar", ["-C", tiny.path, "-cf", tiny.path + ".tar", "."])
+            try farm.podman(["import", tiny.path + ".tar", "\(registry)/demo:anonymous"])
+            let anonymousPush = await #expect(throws: DockerError.self) {
+                _ = try await docker.push(image: "\(registry)/demo", tag: "anonymous", insecure: true) { _ in }
+            }
+            #expect(anonymousPush.map { "\($0)".contains("unauthorized") || "\($0)".contains("authentication required") } == true, "\(anonymousPush.map { "\($0)" } ?? "")")
+
+            // 4. An agent with no build of demo assigned gets no access to demo (the build is
+            //    over, so agent-1's task is gone), and no catalog.
+            let agent1 = try #require(farm.registryAuth.machines["agent-1"])
+            #expect(try await farm.grantedAccess(agent1, scopes: ["repository:demo:pull,push", "registry:catalog:*"]).isEmpty)
+
+            // 5. While agent-1 runs a build of project "evil", its credentials get push on evil
+            //    only: its upload into demo fails, its own succeeds; once the build is over,
+            //    nothing again.
+            try await farm.addProject("evil", buildCommand: "echo awake-$((40+2)); sleep 300")
+            let evilBuild = try await farm.startBuild("evil")
+            try await farm.waitForLog(evilBuild.id, containing: "awake-42")
+            #expect(try await farm.grantedAccess(agent1, scopes: ["repository:demo:pull,push"]).isEmpty)
+            #expect(try await farm.grantedAccess(agent1, scopes: ["repository:evil:pull,push", "repository:demo:pull"]).map(\.description) == ["repository:evil:pull,push"])
+            try farm.podman(["tag", "\(registry)/demo:anonymous", "\(registry)/demo:hostile"])
+            await #expect(throws: DockerError.self, "an agent's upload into another project's repository") {
+                _ = try await docker.push(image: "\(registry)/demo", tag: "hostile", insecure: true, credentials: agent1) { _ in }
+            }
+            // A raw upload with a token for its own repository is refused in demo's.
+            let evilToken = try await farm.token(agent1, scopes: ["repository:evil:pull,push", "repository:demo:pull,push"])
+            let upload = try await httpRequest(.POST, "http://\(registry)/v2/demo/blobs/uploads/", headers: [("Authorization", "Bearer \(evilToken)")])
+            let uploadChallenge = upload.headers.first { $0.0.lowercased() == "www-authenticate" }?.1 ?? ""
+            #expect(upload.status == 401 && uploadChallenge.contains("insufficient_scope"), "\(upload.status) \(uploadChallenge) \(upload.body)")
+            try farm.podman(["tag", "\(registry)/demo:anonymous", "\(registry)/evil:own"])
+            let pushed = try await docker.push(image: "\(registry)/evil", tag: "own", insecure: true, credentials: agent1) { _ in }
+            #expect(pushed?.hasPrefix("sha256:") == true)
+            #expect(try await farm.request(.POST, "/api/v1/builds/\(evilBuild.id)/cancel").status == 200)
+            _ = try await farm.finished(evilBuild.id, timeout: .seconds(60))
+            try await waitUntil(farm.etcd, prefix: farm.keys.tasks(of: "agent-1"), timeout: .seconds(30)) { $0.isEmpty }
+            #expect(try await farm.grantedAccess(agent1, scopes: ["repository:evil:pull,push"]).isEmpty)
+
+            // 6. The deployer pulls and cannot push.
+            let deployer = try #require(farm.registryAuth.machines["deployer"])
+            #expect(try await farm.grantedAccess(deployer, scopes: ["repository:demo:pull,push", "registry:catalog:*"]).map(\.description) == ["repository:demo:pull"])
+            try await docker.pull(image, insecure: true, credentials: deployer)
+            await #expect(throws: DockerError.self, "a deployer's push") {
+                _ = try await docker.push(image: "\(registry)/demo", tag: "hostile", insecure: true, credentials: deployer) { _ in }
+            }
+
+            // 7. Nothing that was refused reached the registry.
+            let catalogToken = try await farm.token(farm.admin, scopes: ["registry:catalog:*", "repository:demo:pull"])
+            let catalog = try await httpRequest(.GET, "http://\(registry)/v2/_catalog", headers: [("Authorization", "Bearer \(catalogToken)")])
+            #expect(catalog.status == 200 && catalog.body.contains("\"demo\"") && catalog.body.contains("\"evil\""), "\(catalog.body)")
+            let tags = try await httpRequest(.GET, "http://\(registry)/v2/demo/tags/list", headers: [("Authorization", "Bearer \(catalogToken)")])
+            #expect(tags.status == 200 && tags.body.contains(built.tag!), "\(tags.body)")
+            #expect(!tags.body.contains("hostile") && !tags.body.contains("anonymous"), "\(tags.body)")
+
+            // 8. admin: `podman login` with the admin token on stdin, then a pull by digest.
+            let authFile = farm.dataDir.appendingPathComponent("credentials/login-auth.json").path
+            let podman = try #require(ManagedProcess.which("podman"))
+            let refused = try Spawn.run(podman, ["login", "--authfile", authFile, "--tls-verify=false", "-u", "admin", "--password-stdin", registry],
+                                        environment: farm.infra.podman.environment, input: Data((wrong + "\n").utf8))
+            #expect(refused.status != 0, "podman login with a wrong password must fail: \(String(decoding: refused.output, as: UTF8.self))")
+            let login = try Spawn.run(podman, ["login", "--authfile", authFile, "--tls-verify=false", "-u", "admin", "--password-stdin", registry],
+                                      environment: farm.infra.podman.environment, input: Data((farm.admin.password + "\n").utf8))
+            #expect(login.status == 0, "\(String(decoding: login.output, as: UTF8.self))")
+            _ = try? farm.podman(["rmi", "-f", image])
+            try farm.podman(["pull", "--tls-verify=false", "--authfile", authFile, image])
+        }
+    }
+
+    @Test("a hostile build that opens an upload into another project's repository without credentials is refused")
+    func hostileBuildUpload() async throws {
+        try await withFarm { farm in
+            let port = farm.infra.registry.port
+            // Bash's /dev/tcp: the build image has no curl. Tries the registry on loopback (host
+            // network) and on the host's bridge address; prints the status line it gets, or
+            // that it could not connect.
+            let script = """
+                for host in 127.0.0.1 host.containers.internal; do \
+                  if exec 3<>/dev/tcp/$host/\(port); then \
+                    printf 'POST /v2/demo/blobs/uploads/ HTTP/1.0\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3; \
+                    echo "upload via $host: $(head -n 1 <&3)"; exec 3>&-; \
+                  else echo "upload via $host: no connection"; fi; \
+                done; exit 7
+                """
+            try await farm.addProject("hostile", buildCommand: "bash -c '\(script.replacingOccurrences(of: "'", with: "'\\''"))'")
+            let b = try await farm.finished(try await farm.startBuild("hostile").id)
+            let log = try await farm.log(b.id)
+            #expect(b.status == .failed && b.error?.contains("status 7") == true, "\(b.error ?? "") \(log)")
+            // Refused for want of a token, or not reachable at all (a build on a bridge network).
+            for host in ["127.0.0.1", "host.containers.internal"] {
+                let answered = ["HTTP/1.0 401 Unauthorized", "HTTP/1.1 401 Unauthorized", "no connection"].contains { log.contains("upload via \(host): \($0)") }
+                #expect(answered, "\(log)")
+            }
+            #expect(!log.contains(" 202 "), "the registry accepted an upload from the build: \(log)")
+            #expect(!log.contains(farm.admin.password) && !farm.registryAuth.machines.values.contains { log.contains($0.password) })
+        }
+    }
+}
+}
+
+func basic(_ user: String, _ password: String) -> String {
+    "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+}
+
+extension Farm {
+    /// A podman auth file (mode 0600) with user admin's credentials for the farm's registry.
+    func adminAuthFile() throws -> String {
+        let path = dataDir.appendingPathComponent("credentials/admin-auth.json").path
+        let auth = Data("admin:\(registryAuth.adminToken)".utf8).base64EncodedString()
+        try CredentialFile.write(#"{"auths":{"\#(infra.registry.address)":{"auth":"\#(auth)"}}}"#, to: path)
+        return path
+    }
+
+    /// A token from the scheduler's /auth/token for these scopes.
+    func token(_ credentials: RegistryCredentials, scopes: [String]) async throws -> String {
+        let query = (["service=kiln-registry"] + scopes.map { "scope=\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? $0)" }).joined(separator: "&")
+        let r = try await httpRequest(.GET, registryAuth.registry.realm + "?" + query, headers: [("Authorization", basic(credentials.user, credentials.password))])
+        guard r.status == 200 else { throw FarmError("/auth/token for \(credentials.user): \(r.status) \(r.body)") }
+        struct Answer: Decodable { let token: String; let expires_in: Int }
+        let answer = try JSONDecoder().decode(Answer.self, from: Data(r.body.utf8))
+        #expect(answer.expires_in <= 300)
+        return answer.token
+    }
+
+    /// What the token service grants, read from the signed token (its signature checked).
+    func grantedAccess(_ credentials: RegistryCredentials, scopes: [String]) async throws -> [ResourceAccess] {
+        let token = try await token(credentials, scopes: scopes)
+        let key = try TokenSigningKey.publicKey(ofCertificatePEM: try CredentialFile.read(registryAuth.registry.rootCertBundle.path))
+        let claims = try RegistryToken.verify(token, publicKey: key)
+        #expect(claims.sub == credentials.user && claims.aud == "kiln-registry" && claims.iss == "kiln")
+        return claims.access
+    }
+}

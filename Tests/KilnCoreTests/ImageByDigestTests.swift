@@ -1,0 +1,41 @@
+import Foundation
+import Testing
+@testable import KilnCore
+
+@Suite("Images by digest and machine names")
+struct ImageByDigestTests {
+    static let digest = "sha256:" + String(repeating: "0f", count: 32)
+
+    @Test("a build's image by digest keeps the registry's port and drops the tag")
+    func imageByDigest() {
+        var b = Build(id: "b1", project: "demo", ref: "main")
+        #expect(b.imageByDigest == nil)
+        b.image = "127.0.0.1:5000/demo:abc1234"
+        #expect(b.imageByDigest == nil, "no digest recorded: no pinned reference")
+        b.digest = Self.digest
+        #expect(b.imageByDigest == "127.0.0.1:5000/demo@\(Self.digest)")
+        b.digest = "sha256:short"
+        #expect(b.imageByDigest == nil)
+    }
+
+    @Test(arguments: [
+        ("127.0.0.1:5000/demo:abc", "127.0.0.1:5000/demo"),
+        ("127.0.0.1:5000/demo", "127.0.0.1:5000/demo"),
+        ("localhost:5000/group/img:v1.2", "localhost:5000/group/img"),
+        ("registry.example/a/b@sha256:00", "registry.example/a/b"),
+        ("busybox:1", "busybox"),
+        ("busybox", "busybox"),
+    ])
+    func repository(image: String, expected: String) {
+        #expect(Build.repository(of: image) == expected)
+    }
+
+    @Test("a machine is named like an agent, and never admin")
+    func machineNames() throws {
+        try MachineCredential.validateName("agent-1")
+        try MachineCredential.validateName("deployer")
+        #expect(throws: KilnError.self) { try MachineCredential.validateName("admin") }
+        #expect(throws: KilnError.self) { try MachineCredential.validateName("a/b") }
+        #expect(throws: KilnError.self) { try MachineCredential.validateName("") }
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import KilnCore
+import RegistryAuth
+import Testing
+@testable import Scheduler
+
+@Suite("Registry access: who gets which scope")
+struct RegistryAccessTests {
+    static func scopes(_ s: String...) -> [ResourceAccess] { s.map { ResourceAccess(scope: $0)! } }
+
+    @Test("the admin gets what it asks for, the catalog included")
+    func admin() {
+        let asked = Self.scopes("repository:demo:pull,push", "registry:catalog:*", "repository:other:delete")
+        #expect(RegistryAccessPolicy.grant(asked, to: .admin) == asked)
+    }
+
+    @Test("an agent gets pull and push on the projects of its current builds only")
+    func agent() {
+        let agent = RegistryCaller.agent("agent-1", projects: ["demo"])
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: agent) == Self.scopes("repository:demo:pull,push"))
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:other:pull,push"), to: agent).isEmpty, "another project's repository")
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo/extra:push"), to: agent).isEmpty, "names match exactly")
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:delete,*"), to: agent).isEmpty)
+        #expect(RegistryAccessPolicy.grant(Self.scopes("registry:catalog:*"), to: agent).isEmpty)
+        // podman asks for a cross-repository mount with both: only its own comes back.
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push", "repository:other:pull"), to: agent) == Self.scopes("repository:demo:pull,push"))
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: .agent("agent-1", projects: [])).isEmpty, "no current build: nothing")
+    }
+
+    @Test("a deployer gets pull on any repository and nothing else")
+    func deployer() {
+        let d = RegistryCaller.deployer("deployer")
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: d) == Self.scopes("repository:demo:pull"))
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:push", "registry:catalog:*"), to: d).isEmpty)
+    }
+
+    @Test("repeated scopes and actions are merged")
+    func merged() {
+        let asked = Self.scopes("repository:demo:pull", "repository:demo:push,pull", "repository:demo:push")
+        #expect(RegistryAccessPolicy.grant(asked, to: .admin) == Self.scopes("repository:demo:pull,push"))
+    }
+
+    @Test("HTTP Basic: parsed when well formed, nil otherwise")
+    func basic() {
+        let header = "Basic " + Data("agent-1:s3cr:et".utf8).base64EncodedString()
+        #expect(BasicAuthorization.parse(header) == UserPassword(user: "agent-1", password: "s3cr:et"))
+        #expect(BasicAuthorization.parse("basic " + Data("a:b".utf8).base64EncodedString()) == UserPassword(user: "a", password: "b"))
+        for bad in [nil, "", "Bearer abc", "Basic", "Basic !!!", "Basic " + Data("nocolon".utf8).base64EncodedString(), "Basic " + Data(":pw".utf8).base64EncodedString()] {
+            #expect(BasicAuthorization.parse(bad) == nil, "\(bad ?? "nil")")
+        }
+    }
+}
