@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        // TLS to etcd (already in the graph through async-http-client).
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.27.0"),
     ],
     targets: [
         .target(
@@ -41,6 +43,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -100,7 +103,7 @@ let package = Package(
         .target(
             name: "LocalFarm",
             dependencies: [
-                "Processes",
+                "Processes", "KilnCore", "Etcd",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -145,7 +148,7 @@ let package = Package(
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "KilnTestSupport"]),
+        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "KilnTestSupport", "KilnCore", "Etcd"]),
         .testTarget(
             name: "SchedulerTests",
             dependencies: [

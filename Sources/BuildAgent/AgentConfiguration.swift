@@ -1,3 +1,4 @@
+import Etcd
 import Foundation
 
 /// Settings of one `kiln agent` process.
@@ -11,6 +12,10 @@ public struct AgentConfiguration: Sendable {
     /// Mirrors, Maven caches and workspaces live here. One agent per folder.
     public var dataDir: URL
     public var etcdEndpoint: String
+    /// The agent's own etcd user (``KilnCore/EtcdAccess/agent(_:)``); nil: anonymous.
+    public var etcdCredentials: EtcdCredentials?
+    /// TLS to etcd (an `https://` endpoint); nil: plain HTTP on loopback or the system's roots.
+    public var etcdTLS: EtcdTLS?
     public var keyPrefix: String
     /// The Docker Engine API socket (podman's compatible service or dockerd).
     public var dockerSocket: String

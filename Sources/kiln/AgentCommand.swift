@@ -80,12 +80,14 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
-        let config = AgentConfiguration(
+        var config = AgentConfiguration(
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
             compileNetwork: compileNetwork, timeouts: parsedTimeouts!, version: KilnVersion.current,
             simulate: simulate.flatMap(SimulatedDuration.init))
+        config.etcdCredentials = try etcd.access.readCredentials()
+        config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Etcd
 import Logging
 
 @main
@@ -23,7 +24,7 @@ struct Kiln: AsyncParsableCommand {
         version: KilnVersion.current,
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
-                      DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self])
+                      DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self, EtcdAuthCommand.self])
 }
 
 enum KilnVersion {
@@ -67,10 +68,15 @@ struct EtcdOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String?
 
+    @OptionGroup var access: EtcdAccessOptions
+
     func validate() throws {
         guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
             throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
         }
         guard prefix.hasPrefix("/") else { throw ValidationError("--prefix must start with '/', for example /kiln") }
+        try access.check(endpoint: etcd)
     }
+
+    func client(logger: Logger) throws -> EtcdClient { try access.client(endpoint: etcd, logger: logger) }
 }

@@ -59,12 +59,14 @@ struct SchedulerCommand: AsyncParsableCommand {
         let hp = HostPort(listen)!
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         let deploy = DeployEnvironment(
-            store: AppStore(etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), keys: Keys(prefix: etcd.prefix)),
+            store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
             deployers: DeployEnvironment.standardDeployers())
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
             plugins: deploy.plugins)
+        configuration.etcdCredentials = try etcd.access.readCredentials()
+        configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

@@ -18,7 +18,8 @@ import Testing
 /// the Maven mirror, the git server with the demo project) on free loopback ports, and
 /// Kiln's scheduler and agents in this process. Agent data is fresh for each farm, so the
 /// first build of a project is cold; the podman storage is shared between runs so the base
-/// images are made once.
+/// images are made once. etcd has authentication on, as `kiln up` has it: the scheduler and
+/// each agent use their own etcd user (``EtcdAccess``); the test's own client is root.
 final class Farm: Sendable {
     static let podmanRoot = URL(fileURLWithPath: ProcessInfo.processInfo.environment["KILN_TEST_PODMAN_ROOT"] ?? "/var/tmp/kiln-test/podman-e2e")
 
@@ -31,17 +32,21 @@ final class Farm: Sendable {
     init(infra: Infrastructure, api: String, dataDir: URL) {
         self.infra = infra
         self.api = api
-        self.etcd = EtcdClient(endpoint: infra.etcd.endpoint)
+        self.etcd = infra.etcdUsers.rootClient
         self.dataDir = dataDir
     }
 
+    /// The agent's etcd user must exist: `withFarm` makes one for each of its agents.
     func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2) -> AgentConfiguration {
-        AgentConfiguration(
+        var configuration = AgentConfiguration(
             // A lease of 10 s, as in production: with both cores busy (the other suites run beside
             // these), a 4 s lease once expired in the middle of a build, which then ran a second attempt.
             id: id, capacity: capacity, ttlSeconds: 10, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirror.url, timeouts: timeouts)
+        // Unreadable (no user made for this id): the agent runs anonymous and etcd refuses it.
+        configuration.etcdCredentials = try? infra.etcdUsers.credentials(.agent(id))
+        return configuration
     }
 
     // MARK: API
@@ -111,8 +116,12 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
         try infra.publishDemo()
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: infra.etcd.endpoint)
+        try await infra.etcdUsers.ensure(.scheduler)
+        configuration.etcdCredentials = try infra.etcdUsers.credentials(.scheduler)
+        for id in ids { try await infra.etcdUsers.ensure(.agent(id)) }
         if deploy {
-            let env = DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)), deployers: ["local": LocalDeployer()])
+            let schedulerEtcd = EtcdClient(endpoint: infra.etcd.endpoint, credentials: configuration.etcdCredentials)
+            let env = DeployEnvironment(store: AppStore(etcd: schedulerEtcd), deployers: ["local": LocalDeployer()])
             let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
             configuration.plugins = env.plugins
             configuration.leaderTasks = [{ await monitor.run() }]

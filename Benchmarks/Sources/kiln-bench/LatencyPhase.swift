@@ -13,9 +13,13 @@ enum LatencyPhase {
         var projects = 50
     }
 
-    static func run(rig: BenchRig, floor: Samples, settings s: Settings) async throws -> PhaseReport {
-        say("== dispatch latency: \(s.agents) simulated agents (--simulate 0, capacity \(s.capacity)), \(s.builds) builds one at a time over \(s.projects) projects")
-        let farm = try await rig.startFarm("latency", agents: s.agents, .init(capacity: s.capacity, ttl: 10, simulate: "0"))
+    /// The phase on a farm with etcd authentication on or off; the report and the samples of
+    /// accepted → startedAt, for ``compare(off:on:)``.
+    static func run(rig: BenchRig, floor: Samples, settings s: Settings, etcdAuth: Bool) async throws -> (PhaseReport, Samples) {
+        let auth = etcdAuth ? "on" : "off"
+        say("== dispatch latency, etcd authentication \(auth): \(s.agents) simulated agents (--simulate 0, capacity \(s.capacity)), \(s.builds) builds one at a time over \(s.projects) projects")
+        let farm = try await rig.startFarm(etcdAuth ? "latency-auth" : "latency-noauth", agents: s.agents,
+                                           .init(capacity: s.capacity, ttl: 10, simulate: "0"), etcdAuth: etcdAuth)
         defer { farm.stop() }
         let projects = (0..<s.projects).map { String(format: "lat-%02d", $0) }
         try await farm.createProjects(projects)
@@ -46,8 +50,11 @@ enum LatencyPhase {
         let all = done.withLock { $0 }
         let started = Samples(all.map(\.started)), seen = Samples(all.map(\.seen)), post = Samples(all.map(\.post))
         let target = 3 * floor.p99
-        var report = PhaseReport("Dispatch latency: build accepted → agent starts it")
+        var report = PhaseReport("Dispatch latency: build accepted → agent starts it (etcd authentication \(auth))")
         report.setup = [
+            etcdAuth
+                ? "etcd authentication on: the scheduler and each agent authenticate as their own etcd user (least-privilege roles, `EtcdAccess`) and send the token on every call"
+                : "etcd authentication off: every process anonymous (as before issue 11)",
             "fresh etcd, `kiln scheduler`, \(s.agents) × `kiln agent --simulate 0 --capacity \(s.capacity)`, each its own process",
             "\(s.builds) builds requested one at a time through `POST /api/v1/projects/{name}/builds`, round-robin over \(s.projects) projects; the next is requested once the previous has ended (so no sample overlaps another's writes); \(s.warmup) warm-up builds dropped",
             "start: POST answer received (the queue entry is committed by then); end: the `startedAt` the agent writes in the record with status running, which it stamps when the task reaches its runner (since 1f513fd; before, just before the write, after reading the record). Both are this machine's wall clock (CLOCK_REALTIME, shared by the processes); `startedAt` is kept to the millisecond",
@@ -61,6 +68,20 @@ enum LatencyPhase {
             Figure("floor p50 / p99 (phase 1)", "\(Fmt.ms(floor.p50)) / \(Fmt.ms(floor.p99))"),
         ]
         report.notes = ["accepted → startedAt: \(started.summary)", "samples below 0 ms (the agent started it before the POST answer arrived): \(all.filter { $0.started < 0 }.count)"]
+        say(report.printed())
+        return (report, started)
+    }
+
+    /// Authentication on against off, from the two runs of the phase.
+    static func compare(off: Samples, on: Samples) -> PhaseReport {
+        var report = PhaseReport("Dispatch latency with etcd authentication against without")
+        report.setup = ["the two latency runs above, in this run, one after the other on fresh farms (off first): accepted → agent starts it (startedAt)"]
+        report.figures = [
+            Figure("p50 off / on", "\(Fmt.ms(off.p50)) / \(Fmt.ms(on.p50))"),
+            Figure("p99 off / on", "\(Fmt.ms(off.p99)) / \(Fmt.ms(on.p99))"),
+            Figure("p50 on − off", Fmt.ms(on.p50 - off.p50)),
+            Figure("p99 on − off", Fmt.ms(on.p99 - off.p99)),
+        ]
         say(report.printed())
         return report
     }
