@@ -85,19 +85,6 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Parses `scheduler`, `agent/ID` or `lb-agent/GROUP/ID` (the command line's form).
-    public init(parsing text: String) throws {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        switch (parts.first, parts.count) {
-        case ("scheduler", 1): self = .scheduler
-        case ("agent", 2): self = .agent(parts[1])
-        case ("lb-agent", 3): self = .lbAgent(group: parts[1], id: parts[2])
-        default:
-            throw KilnError.invalid("'\(Validation.printable(text))' names no Kiln component: use scheduler, agent/ID or lb-agent/GROUP/ID")
-        }
-        try validate()
-    }
-
     /// The role's grants: everything the component reads, writes, compares or revokes, and
     /// nothing else.
     public func grants(keys: Keys = Keys(), slb: SLBKeys = SLBKeys()) -> [Grant] {

@@ -38,8 +38,17 @@ struct EtcdAuthCommand: AsyncParsableCommand {
         func parsed() throws -> [EtcdAccess] {
             var all: [EtcdAccess] = noScheduler ? [] : [.scheduler]
             do {
-                all += try list(agents).map { try EtcdAccess(parsing: "agent/\($0)") }
-                all += try list(lbAgents).map { try EtcdAccess(parsing: "lb-agent/\($0)") }
+                for id in list(agents) {
+                    try Validation.agentID(id)
+                    all.append(.agent(id))
+                }
+                for item in list(lbAgents) {
+                    let parts = item.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+                    guard parts.count == 2 else { throw ValidationError("--lb-agents takes GROUP/ID items, such as local/lb-1, not '\(item)'") }
+                    let access = EtcdAccess.lbAgent(group: parts[0], id: parts[1])
+                    try access.validate()
+                    all.append(access)
+                }
             } catch let error as KilnError {
                 throw ValidationError(error.message)
             }
@@ -120,7 +129,7 @@ struct EtcdAuthCommand: AsyncParsableCommand {
 
         func run() throws {
             let keys = Keys(prefix: components.prefix), slb = SLBKeys(root: components.slbRoot)
-            say("# etcd's administrator (skip if it exists): then authentication on")
+            say("# etcd's administrator (skip if it exists)")
             say("etcdctl user add root      # asks for root's password")
             say("etcdctl user grant-role root root")
             for access in try components.parsed() {

@@ -171,11 +171,19 @@ struct LBFarm: Sendable {
         logger.logLevel = .warning
         let agent = LBAgent(
             configuration: .init(group: group, id: id, listen: "127.0.0.1:\(port)", directory: directory, keys: keys, nginxModules: nginxModules),
-            etcd: try await users.client(.lbAgent(group: group, id: id)), logger: logger)
+            etcd: try await client(id), logger: logger)
         let task = Task { try await agent.run() }
         let running = RunningAgent(id: id, port: port, directory: directory, task: task)
         started.agents.withLock { $0.append(running) }
         return running
+    }
+
+    /// A client as the lb-agent's own etcd user, made on its first start; a restart reuses
+    /// the credential file, so an agent can start again while etcd is down.
+    func client(_ id: String) async throws -> EtcdClient {
+        let access = EtcdAccess.lbAgent(group: group, id: id)
+        if !FileManager.default.fileExists(atPath: users.credentialFile(access).path) { try await users.ensure(access) }
+        return EtcdClient(endpoint: server.endpoint, credentials: try users.credentials(access))
     }
 
     /// Writes a domain with these backends as its servers; returns the write's revision.

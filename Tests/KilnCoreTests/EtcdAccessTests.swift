@@ -57,12 +57,10 @@ struct EtcdAccessTests {
         #expect(!all.contains { $0.user.contains(":") }, "a user:password file splits at the first ':'")
     }
 
-    @Test func parsingTheCommandLinesForm() throws {
-        #expect(try EtcdAccess(parsing: "scheduler") == .scheduler)
-        #expect(try EtcdAccess(parsing: "agent/agent-1") == .agent("agent-1"))
-        #expect(try EtcdAccess(parsing: "lb-agent/local/lb-1") == .lbAgent(group: "local", id: "lb-1"))
-        for bad in ["", "agent", "agent/", "agent/a/b", "lb-agent/local", "lb-agent/Local/lb-1", "agent/../x", "root"] {
-            #expect(throws: KilnError.self, "\(bad)") { try EtcdAccess(parsing: bad) }
+    @Test func namesAreValidated() {
+        #expect(throws: Never.self) { try EtcdAccess.lbAgent(group: "local", id: "lb-1").validate() }
+        for bad: EtcdAccess in [.agent(""), .agent("../x"), .agent("a/b"), .lbAgent(group: "Local", id: "lb-1"), .lbAgent(group: "a.b", id: "c"), .lbAgent(group: "a", id: "b/c")] {
+            #expect(throws: KilnError.self, "\(bad)") { try bad.validate() }
         }
     }
 }
