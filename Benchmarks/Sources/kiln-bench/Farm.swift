@@ -16,7 +16,8 @@ extension KilnBench {
               floor       etcd's own put → watch-event latency (the floor of any dispatch)
               latency     build accepted → agent starts it, one at a time, 20 agents
                           (target: p99 ≤ 3 × floor p99); with --etcd-auth both (the
-                          default) once without etcd authentication and once with it
+                          default) on two farms, without etcd authentication and with
+                          it, the builds going to them in turn
               throughput  builds assigned per second for a burst, 50 agents, next to etcd's own
                           transaction rate
               affinity    share of builds run on their project's home agent under ≈ 50 % load,
@@ -43,7 +44,7 @@ extension KilnBench {
         @Option(help: ArgumentHelp("Phases to run, comma-separated: floor, latency, throughput, affinity, chaos, webhook (latency also measures the floor).", valueName: "phases"))
         var only: String = Phase.allCases.map(\.rawValue).joined(separator: ",")
 
-        @Option(help: ArgumentHelp("etcd authentication of the phases' farms: on (each process its own etcd user, as `kiln up` runs it), off (anonymous), or both (the latency phase runs off then on and compares them; the other phases on).", valueName: "on|off|both"))
+        @Option(help: ArgumentHelp("etcd authentication of the phases' farms: on (each process its own etcd user, as `kiln up` runs it), off (anonymous), or both (the latency phase runs a farm of each, alternating builds between them, and compares them; the other phases on).", valueName: "on|off|both"))
         var etcdAuth: EtcdAuthMode = .both
 
         @Option(help: "Floor samples.") var floorSamples: Int = 500
@@ -140,15 +141,8 @@ extension KilnBench {
             }
             if selected.contains(.latency), let floor {
                 let settings = LatencyPhase.Settings(builds: latencyBuilds, agents: latencyAgents)
-                if etcdAuth == .both {
-                    let (offReport, off) = try await LatencyPhase.run(rig: rig, floor: floor, settings: settings, etcdAuth: false)
-                    done(offReport)
-                    let (onReport, on) = try await LatencyPhase.run(rig: rig, floor: floor, settings: settings, etcdAuth: true)
-                    done(onReport)
-                    done(LatencyPhase.compare(off: off, on: on))
-                } else {
-                    done(try await LatencyPhase.run(rig: rig, floor: floor, settings: settings, etcdAuth: etcdAuth == .on).0)
-                }
+                let modes = etcdAuth == .both ? [false, true] : [etcdAuth == .on]
+                for report in try await LatencyPhase.run(rig: rig, floor: floor, settings: settings, etcdAuth: modes) { done(report) }
             }
             if selected.contains(.throughput) {
                 let settings = ThroughputPhase.Settings(builds: throughputBuilds, agents: throughputAgents, clients: clients, txnClients: clients)
