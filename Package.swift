@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.0"),
+        // TLS to etcd (already in the graph through async-http-client).
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.27.0"),
     ],
     targets: [
         .target(
@@ -44,6 +46,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -114,7 +117,7 @@ let package = Package(
         .target(
             name: "LocalFarm",
             dependencies: [
-                "Processes",
+                "Processes", "KilnCore", "Etcd",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -160,7 +163,7 @@ let package = Package(
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "Processes", "KilnTestSupport"]),
+        .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "Processes", "KilnTestSupport", "KilnCore", "Etcd"]),
         .testTarget(
             name: "SchedulerTests",
             dependencies: [

@@ -1,4 +1,5 @@
 import DockerAPI
+import Etcd
 import Foundation
 import KilnCore
 import Processes
@@ -14,6 +15,10 @@ public struct AgentConfiguration: Sendable {
     /// Mirrors, Maven caches and workspaces live here. One agent per folder.
     public var dataDir: URL
     public var etcdEndpoint: String
+    /// The agent's own etcd user (``KilnCore/EtcdAccess/agent(_:)``); nil: anonymous.
+    public var etcdCredentials: EtcdCredentials?
+    /// TLS to etcd (an `https://` endpoint); nil: plain HTTP on loopback or the system's roots.
+    public var etcdTLS: EtcdTLS?
     public var keyPrefix: String
     /// The Docker Engine API socket (podman's compatible service or dockerd).
     public var dockerSocket: String

@@ -22,9 +22,11 @@ public struct AgentService: Service {
     let logger: Logger
     let runner: any TaskRunner
 
-    public init(configuration: AgentConfiguration, httpClient: HTTPClient = .shared, logger: Logger) {
+    public init(configuration: AgentConfiguration, httpClient: HTTPClient? = nil, logger: Logger) {
         self.configuration = configuration
-        self.etcd = EtcdClient(endpoint: configuration.etcdEndpoint, httpClient: httpClient, logger: logger)
+        self.etcd = EtcdClient(
+            endpoint: configuration.etcdEndpoint, httpClient: httpClient ?? (configuration.etcdTLS == nil ? .shared : nil), logger: logger,
+            credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
         self.keys = Keys(prefix: configuration.keyPrefix)
         var l = logger
         l[metadataKey: "agent.id"] = "\(configuration.id)"

@@ -25,28 +25,63 @@ public struct EtcdClient: Sendable {
     public let logger: Logger
     /// The deadline of each unary request.
     public var requestTimeout: TimeAmount
+    /// Set when the client was made with credentials: its token, shared by every copy.
+    let session: EtcdSession?
+    /// Set when the client cannot be used as made (``checkEndpoint(_:tls:)`` or the TLS
+    /// files failed): every call throws it.
+    let configurationError: EtcdError?
 
+    /// A client of `endpoint`. With `credentials`, it authenticates on first use and sends the
+    /// token on every call, watches and lease renewals included; when etcd says the token is
+    /// invalid (it lapses after etcd's `--auth-token-ttl` without use) it authenticates again
+    /// and repeats the call once. With `tls` (or an `https://` endpoint) it talks TLS; by
+    /// default over ``defaultHTTPClient``, or ``tlsHTTPClient(for:)`` when `tls` is given.
+    ///
+    /// It never throws: an endpoint that breaks the rule of ``checkEndpoint(_:tls:)``
+    /// (plain HTTP off loopback) or TLS files that cannot be read make every call throw
+    /// `.misconfigured`. A command checks with ``checkEndpoint(_:tls:)`` and
+    /// ``tlsHTTPClient(for:)`` first, to refuse at start.
     public init(
         endpoint: String = "http://127.0.0.1:2379",
-        httpClient: HTTPClient = EtcdClient.defaultHTTPClient,
+        httpClient: HTTPClient? = nil,
         logger: Logger = Logger(label: "kiln.etcd"),
-        requestTimeout: TimeAmount = .seconds(10)
+        requestTimeout: TimeAmount = .seconds(10),
+        credentials: EtcdCredentials? = nil,
+        tls: EtcdTLS? = nil
     ) {
         var endpoint = endpoint
         while endpoint.hasSuffix("/") { endpoint.removeLast() }
         self.endpoint = endpoint
-        self.httpClient = httpClient
+        var configurationError: EtcdError?
+        var client = httpClient ?? EtcdClient.defaultHTTPClient
+        do {
+            try Self.checkEndpoint(endpoint, tls: tls)
+            if httpClient == nil, let tls { client = try Self.tlsHTTPClient(for: tls) }
+        } catch let error as EtcdError {
+            configurationError = EtcdError.misconfigured(endpoint, error.message)
+        } catch {
+            configurationError = EtcdError.misconfigured(endpoint, "\(error)")
+        }
+        self.httpClient = client
+        self.configurationError = configurationError
+        self.session = credentials.map(EtcdSession.init)
         var logger = logger
         logger[metadataKey: "etcd.endpoint"] = .string(endpoint)
+        if let credentials { logger[metadataKey: "etcd.user"] = .string(credentials.user) }
         self.logger = logger
         self.requestTimeout = requestTimeout
     }
+
+    /// The user this client authenticates as, or nil for an anonymous client.
+    public var user: String? { session?.credentials.user }
 
     /// A process-wide HTTP client for etcd: many connections per host (each watch holds one),
     /// a 3 s connect timeout without retries (so a down etcd is reported at once and the
     /// caller's backoff applies), and no read timeout (a quiet watch may stay silent for hours).
     /// Like `HTTPClient.shared`, it is never shut down.
-    public static let defaultHTTPClient: HTTPClient = {
+    public static let defaultHTTPClient: HTTPClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: defaultHTTPClientConfiguration())
+
+    static func defaultHTTPClientConfiguration() -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(3), read: nil)
         configuration.connectionPool = HTTPClient.Configuration.ConnectionPool(
@@ -56,8 +91,8 @@ public struct EtcdClient: Sendable {
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.redirectConfiguration = .disallow
         configuration.decompression = .disabled
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
+        return configuration
+    }
 
     // MARK: kv
 
@@ -84,7 +119,8 @@ public struct EtcdClient: Sendable {
             rangeEnd: rangeEnd.map(Wire.base64),
             limit: limit.map(String.init)
         )
-        return try await call("/v3/kv/range", request, as: Wire.RangeResponse.self).result
+        return try await call("/v3/kv/range", request, as: Wire.RangeResponse.self,
+                              access: "read \(String(decoding: key, as: UTF8.self))\(rangeEnd == nil ? "" : "…")").result
     }
 
     /// Writes `value` (UTF-8) at `key`, bound to `lease` if given. Returns the new revision.
@@ -97,14 +133,14 @@ public struct EtcdClient: Sendable {
     @discardableResult
     public func put(_ key: String, bytes: [UInt8], lease: Int64? = nil) async throws -> Int64 {
         let request = Wire.PutRequest(key: Wire.base64(key), value: Wire.base64(bytes), lease: lease.map(String.init))
-        return try await call("/v3/kv/put", request, as: Wire.HeaderOnly.self).header.revision
+        return try await call("/v3/kv/put", request, as: Wire.HeaderOnly.self, access: "write \(key)").header.revision
     }
 
     /// Deletes `key`. Returns how many keys were deleted (0 or 1).
     @discardableResult
     public func delete(_ key: String) async throws -> Int64 {
         let request = Wire.DeleteRangeRequest(key: Wire.base64(key))
-        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self).deleted
+        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self, access: "delete \(key)").deleted
     }
 
     /// Deletes every key that starts with `prefix`. Returns how many were deleted.
@@ -114,7 +150,7 @@ public struct EtcdClient: Sendable {
             key: Wire.base64(prefix),
             rangeEnd: Wire.base64(Wire.prefixEnd(Array(prefix.utf8)))
         )
-        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self).deleted
+        return try await call("/v3/kv/deleterange", request, as: Wire.DeleteRangeResponse.self, access: "delete \(prefix)…").deleted
     }
 
     /// Runs a transaction.
@@ -124,7 +160,7 @@ public struct EtcdClient: Sendable {
             success: txn.success.map(Wire.RequestOp.init),
             failure: txn.failure.map(Wire.RequestOp.init)
         )
-        let response = try await call("/v3/kv/txn", request, as: Wire.TxnResponse.self)
+        let response = try await call("/v3/kv/txn", request, as: Wire.TxnResponse.self, access: txn.access)
         return TxnResult(succeeded: response.succeeded, revision: response.header.revision, responses: response.responses.map(\.result))
     }
 
@@ -216,7 +252,8 @@ public struct EtcdClient: Sendable {
 
     /// Revokes the lease: its keys are deleted at once. Throws `.leaseNotFound` if it is already gone.
     public func revokeLease(_ lease: Int64) async throws {
-        _ = try await call("/v3/lease/revoke", Wire.LeaseRequest(id: String(lease)), as: Wire.HeaderOnly.self)
+        _ = try await call("/v3/lease/revoke", Wire.LeaseRequest(id: String(lease)), as: Wire.HeaderOnly.self,
+                           access: "revoke lease \(lease) (which needs write permission on every key attached to it)")
     }
 
     /// The lease's remaining TTL in seconds, or nil if it does not exist.
@@ -250,42 +287,96 @@ public struct EtcdClient: Sendable {
 
     // MARK: transport
 
-    func makeRequest(_ path: String, _ body: some Encodable) throws -> HTTPClientRequest {
+    func makeRequest(_ path: String, _ body: some Encodable, token: String?) throws -> HTTPClientRequest {
         var request = HTTPClientRequest(url: endpoint + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
+        // etcd's gateway takes the raw token, without "Bearer".
+        if let token, !token.isEmpty { request.headers.add(name: "Authorization", value: token) }
         let json = try JSONEncoder().encode(body)
         request.body = .bytes(ByteBuffer(bytes: json))
         return request
     }
 
-    /// One unary call: POST the JSON, read the whole answer, decode it or its error.
-    func call<Response: Decodable>(_ path: String, _ body: some Encodable, as type: Response.Type) async throws -> Response {
-        let request = try makeRequest(path, body)
-        let bytes: ByteBuffer
-        let status: UInt
+    /// The token to send (nil: anonymous), a new one if `stale` is the one etcd refused.
+    func token(replacing stale: String?) async throws -> String? {
+        guard let session else { return nil }
+        let client = self
+        return try await session.token(replacing: stale) { try await client.authenticate(session.credentials) }
+    }
+
+    /// One unary call: POST the JSON, read the whole answer, decode it or its error. With
+    /// credentials, a refused token is renewed and the call repeated once. `access` says
+    /// what the call does to which keys ("write /kiln/x"), for a refusal's message.
+    func call<Response: Decodable>(
+        _ path: String, _ body: some Encodable, as type: Response.Type, access: @autoclosure () -> String = ""
+    ) async throws -> Response {
+        if let configurationError { throw configurationError }
+        var token = try await token(replacing: nil)
+        var renewed = false
+        while true {
+            let (status, bytes) = try await send(path, body, token: token)
+            if status == 200 {
+                do {
+                    return try Wire.decoder().decode(Response.self, from: bytes)
+                } catch {
+                    throw EtcdError.badResponse(endpoint, "\(path): \(error); body: \(String(buffer: bytes).prefix(500))")
+                }
+            }
+            if session != nil, !renewed, Self.needsNewToken(Self.errorMessage(bytes)) {
+                renewed = true
+                token = try await self.token(replacing: token ?? "")
+                continue
+            }
+            throw gatewayError(path, status: status, body: bytes, access: access())
+        }
+    }
+
+    func send(_ path: String, _ body: some Encodable, token: String?) async throws -> (UInt, ByteBuffer) {
+        let request = try makeRequest(path, body, token: token)
         do {
             let response = try await httpClient.execute(request, timeout: requestTimeout, logger: logger)
-            status = response.status.code
-            bytes = try await response.body.collect(upTo: 256 << 20)
+            return (response.status.code, try await response.body.collect(upTo: 256 << 20))
         } catch {
             try Task.checkCancellation()
             throw EtcdError.unreachable(endpoint, "\(path): \(error)")
         }
-        guard status == 200 else {
-            throw gatewayError(path, status: status, body: bytes)
-        }
-        do {
-            return try Wire.decoder().decode(Response.self, from: bytes)
-        } catch {
-            throw EtcdError.badResponse(endpoint, "\(path): \(error); body: \(String(buffer: bytes).prefix(500))")
-        }
     }
 
-    func gatewayError(_ path: String, status: UInt, body: ByteBuffer) -> EtcdError {
+    /// etcd's answer when the token sent is no good (lapsed, or from before etcd restarted),
+    /// none was sent (authentication was turned on since), or the auth store changed under it.
+    static func needsNewToken(_ message: String) -> Bool {
+        message.contains("invalid auth token") || message.contains("user name is empty")
+            || message.contains("revision of auth store is old")
+    }
+
+    /// The message of a gateway's error answer, as etcd wrote it.
+    static func errorMessage(_ body: ByteBuffer) -> String {
         let decoded = try? Wire.decoder().decode(Wire.ErrorBody.self, from: body)
-        let message = decoded?.message ?? decoded?.error ?? String(String(buffer: body).prefix(500))
-        return EtcdError.gateway(endpoint, path: path, httpStatus: Int(status), grpcCode: decoded?.code, message: message)
+        return decoded?.message ?? decoded?.error ?? String(String(buffer: body).prefix(500))
+    }
+
+    func gatewayError(_ path: String, status: UInt, body: ByteBuffer, access: String = "") -> EtcdError {
+        let decoded = try? Wire.decoder().decode(Wire.ErrorBody.self, from: body)
+        let message = Self.errorMessage(body)
+        return authError(message, httpStatus: Int(status), grpcCode: decoded?.code, access: access)
+            ?? EtcdError.gateway(endpoint, path: path, httpStatus: Int(status), grpcCode: decoded?.code, message: message)
+    }
+
+    /// An authentication or permission refusal in words that say what to do, or nil for any
+    /// other error.
+    func authError(_ message: String, httpStatus: Int?, grpcCode: Int?, access: String) -> EtcdError? {
+        if message.contains("permission denied") {
+            let what = access.isEmpty ? "do this" : access
+            return EtcdError.permissionDenied(endpoint, "etcd user '\(user ?? "(anonymous)")' may not \(what) (permission denied): its role does not cover the key; see docs/etcd-auth.md")
+        }
+        if message.contains("user name is empty") {
+            return EtcdError.unauthenticated(endpoint, "etcd requires authentication: pass --etcd-credentials FILE (a user:password file of mode 0600)", httpStatus: httpStatus, grpcCode: grpcCode)
+        }
+        if message.contains("invalid auth token") || message.contains("revision of auth store is old") {
+            return EtcdError.unauthenticated(endpoint, "etcd refused the token of user '\(user ?? "(anonymous)")' even after authenticating again: \(message)", httpStatus: httpStatus, grpcCode: grpcCode)
+        }
+        return nil
     }
 }
 

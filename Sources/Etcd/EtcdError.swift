@@ -12,6 +12,9 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
         case badResponse
         case rejected
         case watchCanceled
+        case unauthenticated
+        case permissionDenied
+        case misconfigured
     }
 
     private let code: Code
@@ -63,6 +66,25 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
     public static var rejected: EtcdError { EtcdError(.rejected, "request rejected") }
     /// etcd canceled a watch for a reason other than compaction.
     public static var watchCanceled: EtcdError { EtcdError(.watchCanceled, "watch canceled") }
+
+    /// etcd wants a user and password and has none, or refused them, or refused the token
+    /// even after the client authenticated again.
+    public static var unauthenticated: EtcdError { EtcdError(.unauthenticated, "unauthenticated") }
+    /// The user may not read or write a key the request touches; `message` names the key and the user.
+    public static var permissionDenied: EtcdError { EtcdError(.permissionDenied, "permission denied") }
+    /// The client cannot be used as configured (an endpoint that would send credentials in
+    /// clear over the network, TLS files that cannot be read); `message` says what to change.
+    public static var misconfigured: EtcdError { EtcdError(.misconfigured, "misconfigured") }
+
+    static func unauthenticated(_ endpoint: String, _ detail: String, httpStatus: Int? = nil, grpcCode: Int? = nil) -> EtcdError {
+        EtcdError(.unauthenticated, detail, endpoint: endpoint, httpStatus: httpStatus, grpcCode: grpcCode)
+    }
+    static func permissionDenied(_ endpoint: String, _ detail: String) -> EtcdError {
+        EtcdError(.permissionDenied, detail, endpoint: endpoint, httpStatus: 403, grpcCode: 7)
+    }
+    static func misconfigured(_ endpoint: String, _ detail: String) -> EtcdError {
+        EtcdError(.misconfigured, detail, endpoint: endpoint)
+    }
 
     static func unreachable(_ endpoint: String, _ detail: String) -> EtcdError {
         EtcdError(.unreachable, "unreachable: \(detail)", endpoint: endpoint)

@@ -44,6 +44,11 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         /// Wait this long before the next connection attempt.
         private var delay: Duration?
         private var finished = false
+        /// The token the open stream was made with (nil: anonymous or none yet).
+        private var token: String?
+        /// The token was renewed because etcd refused it, and no watch has been created since:
+        /// a second refusal is final.
+        private var renewedToken = false
 
         init(watch: EtcdWatch) {
             self.watch = watch
@@ -121,7 +126,17 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 prevKv: watch.prevKV ? true : nil,
                 progressNotify: true
             )
-            let request = try client.makeRequest("/v3/watch", Wire.WatchRequest(createRequest: create))
+            if let error = client.configurationError { throw fail(error) }
+            do {
+                token = try await client.token(replacing: renewedToken ? token : nil)
+            } catch let error as EtcdError where error.isTransient {
+                connectionLost("could not authenticate: \(error)")
+                return
+            } catch {
+                if Task.isCancelled { _ = end(); return }
+                throw fail(error)
+            }
+            let request = try client.makeRequest("/v3/watch", Wire.WatchRequest(createRequest: create), token: token)
             let response: HTTPClientResponse
             do {
                 // The deadline covers the whole stream, so it must be far away.
@@ -133,7 +148,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             }
             guard response.status.code == 200 else {
                 let bytes = (try? await response.body.collect(upTo: 1 << 20)) ?? ByteBuffer()
-                let error = client.gatewayError("/v3/watch", status: response.status.code, body: bytes)
+                let error = client.gatewayError("/v3/watch", status: response.status.code, body: bytes, access: access)
                 if error.isTransient {
                     connectionLost("\(error)")
                     return
@@ -171,8 +186,20 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 throw fail(EtcdError.badResponse(
                     watch.client.endpoint, "/v3/watch: \(error); line: \(String(decoding: line.prefix(500), as: UTF8.self))"))
             }
+            if let result = message.result, result.canceled, result.compactRevision == 0, let reason = result.cancelReason,
+               let refusal = watch.client.authError(reason, httpStatus: nil, grpcCode: nil, access: access) {
+                // A lapsed token is renewed and the watch made again at once, from where it was.
+                if watch.client.session != nil, !renewedToken, EtcdClient.needsNewToken(reason) {
+                    renewedToken = true
+                    body = nil
+                    logger.debug("watch refused the token; authenticating again")
+                    return nil
+                }
+                throw fail(refusal)
+            }
             let action: WatchState.Action
             if let result = message.result {
+                if result.created && !result.canceled { renewedToken = false }
                 action = state.receive(result)
             } else if let error = message.error {
                 action = state.receive(error: error)
@@ -194,6 +221,11 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             case .fail(let reason):
                 throw fail(EtcdError.watchCanceled(watch.client.endpoint, reason))
             }
+        }
+
+        /// What the watch needs, for a refusal's message.
+        private var access: String {
+            "read \(String(decoding: watch.key, as: UTF8.self))\(watch.rangeEnd == nil ? "" : "…") (a watch)"
         }
 
         private mutating func connectionLost(_ reason: String) {

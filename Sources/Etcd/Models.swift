@@ -56,6 +56,31 @@ public struct Txn: Sendable {
     }
 }
 
+extension Txn {
+    /// What the transaction touches, for a refusal's message: etcd wants read permission on
+    /// every compared key and on every key read, write permission on every key written.
+    var access: String {
+        var read: [String] = [], written: [String] = []
+        for c in compare where !read.contains(c.key) { read.append(c.key) }
+        for op in success + failure {
+            switch op {
+            case .put(let key, _, _), .putBytes(let key, _, _), .delete(let key):
+                if !written.contains(key) { written.append(key) }
+            case .deletePrefix(let prefix):
+                if !written.contains(prefix + "…") { written.append(prefix + "…") }
+            case .get(let key):
+                if !read.contains(key) { read.append(key) }
+            case .getPrefix(let prefix):
+                if !read.contains(prefix + "…") { read.append(prefix + "…") }
+            }
+        }
+        var parts: [String] = []
+        if !read.isEmpty { parts.append("read " + read.joined(separator: ", ")) }
+        if !written.isEmpty { parts.append("write " + written.joined(separator: ", ")) }
+        return "run a transaction that needs to " + parts.joined(separator: " and ")
+    }
+}
+
 /// How a comparison in a transaction relates the key's field to the given value.
 public enum CompareResult: String, Sendable {
     case equal = "EQUAL"

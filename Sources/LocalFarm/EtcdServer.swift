@@ -10,18 +10,41 @@ import Synchronization
 /// `stop()` (or `kill()`); it is also killed when the last reference goes away, so a test
 /// that fails halfway leaves no etcd behind. `restart()` keeps the ports and the data.
 public final class EtcdServer: Sendable {
+    /// Serve clients over TLS with these PEM files (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`; with `clientCertificateAuth`, `--client-cert-auth`).
+    public struct TLS: Sendable {
+        public var certificateFile: String
+        public var keyFile: String
+        public var caFile: String
+        public var clientCertificateAuth: Bool
+        public init(certificateFile: String, keyFile: String, caFile: String, clientCertificateAuth: Bool = false) {
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.caFile = caFile
+            self.clientCertificateAuth = clientCertificateAuth
+        }
+    }
+
     public let dataDir: URL
     public let clientPort: Int
     public let peerPort: Int
     public let logFile: URL
-    /// `http://127.0.0.1:<clientPort>`, what an `EtcdClient` connects to.
-    public var endpoint: String { "http://127.0.0.1:\(clientPort)" }
+    public let tls: TLS?
+    /// More of etcd's flags, for example `--auth-token-ttl 2`.
+    public let arguments: [String]
+    /// Where etcd answers `GET /health` over plain HTTP when clients talk TLS.
+    let healthPort: Int?
+    /// `http://127.0.0.1:<clientPort>` (`https://` with TLS), what an `EtcdClient` connects to.
+    public var endpoint: String { "\(tls == nil ? "http" : "https")://127.0.0.1:\(clientPort)" }
     /// The running etcd process (a new one after `restart()`).
     public var process: ManagedProcess { current.withLock { $0 } }
 
     private let current: Mutex<ManagedProcess>
 
-    private init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, process: ManagedProcess) {
+    private init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], healthPort: Int?, process: ManagedProcess) {
+        self.tls = tls
+        self.arguments = arguments
+        self.healthPort = healthPort
         self.dataDir = dataDir
         self.clientPort = clientPort
         self.peerPort = peerPort
@@ -40,7 +63,9 @@ public final class EtcdServer: Sendable {
         dataDir: URL,
         clientPort: Int? = nil,
         peerPort: Int? = nil,
-        logFile: URL? = nil
+        logFile: URL? = nil,
+        tls: TLS? = nil,
+        arguments: [String] = []
     ) async throws -> EtcdServer {
         guard ManagedProcess.which("etcd") != nil else {
             throw FarmError("etcd is not installed: run scripts/install-deps.sh (Debian package etcd-server)")
@@ -59,10 +84,16 @@ public final class EtcdServer: Sendable {
             let client = try clientPort ?? FreePort.next()
             var peer = try peerPort ?? FreePort.next()
             while peer == client { peer = try FreePort.next() }
-            let process = try launch(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile)
+            var health: Int?
+            if tls != nil {
+                var port = try FreePort.next()
+                while port == client || port == peer { port = try FreePort.next() }
+                health = port
+            }
+            let process = try launch(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, tls: tls, arguments: arguments, healthPort: health)
             do {
-                try await waitUntilHealthy(process, clientPort: client)
-                return EtcdServer(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, process: process)
+                try await waitUntilHealthy(process, port: health ?? client)
+                return EtcdServer(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, tls: tls, arguments: arguments, healthPort: health, process: process)
             } catch {
                 process.killNow()
                 lastError = error
@@ -85,14 +116,20 @@ public final class EtcdServer: Sendable {
     /// Stops etcd if it runs and starts it again on the same ports with the same data.
     public func restart() async throws {
         stop()
-        let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile)
+        let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls, arguments: arguments, healthPort: healthPort)
         current.withLock { $0 = process }
-        try await Self.waitUntilHealthy(process, clientPort: clientPort)
+        try await Self.waitUntilHealthy(process, port: healthPort ?? clientPort)
     }
 
-    private static func launch(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL) throws -> ManagedProcess {
-        let client = "http://127.0.0.1:\(clientPort)"
+    private static func launch(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], healthPort: Int?) throws -> ManagedProcess {
+        let client = "\(tls == nil ? "http" : "https")://127.0.0.1:\(clientPort)"
         let peer = "http://127.0.0.1:\(peerPort)"
+        var tlsArguments: [String] = []
+        if let tls {
+            tlsArguments = ["--cert-file", tls.certificateFile, "--key-file", tls.keyFile, "--trusted-ca-file", tls.caFile]
+            if tls.clientCertificateAuth { tlsArguments.append("--client-cert-auth") }
+        }
+        if let healthPort { tlsArguments += ["--listen-metrics-urls", "http://127.0.0.1:\(healthPort)"] }
         return try ManagedProcess(
             name: "etcd",
             executable: "etcd",
@@ -107,13 +144,13 @@ public final class EtcdServer: Sendable {
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
-            ],
+            ] + tlsArguments + arguments,
             logFile: logFile
         )
     }
 
-    private static func waitUntilHealthy(_ process: ManagedProcess, clientPort: Int) async throws {
-        let url = "http://127.0.0.1:\(clientPort)/health"
+    private static func waitUntilHealthy(_ process: ManagedProcess, port: Int) async throws {
+        let url = "http://127.0.0.1:\(port)/health"
         try await process.waitUntilReady(timeout: 20) {
             do {
                 let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1))

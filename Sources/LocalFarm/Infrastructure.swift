@@ -1,4 +1,5 @@
 import Foundation
+import KilnCore
 import Synchronization
 import Logging
 
@@ -29,15 +30,19 @@ public final class Infrastructure: Sendable {
 
     public let dataDir: URL
     public let etcd: EtcdServer
+    /// etcd's root user and one user per process, with their credential files in
+    /// `dataDir/credentials/` (authentication is on: every client needs one).
+    public let etcdUsers: EtcdUsers
     public let registry: RegistryServer
     public let podman: PodmanService
     public let mavenMirror: BackgroundServer
     public let git: BackgroundServer
     public let gitRoot: URL
 
-    private init(dataDir: URL, etcd: EtcdServer, registry: RegistryServer, podman: PodmanService, mavenMirror: BackgroundServer, git: BackgroundServer, gitRoot: URL) {
+    private init(dataDir: URL, etcd: EtcdServer, etcdUsers: EtcdUsers, registry: RegistryServer, podman: PodmanService, mavenMirror: BackgroundServer, git: BackgroundServer, gitRoot: URL) {
         self.dataDir = dataDir
         self.etcd = etcd
+        self.etcdUsers = etcdUsers
         self.registry = registry
         self.podman = podman
         self.mavenMirror = mavenMirror
@@ -71,7 +76,8 @@ public final class Infrastructure: Sendable {
             progress("starting etcd")
             let etcd = try await EtcdServer.start(dataDir: dataDir.appendingPathComponent("etcd"), clientPort: ports.etcd, peerPort: ports.etcdPeer)
             started.append { etcd.stop() }
-            progress("  etcd         \(etcd.endpoint)")
+            let etcdUsers = try await EtcdUsers.enable(endpoint: etcd.endpoint, credentialsDir: dataDir.appendingPathComponent("credentials"))
+            progress("  etcd         \(etcd.endpoint) (authentication on; root's credential: \(etcdUsers.credentialsDir.path)/\(EtcdAccess.rootCredentialFileName))")
 
             progress("starting the registry")
             let registry = try await RegistryServer.start(root: dataDir.appendingPathComponent("registry"), port: ports.registry,
@@ -100,7 +106,7 @@ public final class Infrastructure: Sendable {
             started.append { await git.stop() }
             progress("  git server   \(git.url)/")
 
-            return Infrastructure(dataDir: dataDir, etcd: etcd, registry: registry, podman: podman, mavenMirror: mirror, git: git, gitRoot: gitRoot)
+            return Infrastructure(dataDir: dataDir, etcd: etcd, etcdUsers: etcdUsers, registry: registry, podman: podman, mavenMirror: mirror, git: git, gitRoot: gitRoot)
         } catch {
             await rollback()
             throw error

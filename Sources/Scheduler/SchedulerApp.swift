@@ -12,6 +12,10 @@ public struct SchedulerConfiguration: Sendable {
     /// 0 picks a free port (tests read it back through `onServerRunning`).
     public var port: Int
     public var etcdEndpoint: String
+    /// The scheduler's etcd user (``KilnCore/EtcdAccess/scheduler``); nil: anonymous.
+    public var etcdCredentials: EtcdCredentials?
+    /// TLS to etcd (an `https://` endpoint).
+    public var etcdTLS: EtcdTLS?
     public var keyPrefix: String
     public var dispatcher: Dispatcher.Configuration
     /// The post-build plugins this scheduler runs (deploy, lb, retire, notify: wired by
@@ -40,7 +44,8 @@ public func buildSchedulerApplication(
     logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let store = SchedulerStore(etcd: EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger), keys: Keys(prefix: configuration.keyPrefix))
+    let etcd = EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger, credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
+    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
     let router = Router()
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)

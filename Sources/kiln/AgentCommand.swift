@@ -156,7 +156,7 @@ struct AgentCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         let credentials = try registryCredentials.map { try UserPassword.read($0) }
-        let config = AgentConfiguration(
+        var config = AgentConfiguration(
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
@@ -167,6 +167,8 @@ struct AgentCommand: AsyncParsableCommand {
             // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
             registryCredentials: credentials.map { RegistryCredentials(user: $0.user, password: $0.password) })
+        config.etcdCredentials = try etcd.access.readCredentials()
+        config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")

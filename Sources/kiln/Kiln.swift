@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Etcd
 import Logging
 
 @main
@@ -24,7 +25,7 @@ struct Kiln: AsyncParsableCommand {
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
                       DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self,
-                      MachineCommand.self, GitFetchCommand.self])
+                      MachineCommand.self, GitFetchCommand.self, EtcdAuthCommand.self])
 }
 
 enum KilnVersion {
@@ -68,10 +69,15 @@ struct EtcdOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String?
 
+    @OptionGroup var access: EtcdAccessOptions
+
     func validate() throws {
         guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
             throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
         }
         guard prefix.hasPrefix("/") else { throw ValidationError("--prefix must start with '/', for example /kiln") }
+        try access.check(endpoint: etcd)
     }
+
+    func client(logger: Logger) throws -> EtcdClient { try access.client(endpoint: etcd, logger: logger) }
 }

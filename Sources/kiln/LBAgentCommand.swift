@@ -24,6 +24,10 @@ struct LBAgentCommand: AsyncParsableCommand {
         until every agent of the group serves the new servers. A request whose Host names no \
         domain gets a 404 that says so.
 
+        With etcd authentication on (docs/etcd-auth.md), each lb-agent runs as its own etcd \
+        user (--etcd-credentials), made for its group and --id: it reads the group's domains \
+        and writes its own report only, so give it a fixed --id.
+
         Run one lb-agent beside each nginx of the group, each with its own --id and --dir. \
         SIGTERM or Ctrl-C stops nginx gracefully and removes the report.
 
@@ -39,6 +43,8 @@ struct LBAgentCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String?
+
+    @OptionGroup var etcdAccess: EtcdAccessOptions
 
     @Option(name: .long, help: ArgumentHelp("The lb group whose domains it serves (env KILN_LB_GROUP).", valueName: "group"))
     var group: String = env("KILN_LB_GROUP", "")
@@ -87,6 +93,7 @@ struct LBAgentCommand: AsyncParsableCommand {
         guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
             throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
         }
+        try etcdAccess.check(endpoint: etcd)
         guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
         if serverUpdates == nil, let raw = ProcessInfo.processInfo.environment["KILN_LB_SERVER_UPDATES"], !raw.isEmpty, LBServerUpdates(rawValue: raw) == nil {
             throw ValidationError("KILN_LB_SERVER_UPDATES must be lua or reload, not '\(raw)'")
@@ -98,7 +105,7 @@ struct LBAgentCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = KilnLogging.bootstrap(logLevel)
         let config = agentConfiguration
-        let agent = LBAgent(configuration: config, etcd: EtcdClient(endpoint: etcd, logger: logger), logger: logger)
+        let agent = LBAgent(configuration: config, etcd: try etcdAccess.client(endpoint: etcd, logger: logger), logger: logger)
         logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd)")
         // Graceful shutdown (SIGTERM, Ctrl-C) stops nginx and revokes the report's lease.
         let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -106,7 +106,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let hp = HostPort(listen)!
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         let deploy = DeployEnvironment(
-            store: AppStore(etcd: EtcdClient(endpoint: etcd.etcd, logger: logger), keys: Keys(prefix: etcd.prefix)),
+            store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
             deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map {
                 let c = try UserPassword.read($0)
                 return RegistryCredentials(user: c.user, password: c.password)
@@ -120,6 +120,8 @@ struct SchedulerCommand: AsyncParsableCommand {
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
                 service: registryService, adminToken: try CredentialFile.read(admin))
         }
+        configuration.etcdCredentials = try etcd.access.readCredentials()
+        configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

@@ -28,7 +28,11 @@ struct Up: AsyncParsableCommand {
         The registry accepts only tokens from the scheduler's /auth/token. Credentials are \
         kept in --data-dir/credentials/ (mode 0600): the token signing key and its \
         certificate, admin-token (the registry password of user admin; the login command is \
-        printed), and one registry-* file per agent and for the deployer.
+        printed), and one registry-* file per agent and for the deployer. \
+        etcd has authentication on: each process has its own etcd user with only the keys it \
+        needs (docs/etcd-auth.md), its credential in <data-dir>/credentials/ (mode 0600); \
+        etcd's root credential is <data-dir>/credentials/etcd-root, for example \
+        `etcdctl --endpoints http://127.0.0.1:2379 --user "$(cat kiln-data/credentials/etcd-root)" get --prefix /kiln/projects/`.
 
         All data lives in --data-dir, so a second `kiln up` reuses images, mirrors and caches. \
         The first run makes two base images with debootstrap (about 2 minutes, once).
@@ -96,9 +100,12 @@ struct Up: AsyncParsableCommand {
             let api = "http://127.0.0.1:\(apiPort)"
             try await registryCredentials.registerMachines(etcd: EtcdClient(endpoint: infra.etcd.endpoint, logger: logger), keys: Keys())
             say("starting the scheduler and \(agents) agents")
+            // Each process authenticates to etcd as its own user, with its role's grants only.
+            let schedulerCredentials = try await infra.etcdUsers.ensure(.scheduler)
             let scheduler = try ManagedProcess(
                 name: "scheduler", executable: exe,
-                arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint, "--log-level", logLevel]
+                arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint,
+                            "--etcd-credentials", schedulerCredentials.path, "--log-level", logLevel]
                     + registryCredentials.schedulerArguments,
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)
@@ -107,10 +114,11 @@ struct Up: AsyncParsableCommand {
             say("  console      \(api)/   (GitLab webhooks: \(api)/hooks/gitlab, metrics: \(api)/metrics)")
             for i in 1...agents {
                 let id = "agent-\(i)"
+                let agentCredentials = try await infra.etcdUsers.ensure(.agent(id))
                 let agent = try ManagedProcess(
                     name: id, executable: exe,
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
-                                "--etcd", infra.etcd.endpoint, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
+                                "--etcd", infra.etcd.endpoint, "--etcd-credentials", agentCredentials.path, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
                                 "--maven-mirror", infra.mavenMirrorForBuilds, "--log-level", logLevel] + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
@@ -129,10 +137,11 @@ struct Up: AsyncParsableCommand {
                 _ = try await client.raw("PUT", "/api/v1/cells/\(name)", body: try KilnJSON.encoder().encode(cell))
                 say("  cell \(name)       \(cell.endpoint), host ports \(cell.ports.lowerBound)-\(cell.ports.upperBound)")
             }
+            let lbCredentials = try await infra.etcdUsers.ensure(.lbAgent(group: "local", id: "lb-1"))
             let lb = try ManagedProcess(
                 name: "lb-agent", executable: exe,
                 arguments: ["lb-agent", "--group", "local", "--id", "lb-1", "--listen", "127.0.0.1:\(lbPort)", "--dir", data.appendingPathComponent("lb/local").path,
-                            "--etcd", infra.etcd.endpoint, "--log-level", logLevel],
+                            "--etcd", infra.etcd.endpoint, "--etcd-credentials", lbCredentials.path, "--log-level", logLevel],
                 logFile: logs.appendingPathComponent("lb-agent.log"))
             processes.append(lb)
             try await waitForLBAgent(client: client, process: lb)

@@ -132,9 +132,12 @@ final class RunningAgent: Sendable {
     }
 }
 
+/// etcd has authentication on: `etcd` (the test's) is root, each lb-agent runs as its own
+/// user with the lb-agent role (``EtcdAccess/lbAgent(group:id:)``).
 struct LBFarm: Sendable {
     let server: EtcdServer
     let etcd: EtcdClient
+    let users: EtcdUsers
     let keys = SLBKeys()
     let group = "web"
     let dir: URL
@@ -154,25 +157,33 @@ struct LBFarm: Sendable {
 
     /// Starts an agent and waits until it has applied what etcd held when it started, and reported it.
     func startAgent(_ id: String, nginxModules: URL? = nil) async throws -> RunningAgent {
-        let running = try launchAgent(id, nginxModules: nginxModules)
+        let running = try await launchAgent(id, nginxModules: nginxModules)
         let key = keys.agent(group: group, id)
         try await waitUntil(etcd, prefix: key) { kvs in kvs.contains { $0.key == key } }
         return running
     }
 
     /// Starts an agent (on `port`, or a free one) without waiting for it.
-    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil, nginxModules: URL? = nil) throws -> RunningAgent {
+    func launchAgent(_ id: String, port: Int? = nil, folder: String? = nil, nginxModules: URL? = nil) async throws -> RunningAgent {
         let port = try port ?? FreePort.next()
         let directory = dir.appendingPathComponent(folder ?? "lb-\(id)")
         var logger = Logger(label: "lb-agent")
         logger.logLevel = .warning
         let agent = LBAgent(
             configuration: .init(group: group, id: id, listen: "127.0.0.1:\(port)", directory: directory, keys: keys, nginxModules: nginxModules),
-            etcd: etcd, logger: logger)
+            etcd: try await client(id), logger: logger)
         let task = Task { try await agent.run() }
         let running = RunningAgent(id: id, port: port, directory: directory, task: task)
         started.agents.withLock { $0.append(running) }
         return running
+    }
+
+    /// A client as the lb-agent's own etcd user, made on its first start; a restart reuses
+    /// the credential file, so an agent can start again while etcd is down.
+    func client(_ id: String) async throws -> EtcdClient {
+        let access = EtcdAccess.lbAgent(group: group, id: id)
+        if !FileManager.default.fileExists(atPath: users.credentialFile(access).path) { try await users.ensure(access) }
+        return EtcdClient(endpoint: server.endpoint, credentials: try users.credentials(access))
     }
 
     /// Writes a domain with these backends as its servers; returns the write's revision.
@@ -197,7 +208,8 @@ struct LBFarm: Sendable {
 func withLBFarm(_ body: @escaping @Sendable (LBFarm) async throws -> Void) async throws {
     try await withEtcd(timeout: nil) { server, etcd in
         let dir = try TempDir("lb")
-        let farm = LBFarm(server: server, etcd: etcd, dir: dir.url, started: .init())
+        let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: dir.path("credentials"))
+        let farm = LBFarm(server: server, etcd: users.rootClient, users: users, dir: dir.url, started: .init())
         let result: Result<Void, any Error>
         do {
             try await body(farm)

@@ -171,7 +171,8 @@ struct LBAgentTests {
             #expect(try await agent.get("demo.localhost") == Reply(200, "b1"), "nginx serves on while etcd is down")
             let aside = try await EtcdServer.start(dataDir: farm.server.dataDir, clientPort: try FreePort.next(), peerPort: farm.server.peerPort,
                                                    logFile: farm.dir.appendingPathComponent("etcd-aside.log"))
-            let elsewhere = LBFarm(server: aside, etcd: EtcdClient(endpoint: aside.endpoint), dir: farm.dir, started: farm.started)
+            let elsewhere = LBFarm(server: aside, etcd: EtcdClient(endpoint: aside.endpoint, credentials: farm.users.root), users: farm.users,
+                                   dir: farm.dir, started: farm.started)
             _ = try await elsewhere.put("gone.localhost", [b1])
             _ = try await elsewhere.delete("gone.localhost")
             let revision = try await elsewhere.put("demo.localhost", [b2])
@@ -194,7 +195,7 @@ struct LBAgentTests {
             try await first.stop()
 
             farm.server.kill()
-            let again = try farm.launchAgent("a1", port: first.port)
+            let again = try await farm.launchAgent("a1", port: first.port)
             // nginx announces nothing when it is ready: ask every 20 ms until it answers (its
             // port may take connections a moment before it serves them: once, under full load,
             // the first request was reset).
@@ -221,7 +222,7 @@ struct LBAgentTests {
             let first = try await farm.startAgent("a1")
             let key = farm.keys.agent(group: farm.group, "a1")
             let firstLease = try #require(try await farm.etcd.get(key)).lease
-            let twin = try farm.launchAgent("a1", folder: "lb-a1-twin")
+            let twin = try await farm.launchAgent("a1", folder: "lb-a1-twin")
             try await withTimeout(.seconds(10), waitingFor: "the twin's nginx to listen") {
                 while !FreePort.isInUse(twin.port) { try await Task.sleep(for: .milliseconds(20)) }
             }

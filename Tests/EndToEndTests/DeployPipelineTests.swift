@@ -221,7 +221,9 @@ extension Farm {
         ]
         let listen = "127.0.0.1:\(try FreePort.next())"
         let lbDir = dataDir.appendingPathComponent("lb")
-        let agent = LBAgent(configuration: LBAgentConfiguration(group: group, id: "lb-1", listen: listen, directory: lbDir, leaseTTL: 4), etcd: etcd)
+        // The lb-agent as its own etcd user, as `kiln up` runs it.
+        let lbEtcd = try await infra.etcdUsers.client(.lbAgent(group: group, id: "lb-1"))
+        let agent = LBAgent(configuration: LBAgentConfiguration(group: group, id: "lb-1", listen: listen, directory: lbDir, leaseTTL: 4), etcd: lbEtcd)
         let lbTask = Task { try await agent.run() }
         func cleanup() async {
             let docker = LocalDeployer()

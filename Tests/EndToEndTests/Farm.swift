@@ -19,7 +19,8 @@ import Testing
 /// the Maven mirror, the git server with the demo project) on free loopback ports, and
 /// Kiln's scheduler and agents in this process. Agent data is fresh for each farm, so the
 /// first build of a project is cold; the podman storage is shared between runs so the base
-/// images are made once.
+/// images are made once. etcd has authentication on, as `kiln up` has it: the scheduler and
+/// each agent use their own etcd user (``EtcdAccess``); the test's own client is root.
 ///
 /// The registry runs with token authentication, the scheduler being its token service, as
 /// `kiln up` runs it: every agent has machine credentials of kind agent, the deploy backends
@@ -37,7 +38,7 @@ final class Farm: Sendable {
     init(infra: Infrastructure, api: String, dataDir: URL, registryAuth: FarmRegistryAuth) {
         self.infra = infra
         self.api = api
-        self.etcd = EtcdClient(endpoint: infra.etcd.endpoint)
+        self.etcd = infra.etcdUsers.rootClient
         self.dataDir = dataDir
         self.registryAuth = registryAuth
     }
@@ -45,6 +46,7 @@ final class Farm: Sendable {
     /// User admin's credentials for the registry.
     var admin: RegistryCredentials { RegistryCredentials(user: "admin", password: registryAuth.adminToken) }
 
+    /// The agent's etcd user must exist: `withFarm` makes one for each of its agents.
     func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2) -> AgentConfiguration {
         var configuration = AgentConfiguration(
             // A lease of 10 s, as in production: with both cores busy (the other suites run beside
@@ -53,6 +55,8 @@ final class Farm: Sendable {
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
         configuration.registryCredentials = registryAuth.machines[id]
+        // Unreadable (no user made for this id): the agent runs anonymous and etcd refuses it.
+        configuration.etcdCredentials = try? infra.etcdUsers.credentials(.agent(id))
         return configuration
     }
 
@@ -128,8 +132,12 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
         configuration.registryTokens = auth.tokenService
+        try await infra.etcdUsers.ensure(.scheduler)
+        configuration.etcdCredentials = try infra.etcdUsers.credentials(.scheduler)
+        for id in ids { try await infra.etcdUsers.ensure(.agent(id)) }
         if deploy {
-            let env = DeployEnvironment(store: AppStore(etcd: EtcdClient(endpoint: infra.etcd.endpoint)),
+            let schedulerEtcd = EtcdClient(endpoint: infra.etcd.endpoint, credentials: configuration.etcdCredentials)
+            let env = DeployEnvironment(store: AppStore(etcd: schedulerEtcd),
                                         deployers: ["local": LocalDeployer(registryCredentials: auth.machines["deployer"])])
             let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
             configuration.plugins = env.plugins

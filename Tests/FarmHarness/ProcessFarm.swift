@@ -16,6 +16,11 @@ import Glibc
 /// once (SIGKILL) when the farm goes away, so a test that fails halfway leaves nothing behind.
 /// Data and logs are under `dir` (`etcd/`, `agents/<id>/`, `logs/<name>.log`); a farm made
 /// with a `TempDir` removes it when it goes away. The methods may be called from any task.
+///
+/// etcd has authentication on unless the farm is made with `etcdAuth: false` (the latency
+/// benchmark's other half): each scheduler and agent then runs as its own etcd user with its
+/// role's grants (``EtcdAccess``), its credential file in `credentials/`; `etcd`, the
+/// harness's own client, is root.
 public final class ProcessFarm: Sendable {
     /// A scheduler process and the base URL of its API.
     public struct SchedulerProcess: Sendable {
@@ -44,6 +49,8 @@ public final class ProcessFarm: Sendable {
     /// `--log-level` of the schedulers and agents.
     public let logLevel: String
     public let etcdServer: EtcdServer
+    /// The users and their credential files; nil when authentication is off.
+    public let etcdUsers: EtcdUsers?
     public let etcd: EtcdClient
     public let keys = Keys()
     private let temporary: TempDir?
@@ -58,17 +65,17 @@ public final class ProcessFarm: Sendable {
 
     /// Starts etcd with its data in `dir`; schedulers and agents are started one by one.
     /// Throws if `kiln` is not an executable file, saying how to build it (`missing`).
-    public convenience init(dir: URL, kiln: String, logLevel: String = "info", missing: String) async throws {
-        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, missing: missing)
+    public convenience init(dir: URL, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, missing: String) async throws {
+        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, missing: missing)
     }
 
     /// The same in a fresh temporary folder, removed when the farm goes away.
-    public convenience init(_ label: String, kiln: String, logLevel: String = "info", missing: String) async throws {
+    public convenience init(_ label: String, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, missing: String) async throws {
         let temporary = try TempDir(label)
-        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, missing: missing)
+        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, missing: missing)
     }
 
-    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, missing: String) async throws {
+    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, etcdAuth: Bool, missing: String) async throws {
         guard FileManager.default.isExecutableFile(atPath: kiln) else {
             throw FarmError("\(kiln) is missing: \(missing)")
         }
@@ -77,7 +84,14 @@ public final class ProcessFarm: Sendable {
         self.kiln = kiln
         self.logLevel = logLevel
         etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
-        etcd = EtcdClient(endpoint: etcdServer.endpoint)
+        if etcdAuth {
+            let users = try await EtcdUsers.enable(endpoint: etcdServer.endpoint, credentialsDir: dir.appendingPathComponent("credentials"))
+            etcdUsers = users
+            etcd = users.rootClient
+        } else {
+            etcdUsers = nil
+            etcd = EtcdClient(endpoint: etcdServer.endpoint)
+        }
     }
 
     deinit {
@@ -100,10 +114,11 @@ public final class ProcessFarm: Sendable {
     @discardableResult
     public func startScheduler(_ id: String, options: [String] = []) async throws -> SchedulerProcess {
         var lastError: (any Error)?
+        let access = try await credentials(.scheduler)
         for _ in 0..<3 {
             let port = try FreePort.next()
             let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdServer.endpoint, "--id", id,
-                                   "--log-level", logLevel] + options)
+                                   "--log-level", logLevel] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
                 try await p.waitUntilReady(timeout: 30) {
@@ -122,16 +137,23 @@ public final class ProcessFarm: Sendable {
     /// Starts one simulated agent, `id` or else `agent-<n>` with the next unused n; it
     /// registers on its own (see `waitForAgents`). Returns its id.
     @discardableResult
-    public func startAgent(_ options: AgentOptions, id: String? = nil) throws -> String {
+    public func startAgent(_ options: AgentOptions, id: String? = nil) async throws -> String {
         let id = id ?? children.withLock { c in
             defer { c.nextAgent += 1 }
             return "agent-\(c.nextAgent)"
         }
+        let access = try await credentials(.agent(id))
         let p = try spawn(id, ["agent", "--simulate", options.simulate, "--id", id, "--capacity", String(options.capacity),
                                "--ttl", String(options.ttl), "--data-dir", dir.appendingPathComponent("agents/\(id)").path,
-                               "--etcd", etcdServer.endpoint, "--log-level", logLevel])
+                               "--etcd", etcdServer.endpoint, "--log-level", logLevel] + access)
         children.withLock { $0.agents[id] = p }
         return id
+    }
+
+    /// `--etcd-credentials FILE` of `access`'s user, made first; none without authentication.
+    private func credentials(_ access: EtcdAccess) async throws -> [String] {
+        guard let etcdUsers else { return [] }
+        return ["--etcd-credentials", try await etcdUsers.ensure(access).path]
     }
 
     private func spawn(_ name: String, _ arguments: [String]) throws -> ManagedProcess {

@@ -28,7 +28,7 @@ extension ProcessFarm {
 
     /// Starts an agent and waits until it is registered.
     func startAgent(_ id: String, capacity: Int = 2, ttl: Int = 3, simulate: String = "0.2-0.6") async throws {
-        try startAgent(AgentOptions(capacity: capacity, ttl: ttl, simulate: simulate), id: id)
+        try await startAgent(AgentOptions(capacity: capacity, ttl: ttl, simulate: simulate), id: id)
         try await waitForAgents([id], timeout: .seconds(30))
     }
 

@@ -11,7 +11,9 @@ import NIOFoundationCompat
 import NIOHTTP1
 import Scheduler
 
-/// A scheduler running in this process on a free port, over a real etcd started for the test.
+/// A scheduler running in this process on a free port, over a real etcd started for the test
+/// with authentication on: the scheduler is its own etcd user (``EtcdAccess/scheduler``), the
+/// harness's client is root.
 struct SchedulerHarness: Sendable {
     let api: String
     let etcd: EtcdClient
@@ -34,13 +36,20 @@ struct SchedulerHarness: Sendable {
 }
 
 func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
-    try await withEtcd(timeout: nil) { server, etcd in
+    try await withEtcd(timeout: nil) { server, _ in
+        let credentials = try TempDir("scheduler-credentials")
+        defer { withExtendedLifetime(credentials) {} }
+        let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: credentials.url)
+        try await users.ensure(.scheduler)
+        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
+        configuration.etcdCredentials = try users.credentials(.scheduler)
+        let etcd = users.rootClient
         var logger = Logger(label: "test")
         // Cancelling the server at the end of a test logs an error about its channels.
         logger.logLevel = .critical
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         let app = buildSchedulerApplication(
-            configuration: .init(port: 0, etcdEndpoint: server.endpoint), logger: logger,
+            configuration: configuration, logger: logger,
             onServerRunning: { portsContinuation.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run() }

@@ -87,7 +87,7 @@ enum ChaosPhase {
                         guard let victim = farm.processes.agentIDs.randomElement() else { continue }
                         let at = Date()
                         farm.processes.killAgent(victim)
-                        let fresh = try farm.addAgent()
+                        let fresh = try await farm.addAgent()
                         kills.withLock { $0.append(Kill(agent: victim, at: at, replacement: fresh)) }
                     }
                 }

@@ -15,7 +15,9 @@ extension KilnBench {
             builds go through the scheduler's HTTP API; measurements come from etcd watches. Phases:
               floor       etcd's own put → watch-event latency (the floor of any dispatch)
               latency     build accepted → agent starts it, one at a time, 20 agents
-                          (target: p99 ≤ 3 × floor p99)
+                          (target: p99 ≤ 3 × floor p99); with --etcd-auth both (the
+                          default) on two farms, without etcd authentication and with
+                          it, the builds going to them in turn
               throughput  builds assigned per second for a burst, 50 agents, next to etcd's own
                           transaction rate
               affinity    share of builds run on their project's home agent under ≈ 50 % load,
@@ -35,8 +37,15 @@ extension KilnBench {
             case floor, latency, throughput, affinity, chaos, webhook
         }
 
+        enum EtcdAuthMode: String, CaseIterable, ExpressibleByArgument {
+            case on, off, both
+        }
+
         @Option(help: ArgumentHelp("Phases to run, comma-separated: floor, latency, throughput, affinity, chaos, webhook (latency also measures the floor).", valueName: "phases"))
         var only: String = Phase.allCases.map(\.rawValue).joined(separator: ",")
+
+        @Option(help: ArgumentHelp("etcd authentication of the phases' farms: on (each process its own etcd user, as `kiln up` runs it), off (anonymous), or both (the latency phase runs a farm of each, alternating builds between them, and compares them; the other phases on).", valueName: "on|off|both"))
+        var etcdAuth: EtcdAuthMode = .both
 
         @Option(help: "Floor samples.") var floorSamples: Int = 500
         @Option(help: "Latency: builds measured.") var latencyBuilds: Int = 300
@@ -78,7 +87,7 @@ extension KilnBench {
         func run() async throws {
             bootstrapLogging()
             let root = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-bench-farm-\(UUID().uuidString.prefix(8))")
-            let rig = try BenchRig(root: root, kiln: kiln, logLevel: logLevel)
+            let rig = try BenchRig(root: root, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth != .off)
             let startedAt = Date()
             let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
             say("kiln-bench farm: \(phases.map(\.rawValue).joined(separator: ", ")); \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load), \(Repository.configuration) build of kiln-bench, kiln \(kiln); processes' data and logs in \(root.path)")
@@ -131,7 +140,9 @@ extension KilnBench {
                 done(r.report)
             }
             if selected.contains(.latency), let floor {
-                done(try await LatencyPhase.run(rig: rig, floor: floor, settings: .init(builds: latencyBuilds, agents: latencyAgents)))
+                let settings = LatencyPhase.Settings(builds: latencyBuilds, agents: latencyAgents)
+                let modes = etcdAuth == .both ? [false, true] : [etcdAuth == .on]
+                for report in try await LatencyPhase.run(rig: rig, floor: floor, settings: settings, etcdAuth: modes) { done(report) }
             }
             if selected.contains(.throughput) {
                 let settings = ThroughputPhase.Settings(builds: throughputBuilds, agents: throughputAgents, clients: clients, txnClients: clients)

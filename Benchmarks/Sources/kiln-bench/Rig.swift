@@ -15,10 +15,14 @@ final class BenchRig: Sendable {
     /// The `kiln` executable of the schedulers and agents.
     let kiln: String
     let logLevel: String
+    /// Whether a phase's farm has etcd authentication on (each process its own user), unless
+    /// the phase says otherwise (the latency phase runs both ways).
+    let etcdAuth: Bool
     private let farms = Mutex<[ProcessFarm]>([])
     private let etcds = Mutex<[EtcdServer]>([])
 
-    init(root: URL, kiln: String, logLevel: String) throws {
+    init(root: URL, kiln: String, logLevel: String, etcdAuth: Bool = true) throws {
+        self.etcdAuth = etcdAuth
         self.root = root
         self.kiln = kiln
         self.logLevel = logLevel
@@ -40,11 +44,12 @@ final class BenchRig: Sendable {
 
     /// One phase's farm in the folder `phase`: a fresh etcd, `kiln scheduler` with
     /// `schedulerOptions`, and `agents` simulated agents (`agent-1`, …), every one registered.
-    func startFarm(_ phase: String, agents count: Int, _ agent: ProcessFarm.AgentOptions, schedulerOptions: [String] = []) async throws -> BenchFarm {
-        let farm = try await ProcessFarm(dir: root.appendingPathComponent(phase), kiln: kiln, logLevel: logLevel, missing: Repository.buildKiln)
+    func startFarm(_ phase: String, agents count: Int, _ agent: ProcessFarm.AgentOptions, schedulerOptions: [String] = [], etcdAuth: Bool? = nil) async throws -> BenchFarm {
+        let farm = try await ProcessFarm(dir: root.appendingPathComponent(phase), kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth ?? self.etcdAuth,
+                                         missing: Repository.buildKiln)
         farms.withLock { $0.append(farm) }
         let scheduler = try await farm.startScheduler("scheduler", options: schedulerOptions)
-        for _ in 0..<count { try farm.startAgent(agent) }
+        for _ in 0..<count { try await farm.startAgent(agent) }
         try await farm.waitForAgents()
         return BenchFarm(processes: farm, api: FarmAPI(base: scheduler.api), agent: agent)
     }
@@ -62,7 +67,7 @@ struct BenchFarm: Sendable {
 
     /// Starts one more agent with the next unused id.
     @discardableResult
-    func addAgent() throws -> String { try processes.startAgent(agent) }
+    func addAgent() async throws -> String { try await processes.startAgent(agent) }
 
     /// Creates `names` as projects through the API (simulated agents fetch nothing, so any
     /// valid repository URL does).
@@ -74,7 +79,7 @@ struct BenchFarm: Sendable {
 
     /// Says where the farm runs, once it is up.
     func sayUp() {
-        say("  farm up: etcd \(processes.etcdServer.endpoint), scheduler \(api.base), \(processes.agents.count) agents registered")
+        say("  farm up: etcd \(processes.etcdServer.endpoint) (authentication \(processes.etcdUsers == nil ? "off" : "on")), scheduler \(api.base), \(processes.agents.count) agents registered")
     }
 
     /// Where the phase's processes log.

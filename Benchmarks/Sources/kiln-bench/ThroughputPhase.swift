@@ -60,7 +60,7 @@ enum ThroughputPhase {
             }) {
                 try await enqueue(farm, projects, count: s.builds, clients: s.clients, enqueued: drainQueued, failed: failedPosts)
                 let started = Date()
-                for _ in 0..<s.agents { try farm.addAgent() }
+                for _ in 0..<s.agents { try await farm.addAgent() }
                 try await farm.processes.waitForAgents()
                 let up = Date()
                 let all = try await drain.waitFinals(drainQueued.value, timeout: .seconds(600))
