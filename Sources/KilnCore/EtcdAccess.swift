@@ -101,6 +101,11 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 Grant(.readWrite, keys.cells, prefix: true),
                 Grant(.readWrite, keys.apps, prefix: true),
                 Grant(.readWrite, keys.leader, prefix: false),
+                // The registry's token service checks machine tokens against their hashes;
+                // only root registers them (`kiln machine`, `kiln up`), no component writes there.
+                Grant(.read, keys.machines, prefix: true),
+                // What an agent may push (the token service trusts these, not task keys).
+                Grant(.readWrite, keys.grants, prefix: true),
                 Grant(.readWrite, slb.root + "/", prefix: true),
             ]
         case .agent(let id):

@@ -73,6 +73,14 @@ public struct Keys: Sendable, Equatable {
     public var machines: String { "\(prefix)/machines/" }
     public func machine(_ name: String) -> String { machines + name }
 
+    /// What the registry's token service lets an agent push: the project of each build the
+    /// dispatcher gave it, written in the assignment's txn, deleted when the build is given
+    /// back. Only schedulers read or write here: an agent may write its own task keys (it
+    /// deletes them at a build's end), so the token service cannot trust those alone.
+    public var grants: String { "\(prefix)/grants/" }
+    public func grants(of agent: String) -> String { "\(grants)\(agent)/" }
+    public func grant(agent: String, build: String) -> String { grants(of: agent) + build }
+
     /// The last path component of `key` under `base`, or nil if `key` is not directly under it.
     public static func name(of key: String, under base: String) -> String? {
         guard key.hasPrefix(base) else { return nil }

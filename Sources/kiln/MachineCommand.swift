@@ -16,7 +16,9 @@ struct MachineCommand: AsyncParsableCommand {
                     (give it to `kiln agent --id NAME --registry-credentials FILE`)
           deployer  pull any repository (`kiln scheduler --registry-credentials FILE`)
         Running `add` again gives the machine a new token (the old one stops working).
-        This talks to etcd directly: run it where you run etcdctl.
+        This talks to etcd directly, as etcd's root (no component's user may write \
+        /kiln/machines/): run it where you run etcdctl, with --etcd-credentials FILE holding \
+        root:PASSWORD (kiln up keeps it in <data-dir>/credentials/etcd-root).
         """,
         subcommands: [Add.self, Remove.self])
 
@@ -35,7 +37,7 @@ struct MachineCommand: AsyncParsableCommand {
 
         func run() async throws {
             let logger = KilnLogging.bootstrap(etcd.logLevel ?? "warning")
-            let client = EtcdClient(endpoint: etcd.etcd, logger: logger)
+            let client = try etcd.client(logger: logger)
             try await MachineCredentials.register(name: name, kind: kind, token: Secret.random(), file: out, etcd: client, keys: Keys(prefix: etcd.prefix))
             print("\(kind.rawValue) \(name): credentials in \(out) (mode 0600); its SHA-256 is at \(Keys(prefix: etcd.prefix).machine(name))")
         }
@@ -49,7 +51,7 @@ struct MachineCommand: AsyncParsableCommand {
         func run() async throws {
             let logger = KilnLogging.bootstrap(etcd.logLevel ?? "warning")
             let keys = Keys(prefix: etcd.prefix)
-            _ = try await EtcdClient(endpoint: etcd.etcd, logger: logger).delete(keys.machine(name))
+            _ = try await etcd.client(logger: logger).delete(keys.machine(name))
             print("\(name) can get no more registry tokens (tokens it has expire within 5 minutes)")
         }
     }

@@ -80,6 +80,12 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "file"))
     var registryCredentials: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_CREDENTIALS"]
 
+    @Option(name: .long, help: ArgumentHelp("""
+        The registry the agents push to, as HOST:PORT (env KILN_REGISTRY): deploys run only \
+        images of the build's own project in it, whatever a build record says.
+        """, valueName: "host:port"))
+    var registry: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY"]
+
     func validate() throws {
         switch (registrySigningKey, adminTokenFile) {
         case (nil, nil): break
@@ -105,12 +111,13 @@ struct SchedulerCommand: AsyncParsableCommand {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         let hp = HostPort(listen)!
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
-        let deploy = DeployEnvironment(
+        var deploy = DeployEnvironment(
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
             deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map {
                 let c = try UserPassword.read($0)
                 return RegistryCredentials(user: c.user, password: c.password)
             }))
+        deploy.registry = registry
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),

@@ -98,14 +98,14 @@ struct Up: AsyncParsableCommand {
             let exe = try selfExecutable()
             let logs = data.appendingPathComponent("logs")
             let api = "http://127.0.0.1:\(apiPort)"
-            try await registryCredentials.registerMachines(etcd: EtcdClient(endpoint: infra.etcd.endpoint, logger: logger), keys: Keys())
+            try await registryCredentials.registerMachines(etcd: infra.etcdUsers.rootClient, keys: Keys())
             say("starting the scheduler and \(agents) agents")
             // Each process authenticates to etcd as its own user, with its role's grants only.
             let schedulerCredentials = try await infra.etcdUsers.ensure(.scheduler)
             let scheduler = try ManagedProcess(
                 name: "scheduler", executable: exe,
                 arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint,
-                            "--etcd-credentials", schedulerCredentials.path, "--log-level", logLevel]
+                            "--etcd-credentials", schedulerCredentials.path, "--registry", infra.registry.address, "--log-level", logLevel]
                     + registryCredentials.schedulerArguments,
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)

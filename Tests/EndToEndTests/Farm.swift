@@ -128,7 +128,7 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
                                                progress: { print("farm: \($0)") })
     do {
         try infra.publishDemo()
-        try await auth.registerMachines(etcd: EtcdClient(endpoint: infra.etcd.endpoint))
+        try await auth.registerMachines(etcd: infra.etcdUsers.rootClient)
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
         configuration.registryTokens = auth.tokenService
@@ -137,8 +137,9 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
         for id in ids { try await infra.etcdUsers.ensure(.agent(id)) }
         if deploy {
             let schedulerEtcd = EtcdClient(endpoint: infra.etcd.endpoint, credentials: configuration.etcdCredentials)
-            let env = DeployEnvironment(store: AppStore(etcd: schedulerEtcd),
+            var env = DeployEnvironment(store: AppStore(etcd: schedulerEtcd),
                                         deployers: ["local": LocalDeployer(registryCredentials: auth.machines["deployer"])])
+            env.registry = infra.registry.address
             let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
             configuration.plugins = env.plugins
             configuration.leaderTasks = [{ await monitor.run() }]

@@ -19,10 +19,11 @@ extension EndToEndTests {
             let id = "agent-orphan"
             let dataDir = farm.dataDir.appendingPathComponent("agents/\(id)")
             let cache = dataDir.appendingPathComponent("mvncache/protected/orphan")  // main is the default branch: the protected cache
+            let etcdCredentials = try await farm.infra.etcdUsers.ensure(.agent(id))
             func startAgent(_ run: Int) throws -> ManagedProcess {
                 try ManagedProcess(
                     name: "kiln agent \(id) (run \(run))", executable: kiln.path,
-                    arguments: ["agent", "--id", id, "--ttl", "3", "--capacity", "1", "--etcd", farm.infra.etcd.endpoint,
+                    arguments: ["agent", "--id", id, "--ttl", "3", "--capacity", "1", "--etcd", farm.infra.etcd.endpoint, "--etcd-credentials", etcdCredentials.path,
                                 "--data-dir", dataDir.path, "--docker-socket", farm.infra.podman.socketPath,
                                 "--registry", farm.infra.registry.address, "--timeouts", "60,600,300,300", "--log-level", "info"],
                     logFile: farm.dataDir.appendingPathComponent("agent-\(run).log"))

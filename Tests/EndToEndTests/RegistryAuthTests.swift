@@ -56,6 +56,14 @@ extension EndToEndTests {
             //    over, so agent-1's task is gone), and no catalog.
             let agent1 = try #require(farm.registryAuth.machines["agent-1"])
             #expect(try await farm.grantedAccess(agent1, scopes: ["repository:demo:pull,push", "registry:catalog:*"]).isEmpty)
+            // 4b. A task key the agent wrote itself (its etcd user may write its own tasks: it
+            //     deletes them at a build's end) gives nothing without the dispatcher's grant.
+            let forged = BuildTask(build: "forged", project: Project(name: "demo", repository: farm.infra.repositoryURL("demo"),
+                                   buildImage: Infrastructure.buildImage, buildCommand: "true"), ref: "main",
+                                   commit: nil, tag: nil, mvncache: false, attempt: 1)
+            try await farm.etcd.put(farm.keys.task(agent: "agent-1", build: "forged"), try KilnJSON.encode(forged))
+            #expect(try await farm.grantedAccess(agent1, scopes: ["repository:demo:pull,push"]).isEmpty)
+            try await farm.etcd.delete(farm.keys.task(agent: "agent-1", build: "forged"))
 
             // 5. While agent-1 runs a build of project "evil", its credentials get push on evil
             //    only: its upload into demo fails, its own succeeds; once the build is over,

@@ -14,7 +14,7 @@ struct EtcdAccessTests {
         ])
         // Nothing that lets it steer the farm: no projects, queue, leader, cells, apps, /slb/.
         for key in ["/kiln/projects/p", "/kiln/queue/b", "/kiln/leader", "/kiln/cells/c", "/kiln/apps/a", "/slb/g/domains/d",
-                    "/kiln/tasks/agent-2/b", "/kiln/tasks/agent-10/b", "/kiln/agents/agent-2", "/kiln/agents/agent-10", "/kiln/hooks/h"] {
+                    "/kiln/tasks/agent-2/b", "/kiln/tasks/agent-10/b", "/kiln/agents/agent-2", "/kiln/agents/agent-10", "/kiln/hooks/h", "/kiln/machines/m", "/kiln/grants/agent-1/b"] {
             #expect(!grants.contains { Self.covers($0, key) }, "\(key)")
         }
         #expect(grants.contains { Self.covers($0, "/kiln/tasks/agent-1/b") })

@@ -18,6 +18,24 @@ struct ImageByDigestTests {
         #expect(b.imageByDigest == nil)
     }
 
+    @Test("a deploy runs its own project's image in the farm's registry only, whatever the record says")
+    func deployableImage() throws {
+        var b = Build(id: "b1", project: "demo", ref: "main")
+        b.image = "127.0.0.1:5000/demo:abc1234"
+        b.digest = Self.digest
+        #expect(try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") == "127.0.0.1:5000/demo@\(Self.digest)")
+        #expect(try b.deployableImage(project: "demo", registry: nil) == "127.0.0.1:5000/demo@\(Self.digest)")
+        for forged in ["127.0.0.1:5000/evil:x", "attacker.example/demo:x", "127.0.0.1:5000/evil/demo:x"] {
+            b.image = forged
+            #expect(throws: KilnError.self, "\(forged)") { try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") }
+        }
+        b.image = "127.0.0.1:5000/evil:x"
+        #expect(throws: KilnError.self) { try b.deployableImage(project: "demo", registry: nil) }
+        b.image = "127.0.0.1:5000/demo:abc1234"
+        b.digest = "sha256:" + String(repeating: "0F", count: 32)
+        #expect(throws: KilnError.self) { try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") }
+    }
+
     @Test(arguments: [
         ("127.0.0.1:5000/demo:abc", "127.0.0.1:5000/demo"),
         ("127.0.0.1:5000/demo", "127.0.0.1:5000/demo"),

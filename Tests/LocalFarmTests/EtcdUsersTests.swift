@@ -78,6 +78,9 @@ struct EtcdUsersTests {
                 ("read another agent's tasks", { _ = try await agent.range(prefix: self.keys.tasks(of: "agent-10")) }),
                 ("register as another agent", { try await agent.put(self.keys.agent("agent-10"), "{}") }),
                 ("write a domain", { try await agent.put(self.slb.domain(group: "local", "demo.localhost"), "{}") }),
+                ("register a machine token (a deployer's pull-any)", { try await agent.put(self.keys.machine("evil"), "{}") }),
+                ("read the machine tokens", { _ = try await agent.range(prefix: self.keys.machines) }),
+                ("grant itself another project's repository", { try await agent.put(self.keys.grant(agent: "agent-1", build: "b9"), "victim") }),
                 ("write an app", { try await agent.put(self.keys.app("demo"), "{}") }),
                 ("write a cell", { try await agent.put(self.keys.cell("a"), "{}") }),
                 ("read the logs", { _ = try await agent.range(prefix: self.keys.logs) }),
@@ -137,6 +140,9 @@ struct EtcdUsersTests {
             _ = try await scheduler.range(prefix: keys.agents)
             await #expect(throws: EtcdError.permissionDenied) { try await scheduler.put(self.keys.agent("agent-1"), "{}") }
             await #expect(throws: EtcdError.permissionDenied) { try await scheduler.put("/elsewhere", "x") }
+            // It reads machine tokens' hashes (the registry's token service) and writes none.
+            _ = try await scheduler.range(prefix: keys.machines)
+            await #expect(throws: EtcdError.permissionDenied) { try await scheduler.put(self.keys.machine("evil"), "{}") }
         }
     }
 

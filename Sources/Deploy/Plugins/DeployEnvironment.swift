@@ -11,6 +11,9 @@ public struct DeployEnvironment: Sendable {
     public var lbTimeout: Duration = .seconds(60)
     /// Between two rounds of health checks while a version starts.
     public var healthInterval: Duration = .milliseconds(200)
+    /// The registry agents push to (`host:port`): a build record whose image is elsewhere is
+    /// not deployed (`Build.deployableImage`). Nil checks the repository's name only.
+    public var registry: String?
 
     public init(store: AppStore, deployers: [String: any Deployer]) {
         self.store = store

@@ -18,9 +18,7 @@ public struct DeployPlugin: PostBuildPlugin {
         }
         // By digest, never by tag: the tag may have been pushed again since this build, and a
         // roll back must run exactly the image this build made.
-        guard let image = ctx.build.imageByDigest else {
-            throw KilnError.invalid("build \(ctx.build.id) recorded no digest for \(tagged): deploys pull by digest only; build it again")
-        }
+        let image = try ctx.build.deployableImage(project: ctx.project.name, registry: env.registry)
         let deployer = try env.deployer(backend)
         let all = try await store.cells()
         let names = ctx.strings("cells") ?? all.filter { $0.backend == backend }.map(\.name)

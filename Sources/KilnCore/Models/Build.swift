@@ -86,8 +86,26 @@ public struct Build: Codable, Sendable, Equatable {
     /// backs run, since the tag may have been pushed again since (a second build with the
     /// same `--tag`, or anyone with push rights). Nil without an image or a digest.
     public var imageByDigest: String? {
-        guard let image, let digest, digest.hasPrefix("sha256:"), digest.count == 71 else { return nil }
+        guard let image, let digest, digest.hasPrefix("sha256:"), digest.count == 71,
+              digest.dropFirst(7).allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
         return Build.repository(of: image) + "@" + digest
+    }
+
+    /// The image a deploy of this build of `project` may run: `registry/project@sha256:…`.
+    /// An agent writes the build record, so a hostile one could name another project's image
+    /// (which the deployer, allowed to pull any, would run) or another registry (which would
+    /// receive the deployer's credentials): both are refused. `registry` nil checks the
+    /// repository only.
+    public func deployableImage(project: String, registry: String?) throws -> String {
+        guard let pinned = imageByDigest else {
+            throw KilnError.invalid("build \(id) recorded no digest for \(image ?? "its image"): deploys pull by digest only; build it again")
+        }
+        let repository = Build.repository(of: pinned)
+        let expected = registry.map { "\($0)/\(project)" }
+        guard repository == expected ?? repository, repository.split(separator: "/").last.map(String.init) == project else {
+            throw KilnError.invalid("build \(id) of \(project) names the image \(pinned), not one of \(expected ?? "repository \(project)"): refused (a build record names its own project's image in the farm's registry)")
+        }
+        return pinned
     }
 
     /// `host:port/path` of `host:port/path:tag` or `host:port/path@digest` (a ':' before the

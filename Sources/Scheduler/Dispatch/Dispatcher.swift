@@ -233,7 +233,8 @@ public struct Dispatcher: Service {
                 .modRevision(keys.build(id), .equal, buildModRevision),
                 .createRevision(taskKey, .equal, 0),
             ],
-            success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(keys.build(id), try KilnJSON.encode(build))]))
+            success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(keys.build(id), try KilnJSON.encode(build)),
+                      .put(keys.grant(agent: a.agent, build: build.id), a.project.name)]))
         guard r.succeeded else {
             if a.queued.entry.record != nil {
                 // Perhaps only the carried record was stale (written by something that does not
@@ -258,10 +259,10 @@ public struct Dispatcher: Service {
         guard let buildKV = try await etcd.get(keys.build(id)),
               var build = try? KilnJSON.decode(Build.self, from: buildKV.value) else {
             let r = try await etcd.txn(Txn(compare: fence + [.modRevision(t.key, .equal, t.modRevision), .createRevision(keys.agent(t.agent), .equal, 0)],
-                                           success: [.delete(t.key)]))
+                                           success: [.delete(t.key), .delete(keys.grant(agent: t.agent, build: id))]))
             return r.succeeded ? .done(revision: r.revision, effects: [deleteTask]) : .refused
         }
-        var ops: [TxnOp] = [.delete(t.key)]
+        var ops: [TxnOp] = [.delete(t.key), .delete(keys.grant(agent: t.agent, build: id))]
         var queueEntry: (key: String, value: String)?
         switch build.agentLost(t.agent, maxAttempts: configuration.maxAttempts, at: Date()) {
         case .alreadyFinal:

@@ -105,8 +105,16 @@ public struct RegistryTokenService: Sendable {
         case .deployer:
             return .deployer(machine.name)
         case .agent:
+            // A task counts only with the grant the dispatcher wrote beside it, for the same
+            // project: the agent can write its own task keys, not the grants.
             let tasks = try await store.etcd.range(prefix: store.keys.tasks(of: machine.name)).kvs
-            let projects = Set(tasks.compactMap { try? KilnJSON.decode(BuildTask.self, from: $0.value).project.name })
+            let grants = try await store.etcd.range(prefix: store.keys.grants(of: machine.name)).kvs
+            var granted: [String: String] = [:]
+            for kv in grants { if let build = Keys.name(of: kv.key, under: store.keys.grants(of: machine.name)) { granted[build] = kv.string } }
+            let projects = Set(tasks.compactMap { kv -> String? in
+                guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value), granted[task.build] == task.project.name else { return nil }
+                return task.project.name
+            })
             return .agent(machine.name, projects: projects)
         }
     }
