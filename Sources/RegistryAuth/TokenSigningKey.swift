@@ -21,7 +21,7 @@ public struct TokenSigningKey: Sendable {
         TokenSigningKey(privateKey: P256.Signing.PrivateKey())
     }
 
-    /// Reads a PEM private key (`-----BEGIN PRIVATE KEY-----`, PKCS#8, or `EC PRIVATE KEY`).
+    /// Reads a P-256 private key in PEM, PKCS#8 or SEC1 (the "EC" form openssl writes).
     public init(pem: String) throws {
         do {
             self.privateKey = try P256.Signing.PrivateKey(pemRepresentation: pem)
