@@ -11,17 +11,33 @@ public enum CredentialFile {
     /// The file's contents, without a trailing newline. Throws `KilnError.invalid` if the
     /// file is missing, empty, or readable by group or others.
     public static func read(_ path: String) throws -> String {
+        // Opened once, without following a link, and checked through the descriptor: what is
+        // checked is what is read (no swap between a stat and an open).
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            let reason = errno == ELOOP ? "it is a symbolic link; point the option at the file itself" : String(cString: strerror(errno))
+            throw KilnError.invalid("cannot read the credential file \(path): \(reason)")
+        }
+        defer { close(fd) }
         var st = stat()
-        guard stat(path, &st) == 0 else {
-            throw KilnError.invalid("cannot read the credential file \(path): \(String(cString: strerror(errno)))")
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+            throw KilnError.invalid("the credential file \(path) is not a regular file")
+        }
+        guard st.st_uid == geteuid() else {
+            throw KilnError.invalid("the credential file \(path) belongs to user \(st.st_uid), not to this process's user \(geteuid()): `chown` it to the user Kiln runs as")
         }
         guard st.st_mode & 0o077 == 0 else {
             throw KilnError.invalid("the credential file \(path) may be read by others (mode \(String(st.st_mode & 0o777, radix: 8))): run `chmod 600 \(path)`")
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KilnError.invalid("cannot read the credential file \(path)")
+        guard st.st_size <= 1 << 20 else { throw KilnError.invalid("the credential file \(path) is larger than 1 MiB") }
+        var data = [UInt8](repeating: 0, count: Int(st.st_size))
+        var got = 0
+        while got < data.count {
+            let n = data.withUnsafeMutableBytes { Foundation.read(fd, $0.baseAddress! + got, $0.count - got) }
+            guard n > 0 else { break }
+            got += n
         }
-        var text = String(decoding: data, as: UTF8.self)
+        var text = String(decoding: data[..<got], as: UTF8.self)
         while text.last == "\n" || text.last == "\r" { text.removeLast() }
         guard !text.isEmpty else { throw KilnError.invalid("the credential file \(path) is empty") }
         return text

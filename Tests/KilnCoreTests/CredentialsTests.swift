@@ -20,6 +20,13 @@ struct CredentialsTests {
         chmod(path, 0o644)
         #expect { try CredentialFile.read(path) } throws: { "\($0)".contains("chmod 600 \(path)") }
         #expect { try CredentialFile.read(dir.appendingPathComponent("missing").path) } throws: { "\($0)".contains("cannot read") }
+
+        // A link is not followed, even to a file of mode 0600.
+        chmod(path, 0o600)
+        let link = dir.appendingPathComponent("link").path
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: path)
+        #expect { try CredentialFile.read(link) } throws: { "\($0)".contains("symbolic link") }
+        #expect { try CredentialFile.read(dir.path) } throws: { "\($0)".contains("not a regular file") }
     }
 
     @Test("readOrCreate keeps the first secret; user:password needs both sides")
