@@ -56,6 +56,24 @@ struct SandboxTests {
         #expect(DockerfilePolicy.check(dockerfile) == nil, "\(dockerfile)")
     }
 
+    @Test("a build starts from its own project's images and base images, not another project's in the shared storage", arguments: [
+        ("FROM 127.0.0.1:5000/victim@sha256:" + String(repeating: "ab", count: 32), false),
+        ("FROM 127.0.0.1:5000/victim:1a2b3c4", false),
+        ("FROM localhost:5000/victim:1a2b3c4", false),
+        ("FROM localhost/kiln/jre17:1\nCOPY --from=127.0.0.1:5000/victim:v1 /app /app", false),
+        ("FROM 9b7adf92fabe", false),
+        ("FROM sha256:9b7adf92fabecea8381bb046ce2d959669cff5fd56754054f547df40cab889b2", false),
+        ("ARG B=127.0.0.1:5000/victim:v1\nFROM $B", false),
+        ("FROM localhost/kiln/jre17:1\nCOPY target/app.jar /app.jar", true),
+        ("FROM 127.0.0.1:5000/app:v1", true),
+        ("FROM localhost/kiln/jdk17-maven:1 AS build\nRUN true\nFROM localhost/kiln/jre17:1\nCOPY --from=build /x /x", true),
+        ("FROM --platform=linux/amd64 busybox:1", true),
+    ])
+    func images(_ dockerfile: String, _ allowed: Bool) {
+        let v = DockerfilePolicy.checkImages(dockerfile, registry: "127.0.0.1:5000", project: "app")
+        #expect((v == nil) == allowed, "\(dockerfile): \(v?.description ?? "allowed")")
+    }
+
     @Test("the violation names the line the instruction starts on")
     func violationLine() {
         let v = DockerfilePolicy.check("FROM x\n\nRUN true\nRUN \\\n --mount=type=cache,target=/c true\n")

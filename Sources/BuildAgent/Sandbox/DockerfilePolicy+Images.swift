@@ -1,0 +1,60 @@
+import Foundation
+
+extension DockerfilePolicy {
+    /// The images a Dockerfile starts from or copies out of (`FROM`, `COPY --from`), checked
+    /// against the engine's storage, which every project's builds share and which also holds
+    /// images deployed on this machine (`kiln up`'s cells): the engine serves a name it has
+    /// without asking the registry, so the registry's tokens cannot keep one project's image
+    /// from another's build there. Refused:
+    /// - an image of the farm's registry (`registry`, or any loopback name with a port) other
+    ///   than the build's own project's: `FROM 127.0.0.1:5000/other@sha256:…`;
+    /// - an image ID (`FROM 9b7adf92fabe`, `sha256:…`), which names whatever is stored (build
+    ///   logs show image IDs);
+    /// - a name made from a variable (`FROM $BASE`), which the check cannot read.
+    /// Stage names (`FROM … AS build`, `COPY --from=build`) and `localhost/…` (images made on
+    /// this machine, the base images) pass.
+    static func checkImages(_ text: String, registry: String, project: String) -> Violation? {
+        var stages: Set<String> = []
+        for instruction in instructions(text) {
+            let words = instruction.text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let keyword = words.first?.uppercased() else { continue }
+            var references: [String] = []
+            if keyword == "FROM" {
+                let args = words.dropFirst().filter { !$0.hasPrefix("--") }
+                if let image = args.first { references.append(image) }
+                if args.count >= 3, args[args.startIndex + 1].uppercased() == "AS" { stages.insert(args[args.startIndex + 2].lowercased()) }
+            } else if keyword == "COPY" || keyword == "ONBUILD" {
+                for word in words.dropFirst() where word.lowercased().hasPrefix("--from=") {
+                    references.append(String(word.dropFirst("--from=".count)))
+                }
+            }
+            for reference in references where !stages.contains(reference.lowercased()) {
+                if let reason = refusal(image: reference, registry: registry, project: project) {
+                    return Violation(line: instruction.line, message: reason)
+                }
+            }
+        }
+        return nil
+    }
+
+    static func refusal(image reference: String, registry: String, project: String) -> String? {
+        let ref = reference.lowercased()
+        if ref.contains("$") {
+            return "the image '\(reference)' is made from a variable: name the image itself, so that the sandbox can check it"
+        }
+        let hex = ref.hasPrefix("sha256:") ? String(ref.dropFirst(7)) : ref
+        if hex.count >= 12, hex.count <= 64, hex.allSatisfy(\.isHexDigit) {
+            return "'\(reference)' is an image ID, which names whatever the builder has stored (other projects' images among them): name the image by its repository"
+        }
+        guard let slash = ref.firstIndex(of: "/") else { return nil }
+        let host = String(ref[..<slash])
+        let path = ref[ref.index(after: slash)...].prefix { $0 != ":" && $0 != "@" }
+        let hostName = host.hasPrefix("[") ? String(host.prefix { $0 != "]" }) + "]" : String(host.split(separator: ":").first ?? "")
+        let loopbackWithPort = host.contains(":") && (hostName == "localhost" || hostName.hasPrefix("127.") || hostName == "[::1]" || hostName == "0.0.0.0")
+        guard host == registry.lowercased() || loopbackWithPort else { return nil }
+        guard path == project else {
+            return "'\(reference)' is an image of another project in the farm's registry; a build may start from its own project's images (\(registry)/\(project)) and from base images, not from another project's"
+        }
+        return nil
+    }
+}
