@@ -155,7 +155,6 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
-        let credentials = try registryCredentials.map { try UserPassword.read($0) }
         var config = AgentConfiguration(
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
@@ -166,7 +165,7 @@ struct AgentCommand: AsyncParsableCommand {
             simulate: simulate.flatMap(SimulatedDuration.init),
             // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
-            registryCredentials: credentials.map { RegistryCredentials(user: $0.user, password: $0.password) })
+            registryCredentials: try registryCredentials.map(RegistryCredentials.read))
         config.etcdCredentials = try etcd.access.readCredentials()
         config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)

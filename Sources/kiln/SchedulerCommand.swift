@@ -113,10 +113,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         var deploy = DeployEnvironment(
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
-            deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map {
-                let c = try UserPassword.read($0)
-                return RegistryCredentials(user: c.user, password: c.password)
-            }))
+            deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
         deploy.registry = registry
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,

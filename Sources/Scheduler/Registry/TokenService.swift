@@ -71,7 +71,9 @@ public struct RegistryTokenService: Sendable {
             throw KilnError.invalid("the account '\(Validation.printable(account))' is not the user of the credentials")
         }
         guard let caller = try await authenticate(credentials) else {
-            logger.notice("registry token refused: wrong credentials", metadata: ["account": "\(Validation.printable(credentials.user))"])
+            // Only a name that could be an account: a token pasted into the user field stays out of the log.
+            let named = credentials.user == MachineCredential.adminUser || (try? MachineCredential.validateName(credentials.user)) != nil
+            logger.notice("registry token refused: wrong credentials", metadata: ["account": "\(named ? credentials.user : "(not an account name)")"])
             return unauthorized("wrong user or password")
         }
         let requested: [ResourceAccess]
