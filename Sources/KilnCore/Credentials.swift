@@ -30,6 +30,7 @@ public enum CredentialFile {
             throw KilnError.invalid("the credential file \(path) may be read by others (mode \(String(st.st_mode & 0o777, radix: 8))): run `chmod 600 \(path)`")
         }
         guard st.st_size <= 1 << 20 else { throw KilnError.invalid("the credential file \(path) is larger than 1 MiB") }
+        try checkFolder(of: path)
         var data = [UInt8](repeating: 0, count: Int(st.st_size))
         var got = 0
         while got < data.count {
@@ -41,6 +42,23 @@ public enum CredentialFile {
         while text.last == "\n" || text.last == "\r" { text.removeLast() }
         guard !text.isEmpty else { throw KilnError.invalid("the credential file \(path) is empty") }
         return text
+    }
+
+    /// The folder holding a credential file must belong to this process's user or root and be
+    /// writable by no one else: whoever may write the folder may rename, remove or replace
+    /// the file (a hard link to another file of ours, for one).
+    static func checkFolder(of path: String) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var st = stat()
+        guard stat(folder, &st) == 0 else {
+            throw KilnError.invalid("cannot check the folder \(folder) of the credential file: \(String(cString: strerror(errno)))")
+        }
+        guard st.st_uid == geteuid() || st.st_uid == 0 else {
+            throw KilnError.invalid("the folder \(folder) of the credential file \(path) belongs to user \(st.st_uid): keep credentials in a folder of the user Kiln runs as (or root)")
+        }
+        guard st.st_mode & 0o022 == 0 else {
+            throw KilnError.invalid("others may write the folder \(folder) of the credential file \(path) (mode \(String(st.st_mode & 0o777, radix: 8))): run `chmod go-w \(folder)`, or keep credentials in a folder of mode 0700")
+        }
     }
 
     /// Writes `contents` (plus a newline) to `path` with mode 0600, atomically: a temporary

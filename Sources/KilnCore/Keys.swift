@@ -21,12 +21,7 @@ public struct Keys: Sendable, Equatable {
     public func task(agent: String, build: String) -> String { "\(tasks)\(agent)/\(build)" }
 
     /// The agent and build of a key under `tasks`, or nil for any other key.
-    public func taskOwner(_ key: String) -> (agent: String, build: String)? {
-        guard let rest = Keys.name(of: key, under: tasks) else { return nil }
-        let parts = rest.split(separator: "/", maxSplits: 1)
-        guard parts.count == 2, !parts[1].contains("/") else { return nil }
-        return (String(parts[0]), String(parts[1]))
-    }
+    public func taskOwner(_ key: String) -> (agent: String, build: String)? { Keys.agentAndBuild(of: key, under: tasks) }
 
     public var builds: String { "\(prefix)/builds/" }
     public func build(_ id: String) -> String { builds + id }
@@ -80,6 +75,16 @@ public struct Keys: Sendable, Equatable {
     public var grants: String { "\(prefix)/grants/" }
     public func grants(of agent: String) -> String { "\(grants)\(agent)/" }
     public func grant(agent: String, build: String) -> String { grants(of: agent) + build }
+    /// The agent and build of a key under `grants`, or nil for any other key.
+    public func grantOwner(_ key: String) -> (agent: String, build: String)? { Keys.agentAndBuild(of: key, under: grants) }
+
+    /// `{agent}/{build}` under `base` (tasks and grants), or nil for any other key.
+    static func agentAndBuild(of key: String, under base: String) -> (agent: String, build: String)? {
+        guard let rest = Keys.name(of: key, under: base) else { return nil }
+        let parts = rest.split(separator: "/", maxSplits: 1)
+        guard parts.count == 2, !parts[1].contains("/") else { return nil }
+        return (String(parts[0]), String(parts[1]))
+    }
 
     /// The last path component of `key` under `base`, or nil if `key` is not directly under it.
     public static func name(of key: String, under base: String) -> String? {

@@ -46,8 +46,19 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Registry to push to (env KILN_REGISTRY).", valueName: "host:port"))
     var registry: String = env("KILN_REGISTRY", "127.0.0.1:5000")
 
-    @Flag(name: .long, inversion: .prefixedNo, help: "Push over plain HTTP (a registry without TLS).")
-    var insecureRegistry = true
+    @Flag(name: .long, inversion: .prefixedNo, help: """
+        Push and pull over plain HTTP (a registry without TLS). Default: plain HTTP only for a \
+        registry on loopback (127.0.0.1, ::1, localhost), TLS for any other.
+        """)
+    var insecureRegistry: Bool?
+
+    /// Plain HTTP when asked for, else only on loopback: a registry elsewhere speaks TLS, and
+    /// a push over plain HTTP would send its bearer token in clear.
+    var registryIsPlainHTTP: Bool {
+        if let insecureRegistry { return insecureRegistry }
+        let host = registry.hasPrefix("[") ? String(registry.dropFirst().prefix { $0 != "]" }) : String(registry.prefix { $0 != ":" })
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
 
     @Option(name: .long, help: ArgumentHelp("""
         File (mode 0600) holding this agent's registry credentials as ID:TOKEN, the user being \
@@ -158,7 +169,7 @@ struct AgentCommand: AsyncParsableCommand {
         var config = AgentConfiguration(
             id: id, capacity: capacity, labels: parsedLabels, ttlSeconds: Int64(ttl),
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-            dockerSocket: dockerSocket, registry: registry, registryInsecure: insecureRegistry, mavenMirror: mavenMirror,
+            dockerSocket: dockerSocket, registry: registry, registryInsecure: registryIsPlainHTTP, mavenMirror: mavenMirror,
             compileNetwork: compileNetwork, limits: parsedLimits!,
             allowFileRepos: allowFileRepos.map { URL(fileURLWithPath: $0).standardizedFileURL }, imagePidsCgroup: imagePidsCgroup,
             timeouts: parsedTimeouts!, version: KilnVersion.current,

@@ -48,7 +48,7 @@ struct EndToEndTests {
 
             // Pull it back from the registry (as admin) and run it: it answers with the fixture's output.
             let image = try #require(b.image)
-            try? farm.podman(["rmi", "-f", image])
+            _ = try? farm.podman(["rmi", "-f", image])
             try farm.podman(["pull", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), image])
             let port = try FreePort.next()
             let name = "kiln-e2e-\(UUID().uuidString.prefix(8))"

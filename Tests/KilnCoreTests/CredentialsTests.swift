@@ -27,6 +27,12 @@ struct CredentialsTests {
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: path)
         #expect { try CredentialFile.read(link) } throws: { "\($0)".contains("symbolic link") }
         #expect { try CredentialFile.read(dir.path) } throws: { "\($0)".contains("not a regular file") }
+
+        // A folder others may write is refused: they could swap the file.
+        chmod(dir.path, 0o777)
+        #expect { try CredentialFile.read(path) } throws: { "\($0)".contains("chmod go-w \(dir.path)") }
+        chmod(dir.path, 0o755)
+        #expect(try CredentialFile.read(path) == "root:s3cret")
     }
 
     @Test("readOrCreate keeps the first secret; user:password needs both sides")

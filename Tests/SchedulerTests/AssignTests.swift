@@ -76,4 +76,33 @@ struct AssignTests {
             #expect(try await etcd.range(prefix: keys.tasks).kvs.count == 1)
         }
     }
+
+    /// An agent ends a build by deleting its task key only; the leader's sweep then removes the
+    /// push grant, so re-creating the task key later gives no push on that project.
+    @Test func theSweepRemovesGrantsWhoseTaskEndedAndKeepsTheOthers() async throws {
+        try await withEtcd(timeout: nil) { _, etcd in
+            let store = SchedulerStore(etcd: etcd)
+            let keys = store.keys
+            let dispatcher = Dispatcher(store: store, logger: Logger(label: "test"))
+            try await etcd.put(keys.task(agent: "a1", build: "live"), "{}")
+            try await etcd.put(keys.grant(agent: "a1", build: "live"), "demo")
+            try await etcd.put(keys.grant(agent: "a1", build: "ended"), "demo")
+            try await etcd.put(keys.grant(agent: "a2", build: "ended"), "other")
+            try await etcd.put(keys.grants + "malformed", "x")
+            #expect(try await dispatcher.sweepGrants(fence: []) == 2)
+            #expect(try await etcd.range(prefix: keys.grants).kvs.map(\.key).sorted()
+                    == [keys.grant(agent: "a1", build: "live"), keys.grants + "malformed"])
+            // A leader whose term ended removes nothing.
+            let election = dispatcher.election
+            let old = try await election.campaign()
+            await election.resign(old)
+            let current = try await election.campaign()
+            _ = try await etcd.delete(keys.task(agent: "a1", build: "live"))
+            #expect(try await dispatcher.sweepGrants(fence: [election.fence(old)]) == 0)
+            #expect(try await etcd.get(keys.grant(agent: "a1", build: "live")) != nil)
+            #expect(try await dispatcher.sweepGrants(fence: [election.fence(current)]) == 1)
+            #expect(try await etcd.get(keys.grant(agent: "a1", build: "live")) == nil)
+            await election.resign(current)
+        }
+    }
 }

@@ -117,6 +117,7 @@ public struct Dispatcher: Service {
                 group.addTask { await pipelines.lead(term: "\(configuration.id)/\(term.createRevision)", fence: fence) }
             }
             for task in leaderTasks { group.addTask { await task() } }
+            group.addTask { await sweepGrantsWhileLeading(fence: fence) }
             for p in DispatchState.Prefix.allCases {
                 let prefix = state.prefix(p)
                 group.addTask { await follow(p, prefix: prefix, into: inbox) }
