@@ -82,6 +82,9 @@ let package = Package(
             name: "Scheduler",
             dependencies: [
                 "KilnCore", "Etcd", "Plugins", "RegistryAuth",
+                // SHA-256 of API tokens and sessions; scrypt for passwords.
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -208,6 +208,11 @@ until grep -qs "Kiln is running" "$UP_LOG"; do
     sleep 1
 done
 say "farm running"
+# The API takes the first admin's token (kiln up keeps it with its credentials): the kiln
+# commands read KILN_TOKEN, curl a header file of mode 0600 (not its command line).
+KILN_TOKEN=$(cat "$DATA/credentials/admin-token") || die "cannot read $DATA/credentials/admin-token"
+export KILN_TOKEN
+(umask 077; printf 'Authorization: Bearer %s\n' "$KILN_TOKEN" >"$TMP/auth-header")
 
 export CONTAINERS_CONF=$DATA/podman/containers.conf
 export CONTAINERS_STORAGE_CONF=$DATA/podman/storage.conf
@@ -227,7 +232,7 @@ podman_cpu_ms() {
 }
 
 say "registering the project demo ($GIT_URL)"
-code=$(curl -sS -o "$TMP/project.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+code=$(curl -sS -o "$TMP/project.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' -H @"$TMP/auth-header" \
     --data "{\"name\":\"demo\",\"repository\":\"$GIT_URL\",\"buildImage\":\"$BUILD_IMAGE\",\"buildCommand\":\"$BUILD_COMMAND\",\"dockerfile\":\"Dockerfile\",\"context\":\".\"}" \
     "$API/api/v1/projects") || die "the scheduler API at $API does not answer"
 [[ $code == 200 || $code == 201 ]] || die "POST /api/v1/projects answered $code: $(cat "$TMP/project.json")"
@@ -235,7 +240,7 @@ code=$(curl -sS -o "$TMP/project.json" -w '%{http_code}' -X POST -H 'Content-Typ
 # Builds an interrupted earlier run left unfinished go back to the queue when the farm starts
 # again and would run beside the measured ones: cancel them and wait until they have ended.
 unfinished() {
-    curl -sS "$API/api/v1/builds?limit=1000" | python3 -c '
+    curl -sS -H @"$TMP/auth-header" "$API/api/v1/builds?limit=1000" | python3 -c '
 import json, sys
 for b in json.load(sys.stdin):
     if b.get("status") in ("queued", "assigned", "running"): print(b["id"])'
@@ -244,7 +249,7 @@ left=$(unfinished) || die "cannot list builds at $API"
 if [[ -n $left ]]; then
     for id in $left; do
         say "cancelling build $id left unfinished by an earlier run"
-        curl -sS -o /dev/null -X POST "$API/api/v1/builds/$id/cancel" || true
+        curl -sS -o /dev/null -H @"$TMP/auth-header" -X POST "$API/api/v1/builds/$id/cancel" || true
     done
     # Kiln (at the time of writing) stops a cancelled build's container but may leave its
     # record "running" until the agent stops; what matters here is that nothing runs.

@@ -13,11 +13,27 @@ import NIOFoundationCompat
 /// no shutdown.
 public struct APIClient: Sendable {
     public let base: String
+    /// The `Authorization` header sent with every request to the API: `Bearer TOKEN`, or
+    /// HTTP Basic for the one call that takes a password (making a token).
+    let authorization: String?
 
-    public init(_ base: String) {
+    public init(_ base: String, token: String? = nil) {
         var b = base
         while b.hasSuffix("/") { b.removeLast() }
         self.base = b
+        authorization = token.map { "Bearer \($0)" }
+    }
+
+    /// A client that logs in with a user's name and password (HTTP Basic): only
+    /// `POST /api/v1/tokens` takes it.
+    public init(_ base: String, user: String, password: String) {
+        self.init(base)
+        self = APIClient(base: self.base, authorization: "Basic " + Data("\(user):\(password)".utf8).base64EncodedString())
+    }
+
+    private init(base: String, authorization: String?) {
+        self.base = base
+        self.authorization = authorization
     }
 
     /// A request that failed: the API's own message, or what went wrong on the way.
@@ -59,6 +75,7 @@ public struct APIClient: Sendable {
     private func send(_ method: String, _ path: String, body: Data?) async throws -> Data {
         var request = HTTPClientRequest(url: base + path)
         request.method = .init(rawValue: method)
+        if let authorization { request.headers.add(name: "Authorization", value: authorization) }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(data: body))
@@ -73,6 +90,9 @@ public struct APIClient: Sendable {
         let data = Data(buffer: buffer)
         guard (200..<300).contains(Int(response.status.code)) else {
             if let e = try? JSONDecoder().decode(APIErrorBody.self, from: data) {
+                if response.status.code == 401 {
+                    throw Failure(description: "\(e.error). Log in with `kiln login`, or set KILN_TOKEN.")
+                }
                 throw Failure(description: e.error)
             }
             throw Failure(description: "\(method) \(path): HTTP \(response.status.code)")
@@ -90,7 +110,8 @@ public struct APIClient: Sendable {
 
     /// Streams a build's log to `output` until the build ends.
     public func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
-        let request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
+        var request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
+        if let authorization { request.headers.add(name: "Authorization", value: authorization) }
         let response = try await HTTPClient.shared.execute(request, timeout: .hours(24))
         guard response.status == .ok else {
             let body = try await response.body.collect(upTo: 1 << 20)

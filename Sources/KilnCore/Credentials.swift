@@ -128,16 +128,22 @@ public enum Secret {
     /// `bytes` random bytes from the system's generator, URL-safe base64 without padding
     /// (43 characters for the default 32 bytes): fits a URL, a header and a `user:password`.
     public static func random(bytes: Int = 32) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let data = Data((0..<bytes).map { _ in UInt8.random(in: 0...255, using: &generator) })
-        return data.base64EncodedString()
+        Data(randomBytes(bytes)).base64EncodedString()
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
     }
 
+    /// `count` bytes from the system's generator.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
     /// Compares two secrets in time that does not depend on where they first differ.
-    public static func equal(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
+    public static func equal(_ a: String, _ b: String) -> Bool { equal(Array(a.utf8), Array(b.utf8)) }
+
+    /// The same, for bytes.
+    public static func equal(_ x: [UInt8], _ y: [UInt8]) -> Bool {
         var diff = UInt8(x.count == y.count ? 0 : 1)
         for i in 0..<min(x.count, y.count) { diff |= x[i] ^ y[i] }
         return diff == 0

@@ -106,6 +106,12 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 Grant(.read, keys.machines, prefix: true),
                 // What an agent may push (the token service trusts these, not task keys).
                 Grant(.readWrite, keys.grants, prefix: true),
+                // People, their tokens and sessions, groups and members (docs/roles.md).
+                Grant(.readWrite, keys.users, prefix: true),
+                Grant(.readWrite, keys.tokens, prefix: true),
+                Grant(.readWrite, keys.sessions, prefix: true),
+                Grant(.readWrite, keys.groups, prefix: true),
+                Grant(.readWrite, keys.members, prefix: true),
                 Grant(.readWrite, slb.root + "/", prefix: true),
             ]
         case .agent(let id):

@@ -45,6 +45,22 @@ public struct Keys: Sendable, Equatable {
 
     public var leader: String { "\(prefix)/leader" }
 
+    /// People and their API tokens (issue 12; docs/roles.md). Only schedulers read these.
+    public var users: String { "\(prefix)/users/" }
+    public func user(_ name: String) -> String { users + name }
+    /// Keyed by the token's SHA-256 (hex): the token itself is kept nowhere.
+    public var tokens: String { "\(prefix)/tokens/" }
+    public func token(hash: String) -> String { tokens + hash }
+    /// The console's login sessions, keyed like tokens (the cookie's SHA-256).
+    public var sessions: String { "\(prefix)/sessions/" }
+    public func session(hash: String) -> String { sessions + hash }
+    /// Groups: namespaces of the registry and of projects (``Group``).
+    public var groups: String { "\(prefix)/groups/" }
+    public func group(_ name: String) -> String { groups + name }
+    /// The members of a resource, whole in one key: `/kiln/members/{projects|apps|groups}/{name}`.
+    public var members: String { "\(prefix)/members/" }
+    public func members(_ kind: ResourceKind, _ name: String) -> String { "\(members)\(kind.plural)/\(name)" }
+
     /// Where apps run: Docker Engine API endpoints or Kubernetes API servers.
     public var cells: String { "\(prefix)/cells/" }
     public func cell(_ name: String) -> String { cells + name }

@@ -3,7 +3,7 @@
 /// A struct over a private code so that cases can be added without breaking callers.
 /// `httpStatus` is decided where the error is made; the API answers with it.
 public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
-    private enum Code: Sendable, Equatable { case invalid, unauthorized, forbidden, notFound, conflict, unavailable, internalError }
+    private enum Code: Sendable, Equatable { case invalid, unauthorized, forbidden, notFound, conflict, tooManyRequests, unavailable, internalError }
     private let code: Code
     public let message: String
 
@@ -22,6 +22,8 @@ public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
     public static func notFound(_ message: String) -> KilnError { KilnError(.notFound, message) }
     /// The request clashes with the current state (already exists, already finished): HTTP 409.
     public static func conflict(_ message: String) -> KilnError { KilnError(.conflict, message) }
+    /// Too many attempts (failed logins): HTTP 429; the message says when to try again.
+    public static func tooManyRequests(_ message: String) -> KilnError { KilnError(.tooManyRequests, message) }
     /// A component Kiln needs (etcd, the container API, the registry) cannot be reached: HTTP 503.
     public static func unavailable(_ message: String) -> KilnError { KilnError(.unavailable, message) }
     public static func internalError(_ message: String) -> KilnError { KilnError(.internalError, message) }
@@ -33,6 +35,7 @@ public struct KilnError: Error, CustomStringConvertible, Sendable, Equatable {
         case .forbidden: 403
         case .notFound: 404
         case .conflict: 409
+        case .tooManyRequests: 429
         case .unavailable: 503
         case .internalError: 500
         }

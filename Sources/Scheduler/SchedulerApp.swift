@@ -46,7 +46,7 @@ public func buildSchedulerApplication(
 ) -> some ApplicationProtocol {
     let etcd = EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger, credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
     let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
-    let router = Router()
+    let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
     Console(store: store).addRoutes(to: router)

@@ -19,9 +19,11 @@ public struct SchedulerStore: Sendable {
 
     // MARK: projects
 
-    /// Creates or replaces a project. Returns true if it was new.
+    /// Creates or replaces a project. Returns true if it was new. A new project's `creator`
+    /// becomes its owner in the same transaction; a replaced one must still be the version
+    /// read (else 409: someone changed it meanwhile).
     @discardableResult
-    public func saveProject(_ project: Project) async throws -> Bool {
+    public func saveProject(_ project: Project, creator: String? = nil) async throws -> Bool {
         try project.validate()
         try PluginCatalog.validate(project.pipeline ?? [])
         var p = project
@@ -36,7 +38,13 @@ public struct SchedulerStore: Sendable {
             p.createdAt = p.createdAt ?? Date()
         }
         if p.webhookSecret == "" { p.webhookSecret = nil }
-        try await etcd.put(key, KilnJSON.encode(p))
+        var success: [TxnOp] = [.put(key, try KilnJSON.encode(p))]
+        if existing == nil, let creator {
+            success.append(.put(keys.members(.project, p.name), try KilnJSON.encode(Members(users: [creator: .owner]))))
+        }
+        let r = try await etcd.txn(Txn(compare: [existing.map { .modRevision(key, .equal, $0.modRevision) } ?? .createRevision(key, .equal, 0)],
+                                       success: success))
+        guard r.succeeded else { throw KilnError.conflict("project '\(p.name)' changed while it was being saved: read it again and retry") }
         return existing == nil
     }
 

@@ -13,7 +13,7 @@ struct ActivityCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How many, newest first.") var limit: Int = 20
 
     func run() async throws {
-        let entries = try await APIClient(api.api).get("/api/v1/projects/\(project)/activity?limit=\(limit)", as: [ActivityEntry].self)
+        let entries = try await try api.client().get("/api/v1/projects/\(project)/activity?limit=\(limit)", as: [ActivityEntry].self)
         if api.json { Show.printJSON(entries); return }
         if entries.isEmpty { print("no activity yet for \(project); start a build with: kiln build \(project)"); return }
         for e in entries {

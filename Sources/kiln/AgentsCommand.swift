@@ -8,7 +8,7 @@ struct AgentsCommand: AsyncParsableCommand {
     @OptionGroup var api: APIOptions
 
     func run() async throws {
-        let agents = try await APIClient(api.api).get("/api/v1/agents", as: [AgentInfo].self)
+        let agents = try await try api.client().get("/api/v1/agents", as: [AgentInfo].self)
         if api.json { Show.printJSON(agents); return }
         if agents.isEmpty { print("no live agents; start one with: kiln agent --id NAME"); return }
         for a in agents {

@@ -21,7 +21,7 @@ struct AppsCommand: AsyncParsableCommand {
     var check = false
 
     func run() async throws {
-        let client = APIClient(api.api)
+        let client = try api.client()
         guard let app else {
             let apps = try await client.get("/api/v1/apps", as: [App].self)
             if api.json { Show.printJSON(apps); return }

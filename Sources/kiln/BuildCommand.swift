@@ -38,7 +38,7 @@ struct BuildCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let client = APIClient(api.api)
+        let client = try api.client()
         let build = try await client.post("/api/v1/projects/\(project)/builds",
                                           body: BuildRequest(ref: ref, commit: commit, tag: tag, mvncache: mvncache, trigger: "cli", priority: priority), as: Build.self)
         if !follow {

@@ -11,7 +11,7 @@ struct BuildsCommand: AsyncParsableCommand {
     @Argument(help: "Show one build in full.") var id: String?
 
     func run() async throws {
-        let client = APIClient(api.api)
+        let client = try api.client()
         if let id {
             let b = try await client.get("/api/v1/builds/\(id)", as: Build.self)
             if api.json { Show.printJSON(b) } else { print(Show.summary(b)) }

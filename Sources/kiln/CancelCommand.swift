@@ -9,7 +9,7 @@ struct CancelCommand: AsyncParsableCommand {
     @Argument(help: "Build id.") var id: String
 
     func run() async throws {
-        let b = try await APIClient(api.api).post("/api/v1/builds/\(id)/cancel", body: Optional<BuildRequest>.none, as: Build.self)
+        let b = try await try api.client().post("/api/v1/builds/\(id)/cancel", body: Optional<BuildRequest>.none, as: Build.self)
         print(b.status == .cancelled ? "build \(id) cancelled" : "cancel of build \(id) requested; its agent stops it now")
     }
 }

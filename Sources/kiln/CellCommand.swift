@@ -48,7 +48,7 @@ struct CellCommand: AsyncParsableCommand {
 
         func run() async throws {
             let c = try cell()
-            let data = try await APIClient(api.api).raw("PUT", "/api/v1/cells/\(c.name)", body: try KilnJSON.encoder().encode(c))
+            let data = try await try api.client().raw("PUT", "/api/v1/cells/\(c.name)", body: try KilnJSON.encoder().encode(c))
             if api.json { print(String(decoding: data, as: UTF8.self)) } else { print("cell \(c.name) saved: \(c.backend) \(c.endpoint)") }
         }
     }
@@ -57,7 +57,7 @@ struct CellCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List cells.")
         @OptionGroup var api: APIOptions
         func run() async throws {
-            let cells = try await APIClient(api.api).get("/api/v1/cells", as: [Cell].self)
+            let cells = try await try api.client().get("/api/v1/cells", as: [Cell].self)
             if api.json { Show.printJSON(cells); return }
             if cells.isEmpty { print("no cells: add one with `kiln cell add NAME --endpoint unix:///path/to/docker.sock`") }
             for c in cells {
@@ -71,7 +71,7 @@ struct CellCommand: AsyncParsableCommand {
         @OptionGroup var api: APIOptions
         @Argument(help: "Cell name.") var name: String
         func run() async throws {
-            _ = try await APIClient(api.api).raw("DELETE", "/api/v1/cells/\(name)")
+            _ = try await try api.client().raw("DELETE", "/api/v1/cells/\(name)")
             print("cell \(name) removed")
         }
     }

@@ -24,7 +24,7 @@ struct DeployCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let client = APIClient(api.api)
+        let client = try api.client()
         let build = try await client.post("/api/v1/builds/\(id)/deploy", body: [String: String](), as: Build.self)
         let run = build.deploy?.run ?? 0
         if !follow {

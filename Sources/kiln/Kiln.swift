@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Etcd
+import KilnClient
 import Logging
 
 @main
@@ -25,7 +26,8 @@ struct Kiln: AsyncParsableCommand {
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
                       DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self,
-                      MachineCommand.self, GitFetchCommand.self, EtcdAuthCommand.self])
+                      MachineCommand.self, GitFetchCommand.self, EtcdAuthCommand.self,
+                      LoginCommand.self, UserCommand.self, TokenCommand.self, MembersCommand.self, RolesCommand.self])
 }
 
 enum KilnVersion {
@@ -56,6 +58,12 @@ struct APIOptions: ParsableArguments {
 
     @Flag(name: .long, help: "Print the JSON the API returned.")
     var json = false
+
+    /// A client with this user's token: KILN_TOKEN, else the one `kiln login` stored for
+    /// this API in ~/.config/kiln/credentials.
+    func client() throws -> APIClient {
+        APIClient(api, token: try CLICredentials.token(for: api))
+    }
 }
 
 /// Options of the commands that talk to etcd.

@@ -10,7 +10,7 @@ struct LogsCommand: AsyncParsableCommand {
     @Flag(name: [.short, .long], help: "Follow until the build ends.") var follow = false
 
     func run() async throws {
-        let client = APIClient(api.api)
+        let client = try api.client()
         if follow {
             try await client.followLog(id) { FileHandle.standardOutput.write(Data($0.utf8)) }
         } else {

@@ -76,7 +76,7 @@ struct ProjectCommand: AsyncParsableCommand {
 
         func run() async throws {
             let p = project
-            let saved = try await APIClient(api.api).post("/api/v1/projects", body: p, as: Project.self)
+            let saved = try await try api.client().post("/api/v1/projects", body: p, as: Project.self)
             if api.json { Show.printJSON(saved) } else { print("project \(saved.name) saved: \(saved.repository)") }
         }
     }
@@ -86,7 +86,7 @@ struct ProjectCommand: AsyncParsableCommand {
         @OptionGroup var api: APIOptions
         @Argument(help: "Project name.") var name: String
         func run() async throws {
-            Show.printJSON(try await APIClient(api.api).get("/api/v1/projects/\(name)", as: Project.self))
+            Show.printJSON(try await try api.client().get("/api/v1/projects/\(name)", as: Project.self))
         }
     }
 
@@ -94,7 +94,7 @@ struct ProjectCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List projects.")
         @OptionGroup var api: APIOptions
         func run() async throws {
-            let projects = try await APIClient(api.api).get("/api/v1/projects", as: [Project].self)
+            let projects = try await try api.client().get("/api/v1/projects", as: [Project].self)
             if api.json { Show.printJSON(projects); return }
             for p in projects { print("\(p.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(p.repository)") }
         }

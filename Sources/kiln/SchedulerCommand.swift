@@ -69,7 +69,13 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The registry's service name: its auth.token.service, the tokens' audience (env KILN_REGISTRY_SERVICE).", valueName: "name"))
     var registryService: String = env("KILN_REGISTRY_SERVICE", "kiln-registry")
 
-    @Option(name: .long, help: ArgumentHelp("File (mode 0600) holding the admin token: the registry password of user admin (env KILN_ADMIN_TOKEN_FILE).", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) of the first admin's API token (env KILN_ADMIN_TOKEN_FILE). When etcd \
+        has no user yet, this scheduler makes user admin whose token is the one in the file, or \
+        a new one it writes there. When users exist, a token in the file must be a valid \
+        admin's, or the start is refused. Log in with it: `kiln login --token-file FILE`; it \
+        is also admin's registry password.
+        """, valueName: "file"))
     var adminTokenFile: String? = ProcessInfo.processInfo.environment["KILN_ADMIN_TOKEN_FILE"]
 
     @Option(name: .long, help: ArgumentHelp("""
@@ -91,9 +97,15 @@ struct SchedulerCommand: AsyncParsableCommand {
         case (nil, nil): break
         case (let key?, let admin?):
             do { _ = try TokenSigningKey(pem: try CredentialFile.read(key)) } catch { throw ValidationError("--registry-signing-key: \(error)") }
-            do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
-        default:
-            throw ValidationError("--registry-signing-key and --admin-token-file go together: the token service needs both (the key signs tokens, the admin token is user admin's password)")
+            if FileManager.default.fileExists(atPath: admin) {
+                do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
+            }
+        case (_?, nil):
+            throw ValidationError("--registry-signing-key needs --admin-token-file: the token service needs both (the key signs tokens, the admin token is user admin's password)")
+        case (nil, let admin?):
+            if FileManager.default.fileExists(atPath: admin) {
+                do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
+            }
         }
         guard !registryTokenIssuer.isEmpty, !registryService.isEmpty else { throw ValidationError("--registry-token-issuer and --registry-service must not be empty") }
         if let path = registryCredentials {
@@ -119,6 +131,10 @@ struct SchedulerCommand: AsyncParsableCommand {
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
             plugins: deploy.plugins)
+        // The first admin before anything serves: its token file is what the token service reads.
+        let identity = SchedulerStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix))
+        let bootstrap = try await identity.ensureFirstAdmin(tokenFile: adminTokenFile)
+        logger.notice("\(bootstrap)")
         if let key = registrySigningKey, let admin = adminTokenFile {
             configuration.registryTokens = .init(
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,

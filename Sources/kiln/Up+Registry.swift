@@ -31,7 +31,8 @@ struct UpRegistryCredentials {
         let key = try TokenSigningKey(pem: try CredentialFile.readOrCreate(signingKey) { TokenSigningKey.generate().privateKeyPEM })
         // A new certificate each start is harmless (same key, same kid) and outlives any clock jump.
         try CredentialFile.write(try key.certificatePEM(), to: certificate)
-        _ = try CredentialFile.readOrCreate(adminToken)
+        // The first admin's API token: the scheduler makes user admin with it.
+        _ = try CredentialFile.readOrCreate(adminToken) { "kiln_" + Secret.random() }
         for (name, file) in [("deployer", deployer)] + agents.map({ ($0.id, $0.file) }) {
             _ = try CredentialFile.readOrCreate(file) { "\(name):\(Secret.random())" }
         }

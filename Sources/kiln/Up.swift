@@ -123,7 +123,8 @@ struct Up: AsyncParsableCommand {
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }
-            let client = APIClient(api)
+            // The scheduler made the first admin with this token (its --admin-token-file).
+            let client = APIClient(api, token: try CredentialFile.read(registryCredentials.adminToken))
             try await waitForAgents(client: client, count: agents, processes: processes)
             say("  agents       \((1...agents).map { "agent-\($0)" }.joined(separator: ", ")) registered")
 
@@ -193,7 +194,8 @@ struct Up: AsyncParsableCommand {
         }
         say("""
 
-        Kiln is running. Try:
+        Kiln is running. Log in as admin (the console takes the same token), then try:
+          kiln login --token-file \(registryCredentials.adminToken)
           kiln builds
           kiln build demo --tag v1 --follow     (builds, deploys a new version, moves nginx onto it)
           kiln apps demo

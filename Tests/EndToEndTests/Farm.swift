@@ -62,8 +62,14 @@ final class Farm: Sendable {
 
     // MARK: API
 
+    /// A request to the API as the first admin.
     func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> HTTPReply {
-        try await httpRequest(method, api + path, body: body)
+        try await request(method, path, body: body, token: registryAuth.adminToken)
+    }
+
+    /// A request with `token` (nil: none).
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [])
     }
 
     func addProject(_ name: String = "demo", repository: String? = nil, buildCommand: String = "mvn -B -q package", dockerfile: String = "Dockerfile") async throws {
@@ -129,6 +135,10 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
     do {
         try infra.publishDemo()
         try await auth.registerMachines(etcd: infra.etcdUsers.rootClient)
+        // The first admin, whose API token is also user admin's registry password.
+        let adminTokenFile = dir.appendingPathComponent("credentials/admin-token").path
+        try CredentialFile.write(auth.adminToken, to: adminTokenFile)
+        _ = try await SchedulerStore(etcd: infra.etcdUsers.rootClient).ensureFirstAdmin(tokenFile: adminTokenFile)
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
         configuration.registryTokens = auth.tokenService

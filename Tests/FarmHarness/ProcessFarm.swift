@@ -53,6 +53,12 @@ public final class ProcessFarm: Sendable {
     public let etcdUsers: EtcdUsers?
     public let etcd: EtcdClient
     public let keys = Keys()
+    /// The first admin's API token: every scheduler gets its file as `--admin-token-file`
+    /// (the first to start makes user admin with it).
+    public let adminToken: String
+    public var adminTokenFile: String { dir.appendingPathComponent("credentials/admin-token").path }
+    /// `Authorization` for the API as the first admin.
+    public var adminHeaders: [(String, String)] { [("Authorization", "Bearer \(adminToken)")] }
     private let temporary: TempDir?
 
     private struct Children {
@@ -83,6 +89,8 @@ public final class ProcessFarm: Sendable {
         self.temporary = temporary
         self.kiln = kiln
         self.logLevel = logLevel
+        let tokenFile = dir.appendingPathComponent("credentials/admin-token").path
+        adminToken = try CredentialFile.readOrCreate(tokenFile) { "kiln_" + Secret.random() }
         etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
         if etcdAuth {
             let users = try await EtcdUsers.enable(endpoint: etcdServer.endpoint, credentialsDir: dir.appendingPathComponent("credentials"))
@@ -118,7 +126,7 @@ public final class ProcessFarm: Sendable {
         for _ in 0..<3 {
             let port = try FreePort.next()
             let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdServer.endpoint, "--id", id,
-                                   "--log-level", logLevel] + access + options)
+                                   "--log-level", logLevel, "--admin-token-file", adminTokenFile] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
                 try await p.waitUntilReady(timeout: 30) {

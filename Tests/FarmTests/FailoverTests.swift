@@ -40,7 +40,7 @@ struct FailoverTests {
 
         // A build requested through a follower's API is dispatched by the leader.
         let follower = farm.schedulers.keys.sorted().first { $0 != first }!
-        let viaFollower = try await httpRequest(.POST, "\(farm.schedulers[follower]!.api)/api/v1/projects/\(projects[0])/builds", body: "{}")
+        let viaFollower = try await httpRequest(.POST, "\(farm.schedulers[follower]!.api)/api/v1/projects/\(projects[0])/builds", body: "{}", headers: farm.adminHeaders)
         #expect(viaFollower.status == 201 || viaFollower.status == 202, "\(viaFollower.body)")
         var ids = Set<String>()
         if let id = viaFollower.json?["id"] as? String { ids.insert(id) }
@@ -190,7 +190,7 @@ struct FailoverTests {
         // attempt 1 up to agent-1's last line, the requeue, then attempt 2 to its end.
         farm.schedulers["sched-1"]!.process.killNow()
         try await farm.startScheduler("sched-2", leaderTTL: 5)
-        let reply = try await httpRequest(.GET, "\(farm.schedulers["sched-2"]!.api)/api/v1/builds/\(build.id)/log")
+        let reply = try await httpRequest(.GET, "\(farm.schedulers["sched-2"]!.api)/api/v1/builds/\(build.id)/log", headers: farm.adminHeaders)
         #expect(reply.status == 200)
         let lines = reply.body.split(separator: "\n").map(String.init)
         for line in before { #expect(lines.contains(line), "lost after the kill and the restart: \(line)") }

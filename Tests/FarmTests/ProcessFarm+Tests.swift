@@ -34,7 +34,7 @@ extension ProcessFarm {
 
     /// The scheduler that leads now, as the API of `asking` reports it.
     func leader(asking: String) async throws -> String? {
-        let reply = try await httpRequest(.GET, "\(schedulers[asking]!.api)/api/v1/scheduler")
+        let reply = try await httpRequest(.GET, "\(schedulers[asking]!.api)/api/v1/scheduler", headers: adminHeaders)
         return reply.json?["leader"] as? String
     }
 

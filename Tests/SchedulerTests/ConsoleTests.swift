@@ -125,7 +125,7 @@ struct ConsoleTests {
             let page = try await Chromium.dumpDOM(chromium, h.api + "/ui/projects/webapp")
             #expect(page.contains(#"<span id="project">webapp</span>"#), "\(page)")
             #expect(page.contains("http://127.0.0.1:1/webapp.git") && page.contains(id) && page.contains(running))
-            #expect(page.contains("<h2>Activity</h2>") && page.contains("<td>api</td>"))
+            #expect(page.contains("<h2>Activity</h2>") && page.contains("<td>api by admin</td>"))
             #expect(!page.contains("hush-hush-123"))
 
             let agents = try await Chromium.dumpDOM(chromium, h.api + "/ui/agents")

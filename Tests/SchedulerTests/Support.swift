@@ -17,10 +17,18 @@ import Scheduler
 struct SchedulerHarness: Sendable {
     let api: String
     let etcd: EtcdClient
+    /// The first admin's API token (the scheduler made user `admin` with it).
+    let adminToken: String
     let keys = Keys()
 
+    /// A request as the admin.
     func request(_ method: HTTPMethod, _ path: String, body: String? = nil) async throws -> HTTPReply {
-        try await httpRequest(method, api + path, body: body)
+        try await request(method, path, body: body, token: adminToken)
+    }
+
+    /// A request with `token` (nil: none).
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?, headers: [(String, String)] = []) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body, headers: (token.map { [("Authorization", "Bearer \($0)")] } ?? []) + headers)
     }
 
     func build(_ id: String) async throws -> Build {
@@ -44,6 +52,9 @@ func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
         configuration.etcdCredentials = try users.credentials(.scheduler)
         let etcd = users.rootClient
+        let tokenFile = credentials.url.appendingPathComponent("admin-token").path
+        _ = try await SchedulerStore(etcd: etcd).ensureFirstAdmin(tokenFile: tokenFile)
+        let adminToken = try CredentialFile.read(tokenFile)
         var logger = Logger(label: "test")
         // Cancelling the server at the end of a test logs an error about its channels.
         logger.logLevel = .critical
@@ -55,7 +66,7 @@ func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -
             group.addTask { try await app.run() }
             var port = 0
             for await p in ports { port = p; break }
-            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd)
+            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd, adminToken: adminToken)
             do {
                 try await body(harness)
             } catch {

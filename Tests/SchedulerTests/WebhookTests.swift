@@ -183,7 +183,7 @@ struct WebhookTests {
             #expect(r.status == 200)
             let feed = try KilnJSON.decode([ActivityEntry].self, from: r.body)
             #expect(feed.map(\.build) == [manual.id, pushedID])
-            #expect(feed[0].trigger == "api" && feed[0].tag == "v9" && feed[0].status == .cancelled && feed[0].note?.contains("cancelled") == true)
+            #expect(feed[0].trigger == "api by admin" && feed[0].tag == "v9" && feed[0].status == .cancelled && feed[0].note?.contains("cancelled") == true)
             #expect(feed[1].trigger == "gitlab push to master by jsmith" && feed[1].commit == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7" && feed[1].status == .queued)
             #expect(try await h.request(.GET, "/api/v1/projects/nope/activity").status == 404)
         }

@@ -38,7 +38,9 @@ extension KilnBench {
         }
 
         func run() async throws {
-            let client = FarmAPI(base: api)
+            // The first admin's token, which `kiln up` keeps with its other credentials.
+            let token = try CredentialFile.read(URL(fileURLWithPath: dataDir).appendingPathComponent("credentials/admin-token").path)
+            let client = FarmAPI(base: api, token: token)
             let repo = URL(fileURLWithPath: dataDir).appendingPathComponent("git/demo.git")
             guard FileManager.default.fileExists(atPath: repo.appendingPathComponent("HEAD").path) else {
                 throw ValidationError("no demo repository at \(repo.path): start the farm with `kiln up --data-dir \(dataDir)` first")

@@ -51,7 +51,7 @@ final class BenchRig: Sendable {
         let scheduler = try await farm.startScheduler("scheduler", options: schedulerOptions)
         for _ in 0..<count { try await farm.startAgent(agent) }
         try await farm.waitForAgents()
-        return BenchFarm(processes: farm, api: FarmAPI(base: scheduler.api), agent: agent)
+        return BenchFarm(processes: farm, api: FarmAPI(base: scheduler.api, token: farm.adminToken), agent: agent)
     }
 }
 
@@ -91,22 +91,25 @@ struct BenchFarm: Sendable {
 /// The scheduler's HTTP API as the benchmarks use it, through `FarmHTTP`'s wide pool.
 struct FarmAPI: Sendable {
     let base: String
+    /// An admin's API token, sent with every request.
+    let token: String
+    var headers: [(String, String)] { [("Authorization", "Bearer \(token)")] }
 
     func createProject(_ project: Project) async throws {
-        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects", body: try KilnJSON.encode(project))
+        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects", body: try KilnJSON.encode(project), headers: headers)
         guard r.status == 200 || r.status == 201 else { throw FarmError("POST /api/v1/projects (\(project.name)): HTTP \(r.status) \(r.body)") }
     }
 
     /// Requests a build of `project`; returns it and the moment the API's answer arrived.
     func requestBuild(_ project: String, trigger: String = "bench") async throws -> (build: Build, accepted: Date) {
-        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects/\(project)/builds", body: #"{"ref":"main","trigger":"\#(trigger)"}"#)
+        let r = try await FarmHTTP.send("POST", base + "/api/v1/projects/\(project)/builds", body: #"{"ref":"main","trigger":"\#(trigger)"}"#, headers: headers)
         let accepted = Date()
         guard r.status == 201 else { throw FarmError("POST /api/v1/projects/\(project)/builds: HTTP \(r.status) \(r.body)") }
         return (try KilnJSON.decode(Build.self, from: r.body), accepted)
     }
 
     func get<T: Decodable>(_ path: String, as: T.Type) async throws -> T {
-        let r = try await FarmHTTP.send("GET", base + path)
+        let r = try await FarmHTTP.send("GET", base + path, headers: headers)
         guard r.status == 200 else { throw FarmError("GET \(path): HTTP \(r.status) \(r.body)") }
         return try KilnJSON.decode(T.self, from: r.body)
     }

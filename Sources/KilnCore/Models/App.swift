@@ -118,9 +118,15 @@ public struct App: Codable, Sendable, Equatable {
     /// Oldest first.
     public var versions: [AppVersion]
     public var lb: [LBBinding]
+    /// The project whose pipeline first deployed the app: it owns the app. Another project's
+    /// pipeline may deploy into it, point a domain at it or retire it only if the app's
+    /// members name that project with `master` (docs/roles.md). nil: an app from before
+    /// owners existed; the next deploy claims it.
+    public var project: String?
     public var updatedAt: Date
 
-    public init(name: String, versions: [AppVersion] = [], lb: [LBBinding] = [], updatedAt: Date = Date()) {
+    public init(name: String, versions: [AppVersion] = [], lb: [LBBinding] = [], project: String? = nil, updatedAt: Date = Date()) {
+        self.project = project
         self.name = name
         self.versions = versions
         self.lb = lb

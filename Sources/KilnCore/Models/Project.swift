@@ -42,6 +42,9 @@ public struct Project: Codable, Sendable, Equatable {
     /// Limits of this project's build containers, lower than the agent's (a higher one is
     /// cut down to the agent's); nil fields take the agent's.
     public var limits: BuildLimits?
+    /// The group (a namespace of the registry) the project belongs to: the group's members
+    /// hold their role on the project too (docs/roles.md). nil: members of the project only.
+    public var group: String?
     public var createdAt: Date?
 
     public init(
@@ -70,7 +73,7 @@ public struct Project: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -90,6 +93,7 @@ public struct Project: Codable, Sendable, Equatable {
         pipeline = try c.decodeIfPresent([PipelineStep].self, forKey: .pipeline)
         protectedRefs = try c.decodeIfPresent([String].self, forKey: .protectedRefs)
         limits = try c.decodeIfPresent(BuildLimits.self, forKey: .limits)
+        group = try c.decodeIfPresent(String.self, forKey: .group)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -161,6 +165,7 @@ public struct Project: Codable, Sendable, Equatable {
             for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "protectedRefs pattern") }
         }
         try limits?.validate(field: "limits")
+        if let group { try Validation.projectName(group, what: "group name") }
         if let m = maxConcurrent, !(1...1000).contains(m) {
             throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
         }

@@ -24,108 +24,204 @@ public struct API: Sendable {
         self.logger = logger
     }
 
-    public func addRoutes(to router: Router<BasicRequestContext>) {
+    public func addRoutes(to router: Router<KilnRequestContext>) {
+        let auth = Authenticator(store: store, logger: logger)
+        let access = Access(store: store)
         let hook = GitLabWebhook(store: store, logger: logger, metrics: metrics)
+        // The webhook keeps its per-project token (GitLab's "Secret token"): no user.
         router.post("hooks/gitlab") { request, _ in try await hook.handle(request) }
         let page = MetricsPage(store: store, metrics: metrics)
-        router.get("metrics") { _, _ in
+        router.get("metrics") { request, context in
+            try access.requireAdmin(try await auth.caller(request, context: context), to: "read the metrics")
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try await page.render())))
         }
         let api = router.group("api/v1")
+        // The one route without a token: load balancers and `kiln up` probe it.
         api.get("health") { _, _ in
             _ = try await store.etcd.status()
             return json(["status": "ok"])
         }
+        IdentityAPI(store: store, auth: auth, access: access, logger: logger).addRoutes(to: api)
         // Which scheduler answers and which one dispatches (the elected leader).
-        api.get("scheduler") { _, _ in
+        api.get("scheduler") { request, context in
+            _ = try await auth.caller(request, context: context)
             let leader = try await store.etcd.get(store.keys.leader)?.string
             return json(SchedulerStatus(id: schedulerID, leader: leader, isLeader: leader == schedulerID))
         }
-        api.get("projects") { _, _ in json(try await store.projects().map(\.redacted)) }
+        api.get("projects") { request, context in
+            let roles = try await access.roles(of: try await auth.caller(request, context: context))
+            return json(try await store.projects().filter { roles.role(of: $0) != nil }.map(\.redacted))
+        }
         api.post("projects") { request, context in
+            let caller = try await auth.caller(request, context: context)
             var request = request
             let project = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
-            let created = try await store.saveProject(project)
+            try Validation.projectName(project.name)
+            let existing = try? await store.project(project.name)
+            if let existing {
+                // A name is global: someone who cannot see the project learns only that it is taken.
+                guard try await access.role(caller, on: .project, project.name, project: existing) != nil else {
+                    throw KilnError.conflict("a project named '\(project.name)' exists already and you are not its member: choose another name")
+                }
+                try await access.require(.manage, caller, on: .project, project.name, project: existing, hidden: projectNotFound(project.name))
+            }
+            if let group = project.group, group != existing?.group {
+                // Putting a project in a group gives it the group's images: developers of the group only.
+                try await access.require(.build, caller, on: .group, group, hidden: groupNotFound(group))
+            }
+            let created = try await store.saveProject(project, creator: caller.user)
+            logger.info(created ? "project added" : "project changed", metadata: ["project": "\(project.name)", "by": "\(caller.user)"])
             return json(try await store.project(project.name).redacted, status: created ? .created : .ok)
         }
-        api.get("projects/:name") { _, context in
-            json(try await store.project(try context.parameters.require("name")).redacted)
+        api.get("projects/:name") { request, context in
+            let name = try context.parameters.require("name")
+            return json(try await visibleProject(name, .view, try await auth.caller(request, context: context), access).redacted)
         }
         api.get("projects/:name/activity") { request, context in
+            let name = try context.parameters.require("name")
+            _ = try await visibleProject(name, .read, try await auth.caller(request, context: context), access)
             let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
-            return json(try await store.activity(project: try context.parameters.require("name"), limit: max(1, min(limit, 1000))))
+            return json(try await store.activity(project: name, limit: max(1, min(limit, 1000))))
         }
         api.post("projects/:name/builds") { request, context in
+            let caller = try await auth.caller(request, context: context)
             var request = request
             let name = try context.parameters.require("name")
+            let project = try await visibleProject(name, .build, caller, access)
             let body = try await request.collectBody(upTo: maxBody)
-            let req = body.readableBytes == 0 ? BuildRequest() : try decodeBody(BuildRequest.self, from: body)
-            let build = try await store.enqueue(project: name, request: req)
-            logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)"])
+            var req = body.readableBytes == 0 ? BuildRequest() : try decodeBody(BuildRequest.self, from: body)
+            // Who asked is recorded with the build (its activity line); a client cannot name another.
+            req.trigger = "\(Validation.printable(String((req.trigger ?? "api").prefix(40)))) by \(caller.user)"
+            let build = try await store.enqueue(project, request: req, delivery: nil).build
+            logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)", "by": "\(caller.user)"])
             return json(build, status: .created)
         }
-        api.get("builds") { request, _ in
+        api.get("builds") { request, context in
+            let caller = try await auth.caller(request, context: context)
             let project = request.uri.queryParameters["project"].map(String.init)
-            let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
-            return json(try await store.builds(project: project, limit: max(1, min(limit, 1000))))
+            let limit = max(1, min(request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50, 1000))
+            if let project {
+                _ = try await visibleProject(project, .read, caller, access)
+                return json(try await store.builds(project: project, limit: limit))
+            }
+            let roles = try await access.roles(of: caller)
+            let readable = Set(try await store.projects().filter { roles.may(.read, roles.role(of: $0)) }.map(\.name))
+            return json(Array(try await store.builds(limit: Int.max).filter { readable.contains($0.project) }.prefix(limit)))
         }
-        api.get("builds/:id") { _, context in
-            json(try await store.build(try context.parameters.require("id")))
+        api.get("builds/:id") { request, context in
+            json(try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access))
         }
-        api.post("builds/:id/cancel") { _, context in
-            json(try await store.cancel(try context.parameters.require("id")))
+        api.post("builds/:id/cancel") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let build = try await visibleBuild(try context.parameters.require("id"), .build, caller, access)
+            logger.info("cancel requested", metadata: ["build.id": "\(build.id)", "by": "\(caller.user)"])
+            return json(try await store.cancel(build.id, reason: "cancelled by \(caller.user)"))
         }
         api.get("builds/:id/log") { request, context in
-            let id = try context.parameters.require("id")
-            let build = try await store.build(id)
-            let follow = ["1", "true", "yes"].contains(request.uri.queryParameters["follow"].map(String.init) ?? "")
-            var headers = HTTPFields()
-            headers[.contentType] = "text/plain; charset=utf-8"
-            if !follow {
-                let lines = try await store.log(of: id)
-                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: lines.map { $0 + "\n" }.joined())))
-            }
-            let follower = LogFollower(store: store, build: build.id, logger: logger)
-            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-                for try await lines in follower.lines() {
-                    try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
-                }
-                try await writer.finish(nil)
-            })
+            let build = try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access)
+            return logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
         }
-        api.get("agents") { _, _ in json(try await store.agents()) }
+        api.get("agents") { request, context in
+            _ = try await auth.caller(request, context: context)
+            return json(try await store.agents())
+        }
 
         // Deploys: run the project's pipeline again for a build (a roll back to its image).
-        api.post("builds/:id/deploy") { _, context in
-            let build = try await store.requestPipelineRun(build: try context.parameters.require("id"), trigger: "api")
-            logger.info("pipeline run requested", metadata: ["build.id": "\(build.id)", "run": "\(build.deploy?.run ?? 0)"])
+        api.post("builds/:id/deploy") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let id = try context.parameters.require("id")
+            _ = try await visibleBuild(id, .deploy, caller, access)
+            let build = try await store.requestPipelineRun(build: id, trigger: "api by \(caller.user)")
+            logger.info("pipeline run requested", metadata: ["build.id": "\(build.id)", "run": "\(build.deploy?.run ?? 0)", "by": "\(caller.user)"])
             return json(build, status: .accepted)
         }
-        api.get("apps") { _, _ in json(try await store.apps()) }
-        api.get("apps/:app") { _, context in json(try await store.appStatus(try context.parameters.require("app"))) }
-        api.get("cells") { _, _ in json(try await store.cells()) }
+        api.get("apps") { request, context in
+            let roles = try await access.roles(of: try await auth.caller(request, context: context))
+            let projects = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
+            return json(try await store.apps().filter { roles.role(of: $0, projects: projects) != nil })
+        }
+        api.get("apps/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name")
+            try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(.app, name, .read, caller)
+            return json(try await store.appStatus(name))
+        }
+        api.get("cells") { request, context in
+            _ = try await auth.caller(request, context: context)
+            return json(try await store.cells())
+        }
         api.put("cells/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            try access.requireAdmin(caller, to: "add or change cells")
             var request = request
             var cell = try decodeBody(Cell.self, from: try await request.collectBody(upTo: maxBody))
             let name = try context.parameters.require("name")
             if cell.name != name { throw KilnError.invalid("the body names cell '\(Validation.printable(cell.name))' but the path names '\(Validation.printable(name))'") }
             cell.createdAt = nil
             let created = try await store.saveCell(cell)
+            logger.info("cell saved", metadata: ["cell": "\(name)", "by": "\(caller.user)"])
             return json(try await store.cells().first { $0.name == name }, status: created ? .created : .ok)
         }
-        api.delete("cells/:name") { _, context in
-            try await store.deleteCell(try context.parameters.require("name"))
-            return json(["deleted": try context.parameters.require("name")])
+        api.delete("cells/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            try access.requireAdmin(caller, to: "remove cells")
+            let name = try context.parameters.require("name")
+            try await store.deleteCell(name)
+            logger.info("cell removed", metadata: ["cell": "\(name)", "by": "\(caller.user)"])
+            return json(["deleted": name])
         }
     }
+
+    /// The project, if the caller may do `permission` on it; 404 as for a missing project if
+    /// they have no role on it.
+    func visibleProject(_ name: String, _ permission: Permission, _ caller: Caller, _ access: Access) async throws -> Project {
+        try Validation.projectName(name)
+        guard let project = try? await store.project(name) else { throw projectNotFound(name) }
+        try await access.require(permission, caller, on: .project, name, project: project, hidden: projectNotFound(name))
+        return project
+    }
+
+    /// The build, if the caller may do `permission` on its project; 404 as for a missing build
+    /// if they have no role on the project.
+    func visibleBuild(_ id: String, _ permission: Permission, _ caller: Caller, _ access: Access) async throws -> Build {
+        let build = try await store.build(id)
+        let hidden = KilnError.notFound("build '\(id)' does not exist")
+        guard let project = try? await store.project(build.project) else {
+            guard caller.admin else { throw hidden }
+            return build
+        }
+        try await access.require(permission, caller, on: .project, project.name, project: project, hidden: hidden)
+        return build
+    }
+}
+
+/// A build's log as text: what is there, or with `follow` (1, true, yes) a stream of it until
+/// the build (and its pipeline run) has ended. The API and the console serve it alike.
+func logResponse(store: SchedulerStore, build id: String, follow: Substring?, logger: Logger) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "text/plain; charset=utf-8"
+    guard ["1", "true", "yes"].contains(follow.map(String.init) ?? "") else {
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            let lines = try await store.log(of: id)
+            try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
+            try await writer.finish(nil)
+        })
+    }
+    let follower = LogFollower(store: store, build: id, logger: logger)
+    return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+        for try await lines in follower.lines() {
+            try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
+        }
+        try await writer.finish(nil)
+    })
 }
 
 /// Turns any error from a route into `{"error": "…"}` with the status decided where the
 /// error was made (`KilnError.httpStatus`); etcd trouble is a 503; anything else a 500.
 struct JSONErrorMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = KilnRequestContext
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

@@ -55,7 +55,7 @@ public struct RegistryTokenService: Sendable {
         var issued_at: String
     }
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<KilnRequestContext>) {
         router.get("auth/token") { request, _ in try await handle(request) }
     }
 

@@ -2,6 +2,7 @@ import Etcd
 import Foundation
 import Hummingbird
 import KilnCore
+import Logging
 import NIOCore
 
 /// The web console the scheduler serves beside its API: `/` (projects, recent builds,
@@ -9,7 +10,7 @@ import NIOCore
 ///
 /// Plain server-rendered HTML. The handlers only read the store and hand the data to the
 /// pure functions of `ConsolePages`; the one script (on the build page) follows
-/// `/api/v1/builds/{id}/log?follow=1` and refreshes the build's summary from
+/// `/ui/builds/{id}/log?follow=1` and refreshes the build's summary from
 /// `/ui/builds/{id}/summary`. Pages are `HTML` values, whose interpolation escapes every
 /// `String`, so a value from data cannot open markup.
 public struct Console: Sendable {
@@ -19,7 +20,7 @@ public struct Console: Sendable {
         self.store = store
     }
 
-    public func addRoutes(to router: Router<BasicRequestContext>) {
+    public func addRoutes(to router: Router<KilnRequestContext>) {
         router.get("/") { _, _ in
             try await page {
                 async let projects = store.projects()
@@ -41,6 +42,10 @@ public struct Console: Sendable {
         }
         router.get("ui/builds/:id/summary") { _, context in
             try await page { ConsolePages.buildSummary(try await store.build(try context.parameters.require("id")), now: Date()) }
+        }
+        router.get("ui/builds/:id/log") { request, context in
+            let build = try await store.build(try context.parameters.require("id"))
+            return logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: Logger(label: "kiln.console"))
         }
         router.get("ui/agents") { _, _ in
             try await page { ConsolePages.agents(try await store.agents()) }

@@ -53,7 +53,7 @@ enum ConsolePages {
         layout(title: "\(b.id) · Kiln", refresh: nil, body: """
             <h1>Build <span id="build">\(b.id)</span> of \(projectLink(b.project))</h1>
             \(buildSummary(b, now: now))
-            <h2>Log <small><a href="/api/v1/builds/\(b.id)/log">raw</a></small></h2>
+            <h2>Log <small><a href="/ui/builds/\(b.id)/log">raw</a></small></h2>
             <pre id="log" data-build="\(b.id)"></pre>
             <script>\(ConsoleAssets.followScript)</script>
             """)

@@ -8,7 +8,7 @@
   }
   async function follow(){
     try {
-      var r = await fetch('/api/v1/builds/' + id + '/log?follow=1', {cache: 'no-store'});
+      var r = await fetch('/ui/builds/' + id + '/log?follow=1', {cache: 'no-store'});
       if (!r.ok) throw new Error('HTTP ' + r.status);
       var reader = r.body.getReader(), decoder = new TextDecoder();
       for (;;) {

@@ -1,0 +1,170 @@
+import Foundation
+import Hummingbird
+import KilnCore
+import Logging
+
+/// The API of people and roles: `/api/v1/users`, `/api/v1/tokens`, `/api/v1/groups` and the
+/// members of projects, apps and groups (docs/roles.md).
+struct IdentityAPI: Sendable {
+    let store: SchedulerStore
+    let auth: Authenticator
+    let access: Access
+    let logger: Logger
+    let maxBody = 1 << 16
+
+    func addRoutes(to api: RouterGroup<KilnRequestContext>) {
+        // Users: admins make them; anyone sees themselves.
+        api.post("users") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            try access.requireAdmin(caller, to: "add users")
+            var request = request
+            let body = try decodeBody(NewUser.self, from: try await request.collectBody(upTo: maxBody))
+            let user = try await store.createUser(body, by: caller.user)
+            logger.info("user added", metadata: ["user": "\(user.name)", "admin": "\(user.admin)", "by": "\(caller.user)"])
+            return json(user.view, status: .created)
+        }
+        api.get("users") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            try access.requireAdmin(caller, to: "list users")
+            return json(try await store.users().map(\.view))
+        }
+        api.get("users/me") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            guard let user = try await store.user(caller.user) else { throw KilnError.unauthorized(Authenticator.refusal) }
+            return json(user.view)
+        }
+
+        // Tokens: a user's own. Making one also takes the password (HTTP Basic): how a
+        // person without a token gets their first (`kiln login`).
+        api.post("tokens") { request, context in
+            let caller = try await auth.caller(request, context: context, allowPassword: true)
+            var request = request
+            let body = try decodeBody(NewToken.self, from: try await request.collectBody(upTo: maxBody))
+            let created = try await store.createToken(for: caller.user, name: body.name, expiresInDays: body.expiresInDays)
+            logger.info("token made", metadata: ["user": "\(caller.user)", "token.id": "\(created.id)"])
+            return json(created, status: .created)
+        }
+        api.get("tokens") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            return json(try await store.tokens(of: caller.user))
+        }
+        api.delete("tokens/:id") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let revoked = try await store.revokeToken(id: try context.parameters.require("id"), of: caller.user)
+            logger.info("token revoked", metadata: ["user": "\(caller.user)", "token.id": "\(revoked.id)"])
+            return json(revoked)
+        }
+
+        // Groups.
+        api.get("groups") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let roles = try await access.roles(of: caller)
+            return json(try await store.groups().filter { roles.role(ofGroup: $0.name) != nil })
+        }
+        api.post("groups") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            var request = request
+            let body = try decodeBody(GroupRequest.self, from: try await request.collectBody(upTo: maxBody))
+            guard let name = body.name else { throw KilnError.invalid("missing field 'name'") }
+            let group = Group(name: name, visibility: body.visibility ?? .private)
+            try await store.createGroup(group, owner: caller.user)
+            return json(group, status: .created)
+        }
+        api.get("groups/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name")
+            try await access.require(.view, caller, on: .group, name, hidden: groupNotFound(name))
+            return json(try await store.group(name))
+        }
+        api.put("groups/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name")
+            try await access.require(.manage, caller, on: .group, name, hidden: groupNotFound(name))
+            var request = request
+            let body = try decodeBody(GroupRequest.self, from: try await request.collectBody(upTo: maxBody))
+            if let other = body.name, other != name { throw KilnError.invalid("a group cannot be renamed: the body names '\(Validation.printable(other))'") }
+            var group = try await store.group(name)
+            if let v = body.visibility { group.visibility = v }
+            try await store.saveGroup(group)
+            logger.info("group changed", metadata: ["group": "\(name)", "visibility": "\(group.visibility.rawValue)", "by": "\(caller.user)"])
+            return json(group)
+        }
+
+        // Members of projects, apps and groups.
+        for kind in ResourceKind.allCases {
+            api.get("\(kind.plural)/:name/members") { request, context in
+                let caller = try await auth.caller(request, context: context)
+                let name = try context.parameters.require("name")
+                try await requireExisting(kind, name, .view, caller)
+                let members = try await store.members(kind, name).members
+                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+            }
+            api.put("\(kind.plural)/:name/members/:user") { request, context in
+                let caller = try await auth.caller(request, context: context)
+                let name = try context.parameters.require("name"), user = try context.parameters.require("user")
+                let actorRole = try await requireExisting(kind, name, .manage, caller)
+                var request = request
+                let role = try Role.parse(try decodeBody(MemberRequest.self, from: try await request.collectBody(upTo: maxBody)).role)
+                guard try await store.user(user) != nil else { throw KilnError.notFound("user '\(Validation.printable(user))' does not exist: an admin adds users with `kiln user add`") }
+                let members = try await store.updateMembers(kind, name) { try $0.set(user, to: role, by: caller.admin ? nil : actorRole) }
+                logger.info("member set", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "role": "\(role.rawValue)", "by": "\(caller.user)"])
+                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+            }
+            api.delete("\(kind.plural)/:name/members/:user") { request, context in
+                let caller = try await auth.caller(request, context: context)
+                let name = try context.parameters.require("name"), user = try context.parameters.require("user")
+                // Anyone may leave; removing someone else needs manage.
+                let actorRole = try await requireExisting(kind, name, user == caller.user ? .view : .manage, caller)
+                let members = try await store.updateMembers(kind, name) {
+                    try $0.remove(user, by: caller.admin || user == caller.user ? nil : actorRole)
+                }
+                logger.info("member removed", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "by": "\(caller.user)"])
+                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+            }
+        }
+        // The projects whose pipelines may deploy into an app besides its owner: its owners decide.
+        api.put("apps/:name/projects/:project") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name"), project = try context.parameters.require("project")
+            try await requireExisting(.app, name, .own, caller)
+            _ = try await store.project(project)
+            let members = try await store.updateMembers(.app, name) { $0.projects = ($0.projects ?? [:]).merging([project: .master]) { $1 } }
+            logger.info("project may deploy into app", metadata: ["app": "\(name)", "project": "\(project)", "by": "\(caller.user)"])
+            return json(members.projects ?? [:])
+        }
+        api.delete("apps/:name/projects/:project") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name"), project = try context.parameters.require("project")
+            try await requireExisting(.app, name, .own, caller)
+            let members = try await store.updateMembers(.app, name) { $0.projects?[project] = nil }
+            return json(members.projects ?? [:])
+        }
+    }
+
+    /// The resource exists and the caller may do `permission` on it (404 if they see nothing
+    /// of it, as if it did not exist); returns their role.
+    @discardableResult
+    func requireExisting(_ kind: ResourceKind, _ name: String, _ permission: Permission, _ caller: Caller) async throws -> Role {
+        switch kind {
+        case .project:
+            let hidden = projectNotFound(name)
+            guard let project = try? await store.project(name) else { throw hidden }
+            return try await access.require(permission, caller, on: .project, name, project: project, hidden: hidden)
+        case .app:
+            let hidden = KilnError.notFound("app '\(Validation.printable(name))' does not exist: an app appears when a project's pipeline deploys it")
+            guard let app = try? await store.app(name) else { throw hidden }
+            return try await access.require(permission, caller, on: .app, name, app: app, hidden: hidden)
+        case .group:
+            guard (try? await store.group(name)) != nil else { throw groupNotFound(name) }
+            return try await access.require(permission, caller, on: .group, name, hidden: groupNotFound(name))
+        }
+    }
+}
+
+func projectNotFound(_ name: String) -> KilnError {
+    KilnError.notFound("project '\(Validation.printable(name))' does not exist: add it with `kiln project add` or POST /api/v1/projects")
+}
+
+func groupNotFound(_ name: String) -> KilnError {
+    KilnError.notFound("group '\(Validation.printable(name))' does not exist: make it with POST /api/v1/groups")
+}
