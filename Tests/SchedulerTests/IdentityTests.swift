@@ -1,0 +1,282 @@
+import Foundation
+import KilnCore
+import KilnTestSupport
+import NIOHTTP1
+@testable import Scheduler
+import Testing
+
+@Suite("Roles, members and passwords (pure)")
+struct RoleRulesTests {
+    @Test func rolesAreOrderedAndTheTableFollowsTheMinimumRoles() throws {
+        #expect(Role.allCases.sorted() == [.guest, .reporter, .developer, .master, .owner])
+        #expect(Permission.view.minimumRole == .guest && Permission.read.minimumRole == .reporter && Permission.build.minimumRole == .developer)
+        #expect(Permission.deploy.minimumRole == .master && Permission.manage.minimumRole == .master && Permission.own.minimumRole == .owner)
+        let rows = Permission.table.split(separator: "\n")
+        #expect(rows.count == Permission.allCases.count + 1)
+        #expect(rows[1].hasPrefix("view") && !rows[1].contains("-"))  // every role may view
+        #expect(rows.last!.hasPrefix("own") && rows.last!.components(separatedBy: "yes").count == 2)  // owner only
+        #expect { try Role.parse("admin") } throws: { "\($0)".contains("guest, reporter, developer, master, owner") }
+    }
+
+    @Test func mastersManageMembersBelowOwnerAndTheLastOwnerStays() throws {
+        var m = Members(users: ["olga": .owner, "max": .master, "dev": .developer])
+        try m.set("dev", to: .master, by: .master)
+        #expect(m.users["dev"] == .master)
+        #expect { try m.set("olga", to: .guest, by: .master) } throws: { ($0 as? KilnError)?.httpStatus == 403 }
+        #expect { try m.set("new", to: .owner, by: .master) } throws: { ($0 as? KilnError)?.httpStatus == 403 }
+        #expect { try m.remove("olga", by: .master) } throws: { ($0 as? KilnError)?.httpStatus == 403 }
+        #expect { try m.set("olga", to: .master, by: .owner) } throws: { ($0 as? KilnError)?.httpStatus == 409 }
+        #expect { try m.remove("olga", by: nil) } throws: { ($0 as? KilnError)?.httpStatus == 409 }
+        try m.set("max", to: .owner, by: .owner)
+        try m.remove("olga", by: .owner)
+        #expect(m.owners == ["max"])
+        #expect { try m.remove("nobody", by: nil) } throws: { ($0 as? KilnError)?.isNotFound == true }
+    }
+
+    @Test func passwordsAreSaltedSlowHashesCheckedWhole() throws {
+        let a = try PasswordHasher.hash("correct horse battery")
+        let b = try PasswordHasher.hash("correct horse battery")
+        #expect(a != b && a.hasPrefix("scrypt$32768$8$1$"))
+        #expect(PasswordHasher.verify("correct horse battery", against: a))
+        #expect(!PasswordHasher.verify("correct horse batter", against: a))
+        #expect(!PasswordHasher.verify("correct horse battery", against: nil))
+        #expect(!PasswordHasher.verify("x", against: "scrypt$1099511627776$8$1$AAAA$AAAA"))  // a planted cost is refused
+        #expect(!PasswordHasher.verify("x", against: "plain"))
+    }
+
+    @Test func failedLoginsSlowDownOnePairOnlyAndASuccessClearsIt() throws {
+        let now = Locked(Date(timeIntervalSince1970: 1_000_000))
+        let throttle = LoginThrottle(clock: { now.value })
+        for _ in 0..<LoginThrottle.freeFailures - 1 {
+            try throttle.check(user: "alice", address: "10.0.0.9")
+            throttle.failed(user: "alice", address: "10.0.0.9")
+        }
+        try throttle.check(user: "alice", address: "10.0.0.9")
+        throttle.failed(user: "alice", address: "10.0.0.9")
+        #expect { try throttle.check(user: "alice", address: "10.0.0.9") } throws: { ($0 as? KilnError)?.httpStatus == 429 && "\($0)".contains("try again in 2 s") }
+        try throttle.check(user: "alice", address: "127.0.0.1")  // the real user elsewhere is not slowed
+        try throttle.check(user: "bob", address: "10.0.0.9")
+        now.value = now.value.addingTimeInterval(2)
+        try throttle.check(user: "alice", address: "10.0.0.9")
+        throttle.failed(user: "alice", address: "10.0.0.9")
+        #expect { try throttle.check(user: "alice", address: "10.0.0.9") } throws: { "\($0)".contains("try again in 4 s") }
+        // The wait is bounded, and it ends.
+        for _ in 0..<40 { throttle.failed(user: "alice", address: "10.0.0.9") }
+        #expect(LoginThrottle.delay(after: 45) == LoginThrottle.maxDelay)
+        now.value = now.value.addingTimeInterval(LoginThrottle.maxDelay + 1)
+        try throttle.check(user: "alice", address: "10.0.0.9")
+        throttle.succeeded(user: "alice", address: "10.0.0.9")
+        try throttle.check(user: "alice", address: "10.0.0.9")
+    }
+}
+
+@Suite("Users, tokens and roles against the real API", .serialized)
+struct IdentityAPITests {
+    static let password = "a long enough passphrase"
+
+    /// Adds a user (as admin) and returns an API token made with their password.
+    static func user(_ h: SchedulerHarness, _ name: String, admin: Bool = false) async throws -> String {
+        let made = try await h.request(.POST, "/api/v1/users", body: try KilnJSON.encode(NewUser(name: name, password: password, admin: admin)))
+        #expect(made.status == 201, "\(made.body)")
+        #expect(!made.body.contains("scrypt"))
+        let basic = "Basic " + Data("\(name):\(password)".utf8).base64EncodedString()
+        let r = try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"test"}"#, token: nil, headers: [("Authorization", basic)])
+        #expect(r.status == 201, "\(r.body)")
+        return try KilnJSON.decode(CreatedToken.self, from: r.body).token
+    }
+
+    @Test func everyRouteButHealthAndTheWebhookNeedsAToken() async throws {
+        try await withScheduler { h in
+            let routes: [(HTTPMethod, String)] = [
+                (.GET, "/api/v1/scheduler"), (.GET, "/api/v1/projects"), (.POST, "/api/v1/projects"), (.GET, "/api/v1/projects/demo"),
+                (.GET, "/api/v1/projects/demo/activity"), (.POST, "/api/v1/projects/demo/builds"), (.GET, "/api/v1/builds"),
+                (.GET, "/api/v1/builds/b-1"), (.POST, "/api/v1/builds/b-1/cancel"), (.GET, "/api/v1/builds/b-1/log"),
+                (.POST, "/api/v1/builds/b-1/deploy"), (.GET, "/api/v1/agents"), (.GET, "/api/v1/apps"), (.GET, "/api/v1/apps/demo"),
+                (.GET, "/api/v1/cells"), (.PUT, "/api/v1/cells/c1"), (.DELETE, "/api/v1/cells/c1"), (.GET, "/metrics"),
+                (.POST, "/api/v1/users"), (.GET, "/api/v1/users"), (.GET, "/api/v1/users/me"), (.POST, "/api/v1/tokens"),
+                (.GET, "/api/v1/tokens"), (.DELETE, "/api/v1/tokens/abc"), (.GET, "/api/v1/groups"), (.POST, "/api/v1/groups"),
+                (.GET, "/api/v1/groups/g"), (.PUT, "/api/v1/groups/g"), (.GET, "/api/v1/projects/demo/members"),
+                (.PUT, "/api/v1/projects/demo/members/bob"), (.DELETE, "/api/v1/apps/demo/members/bob"),
+                (.PUT, "/api/v1/apps/demo/projects/demo"),
+            ]
+            let bad = ["Bearer kiln_wrong", "Bearer ", "Basic " + Data("admin:wrong".utf8).base64EncodedString(), "Token x"]
+            for (method, path) in routes {
+                let none = try await h.request(method, path, body: "{}", token: nil)
+                #expect(none.status == 401, "\(method) \(path) without a token: \(none.status) \(none.body)")
+                for header in bad {
+                    let r = try await h.request(method, path, body: "{}", token: nil, headers: [("Authorization", header)])
+                    #expect(r.status == 401 && r.body == none.body, "\(method) \(path) with \(header): \(r.status)")
+                }
+            }
+            #expect(try await h.request(.GET, "/api/v1/health", token: nil).status == 200)
+            #expect(try await h.request(.POST, "/hooks/gitlab", body: "{}", token: nil).status != 401)
+        }
+    }
+
+    @Test func tokensAreMadeWithThePasswordShownOnceAndEndWhenExpiredOrRevoked() async throws {
+        try await withScheduler { h in
+            let alice = try await Self.user(h, "alice")
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: alice).body.contains(#""name" : "alice""#))
+            // Wrong password, unknown user and a password where only tokens count: one answer.
+            func basic(_ user: String, _ secret: String) -> [(String, String)] { [("Authorization", "Basic " + Data("\(user):\(secret)".utf8).base64EncodedString())] }
+            let wrong = try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"x"}"#, token: nil, headers: basic("alice", "not the password"))
+            let unknown = try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"x"}"#, token: nil, headers: basic("nobody", Self.password))
+            let passwordOnAPI = try await h.request(.GET, "/api/v1/users/me", token: nil, headers: basic("alice", Self.password))
+            #expect(wrong.status == 401 && unknown.status == 401 && passwordOnAPI.status == 401)
+            #expect(wrong.body == unknown.body && unknown.body == passwordOnAPI.body)
+            // A token works as the password of HTTP Basic too (what podman login sends), for its own user only.
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: nil, headers: basic("alice", alice)).status == 200)
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: nil, headers: basic("admin", alice)).status == 401)
+
+            // Listed without the token itself; etcd holds only its hash.
+            let listed = try await h.request(.GET, "/api/v1/tokens", token: alice)
+            #expect(listed.status == 200 && !listed.body.contains(alice))
+            #expect(try await h.etcd.range(prefix: h.keys.tokens).kvs.allSatisfy { !$0.string.contains(alice) && !$0.key.contains(alice) })
+            #expect(try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"x","expiresInDays":0}"#, token: alice).status == 400)
+
+            // Expired: the record's expiry moved into the past.
+            let second = try KilnJSON.decode(CreatedToken.self, from: try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"short"}"#, token: alice).body)
+            let kv = try #require(try await h.etcd.range(prefix: h.keys.tokens).kvs.first { $0.string.contains(second.id) })
+            var record = try KilnJSON.decode(APIToken.self, from: kv.value)
+            record.expiresAt = Date().addingTimeInterval(-1)
+            try await h.etcd.put(kv.key, try KilnJSON.encode(record))
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: second.token).status == 401)
+
+            // Revoked: by its owner only.
+            let id = try #require(try KilnJSON.decode([APIToken].self, from: listed.body).first?.id)
+            let bob = try await Self.user(h, "bob")
+            #expect(try await h.request(.DELETE, "/api/v1/tokens/\(id)", token: bob).status == 404)
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: alice).status == 200)
+            #expect(try await h.request(.DELETE, "/api/v1/tokens/\(id)", token: alice).status == 200)
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: alice).status == 401)
+
+            // Only admins add users; names and passwords are checked.
+            #expect(try await h.request(.POST, "/api/v1/users", body: #"{"name":"eve","password":"a long enough passphrase"}"#, token: bob).status == 403)
+            #expect(try await h.request(.POST, "/api/v1/users", body: #"{"name":"Eve!","password":"a long enough passphrase"}"#).status == 400)
+            #expect(try await h.request(.POST, "/api/v1/users", body: #"{"name":"eve","password":"short"}"#).status == 400)
+            #expect(try await h.request(.POST, "/api/v1/users", body: #"{"name":"bob","password":"a long enough passphrase"}"#).status == 409)
+        }
+    }
+
+    /// Each role against each action on a project: the table of docs/roles.md, through the API.
+    @Test func theRoleTableHoldsForEveryActionOnAProject() async throws {
+        try await withScheduler { h in
+            let owner = try await Self.user(h, "olga")
+            let member = try await Self.user(h, "mia")
+            let outsider = try await Self.user(h, "otto")
+            let project = #"{"name":"shop","repository":"http://127.0.0.1:1/shop.git","buildImage":"a:1","buildCommand":"make"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: project, token: owner).status == 201)
+            let build = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/shop/builds", body: "{}", token: owner).body)
+            #expect(build.trigger == "api by olga")
+
+            // Each action, the permission it needs, and a request that does it.
+            typealias Action = (name: String, permission: Permission, method: HTTPMethod, path: String, body: String?)
+            let actions: [Action] = [
+                ("see the project", .view, .GET, "/api/v1/projects/shop", nil),
+                ("list its members", .view, .GET, "/api/v1/projects/shop/members", nil),
+                ("read its builds", .read, .GET, "/api/v1/builds?project=shop", nil),
+                ("read a build", .read, .GET, "/api/v1/builds/\(build.id)", nil),
+                ("read a log", .read, .GET, "/api/v1/builds/\(build.id)/log", nil),
+                ("read its activity", .read, .GET, "/api/v1/projects/shop/activity", nil),
+                ("start a build", .build, .POST, "/api/v1/projects/shop/builds", "{}"),
+                ("deploy a build", .deploy, .POST, "/api/v1/builds/\(build.id)/deploy", nil),
+                ("change settings", .manage, .POST, "/api/v1/projects", project),
+                ("add a developer", .manage, .PUT, "/api/v1/projects/shop/members/otto", #"{"role":"developer"}"#),
+                ("add an owner", .own, .PUT, "/api/v1/projects/shop/members/otto", #"{"role":"owner"}"#),
+            ]
+            for role in Role.allCases.filter({ $0 != .owner }) {
+                #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/mia", body: #"{"role":"\#(role.rawValue)"}"#, token: owner).status == 200)
+                for a in actions {
+                    let r = try await h.request(a.method, a.path, body: a.body, token: member)
+                    if role >= a.permission.minimumRole {
+                        // Allowed: whatever the state says (a queued build cannot be deployed: 409), never 403/404.
+                        #expect(r.status != 403 && r.status != 404 && r.status != 401, "\(role) may \(a.name): \(r.status) \(r.body)")
+                    } else {
+                        #expect(r.status == 403, "\(role) may not \(a.name): \(r.status) \(r.body)")
+                    }
+                }
+                // Whatever the member did, otto must not stay a member for the next round.
+                _ = try await h.request(.DELETE, "/api/v1/projects/shop/members/otto", token: owner)
+            }
+            // No role at all: the project and its builds do not exist for them.
+            for a in actions {
+                let r = try await h.request(a.method, a.path, body: a.body, token: outsider)
+                if a.path == "/api/v1/projects" {
+                    #expect(r.status == 409 && r.body.contains("not its member"), "\(r.body)")
+                } else {
+                    #expect(r.status == 404, "an outsider's \(a.name): \(r.status) \(r.body)")
+                }
+            }
+            let missing = try await h.request(.GET, "/api/v1/projects/nothing-here", token: outsider)
+            let hidden = try await h.request(.GET, "/api/v1/projects/shop", token: outsider)
+            #expect(missing.body.replacingOccurrences(of: "nothing-here", with: "shop") == hidden.body)
+            #expect(try KilnJSON.decode([Project].self, from: try await h.request(.GET, "/api/v1/projects", token: outsider).body).isEmpty)
+            #expect(try KilnJSON.decode([Build].self, from: try await h.request(.GET, "/api/v1/builds", token: outsider).body).isEmpty)
+            #expect(try KilnJSON.decode([Project].self, from: try await h.request(.GET, "/api/v1/projects", token: member).body).map(\.name) == ["shop"])
+
+            // Owners: a master cannot demote or remove one; the last one cannot leave.
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/mia", body: #"{"role":"master"}"#, token: owner).status == 200)
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/olga", body: #"{"role":"guest"}"#, token: member).status == 403)
+            #expect(try await h.request(.DELETE, "/api/v1/projects/shop/members/olga", token: member).status == 403)
+            #expect(try await h.request(.DELETE, "/api/v1/projects/shop/members/olga", token: owner).status == 409)
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/mia", body: #"{"role":"king"}"#, token: owner).status == 400)
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/ghost", body: #"{"role":"guest"}"#, token: owner).status == 404)
+            // A member may leave.
+            #expect(try await h.request(.DELETE, "/api/v1/projects/shop/members/mia", token: member).status == 200)
+            #expect(try await h.request(.GET, "/api/v1/projects/shop", token: member).status == 404)
+            // Admin only: cells and metrics.
+            #expect(try await h.request(.PUT, "/api/v1/cells/c1", body: #"{"name":"c1","backend":"local","endpoint":"unix:///x"}"#, token: owner).status == 403)
+            #expect(try await h.request(.GET, "/metrics", token: owner).status == 403)
+            #expect(try await h.request(.GET, "/metrics").status == 200)
+        }
+    }
+
+    @Test func groupMembersHoldTheirRoleOnTheGroupsProjectsAndAppsFollowTheirProject() async throws {
+        try await withScheduler { h in
+            let lead = try await Self.user(h, "lead")
+            let dev = try await Self.user(h, "dev")
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#, token: lead).status == 201)
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#, token: dev).status == 409)
+            // Only a developer of the group may put a project in it.
+            let inGroup = #"{"name":"api","group":"team","repository":"http://127.0.0.1:1/api.git","buildImage":"a:1","buildCommand":"make"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: inGroup, token: dev).status == 404)
+            #expect(try await h.request(.POST, "/api/v1/projects", body: inGroup, token: lead).status == 201)
+            #expect(try await h.request(.POST, "/api/v1/projects/api/builds", body: "{}", token: dev).status == 404)
+            #expect(try await h.request(.PUT, "/api/v1/groups/team/members/dev", body: #"{"role":"developer"}"#, token: lead).status == 200)
+            #expect(try await h.request(.POST, "/api/v1/projects/api/builds", body: "{}", token: dev).status == 201)
+            #expect(try await h.request(.PUT, "/api/v1/groups/team", body: #"{"visibility":"public"}"#, token: dev).status == 403)
+            #expect(try await h.request(.PUT, "/api/v1/groups/team", body: #"{"visibility":"public"}"#, token: lead).body.contains("public"))
+
+            // An app belongs to the project that first deployed it: its members see it.
+            try await h.etcd.put(h.keys.app("api-app"), try KilnJSON.encode(App(name: "api-app", project: "api")))
+            try await h.etcd.put(h.keys.app("elsewhere"), try KilnJSON.encode(App(name: "elsewhere", project: "other")))
+            let seen = try KilnJSON.decode([App].self, from: try await h.request(.GET, "/api/v1/apps", token: dev).body)
+            #expect(seen.map(\.name) == ["api-app"])
+            #expect(try await h.request(.GET, "/api/v1/apps/elsewhere", token: dev).status == 404)
+            #expect(try KilnJSON.decode([App].self, from: try await h.request(.GET, "/api/v1/apps").body).count == 2)
+            // Which other projects may deploy into it: its owners decide (dev is developer, lead owner through the group).
+            #expect(try await h.request(.PUT, "/api/v1/apps/api-app/projects/api", token: dev).status == 403)
+        }
+    }
+
+    @Test func theFirstAdminIsMadeOnceFromItsFileAndAStaleFileIsRefused() async throws {
+        try await withEtcd(timeout: nil) { _, etcd in
+            let dir = try TempDir("first-admin")
+            let store = SchedulerStore(etcd: etcd)
+            let file = dir.url.appendingPathComponent("admin-token").path
+            #expect(try await store.ensureFirstAdmin(tokenFile: file).contains("made the first admin"))
+            let token = try CredentialFile.read(file)
+            #expect(token.hasPrefix("kiln_"))
+            #expect(try await store.user("admin")?.admin == true)
+            // Again, and from a second scheduler with another empty file: nothing new is made.
+            #expect(try await store.ensureFirstAdmin(tokenFile: file).contains("users exist"))
+            let other = dir.url.appendingPathComponent("other-token").path
+            _ = try await store.ensureFirstAdmin(tokenFile: other)
+            #expect(!FileManager.default.fileExists(atPath: other))
+            #expect(try await store.users().count == 1)
+            // A file holding a token etcd does not know is refused, not trusted.
+            try CredentialFile.write("kiln_stale", to: other)
+            await #expect { try await store.ensureFirstAdmin(tokenFile: other) } throws: { "\($0)".contains("not a valid admin's token") }
+        }
+    }
+}
