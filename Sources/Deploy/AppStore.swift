@@ -21,6 +21,20 @@ public struct AppStore: Sendable {
         return try KilnJSON.decode(App.self, from: kv.value)
     }
 
+    /// The members of app `name` (which other projects may deploy into it), if any.
+    public func members(ofApp name: String) async throws -> Members? {
+        guard let kv = try await etcd.get(keys.members(.app, name)) else { return nil }
+        return try? KilnJSON.decode(Members.self, from: kv.value)
+    }
+
+    /// App `name` if `project`'s pipeline may change it (nil if it does not exist yet); a 403
+    /// naming the owner otherwise.
+    public func appChangeable(_ name: String, by project: String) async throws -> App? {
+        guard let app = try await app(name) else { return nil }
+        guard app.allows(project: project, members: try await members(ofApp: name)) else { throw app.refusal(project: project) }
+        return app
+    }
+
     /// Changes app `name` (created empty if absent) with `change`, atomically; returns what was
     /// written and `change`'s own result.
     @discardableResult

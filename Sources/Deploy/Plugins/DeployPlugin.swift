@@ -39,7 +39,11 @@ public struct DeployPlugin: PostBuildPlugin {
 
         // Find this run's version again (a run started over), or make the next one with the
         // previous version's settings under the pipeline's own.
+        // The app belongs to the project whose pipeline first deployed it (docs/roles.md).
+        let appMembers = try await store.members(ofApp: appName)
         let (_, made) = try await store.update(appName) { app -> (AppVersion, Bool) in
+            guard app.allows(project: ctx.project.name, members: appMembers) else { throw app.refusal(project: ctx.project.name) }
+            if app.project == nil { app.project = ctx.project.name }
             if let existing = app.versions.last(where: { $0.build == ctx.build.id && $0.pipelineRun == ctx.run }) {
                 return (existing, false)
             }

@@ -12,8 +12,12 @@ public struct LBPlugin: PostBuildPlugin {
     public func run(_ ctx: PluginContext) async throws -> PluginResult {
         let store = env.store
         let appName = ctx.string("app")!, group = ctx.string("group")!, domain = ctx.string("domain")!
-        guard let app = try await store.app(appName) else {
+        guard let app = try await store.appChangeable(appName, by: ctx.project.name) else {
             throw KilnError.notFound("app \(appName) has no versions: put a deploy step for it before the lb step")
+        }
+        // A domain that serves another app is that app's: taking it needs the same right on it.
+        if let other = try await store.domain(group: group, domain)?.0.app, other != appName {
+            _ = try await store.appChangeable(other, by: ctx.project.name)
         }
         let number: Int
         if case .number(let n)? = ctx.outputs["deploy"]?["version"], case .string(appName)? = ctx.outputs["deploy"]?["app"] {

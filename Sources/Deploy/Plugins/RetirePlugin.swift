@@ -14,7 +14,7 @@ public struct RetirePlugin: PostBuildPlugin {
         let appName = ctx.string("app")!
         let keep = ctx.int("keep") ?? 0
         let drain = ctx.int("drainSeconds") ?? 2
-        guard let app = try await store.app(appName), let live = app.live else {
+        guard let app = try await store.appChangeable(appName, by: ctx.project.name), let live = app.live else {
             return PluginResult(summary: "nothing to retire: \(appName) has no version in the load balancer")
         }
         let older = app.versions.filter { $0.number < live.number && [.ready, .live, .retiring].contains($0.state) }.sorted { $0.number > $1.number }
