@@ -179,7 +179,7 @@ struct BuildRunner: TaskRunner {
         }
         build.commit = commit
         let tag = task.tag ?? String(commit.prefix(7))
-        let repository = "\(configuration.registry)/\(project.name)"
+        let repository = "\(configuration.registry)/\(project.repositoryName)"
         build.tag = tag
         try await reporter.update(build)
 

@@ -59,7 +59,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         PEM file (mode 0600) with the P-256 key registry tokens are signed with (env \
         KILN_REGISTRY_SIGNING_KEY). Turns on the token service at /auth/token; the registry's \
         auth.token.rootcertbundle must hold its certificate (`kiln up` writes both). Every \
-        scheduler of a farm needs the same key. Needs --admin-token-file.
+        scheduler of a farm needs the same key. Users log in to the registry with their name and an API token.
         """, valueName: "file"))
     var registrySigningKey: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_SIGNING_KEY"]
 
@@ -101,7 +101,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                 do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
             }
         case (_?, nil):
-            throw ValidationError("--registry-signing-key needs --admin-token-file: the token service needs both (the key signs tokens, the admin token is user admin's password)")
+            do { _ = try TokenSigningKey(pem: try CredentialFile.read(registrySigningKey!)) } catch { throw ValidationError("--registry-signing-key: \(error)") }
         case (nil, let admin?):
             if FileManager.default.fileExists(atPath: admin) {
                 do { _ = try CredentialFile.read(admin) } catch { throw ValidationError("--admin-token-file: \(error)") }
@@ -135,10 +135,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         let identity = SchedulerStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix))
         let bootstrap = try await identity.ensureFirstAdmin(tokenFile: adminTokenFile)
         logger.notice("\(bootstrap)")
-        if let key = registrySigningKey, let admin = adminTokenFile {
+        if let key = registrySigningKey {
             configuration.registryTokens = .init(
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
-                service: registryService, adminToken: try CredentialFile.read(admin))
+                service: registryService)
         }
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls

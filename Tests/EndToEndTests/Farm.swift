@@ -211,7 +211,7 @@ struct FarmRegistryAuth: Sendable {
         try CredentialFile.write(try key.certificatePEM(), to: bundle.path)
         adminToken = Secret.random()
         registry = RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: bundle)
-        tokenService = RegistryTokenService.Configuration(signingKey: key, adminToken: adminToken)
+        tokenService = RegistryTokenService.Configuration(signingKey: key)
         var machines: [String: RegistryCredentials] = [:]
         for name in agents + ["deployer"] { machines[name] = RegistryCredentials(user: name, password: Secret.random()) }
         self.machines = machines

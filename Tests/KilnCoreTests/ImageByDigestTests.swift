@@ -23,17 +23,23 @@ struct ImageByDigestTests {
         var b = Build(id: "b1", project: "demo", ref: "main")
         b.image = "127.0.0.1:5000/demo:abc1234"
         b.digest = Self.digest
-        #expect(try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") == "127.0.0.1:5000/demo@\(Self.digest)")
-        #expect(try b.deployableImage(project: "demo", registry: nil) == "127.0.0.1:5000/demo@\(Self.digest)")
+        #expect(try b.deployableImage(repository: "demo", registry: "127.0.0.1:5000") == "127.0.0.1:5000/demo@\(Self.digest)")
+        #expect(try b.deployableImage(repository: "demo", registry: nil) == "127.0.0.1:5000/demo@\(Self.digest)")
         for forged in ["127.0.0.1:5000/evil:x", "attacker.example/demo:x", "127.0.0.1:5000/evil/demo:x"] {
             b.image = forged
-            #expect(throws: KilnError.self, "\(forged)") { try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") }
+            #expect(throws: KilnError.self, "\(forged)") { try b.deployableImage(repository: "demo", registry: "127.0.0.1:5000") }
         }
         b.image = "127.0.0.1:5000/evil:x"
-        #expect(throws: KilnError.self) { try b.deployableImage(project: "demo", registry: nil) }
+        #expect(throws: KilnError.self) { try b.deployableImage(repository: "demo", registry: nil) }
+        // A project in a group pushes to GROUP/NAME; another group's image of the same name is not its.
+        b.image = "127.0.0.1:5000/team/demo:x"
+        #expect(try b.deployableImage(repository: "team/demo", registry: "127.0.0.1:5000") == "127.0.0.1:5000/team/demo@\(Self.digest)")
+        b.image = "127.0.0.1:5000/other/demo:x"
+        #expect(throws: KilnError.self) { try b.deployableImage(repository: "team/demo", registry: "127.0.0.1:5000") }
+        #expect(Project(name: "demo", repository: "x", buildImage: "i", buildCommand: "c").repositoryName == "demo")
         b.image = "127.0.0.1:5000/demo:abc1234"
         b.digest = "sha256:" + String(repeating: "0F", count: 32)
-        #expect(throws: KilnError.self) { try b.deployableImage(project: "demo", registry: "127.0.0.1:5000") }
+        #expect(throws: KilnError.self) { try b.deployableImage(repository: "demo", registry: "127.0.0.1:5000") }
     }
 
     @Test(arguments: [

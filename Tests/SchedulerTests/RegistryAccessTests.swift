@@ -11,12 +11,12 @@ struct RegistryAccessTests {
     @Test("the admin gets what it asks for, the catalog included")
     func admin() {
         let asked = Self.scopes("repository:demo:pull,push", "registry:catalog:*", "repository:other:delete")
-        #expect(RegistryAccessPolicy.grant(asked, to: .admin) == asked)
+        #expect(RegistryAccessPolicy.grant(asked, to: .admin("admin")) == asked)
     }
 
     @Test("an agent gets pull and push on the projects of its current builds only")
     func agent() {
-        let agent = RegistryCaller.agent("agent-1", projects: ["demo"])
+        let agent = RegistryCaller.agent("agent-1", repositories: ["demo"])
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: agent) == Self.scopes("repository:demo:pull,push"))
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:other:pull,push"), to: agent).isEmpty, "another project's repository")
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo/extra:push"), to: agent).isEmpty, "names match exactly")
@@ -24,7 +24,7 @@ struct RegistryAccessTests {
         #expect(RegistryAccessPolicy.grant(Self.scopes("registry:catalog:*"), to: agent).isEmpty)
         // podman asks for a cross-repository mount with both: only its own comes back.
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push", "repository:other:pull"), to: agent) == Self.scopes("repository:demo:pull,push"))
-        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: .agent("agent-1", projects: [])).isEmpty, "no current build: nothing")
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:pull,push"), to: .agent("agent-1", repositories: [])).isEmpty, "no current build: nothing")
     }
 
     @Test("a deployer gets pull on any repository and nothing else")
@@ -34,10 +34,29 @@ struct RegistryAccessTests {
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:demo:push", "registry:catalog:*"), to: d).isEmpty)
     }
 
+    @Test("a user gets pull as reporter, push as developer, delete as master; anyone pulls a public group's images")
+    func users() {
+        let asked = Self.scopes("repository:team/shop:pull,push,delete", "registry:catalog:*")
+        func granted(_ role: Role?, public isPublic: Bool = false) -> [ResourceAccess] {
+            RegistryAccessPolicy.grant(asked, to: .user("u", rights: ["team/shop": RepositoryRights(role: role, isPublic: isPublic)]))
+        }
+        #expect(granted(nil).isEmpty && granted(.guest).isEmpty)
+        #expect(granted(.reporter) == Self.scopes("repository:team/shop:pull"))
+        #expect(granted(.developer) == Self.scopes("repository:team/shop:pull,push"))
+        #expect(granted(.master) == Self.scopes("repository:team/shop:pull,push,delete"))
+        #expect(granted(.owner) == Self.scopes("repository:team/shop:pull,push,delete"))
+        #expect(granted(nil, public: true) == Self.scopes("repository:team/shop:pull"))
+        #expect(granted(.guest, public: true) == Self.scopes("repository:team/shop:pull"))
+        // A right on one repository is not a right on another the caller did not get rights for.
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:other:pull"), to: .user("u", rights: ["team/shop": RepositoryRights(role: .owner, isPublic: true)])).isEmpty)
+        let anonymous = RegistryCaller.anonymous(rights: ["pub/app": RepositoryRights(role: nil, isPublic: true), "priv/app": RepositoryRights(role: nil, isPublic: false)])
+        #expect(RegistryAccessPolicy.grant(Self.scopes("repository:pub/app:pull,push", "repository:priv/app:pull"), to: anonymous) == Self.scopes("repository:pub/app:pull"))
+    }
+
     @Test("repeated scopes and actions are merged")
     func merged() {
         let asked = Self.scopes("repository:demo:pull", "repository:demo:push,pull", "repository:demo:push")
-        #expect(RegistryAccessPolicy.grant(asked, to: .admin) == Self.scopes("repository:demo:pull,push"))
+        #expect(RegistryAccessPolicy.grant(asked, to: .admin("admin")) == Self.scopes("repository:demo:pull,push"))
     }
 
     @Test("HTTP Basic: parsed when well formed, nil otherwise")

@@ -56,7 +56,7 @@ extension BuildRunner {
             throw StepFailure(step: .image, message: "the Dockerfile '\(project.dockerfile)' cannot be read")
         }
         let text = String(decoding: data, as: UTF8.self)
-        if let violation = DockerfilePolicy.check(text) ?? DockerfilePolicy.checkImages(text, registry: configuration.registry, project: project.name) {
+        if let violation = DockerfilePolicy.check(text) ?? DockerfilePolicy.checkImages(text, registry: configuration.registry, project: project.repositoryName) {
             throw StepFailure(step: .image, message: "\(project.dockerfile): \(violation)")
         }
         // The resolved path: a Dockerfile that is a link inside the context is read as the

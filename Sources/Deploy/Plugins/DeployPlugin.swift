@@ -18,7 +18,7 @@ public struct DeployPlugin: PostBuildPlugin {
         }
         // By digest, never by tag: the tag may have been pushed again since this build, and a
         // roll back must run exactly the image this build made.
-        let image = try ctx.build.deployableImage(project: ctx.project.name, registry: env.registry)
+        let image = try ctx.build.deployableImage(repository: ctx.project.repositoryName, registry: env.registry)
         let deployer = try env.deployer(backend)
         let all = try await store.cells()
         let names = ctx.strings("cells") ?? all.filter { $0.backend == backend }.map(\.name)

@@ -96,14 +96,15 @@ public struct Build: Codable, Sendable, Equatable {
     /// (which the deployer, allowed to pull any, would run) or another registry (which would
     /// receive the deployer's credentials): both are refused. `registry` nil checks the
     /// repository only.
-    public func deployableImage(project: String, registry: String?) throws -> String {
+    /// `repository`: the project's ``Project/repositoryName``.
+    public func deployableImage(repository name: String, registry: String?) throws -> String {
         guard let pinned = imageByDigest else {
             throw KilnError.invalid("build \(id) recorded no digest for \(image ?? "its image"): deploys pull by digest only; build it again")
         }
         let repository = Build.repository(of: pinned)
-        let expected = registry.map { "\($0)/\(project)" }
-        guard repository == expected ?? repository, repository.split(separator: "/").last.map(String.init) == project else {
-            throw KilnError.invalid("build \(id) of \(project) names the image \(pinned), not one of \(expected ?? "repository \(project)"): refused (a build record names its own project's image in the farm's registry)")
+        let expected = registry.map { "\($0)/\(name)" }
+        guard repository == expected ?? repository, repository.hasSuffix("/" + name) else {
+            throw KilnError.invalid("build \(id) of \(project) names the image \(pinned), not one of \(expected ?? "repository \(name)"): refused (a build record names its own project's image in the farm's registry)")
         }
         return pinned
     }

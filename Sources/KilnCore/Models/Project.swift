@@ -97,6 +97,10 @@ public struct Project: Codable, Sendable, Equatable {
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
+    /// The repository its images go to in the farm's registry: `GROUP/NAME` in a group,
+    /// `NAME` otherwise. The registry's token service maps it back to the project and group.
+    public var repositoryName: String { group.map { "\($0)/\(name)" } ?? name }
+
     /// The project as the API shows it: the webhook secret left out.
     public var redacted: Project {
         var p = self

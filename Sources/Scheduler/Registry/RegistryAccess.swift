@@ -4,43 +4,67 @@ import RegistryAuth
 
 /// Who asked the token service for a token, once their credentials were checked.
 public enum RegistryCaller: Sendable, Equatable {
-    /// User `admin` with the admin token: everything, the catalog included.
-    case admin
-    /// An agent, with the projects of the builds assigned to it now.
-    case agent(String, projects: Set<String>)
+    /// A user with the admin flag: everything, the catalog included.
+    case admin(String)
+    /// A user, with their rights on each repository they asked for.
+    case user(String, rights: [String: RepositoryRights])
+    /// No credentials: public repositories only.
+    case anonymous(rights: [String: RepositoryRights])
+    /// An agent, with the repositories of the builds assigned to it now.
+    case agent(String, repositories: Set<String>)
     /// A deploy backend.
     case deployer(String)
 
     public var account: String {
         switch self {
-        case .admin: MachineCredential.adminUser
-        case .agent(let name, _), .deployer(let name): name
+        case .admin(let name), .user(let name, _), .agent(let name, _), .deployer(let name): name
+        case .anonymous: "(anonymous)"
         }
+    }
+}
+
+/// A user's standing on one repository: their role on the project (and group) it belongs to,
+/// and whether its group is public.
+public struct RepositoryRights: Sendable, Equatable {
+    public var role: Role?
+    public var isPublic: Bool
+    public init(role: Role?, isPublic: Bool) {
+        self.role = role
+        self.isPublic = isPublic
     }
 }
 
 /// What a caller gets of what it asked for. Pure: no clock, no etcd.
 ///
 /// The rules, in order:
-/// 1. The admin gets every action it asked for on every resource (repositories, the catalog).
-/// 2. An agent gets `pull` and `push` on a repository named like the project of a build
-///    assigned to it now, and nothing on any other resource: a build cannot overwrite
-///    another project's image, and an agent whose task is gone cannot push any more.
-/// 3. A deployer gets `pull` on any repository, nothing else.
-/// 4. Anything not granted is left out of the answer (the registry then answers 401
+/// 1. An admin gets every action it asked for on every resource (repositories, the catalog).
+/// 2. A user gets, on a repository: `pull` as reporter or above, or when its group is
+///    public; `push` as developer or above; `delete` as master or above (docs/roles.md).
+///    Nothing else (no catalog).
+/// 3. Anyone without credentials gets `pull` on the repositories of public groups.
+/// 4. An agent gets `pull` and `push` on the repository of a build assigned to it now, and
+///    nothing on any other resource: a build cannot overwrite another project's image, and an
+///    agent whose task is gone cannot push any more.
+/// 5. A deployer gets `pull` on any repository, nothing else.
+/// 6. Anything not granted is left out of the answer (the registry then answers 401
 ///    `insufficient_scope`), as Docker's token specification says; duplicate actions are merged.
 public enum RegistryAccessPolicy {
     public static func grant(_ requested: [ResourceAccess], to caller: RegistryCaller) -> [ResourceAccess] {
         var out: [ResourceAccess] = []
         for request in requested {
             let allowed: Set<String>
+            let isRepository = request.type == "repository"
             switch caller {
             case .admin:
                 allowed = Set(request.actions)
-            case .agent(_, let projects):
-                allowed = request.type == "repository" && projects.contains(request.name) ? ["pull", "push"] : []
+            case .user(_, let rights):
+                allowed = isRepository ? actions(rights[request.name]) : []
+            case .anonymous(let rights):
+                allowed = isRepository && rights[request.name]?.isPublic == true ? ["pull"] : []
+            case .agent(_, let repositories):
+                allowed = isRepository && repositories.contains(request.name) ? ["pull", "push"] : []
             case .deployer:
-                allowed = request.type == "repository" ? ["pull"] : []
+                allowed = isRepository ? ["pull"] : []
             }
             var actions: [String] = []
             for action in request.actions where allowed.contains(action) && !actions.contains(action) { actions.append(action) }
@@ -51,6 +75,16 @@ public enum RegistryAccessPolicy {
                 out.append(ResourceAccess(type: request.type, name: request.name, actions: actions))
             }
         }
+        return out
+    }
+
+    /// A user's actions on a repository with `rights`.
+    static func actions(_ rights: RepositoryRights?) -> Set<String> {
+        guard let rights else { return [] }
+        var out: Set<String> = []
+        if rights.isPublic || rights.role.map({ $0 >= Permission.read.minimumRole }) == true { out.insert("pull") }
+        if let role = rights.role, role >= Permission.build.minimumRole { out.insert("push") }
+        if let role = rights.role, role >= Permission.manage.minimumRole { out.insert("delete") }
         return out
     }
 }

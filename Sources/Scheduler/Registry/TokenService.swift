@@ -11,10 +11,11 @@ import RegistryAuth
 /// with HTTP Basic credentials and the scopes they need, and get a short-lived ES256 token
 /// the registry checks against the certificate of `signingKey`.
 ///
-/// Callers are the admin (user `admin`, the admin token) and the machines in
-/// `/kiln/machines/` (the SHA-256 of each token and its kind); what each gets is
-/// `RegistryAccessPolicy`'s decision. No credentials, unknown users and wrong passwords get
-/// 401; a token is never logged, only who asked and what was granted.
+/// Callers are users with one of their API tokens (what `podman login -u NAME` sends), the
+/// machines in `/kiln/machines/` (the SHA-256 of each token and its kind), and anyone without
+/// credentials (public groups' images only); what each gets is `RegistryAccessPolicy`'s
+/// decision from their roles (docs/roles.md). Unknown users and wrong tokens get 401; a token
+/// is never logged, only who asked and what was granted.
 public struct RegistryTokenService: Sendable {
     /// Settings of the token service; `kiln scheduler --registry-signing-key …`.
     public struct Configuration: Sendable {
@@ -23,16 +24,13 @@ public struct RegistryTokenService: Sendable {
         public var issuer: String
         /// The JWT's `aud`: the registry's `auth.token.service`.
         public var service: String
-        /// The password of user `admin`.
-        public var adminToken: String
         /// Seconds a token lives (`expires_in`); Distribution allows 60 s of skew beyond it.
         public var lifetime: Int
 
-        public init(signingKey: TokenSigningKey, issuer: String = "kiln", service: String = "kiln-registry", adminToken: String, lifetime: Int = 300) {
+        public init(signingKey: TokenSigningKey, issuer: String = "kiln", service: String = "kiln-registry", lifetime: Int = 300) {
             self.signingKey = signingKey
             self.issuer = issuer
             self.service = service
-            self.adminToken = adminToken
             self.lifetime = lifetime
         }
     }
@@ -61,27 +59,39 @@ public struct RegistryTokenService: Sendable {
 
     func handle(_ request: Request) async throws -> Response {
         let query = request.uri.queryParameters
-        guard let credentials = BasicAuthorization.parse(request.headers[.authorization]) else {
-            return unauthorized("the token service needs credentials (HTTP Basic): user admin with the admin token, or a machine's name:token")
+        let credentials = BasicAuthorization.parse(request.headers[.authorization])
+        if request.headers[.authorization] != nil, credentials == nil {
+            return unauthorized("the token service takes HTTP Basic credentials: your user name and an API token (kiln token create), or a machine's name:token")
         }
         if let service = query["service"].map(String.init), service != configuration.service {
             throw KilnError.invalid("this token service signs for service '\(configuration.service)', not '\(Validation.printable(service))': set the registry's auth.token.service to it")
         }
-        if let account = query["account"].map(String.init), !account.isEmpty, account != credentials.user {
+        if let account = query["account"].map(String.init), !account.isEmpty, account != credentials?.user {
             throw KilnError.invalid("the account '\(Validation.printable(account))' is not the user of the credentials")
-        }
-        guard let caller = try await authenticate(credentials) else {
-            // Only a name that could be an account: a token pasted into the user field stays out of the log.
-            let named = credentials.user == MachineCredential.adminUser || (try? MachineCredential.validateName(credentials.user)) != nil
-            logger.notice("registry token refused: wrong credentials", metadata: ["account": "\(named ? credentials.user : "(not an account name)")"])
-            return unauthorized("wrong user or password")
         }
         let requested: [ResourceAccess]
         switch ResourceAccess.parse(scopes: query.getAll("scope")) {
         case .success(let scopes): requested = scopes
         case .failure(let error): throw KilnError.invalid(error.message)
         }
+        let caller: RegistryCaller
+        if let credentials {
+            guard let known = try await authenticate(credentials, requested: requested) else {
+                // Only a name that could be an account: a token pasted into the user field stays out of the log.
+                let named = (try? Validation.userName(credentials.user)) != nil
+                logger.notice("registry token refused: wrong credentials", metadata: ["account": "\(named ? credentials.user : "(not an account name)")"])
+                return unauthorized("wrong user or token")
+            }
+            caller = known
+        } else {
+            caller = .anonymous(rights: try await rights(of: nil, on: requested))
+        }
         let granted = RegistryAccessPolicy.grant(requested, to: caller)
+        if case .anonymous = caller, granted.isEmpty {
+            // Nothing public was asked for: ask the client for credentials (podman and docker
+            // then send the ones `podman login` stored).
+            return unauthorized("log in: your user name and an API token (kiln token create); only public groups' images pull without one")
+        }
         let now = Date()
         let claims = RegistryTokenClaims(issuer: configuration.issuer, subject: caller.account, audience: configuration.service,
                                          access: granted, issuedAt: now, lifetime: configuration.lifetime, id: Secret.random(bytes: 16))
@@ -94,11 +104,18 @@ public struct RegistryTokenService: Sendable {
         return json(TokenAnswer(token: token, access_token: token, expires_in: configuration.lifetime, issued_at: KilnJSON.formatDate(now)))
     }
 
-    /// The caller these credentials belong to, or nil when they belong to nobody.
-    func authenticate(_ credentials: UserPassword) async throws -> RegistryCaller? {
-        if credentials.user == MachineCredential.adminUser {
-            return Secret.equal(credentials.password, configuration.adminToken) ? .admin : nil
-        }
+    /// The caller these credentials belong to, or nil when they belong to nobody: a machine
+    /// (name and token in `/kiln/machines/`), else a user with one of their API tokens
+    /// (passwords are not taken here: a token can be revoked alone and expires).
+    func authenticate(_ credentials: UserPassword, requested: [ResourceAccess]) async throws -> RegistryCaller? {
+        if let machine = try await machine(credentials) { return machine }
+        guard let caller = try await Authenticator(store: store, logger: logger).tokenCaller(credentials.password),
+              caller.user == credentials.user else { return nil }
+        if caller.admin { return .admin(caller.user) }
+        return .user(caller.user, rights: try await rights(of: caller, on: requested))
+    }
+
+    func machine(_ credentials: UserPassword) async throws -> RegistryCaller? {
         guard (try? MachineCredential.validateName(credentials.user)) != nil,
               let kv = try await store.etcd.get(store.keys.machine(credentials.user)),
               let machine = try? KilnJSON.decode(MachineCredential.self, from: kv.value),
@@ -113,14 +130,38 @@ public struct RegistryTokenService: Sendable {
             let grants = try await store.etcd.range(prefix: store.keys.grants(of: machine.name)).kvs
             var granted: [String: String] = [:]
             for kv in grants { if let build = Keys.name(of: kv.key, under: store.keys.grants(of: machine.name)) { granted[build] = kv.string } }
-            let projects = Set(tasks.compactMap { kv -> String? in
+            let repositories = Set(tasks.compactMap { kv -> String? in
                 guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value), granted[task.build] == task.project.name else { return nil }
-                return task.project.name
+                return task.project.repositoryName
             })
-            return .agent(machine.name, projects: projects)
+            return .agent(machine.name, repositories: repositories)
         }
     }
 
+    /// A caller's rights (nil: anonymous) on each repository asked for. A repository is a
+    /// project's (`NAME`, or `GROUP/NAME` for a project in that group) or a group's
+    /// (`GROUP/…`); the role is the caller's on the project, with the group's inherited.
+    func rights(of caller: Caller?, on requested: [ResourceAccess]) async throws -> [String: RepositoryRights] {
+        let access = Access(store: store)
+        var out: [String: RepositoryRights] = [:]
+        for name in Set(requested.filter { $0.type == "repository" }.map(\.name)) {
+            let parts = name.split(separator: "/", maxSplits: 1).map(String.init)
+            let groupName = parts.count == 2 ? parts[0] : nil
+            let projectName = parts.count == 2 ? parts[1] : parts[0]
+            var group: Group?
+            if let groupName { group = try? await store.group(groupName) }
+            var role: Role?
+            if let caller {
+                if let project = try? await store.project(projectName), project.repositoryName == name {
+                    role = try await access.role(caller, on: .project, project.name, project: project)
+                } else if let group {
+                    role = try await access.role(caller, on: .group, group.name)
+                }
+            }
+            out[name] = RepositoryRights(role: role, isPublic: group?.visibility == .public)
+        }
+        return out
+    }
     func unauthorized(_ message: String) -> Response {
         var response = errorResponse(401, message)
         response.headers[.wwwAuthenticate] = "Basic realm=\"kiln registry token service\""
