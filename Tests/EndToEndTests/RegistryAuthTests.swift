@@ -120,6 +120,71 @@ extension EndToEndTests {
         }
     }
 
+    @Test("people log in to the registry with their name and an API token and get what their role allows; a public group's images pull without credentials")
+    func registryScopesFromRoles() async throws {
+        try await withFarm { farm in
+            try await farm.addProject()
+            let built = try await farm.finished(try await farm.startBuild().id)
+            #expect(built.status == .succeeded, "\(built.error ?? "")")
+            let registry = farm.infra.registry.address
+            let image = try #require(built.imageByDigest)
+            let docker = DockerClient(socketPath: farm.infra.podman.socketPath)
+            var users: [String: RegistryCredentials] = [:]
+            for name in ["rita", "dev", "otto"] {
+                let password = "a long enough passphrase"
+                #expect(try await farm.request(.POST, "/api/v1/users", body: try KilnJSON.encode(NewUser(name: name, password: password))).status == 201)
+                let r = try await httpRequest(.POST, farm.api + "/api/v1/tokens", body: #"{"name":"registry"}"#, headers: [("Authorization", basic(name, password))])
+                users[name] = RegistryCredentials(user: name, password: try KilnJSON.decode(CreatedToken.self, from: r.body).token)
+                // A password is not a registry credential: a token is.
+                let withPassword = try await httpRequest(.GET, farm.registryAuth.registry.realm + "?service=kiln-registry&scope=repository:demo:pull",
+                                                         headers: [("Authorization", basic(name, password))])
+                #expect(withPassword.status == 401)
+            }
+            #expect(try await farm.request(.PUT, "/api/v1/projects/demo/members/rita", body: #"{"role":"reporter"}"#).status == 200)
+            #expect(try await farm.request(.PUT, "/api/v1/projects/demo/members/dev", body: #"{"role":"developer"}"#).status == 200)
+            let scope = ["repository:demo:pull,push,delete", "registry:catalog:*"]
+            #expect(try await farm.grantedAccess(users["rita"]!, scopes: scope).map(\.description) == ["repository:demo:pull"])
+            #expect(try await farm.grantedAccess(users["dev"]!, scopes: scope).map(\.description) == ["repository:demo:pull,push"])
+            #expect(try await farm.grantedAccess(users["otto"]!, scopes: scope).isEmpty)
+            // Another user's token under one's own name is nobody's.
+            let swapped = try await httpRequest(.GET, farm.registryAuth.registry.realm + "?service=kiln-registry&scope=repository:demo:pull",
+                                                headers: [("Authorization", basic("otto", users["dev"]!.password))])
+            #expect(swapped.status == 401)
+
+            // Through the engine: the reporter pulls and cannot push; the outsider cannot pull.
+            _ = try? farm.podman(["rmi", "-f", image])
+            try await docker.pull(image, insecure: true, credentials: users["rita"]!)
+            try farm.podman(["tag", image, "\(registry)/demo:by-rita"])
+            await #expect(throws: DockerError.self, "a reporter's push") {
+                _ = try await docker.push(image: "\(registry)/demo", tag: "by-rita", insecure: true, credentials: users["rita"]!) { _ in }
+            }
+            _ = try? farm.podman(["rmi", "-f", image])
+            await #expect(throws: DockerError.self, "an outsider's pull") { try await docker.pull(image, insecure: true, credentials: users["otto"]!) }
+
+            // A group made public: its images pull with no credentials at all; a private one's do not.
+            #expect(try await farm.request(.POST, "/api/v1/groups", body: #"{"name":"pub"}"#).status == 201)
+            _ = try? farm.podman(["pull", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), image])
+            try farm.podman(["tag", image, "\(registry)/pub/thing:1"])
+            try farm.podman(["push", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), "\(registry)/pub/thing:1"])
+            let anonymousRealm = farm.registryAuth.registry.realm + "?service=kiln-registry&scope=repository:pub/thing:pull,push"
+            #expect(try await httpRequest(.GET, anonymousRealm).status == 401, "a private group's image without credentials")
+            #expect(try await farm.request(.PUT, "/api/v1/groups/pub", body: #"{"visibility":"public"}"#).status == 200)
+            let publicToken = try await httpRequest(.GET, anonymousRealm)
+            #expect(publicToken.status == 200)
+            _ = try? farm.podman(["rmi", "-f", "\(registry)/pub/thing:1"])
+            try await docker.pull("\(registry)/pub/thing:1", insecure: true)
+            #expect(try await farm.grantedAccess(users["otto"]!, scopes: ["repository:pub/thing:pull,push"]).map(\.description) == ["repository:pub/thing:pull"])
+
+            // A revoked token logs in no more.
+            let id = try #require(try KilnJSON.decode([APIToken].self, from: try await httpRequest(.GET, farm.api + "/api/v1/tokens",
+                                                                                               headers: [("Authorization", "Bearer \(users["dev"]!.password)")]).body).first?.id)
+            #expect(try await httpRequest(.DELETE, farm.api + "/api/v1/tokens/\(id)", headers: [("Authorization", "Bearer \(users["dev"]!.password)")]).status == 200)
+            let revoked = try await httpRequest(.GET, farm.registryAuth.registry.realm + "?service=kiln-registry&scope=repository:demo:pull",
+                                                headers: [("Authorization", basic("dev", users["dev"]!.password))])
+            #expect(revoked.status == 401)
+        }
+    }
+
     @Test("a hostile build that opens an upload into another project's repository without credentials is refused")
     func hostileBuildUpload() async throws {
         try await withFarm { farm in
