@@ -35,6 +35,11 @@ public struct AppStore: Sendable {
         return app
     }
 
+    /// Records an event in app `name`'s activity (who: the pipeline of the build's project).
+    public func record(_ event: ActivityEvent, onApp name: String) async throws {
+        try await etcd.put(keys.activityEvent(.app, name, at: event.at, id: Secret.random(bytes: 4)), try KilnJSON.encode(event))
+    }
+
     /// Changes app `name` (created empty if absent) with `change`, atomically; returns what was
     /// written and `change`'s own result.
     @discardableResult

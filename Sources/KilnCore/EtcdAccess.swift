@@ -112,6 +112,7 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 Grant(.readWrite, keys.sessions, prefix: true),
                 Grant(.readWrite, keys.groups, prefix: true),
                 Grant(.readWrite, keys.members, prefix: true),
+                Grant(.readWrite, keys.activity, prefix: true),
                 Grant(.readWrite, slb.root + "/", prefix: true),
             ]
         case .agent(let id):

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The etcd key schema (shared/ARCHITECTURE.md). Scheduler and agents meet only here.
 ///
 /// Every key is under one prefix (default `/kiln`) so several farms can share an etcd.
@@ -54,6 +56,15 @@ public struct Keys: Sendable, Equatable {
     /// The console's login sessions, keyed like tokens (the cookie's SHA-256).
     public var sessions: String { "\(prefix)/sessions/" }
     public func session(hash: String) -> String { sessions + hash }
+    /// Activity of projects, apps and groups besides builds (``ActivityEvent``), newest last:
+    /// the last part of the key is the time in milliseconds, zero-padded, then a random suffix.
+    public var activity: String { "\(prefix)/activity/" }
+    public func activity(_ kind: ResourceKind, _ name: String) -> String { "\(activity)\(kind.plural)/\(name)/" }
+    public func activityEvent(_ kind: ResourceKind, _ name: String, at: Date, id: String) -> String {
+        let ms = String(Int64((at.timeIntervalSince1970 * 1000).rounded()))
+        return activity(kind, name) + String(repeating: "0", count: max(0, 15 - ms.count)) + ms + "-" + id
+    }
+
     /// Groups: namespaces of the registry and of projects (``Group``).
     public var groups: String { "\(prefix)/groups/" }
     public func group(_ name: String) -> String { groups + name }

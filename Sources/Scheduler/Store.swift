@@ -156,10 +156,10 @@ public struct SchedulerStore: Sendable {
             .prefix(limit))
     }
 
-    /// A project's activity, newest first.
+    /// A project's activity, newest first: its builds and the other events on it.
     public func activity(project name: String, limit: Int = 50) async throws -> [ActivityEntry] {
         _ = try await project(name)
-        return try await builds(project: name, limit: limit).map(ActivityEntry.init)
+        return try await activity(.project, name, limit: limit)
     }
 
     /// Cancels a build. A queued build ends at once; an assigned or running one is marked

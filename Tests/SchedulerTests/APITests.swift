@@ -333,7 +333,8 @@ struct DispatcherTests {
             let read = try await client.get("/api/v1/builds/\(build.id)", as: Build.self)
             #expect(read.id == build.id && read.tag == "t1" && read.priority == 5)
             let entries = try await client.get("/api/v1/projects/demo/activity", as: [ActivityEntry].self)
-            #expect(entries.map(\.build) == [build.id])
+            #expect(entries.filter { $0.action == "build" }.map(\.build) == [build.id])
+            #expect(entries.last?.action == "project created" && entries.last?.user == "admin")
             let missing = await #expect(throws: APIClient.Failure.self) {
                 try await client.get("/api/v1/builds/b000000000-000000", as: Build.self)
             }

@@ -259,6 +259,34 @@ struct IdentityAPITests {
         }
     }
 
+    @Test func everyResourceSaysWhoDidWhat() async throws {
+        try await withScheduler { h in
+            let alice = try await Self.user(h, "alice")
+            _ = try await Self.user(h, "bob")
+            let project = #"{"name":"shop","repository":"http://127.0.0.1:1/shop.git","buildImage":"a:1","buildCommand":"make"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: project, token: alice).status == 201)
+            #expect(try await h.request(.POST, "/api/v1/projects", body: project.replacingOccurrences(of: "make", with: "make all"), token: alice).status == 200)
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/bob", body: #"{"role":"reporter"}"#, token: alice).status == 200)
+            let build = try KilnJSON.decode(Build.self, from: try await h.request(.POST, "/api/v1/projects/shop/builds", body: "{}", token: alice).body)
+            #expect(try await h.request(.POST, "/api/v1/builds/\(build.id)/cancel", token: alice).status == 200)
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#, token: alice).status == 201)
+            #expect(try await h.request(.PUT, "/api/v1/groups/team", body: #"{"visibility":"public"}"#, token: alice).status == 200)
+
+            let feed = try KilnJSON.decode([ActivityEntry].self, from: try await h.request(.GET, "/api/v1/projects/shop/activity", token: alice).body)
+            let lines = feed.map { "\($0.action) by \($0.user ?? "-"): \($0.detail ?? $0.build ?? "")" }
+            for expected in ["project created by alice", "settings changed by alice: buildCommand", "member set by alice: bob is reporter",
+                             "build by alice: \(build.id)", "build cancelled by alice: \(build.id)"] {
+                #expect(lines.contains { $0.hasPrefix(expected) }, "\(expected) in \(lines)")
+            }
+            #expect(feed.map(\.at) == feed.map(\.at).sorted(by: >), "newest first")
+            // A reporter reads it; an outsider does not see it.
+            #expect(try await h.request(.GET, "/api/v1/projects/shop/activity", token: try await Self.user(h, "otto")).status == 404)
+            let groupFeed = try KilnJSON.decode([ActivityEntry].self, from: try await h.request(.GET, "/api/v1/groups/team/activity", token: alice).body)
+            #expect(groupFeed.map(\.action) == ["settings changed", "group created"] && groupFeed.allSatisfy { $0.user == "alice" })
+            #expect(groupFeed.first?.detail == "visibility public")
+        }
+    }
+
     @Test func theFirstAdminIsMadeOnceFromItsFileAndAStaleFileIsRefused() async throws {
         try await withEtcd(timeout: nil) { _, etcd in
             let dir = try TempDir("first-admin")

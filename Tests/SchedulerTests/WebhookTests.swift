@@ -181,8 +181,12 @@ struct WebhookTests {
             #expect(try await h.request(.POST, "/api/v1/builds/\(manual.id)/cancel").status == 200)
             let r = try await h.request(.GET, "/api/v1/projects/diaspora/activity")
             #expect(r.status == 200)
-            let feed = try KilnJSON.decode([ActivityEntry].self, from: r.body)
+            let all = try KilnJSON.decode([ActivityEntry].self, from: r.body)
+            // The builds, and the other events (who made the project, who cancelled) beside them.
+            #expect(all.first?.action == "build cancelled" && all.first?.user == "admin" && all.first?.build == manual.id)
+            let feed = all.filter { $0.action == "build" }
             #expect(feed.map(\.build) == [manual.id, pushedID])
+            #expect(feed[0].user == "admin" && feed[1].user == nil)
             #expect(feed[0].trigger == "api by admin" && feed[0].tag == "v9" && feed[0].status == .cancelled && feed[0].note?.contains("cancelled") == true)
             #expect(feed[1].trigger == "gitlab push to master by jsmith" && feed[1].commit == "da1560886d4f094c3e6c9ef40349f7d38b5d27d7" && feed[1].status == .queued)
             #expect(try await h.request(.GET, "/api/v1/projects/nope/activity").status == 404)

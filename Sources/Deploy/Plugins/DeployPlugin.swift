@@ -10,6 +10,14 @@ public struct DeployPlugin: PostBuildPlugin {
     public var spec: PluginSpec { PluginCatalog.spec("deploy")! }
 
     public func run(_ ctx: PluginContext) async throws -> PluginResult {
+        let result = try await perform(ctx)
+        // The app's activity: what the step did, by which project's pipeline, for which build.
+        try await env.store.record(ActivityEvent(user: "pipeline of \(ctx.project.name)", action: "deployed", detail: result.summary, build: ctx.build.id),
+                                   onApp: ctx.string("app")!)
+        return result
+    }
+
+    func perform(_ ctx: PluginContext) async throws -> PluginResult {
         let store = env.store
         let appName = ctx.string("app")!
         let backend = ctx.string("backend") ?? "local"

@@ -10,6 +10,14 @@ public struct LBPlugin: PostBuildPlugin {
     public var spec: PluginSpec { PluginCatalog.spec("lb")! }
 
     public func run(_ ctx: PluginContext) async throws -> PluginResult {
+        let result = try await perform(ctx)
+        // The app's activity: what the step did, by which project's pipeline, for which build.
+        try await env.store.record(ActivityEvent(user: "pipeline of \(ctx.project.name)", action: "traffic moved", detail: result.summary, build: ctx.build.id),
+                                   onApp: ctx.string("app")!)
+        return result
+    }
+
+    func perform(_ ctx: PluginContext) async throws -> PluginResult {
         let store = env.store
         let appName = ctx.string("app")!, group = ctx.string("group")!, domain = ctx.string("domain")!
         guard let app = try await store.appChangeable(appName, by: ctx.project.name) else {

@@ -10,6 +10,14 @@ public struct RetirePlugin: PostBuildPlugin {
     public var spec: PluginSpec { PluginCatalog.spec("retire")! }
 
     public func run(_ ctx: PluginContext) async throws -> PluginResult {
+        let result = try await perform(ctx)
+        // The app's activity: what the step did, by which project's pipeline, for which build.
+        try await env.store.record(ActivityEvent(user: "pipeline of \(ctx.project.name)", action: "retired", detail: result.summary, build: ctx.build.id),
+                                   onApp: ctx.string("app")!)
+        return result
+    }
+
+    func perform(_ ctx: PluginContext) async throws -> PluginResult {
         let store = env.store
         let appName = ctx.string("app")!
         let keep = ctx.int("keep") ?? 0

@@ -73,6 +73,8 @@ public struct API: Sendable {
             }
             let created = try await store.saveProject(project, creator: caller.user)
             logger.info(created ? "project added" : "project changed", metadata: ["project": "\(project.name)", "by": "\(caller.user)"])
+            try await store.record(ActivityEvent(user: caller.user, action: created ? "project created" : "settings changed",
+                                                 detail: created ? nil : ProjectChanges.describe(from: existing, to: project)), on: .project, project.name)
             return json(try await store.project(project.name).redacted, status: created ? .created : .ok)
         }
         api.get("projects/:name") { request, context in
@@ -117,7 +119,9 @@ public struct API: Sendable {
             let caller = try await auth.caller(request, context: context)
             let build = try await visibleBuild(try context.parameters.require("id"), .build, caller, access)
             logger.info("cancel requested", metadata: ["build.id": "\(build.id)", "by": "\(caller.user)"])
-            return json(try await store.cancel(build.id, reason: "cancelled by \(caller.user)"))
+            let cancelled = try await store.cancel(build.id, reason: "cancelled by \(caller.user)")
+            try await store.record(ActivityEvent(user: caller.user, action: "build cancelled", build: build.id), on: .project, build.project)
+            return json(cancelled)
         }
         api.get("builds/:id/log") { request, context in
             let build = try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access)
@@ -134,6 +138,7 @@ public struct API: Sendable {
             let id = try context.parameters.require("id")
             _ = try await visibleBuild(id, .deploy, caller, access)
             let build = try await store.requestPipelineRun(build: id, trigger: "api by \(caller.user)")
+            try await store.record(ActivityEvent(user: caller.user, action: "deploy requested", detail: "pipeline run \(build.deploy?.run ?? 0)", build: id), on: .project, build.project)
             logger.info("pipeline run requested", metadata: ["build.id": "\(build.id)", "run": "\(build.deploy?.run ?? 0)", "by": "\(caller.user)"])
             return json(build, status: .accepted)
         }
@@ -147,6 +152,15 @@ public struct API: Sendable {
             let name = try context.parameters.require("name")
             try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(.app, name, .read, caller)
             return json(try await store.appStatus(name))
+        }
+        for kind in ResourceKind.allCases where kind != .project {
+            api.get("\(kind.plural)/:name/activity") { request, context in
+                let caller = try await auth.caller(request, context: context)
+                let name = try context.parameters.require("name")
+                try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(kind, name, .read, caller)
+                let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
+                return json(try await store.activity(kind, name, limit: max(1, min(limit, 1000))))
+            }
         }
         api.get("cells") { request, context in
             _ = try await auth.caller(request, context: context)

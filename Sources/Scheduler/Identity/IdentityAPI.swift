@@ -68,6 +68,7 @@ struct IdentityAPI: Sendable {
             guard let name = body.name else { throw KilnError.invalid("missing field 'name'") }
             let group = Group(name: name, visibility: body.visibility ?? .private)
             try await store.createGroup(group, owner: caller.user)
+            try await store.record(ActivityEvent(user: caller.user, action: "group created", detail: "visibility \(group.visibility.rawValue)"), on: .group, name)
             return json(group, status: .created)
         }
         api.get("groups/:name") { request, context in
@@ -86,6 +87,7 @@ struct IdentityAPI: Sendable {
             var group = try await store.group(name)
             if let v = body.visibility { group.visibility = v }
             try await store.saveGroup(group)
+            try await store.record(ActivityEvent(user: caller.user, action: "settings changed", detail: "visibility \(group.visibility.rawValue)"), on: .group, name)
             logger.info("group changed", metadata: ["group": "\(name)", "visibility": "\(group.visibility.rawValue)", "by": "\(caller.user)"])
             return json(group)
         }
@@ -107,6 +109,7 @@ struct IdentityAPI: Sendable {
                 let role = try Role.parse(try decodeBody(MemberRequest.self, from: try await request.collectBody(upTo: maxBody)).role)
                 guard try await store.user(user) != nil else { throw KilnError.notFound("user '\(Validation.printable(user))' does not exist: an admin adds users with `kiln user add`") }
                 let members = try await store.updateMembers(kind, name) { try $0.set(user, to: role, by: caller.admin ? nil : actorRole) }
+                try await store.record(ActivityEvent(user: caller.user, action: "member set", detail: "\(user) is \(role.rawValue)"), on: kind, name)
                 logger.info("member set", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "role": "\(role.rawValue)", "by": "\(caller.user)"])
                 return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
             }
@@ -118,6 +121,7 @@ struct IdentityAPI: Sendable {
                 let members = try await store.updateMembers(kind, name) {
                     try $0.remove(user, by: caller.admin || user == caller.user ? nil : actorRole)
                 }
+                try await store.record(ActivityEvent(user: caller.user, action: user == caller.user ? "member left" : "member removed", detail: user), on: kind, name)
                 logger.info("member removed", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "by": "\(caller.user)"])
                 return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
             }
@@ -129,6 +133,7 @@ struct IdentityAPI: Sendable {
             try await requireExisting(.app, name, .own, caller)
             _ = try await store.project(project)
             let members = try await store.updateMembers(.app, name) { $0.projects = ($0.projects ?? [:]).merging([project: .master]) { $1 } }
+            try await store.record(ActivityEvent(user: caller.user, action: "project allowed to deploy", detail: project), on: .app, name)
             logger.info("project may deploy into app", metadata: ["app": "\(name)", "project": "\(project)", "by": "\(caller.user)"])
             return json(members.projects ?? [:])
         }
@@ -137,6 +142,7 @@ struct IdentityAPI: Sendable {
             let name = try context.parameters.require("name"), project = try context.parameters.require("project")
             try await requireExisting(.app, name, .own, caller)
             let members = try await store.updateMembers(.app, name) { $0.projects?[project] = nil }
+            try await store.record(ActivityEvent(user: caller.user, action: "project no longer allowed to deploy", detail: project), on: .app, name)
             return json(members.projects ?? [:])
         }
     }

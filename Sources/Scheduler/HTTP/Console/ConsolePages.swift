@@ -35,7 +35,11 @@ enum ConsolePages {
         ]
         if let created = p.createdAt { settings.append(("created", when(created))) }
         let activityRows = activity.map { a -> HTML in
-            "<tr><td>\(when(a.at))</td><td>\(buildLink(a.build))</td><td>\(a.trigger)</td><td>\(a.ref)</td><td>\(code(a.commit.map(shortCommit)))</td><td>\(a.tag ?? "—")</td><td>\(badge(a.status))</td><td>\(a.durationMs.map(seconds) ?? "—")</td><td>\(a.note ?? "")</td></tr>"
+            guard let build = a.build, let status = a.status else {
+                // Another event: what happened, who did it, the details.
+                return "<tr><td>\(when(a.at))</td><td>—</td><td>\(a.action)\(a.user.map { " by " + $0 } ?? "")</td><td colspan=\"6\">\(a.detail ?? "")</td></tr>"
+            }
+            return "<tr><td>\(when(a.at))</td><td>\(buildLink(build))</td><td>\(a.trigger ?? "")</td><td>\(a.ref ?? "")</td><td>\(code(a.commit.map(shortCommit)))</td><td>\(a.tag ?? "—")</td><td>\(badge(status))</td><td>\(a.durationMs.map(seconds) ?? "—")</td><td>\(a.note ?? "")</td></tr>"
         }
         return layout(title: "\(p.name) · Kiln", refresh: 10, body: """
             <h1>Project <span id="project">\(p.name)</span></h1>
