@@ -82,6 +82,21 @@ public enum CredentialFile {
         }
     }
 
+    /// Writes `contents` to `path` (mode 0600) only if no file is there, atomically against
+    /// another process doing the same (a hard link of a complete temporary file, which fails
+    /// if the name exists); returns what the file holds afterwards: ours, or the other's.
+    public static func writeIfAbsent(_ contents: String, to path: String) throws -> String {
+        let url = URL(fileURLWithPath: path)
+        let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).new-\(UUID().uuidString.prefix(8))").path
+        try write(contents, to: temporary)
+        defer { unlink(temporary) }
+        if link(temporary, path) != 0 {
+            guard errno == EEXIST else { throw KilnError.internalError("cannot create the credential file \(path): \(String(cString: strerror(errno)))") }
+            return try read(path)
+        }
+        return contents
+    }
+
     /// `contents` of `path` if the file exists; otherwise a new secret written there first.
     /// For `kiln up`, which keeps its credentials from one start to the next.
     public static func readOrCreate(_ path: String, make: () -> String = { Secret.random() }) throws -> String {

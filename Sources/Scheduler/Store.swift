@@ -19,17 +19,33 @@ public struct SchedulerStore: Sendable {
 
     // MARK: projects
 
+    /// A project and the revision it was read at, or nil if there is none. Any other error
+    /// (etcd failing, a record that does not decode) is thrown, never taken for "absent".
+    public func projectIfExists(_ name: String) async throws -> (project: Project, modRevision: Int64)? {
+        try Validation.projectName(name)
+        guard let kv = try await etcd.get(keys.project(name)) else { return nil }
+        return (try KilnJSON.decode(Project.self, from: kv.value), kv.modRevision)
+    }
+
     /// Creates or replaces a project. Returns true if it was new. A new project's `creator`
-    /// becomes its owner in the same transaction; a replaced one must still be the version
-    /// read (else 409: someone changed it meanwhile).
+    /// becomes its owner in the same transaction. The write compares against what the caller
+    /// decided on (`replacing`, from ``projectIfExists(_:)``; nil: the project must not
+    /// exist), else 409: someone changed it meanwhile. Without `replacing` and `creator`
+    /// (tests, tools) it reads the project itself. A project naming a group needs the group
+    /// to exist, in the same transaction.
     @discardableResult
-    public func saveProject(_ project: Project, creator: String? = nil) async throws -> Bool {
+    public func saveProject(_ project: Project, creator: String? = nil, replacing: (project: Project, modRevision: Int64)?? = .none) async throws -> Bool {
         try project.validate()
         try PluginCatalog.validate(project.pipeline ?? [])
         var p = project
         let key = keys.project(p.name)
-        let existing = try await etcd.get(key)
-        if let existing, let old = try? KilnJSON.decode(Project.self, from: existing.value) {
+        let existing: (project: Project, modRevision: Int64)?
+        switch replacing {
+        case .some(let decided): existing = decided
+        case .none: existing = try await projectIfExists(p.name)
+        }
+        if let existing {
+            let old = existing.project
             p.createdAt = old.createdAt
             // The API never shows the secret, so a project saved back without one keeps it;
             // an empty one removes it.
@@ -42,9 +58,15 @@ public struct SchedulerStore: Sendable {
         if existing == nil, let creator {
             success.append(.put(keys.members(.project, p.name), try KilnJSON.encode(Members(users: [creator: .owner]))))
         }
-        let r = try await etcd.txn(Txn(compare: [existing.map { .modRevision(key, .equal, $0.modRevision) } ?? .createRevision(key, .equal, 0)],
-                                       success: success))
-        guard r.succeeded else { throw KilnError.conflict("project '\(p.name)' changed while it was being saved: read it again and retry") }
+        var compare: [Compare] = [existing.map { .modRevision(key, .equal, $0.modRevision) } ?? .createRevision(key, .equal, 0)]
+        if let group = p.group { compare.append(.version(keys.group(group), .greater, 0)) }
+        let r = try await etcd.txn(Txn(compare: compare, success: success))
+        guard r.succeeded else {
+            if let group = p.group, try await etcd.get(keys.group(group)) == nil {
+                throw KilnError.notFound("group '\(group)' does not exist: make it with POST /api/v1/groups first")
+            }
+            throw KilnError.conflict("project '\(p.name)' changed while it was being saved: read it again and retry")
+        }
         return existing == nil
     }
 

@@ -47,26 +47,45 @@ struct RoleRulesTests {
     @Test func failedLoginsSlowDownOnePairOnlyAndASuccessClearsIt() throws {
         let now = Locked(Date(timeIntervalSince1970: 1_000_000))
         let throttle = LoginThrottle(clock: { now.value })
-        for _ in 0..<LoginThrottle.freeFailures - 1 {
-            try throttle.check(user: "alice", address: "10.0.0.9")
-            throttle.failed(user: "alice", address: "10.0.0.9")
-        }
-        try throttle.check(user: "alice", address: "10.0.0.9")
-        throttle.failed(user: "alice", address: "10.0.0.9")
+        // Each check counts as a failure until a success takes it back: attempts sent at
+        // once are counted at once.
+        for _ in 0..<LoginThrottle.freeFailures { try throttle.check(user: "alice", address: "10.0.0.9") }
         #expect { try throttle.check(user: "alice", address: "10.0.0.9") } throws: { ($0 as? KilnError)?.httpStatus == 429 && "\($0)".contains("try again in 2 s") }
         try throttle.check(user: "alice", address: "127.0.0.1")  // the real user elsewhere is not slowed
         try throttle.check(user: "bob", address: "10.0.0.9")
         now.value = now.value.addingTimeInterval(2)
         try throttle.check(user: "alice", address: "10.0.0.9")
-        throttle.failed(user: "alice", address: "10.0.0.9")
         #expect { try throttle.check(user: "alice", address: "10.0.0.9") } throws: { "\($0)".contains("try again in 4 s") }
-        // The wait is bounded, and it ends.
-        for _ in 0..<40 { throttle.failed(user: "alice", address: "10.0.0.9") }
+        // The wait is bounded, and it ends; a success clears the pair.
         #expect(LoginThrottle.delay(after: 45) == LoginThrottle.maxDelay)
         now.value = now.value.addingTimeInterval(LoginThrottle.maxDelay + 1)
         try throttle.check(user: "alice", address: "10.0.0.9")
         throttle.succeeded(user: "alice", address: "10.0.0.9")
-        try throttle.check(user: "alice", address: "10.0.0.9")
+        for _ in 0..<LoginThrottle.freeFailures { try throttle.check(user: "alice", address: "10.0.0.9") }
+    }
+
+    @Test func expensiveWorkRunsAFewAtATimeAndRefusesPastItsQueue() async throws {
+        let limiter = WorkLimiter(running: 2, waiting: 2)
+        let peak = Locked(0), now = Locked(0)
+        let results = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<12 {
+                group.addTask {
+                    do {
+                        try await limiter.run {
+                            peak.withLock { $0 = max($0, now.add(1) + 1) }
+                            try? await Task.sleep(for: .milliseconds(200))
+                            now.add(-1)
+                        }
+                        return true
+                    } catch { return false }
+                }
+            }
+            return await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(peak.value <= 2)
+        #expect(results.contains(false), "past 2 running and 2 waiting, some are refused")
+        #expect(results.filter { $0 }.count >= 4)
+        #expect(try await limiter.run { 7 } == 7)  // and it keeps working after
     }
 }
 
@@ -231,6 +250,60 @@ struct IdentityAPITests {
         }
     }
 
+    /// The same table on a group and on an app.
+    @Test func theRoleTableHoldsOnGroupsAndApps() async throws {
+        try await withScheduler { h in
+            let owner = try await Self.user(h, "olga")
+            let member = try await Self.user(h, "mia")
+            let outsider = try await Self.user(h, "otto")
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#, token: owner).status == 201)
+            let project = #"{"name":"shop","repository":"http://127.0.0.1:1/shop.git","buildImage":"a:1","buildCommand":"make"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: project, token: owner).status == 201)
+            try await h.etcd.put(h.keys.app("shop-app"), try KilnJSON.encode(App(name: "shop-app", project: "shop")))
+            try await h.etcd.put(h.keys.members(.app, "shop-app"), try KilnJSON.encode(Members(users: ["olga": .owner])))
+            typealias Action = (name: String, permission: Permission, method: HTTPMethod, path: String, body: String?)
+            let tables: [(kind: String, name: String, actions: [Action])] = [
+                ("groups", "team", [
+                    ("see the group", .view, .GET, "/api/v1/groups/team", nil),
+                    ("list its members", .view, .GET, "/api/v1/groups/team/members", nil),
+                    ("read its activity", .read, .GET, "/api/v1/groups/team/activity", nil),
+                    ("put a project in it", .build, .POST, "/api/v1/projects", #"{"name":"mine","group":"team","repository":"http://127.0.0.1:1/m.git","buildImage":"a:1","buildCommand":"make"}"#),
+                    ("change its visibility", .manage, .PUT, "/api/v1/groups/team", #"{"visibility":"private"}"#),
+                    ("add a developer", .manage, .PUT, "/api/v1/groups/team/members/otto", #"{"role":"developer"}"#),
+                    ("add an owner", .own, .PUT, "/api/v1/groups/team/members/otto", #"{"role":"owner"}"#),
+                ]),
+                ("apps", "shop-app", [
+                    ("list its members", .view, .GET, "/api/v1/apps/shop-app/members", nil),
+                    ("read its versions", .read, .GET, "/api/v1/apps/shop-app", nil),
+                    ("read its activity", .read, .GET, "/api/v1/apps/shop-app/activity", nil),
+                    ("add a developer", .manage, .PUT, "/api/v1/apps/shop-app/members/otto", #"{"role":"developer"}"#),
+                    ("let another project deploy", .own, .PUT, "/api/v1/apps/shop-app/projects/shop", nil),
+                ]),
+            ]
+            for table in tables {
+                for role in Role.allCases.filter({ $0 != .owner }) {
+                    #expect(try await h.request(.PUT, "/api/v1/\(table.kind)/\(table.name)/members/mia", body: #"{"role":"\#(role.rawValue)"}"#, token: owner).status == 200)
+                    for a in table.actions {
+                        let r = try await h.request(a.method, a.path, body: a.body, token: member)
+                        if role >= a.permission.minimumRole {
+                            #expect(r.status != 403 && r.status != 404 && r.status != 401, "\(role) of \(table.name) may \(a.name): \(r.status) \(r.body)")
+                        } else {
+                            #expect(r.status == 403 || (a.path == "/api/v1/projects" && r.status == 403), "\(role) of \(table.name) may not \(a.name): \(r.status) \(r.body)")
+                        }
+                        // Whatever was made or added goes again, for the next round.
+                        _ = try await h.request(.DELETE, "/api/v1/\(table.kind)/\(table.name)/members/otto", token: owner)
+                        if a.path == "/api/v1/projects" { try await h.etcd.delete(h.keys.project("mine")) }
+                    }
+                }
+                _ = try await h.request(.DELETE, "/api/v1/\(table.kind)/\(table.name)/members/mia", token: owner)
+                for a in table.actions where a.path != "/api/v1/projects" {
+                    let r = try await h.request(a.method, a.path, body: a.body, token: outsider)
+                    #expect(r.status == 404, "an outsider's \(a.name) on \(table.name): \(r.status) \(r.body)")
+                }
+            }
+        }
+    }
+
     @Test func groupMembersHoldTheirRoleOnTheGroupsProjectsAndAppsFollowTheirProject() async throws {
         try await withScheduler { h in
             let lead = try await Self.user(h, "lead")
@@ -284,6 +357,60 @@ struct IdentityAPITests {
             let groupFeed = try KilnJSON.decode([ActivityEntry].self, from: try await h.request(.GET, "/api/v1/groups/team/activity", token: alice).body)
             #expect(groupFeed.map(\.action) == ["settings changed", "group created"] && groupFeed.allSatisfy { $0.user == "alice" })
             #expect(groupFeed.first?.detail == "visibility public")
+        }
+    }
+
+    /// Holes a review found, closed: each is the attack it describes.
+    @Test func aMasterCannotBecomeOwnerThroughAGroupAndALeakedTokenCannotOutliveItself() async throws {
+        try await withScheduler { h in
+            let owner = try await Self.user(h, "olga")
+            let master = try await Self.user(h, "max")
+            let project = #"{"name":"shop","repository":"http://127.0.0.1:1/shop.git","buildImage":"a:1","buildCommand":"make"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: project, token: owner).status == 201)
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/max", body: #"{"role":"master"}"#, token: owner).status == 200)
+            // The master makes a group of their own and moves the project into it: refused.
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"mine"}"#, token: master).status == 201)
+            let moved = project.replacingOccurrences(of: #""name":"shop""#, with: #""name":"shop","group":"mine""#)
+            #expect(try await h.request(.POST, "/api/v1/projects", body: moved, token: master).status == 403)
+            #expect(try KilnJSON.decode(Project.self, from: try await h.request(.GET, "/api/v1/projects/shop", token: owner).body).group == nil)
+            // A group that does not exist cannot be named (its first maker would own the project).
+            let ghost = project.replacingOccurrences(of: #""name":"shop""#, with: #""name":"shop","group":"ghost""#)
+            #expect(try await h.request(.POST, "/api/v1/projects", body: ghost).status == 404)
+            // A master sees the pipeline's env values; a guest sees their names only.
+            let withEnv = project.replacingOccurrences(of: #""buildCommand":"make""#, with: #""buildCommand":"make","pipeline":[{"plugin":"deploy","settings":{"app":"shop","port":8080,"env":{"API_TOKEN":"s3cret-value"}}}]"#)
+            #expect(try await h.request(.POST, "/api/v1/projects", body: withEnv, token: owner).status == 200)
+            let guest = try await Self.user(h, "gus")
+            #expect(try await h.request(.PUT, "/api/v1/projects/shop/members/gus", body: #"{"role":"guest"}"#, token: owner).status == 200)
+            let seenByGuest = try await h.request(.GET, "/api/v1/projects/shop", token: guest).body
+            let listedForGuest = try await h.request(.GET, "/api/v1/projects", token: guest).body
+            #expect(seenByGuest.contains("API_TOKEN") && !seenByGuest.contains("s3cret-value") && !listedForGuest.contains("s3cret-value"))
+            #expect(try await h.request(.GET, "/api/v1/projects/shop", token: master).body.contains("s3cret-value"))
+
+            // A token made with a token ends when its parent does.
+            let kv = try #require(try await h.etcd.range(prefix: h.keys.tokens).kvs.first { (try? KilnJSON.decode(APIToken.self, from: $0.value))?.user == "max" })
+            let parent = try KilnJSON.decode(APIToken.self, from: kv.value)
+            let child = try KilnJSON.decode(CreatedToken.self, from: try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"long","expiresInDays":3650}"#, token: master).body)
+            #expect(try #require(child.expiresAt) <= parent.expiresAt!.addingTimeInterval(1))
+            // With a token one cannot set one's own password; with the password one can.
+            #expect(try await h.request(.PUT, "/api/v1/users/max/password", body: #"{"password":"another long passphrase"}"#, token: master).status == 403)
+            let basic = [("Authorization", "Basic " + Data("max:\(Self.password)".utf8).base64EncodedString())]
+            #expect(try await h.request(.PUT, "/api/v1/users/max/password", body: #"{"password":"another long passphrase"}"#, token: nil, headers: basic).status == 200)
+            #expect(try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"x"}"#, token: nil, headers: basic).status == 401)
+
+            // A user removed: their tokens die, their memberships go; the last owner stays until replaced.
+            #expect(try await h.request(.DELETE, "/api/v1/users/olga").status == 409)
+            #expect(try await h.request(.DELETE, "/api/v1/users/max", token: owner).status == 403)
+            let lastOwner = try await h.request(.DELETE, "/api/v1/users/max")
+            #expect(lastOwner.status == 409 && lastOwner.body.contains("group mine"), "\(lastOwner.body)")
+            #expect(try await h.request(.PUT, "/api/v1/groups/mine/members/olga", body: #"{"role":"owner"}"#, token: child.token).status == 200)
+            #expect(try await h.request(.DELETE, "/api/v1/users/max").status == 200)
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: child.token).status == 401)
+            #expect(try await h.request(.GET, "/api/v1/projects/shop/members", token: owner).body.contains("max") == false)
+            _ = try await Self.user(h, "max")  // the name again: nothing of the old one comes back
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: master).status == 401)
+            // All of a user's tokens at once, by the user.
+            #expect(try await h.request(.DELETE, "/api/v1/users/olga/tokens", token: owner).body.contains(#""revoked" : 1"#))
+            #expect(try await h.request(.GET, "/api/v1/users/me", token: owner).status == 401)
         }
     }
 

@@ -51,7 +51,7 @@ public struct DeployPlugin: PostBuildPlugin {
         let appMembers = try await store.members(ofApp: appName)
         let (_, made) = try await store.update(appName) { app -> (AppVersion, Bool) in
             guard app.allows(project: ctx.project.name, members: appMembers) else { throw app.refusal(project: ctx.project.name) }
-            if app.project == nil { app.project = ctx.project.name }
+            if app.project == nil { app.project = app.owner ?? ctx.project.name }
             if let existing = app.versions.last(where: { $0.build == ctx.build.id && $0.pipelineRun == ctx.run }) {
                 return (existing, false)
             }

@@ -24,7 +24,12 @@ public struct LBPlugin: PostBuildPlugin {
             throw KilnError.notFound("app \(appName) has no versions: put a deploy step for it before the lb step")
         }
         // A domain that serves another app is that app's: taking it needs the same right on it.
-        if let other = try await store.domain(group: group, domain)?.0.app, other != appName {
+        // One that names no app, or an app that is gone, was made by hand or is left over: an
+        // admin removes it first (`/slb/{group}/domains/{domain}`), so no pipeline can take it.
+        if let current = try await store.domain(group: group, domain)?.0, current.app != appName {
+            guard let other = current.app, try await store.app(other) != nil else {
+                throw KilnError.forbidden("domain \(domain) of group \(group) exists and serves no app Kiln knows\(current.app.map { " (it names \($0), which is gone)" } ?? ""): an admin must remove it before a pipeline may point it at \(appName)")
+            }
             _ = try await store.appChangeable(other, by: ctx.project.name)
         }
         let number: Int

@@ -51,6 +51,13 @@ public struct AppStatus: Codable, Sendable {
         self.domains = domains
     }
 
+    /// As someone below `master` sees it: the versions' environment values masked.
+    public var maskedForViewers: AppStatus {
+        var s = self
+        for i in s.app.versions.indices { s.app.versions[i].settings.env = s.app.versions[i].settings.env.mapValues { _ in "***" } }
+        return s
+    }
+
     public struct DomainStatus: Codable, Sendable {
         public var group: String
         public var domain: String

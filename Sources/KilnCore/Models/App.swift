@@ -142,14 +142,17 @@ public struct App: Codable, Sendable, Equatable {
 
     /// Whether `project`'s pipeline may deploy into this app, point domains at it or retire
     /// its versions: the project that owns it, or one its members name with `master` or above.
-    /// An app no project owns yet (new, or from before owners) is open: the next deploy claims it.
+    /// An app from before owners were recorded belongs to the project of its first version; an
+    /// app with no version yet is open: the first deploy claims it.
+    public var owner: String? { project ?? versions.first?.project }
+
     public func allows(project: String, members: Members?) -> Bool {
-        guard let owner = self.project else { return true }
+        guard let owner else { return true }
         return owner == project || (members?.projects?[project].map { $0 >= .master } ?? false)
     }
 
     /// The error of a pipeline whose project ``allows(project:members:)`` refuses.
     public func refusal(project: String) -> KilnError {
-        KilnError.forbidden("app '\(name)' belongs to project '\(self.project ?? "?")': the pipeline of project '\(project)' may deploy into it, point its domains or retire it only if the app's owners allow it (PUT /api/v1/apps/\(name)/projects/\(project))")
+        KilnError.forbidden("app '\(name)' belongs to project '\(owner ?? "?")': the pipeline of project '\(project)' may deploy into it, point its domains or retire it only if the app's owners allow it (PUT /api/v1/apps/\(name)/projects/\(project))")
     }
 }

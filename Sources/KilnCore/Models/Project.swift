@@ -108,6 +108,25 @@ public struct Project: Codable, Sendable, Equatable {
         return p
     }
 
+    /// The project as someone below `master` sees it: besides the webhook secret, the values
+    /// of its pipeline's `env` maps and `url`s (tokens often hide there) are masked; the
+    /// names stay. (Issue 13 moves such secrets into the sealed store.)
+    public var maskedForViewers: Project {
+        var p = redacted
+        p.pipeline = pipeline?.map { step in
+            var s = step
+            for (key, value) in s.settings {
+                switch (key, value) {
+                case ("env", .object(let map)): s.settings[key] = .object(map.mapValues { _ in .string("***") })
+                case ("url", .string): s.settings[key] = .string("***")
+                default: break
+                }
+            }
+            return s
+        }
+        return p
+    }
+
     /// Whether a push to `branch` (a name without `refs/heads/`) builds this project.
     public func builds(branch: String) -> Bool {
         (branches ?? [defaultBranch]).contains { Project.glob($0, matches: branch) }

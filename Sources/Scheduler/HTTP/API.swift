@@ -52,34 +52,40 @@ public struct API: Sendable {
         }
         api.get("projects") { request, context in
             let roles = try await access.roles(of: try await auth.caller(request, context: context))
-            return json(try await store.projects().filter { roles.role(of: $0) != nil }.map(\.redacted))
+            return json(try await store.projects().compactMap { p in roles.role(of: p).map { shown(p, to: $0) } })
         }
         api.post("projects") { request, context in
             let caller = try await auth.caller(request, context: context)
             var request = request
             let project = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
             try Validation.projectName(project.name)
-            let existing = try? await store.project(project.name)
+            // What this decision is made on is what the write compares against (no swap between).
+            let existing = try await store.projectIfExists(project.name)
             if let existing {
                 // A name is global: someone who cannot see the project learns only that it is taken.
-                guard try await access.role(caller, on: .project, project.name, project: existing) != nil else {
+                guard try await access.role(caller, on: .project, project.name, project: existing.project) != nil else {
                     throw KilnError.conflict("a project named '\(project.name)' exists already and you are not its member: choose another name")
                 }
-                try await access.require(.manage, caller, on: .project, project.name, project: existing, hidden: projectNotFound(project.name))
+                // Moving a project between groups changes who holds roles on it (a group's
+                // owner would own it): owners only.
+                let permission: Permission = project.group != existing.project.group ? .own : .manage
+                try await access.require(permission, caller, on: .project, project.name, project: existing.project, hidden: projectNotFound(project.name))
             }
-            if let group = project.group, group != existing?.group {
+            if let group = project.group, group != existing?.project.group {
                 // Putting a project in a group gives it the group's images: developers of the group only.
                 try await access.require(.build, caller, on: .group, group, hidden: groupNotFound(group))
             }
-            let created = try await store.saveProject(project, creator: caller.user)
+            let created = try await store.saveProject(project, creator: caller.user, replacing: existing)
             logger.info(created ? "project added" : "project changed", metadata: ["project": "\(project.name)", "by": "\(caller.user)"])
             try await store.record(ActivityEvent(user: caller.user, action: created ? "project created" : "settings changed",
-                                                 detail: created ? nil : ProjectChanges.describe(from: existing, to: project)), on: .project, project.name)
-            return json(try await store.project(project.name).redacted, status: created ? .created : .ok)
+                                                 detail: created ? nil : ProjectChanges.describe(from: existing?.project, to: project)), on: .project, project.name)
+            return json(try await store.project(project.name).redacted, status: created ? .created : .ok)  // a master or above: all but the secret
         }
         api.get("projects/:name") { request, context in
             let name = try context.parameters.require("name")
-            return json(try await visibleProject(name, .view, try await auth.caller(request, context: context), access).redacted)
+            let caller = try await auth.caller(request, context: context)
+            let project = try await visibleProject(name, .view, caller, access)
+            return json(shown(project, to: try await access.role(caller, on: .project, name, project: project) ?? .guest))
         }
         api.get("projects/:name/activity") { request, context in
             let name = try context.parameters.require("name")
@@ -150,8 +156,9 @@ public struct API: Sendable {
         api.get("apps/:name") { request, context in
             let caller = try await auth.caller(request, context: context)
             let name = try context.parameters.require("name")
-            try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(.app, name, .read, caller)
-            return json(try await store.appStatus(name))
+            let role = try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(.app, name, .read, caller)
+            let status = try await store.appStatus(name)
+            return json(role >= Permission.manage.minimumRole ? status : status.maskedForViewers)
         }
         for kind in ResourceKind.allCases where kind != .project {
             api.get("\(kind.plural)/:name/activity") { request, context in
@@ -186,6 +193,12 @@ public struct API: Sendable {
             logger.info("cell removed", metadata: ["cell": "\(name)", "by": "\(caller.user)"])
             return json(["deleted": name])
         }
+    }
+
+    /// What a caller with `role` sees of a project: everything but the webhook secret from
+    /// master up, the pipeline's env values and URLs masked below.
+    func shown(_ project: Project, to role: Role) -> Project {
+        role >= Permission.manage.minimumRole ? project.redacted : project.maskedForViewers
     }
 
     /// The project, if the caller may do `permission` on it; 404 as for a missing project if

@@ -23,7 +23,7 @@ struct Access: Sendable {
             if let group, let inherited = try await store.members(.group, group).members.users[caller.user] { best = max(best ?? inherited, inherited) }
         case .app:
             let owner: String?
-            if let app { owner = app.project } else { owner = (try? await store.app(name))?.project }
+            if let app { owner = app.owner } else { owner = (try? await store.app(name))?.owner }
             if let owner, let inherited = try await role(caller, on: .project, owner) { best = max(best ?? inherited, inherited) }
         case .group:
             break
@@ -69,7 +69,7 @@ struct RoleMap: Sendable {
     /// `projects`: every project by name (an app's owner inherits through its project).
     func role(of app: App, projects: [String: Project]) -> Role? {
         if caller.admin { return .owner }
-        let inherited = app.project.flatMap { projects[$0] }.flatMap(role(of:))
+        let inherited = app.owner.flatMap { projects[$0] }.flatMap(role(of:))
         return [direct(.app, app.name), inherited].compactMap { $0 }.max()
     }
 

@@ -10,9 +10,17 @@ import RegistryAuth
 public struct Caller: Sendable, Equatable {
     public var user: String
     public var admin: Bool
-    public init(user: String, admin: Bool) {
+    /// When the API token the caller came with expires (nil: a password, or a token without
+    /// expiry): a token made with a token lives no longer than it, so a leaked token cannot
+    /// outlive its own revocation through a child.
+    public var tokenExpiresAt: Date?
+    /// The caller gave their password (HTTP Basic), not a token: what changing one's own
+    /// password needs, so a leaked token cannot make itself permanent.
+    public var byPassword = false
+    public init(user: String, admin: Bool, tokenExpiresAt: Date? = nil) {
         self.user = user
         self.admin = admin
+        self.tokenExpiresAt = tokenExpiresAt
     }
 }
 
@@ -65,7 +73,7 @@ public struct Authenticator: Sendable {
     func tokenCaller(_ token: String) async throws -> Caller? {
         guard let record = try await store.tokenRecord(token), record.isValid(at: Date()),
               let user = try await store.user(record.user) else { return nil }
-        return Caller(user: user.name, admin: user.admin)
+        return Caller(user: user.name, admin: user.admin, tokenExpiresAt: record.expiresAt)
     }
 
     /// HTTP Basic: the secret is tried as an API token of that user, then (if allowed) as
@@ -77,17 +85,18 @@ public struct Authenticator: Sendable {
         guard allowPassword else { return nil }
         try throttle.check(user: name, address: address)
         let user = try await store.user(name)
-        var ok = PasswordHasher.verify(secret, against: user?.passwordHash)
+        var ok = try await PasswordHasher.limiter.run { PasswordHasher.verify(secret, against: user?.passwordHash) }
         if !ok, user == nil || user?.source != nil {
             for provider in passwordProviders where try await provider.verify(user: name, password: secret) { ok = true }
         }
         guard ok, let user else {
-            throttle.failed(user: name, address: address)
             logger.notice("login refused", metadata: ["user": "\((try? Validation.userName(name)) != nil ? name : "(not a user name)")", "address": "\(address)"])
             return nil
         }
         throttle.succeeded(user: name, address: address)
-        return Caller(user: user.name, admin: user.admin)
+        var caller = Caller(user: user.name, admin: user.admin)
+        caller.byPassword = true
+        return caller
     }
 }
 

@@ -28,6 +28,41 @@ struct IdentityAPI: Sendable {
             try access.requireAdmin(caller, to: "list users")
             return json(try await store.users().map(\.view))
         }
+        api.delete("users/:name") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            try access.requireAdmin(caller, to: "remove users")
+            let name = try context.parameters.require("name")
+            guard name != caller.user else { throw KilnError.invalid("an admin cannot remove themselves: another admin can") }
+            try await store.deleteUser(name)
+            logger.info("user removed", metadata: ["user": "\(name)", "by": "\(caller.user)"])
+            return json(["deleted": name])
+        }
+        // Revokes every token of a user (a leaked laptop, someone leaving): admins, or the user.
+        api.delete("users/:name/tokens") { request, context in
+            let caller = try await auth.caller(request, context: context)
+            let name = try context.parameters.require("name")
+            if name != caller.user { try access.requireAdmin(caller, to: "revoke another user's tokens") }
+            guard try await store.user(name) != nil else { throw KilnError.notFound("user '\(Validation.printable(name))' does not exist") }
+            let count = try await store.revokeTokens(of: name)
+            logger.info("tokens revoked", metadata: ["user": "\(name)", "count": "\(count)", "by": "\(caller.user)"])
+            return json(["revoked": count])
+        }
+        // A new password: the user with the current one (HTTP Basic), or an admin for anyone.
+        api.put("users/:name/password") { request, context in
+            let name = try context.parameters.require("name")
+            let caller = try await auth.caller(request, context: context, allowPassword: true)
+            if name != caller.user {
+                try access.requireAdmin(caller, to: "set another user's password")
+            } else if !caller.byPassword && !caller.admin {
+                throw KilnError.forbidden("to change your password, send the current one (HTTP Basic), not a token")
+            }
+            var request = request
+            struct Body: Decodable { let password: String }
+            let body = try decodeBody(Body.self, from: try await request.collectBody(upTo: maxBody))
+            try await store.setPassword(of: name, to: body.password)
+            logger.info("password set", metadata: ["user": "\(name)", "by": "\(caller.user)"])
+            return json(["user": name])
+        }
         api.get("users/me") { request, context in
             let caller = try await auth.caller(request, context: context)
             guard let user = try await store.user(caller.user) else { throw KilnError.unauthorized(Authenticator.refusal) }
@@ -40,7 +75,7 @@ struct IdentityAPI: Sendable {
             let caller = try await auth.caller(request, context: context, allowPassword: true)
             var request = request
             let body = try decodeBody(NewToken.self, from: try await request.collectBody(upTo: maxBody))
-            let created = try await store.createToken(for: caller.user, name: body.name, expiresInDays: body.expiresInDays)
+            let created = try await store.createToken(for: caller.user, name: body.name, expiresInDays: body.expiresInDays, notAfter: caller.tokenExpiresAt)
             logger.info("token made", metadata: ["user": "\(caller.user)", "token.id": "\(created.id)"])
             return json(created, status: .created)
         }

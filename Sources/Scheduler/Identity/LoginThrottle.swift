@@ -24,23 +24,16 @@ public final class LoginThrottle: Sendable {
 
     static func key(_ user: String, _ address: String) -> String { "\(user.prefix(64))\u{0}\(address)" }
 
-    /// Throws 429 when the pair must still wait.
+    /// Throws 429 when the pair must still wait; otherwise counts this attempt as a failure
+    /// at once, before the password is checked (``succeeded(user:address:)`` takes it back), so
+    /// many attempts sent together are counted together.
     public func check(user: String, address: String) throws {
         let now = clock()
         let wait: TimeInterval = entries.withLock { e in
-            guard let entry = e[Self.key(user, address)], now.timeIntervalSince(entry.last) < Self.window else { return 0 }
-            return max(0, Self.delay(after: entry.failures) - now.timeIntervalSince(entry.last))
-        }
-        if wait > 0 {
-            throw KilnError.tooManyRequests("too many failed logins for this user from your address: try again in \(Int(wait.rounded(.up))) s")
-        }
-    }
-
-    public func failed(user: String, address: String) {
-        let now = clock()
-        entries.withLock { e in
             let key = Self.key(user, address)
             var entry = e[key].flatMap { now.timeIntervalSince($0.last) < Self.window ? $0 : nil } ?? Entry(failures: 0, last: now)
+            let wait = max(0, Self.delay(after: entry.failures) - now.timeIntervalSince(entry.last))
+            guard wait <= 0 else { return wait }
             entry.failures += 1
             entry.last = now
             e[key] = entry
@@ -49,9 +42,14 @@ public final class LoginThrottle: Sendable {
                 let keep = e.sorted { $0.value.last > $1.value.last }.prefix(Self.maxEntries / 2)
                 e = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
             }
+            return 0
+        }
+        if wait > 0 {
+            throw KilnError.tooManyRequests("too many failed logins for this user from your address: try again in \(Int(wait.rounded(.up))) s")
         }
     }
 
+    /// A right password: the pair starts afresh.
     public func succeeded(user: String, address: String) {
         entries.withLock { _ = $0.removeValue(forKey: Self.key(user, address)) }
     }

@@ -32,14 +32,15 @@ extension SchedulerStore {
 
     /// Makes a token for `user`: 256 random bits with a `kiln_` prefix (so a secret scanner
     /// can find one pasted where it should not be). Returns the token, shown this once.
-    public func createToken(for user: String, name: String, expiresInDays: Int?) async throws -> CreatedToken {
+    public func createToken(for user: String, name: String, expiresInDays: Int?, notAfter: Date? = nil) async throws -> CreatedToken {
         guard !name.isEmpty, name.utf8.count <= 100, !name.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) else {
             throw KilnError.invalid("a token's name must be 1 to 100 printable characters, for example \"laptop\"")
         }
         let days = expiresInDays ?? 90
         guard (1...3650).contains(days) else { throw KilnError.invalid("expiresInDays \(days) is out of range: use 1 to 3650") }
         let token = "kiln_" + Secret.random()
-        return try await storeToken(token, for: user, name: name, expiresAt: Date().addingTimeInterval(Double(days) * 86_400))
+        let expiry = Date().addingTimeInterval(Double(days) * 86_400)
+        return try await storeToken(token, for: user, name: name, expiresAt: notAfter.map { min($0, expiry) } ?? expiry)
     }
 
     /// Records `token` (made elsewhere: the first admin's, from its file) for `user`.
@@ -75,6 +76,55 @@ extension SchedulerStore {
             return record
         }
         throw KilnError.notFound("you have no token '\(Validation.printable(id))': `kiln token list` shows yours")
+    }
+
+    /// Removes a user: their tokens and memberships first, then the user. Refused (409) while
+    /// they are the last owner of anything: an admin gives it another owner first.
+    public func deleteUser(_ name: String) async throws {
+        guard try await user(name) != nil else { throw KilnError.notFound("user '\(Validation.printable(name))' does not exist") }
+        let all = try await allMembers()
+        var lastOwnerOf: [String] = []
+        for (kind, resources) in all {
+            for (resource, members) in resources where members.owners == [name] { lastOwnerOf.append("\(kind.rawValue) \(resource)") }
+        }
+        guard lastOwnerOf.isEmpty else {
+            throw KilnError.conflict("'\(name)' is the last owner of \(lastOwnerOf.sorted().joined(separator: ", ")): make someone else owner first")
+        }
+        for (kind, resources) in all {
+            for (resource, members) in resources where members.users[name] != nil {
+                try await updateMembers(kind, resource) { $0.users[name] = nil }
+            }
+        }
+        try await revokeTokens(of: name)
+        _ = try await etcd.delete(keys.user(name))
+    }
+
+    /// Revokes every token of `user`; returns how many.
+    @discardableResult
+    public func revokeTokens(of user: String) async throws -> Int {
+        var count = 0
+        for kv in try await etcd.range(prefix: keys.tokens).kvs {
+            guard var record = try? KilnJSON.decode(APIToken.self, from: kv.value), record.user == user, record.revokedAt == nil else { continue }
+            record.revokedAt = Date()
+            let r = try await etcd.txn(Txn(compare: [.modRevision(kv.key, .equal, kv.modRevision)], success: [.put(kv.key, try KilnJSON.encode(record))]))
+            if r.succeeded { count += 1 }
+        }
+        return count
+    }
+
+    /// Sets a user's password (hashed here).
+    public func setPassword(of name: String, to password: String) async throws {
+        try Validation.password(password)
+        let key = keys.user(name)
+        for _ in 0..<5 {
+            guard let kv = try await etcd.get(key), var user = try? KilnJSON.decode(User.self, from: kv.value) else {
+                throw KilnError.notFound("user '\(Validation.printable(name))' does not exist")
+            }
+            user.passwordHash = try PasswordHasher.hash(password)
+            let r = try await etcd.txn(Txn(compare: [.modRevision(key, .equal, kv.modRevision)], success: [.put(key, try KilnJSON.encode(user))]))
+            if r.succeeded { return }
+        }
+        throw KilnError.unavailable("user '\(name)' kept changing; try again")
     }
 
     // MARK: members
@@ -154,8 +204,8 @@ extension SchedulerStore {
             }
             // The file first: a crash between the two writes must not leave an admin whose
             // token nobody has.
-            let token = fileToken ?? "kiln_" + Secret.random()
-            if fileToken == nil { try CredentialFile.write(token, to: tokenFile) }
+            // Two schedulers starting at once on one file agree on one token: the first file wins.
+            let token = try fileToken ?? CredentialFile.writeIfAbsent("kiln_" + Secret.random(), to: tokenFile)
             let admin = User(name: "admin", admin: true, createdBy: "scheduler")
             let hash = SHA256.hex(token)
             let record = APIToken(id: String(hash.prefix(16)), user: admin.name, name: "first admin (\(URL(fileURLWithPath: tokenFile).lastPathComponent))")
@@ -164,8 +214,12 @@ extension SchedulerStore {
                 .put(keys.token(hash: hash), try KilnJSON.encode(record)),
             ]))
             if r.succeeded { return "made the first admin, user 'admin'; its API token is in \(tokenFile)" }
-            // Another scheduler made the first admin meanwhile: the token just written is no one's.
-            if fileToken == nil { unlink(tokenFile); return "another scheduler made the first admin" }
+            // Another scheduler made the first admin meanwhile, with its own file: the token just
+            // written is no one's (unless it is that scheduler's, in the same file).
+            if fileToken == nil, try await tokenRecord(token) == nil, (try? CredentialFile.read(tokenFile)) == token {
+                unlink(tokenFile)
+                return "another scheduler made the first admin"
+            }
         }
         guard let tokenFile, let fileToken else { return "users exist" }
         guard let record = try await tokenRecord(fileToken), record.isValid(at: Date()),

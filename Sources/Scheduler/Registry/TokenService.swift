@@ -124,15 +124,17 @@ public struct RegistryTokenService: Sendable {
         case .deployer:
             return .deployer(machine.name)
         case .agent:
-            // A task counts only with the grant the dispatcher wrote beside it, for the same
-            // project: the agent can write its own task keys, not the grants.
+            // A task counts only with the grant the dispatcher wrote beside it, naming the same
+            // repository (the project's name and group as they were at assignment): the agent
+            // can write its own task keys, not the grants, so the grant's value is what counts.
             let tasks = try await store.etcd.range(prefix: store.keys.tasks(of: machine.name)).kvs
             let grants = try await store.etcd.range(prefix: store.keys.grants(of: machine.name)).kvs
             var granted: [String: String] = [:]
             for kv in grants { if let build = Keys.name(of: kv.key, under: store.keys.grants(of: machine.name)) { granted[build] = kv.string } }
             let repositories = Set(tasks.compactMap { kv -> String? in
-                guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value), granted[task.build] == task.project.name else { return nil }
-                return task.project.repositoryName
+                guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value), let repository = granted[task.build],
+                      repository == task.project.repositoryName else { return nil }
+                return repository
             })
             return .agent(machine.name, repositories: repositories)
         }
