@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KilnCore
 
 /// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP,
 /// storing its blobs under `root`: where the farm's builders push images.
@@ -22,12 +23,21 @@ public final class RegistryServer: Sendable {
         public var issuer: String
         /// PEM certificate(s) of the signing key(s).
         public var rootCertBundle: URL
+        /// Where the registry reports pushes and deletes (the scheduler's `/hooks/registry`),
+        /// with the token it sends as `Authorization: Bearer`; nil: no reports.
+        public var events: (url: String, token: String)?
 
-        public init(realm: String, service: String = "kiln-registry", issuer: String = "kiln", rootCertBundle: URL) {
+        public init(realm: String, service: String = "kiln-registry", issuer: String = "kiln", rootCertBundle: URL, events: (url: String, token: String)? = nil) {
             self.realm = realm
             self.service = service
             self.issuer = issuer
             self.rootCertBundle = rootCertBundle
+            self.events = events
+        }
+
+        public static func == (a: TokenAuth, b: TokenAuth) -> Bool {
+            a.realm == b.realm && a.service == b.service && a.issuer == b.issuer && a.rootCertBundle == b.rootCertBundle
+                && a.events?.url == b.events?.url && a.events?.token == b.events?.token
         }
     }
 
@@ -71,7 +81,8 @@ public final class RegistryServer: Sendable {
         for _ in 0..<attempts {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
-            try configuration(root: root, port: chosen, auth: auth).write(to: config, atomically: true, encoding: .utf8)
+            // Mode 0600: it may hold the token the registry reports events with.
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth), to: config.path)
             let process = try ManagedProcess(
                 name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
             do {
@@ -122,6 +133,24 @@ public final class RegistryServer: Sendable {
                 rootcertbundle: "\(auth.rootCertBundle.path)"
 
             """
+            if let events = auth.events {
+                // Manifests only (a push of a tag, a delete): layers are ignored by media type.
+                text += """
+                notifications:
+                  endpoints:
+                    - name: kiln
+                      url: "\(events.url)"
+                      headers:
+                        Authorization: ["Bearer \(events.token)"]
+                      timeout: 2s
+                      threshold: 5
+                      backoff: 2s
+                      ignoredmediatypes: ["application/octet-stream", "application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"]
+                      ignore:
+                        actions: ["pull", "mount"]
+
+                """
+            }
         }
         return text
     }

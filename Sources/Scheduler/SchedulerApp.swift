@@ -25,6 +25,9 @@ public struct SchedulerConfiguration: Sendable {
     public var leaderTasks: [@Sendable () async -> Void] = []
     /// The registry's token service (`GET /auth/token`); nil: this scheduler serves no tokens.
     public var registryTokens: RegistryTokenService.Configuration?
+    /// The token the registry sends its push and delete events with (`POST /hooks/registry`);
+    /// nil: no such route.
+    public var registryEventsToken: String?
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -52,6 +55,9 @@ public func buildSchedulerApplication(
     Console(store: store).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
+    }
+    if let token = configuration.registryEventsToken {
+        RegistryEvents(store: store, token: token, logger: logger).addRoutes(to: router)
     }
     let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,

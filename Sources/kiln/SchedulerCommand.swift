@@ -79,6 +79,14 @@ struct SchedulerCommand: AsyncParsableCommand {
     var adminTokenFile: String? = ProcessInfo.processInfo.environment["KILN_ADMIN_TOKEN_FILE"]
 
     @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) holding the token the registry sends its events with (env \
+        KILN_REGISTRY_EVENTS_TOKEN_FILE): serves POST /hooks/registry, where pushes and deletes of \
+        images enter their project's activity. The registry's notifications endpoint sends it as \
+        `Authorization: Bearer TOKEN` (docs/registry-auth.md).
+        """, valueName: "file"))
+    var registryEventsTokenFile: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_EVENTS_TOKEN_FILE"]
+
+    @Option(name: .long, help: ArgumentHelp("""
         File (mode 0600) holding NAME:TOKEN of a deployer machine: the deploy backends pull \
         images with it (local cells through their Docker API, Kubernetes through a pull \
         secret in each app's namespace) (env KILN_REGISTRY_CREDENTIALS). Make one with \
@@ -140,6 +148,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
                 service: registryService)
         }
+        configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {

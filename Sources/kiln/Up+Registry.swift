@@ -14,6 +14,8 @@ struct UpRegistryCredentials {
     let signingKey: String
     let certificate: String
     let adminToken: String
+    /// The token the registry reports pushes and deletes to the scheduler with.
+    let eventsToken: String
     let deployer: String
     let agents: [(id: String, file: String)]
 
@@ -25,6 +27,7 @@ struct UpRegistryCredentials {
         signingKey = path("registry-signing-key.pem")
         certificate = path("registry-signing-cert.pem")
         adminToken = path("admin-token")
+        eventsToken = path("registry-events-token")
         deployer = path("registry-deployer")
         agents = (1...count).map { ("agent-\($0)", path("registry-agent-\($0)")) }
 
@@ -33,14 +36,16 @@ struct UpRegistryCredentials {
         try CredentialFile.write(try key.certificatePEM(), to: certificate)
         // The first admin's API token: the scheduler makes user admin with it.
         _ = try CredentialFile.readOrCreate(adminToken) { "kiln_" + Secret.random() }
+        _ = try CredentialFile.readOrCreate(eventsToken)
         for (name, file) in [("deployer", deployer)] + agents.map({ ($0.id, $0.file) }) {
             _ = try CredentialFile.readOrCreate(file) { "\(name):\(Secret.random())" }
         }
     }
 
     /// The registry's token authentication, its realm the scheduler's `/auth/token`.
-    func registryAuth(apiPort: Int) -> RegistryServer.TokenAuth {
-        RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: URL(fileURLWithPath: certificate))
+    func registryAuth(apiPort: Int) throws -> RegistryServer.TokenAuth {
+        RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: URL(fileURLWithPath: certificate),
+                                 events: ("http://127.0.0.1:\(apiPort)/hooks/registry", try CredentialFile.read(eventsToken)))
     }
 
     /// Registers every machine's token hash in etcd (again on every start: idempotent).
@@ -53,7 +58,8 @@ struct UpRegistryCredentials {
 
     /// `kiln scheduler`'s token service and deploy-credential options.
     var schedulerArguments: [String] {
-        ["--registry-signing-key", signingKey, "--admin-token-file", adminToken, "--registry-credentials", deployer]
+        ["--registry-signing-key", signingKey, "--admin-token-file", adminToken, "--registry-credentials", deployer,
+         "--registry-events-token-file", eventsToken]
     }
 
     func agentArguments(_ id: String) -> [String] {

@@ -76,7 +76,7 @@ struct Up: AsyncParsableCommand {
         let registryCredentials = try UpRegistryCredentials(dataDir: data, agents: agents)
         let infra = try await Infrastructure.start(
             dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
-            registryAuth: registryCredentials.registryAuth(apiPort: apiPort), logger: logger, progress: say)
+            registryAuth: try registryCredentials.registryAuth(apiPort: apiPort), logger: logger, progress: say)
         var processes: [ManagedProcess] = []
         var cells: [PodmanService] = []
         func shutdown() async {

@@ -142,6 +142,7 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
         configuration.registryTokens = auth.tokenService
+        configuration.registryEventsToken = auth.eventsToken
         try await infra.etcdUsers.ensure(.scheduler)
         configuration.etcdCredentials = try infra.etcdUsers.credentials(.scheduler)
         for id in ids { try await infra.etcdUsers.ensure(.agent(id)) }
@@ -202,6 +203,8 @@ struct FarmRegistryAuth: Sendable {
     let registry: RegistryServer.TokenAuth
     let tokenService: RegistryTokenService.Configuration
     let adminToken: String
+    /// What the registry sends its events to the scheduler with.
+    let eventsToken: String
     /// By machine name: each agent's and `deployer`'s credentials.
     let machines: [String: RegistryCredentials]
 
@@ -210,7 +213,9 @@ struct FarmRegistryAuth: Sendable {
         let bundle = directory.appendingPathComponent("registry-signing-cert.pem")
         try CredentialFile.write(try key.certificatePEM(), to: bundle.path)
         adminToken = Secret.random()
-        registry = RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: bundle)
+        eventsToken = Secret.random()
+        registry = RegistryServer.TokenAuth(realm: "http://127.0.0.1:\(apiPort)/auth/token", rootCertBundle: bundle,
+                                            events: ("http://127.0.0.1:\(apiPort)/hooks/registry", eventsToken))
         tokenService = RegistryTokenService.Configuration(signingKey: key)
         var machines: [String: RegistryCredentials] = [:]
         for name in agents + ["deployer"] { machines[name] = RegistryCredentials(user: name, password: Secret.random()) }

@@ -158,6 +158,21 @@ extension EndToEndTests {
             await #expect(throws: DockerError.self, "a reporter's push") {
                 _ = try await docker.push(image: "\(registry)/demo", tag: "by-rita", insecure: true, credentials: users["rita"]!) { _ in }
             }
+            // The developer pushes; the registry reports it, and it lands in the project's activity.
+            try farm.podman(["tag", image, "\(registry)/demo:by-dev"])
+            let devPush = try await docker.push(image: "\(registry)/demo", tag: "by-dev", insecure: true, credentials: users["dev"]!) { _ in }
+            #expect(devPush?.hasPrefix("sha256:") == true)
+            var pushedLine: ActivityEntry?
+            for _ in 0..<50 where pushedLine == nil {
+                let feed = try KilnJSON.decode([ActivityEntry].self, from: try await farm.request(.GET, "/api/v1/projects/demo/activity").body)
+                pushedLine = feed.first { $0.action == "image pushed" && $0.detail?.contains("demo:by-dev") == true }
+                if pushedLine == nil { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(pushedLine?.user == "dev", "\(String(describing: pushedLine))")
+            // The events route takes the registry's token only.
+            #expect(try await httpRequest(.POST, farm.api + "/hooks/registry", body: #"{"events":[]}"#).status == 401)
+            #expect(try await httpRequest(.POST, farm.api + "/hooks/registry", body: #"{"events":[]}"#, headers: [("Authorization", "Bearer \(users["dev"]!.password)")]).status == 401)
+
             _ = try? farm.podman(["rmi", "-f", image])
             await #expect(throws: DockerError.self, "an outsider's pull") { try await docker.pull(image, insecure: true, credentials: users["otto"]!) }
 
