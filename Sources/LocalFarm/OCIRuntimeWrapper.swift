@@ -53,7 +53,8 @@ public enum OCIRuntimeWrapper {
     public static func install(in folder: URL, kiln: String, runtime: String, pidsLimit: Int) throws -> URL {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let path = folder.appendingPathComponent(scriptName)
-        let temporary = folder.appendingPathComponent(".\(scriptName).\(getpid())")
+        // Unique: the services of one root (cells) may be started at once by one process.
+        let temporary = folder.appendingPathComponent(".\(scriptName).\(UUID().uuidString)")
         try Data(script(kiln: kiln, runtime: runtime, pidsLimit: pidsLimit).utf8).write(to: temporary)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: temporary.path)
         guard rename(temporary.path, path.path) == 0 else {
