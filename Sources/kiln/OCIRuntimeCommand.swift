@@ -55,6 +55,13 @@ struct OCIRuntimeCommand: ParsableCommand {
             report("\(error)", invocation: invocation)
             throw ExitCode.failure
         }
+        // This runs on a thread of Swift's pool, which blocks nearly every signal, and an exec
+        // keeps the caller's mask: runc, and through it the container's processes, would get
+        // SIGTERM, SIGINT, SIGHUP… blocked (`podman stop` then waits out its time-out). The
+        // engine starts runc with none blocked.
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
         let argv = ([runtime] + arguments).map { strdup($0) } + [nil]
         execv(runtime, argv)
         report("kiln oci-runtime: cannot run \(runtime): \(String(cString: strerror(errno)))", invocation: invocation)

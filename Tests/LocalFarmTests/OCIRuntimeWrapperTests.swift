@@ -44,6 +44,11 @@ struct OCIRuntimeWrapperTests {
                 let spec = ContainerSpec(image: busyboxImage, cmd: ["sh", "-c", Self.probe], pidsLimit: asked)
                 #expect(try await output(docker, spec) == ["NoNewPrivs:\t1", seen], "pids limit asked: \(asked.map(String.init) ?? "none")")
             }
+            // kiln runs on a thread that blocks signals: none of that may reach the container
+            // (a container's process with SIGTERM blocked would not stop until killed).
+            let signals = ContainerSpec(image: busyboxImage, cmd: ["grep", "^SigBlk", "/proc/self/status"])
+            let blocked = try await output(docker, signals)
+            #expect(blocked == ["SigBlk:\t0000000000000000"], "\(blocked)")
         }
     }
 
