@@ -24,15 +24,18 @@ for pidfile in /var/tmp/kiln-test/*/*.pid; do
     pid=$(cat "$pidfile" 2>/dev/null || true)
     if [ -n "$pid" ] && grep -q podman "/proc/$pid/cmdline" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
 done
-# Deployed app containers (label kiln.app) outlive the API services that started them.
-e2e=/var/tmp/kiln-test/podman-e2e
-if [ -f "$e2e/containers.conf" ] && command -v podman >/dev/null; then
-    ids=$(CONTAINERS_CONF=$e2e/containers.conf CONTAINERS_STORAGE_CONF=$e2e/storage.conf \
-          podman ps -aq --filter label=kiln.app 2>/dev/null || true)
-    if [ -n "$ids" ]; then
-        CONTAINERS_CONF=$e2e/containers.conf CONTAINERS_STORAGE_CONF=$e2e/storage.conf podman rm -f $ids >/dev/null 2>&1 || true
+# Deployed app containers (label kiln.app) outlive the API services that started them: the
+# deploy tests' cells have a storage of their own (podman-cells); older runs left theirs in
+# the farms' (podman-e2e).
+for root in /var/tmp/kiln-test/podman-cells /var/tmp/kiln-test/podman-e2e; do
+    if [ -f "$root/containers.conf" ] && command -v podman >/dev/null; then
+        ids=$(CONTAINERS_CONF=$root/containers.conf CONTAINERS_STORAGE_CONF=$root/storage.conf \
+              podman ps -aq --filter label=kiln.app 2>/dev/null || true)
+        if [ -n "$ids" ]; then
+            CONTAINERS_CONF=$root/containers.conf CONTAINERS_STORAGE_CONF=$root/storage.conf podman rm -f $ids >/dev/null 2>&1 || true
+        fi
     fi
-fi
+done
 
 start=$(date +%s)
 echo "test.sh: building (a first build takes several minutes on 2 cores)"

@@ -13,6 +13,8 @@ import Foundation
 /// - `memory`, `memswap`, `cpuperiod`/`cpuquota`, `dropcaps`/`addcaps` (JSON lists), `cgroupparent`.
 /// - NOT accepted: a pids limit (no parameter; put the steps under a `cgroupParent` whose
 ///   pids.max is set instead) and `no-new-privileges` (refused with 400 "not supported").
+///   Both come from the engine's OCI runtime when it is `kiln oci-runtime` (LocalFarm's
+///   `OCIRuntimeWrapper`, docs/build-sandbox.md), for every container it starts.
 public struct BuildConfinement: Sendable, Equatable {
     public enum Network: String, Sendable {
         /// The engine's default (podman: the host's network).

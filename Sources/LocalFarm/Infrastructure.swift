@@ -54,9 +54,11 @@ public final class Infrastructure: Sendable {
     /// by default it is `dataDir/podman`. `progress` receives one line per stage.
     /// `registryAuth`: the registry's token authentication (its realm is the scheduler's
     /// `/auth/token`, so the scheduler's address must be chosen before this starts).
+    /// `pidsLimit`: the most processes any container of the builders' engine may hold
+    /// (`OCIRuntimeWrapper`); the agents' `--build-pids`.
     public static func start(
         dataDir: URL, ports: Ports = Ports(), podmanRoot: URL? = nil, fixtures: URL? = nil,
-        registryAuth: RegistryServer.TokenAuth? = nil,
+        registryAuth: RegistryServer.TokenAuth? = nil, pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit,
         logger: Logger, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> Infrastructure {
         let fm = FileManager.default
@@ -87,7 +89,7 @@ public final class Infrastructure: Sendable {
 
             progress("starting podman's Docker API service")
             let podmanDir = podmanRoot ?? dataDir.appendingPathComponent("podman")
-            let podman = try await PodmanService.start(root: podmanDir, logFile: logs.appendingPathComponent("podman.log"))
+            let podman = try await PodmanService.start(root: podmanDir, logFile: logs.appendingPathComponent("podman.log"), pidsLimit: pidsLimit)
             started.append { podman.stop() }
             progress("  containers   unix://\(podman.socketPath)")
 

@@ -12,8 +12,10 @@ import Glibc
 /// one service may use a root at a time; a service left running by a process that died is
 /// stopped (by the PID recorded in `<root>/podman.pid`) when the next one starts.
 ///
-/// Files under `root`: `containers.conf` (runc, the VM's rlimits, cgroupfs, events to a
-/// file, podman's temporary state here instead of /run/libpod), `storage.conf` (overlay,
+/// Files under `root`: `containers.conf` (runc behind `kiln oci-runtime`, the VM's rlimits,
+/// cgroupfs, events to a file, podman's temporary state here instead of /run/libpod),
+/// `oci-runtime/runc` (the script that is the engine's runtime: `OCIRuntimeWrapper`; every
+/// container gets no-new-privileges and at most `pidsLimit` processes), `storage.conf` (overlay,
 /// graphroot `storage/`, runroot `run/`), `registries.conf` (no unqualified search; plain
 /// HTTP allowed for 127.0.0.1 and localhost registries), `auth.json` (empty: the service's own
 /// registry credentials, none), `podman.sock`, `podman.log`.
@@ -53,14 +55,14 @@ public final class PodmanService: Sendable {
     ///   - insecureRegistries: "127.0.0.1:PORT" addresses to mark as plain HTTP besides the
     ///     catch-all entries for 127.0.0.1 and localhost (which podman 4.3 also applies to
     ///     their ports, though its documentation says not to rely on that).
+    ///   - pidsLimit: the most processes any container of this root may hold (the wrapper's
+    ///     `--pids-limit`; one value per root: the last start's counts for every service on it).
     public static func start(
-        root: URL, name: String = "podman", logFile: URL? = nil, insecureRegistries: [String] = [], timeout: Double = 30
+        root: URL, name: String = "podman", logFile: URL? = nil, insecureRegistries: [String] = [],
+        pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit, timeout: Double = 30
     ) async throws -> PodmanService {
         guard ManagedProcess.which("podman") != nil else {
             throw FarmError("podman is not installed: run scripts/install-deps.sh (Debian packages podman, runc)")
-        }
-        guard ManagedProcess.which("runc") != nil else {
-            throw FarmError("runc is not installed: run scripts/install-deps.sh (Debian package runc; crun does not work on these machines)")
         }
         let root = root.standardizedFileURL
         let socket = root.appendingPathComponent("\(name).sock").path
@@ -68,7 +70,7 @@ public final class PodmanService: Sendable {
         guard socket.utf8.count < 108 else {
             throw FarmError("podman: the socket path \(socket) is longer than a unix socket allows (107 bytes): choose a shorter root folder")
         }
-        try writeConfiguration(root: root, insecureRegistries: insecureRegistries)
+        try writeConfiguration(root: root, insecureRegistries: insecureRegistries, pidsLimit: pidsLimit)
         try stopStaleService(root: root, name: name)
         try? FileManager.default.removeItem(atPath: socket)
 
@@ -118,10 +120,20 @@ public final class PodmanService: Sendable {
         ]
     }
 
-    /// Writes containers.conf, storage.conf and registries.conf into `root`.
-    public static func writeConfiguration(root: URL, insecureRegistries: [String] = []) throws {
+    /// Writes containers.conf, storage.conf, registries.conf and the OCI runtime wrapper into
+    /// `root`. The wrapper runs the `kiln` that `KilnExecutable.locate()` finds.
+    public static func writeConfiguration(root: URL, insecureRegistries: [String] = [], pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit) throws {
         let root = root.standardizedFileURL
         let fm = FileManager.default
+        guard let runc = ManagedProcess.which("runc") else {
+            throw FarmError("runc is not installed: run scripts/install-deps.sh (Debian package runc; crun does not work on these machines)")
+        }
+        guard let kiln = KilnExecutable.locate() else {
+            throw FarmError("podman's runtime is `kiln oci-runtime` (no-new-privileges and a pids limit for every container), and no kiln executable was found: build it (swift build) or name it in KILN_BIN")
+        }
+        // podman runs `runtime` for every container, and hands the same path to buildah for
+        // the RUN steps of POST /build (libpod's Build: options.Runtime = GetOCIRuntimePath()).
+        let runtime = try OCIRuntimeWrapper.install(in: root.appendingPathComponent("oci-runtime"), kiln: kiln.path, runtime: runc, pidsLimit: pidsLimit)
         for sub in ["storage", "run", "tmp", "volumes"] {
             try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
@@ -137,7 +149,7 @@ public final class PodmanService: Sendable {
             default_ulimits = ["nofile=\(nofile):\(nofile)", "nproc=\(nproc):\(nproc)"]
 
             [engine]
-            runtime = "runc"
+            runtime = "\(runtime.path)"
             cgroup_manager = "cgroupfs"
             events_logger = "file"
             events_logfile_path = "\(path("events.log"))"

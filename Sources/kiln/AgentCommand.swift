@@ -95,7 +95,8 @@ struct AgentCommand: AsyncParsableCommand {
         Bound the processes of the Dockerfile's RUN steps (to --build-pids) through a cgroup the \
         agent makes under /sys/fs/cgroup/pids (the container API has no such limit for image \
         builds). Needs cgroup v1 and an engine using cgroupfs; turn it off for one using systemd \
-        (env KILN_IMAGE_PIDS_CGROUP=0).
+        (env KILN_IMAGE_PIDS_CGROUP=0). Besides, the engine's runtime can limit each RUN \
+        container and give it no-new-privileges on any cgroup version: docs/build-sandbox.md.
         """))
     var imagePidsCgroup = env("KILN_IMAGE_PIDS_CGROUP", "1") != "0"
 

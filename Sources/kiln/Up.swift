@@ -19,8 +19,11 @@ struct Up: AsyncParsableCommand {
         Starts etcd (127.0.0.1:2379), the registry (127.0.0.1:5000), podman's Docker API \
         service, a Maven mirror over Debian's maven-repo (127.0.0.1:8081), a git server over \
         HTTP holding fixtures/demo (127.0.0.1:8082), the scheduler (127.0.0.1:7070), two \
-        agents, two cells (podman API endpoints the demo app is deployed in) and an lb-agent \
-        with its nginx (127.0.0.1:8088), each as its own process. Registers the demo project \
+        agents, two cells (podman API endpoints the demo app is deployed in, on a podman \
+        storage of their own: what they pull never lies where builds run) and an lb-agent \
+        with its nginx (127.0.0.1:8088), each as its own process. Every container of both \
+        engines runs through `kiln oci-runtime` (no-new-privileges, at most --build-pids \
+        processes), the Dockerfile's RUN steps included. Registers the demo project \
         with a pipeline (deploy ▶ lb ▶ retire), builds it, prints the step timings, deploys \
         it and prints the URL nginx serves it on, then keeps running until Ctrl-C (or \
         SIGTERM) and stops everything it started, app containers included.
@@ -55,10 +58,19 @@ struct Up: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not build the demo project.") var noDemo = false
     @Flag(name: .long, inversion: .prefixedNo, help: "Use the Maven cache for the demo build.") var mvncache = true
     @Option(name: .long, help: ArgumentHelp("Log level of Kiln's own processes.", valueName: "level")) var logLevel: String = "info"
+    @Option(name: .long, help: ArgumentHelp("""
+        Processes and threads at once in any container the farm's engines start: the agents' \
+        --build-pids, and the limit kiln oci-runtime sets for the Dockerfile's RUN steps and \
+        the cells' app containers (env KILN_BUILD_PIDS).
+        """, valueName: "n"))
+    var buildPids: Int = Int(env("KILN_BUILD_PIDS", "\(OCIRuntimeWrapper.defaultPidsLimit)")) ?? -1
 
     func validate() throws {
         guard agents >= 1 else { throw ValidationError("--agents must be at least 1") }
         guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
+        guard BuildLimits.pidsRange.contains(buildPids) else {
+            throw ValidationError("--build-pids (or KILN_BUILD_PIDS) must be a number of processes from \(BuildLimits.pidsRange.lowerBound) to \(BuildLimits.pidsRange.upperBound), such as 4096")
+        }
         guard getuid() == 0 else {
             throw ValidationError("kiln up needs root (podman's storage, debootstrap): run it as root, e.g. sudo scripts/up.sh")
         }
@@ -76,16 +88,17 @@ struct Up: AsyncParsableCommand {
         let registryCredentials = try UpRegistryCredentials(dataDir: data, agents: agents)
         let infra = try await Infrastructure.start(
             dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
-            registryAuth: try registryCredentials.registryAuth(apiPort: apiPort), logger: logger, progress: say)
+            registryAuth: try registryCredentials.registryAuth(apiPort: apiPort), pidsLimit: buildPids, logger: logger, progress: say)
+        let cellsRoot = data.appendingPathComponent("cells")
         var processes: [ManagedProcess] = []
         var cells: [PodmanService] = []
         func shutdown() async {
             say("kiln up: stopping")
             for p in processes.reversed() { p.stop(grace: 15) }
             // App containers outlive the API services that started them.
-            if let ids = try? infra.podman.podmanCommand(["ps", "-aq", "--filter", "label=kiln.app"]).output
+            if let ids = try? Infrastructure.cellsPodman(root: cellsRoot, ["ps", "-aq", "--filter", "label=kiln.app"]).output
                 .split(whereSeparator: \.isNewline).map(String.init), !ids.isEmpty {
-                _ = try? infra.podman.podmanCommand(["rm", "-f", "-t", "5"] + ids)
+                _ = try? Infrastructure.cellsPodman(root: cellsRoot, ["rm", "-f", "-t", "5"] + ids)
             }
             for c in cells { c.stop() }
             await infra.stop()
@@ -119,7 +132,8 @@ struct Up: AsyncParsableCommand {
                     name: id, executable: exe,
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
                                 "--etcd", infra.etcd.endpoint, "--etcd-credentials", agentCredentials.path, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
-                                "--maven-mirror", infra.mavenMirrorForBuilds, "--log-level", logLevel] + registryCredentials.agentArguments(id),
+                                "--maven-mirror", infra.mavenMirrorForBuilds, "--build-pids", String(buildPids), "--log-level", logLevel]
+                        + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }
@@ -128,12 +142,13 @@ struct Up: AsyncParsableCommand {
             try await waitForAgents(client: client, count: agents, processes: processes)
             say("  agents       \((1...agents).map { "agent-\($0)" }.joined(separator: ", ")) registered")
 
-            // Where the demo app is deployed: two cells (two more podman API endpoints on the
-            // same storage) and nginx driven by an lb-agent of group "local".
+            // Where the demo app is deployed: two cells (two podman API endpoints on a storage
+            // of their own, started at once) and nginx driven by an lb-agent of group "local".
             say("starting two cells and nginx")
-            for (i, name) in ["a", "b"].enumerated() {
-                let service = try await PodmanService.start(root: infra.podman.root, name: "cell-\(name)", logFile: logs.appendingPathComponent("cell-\(name).log"))
-                cells.append(service)
+            let cellsStart = Date()
+            cells = try await Infrastructure.startCells(["a", "b"], root: cellsRoot, logs: logs, pidsLimit: buildPids)
+            say("  cells' podman storage \(cellsRoot.path) (apart from the builders'; up in \(String(format: "%.1f", Date().timeIntervalSince(cellsStart))) s)")
+            for (i, (name, service)) in zip(["a", "b"], cells).enumerated() {
                 let cell = Cell(name: name, endpoint: "unix://\(service.socketPath)", firstPort: 20000 + i * 500, lastPort: 20499 + i * 500)
                 _ = try await client.raw("PUT", "/api/v1/cells/\(name)", body: try KilnJSON.encoder().encode(cell))
                 say("  cell \(name)       \(cell.endpoint), host ports \(cell.ports.lowerBound)-\(cell.ports.upperBound)")

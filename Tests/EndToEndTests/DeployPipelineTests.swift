@@ -13,7 +13,7 @@ import Testing
 /// cells (two podman API endpoints), nginx (driven by an lb-agent) serves it, the next
 /// version takes over under a steady client, and what must not happen does not.
 // Nested in the end-to-end suite, which runs one farm at a time: farms share one podman
-// storage (and its API service's pid file).
+// storage (and its API service's pid file), and the deploy tests one for their cells.
 extension EndToEndTests {
 @Suite struct DeployPipelineTests {
     static let group = "e2e"
@@ -60,10 +60,13 @@ extension EndToEndTests {
                 #expect(app.domains.first?.agents.first?.current == true)
                 #expect(try await farm.log(b1.id).contains("==> lb succeeded"))
 
-                #expect(try farm.podman(["inspect", "--format", "{{.ImageName}}", v1.instances[0].id]).trimmingCharacters(in: .whitespacesAndNewlines) == pinned)
-                let inspected = try farm.podman(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", v1.instances[0].id])
+                #expect(try farm.cellsPodman(["inspect", "--format", "{{.ImageName}}", v1.instances[0].id]).trimmingCharacters(in: .whitespacesAndNewlines) == pinned)
+                let inspected = try farm.cellsPodman(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", v1.instances[0].id])
                 #expect(inspected.hasPrefix("314572800 500000000 "), "\(inspected)")
                 #expect(inspected.contains("KILN_GREETING=hello"), "\(inspected)")
+                // The cells pulled it into their own storage; builds never see it in theirs.
+                #expect(try farm.cellsPodman(["image", "exists", pinned]).isEmpty)
+                #expect(try farm.infra.podman.podmanCommand(["image", "exists", pinned]).status == 1, "the deployed image is in the builders' storage")
                 try await farm.saveProject(pipeline: Self.pipeline())
 
                 // 2. Second version while a client requests the page without pause.
@@ -120,9 +123,9 @@ extension EndToEndTests {
                 //    first build's tag is moved onto the second build's image (admin pushes it):
                 //    the roll back still runs the first build's image, by its digest.
                 let b1Tag = try #require(b1.image)
-                try farm.podman(["tag", try #require(b2.imageByDigest), b1Tag])
-                try farm.podman(["push", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), b1Tag])
-                try farm.podman(["rmi", b1Tag])
+                try farm.cellsPodman(["tag", try #require(b2.imageByDigest), b1Tag])
+                try farm.cellsPodman(["push", "--tls-verify=false", "--authfile", try farm.adminAuthFile(), b1Tag])
+                try farm.cellsPodman(["rmi", b1Tag])
                 try await farm.saveProject(pipeline: Self.pipeline())
                 let back = try await farm.redeploy(b1.id)
                 #expect(back.deploy?.status == .succeeded, "\(back.deploy?.error ?? "")")
@@ -135,12 +138,12 @@ extension EndToEndTests {
                 //    passes its health check again.
                 let v4 = try #require(app.app.live)
                 let victim = v4.instances[0], survivor = v4.instances[1]
-                try farm.podman(["stop", "-t", "1", victim.id])
+                try farm.cellsPodman(["stop", "-t", "1", victim.id])
                 try await farm.waitForDomain(Self.group, Self.domain) { $0.servers.map(\.address) == [survivor.address] }
                 #expect(try await page().contains("kiln-demo version 1.0.0"))
                 app = try await farm.appStatus()
                 #expect(app.app.live?.instances.first { $0.id == victim.id }?.healthy == false)
-                try farm.podman(["start", victim.id])
+                try farm.cellsPodman(["start", victim.id])
                 try await farm.waitForDomain(Self.group, Self.domain) { Set($0.servers.map(\.address)) == Set(v4.instances.map(\.address)) }
                 #expect(try await farm.appStatus().app.live?.instances.allSatisfy { $0.healthy } == true)
 
@@ -159,7 +162,7 @@ extension EndToEndTests {
 
                 let b2Pinned = try #require(b2.imageByDigest)
                 try farm.deleteManifest(project: "demo", digest: try #require(b2.digest))
-                try farm.podman(["rmi", "-f", b2Pinned])
+                try farm.cellsPodman(["rmi", "-f", b2Pinned])
                 let unpullable = try await farm.redeploy(b2.id)
                 #expect(unpullable.deploy?.steps.first?.error?.contains("cannot pull") == true, "\(unpullable.deploy?.error ?? "")")
 
@@ -197,9 +200,9 @@ final class PortHolder: Sendable {
 }
 
 extension Farm {
-    func cellSocket(_ name: String) -> String { Farm.podmanRoot.appendingPathComponent("cell-\(name).sock").path }
+    func cellSocket(_ name: String) -> String { Infrastructure.cellSocket(root: Farm.cellsRoot, name: name) }
 
-    /// Cells a and b: two more podman API services on the farm's storage, with host port
+    /// Cells a and b: two podman API services on a storage of their own, with host port
     /// ranges of their own, below Linux's ephemeral ports (32768 up), which outgoing
     /// connections take and a published port then cannot.
     func cell(_ name: String) -> Cell {
@@ -215,10 +218,7 @@ extension Farm {
     /// Starts cells a and b and an lb-agent (with its nginx) for `group`, runs `body` with
     /// nginx's address, then removes every app container and stops them all.
     func withDeployTargets(group: String, _ body: (String) async throws -> Void) async throws {
-        let services = [
-            try await PodmanService.start(root: Farm.podmanRoot, name: "cell-a"),
-            try await PodmanService.start(root: Farm.podmanRoot, name: "cell-b"),
-        ]
+        let services = try await Infrastructure.startCells(["a", "b"], root: Farm.cellsRoot)
         let listen = "127.0.0.1:\(try FreePort.next())"
         let lbDir = dataDir.appendingPathComponent("lb")
         // The lb-agent as its own etcd user, as `kiln up` runs it.

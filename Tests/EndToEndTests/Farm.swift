@@ -27,6 +27,9 @@ import Testing
 /// those of machine `deployer`, and `adminToken` is user admin's password.
 final class Farm: Sendable {
     static let podmanRoot = URL(fileURLWithPath: ProcessInfo.processInfo.environment["KILN_TEST_PODMAN_ROOT"] ?? "/var/tmp/kiln-test/podman-e2e")
+    /// The deploy tests' cells, on a storage of their own as `kiln up` has them
+    /// (`Infrastructure.startCells`): nothing they pull is in the builders' storage.
+    static let cellsRoot = URL(fileURLWithPath: ProcessInfo.processInfo.environment["KILN_TEST_CELLS_ROOT"] ?? "/var/tmp/kiln-test/podman-cells")
 
     let infra: Infrastructure
     let api: String
@@ -187,11 +190,19 @@ extension Farm {
         try await waitUntil(etcd, prefix: keys.agents, timeout: .seconds(30)) { $0.count >= count }
     }
 
-    /// Runs the podman CLI against the farm's storage.
+    /// Runs the podman CLI against the farm's (the builders') storage.
     @discardableResult
     func podman(_ args: [String]) throws -> String {
         let r = try infra.podman.podmanCommand(args)
         guard r.status == 0 else { throw FarmError("podman \(args.joined(separator: " ")) failed: \(r.output)") }
+        return r.output
+    }
+
+    /// Runs the podman CLI against the cells' storage (`Farm.cellsRoot`).
+    @discardableResult
+    func cellsPodman(_ args: [String]) throws -> String {
+        let r = try Infrastructure.cellsPodman(root: Farm.cellsRoot, args)
+        guard r.status == 0 else { throw FarmError("podman (cells) \(args.joined(separator: " ")) failed: \(r.output)") }
         return r.output
     }
 }

@@ -59,6 +59,18 @@ struct HostileBuildTests {
             "Dockerfile": dockerfile,
             "bomb.Dockerfile": "FROM \(busybox)\nRUN i=0; while [ $i -lt 3000 ]; do sleep 60 & i=$((i+1)); done; echo ALL-'FORKED'\n",
             "mount.Dockerfile": "FROM \(busybox)\nRUN --mount=type=cache,id=../../../../..,target=/host ls /host\n",
+            // RUN steps go through the engine's runtime wrapper (kiln oci-runtime): the step
+            // fails unless it has no-new-privileges, and a setuid-root binary made in one step
+            // gives a user nothing in the next.
+            "nnp.Dockerfile": "FROM \(busybox)\nRUN grep -qx \"$(printf 'NoNewPrivs:\\t1')\" /proc/self/status && echo NNP-'ON'\n",
+            "setuid.Dockerfile": """
+                FROM \(busybox)
+                COPY setuid-helper /setuid-helper
+                RUN chown 0:0 /setuid-helper && chmod 4755 /setuid-helper && ls -ln /setuid-helper
+                USER 1000:1000
+                RUN /setuid-helper; id -u
+
+                """,
         ]
         return try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
                                           bareRepository: farm.infra.gitRoot.appendingPathComponent("hostile.git"), branch: branch) { dir in
@@ -68,6 +80,7 @@ struct HostileBuildTests {
                 try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
                 try text.write(to: url, atomically: true, encoding: .utf8)
             }
+            try SetuidHelper.compile(to: dir.appendingPathComponent("setuid-helper"))
         }
     }
 
@@ -89,7 +102,7 @@ struct HostileBuildTests {
         return try await httpRequest(.GET, "\(farm.infra.registry.url)/v2/\(repository)/tags/list", headers: [("Authorization", "Bearer \(token)")]).status
     }
 
-    @Test("builds reach neither etcd nor the scheduler nor the registry, from the compile step or a RUN; paths through links, file:// mirrors and fork or memory bombs fail; a feature branch cannot plant into the main cache")
+    @Test("builds reach neither etcd nor the scheduler nor the registry, from the compile step or a RUN; paths through links, file:// mirrors and fork or memory bombs fail; RUN steps have no-new-privileges; a feature branch cannot plant into the main cache")
     func hostileBuilds() async throws {
         try await withFarm(configure: { farm, id in
             var c = farm.agentConfiguration(id, timeouts: StepTimeouts(fetch: .seconds(60), compile: .seconds(120), image: .seconds(120), push: .seconds(60)))
@@ -162,6 +175,20 @@ struct HostileBuildTests {
             #expect(!runbombLog.contains("ALL-FORKED"))
             #expect(runbombLog.contains("can't fork"), "\(runbombLog)")
             #expect(try await tags(farm, "runbomb") == 404)
+
+            // RUN steps have no-new-privileges: the step that checks passes; a setuid-root
+            // binary run by a user stays that user (OCIRuntimeWrapperTests shows it gains root
+            // without the wrapper).
+            try await addProject(farm, "runnnp", command: "true", dockerfile: "nnp.Dockerfile")
+            let (runnnp, runnnpLog) = try await build(farm, "runnnp")
+            #expect(runnnp.status == .succeeded, "\(runnnp.error ?? "") \(runnnpLog)")
+            #expect(runnnpLog.contains("NNP-ON"), "\(runnnpLog)")
+            try await addProject(farm, "runsetuid", command: "true", dockerfile: "setuid.Dockerfile")
+            let (runsetuid, runsetuidLog) = try await build(farm, "runsetuid")
+            #expect(runsetuid.status == .succeeded, "\(runsetuid.error ?? "") \(runsetuidLog)")
+            #expect(runsetuidLog.contains("-rwsr-xr-x"), "the helper was not made setuid root: \(runsetuidLog)")
+            #expect(runsetuidLog.contains("SETUID-HELPER uid=1000 euid=1000"), "\(runsetuidLog)")
+            #expect(!runsetuidLog.contains("GAINED-ROOT"), "\(runsetuidLog)")
 
             // A RUN that would mount the builder's host: refused before anything is sent.
             try await addProject(farm, "runmount", command: "true", dockerfile: "mount.Dockerfile")

@@ -71,7 +71,7 @@ extension BuildRunner {
     func imageCgroup(task: BuildTask, sandbox: BuildSandbox, reporter: BuildReporter) -> ImageCgroup? {
         guard let pids = sandbox.limits.pids, configuration.imagePidsCgroup else { return nil }
         guard let cgroup = ImageCgroup.make(name: "kiln-\(configuration.id)-\(task.build)-\(task.attempt)", pids: pids) else {
-            reporter.log("note: the Dockerfile's RUN steps run without a process limit: this machine has no cgroup v1 pids hierarchy the agent may write (the container API has no such limit for image builds)")
+            reporter.log("note: the Dockerfile's RUN steps get no process limit from the agent: this machine has no cgroup v1 pids hierarchy the agent may write (the container API has no such limit for image builds); only the engine's own, when its runtime is kiln oci-runtime (docs/build-sandbox.md)")
             return nil
         }
         return cgroup

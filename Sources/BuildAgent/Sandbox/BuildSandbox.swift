@@ -16,7 +16,9 @@ import Glibc
 ///    build tools use (chown, setuid for `su`/`apt`'s sandbox user, kill of their children,
 ///    binding low ports in tests); no CAP_NET_RAW, CAP_SYS_CHROOT, CAP_MKNOD, CAP_AUDIT_WRITE.
 /// 4. `no-new-privileges` for compile containers (a setuid binary gains nothing). podman's
-///    compat `/build` refuses this option, so `RUN` steps go without it.
+///    compat `/build` refuses this option: `RUN` steps get it (and a pids limit) from the
+///    engine's runtime, `kiln oci-runtime` (docs/build-sandbox.md), which `kiln up` and the
+///    tests configure and an operator sets up on a builder of their own.
 struct BuildSandbox: Sendable, Equatable {
     static let capabilities = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
 

@@ -10,8 +10,10 @@ import Foundation
 /// the parent's `pids.max`. Verified on podman 4.3.1 here: a loop of 200 background `sleep`s
 /// in a `RUN` under a parent with pids.max 64 fails with "can't fork"; a second RUN too.
 ///
-/// Not made (the image step then has no pids limit, said in the build's log) when the pids
-/// hierarchy is not cgroup v1 at `/sys/fs/cgroup/pids`, or the agent may not write it.
+/// Not made (said in the build's log) when the pids hierarchy is not cgroup v1 at
+/// `/sys/fs/cgroup/pids`, or the agent may not write it. Each `RUN` container then has only
+/// the limit the engine's runtime gives it, if it is `kiln oci-runtime` (docs/build-sandbox.md):
+/// one per container rather than one over all of a build's steps.
 struct ImageCgroup: Sendable {
     let name: String
     static let root = "/sys/fs/cgroup"
