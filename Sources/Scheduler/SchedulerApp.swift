@@ -25,6 +25,9 @@ public struct SchedulerConfiguration: Sendable {
     public var leaderTasks: [@Sendable () async -> Void] = []
     /// The registry's token service (`GET /auth/token`); nil: this scheduler serves no tokens.
     public var registryTokens: RegistryTokenService.Configuration?
+    /// Mark the console's cookies `Secure` on every request (`--console-secure-cookies`), for
+    /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`.
+    public var consoleSecureCookies = false
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -49,7 +52,7 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
-    Console(store: store).addRoutes(to: router)
+    Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }
