@@ -28,6 +28,9 @@ public struct SchedulerConfiguration: Sendable {
     /// The token the registry sends its push and delete events with (`POST /hooks/registry`);
     /// nil: no such route.
     public var registryEventsToken: String?
+    /// Mark the console's cookies `Secure` on every request (`--console-secure-cookies`), for
+    /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`.
+    public var consoleSecureCookies = false
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -52,7 +55,7 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
-    Console(store: store).addRoutes(to: router)
+    Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }

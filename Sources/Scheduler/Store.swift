@@ -11,6 +11,9 @@ import Logging
 public struct SchedulerStore: Sendable {
     public let etcd: EtcdClient
     public let keys: Keys
+    /// Failed password logins of this scheduler, shared by every copy of the store: the API's
+    /// HTTP Basic logins and the console's login form count against one budget.
+    let loginThrottle = LoginThrottle()
 
     public init(etcd: EtcdClient, keys: Keys = Keys()) {
         self.etcd = etcd

@@ -100,6 +100,15 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "host:port"))
     var registry: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY"]
 
+    @Flag(name: .long, help: ArgumentHelp("""
+        Mark the web console's session cookies Secure (the browser sends them over HTTPS only) \
+        on every request (env KILN_CONSOLE_SECURE_COOKIES=1). The scheduler serves plain HTTP; \
+        behind a TLS proxy that sends X-Forwarded-Proto: https the cookies are Secure anyway, so \
+        use this for a proxy that does not, and never when browsers reach the scheduler over \
+        plain HTTP (they would not send the cookie back, and no one could log in).
+        """))
+    var consoleSecureCookies = env("KILN_CONSOLE_SECURE_COOKIES", "0") == "1"
+
     func validate() throws {
         switch (registrySigningKey, adminTokenFile) {
         case (nil, nil): break
@@ -149,6 +158,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                 service: registryService)
         }
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
+        configuration.consoleSecureCookies = consoleSecureCookies
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {

@@ -67,14 +67,17 @@ struct DevToolsError: Error, CustomStringConvertible {
 /// Headless Chromium driven over its DevTools protocol on a pipe (`--remote-debugging-pipe`):
 /// it reads commands on its descriptor 3 and writes answers and events on 4, each one JSON
 /// text ending in a NUL byte. One command at a time; each blocks a thread of its own, not
-/// one of Swift's concurrency threads.
+/// one of Swift's concurrency threads. Events (`Page.loadEventFired`) read meanwhile are kept
+/// for ``waitForEvent(_:timeout:)``. The profile (its cookies: a console session) lasts as
+/// long as the browser.
 final class Browser: Sendable {
     let pid: pid_t
     let profile: TempDir
     private let toBrowser: Int32
     private let fromBrowser: Int32
-    /// The next command id and what was read past the last answer; held for a whole command.
-    private let state = Mutex<(nextID: Int, pending: [UInt8])>((1, []))
+    /// The next command id, what was read past the last answer, and the events read but not
+    /// yet waited for; held for a whole command.
+    private let state = Mutex<(nextID: Int, pending: [UInt8], events: [Data])>((1, [], []))
     private let closed = Atomic<Bool>(false)
 
     private init(pid: pid_t, profile: TempDir, toBrowser: Int32, fromBrowser: Int32) {
@@ -130,22 +133,72 @@ final class Browser: Sendable {
                 written += n
             }
             let deadline = Date().addingTimeInterval(timeout)
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
             while true {
                 while let end = state.pending.firstIndex(of: 0) {
                     let text = Data(state.pending[..<end])
                     state.pending.removeSubrange(...end)
-                    guard let answer = try? JSONSerialization.jsonObject(with: text) as? [String: Any], answer["id"] as? Int == id else { continue }
+                    guard let answer = try? JSONSerialization.jsonObject(with: text) as? [String: Any] else { continue }
+                    guard answer["id"] as? Int == id else {
+                        if answer["method"] != nil { Self.keep(text, in: &state.events) }
+                        continue
+                    }
                     if let error = answer["error"] { throw DevToolsError(description: "\(method): \(error)") }
                     return try JSONSerialization.data(withJSONObject: answer["result"] ?? [:])
                 }
-                let left = deadline.timeIntervalSinceNow
-                guard left > 0 else { throw DevToolsError(description: "\(method): no answer from chromium within \(Int(timeout)) s") }
-                var pfd = pollfd(fd: fromBrowser, events: Int16(POLLIN), revents: 0)
-                if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { continue }
-                let n = read(fromBrowser, &buffer, buffer.count)
-                if n == 0 { throw DevToolsError(description: "\(method): chromium closed its pipe (log: \(profile.path("chromium.log").path))") }
-                if n > 0 { state.pending += buffer[..<n] }
+                try readMore(into: &state.pending, until: deadline, waitingFor: method)
+            }
+        }
+    }
+
+    /// Reads what Chromium has written within a second (or until `deadline`).
+    private func readMore(into pending: inout [UInt8], until deadline: Date, waitingFor what: String) throws {
+        let left = deadline.timeIntervalSinceNow
+        guard left > 0 else { throw DevToolsError(description: "\(what): nothing from chromium in time") }
+        var pfd = pollfd(fd: fromBrowser, events: Int16(POLLIN), revents: 0)
+        if poll(&pfd, 1, Int32(min(left, 1) * 1000)) <= 0 { return }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        let n = read(fromBrowser, &buffer, buffer.count)
+        if n == 0 { throw DevToolsError(description: "\(what): chromium closed its pipe (log: \(profile.path("chromium.log").path))") }
+        if n > 0 { pending += buffer[..<n] }
+    }
+
+    private static func keep(_ event: Data, in events: inout [Data]) {
+        events.append(event)
+        if events.count > 1000 { events.removeFirst(events.count - 1000) }
+    }
+
+    private static func method(of event: Data) -> String? {
+        (try? JSONSerialization.jsonObject(with: event) as? [String: Any])?["method"] as? String
+    }
+
+    /// Forgets the events read so far: the next ``waitForEvent(_:timeout:)`` waits for a new one.
+    func clearEvents() {
+        state.withLock { $0.events.removeAll() }
+    }
+
+    /// Waits for the next event called `name` (one read since the last ``clearEvents()``
+    /// counts) and returns it as JSON text.
+    func waitForEvent(_ name: String, timeout: Double = 30) async throws -> Data {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result {
+                    try self.state.withLock { state in
+                        let deadline = Date().addingTimeInterval(timeout)
+                        while true {
+                            while let end = state.pending.firstIndex(of: 0) {
+                                let text = Data(state.pending[..<end])
+                                state.pending.removeSubrange(...end)
+                                if Self.method(of: text) != nil { Self.keep(text, in: &state.events) }
+                            }
+                            if let i = state.events.firstIndex(where: { Self.method(of: $0) == name }) {
+                                let event = state.events[i]
+                                state.events.removeFirst(i + 1)
+                                return event
+                            }
+                            try self.readMore(into: &state.pending, until: deadline, waitingFor: name)
+                        }
+                    }
+                })
             }
         }
     }
@@ -159,6 +212,8 @@ final class Browser: Sendable {
         }
         let attached = try JSONSerialization.jsonObject(with: try await call("Target.attachToTarget", ["targetId": page, "flatten": true])) as? [String: Any]
         guard let session = attached?["sessionId"] as? String else { throw DevToolsError(description: "no session from Target.attachToTarget") }
+        // Page events (loadEventFired) from here on.
+        _ = try await call("Page.enable", session: session)
         return session
     }
 
@@ -190,6 +245,44 @@ final class Browser: Sendable {
     /// Loads `url` in the page; returns once the new document has been committed.
     func navigate(_ url: String, session: String) async throws {
         _ = try await call("Page.navigate", ["url": url], session: session)
+    }
+
+    /// Loads `url` and waits for the page's load event (after any redirects); returns where
+    /// the browser ended up.
+    @discardableResult
+    func load(_ url: String, session: String) async throws -> String {
+        clearEvents()
+        try await navigate(url, session: session)
+        _ = try await waitForEvent("Page.loadEventFired")
+        return try await evaluate("location.href", session: session)
+    }
+
+    /// The page's markup now.
+    func html(session: String) async throws -> String {
+        try await evaluate("document.documentElement.outerHTML", session: session)
+    }
+
+    /// Fills the fields of the form `selector` (by name), submits it as a person would (its
+    /// submit button), waits for the page that answers and returns where the browser ended up.
+    @discardableResult
+    func submit(_ selector: String, fields: [String: String] = [:], session: String) async throws -> String {
+        let quoted = { (s: String) in String(decoding: try JSONSerialization.data(withJSONObject: [s]), as: UTF8.self).dropFirst().dropLast() }
+        var script = "var f = document.querySelector(\(try quoted(selector)));"
+        for (name, value) in fields.sorted(by: { $0.key < $1.key }) { script += " f.elements[\(try quoted(name))].value = \(try quoted(value));" }
+        script += " f.querySelector('button[type=submit]').click(); 'submitted'"
+        clearEvents()
+        _ = try await evaluate(script, session: session)
+        _ = try await waitForEvent("Page.loadEventFired")
+        return try await evaluate("location.href", session: session)
+    }
+
+    /// Logs in to the console at `api` through its login form, starting from `path` (which
+    /// redirects to the login page and, once logged in, back); returns where it ended up.
+    @discardableResult
+    func logIn(_ api: String, user: String, password: String, from path: String = "/", session: String) async throws -> String {
+        let login = try await load(api + path, session: session)
+        guard login.hasPrefix(api + "/ui/login") else { throw DevToolsError(description: "\(path) did not lead to the login page but to \(login)") }
+        return try await submit("#login", fields: ["user": user, "password": password], session: session)
     }
 
     func screenshot(to file: URL, session: String) async throws {

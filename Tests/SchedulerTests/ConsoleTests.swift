@@ -11,8 +11,10 @@ import Glibc
 #endif
 
 /// The web console: its pure rendering, then its pages in a real headless Chromium (Debian's
-/// `chromium`) against a scheduler in this process over a real etcd. No agent runs: the
-/// tests write a build's record and log chunks to etcd the way an agent does.
+/// `chromium`) against a scheduler in this process over a real etcd, logged in as the
+/// harness's admin through the login form. No agent runs: the tests write a build's record
+/// and log chunks to etcd the way an agent does. Login, sessions, CSRF and who sees what:
+/// `ConsoleLoginTests`.
 @Suite("Web console", .serialized)
 struct ConsoleTests {
     static let artifacts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -41,12 +43,13 @@ struct ConsoleTests {
         let project = Project(name: "demo", repository: "http://h/\(evil).git", buildImage: "a:1", buildCommand: "echo \(evil)",
                               labels: [evil], webhookSecret: "hush-hush-123")
         let agent = AgentInfo(id: "agent-\(evil)", capacity: 2, labels: [evil], version: evil)
+        let viewer = ConsoleViewer(user: "alice", admin: false, csrf: "token-1")
         let pages = [
-            ConsolePages.build(b, now: Date()),
-            ConsolePages.overview(projects: [project.redacted], builds: [b], agents: [agent], now: Date()),
-            ConsolePages.project(project.redacted, builds: [b], activity: [ActivityEntry(b)], now: Date()),
-            ConsolePages.agents([agent]),
-            ConsolePages.error(status: 404, message: "build '\(evil)' does not exist"),
+            ConsolePages.build(b, now: Date(), viewer: viewer, mayCancel: true),
+            ConsolePages.overview(projects: [project.redacted], builds: [b], apps: [], agents: [agent], now: Date(), viewer: viewer),
+            ConsolePages.project(project.redacted, builds: [b], activity: [ActivityEntry(b)], now: Date(), viewer: viewer),
+            ConsolePages.agents([agent], viewer: viewer),
+            ConsolePages.error(status: 404, message: "build '\(evil)' does not exist", viewer: viewer),
         ].map(\.rendered)
         for page in pages {
             #expect(!page.contains("<script>alert"), "\(page)")
@@ -76,9 +79,14 @@ struct ConsoleTests {
         let percents = widths.map { ($0.percent * 100).rounded() / 100 }
         #expect(percents == [16.67, 50, 33.33, 0])
         let bar = ConsolePages.stepBar(steps, now: now).rendered
-        #expect(bar.contains(#"data-step="fetch" style="width:16.67%""#))
-        #expect(bar.contains(#"data-step="compile" style="width:50.00%""#))
-        #expect(bar.contains(#"data-step="image" style="width:33.33%""#))
+        // Each segment starts where the one before ends.
+        #expect(bar.contains(#"data-step="fetch" x="0.00%" width="16.67%""#))
+        #expect(bar.contains(#"data-step="compile" x="16.67%" width="50.00%""#))
+        #expect(bar.contains(#"data-step="image" x="66.67%" width="33.33%""#))
+        // No style attribute anywhere: the Content-Security-Policy would refuse it.
+        #expect(!bar.contains("style="))
+        #expect(!ConsolePages.miniBar(steps, now: now).rendered.contains("style="))
+        #expect(ConsolePages.miniBar(steps, now: now).rendered.contains(#"x="16.67%" width="50.00%""#))
         #expect(!bar.contains(#"data-step="push""#))  // no time, no segment
         #expect(bar.contains("fetch 1.0 s") && bar.contains("compile 3.0 s") && bar.contains("image 2.0 s"))
         #expect(bar.contains("push: pending"))
@@ -117,27 +125,50 @@ struct ConsoleTests {
             _ = try await registerAgent(h, id: "agent-one", capacity: 3, labels: ["gpu"], ttl: 600)
             try await h.etcd.put(h.keys.task(agent: "agent-one", build: running), "{}")
 
-            let overview = try await Chromium.dumpDOM(chromium, h.api + "/")
+            // Without a session a page is the login page (a fresh profile, as --dump-dom uses).
+            let anonymous = try await Chromium.dumpDOM(chromium, h.api + "/")
+            #expect(anonymous.contains(#"<form method="post" action="/ui/login" id="login""#), "\(anonymous)")
+            #expect(!anonymous.contains("webapp"))
+
+            let browser = try Browser.launch(chromium)
+            defer { browser.close() }
+            let tab = try await browser.attachToPage()
+            #expect(try await browser.logIn(h.api, user: "admin", password: h.adminToken, session: tab) == h.api + "/")
+            let overview = try await browser.html(session: tab)
             #expect(overview.contains(">webapp</a>"), "\(overview)")
             #expect(overview.contains(id) && overview.contains(running))
             #expect(overview.contains("agent-one"))
+            #expect(overview.contains(#"Logged in as <b id="user">admin</b> (admin)"#))
 
-            let page = try await Chromium.dumpDOM(chromium, h.api + "/ui/projects/webapp")
+            try await browser.load(h.api + "/ui/projects/webapp", session: tab)
+            let page = try await browser.html(session: tab)
             #expect(page.contains(#"<span id="project">webapp</span>"#), "\(page)")
             #expect(page.contains("http://127.0.0.1:1/webapp.git") && page.contains(id) && page.contains(running))
             #expect(page.contains("<h2>Activity</h2>") && page.contains("<td>api by admin</td>"))
             #expect(!page.contains("hush-hush-123"))
 
-            let agents = try await Chromium.dumpDOM(chromium, h.api + "/ui/agents")
+            try await browser.load(h.api + "/ui/agents", session: tab)
+            let agents = try await browser.html(session: tab)
             #expect(agents.contains(#"<td class="agent">agent-one</td><td>1/3</td><td>gpu</td><td>1</td>"#), "\(agents)")
             #expect(agents.contains("/ui/builds/\(running)"))
 
             // The finished build: the script read the whole log through the follow stream.
-            let build = try await Chromium.dumpDOM(chromium, h.api + "/ui/builds/\(id)")
+            try await browser.load(h.api + "/ui/builds/\(id)", session: tab)
+            let ended = try await browser.evaluate("""
+                new Promise(function(resolve) {
+                  function check() { var l = document.getElementById('log'); if (l.dataset.ended === 'true') { resolve('ended'); return true; } }
+                  if (!check()) new MutationObserver(check).observe(document.body, {subtree: true, attributes: true, childList: true});
+                })
+                """, session: tab)
+            #expect(ended == "ended")
+            let build = try await browser.html(session: tab)
             #expect(build.contains(#"<span id="build">\#(id)</span>"#), "\(build)")
             #expect(build.contains("127.0.0.1:5000/webapp:v7") && build.contains("sha256:0f0f") && build.contains("agent-one"))
-            #expect(build.contains(#"data-step="compile" style="width:60.00%""#) && build.contains("compile 6.0 s"))
+            // fetch 1.2 s of 10 s, then compile 6 s.
+            #expect(build.contains(#"data-step="compile" x="12.00%" width="60.00%""#) && build.contains("compile 6.0 s"))
             #expect(build.contains(#"data-ended="true""#))
+            // Ended: no cancel button.
+            #expect(!build.contains(#"id="cancel""#))
             #expect(build.contains("fetching\n&lt;script&gt;document.title='pwned'&lt;/script&gt;\npushed\n"))
             #expect(!build.contains("<title>pwned"))
 
@@ -145,14 +176,16 @@ struct ConsoleTests {
             try FileManager.default.createDirectory(at: Self.artifacts, withIntermediateDirectories: true)
             let png = Self.artifacts.appendingPathComponent("build-page.png")
             try? FileManager.default.removeItem(at: png)
-            _ = try await Chromium.run(chromium, ["--screenshot=\(png.path)", "--window-size=1280,900", "--virtual-time-budget=3000", h.api + "/ui/builds/\(id)"])
+            try await browser.screenshot(to: png, session: tab)
             let bytes = try Data(contentsOf: png)
             #expect(bytes.count > 1000)
             #expect(bytes.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]))
 
             // Unknown things are HTML 404 pages.
+            let console = ConsoleClient(h.api)
+            #expect(try await console.logIn("admin", h.adminToken).status == 303)
             for path in ["/ui/builds/b000000000-000000", "/ui/projects/nope", "/ui/builds/b000000000-000000/summary"] {
-                let r = try await h.request(.GET, path)
+                let r = try await console.get(path)
                 #expect(r.status == 404, "\(path)")
                 #expect(r.body.hasPrefix("<!doctype html>") && r.body.contains("Not found"), "\(r.body)")
             }
@@ -181,7 +214,8 @@ struct ConsoleTests {
             let browser = try Browser.launch(chromium)
             defer { browser.close() }
             let page = try await browser.attachToPage()
-            try await browser.navigate(h.api + "/ui/builds/\(id)", session: page)
+            // Logging in from the build page comes back to it.
+            #expect(try await browser.logIn(h.api, user: "admin", password: h.adminToken, from: "/ui/builds/\(id)", session: page) == h.api + "/ui/builds/\(id)")
 
             // What was there when the page loaded.
             var log = try await browser.waitForLog(containing: "fetch: cloning", session: page)

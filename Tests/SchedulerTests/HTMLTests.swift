@@ -64,13 +64,19 @@ struct HTMLTests {
                               defaultBranch: evil, labels: [evil], branches: [evil])
         var agent = AgentInfo(id: evil, capacity: 1, labels: [evil], version: evil)
         agent.tasks = [evil]
+        var version = AppVersion(number: 1, build: evil, project: evil, image: evil, backend: evil, cells: [evil], settings: DeploySettings(port: 8080), state: .live)
+        version.tag = evil
+        let app = App(name: evil, versions: [version], lb: [LBBinding(group: evil, domain: evil)], project: evil)
+        // The viewer's name and token come from etcd too.
+        let viewer = ConsoleViewer(user: evil, admin: true, csrf: evil)
         let pages = [
-            ConsolePages.build(b, now: Date()),
-            ConsolePages.buildSummary(b, now: Date()),
-            ConsolePages.overview(projects: [project], builds: [b], agents: [agent], now: Date()),
-            ConsolePages.project(project, builds: [b], activity: [ActivityEntry(b)], now: Date()),
-            ConsolePages.agents([agent]),
-            ConsolePages.error(status: 400, message: evil),
+            ConsolePages.build(b, now: Date(), viewer: viewer, mayCancel: true),
+            ConsolePages.buildSummary(b, now: Date(), canceller: viewer),
+            ConsolePages.overview(projects: [project], builds: [b], apps: [app], agents: [agent], now: Date(), viewer: viewer),
+            ConsolePages.project(project, builds: [b], activity: [ActivityEntry(b)], now: Date(), viewer: viewer),
+            ConsolePages.agents([agent], viewer: viewer),
+            ConsolePages.error(status: 400, message: evil, viewer: viewer),
+            ConsolePages.login(token: evil, next: evil, user: evil, message: evil),
         ].map(\.rendered)
         for page in pages {
             #expect(!page.contains("<img"), "\(page)")
@@ -85,7 +91,8 @@ struct HTMLTests {
         #expect(script.hasPrefix("(function(){") && script.hasSuffix("})();"))
         #expect(script.contains(#"'\n[the log stream stopped: '"#))
         #expect(!style.lowercased().contains("</style") && !script.lowercased().contains("</script"))
-        let page = ConsolePages.build(Build(id: "b1", project: "p", ref: "main"), now: Date()).rendered
+        let viewer = ConsoleViewer(user: "alice", admin: false, csrf: "token")
+        let page = ConsolePages.build(Build(id: "b1", project: "p", ref: "main"), now: Date(), viewer: viewer, mayCancel: false).rendered
         #expect(page.contains("<style>\(style)</style>") && page.contains("<script>\(script)</script>"))
     }
 

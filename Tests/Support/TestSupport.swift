@@ -74,6 +74,11 @@ public struct HTTPReply: Sendable {
     public let body: String
     /// The answer's headers, in order.
     public var headers: [(String, String)] = []
+    public init(status: Int, body: String, headers: [(String, String)] = []) {
+        self.status = status
+        self.body = body
+        self.headers = headers
+    }
     public var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
     public var error: String? { json?["error"] as? String }
 }

@@ -43,6 +43,13 @@ struct Access: Sendable {
         return role
     }
 
+    /// Whether the caller may do `permission` on the resource: for offering an action (the
+    /// console's buttons); the route that acts still calls ``require(_:_:on:_:project:app:hidden:)``.
+    func may(_ permission: Permission, _ caller: Caller, on kind: ResourceKind, _ name: String,
+             project: Project? = nil, app: App? = nil) async throws -> Bool {
+        try await role(caller, on: kind, name, project: project, app: app).map { $0 >= permission.minimumRole } ?? false
+    }
+
     /// Admins only, else 403.
     func requireAdmin(_ caller: Caller, to what: String) throws {
         guard caller.admin else { throw KilnError.forbidden("only an admin may \(what)") }
@@ -76,4 +83,11 @@ struct RoleMap: Sendable {
     func role(ofGroup name: String) -> Role? { caller.admin ? .owner : direct(.group, name) }
 
     func may(_ permission: Permission, _ role: Role?) -> Bool { role.map { $0 >= permission.minimumRole } ?? false }
+
+    /// Whether the caller may read `build` (its project's records): `projects` by name. A
+    /// build whose project is gone only admins see, as `GET /api/v1/builds/{id}` answers.
+    func mayRead(_ build: Build, projects: [String: Project]) -> Bool {
+        if caller.admin { return true }
+        return projects[build.project].map { may(.read, role(of: $0)) } ?? false
+    }
 }

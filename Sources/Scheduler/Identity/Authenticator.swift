@@ -41,9 +41,10 @@ public struct Authenticator: Sendable {
     /// login before the local users. None exists yet; this is where one plugs in.
     let passwordProviders: [any PasswordProvider]
 
-    public init(store: SchedulerStore, throttle: LoginThrottle = LoginThrottle(), passwordProviders: [any PasswordProvider] = [], logger: Logger) {
+    /// `throttle`: nil, the store's (one per scheduler, so the API and the console share it).
+    public init(store: SchedulerStore, throttle: LoginThrottle? = nil, passwordProviders: [any PasswordProvider] = [], logger: Logger) {
         self.store = store
-        self.throttle = throttle
+        self.throttle = throttle ?? store.loginThrottle
         self.passwordProviders = passwordProviders
         self.logger = logger
     }

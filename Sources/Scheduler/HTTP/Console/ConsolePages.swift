@@ -5,26 +5,42 @@ import KilnCore
 ///
 /// Every page and piece is an `HTML` value: the markup is the literals written here, and every
 /// `String` interpolated into them (names, refs, log lines, errors, labels) is escaped.
+///
+/// The pages show what they are given: the console hands each one only what its viewer may
+/// see (`Access`), and a page with a form gets the viewer, whose session's token it carries.
+/// No page uses a `style` attribute (the step bars are SVG): the console's
+/// Content-Security-Policy allows its one stylesheet and one script by hash, nothing inline.
 enum ConsolePages {
     // MARK: pages
 
-    static func overview(projects: [Project], builds: [Build], agents: [AgentInfo], now: Date) -> HTML {
+    /// `projects`, `builds`, `apps`: those the viewer may see (builds: may read).
+    static func overview(projects: [Project], builds: [Build], apps: [App], agents: [AgentInfo], now: Date, viewer: ConsoleViewer) -> HTML {
         let projectRows = projects.sorted { $0.name < $1.name }.map { p -> HTML in
             let last: HTML = builds.first { $0.project == p.name }.map { b -> HTML in "\(buildLink(b.id)) \(badge(b.status))" } ?? "—"
             return "<tr><td>\(projectLink(p.name))</td><td>\(p.repository)</td><td>\(p.defaultBranch)</td><td>\(last)</td></tr>"
         }
-        return layout(title: "Kiln", refresh: 10, body: """
+        let appRows = apps.sorted { $0.name < $1.name }.map { a -> HTML in
+            let project: HTML = a.project.map(projectLink) ?? "—"
+            let live = a.live.map { v in "version \(v.number): \(v.tag ?? v.image)" } ?? "—"
+            let domains = a.lb.isEmpty ? "—" : a.lb.map(\.domain).joined(separator: ", ")
+            return "<tr><td class=\"app\">\(a.name)</td><td>\(project)</td><td>\(live)</td><td>\(domains)</td></tr>"
+        }
+        return layout(title: "Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Kiln</h1>
             <h2>Projects</h2>
-            \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project yet: add one with <code>kiln project add</code>."))
+            \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project you are a member of: add one with <code>kiln project add</code>, or ask a project's master to add you."))
             <h2>Recent builds</h2>
             \(buildsTable(builds, now: now, showProject: true))
+            <h2>Apps</h2>
+            \(table(["app", "project", "live", "domains"], appRows, empty: "No app you may see."))
             <h2>Agents</h2>
             \(agentsTable(agents))
             """)
     }
 
-    static func project(_ p: Project, builds: [Build], activity: [ActivityEntry], now: Date) -> HTML {
+    /// `builds` and `activity`: nil when the viewer may see the project but not read its
+    /// records (a guest).
+    static func project(_ p: Project, builds: [Build]?, activity: [ActivityEntry]?, now: Date, viewer: ConsoleViewer) -> HTML {
         var settings: [(String, String)] = [
             ("repository", p.repository), ("build image", p.buildImage), ("build command", p.buildCommand),
             ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
@@ -34,37 +50,47 @@ enum ConsolePages {
             ("max concurrent", p.maxConcurrent.map(String.init) ?? "—"),
         ]
         if let created = p.createdAt { settings.append(("created", when(created))) }
-        let activityRows = activity.map { a -> HTML in
+        let activityRows = (activity ?? []).map { a -> HTML in
             guard let build = a.build, let status = a.status else {
                 // Another event: what happened, who did it, the details.
                 return "<tr><td>\(when(a.at))</td><td>—</td><td>\(a.action)\(a.user.map { " by " + $0 } ?? "")</td><td colspan=\"6\">\(a.detail ?? "")</td></tr>"
             }
             return "<tr><td>\(when(a.at))</td><td>\(buildLink(build))</td><td>\(a.trigger ?? "")</td><td>\(a.ref ?? "")</td><td>\(code(a.commit.map(shortCommit)))</td><td>\(a.tag ?? "—")</td><td>\(badge(status))</td><td>\(a.durationMs.map(seconds) ?? "—")</td><td>\(a.note ?? "")</td></tr>"
         }
-        return layout(title: "\(p.name) · Kiln", refresh: 10, body: """
+        let records: HTML
+        if let builds {
+            records = """
+                <h2>Builds</h2>
+                \(buildsTable(builds, now: now, showProject: false))
+                <h2>Activity</h2>
+                \(table(["at", "build", "trigger", "ref", "commit", "tag", "status", "duration", "note"], activityRows, empty: "No activity yet."))
+                """
+        } else {
+            records = "<p class=\"muted\" id=\"no-records\">Your role on this project lets you see its settings, not its builds, logs or activity: reporters and above read them (see <a href=\"/ui/roles\">roles</a>).</p>"
+        }
+        return layout(title: "\(p.name) · Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Project <span id="project">\(p.name)</span></h1>
             <h2>Settings</h2>
             \(definitions(settings))
-            <h2>Builds</h2>
-            \(buildsTable(builds, now: now, showProject: false))
-            <h2>Activity</h2>
-            \(table(["at", "build", "trigger", "ref", "commit", "tag", "status", "duration", "note"], activityRows, empty: "No activity yet."))
+            \(records)
             """)
     }
 
-    /// The build page: the summary (refreshed by the script) and the live log.
-    static func build(_ b: Build, now: Date) -> HTML {
-        layout(title: "\(b.id) · Kiln", refresh: nil, body: """
+    /// The build page: the summary (refreshed by the script) and the live log. `mayCancel`:
+    /// the viewer may cancel it (developer and up), so a running build shows the button.
+    static func build(_ b: Build, now: Date, viewer: ConsoleViewer, mayCancel: Bool) -> HTML {
+        layout(title: "\(b.id) · Kiln", refresh: nil, viewer: viewer, body: """
             <h1>Build <span id="build">\(b.id)</span> of \(projectLink(b.project))</h1>
-            \(buildSummary(b, now: now))
+            \(buildSummary(b, now: now, canceller: mayCancel ? viewer : nil))
             <h2>Log <small><a href="/ui/builds/\(b.id)/log">raw</a></small></h2>
             <pre id="log" data-build="\(b.id)"></pre>
             <script>\(ConsoleAssets.followScript)</script>
             """)
     }
 
-    /// The part of the build page that changes while it runs: status, fields, step bar.
-    static func buildSummary(_ b: Build, now: Date) -> HTML {
+    /// The part of the build page that changes while it runs: status, fields, step bar, and
+    /// while it has not ended the cancel button for a `canceller` (one who may cancel).
+    static func buildSummary(_ b: Build, now: Date, canceller: ConsoleViewer?) -> HTML {
         var fields: [(String, String)] = [
             ("status", b.status.rawValue), ("ref", b.ref), ("commit", b.commit ?? "—"), ("tag", b.tag ?? "—"),
             ("image", b.image ?? "—"), ("digest", b.digest ?? "—"), ("agent", b.agent ?? "—"),
@@ -75,9 +101,12 @@ enum ConsolePages {
         if let w = b.waiting, b.status == .queued { fields.append(("waiting", w)) }
         let error: HTML = b.error.map { e -> HTML in "<p class=\"error\" id=\"error\">\(e)</p>" } ?? ""
         let pipeline: HTML = b.deploy.map(pipelineRun) ?? ""
+        let cancel: HTML = canceller.flatMap { v -> HTML? in
+            b.status.isFinal ? nil : ConsoleForm.render(action: "/ui/builds/\(b.id)/cancel", button: "Cancel build", csrf: v.csrf, id: "cancel")
+        } ?? ""
         return """
             <div id="summary" data-status="\(b.status.rawValue)">
-            <p>\(badge(b.status))</p>
+            <p>\(badge(b.status)) \(cancel)</p>
             \(error)
             \(definitions(fields))
             <h2>Steps</h2>
@@ -98,16 +127,17 @@ enum ConsolePages {
             """
     }
 
-    static func agents(_ agents: [AgentInfo]) -> HTML {
-        layout(title: "Agents · Kiln", refresh: 10, body: """
+    static func agents(_ agents: [AgentInfo], viewer: ConsoleViewer) -> HTML {
+        layout(title: "Agents · Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Agents</h1>
             \(agentsTable(agents))
             """)
     }
 
-    static func error(status: Int, message: String) -> HTML {
-        layout(title: "\(status) · Kiln", refresh: nil, body: """
-            <h1>\(status == 404 ? "Not found" : "Error \(status)")</h1>
+    /// `viewer`: nil when no one is logged in (the page then has no header links).
+    static func error(status: Int, message: String, viewer: ConsoleViewer?) -> HTML {
+        layout(title: "\(status) · Kiln", refresh: nil, viewer: viewer, body: """
+            <h1>\(status == 404 ? "Not found" : status == 403 ? "Forbidden" : "Error \(status)")</h1>
             <p class="error">\(message)</p>
             <p><a href="/">Back to the overview</a></p>
             """)
@@ -129,11 +159,14 @@ enum ConsolePages {
         return 0
     }
 
+    /// The bar is SVG: each step a nested `<svg>` placed by `x` and `width` attributes (which,
+    /// unlike a `style` attribute, the Content-Security-Policy has no objection to), clipping
+    /// its own label.
     static func stepBar(_ steps: [BuildStep], now: Date) -> HTML {
         let widths = stepWidths(steps, now: now)
-        let segments = widths.filter { $0.ms > 0 }.map { w -> HTML in
+        let segments = placed(widths).map { w -> HTML in
             let name = w.step.name.rawValue, label = "\(w.step.name.rawValue) \(seconds(w.ms))"
-            return "<span class=\"seg \(w.step.status.rawValue) \(name)\" data-step=\"\(name)\" style=\"width:\(percent(w.percent))%\" title=\"\(label)\">\(label)</span>"
+            return "<svg class=\"seg \(w.step.status.rawValue) \(name)\" data-step=\"\(name)\" x=\"\(percent(w.x))%\" width=\"\(percent(w.percent))%\" height=\"100%\"><title>\(label)</title><rect width=\"100%\" height=\"100%\"/><text x=\"3\" y=\"15\">\(label)</text></svg>"
         }
         let legend = widths.map { w -> HTML in
             let name = w.step.name.rawValue
@@ -141,7 +174,7 @@ enum ConsolePages {
             let error = w.step.error.map { " — " + $0 } ?? ""
             return "<li><span class=\"dot \(name)\"></span>\(name): \(w.step.status.rawValue)\(time)\(error)</li>"
         }
-        let bar: HTML = segments.isEmpty ? "<p class=\"muted\">No step has started yet.</p>" : "<div class=\"bar\" id=\"steps\">\(segments.joined())</div>"
+        let bar: HTML = segments.isEmpty ? "<p class=\"muted\">No step has started yet.</p>" : "<svg class=\"bar\" id=\"steps\">\(segments.joined())</svg>"
         return "\(bar)<ul class=\"legend\">\(legend.joined())</ul>"
     }
 
@@ -158,10 +191,19 @@ enum ConsolePages {
 
     /// The step bar without labels, for a table row.
     static func miniBar(_ steps: [BuildStep], now: Date) -> HTML {
-        let segments = stepWidths(steps, now: now).filter { $0.ms > 0 }.map { w -> HTML in
-            "<span class=\"seg \(w.step.name.rawValue)\" style=\"width:\(percent(w.percent))%\" title=\"\(w.step.name.rawValue) \(seconds(w.ms))\"></span>"
+        let segments = placed(stepWidths(steps, now: now)).map { w -> HTML in
+            "<svg class=\"seg \(w.step.name.rawValue)\" x=\"\(percent(w.x))%\" width=\"\(percent(w.percent))%\" height=\"100%\"><title>\(w.step.name.rawValue) \(seconds(w.ms))</title><rect width=\"100%\" height=\"100%\"/></svg>"
         }
-        return segments.isEmpty ? "" : "<div class=\"bar small\">\(segments.joined())</div>"
+        return segments.isEmpty ? "" : "<svg class=\"bar small\">\(segments.joined())</svg>"
+    }
+
+    /// The steps that took time, each with where it starts (percent of the bar).
+    static func placed(_ widths: [(step: BuildStep, ms: Int, percent: Double)]) -> [(step: BuildStep, ms: Int, percent: Double, x: Double)] {
+        var x = 0.0
+        return widths.filter { $0.ms > 0 }.map { w in
+            defer { x += w.percent }
+            return (w.step, w.ms, w.percent, x)
+        }
     }
 
     static func agentsTable(_ agents: [AgentInfo]) -> HTML {
@@ -211,7 +253,9 @@ enum ConsolePages {
 
     static func when(_ date: Date) -> String { date.formatted(.iso8601) }
 
-    static func layout(title: String, refresh: Int?, body: HTML) -> HTML {
+    /// The page around `body`: with a `viewer`, the header's links, their name and the log out
+    /// button; without one (the login page, an error before login), the name Kiln only.
+    static func layout(title: String, refresh: Int?, viewer: ConsoleViewer?, body: HTML) -> HTML {
         let meta: HTML = refresh.map { r -> HTML in "<meta http-equiv=\"refresh\" content=\"\(r)\">" } ?? ""
         return """
             <!doctype html>
@@ -220,7 +264,7 @@ enum ConsolePages {
             \(meta)
             <title>\(title)</title>
             <style>\(ConsoleAssets.style)</style></head>
-            <body><nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/agents">Agents</a></nav>
+            <body>\(header(viewer))
             <main>
             \(body)
             </main></body></html>
