@@ -1,4 +1,5 @@
 @testable import BuildAgent
+import CLibGit2
 import Foundation
 import KilnCore
 import KilnTestSupport
@@ -62,6 +63,23 @@ struct FetchGuardTests {
         guard case .failure(let redirect) = fetchGuard.addresses(host: "127.0.0.1", port: "3001") else { Issue.record("other port passed"); return }
         #expect(redirect.message.contains("sent the fetch on to 127.0.0.1:3001"), "\(redirect.message)")
         #expect(fetchGuard.refusal == redirect.message)
+    }
+
+    @Test("every transport connects through the agent's stream: without a guard on the thread, none connects", arguments: ["http", "https", "git", "ssh"])
+    func everyTransportUsesTheStream(scheme: String) throws {
+        precondition(libgit2Initialised && GuardedStream.registered)
+        let target = try StallingServer(.redirect(to: "http://127.0.0.1:1/"))
+        defer { target.stop() }
+        var remote: OpaquePointer?
+        #expect(git_remote_create_detached(&remote, "\(scheme)://git@127.0.0.1:\(target.port)/x.git") == 0)
+        defer { git_remote_free(remote) }
+        var options = git_remote_connect_options()
+        git_remote_connect_options_init(&options, UInt32(GIT_REMOTE_CONNECT_OPTIONS_VERSION))
+        // libgit2 itself, as GitMirror.fetch calls it, but with no FetchGuard installed.
+        #expect(git_remote_connect_ext(remote, GIT_DIRECTION_FETCH, &options) < 0)
+        let message = git_error_last().flatMap { $0.pointee.message.map { String(cString: $0) } } ?? ""
+        #expect(message.contains("no fetch policy is in force"), "\(scheme): \(message)")
+        #expect(target.accepted == 0, "\(scheme) connected around the agent's stream")
     }
 
     @Test("in this process: a refused server is never connected to and no mirror is made; allowed, it is fetched from")
