@@ -42,6 +42,9 @@ public struct AgentConfiguration: Sendable {
     /// Folders whose git repositories projects may name with `file://`; empty: none. A
     /// repository inside `dataDir` (mirrors, caches, workspaces) is refused whatever this says.
     public var allowFileRepos: [URL]
+    /// Which git servers a fetch may connect to (`FetchPolicy`): by default none on loopback,
+    /// link-local, metadata, multicast or this machine's own addresses.
+    public var fetchPolicy: FetchPolicy
     /// Bound the processes of the Dockerfile's RUN steps through a cgroup of the agent's own
     /// (`ImageCgroup`; needs cgroup v1 and a container engine using cgroupfs, not systemd).
     public var imagePidsCgroup: Bool
@@ -86,7 +89,7 @@ public struct AgentConfiguration: Sendable {
         etcdEndpoint: String = "http://127.0.0.1:2379", keyPrefix: String = "/kiln",
         dockerSocket: String = "/run/podman/podman.sock", registry: String = "127.0.0.1:5000",
         registryInsecure: Bool = true, mavenMirror: String? = nil, compileNetwork: CompileNetwork = .bridge,
-        limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(),
+        limits: BuildLimits = .agentDefault, allowFileRepos: [URL] = [], fetchPolicy: FetchPolicy = FetchPolicy(), imagePidsCgroup: Bool = true, timeouts: StepTimeouts = .init(),
         version: String = "0.1.0", simulate: SimulatedDuration? = nil,
         kilnExecutable: URL? = KilnExecutable.locate(), maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes,
         registryCredentials: RegistryCredentials? = nil
@@ -105,6 +108,7 @@ public struct AgentConfiguration: Sendable {
         self.compileNetwork = compileNetwork
         self.limits = limits
         self.allowFileRepos = allowFileRepos
+        self.fetchPolicy = fetchPolicy
         self.imagePidsCgroup = imagePidsCgroup
         self.timeouts = timeouts
         self.version = version

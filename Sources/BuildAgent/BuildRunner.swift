@@ -267,8 +267,8 @@ struct BuildRunner: TaskRunner {
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
             // In a child process: a silent server cannot hold the step past its limit or a cancel.
-            let stats = try await GitFetcher(executable: kiln).fetch(mirror)
-            reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(project.repository)")
+            let stats = try await GitFetcher(executable: kiln, policy: configuration.fetchPolicy).fetch(mirror)
+            reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(RepositoryEndpoint.redacted(project.repository))")
             let sha = try await blocking(cancel: flag) { try mirror.resolve(ref: task.ref, commit: task.commit) }
             try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
             try await blocking(cancel: flag) { try mirror.checkout(commit: sha, into: workspace) }

@@ -1,9 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
-#if canImport(Glibc)
-import Glibc
-#endif
+import Processes
 
 /// Who may talk to a dev server that builds use (the Maven mirror): this machine itself and
 /// containers on podman's bridge, nobody else.
@@ -44,19 +42,7 @@ public struct LocalPeers: Sendable, Equatable {
 
     /// The IPv4 addresses of this machine's interfaces (host order).
     public static func hostAddresses() -> [UInt32] {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return [] }
-        defer { freeifaddrs(list) }
-        var found: [UInt32] = []
-        var cursor = list
-        while let entry = cursor {
-            if let sa = entry.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET) {
-                let address = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
-                found.append(UInt32(bigEndian: address))
-            }
-            cursor = entry.pointee.ifa_next
-        }
-        return found
+        HostAddresses.current().filter { $0.count == 4 }.map { $0.reduce(0) { $0 << 8 | UInt32($1) } }
     }
 }
 

@@ -140,6 +140,10 @@ public final class Infrastructure: Sendable {
     /// The demo project's repository URL on this farm's git server.
     public func repositoryURL(_ name: String) -> String { "\(git.url)/\(name).git" }
 
+    /// The git server as agents must allow it (`kiln agent --allow-fetch-from`): it listens
+    /// on loopback, which an agent's fetch policy refuses by default.
+    public var gitServerForFetches: String { "127.0.0.1:\(git.port)" }
+
     /// Publishes `fixtures/demo` (or `source`) as `name`.git on the git server; returns the tip.
     @discardableResult
     public func publishDemo(source: URL? = nil, name: String = "demo", edit: ((URL) throws -> Void)? = nil) throws -> String {

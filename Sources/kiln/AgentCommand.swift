@@ -107,6 +107,26 @@ struct AgentCommand: AsyncParsableCommand {
         """, valueName: "dir"))
     var allowFileRepos: [String] = env("KILN_ALLOW_FILE_REPOS", "").split(separator: ":").map(String.init)
 
+    @Option(name: .long, help: ArgumentHelp("""
+        A git server the agent may fetch from whatever its name resolves to, as HOST:PORT the \
+        way repository URLs name it (repeat for more; env KILN_ALLOW_FETCH_FROM, \
+        comma-separated). HOST alone means git's standard ports 22, 80, 443 and 9418; an IPv6 \
+        address goes in brackets ([::1]:3000). The agent fetches on this machine's network, \
+        so without this it refuses any server that resolves to a loopback, link-local (cloud \
+        metadata), multicast or reserved address, or to an address of this machine: that is \
+        where etcd, the scheduler and the registry answer. Matched exactly: 127.0.0.1:3000 \
+        allows neither localhost:3000 nor 127.0.0.1:3001.
+        """, valueName: "host:port"))
+    var allowFetchFrom: [String] = env("KILN_ALLOW_FETCH_FROM", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+
+    @Flag(name: .long, help: ArgumentHelp("""
+        Also refuse git servers in private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, \
+        fc00::/7), for an agent whose repositories are all on the internet; allow the ones \
+        you need with --allow-fetch-from. By default private servers are fetched from, since \
+        a company's own GitLab usually lives there (env KILN_DENY_PRIVATE_FETCH=1).
+        """))
+    var denyPrivateFetch = env("KILN_DENY_PRIVATE_FETCH", "0") == "1"
+
     @Option(name: .long, help: ArgumentHelp("Time limits of the steps, in seconds: fetch,compile,image,push.", valueName: "f,c,i,p"))
     var timeouts: String = "600,1800,900,600"
 
@@ -129,6 +149,7 @@ struct AgentCommand: AsyncParsableCommand {
         for dir in allowFileRepos where !dir.hasPrefix("/") {
             throw ValidationError("--allow-file-repos needs an absolute folder, not '\(dir)'")
         }
+        do { _ = try parsedFetchPolicy() } catch let error as FetchAllowanceError { throw ValidationError(error.message) }
         guard let size = AgentConfiguration.parseSize(maxLogSize), size >= AgentConfiguration.minimumMaxLogBytes else {
             throw ValidationError("--max-log-size must be a size of at least 64K: bytes, or a number with K, M or G (for example 64M), not '\(maxLogSize)'")
         }
@@ -159,6 +180,10 @@ struct AgentCommand: AsyncParsableCommand {
         return limits
     }
 
+    func parsedFetchPolicy() throws -> FetchPolicy {
+        try FetchPolicy(parsing: allowFetchFrom, denyPrivate: denyPrivateFetch)
+    }
+
     var parsedTimeouts: StepTimeouts? {
         let n = timeouts.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard n.count == 4, n.allSatisfy({ $0 > 0 }) else { return nil }
@@ -172,7 +197,7 @@ struct AgentCommand: AsyncParsableCommand {
             dataDir: URL(fileURLWithPath: dataDir).standardizedFileURL, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dockerSocket: dockerSocket, registry: registry, registryInsecure: registryIsPlainHTTP, mavenMirror: mavenMirror,
             compileNetwork: compileNetwork, limits: parsedLimits!,
-            allowFileRepos: allowFileRepos.map { URL(fileURLWithPath: $0).standardizedFileURL }, imagePidsCgroup: imagePidsCgroup,
+            allowFileRepos: allowFileRepos.map { URL(fileURLWithPath: $0).standardizedFileURL }, fetchPolicy: try parsedFetchPolicy(), imagePidsCgroup: imagePidsCgroup,
             timeouts: parsedTimeouts!, version: KilnVersion.current,
             simulate: simulate.flatMap(SimulatedDuration.init),
             // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
@@ -184,7 +209,7 @@ struct AgentCommand: AsyncParsableCommand {
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")
         } else {
-            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description)")
+            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description); \(config.fetchPolicy.summary)")
             if compileNetwork == .host {
                 logger.warning("kiln agent \(id): --compile-network host: every build runs on this machine's network and can reach etcd, the scheduler and the registry on loopback. Use it only when every build on this agent is trusted; the default is bridge")
             }

@@ -132,8 +132,8 @@ struct Up: AsyncParsableCommand {
                     name: id, executable: exe,
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
                                 "--etcd", infra.etcd.endpoint, "--etcd-credentials", agentCredentials.path, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
-                                "--maven-mirror", infra.mavenMirrorForBuilds, "--build-pids", String(buildPids), "--log-level", logLevel]
-                        + registryCredentials.agentArguments(id),
+                                "--maven-mirror", infra.mavenMirrorForBuilds, "--allow-fetch-from", infra.gitServerForFetches,
+                                "--build-pids", String(buildPids), "--log-level", logLevel] + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }

@@ -9,33 +9,12 @@ import Testing
 /// beside this test bundle, against git daemon and against servers that stall.
 @Suite("GitFetcher: the fetch in a child process that can be killed")
 struct GitFetcherTests {
-    var fetcher: GitFetcher {
-        get throws {
-            let kiln = try #require(KilnExecutable.besideCurrent, "no executable path")
-            try #require(FileManager.default.isExecutableFile(atPath: kiln.path), "\(kiln.path) is missing: swift build --build-tests builds it")
-            return GitFetcher(executable: kiln)
-        }
-    }
-
-    /// git daemon serving `repo`'s folder on a free port; stopped by PID when the test ends.
-    func withDaemon(_ repo: GitFixture, _ body: (String) async throws -> Void) async throws {
-        let port = try FreePort.next()
-        let execPath = try run("git", ["--exec-path"])
-        let daemon = try ManagedProcess(
-            name: "git daemon", executable: "\(execPath)/git-daemon",
-            arguments: ["--listen=127.0.0.1", "--port=\(port)", "--base-path=\(repo.dir.url.path)", "--export-all", "--reuseaddr", repo.dir.url.path],
-            environment: repo.environment, logFile: repo.dir.path("daemon.log"))
-        defer { daemon.killNow() }
-        try await daemon.waitUntilReady(timeout: 10) { FreePort.isInUse(port) }
-        try await body("git://127.0.0.1:\(port)/origin.git")
-    }
-
     @Test("the child fetches, reports its stats, and fetches incrementally")
     func fetchesInAChild() async throws {
         let repo = try GitFixture()
         let first = try repo.commit(["a.txt": "1\n"])
-        let fetcher = try self.fetcher
-        try await withDaemon(repo) { url in
+        try await repo.withDaemon { url, server in
+            let fetcher = try childFetcher(allowing: [server])
             let mirror = GitMirror(path: repo.dir.path("mirrors/child.git"), url: url)
             let stats = try await fetcher.fetch(mirror)
             #expect(stats.receivedObjects == 3)
@@ -49,12 +28,12 @@ struct GitFetcherTests {
         let repo = try GitFixture()
         let port = try FreePort.next()  // nothing listens there
         let mirror = GitMirror(path: repo.dir.path("mirrors/refused.git"), url: "http://127.0.0.1:\(port)/x.git")
-        let error = await #expect(throws: GitError.self) { _ = try await self.fetcher.fetch(mirror) }
+        let error = await #expect(throws: GitError.self) { _ = try await childFetcher(allowing: ["127.0.0.1:\(port)"]).fetch(mirror) }
         #expect(error?.operation == "fetch http://127.0.0.1:\(port)/x.git")
         #expect(error?.message.isEmpty == false && error?.message.contains("git: fetch") == false, "\(String(describing: error))")
         // A refused URL never starts the child.
         let hostile = GitMirror(path: repo.dir.path("mirrors/h.git"), url: "ext::sh -c touch% /tmp/pwned")
-        let refused = await #expect(throws: GitError.self) { _ = try await self.fetcher.fetch(hostile) }
+        let refused = await #expect(throws: GitError.self) { _ = try await childFetcher().fetch(hostile) }
         #expect(refused?.kind == .invalidURL)
     }
 
@@ -63,9 +42,9 @@ struct GitFetcherTests {
     func stalledServerIsKilled(mode: StallingServer.Mode) async throws {
         let repo = try GitFixture()
         let sha = try repo.commit(["a.txt": "1\n"])
-        let fetcher = try self.fetcher
         let server = try StallingServer(mode)
         defer { server.stop() }
+        let fetcher = try childFetcher(allowing: ["127.0.0.1:\(server.port)"])
         let path = repo.dir.path("mirrors/stalled.git")
         let started = ContinuousClock.now
         struct Limit: Error {}
@@ -77,8 +56,8 @@ struct GitFetcherTests {
         #expect(server.accepted >= 1, "the child never reached the server")
         #expect(processes(containing: path.path).isEmpty, "a git-fetch child is left: \(processes(containing: path.path))")
         // The same mirror, now from a server that answers: the lock is free and the fetch works.
-        try await withDaemon(repo) { url in
-            let stats = try await fetcher.fetch(GitMirror(path: path, url: url))
+        try await repo.withDaemon { url, server in
+            let stats = try await childFetcher(allowing: [server]).fetch(GitMirror(path: path, url: url))
             #expect(stats.receivedObjects == 3)
             #expect(try GitMirror(path: path, url: url).resolve(ref: "main", commit: nil) == sha)
         }
@@ -87,9 +66,9 @@ struct GitFetcherTests {
     @Test("cancelling the caller kills the child and throws CancellationError")
     func cancelKills() async throws {
         let repo = try GitFixture()
-        let fetcher = try self.fetcher
         let server = try StallingServer(.silent)
         defer { server.stop() }
+        let fetcher = try childFetcher(allowing: ["127.0.0.1:\(server.port)"])
         let path = repo.dir.path("mirrors/cancelled.git")
         let task = Task { try await fetcher.fetch(GitMirror(path: path, url: server.url)) }
         // Synchronised on the server: the child has connected and waits for an answer.

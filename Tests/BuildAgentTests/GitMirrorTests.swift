@@ -232,30 +232,22 @@ struct GitMirrorTests {
     func gitDaemon() async throws {
         let repo = try GitFixture()
         let first = try repo.commit(["a.txt": "1\n"])
-        let port = try FreePort.next()
-        // git-daemon itself, not the `git` wrapper: the wrapper would stand between the PID we
-        // stop and the daemon.
-        let execPath = try run("git", ["--exec-path"])
-        let daemon = try ManagedProcess(
-            name: "git daemon", executable: "\(execPath)/git-daemon",
-            arguments: [
-                "--listen=127.0.0.1", "--port=\(port)", "--base-path=\(repo.dir.url.path)",
-                "--export-all", "--reuseaddr", repo.dir.url.path,
-            ],
-            environment: repo.environment, logFile: repo.dir.path("daemon.log"))
-        // SIGKILL: a child started from a concurrency thread inherits its blocked SIGTERM.
-        defer { daemon.killNow() }
-        try await daemon.waitUntilReady(timeout: 10) { FreePort.isInUse(port) }
-
-        let mirror = GitMirror(path: repo.dir.path("mirrors/d.git"), url: "git://127.0.0.1:\(port)/origin.git")
-        let stats = try mirror.fetch()
-        #expect(stats.receivedObjects == 3)
-        #expect(try mirror.resolve(ref: "main", commit: nil) == first)
-        #expect(try mirror.fetch().receivedObjects == 0)
-        let second = try repo.commit(["a.txt": "2\n"])
-        #expect(try mirror.fetch().receivedObjects == 3)
-        try mirror.checkout(commit: second, into: repo.dir.path("ws"))
-        #expect(try String(contentsOf: repo.dir.path("ws/a.txt"), encoding: .utf8) == "2\n")
+        try await repo.withDaemon { url, server in
+            let mirror = GitMirror(path: repo.dir.path("mirrors/d.git"), url: url)
+            // Loopback is refused unless allowed, before the mirror is made.
+            let refused = #expect(throws: GitError.self) { try mirror.fetch() }
+            #expect(refused?.kind == .refused && refused?.message.contains("--allow-fetch-from \(server)") == true, "\(String(describing: refused))")
+            #expect(!FileManager.default.fileExists(atPath: mirror.path.path))
+            let policy = try FetchPolicy(parsing: [server], denyPrivate: false)
+            let stats = try mirror.fetch(policy: policy)
+            #expect(stats.receivedObjects == 3)
+            #expect(try mirror.resolve(ref: "main", commit: nil) == first)
+            #expect(try mirror.fetch(policy: policy).receivedObjects == 0)
+            let second = try repo.commit(["a.txt": "2\n"])
+            #expect(try mirror.fetch(policy: policy).receivedObjects == 3)
+            try mirror.checkout(commit: second, into: repo.dir.path("ws"))
+            #expect(try String(contentsOf: repo.dir.path("ws/a.txt"), encoding: .utf8) == "2\n")
+        }
     }
 
     @Test("two fetches of one mirror at once are serialised and both succeed")

@@ -51,4 +51,31 @@ final class GitFixture: Sendable {
     func mirror(_ name: String = "project") -> GitMirror {
         GitMirror(path: dir.path("mirrors/\(name).git"), url: originURL)
     }
+
+    /// git daemon serving this fixture's folder on a free loopback port, for `body` with the
+    /// URL of `origin.git` and the server as HOST:PORT (which a fetch policy must allow);
+    /// stopped by PID when `body` ends.
+    func withDaemon(_ body: (_ url: String, _ server: String) async throws -> Void) async throws {
+        let port = try FreePort.next()
+        // git-daemon itself, not the `git` wrapper: the wrapper would stand between the PID we
+        // stop and the daemon.
+        let execPath = try run("git", ["--exec-path"])
+        let daemon = try ManagedProcess(
+            name: "git daemon", executable: "\(execPath)/git-daemon",
+            arguments: ["--listen=127.0.0.1", "--port=\(port)", "--base-path=\(dir.url.path)", "--export-all", "--reuseaddr", dir.url.path],
+            environment: environment, logFile: dir.path("daemon.log"))
+        // SIGKILL: a child started from a concurrency thread inherits its blocked SIGTERM.
+        defer { daemon.killNow() }
+        try await daemon.waitUntilReady(timeout: 10) { FreePort.isInUse(port) }
+        try await body("git://127.0.0.1:\(port)/origin.git", "127.0.0.1:\(port)")
+    }
+}
+
+/// A fetcher that runs the `kiln` built beside this test bundle (`kiln git-fetch`), whose child
+/// may fetch from `servers` (HOST:PORT) on top of the default policy, which refuses loopback,
+/// where every server of these tests listens.
+func childFetcher(allowing servers: [String] = []) throws -> GitFetcher {
+    let kiln = try #require(KilnExecutable.besideCurrent, "no executable path")
+    try #require(FileManager.default.isExecutableFile(atPath: kiln.path), "\(kiln.path) is missing: swift build --build-tests builds it")
+    return GitFetcher(executable: kiln, policy: try FetchPolicy(parsing: servers, denyPrivate: false))
 }

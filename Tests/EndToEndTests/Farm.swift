@@ -49,14 +49,18 @@ final class Farm: Sendable {
     /// User admin's credentials for the registry.
     var admin: RegistryCredentials { RegistryCredentials(user: "admin", password: registryAuth.adminToken) }
 
-    /// The agent's etcd user must exist: `withFarm` makes one for each of its agents.
-    func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2) -> AgentConfiguration {
+    /// The agent's etcd user must exist: `withFarm` makes one for each of its agents. The agent
+    /// may fetch from the farm's git server (on loopback, as `kiln up` allows it) and from
+    /// the servers in `allowFetchFrom` (HOST:PORT).
+    func agentConfiguration(_ id: String, registry: String? = nil, timeouts: StepTimeouts = .init(), capacity: Int = 2,
+                            allowFetchFrom: [String] = []) -> AgentConfiguration {
         var configuration = AgentConfiguration(
             // A lease of 10 s, as in production: with both cores busy (the other suites run beside
             // these), a 4 s lease once expired in the middle of a build, which then ran a second attempt.
             id: id, capacity: capacity, ttlSeconds: 10, dataDir: dataDir.appendingPathComponent("agents/\(id)"),
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
+        configuration.fetchPolicy = try! FetchPolicy(parsing: [infra.gitServerForFetches] + allowFetchFrom, denyPrivate: false)
         configuration.registryCredentials = registryAuth.machines[id]
         // Unreadable (no user made for this id): the agent runs anonymous and etcd refuses it.
         configuration.etcdCredentials = try? infra.etcdUsers.credentials(.agent(id))

@@ -11,13 +11,14 @@ extension EndToEndTests {
     @Test("a git server that stalls: the fetch's time limit and a cancel stop it; the slot, the mirror and its lock are free again")
     func stalledGitServer() async throws {
         let fetchLimit = 8
+        let silent = try StallingServer(.silent)
+        let partial = try StallingServer(.partialHTTP)
+        defer { silent.stop(); partial.stop() }
         try await withFarm(configure: { farm, id in
-            farm.agentConfiguration(id, timeouts: StepTimeouts(fetch: .seconds(fetchLimit), compile: .seconds(300), image: .seconds(300), push: .seconds(300)), capacity: 1)
+            farm.agentConfiguration(id, timeouts: StepTimeouts(fetch: .seconds(fetchLimit), compile: .seconds(300), image: .seconds(300), push: .seconds(300)), capacity: 1,
+                                    allowFetchFrom: ["127.0.0.1:\(silent.port)", "127.0.0.1:\(partial.port)"])
         }) { farm in
             let mirrors = farm.dataDir.appendingPathComponent("agents/agent-1/mirrors")
-            let silent = try StallingServer(.silent)
-            let partial = try StallingServer(.partialHTTP)
-            defer { silent.stop(); partial.stop() }
             for (name, server) in [("silent", silent), ("partial", partial)] {
                 try await farm.addProject(name, repository: server.url, buildCommand: "exit 3")
                 let b = try await farm.finished(try await farm.startBuild(name).id, timeout: .seconds(120))

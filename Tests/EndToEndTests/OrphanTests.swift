@@ -25,7 +25,8 @@ extension EndToEndTests {
                     name: "kiln agent \(id) (run \(run))", executable: kiln.path,
                     arguments: ["agent", "--id", id, "--ttl", "3", "--capacity", "1", "--etcd", farm.infra.etcd.endpoint, "--etcd-credentials", etcdCredentials.path,
                                 "--data-dir", dataDir.path, "--docker-socket", farm.infra.podman.socketPath,
-                                "--registry", farm.infra.registry.address, "--timeouts", "60,600,300,300", "--log-level", "info"],
+                                "--registry", farm.infra.registry.address, "--allow-fetch-from", farm.infra.gitServerForFetches,
+                                "--timeouts", "60,600,300,300", "--log-level", "info"],
                     logFile: farm.dataDir.appendingPathComponent("agent-\(run).log"))
             }
             // Each compile container beats into the cache under a name of its own while it runs

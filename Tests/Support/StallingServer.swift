@@ -8,8 +8,12 @@ import Glibc
 /// answer, the way a server that hangs would. `silent` says nothing at all; `partialHTTP`
 /// reads the request and sends the start of a smart-HTTP answer (status, headers announcing
 /// more bytes than come, the first pkt-line), then stalls. Connections stay open until `stop`.
+/// `redirect` answers every request with a 301 to the URL given (what a git server the agent
+/// may fetch from would send to bounce it elsewhere), and closes the connection.
+/// `accepted` counts the connections: with `silent` it is a stand-in for a service that must
+/// see no connection.
 public final class StallingServer: Sendable {
-    public enum Mode: Sendable { case silent, partialHTTP }
+    public enum Mode: Sendable { case silent, partialHTTP, redirect(to: String) }
 
     public let port: Int
     public let mode: Mode
@@ -59,21 +63,39 @@ public final class StallingServer: Sendable {
                 return true
             }
             guard keep else { close(c); return }
-            if mode == .partialHTTP { Thread.detachNewThread { StallingServer.answerPartially(c) } }
+            switch mode {
+            case .silent: break
+            case .partialHTTP: Thread.detachNewThread { StallingServer.answerPartially(c) }
+            case .redirect(let location): Thread.detachNewThread { StallingServer.redirect(c, to: location) }
+            }
         }
     }
 
     /// Reads the request head, sends a truncated upload-pack advertisement, and goes quiet.
     private static func answerPartially(_ fd: Int32) {
+        guard readHead(fd) else { return }
+        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nCache-Control: no-cache\r\nContent-Length: 4096\r\n\r\n001e# service=git-upload-pack\n"
+        _ = answer.withCString { write(fd, $0, strlen($0)) }
+    }
+
+    /// Reads the request head, answers 301 to `location`, and shuts the connection down.
+    private static func redirect(_ fd: Int32, to location: String) {
+        guard readHead(fd) else { return }
+        let answer = "HTTP/1.1 301 Moved Permanently\r\nLocation: \(location)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        _ = answer.withCString { write(fd, $0, strlen($0)) }
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    /// Reads up to the end of a request head; false when the peer went away first.
+    private static func readHead(_ fd: Int32) -> Bool {
         var head = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while !head.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)) {
             let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { return }
+            if n <= 0 { return false }
             head += buffer[0..<n]
         }
-        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nCache-Control: no-cache\r\nContent-Length: 4096\r\n\r\n001e# service=git-upload-pack\n"
-        _ = answer.withCString { write(fd, $0, strlen($0)) }
+        return true
     }
 
     /// Closes the listener and every connection.

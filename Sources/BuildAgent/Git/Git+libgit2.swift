@@ -86,7 +86,7 @@ extension GitMirror {
         var remote: OpaquePointer?
         let code = git_remote_lookup(&remote, repo, "origin")
         if code == GIT_ENOTFOUND.rawValue {
-            try check(git_remote_create_with_fetchspec(&remote, repo, "origin", url, GitMirror.refspecs[0]), "add remote origin \(url)")
+            try check(git_remote_create_with_fetchspec(&remote, repo, "origin", url, GitMirror.refspecs[0]), "add remote origin \(RepositoryEndpoint.redacted(url))")
             try check(git_remote_add_fetch(repo, "origin", GitMirror.refspecs[1]), "add the tags refspec")
             return remote!
         }
@@ -94,7 +94,7 @@ extension GitMirror {
         let current = git_remote_url(remote).map { String(cString: $0) }
         if current == url { return remote! }
         git_remote_free(remote)
-        try check(git_remote_set_url(repo, "origin", url), "set remote origin to \(url)")
+        try check(git_remote_set_url(repo, "origin", url), "set remote origin to \(RepositoryEndpoint.redacted(url))")
         remote = nil
         try check(git_remote_lookup(&remote, repo, "origin"), "read remote origin")
         return remote!

@@ -12,20 +12,25 @@ import Processes
 /// mirror (lock files, a half-written pack) is removed by the next fetch, under the mirror's
 /// file lock (`GitMirror.removeLeftovers`).
 ///
-/// Rules: the URL is checked here, before the child starts, and again by the child. Nothing
+/// Rules: the URL's form is checked here, before the child starts, and again by the child;
+/// the fetch policy (which servers, `FetchPolicy`) is applied by the child, right before and
+/// at each connection, since a name resolved here could resolve differently there. Nothing
 /// secret goes on the child's command line or into its environment (both are visible in
 /// `ps`): credentials, when fetches get them, go in a file of mode 0600 named by an argument.
 public struct GitFetcher: Sendable {
     /// The `kiln` executable whose hidden `git-fetch` subcommand does the work.
     public let executable: URL
+    /// Which servers the child may fetch from.
+    public let policy: FetchPolicy
 
-    public init(executable: URL) {
+    public init(executable: URL, policy: FetchPolicy = FetchPolicy()) {
         self.executable = executable
+        self.policy = policy
     }
 
     /// The child's arguments for one fetch.
-    static func arguments(for mirror: GitMirror) -> [String] {
-        ["git-fetch", "--mirror", mirror.path.path, "--url", mirror.url]
+    func arguments(for mirror: GitMirror) -> [String] {
+        ["git-fetch", "--mirror", mirror.path.path, "--url", mirror.url] + policy.arguments
     }
 
     /// Fetches `mirror` in a child process and returns what it transferred.
@@ -33,10 +38,10 @@ public struct GitFetcher: Sendable {
     ///   `CancellationError` when the caller was cancelled (the child is killed then).
     public func fetch(_ mirror: GitMirror) async throws -> FetchStats {
         try GitMirror.validate(url: mirror.url)
-        let operation = "fetch \(mirror.url)"
+        let operation = "fetch \(RepositoryEndpoint.redacted(mirror.url))"
         let outcome: Spawn.Outcome
         do {
-            outcome = try await Spawn.runCancellable(executable.path, GitFetcher.arguments(for: mirror), outputLimit: 64 * 1024)
+            outcome = try await Spawn.runCancellable(executable.path, arguments(for: mirror), outputLimit: 64 * 1024)
         } catch let error as FarmError {
             throw GitError(.io, operation, "cannot start \(executable.path) git-fetch: \(error.description)")
         }

@@ -24,6 +24,9 @@ let libgit2Initialised: Bool = git_libgit2_init() > 0
 /// - The URL is checked before any network use, by the rule the API checks projects with
 ///   (`Validation.repositoryURL`): only http(s)://, ssh://, git://, file:// and scp-like
 ///   `user@host:path` are accepted; `ext::` and options hidden as `-…` are refused.
+/// - A fetch connects only where its `FetchPolicy` lets it (by default nowhere on loopback,
+///   link-local, metadata or this machine's own addresses), at the addresses checked, with no
+///   proxy and no redirect to another server (`FetchGuard`, `GuardedStream`).
 /// - Submodules and LFS objects are not fetched.
 public struct GitMirror: Sendable {
     /// Where the bare repository lives (created by the first `fetch`).
@@ -46,18 +49,31 @@ public struct GitMirror: Sendable {
     /// are gone upstream. The mirror's HEAD follows the remote's default branch, so
     /// `resolve(ref: "HEAD", …)` gives the remote's default tip.
     ///
+    /// Network use obeys `policy`: the server is resolved and checked before anything else,
+    /// and every connection goes only to the addresses checked (`FetchGuard`,
+    /// `GuardedStream`); HTTP redirects to another host or port fail the fetch.
+    ///
     /// - Parameters:
+    ///   - policy: which servers may be fetched from; the default refuses loopback, link-local,
+    ///     metadata, multicast and this machine's own addresses (not `file://`, which is the
+    ///     agent's `FileRepositories` rule).
     ///   - cancel: when set, the transfer stops at the next progress report and this throws a
     ///     `GitError` whose `isCancelled` is true. A fetch blocked on a silent network is only
     ///     interrupted when data or a timeout arrives: libgit2 1.5 has no timeout of its own,
     ///     so the agent runs this in a child process it can kill (`GitFetcher`, `kiln git-fetch`).
     ///   - progress: called on libgit2's thread (this one) as objects arrive.
-    /// - Throws: `GitError` with libgit2's message.
+    /// - Throws: `GitError` with libgit2's message, of kind `refused` when the policy refused.
     @discardableResult
-    public func fetch(cancel: CancelFlag? = nil, progress: (@Sendable (FetchProgress) -> Void)? = nil) throws -> FetchStats {
+    public func fetch(policy: FetchPolicy = FetchPolicy(), cancel: CancelFlag? = nil, progress: (@Sendable (FetchProgress) -> Void)? = nil) throws -> FetchStats {
         try GitMirror.validate(url: url)
         precondition(libgit2Initialised, "git_libgit2_init failed")
-        if cancel?.isCancelled == true { throw GitError(.cancelled, "fetch \(url)", "cancelled before it started") }
+        let shown = RepositoryEndpoint.redacted(url)
+        if cancel?.isCancelled == true { throw GitError(.cancelled, "fetch \(shown)", "cancelled before it started") }
+        // Refused before the mirror is touched; GuardedStream checks again at each connection.
+        if let server = RepositoryEndpoint(url: url), case .failure(let refusal) = FetchGuard.check(host: server.host, port: server.port, policy: policy) {
+            throw GitError(refusal.byPolicy ? .refused : .libgit2, "fetch \(shown)", refusal.message)
+        }
+        precondition(GuardedStream.registered, "git_stream_register failed")
         let started = ContinuousClock.now
 
         let lock = try FileLock(path: path.path + ".lock")
@@ -70,7 +86,20 @@ public struct GitMirror: Sendable {
         let remote = try originRemote(repo)
         defer { git_remote_free(remote) }
 
-        let context = FetchContext(cancel: cancel, progress: progress)
+        let fetchGuard = FetchGuard(policy: policy)
+        do {
+            return try FetchGuard.installed(fetchGuard) {
+                try transfer(repo: repo, remote: remote, context: FetchContext(cancel: cancel, progress: progress), started: started)
+            }
+        } catch let error as GitError {
+            throw GitMirror.explain(error, refusal: fetchGuard.refusal, url: url)
+        }
+    }
+
+    /// Connects, fetches the refspecs and moves HEAD, on this thread (whose `FetchGuard` is in
+    /// force).
+    private func transfer(repo: OpaquePointer, remote: OpaquePointer, context: FetchContext, started: ContinuousClock.Instant) throws -> FetchStats {
+        let shown = RepositoryEndpoint.redacted(url)
         let payload = Unmanaged.passUnretained(context).toOpaque()
         return try withExtendedLifetime(context) {
             var callbacks = git_remote_callbacks()
@@ -93,10 +122,14 @@ public struct GitMirror: Sendable {
             }
 
             // Connect first so the remote's default branch can be read; git_remote_fetch then
-            // reuses this connection.
-            var proxy = git_proxy_options()
-            git_proxy_options_init(&proxy, UInt32(GIT_PROXY_OPTIONS_VERSION))
-            try check(git_remote_connect(remote, GIT_DIRECTION_FETCH, &callbacks, &proxy, nil), "connect to \(url)", context: context)
+            // reuses this connection. No proxy (the options' default), and no redirect to
+            // another host: a server the policy lets through must not bounce the agent to one
+            // it refuses (FetchGuard also refuses another port of the same host).
+            var connectOptions = git_remote_connect_options()
+            git_remote_connect_options_init(&connectOptions, UInt32(GIT_REMOTE_CONNECT_OPTIONS_VERSION))
+            connectOptions.callbacks = callbacks
+            connectOptions.follow_redirects = GIT_REMOTE_REDIRECT_NONE
+            try check(git_remote_connect_ext(remote, GIT_DIRECTION_FETCH, &connectOptions), "connect to \(shown)", context: context)
             let defaultBranch = GitMirror.defaultBranch(of: remote)
 
             var options = git_fetch_options()
@@ -104,10 +137,11 @@ public struct GitMirror: Sendable {
             options.callbacks = callbacks
             options.prune = GIT_FETCH_PRUNE
             options.update_fetchhead = 0
+            options.follow_redirects = GIT_REMOTE_REDIRECT_NONE
             // The tags refspec fetches every tag; auto-following would only add work.
             options.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE
             try withStrArray(GitMirror.refspecs) { refspecs in
-                try check(git_remote_fetch(remote, &refspecs, &options, "kiln fetch"), "fetch \(url)", context: context)
+                try check(git_remote_fetch(remote, &refspecs, &options, "kiln fetch"), "fetch \(shown)", context: context)
             }
             if let defaultBranch {
                 // Best effort: an empty remote, or one whose HEAD is detached, has none.
@@ -122,6 +156,20 @@ public struct GitMirror: Sendable {
                 durationMs: started.duration(to: .now).inMilliseconds
             )
         }
+    }
+
+    /// The error a fetch reports: the policy's refusal when it refused a connection (libgit2's
+    /// own text then only says the connection failed), a plain statement for a redirect
+    /// libgit2 refused, and never the URL's user information.
+    static func explain(_ error: GitError, refusal: String?, url: String) -> GitError {
+        if error.isCancelled { return error }
+        if let refusal { return GitError(.refused, error.operation, refusal, code: error.code) }
+        var message = RepositoryEndpoint.scrub(error.message, of: url)
+        if message.hasPrefix("cannot redirect from") || message == "unexpected redirect" {
+            message = "the server answered with an HTTP redirect (libgit2: \(message)): the agent follows no redirect to another host or port. Set the project's repository to the URL the server redirects to"
+            return GitError(.refused, error.operation, message, code: error.code)
+        }
+        return GitError(error.kind, error.operation, message, code: error.code)
     }
 
     /// Removes what a fetch that was killed midway left in the mirror: lock files (`*.lock`:
@@ -225,6 +273,8 @@ public struct GitMirror: Sendable {
         do {
             try Validation.repositoryURL(url)
         } catch let error as KilnError {
+            // Quoted as given: the API refused the same URL when the project was saved, so
+            // none that reaches an agent fails here.
             throw GitError(.invalidURL, "check repository URL '\(Validation.printable(url))'", error.message)
         }
     }

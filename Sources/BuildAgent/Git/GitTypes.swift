@@ -53,7 +53,7 @@ public final class CancelFlag: Sendable {
 public struct GitError: Error, CustomStringConvertible, Sendable {
     /// Which kind of failure this is; new kinds may be added.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String, Hashable, Sendable { case libgit2, cancelled, notFound, ambiguous, invalidURL, invalidArgument, io }
+        private enum Base: String, Hashable, Sendable { case libgit2, cancelled, notFound, ambiguous, invalidURL, invalidArgument, io, refused }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// libgit2 reported an error (network, corrupt repository, …).
@@ -70,6 +70,9 @@ public struct GitError: Error, CustomStringConvertible, Sendable {
         public static let invalidArgument = Kind(.invalidArgument)
         /// A local file operation failed.
         public static let io = Kind(.io)
+        /// The agent's fetch policy refused the server (`FetchPolicy`), or the server
+        /// redirected the fetch elsewhere.
+        public static let refused = Kind(.refused)
         public var description: String { base.rawValue }
     }
 
