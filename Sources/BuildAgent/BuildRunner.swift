@@ -333,11 +333,10 @@ struct BuildRunner: TaskRunner {
         }
         do {
             try await docker.start(id)
-            // Follow the output to its end (the container has exited then), and only then
-            // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
-            // as it is open (containers/podman#18150), which halved the build's CPU here.
-            try await followOutput(of: id, docker: docker) { reporter.output($0) }
-            let code = try await docker.wait(id)
+            // The output to its end (the container has exited then), and only then the exit
+            // code: podman 4.3's Docker-API `wait` spins a core for as long as it is open
+            // (containers/podman#18150), which halved the build's CPU here.
+            let code = try await streamOutput(of: id, docker: docker) { reporter.output($0) }
             try? await docker.remove(id, force: true)
             return code
         } catch {
