@@ -10,7 +10,9 @@ import Foundation
 /// 2. `ADD` from a URL is refused: buildah downloads it itself, on the host's network, so
 ///    `ADD http://127.0.0.1:2379/…` reads the control plane. Sources with a variable (`$U`)
 ///    are refused too, as they may expand to a URL. Fetch files in the compile step instead.
-/// 3. `ONBUILD` instructions are checked as the instruction they wrap.
+/// 3. `ONBUILD` instructions are checked as the instruction they wrap; a base image's own
+///    ONBUILD triggers, which buildah runs before a stage's instructions, by these same rules
+///    before the image step (`triggerRefusal`, `BuildRunner.checkBaseImages`).
 /// Other flags of `RUN` (`--network`, `--security`) are refused the same way as `--mount`:
 /// this buildah knows none of them, a later one may.
 ///
