@@ -40,6 +40,8 @@ struct BuildRunner: TaskRunner {
     let mirrorLocks: KeyedLock
     let cacheLocks: KeyedLock
     let logger: Logger
+    /// The ONBUILD triggers of base images this agent has read, by image ID.
+    let triggerCache = ImageTriggerCache()
 
     var mirrorsDir: URL { configuration.dataDir.appendingPathComponent("mirrors") }
     var cachesDir: URL { configuration.dataDir.appendingPathComponent("mvncache") }
@@ -333,11 +335,10 @@ struct BuildRunner: TaskRunner {
         }
         do {
             try await docker.start(id)
-            // Follow the output to its end (the container has exited then), and only then
-            // ask for the exit code: podman 4.3's Docker-API `wait` spins a core for as long
-            // as it is open (containers/podman#18150), which halved the build's CPU here.
-            try await followOutput(of: id, docker: docker) { reporter.output($0) }
-            let code = try await docker.wait(id)
+            // The output to its end (the container has exited then), and only then the exit
+            // code: podman 4.3's Docker-API `wait` spins a core for as long as it is open
+            // (containers/podman#18150), which halved the build's CPU here.
+            let code = try await streamOutput(of: id, docker: docker) { reporter.output($0) }
             try? await docker.remove(id, force: true)
             return code
         } catch {
@@ -354,17 +355,31 @@ struct BuildRunner: TaskRunner {
     // both resolved through links and inside the checkout, RUN steps in the build's sandbox.
     private func image(task: BuildTask, workspace: URL, reference: String, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
         let project = task.project
-        let (context, dockerfile) = try resolveImageInputs(project: project, workspace: workspace)
-        reporter.log("building \(reference) from \(project.dockerfile)")
-        let cgroup = imageCgroup(task: task, sandbox: sandbox, reporter: reporter)
-        defer { cgroup?.remove() }
-        do {
-            let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, tag: reference,
-                                            confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.output($0) }
-            reporter.log("image \(id)")
-        } catch let e as DockerError {
-            throw StepFailure(step: .image, message: "\(e)")
+        let (context, dockerfile, text) = try resolveImageInputs(project: project, workspace: workspace)
+        // Base images pulled from the farm's registry leave the engine's storage with the step,
+        // for the reason the built image does (see runSteps).
+        let pulled = Locked<[String]>([])
+        let docker = self.docker
+        let removePulled: @Sendable () async -> Void = {
+            await outlivingCancellation { for name in pulled.withLock({ $0 }) { try? await docker.removeImage(name, force: false) } }
         }
+        do {
+            let pinned = try await checkBaseImages(text, project: project, pulled: pulled, reporter: reporter)
+            reporter.log("building \(reference) from \(project.dockerfile)")
+            let cgroup = imageCgroup(task: task, sandbox: sandbox, reporter: reporter)
+            defer { cgroup?.remove() }
+            do {
+                let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, dockerfileText: pinned, tag: reference,
+                                                confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.output($0) }
+                reporter.log("image \(id)")
+            } catch let e as DockerError {
+                throw StepFailure(step: .image, message: "\(e)")
+            }
+        } catch {
+            await removePulled()
+            throw error
+        }
+        await removePulled()
     }
 
     // push: to the registry; the digest from the push stream, else from the registry.

@@ -1,6 +1,9 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The lines of a container's output (see `DockerClient.logs`).
 public struct ContainerLogs: AsyncSequence, Sendable {
@@ -65,47 +68,72 @@ public struct ContainerLogs: AsyncSequence, Sendable {
     }
 }
 
-/// Splits the Docker log stream into lines: frames of an 8-byte header ([stream, 0, 0, 0,
-/// size as big-endian UInt32]) then the payload, or raw bytes when the container has a TTY.
-/// podman labels both as application/octet-stream, so the framing is recognised from the
-/// first header.
+/// Splits the Docker log stream into lines: frames (see `LogFrames`) whose payloads are cut
+/// into lines per stream, or raw bytes when the container has a TTY. podman labels both as
+/// application/octet-stream, so the framing is recognised from the first header.
 struct LogDemuxer {
-    private enum Mode { case unknown, multiplexed, raw }
-    private var mode = Mode.unknown
-    private var buffer: [UInt8] = []
+    private var frames = LogFrames()
+    private var raw = false
     private var stdout = LineSplitter()
     private var stderr = LineSplitter()
 
     mutating func feed(_ bytes: some Sequence<UInt8>) -> [String] {
-        buffer.append(contentsOf: bytes)
-        if mode == .unknown {
-            guard buffer.count >= 8 else { return [] }
-            mode = (buffer[0] <= 2 && buffer[1] == 0 && buffer[2] == 0 && buffer[3] == 0) ? .multiplexed : .raw
-        }
-        if mode == .raw {
-            defer { buffer.removeAll(keepingCapacity: true) }
-            return stdout.feed(bytes: buffer)
-        }
+        if raw { return stdout.feed(bytes: Array(bytes)) }
         var lines: [String] = []
-        var offset = 0
-        while buffer.count - offset >= 8 {
-            let size = Int(buffer[offset + 4]) << 24 | Int(buffer[offset + 5]) << 16 | Int(buffer[offset + 6]) << 8 | Int(buffer[offset + 7])
-            guard buffer.count - offset - 8 >= size else { break }
-            let payload = buffer[(offset + 8)..<(offset + 8 + size)]
-            if buffer[offset] == 2 { lines += stderr.feed(bytes: payload) } else { lines += stdout.feed(bytes: payload) }
-            offset += 8 + size
+        let framed = frames.feed(bytes) { stream, payload in
+            if stream == 2 { lines += stderr.feed(buffer: payload) } else { lines += stdout.feed(buffer: payload) }
         }
-        buffer.removeFirst(offset)
+        if !framed {
+            raw = true
+            return stdout.feed(bytes: frames.takeBuffer())
+        }
         return lines
     }
 
     mutating func finish() -> [String] {
-        if mode != .multiplexed && !buffer.isEmpty {
-            let rest = stdout.feed(bytes: buffer)
-            buffer.removeAll()
-            return rest + stdout.finish()
+        // Fewer than 8 bytes in all: too short for a frame, so bare output.
+        let rest = frames.takeBuffer()
+        return (rest.isEmpty ? [] : stdout.feed(bytes: rest)) + stdout.finish() + stderr.finish()
+    }
+}
+
+/// Frames of the Docker log stream: an 8-byte header ([stream, 0, 0, 0, size as big-endian
+/// UInt32]) then the payload. A stream whose first 8 bytes are no such header is not framed
+/// (a container with a TTY): `feed` returns false then, and keeps the bytes for `takeBuffer`.
+/// Written over raw buffers: a flooded log has hundreds of thousands of frames, and this runs
+/// unoptimised in debug builds too.
+struct LogFrames {
+    private enum Mode { case unknown, multiplexed, raw }
+    private var mode = Mode.unknown
+    private var buffer: [UInt8] = []
+
+    /// Hands each whole frame the bytes complete to `each` (its payload valid only during the
+    /// call), in order; false when the stream is not framed.
+    mutating func feed(_ bytes: some Sequence<UInt8>, _ each: (UInt8, UnsafeBufferPointer<UInt8>) throws -> Void) rethrows -> Bool {
+        buffer.append(contentsOf: bytes)
+        if mode == .unknown {
+            guard buffer.count >= 8 else { return true }
+            mode = (buffer[0] <= 2 && buffer[1] == 0 && buffer[2] == 0 && buffer[3] == 0) ? .multiplexed : .raw
         }
-        return stdout.finish() + stderr.finish()
+        guard mode == .multiplexed else { return false }
+        let consumed = try buffer.withUnsafeBufferPointer { all -> Int in
+            var offset = 0
+            while all.count - offset >= 8 {
+                let size = Int(all[offset + 4]) << 24 | Int(all[offset + 5]) << 16 | Int(all[offset + 6]) << 8 | Int(all[offset + 7])
+                guard all.count - offset - 8 >= size else { break }
+                try each(all[offset], UnsafeBufferPointer(rebasing: all[(offset + 8)..<(offset + 8 + size)]))
+                offset += 8 + size
+            }
+            return offset
+        }
+        buffer.removeFirst(consumed)
+        return true
+    }
+
+    /// The bytes not yet part of a frame (all of them, for a stream that is not framed).
+    mutating func takeBuffer() -> [UInt8] {
+        defer { buffer.removeAll() }
+        return mode == .multiplexed ? [] : buffer
     }
 }
 
@@ -114,17 +142,34 @@ struct LineSplitter {
     static let maxLine = 1 << 20
     private var partial: [UInt8] = []
 
-    mutating func feed(_ text: String) -> [String] { feed(bytes: text.utf8) }
+    mutating func feed(_ text: String) -> [String] { feed(bytes: Array(text.utf8)) }
 
-    mutating func feed(bytes: some Sequence<UInt8>) -> [String] {
+    mutating func feed(bytes: [UInt8]) -> [String] {
+        bytes.withUnsafeBufferPointer { feed(buffer: $0) }
+    }
+
+    mutating func feed(buffer: UnsafeBufferPointer<UInt8>) -> [String] {
+        guard let base = buffer.baseAddress else { return [] }
         var lines: [String] = []
-        for byte in bytes {
-            if byte == UInt8(ascii: "\n") {
-                lines.append(take())
-            } else {
-                partial.append(byte)
+        var start = 0
+        while start < buffer.count {
+            let window = min(buffer.count - start, LineSplitter.maxLine - partial.count)
+            guard let found = memchr(base + start, 0x0A, window) else {
+                partial.append(contentsOf: UnsafeBufferPointer(start: base + start, count: window))
+                start += window
                 if partial.count >= LineSplitter.maxLine { lines.append(take()) }
+                continue
             }
+            let end = UnsafePointer(found.assumingMemoryBound(to: UInt8.self)) - base
+            if partial.isEmpty {
+                var line = UnsafeBufferPointer(start: base + start, count: end - start)
+                if line.last == UInt8(ascii: "\r") { line = UnsafeBufferPointer(start: line.baseAddress, count: line.count - 1) }
+                lines.append(String(decoding: line, as: UTF8.self))
+            } else {
+                partial.append(contentsOf: UnsafeBufferPointer(start: base + start, count: end - start))
+                lines.append(take())
+            }
+            start = end + 1
         }
         return lines
     }

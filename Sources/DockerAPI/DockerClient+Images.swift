@@ -32,10 +32,12 @@ extension DockerClient {
     ///
     /// - Parameters:
     ///   - dockerfile: the Dockerfile's path relative to the context.
+    ///   - dockerfileText: sent as the Dockerfile instead of the file's own text (which is
+    ///     then not read again): the text the caller checked.
     ///   - confinement: the network, limits and capabilities of the `RUN` steps.
     /// - Throws: `DockerError` with the builder's message when a step fails.
     public func build(
-        contextDirectory: URL, dockerfile: String = "Dockerfile", tag: String,
+        contextDirectory: URL, dockerfile: String = "Dockerfile", dockerfileText: String? = nil, tag: String,
         confinement: BuildConfinement = BuildConfinement(), onLine: @Sendable (String) -> Void
     ) async throws -> String {
         let operation = "build \(tag)"
@@ -56,7 +58,8 @@ extension DockerClient {
         do {
             size = try await offThePool {
                 let ignore = try DockerIgnore(contextDirectory: contextDirectory)
-                try Tar.archive(directory: contextDirectory, to: archive, ignore: ignore, keep: [dockerfile, ".dockerignore"])
+                try Tar.archive(directory: contextDirectory, to: archive, ignore: ignore, keep: [dockerfile, ".dockerignore"],
+                                replacing: dockerfileText.map { [dockerfile: Array($0.utf8)] } ?? [:])
                 let attributes = try FileManager.default.attributesOfItem(atPath: archive.path)
                 return (attributes[.size] as? NSNumber)?.intValue ?? 0
             }

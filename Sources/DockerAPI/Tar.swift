@@ -23,13 +23,16 @@ public enum Tar {
     /// - Parameters:
     ///   - exclude: decides which relative paths stay out ("src/main.c", "target"); `keep`
     ///     names paths that go in regardless (Docker always sends the Dockerfile and `.dockerignore`).
+    ///   - replacing: regular files (by relative path) whose entry holds these bytes instead
+    ///     of the file's (the Dockerfile the sandbox checked and pinned), mode and time kept.
     /// - Returns: the number of entries written.
     @discardableResult
     public static func archive(
         directory: URL,
         to output: URL,
         ignore: DockerIgnore = DockerIgnore(patterns: []),
-        keep: Set<String> = []
+        keep: Set<String> = [],
+        replacing: [String: [UInt8]] = [:]
     ) throws -> Int {
         guard let file = fopen(output.path, "wb") else {
             throw TarError("cannot create \(output.path): \(String(cString: strerror(errno)))")
@@ -43,7 +46,12 @@ public enum Tar {
             }
         }
         let root = directory.standardizedFileURL.path
-        try walk(root: root, relative: "", writer: &writer, ignore: DockerIgnoreMatcher(ignore), hasExceptions: ignore.hasExceptions, keep: keep)
+        var replaced: Set<String> = []
+        try walk(root: root, relative: "", writer: &writer, ignore: DockerIgnoreMatcher(ignore), hasExceptions: ignore.hasExceptions, keep: keep,
+                 replacing: replacing, replaced: &replaced)
+        if let missing = Set(replacing.keys).subtracting(replaced).sorted().first {
+            throw TarError("\(missing) is not a regular file in \(directory.path), so its replacement was not written")
+        }
         try writer.finish()
         closed = true
         if fclose(file) != 0 {
@@ -53,7 +61,8 @@ public enum Tar {
     }
 
     private static func walk(
-        root: String, relative: String, writer: inout TarWriter, ignore: DockerIgnoreMatcher, hasExceptions: Bool, keep: Set<String>
+        root: String, relative: String, writer: inout TarWriter, ignore: DockerIgnoreMatcher, hasExceptions: Bool, keep: Set<String>,
+        replacing: [String: [UInt8]], replaced: inout Set<String>
     ) throws {
         let dirPath = relative.isEmpty ? root : root + "/" + relative
         for name in try listDirectory(dirPath) {
@@ -71,13 +80,18 @@ public enum Tar {
                     try writer.addDirectory(path: rel, mode: st.st_mode & 0o7777, mtime: Int(st.st_mtim.tv_sec))
                 }
                 // With '!' rules a file under an excluded folder may be let back in: look inside.
-                try walk(root: root, relative: rel, writer: &writer, ignore: ignore, hasExceptions: hasExceptions, keep: keep)
+                try walk(root: root, relative: rel, writer: &writer, ignore: ignore, hasExceptions: hasExceptions, keep: keep, replacing: replacing, replaced: &replaced)
                 continue
             }
             if excluded { continue }
             switch kind {
             case S_IFREG:
-                try writer.addFile(path: rel, sourcePath: full, size: Int(st.st_size), mode: st.st_mode & 0o7777, mtime: Int(st.st_mtim.tv_sec))
+                if let bytes = replacing[rel] {
+                    replaced.insert(rel)
+                    try writer.addFile(path: rel, bytes: bytes, mode: st.st_mode & 0o7777, mtime: Int(st.st_mtim.tv_sec))
+                } else {
+                    try writer.addFile(path: rel, sourcePath: full, size: Int(st.st_size), mode: st.st_mode & 0o7777, mtime: Int(st.st_mtim.tv_sec))
+                }
             case S_IFLNK:
                 try writer.addSymlink(path: rel, target: try readLink(full), mtime: Int(st.st_mtim.tv_sec))
             default:
@@ -155,6 +169,14 @@ struct TarWriter {
             remaining -= got
         }
         let padding = (512 - size % 512) % 512
+        if padding > 0 { try sink([UInt8](repeating: 0, count: padding)) }
+    }
+
+    /// Writes a file entry holding `bytes`.
+    mutating func addFile(path: String, bytes: [UInt8], mode: mode_t, mtime: Int) throws {
+        try writeHeader(path: path, type: "0", size: bytes.count, mode: mode, mtime: mtime)
+        try sink(bytes)
+        let padding = (512 - bytes.count % 512) % 512
         if padding > 0 { try sink([UInt8](repeating: 0, count: padding)) }
     }
 

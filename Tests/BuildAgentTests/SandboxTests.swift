@@ -39,6 +39,9 @@ struct SandboxTests {
         #"FROM x\#nADD http:\/\/127.0.0.1:5000/ /loot"#,
         #"FROM x\#nADD ["http:\/\/127.0.0.1/","/x"] junk"#,
         "FROM x\nADD 'http://127.0.0.1/' /x",
+        // CRLF line ends (one Character to Swift, so a split by "\n" once saw one line):
+        "FROM x\r\nADD http://127.0.0.1:2379/version /v\r\n",
+        "# a comment first\r\nFROM x\r\nRUN --mount=type=cache,id=../../..,target=/h ls /h\r\n",
     ])
     func refused(_ dockerfile: String) {
         #expect(DockerfilePolicy.check(dockerfile) != nil, "\(dockerfile)")
@@ -68,6 +71,7 @@ struct SandboxTests {
         ("FROM 127.0.0.1:5000/app:v1", true),
         ("FROM localhost/kiln/jdk17-maven:1 AS build\nRUN true\nFROM localhost/kiln/jre17:1\nCOPY --from=build /x /x", true),
         ("FROM --platform=linux/amd64 busybox:1", true),
+        ("# CRLF\r\nFROM localhost/kiln/jre17:1\r\nCOPY --from=127.0.0.1:5000/victim:v1 /app /app\r\n", false),
     ])
     func images(_ dockerfile: String, _ allowed: Bool) {
         let v = DockerfilePolicy.checkImages(dockerfile, registry: "127.0.0.1:5000", project: "app")

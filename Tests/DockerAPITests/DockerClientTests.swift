@@ -72,6 +72,38 @@ struct DockerClientTests {
         }
     }
 
+    @Test("reads without follow, each resuming after the last: every line of a flood once and in order, read while it is written and after")
+    func logReader() async throws {
+        try await withPodman(timeout: .seconds(240)) { _, docker in
+            // 200,000 short lines as fast as seq writes them (podman's follow lost two thirds
+            // of these here), then a slower stretch with stderr lines and a 100 KiB line that
+            // conmon stores in pieces, then an unfinished last line.
+            let script = "seq 1 200000; i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done; "
+                + "head -c 102400 /dev/zero | tr '\\0' L; echo; printf tail"
+            let id = try await docker.createContainer(ContainerSpec(image: busyboxImage, cmd: ["sh", "-c", script]), name: nil)
+            defer { Task { try? await docker.remove(id, force: true) } }
+            let lines = Lines()
+            var reader = ContainerLogReader(id: id, docker: docker) { lines.append($0) }
+            try await docker.start(id)
+            var liveReads = 0
+            while (try await docker.state(of: id)).running {
+                try await reader.read(final: false)
+                liveReads += 1
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(try await docker.wait(id) == 0)
+            let clock = ContinuousClock()
+            let finalRead = try await clock.measure { try await reader.read(final: true) }
+            let all = lines.all
+            let stdout = all.filter { !$0.hasPrefix("err") }
+            let expected = (1...200_000).map(String.init) + (0..<300).map { "out\($0)" } + [String(repeating: "L", count: 102_400), "tail"]
+            #expect(stdout.count == expected.count, "\(stdout.count) stdout lines after \(liveReads) live reads")
+            #expect(stdout == expected, "first difference at \(zip(stdout, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? -1)")
+            #expect(all.filter { $0.hasPrefix("err") } == (0..<300).map { "err\($0)" })
+            print("log reader: \(liveReads) reads while running, the final read took \(finalRead)")
+        }
+    }
+
     @Test("a bind mount is writable; a :ro one is not")
     func bindMounts() async throws {
         let dir = try TempDir("bind")

@@ -136,4 +136,44 @@ struct StreamParsingTests {
         let listing = try run("tar", ["-tvf", archive.path])
         #expect(listing.contains("root/root"))
     }
+
+    @Test("a build context can carry a replacement for one file (the Dockerfile the sandbox pinned); one that is not there fails")
+    func replacedFile() throws {
+        let dir = try TempDir("replace")
+        try "FROM busybox:1\n".write(to: dir.path("sub/Dockerfile").creatingParent(), atomically: true, encoding: .utf8)
+        try "data\n".write(to: dir.path("other"), atomically: true, encoding: .utf8)
+        let out = try TempDir("replace-out")
+        let archive = out.path("context.tar")
+        try Tar.archive(directory: dir.url, to: archive, replacing: ["sub/Dockerfile": Array("FROM abc\n".utf8)])
+        let listed = try run("tar", ["-xOf", archive.path, "sub/Dockerfile"])
+        #expect(listed == "FROM abc")
+        #expect(throws: TarError.self) {
+            try Tar.archive(directory: dir.path("sub"), to: archive, replacing: ["./Dockerfile": Array("FROM abc\n".utf8)])
+        }
+    }
+
+    @Test("an image's configuration is read out of its export: the file manifest.json names, if it is the image's")
+    func exportEntries() throws {
+        let hex = String(repeating: "cd", count: 32)
+        let config = #"{"config":{"OnBuild":["RUN echo ok"]}}"#
+        let layer = [UInt8](repeating: 7, count: 3000)
+        var tar: [UInt8] = []
+        for (name, bytes) in [("\(hex.prefix(8)).tar", layer), ("\(hex).json", Array(config.utf8)), ("manifest.json", Array(#"[{"Config":"\#(hex).json"}]"#.utf8))] {
+            var writer = TarWriter { tar += $0 }
+            try writer.addFile(path: name, bytes: bytes, mode: 0o644, mtime: 0)
+        }
+        tar += [UInt8](repeating: 0, count: 1024)
+        for chunkSize in [1, 100, 511, 512, 513, 100_000] {
+            var entries = TarEntries(keepUpTo: 1 << 20) { $0 == "manifest.json" || $0.contains(hex) }
+            var i = 0
+            while i < tar.count {
+                try entries.feed(tar[i..<min(i + chunkSize, tar.count)])
+                i += chunkSize
+            }
+            #expect(Set(entries.kept.keys) == ["\(hex).json", "manifest.json"], "chunk size \(chunkSize)")
+            #expect(entries.kept["\(hex).json"].map { String(decoding: $0, as: UTF8.self) } == config)
+        }
+        var broken = TarEntries(keepUpTo: 10) { _ in true }
+        #expect(throws: TarError.self) { try broken.feed([UInt8](repeating: 65, count: 512)) }
+    }
 }

@@ -1,4 +1,5 @@
 import BuildAgent
+import DockerAPI
 import Etcd
 import Foundation
 import KilnCore
@@ -71,6 +72,12 @@ struct HostileBuildTests {
                 RUN /setuid-helper; id -u
 
                 """,
+            "crlf.Dockerfile": "# CRLF line ends\r\nFROM \(busybox)\r\nRUN --mount=type=cache,id=../../../../..,target=/host ls /host\r\n",
+            // Base images whose ONBUILD triggers run first (made by onbuildTriggers()).
+            "onbuild-hostile.Dockerfile": "FROM \(farm.infra.registry.address)/onbuild:hostile\nRUN echo main-'ran'\n",
+            "onbuild-copy.Dockerfile": "FROM \(farm.infra.registry.address)/onbuild:copyfrom\nRUN echo main-'ran'\n",
+            "onbuild-public.Dockerfile": "FROM docker.io/hostile/onbuild:1\nRUN echo main-'ran'\n",
+            "onbuild-ok.Dockerfile": "FROM \(farm.infra.registry.address)/onbuild:ok AS first\nRUN echo main-'ran'\nFROM first\n",
         ]
         return try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
                                           bareRepository: farm.infra.gitRoot.appendingPathComponent("hostile.git"), branch: branch) { dir in
@@ -100,6 +107,14 @@ struct HostileBuildTests {
     func tags(_ farm: Farm, _ repository: String) async throws -> Int {
         let token = try await farm.token(farm.admin, scopes: ["repository:\(repository):pull"])
         return try await httpRequest(.GET, "\(farm.infra.registry.url)/v2/\(repository)/tags/list", headers: [("Authorization", "Bearer \(token)")]).status
+    }
+
+    /// The repository's tags, asked as admin.
+    func tags(_ farm: Farm, _ repository: String, list: Bool) async throws -> [String] {
+        let token = try await farm.token(farm.admin, scopes: ["repository:\(repository):pull"])
+        let reply = try await httpRequest(.GET, "\(farm.infra.registry.url)/v2/\(repository)/tags/list", headers: [("Authorization", "Bearer \(token)")])
+        struct Tags: Decodable { let tags: [String]? }
+        return (try? JSONDecoder().decode(Tags.self, from: Data(reply.body.utf8)))?.tags ?? []
     }
 
     @Test("builds reach neither etcd nor the scheduler nor the registry, from the compile step or a RUN; paths through links, file:// mirrors and fork or memory bombs fail; RUN steps have no-new-privileges; a feature branch cannot plant into the main cache")
@@ -196,6 +211,12 @@ struct HostileBuildTests {
             #expect(runmount.status == .failed)
             #expect(runmount.error?.contains("RUN --mount is not allowed") == true, "\(runmount.error ?? "")")
 
+            // ...also with CRLF line ends and a comment first (the check once saw one line).
+            try await addProject(farm, "crlf", command: "true", dockerfile: "crlf.Dockerfile")
+            let (crlf, _) = try await build(farm, "crlf")
+            #expect(crlf.status == .failed)
+            #expect(crlf.error?.contains("RUN --mount is not allowed") == true, "\(crlf.error ?? "")")
+
             // 6. A memory hog: killed at the agent's memory limit (256 MiB; tail keeps 1 GiB).
             try await addProject(farm, "memhog", command: "head -c 1200m /dev/zero | tail -c 1000m > /dev/null; s=$?; [ $s = 0 ] && echo SUR'VIVED'; exit $s")
             let (hog, hogLog) = try await build(farm, "memhog")
@@ -222,6 +243,82 @@ struct HostileBuildTests {
             #expect(pinnedLog.contains("FOUND-PLANTED"), "a commit not on main must use the shared cache: \(pinnedLog)")
             #expect(FileManager.default.fileExists(atPath: agentData.appendingPathComponent("mvncache/protected/cache/planted").path))
             #expect(FileManager.default.fileExists(atPath: agentData.appendingPathComponent("mvncache/shared/cache/planted").path))
+        }
+    }
+
+
+    @Test("a base image's ONBUILD triggers are checked before the image step: a trigger that mounts the host or copies another project's image fails the build and touches nothing; a harmless one runs, in the very image checked")
+    func onbuildTriggers() async throws {
+        try await withFarm { farm in
+            try farm.infra.podman.ensureBusyboxImage(HostileBuildTests.busybox)
+            try HostileBuildTests.publishHostileRepository(farm)
+            let registry = farm.infra.registry.address
+            let docker = DockerClient(socketPath: farm.infra.podman.socketPath)
+            // What a trigger that reached the host would leave there.
+            let marker = farm.dataDir.appendingPathComponent("onbuild-reached-the-host")
+            let hostile = "RUN --mount=type=cache,id=\(String(repeating: "../", count: 12)),target=/h touch /h\(marker.path)"
+            let scratch = try TempDir("onbuild")
+            /// A docker-format image from busybox with these triggers, made in the farm's storage.
+            func makeBase(_ name: String, _ triggers: [String]) throws {
+                let dir = scratch.path(name.replacingOccurrences(of: "/", with: "_"))
+                try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+                try (["FROM \(HostileBuildTests.busybox)"] + triggers.map { "ONBUILD " + $0 }).joined(separator: "\n")
+                    .write(to: dir.appendingPathComponent("Dockerfile"), atomically: true, encoding: .utf8)
+                try farm.podman(["build", "--quiet", "--format", "docker", "-t", name, dir.path])
+            }
+            /// Pushed into the project's own repository as admin, then gone from the engine, so
+            /// that the build pulls it (with the agent's credentials: anonymous pulls are refused).
+            func pushBase(_ tag: String, _ triggers: [String]) async throws {
+                try makeBase("\(registry)/onbuild:\(tag)", triggers)
+                _ = try await docker.push(image: "\(registry)/onbuild", tag: tag, insecure: true, credentials: farm.admin) { _ in }
+                try farm.podman(["rmi", "\(registry)/onbuild:\(tag)"])
+            }
+            try await pushBase("hostile", [hostile])
+            try await pushBase("copyfrom", ["COPY --from=\(registry)/victim:v1 / /loot"])
+            try await pushBase("ok", ["RUN echo ok-trigger-'ran'"])
+            // A "public" image already in the engine's storage (as if another build pulled it).
+            try makeBase("docker.io/hostile/onbuild:1", [hostile])
+            defer { _ = try? farm.podman(["rmi", "-f", "docker.io/hostile/onbuild:1"]) }
+
+            // The control: the engine itself runs the trigger, host mount and all.
+            let context = scratch.path("control")
+            try FileManager.default.createDirectory(at: context, withIntermediateDirectories: true)
+            try "FROM docker.io/hostile/onbuild:1\n".write(to: context.appendingPathComponent("Dockerfile"), atomically: true, encoding: .utf8)
+            _ = try await docker.build(contextDirectory: context, tag: "localhost/kiln-test/onbuild-control:1", confinement: BuildConfinement(network: .bridge)) { _ in }
+            try? await docker.removeImage("localhost/kiln-test/onbuild-control:1", force: true)
+            #expect(FileManager.default.fileExists(atPath: marker.path), "the control build did not reach the host: the test would prove nothing")
+            try FileManager.default.removeItem(at: marker)
+
+            for (dockerfile, base, why) in [
+                ("onbuild-hostile.Dockerfile", "\(registry)/onbuild:hostile", "RUN --mount is not allowed"),
+                ("onbuild-public.Dockerfile", "docker.io/hostile/onbuild:1", "RUN --mount is not allowed"),
+                ("onbuild-copy.Dockerfile", "\(registry)/onbuild:copyfrom", "another project"),
+            ] {
+                try await addProject(farm, "onbuild", command: "true", dockerfile: dockerfile)
+                let (b, log) = try await build(farm, "onbuild")
+                #expect(b.status == .failed, "\(dockerfile): \(log)")
+                #expect(b.steps.first { $0.name == .image }?.status == .failed)
+                let error = b.error ?? ""
+                #expect(error.contains("the base image \(base)") && error.contains("ONBUILD trigger") && error.contains(why), "\(dockerfile): \(error)")
+                #expect(!log.contains("main-ran"), "\(dockerfile): the image step ran")
+                #expect(!FileManager.default.fileExists(atPath: marker.path), "\(dockerfile): a trigger reached the host")
+                #expect(!log.contains("pulling") || base.hasPrefix(registry), "\(dockerfile): \(log)")
+                // Pulled for the check, gone with the step; nothing of the build was pushed.
+                if base.hasPrefix(registry) { #expect(try farm.infra.podman.podmanCommand(["image", "exists", base]).status != 0, "\(base) stayed") }
+                let tagged = try await tags(farm, "onbuild", list: true)
+                #expect(!tagged.contains(b.tag ?? "?"), "\(dockerfile): \(tagged)")
+            }
+
+            // A harmless trigger runs, in a build that starts from the image checked, by its ID.
+            try await addProject(farm, "onbuild", command: "true", dockerfile: "onbuild-ok.Dockerfile")
+            let (ok, okLog) = try await build(farm, "onbuild")
+            #expect(ok.status == .succeeded, "\(ok.error ?? "") \(okLog)")
+            #expect(okLog.contains("ok-trigger-ran") && okLog.contains("main-ran"), "\(okLog)")
+            let line = try #require(okLog.split(separator: "\n").first { $0.hasPrefix("base image \(registry)/onbuild:ok is sha256:") })
+            let id = String(line.split(separator: " ")[4].dropFirst(7).prefix(64))
+            #expect(okLog.contains("FROM \(id) AS first"), "the builder did not start from the image checked: \(okLog)")
+            #expect(line.contains("RUN echo ok-trigger-'ran'"))
+            #expect(try await tags(farm, "onbuild", list: true).contains(ok.tag ?? "?"))
         }
     }
 }

@@ -29,9 +29,10 @@ extension BuildRunner {
     }
 
     /// The context folder and the Dockerfile's path relative to it, both resolved through
-    /// every link and inside the checkout, and the Dockerfile free of instructions the image
-    /// builder would carry out outside the sandbox (`DockerfilePolicy`).
-    func resolveImageInputs(project: Project, workspace: URL) throws -> (context: URL, dockerfile: String) {
+    /// every link and inside the checkout, and the Dockerfile's text, free of instructions the
+    /// image builder would carry out outside the sandbox (`DockerfilePolicy`): the text the
+    /// image step sends (the file is not read again).
+    func resolveImageInputs(project: Project, workspace: URL) throws -> (context: URL, dockerfile: String, text: String) {
         let context = try Containment.resolve(project.context, in: workspace, what: "context folder", step: .image)
         let dockerfile = try Containment.resolve(project.dockerfile, in: workspace, what: "Dockerfile", step: .image)
         var isDir: ObjCBool = false
@@ -61,7 +62,7 @@ extension BuildRunner {
         }
         // The resolved path: a Dockerfile that is a link inside the context is read as the
         // file it names, which the builder then finds as a plain file in the archive.
-        return (context, String(dockerfile.path.dropFirst(context.path.count + (context.path == "/" ? 0 : 1))))
+        return (context, String(dockerfile.path.dropFirst(context.path.count + (context.path == "/" ? 0 : 1))), text)
     }
 }
 

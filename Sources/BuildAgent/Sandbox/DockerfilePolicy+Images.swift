@@ -19,10 +19,11 @@ extension DockerfilePolicy {
             let words = instruction.text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             guard let keyword = words.first?.uppercased() else { continue }
             var references: [String] = []
-            if keyword == "FROM" {
-                let args = words.dropFirst().filter { !$0.hasPrefix("--") }
-                if let image = args.first { references.append(image) }
-                if args.count >= 3, args[args.startIndex + 1].uppercased() == "AS" { stages.insert(args[args.startIndex + 2].lowercased()) }
+            var stage: String?
+            if let from = fromArguments(instruction.text) {
+                if let image = from.image { references.append(image) }
+                // Named after the check: `FROM x AS x` starts from the image x, not a stage.
+                stage = from.stage
             } else if keyword == "COPY" || keyword == "ONBUILD" {
                 for word in words.dropFirst() where word.lowercased().hasPrefix("--from=") {
                     references.append(String(word.dropFirst("--from=".count)))
@@ -33,6 +34,7 @@ extension DockerfilePolicy {
                     return Violation(line: instruction.line, message: reason)
                 }
             }
+            if let stage { stages.insert(stage) }
         }
         return nil
     }

@@ -10,7 +10,9 @@ import Foundation
 /// 2. `ADD` from a URL is refused: buildah downloads it itself, on the host's network, so
 ///    `ADD http://127.0.0.1:2379/…` reads the control plane. Sources with a variable (`$U`)
 ///    are refused too, as they may expand to a URL. Fetch files in the compile step instead.
-/// 3. `ONBUILD` instructions are checked as the instruction they wrap.
+/// 3. `ONBUILD` instructions are checked as the instruction they wrap; a base image's own
+///    ONBUILD triggers, which buildah runs before a stage's instructions, by these same rules
+///    before the image step (`triggerRefusal`, `BuildRunner.checkBaseImages`).
 /// Other flags of `RUN` (`--network`, `--security`) are refused the same way as `--mount`:
 /// this buildah knows none of them, a later one may.
 ///
@@ -65,7 +67,7 @@ enum DockerfilePolicy {
 
     /// `--mount` anywhere, read with every escape character and quoting taken out.
     static func squashed(_ text: String) -> Violation? {
-        let kept = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let kept = physicalLines(text)
             .filter { !$0.drop { $0 == " " || $0 == "\t" }.hasPrefix("#") }
             .joined()
         let squashed = String(kept.unicodeScalars.filter { !" \t\r\\`\"'".unicodeScalars.contains($0) }).lowercased()
@@ -129,9 +131,7 @@ enum DockerfilePolicy {
 
     /// Logical instructions with the line each starts on.
     static func instructions(_ text: String) -> [(line: Int, text: String)] {
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
-            String($0.hasSuffix("\r") ? $0.dropLast() : $0)
-        }
+        let lines = physicalLines(text)
         var escape: Character = "\\"
         var index = 0
         // Parser directives as imagebuilder reads them: `#[ \t]*escape[ \t]*=[ \t]*(.)` lines
@@ -174,8 +174,20 @@ enum DockerfilePolicy {
         return result
     }
 
+    /// The lines of the text as written, without their line ends ("\n", "\r\n"). Split by
+    /// scalars: to Swift "\r\n" is one Character, not "\n", so a split by Characters leaves a
+    /// CRLF file one line (which hid every instruction after a first comment line).
+    static func physicalLines(_ text: String) -> [String] {
+        rawLines(text).map { $0.unicodeScalars.last == "\r" ? String($0.unicodeScalars.dropLast()) : $0 }
+    }
+
+    /// The lines of the text split at each "\n" scalar, a "\r" before it kept.
+    static func rawLines(_ text: String) -> [String] {
+        text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { String(String.UnicodeScalarView($0)) }
+    }
+
     /// Spaces and tabs off both ends, as imagebuilder trims (not other whitespace).
-    private static func trimSpaces(_ s: String) -> String {
+    static func trimSpaces(_ s: String) -> String {
         String(s.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }
