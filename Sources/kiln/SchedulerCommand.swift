@@ -25,6 +25,9 @@ struct SchedulerCommand: AsyncParsableCommand {
         lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
         Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
 
+        It also serves the web console at / (log in with a user's password or API token; \
+        sessions live in etcd, so every scheduler accepts them): see docs/console.md.
+
         With --registry-signing-key and --admin-token-file it is also the registry's token \
         service (GET /auth/token, Docker's token specification): user admin with the admin \
         token gets everything, an agent push and pull on the repositories of its current \
