@@ -14,10 +14,11 @@ import KilnCore
 ///
 /// So the lines come from reads without follow, each resuming after the last record
 /// delivered (`LogCursor`, by the records' timestamps and a count within a second); the
-/// follow only rings a bell when there is new output. Reads are at least 250 ms apart, and
+/// follow only rings a bell when there is new output. Reads are at least a second apart, and
 /// at least twice as long apart as the last read took (podman reads the whole file each
-/// time: 0.7 s for 200,000 lines here), so a flood of output costs the engine at most about
-/// a third of its time. Once the container has stopped (the follow ended, or the container's
+/// time: 1.6 s for 200,000 lines here), so a flood of output costs the engine at most about
+/// a third of its time; the first comes a second after the start, so a step that writes a
+/// flood and exits is read once. Once the container has stopped (the follow ended, or the container's
 /// state says so, see below), `wait` gives the exit code and one last read delivers the rest:
 /// conmon writes all output to the log before it reports the exit.
 ///
@@ -54,18 +55,19 @@ func streamOutput(of id: String, docker: DockerClient, log: @escaping @Sendable 
         }
         defer { group.cancelAll() }
         var rings = bell.makeAsyncIterator()
+        // The first read a second after the start: a step that is over by then is read once.
+        var nextRead = ContinuousClock.now + .seconds(1)
         while !ended.withLock({ $0 }) {
             // A record held back is read again after the pause even if no new output comes.
             if !reader.cursor.isHolding {
                 guard await rings.next() != nil else { break }
-                if ended.withLock({ $0 }) { break }
             }
+            while ContinuousClock.now < nextRead, !ended.withLock({ $0 }) {
+                try await Task.sleep(for: min(.milliseconds(50), nextRead - ContinuousClock.now))
+            }
+            if ended.withLock({ $0 }) { break }
             try await reader.read(final: false)
-            let pause = max(.milliseconds(250), reader.lastReadTook * 2)
-            let until = ContinuousClock.now + pause
-            while ContinuousClock.now < until, !ended.withLock({ $0 }) {
-                try await Task.sleep(for: min(.milliseconds(50), until - ContinuousClock.now))
-            }
+            nextRead = ContinuousClock.now + max(.seconds(1), reader.lastReadTook * 2)
         }
     }
     try Task.checkCancellation()
