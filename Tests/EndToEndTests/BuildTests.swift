@@ -17,7 +17,8 @@ struct EndToEndTests {
             try await farm.addProject()
             let queued = try await farm.startBuild()
             // Follow the log while the build runs: the stream ends when the build does.
-            let followed = try await farm.request(.GET, "/api/v1/builds/\(queued.id)/log?follow=1").body
+            // The whole build: the first on a fresh farm, on two shared cores, can pass a minute.
+            let followed = try await farm.request(.GET, "/api/v1/builds/\(queued.id)/log?follow=1", token: farm.registryAuth.adminToken, timeout: .seconds(300)).body
             let b = try await farm.build(queued.id)
             #expect(b.status.isFinal, "the followed log ended while the build was \(b.status)")
             #expect(followed.contains("==> fetch started") && followed.contains("kiln: steps:"), "\(followed)")

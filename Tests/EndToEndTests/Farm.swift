@@ -75,8 +75,8 @@ final class Farm: Sendable {
     }
 
     /// A request with `token` (nil: none).
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?) async throws -> HTTPReply {
-        try await httpRequest(method, api + path, body: body, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [])
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?, timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [], timeout: timeout)
     }
 
     func addProject(_ name: String = "demo", repository: String? = nil, buildCommand: String = "mvn -B -q package", dockerfile: String = "Dockerfile") async throws {

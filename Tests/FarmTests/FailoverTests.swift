@@ -209,7 +209,9 @@ struct FailoverTests {
         try await farm.startAgent("agent-1", capacity: 1, ttl: 10, simulate: "2.5")
         let projects = try await farm.addProjects(1)
         let api = farm.schedulers["sched-1"]!.api
-        let (status, output) = try await Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api])
+        // The CLI takes its token from KILN_TOKEN (as a script would).
+        let environment = ProcessInfo.processInfo.environment.merging(["KILN_TOKEN": farm.adminToken]) { $1 }
+        let (status, output) = try await Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api], environment: environment)
         let text = String(decoding: output, as: UTF8.self)
         #expect(status == 0, "\(text)")
         #expect(text.contains("queued build "))
@@ -218,7 +220,7 @@ struct FailoverTests {
         #expect(text.contains("… running") || text.contains("… assigned"), "no progress line: \(text)")
         #expect(text.contains("succeeded"), "\(text)")
         // A build that is cancelled while followed ends the command with a failure status.
-        async let followed = Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api])
+        async let followed = Spawn.runDetached(farm.kiln, ["build", projects[0], "--follow", "--api", api], environment: environment)
         try await waitUntil(farm.etcd, prefix: farm.store.keys.builds) { kvs in
             kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }.contains { $0.status == .running && $0.attempt == 1 && $0.finishedAt == nil }
         }
