@@ -108,11 +108,19 @@ public struct APIClient: Sendable {
         }
     }
 
+    /// For following a log: no read time-out, since a step may print nothing for minutes (a
+    /// quiet compile, a large base image checked); the shared client gives up after 90 s.
+    static let streaming: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(10), read: nil)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
     /// Streams a build's log to `output` until the build ends.
     public func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
         var request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
-        let response = try await HTTPClient.shared.execute(request, timeout: .hours(24))
+        let response = try await APIClient.streaming.execute(request, timeout: .hours(24))
         guard response.status == .ok else {
             let body = try await response.body.collect(upTo: 1 << 20)
             throw Failure(description: "log of \(id): HTTP \(response.status.code) \(String(buffer: body))")

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import BuildAgent
 import Foundation
 import KilnCore
+import KilnTestSupport
 import LocalFarm
 import NIOCore
 import Scheduler
@@ -18,7 +19,8 @@ struct EndToEndTests {
             let queued = try await farm.startBuild()
             // Follow the log while the build runs: the stream ends when the build does.
             // The whole build: the first on a fresh farm, on two shared cores, can pass a minute.
-            let followed = try await farm.request(.GET, "/api/v1/builds/\(queued.id)/log?follow=1", token: farm.registryAuth.adminToken, timeout: .seconds(300)).body
+            let followed = try await farm.request(.GET, "/api/v1/builds/\(queued.id)/log?follow=1", token: farm.registryAuth.adminToken, timeout: .seconds(300),
+                                            client: streamingHTTPClient).body
             let b = try await farm.build(queued.id)
             #expect(b.status.isFinal, "the followed log ended while the build was \(b.status)")
             #expect(followed.contains("==> fetch started") && followed.contains("kiln: steps:"), "\(followed)")

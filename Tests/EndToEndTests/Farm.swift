@@ -75,8 +75,9 @@ final class Farm: Sendable {
     }
 
     /// A request with `token` (nil: none).
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?, timeout: TimeAmount = .seconds(60)) async throws -> HTTPReply {
-        try await httpRequest(method, api + path, body: body, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [], timeout: timeout)
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?, timeout: TimeAmount = .seconds(60),
+                 client: HTTPClient = .shared) async throws -> HTTPReply {
+        try await httpRequest(method, api + path, body: body, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [], client: client, timeout: timeout)
     }
 
     func addProject(_ name: String = "demo", repository: String? = nil, buildCommand: String = "mvn -B -q package", dockerfile: String = "Dockerfile") async throws {

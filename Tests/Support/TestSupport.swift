@@ -83,6 +83,14 @@ public struct HTTPReply: Sendable {
     public var error: String? { json?["error"] as? String }
 }
 
+/// A client without a read time-out, for a followed log (a step may be silent for minutes on a
+/// loaded machine; `HTTPClient.shared` gives up after 90 s of silence). Never shut down.
+public let streamingHTTPClient: HTTPClient = {
+    var configuration = HTTPClient.Configuration()
+    configuration.timeout = .init(connect: .seconds(10), read: nil)
+    return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+}()
+
 /// One request with an optional JSON body; the whole answer (up to 32 MiB). Any status is
 /// returned; only a failed exchange throws.
 public func httpRequest(_ method: HTTPMethod, _ url: String, body: String? = nil, headers: [(String, String)] = [],
