@@ -244,7 +244,9 @@ struct RolesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "roles", abstract: "What each role may do on a project, app or group.",
         discussion: """
-        \(Permission.table)
+        \(Permission.table(covers: false))
+
+        \(Permission.allCases.map { "\($0.rawValue): \($0.summary)" }.joined(separator: "\n"))
 
         Your role on a project is the higher of your own and your role on the project's group; \
         on an app, the higher of your own and your role on the project that owns the app (the \

@@ -76,16 +76,20 @@ public enum Permission: String, Sendable, CaseIterable {
         }
     }
 
-    /// The role table as text: one row per permission, one column per role.
-    public static var table: String {
+    /// The role table as text: one row per permission, one column per role, then what each
+    /// permission covers (`covers: false` leaves that column out, for `--help`, which wraps
+    /// long lines).
+    public static func table(covers: Bool = true) -> String {
         let roles = Role.allCases
-        var lines = ["permission  " + roles.map { $0.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0) }.joined() + "what it covers"]
+        var lines = ["permission  " + roles.map { $0.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0) }.joined() + (covers ? "what it covers" : "")]
         for p in Permission.allCases {
             let marks = roles.map { ($0 >= p.minimumRole ? "yes" : "-").padding(toLength: 10, withPad: " ", startingAt: 0) }.joined()
-            lines.append(p.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0) + marks + p.summary)
+            lines.append(p.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0) + marks + (covers ? p.summary : ""))
         }
-        return lines.joined(separator: "\n")
+        return lines.map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "\n")
     }
+
+    public static var table: String { table() }
 }
 
 /// The members of one resource: users with their roles and, for an app, the projects whose
