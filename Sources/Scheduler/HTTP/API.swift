@@ -43,7 +43,8 @@ public struct API: Sendable {
             _ = try await store.etcd.status()
             return json(["status": "ok"])
         }
-        IdentityAPI(store: store, auth: auth, access: access, logger: logger).addRoutes(to: api)
+        let identity = IdentityAPI(store: store, auth: auth, access: access, logger: logger)
+        identity.addRoutes(to: api)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
             _ = try await auth.caller(request, context: context)
@@ -83,9 +84,8 @@ public struct API: Sendable {
         }
         api.get("projects/:name") { request, context in
             let name = try context.parameters.require("name")
-            let caller = try await auth.caller(request, context: context)
-            let project = try await visibleProject(name, .view, caller, access)
-            return json(shown(project, to: try await access.role(caller, on: .project, name, project: project) ?? .guest))
+            let (project, role) = try await visibleProjectAndRole(name, .view, try await auth.caller(request, context: context), access)
+            return json(shown(project, to: role))
         }
         api.get("projects/:name/activity") { request, context in
             let name = try context.parameters.require("name")
@@ -156,7 +156,7 @@ public struct API: Sendable {
         api.get("apps/:name") { request, context in
             let caller = try await auth.caller(request, context: context)
             let name = try context.parameters.require("name")
-            let role = try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(.app, name, .read, caller)
+            let role = try await identity.requireExisting(.app, name, .read, caller)
             let status = try await store.appStatus(name)
             return json(role >= Permission.manage.minimumRole ? status : status.maskedForViewers)
         }
@@ -164,7 +164,7 @@ public struct API: Sendable {
             api.get("\(kind.plural)/:name/activity") { request, context in
                 let caller = try await auth.caller(request, context: context)
                 let name = try context.parameters.require("name")
-                try await IdentityAPI(store: store, auth: auth, access: access, logger: logger).requireExisting(kind, name, .read, caller)
+                try await identity.requireExisting(kind, name, .read, caller)
                 let limit = request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50
                 return json(try await store.activity(kind, name, limit: max(1, min(limit, 1000))))
             }
@@ -204,10 +204,14 @@ public struct API: Sendable {
     /// The project, if the caller may do `permission` on it; 404 as for a missing project if
     /// they have no role on it.
     func visibleProject(_ name: String, _ permission: Permission, _ caller: Caller, _ access: Access) async throws -> Project {
-        try Validation.projectName(name)
-        guard let project = try? await store.project(name) else { throw projectNotFound(name) }
-        try await access.require(permission, caller, on: .project, name, project: project, hidden: projectNotFound(name))
-        return project
+        try await visibleProjectAndRole(name, permission, caller, access).project
+    }
+
+    /// The same, with the caller's role on it (what they are shown depends on it).
+    func visibleProjectAndRole(_ name: String, _ permission: Permission, _ caller: Caller, _ access: Access) async throws -> (project: Project, role: Role) {
+        // Only a missing project is "not found": etcd failing stays a 503, not a 404.
+        guard let project = try await store.projectIfExists(name)?.project else { throw projectNotFound(name) }
+        return (project, try await access.require(permission, caller, on: .project, name, project: project, hidden: projectNotFound(name)))
     }
 
     /// The build, if the caller may do `permission` on its project; 404 as for a missing build
@@ -215,7 +219,7 @@ public struct API: Sendable {
     func visibleBuild(_ id: String, _ permission: Permission, _ caller: Caller, _ access: Access) async throws -> Build {
         let build = try await store.build(id)
         let hidden = KilnError.notFound("build '\(id)' does not exist")
-        guard let project = try? await store.project(build.project) else {
+        guard let project = try await store.projectIfExists(build.project)?.project else {
             guard caller.admin else { throw hidden }
             return build
         }

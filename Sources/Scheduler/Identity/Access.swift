@@ -19,11 +19,11 @@ struct Access: Sendable {
         switch kind {
         case .project:
             let group: String?
-            if let project { group = project.group } else { group = (try? await store.project(name))?.group }
+            if let project { group = project.group } else { group = try await notFoundAsNil { try await store.project(name) }?.group }
             if let group, let inherited = try await store.members(.group, group).members.users[caller.user] { best = max(best ?? inherited, inherited) }
         case .app:
             let owner: String?
-            if let app { owner = app.owner } else { owner = (try? await store.app(name))?.owner }
+            if let app { owner = app.owner } else { owner = try await notFoundAsNil { try await store.app(name) }?.owner }
             if let owner, let inherited = try await role(caller, on: .project, owner) { best = max(best ?? inherited, inherited) }
         case .group:
             break

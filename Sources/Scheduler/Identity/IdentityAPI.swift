@@ -189,17 +189,24 @@ struct IdentityAPI: Sendable {
         switch kind {
         case .project:
             let hidden = projectNotFound(name)
-            guard let project = try? await store.project(name) else { throw hidden }
+            guard let project = try await notFoundAsNil({ try await store.project(name) }) else { throw hidden }
             return try await access.require(permission, caller, on: .project, name, project: project, hidden: hidden)
         case .app:
             let hidden = KilnError.notFound("app '\(Validation.printable(name))' does not exist: an app appears when a project's pipeline deploys it")
-            guard let app = try? await store.app(name) else { throw hidden }
+            guard let app = try await notFoundAsNil({ try await store.app(name) }) else { throw hidden }
             return try await access.require(permission, caller, on: .app, name, app: app, hidden: hidden)
         case .group:
-            guard (try? await store.group(name)) != nil else { throw groupNotFound(name) }
+            guard try await notFoundAsNil({ try await store.group(name) }) != nil else { throw groupNotFound(name) }
             return try await access.require(permission, caller, on: .group, name, hidden: groupNotFound(name))
         }
     }
+}
+
+/// `lookup`'s value, or nil when it says the thing does not exist (or the name is malformed,
+/// which no stored thing has); any other error, etcd failing above all, is thrown: a lookup
+/// that failed must not read as "absent" (a 404, or a create over what is there).
+func notFoundAsNil<T>(_ lookup: () async throws -> T) async throws -> T? {
+    do { return try await lookup() } catch let error as KilnError where error.isNotFound || error.isInvalid { return nil }
 }
 
 func projectNotFound(_ name: String) -> KilnError {

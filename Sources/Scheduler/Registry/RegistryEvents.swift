@@ -70,7 +70,7 @@ struct RegistryEvents: Sendable {
            project.repositoryName == repository {
             return (.project, project.name)
         }
-        if parts.count == 2, (try? await store.group(parts[0])) != nil { return (.group, parts[0]) }
+        if parts.count == 2, try await notFoundAsNil({ try await store.group(parts[0]) }) != nil { return (.group, parts[0]) }
         return nil
     }
 }

@@ -151,10 +151,10 @@ public struct RegistryTokenService: Sendable {
             let groupName = parts.count == 2 ? parts[0] : nil
             let projectName = parts.count == 2 ? parts[1] : parts[0]
             var group: Group?
-            if let groupName { group = try? await store.group(groupName) }
+            if let groupName { group = try await notFoundAsNil { try await store.group(groupName) } }
             var role: Role?
             if let caller {
-                if let project = try? await store.project(projectName), project.repositoryName == name {
+                if let project = try await notFoundAsNil({ try await store.project(projectName) }), project.repositoryName == name {
                     role = try await access.role(caller, on: .project, project.name, project: project)
                 } else if let group {
                     role = try await access.role(caller, on: .group, group.name)
