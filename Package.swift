@@ -73,6 +73,15 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        // Issue 13: the secrets key file and AES-GCM sealing (`SecretsKeyring`), and the sealed
+        // secrets in etcd (`SecretStore`): used by the scheduler, `kiln up` and `kiln secrets`.
+        .target(
+            name: "Sealing",
+            dependencies: [
+                "KilnCore", "Etcd",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
         .target(
             name: "Plugins",
@@ -81,7 +90,7 @@ let package = Package(
         .target(
             name: "Scheduler",
             dependencies: [
-                "KilnCore", "Etcd", "Plugins", "RegistryAuth",
+                "KilnCore", "Etcd", "Plugins", "RegistryAuth", "Sealing",
                 // SHA-256 of API tokens and sessions; scrypt for passwords.
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -120,7 +129,7 @@ let package = Package(
         .target(
             name: "LocalFarm",
             dependencies: [
-                "Processes", "KilnCore", "Etcd",
+                "Processes", "KilnCore", "Etcd", "Sealing",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -131,7 +140,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm", "RegistryAuth", "DockerAPI",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm", "RegistryAuth", "DockerAPI", "Sealing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,6 +170,7 @@ let package = Package(
             path: "Tests/FarmHarness"
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "SealingTests", dependencies: ["Sealing", "KilnCore", "Etcd", "LocalFarm", "KilnTestSupport"]),
         .testTarget(name: "RegistryAuthTests", dependencies: ["RegistryAuth", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
@@ -170,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "Sealing",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -182,7 +192,7 @@ let package = Package(
         .testTarget(
             name: "DeployTests",
             dependencies: [
-                "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "DockerAPI",
+                "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "DockerAPI", "Sealing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -198,7 +208,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Scheduler", "BuildAgent", "Deploy", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "DockerAPI",
+                "Scheduler", "BuildAgent", "Deploy", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "DockerAPI", "Sealing",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -105,6 +105,21 @@ public struct Keys: Sendable, Equatable {
     /// The agent and build of a key under `grants`, or nil for any other key.
     public func grantOwner(_ key: String) -> (agent: String, build: String)? { Keys.agentAndBuild(of: key, under: grants) }
 
+    /// Sealed secrets (issue 13): only schedulers read or write here, and etcd holds nothing
+    /// under it but `SealedValue`s with their metadata (`StoredSecret`).
+    /// `secrets/projects/{p}/env/{NAME}`, `…/git`, `…/webhook`, `…/registry/{host}`; the same
+    /// under `secrets/groups/{g}/` (no git, no webhook); `secrets/cells/{cell}` (a Kubernetes
+    /// cell's credential); `secrets/check` (a value sealed at first start, so a wrong key file
+    /// is found at start even before any secret exists).
+    public var secrets: String { "\(prefix)/secrets/" }
+    public func secrets(of scope: SecretScope) -> String { "\(secrets)\(scope.path)/" }
+    public func secret(_ scope: SecretScope, env name: String) -> String { "\(secrets(of: scope))env/\(name)" }
+    public func secret(_ scope: SecretScope, registry host: String) -> String { "\(secrets(of: scope))registry/\(host)" }
+    public func gitCredential(project: String) -> String { "\(secrets(of: .project(project)))git" }
+    public func webhookSecret(project: String) -> String { "\(secrets(of: .project(project)))webhook" }
+    public func cellCredential(_ cell: String) -> String { "\(secrets)cells/\(cell)" }
+    public var secretsCheck: String { "\(secrets)check" }
+
     /// `{agent}/{build}` under `base` (tasks and grants), or nil for any other key.
     static func agentAndBuild(of key: String, under base: String) -> (agent: String, build: String)? {
         guard let rest = Keys.name(of: key, under: base) else { return nil }
@@ -118,5 +133,25 @@ public struct Keys: Sendable, Equatable {
         guard key.hasPrefix(base) else { return nil }
         let rest = key.dropFirst(base.count)
         return rest.isEmpty ? nil : String(rest)
+    }
+}
+
+/// Whose secrets: a project's or a group's (a group's are inherited by its projects).
+public enum SecretScope: Sendable, Equatable, Hashable {
+    case project(String)
+    case group(String)
+
+    public var path: String {
+        switch self {
+        case .project(let p): "projects/\(p)"
+        case .group(let g): "groups/\(g)"
+        }
+    }
+
+    public var kindName: String {
+        switch self {
+        case .project: "project"
+        case .group: "group"
+        }
     }
 }
