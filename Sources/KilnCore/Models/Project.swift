@@ -45,6 +45,10 @@ public struct Project: Codable, Sendable, Equatable {
     /// The group (a namespace of the registry) the project belongs to: the group's members
     /// hold their role on the project too (docs/roles.md). nil: members of the project only.
     public var group: String?
+    /// Repositories of other registries (`host[:port]/path`) the image is pushed to after the
+    /// farm's registry, with the same tag, using the project's (else its group's) registry
+    /// credential for that host (`…/credentials/registry/{host}`). Nil: the farm's only.
+    public var pushTo: [String]?
     public var createdAt: Date?
 
     public init(
@@ -73,7 +77,7 @@ public struct Project: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -94,6 +98,7 @@ public struct Project: Codable, Sendable, Equatable {
         protectedRefs = try c.decodeIfPresent([String].self, forKey: .protectedRefs)
         limits = try c.decodeIfPresent(BuildLimits.self, forKey: .limits)
         group = try c.decodeIfPresent(String.self, forKey: .group)
+        pushTo = try c.decodeIfPresent([String].self, forKey: .pushTo)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -189,6 +194,16 @@ public struct Project: Codable, Sendable, Equatable {
         }
         try limits?.validate(field: "limits")
         if let group { try Validation.projectName(group, what: "group name") }
+        if let targets = pushTo {
+            if targets.count > 10 { throw KilnError.invalid("pushTo lists \(targets.count) repositories: use at most 10") }
+            for t in targets {
+                try Validation.imageReference(t, field: "pushTo")
+                guard let slash = t.firstIndex(of: "/"), t[..<slash].contains(where: { $0 == "." || $0 == ":" }) || t.hasPrefix("localhost/"),
+                      !t.contains("@"), !t[t.index(after: slash)...].contains(":") else {
+                    throw KilnError.invalid("pushTo entry '\(Validation.printable(t))' is not a repository of another registry: give host[:port]/path without a tag (registry.example.com/team/app); the build's tag is used")
+                }
+            }
+        }
         if let m = maxConcurrent, !(1...1000).contains(m) {
             throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
         }

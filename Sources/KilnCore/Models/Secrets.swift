@@ -43,11 +43,15 @@ public struct BuildSecret: Codable, Sendable, Equatable {
     public var value: String
     /// True: a file `/run/secrets/NAME` (mode 0400) instead of an environment variable.
     public var file: Bool
+    /// For protected refs only: the scheduler gave it because the build's ref is protected;
+    /// the agent still leaves it out when the build pins a commit its fetched ref does not hold.
+    public var protectedOnly: Bool
 
-    public init(name: String, value: String, file: Bool = false) {
+    public init(name: String, value: String, file: Bool = false, protectedOnly: Bool = false) {
         self.name = name
         self.value = value
         self.file = file
+        self.protectedOnly = protectedOnly
     }
 }
 
