@@ -17,6 +17,7 @@ libsurefire-java libmaven-install-plugin-java junit4
 libcommons-lang3-java
 git python3 curl zstd busybox-static
 chromium
+openssh-server fcgiwrap apache2-utils
 "
 # libcommons-lang3-java: the demo app's (fixtures/demo) runtime dependency; it puts
 #   org/apache/commons/commons-lang3/3.12.0 into /usr/share/maven-repo, which the test
@@ -24,6 +25,9 @@ chromium
 # python3, curl: the test Maven mirror (python3 -m http.server) and the fixture checks.
 # zstd: fixtures/make-images.sh compresses its cached root filesystem tarballs.
 # busybox-static: the tiny test image (localhost/kiln/busybox:1) for the container API tests.
+# openssh-server, fcgiwrap: the private git servers of the tests (SSH with a deploy key; HTTPS
+#   with basic auth through nginx and git http-backend as CGI); apache2-utils: htpasswd -B, the
+#   bcrypt file of the test's second registry (Distribution takes bcrypt only).
 # chromium: the headless browser the web console's tests drive (/usr/bin/chromium).
 
 # Installed packages, one name a line ("install ok installed" only; half-installed or
