@@ -78,7 +78,8 @@ let package = Package(
         .target(
             name: "Sealing",
             dependencies: [
-                "KilnCore", "Etcd",
+                // Plugins: the store is the pipeline's `PipelineSecrets`.
+                "KilnCore", "Etcd", "Plugins",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
