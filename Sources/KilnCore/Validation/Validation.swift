@@ -105,17 +105,10 @@ public enum Validation {
     /// - whitespace and control characters, more than 2048 bytes;
     /// - other schemes, plain paths (use `file://`), a file URL without an absolute path;
     /// - an empty host; for the scp-like form also a host of other than letters, digits,
-    ///   `.-_[]`, more than one `@`, an empty path;
-    /// - a password in the user information (`https://user:token@host/…`, also `%3A`-encoded,
-    ///   and `user:token@host:path`): a credential in the URL would show in the API, the
-    ///   console and logs. The message does not repeat it, and names `kiln credential set git`.
-    ///   A user name alone (`ssh://git@host/…`, `git@host:path`) is fine.
+    ///   `.-_[]`, more than one `@`, an empty path.
     public static func repositoryURL(_ url: String) throws {
         func bad(_ why: String) -> KilnError { KilnError.invalid("repository '\(printable(url))' is refused: \(why); use http(s)://, ssh://, git://, file:// or user@host:path") }
         if url.isEmpty { throw KilnError.invalid("repository is empty: give the git URL of the project") }
-        if let redacted = withoutPassword(url) {
-            throw KilnError.invalid("repository '\(printable(redacted))' holds a password or token in the URL, where the API, the console and build logs would show it: give the URL without it and set the credential with `kiln credential set git --project NAME --username USER` (the token from standard input; docs/secrets.md)")
-        }
         if url.utf8.count > 2048 { throw bad("it is longer than 2048 characters") }
         if url.hasPrefix("-") { throw bad("it starts with '-' and would be read as an option") }
         for b in url.utf8 where b <= 0x20 || b == 0x7f {
@@ -152,6 +145,18 @@ public enum Validation {
             return
         }
         throw bad("it has no transport")
+    }
+
+    /// A project's repository URL may hold no password (`https://user:token@host/…`, also
+    /// `%3A`-encoded, and `user:token@host:path`): a credential in the URL would show in the
+    /// API, the console and logs. The message does not repeat it, and names
+    /// `kiln credential set git`. A user name alone (`ssh://git@host/…`, `git@host:path`) is
+    /// fine. `Project.validate` applies it on top of ``repositoryURL(_:)``; the agent does not
+    /// (its refusal would quote the URL), so a record saved before this rule still fetches.
+    public static func repositoryURLHasNoPassword(_ url: String) throws {
+        if let redacted = withoutPassword(url) {
+            throw KilnError.invalid("repository '\(printable(redacted))' holds a password or token in the URL, where the API, the console and build logs would show it: give the URL without it and set the credential with `kiln credential set git --project NAME --username USER` (the token from standard input; docs/secrets.md)")
+        }
     }
 
     /// `url` with the password of its user information replaced by `***`, or nil when it has
