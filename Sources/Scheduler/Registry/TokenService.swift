@@ -116,10 +116,7 @@ public struct RegistryTokenService: Sendable {
     }
 
     func machine(_ credentials: UserPassword) async throws -> RegistryCaller? {
-        guard (try? MachineCredential.validateName(credentials.user)) != nil,
-              let kv = try await store.etcd.get(store.keys.machine(credentials.user)),
-              let machine = try? KilnJSON.decode(MachineCredential.self, from: kv.value),
-              Secret.equal(MachineToken.sha256Hex(credentials.password), machine.tokenSHA256) else { return nil }
+        guard let machine = try await store.machine(credentials) else { return nil }
         switch machine.kind {
         case .deployer:
             return .deployer(machine.name)
