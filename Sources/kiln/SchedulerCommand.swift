@@ -112,6 +112,17 @@ struct SchedulerCommand: AsyncParsableCommand {
         """))
     var consoleSecureCookies = env("KILN_CONSOLE_SECURE_COOKIES", "0") == "1"
 
+    @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) of the keys that seal secrets and credentials in etcd (env \
+        KILN_SECRETS_KEY_FILE; docs/secrets.md): one `v1 <base64>` line per key; the first \
+        seals, every one opens. Every scheduler of a farm needs the same file; agents never \
+        get it (they ask a scheduler for one build's secrets). Make one with `kiln secrets key \
+        new --file FILE`; kiln up keeps it in <data-dir>/credentials/secrets-key. The start is \
+        refused, saying what to do, when etcd holds secrets the file does not open. Without \
+        it, secrets cannot be set or given to builds (those routes answer 503).
+        """, valueName: "file"))
+    var secretsKeyFile: String? = ProcessInfo.processInfo.environment["KILN_SECRETS_KEY_FILE"]
+
     func validate() throws {
         switch (registrySigningKey, adminTokenFile) {
         case (nil, nil): break
@@ -162,6 +173,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
         configuration.consoleSecureCookies = consoleSecureCookies
+        configuration.secretsKeyFile = secretsKeyFile
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {

@@ -10,7 +10,6 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import Scheduler
-import Sealing
 
 /// A scheduler running in this process on a free port, over a real etcd started for the test
 /// with authentication on: the scheduler is its own etcd user (``EtcdAccess/scheduler``), the
@@ -57,10 +56,7 @@ func withScheduler(secretsKey: Bool = true, prepare: @escaping @Sendable (EtcdCl
         try await users.ensure(.scheduler)
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
         configuration.etcdCredentials = try users.credentials(.scheduler)
-        if secretsKey {
-            configuration.secretsKeyFile = credentials.url.appendingPathComponent("secrets-key").path
-            try SecretsKeyring.create(at: configuration.secretsKeyFile!)
-        }
+        if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
         let etcd = users.rootClient
         try await prepare(etcd)
         let tokenFile = credentials.url.appendingPathComponent("admin-token").path
