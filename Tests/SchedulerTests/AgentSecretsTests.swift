@@ -96,6 +96,9 @@ struct AgentSecretsTests {
             try await h.etcd.put(h.keys.build(main.id), try KilnJSON.encode(forged))
             let stolen = try await Self.ask(h, main.id, Self.basic("agent-1", agent1))
             #expect(stolen.status == 403 && !stolen.body.contains("another-projects-token"), "\(stolen.body)")
+            forged.project = "../other"
+            try await h.etcd.put(h.keys.build(main.id), try KilnJSON.encode(forged))
+            #expect(try await Self.ask(h, main.id, Self.basic("agent-1", agent1)).status == 403)
             // The grant gone (the build given back): refused.
             try await h.etcd.delete(h.keys.grant(agent: "agent-1", build: feature.id))
             #expect(try await Self.ask(h, feature.id, Self.basic("agent-1", agent1)).status == 403)

@@ -52,7 +52,8 @@ struct AgentSecrets: Sendable {
             throw notHeld
         }
         guard let build = try await notFoundAsNil({ try await store.build(id) }),
-              let project = try await store.projectIfExists(build.project)?.project, project.repositoryName == grant.string else {
+              let project = try await notFoundAsNil({ try await store.projectIfExists(build.project) })??.project,
+              project.repositoryName == grant.string else {
             logger.warning("build secrets refused: the build's project is not the one granted", metadata: ["agent.id": "\(agent)", "build.id": "\(id)", "granted": "\(grant.string)"])
             throw notHeld
         }
