@@ -3,6 +3,7 @@ import Etcd
 import Foundation
 import KilnCore
 import KilnTestSupport
+import LocalFarm
 import Plugins
 import Testing
 
@@ -94,11 +95,45 @@ struct DeploySecretEnvTests {
         }
     }
 
-    @Test func theLocalBackendPutsTheValuesInTheContainersEnv() throws {
+    @Test func theLocalBackendNeedsEveryValueAndMergesThemIntoEnv() throws {
         var spec = VersionSpec(app: "shop", version: 1, image: "i", settings: DeploySettings(port: 8080, env: ["MODE": "prod"], secretEnv: ["DATABASE_URL"]))
         let cell = Cell(name: "a", endpoint: "unix:///nonexistent.sock")
         #expect(throws: KilnError.self) { _ = try LocalDeployer.environment(of: spec, in: cell) }
         spec.secretValues["DATABASE_URL"] = Self.value
         #expect(try LocalDeployer.environment(of: spec, in: cell) == ["MODE": "prod", "DATABASE_URL": Self.value])
+    }
+}
+
+/// The local backend with a real podman and registry: the secret values reach the
+/// container's Env, and only there.
+@Suite("local backend's secret env")
+struct LocalSecretEnvTests {
+    @Test func theContainersEnvHoldsTheValues() async throws {
+        let dir = try TempDir("local-secret-env")
+        let registry = try await RegistryServer.start(root: dir.path("registry"))
+        defer { registry.stop() }
+        try await withPodman { service, docker in
+            let repository = "\(registry.address)/shop/app"
+            #expect(try service.podmanCommand(["tag", busyboxImage, "\(repository):1"]).status == 0)
+            _ = try await docker.push(image: repository, tag: "1", insecure: true) { _ in }
+            try await docker.removeImage("\(repository):1", force: true)
+
+            let port = try FreePort.next()
+            let cell = Cell(name: "a", endpoint: "unix://\(service.socketPath)", firstPort: port, lastPort: port)
+            var spec = VersionSpec(app: "shop", version: 1, image: "\(repository):1",
+                                   settings: DeploySettings(port: 8080, env: ["MODE": "prod"], secretEnv: ["DATABASE_URL"]))
+            spec.secretValues["DATABASE_URL"] = DeploySecretEnvTests.value
+            let deployer = LocalDeployer()
+            let instances = try await deployer.start(spec, in: cell)
+            #expect(instances.count == 1)
+            let env = try service.podmanCommand(["inspect", "--format", "{{range .Config.Env}}{{.}}\n{{end}}", instances[0].id]).output
+            let labelsAndCommand = try service.podmanCommand(["inspect", "--format", "{{json .Config.Labels}} {{json .Config.Cmd}} {{.Name}}", instances[0].id]).output
+            try await deployer.stop(instances, of: spec, in: cell)
+            let lines = env.split(separator: "\n").map(String.init)
+            #expect(lines.contains("DATABASE_URL=\(DeploySecretEnvTests.value)"), "\(env)")
+            #expect(lines.contains("MODE=prod"), "\(env)")
+            // Not in the container's labels, command or name (what `kiln apps` and discovery read).
+            #expect(labelsAndCommand.contains("kiln.app") && !labelsAndCommand.contains(DeploySecretEnvTests.value), "\(labelsAndCommand)")
+        }
     }
 }
