@@ -29,13 +29,15 @@ public struct NotifyAllowList: Sendable, Equatable {
     /// Parses each prefix; throws `KilnError.invalid` naming the bad one and what to give.
     public init(_ texts: [String]) throws {
         var out: [URLText] = []
-        for text in texts where !text.isEmpty {
+        for (i, text) in texts.enumerated() where !text.isEmpty {
+            // Shown back unless it may hold a credential (user information).
+            let shown = text.contains("@") ? "\(i + 1)" : "'\(Validation.printable(text))'"
             do {
                 let p = try URLText.parse(text)
                 guard p.query == nil else { throw KilnError.invalid("a prefix has no query (?…)") }
                 out.append(p)
             } catch let e as KilnError {
-                throw KilnError.invalid("notify allow-list entry '\(Validation.printable(text))': \(e.message); give a URL prefix such as https://hooks.example.com/services/")
+                throw KilnError.invalid("notify allow-list entry \(shown): \(e.message); give a URL prefix such as https://hooks.example.com/services/")
             }
         }
         prefixes = out

@@ -107,6 +107,10 @@ import Testing
             let e = #expect(throws: KilnError.self, "\(bad)") { _ = try NotifyAllowList([bad]) }
             #expect(e?.message.contains("give a URL prefix such as https://hooks.example.com/services/") == true, "\(e?.message ?? "")")
         }
+        // An entry with user information is named by its place, never shown.
+        let e = #expect(throws: KilnError.self) { _ = try NotifyAllowList(["https://ok.example/", "https://a:pw-Secret@b/"]) }
+        #expect(e?.message.hasPrefix("notify allow-list entry 2: it has user information") == true, "\(e?.message ?? "")")
+        #expect(e?.message.contains("pw-Secret") == false)
     }
 
     @Test func aParsedURLNeverEchoesItsText() {
