@@ -24,8 +24,9 @@ struct GitCredentialRulesTests {
     static let userpass = GIT_CREDENTIAL_USERPASS_PLAINTEXT.rawValue
     static let publickey = GIT_CREDENTIAL_SSH_KEY.rawValue | GIT_CREDENTIAL_SSH_CUSTOM.rawValue | GIT_CREDENTIAL_SSH_MEMORY.rawValue
 
-    func answer(_ credential: GitCredential?, _ scheme: String, user: String? = nil, allowed: UInt32, again: Bool = false) -> GitCredentialRules.Answer {
-        GitCredentialRules.answer(credential: credential, scheme: scheme, server: "git.example.com", usernameFromURL: user, allowed: allowed, answeredBefore: again)
+    func answer(_ credential: GitCredential?, _ scheme: String, user: String? = nil, allowed: UInt32, again: Bool = false, trusted: Bool = false) -> GitCredentialRules.Answer {
+        GitCredentialRules.answer(credential: credential, scheme: scheme, server: "git.example.com", usernameFromURL: user, allowed: allowed,
+                                  answeredBefore: again, plainHTTPTrusted: trusted)
     }
 
     func refusal(_ answer: GitCredentialRules.Answer) -> String? {
@@ -47,6 +48,23 @@ struct GitCredentialRulesTests {
         #expect(negotiate.contains("other than Basic"), "\(negotiate)")
     }
 
+    @Test("HTTP 403 and 404 once the credential was given name it; before, or other errors, are libgit2's")
+    func statusAfterAnswer() {
+        let forbidden = GitCredentialRules.statusAfterAnswer("unexpected http status code: 403", credential: Self.token, server: "h", answered: true)
+        #expect(forbidden?.contains("let the project's git credential, an HTTPS token of user deploy, in but refused it the repository (HTTP 403)") == true)
+        #expect(GitCredentialRules.statusAfterAnswer("unexpected http status code: 404", credential: Self.token, server: "h", answered: true)?.contains("HTTP 404") == true)
+        #expect(GitCredentialRules.statusAfterAnswer("unexpected http status code: 404", credential: Self.token, server: "h", answered: false) == nil)
+        #expect(GitCredentialRules.statusAfterAnswer("unexpected http status code: 404", credential: nil, server: "h", answered: true) == nil)
+        #expect(GitCredentialRules.statusAfterAnswer("unexpected http status code: 500", credential: Self.token, server: "h", answered: true) == nil)
+    }
+
+    @Test("plain HTTP: a token goes only to a server the operator allowed by name")
+    func plainHTTP() throws {
+        let refused = try #require(refusal(answer(Self.token, "http", allowed: Self.userpass)))
+        #expect(refused.contains("over plain http://") && refused.contains("--allow-fetch-from git.example.com"), "\(refused)")
+        #expect(answer(Self.token, "http", allowed: Self.userpass, trusted: true) == .userPassword(username: "deploy", password: "glpat-SECRET-0123456789"))
+    }
+
     @Test("SSH: the user name first (the URL's, else git), then the key from memory once")
     func ssh() throws {
         let key = Self.ssh(pinning: "h ssh-ed25519 AAAA")
@@ -63,7 +81,7 @@ struct GitCredentialRulesTests {
         #expect(token.contains("is for HTTPS, not SSH"), "\(token)")
     }
 
-    @Test("no message ever holds the token or the key", arguments: ["https", "ssh"])
+    @Test("no message ever holds the token or the key", arguments: ["http", "https", "ssh"])
     func noSecretInMessages(scheme: String) {
         let key = Self.ssh(pinning: "[other]:22 ssh-ed25519 AAAA")
         var messages: [String] = []

@@ -53,6 +53,10 @@ struct GitCredentialTests {
         #expect(try mirror.fetch(credential: credential, policy: try FetchPolicy(parsing: [server.server], denyPrivate: false)).receivedObjects == 3)
         #expect(try mirror.resolve(ref: "main", commit: nil) == second)
         #expect(try await requests(server, atLeast: 1).contains { $0.status == 200 && $0.user == "deploy" })
+        // Let in, but no such repository: the message says the credential was used and what to check.
+        let missing = await failure(try childFetcher(allowing: [server.server]), GitMirror(path: repo.dir.path("mirrors/m.git"), url: server.url("missing.git")), credential)
+        #expect(missing?.kind == .credential && missing?.message.contains("found no such repository for the project's git credential, an HTTPS token of user deploy (HTTP 404)") == true,
+                "\(String(describing: missing))")
     }
 
     @Test("HTTP: a wrong token is sent once and fails naming the credential, never the token")

@@ -14,13 +14,24 @@ final class GitAuthenticator {
     let credential: GitCredential?
     /// The URL's server: what libgit2 connects to (the guard refuses any other).
     let server: RepositoryEndpoint?
+    /// The operator allowed this server by name (`--allow-fetch-from`): a token may go to it
+    /// over plain HTTP.
+    let trusted: Bool
     private var answered = false
     /// Why a callback failed the fetch.
     private(set) var failure: String?
 
-    init(credential: GitCredential?, url: String) {
+    /// Why the fetch failed, when a credential's part in it explains libgit2's `message`: a
+    /// callback's failure, or an HTTP 403 or 404 after the credential was given.
+    func explanation(of message: String) -> String? {
+        failure ?? GitCredentialRules.statusAfterAnswer(message, credential: credential, server: serverName, answered: answered)
+    }
+
+    init(credential: GitCredential?, url: String, policy: FetchPolicy) {
         self.credential = credential
-        self.server = RepositoryEndpoint(url: url)
+        let server = RepositoryEndpoint(url: url)
+        self.server = server
+        self.trusted = server.map { policy.allows(host: $0.host, port: $0.port) } ?? false
     }
 
     /// How messages name the server: `host`, with `:port` when it is not the scheme's default
@@ -35,7 +46,7 @@ final class GitAuthenticator {
     func acquire(_ out: UnsafeMutablePointer<UnsafeMutablePointer<git_credential>?>, usernameFromURL: String?, allowed: UInt32) -> Int32 {
         let answer = GitCredentialRules.answer(
             credential: credential, scheme: server?.scheme ?? "", server: serverName, usernameFromURL: usernameFromURL,
-            allowed: allowed, answeredBefore: answered)
+            allowed: allowed, answeredBefore: answered, plainHTTPTrusted: trusted)
         let code: Int32
         switch answer {
         case .username(let user):
@@ -69,8 +80,8 @@ final class GitAuthenticator {
         if hostkey.type.rawValue & GIT_CERT_SSH_SHA256.rawValue != 0 {
             fingerprint = withUnsafeBytes(of: hostkey.hash_sha256) { GitCredentialRules.fingerprint(sha256: Array($0)) }
         }
-        // The port is the URL's: libgit2 connects nowhere else (GuardedStream keeps to it).
-        let port = server?.port ?? 22
+        // The port connected to (GuardedStream keeps every connection of the fetch to it).
+        let port = FetchGuard.current?.server?.port ?? server?.port ?? 22
         switch GitCredentialRules.hostKey(.init(blob: blob, fingerprint: fingerprint), host: host, port: port, credential: credential) {
         case .pinned: return 0
         case .unpinned(let why), .changed(let why): return fail(why)

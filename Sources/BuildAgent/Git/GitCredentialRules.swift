@@ -14,6 +14,8 @@ import KilnCore
 /// 3. No credential: the fetch fails, saying how to set one.
 /// 4. HTTP(S) takes a token as user name and password (Basic); SSH takes a deploy key, in
 ///    memory, as the URL's user (default `git`). The other pairings fail with what to change.
+/// 5. A token goes over plain `http://` only to a server the operator allowed by name
+///    (`--allow-fetch-from`): anywhere else the network between would read it.
 ///
 /// Host keys: an SSH server's key must be one the credential pins for its host and port
 /// (`KnownHosts.entries(host:port:)`); no pin and a different key fail with different
@@ -34,7 +36,7 @@ enum GitCredentialRules {
     /// The answer to libgit2's credential callback. `allowed` is its `allowed_types` mask,
     /// `server` the URL's server as messages show it.
     static func answer(credential: GitCredential?, scheme: String, server: String, usernameFromURL: String?,
-                       allowed: UInt32, answeredBefore: Bool) -> Answer {
+                       allowed: UInt32, answeredBefore: Bool, plainHTTPTrusted: Bool = false) -> Answer {
         let ssh = scheme == "ssh"
         if ssh, allowed == GIT_CREDENTIAL_USERNAME.rawValue {
             return .username(usernameFromURL ?? defaultSSHUser)
@@ -49,6 +51,9 @@ enum GitCredentialRules {
         case (.token(let user, let token), false):
             guard allowed & GIT_CREDENTIAL_USERPASS_PLAINTEXT.rawValue != 0 else {
                 return .refuse("\(server) asks for a kind of HTTP authentication other than Basic, and the project's git credential (\(credential.summary)) is a user name and token, sent only by Basic authentication")
+            }
+            guard scheme != "http" || plainHTTPTrusted else {
+                return .refuse("\(server) asks for credentials over plain http://, where the network between would read the token: use the repository's https:// URL (or, for a server on a network you trust, allow it with kiln agent \(FetchPolicy.allowOption) \(server))")
             }
             return .userPassword(username: user, password: token)
         case (.sshKey(let key, _), true):
@@ -74,6 +79,20 @@ enum GitCredentialRules {
             "\(server) refused the project's git credential, \(credential.summary): check that the token of user \(Validation.printable(user)) is valid (not expired or revoked) and may read the repository, then set it again with \(setCommand(ssh: false))"
         case .sshKey:
             "\(server) refused the project's git credential, \(credential.summary) for user \(Validation.printable(user ?? defaultSSHUser)): check that its public key is a deploy key of this repository with read access and that the user in the URL is right (GitLab's and GitHub's is git), then set it again with \(setCommand(ssh: true))"
+        }
+    }
+
+    /// What an HTTP 403 or 404 means once the credential was given (libgit2 says only
+    /// "unexpected http status code: 403"); nil for other messages or before any answer.
+    static func statusAfterAnswer(_ message: String, credential: GitCredential?, server: String, answered: Bool) -> String? {
+        guard answered, let credential, message.hasPrefix("unexpected http status code: ") else { return nil }
+        switch message.dropFirst("unexpected http status code: ".count) {
+        case "403":
+            return "\(server) let the project's git credential, \(credential.summary), in but refused it the repository (HTTP 403): check that the token may read this repository (GitLab: a deploy token or project access token with read_repository)"
+        case "404":
+            return "\(server) found no such repository for the project's git credential, \(credential.summary) (HTTP 404): check the repository URL, and that the token may see the repository (GitLab answers 404 to one that may not)"
+        default:
+            return nil
         }
     }
 

@@ -97,13 +97,13 @@ public struct GitMirror: Sendable {
         defer { git_remote_free(remote) }
 
         let fetchGuard = FetchGuard(policy: policy)
-        let context = FetchContext(cancel: cancel, progress: progress, authenticator: GitAuthenticator(credential: credential, url: url))
+        let context = FetchContext(cancel: cancel, progress: progress, authenticator: GitAuthenticator(credential: credential, url: url, policy: policy))
         do {
             return try FetchGuard.installed(fetchGuard) {
                 try transfer(repo: repo, remote: remote, context: context, started: started)
             }
         } catch let error as GitError {
-            throw GitMirror.explain(error, refusal: fetchGuard.refusal, credentialFailure: context.authenticator.failure, url: url)
+            throw GitMirror.explain(error, refusal: fetchGuard.refusal, credentialFailure: context.authenticator.explanation(of: error.message), url: url)
         }
     }
 
