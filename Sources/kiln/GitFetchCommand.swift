@@ -20,8 +20,9 @@ struct GitFetchCommand: ParsableCommand {
         With --credential-stdin the project's git credential is read from standard input, \
         as JSON ({"token":{"username":…,"token":…}} or {"sshKey":{"privateKey":…,"knownHosts":…}}), \
         never from an argument or the environment, which other users of the machine can read. \
-        It is given to the server only when it asks; an SSH server's host key must be one \
-        its knownHosts lines pin.
+        It is given to the server only when it asks (a token over plain http:// only to a \
+        server --allow-fetch-from names); an SSH server's host key must be one its \
+        knownHosts lines pin.
         """,
         shouldDisplay: false)
 

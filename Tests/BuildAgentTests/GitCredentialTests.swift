@@ -133,12 +133,27 @@ struct GitCredentialTests {
 
     // MARK: SSH
 
-    /// A fixture with one commit and an sshd letting in `deployKey`, with host keys of `types`.
-    func sshServer(deployKey: SSHKeyPair, hostKeys types: [SSHKeyPair.KeyType] = [.ed25519, .ecdsa, .rsa]) async throws -> (GitFixture, String, PrivateGitSSHServer) {
-        let repo = try GitFixture()
-        let sha = try repo.commit(["a.txt": "private\n"])
-        let server = try await PrivateGitSSHServer.start(deployKeys: [deployKey.publicKey], hostKeyTypes: types)
-        return (repo, sha, server)
+    /// One SSH case: a fixture with one commit, an sshd letting in `deployKey` with host keys
+    /// of `types`, a fetcher allowed to reach it and a mirror of the fixture on it.
+    struct SSHCase {
+        let deployKey: SSHKeyPair
+        let repo: GitFixture
+        let sha: String
+        let server: PrivateGitSSHServer
+        let fetcher: GitFetcher
+        let mirror: GitMirror
+
+        init(hostKeys types: [SSHKeyPair.KeyType] = [.ed25519, .ecdsa, .rsa]) async throws {
+            deployKey = try SSHKeyPair.generate()
+            repo = try GitFixture()
+            sha = try repo.commit(["a.txt": "private\n"])
+            server = try await PrivateGitSSHServer.start(deployKeys: [deployKey.publicKey], hostKeyTypes: types)
+            fetcher = try childFetcher(allowing: [server.server])
+            mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
+        }
+
+        /// The deploy key with `knownHosts` as its pins.
+        func credential(_ knownHosts: String) -> GitCredential { .sshKey(privateKey: deployKey.privateKey, knownHosts: knownHosts) }
     }
 
     /// The temporary HOMEs `kiln git-fetch` made for SSH fetches and did not remove.
@@ -148,101 +163,87 @@ struct GitCredentialTests {
 
     @Test("SSH: the deploy key with the pinned Ed25519 or ECDSA key fetches from a server holding three host key types", arguments: [SSHKeyPair.KeyType.ed25519, .ecdsa])
     func rightKey(pinned: SSHKeyPair.KeyType) async throws {
-        let deployKey = try SSHKeyPair.generate()
-        let (repo, sha, server) = try await sshServer(deployKey: deployKey)
-        defer { server.stop() }
+        let c = try await SSHCase()
+        defer { c.server.stop() }
         let before = leftHomes()
-        let mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
-        let credential = GitCredential.sshKey(privateKey: deployKey.privateKey, knownHosts: server.knownHosts([pinned]))
-        let fetcher = try childFetcher(allowing: [server.server])
-        #expect(try await fetch(fetcher, mirror, credential).receivedObjects == 3)
-        #expect(try mirror.resolve(ref: "main", commit: nil) == sha)
-        let second = try repo.commit(["a.txt": "2\n"])
-        #expect(try await fetch(fetcher, mirror, credential).receivedObjects == 3)
-        #expect(try mirror.resolve(ref: "main", commit: nil) == second)
-        #expect(server.acceptedKeys == 2 && server.refusedKeys == 0, "\(server.log)")
+        let credential = c.credential(c.server.knownHosts([pinned]))
+        #expect(try await fetch(c.fetcher, c.mirror, credential).receivedObjects == 3)
+        #expect(try c.mirror.resolve(ref: "main", commit: nil) == c.sha)
+        let second = try c.repo.commit(["a.txt": "2\n"])
+        #expect(try await fetch(c.fetcher, c.mirror, credential).receivedObjects == 3)
+        #expect(try c.mirror.resolve(ref: "main", commit: nil) == second)
+        #expect(c.server.acceptedKeys == 2 && c.server.refusedKeys == 0, "\(c.server.log)")
         #expect(leftHomes() == before, "kiln git-fetch left its temporary HOME")
     }
 
     @Test("SSH: an unknown host key (no pin for this port, or no credential) fails before the deploy key is offered")
     func unknownHostKey() async throws {
-        let deployKey = try SSHKeyPair.generate()
-        let (repo, _, server) = try await sshServer(deployKey: deployKey)
-        defer { server.stop() }
-        let fetcher = try childFetcher(allowing: [server.server])
-        let mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
+        let c = try await SSHCase()
+        defer { c.server.stop() }
+        let port = c.server.port
         // Pinned, but for the standard port: [127.0.0.1]:PORT is another server.
-        let wrongPort = GitCredential.sshKey(privateKey: deployKey.privateKey, knownHosts: "127.0.0.1 \(server.hostKeys[0].typeAndKey)")
-        let error = await failure(fetcher, mirror, wrongPort)
+        let error = await failure(c.fetcher, c.mirror, c.credential("127.0.0.1 \(c.server.hostKeys[0].typeAndKey)"))
         #expect(error?.kind == .credential)
-        #expect(error?.message.hasPrefix("the host key of 127.0.0.1:\(server.port) is not pinned: the known_hosts lines of the project's git credential name only 127.0.0.1, none of them [127.0.0.1]:\(server.port)") == true, "\(String(describing: error))")
+        #expect(error?.message.hasPrefix("the host key of 127.0.0.1:\(port) is not pinned: the known_hosts lines of the project's git credential name only 127.0.0.1, none of them [127.0.0.1]:\(port)") == true, "\(String(describing: error))")
         #expect(error.map { !$0.description.contains("PRIVATE KEY") } == true)
-        let none = await failure(fetcher, mirror, nil)
-        #expect(none?.message.hasPrefix("the host key of 127.0.0.1:\(server.port) is not pinned: the project has no git credential") == true, "\(String(describing: none))")
-        let token = await failure(fetcher, mirror, .token(username: "deploy", token: Self.token))
+        let none = await failure(c.fetcher, c.mirror, nil)
+        #expect(none?.message.hasPrefix("the host key of 127.0.0.1:\(port) is not pinned: the project has no git credential") == true, "\(String(describing: none))")
+        let token = await failure(c.fetcher, c.mirror, .token(username: "deploy", token: Self.token))
         #expect(token?.message.contains("is not pinned: the project's git credential is an HTTPS token of user deploy") == true, "\(String(describing: token))")
-        #expect(server.connections == 3 && server.acceptedKeys == 0 && server.refusedKeys == 0, "\(server.log)")
+        #expect(c.server.connections == 3 && c.server.acceptedKeys == 0 && c.server.refusedKeys == 0, "\(c.server.log)")
     }
 
     @Test("SSH: a changed host key fails as such, before the deploy key is offered; a server without the pinned key type too")
     func changedHostKey() async throws {
-        let deployKey = try SSHKeyPair.generate()
-        let (repo, _, server) = try await sshServer(deployKey: deployKey)
-        defer { server.stop() }
-        let fetcher = try childFetcher(allowing: [server.server])
-        let mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
+        let c = try await SSHCase()
+        defer { c.server.stop() }
         let impostor = try SSHKeyPair.generate()
-        let changed = await failure(fetcher, mirror, .sshKey(privateKey: deployKey.privateKey, knownHosts: "[127.0.0.1]:\(server.port) \(impostor.typeAndKey)"))
+        let changed = await failure(c.fetcher, c.mirror, c.credential("[127.0.0.1]:\(c.server.port) \(impostor.typeAndKey)"))
         #expect(changed?.kind == .credential)
-        #expect(changed?.message.hasPrefix("the host key of 127.0.0.1:\(server.port) changed: it is not the one pinned in the project's git credential (the server presented ssh-ed25519 SHA256:") == true, "\(String(describing: changed))")
+        #expect(changed?.message.hasPrefix("the host key of 127.0.0.1:\(c.server.port) changed: it is not the one pinned in the project's git credential (the server presented ssh-ed25519 SHA256:") == true, "\(String(describing: changed))")
         #expect(changed?.message.contains("someone may be in the middle") == true)
-        #expect(server.acceptedKeys == 0 && server.refusedKeys == 0, "\(server.log)")
+        #expect(c.server.acceptedKeys == 0 && c.server.refusedKeys == 0, "\(c.server.log)")
 
         // Only an ECDSA key on this server: the pinned type is asked for and not there.
-        let (repo2, _, ecdsaOnly) = try await sshServer(deployKey: deployKey, hostKeys: [.ecdsa])
-        defer { ecdsaOnly.stop() }
-        let other = await failure(try childFetcher(allowing: [ecdsaOnly.server]), GitMirror(path: repo2.dir.path("mirrors/p.git"), url: ecdsaOnly.url(repo2.origin)),
-                                  .sshKey(privateKey: deployKey.privateKey, knownHosts: "[127.0.0.1]:\(ecdsaOnly.port) \(impostor.typeAndKey)"))
+        let ecdsaOnly = try await SSHCase(hostKeys: [.ecdsa])
+        defer { ecdsaOnly.server.stop() }
+        let other = await failure(ecdsaOnly.fetcher, ecdsaOnly.mirror, ecdsaOnly.credential("[127.0.0.1]:\(ecdsaOnly.server.port) \(impostor.typeAndKey)"))
         #expect(other?.kind == .credential)
         #expect(other?.message.contains("the server has no host key of the type the project's git credential pins") == true, "\(String(describing: other))")
-        #expect(ecdsaOnly.acceptedKeys == 0 && ecdsaOnly.refusedKeys == 0)
+        #expect(ecdsaOnly.server.acceptedKeys == 0 && ecdsaOnly.server.refusedKeys == 0)
     }
 
     @Test("SSH: a key that is no deploy key of the repository is offered once and fails naming the credential")
     func wrongDeployKey() async throws {
-        let deployKey = try SSHKeyPair.generate()
-        let (repo, _, server) = try await sshServer(deployKey: deployKey)
-        defer { server.stop() }
+        let c = try await SSHCase()
+        defer { c.server.stop() }
         let stranger = try SSHKeyPair.generate()
-        let mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
-        let error = await failure(try childFetcher(allowing: [server.server]), mirror,
-                                  .sshKey(privateKey: stranger.privateKey, knownHosts: server.knownHosts([.ed25519])))
+        let error = await failure(c.fetcher, c.mirror, .sshKey(privateKey: stranger.privateKey, knownHosts: c.server.knownHosts([.ed25519])))
         #expect(error?.kind == .credential)
-        #expect(error?.message.hasPrefix("127.0.0.1:\(server.port) refused the project's git credential, an SSH deploy key for user root: check that its public key is a deploy key of this repository") == true, "\(String(describing: error))")
+        #expect(error?.message.hasPrefix("127.0.0.1:\(c.server.port) refused the project's git credential, an SSH deploy key for user root: check that its public key is a deploy key of this repository") == true, "\(String(describing: error))")
         let keyText = String(stranger.privateKey.split(separator: "\n")[1])
         #expect(error.map { !$0.description.contains(keyText) && !$0.description.contains("PRIVATE KEY") } == true)
-        #expect(server.refusedKeys == 1 && server.acceptedKeys == 0, "\(server.log)")
+        #expect(c.server.refusedKeys == 1 && c.server.acceptedKeys == 0, "\(c.server.log)")
     }
 
     @Test("SSH: the fetch policy refuses the loopback server before any connection; allowed, the same fetch works")
     func sshPolicy() async throws {
-        let deployKey = try SSHKeyPair.generate()
-        let (repo, sha, server) = try await sshServer(deployKey: deployKey, hostKeys: [.ed25519])
-        defer { server.stop() }
-        let credential = GitCredential.sshKey(privateKey: deployKey.privateKey, knownHosts: server.knownHosts())
-        for url in [server.url(repo.origin), "ssh://root@localhost:\(server.port)\(repo.origin.path)", "root@[127.0.0.1:\(server.port)]:\(repo.origin.path)"] {
-            let mirror = GitMirror(path: repo.dir.path("mirrors/refused.git"), url: url)
+        let c = try await SSHCase(hostKeys: [.ed25519])
+        defer { c.server.stop() }
+        let credential = c.credential(c.server.knownHosts())
+        let path = c.repo.origin.path
+        for url in [c.server.url(c.repo.origin), "ssh://root@localhost:\(c.server.port)\(path)", "root@[127.0.0.1:\(c.server.port)]:\(path)"] {
+            let mirror = GitMirror(path: c.repo.dir.path("mirrors/refused.git"), url: url)
             let error = await failure(try childFetcher(), mirror, credential)
             #expect(error?.kind == .refused && error?.message.contains("--allow-fetch-from") == true, "\(url): \(String(describing: error))")
             #expect(!FileManager.default.fileExists(atPath: mirror.path.path))
         }
-        #expect(server.connections == 0, "\(server.log)")
+        #expect(c.server.connections == 0, "\(c.server.log)")
         // In this process too (GuardedStream hands libssh2 the socket it connected).
-        let mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
-        #expect(throws: GitError.self) { try mirror.fetch(credential: credential) }
-        #expect(server.connections == 0)
-        #expect(try mirror.fetch(credential: credential, policy: try FetchPolicy(parsing: [server.server], denyPrivate: false)).receivedObjects == 3)
-        #expect(try mirror.resolve(ref: "main", commit: nil) == sha)
-        #expect(server.connections == 1 && server.acceptedKeys == 1)
+        #expect(throws: GitError.self) { try c.mirror.fetch(credential: credential) }
+        #expect(c.server.connections == 0)
+        #expect(try c.mirror.fetch(credential: credential, policy: try FetchPolicy(parsing: [c.server.server], denyPrivate: false)).receivedObjects == 3)
+        #expect(try c.mirror.resolve(ref: "main", commit: nil) == c.sha)
+        #expect(c.server.connections == 1 && c.server.acceptedKeys == 1)
     }
 }
