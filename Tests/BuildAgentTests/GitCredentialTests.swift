@@ -15,8 +15,8 @@ struct GitCredentialTests {
 
     /// A fixture with one commit, served over HTTP to `deploy` with `token`.
     func httpServer() async throws -> (GitFixture, String, PrivateGitHTTPServer) {
-        let repo = try GitFixture()
-        let sha = try repo.commit(["a.txt": "private\n"])
+        let repo = try await onThread { try GitFixture() }
+        let sha = try await onThread { try repo.commit(["a.txt": "private\n"]) }
         let server = try await PrivateGitHTTPServer.start(root: repo.dir.url, username: "deploy", password: Self.token)
         return (repo, sha, server)
     }
@@ -50,7 +50,8 @@ struct GitCredentialTests {
         #expect(stats.receivedObjects == 3)
         #expect(try mirror.resolve(ref: "main", commit: nil) == sha)
         let second = try repo.commit(["a.txt": "2\n"])
-        #expect(try mirror.fetch(credential: credential, policy: try FetchPolicy(parsing: [server.server], denyPrivate: false)).receivedObjects == 3)
+        let policy = try FetchPolicy(parsing: [server.server], denyPrivate: false)
+        #expect(try await onThread { try mirror.fetch(credential: credential, policy: policy) }.receivedObjects == 3)
         #expect(try mirror.resolve(ref: "main", commit: nil) == second)
         #expect(try await requests(server, atLeast: 1).contains { $0.status == 200 && $0.user == "deploy" })
         // Let in, but no such repository: the message says the credential was used and what to check.
@@ -83,7 +84,7 @@ struct GitCredentialTests {
         let none = await failure(fetcher, mirror, nil)
         #expect(none?.kind == .credential)
         #expect(none?.message.hasPrefix("127.0.0.1:\(server.port) asks for credentials and the project has none: set one with kiln credential set git --project") == true, "\(String(describing: none))")
-        let key = try SSHKeyPair.generate()
+        let key = try await SSHKeyPair.generate()
         let wrongKind = await failure(fetcher, mirror, .sshKey(privateKey: key.privateKey, knownHosts: "[127.0.0.1]:\(server.port) \(key.typeAndKey)"))
         #expect(wrongKind?.message.contains("is for SSH, not HTTPS") == true, "\(String(describing: wrongKind))")
         #expect(wrongKind.map { !$0.description.contains("PRIVATE KEY") } == true)
@@ -106,7 +107,7 @@ struct GitCredentialTests {
         let silent = try StallingServer(.silent)
         defer { silent.stop() }
         let path = repo.dir.path("mirrors/argv-\(scheme).git")
-        let key = try SSHKeyPair.generate()
+        let key = try await SSHKeyPair.generate()
         let credential: GitCredential = scheme == "http"
             ? .token(username: "deploy", token: Self.token)
             : .sshKey(privateKey: key.privateKey, knownHosts: "[127.0.0.1]:\(silent.port) \(key.typeAndKey)")
@@ -144,9 +145,10 @@ struct GitCredentialTests {
         let mirror: GitMirror
 
         init(hostKeys types: [SSHKeyPair.KeyType] = [.ed25519, .ecdsa, .rsa]) async throws {
-            deployKey = try SSHKeyPair.generate()
-            repo = try GitFixture()
-            sha = try repo.commit(["a.txt": "private\n"])
+            deployKey = try await SSHKeyPair.generate()
+            let repo = try await onThread { try GitFixture() }
+            self.repo = repo
+            sha = try await onThread { try repo.commit(["a.txt": "private\n"]) }
             server = try await PrivateGitSSHServer.start(deployKeys: [deployKey.publicKey], hostKeyTypes: types)
             fetcher = try childFetcher(allowing: [server.server])
             mirror = GitMirror(path: repo.dir.path("mirrors/p.git"), url: server.url(repo.origin))
@@ -197,7 +199,7 @@ struct GitCredentialTests {
     func changedHostKey() async throws {
         let c = try await SSHCase()
         defer { c.server.stop() }
-        let impostor = try SSHKeyPair.generate()
+        let impostor = try await SSHKeyPair.generate()
         let changed = await failure(c.fetcher, c.mirror, c.credential("[127.0.0.1]:\(c.server.port) \(impostor.typeAndKey)"))
         #expect(changed?.kind == .credential)
         #expect(changed?.message.hasPrefix("the host key of 127.0.0.1:\(c.server.port) changed: it is not the one pinned in the project's git credential (the server presented ssh-ed25519 SHA256:") == true, "\(String(describing: changed))")
@@ -217,7 +219,7 @@ struct GitCredentialTests {
     func wrongDeployKey() async throws {
         let c = try await SSHCase()
         defer { c.server.stop() }
-        let stranger = try SSHKeyPair.generate()
+        let stranger = try await SSHKeyPair.generate()
         let error = await failure(c.fetcher, c.mirror, .sshKey(privateKey: stranger.privateKey, knownHosts: c.server.knownHosts([.ed25519])))
         #expect(error?.kind == .credential)
         #expect(error?.message.hasPrefix("127.0.0.1:\(c.server.port) refused the project's git credential, an SSH deploy key for user root: check that its public key is a deploy key of this repository") == true, "\(String(describing: error))")
@@ -240,9 +242,11 @@ struct GitCredentialTests {
         }
         #expect(c.server.connections == 0, "\(c.server.log)")
         // In this process too (GuardedStream hands libssh2 the socket it connected).
-        #expect(throws: GitError.self) { try c.mirror.fetch(credential: credential) }
+        let mirror = c.mirror
+        await #expect(throws: GitError.self) { try await onThread { try mirror.fetch(credential: credential) } }
         #expect(c.server.connections == 0)
-        #expect(try c.mirror.fetch(credential: credential, policy: try FetchPolicy(parsing: [c.server.server], denyPrivate: false)).receivedObjects == 3)
+        let policy = try FetchPolicy(parsing: [c.server.server], denyPrivate: false)
+        #expect(try await onThread { try mirror.fetch(credential: credential, policy: policy) }.receivedObjects == 3)
         #expect(try c.mirror.resolve(ref: "main", commit: nil) == c.sha)
         #expect(c.server.connections == 1 && c.server.acceptedKeys == 1)
     }

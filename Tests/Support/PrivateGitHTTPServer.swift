@@ -47,7 +47,7 @@ public final class PrivateGitHTTPServer: Sendable {
         let dir = folder.url.path
         for sub in ["logs", "temp"] { try FileManager.default.createDirectory(at: folder.path(sub), withIntermediateDirectories: true) }
         // The password goes to openssl on its stdin, never on a command line.
-        let hashed = try Spawn.run("/usr/bin/openssl", ["passwd", "-apr1", "-stdin"], input: Data(password.utf8), discardStderr: true)
+        let hashed = try await onThread { try Spawn.run("/usr/bin/openssl", ["passwd", "-apr1", "-stdin"], input: Data(password.utf8), discardStderr: true) }
         let hash = String(decoding: hashed.output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard hashed.status == 0, hash.hasPrefix("$apr1$") else { throw FarmError("openssl passwd -apr1 failed: \(hash)") }
         try Data("\(username):\(hash)\n".utf8).write(to: folder.path("htpasswd"))

@@ -15,12 +15,14 @@ public struct SSHKeyPair: Sendable {
     public var typeAndKey: String { publicKey.split(separator: " ").prefix(2).joined(separator: " ") }
 
     /// A new key pair of `type`.
-    public static func generate(_ type: KeyType = .ed25519, comment: String = "kiln-test") throws -> SSHKeyPair {
-        let dir = try TempDir("ssh-key")
-        let file = dir.path("key").path
-        try run("ssh-keygen", ["-q", "-t", type.rawValue, "-N", "", "-C", comment, "-f", file] + (type == .rsa ? ["-b", "2048"] : []))
-        return SSHKeyPair(privateKey: try String(contentsOfFile: file, encoding: .utf8),
-                          publicKey: try String(contentsOfFile: file + ".pub", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+    public static func generate(_ type: KeyType = .ed25519, comment: String = "kiln-test") async throws -> SSHKeyPair {
+        try await onThread {
+            let dir = try TempDir("ssh-key")
+            let file = dir.path("key").path
+            try run("ssh-keygen", ["-q", "-t", type.rawValue, "-N", "", "-C", comment, "-f", file] + (type == .rsa ? ["-b", "2048"] : []))
+            return SSHKeyPair(privateKey: try String(contentsOfFile: file, encoding: .utf8),
+                              publicKey: try String(contentsOfFile: file + ".pub", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
     }
 }
 
@@ -80,7 +82,7 @@ public final class PrivateGitSSHServer: Sendable {
         let dir = folder.url.path
         var hostKeys: [SSHKeyPair] = []
         for (i, type) in hostKeyTypes.enumerated() {
-            let key = try SSHKeyPair.generate(type, comment: "host")
+            let key = try await SSHKeyPair.generate(type, comment: "host")
             hostKeys.append(key)
             // sshd refuses a host key that others may read.
             guard FileManager.default.createFile(atPath: "\(dir)/host\(i)", contents: Data(key.privateKey.utf8), attributes: [.posixPermissions: 0o600]) else {
