@@ -4,6 +4,7 @@ import DockerAPI
 import Etcd
 import Foundation
 import KilnCore
+import Plugins
 import RegistryAuth
 import Scheduler
 import ServiceLifecycle
@@ -23,7 +24,8 @@ struct SchedulerCommand: AsyncParsableCommand {
 
         The leader also runs each project's post-build pipeline when a build succeeds (deploy, \
         lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
-        Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
+        Kubernetes cells are reached over https with each cell's own credential (`kiln cell \
+        credential set`). notify calls only the URLs --notify-allow names.
 
         It also serves the web console at / (log in with a user's password or API token; \
         sessions live in etcd, so every scheduler accepts them): see docs/console.md.
@@ -103,6 +105,16 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "host:port"))
     var registry: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY"]
 
+    @Option(name: .long, help: ArgumentHelp("""
+        A URL prefix the notify plugin may POST to (repeatable; env KILN_NOTIFY_ALLOW, \
+        comma-separated), for example https://hooks.example.com/services/. Matched on scheme, \
+        host, port and whole path segments: https://hooks.example.com/a allows \
+        https://hooks.example.com/a/b, not https://hooks.example.com/ab or \
+        https://hooks.example.com.evil/. Without one, notify steps fail: the requests leave from \
+        this host, where etcd and the registry answer.
+        """, valueName: "prefix"))
+    var notifyAllow: [String] = env("KILN_NOTIFY_ALLOW", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+
     @Flag(name: .long, help: ArgumentHelp("""
         Mark the web console's session cookies Secure (the browser sends them over HTTPS only) \
         on every request (env KILN_CONSOLE_SECURE_COOKIES=1). The scheduler serves plain HTTP; \
@@ -142,6 +154,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         if let path = registryCredentials {
             do { _ = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
         }
+        do { _ = try NotifyAllowList(notifyAllow) } catch { throw ValidationError("--notify-allow: \(error)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
         guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
@@ -158,6 +171,7 @@ struct SchedulerCommand: AsyncParsableCommand {
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
             deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
         deploy.registry = registry
+        deploy.notifyAllow = try NotifyAllowList(notifyAllow)
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
