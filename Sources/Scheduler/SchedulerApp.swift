@@ -68,7 +68,9 @@ public func buildSchedulerApplication(
     if let token = configuration.registryEventsToken {
         RegistryEvents(store: store, token: token, logger: logger).addRoutes(to: router)
     }
-    let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
+    // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
+    let pipelines = configuration.plugins.isEmpty ? nil
+        : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
                                 leaderTasks: configuration.leaderTasks, logger: logger)
     var app = Application(

@@ -7,6 +7,7 @@ import KilnCore
 import Plugins
 import RegistryAuth
 import Scheduler
+import Sealing
 import ServiceLifecycle
 
 struct SchedulerCommand: AsyncParsableCommand {
@@ -169,7 +170,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         var deploy = DeployEnvironment(
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
-            deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
+            deployers: DeployEnvironment.standardDeployers(
+                // Kubernetes cells' credentials are in the sealed store (nil without a key file).
+                secrets: try secretsKeyFile.map { try SecretStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix), keyFile: $0) },
+                registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
         deploy.registry = registry
         deploy.notifyAllow = try NotifyAllowList(notifyAllow)
         var configuration = SchedulerConfiguration(
