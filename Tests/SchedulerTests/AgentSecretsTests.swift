@@ -55,8 +55,8 @@ struct AgentSecretsTests {
             let main = try await Self.queue(h, "shop", ref: "main")
             let feature = try await Self.queue(h, "shop", ref: "feature/x")
             // What the dispatcher writes in the assignment's transaction.
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: main.id), "team/shop")
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: feature.id), "team/shop")
+            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: main.id), BuildGrant(repository: "team/shop", ref: "main").value)
+            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: feature.id), BuildGrant(repository: "team/shop", ref: "feature/x").value)
 
             // Who is refused, and how.
             let refusals: [(String, [(String, String)], Int)] = [
@@ -89,6 +89,17 @@ struct AgentSecretsTests {
             let withheld = try KilnJSON.decode(BuildSecrets.self, from: try await Self.ask(h, feature.id, Self.basic("agent-1", agent1)).body)
             #expect(withheld.env.map(\.name) == ["NPM_TOKEN"] && withheld.withheld == ["SIGNING_KEY"])
             #expect(!withheld.maskedValues.contains("signing-key-value"))
+            // The agent rewrites the feature build's record to name the protected branch: the
+            // granted ref decides, so the protected-only secret stays withheld.
+            var renamed = try await h.build(feature.id)
+            renamed.ref = "main"
+            try await h.etcd.put(h.keys.build(feature.id), try KilnJSON.encode(renamed))
+            let stillWithheld = try await Self.ask(h, feature.id, Self.basic("agent-1", agent1))
+            #expect(stillWithheld.status == 200 && !stillWithheld.body.contains("signing-key-value"), "\(stillWithheld.body)")
+            // A grant written before refs were granted (the bare repository) gives no protected-only secret.
+            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: feature.id), "team/shop")
+            let legacy = try KilnJSON.decode(BuildSecrets.self, from: try await Self.ask(h, feature.id, Self.basic("agent-1", agent1)).body)
+            #expect(legacy.withheld == ["SIGNING_KEY"] && legacy.env.map(\.name) == ["NPM_TOKEN"])
 
             // An agent rewrites its build's record (it may write builds/) to point at another project.
             var forged = try await h.build(main.id)
@@ -138,7 +149,7 @@ struct AgentSecretsTests {
             // They are there, and open: an agent holding a build gets them back.
             let agent = try await Self.machine(h, "agent-1", kind: .agent)
             let build = try await Self.queue(h, "shop", ref: "main")
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: build.id), "team/shop")
+            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: build.id), BuildGrant(repository: "team/shop", ref: "main").value)
             let given = try KilnJSON.decode(BuildSecrets.self, from: try await Self.ask(h, build.id, Self.basic("agent-1", agent)).body)
             #expect(Set(given.maskedValues) == ["glpat-git-token-value", "registry-password-value", "project-build-secret", "group-build-secret"])
 

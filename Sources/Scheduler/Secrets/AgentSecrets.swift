@@ -20,7 +20,8 @@ import Sealing
 ///    can rewrite its build's record, not the grant, so a record pointed at another project
 ///    gets 403.
 /// 4. Secrets for protected refs only go to a build of a protected ref
-///    (`Project.isProtected(ref:)`); otherwise their names are in `withheld`.
+///    (`Project.isProtected(ref:)`) — the ref in the grant, which the agent cannot rewrite;
+///    otherwise their names are in `withheld`.
 /// The answer is `BuildSecrets` (`Cache-Control: no-store`); the log says which names went out,
 /// never a value.
 struct AgentSecrets: Sendable {
@@ -53,13 +54,16 @@ struct AgentSecrets: Sendable {
         }
         guard let build = try await notFoundAsNil({ try await store.build(id) }),
               let project = try await notFoundAsNil({ try await store.projectIfExists(build.project) })??.project,
-              project.repositoryName == grant.string else {
+              project.repositoryName == BuildGrant(value: grant.string).repository else {
             logger.warning("build secrets refused: the build's project is not the one granted", metadata: ["agent.id": "\(agent)", "build.id": "\(id)", "granted": "\(grant.string)"])
             throw notHeld
         }
-        let given = try await secrets.require(to: "give builds their secrets").buildSecrets(project: project, ref: build.ref)
+        // The ref the dispatcher granted, not the record's (which the agent may rewrite); a grant
+        // from before refs were granted counts as no protected ref.
+        let grantedRef = BuildGrant(value: grant.string).ref ?? ""
+        let given = try await secrets.require(to: "give builds their secrets").buildSecrets(project: project, ref: grantedRef)
         logger.info("build secrets given", metadata: [
-            "agent.id": "\(agent)", "build.id": "\(id)", "project": "\(project.name)", "ref": "\(build.ref)",
+            "agent.id": "\(agent)", "build.id": "\(id)", "project": "\(project.name)", "ref": "\(grantedRef)",
             "env": "\(given.env.map(\.name).joined(separator: ","))", "registries": "\(given.registries.map(\.host).joined(separator: ","))",
             "git": "\(given.git.map { $0.summary } ?? "none")", "withheld": "\(given.withheld.joined(separator: ","))",
         ])
