@@ -132,12 +132,12 @@ extension SecretStore {
 
     func reseal(_ first: KeyValue, under primary: String) async throws -> ResealOutcome {
         var kv = first
-        for _ in 0..<10 {
+        for _ in 0..<50 {
             var stored = try decode(kv)
             if stored.sealed.kid == primary { return .current }
             let from = stored.sealed.kid
             // Who set the value and when stays: a reseal changes only how it is sealed.
-            stored.sealed = try keyring.seal(try keyring.open(stored.sealed, boundTo: kv.key), boundTo: kv.key)
+            stored.sealed = try keyring.seal(try openData(stored, at: kv.key), boundTo: stored.binding(at: kv.key))
             let r = try await etcd.txn(Txn(compare: [.modRevision(kv.key, .equal, kv.modRevision)],
                                            success: [.put(kv.key, try KilnJSON.encode(stored))], failure: [.get(kv.key)]))
             if r.succeeded { return .resealed(from: from) }

@@ -190,9 +190,9 @@ public struct SecretStore: Sendable {
                 env[name] = BuildSecret(name: name, value: try openString(stored, at: kv.key), file: stored.file == true,
                                         protectedOnly: stored.protectedOnly == true)
             case .registry(_, let host):
-                registries[host.lowercased()] = try KilnJSON.decoder().decode(RegistryLogin.self, from: try keyring.open(try decode(kv).sealed, boundTo: kv.key))
+                registries[host.lowercased()] = try KilnJSON.decoder().decode(RegistryLogin.self, from: try openData(try decode(kv), at: kv.key))
             case .git:
-                git = try KilnJSON.decoder().decode(GitCredential.self, from: try keyring.open(try decode(kv).sealed, boundTo: kv.key))
+                git = try KilnJSON.decoder().decode(GitCredential.self, from: try openData(try decode(kv), at: kv.key))
             case .webhook, .cell, .check:
                 continue
             }
@@ -205,7 +205,7 @@ public struct SecretStore: Sendable {
 
     /// Seals `plaintext` for `key` with its metadata.
     func stored(_ plaintext: Data, at key: String, protectedOnly: Bool? = nil, file: Bool? = nil, detail: String? = nil, by user: String?) throws -> StoredSecret {
-        StoredSecret(sealed: try keyring.seal(plaintext, boundTo: key), protectedOnly: protectedOnly, file: file, detail: detail,
+        StoredSecret(sealed: try keyring.seal(plaintext, boundTo: StoredSecret.binding(key: key, protectedOnly: protectedOnly)), protectedOnly: protectedOnly, file: file, detail: detail,
                      updatedAt: Date(), updatedBy: user)
     }
 
@@ -222,8 +222,12 @@ public struct SecretStore: Sendable {
         }
     }
 
+    func openData(_ stored: StoredSecret, at key: String) throws -> Data {
+        try keyring.open(stored.sealed, boundTo: stored.binding(at: key))
+    }
+
     func openString(_ stored: StoredSecret, at key: String) throws -> String {
-        try keyring.openString(stored.sealed, boundTo: key)
+        try keyring.openString(stored.sealed, boundTo: stored.binding(at: key))
     }
 
     func openString(at key: String) async throws -> String? {
@@ -233,7 +237,8 @@ public struct SecretStore: Sendable {
 
     func open<T: Decodable>(_ type: T.Type, at key: String) async throws -> T? {
         guard let kv = try await etcd.get(key) else { return nil }
-        let plaintext = try keyring.open(try decode(kv).sealed, boundTo: key)
+        let stored = try decode(kv)
+        let plaintext = try keyring.open(stored.sealed, boundTo: stored.binding(at: key))
         do { return try KilnJSON.decoder().decode(type, from: plaintext) } catch {
             throw KilnError.internalError("the secret at \(key) opened but is not a \(type): set it again")
         }

@@ -16,6 +16,15 @@ public struct StoredSecret: Codable, Sendable, Equatable {
     public var updatedAt: Date
     public var updatedBy: String?
 
+    /// What the value is sealed bound to: its etcd key and, for a protected-only secret, that
+    /// flag, so someone who can write etcd but lacks the key cannot turn a protected-only secret
+    /// into one every branch gets (the value would no longer open).
+    public static func binding(key: String, protectedOnly: Bool?) -> String {
+        protectedOnly == true ? key + "\u{0}protected-only" : key
+    }
+
+    public func binding(at key: String) -> String { Self.binding(key: key, protectedOnly: protectedOnly) }
+
     public init(sealed: SealedValue, protectedOnly: Bool? = nil, file: Bool? = nil, detail: String? = nil, updatedAt: Date = Date(), updatedBy: String? = nil) {
         self.sealed = sealed
         self.protectedOnly = protectedOnly

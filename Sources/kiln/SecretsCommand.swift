@@ -88,7 +88,7 @@ struct SecretsCommand: AsyncParsableCommand {
             say("key \(new) added first to \(secretsKeyFile); sealing every secret again under it")
             let report: SecretsResealReport
             do {
-                report = try await api.client().post("/api/v1/admin/secrets/reseal", body: Optional<String>.none, as: SecretsResealReport.self)
+                report = try await Reseal.untilSettled(api.client())
             } catch {
                 throw CLIFailure(description: "key \(new) is in \(secretsKeyFile) (new secrets are sealed under it), but the reseal failed: \(error). When the scheduler answers, run `kiln secrets reseal --prune --secrets-key-file \(secretsKeyFile)`")
             }
@@ -114,8 +114,30 @@ struct SecretsCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let report = try await api.client().post("/api/v1/admin/secrets/reseal", body: Optional<String>.none, as: SecretsResealReport.self)
+            let client = try api.client()
+            let report = prune ? try await Self.untilSettled(client)
+                : try await client.post("/api/v1/admin/secrets/reseal", body: Optional<String>.none, as: SecretsResealReport.self)
             try Self.finish(report, keyFile: prune ? secretsKeyFile : nil, json: api.json)
+        }
+
+        /// Reseals, then again until a pass finds every value under the new key: a value sealed
+        /// under the old key just before the key was added may land in etcd after the first
+        /// pass read it, and a key is dropped only once a whole pass saw none left under it.
+        /// The report is the first pass's counts with the last pass's keys in use and failures.
+        static func untilSettled(_ client: APIClient) async throws -> SecretsResealReport {
+            var first = try await client.post("/api/v1/admin/secrets/reseal", body: Optional<String>.none, as: SecretsResealReport.self)
+            var last = first
+            for _ in 0..<5 where !last.resealed.isEmpty && last.failed.isEmpty {
+                last = try await client.post("/api/v1/admin/secrets/reseal", body: Optional<String>.none, as: SecretsResealReport.self)
+                for (k, n) in last.resealed { first.resealed[k, default: 0] += n }
+            }
+            guard last.resealed.isEmpty || !last.failed.isEmpty else {
+                throw CLIFailure(description: "values kept arriving under the old keys through five passes (a scheduler that does not read the new key file?); no key was dropped: copy the file to every scheduler and run `kiln secrets reseal --prune` again")
+            }
+            first.keysInUse = last.keysInUse
+            first.failed = last.failed
+            first.current = last.current
+            return first
         }
 
         /// Prints what the scheduler did; drops the unused keys from `keyFile` when it is the

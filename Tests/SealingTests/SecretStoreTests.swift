@@ -115,6 +115,21 @@ struct SecretStoreTests {
         }
     }
 
+    @Test func clearingTheProtectedOnlyFlagInEtcdMakesTheValueUnopenable() async throws {
+        try await withStore { store, _ in
+            try await store.setSecret("SIGNING", SecretRequest(value: "release-signing-key", protectedOnly: true), scope: .project("shop"))
+            let key = store.keys.secret(.project("shop"), env: "SIGNING")
+            var stored = try KilnJSON.decode(StoredSecret.self, from: try #require(try await store.etcd.get(key)).string)
+            // Someone who can write etcd but has no key turns it into a secret every branch gets.
+            stored.protectedOnly = nil
+            try await store.etcd.put(key, try KilnJSON.encode(stored))
+            let shop = Project(name: "shop", repository: "https://git.example.com/s.git", buildImage: "a:1", buildCommand: "make")
+            await #expect { try await store.buildSecrets(project: shop, ref: "feature/x") } throws: {
+                "\($0)".contains("does not open") && !"\($0)".contains("release-signing-key")
+            }
+        }
+    }
+
     @Test func thePipelineLooksSecretsUpByNameWithTheSameRules() async throws {
         try await withStore { store, _ in
             try await store.setSecret("HOOK_URL", SecretRequest(value: "https://hooks.example.com/abc"), scope: .group("team"))
@@ -202,7 +217,7 @@ struct SecretStoreTests {
             #expect(afterWrites.resealed[old, default: 0] <= 1 && afterWrites.current >= 31, "\(afterWrites)")
             reports.append(try await store.reseal())
             #expect(reports[0].key == new && reports[0].resealed[old, default: 0] >= 31, "\(reports[0])")
-            #expect(reports.allSatisfy { $0.failed.isEmpty } && afterWrites.failed.isEmpty)
+            #expect(reports.allSatisfy { $0.failed.isEmpty } && afterWrites.failed.isEmpty, "\(reports) \(afterWrites)")
             #expect(reports.last!.keysInUse == [new] && reports.last!.current == 32 && reports.last!.resealed.isEmpty, "\(reports.last!)")
             // The last write made meanwhile is what is kept, under the new key.
             let kv = try #require(try await store.etcd.get(key))
