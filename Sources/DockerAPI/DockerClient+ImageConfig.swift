@@ -16,6 +16,24 @@ extension DockerClient {
         return inspected.Id
     }
 
+    /// The user the image's containers run as (its configuration's `User`: a name or a uid,
+    /// with an optional `:group`; empty for root), or nil when the engine has no such image.
+    public func imageUser(_ name: String) async throws -> String? {
+        let operation = "inspect image \(name)"
+        let response = try await send(.GET, "/images/\(escapePath(name))/json", operation: operation)
+        let status = response.status.code
+        let data = try await expect(response, [200, 404], operation)
+        guard status == 200 else { return nil }
+        struct Inspected: Decodable {
+            struct Config: Decodable { let User: String? }
+            let Config: Config?
+        }
+        guard let inspected = try? JSONDecoder().decode(Inspected.self, from: data) else {
+            throw DockerError(operation, 200, "unexpected answer: \(String(decoding: data.prefix(300), as: UTF8.self))")
+        }
+        return inspected.Config?.User ?? ""
+    }
+
     /// The ONBUILD triggers of the image `id` (its configuration's `config.OnBuild`), in order.
     ///
     /// Read from the image's export (`GET /images/{id}/get`, a docker-archive): podman 4.3
