@@ -5,7 +5,6 @@ import Hummingbird
 import KilnCore
 import KilnTestSupport
 import LocalFarm
-import Logging
 import Synchronization
 import Testing
 
@@ -18,11 +17,11 @@ struct SchedulerSecretsClientTests {
     static let agent = RegistryCredentials(user: "agent-1", password: "machine-token-0123456789")
 
     /// Answers `status` (with `body`) to every POST of a build's secrets, recording the
-    /// Authorization header and path of each.
+    /// path and Authorization header of each.
     final class Scheduler: Sendable {
         let requests = Mutex<[(path: String, authorization: String?)]>([])
-        private let started = Mutex<(port: Int, task: Task<Void, Error>?)>((0, nil))
-        var url: String { "http://127.0.0.1:\(started.withLock { $0.port })" }
+        private let server = Mutex<TestHTTPServer?>(nil)
+        var url: String { server.withLock { $0?.url ?? "" } }
 
         static func start(status: HTTPResponse.Status, body: String) async throws -> Scheduler {
             let scheduler = Scheduler()
@@ -31,24 +30,12 @@ struct SchedulerSecretsClientTests {
                 scheduler.requests.withLock { $0.append((request.uri.path, request.headers[.authorization])) }
                 return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
             }
-            var logger = Logger(label: "scheduler")
-            logger.logLevel = .critical
-            let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-            let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                                  onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: logger)
-            let task = Task { try await app.run() }
-            for await port in ports {
-                scheduler.started.withLock { $0 = (port, task) }
-                return scheduler
-            }
-            throw FarmError("the scheduler stand-in did not start")
+            let server = try await TestHTTPServer.start(router, label: "scheduler stand-in")
+            scheduler.server.withLock { $0 = server }
+            return scheduler
         }
 
-        func stop() async {
-            let task = started.withLock { $0.task }
-            task?.cancel()
-            _ = try? await task?.value
-        }
+        func stop() async { await server.withLock { $0 }?.stop() }
     }
 
     static func withScheduler(_ status: HTTPResponse.Status, body: String = "{}", _ test: (Scheduler) async throws -> Void) async throws {
