@@ -78,7 +78,8 @@ let package = Package(
         .target(
             name: "Sealing",
             dependencies: [
-                "KilnCore", "Etcd",
+                // Plugins: the store is the pipeline's `PipelineSecrets`.
+                "KilnCore", "Etcd", "Plugins",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -120,6 +121,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                // A Kubernetes cell's CA as the only trust root, and its client certificate.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -198,6 +201,12 @@ let package = Package(
             dependencies: [
                 "Deploy", "Plugins", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "DockerAPI", "Sealing",
                 .product(name: "Logging", package: "swift-log"),
+                // The fake Kubernetes API server's TLS, and the CA and certificates the tests make.
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

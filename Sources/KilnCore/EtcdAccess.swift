@@ -15,6 +15,7 @@
 ///   (write only). It cannot read or write projects, the queue, another agent's tasks, the
 ///   leader key, cells, apps or `/slb/`.
 /// - an lb-agent: reads its group's domains and writes its own report key; nothing else.
+/// - nobody but the scheduler reads or writes `/kiln/secrets/` (sealed secrets).
 ///
 /// Rule for a caller: a transaction needs read permission on every key it compares, write
 /// permission on every key it writes; revoking a lease needs write permission on every key
@@ -113,6 +114,9 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 Grant(.readWrite, keys.groups, prefix: true),
                 Grant(.readWrite, keys.members, prefix: true),
                 Grant(.readWrite, keys.activity, prefix: true),
+                // Sealed secrets (docs/secrets.md): schedulers alone hold the key and this
+                // prefix; an agent gets one build's secrets from a scheduler over HTTP.
+                Grant(.readWrite, keys.secrets, prefix: true),
                 Grant(.readWrite, slb.root + "/", prefix: true),
             ]
         case .agent(let id):

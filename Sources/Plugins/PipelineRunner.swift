@@ -13,9 +13,12 @@ import KilnCore
 ///   is thrown.
 public struct PipelineRunner: Sendable {
     public let plugins: [String: any PostBuildPlugin]
+    /// Handed to every step (`PluginContext.secrets`): the scheduler's secret store.
+    public let secrets: (any PipelineSecrets)?
 
-    public init(plugins: [any PostBuildPlugin]) {
+    public init(plugins: [any PostBuildPlugin], secrets: (any PipelineSecrets)? = nil) {
         self.plugins = Dictionary(plugins.map { ($0.spec.name, $0) }, uniquingKeysWith: { _, last in last })
+        self.secrets = secrets
     }
 
     public func run(
@@ -50,7 +53,7 @@ public struct PipelineRunner: Sendable {
             run.steps[i] = PipelineStepResult(plugin: step.plugin, status: .running, startedAt: now())
             try await record(run)
             await log("==> \(step.plugin) started (time limit \(limit) s)")
-            let context = PluginContext(build: build, project: project, settings: step.settings, outputs: outputs, run: run.run, log: log)
+            let context = PluginContext(build: build, project: project, settings: step.settings, outputs: outputs, run: run.run, secrets: secrets, log: log)
             let stepStart = ContinuousClock.now
             let outcome: Result<PluginResult, any Error>
             do {

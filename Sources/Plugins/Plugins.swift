@@ -45,7 +45,8 @@ public enum PluginCatalog {
             .init(name: "replicas", kind: .integer, required: false, help: "instances per cell (default: the previous version's, else 1)", range: 1...100),
             .init(name: "cpu", kind: .number, required: false, help: "CPUs per instance (default: the previous version's)", range: 0.01...64),
             .init(name: "memoryMB", kind: .integer, required: false, help: "memory per instance in MiB (default: the previous version's)", range: 16...262_144),
-            .init(name: "env", kind: .stringMap, required: false, help: "environment variables (default: the previous version's)"),
+            .init(name: "env", kind: .stringMap, required: false, help: "environment variables (default: the previous version's); put secrets in secretEnv instead"),
+            .init(name: "secretEnv", kind: .stringList, required: false, help: "names of the project's secrets (kiln secret set) given to the app as environment variables of the same names; the app's record keeps the names only (default: the previous version's)"),
             .init(name: "healthPath", kind: .string, required: false, help: "HTTP path that answers 2xx when an instance is healthy (default: the previous version's, else /health)"),
             .init(name: "healthTimeoutSeconds", kind: .integer, required: false, help: "how long every instance has to pass its health check before the version fails (default 60)", range: 1...3600),
         ], defaultTimeoutSeconds: 300),
@@ -59,8 +60,9 @@ public enum PluginCatalog {
             .init(name: "keep", kind: .integer, required: false, help: "older versions kept running, for a quick roll back (default 0)", range: 0...10),
             .init(name: "drainSeconds", kind: .integer, required: false, help: "how long an old version keeps running after nginx left it, for requests still in flight (default 2)", range: 0...600),
         ], defaultTimeoutSeconds: 120),
-        PluginSpec(name: "notify", summary: "POST the build's outcome and image as JSON to a URL", settings: [
-            .init(name: "url", kind: .string, required: true, help: "an http:// or https:// URL"),
+        PluginSpec(name: "notify", summary: "POST the build's outcome and image as JSON to a URL the scheduler allows (kiln scheduler --notify-allow)", settings: [
+            .init(name: "url", kind: .string, required: false, help: "an http:// or https:// URL, under a prefix the scheduler's --notify-allow names (give url or urlSecret)"),
+            .init(name: "urlSecret", kind: .string, required: false, help: "the name of a project secret holding the URL, for a URL with a token in it (give url or urlSecret)"),
         ], defaultTimeoutSeconds: 30),
     ]
 
@@ -89,7 +91,34 @@ public enum PluginCatalog {
                 }
                 try check(value, against: setting, at: here)
             }
+            try checkTogether(step.settings, of: spec, at: here)
         }
+    }
+
+    /// The rules that tie two settings of one plugin together.
+    static func checkTogether(_ settings: [String: JSONValue], of spec: PluginSpec, at here: String) throws {
+        func given(_ name: String) -> Bool { settings[name].map { $0 != .null } ?? false }
+        switch spec.name {
+        case "notify":
+            switch (given("url"), given("urlSecret")) {
+            case (true, true): throw KilnError.invalid("\(here): give either url or urlSecret, not both")
+            case (false, false): throw KilnError.invalid("\(here): give url (an http:// or https:// URL) or urlSecret (the name of a project secret holding the URL)")
+            default: break
+            }
+        case "deploy":
+            guard case .object(let env)? = settings["env"], case .array(let secret)? = settings["secretEnv"] else { return }
+            let both = secret.compactMap { if case .string(let n) = $0, env[n] != nil { n } else { nil } }
+            if let name = both.first {
+                throw KilnError.invalid("\(here): \(Validation.printable(name)) is in both env and secretEnv: keep it in one of them (secretEnv for a secret)")
+            }
+        default:
+            break
+        }
+    }
+
+    /// A secret's name, as `kiln secret set` takes it (an environment variable name).
+    static func secretName(_ name: String, _ bad: (String) -> KilnError) throws {
+        do { try SecretRules.name(name) } catch let e as KilnError { throw bad("names a bad secret: \(e.message)") }
     }
 
     static func check(_ value: JSONValue, against s: PluginSpec.Setting, at here: String) throws {
@@ -107,6 +136,7 @@ public enum PluginCatalog {
             if s.name == "healthPath", !v.hasPrefix("/") || !v.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) {
                 throw bad("must be a path starting with '/', without spaces")
             }
+            if s.name == "urlSecret" { try secretName(v, bad) }
             if s.name == "domain" { try Validation.domain(v) }
             if s.name == "group" { try Validation.groupName(v) }
         case (.integer, .number(let n)):
@@ -119,6 +149,11 @@ public enum PluginCatalog {
         case (.stringList, .array(let items)):
             if items.isEmpty { throw bad("is empty") }
             for item in items { guard case .string(let v) = item, !v.isEmpty else { throw bad("must hold only non-empty strings") } }
+            if s.name == "secretEnv" {
+                let names = items.compactMap { if case .string(let v) = $0 { v } else { nil } }
+                for name in names { try secretName(name, bad) }
+                if Set(names).count != names.count { throw bad("names a secret twice") }
+            }
         case (.stringMap, .object(let fields)):
             for (k, v) in fields {
                 guard case .string = v else { throw bad("must map names to strings ('\(Validation.printable(k))' does not)") }

@@ -27,15 +27,45 @@ public struct PluginContext: Sendable {
     public var run: Int
     /// Appends a line to the build's log.
     public var log: @Sendable (String) async -> Void
+    /// The project's secrets (deploy's `secretEnv`, notify's `urlSecret`), or nil when this
+    /// scheduler has no secret store: a step that needs a secret then fails saying so. A
+    /// plugin never logs a value it gets here, nor puts one in its result.
+    public var secrets: (any PipelineSecrets)?
 
     public init(build: Build, project: Project, settings: [String: JSONValue], outputs: [String: [String: JSONValue]] = [:], run: Int = 1,
-                log: @escaping @Sendable (String) async -> Void) {
+                secrets: (any PipelineSecrets)? = nil, log: @escaping @Sendable (String) async -> Void) {
         self.build = build
         self.project = project
         self.settings = settings
         self.outputs = outputs
         self.run = run
+        self.secrets = secrets
         self.log = log
+    }
+
+    /// The value of the project's secret `name` for this build's ref. Throws a `KilnError`
+    /// that names the secret (never a value) when there is no store, or the secret is missing
+    /// or held back from this ref; `use` says what it was for (`deploy's secretEnv`).
+    public func secretValue(_ name: String, for use: String) async throws -> String {
+        guard let secrets else {
+            throw KilnError.unavailable("\(use) names secret \(name), but this scheduler has no secret store: start it with --secrets-key-file (the farm's secrets key)")
+        }
+        let lookup: SecretLookup
+        do {
+            lookup = try await secrets.secret(name, of: project, ref: build.ref)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw KilnError.unavailable("\(use): secret \(name) could not be read: \((error as? KilnError)?.message ?? "\(error)")")
+        }
+        switch lookup {
+        case .value(let value):
+            return value
+        case .withheld:
+            throw KilnError.invalid("\(use): secret \(name) is for protected refs only, and \(Validation.printable(build.ref)) is not protected in project \(project.name): build a protected ref, add the ref to the project's protectedRefs, or set the secret without --protected-only")
+        case .missing:
+            throw KilnError.notFound("\(use): secret \(name) is not set for project \(project.name)\(project.group.map { " or its group \($0)" } ?? ""): set it with `kiln secret set \(name) --project \(project.name)`")
+        }
     }
 
     // Settings, already validated against the plugin's spec.

@@ -25,14 +25,16 @@ extension Spawn {
     /// own, see `start`), so a child blocked in a system call that nothing else would end (a
     /// read from a silent server) stops at once; this then throws `CancellationError`.
     ///
-    /// stdin is /dev/null: pass what the child needs by argument or by a file it opens.
+    /// stdin is `input`, then end of file (/dev/null without it): what must stay out of the
+    /// command line and the environment, which `ps` and `/proc/PID/environ` show, goes there.
+    /// A child that exits before reading all of it does not stop this process (no SIGPIPE).
     public static func runCancellable(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
-                                      outputLimit: Int = 1 << 20) async throws -> Outcome {
+                                      input: Data? = nil, outputLimit: Int = 1 << 20) async throws -> Outcome {
         let child = Child()
         let outcome: Outcome = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Outcome, Error>) in
                 Thread.detachNewThread {
-                    c.resume(with: Result { try runToEnd(path, arguments, environment: environment, outputLimit: outputLimit, child: child) })
+                    c.resume(with: Result { try runToEnd(path, arguments, environment: environment, input: input, outputLimit: outputLimit, child: child) })
                 }
             }
         } onCancel: {
@@ -70,7 +72,7 @@ extension Spawn {
         func exited() { state.withLock { $0.exited = true } }
     }
 
-    private static func runToEnd(_ path: String, _ arguments: [String], environment: [String: String]?, outputLimit: Int, child: Child) throws -> Outcome {
+    private static func runToEnd(_ path: String, _ arguments: [String], environment: [String: String]?, input: Data?, outputLimit: Int, child: Child) throws -> Outcome {
         if child.isCancelled { return Outcome(status: 128 + SIGKILL, stdout: Data(), stderr: Data()) }
         var outFDs: [Int32] = [0, 0], errFDs: [Int32] = [0, 0]
         guard pipe(&outFDs) == 0 else { throw FarmError("pipe() failed: errno \(errno)") }
@@ -81,18 +83,30 @@ extension Spawn {
         // Another child spawned meanwhile gets none of these (`start` closes all but 0-2 in
         // its children); close-on-exec is for anything else that execs.
         for fd in outFDs + errFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer { close(null) }
-        let pid: pid_t
+        let stdin: (child: Int32, writer: Int32?)
         do {
-            pid = try start(path, arguments, environment: environment, stdin: null, stdout: outFDs[1], stderr: errFDs[1])
+            stdin = try makeStdin(for: input)
         } catch {
             for fd in outFDs + errFDs { close(fd) }
             throw error
         }
+        let pid: pid_t
+        do {
+            pid = try start(path, arguments, environment: environment, stdin: stdin.child, stdout: outFDs[1], stderr: errFDs[1])
+        } catch {
+            for fd in outFDs + errFDs { close(fd) }
+            close(stdin.child)
+            stdin.writer.map { _ = close($0) }
+            throw error
+        }
+        close(stdin.child)
         close(outFDs[1])
         close(errFDs[1])
         _ = child.started(pid)
+        if let writer = stdin.writer, let input {
+            // On a thread of its own: a child that writes much before it reads cannot block us.
+            Thread.detachNewThread { writeAll(input, to: writer) }
+        }
 
         // Read both pipes until both end: the child's whole group has exited (or closed them).
         var collected = [Data(), Data()]
@@ -119,5 +133,36 @@ extension Spawn {
         while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
         child.exited()
         return Outcome(status: wait(pid), stdout: collected[0], stderr: collected[1])
+    }
+
+    /// The child's stdin and the end this process writes `input` to: a socket pair rather
+    /// than a pipe, so that writing after the child has gone fails with EPIPE (MSG_NOSIGNAL)
+    /// instead of killing this process with SIGPIPE. Without input: /dev/null.
+    private static func makeStdin(for input: Data?) throws -> (child: Int32, writer: Int32?) {
+        guard input != nil else {
+            let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard null >= 0 else { throw FarmError("cannot open /dev/null: errno \(errno)") }
+            return (null, nil)
+        }
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw FarmError("socketpair() failed: errno \(errno)")
+        }
+        _ = shutdown(pair[0], Int32(SHUT_WR))
+        return (pair[0], pair[1])
+    }
+
+    /// Writes `data` to the socket `fd`, then closes it (the child reads end of file).
+    private static func writeAll(_ data: Data, to fd: Int32) {
+        data.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                offset += n
+            }
+        }
+        close(fd)
     }
 }

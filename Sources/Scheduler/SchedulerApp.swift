@@ -31,6 +31,11 @@ public struct SchedulerConfiguration: Sendable {
     /// Mark the console's cookies `Secure` on every request (`--console-secure-cookies`), for
     /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`.
     public var consoleSecureCookies = false
+    /// The secrets key file (`--secrets-key-file`, mode 0600; docs/secrets.md): secrets and
+    /// credentials are sealed in etcd under its first key. nil: the secret routes answer 503,
+    /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
+    /// also refuses a file that does not open what etcd holds.
+    public var secretsKeyFile: String?
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -54,7 +59,8 @@ public func buildSchedulerApplication(
     let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
-    API(store: store, schedulerID: configuration.dispatcher.id, logger: logger).addRoutes(to: router)
+    let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
+    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
@@ -62,13 +68,18 @@ public func buildSchedulerApplication(
     if let token = configuration.registryEventsToken {
         RegistryEvents(store: store, token: token, logger: logger).addRoutes(to: router)
     }
-    let pipelines = configuration.plugins.isEmpty ? nil : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins), logger: logger)
+    // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
+    let pipelines = configuration.plugins.isEmpty ? nil
+        : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
                                 leaderTasks: configuration.leaderTasks, logger: logger)
-    return Application(
+    var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
         services: [dispatcher],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
+    // A key file that does not open what etcd holds stops the start here, before any request.
+    app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    return app
 }

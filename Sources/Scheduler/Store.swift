@@ -35,9 +35,12 @@ public struct SchedulerStore: Sendable {
     /// decided on (`replacing`, from ``projectIfExists(_:)``; nil: the project must not
     /// exist), else 409: someone changed it meanwhile. Without `replacing` and `creator`
     /// (tests, tools) it reads the project itself. A project naming a group needs the group
-    /// to exist, in the same transaction.
+    /// to exist, in the same transaction. `webhookWrite` (the sealed webhook token's write or
+    /// delete, `SecretStore.webhookSecretWrite`) goes into the same transaction, and the
+    /// record then keeps no token of its own.
     @discardableResult
-    public func saveProject(_ project: Project, creator: String? = nil, replacing: (project: Project, modRevision: Int64)?? = .none) async throws -> Bool {
+    public func saveProject(_ project: Project, creator: String? = nil, replacing: (project: Project, modRevision: Int64)?? = .none,
+                            webhookWrite: TxnOp? = nil) async throws -> Bool {
         try project.validate()
         try PluginCatalog.validate(project.pipeline ?? [])
         var p = project
@@ -52,12 +55,12 @@ public struct SchedulerStore: Sendable {
             p.createdAt = old.createdAt
             // The API never shows the secret, so a project saved back without one keeps it;
             // an empty one removes it.
-            if p.webhookSecret == nil { p.webhookSecret = old.webhookSecret }
+            if p.webhookSecret == nil, webhookWrite == nil { p.webhookSecret = old.webhookSecret }
         } else {
             p.createdAt = p.createdAt ?? Date()
         }
-        if p.webhookSecret == "" { p.webhookSecret = nil }
-        var success: [TxnOp] = [.put(key, try KilnJSON.encode(p))]
+        if p.webhookSecret == "" || webhookWrite != nil { p.webhookSecret = nil }
+        var success: [TxnOp] = [.put(key, try KilnJSON.encode(p))] + (webhookWrite.map { [$0] } ?? [])
         if existing == nil, let creator {
             success.append(.put(keys.members(.project, p.name), try KilnJSON.encode(Members(users: [creator: .owner]))))
         }

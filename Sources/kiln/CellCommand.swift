@@ -13,7 +13,7 @@ struct CellCommand: AsyncParsableCommand {
         all cells of its backend unless its step names them; LeEngine ran every app in at \
         least two.
         """,
-        subcommands: [Add.self, List.self, Remove.self])
+        subcommands: [Add.self, List.self, Remove.self, Credential.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

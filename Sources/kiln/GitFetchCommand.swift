@@ -1,6 +1,7 @@
 import ArgumentParser
 import BuildAgent
 import Foundation
+import KilnCore
 
 /// The network part of an agent's fetch, in a process of its own so that the agent can kill
 /// it (libgit2 has no server timeout): `GitFetcher` starts it. Hidden from `--help`.
@@ -14,7 +15,14 @@ struct GitFetchCommand: ParsableCommand {
         server is checked by the agent's fetch policy before the fetch and at each connection, \
         and connected to only at the addresses checked; redirects elsewhere fail. Prints \
         the transfer's stats as one JSON object on stdout; on failure prints the reason on \
-        stderr and exits with status 1.
+        stderr (after its kind in brackets, such as [credential]) and exits with status 1.
+
+        With --credential-stdin the project's git credential is read from standard input, \
+        as JSON ({"token":{"username":…,"token":…}} or {"sshKey":{"privateKey":…,"knownHosts":…}}), \
+        never from an argument or the environment, which other users of the machine can read. \
+        It is given to the server only when it asks (a token over plain http:// only to a \
+        server --allow-fetch-from names); an SSH server's host key must be one its \
+        knownHosts lines pin.
         """,
         shouldDisplay: false)
 
@@ -30,6 +38,9 @@ struct GitFetchCommand: ParsableCommand {
     @Flag(name: .customLong("deny-private-fetch"), help: "Refuse servers in private ranges too (kiln agent's option, passed on).")
     var denyPrivateFetch = false
 
+    @Flag(name: .customLong("credential-stdin"), help: "Read the project's git credential (JSON) from standard input.")
+    var credentialStdin = false
+
     func validate() throws {
         _ = try policy()
     }
@@ -44,11 +55,31 @@ struct GitFetchCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let stats = try GitMirror(path: URL(fileURLWithPath: mirror), url: url).fetch(policy: try policy())
+            let credential = credentialStdin ? try GitFetchCommand.readCredential() : nil
+            // Only this process's HOME: libgit2 reads the pinned key's type from it (SSHHostKeyHome).
+            let home = try SSHHostKeyHome.install(for: credential, url: url)
+            defer { home?.remove() }
+            let stats = try GitMirror(path: URL(fileURLWithPath: mirror), url: url).fetch(credential: credential, policy: try policy())
             FileHandle.standardOutput.write(try JSONEncoder().encode(stats) + Data("\n".utf8))
+        } catch let error as GitError {
+            // Under the operation GitFetcher reads it by (a connect's error says "connect to").
+            let reported = GitError(error.kind, "fetch \(RepositoryEndpoint.redacted(url))", error.message, code: error.code)
+            FileHandle.standardError.write(Data("\(reported.taggedDescription)\n".utf8))
+            throw ExitCode.failure
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode.failure
+        }
+    }
+
+    /// The credential on stdin: one JSON `GitCredential`, at most 1 MiB.
+    static func readCredential() throws -> GitCredential {
+        let data = (try? FileHandle.standardInput.read(upToCount: 1 << 20)) ?? Data()
+        do {
+            return try JSONDecoder().decode(GitCredential.self, from: data)
+        } catch {
+            // Never quote the input: it is the secret.
+            throw GitError(.invalidArgument, "read the git credential", "standard input holds no git credential as JSON (\(data.count) bytes)")
         }
     }
 }

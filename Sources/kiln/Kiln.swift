@@ -27,7 +27,8 @@ struct Kiln: AsyncParsableCommand {
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
                       DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self,
                       MachineCommand.self, GitFetchCommand.self, EtcdAuthCommand.self, OCIRuntimeCommand.self,
-                      LoginCommand.self, UserCommand.self, TokenCommand.self, MembersCommand.self, RolesCommand.self])
+                      LoginCommand.self, UserCommand.self, TokenCommand.self, MembersCommand.self, RolesCommand.self,
+                      SecretCommand.self, CredentialCommand.self, SecretsCommand.self])
 }
 
 enum KilnVersion {

@@ -37,7 +37,8 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Memory of its build containers, such as 2g; an agent's own limit still applies when lower (default: the agent's).", valueName: "size")) var buildMemory: String?
         @Option(name: .long, help: ArgumentHelp("CPUs its build containers may keep busy, such as 1.5 (default: the agent's).", valueName: "cpus")) var buildCpus: Double?
         @Option(name: .long, help: ArgumentHelp("Processes at once in its build containers (default: the agent's).", valueName: "n")) var buildPids: Int?
-        @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); kept in etcd, never shown. Without one, webhooks cannot trigger the project.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
+        @Option(name: .long, help: ArgumentHelp("GitLab webhook secret token (env KILN_WEBHOOK_SECRET); sealed in etcd, never shown. Without one, webhooks cannot trigger the project. Prefer --webhook-secret-file or the variable: a value on the command line stays in the shell's history.", valueName: "token")) var webhookSecret: String? = ProcessInfo.processInfo.environment["KILN_WEBHOOK_SECRET"]
+        @Option(name: .long, help: ArgumentHelp("Read the GitLab webhook secret token from this file (mode 0600).", valueName: "file")) var webhookSecretFile: String?
         @Option(name: .long, help: ArgumentHelp("Post-build pipeline: a JSON file holding an array of steps, each {\"plugin\": \"deploy|lb|retire|notify\", \"settings\": {…}, \"timeoutSeconds\": n}. Checked against the plugins' settings when saved (see `kiln plugins`).", valueName: "file")) var pipeline: String?
 
         var project: Project {
@@ -46,7 +47,7 @@ struct ProjectCommand: AsyncParsableCommand {
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
                     supersede: supersede, maxConcurrent: maxConcurrent,
                     branches: branches.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
-                    webhookSecret: webhookSecret, pipeline: try? pipelineSteps(),
+                    webhookSecret: webhookSecretFile.flatMap { try? CredentialFile.read($0) } ?? webhookSecret, pipeline: try? pipelineSteps(),
                     protectedRefs: protectedRefs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
                     limits: limits)
         }
@@ -71,6 +72,9 @@ struct ProjectCommand: AsyncParsableCommand {
 
         func validate() throws {
             _ = try pipelineSteps()
+            if let file = webhookSecretFile {
+                do { _ = try CredentialFile.read(file) } catch { throw ValidationError("--webhook-secret-file: \(error)") }
+            }
             do { try project.validate() } catch { throw ValidationError("\(error)") }
         }
 

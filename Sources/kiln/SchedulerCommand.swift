@@ -4,8 +4,10 @@ import DockerAPI
 import Etcd
 import Foundation
 import KilnCore
+import Plugins
 import RegistryAuth
 import Scheduler
+import Sealing
 import ServiceLifecycle
 
 struct SchedulerCommand: AsyncParsableCommand {
@@ -23,7 +25,8 @@ struct SchedulerCommand: AsyncParsableCommand {
 
         The leader also runs each project's post-build pipeline when a build succeeds (deploy, \
         lb, retire, notify: see `kiln plugins`), in the cells registered with `kiln cell add`. \
-        Kubernetes cells use the bearer token in KILN_KUBE_TOKEN, if set.
+        Kubernetes cells are reached over https with each cell's own credential (`kiln cell \
+        credential set`). notify calls only the URLs --notify-allow names.
 
         It also serves the web console at / (log in with a user's password or API token; \
         sessions live in etcd, so every scheduler accepts them): see docs/console.md.
@@ -103,6 +106,16 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "host:port"))
     var registry: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY"]
 
+    @Option(name: .long, help: ArgumentHelp("""
+        A URL prefix the notify plugin may POST to (repeatable; env KILN_NOTIFY_ALLOW, \
+        comma-separated), for example https://hooks.example.com/services/. Matched on scheme, \
+        host, port and whole path segments: https://hooks.example.com/a allows \
+        https://hooks.example.com/a/b, not https://hooks.example.com/ab or \
+        https://hooks.example.com.evil/. Without one, notify steps fail: the requests leave from \
+        this host, where etcd and the registry answer.
+        """, valueName: "prefix"))
+    var notifyAllow: [String] = env("KILN_NOTIFY_ALLOW", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+
     @Flag(name: .long, help: ArgumentHelp("""
         Mark the web console's session cookies Secure (the browser sends them over HTTPS only) \
         on every request (env KILN_CONSOLE_SECURE_COOKIES=1). The scheduler serves plain HTTP; \
@@ -111,6 +124,17 @@ struct SchedulerCommand: AsyncParsableCommand {
         plain HTTP (they would not send the cookie back, and no one could log in).
         """))
     var consoleSecureCookies = env("KILN_CONSOLE_SECURE_COOKIES", "0") == "1"
+
+    @Option(name: .long, help: ArgumentHelp("""
+        File (mode 0600) of the keys that seal secrets and credentials in etcd (env \
+        KILN_SECRETS_KEY_FILE; docs/secrets.md): one `v1 <base64>` line per key; the first \
+        seals, every one opens. Every scheduler of a farm needs the same file; agents never \
+        get it (they ask a scheduler for one build's secrets). Make one with `kiln secrets key \
+        new --file FILE`; kiln up keeps it in <data-dir>/credentials/secrets-key. The start is \
+        refused, saying what to do, when etcd holds secrets the file does not open. Without \
+        it, secrets cannot be set or given to builds (those routes answer 503).
+        """, valueName: "file"))
+    var secretsKeyFile: String? = ProcessInfo.processInfo.environment["KILN_SECRETS_KEY_FILE"]
 
     func validate() throws {
         switch (registrySigningKey, adminTokenFile) {
@@ -131,6 +155,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         if let path = registryCredentials {
             do { _ = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
         }
+        do { _ = try NotifyAllowList(notifyAllow) } catch { throw ValidationError("--notify-allow: \(error)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
         guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
@@ -145,8 +170,12 @@ struct SchedulerCommand: AsyncParsableCommand {
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         var deploy = DeployEnvironment(
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
-            deployers: DeployEnvironment.standardDeployers(registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
+            deployers: DeployEnvironment.standardDeployers(
+                // Kubernetes cells' credentials are in the sealed store (nil without a key file).
+                secrets: try secretsKeyFile.map { try SecretStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix), keyFile: $0) },
+                registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
         deploy.registry = registry
+        deploy.notifyAllow = try NotifyAllowList(notifyAllow)
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
@@ -162,6 +191,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
         configuration.consoleSecureCookies = consoleSecureCookies
+        configuration.secretsKeyFile = secretsKeyFile
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         if discoveryInterval > 0 {

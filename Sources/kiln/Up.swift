@@ -31,7 +31,8 @@ struct Up: AsyncParsableCommand {
         The registry accepts only tokens from the scheduler's /auth/token. Credentials are \
         kept in --data-dir/credentials/ (mode 0600): the token signing key and its \
         certificate, admin-token (the registry password of user admin; the login command is \
-        printed), and one registry-* file per agent and for the deployer. \
+        printed), one registry-* file per agent and for the deployer, and secrets-key (the \
+        scheduler's key that seals secrets in etcd: docs/secrets.md). \
         etcd has authentication on: each process has its own etcd user with only the keys it \
         needs (docs/etcd-auth.md), its credential in <data-dir>/credentials/ (mode 0600); \
         etcd's root credential is <data-dir>/credentials/etcd-root, for example \
@@ -115,10 +116,13 @@ struct Up: AsyncParsableCommand {
             say("starting the scheduler and \(agents) agents")
             // Each process authenticates to etcd as its own user, with its role's grants only.
             let schedulerCredentials = try await infra.etcdUsers.ensure(.scheduler)
+            // The key that seals secrets in etcd: the scheduler's alone, never an agent's.
+            let secretsKey = try LocalSecretsKey.ensure(credentialsDir: data.appendingPathComponent("credentials"))
             let scheduler = try ManagedProcess(
                 name: "scheduler", executable: exe,
                 arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint,
-                            "--etcd-credentials", schedulerCredentials.path, "--registry", infra.registry.address, "--log-level", logLevel]
+                            "--etcd-credentials", schedulerCredentials.path, "--registry", infra.registry.address, "--log-level", logLevel,
+                            "--secrets-key-file", secretsKey]
                     + registryCredentials.schedulerArguments,
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)

@@ -1,10 +1,14 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdTLS
+import KilnCore
 import Logging
 import NIOCore
 import NIOFoundationCompat
+import NIOSSL
 import Synchronization
+import X509
 
 /// A FAKE Kubernetes API server for tests: no real API server can run on these machines, so
 /// `KubernetesDeployer` is tested against this stand-in. It is not Kubernetes.
@@ -20,14 +24,22 @@ import Synchronization
 /// - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,…` (equality selectors only),
 ///   `GET /api/v1/namespaces/{ns}/pods/{name}`
 /// - `POST /api/v1/namespaces/{ns}/secrets` (409 AlreadyExists), `PUT …/secrets/{name}`
-///   (404 when missing); a `kubernetes.io/dockerconfigjson` Secret must hold a
+///   (404 when missing), `DELETE …/secrets/{name}`; `data` values must be base64 (400), keys
+///   `[-._a-zA-Z0-9]+` (422); a `kubernetes.io/dockerconfigjson` Secret must hold a
 ///   `.dockerconfigjson` that is base64 of JSON with `auths` (422 otherwise)
+///
+/// Like a real API server it serves only TLS, with a certificate signed by the CA the test
+/// gives (a cluster's CA), and authenticates each request by a bearer token or a client
+/// certificate signed by the client CA it was given (`Access`); anything else is 401. A
+/// client that does not trust the server's CA never gets as far as a request: nothing is
+/// recorded for it.
 ///
 /// It checks what the real API server would refuse and Kiln could get wrong: an object made
 /// in a namespace that does not exist (404), a kind or namespace that does not match the
 /// path (400), a Deployment whose selector does not match its pod template's labels, a
 /// negative replica count or a container without an image (422), a missing or wrong bearer
-/// token when one is required (401).
+/// token or client certificate (401), a pod whose `env` refers to a Secret or key that does
+/// not exist (it waits in `CreateContainerConfigError`, as the kubelet leaves it).
 ///
 /// How the real API server (and the cluster behind it) differs:
 /// - There is no scheduler, no controller manager and no kubelet. Creating a Deployment
@@ -44,14 +56,30 @@ import Synchronization
 ///   IP, `PodScheduled` false). A real pod goes through these over time and probes really run.
 /// - Deleting a Deployment deletes its pods at once (the real garbage collector deletes them
 ///   in the background, each pod terminating for up to its grace period).
-/// - No RBAC, admission, quotas, resourceVersion conflicts, watches or PATCH; PUT only for Secrets.
+/// - No RBAC (an authenticated caller may do everything), admission, quotas, resourceVersion
+///   conflicts, watches or PATCH; PUT only for Secrets. No anonymous access.
 ///
-/// It records every request (method, path, query, Authorization header, body) so tests can
+/// It records every request (method, path, query, Authorization header, the client
+/// certificate's subject, body) so tests can
 /// assert the exact calls and objects (`answered` waits until a given call was answered),
 /// and `failNext` makes one request fail with a given `Status`, as RBAC or an admission
 /// webhook would.
 final class FakeKubernetesAPIServer: Sendable {
-    enum PodBehaviour: Sendable { case ready, neverReady, imagePullBackOff, unschedulable }
+    enum PodBehaviour: Sendable, Equatable {
+        case ready, neverReady, imagePullBackOff, unschedulable
+        /// The kubelet cannot make the container's environment (a Secret or key it names is missing).
+        case configError(String)
+    }
+
+    /// Who may call: a bearer token, and/or the user (common name) of a client certificate
+    /// signed by `clientCA`. At least one must be set.
+    struct Access: Sendable {
+        var token: String?
+        var clientCA: TestCA?
+        var clientUser: String?
+
+        static func token(_ token: String) -> Access { Access(token: token) }
+    }
 
     struct RecordedRequest: Sendable, CustomStringConvertible {
         let method: String
@@ -60,6 +88,8 @@ final class FakeKubernetesAPIServer: Sendable {
         /// Percent-decoded.
         let query: String?
         let authorization: String?
+        /// The verified client certificate's subject (`CN=…`), if one was presented.
+        let clientCertificate: String?
         let body: Data?
         var answered = false
         var json: [String: Any]? { body.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } }
@@ -108,31 +138,63 @@ final class FakeKubernetesAPIServer: Sendable {
     }
 
     let port: Int
-    /// When set, every request must carry `Authorization: Bearer {token}`.
-    let token: String?
+    let access: Access
+    /// The CA its serving certificate chains to: the cluster's CA of a cell's credential.
+    let ca: TestCA
+    let plainHTTP: Bool
     private let state: Mutex<State>
     private let task: Task<Void, Error>
 
-    var url: String { "http://127.0.0.1:\(port)" }
+    var url: String { "\(plainHTTP ? "http" : "https")://127.0.0.1:\(port)" }
 
-    private init(port: Int, token: String?, task: Task<Void, Error>) {
+    /// The credential a cell pointing at this fake needs: its token and its CA.
+    var credential: CellCredential { CellCredential(token: access.token, certificateAuthority: ca.pem) }
+
+    private init(port: Int, access: Access, ca: TestCA, plainHTTP: Bool, task: Task<Void, Error>) {
         self.port = port
-        self.token = token
+        self.access = access
+        self.ca = ca
+        self.plainHTTP = plainHTTP
         self.state = Mutex(State())
         self.task = task
     }
 
-    /// Starts the fake on 127.0.0.1, on a port the system picks.
-    static func start(token: String? = nil) async throws -> FakeKubernetesAPIServer {
+    /// The request context of the fake's routes: the connection, for its client certificate.
+    struct Context: RequestContext {
+        var coreContext: CoreRequestContextStorage
+        let channel: any Channel
+        init(source: ApplicationRequestContextSource) {
+            coreContext = .init(source: source)
+            channel = source.channel
+        }
+    }
+
+    /// Starts the fake on 127.0.0.1, on a port the system picks, serving TLS with a
+    /// certificate for 127.0.0.1 signed by `ca`; `plainHTTP` serves plain HTTP instead, as
+    /// `kubectl proxy` would (to show Kiln refuses to send anything there).
+    static func start(ca: TestCA, access: Access, plainHTTP: Bool = false) async throws -> FakeKubernetesAPIServer {
+        precondition(access.token != nil || access.clientUser != nil, "the fake needs a token or a client user")
+        let (certificate, key) = try ca.issue(commonName: "kube-apiserver", server: true)
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(certificate.utf8)).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(key.utf8), format: .pem)))
+        if let clientCA = access.clientCA {
+            // As the API server's --client-ca-file: a certificate, if presented, must chain to it.
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(clientCA.pem.utf8)))
+            tls.certificateVerification = .optionalVerification
+        } else {
+            tls.certificateVerification = .none
+        }
         let box = StateBox()
-        let router = Router()
-        let handler: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, _ in
+        let router = Router(context: Context.self)
+        let handler: @Sendable (Request, Context) async throws -> Response = { request, context in
             var request = request
             let body = try await request.collectBody(upTo: 16 << 20)
             guard let server = box.server else { return Response(status: .serviceUnavailable) }
             let (status, json) = server.handle(
                 method: request.method.rawValue, path: request.uri.path, query: request.uri.query?.removingPercentEncoding,
-                authorization: request.headers[.authorization], body: body.readableBytes == 0 ? nil : Data(buffer: body))
+                authorization: request.headers[.authorization], clientCertificate: await Self.peerSubject(context.channel),
+                body: body.readableBytes == 0 ? nil : Data(buffer: body))
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
             return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(data: json)))
@@ -145,6 +207,7 @@ final class FakeKubernetesAPIServer: Sendable {
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let app = Application(
             router: router,
+            server: plainHTTP ? .http1() : try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "fake-kubernetes"),
             onServerRunning: { channel in continuation.yield(channel.localAddress?.port ?? 0) },
             logger: logger)
@@ -153,7 +216,7 @@ final class FakeKubernetesAPIServer: Sendable {
             try await app.run()
         }
         for await port in ports {
-            let server = FakeKubernetesAPIServer(port: port, token: token, task: task)
+            let server = FakeKubernetesAPIServer(port: port, access: access, ca: ca, plainHTTP: plainHTTP, task: task)
             box.server = server
             return server
         }
@@ -164,6 +227,14 @@ final class FakeKubernetesAPIServer: Sendable {
     func stop() async {
         task.cancel()
         _ = try? await task.value
+    }
+
+    /// The subject of the client certificate the connection presented (TLS verified it
+    /// against the client CA already), as `CN=…`.
+    static func peerSubject(_ channel: any Channel) async -> String? {
+        guard let peer = try? await channel.nioSSL_peerCertificate().get(),
+              let certificate = try? Certificate(derEncoded: try peer.toDERBytes()) else { return nil }
+        return "\(certificate.subject)"
     }
 
     // MARK: what tests set and read
@@ -215,9 +286,10 @@ final class FakeKubernetesAPIServer: Sendable {
 
     // MARK: the API
 
-    private func handle(method: String, path: String, query: String?, authorization: String?, body: Data?) -> (Int, Data) {
+    private func handle(method: String, path: String, query: String?, authorization: String?, clientCertificate: String?, body: Data?) -> (Int, Data) {
         let (answer, waiting) = state.withLock { s in
-            let answer = self.answer(&s, method: method, path: path, query: query, authorization: authorization, body: body)
+            let answer = self.answer(&s, method: method, path: path, query: query, authorization: authorization,
+                                     clientCertificate: clientCertificate, body: body)
             s.requests[s.requests.count - 1].answered = true
             let waiting = s.waiters.filter { $0.method == method && $0.path == path }.map(\.continuation)
             s.waiters.removeAll { $0.method == method && $0.path == path }
@@ -227,9 +299,13 @@ final class FakeKubernetesAPIServer: Sendable {
         return answer
     }
 
-    private func answer(_ s: inout State, method: String, path: String, query: String?, authorization: String?, body: Data?) -> (Int, Data) {
-        s.requests.append(RecordedRequest(method: method, path: path, query: query, authorization: authorization, body: body))
-        if let token, authorization != "Bearer \(token)" {
+    private func answer(_ s: inout State, method: String, path: String, query: String?, authorization: String?, clientCertificate: String?,
+                        body: Data?) -> (Int, Data) {
+        s.requests.append(RecordedRequest(method: method, path: path, query: query, authorization: authorization,
+                                          clientCertificate: clientCertificate, body: body))
+        let byToken = access.token.map { authorization == "Bearer \($0)" } ?? false
+        let byCertificate = access.clientUser.map { clientCertificate == "CN=\($0)" } ?? false
+        guard byToken || byCertificate else {
             return Self.status(401, "Unauthorized", "Unauthorized")
         }
         if let i = s.failures.firstIndex(where: { $0.method == method && $0.path == path }) {
@@ -259,6 +335,8 @@ final class FakeKubernetesAPIServer: Sendable {
             return Self.saveSecret(&s, namespace: parts[3], name: nil, object)
         case ("PUT", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "secrets":
             return Self.saveSecret(&s, namespace: parts[3], name: parts[5], object)
+        case ("DELETE", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "secrets":
+            return Self.deleteSecret(&s, namespace: parts[3], name: parts[5])
         case ("GET", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
             return Self.listPods(s, namespace: parts[3], query: query)
         case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
@@ -278,245 +356,6 @@ final class FakeKubernetesAPIServer: Sendable {
         default:
             return Self.status(404, "NotFound", "the server could not find the requested resource")
         }
-    }
-
-    static func createNamespace(_ s: inout State, _ object: [String: Any]?) -> (Int, Data) {
-        guard var o = object, o["kind"] as? String == "Namespace", o["apiVersion"] as? String == "v1" else {
-            return status(400, "BadRequest", "the API version in the data (\((object?["apiVersion"] as? String) ?? "")) does not match the expected API version (v1)")
-        }
-        guard let name = (o["metadata"] as? [String: Any])?["name"] as? String, isDNSLabel(name) else {
-            return invalid("Namespace", "", "metadata.name: Required value: name or generateName is required")
-        }
-        if s.namespaces[name] != nil { return status(409, "AlreadyExists", "namespaces \"\(name)\" already exists", details: ["name": name, "kind": "namespaces"]) }
-        o["metadata"] = stamped(o["metadata"])
-        o["status"] = ["phase": "Active"]
-        s.namespaces[name] = json(o)
-        return (201, s.namespaces[name]!)
-    }
-
-    static func createService(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
-        guard var o = object, o["kind"] as? String == "Service", o["apiVersion"] as? String == "v1" else {
-            return status(400, "BadRequest", "Service in version \"v1\" cannot be handled as a Service: the object's kind or apiVersion is wrong")
-        }
-        if let mismatch = namespaceMismatch(o, ns) { return mismatch }
-        guard s.namespaces[ns] != nil else { return notFound("namespaces", ns) }
-        let name = ((o["metadata"] as? [String: Any])?["name"] as? String) ?? ""
-        guard isDNSLabel(name) else { return invalid("Service", name, "metadata.name: Invalid value: \"\(name)\": a DNS-1035 label must consist of lower case alphanumeric characters or '-'") }
-        let spec = o["spec"] as? [String: Any]
-        guard let ports = spec?["ports"] as? [[String: Any]], !ports.isEmpty, ports.allSatisfy({ ($0["port"] as? Int).map { (1...65535).contains($0) } == true }) else {
-            return invalid("Service", name, "spec.ports: Required value")
-        }
-        if s.services["\(ns)/\(name)"] != nil { return status(409, "AlreadyExists", "services \"\(name)\" already exists", details: ["name": name, "kind": "services"]) }
-        var meta = stamped(o["metadata"])
-        meta["namespace"] = ns
-        o["metadata"] = meta
-        var filled = spec ?? [:]
-        filled["type"] = filled["type"] ?? "ClusterIP"
-        filled["clusterIP"] = "10.96.0.\(10 + s.services.count)"
-        o["spec"] = filled
-        o["status"] = ["loadBalancer": [String: Any]()]
-        s.services["\(ns)/\(name)"] = json(o)
-        return (201, s.services["\(ns)/\(name)"]!)
-    }
-
-    static func createDeployment(_ s: inout State, namespace ns: String, _ object: [String: Any]?) -> (Int, Data) {
-        guard var o = object, o["kind"] as? String == "Deployment", o["apiVersion"] as? String == "apps/v1" else {
-            return status(400, "BadRequest", "Deployment in version \"v1\" cannot be handled as a Deployment: the object's kind or apiVersion is wrong")
-        }
-        if let mismatch = namespaceMismatch(o, ns) { return mismatch }
-        guard s.namespaces[ns] != nil else { return notFound("namespaces", ns) }
-        let name = ((o["metadata"] as? [String: Any])?["name"] as? String) ?? ""
-        guard isDNSSubdomain(name) else { return invalid("Deployment", name, "metadata.name: Invalid value: \"\(name)\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'") }
-        let spec = o["spec"] as? [String: Any] ?? [:]
-        let replicas = spec["replicas"] as? Int ?? 1
-        guard replicas >= 0 else { return invalid("Deployment", name, "spec.replicas: Invalid value: \(replicas): must be greater than or equal to 0") }
-        let selector = (spec["selector"] as? [String: Any])?["matchLabels"] as? [String: String] ?? [:]
-        let template = spec["template"] as? [String: Any] ?? [:]
-        let templateLabels = (template["metadata"] as? [String: Any])?["labels"] as? [String: String] ?? [:]
-        guard !selector.isEmpty else { return invalid("Deployment", name, "spec.selector: Invalid value: \"null\": empty selector is invalid for deployment") }
-        guard selector.allSatisfy({ templateLabels[$0.key] == $0.value }) else {
-            return invalid("Deployment", name, "spec.template.metadata.labels: Invalid value: \(templateLabels): `selector` does not match template `labels`")
-        }
-        let podSpec = template["spec"] as? [String: Any] ?? [:]
-        let containers = podSpec["containers"] as? [[String: Any]] ?? []
-        guard let first = containers.first else { return invalid("Deployment", name, "spec.template.spec.containers: Required value") }
-        for (i, c) in containers.enumerated() {
-            guard let cname = c["name"] as? String, isDNSLabel(cname) else { return invalid("Deployment", name, "spec.template.spec.containers[\(i)].name: Required value") }
-            guard (c["image"] as? String)?.isEmpty == false else { return invalid("Deployment", name, "spec.template.spec.containers[\(i)].image: Required value") }
-        }
-        if s.deployments["\(ns)/\(name)"] != nil {
-            return status(409, "AlreadyExists", "deployments.apps \"\(name)\" already exists", details: ["name": name, "group": "apps", "kind": "deployments"])
-        }
-        var meta = stamped(o["metadata"])
-        meta["namespace"] = ns
-        meta["generation"] = 1
-        o["metadata"] = meta
-        var filledSpec = spec
-        filledSpec["replicas"] = replicas
-        o["spec"] = filledSpec
-        o["status"] = ["observedGeneration": 1, "replicas": replicas]
-        s.deployments["\(ns)/\(name)"] = json(o)
-
-        // Where the real cluster's controllers and scheduler take seconds, the fake is done now.
-        let hash = randomName(10)
-        let image = first["image"] as? String ?? ""
-        let behaviour = Self.canPull(s, image: image, namespace: ns, podSpec: podSpec) ? s.behaviours[image] ?? .ready : .imagePullBackOff
-        for _ in 0..<replicas {
-            var ip: String?
-            if behaviour != .unschedulable {
-                ip = "10.244.\(s.nextIP / 250).\(s.nextIP % 250 + 2)"
-                s.nextIP += 1
-            }
-            var labels = templateLabels
-            labels["pod-template-hash"] = hash
-            s.pods.append(Pod(
-                name: "\(name)-\(hash)-\(randomName(5))", namespace: ns, labels: labels, deployment: name,
-                replicaSet: "\(name)-\(hash)", ip: ip, image: image, containerName: first["name"] as? String ?? "",
-                spec: json(podSpec), behaviour: behaviour, uid: UUID().uuidString.lowercased(), created: now()))
-        }
-        return (201, s.deployments["\(ns)/\(name)"]!)
-    }
-
-    static func listPods(_ s: State, namespace ns: String, query: String?) -> (Int, Data) {
-        var requirements: [(key: String, value: String?, equal: Bool)] = []
-        for item in (query ?? "").split(separator: "&") {
-            let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
-            guard kv.first == "labelSelector", kv.count == 2 else { continue }
-            for term in kv[1].split(separator: ",").map(String.init) {
-                if let r = term.range(of: "!=") {
-                    requirements.append((String(term[..<r.lowerBound]), String(term[r.upperBound...]), false))
-                } else if let r = term.range(of: "==") ?? term.range(of: "=") {
-                    requirements.append((String(term[..<r.lowerBound]), String(term[r.upperBound...]), true))
-                } else if term.allSatisfy({ $0.isLetter || $0.isNumber || "-._/".contains($0) }) {
-                    requirements.append((term, nil, true))
-                } else {
-                    return status(400, "BadRequest", "unable to parse requirement: found '\(term)', expected: '=', '!=', '==', 'in', notin'")
-                }
-            }
-        }
-        let items = s.pods.filter { pod in
-            pod.namespace == ns && requirements.allSatisfy { r in
-                guard let value = r.value else { return pod.labels[r.key] != nil }
-                return (pod.labels[r.key] == value) == r.equal
-            }
-        }
-        return (200, json(["kind": "PodList", "apiVersion": "v1", "metadata": ["resourceVersion": "\(s.requests.count)"],
-                           "items": items.map { podObject($0, withKind: false) }]))
-    }
-
-    static func podObject(_ pod: Pod, withKind: Bool) -> [String: Any] {
-        var status: [String: Any] = ["hostIP": "10.0.0.11", "startTime": pod.created, "qosClass": "BestEffort"]
-        func condition(_ type: String, _ ok: Bool, reason: String? = nil, message: String? = nil) -> [String: Any] {
-            var c: [String: Any] = ["type": type, "status": ok ? "True" : "False", "lastProbeTime": NSNull(), "lastTransitionTime": pod.created]
-            if let reason { c["reason"] = reason }
-            if let message { c["message"] = message }
-            return c
-        }
-        let unready = "containers with unready status: [\(pod.containerName)]"
-        var container: [String: Any] = ["name": pod.containerName, "image": pod.image, "restartCount": 0, "imageID": ""]
-        switch pod.behaviour {
-        case .ready:
-            status["phase"] = "Running"
-            status["conditions"] = [condition("Initialized", true), condition("Ready", true), condition("ContainersReady", true), condition("PodScheduled", true)]
-            container["ready"] = true
-            container["started"] = true
-            container["state"] = ["running": ["startedAt": pod.created]]
-        case .neverReady:
-            status["phase"] = "Running"
-            status["conditions"] = [condition("Initialized", true), condition("Ready", false, reason: "ContainersNotReady", message: unready),
-                                    condition("ContainersReady", false, reason: "ContainersNotReady", message: unready), condition("PodScheduled", true)]
-            container["ready"] = false
-            container["started"] = true
-            container["state"] = ["running": ["startedAt": pod.created]]
-        case .imagePullBackOff:
-            status["phase"] = "Pending"
-            status["conditions"] = [condition("Initialized", true), condition("Ready", false, reason: "ContainersNotReady", message: unready),
-                                    condition("ContainersReady", false, reason: "ContainersNotReady", message: unready), condition("PodScheduled", true)]
-            container["ready"] = false
-            container["started"] = false
-            container["state"] = ["waiting": ["reason": "ImagePullBackOff", "message": "Back-off pulling image \"\(pod.image)\""]]
-        case .unschedulable:
-            status["phase"] = "Pending"
-            status["conditions"] = [condition("PodScheduled", false, reason: "Unschedulable",
-                                              message: "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")]
-        }
-        if pod.behaviour != .unschedulable {
-            status["containerStatuses"] = [container]
-            status["podIP"] = pod.ip
-            status["podIPs"] = [["ip": pod.ip ?? ""]]
-        }
-        var o: [String: Any] = [
-            "metadata": [
-                "name": pod.name, "namespace": pod.namespace, "labels": pod.labels, "uid": pod.uid,
-                "creationTimestamp": pod.created, "generateName": "\(pod.replicaSet)-",
-                "ownerReferences": [["apiVersion": "apps/v1", "kind": "ReplicaSet", "name": pod.replicaSet, "controller": true, "blockOwnerDeletion": true]],
-            ],
-            "spec": (try? JSONSerialization.jsonObject(with: pod.spec)) ?? [String: Any](),
-            "status": status,
-        ]
-        if withKind {
-            o["kind"] = "Pod"
-            o["apiVersion"] = "v1"
-        }
-        return o
-    }
-
-    // MARK: the real API's answers
-
-    static func status(_ code: Int, _ reason: String, _ message: String, details: [String: Any]? = nil) -> (Int, Data) {
-        var o: [String: Any] = ["kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Failure",
-                                "message": message, "reason": reason, "code": code]
-        if let details { o["details"] = details }
-        return (code, json(o))
-    }
-
-    static func notFound(_ resource: String, _ name: String, group: String? = nil) -> (Int, Data) {
-        var details: [String: Any] = ["name": name, "kind": resource]
-        if let group { details["group"] = group }
-        return status(404, "NotFound", "\(resource)\(group.map { ".\($0)" } ?? "") \"\(name)\" not found", details: details)
-    }
-
-    static func invalid(_ kind: String, _ name: String, _ cause: String) -> (Int, Data) {
-        let group = kind == "Deployment" ? ".apps" : ""
-        return status(422, "Invalid", "\(kind)\(group) \"\(name)\" is invalid: \(cause)", details: ["name": name, "kind": kind])
-    }
-
-    static func namespaceMismatch(_ o: [String: Any], _ ns: String) -> (Int, Data)? {
-        guard let given = (o["metadata"] as? [String: Any])?["namespace"] as? String, given != ns else { return nil }
-        return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
-    }
-
-    static func stamped(_ metadata: Any?) -> [String: Any] {
-        var m = metadata as? [String: Any] ?? [:]
-        m["uid"] = UUID().uuidString.lowercased()
-        m["creationTimestamp"] = now()
-        m["resourceVersion"] = String(Int.random(in: 1000...999_999))
-        return m
-    }
-
-    static func json(_ o: [String: Any]) -> Data {
-        (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data("{}".utf8)
-    }
-
-    static func now() -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: Date())
-    }
-
-    static func randomName(_ n: Int) -> String {
-        // The alphabet Kubernetes' name generator uses (no vowels, no look-alikes).
-        let alphabet = Array("bcdfghjklmnpqrstvwxz2456789")
-        return String((0..<n).map { _ in alphabet.randomElement()! })
-    }
-
-    static func isDNSLabel(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 63 && !s.hasPrefix("-") && !s.hasSuffix("-")
-            && s.utf8.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }
-    }
-
-    static func isDNSSubdomain(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 253 && s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { isDNSLabel(String($0)) }
     }
 }
 

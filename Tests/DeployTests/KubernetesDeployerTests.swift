@@ -1,4 +1,5 @@
 import Deploy
+import DockerAPI
 import Foundation
 import KilnCore
 import KilnTestSupport
@@ -16,6 +17,8 @@ import Testing
         return l
     }()
     static let fast = KubernetesDeployer.Configuration(requestTimeout: .seconds(5), startTimeout: .seconds(5), pollInterval: .milliseconds(50))
+    /// The cell's service account token, as the fakes expect it unless a test says otherwise.
+    static let token = "kiln-deployer-token-1"
 
     static func spec(version: Int = 1, image: String = image, replicas: Int = 2, cpu: Double? = nil, memoryMB: Int? = nil,
                      env: [String: String] = [:], healthPath: String = "/health") -> VersionSpec {
@@ -23,9 +26,17 @@ import Testing
                     settings: DeploySettings(port: 8080, replicas: replicas, cpu: cpu, memoryMB: memoryMB, env: env, healthPath: healthPath))
     }
 
-    /// Runs `body` with a fresh fake and a cell pointing at it; stops the fake after.
-    func withFake(token: String? = nil, _ body: (FakeKubernetesAPIServer, Cell) async throws -> Void) async throws {
-        let fake = try await FakeKubernetesAPIServer.start(token: token)
+    /// A deployer that reaches `fake` (as cell k1) with the fake's own credential: its CA and token.
+    static func deployer(_ fake: FakeKubernetesAPIServer, configuration: KubernetesDeployer.Configuration = fast,
+                         registryCredentials: RegistryCredentials? = nil) -> KubernetesDeployer {
+        KubernetesDeployer(secrets: FixedPipelineSecrets(cells: ["k1": fake.credential]), registryCredentials: registryCredentials,
+                           configuration: configuration, logger: logger)
+    }
+
+    /// Runs `body` with a fresh fake (TLS under a CA of its own, the token `Self.token` unless
+    /// `access` says otherwise) and a cell k1 pointing at it; stops the fake after.
+    func withFake(access: FakeKubernetesAPIServer.Access = .token(token), _ body: (FakeKubernetesAPIServer, Cell) async throws -> Void) async throws {
+        let fake = try await FakeKubernetesAPIServer.start(ca: try TestCA(name: "cluster CA"), access: access)
         let cell = Cell(name: "k1", backend: "kubernetes", endpoint: fake.url)
         try cell.validate()
         do {
@@ -38,8 +49,8 @@ import Testing
     }
 
     @Test func startCreatesNamespaceServiceAndDeploymentAndReturnsThePods() async throws {
-        try await withFake(token: "s3cret") { fake, cell in
-            let deployer = KubernetesDeployer(token: "s3cret", configuration: Self.fast, logger: Self.logger)
+        try await withFake { fake, cell in
+            let deployer = Self.deployer(fake)
             let spec = Self.spec(replicas: 2, cpu: 0.5, memoryMB: 256, env: ["B_VAR": "2", "A_VAR": "one"], healthPath: "/healthz")
             let instances = try await deployer.start(spec, in: cell)
 
@@ -51,7 +62,7 @@ import Testing
                 "POST /apis/apps/v1/namespaces/kiln-demo/deployments",
                 "GET /api/v1/namespaces/kiln-demo/pods?labelSelector=kiln.dev/app=demo,kiln.dev/version=1",
             ])
-            #expect(fake.requests.allSatisfy { $0.authorization == "Bearer s3cret" })
+            #expect(fake.requests.allSatisfy { $0.authorization == "Bearer \(Self.token)" && $0.clientCertificate == nil })
 
             let ns = try #require(fake.requests("POST", "/api/v1/namespaces").first?.json)
             #expect(ns["kind"] as? String == "Namespace")
@@ -112,24 +123,23 @@ import Testing
 
     @Test func noResourcesNoEnvLeavesThemOut() async throws {
         try await withFake { fake, cell in
-            _ = try await KubernetesDeployer(configuration: Self.fast, logger: Self.logger).start(Self.spec(replicas: 1), in: cell)
+            _ = try await Self.deployer(fake).start(Self.spec(replicas: 1), in: cell)
             let d = try #require(fake.requests("POST", "/apis/apps/v1/namespaces/kiln-demo/deployments").first?.json)
             let c = try #require((((d["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])?["containers"] as? [[String: Any]])
             #expect(c[0]["resources"] == nil)
             #expect(c[0]["env"] == nil)
-            #expect(fake.requests.allSatisfy { $0.authorization == nil })
 
             // An endpoint given with a trailing '/' makes the same paths.
             fake.clearRequests()
             let slashed = Cell(name: "k1", backend: "kubernetes", endpoint: fake.url + "/")
-            #expect(try await KubernetesDeployer(configuration: Self.fast, logger: Self.logger).instances(of: "demo", in: slashed)[1]?.count == 1)
+            #expect(try await Self.deployer(fake).instances(of: "demo", in: slashed)[1]?.count == 1)
             #expect(fake.requests.map(\.path) == ["/api/v1/namespaces/kiln-demo/pods"])
         }
     }
 
     @Test func aLaterVersionReusesTheNamespaceAndTheService() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             _ = try await deployer.start(Self.spec(version: 1, replicas: 1), in: cell)
             fake.clearRequests()
             let v2 = try await deployer.start(Self.spec(version: 2, image: "registry.example:5000/demo:def5678", replicas: 1), in: cell)
@@ -147,7 +157,7 @@ import Testing
 
     @Test func startAgainIsTakenAsStarted() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             let first = try await deployer.start(Self.spec(replicas: 2), in: cell)
             fake.clearRequests()
             let again = try await deployer.start(Self.spec(replicas: 2), in: cell)
@@ -171,7 +181,7 @@ import Testing
 
     @Test func checkFollowsTheReadyCondition() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             let readySpec = Self.spec(version: 1, replicas: 1)
             let ready = try await deployer.start(readySpec, in: cell)
             let r = await deployer.check(ready[0], of: readySpec, in: cell)
@@ -205,7 +215,7 @@ import Testing
 
     @Test func stopDeletesTheVersionsDeployment() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             let v1 = try await deployer.start(Self.spec(version: 1), in: cell)
             _ = try await deployer.start(Self.spec(version: 2), in: cell)
             fake.clearRequests()
@@ -228,7 +238,7 @@ import Testing
 
     @Test func instancesByVersion() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             #expect(try await deployer.instances(of: "demo", in: cell).isEmpty)
 
             let v1 = try await deployer.start(Self.spec(version: 1, replicas: 1), in: cell)
@@ -253,28 +263,29 @@ import Testing
 
     @Test func anUnreachableAPIServerIsNamed() async throws {
         let port = try FreePort.next()
-        let cell = Cell(name: "k1", backend: "kubernetes", endpoint: "http://127.0.0.1:\(port)")
-        let deployer = KubernetesDeployer(configuration: .init(requestTimeout: .seconds(1)), logger: Self.logger)
+        let cell = Cell(name: "k1", backend: "kubernetes", endpoint: "https://127.0.0.1:\(port)")
+        let credential = CellCredential(token: Self.token, certificateAuthority: try TestCA(name: "cluster CA").pem)
+        let deployer = KubernetesDeployer(secrets: FixedPipelineSecrets(cells: ["k1": credential]), configuration: .init(requestTimeout: .seconds(1)), logger: Self.logger)
         let e = try await withTimeout(.seconds(20), waitingFor: "start against nothing") {
             await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(), in: cell) }
         }
         #expect(e?.httpStatus == 503)
-        #expect(e?.message == "cell k1: the Kubernetes API server at http://127.0.0.1:\(port) cannot be reached: connection refused (trying to read namespace kiln-demo)")
+        #expect(e?.message == "cell k1: the Kubernetes API server at https://127.0.0.1:\(port) cannot be reached: connection refused (trying to read namespace kiln-demo)")
 
         let c = try await withTimeout(.seconds(20)) {
             await deployer.check(Instance(id: "demo-v1-abc", name: "demo-v1-abc", cell: "k1", address: "10.244.0.2:8080"), of: Self.spec(), in: cell)
         }
         #expect(!c.healthy)
-        #expect(c.detail == "cell k1: the Kubernetes API server at http://127.0.0.1:\(port) cannot be reached: connection refused (trying to read pod demo-v1-abc in namespace kiln-demo)")
+        #expect(c.detail == "cell k1: the Kubernetes API server at https://127.0.0.1:\(port) cannot be reached: connection refused (trying to read pod demo-v1-abc in namespace kiln-demo)")
     }
 
     @Test func theAPIServersStatusMessageIsSurfaced() async throws {
         try await withFake { fake, cell in
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             let forbidden = "deployments.apps is forbidden: User \"system:serviceaccount:kiln:deployer\" cannot create resource \"deployments\" in API group \"apps\" in the namespace \"kiln-demo\""
             fake.failNext("POST", "/apis/apps/v1/namespaces/kiln-demo/deployments", status: 403, reason: "Forbidden", message: forbidden)
             let e = await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(), in: cell) }
-            #expect(e?.message.hasPrefix("cell k1: create Deployment demo-v1 in namespace kiln-demo failed: \(forbidden) (Forbidden, HTTP 403); the token's Role must allow it") == true, "\(e?.message ?? "")")
+            #expect(e?.message.hasPrefix("cell k1: create Deployment demo-v1 in namespace kiln-demo failed: \(forbidden) (Forbidden, HTTP 403); the Role bound to the cell's credential must allow it") == true, "\(e?.message ?? "")")
             #expect(fake.deployments(in: "kiln-demo").isEmpty)
 
             // A 403 that is not RBAC's gets no hint about Roles.
@@ -292,12 +303,16 @@ import Testing
     }
 
     @Test func aRefusedTokenSaysWhatToSet() async throws {
-        try await withFake(token: "right") { fake, cell in
+        try await withFake(access: .token("the-right-token")) { fake, cell in
+            let secrets = FixedPipelineSecrets(cells: ["k1": CellCredential(token: "a-wrong-token", certificateAuthority: fake.ca.pem)])
             let e = await #expect(throws: KilnError.self) {
-                _ = try await KubernetesDeployer(token: "wrong", configuration: Self.fast, logger: Self.logger).start(Self.spec(), in: cell)
+                _ = try await KubernetesDeployer(secrets: secrets, configuration: Self.fast, logger: Self.logger).start(Self.spec(), in: cell)
             }
             #expect(e?.message.contains("cell k1: read namespace kiln-demo failed: Unauthorized (Unauthorized, HTTP 401)") == true, "\(e?.message ?? "")")
-            #expect(e?.message.contains("KILN_KUBE_TOKEN") == true)
+            #expect(e?.message.contains("does not accept the cell's credentials") == true, "\(e?.message ?? "")")
+            #expect(e?.message.contains("kiln cell credential set k1") == true, "\(e?.message ?? "")")
+            #expect(e?.message.contains("a-wrong-token") == false)
+            #expect(fake.requests.map(\.description) == ["GET /api/v1/namespaces/kiln-demo"], "nothing after the refusal")
             #expect(fake.namespaces.isEmpty)
         }
     }
@@ -306,7 +321,7 @@ import Testing
         try await withFake { fake, cell in
             let image = "registry.example:5000/demo:huge"
             fake.setBehaviour(.unschedulable, forImage: image)
-            let deployer = KubernetesDeployer(configuration: .init(startTimeout: .milliseconds(300), pollInterval: .milliseconds(50)), logger: Self.logger)
+            let deployer = Self.deployer(fake, configuration: .init(startTimeout: .milliseconds(300), pollInterval: .milliseconds(50)))
             let e = await #expect(throws: KilnError.self) { _ = try await deployer.start(Self.spec(image: image, replicas: 1, cpu: 64), in: cell) }
             let message = e?.message ?? ""
             #expect(message.hasPrefix("cell k1: version 1 of demo: 0 of 1 pods of Deployment demo-v1 were placed on a node within"), "\(message)")
@@ -322,7 +337,7 @@ import Testing
         try await withFake { fake, cell in
             let image = "registry.example:5000/demo:huge"
             fake.setBehaviour(.unschedulable, forImage: image)
-            let deployer = KubernetesDeployer(configuration: .init(startTimeout: .seconds(600), pollInterval: .milliseconds(50)), logger: Self.logger)
+            let deployer = Self.deployer(fake, configuration: .init(startTimeout: .seconds(600), pollInterval: .milliseconds(50)))
             let start = Task { try await deployer.start(Self.spec(image: image, replicas: 1), in: cell) }
             // Once it lists the pods, it is waiting for them to be placed (never, here).
             try await withTimeout(.seconds(20), waitingFor: "the pods to be listed") {
@@ -340,7 +355,7 @@ import Testing
         try await withFake { fake, cell in
             var spec = Self.spec()
             spec.app = String(repeating: "a", count: 60)
-            let e = await #expect(throws: KilnError.self) { _ = try await KubernetesDeployer(configuration: Self.fast, logger: Self.logger).start(spec, in: cell) }
+            let e = await #expect(throws: KilnError.self) { _ = try await Self.deployer(fake).start(spec, in: cell) }
             #expect(e?.isInvalid == true)
             #expect(e?.message.contains("more than 63") == true)
             #expect(fake.requests.isEmpty)

@@ -12,7 +12,7 @@ extension KubernetesDeployerTests {
         try await withFake { fake, cell in
             let credentials = RegistryCredentials(user: "deployer", password: "pull-only-token")
             fake.requirePullCredentials(host: "registry.example:5000", user: "deployer", password: "pull-only-token")
-            let deployer = KubernetesDeployer(registryCredentials: credentials, configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake, registryCredentials: credentials)
             let instances = try await deployer.start(Self.spec(image: Self.pinned, replicas: 1), in: cell)
             #expect(instances.count == 1)
             #expect(fake.requests.map(\.description).contains("POST /api/v1/namespaces/kiln-demo/secrets"))
@@ -36,7 +36,7 @@ extension KubernetesDeployerTests {
             #expect(healthy, "\(detail)")
 
             // The next version: the secret exists, so it is replaced (a rotated credential reaches it).
-            let rotated = KubernetesDeployer(registryCredentials: RegistryCredentials(user: "deployer", password: "rotated"), configuration: Self.fast, logger: Self.logger)
+            let rotated = Self.deployer(fake, registryCredentials: RegistryCredentials(user: "deployer", password: "rotated"))
             fake.requirePullCredentials(host: "registry.example:5000", user: "deployer", password: "rotated")
             _ = try await rotated.start(Self.spec(version: 2, image: Self.pinned, replicas: 1), in: cell)
             #expect(fake.requests("PUT", "/api/v1/namespaces/kiln-demo/secrets/kiln-registry").count == 1)
@@ -49,7 +49,7 @@ extension KubernetesDeployerTests {
     func noPullSecret() async throws {
         try await withFake { fake, cell in
             fake.requirePullCredentials(host: "registry.example:5000", user: "deployer", password: "pull-only-token")
-            let deployer = KubernetesDeployer(configuration: Self.fast, logger: Self.logger)
+            let deployer = Self.deployer(fake)
             let instances = try await deployer.start(Self.spec(image: Self.pinned, replicas: 1), in: cell)
             #expect(!fake.requests.contains { $0.path.hasSuffix("/secrets") })
             let (healthy, detail) = await deployer.check(instances[0], of: Self.spec(image: Self.pinned, replicas: 1), in: cell)

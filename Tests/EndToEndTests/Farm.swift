@@ -151,6 +151,7 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
         var configuration = SchedulerConfiguration(port: apiPort, etcdEndpoint: infra.etcd.endpoint)
         configuration.registryTokens = auth.tokenService
         configuration.registryEventsToken = auth.eventsToken
+        configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: dir.appendingPathComponent("credentials"))
         try await infra.etcdUsers.ensure(.scheduler)
         configuration.etcdCredentials = try infra.etcdUsers.credentials(.scheduler)
         for id in ids { try await infra.etcdUsers.ensure(.agent(id)) }

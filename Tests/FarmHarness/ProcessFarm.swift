@@ -57,6 +57,9 @@ public final class ProcessFarm: Sendable {
     /// (the first to start makes user admin with it).
     public let adminToken: String
     public var adminTokenFile: String { dir.appendingPathComponent("credentials/admin-token").path }
+    /// The secrets key file every scheduler gets as `--secrets-key-file` (made with the farm,
+    /// as `kiln up` makes its own).
+    public var secretsKeyFile: String { dir.appendingPathComponent("credentials/\(LocalSecretsKey.fileName)").path }
     /// `Authorization` for the API as the first admin.
     public var adminHeaders: [(String, String)] { [("Authorization", "Bearer \(adminToken)")] }
     private let temporary: TempDir?
@@ -91,6 +94,7 @@ public final class ProcessFarm: Sendable {
         self.logLevel = logLevel
         let tokenFile = dir.appendingPathComponent("credentials/admin-token").path
         adminToken = try CredentialFile.readOrCreate(tokenFile) { "kiln_" + Secret.random() }
+        try LocalSecretsKey.ensure(credentialsDir: dir.appendingPathComponent("credentials"))
         etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
         if etcdAuth {
             let users = try await EtcdUsers.enable(endpoint: etcdServer.endpoint, credentialsDir: dir.appendingPathComponent("credentials"))
@@ -126,7 +130,7 @@ public final class ProcessFarm: Sendable {
         for _ in 0..<3 {
             let port = try FreePort.next()
             let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdServer.endpoint, "--id", id,
-                                   "--log-level", logLevel, "--admin-token-file", adminTokenFile] + access + options)
+                                   "--log-level", logLevel, "--admin-token-file", adminTokenFile, "--secrets-key-file", secretsKeyFile] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
                 try await p.waitUntilReady(timeout: 30) {

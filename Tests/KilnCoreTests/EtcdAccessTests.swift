@@ -47,6 +47,21 @@ struct EtcdAccessTests {
         #expect(!grants.contains { $0.key == "/farm/" }, "not the whole prefix")
     }
 
+    @Test func onlyTheSchedulerTouchesTheSealedSecrets() {
+        let keys = Keys()
+        let secrets = [keys.secretsCheck, keys.secret(.project("p"), env: "TOKEN"), keys.gitCredential(project: "p"),
+                       keys.webhookSecret(project: "p"), keys.secret(.group("g"), registry: "r.example.com"), keys.cellCredential("k1")]
+        let scheduler = EtcdAccess.scheduler.grants()
+        #expect(scheduler.contains(.init(.readWrite, "/kiln/secrets/", prefix: true)))
+        for key in secrets { #expect(scheduler.contains { Self.covers($0, key) && $0.access == .readWrite }, "\(key)") }
+        for component: EtcdAccess in [.agent("agent-1"), .agent("secrets"), .lbAgent(group: "local", id: "lb-1"), .lbAgent(group: "kiln", id: "secrets")] {
+            for grant in component.grants() {
+                #expect(!secrets.contains { Self.covers(grant, $0) }, "\(component) may touch a secret through \(grant)")
+                #expect(!grant.key.hasPrefix("/kiln/secrets") && !"/kiln/secrets/".hasPrefix(grant.key), "\(component): \(grant)")
+            }
+        }
+    }
+
     @Test func usersAndFilesAreDistinctPerComponent() {
         let all: [EtcdAccess] = [.scheduler, .agent("a"), .agent("a.b"), .lbAgent(group: "a", id: "b"), .lbAgent(group: "a-b", id: "c"), .lbAgent(group: "a", id: "b-c")]
         #expect(Set(all.map(\.user)).count == all.count)

@@ -93,6 +93,29 @@ struct ValidationTests {
         #expect(error?.isInvalid == true)
     }
 
+    @Test("a password in the URL is refused without repeating it", arguments: [
+        ("https://deploy:glpat-s3cretvalue@gitlab.example.com/g/app.git", "https://deploy:***@gitlab.example.com/g/app.git"),
+        ("http://u:glpat-s3cretvalue@127.0.0.1:8082/demo.git", "http://u:***@127.0.0.1:8082/demo.git"),
+        ("https://oauth2%3Aglpat-s3cretvalue@gitlab.example.com/g/app.git", "https://oauth2:***@gitlab.example.com/g/app.git"),
+        ("ssh://git:glpat-s3cretvalue@gitlab.example.com/g/app.git", "ssh://git:***@gitlab.example.com/g/app.git"),
+        ("deploy:glpat-s3cretvalue@gitlab.example.com:g/app.git", "deploy:***@gitlab.example.com:g/app.git"),
+    ])
+    func passwordsInURLsAreRefused(_ url: String, _ shown: String) throws {
+        try Validation.repositoryURL(url)  // the agent's rule: a record saved before still fetches
+        let project = Project(name: "app", repository: url, buildImage: "a:1", buildCommand: "make")
+        let error = #expect(throws: KilnError.self) { try project.validate() }
+        #expect(error?.message.contains("kiln credential set git") == true && error?.message.contains(shown) == true, "\(error?.message ?? "accepted")")
+        #expect(error?.message.contains("s3cretvalue") == false)
+    }
+
+    @Test("a user name alone stays", arguments: [
+        "ssh://git@gitlab.example.com/g/app.git", "git@gitlab.example.com:g/app.git", "https://deploy@gitlab.example.com/g/app.git",
+        "ssh://git@[::1]:22/app.git", "git@gitlab.example.com:g/a@b.git",
+    ])
+    func userNamesStay(_ url: String) throws {
+        try Project(name: "app", repository: url, buildImage: "a:1", buildCommand: "make").validate()
+    }
+
     @Test("an IPv6 host literal is the one place '::' is allowed", arguments: [
         "ssh://git@[::1]:22/app.git", "http://[fd00::2]:8080/app.git", "https://[::ffff:10.0.0.1]/app.git",
     ])

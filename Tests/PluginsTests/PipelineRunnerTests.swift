@@ -31,8 +31,22 @@ struct ScriptedPlugin: PostBuildPlugin {
         }
         if case .string(let why)? = ctx.settings["fail"] { throw KilnError.invalid(why) }
         let seen = ctx.outputs["first"]?["token"]
-        return PluginResult(summary: "\(spec.name) done", outputs: ["token": .string(spec.name), "saw": seen ?? .null])
+        var outputs: [String: JSONValue] = ["token": .string(spec.name), "saw": seen ?? .null]
+        if case .string(let name)? = ctx.settings["secret"] {
+            outputs["secretLength"] = .number(Double(try await ctx.secretValue(name, for: "step \(spec.name)").count))
+        }
+        return PluginResult(summary: "\(spec.name) done", outputs: outputs)
     }
+}
+
+/// One protected-only secret `TOKEN` and nothing else: enough to see the runner hand its
+/// store to the steps (the real store's rules are tested in SealingTests).
+struct OneProtectedSecret: PipelineSecrets {
+    func secret(_ name: String, of project: Project, ref: String) async throws -> SecretLookup {
+        guard name == "TOKEN" else { return .missing }
+        return project.isProtected(ref: ref) ? .value("twelve chars") : .withheld
+    }
+    func cellCredential(_ cell: String) async throws -> CellCredential? { nil }
 }
 
 @Suite struct PipelineRunnerTests {
@@ -100,6 +114,25 @@ struct ScriptedPlugin: PostBuildPlugin {
         #expect(calls.names.withLock { $0 } == ["second"])
         #expect(run.status == .succeeded)
         #expect(run.steps[1].outputs?["saw"] == .string("first"))
+    }
+
+    @Test func everyStepGetsTheRunnersSecrets() async throws {
+        let calls = ScriptedPlugin.Calls()
+        let runner = PipelineRunner(plugins: ["first", "second"].map { ScriptedPlugin($0, calls: calls) }, secrets: OneProtectedSecret())
+        let steps: [PipelineStep] = [.init(plugin: "first", settings: ["secret": .string("TOKEN")]), .init(plugin: "second", settings: ["secret": .string("OTHER")])]
+        let run = try await runner.run(PipelineRun(run: 1, pipeline: steps, trigger: "test"), build: build, project: project, log: { _ in }, record: { _ in })
+        #expect(run.steps[0].outputs?["secretLength"] == .number(12))
+        #expect(run.steps[1].error == "step second: secret OTHER is not set for project p: set it with `kiln secret set OTHER --project p`")
+
+        // A feature branch's run: the protected-only secret is held back, by name.
+        let feature = Build(id: "b2", project: "p", ref: "feature/x")
+        let held = try await runner.run(PipelineRun(run: 1, pipeline: [steps[0]], trigger: "test"), build: feature, project: project, log: { _ in }, record: { _ in })
+        #expect(held.steps[0].error?.hasPrefix("step first: secret TOKEN is for protected refs only, and feature/x is not protected in project p") == true, "\(held.steps[0].error ?? "")")
+        #expect(held.error?.contains("twelve chars") == false)
+
+        // Without a store: the step says how to give the scheduler one.
+        let bare = try await self.runner(calls).run(PipelineRun(run: 1, pipeline: [steps[0]], trigger: "test"), build: build, project: project, log: { _ in }, record: { _ in })
+        #expect(bare.steps[0].error?.contains("this scheduler has no secret store: start it with --secrets-key-file") == true, "\(bare.steps[0].error ?? "")")
     }
 
     @Test func anUnknownPluginFailsTheRunWithoutRunningIt() async throws {

@@ -28,6 +28,11 @@ struct PipelineValidationTests {
          {"plugin":"notify","settings":{"url":"https://chat.example.com/hook"}}]
         """
         #expect(try refusal(good) == nil)
+        let secret = """
+        [{"plugin":"deploy","settings":{"app":"demo","port":8080,"env":{"MODE":"prod"},"secretEnv":["DATABASE_URL","API_KEY"]}},
+         {"plugin":"notify","settings":{"urlSecret":"CHAT_HOOK"}}]
+        """
+        #expect(try refusal(secret) == nil)
         #expect(try refusal("[]") == nil)
     }
 
@@ -48,6 +53,14 @@ struct PipelineValidationTests {
             (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"cells":[]}}]"#, "setting 'cells' is empty"),
             (#"[{"plugin":"notify","settings":{"url":"file:///etc/passwd"}}]"#, "not an http:// or https:// URL"),
             (#"[{"plugin":"notify","settings":{"url":"https://x.example"},"timeoutSeconds":0}]"#, "timeoutSeconds 0 is out of range"),
+            (#"[{"plugin":"notify","settings":{}}]"#, "give url (an http:// or https:// URL) or urlSecret"),
+            (#"[{"plugin":"notify","settings":{"url":"https://x.example","urlSecret":"HOOK"}}]"#, "give either url or urlSecret, not both"),
+            (#"[{"plugin":"notify","settings":{"urlSecret":"chat-hook"}}]"#, "setting 'urlSecret' names a bad secret: secret name 'chat-hook' is not an environment variable name"),
+            (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"secretEnv":["1KEY"]}}]"#, "setting 'secretEnv' names a bad secret"),
+            (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"secretEnv":["PATH"]}}]"#, "would replace a variable the build's shell needs"),
+            (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"secretEnv":["KEY","KEY"]}}]"#, "names a secret twice"),
+            (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"secretEnv":"KEY"}}]"#, "setting 'secretEnv' must be a list of strings"),
+            (#"[{"plugin":"deploy","settings":{"app":"demo","port":8080,"env":{"KEY":"x"},"secretEnv":["KEY"]}}]"#, "KEY is in both env and secretEnv"),
         ]
         for (json, reason) in cases {
             let message = try refusal(json)

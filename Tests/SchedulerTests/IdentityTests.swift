@@ -117,6 +117,9 @@ struct IdentityAPITests {
                 (.GET, "/api/v1/groups/g"), (.PUT, "/api/v1/groups/g"), (.GET, "/api/v1/projects/demo/members"),
                 (.PUT, "/api/v1/projects/demo/members/bob"), (.DELETE, "/api/v1/apps/demo/members/bob"),
                 (.PUT, "/api/v1/apps/demo/projects/demo"),
+                (.GET, "/api/v1/projects/demo/secrets"), (.PUT, "/api/v1/projects/demo/secrets/TOKEN"), (.DELETE, "/api/v1/groups/g/secrets/TOKEN"),
+                (.PUT, "/api/v1/projects/demo/credentials/git"), (.DELETE, "/api/v1/groups/g/credentials/registry/r.example.com"),
+                (.PUT, "/api/v1/cells/c1/credentials"), (.POST, "/api/v1/admin/secrets/reseal"),
             ]
             let bad = ["Bearer kiln_wrong", "Bearer ", "Basic " + Data("admin:wrong".utf8).base64EncodedString(), "Token x"]
             for (method, path) in routes {

@@ -19,6 +19,8 @@ struct SchedulerHarness: Sendable {
     let etcd: EtcdClient
     /// The first admin's API token (the scheduler made user `admin` with it).
     let adminToken: String
+    /// The scheduler's `--secrets-key-file` (nil: started without one).
+    let secretsKeyFile: String?
     let keys = Keys()
 
     /// A request as the admin.
@@ -43,7 +45,10 @@ struct SchedulerHarness: Sendable {
     static let demoProject = #"{"name":"demo","repository":"http://127.0.0.1:1/demo.git","buildImage":"localhost/kiln/jdk17-maven:1","buildCommand":"mvn -B -q package"}"#
 }
 
-func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
+/// `secretsKey`: start the scheduler with a secrets key file of its own (`credentials/secrets-key`),
+/// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
+func withScheduler(secretsKey: Bool = true, prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
+                   _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
     try await withEtcd(timeout: nil) { server, _ in
         let credentials = try TempDir("scheduler-credentials")
         defer { withExtendedLifetime(credentials) {} }
@@ -51,7 +56,9 @@ func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -
         try await users.ensure(.scheduler)
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
         configuration.etcdCredentials = try users.credentials(.scheduler)
+        if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
         let etcd = users.rootClient
+        try await prepare(etcd)
         let tokenFile = credentials.url.appendingPathComponent("admin-token").path
         _ = try await SchedulerStore(etcd: etcd).ensureFirstAdmin(tokenFile: tokenFile)
         let adminToken = try CredentialFile.read(tokenFile)
@@ -63,10 +70,15 @@ func withScheduler(_ body: @escaping @Sendable (SchedulerHarness) async throws -
             configuration: configuration, logger: logger,
             onServerRunning: { portsContinuation.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.run() }
+            group.addTask {
+                // A scheduler that refuses to start (its start check) ends the wait for its port.
+                defer { portsContinuation.finish() }
+                try await app.run()
+            }
             var port = 0
             for await p in ports { port = p; break }
-            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd, adminToken: adminToken)
+            if port == 0 { try await group.next() }
+            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd, adminToken: adminToken, secretsKeyFile: configuration.secretsKeyFile)
             do {
                 try await body(harness)
             } catch {

@@ -205,4 +205,35 @@ struct WebhookTests {
         #expect(GitLabWebhook.normalized("git@Example.com:a/b.git") == GitLabWebhook.normalized("git@example.com:a/b"))
         #expect(GitLabWebhook.constantTimeEqual("abc", "abc") && !GitLabWebhook.constantTimeEqual("abc", "abd") && !GitLabWebhook.constantTimeEqual("abc", "abcd"))
     }
+
+    @Test("user information in a URL does not change which repository it is", arguments: [
+        ("https://deploy@example.com/mike/diaspora.git", "http://example.com/mike/diaspora.git", false),  // another scheme
+        ("https://deploy@EXAMPLE.com/mike/diaspora", "https://example.com/mike/diaspora.git", true),
+        ("ssh://git@example.com/mike/diaspora.git", "git@example.com:mike/diaspora.git", true),
+        ("ssh://git@example.com:22/mike/diaspora.git", "example.com:mike/diaspora", true),
+        ("ssh://git@example.com:2222/mike/diaspora.git", "git@example.com:mike/diaspora.git", false),
+        ("git@example.com:mike/diaspora.git", "git@example.com:mike/other.git", false),
+        ("https://example.com/Mike/diaspora.git", "https://example.com/mike/diaspora.git", false),  // paths keep their case
+    ])
+    func repositoriesMatchWithoutUserInformation(_ a: String, _ b: String, _ same: Bool) {
+        #expect((GitLabWebhook.normalized(a) == GitLabWebhook.normalized(b)) == same, "\(GitLabWebhook.normalized(a)) vs \(GitLabWebhook.normalized(b))")
+    }
+
+    @Test func aProjectWhoseURLNamesAUserIsFoundAndItsTokenIsTheSealedOne() async throws {
+        // A record from before tokens were sealed: the scheduler's start seals it.
+        let legacy = Project(name: "diaspora", repository: "ssh://git@example.com/mike/diaspora.git", buildImage: "a:1", buildCommand: "make",
+                             defaultBranch: "master", webhookSecret: "from-the-record")
+        try await withScheduler(prepare: { etcd in try await etcd.put(Keys().project("diaspora"), try KilnJSON.encode(legacy)) }) { h in
+            #expect(try await !h.etcd.get(h.keys.project("diaspora"))!.string.contains("from-the-record"))
+            #expect(try await h.etcd.get(h.keys.webhookSecret(project: "diaspora")) != nil)
+            let r = try await deliver(h, try Self.fixture("push.json"), token: "from-the-record")
+            #expect(r.status == 201, "\(r.body)")
+            // A new token replaces it, sealed; the old one opens nothing.
+            let changed = #"{"name":"diaspora","repository":"http://deploy@example.com/mike/diaspora.git","buildImage":"a:1","buildCommand":"make","defaultBranch":"master","webhookSecret":"the-new-token"}"#
+            #expect(try await h.request(.POST, "/api/v1/projects", body: changed).status == 200)
+            #expect(try await deliver(h, try Self.fixture("push.json"), token: "from-the-record").status == 401)
+            let again = try await deliver(h, try Self.push(["checkout_sha": #""b6568db1bc1dcd7f8b4d5a946b0b91f9dacd7327""#, "after": #""b6568db1bc1dcd7f8b4d5a946b0b91f9dacd7327""#]), token: "the-new-token")
+            #expect(again.status == 201, "\(again.body)")
+        }
+    }
 }

@@ -20,7 +20,8 @@ import Glibc
 /// Thread-confined: libgit2 opens a fetch's streams on the thread that called it.
 final class FetchGuard {
     let policy: FetchPolicy
-    private var server: (host: String, port: Int)?
+    /// The server of the fetch's first connection, the only one its connections go to.
+    private(set) var server: (host: String, port: Int)?
     /// The check of `server`, made once: every connection of the fetch uses its addresses.
     private var checked: Result<[ResolvedAddress], FetchRefusal>?
     /// Why the last connection was refused; the fetch reports this rather than libgit2's text.

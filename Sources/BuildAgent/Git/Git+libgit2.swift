@@ -13,9 +13,11 @@ import Glibc
 final class FetchContext {
     let cancel: CancelFlag?
     let progress: (@Sendable (FetchProgress) -> Void)?
-    init(cancel: CancelFlag?, progress: (@Sendable (FetchProgress) -> Void)?) {
+    let authenticator: GitAuthenticator
+    init(cancel: CancelFlag?, progress: (@Sendable (FetchProgress) -> Void)?, authenticator: GitAuthenticator) {
         self.cancel = cancel
         self.progress = progress
+        self.authenticator = authenticator
     }
 }
 

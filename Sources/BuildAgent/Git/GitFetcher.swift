@@ -16,7 +16,9 @@ import Processes
 /// the fetch policy (which servers, `FetchPolicy`) is applied by the child, right before and
 /// at each connection, since a name resolved here could resolve differently there. Nothing
 /// secret goes on the child's command line or into its environment (both are visible in
-/// `ps`): credentials, when fetches get them, go in a file of mode 0600 named by an argument.
+/// `ps` and `/proc`): the project's git credential goes to the child on its stdin, as JSON,
+/// and stays in its memory (an SSH deploy key too; only the public host keys are written,
+/// see `SSHHostKeyHome`).
 public struct GitFetcher: Sendable {
     /// The `kiln` executable whose hidden `git-fetch` subcommand does the work.
     public let executable: URL
@@ -28,20 +30,33 @@ public struct GitFetcher: Sendable {
         self.policy = policy
     }
 
-    /// The child's arguments for one fetch.
-    func arguments(for mirror: GitMirror) -> [String] {
-        ["git-fetch", "--mirror", mirror.path.path, "--url", mirror.url] + policy.arguments
+    /// The option that makes `kiln git-fetch` read the credential from its stdin.
+    static let credentialOption = "--credential-stdin"
+
+    /// The child's arguments for one fetch (never the credential itself).
+    func arguments(for mirror: GitMirror, withCredential: Bool = false) -> [String] {
+        ["git-fetch", "--mirror", mirror.path.path, "--url", mirror.url] + policy.arguments + (withCredential ? [GitFetcher.credentialOption] : [])
     }
 
     /// Fetches `mirror` in a child process and returns what it transferred.
-    /// - Throws: `GitError` with the child's own message when the fetch failed,
-    ///   `CancellationError` when the caller was cancelled (the child is killed then).
-    public func fetch(_ mirror: GitMirror) async throws -> FetchStats {
+    /// - Parameter credential: the project's git credential (`BuildSecrets.git`), or nil: handed
+    ///   to the child on its stdin, used only when the server asks (`GitMirror.fetch`).
+    /// - Throws: `GitError` with the child's own message when the fetch failed (kind
+    ///   `credential` when the server refused or lacked the credential, or its SSH host key is
+    ///   not pinned; `refused` when the fetch policy refused the server), `CancellationError`
+    ///   when the caller was cancelled (the child is killed then).
+    public func fetch(_ mirror: GitMirror, credential: GitCredential? = nil) async throws -> FetchStats {
         try GitMirror.validate(url: mirror.url)
         let operation = "fetch \(RepositoryEndpoint.redacted(mirror.url))"
+        let input: Data?
+        do {
+            input = try credential.map { try JSONEncoder().encode($0) }
+        } catch {
+            throw GitError(.io, operation, "cannot encode the project's git credential: \(error)")
+        }
         let outcome: Spawn.Outcome
         do {
-            outcome = try await Spawn.runCancellable(executable.path, arguments(for: mirror), outputLimit: 64 * 1024)
+            outcome = try await Spawn.runCancellable(executable.path, arguments(for: mirror, withCredential: input != nil), input: input, outputLimit: 64 * 1024)
         } catch let error as FarmError {
             throw GitError(.io, operation, "cannot start \(executable.path) git-fetch: \(error.description)")
         }
@@ -55,10 +70,13 @@ public struct GitFetcher: Sendable {
             if outcome.status > 128 {
                 throw GitError(.libgit2, operation, "the fetch process was killed by signal \(outcome.status - 128)\(stderr.isEmpty ? "" : ": \(stderr)")")
             }
-            // The child prints the GitError's description ("git: fetch URL: message").
+            // The child prints the GitError's kind and description ("[credential] git: fetch
+            // URL: message"), so the caller can tell a refused credential from a network error.
+            var text = Substring(stderr), kind = GitError.Kind.libgit2
+            if let tagged = GitError.Kind.parseTag(&text) { kind = tagged }
             let prefix = "git: \(operation): "
-            let message = stderr.hasPrefix(prefix) ? String(stderr.dropFirst(prefix.count)) : stderr
-            throw GitError(.libgit2, operation, message.isEmpty ? "the fetch process exited with status \(outcome.status)" : message)
+            let message = text.hasPrefix(prefix) ? String(text.dropFirst(prefix.count)) : String(text)
+            throw GitError(kind, operation, message.isEmpty ? "the fetch process exited with status \(outcome.status)" : message)
         }
         do {
             return try JSONDecoder().decode(FetchStats.self, from: outcome.stdout)

@@ -54,6 +54,13 @@ public struct GitMirror: Sendable {
     /// `GuardedStream`); HTTP redirects to another host or port fail the fetch.
     ///
     /// - Parameters:
+    ///   - credential: the project's git credential, or nil. libgit2 gets it only when the
+    ///     server asks, at most once (`GitCredentialRules`): an HTTPS token as Basic user and
+    ///     password, an SSH deploy key from memory (never written to disk). An SSH server's
+    ///     host key must be one its known_hosts lines pin for the URL's host and port: with no
+    ///     pin (no SSH credential), or another key, the fetch fails. A process that fetches
+    ///     from SSH servers holding several host key types should also point HOME at the pins
+    ///     (`SSHHostKeyHome`), as `kiln git-fetch` does.
     ///   - policy: which servers may be fetched from; the default refuses loopback, link-local,
     ///     metadata, multicast and this machine's own addresses (not `file://`, which is the
     ///     agent's `FileRepositories` rule).
@@ -62,9 +69,12 @@ public struct GitMirror: Sendable {
     ///     interrupted when data or a timeout arrives: libgit2 1.5 has no timeout of its own,
     ///     so the agent runs this in a child process it can kill (`GitFetcher`, `kiln git-fetch`).
     ///   - progress: called on libgit2's thread (this one) as objects arrive.
-    /// - Throws: `GitError` with libgit2's message, of kind `refused` when the policy refused.
+    /// - Throws: `GitError` with libgit2's message, of kind `refused` when the policy refused,
+    ///   `credential` when the server asked for a credential the fetch lacks or refused it, or
+    ///   its host key is not pinned; the message names the credential, never its secret.
     @discardableResult
-    public func fetch(policy: FetchPolicy = FetchPolicy(), cancel: CancelFlag? = nil, progress: (@Sendable (FetchProgress) -> Void)? = nil) throws -> FetchStats {
+    public func fetch(credential: GitCredential? = nil, policy: FetchPolicy = FetchPolicy(), cancel: CancelFlag? = nil,
+                      progress: (@Sendable (FetchProgress) -> Void)? = nil) throws -> FetchStats {
         try GitMirror.validate(url: url)
         precondition(libgit2Initialised, "git_libgit2_init failed")
         let shown = RepositoryEndpoint.redacted(url)
@@ -87,12 +97,13 @@ public struct GitMirror: Sendable {
         defer { git_remote_free(remote) }
 
         let fetchGuard = FetchGuard(policy: policy)
+        let context = FetchContext(cancel: cancel, progress: progress, authenticator: GitAuthenticator(credential: credential, url: url, policy: policy))
         do {
             return try FetchGuard.installed(fetchGuard) {
-                try transfer(repo: repo, remote: remote, context: FetchContext(cancel: cancel, progress: progress), started: started)
+                try transfer(repo: repo, remote: remote, context: context, started: started)
             }
         } catch let error as GitError {
-            throw GitMirror.explain(error, refusal: fetchGuard.refusal, url: url)
+            throw GitMirror.explain(error, refusal: fetchGuard.refusal, credentialFailure: context.authenticator.explanation(of: error.message), url: url)
         }
     }
 
@@ -120,6 +131,10 @@ public struct GitMirror: Sendable {
                 guard let payload else { return 0 }
                 return Unmanaged<FetchContext>.fromOpaque(payload).takeUnretainedValue().cancel?.isCancelled == true ? -1 : 0
             }
+            // Always set, with or without a credential: a server that asks gets a clear "none",
+            // and an SSH host key is checked against the pins, never against ~/.ssh/known_hosts.
+            callbacks.credentials = GitAuthenticator.credentialsCallback
+            callbacks.certificate_check = GitAuthenticator.certificateCallback
 
             // Connect first so the remote's default branch can be read; git_remote_fetch then
             // reuses this connection. No proxy (the options' default), and no redirect to
@@ -159,12 +174,15 @@ public struct GitMirror: Sendable {
     }
 
     /// The error a fetch reports: the policy's refusal when it refused a connection (libgit2's
-    /// own text then only says the connection failed), a plain statement for a redirect
-    /// libgit2 refused, and never the URL's user information.
-    static func explain(_ error: GitError, refusal: String?, url: String) -> GitError {
+    /// own text then only says the connection failed), the credential's failure when a
+    /// credential callback failed it, a plain statement for a redirect libgit2 refused, and
+    /// never the URL's user information.
+    static func explain(_ error: GitError, refusal: String?, credentialFailure: String? = nil, url: String) -> GitError {
         if error.isCancelled { return error }
         if let refusal { return GitError(.refused, error.operation, refusal, code: error.code) }
+        if let credentialFailure { return GitError(.credential, error.operation, credentialFailure, code: error.code) }
         var message = RepositoryEndpoint.scrub(error.message, of: url)
+        if let hint = GitCredentialRules.handshakeFailure(message, url: url) { return GitError(.credential, error.operation, hint, code: error.code) }
         if message.hasPrefix("cannot redirect from") || message == "unexpected redirect" {
             message = "the server answered with an HTTP redirect (libgit2: \(message)): the agent follows no redirect to another host or port. Set the project's repository to the URL the server redirects to"
             return GitError(.refused, error.operation, message, code: error.code)

@@ -53,7 +53,7 @@ public final class CancelFlag: Sendable {
 public struct GitError: Error, CustomStringConvertible, Sendable {
     /// Which kind of failure this is; new kinds may be added.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String, Hashable, Sendable { case libgit2, cancelled, notFound, ambiguous, invalidURL, invalidArgument, io, refused }
+        private enum Base: String, Hashable, Sendable { case libgit2, cancelled, notFound, ambiguous, invalidURL, invalidArgument, io, refused, credential }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// libgit2 reported an error (network, corrupt repository, …).
@@ -73,7 +73,24 @@ public struct GitError: Error, CustomStringConvertible, Sendable {
         /// The agent's fetch policy refused the server (`FetchPolicy`), or the server
         /// redirected the fetch elsewhere.
         public static let refused = Kind(.refused)
+        /// The server asked for a credential the project lacks, refused the project's git
+        /// credential, or its SSH host key is not pinned (unknown or changed): the message
+        /// names the credential and what to check, never its secret.
+        public static let credential = Kind(.credential)
         public var description: String { base.rawValue }
+
+        /// How `kiln git-fetch` marks its error line (`[credential] git: …`), so that the
+        /// agent's `GitFetcher` keeps the kind across the process boundary.
+        var tag: String { "[\(base.rawValue)] " }
+
+        /// The kind tagged at the start of `text`, removing the tag; nil (and `text` kept)
+        /// without one.
+        static func parseTag(_ text: inout Substring) -> Kind? {
+            guard text.hasPrefix("["), let close = text.firstIndex(of: "]"),
+                  let base = Base(rawValue: String(text[text.index(after: text.startIndex)..<close])) else { return nil }
+            text = text[text.index(after: close)...].drop { $0 == " " }
+            return Kind(base)
+        }
     }
 
     public let kind: Kind
@@ -94,4 +111,7 @@ public struct GitError: Error, CustomStringConvertible, Sendable {
     public var isCancelled: Bool { kind == .cancelled }
 
     public var description: String { "git: \(operation): \(message)" }
+
+    /// The description with its kind's tag first: what `kiln git-fetch` prints on failure.
+    public var taggedDescription: String { kind.tag + description }
 }

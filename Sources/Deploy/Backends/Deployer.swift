@@ -9,12 +9,16 @@ public struct VersionSpec: Sendable, Equatable {
     /// as the deploy plugin records it, so a tag pushed again since changes nothing.
     public var image: String
     public var settings: DeploySettings
+    /// The values of `settings.secretEnv`, looked up by the deploy step for `start` (empty in
+    /// the other calls): held in memory for the start only, never written to etcd.
+    public var secretValues: SecretValues
 
-    public init(app: String, version: Int, image: String, settings: DeploySettings) {
+    public init(app: String, version: Int, image: String, settings: DeploySettings, secretValues: SecretValues = SecretValues()) {
         self.app = app
         self.version = version
         self.image = image
         self.settings = settings
+        self.secretValues = secretValues
     }
 
     /// The spec a recorded version was started from.
@@ -26,6 +30,26 @@ public struct VersionSpec: Sendable, Equatable {
     public var baseName: String { "kiln-\(app)-v\(version)" }
 }
 
+/// Secret values by name, for one start of a version. Its description and mirror show the
+/// names only, so printing or dumping a `VersionSpec` never shows a value.
+public struct SecretValues: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    private var values: [String: String]
+
+    public init(_ values: [String: String] = [:]) { self.values = values }
+
+    public subscript(name: String) -> String? {
+        get { values[name] }
+        set { values[name] = newValue }
+    }
+
+    /// Every name with its value: for the backend that hands them to an instance.
+    public var all: [String: String] { values }
+    public var names: [String] { values.keys.sorted() }
+    public var description: String { "secret values of [\(names.joined(separator: ", "))]" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["names": names]) }
+}
+
 /// Runs an app's versions in a cell. One implementation per backend: `LocalDeployer` (the
 /// Docker Engine API on this machine) and `KubernetesDeployer` (the Kubernetes REST API).
 ///
@@ -34,7 +58,9 @@ public struct VersionSpec: Sendable, Equatable {
 public protocol Deployer: Sendable {
     /// Starts the version's `settings.replicas` instances in `cell` from `spec.image`, pulled
     /// from the registry. Returns them as soon as they are started (not yet known healthy).
-    /// On failure it removes whatever it started for this version in this cell.
+    /// On failure it removes whatever it started for this version in this cell. The instances
+    /// get `settings.env` and, under the names of `settings.secretEnv`, the values in
+    /// `spec.secretValues` (the caller looks up every one) as environment variables.
     func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance]
 
     /// Checks one instance now: healthy when its health check passes (an HTTP 2xx from

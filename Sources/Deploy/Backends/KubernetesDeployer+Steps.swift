@@ -9,79 +9,37 @@ import NIOFoundationCompat
 extension KubernetesDeployer {
     // MARK: steps of start
 
-    func ensureNamespace(_ ns: String, app: String, in cell: Cell) async throws {
+    func ensureNamespace(_ ns: String, app: String, in api: Connection) async throws {
         let read = "read namespace \(ns)"
-        let existing = try await send(.GET, "/api/v1/namespaces/\(ns)", in: cell, operation: read)
+        let existing = try await send(.GET, "/api/v1/namespaces/\(ns)", in: api, operation: read)
         switch existing.status {
         case 200: return
         case 404: break
-        default: throw failure(existing, in: cell, operation: read)
+        default: throw failure(existing, in: api, operation: read)
         }
         let create = "create namespace \(ns)"
         let body = KubernetesNamespace(metadata: .init(name: ns, labels: ["app.kubernetes.io/managed-by": "kiln", Self.appLabel: app]))
-        let reply = try await send(.POST, "/api/v1/namespaces", body: body, in: cell, operation: create)
+        let reply = try await send(.POST, "/api/v1/namespaces", body: body, in: api, operation: create)
         // 409: made meanwhile by another start (another cell on the same cluster, or a re-run).
-        guard [200, 201, 202, 409].contains(reply.status) else { throw failure(reply, in: cell, operation: create) }
+        guard [200, 201, 202, 409].contains(reply.status) else { throw failure(reply, in: api, operation: create) }
     }
 
-    func ensureService(_ spec: VersionSpec, namespace ns: String, in cell: Cell) async throws {
+    func ensureService(_ spec: VersionSpec, namespace ns: String, in api: Connection) async throws {
         let path = "/api/v1/namespaces/\(ns)/services"
         let read = "read Service \(spec.app) in namespace \(ns)"
-        let existing = try await send(.GET, "\(path)/\(spec.app)", in: cell, operation: read)
+        let existing = try await send(.GET, "\(path)/\(spec.app)", in: api, operation: read)
         switch existing.status {
         case 200: return
         case 404: break
-        default: throw failure(existing, in: cell, operation: read)
+        default: throw failure(existing, in: api, operation: read)
         }
         let create = "create Service \(spec.app) in namespace \(ns)"
         let service = KubernetesService(
             metadata: .init(name: spec.app, namespace: ns, labels: ["app.kubernetes.io/name": spec.app, Self.appLabel: spec.app]),
             spec: .init(selector: [Self.appLabel: spec.app],
                         ports: [.init(name: "http", port: spec.settings.port, targetPort: spec.settings.port, protocol: "TCP")]))
-        let reply = try await send(.POST, path, body: service, in: cell, operation: create)
-        guard [200, 201, 202, 409].contains(reply.status) else { throw failure(reply, in: cell, operation: create) }
-    }
-
-    /// The pull secret every app namespace gets when this deployer has registry credentials.
-    static let pullSecretName = "kiln-registry"
-
-    /// The registry host of an image reference (`127.0.0.1:5000/demo@sha256:…` →
-    /// `127.0.0.1:5000`), or nil when it names none (Docker Hub's short names).
-    static func registryHost(of image: String) -> String? {
-        guard let slash = image.firstIndex(of: "/") else { return nil }
-        let host = String(image[..<slash])
-        return host.contains(".") || host.contains(":") || host == "localhost" ? host : nil
-    }
-
-    /// The `.dockerconfigjson` of the pull secret: `{"auths":{host:{username,password,auth}}}`.
-    static func dockerConfigJSON(host: String, credentials: RegistryCredentials) -> Data {
-        struct Entry: Encodable { let username: String; let password: String; let auth: String }
-        struct Config: Encodable { let auths: [String: Entry] }
-        let auth = Data("\(credentials.user):\(credentials.password)".utf8).base64EncodedString()
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(Config(auths: [host: Entry(username: credentials.user, password: credentials.password, auth: auth)]))) ?? Data()
-    }
-
-    /// Writes the namespace's pull secret (create, or replace when it exists).
-    func ensurePullSecret(for spec: VersionSpec, namespace ns: String, in cell: Cell) async throws {
-        guard let registryCredentials, let host = Self.registryHost(of: spec.image) else { return }
-        let secret = KubernetesSecret(
-            metadata: .init(name: Self.pullSecretName, namespace: ns, labels: ["app.kubernetes.io/managed-by": "kiln"]),
-            type: "kubernetes.io/dockerconfigjson",
-            data: [".dockerconfigjson": Self.dockerConfigJSON(host: host, credentials: registryCredentials).base64EncodedString()])
-        let path = "/api/v1/namespaces/\(ns)/secrets"
-        let create = "create Secret \(Self.pullSecretName) in namespace \(ns)"
-        let reply = try await send(.POST, path, body: secret, in: cell, operation: create)
-        switch reply.status {
-        case 200, 201, 202: return
-        case 409:
-            let replace = "replace Secret \(Self.pullSecretName) in namespace \(ns)"
-            let replaced = try await send(.PUT, "\(path)/\(Self.pullSecretName)", body: secret, in: cell, operation: replace)
-            guard [200, 201].contains(replaced.status) else { throw failure(replaced, in: cell, operation: replace) }
-        default:
-            throw failure(reply, in: cell, operation: create)
-        }
+        let reply = try await send(.POST, path, body: service, in: api, operation: create)
+        guard [200, 201, 202, 409].contains(reply.status) else { throw failure(reply, in: api, operation: create) }
     }
 
     func deployment(for spec: VersionSpec, namespace ns: String) -> KubernetesDeployment {
@@ -94,7 +52,7 @@ extension KubernetesDeployer {
             name: spec.app,
             image: spec.image,
             ports: [.init(name: "http", containerPort: s.port, protocol: "TCP")],
-            env: s.env.isEmpty ? nil : s.env.sorted { $0.key < $1.key }.map { KubernetesEnvVar(name: $0.key, value: $0.value) },
+            env: Self.environment(of: spec),
             // Requests equal to limits: the pod gets what it asks for and no more.
             resources: resources.isEmpty ? nil : .init(requests: resources, limits: resources),
             readinessProbe: .init(
@@ -112,67 +70,67 @@ extension KubernetesDeployer {
                         ? [.init(name: Self.pullSecretName)] : nil))))
     }
 
-    func createDeployment(_ spec: VersionSpec, namespace ns: String, in cell: Cell) async throws {
+    func createDeployment(_ spec: VersionSpec, namespace ns: String, in api: Connection) async throws {
         let name = Self.deploymentName(app: spec.app, version: spec.version)
         let path = "/apis/apps/v1/namespaces/\(ns)/deployments"
         let create = "create Deployment \(name) in namespace \(ns)"
-        let reply = try await send(.POST, path, body: deployment(for: spec, namespace: ns), in: cell, operation: create)
+        let reply = try await send(.POST, path, body: deployment(for: spec, namespace: ns), in: api, operation: create)
         switch reply.status {
         case 200, 201, 202:
-            logger.info("created Deployment \(name)", metadata: ["cell": "\(cell.name)", "app": "\(spec.app)", "image": "\(spec.image)"])
+            logger.info("created Deployment \(name)", metadata: ["cell": "\(api.cell.name)", "app": "\(spec.app)", "image": "\(spec.image)"])
         case 409:
             // Started before (a re-run): fine if it is the same image, else a clash.
             let read = "read Deployment \(name) in namespace \(ns)"
-            let existing: KubernetesDeployment = try decode(try await send(.GET, "\(path)/\(name)", in: cell, operation: read),
-                                                            expecting: [200], in: cell, operation: read)
+            let existing: KubernetesDeployment = try decode(try await send(.GET, "\(path)/\(name)", in: api, operation: read),
+                                                            expecting: [200], in: api, operation: read)
             let image = existing.spec.template.spec.containers.first?.image ?? ""
             guard image == spec.image else {
-                throw KilnError.conflict("cell \(cell.name): Deployment \(name) in namespace \(ns) already exists with image \(image), not \(spec.image); version \(spec.version) of \(spec.app) was started before from another image")
+                throw KilnError.conflict("cell \(api.cell.name): Deployment \(name) in namespace \(ns) already exists with image \(image), not \(spec.image); version \(spec.version) of \(spec.app) was started before from another image")
             }
-            logger.info("Deployment \(name) already exists: taken as started", metadata: ["cell": "\(cell.name)", "app": "\(spec.app)"])
+            logger.info("Deployment \(name) already exists: taken as started", metadata: ["cell": "\(api.cell.name)", "app": "\(spec.app)"])
         default:
-            throw failure(reply, in: cell, operation: create)
+            throw failure(reply, in: api, operation: create)
         }
     }
 
     /// Lists the version's pods until `replicas` of them have an IP address.
-    func waitForPods(_ spec: VersionSpec, namespace ns: String, in cell: Cell) async throws -> [Instance] {
+    func waitForPods(_ spec: VersionSpec, namespace ns: String, in api: Connection) async throws -> [Instance] {
         let name = Self.deploymentName(app: spec.app, version: spec.version)
         let selector = [(Self.appLabel, spec.app), (Self.versionLabel, String(spec.version))]
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: configuration.startTimeout)
         while true {
-            let pods = try await listPods(namespace: ns, selector: selector, in: cell).filter { !$0.isTerminating }
+            let pods = try await listPods(namespace: ns, selector: selector, in: api).filter { !$0.isTerminating }
             let placed = pods.filter { $0.status?.podIP?.isEmpty == false }.sorted { $0.name < $1.name }
             if placed.count >= spec.settings.replicas {
-                return placed.compactMap { Self.instance($0, port: spec.settings.port, in: cell) }
+                return placed.compactMap { Self.instance($0, port: spec.settings.port, in: api.cell) }
             }
             if clock.now >= deadline {
                 let waiting = pods.filter { $0.status?.podIP?.isEmpty != false }
                 let why = waiting.isEmpty
                     ? "no pods were made for it: a ResourceQuota or an admission policy may refuse them (kubectl -n \(ns) describe replicaset -l \(Self.versionLabel)=\(spec.version))"
                     : waiting.map { "pod \($0.name): \(Self.notReadyDetail($0, healthPath: nil))" }.joined(separator: "; ")
-                throw KilnError.unavailable("cell \(cell.name): version \(spec.version) of \(spec.app): \(placed.count) of \(spec.settings.replicas) pods of Deployment \(name) were placed on a node within \(configuration.startTimeout): \(why); the Deployment is removed")
+                throw KilnError.unavailable("cell \(api.cell.name): version \(spec.version) of \(spec.app): \(placed.count) of \(spec.settings.replicas) pods of Deployment \(name) were placed on a node within \(configuration.startTimeout): \(why); the Deployment is removed")
             }
             try await Task.sleep(for: configuration.pollInterval)
         }
     }
 
-    func deleteDeployment(_ name: String, namespace ns: String, in cell: Cell) async throws {
+    func deleteDeployment(_ name: String, namespace ns: String, in api: Connection) async throws {
         let operation = "delete Deployment \(name) in namespace \(ns)"
         // Background: the garbage collector deletes its ReplicaSet and pods after the answer.
         let reply = try await send(.DELETE, "/apis/apps/v1/namespaces/\(ns)/deployments/\(name)",
-                                   body: KubernetesDeleteOptions(propagationPolicy: "Background"), in: cell, operation: operation)
-        guard [200, 202, 404].contains(reply.status) else { throw failure(reply, in: cell, operation: operation) }
+                                   body: KubernetesDeleteOptions(propagationPolicy: "Background"), in: api, operation: operation)
+        guard [200, 202, 404].contains(reply.status) else { throw failure(reply, in: api, operation: operation) }
     }
 
-    func listPods(namespace ns: String, selector: [(String, String)], in cell: Cell) async throws -> [KubernetesPod] {
+    func listPods(namespace ns: String, selector: [(String, String)], in api: Connection) async throws -> [KubernetesPod] {
         let operation = "list pods in namespace \(ns)"
         let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~/,"))
         let text = selector.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         let query = "labelSelector=" + (text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text)
-        let reply = try await send(.GET, "/api/v1/namespaces/\(ns)/pods", query: query, in: cell, operation: operation)
-        let list: KubernetesPodList = try decode(reply, expecting: [200], in: cell, operation: operation)
+        let reply = try await send(.GET, "/api/v1/namespaces/\(ns)/pods", query: query, in: api, operation: operation)
+        let list: KubernetesPodList = try decode(reply, expecting: [200], in: api, operation: operation)
         return list.items
     }
 

@@ -5,6 +5,7 @@ import KilnCore
 import Logging
 import NIOCore
 import NIOFoundationCompat
+import Plugins
 
 /// Runs an app's versions in a Kubernetes cluster (a cell with backend `kubernetes`, its
 /// `endpoint` the API server's URL) through the Kubernetes REST API. The objects it makes
@@ -18,7 +19,15 @@ import NIOFoundationCompat
 /// - with registry credentials, one Secret `kiln-registry` of type
 ///   `kubernetes.io/dockerconfigjson` per namespace (written again on every start, so a
 ///   rotated credential reaches it), named in every pod's `imagePullSecrets`: the kubelet
-///   pulls with it from the registry's token service. Give a deployer's pull-only credential.
+///   pulls with it from the registry's token service. Give a deployer's pull-only credential;
+/// - with secret environment variables (`DeploySettings.secretEnv`), one Secret `{app}-v{n}-env`
+///   per version holding their values, referenced by the pods' `env` (`secretKeyRef`), and
+///   deleted with the version.
+///
+/// Every call reaches the API server over `https` only, as the cell's own credential
+/// (`PipelineSecrets.cellCredential`: a bearer token, or a client certificate and key), and
+/// trusts only the cluster's CA from that credential. A cell without a credential, or with
+/// an `http://` endpoint, is refused before anything is sent.
 ///
 /// An instance is a pod: `id` and `name` are its name, `address` is `podIP:port`. Health is
 /// the pod's `Ready` condition as the kubelet reports it (the readiness probe), not a request
@@ -51,39 +60,26 @@ public struct KubernetesDeployer: Deployer {
         }
     }
 
-    /// The HTTP client used unless given another: a 5 s connect timeout, no read timeout
-    /// (each request has its own time limit), certificates checked against the system's
-    /// trust store. A cluster whose API server certificate is signed by its own CA needs a
-    /// client configured with that CA (or the CA added to the system's store). Never shut down.
-    public static let httpClient: HTTPClient = {
-        var configuration = HTTPClient.Configuration(
-            timeout: .init(connect: .seconds(5), read: nil),
-            connectionPool: .init(idleTimeout: .seconds(60))
-        )
-        configuration.decompression = .disabled
-        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
-    }()
-
     public let configuration: Configuration
-    let token: String?
+    /// Where each cell's credential comes from (the scheduler's secret store); nil: none
+    /// can be read here, and every call is refused saying so.
+    let secrets: (any PipelineSecrets)?
     /// What the kubelet pulls images with (a `deployer` machine's pull-only credential).
     let registryCredentials: RegistryCredentials?
-    let client: HTTPClient
+    let clients = KubernetesClients()
     let logger: Logger
 
     /// - Parameters:
-    ///   - token: a bearer token (a service account's, from `KILN_KUBE_TOKEN`) sent as
-    ///     `Authorization: Bearer …` with every request; nil sends none (an API server that
-    ///     trusts its callers, such as one behind `kubectl proxy`).
+    ///   - secrets: gives each cell's `CellCredential` (`cellCredential(_:)`), read again for
+    ///     every call, so a credential set with `kiln cell credential set` is used from the
+    ///     next call on.
     ///   - registryCredentials: put into each app namespace's pull secret `kiln-registry`;
     ///     nil: pods pull anonymously.
-    public init(token: String? = nil, registryCredentials: RegistryCredentials? = nil, configuration: Configuration = Configuration(),
-                httpClient: HTTPClient = KubernetesDeployer.httpClient,
+    public init(secrets: (any PipelineSecrets)?, registryCredentials: RegistryCredentials? = nil, configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "kiln.deploy.kubernetes")) {
-        self.token = token.flatMap { $0.isEmpty ? nil : $0 }
+        self.secrets = secrets
         self.registryCredentials = registryCredentials
         self.configuration = configuration
-        self.client = httpClient
         self.logger = logger
     }
 
@@ -116,55 +112,30 @@ public struct KubernetesDeployer: Deployer {
 
     public func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance] {
         let ns = try namespace(of: spec.app, in: cell)
-        let name = Self.deploymentName(app: spec.app, version: spec.version)
-        try await ensureNamespace(ns, app: spec.app, in: cell)
-        try await ensurePullSecret(for: spec, namespace: ns, in: cell)
-        try await ensureService(spec, namespace: ns, in: cell)
-        try await createDeployment(spec, namespace: ns, in: cell)
-        do {
-            return try await waitForPods(spec, namespace: ns, in: cell)
-        } catch {
-            // Remove what was started for this version. Run apart from this task, so that a
-            // cancelled start (a pipeline step's time limit) still cleans up; awaited, so
-            // nothing is left running behind the caller.
-            let deployer = self
-            await Task {
-                do {
-                    try await deployer.deleteDeployment(name, namespace: ns, in: cell)
-                } catch {
-                    deployer.logger.warning("could not remove Deployment \(name) after a failed start: \(error)",
-                                            metadata: ["cell": "\(cell.name)", "app": "\(spec.app)"])
-                }
-            }.value
-            throw error
-        }
+        return try await withConnection(to: cell) { api in try await start(spec, namespace: ns, in: api) }
     }
 
     public func check(_ instance: Instance, of spec: VersionSpec, in cell: Cell) async -> (healthy: Bool, detail: String) {
-        let ns: String
-        do { ns = try namespace(of: spec.app, in: cell) } catch { return (false, "\(error)") }
-        let operation = "read pod \(instance.id) in namespace \(ns)"
         do {
-            let reply = try await send(.GET, "/api/v1/namespaces/\(ns)/pods/\(escape(instance.id))", in: cell, operation: operation)
-            if reply.status == 404 { return (false, "pod gone") }
-            let pod: KubernetesPod = try decode(reply, expecting: [200], in: cell, operation: operation)
-            if pod.isTerminating { return (false, "pod is terminating") }
-            if pod.isReady { return (true, "Ready (readiness probe on \(spec.settings.healthPath) passes)") }
-            return (false, Self.notReadyDetail(pod, healthPath: spec.settings.healthPath))
+            let ns = try namespace(of: spec.app, in: cell)
+            return try await withConnection(to: cell) { api in await check(instance, of: spec, namespace: ns, in: api) }
         } catch {
-            return (false, "\(error)")
+            return (false, (error as? KilnError)?.message ?? "\(error)")
         }
     }
 
     public func stop(_ instances: [Instance], of spec: VersionSpec, in cell: Cell) async throws {
         // Pods belong to the version's Deployment: deleting one alone would have it replaced.
         let ns = try namespace(of: spec.app, in: cell)
-        try await deleteDeployment(Self.deploymentName(app: spec.app, version: spec.version), namespace: ns, in: cell)
+        try await withConnection(to: cell) { api in
+            try await deleteDeployment(Self.deploymentName(app: spec.app, version: spec.version), namespace: ns, in: api)
+            if !(spec.settings.secretEnv ?? []).isEmpty { try await deleteEnvSecret(of: spec, namespace: ns, in: api) }
+        }
     }
 
     public func instances(of app: String, in cell: Cell) async throws -> [Int: [Instance]] {
         let ns = try namespace(of: app, in: cell)
-        let pods = try await listPods(namespace: ns, selector: [(Self.appLabel, app)], in: cell)
+        let pods = try await withConnection(to: cell) { api in try await listPods(namespace: ns, selector: [(Self.appLabel, app)], in: api) }
         var byVersion: [Int: [Instance]] = [:]
         let now = Date()
         for pod in pods where !pod.isTerminating {
@@ -177,5 +148,52 @@ public struct KubernetesDeployer: Deployer {
             byVersion[version, default: []].append(instance)
         }
         return byVersion
+    }
+
+    func start(_ spec: VersionSpec, namespace ns: String, in api: Connection) async throws -> [Instance] {
+        let name = Self.deploymentName(app: spec.app, version: spec.version)
+        try await ensureNamespace(ns, app: spec.app, in: api)
+        try await ensurePullSecret(for: spec, namespace: ns, in: api)
+        try await ensureService(spec, namespace: ns, in: api)
+        let secretEnv = !(spec.settings.secretEnv ?? []).isEmpty
+        // Before the Deployment, so its pods find their variables when they start.
+        if secretEnv { try await ensureEnvSecret(for: spec, namespace: ns, in: api) }
+        var placed = false
+        do {
+            try await createDeployment(spec, namespace: ns, in: api)
+            placed = true
+            return try await waitForPods(spec, namespace: ns, in: api)
+        } catch {
+            // A clash (the version exists from another image) leaves the running one alone.
+            if !placed, (error as? KilnError)?.httpStatus == 409 { throw error }
+            // Remove what was started for this version. Run apart from this task, so that a
+            // cancelled start (a pipeline step's time limit) still cleans up; awaited, so
+            // nothing is left running behind the caller.
+            let deployer = self
+            await Task {
+                do {
+                    if placed { try await deployer.deleteDeployment(name, namespace: ns, in: api) }
+                    if secretEnv { try await deployer.deleteEnvSecret(of: spec, namespace: ns, in: api) }
+                } catch {
+                    deployer.logger.warning("could not remove what a failed start of \(name) made: \(error)",
+                                            metadata: ["cell": "\(api.cell.name)", "app": "\(spec.app)"])
+                }
+            }.value
+            throw error
+        }
+    }
+
+    func check(_ instance: Instance, of spec: VersionSpec, namespace ns: String, in api: Connection) async -> (healthy: Bool, detail: String) {
+        let operation = "read pod \(instance.id) in namespace \(ns)"
+        do {
+            let reply = try await send(.GET, "/api/v1/namespaces/\(ns)/pods/\(escape(instance.id))", in: api, operation: operation)
+            if reply.status == 404 { return (false, "pod gone") }
+            let pod: KubernetesPod = try decode(reply, expecting: [200], in: api, operation: operation)
+            if pod.isTerminating { return (false, "pod is terminating") }
+            if pod.isReady { return (true, "Ready (readiness probe on \(spec.settings.healthPath) passes)") }
+            return (false, Self.notReadyDetail(pod, healthPath: spec.settings.healthPath))
+        } catch {
+            return (false, (error as? KilnError)?.message ?? "\(error)")
+        }
     }
 }

@@ -25,9 +25,28 @@ struct KubernetesNamespace: Codable, Sendable {
     var metadata: KubernetesObjectMeta
 }
 
+/// An environment variable: a value, or a reference to a key of a Secret (`valueFrom`).
 struct KubernetesEnvVar: Codable, Sendable, Equatable {
+    struct Source: Codable, Sendable, Equatable {
+        struct SecretKey: Codable, Sendable, Equatable {
+            var name: String
+            var key: String
+        }
+        var secretKeyRef: SecretKey
+    }
     var name: String
-    var value: String
+    var value: String?
+    var valueFrom: Source?
+
+    init(name: String, value: String) {
+        self.name = name
+        self.value = value
+    }
+
+    init(name: String, valueFrom: Source) {
+        self.name = name
+        self.valueFrom = valueFrom
+    }
 }
 
 struct KubernetesContainerPort: Codable, Sendable, Equatable {

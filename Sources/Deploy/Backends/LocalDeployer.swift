@@ -41,6 +41,7 @@ public struct LocalDeployer: Deployer {
 
     public func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance] {
         let docker = try docker(cell)
+        let env = try Self.environment(of: spec, in: cell)
         do {
             try await docker.ping()
         } catch {
@@ -77,7 +78,7 @@ public struct LocalDeployer: Deployer {
                 var labels = Self.labels(app: spec.app, version: spec.version, cell: cell.name)
                 labels["kiln.host-port"] = String(port)
                 let container = ContainerSpec(
-                    image: spec.image, env: spec.settings.env, labels: labels,
+                    image: spec.image, env: env, labels: labels,
                     memoryBytes: spec.settings.memoryMB.map { Int64($0) << 20 }, cpus: spec.settings.cpu,
                     publish: [spec.settings.port: .init(hostIP: host, hostPort: port)])
                 let id = try await docker.createContainer(container, name: name)
@@ -146,6 +147,20 @@ public struct LocalDeployer: Deployer {
                 healthy: false, detail: "container \(c.state)"))
         }
         return found
+    }
+
+    /// The container's environment: `settings.env`, and each name of `settings.secretEnv`
+    /// with its value (the container's Env, seen by whoever can inspect the cell's engine,
+    /// never by etcd or the API).
+    static func environment(of spec: VersionSpec, in cell: Cell) throws -> [String: String] {
+        var env = spec.settings.env
+        for name in spec.settings.secretEnv ?? [] {
+            guard let value = spec.secretValues[name] else {
+                throw KilnError.internalError("cell \(cell.name): version \(spec.version) of \(spec.app) names secret \(name) in secretEnv, but no value was looked up for it")
+            }
+            env[name] = value
+        }
+        return env
     }
 
     /// Registries on the loopback speak plain HTTP here (as Docker itself assumes).

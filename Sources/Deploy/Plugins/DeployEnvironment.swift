@@ -14,6 +14,8 @@ public struct DeployEnvironment: Sendable {
     /// The registry agents push to (`host:port`): a build record whose image is elsewhere is
     /// not deployed (`Build.deployableImage`). Nil checks the repository's name only.
     public var registry: String?
+    /// The URLs the notify plugin may call (`kiln scheduler --notify-allow`); none by default.
+    public var notifyAllow: NotifyAllowList = .none
 
     public init(store: AppStore, deployers: [String: any Deployer]) {
         self.store = store
@@ -21,13 +23,14 @@ public struct DeployEnvironment: Sendable {
     }
 
     /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints) and
-    /// `kubernetes` (API servers, with the bearer token in KILN_KUBE_TOKEN if set). Both pull
-    /// with `registryCredentials` (`kiln scheduler --registry-credentials`).
+    /// `kubernetes` (API servers, each reached with the cell's credential from `secrets`: the
+    /// scheduler's secret store; nil refuses every Kubernetes call). Both pull with
+    /// `registryCredentials` (`kiln scheduler --registry-credentials`).
     public static func standardDeployers(
-        kubeToken: String? = ProcessInfo.processInfo.environment["KILN_KUBE_TOKEN"], registryCredentials: RegistryCredentials? = nil
+        secrets: (any PipelineSecrets)? = nil, registryCredentials: RegistryCredentials? = nil
     ) -> [String: any Deployer] {
         ["local": LocalDeployer(registryCredentials: registryCredentials),
-         "kubernetes": KubernetesDeployer(token: kubeToken, registryCredentials: registryCredentials)]
+         "kubernetes": KubernetesDeployer(secrets: secrets, registryCredentials: registryCredentials)]
     }
 
     func deployer(_ backend: String) throws -> any Deployer {
@@ -77,6 +80,6 @@ public struct DeployEnvironment: Sendable {
 
     /// The deploy, lb, retire and notify plugins.
     public var plugins: [any PostBuildPlugin] {
-        [DeployPlugin(env: self), LBPlugin(env: self), RetirePlugin(env: self), NotifyPlugin()]
+        [DeployPlugin(env: self), LBPlugin(env: self), RetirePlugin(env: self), NotifyPlugin(allow: notifyAllow)]
     }
 }

@@ -62,7 +62,8 @@ public struct DeployPlugin: PostBuildPlugin {
                 cpu: ctx.double("cpu") ?? previous?.cpu,
                 memoryMB: ctx.int("memoryMB") ?? previous?.memoryMB,
                 env: ctx.stringMap("env") ?? previous?.env ?? [:],
-                healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health")
+                healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health",
+                secretEnv: ctx.strings("secretEnv") ?? previous?.secretEnv)
             var v = AppVersion(number: app.nextNumber, build: ctx.build.id, project: ctx.project.name, image: image,
                                backend: backend, cells: cells.map(\.name), settings: settings)
             v.tag = ctx.build.tag
@@ -79,10 +80,16 @@ public struct DeployPlugin: PostBuildPlugin {
             try await store.updateVersion(appName, version.number) { $0.state = .deploying; $0.error = nil; $0.instances = [] }
         }
         let s = version.settings
-        await ctx.log("deploy: version \(version.number) of \(appName) from \(image) (\(tagged)): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")")
+        await ctx.log("deploy: version \(version.number) of \(appName) from \(image) (\(tagged)): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")\((s.secretEnv ?? []).isEmpty ? "" : ", secret env \((s.secretEnv ?? []).joined(separator: ","))")")
 
         let spec = VersionSpec(app: appName, version)
         do {
+            // The values only now, for this start: the version's record keeps the names.
+            var values = SecretValues()
+            for name in s.secretEnv ?? [] {
+                values[name] = try await ctx.secretValue(name, for: "deploy's secretEnv")
+            }
+            let startSpec = VersionSpec(app: appName, version: version.number, image: version.image, settings: version.settings, secretValues: values)
             // Start in every cell at once. A failure in one cell lets the others finish (a
             // request cancelled half way could leave a container the engine creates after the
             // clean-up looked); then everything this version started is removed below.
@@ -90,7 +97,7 @@ public struct DeployPlugin: PostBuildPlugin {
                 for cell in cells {
                     group.addTask {
                         do {
-                            let instances = try await deployer.start(spec, in: cell)
+                            let instances = try await deployer.start(startSpec, in: cell)
                             await ctx.log("deploy: cell \(cell.name): started \(instances.map { "\($0.name) at \($0.address)" }.joined(separator: ", "))")
                             return .success(instances)
                         } catch {

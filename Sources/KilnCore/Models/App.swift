@@ -12,14 +12,21 @@ public struct DeploySettings: Codable, Sendable, Equatable {
     public var env: [String: String]
     /// Answers 2xx when an instance is healthy.
     public var healthPath: String
+    /// Names of the project's secrets (`kiln secret set`) given to the instances as
+    /// environment variables. Only the names are kept here (this record is in etcd in clear);
+    /// the deploy step looks the values up when it starts the version, and the backend hands
+    /// them to the instances (a container's Env, a Kubernetes Secret). Nil: none.
+    public var secretEnv: [String]?
 
-    public init(port: Int, replicas: Int = 1, cpu: Double? = nil, memoryMB: Int? = nil, env: [String: String] = [:], healthPath: String = "/health") {
+    public init(port: Int, replicas: Int = 1, cpu: Double? = nil, memoryMB: Int? = nil, env: [String: String] = [:], healthPath: String = "/health",
+                secretEnv: [String]? = nil) {
         self.port = port
         self.replicas = replicas
         self.cpu = cpu
         self.memoryMB = memoryMB
         self.env = env
         self.healthPath = healthPath
+        self.secretEnv = secretEnv
     }
 }
 

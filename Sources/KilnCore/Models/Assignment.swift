@@ -71,3 +71,30 @@ public struct LogChunk: Codable, Sendable, Equatable {
         self.end = end
     }
 }
+
+/// What the dispatcher grants an agent for one build, at `/kiln/grants/{agent}/{build}`
+/// (only schedulers write there): the repository it may push (the registry's token service)
+/// and the ref it was assigned, which decides whether the build may have the project's
+/// protected-only secrets. An agent can rewrite its build's record and task, not this.
+public struct BuildGrant: Codable, Sendable, Equatable {
+    public var repository: String
+    /// Nil in a grant written before refs were granted: such a build is treated as of no
+    /// protected ref.
+    public var ref: String?
+
+    public init(repository: String, ref: String?) {
+        self.repository = repository
+        self.ref = ref
+    }
+
+    /// The grant a key's value holds: JSON, or (written before issue 13) the bare repository.
+    public init(value: String) {
+        if value.hasPrefix("{"), let g = try? KilnJSON.decode(BuildGrant.self, from: value) {
+            self = g
+        } else {
+            self.init(repository: value, ref: nil)
+        }
+    }
+
+    public var value: String { (try? KilnJSON.encode(self)) ?? repository }
+}

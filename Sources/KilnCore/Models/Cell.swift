@@ -11,7 +11,8 @@ public struct Cell: Codable, Sendable, Equatable {
     public var name: String
     /// `local` or `kubernetes`.
     public var backend: String
-    /// `unix:///path/to/docker.sock` for `local`; `http(s)://host:port` of the API server for `kubernetes`.
+    /// `unix:///path/to/docker.sock` for `local`; `https://host:port` of the API server for `kubernetes`
+    /// (its credential and CA: `CellCredential`, in the secret store).
     public var endpoint: String
     /// Host ports the local backend may publish instances on (inclusive); nil: 20000…29999.
     public var firstPort: Int?
@@ -45,6 +46,14 @@ public struct Cell: Codable, Sendable, Equatable {
         default:
             guard let u = URL(string: endpoint), ["http", "https"].contains(u.scheme ?? ""), u.host?.isEmpty == false else {
                 throw KilnError.invalid("cell \(name): endpoint '\(Validation.printable(endpoint))' is not a Kubernetes API server URL; use https://host:port")
+            }
+            guard u.user == nil, u.password == nil else {
+                throw KilnError.invalid("cell \(name): the endpoint holds user information (user@host): give https://host:port, and the credential with `kiln cell credential set \(name)`")
+            }
+            // The cell's credential goes with every request: never over plain HTTP, where
+            // anyone on the way (or whoever could add a cell) would receive it.
+            guard u.scheme == "https" else {
+                throw KilnError.invalid("cell \(name): endpoint '\(Validation.printable(endpoint))' is plain HTTP; a Kubernetes cell must use https://host:port (its credential would travel in clear, and the server could not be checked against the cluster's CA)")
             }
         }
         if firstPort != nil || lastPort != nil {

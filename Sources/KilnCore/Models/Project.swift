@@ -170,6 +170,7 @@ public struct Project: Codable, Sendable, Equatable {
     public func validate() throws {
         try Validation.projectName(name)
         try Validation.repositoryURL(repository)
+        try Validation.repositoryURLHasNoPassword(repository)
         try Validation.imageReference(buildImage, field: "buildImage")
         if buildCommand.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
             throw KilnError.invalid("buildCommand is empty: give the command that builds the project, for example \"mvn -B -q package\"")

@@ -46,10 +46,14 @@ public enum Permission: String, Sendable, CaseIterable {
     case read
     /// Start, cancel and rebuild builds; push images.
     case build
+    /// List the names of the secrets and credentials builds get (never a value).
+    case listSecrets
     /// Deploy, roll back, retire and scale; point domains at an app.
     case deploy
     /// Change settings and visibility; add, change and remove members below owner.
     case manage
+    /// Set and remove secrets and credentials (docs/secrets.md); nobody reads them back.
+    case setSecrets
     /// Add, demote or remove owners; transfer ownership; delete the resource.
     case own
 
@@ -58,8 +62,8 @@ public enum Permission: String, Sendable, CaseIterable {
         switch self {
         case .view: .guest
         case .read: .reporter
-        case .build: .developer
-        case .deploy, .manage: .master
+        case .build, .listSecrets: .developer
+        case .deploy, .manage, .setSecrets: .master
         case .own: .owner
         }
     }
@@ -70,8 +74,10 @@ public enum Permission: String, Sendable, CaseIterable {
         case .view: "see the resource and its settings (never its secrets)"
         case .read: "read builds, logs, activity, app versions and instances; pull private images"
         case .build: "start, cancel and rebuild builds; push images"
+        case .listSecrets: "list the names of its secrets and credentials (never their values)"
         case .deploy: "deploy, roll back, retire and scale apps; point domains at them"
         case .manage: "change settings and visibility; add, change and remove members (not owners)"
+        case .setSecrets: "set and remove its secrets and credentials (write-only: nobody reads them back)"
         case .own: "add, demote and remove owners; transfer ownership; delete"
         }
     }

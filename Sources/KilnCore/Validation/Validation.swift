@@ -147,6 +147,38 @@ public enum Validation {
         throw bad("it has no transport")
     }
 
+    /// A project's repository URL may hold no password (`https://user:token@host/…`, also
+    /// `%3A`-encoded, and `user:token@host:path`): a credential in the URL would show in the
+    /// API, the console and logs. The message does not repeat it, and names
+    /// `kiln credential set git`. A user name alone (`ssh://git@host/…`, `git@host:path`) is
+    /// fine. `Project.validate` applies it on top of ``repositoryURL(_:)``; the agent does not
+    /// (its refusal would quote the URL), so a record saved before this rule still fetches.
+    public static func repositoryURLHasNoPassword(_ url: String) throws {
+        if let redacted = withoutPassword(url) {
+            throw KilnError.invalid("repository '\(printable(redacted))' holds a password or token in the URL, where the API, the console and build logs would show it: give the URL without it and set the credential with `kiln credential set git --project NAME --username USER` (the token from standard input; docs/secrets.md)")
+        }
+    }
+
+    /// `url` with the password of its user information replaced by `***`, or nil when it has
+    /// none: `scheme://user:password@host…`, `user:password@host:path` (scp-like).
+    static func withoutPassword(_ url: String) -> String? {
+        if let schemeEnd = url.range(of: "://") {
+            let rest = url[schemeEnd.upperBound...]
+            let authority = rest.prefix { $0 != "/" }
+            guard let at = authority.lastIndex(of: "@") else { return nil }
+            let userInfo = authority[..<at]
+            let colon = userInfo.firstIndex(of: ":") ?? userInfo.range(of: "%3a", options: .caseInsensitive)?.lowerBound
+            guard let colon else { return nil }
+            return String(url[..<schemeEnd.upperBound]) + userInfo[..<colon] + ":***" + String(url[at...])
+        }
+        // scp-like: the first ':' ends the host, so `user:password@host:path` reads as host
+        // `user` and a path holding `@` and another ':'.
+        guard let colon = url.firstIndex(of: ":"), !url[..<colon].contains("/"), !url[..<colon].contains("@") else { return nil }
+        let after = url[url.index(after: colon)...]
+        guard let at = after.firstIndex(of: "@"), after[at...].contains(":"), !after[..<at].contains("/") else { return nil }
+        return String(url[..<colon]) + ":***" + String(after[at...])
+    }
+
     /// The host of an scp-like address: letters and digits (any script), `.`, `-`, `_` and the
     /// brackets of an IPv6 literal.
     private static let scpHostCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-_[]"))

@@ -16,18 +16,22 @@ public struct API: Sendable {
     let schedulerID: String
 
     let metrics: SchedulerMetrics
+    /// The sealed secrets (nil store: the scheduler has no key file).
+    let secrets: SchedulerSecrets
 
-    public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), metrics: SchedulerMetrics = SchedulerMetrics(), logger: Logger) {
+    public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), metrics: SchedulerMetrics = SchedulerMetrics(),
+                secrets: SchedulerSecrets? = nil, logger: Logger) {
         self.store = store
         self.schedulerID = schedulerID
         self.metrics = metrics
+        self.secrets = secrets ?? SchedulerSecrets(keyFile: nil, etcd: store.etcd, keys: store.keys)
         self.logger = logger
     }
 
     public func addRoutes(to router: Router<KilnRequestContext>) {
         let auth = Authenticator(store: store, logger: logger)
         let access = Access(store: store)
-        let hook = GitLabWebhook(store: store, logger: logger, metrics: metrics)
+        let hook = GitLabWebhook(store: store, secrets: secrets, logger: logger, metrics: metrics)
         // The webhook keeps its per-project token (GitLab's "Secret token"): no user.
         router.post("hooks/gitlab") { request, _ in try await hook.handle(request) }
         let page = MetricsPage(store: store, metrics: metrics)
@@ -45,6 +49,8 @@ public struct API: Sendable {
         }
         let identity = IdentityAPI(store: store, auth: auth, access: access, logger: logger)
         identity.addRoutes(to: api)
+        SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
+        AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
             _ = try await auth.caller(request, context: context)
@@ -58,8 +64,11 @@ public struct API: Sendable {
         api.post("projects") { request, context in
             let caller = try await auth.caller(request, context: context)
             var request = request
-            let project = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
-            try Validation.projectName(project.name)
+            let asked = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
+            try Validation.projectName(asked.name)
+            // The webhook token is sealed apart from the record (write-only: never shown again).
+            var project = asked
+            project.webhookSecret = nil
             // What this decision is made on is what the write compares against (no swap between).
             let existing = try await store.projectIfExists(project.name)
             if let existing {
@@ -76,10 +85,17 @@ public struct API: Sendable {
                 // Putting a project in a group gives it the group's images: developers of the group only.
                 try await access.require(.build, caller, on: .group, group, hidden: groupNotFound(group))
             }
-            let created = try await store.saveProject(project, creator: caller.user, replacing: existing)
+            var webhookWrite: TxnOp?
+            if let token = asked.webhookSecret {
+                try asked.validate()
+                // An empty one removes it; none at all (a project saved back as the API shows it) keeps it.
+                webhookWrite = token.isEmpty ? .delete(store.keys.webhookSecret(project: project.name))
+                    : try secrets.require(to: "keep a webhook token").webhookSecretWrite(token, project: project.name, by: caller.user)
+            }
+            let created = try await store.saveProject(project, creator: caller.user, replacing: existing, webhookWrite: webhookWrite)
             logger.info(created ? "project added" : "project changed", metadata: ["project": "\(project.name)", "by": "\(caller.user)"])
             try await store.record(ActivityEvent(user: caller.user, action: created ? "project created" : "settings changed",
-                                                 detail: created ? nil : ProjectChanges.describe(from: existing?.project, to: project)), on: .project, project.name)
+                                                 detail: created ? nil : ProjectChanges.describe(from: existing?.project, to: asked)), on: .project, project.name)
             return json(try await store.project(project.name).redacted, status: created ? .created : .ok)  // a master or above: all but the secret
         }
         api.get("projects/:name") { request, context in
@@ -190,6 +206,8 @@ public struct API: Sendable {
             try access.requireAdmin(caller, to: "remove cells")
             let name = try context.parameters.require("name")
             try await store.deleteCell(name)
+            // A cell made again under this name must not inherit the old one's credential.
+            if let sealed = secrets.store { try await sealed.deleteCellCredential(name) }
             logger.info("cell removed", metadata: ["cell": "\(name)", "by": "\(caller.user)"])
             return json(["deleted": name])
         }

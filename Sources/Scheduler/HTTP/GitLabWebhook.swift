@@ -9,8 +9,10 @@ import NIOCore
 /// them (https://docs.gitlab.com/user/project/integrations/webhook_events/).
 ///
 /// The Kiln projects are found by the repository URL (`project.git_http_url`, or
-/// `git_ssh_url`), and the `X-Gitlab-Token` is checked against each one's `webhookSecret` in
-/// constant time. A push to a branch a project builds (`branches`, default its default
+/// `git_ssh_url`; user information in either URL is ignored), and the `X-Gitlab-Token` is
+/// checked in constant time against each one's webhook token, kept sealed apart from the
+/// record (`Keys.webhookSecret(project:)`; one still in a record, from before secrets were
+/// sealed, counts until the next start seals it). A push to a branch a project builds (`branches`, default its default
 /// branch) queues a build of `checkout_sha`; a tag push builds the tag, with the tag's name as
 /// the image tag; a deletion (`after` all zeros) builds nothing. A redelivery with the same
 /// `Idempotency-Key` (or `X-Gitlab-Event-UUID`) gets the first build back. Only the queue is
@@ -22,6 +24,7 @@ import NIOCore
 /// `"status": "ignored"` and the reason for an event or push Kiln does not build.
 struct GitLabWebhook: Sendable {
     let store: SchedulerStore
+    let secrets: SchedulerSecrets
     let logger: Logger
     let metrics: SchedulerMetrics
     /// GitLab sends at most 20 commits per push; 1 MiB is plenty.
@@ -100,9 +103,12 @@ struct GitLabWebhook: Sendable {
         guard !projects.isEmpty else {
             return answer(404, "rejected", "no Kiln project has the repository \(Validation.printable(urls[0])): add one with `kiln project add --repository …`", event: event)
         }
-        let opened = projects.filter { p in
-            guard let secret = p.webhookSecret, !secret.isEmpty, let token else { return false }
-            return Self.constantTimeEqual(secret, token)
+        var opened: [Project] = []
+        if let token {
+            for p in projects {
+                let sealed = try await secrets.store?.webhookSecret(project: p.name)
+                if let secret = sealed ?? p.webhookSecret, !secret.isEmpty, Self.constantTimeEqual(secret, token) { opened.append(p) }
+            }
         }
         guard !opened.isEmpty else {
             return answer(401, "rejected", token == nil
@@ -165,18 +171,37 @@ struct GitLabWebhook: Sendable {
         return json(Answer(status: outcome, reason: reason, builds: builds), status: HTTPResponse.Status(code: status))
     }
 
-    /// Repository URLs compared without case in the scheme and host, a trailing `/` or `.git`.
+    /// Repository URLs compared without case in the scheme and host, without user information
+    /// (`https://deploy@host/…`, `git@host:…`: a credential or login name is not part of which
+    /// repository it is), a trailing `/` or `.git`. The scp-like `git@host:group/app` and
+    /// `ssh://git@host/group/app` (port 22) are the same repository, as GitLab means them.
     static func normalized(_ url: String) -> String {
         var s = url.trimmingCharacters(in: .whitespaces)
         while s.hasSuffix("/") { s.removeLast() }
         if s.hasSuffix(".git") { s.removeLast(4) }
         if let range = s.range(of: "://") {
+            let scheme = s[..<range.lowerBound].lowercased()
             let afterScheme = s[range.upperBound...]
             let hostEnd = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
-            return s[..<hostEnd].lowercased() + s[hostEnd...]
+            var host = afterScheme[..<hostEnd]
+            if let at = host.lastIndex(of: "@") { host = host[host.index(after: at)...] }
+            var path = afterScheme[hostEnd...]
+            var h = host.lowercased()
+            if scheme == "ssh" {
+                if h.hasSuffix(":22") { h.removeLast(3) }
+                while path.hasPrefix("/") { path = path.dropFirst() }
+                return "ssh://\(h)/\(path)"
+            }
+            return "\(scheme)://\(h)\(path)"
         }
-        // scp-like user@host:path
-        if let colon = s.firstIndex(of: ":") { return s[..<colon].lowercased() + s[colon...] }
+        // scp-like [user@]host:path
+        if let colon = s.firstIndex(of: ":") {
+            var host = s[..<colon]
+            if let at = host.lastIndex(of: "@") { host = host[host.index(after: at)...] }
+            var path = s[s.index(after: colon)...]
+            while path.hasPrefix("/") { path = path.dropFirst() }
+            return "ssh://\(host.lowercased())/\(path)"
+        }
         return s
     }
 

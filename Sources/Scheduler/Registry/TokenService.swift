@@ -116,10 +116,7 @@ public struct RegistryTokenService: Sendable {
     }
 
     func machine(_ credentials: UserPassword) async throws -> RegistryCaller? {
-        guard (try? MachineCredential.validateName(credentials.user)) != nil,
-              let kv = try await store.etcd.get(store.keys.machine(credentials.user)),
-              let machine = try? KilnJSON.decode(MachineCredential.self, from: kv.value),
-              Secret.equal(MachineToken.sha256Hex(credentials.password), machine.tokenSHA256) else { return nil }
+        guard let machine = try await store.machine(credentials) else { return nil }
         switch machine.kind {
         case .deployer:
             return .deployer(machine.name)
@@ -130,7 +127,7 @@ public struct RegistryTokenService: Sendable {
             let tasks = try await store.etcd.range(prefix: store.keys.tasks(of: machine.name)).kvs
             let grants = try await store.etcd.range(prefix: store.keys.grants(of: machine.name)).kvs
             var granted: [String: String] = [:]
-            for kv in grants { if let build = Keys.name(of: kv.key, under: store.keys.grants(of: machine.name)) { granted[build] = kv.string } }
+            for kv in grants { if let build = Keys.name(of: kv.key, under: store.keys.grants(of: machine.name)) { granted[build] = BuildGrant(value: kv.string).repository } }
             let repositories = Set(tasks.compactMap { kv -> String? in
                 guard let task = try? KilnJSON.decode(BuildTask.self, from: kv.value), let repository = granted[task.build],
                       repository == task.project.repositoryName else { return nil }
