@@ -290,9 +290,9 @@ struct BuildRunner: TaskRunner {
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
             // In a child process: a silent server cannot hold the step past its limit or a cancel.
-            // LEAD (issue 13): once the git helper's branch is merged, pass the project's git
-            // credential here: `.fetch(mirror, credential: secrets.git)`.
-            let stats = try await GitFetcher(executable: kiln, policy: configuration.fetchPolicy).fetch(mirror)
+            // The project's git credential goes to the child on its standard input.
+            if let git = secrets.git { reporter.log("fetching with the project's git credential (\(git.summary))") }
+            let stats = try await GitFetcher(executable: kiln, policy: configuration.fetchPolicy).fetch(mirror, credential: secrets.git)
             reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(RepositoryEndpoint.redacted(project.repository))")
             let sha = try await blocking(cancel: flag) { try mirror.resolve(ref: task.ref, commit: task.commit) }
             try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
