@@ -9,8 +9,9 @@ import KilnCore
 /// `protectedOnly` secret is returned only for a build of a protected ref
 /// (`Project.isProtected(ref:)`), else `SecretLookup.withheld`.
 public protocol PipelineSecrets: Sendable {
-    /// The build secret `name` of `project` (or of its group) for a build of `ref`.
-    func secret(_ name: String, of project: Project, ref: String) async throws -> SecretLookup
+    /// The build secret `name` of `project` (or of its group) for a build of `ref`
+    /// (`Build.protectionRef`: nil when a request pinned the commit, which holds no protection).
+    func secret(_ name: String, of project: Project, ref: String?) async throws -> SecretLookup
     /// The credential of the Kubernetes cell `cell`, nil when none was set.
     func cellCredential(_ cell: String) async throws -> CellCredential?
 }

@@ -52,7 +52,7 @@ public struct PluginContext: Sendable {
         }
         let lookup: SecretLookup
         do {
-            lookup = try await secrets.secret(name, of: project, ref: build.ref)
+            lookup = try await secrets.secret(name, of: project, ref: build.protectionRef)
         } catch is CancellationError {
             throw CancellationError()
         } catch {

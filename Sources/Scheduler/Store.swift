@@ -105,7 +105,9 @@ public struct SchedulerStore: Sendable {
 
     /// The same, for a project the caller has just read (the transaction still checks that it
     /// exists).
-    func enqueue(_ project: Project, request: BuildRequest, delivery: String?) async throws -> (build: Build, created: Bool) {
+    /// `vouchedCommit`: the commit, if any, is the pushed head of the ref (a GitLab delivery); a
+    /// commit a person's request names marks the build `commitPinnedByRequest`.
+    func enqueue(_ project: Project, request: BuildRequest, delivery: String?, vouchedCommit: Bool = false) async throws -> (build: Build, created: Bool) {
         let name = project.name
         let ref = request.ref ?? project.defaultBranch
         try Validation.ref(ref)
@@ -116,6 +118,7 @@ public struct SchedulerStore: Sendable {
             id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
         build.priority = request.priority
+        if build.commit != nil && !vouchedCommit { build.commitPinnedByRequest = true }
         let entry = QueueEntry(queuing: build)
         var compare: [Compare] = [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)]
         var success: [TxnOp] = [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]

@@ -166,14 +166,15 @@ public struct SecretStore: Sendable {
     /// winning over the group's of the same name or host. A secret for protected refs only is
     /// given when `project.isProtected(ref:)`, else its name goes in `withheld` (a project's
     /// withheld secret does not fall back to the group's of the same name).
-    public func buildSecrets(project: Project, ref: String) async throws -> BuildSecrets {
+    /// A nil `ref` holds no protection (a commit pinned by a request).
+    public func buildSecrets(project: Project, ref: String?) async throws -> BuildSecrets {
         try Validation.projectName(project.name)
         let own = try await etcd.range(prefix: keys.secrets(of: .project(project.name))).kvs
         var inherited: [KeyValue] = []
         if let group = project.group { inherited = try await etcd.range(prefix: keys.secrets(of: .group(group))).kvs }
         var env: [String: BuildSecret] = [:], registries: [String: RegistryLogin] = [:], withheld: Set<String> = []
         var git: GitCredential?
-        let protected = project.isProtected(ref: ref)
+        let protected = ref.map(project.isProtected(ref:)) ?? false
         // The group's first, so the project's replace them.
         for kv in inherited + own {
             guard let slot = SecretSlot.of(kv.key, keys: keys) else { continue }

@@ -42,12 +42,12 @@ final class FixedPipelineSecrets: PipelineSecrets {
 
     var lookedUp: [String] { state.withLock { $0.lookedUp } }
 
-    func secret(_ name: String, of project: Project, ref: String) async throws -> SecretLookup {
+    func secret(_ name: String, of project: Project, ref: String?) async throws -> SecretLookup {
         state.withLock { s in
             s.lookedUp.append(name)
             let found = s.values["project \(project.name):\(name)"] ?? project.group.flatMap { s.values["group \($0):\(name)"] }
             guard let found else { return .missing }
-            if found.protectedOnly && !project.isProtected(ref: ref) { return .withheld }
+            if found.protectedOnly && !(ref.map(project.isProtected(ref:)) ?? false) { return .withheld }
             return .value(found.value)
         }
     }

@@ -42,9 +42,9 @@ struct ScriptedPlugin: PostBuildPlugin {
 /// One protected-only secret `TOKEN` and nothing else: enough to see the runner hand its
 /// store to the steps (the real store's rules are tested in SealingTests).
 struct OneProtectedSecret: PipelineSecrets {
-    func secret(_ name: String, of project: Project, ref: String) async throws -> SecretLookup {
+    func secret(_ name: String, of project: Project, ref: String?) async throws -> SecretLookup {
         guard name == "TOKEN" else { return .missing }
-        return project.isProtected(ref: ref) ? .value("twelve chars") : .withheld
+        return (ref.map(project.isProtected(ref:)) ?? false) ? .value("twelve chars") : .withheld
     }
     func cellCredential(_ cell: String) async throws -> CellCredential? { nil }
 }

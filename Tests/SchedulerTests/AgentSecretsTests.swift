@@ -32,6 +32,16 @@ struct AgentSecretsTests {
         return try KilnJSON.decode(Build.self, from: r.body)
     }
 
+    /// What the dispatcher's assignment writes for `agent`: the grant (with the build's
+    /// protection ref) and the record naming the agent, running.
+    static func hold(_ h: SchedulerHarness, _ build: Build, by agent: String) async throws {
+        var b = try await h.build(build.id)
+        b.agent = agent
+        b.status = .running
+        try await h.etcd.put(h.keys.build(b.id), try KilnJSON.encode(b))
+        try await h.etcd.put(h.keys.grant(agent: agent, build: b.id), BuildGrant(repository: "team/shop", ref: b.protectionRef).value)
+    }
+
     static let shop = #"{"name":"shop","group":"team","repository":"https://git.example.com/team/shop.git","buildImage":"a:1","buildCommand":"make","protectedRefs":["release/*"]}"#
 
     @Test func onlyTheAgentHoldingTheBuildGetsItsSecretsAndProtectedOnesOnlyForProtectedRefs() async throws {
@@ -55,8 +65,8 @@ struct AgentSecretsTests {
             let main = try await Self.queue(h, "shop", ref: "main")
             let feature = try await Self.queue(h, "shop", ref: "feature/x")
             // What the dispatcher writes in the assignment's transaction.
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: main.id), BuildGrant(repository: "team/shop", ref: "main").value)
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: feature.id), BuildGrant(repository: "team/shop", ref: "feature/x").value)
+            try await Self.hold(h, main, by: "agent-1")
+            try await Self.hold(h, feature, by: "agent-1")
 
             // Who is refused, and how.
             let refusals: [(String, [(String, String)], Int)] = [
@@ -72,6 +82,18 @@ struct AgentSecretsTests {
                 #expect(r.status == status && !r.body.contains("glpat") && !r.body.contains("signing-key"), "\(who): \(r.status) \(r.body)")
             }
             let noGrant = try await Self.queue(h, "shop", ref: "main")
+            // A developer pins a feature branch's commit on main: no protected ref is held.
+            let pinned = try await h.request(.POST, "/api/v1/projects/shop/builds", body: #"{"ref":"main","commit":"0123456789abcdef0123456789abcdef01234567"}"#)
+            let pinnedBuild = try KilnJSON.decode(Build.self, from: pinned.body)
+            #expect(pinnedBuild.commitPinnedByRequest == true && pinnedBuild.protectionRef == nil)
+            try await Self.hold(h, pinnedBuild, by: "agent-1")
+            let pinnedSecrets = try KilnJSON.decode(BuildSecrets.self, from: try await Self.ask(h, pinnedBuild.id, Self.basic("agent-1", agent1)).body)
+            #expect(pinnedSecrets.withheld == ["SIGNING_KEY"] && !pinnedSecrets.maskedValues.contains("signing-key-value"))
+            // Ended, its grant still there (the agent kept its task key): nothing more.
+            var ended = try await h.build(pinnedBuild.id)
+            ended.status = .succeeded
+            try await h.etcd.put(h.keys.build(ended.id), try KilnJSON.encode(ended))
+            #expect(try await Self.ask(h, pinnedBuild.id, Self.basic("agent-1", agent1)).status == 403, "an ended build")
             #expect(try await Self.ask(h, noGrant.id, Self.basic("agent-1", agent1)).status == 403, "a build without a grant")
             #expect(try await Self.ask(h, "not-a-build", Self.basic("agent-1", agent1)).status == 403)
             #expect(try await Self.ask(h, "Not_A_Build", Self.basic("agent-1", agent1)).status == 400)
@@ -149,7 +171,7 @@ struct AgentSecretsTests {
             // They are there, and open: an agent holding a build gets them back.
             let agent = try await Self.machine(h, "agent-1", kind: .agent)
             let build = try await Self.queue(h, "shop", ref: "main")
-            try await h.etcd.put(h.keys.grant(agent: "agent-1", build: build.id), BuildGrant(repository: "team/shop", ref: "main").value)
+            try await Self.hold(h, build, by: "agent-1")
             let given = try KilnJSON.decode(BuildSecrets.self, from: try await Self.ask(h, build.id, Self.basic("agent-1", agent)).body)
             #expect(Set(given.maskedValues) == ["glpat-git-token-value", "registry-password-value", "project-build-secret", "group-build-secret"])
 

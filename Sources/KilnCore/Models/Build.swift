@@ -61,6 +61,14 @@ public struct Build: Codable, Sendable, Equatable {
     public var finishedAt: Date?
     /// Who or what asked for it (`cli`, `api`, `webhook`, `kiln up`).
     public var trigger: String?
+    /// True when a person's request named the commit (a webhook's commit is the pushed head of
+    /// its ref): such a build holds no protected ref, whatever its ref says, since anyone who may
+    /// build could pin a feature branch's commit on `main` and so reach protected-only secrets.
+    public var commitPinnedByRequest: Bool?
+
+    /// The ref whose protection this build may claim (protected-only secrets, in the grant and
+    /// the pipeline); nil when a request pinned its commit.
+    public var protectionRef: String? { commitPinnedByRequest == true ? nil : ref }
     public var cancelRequested: Bool?
     /// Higher goes first; default 0.
     public var priority: Int?

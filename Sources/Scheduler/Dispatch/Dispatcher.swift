@@ -235,7 +235,7 @@ public struct Dispatcher: Service {
                 .createRevision(taskKey, .equal, 0),
             ],
             success: [.put(taskKey, taskValue), .delete(a.queued.key), .put(keys.build(id), try KilnJSON.encode(build)),
-                      .put(keys.grant(agent: a.agent, build: build.id), BuildGrant(repository: a.project.repositoryName, ref: build.ref).value)]))
+                      .put(keys.grant(agent: a.agent, build: build.id), BuildGrant(repository: a.project.repositoryName, ref: build.protectionRef).value)]))
         guard r.succeeded else {
             if a.queued.entry.record != nil {
                 // Perhaps only the carried record was stale (written by something that does not

@@ -153,7 +153,7 @@ struct GitLabWebhook: Sendable {
         }
         var created: [String] = [], repeated: [String] = []
         for project in targets {
-            let (build, isNew) = try await store.enqueue(project, request: wanted, delivery: delivery)
+            let (build, isNew) = try await store.enqueue(project, request: wanted, delivery: delivery, vouchedCommit: true)
             if isNew { created.append(build.id) } else { repeated.append(build.id) }
         }
         if created.isEmpty {

@@ -58,12 +58,18 @@ struct AgentSecrets: Sendable {
             logger.warning("build secrets refused: the build's project is not the one granted", metadata: ["agent.id": "\(agent)", "build.id": "\(id)", "granted": "\(grant.string)"])
             throw notHeld
         }
+        // A grant outlives its build while the agent keeps its task key (it may): an ended
+        // build, or one now assigned to another agent, gets nothing more.
+        guard !build.status.isFinal, build.agent == agent else {
+            logger.notice("build secrets refused: the build has ended or is not this agent's", metadata: ["agent.id": "\(agent)", "build.id": "\(id)", "status": "\(build.status)"])
+            throw notHeld
+        }
         // The ref the dispatcher granted, not the record's (which the agent may rewrite); a grant
         // from before refs were granted counts as no protected ref.
-        let grantedRef = BuildGrant(value: grant.string).ref ?? ""
+        let grantedRef = BuildGrant(value: grant.string).ref
         let given = try await secrets.require(to: "give builds their secrets").buildSecrets(project: project, ref: grantedRef)
         logger.info("build secrets given", metadata: [
-            "agent.id": "\(agent)", "build.id": "\(id)", "project": "\(project.name)", "ref": "\(grantedRef)",
+            "agent.id": "\(agent)", "build.id": "\(id)", "project": "\(project.name)", "ref": "\(grantedRef ?? "none (pinned commit or old grant)")",
             "env": "\(given.env.map(\.name).joined(separator: ","))", "registries": "\(given.registries.map(\.host).joined(separator: ","))",
             "git": "\(given.git.map { $0.summary } ?? "none")", "withheld": "\(given.withheld.joined(separator: ","))",
         ])
