@@ -158,6 +158,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Tests/Support"
         ),
@@ -177,7 +178,10 @@ let package = Package(
         .testTarget(name: "RegistryAuthTests", dependencies: ["RegistryAuth", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .testTarget(name: "BuildAgentTests", dependencies: ["BuildAgent", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "BuildAgentTests", dependencies: [
+            "BuildAgent", "LocalFarm", "Etcd", "KilnCore", "DockerAPI", "KilnTestSupport", .product(name: "Logging", package: "swift-log"),
+            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "LocalFarmTests", dependencies: ["LocalFarm", "DockerAPI", "Processes", "KilnTestSupport", "KilnCore", "Etcd"]),
         .testTarget(

@@ -30,6 +30,10 @@ public struct AgentConfiguration: Sendable {
     /// handed to the engine on push only: never to a build container. Nil: push anonymously
     /// (a registry without authentication).
     public var registryCredentials: RegistryCredentials?
+    /// The schedulers' API addresses (`SchedulerURLs.parse`) the agent asks for each build's
+    /// secrets, with `registryCredentials` as its login. Empty: builds get no secrets or
+    /// credentials (said at start and in each build's log).
+    public var schedulers: [String] = []
     /// A Maven repository mirror (for example Nexus) written into the global settings.xml
     /// mounted into compile containers; nil leaves the build image's settings alone.
     public var mavenMirror: String?

@@ -22,7 +22,10 @@ public struct AgentService: Service {
     let logger: Logger
     let runner: any TaskRunner
 
-    public init(configuration: AgentConfiguration, httpClient: HTTPClient? = nil, logger: Logger) {
+    /// - Parameter secrets: where builds get their secrets; nil: from `configuration.schedulers`
+    ///   with `configuration.registryCredentials` (`SchedulerSecretsClient`), or none when no
+    ///   scheduler is given.
+    public init(configuration: AgentConfiguration, httpClient: HTTPClient? = nil, logger: Logger, secrets: (any BuildSecretsSource)? = nil) {
         self.configuration = configuration
         self.etcd = EtcdClient(
             endpoint: configuration.etcdEndpoint, httpClient: httpClient ?? (configuration.etcdTLS == nil ? .shared : nil), logger: logger,
@@ -34,10 +37,13 @@ public struct AgentService: Service {
         if let duration = configuration.simulate {
             self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l)
         } else {
+            let fromSchedulers = configuration.schedulers.isEmpty ? nil : configuration.registryCredentials.map {
+                SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0)
+            }
             self.runner = BuildRunner(
                 configuration: configuration, etcd: etcd, keys: keys,
                 docker: DockerClient(socketPath: configuration.dockerSocket),
-                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l)
+                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l, secretsSource: secrets ?? fromSchedulers)
         }
     }
 

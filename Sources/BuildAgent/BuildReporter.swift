@@ -12,12 +12,36 @@ struct TaskLostError: Error, CustomStringConvertible {
     var description: String { "build \(build) was taken away from this agent" }
 }
 
-/// Lines of a build's log waiting to be written to etcd, under the log's cap (`LogCap`).
+/// Lines of a build's log waiting to be written to etcd, under the log's cap (`LogCap`), with
+/// the build's secret values masked (`SecretMasker`) once they are known (`mask(_:)`).
 /// Appending never waits, so any callback (container output, image build output) can feed it.
+///
+/// The build's output is masked as one stream (a value that spans lines is found), so a line
+/// whose end may begin a value waits for the next one; a line of the agent's own is masked
+/// whole and first lets out what the output held back, so the log keeps its order.
 final class LogBuffer: Sendable {
     private struct State {
         var lines: [String] = []
         var cap: LogCap
+        var masker = SecretMasker(values: [])
+        /// Masked output after its last newline: the start of a line still being held.
+        var partial = ""
+
+        mutating func emitOutput(_ text: String) {
+            guard !text.isEmpty else { return }
+            var pieces = (partial + text).split(separator: "\n", omittingEmptySubsequences: false)
+            partial = String(pieces.removeLast())
+            for line in pieces { lines += cap.output(String(line)) }
+        }
+
+        /// Lets out what the output's masking holds back (before a line of the agent's own).
+        mutating func releaseOutput() {
+            emitOutput(masker.finish())
+            if !partial.isEmpty {
+                lines += cap.output(partial)
+                partial = ""
+            }
+        }
     }
     private let state: Mutex<State>
 
@@ -25,19 +49,42 @@ final class LogBuffer: Sendable {
         state = Mutex(State(cap: LogCap(limit: maxBytes)))
     }
 
+    /// From now on every value in `values` is masked in the log and in `masked(_:)`.
+    func mask(_ values: [String]) {
+        state.withLock { s in
+            s.releaseOutput()
+            s.masker = SecretMasker(values: values)
+        }
+    }
+
+    /// `text` with the secret values masked: for what the build's record says.
+    func masked(_ text: String) -> String {
+        state.withLock { $0.masker.masked(text) }
+    }
+
     /// A line of the build's output: kept while the log is under its cap.
     func output(_ line: String) {
-        state.withLock { $0.lines += $0.cap.output(line) }
+        state.withLock { s in
+            if s.masker.isEmpty {
+                s.lines += s.cap.output(line)
+            } else {
+                s.emitOutput(s.masker.feed(line + "\n"))
+            }
+        }
     }
 
     /// A line of the agent's own: always kept.
     func append(_ line: String) {
-        state.withLock { $0.lines += $0.cap.agent(line) }
+        state.withLock { s in
+            s.releaseOutput()
+            s.lines += s.cap.agent(s.masker.masked(line))
+        }
     }
 
     /// Adds how much the cap dropped, if it dropped anything (once, at the end).
     func appendSummary() {
         state.withLock { s in
+            s.releaseOutput()
             if let note = s.cap.summary { s.lines += s.cap.agent(note) }
         }
     }
@@ -136,7 +183,7 @@ actor BuildReporter {
     /// Writes the build record. Throws `TaskLostError` if the task is no longer ours.
     func update(_ build: Build) async throws {
         try await flush()
-        let txn = Txn(compare: [guardCompare], success: [.put(keys.build(buildID), try KilnJSON.encode(build))])
+        let txn = Txn(compare: [guardCompare], success: [.put(keys.build(buildID), try KilnJSON.encode(masked(build)))])
         let r = try await persistently("writing the build record") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
@@ -144,7 +191,7 @@ actor BuildReporter {
     /// Writes the last log chunk, the final record and removes the task, in one transaction:
     /// whoever sees the log's end sees the build's end.
     func finish(_ build: Build) async throws {
-        var build = build
+        var build = masked(build)
         if build.status == .succeeded, !pipeline.isEmpty, build.deploy == nil {
             build.deploy = PipelineRun(run: 1, pipeline: pipeline, trigger: "build succeeded", requestedAt: build.finishedAt ?? Date())
             log("kiln: the post-build pipeline (\(pipeline.map(\.plugin).joined(separator: ", "))) starts next")
@@ -186,6 +233,18 @@ actor BuildReporter {
         let txn = Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(chunk))])
         let r = try await persistently("writing the log") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
+    }
+
+    /// From now on the build's secret values are masked in its log and record.
+    nonisolated func mask(_ values: [String]) { buffer.mask(values) }
+
+    /// `build` with the secret values masked in what it says of errors (a step's message may
+    /// quote the container engine, which may quote the build).
+    nonisolated func masked(_ build: Build) -> Build {
+        var build = build
+        build.error = build.error.map(buffer.masked)
+        for i in build.steps.indices { build.steps[i].error = build.steps[i].error.map(buffer.masked) }
+        return build
     }
 
     /// A line of the agent's own (never dropped by the log's cap).

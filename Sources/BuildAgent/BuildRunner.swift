@@ -40,6 +40,9 @@ struct BuildRunner: TaskRunner {
     let mirrorLocks: KeyedLock
     let cacheLocks: KeyedLock
     let logger: Logger
+    /// Where builds get their secrets (the schedulers); nil: an agent without `--scheduler`,
+    /// whose builds get none.
+    let secretsSource: (any BuildSecretsSource)?
     /// The ONBUILD triggers of base images this agent has read, by image ID.
     let triggerCache = ImageTriggerCache()
 
@@ -51,10 +54,16 @@ struct BuildRunner: TaskRunner {
     /// Writes the Maven settings, checks that the container API answers, and removes the
     /// containers an earlier run of this agent left (`removeOrphans`).
     func prepare() async throws {
+        if !configuration.schedulers.isEmpty && secretsSource == nil {
+            throw KilnError.invalid("agent \(configuration.id): --scheduler needs --registry-credentials, the machine credential the scheduler knows this agent by (make one with `kiln machine add \(configuration.id) --kind agent --out FILE`)")
+        }
         guard configuration.kilnExecutable != nil else {
             throw KilnError.unavailable("agent \(configuration.id): no kiln executable to run git fetches in (they run as `kiln git-fetch` so that a time limit can stop them): set KILN_BIN to the kiln program")
         }
         try writeMavenSettings()
+        // Secret files a crashed run of this agent left behind.
+        try? FileManager.default.removeItem(at: configuration.dataDir.appendingPathComponent("secrets"))
+        if secretsSource == nil { logger.warning("kiln agent \(configuration.id): \(Self.noSecretsNote)") }
         do {
             try await docker.ping()
         } catch {
@@ -176,9 +185,10 @@ struct BuildRunner: TaskRunner {
 
     private func runSteps(task: BuildTask, build: inout Build, workspace: URL, reporter: BuildReporter, control: BuildControl) async throws {
         let project = task.project
-        let commit = try await step(.fetch, limit: configuration.timeouts.fetch, build: &build, reporter: reporter, control: control) {
-            try await fetch(task: task, workspace: workspace, reporter: reporter)
-        }
+        let (commit, secrets) = try await step(.fetch, limit: configuration.timeouts.fetch, build: &build, reporter: reporter, control: control) {
+            let secrets = try await receiveSecrets(task: task, reporter: reporter)
+            return Fetched(commit: try await fetch(task: task, workspace: workspace, secrets: secrets, reporter: reporter), secrets: secrets)
+        }.pair
         build.commit = commit
         let tag = task.tag ?? String(commit.prefix(7))
         let repository = "\(configuration.registry)/\(project.repositoryName)"
@@ -187,23 +197,26 @@ struct BuildRunner: TaskRunner {
 
         let sandbox = BuildSandbox(network: configuration.compileNetwork, agentLimits: configuration.limits, project: project)
         try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
-            try await compile(task: task, workspace: workspace, sandbox: sandbox, reporter: reporter)
+            try await compile(task: task, workspace: workspace, sandbox: sandbox, secrets: secrets, reporter: reporter)
         }
         // The image leaves the engine's storage once pushed (or failed): every project's builds
         // share that storage, and another build's `FROM registry/<this project>:<tag>` or build
         // image would otherwise be served from it without asking the registry, whose tokens
         // keep one project's images from another.
         let reference = "\(repository):\(tag)"
+        // The names pushTo gives the image go first: removing the farm's name then removes
+        // the image itself.
+        let names = (project.pushTo ?? []).map { "\($0):\(tag)" } + [reference]
         let removeLocal: @Sendable () async -> Void = { [docker] in
-            await outlivingCancellation { try? await docker.removeImage(reference, force: true) }
+            await outlivingCancellation { for name in names { try? await docker.removeImage(name, force: true) } }
         }
-        let digest: String
+        let pushed: Pushed
         do {
             try await step(.image, limit: configuration.timeouts.image, build: &build, reporter: reporter, control: control) {
-                try await image(task: task, workspace: workspace, reference: reference, sandbox: sandbox, reporter: reporter)
+                try await image(task: task, workspace: workspace, reference: reference, sandbox: sandbox, secrets: secrets, reporter: reporter)
             }
-            digest = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
-                try await push(repository: repository, project: project.name, tag: tag, reporter: reporter)
+            pushed = try await step(.push, limit: configuration.timeouts.push, build: &build, reporter: reporter, control: control) {
+                try await push(repository: repository, project: project, tag: tag, secrets: secrets, reporter: reporter)
             }
         } catch {
             await removeLocal()
@@ -211,7 +224,15 @@ struct BuildRunner: TaskRunner {
         }
         await removeLocal()
         build.image = reference
-        build.digest = digest
+        build.digest = pushed.digest
+        build.pushedTo = pushed.elsewhere.isEmpty ? nil : pushed.elsewhere
+    }
+
+    /// What the fetch step gives the later ones.
+    private struct Fetched: Sendable {
+        let commit: String
+        let secrets: BuildSecrets
+        var pair: (String, BuildSecrets) { (commit, secrets) }
     }
 
     /// Runs one step with its time limit, recording start, end, duration and outcome.
@@ -261,7 +282,7 @@ struct BuildRunner: TaskRunner {
     }
 
     // fetch: libgit2 mirror per project, incremental fetch, exact checkout.
-    private func fetch(task: BuildTask, workspace: URL, reporter: BuildReporter) async throws -> String {
+    private func fetch(task: BuildTask, workspace: URL, secrets: BuildSecrets, reporter: BuildReporter) async throws -> String {
         let project = task.project
         try checkFileRepository(project.repository)
         let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
@@ -269,130 +290,15 @@ struct BuildRunner: TaskRunner {
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
             // In a child process: a silent server cannot hold the step past its limit or a cancel.
-            let stats = try await GitFetcher(executable: kiln, policy: configuration.fetchPolicy).fetch(mirror)
+            // The project's git credential goes to the child on its standard input.
+            if let git = secrets.git { reporter.log("fetching with the project's git credential (\(git.summary))") }
+            let stats = try await GitFetcher(executable: kiln, policy: configuration.fetchPolicy).fetch(mirror, credential: secrets.git)
             reporter.log("fetched \(stats.receivedObjects) objects (\(stats.receivedBytes / 1024) KiB) from \(RepositoryEndpoint.redacted(project.repository))")
             let sha = try await blocking(cancel: flag) { try mirror.resolve(ref: task.ref, commit: task.commit) }
             try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
             try await blocking(cancel: flag) { try mirror.checkout(commit: sha, into: workspace) }
             reporter.log("checked out \(sha) (\(task.commit == nil ? "tip of \(task.ref)" : "exact commit"))")
             return sha
-        }
-    }
-
-    // compile: the build command in the project's build image, the checkout mounted as
-    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2 (the
-    // protected one for protected refs), in the build's sandbox.
-    private func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
-        let project = task.project
-        // nosuid, nodev: a root build could leave a setuid-root program in its checkout or
-        // cache, which a user of the agent's machine could then run.
-        var mounts = ["\(workspace.path):/workspace:rw,nosuid,nodev"]
-        if FileManager.default.fileExists(atPath: mavenSettings.path) {
-            mounts.append("\(mavenSettings.path):/etc/maven/settings.xml:ro,nosuid,nodev")
-        }
-        let baseMounts = mounts
-        let runIt: @Sendable ([String]) async throws -> Void = { binds in
-            let spec = sandbox.confine(ContainerSpec(
-                image: project.buildImage, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
-                env: ["KILN_BUILD": task.build, "KILN_PROJECT": project.name], binds: binds,
-                labels: ["kiln.build": task.build, "kiln.agent": configuration.id]))
-            reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
-            let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
-            if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
-        }
-        reporter.log(sandbox.summary)
-        if task.mvncache {
-            let choice = try await cachePlacement(task: task)
-            let cache = cachesDir.appendingPathComponent(choice.folder)
-            try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
-            reporter.log("Maven cache: \(choice.protected ? "the protected one (\(task.ref) is a protected ref)" : "the one of unprotected refs (only the default branch and protectedRefs use the protected one)")")
-            // One build at a time writes a cache: Maven's local repository is not safe for
-            // two processes.
-            if await cacheLocks.isHeld(choice.folder) {
-                reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
-            }
-            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2:rw,nosuid,nodev"]) }
-        } else {
-            try await runIt(baseMounts)
-        }
-    }
-
-    /// Creates, starts and waits for a container, streaming its output into the log.
-    /// The container is removed in every case; on cancellation it is stopped first.
-    /// The container is named, so that one created by a request this build cancelled
-    /// halfway (podman made it, the answer never came) is still found and removed.
-    private func runContainer(_ spec: ContainerSpec, name: String, reporter: BuildReporter) async throws -> Int {
-        let docker = self.docker
-        // Left by an earlier run of this very attempt (an agent that crashed): remove it.
-        try? await docker.remove(name, force: true)
-        let id: String
-        do {
-            id = try await docker.createContainer(spec, name: name)
-        } catch {
-            await outlivingCancellation { try? await docker.remove(name, force: true) }
-            if Task.isCancelled { throw CancellationError() }
-            throw StepFailure(step: .compile, message: "could not create the build container from '\(spec.image)': \(error)")
-        }
-        do {
-            try await docker.start(id)
-            // The output to its end (the container has exited then), and only then the exit
-            // code: podman 4.3's Docker-API `wait` spins a core for as long as it is open
-            // (containers/podman#18150), which halved the build's CPU here.
-            let code = try await streamOutput(of: id, docker: docker) { reporter.output($0) }
-            try? await docker.remove(id, force: true)
-            return code
-        } catch {
-            // Stop the container even though this task is cancelled.
-            await outlivingCancellation {
-                try? await docker.stop(id, timeoutSeconds: 2)
-                try? await docker.remove(id, force: true)
-            }
-            throw error
-        }
-    }
-
-    // image: the project's Dockerfile, built through the same API from the context folder,
-    // both resolved through links and inside the checkout, RUN steps in the build's sandbox.
-    private func image(task: BuildTask, workspace: URL, reference: String, sandbox: BuildSandbox, reporter: BuildReporter) async throws {
-        let project = task.project
-        let (context, dockerfile, text) = try resolveImageInputs(project: project, workspace: workspace)
-        // Base images pulled from the farm's registry leave the engine's storage with the step,
-        // for the reason the built image does (see runSteps).
-        let pulled = Locked<[String]>([])
-        let docker = self.docker
-        let removePulled: @Sendable () async -> Void = {
-            await outlivingCancellation { for name in pulled.withLock({ $0 }) { try? await docker.removeImage(name, force: false) } }
-        }
-        do {
-            let pinned = try await checkBaseImages(text, project: project, pulled: pulled, reporter: reporter)
-            reporter.log("building \(reference) from \(project.dockerfile)")
-            let cgroup = imageCgroup(task: task, sandbox: sandbox, reporter: reporter)
-            defer { cgroup?.remove() }
-            do {
-                let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, dockerfileText: pinned, tag: reference,
-                                                confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.output($0) }
-                reporter.log("image \(id)")
-            } catch let e as DockerError {
-                throw StepFailure(step: .image, message: "\(e)")
-            }
-        } catch {
-            await removePulled()
-            throw error
-        }
-        await removePulled()
-    }
-
-    // push: to the registry; the digest from the push stream, else from the registry.
-    private func push(repository: String, project: String, tag: String, reporter: BuildReporter) async throws -> String {
-        reporter.log("pushing \(repository):\(tag)")
-        do {
-            let fromStream = try await docker.push(image: repository, tag: tag, insecure: configuration.registryInsecure,
-                                                   credentials: configuration.registryCredentials) { reporter.output($0) }
-            if let d = fromStream { return d }
-            return try await DockerClient.registryDigest(registry: configuration.registry, repository: project, tag: tag,
-                                                         insecure: configuration.registryInsecure, credentials: configuration.registryCredentials)
-        } catch let e as DockerError {
-            throw StepFailure(step: .push, message: "could not push to \(configuration.registry): \(e)")
         }
     }
 }

@@ -4,16 +4,31 @@ extension DockerClient {
     /// The ID ("sha256:…") of the image the engine has under `name` (a name, a name with a
     /// tag or digest, or an ID), or nil when it has none. Never pulls.
     public func imageID(_ name: String) async throws -> String? {
+        struct Inspected: Decodable { let Id: String }
+        return try await inspectImage(name, as: Inspected.self)?.Id
+    }
+
+    /// The user the image's containers run as (its configuration's `User`: a name or a uid,
+    /// with an optional `:group`; empty for root), or nil when the engine has no such image.
+    public func imageUser(_ name: String) async throws -> String? {
+        struct Inspected: Decodable {
+            struct Config: Decodable { let User: String? }
+            let Config: Config?
+        }
+        return try await inspectImage(name, as: Inspected.self).map { $0.Config?.User ?? "" }
+    }
+
+    /// `GET /images/{name}/json` read as `T`; nil when the engine has no such image.
+    private func inspectImage<T: Decodable>(_ name: String, as type: T.Type) async throws -> T? {
         let operation = "inspect image \(name)"
         let response = try await send(.GET, "/images/\(escapePath(name))/json", operation: operation)
         let status = response.status.code
         let data = try await expect(response, [200, 404], operation)
         guard status == 200 else { return nil }
-        struct Inspected: Decodable { let Id: String }
-        guard let inspected = try? JSONDecoder().decode(Inspected.self, from: data) else {
+        guard let inspected = try? JSONDecoder().decode(T.self, from: data) else {
             throw DockerError(operation, 200, "unexpected answer: \(String(decoding: data.prefix(300), as: UTF8.self))")
         }
-        return inspected.Id
+        return inspected
     }
 
     /// The ONBUILD triggers of the image `id` (its configuration's `config.OnBuild`), in order.

@@ -136,6 +136,14 @@ extension DockerClient {
         return digest
     }
 
+    /// Gives the image `source` (a name or an ID) the further name `repository:tag`, as
+    /// `docker tag` does; the image's other names stay.
+    public func tag(_ source: String, repository: String, tag: String) async throws {
+        let operation = "tag \(source) as \(repository):\(tag)"
+        let response = try await send(.POST, "/images/\(escapePath(source))/tag", query: [("repo", repository), ("tag", tag)], operation: operation)
+        _ = try await expect(response, [200, 201], operation)
+    }
+
     /// Whether the engine has an image of this name or id.
     public func imageExists(_ name: String) async throws -> Bool {
         let operation = "inspect image \(name)"

@@ -8,7 +8,8 @@ extension DockerClient {
     ///
     /// A registry with token authentication answers 401 with a Bearer challenge: with
     /// `credentials` the token is asked from the challenge's realm (HTTP Basic) and the request
-    /// made again with it; without, that is an error that says credentials are needed.
+    /// made again with it; one with a Basic challenge (htpasswd) gets `credentials` as HTTP
+    /// Basic; without credentials, either is an error that says credentials are needed.
     ///
     /// - Parameters:
     ///   - registry: "host:port", or a base URL ("http://host:port") whose scheme wins.
@@ -35,10 +36,10 @@ extension DockerClient {
             throw DockerError(operation, nil, "the registry does not answer: \(error)")
         }
         _ = try? await response.body.collect(upTo: 1 << 20)
+        let challengeHeader = response.headers.first(name: "Www-Authenticate") ?? ""
         if response.status.code == 401, let credentials,
-           let challenge = response.headers.first(name: "Www-Authenticate").flatMap(BearerChallenge.init(header:)) {
-            let token = try await challenge.token(credentials: credentials, httpClient: httpClient, operation: operation)
-            request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)")
+           let authorization = try await authorization(challengeHeader, credentials: credentials, httpClient: httpClient, operation: operation) {
+            request.headers.replaceOrAdd(name: "Authorization", value: authorization)
             do {
                 response = try await httpClient.execute(request, timeout: .seconds(30))
             } catch {
@@ -57,10 +58,19 @@ extension DockerClient {
         case 401, 403:
             throw DockerError(operation, Int(response.status.code), credentials == nil
                 ? "the registry asks for credentials"
-                : "the registry refused \(credentials!.user): its token does not allow pulling \(repository)")
+                : "the registry refused \(credentials!.user): \(challengeHeader.lowercased().hasPrefix("basic") ? "wrong user or password" : "its token does not allow pulling \(repository)")")
         default:
             throw DockerError(operation, Int(response.status.code), "the registry answered \(response.status)")
         }
+    }
+
+    /// The `Authorization` of a request answered with `challenge`: a Bearer token from the
+    /// challenge's realm, or HTTP Basic; nil for a challenge of another kind.
+    private static func authorization(_ challenge: String, credentials: RegistryCredentials, httpClient: HTTPClient, operation: String) async throws -> String? {
+        if let bearer = BearerChallenge(header: challenge) {
+            return "Bearer " + (try await bearer.token(credentials: credentials, httpClient: httpClient, operation: operation))
+        }
+        return challenge.lowercased().hasPrefix("basic") ? credentials.basicAuthorization : nil
     }
 
     /// A "sha256:<64 hex>" found after "digest: " in a status line.

@@ -65,7 +65,11 @@ public final class RegistryServer: Sendable {
     /// Starts a registry storing under `root` (created if missing; `<root>/config.yml` and
     /// `<root>/data`). With `port` nil a free port is picked; a given port that is taken is a
     /// `FarmError`. Its output goes to `logFile`, by default `<root>/registry.log`.
-    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil) async throws -> RegistryServer {
+    ///
+    /// `htpasswd` (a file of `user:bcrypt-hash` lines, `htpasswd -Bbn USER PASSWORD`) turns on
+    /// Distribution's HTTP Basic authentication instead: a registry of someone else's, as a
+    /// project's `pushTo` or a private base image's registry would be.
+    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
@@ -82,11 +86,11 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd), to: config.path)
             let process = try ManagedProcess(
                 name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
             do {
-                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, authenticated: auth != nil) }
+                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil) }
                 return RegistryServer(root: root, port: chosen, logFile: logFile, process: process)
             } catch {
                 process.killNow()
@@ -103,7 +107,7 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil) -> String {
         var text = """
         version: 0.1
         log:
@@ -122,6 +126,15 @@ public final class RegistryServer: Sendable {
             enabled: false
 
         """
+        if let htpasswd, auth == nil {
+            text += """
+            auth:
+              htpasswd:
+                realm: "kiln-test"
+                path: "\(htpasswd.path)"
+
+            """
+        }
         if let auth {
             // Quoted: YAML would read a bare URL fine, but a path or name with ': ' would not.
             text += """
@@ -155,13 +168,13 @@ public final class RegistryServer: Sendable {
         return text
     }
 
-    /// `GET /v2/` answers 200, or 401 with a Bearer challenge when token auth is on.
-    private static func answers(port: Int, authenticated: Bool) async -> Bool {
+    /// `GET /v2/` answers 200, or 401 with `challenge` (`Bearer `, `Basic `) when auth is on.
+    private static func answers(port: Int, challenge: String?) async -> Bool {
         let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v2/")
         guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 16)
-        if authenticated {
-            return response.status.code == 401 && response.headers.first(name: "Www-Authenticate")?.hasPrefix("Bearer ") == true
+        if let challenge {
+            return response.status.code == 401 && response.headers.first(name: "Www-Authenticate")?.hasPrefix(challenge) == true
         }
         return response.status.code == 200
     }

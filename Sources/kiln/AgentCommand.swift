@@ -70,6 +70,17 @@ struct AgentCommand: AsyncParsableCommand {
         """, valueName: "file"))
     var registryCredentials: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_CREDENTIALS"]
 
+    @Option(name: .long, help: ArgumentHelp("""
+        The scheduler's API address, or several comma-separated, tried in turn (env \
+        KILN_SCHEDULER): at the start of every build the agent asks it for that build's \
+        secrets (the project's git credential, registry logins and build secrets), logging in \
+        with --registry-credentials; the scheduler gives them only to the agent it assigned \
+        the build to. http:// only for a scheduler on this machine's loopback, https:// \
+        elsewhere. Without it builds get no secrets or credentials (a warning at start and in \
+        every build's log), and projects that need them fail.
+        """, valueName: "url[,url…]"))
+    var scheduler: String? = ProcessInfo.processInfo.environment["KILN_SCHEDULER"].flatMap { $0.isEmpty ? nil : $0 }
+
     @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
 
@@ -160,6 +171,12 @@ struct AgentCommand: AsyncParsableCommand {
                 throw ValidationError("--registry-credentials: \(path) holds the credentials of '\(credentials.user)', not of this agent '\(id)': the token service grants an agent the repositories of its own builds only")
             }
         }
+        if let scheduler {
+            do { _ = try SchedulerURLs.parse(scheduler) } catch { throw ValidationError("--scheduler: \(error)") }
+            guard registryCredentials != nil || simulate != nil else {
+                throw ValidationError("--scheduler needs --registry-credentials: the scheduler gives a build's secrets only to the agent it knows by that machine credential (make one with `kiln machine add \(id) --kind agent --out FILE`)")
+            }
+        }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
         }
@@ -203,13 +220,14 @@ struct AgentCommand: AsyncParsableCommand {
             // This very program runs the fetches (`kiln git-fetch`), whatever its file is named.
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
             registryCredentials: try registryCredentials.map(RegistryCredentials.read))
+        if simulate == nil, let scheduler { config.schedulers = try SchedulerURLs.parse(scheduler) }
         config.etcdCredentials = try etcd.access.readCredentials()
         config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)
         if let duration = config.simulate {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")
         } else {
-            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description); \(config.fetchPolicy.summary)")
+            logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description); \(config.fetchPolicy.summary); secrets from \(config.schedulers.isEmpty ? "nowhere (no --scheduler)" : config.schedulers.joined(separator: ", "))")
             if compileNetwork == .host {
                 logger.warning("kiln agent \(id): --compile-network host: every build runs on this machine's network and can reach etcd, the scheduler and the registry on loopback. Use it only when every build on this agent is trusted; the default is bridge")
             }

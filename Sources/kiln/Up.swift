@@ -137,7 +137,7 @@ struct Up: AsyncParsableCommand {
                     arguments: ["agent", "--id", id, "--capacity", String(capacity), "--data-dir", data.appendingPathComponent("agents/\(id)").path,
                                 "--etcd", infra.etcd.endpoint, "--etcd-credentials", agentCredentials.path, "--docker-socket", infra.podman.socketPath, "--registry", infra.registry.address,
                                 "--maven-mirror", infra.mavenMirrorForBuilds, "--allow-fetch-from", infra.gitServerForFetches,
-                                "--build-pids", String(buildPids), "--log-level", logLevel] + registryCredentials.agentArguments(id),
+                                "--build-pids", String(buildPids), "--scheduler", api, "--log-level", logLevel] + registryCredentials.agentArguments(id),
                     logFile: logs.appendingPathComponent("\(id).log"))
                 processes.append(agent)
             }

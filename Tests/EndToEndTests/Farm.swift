@@ -62,6 +62,8 @@ final class Farm: Sendable {
             mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
         configuration.fetchPolicy = try! FetchPolicy(parsing: [infra.gitServerForFetches] + allowFetchFrom, denyPrivate: false)
         configuration.registryCredentials = registryAuth.machines[id]
+        // Each build's secrets from the farm's scheduler, as `kiln up`'s agents get them.
+        configuration.schedulers = [api]
         // Unreadable (no user made for this id): the agent runs anonymous and etcd refuses it.
         configuration.etcdCredentials = try? infra.etcdUsers.credentials(.agent(id))
         return configuration

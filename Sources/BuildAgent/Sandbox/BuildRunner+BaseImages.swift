@@ -24,12 +24,15 @@ final class ImageTriggerCache: Sendable {
 extension BuildRunner {
     /// The Dockerfile as the image step sends it, after the base images' ONBUILD triggers were
     /// checked. For each `FROM` that names an image (`DockerfilePolicy.baseImages`):
-    /// 1. the image is made present in the engine as the build itself would: the build sends
-    ///    no pull policy, which podman's compat `/build` reads as "if missing", and no
-    ///    registry credentials; so it is pulled only when the engine does not have it, and
+    /// 1. the image is made present in the engine. On a registry the project has a login for
+    ///    (`BuildSecrets.login(for:)`) it is always pulled with that login, so that the registry,
+    ///    not the engine's storage, decides, and hidden from other builds
+    ///    (`pullWithLogin`). Otherwise as the build itself would: the build sends no pull
+    ///    policy, which podman's compat `/build` reads as "if missing", and no registry
+    ///    credentials; so it is pulled only when the engine does not have it, and
     ///    anonymously, except that an image of the farm's registry (only the build's own
     ///    project's passes `checkImages`) is pulled with the agent's credentials, whose token
-    ///    the registry scopes to this build's project. Such a pull is written into `pulled`:
+    ///    the registry scopes to this build's project. Either pull is written into `pulled`:
     ///    it leaves the engine's storage after the step, like the built image;
     /// 2. its triggers (read from its configuration by ID, `ImageTriggerCache`) are checked by
     ///    the Dockerfile's own rules (`DockerfilePolicy.triggerRefusal`): buildah runs them as
@@ -37,7 +40,7 @@ extension BuildRunner {
     /// 3. the FROM is rewritten to name that image's ID (`DockerfilePolicy.pinning`): a tag
     ///    re-pushed after the check, and pulled meanwhile by another build or a deploy, still
     ///    cannot put an unchecked image under this build. The builder never pulls an ID.
-    func checkBaseImages(_ text: String, project: Project, pulled: Locked<[String]>, reporter: BuildReporter) async throws -> String {
+    func checkBaseImages(_ text: String, project: Project, secrets: BuildSecrets, pulled: Locked<[String]>, reporter: BuildReporter) async throws -> String {
         let bases: [DockerfilePolicy.BaseImage]
         switch DockerfilePolicy.baseImages(text) {
         case .success(let found): bases = found
@@ -51,13 +54,26 @@ extension BuildRunner {
                     ids[base.line] = id
                     continue
                 }
-                var id = try await docker.imageID(base.image)
+                var id: String?
+                if let login = secrets.login(for: ImageRegistry.host(of: base.image)) {
+                    let hidden = try await pullWithLogin(base.image, login: login, project: project.name, step: .image, reporter: reporter)
+                    pulled.withLock { $0.append(hidden) }
+                    id = try await docker.imageID(hidden)
+                } else {
+                    id = try await docker.imageID(base.image)
+                }
                 if id == nil {
                     let inFarmRegistry = base.image.split(separator: "/").first.map { $0.lowercased() == configuration.registry.lowercased() } ?? false
                     reporter.log("pulling the base image \(base.image)\(inFarmRegistry ? " with this agent's registry credentials" : "")")
                     if inFarmRegistry { pulled.withLock { $0.append(base.image) } }
-                    try await docker.pull(base.image, insecure: inFarmRegistry && configuration.registryInsecure,
-                                          credentials: inFarmRegistry ? configuration.registryCredentials : nil) { reporter.output($0) }
+                    do {
+                        try await docker.pull(base.image, insecure: inFarmRegistry && configuration.registryInsecure,
+                                              credentials: inFarmRegistry ? configuration.registryCredentials : nil) { reporter.output($0) }
+                    } catch let e as DockerError where !inFarmRegistry && Self.looksRefused(e.message) {
+                        let host = ImageRegistry.host(of: base.image)
+                        throw StepFailure(step: .image, message: "\(e); the registry \(host) asks for credentials the project has not got: set a login with `kiln credential set registry \(host) --project \(project.name)`"
+                            + (secretsSource == nil ? " (and start this agent with --scheduler: without it builds get no credentials)" : ""))
+                    }
                     id = try await docker.imageID(base.image)
                 }
                 guard let id else {

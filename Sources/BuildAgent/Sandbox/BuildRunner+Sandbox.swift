@@ -14,18 +14,27 @@ extension BuildRunner {
         }
     }
 
-    /// The Maven cache this build mounts (`MavenCachePlacement`); reads the mirror only when
-    /// a protected ref's build pins a commit.
+    /// The Maven cache this build mounts (`MavenCachePlacement`).
     func cachePlacement(task: BuildTask) async throws -> MavenCachePlacement.Choice {
+        MavenCachePlacement.choose(project: task.project, ref: task.ref, pinnedCommit: task.commit?.isEmpty == false,
+                                   commitOnRef: try await pinnedCommitOnRef(task: task))
+    }
+
+    /// Whether the build counts as one of a protected ref (`MavenCachePlacement.isProtectedBuild`).
+    func isProtectedBuild(task: BuildTask) async throws -> Bool {
+        MavenCachePlacement.isProtectedBuild(project: task.project, ref: task.ref, pinnedCommit: task.commit?.isEmpty == false,
+                                             commitOnRef: try await pinnedCommitOnRef(task: task))
+    }
+
+    /// Whether the commit the build pins is on its ref, as the fetched mirror has it; reads the
+    /// mirror only when a protected ref's build pins a commit (false otherwise, unused then).
+    private func pinnedCommitOnRef(task: BuildTask) async throws -> Bool {
         let project = task.project
-        var onRef = false
-        if let commit = task.commit, !commit.isEmpty, project.isProtected(ref: task.ref) {
-            let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
-            onRef = try await mirrorLocks.withLock(project.name) {
-                try await blocking(cancel: nil) { try mirror.isCommit(commit, onRef: task.ref) }
-            }
+        guard let commit = task.commit, !commit.isEmpty, project.isProtected(ref: task.ref) else { return false }
+        let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
+        return try await mirrorLocks.withLock(project.name) {
+            try await blocking(cancel: nil) { try mirror.isCommit(commit, onRef: task.ref) }
         }
-        return MavenCachePlacement.choose(project: project, ref: task.ref, pinnedCommit: task.commit?.isEmpty == false, commitOnRef: onRef)
     }
 
     /// The context folder and the Dockerfile's path relative to it, both resolved through

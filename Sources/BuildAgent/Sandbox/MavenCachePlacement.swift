@@ -21,9 +21,15 @@ enum MavenCachePlacement {
     }
 
     static func choose(project: Project, ref: String, pinnedCommit: Bool, commitOnRef: Bool) -> Choice {
-        if project.isProtected(ref: ref) && (!pinnedCommit || commitOnRef) {
+        if isProtectedBuild(project: project, ref: ref, pinnedCommit: pinnedCommit, commitOnRef: commitOnRef) {
             return Choice(folder: "protected/\(project.name)", protected: true)
         }
         return Choice(folder: "shared/\(project.name)", protected: false)
+    }
+
+    /// Rules 1 and 2: the build counts as one of a protected ref (the protected cache, and
+    /// the secrets for protected refs only: `CompileSecrets`).
+    static func isProtectedBuild(project: Project, ref: String, pinnedCommit: Bool, commitOnRef: Bool) -> Bool {
+        project.isProtected(ref: ref) && (!pinnedCommit || commitOnRef)
     }
 }

@@ -49,6 +49,9 @@ public struct Build: Codable, Sendable, Equatable {
     public var image: String?
     /// The manifest digest the registry gave the push, `sha256:…`.
     public var digest: String?
+    /// Where the image was pushed besides the farm's registry (`Project.pushTo`), each as
+    /// `host/path:tag@sha256:…`. Nil: nowhere else.
+    public var pushedTo: [String]?
     public var agent: String?
     public var attempt: Int
     public var error: String?

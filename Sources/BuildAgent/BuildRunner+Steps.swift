@@ -1,0 +1,133 @@
+import DockerAPI
+import Foundation
+import KilnCore
+
+/// The compile and image steps of `BuildRunner` (the order and the records: BuildRunner.swift).
+extension BuildRunner {
+    // compile: the build command in the project's build image, the checkout mounted as
+    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2 (the
+    // protected one for protected refs), in the build's sandbox.
+    // The secrets (`compileSecrets`) as environment variables of the container (never its
+    // command line) and files under /run/secrets, removed when the step ends, however it ends.
+    // A build image on a registry the project has a login for is pulled with it and hidden
+    // from other builds (`pullWithLogin`), and removed when the step ends.
+    func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
+        let project = task.project
+        // nosuid, nodev: a root build could leave a setuid-root program in its checkout or
+        // cache, which a user of the agent's machine could then run.
+        var mounts = ["\(workspace.path):/workspace:rw,nosuid,nodev"]
+        if FileManager.default.fileExists(atPath: mavenSettings.path) {
+            mounts.append("\(mavenSettings.path):/etc/maven/settings.xml:ro,nosuid,nodev")
+        }
+        var image = project.buildImage
+        if let login = secrets.login(for: ImageRegistry.host(of: image)) {
+            image = try await pullWithLogin(image, login: login, project: project.name, step: .compile, reporter: reporter)
+        }
+        let pulled = image == project.buildImage ? nil : image
+        let docker = self.docker
+        do {
+            try await compile(task: task, image: image, mounts: mounts, sandbox: sandbox, secrets: secrets, reporter: reporter)
+        } catch {
+            if let pulled { await outlivingCancellation { try? await docker.removeImage(pulled, force: false) } }
+            throw error
+        }
+        if let pulled { try? await docker.removeImage(pulled, force: false) }
+    }
+
+    private func compile(task: BuildTask, image: String, mounts: [String], sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
+        let project = task.project
+        let folder = secretFolder(task: task)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (secretEnv, secretBind) = try await compileSecrets(task: task, secrets: secrets, reporter: reporter)
+        let baseMounts = mounts + (secretBind.map { [$0] } ?? [])
+        let runIt: @Sendable ([String]) async throws -> Void = { binds in
+            let spec = sandbox.confine(ContainerSpec(
+                image: image, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
+                env: secretEnv.merging(["KILN_BUILD": task.build, "KILN_PROJECT": project.name]) { _, kiln in kiln }, binds: binds,
+                labels: ["kiln.build": task.build, "kiln.agent": configuration.id]))
+            reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
+            let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
+            if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
+        }
+        reporter.log(sandbox.summary)
+        if task.mvncache {
+            let choice = try await cachePlacement(task: task)
+            let cache = cachesDir.appendingPathComponent(choice.folder)
+            try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+            reporter.log("Maven cache: \(choice.protected ? "the protected one (\(task.ref) is a protected ref)" : "the one of unprotected refs (only the default branch and protectedRefs use the protected one)")")
+            // One build at a time writes a cache: Maven's local repository is not safe for
+            // two processes.
+            if await cacheLocks.isHeld(choice.folder) {
+                reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
+            }
+            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2:rw,nosuid,nodev"]) }
+        } else {
+            try await runIt(baseMounts)
+        }
+    }
+
+    /// Creates, starts and waits for a container, streaming its output into the log.
+    /// The container is removed in every case; on cancellation it is stopped first.
+    /// The container is named, so that one created by a request this build cancelled
+    /// halfway (podman made it, the answer never came) is still found and removed.
+    func runContainer(_ spec: ContainerSpec, name: String, reporter: BuildReporter) async throws -> Int {
+        let docker = self.docker
+        // Left by an earlier run of this very attempt (an agent that crashed): remove it.
+        try? await docker.remove(name, force: true)
+        let id: String
+        do {
+            id = try await docker.createContainer(spec, name: name)
+        } catch {
+            await outlivingCancellation { try? await docker.remove(name, force: true) }
+            if Task.isCancelled { throw CancellationError() }
+            throw StepFailure(step: .compile, message: "could not create the build container from '\(spec.image)': \(error)")
+        }
+        do {
+            try await docker.start(id)
+            // The output to its end (the container has exited then), and only then the exit
+            // code: podman 4.3's Docker-API `wait` spins a core for as long as it is open
+            // (containers/podman#18150), which halved the build's CPU here.
+            let code = try await streamOutput(of: id, docker: docker) { reporter.output($0) }
+            try? await docker.remove(id, force: true)
+            return code
+        } catch {
+            // Stop the container even though this task is cancelled.
+            await outlivingCancellation {
+                try? await docker.stop(id, timeoutSeconds: 2)
+                try? await docker.remove(id, force: true)
+            }
+            throw error
+        }
+    }
+
+    // image: the project's Dockerfile, built through the same API from the context folder,
+    // both resolved through links and inside the checkout, RUN steps in the build's sandbox.
+    func image(task: BuildTask, workspace: URL, reference: String, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
+        let project = task.project
+        let (context, dockerfile, text) = try resolveImageInputs(project: project, workspace: workspace)
+        // Base images pulled from the farm's registry, or with a login of the project's, leave
+        // the engine's storage with the step, for the reason the built image does (see runSteps).
+        let pulled = Locked<[String]>([])
+        let docker = self.docker
+        let removePulled: @Sendable () async -> Void = {
+            await outlivingCancellation { for name in pulled.withLock({ $0 }) { try? await docker.removeImage(name, force: false) } }
+        }
+        do {
+            let pinned = try await checkBaseImages(text, project: project, secrets: secrets, pulled: pulled, reporter: reporter)
+            reporter.log("building \(reference) from \(project.dockerfile)")
+            let cgroup = imageCgroup(task: task, sandbox: sandbox, reporter: reporter)
+            defer { cgroup?.remove() }
+            do {
+                let id = try await docker.build(contextDirectory: context, dockerfile: dockerfile, dockerfileText: pinned, tag: reference,
+                                                confinement: sandbox.imageConfinement(cgroupParent: cgroup?.parent)) { reporter.output($0) }
+                reporter.log("image \(id)")
+            } catch let e as DockerError {
+                throw StepFailure(step: .image, message: "\(e)")
+            }
+        } catch {
+            await removePulled()
+            throw error
+        }
+        await removePulled()
+    }
+}
