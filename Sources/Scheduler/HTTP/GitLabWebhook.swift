@@ -99,21 +99,26 @@ struct GitLabWebhook: Sendable {
 
         // The projects this repository feeds, and which of them the token opens.
         let repositories = Set(urls.map(Self.normalized))
+        // An unknown repository gets the same 401 as a wrong token: the webhook tells nobody
+        // without a project's token which repositories Kiln builds.
         let projects = try await store.projects().filter { repositories.contains(Self.normalized($0.repository)) }
-        guard !projects.isEmpty else {
-            return answer(404, "rejected", "no Kiln project has the repository \(Validation.printable(urls[0])): add one with `kiln project add --repository …`", event: event)
-        }
         var opened: [Project] = []
         if let token {
             for p in projects {
-                let sealed = try await secrets.store?.webhookSecret(project: p.name)
+                // A token that does not open (its key is gone) counts as no match; the reason
+                // goes to the log, not to an unauthenticated caller.
+                let sealed: String?
+                do { sealed = try await secrets.store?.webhookSecret(project: p.name) } catch {
+                    logger.error("the webhook token of project \(p.name) does not open: \((error as? KilnError)?.message ?? "\(error)")")
+                    continue
+                }
                 if let secret = sealed ?? p.webhookSecret, !secret.isEmpty, Self.constantTimeEqual(secret, token) { opened.append(p) }
             }
         }
         guard !opened.isEmpty else {
             return answer(401, "rejected", token == nil
                 ? "the X-Gitlab-Token header is missing: set the webhook's secret token to the project's webhookSecret"
-                : "the X-Gitlab-Token does not match the webhookSecret of a project with this repository", event: event)
+                : "the X-Gitlab-Token does not match the webhookSecret of a project with this repository (or no project has it: add one with `kiln project add --repository …`)", event: event)
         }
 
         // The ref and commits: checked before anything is built.
