@@ -84,11 +84,20 @@ public final class SecretsKeyring: Sendable {
 
     /// The keys as they are now: the file is read again when it changed since the last look.
     /// A file that became unreadable or empty keeps the keys already loaded (a rotation's
-    /// rename never leaves it so; an operator's mistake must not stop the farm mid-build).
+    /// rename never leaves it so; an operator's mistake must not stop the farm mid-build). So
+    /// does a file without the key that seals now: a rotation adds a key in front of it and a
+    /// prune keeps it, so only another farm's (or a lost) key file lacks it, and sealing under
+    /// that would leave values the other schedulers cannot open. A restart with such a file
+    /// meets the start check instead.
     func current() -> Loaded {
         let stamp = Self.stamp(path)
         return state.withLock { loaded in
-            if let stamp, stamp != loaded.stamp, let fresh = try? Self.load(path) { loaded = fresh }
+            guard let stamp, stamp != loaded.stamp else { return loaded }
+            if let fresh = try? Self.load(path), fresh.keys.contains(where: { $0.id == loaded.keys[0].id }) {
+                loaded = fresh
+            } else {
+                loaded.stamp = stamp
+            }
             return loaded
         }
     }

@@ -50,6 +50,24 @@ import Testing
         }
     }
 
+    @Test func aRunningKeyringKeepsItsKeysWhenTheFileIsReplacedByAnotherFarms() throws {
+        let temp = try TempDir("keyring"); let dir = temp.url; do {
+            let path = dir.appendingPathComponent("key").path
+            let ours = try SecretsKeyring.create(at: path)
+            let ourLine = try CredentialFile.read(path)
+            let ring = try SecretsKeyring(path: path)
+            // Someone copies another farm's key file over ours while the scheduler runs.
+            try CredentialFile.write(SecretsKeyring.newKeyLine(), to: path)
+            #expect(ring.primaryID == ours && ring.keyIDs == [ours])
+            #expect(try ring.seal("value-one-1", boundTo: "k").kid == ours)
+            // A rotation (a key in front of ours) is taken.
+            let rotated = SecretsKeyring.newKeyLine()
+            try CredentialFile.write(rotated + "\n" + ourLine + "\n", to: path)
+            let new = try SecretsKeyring.parse(rotated)[0].id
+            #expect(ring.keyIDs == [new, ours])
+        }
+    }
+
     @Test func aMissingOrBadFileIsAClearError() throws {
         let temp = try TempDir("keyring"); let dir = temp.url; do {
             let path = dir.appendingPathComponent("nope").path

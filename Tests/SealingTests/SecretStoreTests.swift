@@ -167,7 +167,8 @@ struct SecretStoreTests {
             // A rotation whose old key left the file before every value was sealed again.
             try await store.setSecret("OLD_ONE", SecretRequest(value: "sealed-under-the-first-key"), scope: .project("shop"))
             let old = store.keyring.primaryID
-            _ = try SecretsKeyring.addKey(at: path)
+            let added = try SecretsKeyring.addKey(at: path)
+            #expect(store.keyring.primaryID == added)
             try SecretsKeyring.keepOnly([], at: path)
             await #expect { try await store.startCheck() } throws: { "\($0)".contains("2 under key \(old)") }
             withExtendedLifetime(temp) {}
@@ -238,11 +239,14 @@ struct SecretStoreTests {
         try await withStore { store, path in
             try await store.setSecret("KEPT", SecretRequest(value: "under-the-first-key"), scope: .project("shop"))
             let old = store.keyring.primaryID
-            // The file loses its key (no reseal first): the value can no longer be opened.
+            // The file loses its key (no reseal first). The running store keeps the key it had
+            // (a file without it is another farm's); a restarted one cannot open the value.
             try CredentialFile.write(SecretsKeyring.newKeyLine(), to: path)
-            let report = try await store.reseal()
-            #expect(report.failed.count == 1 && report.failed[0].contains("env/KEPT") && report.keysInUse == [store.keyring.primaryID, old])
-            await #expect { try await store.buildSecrets(project: Self.shop, ref: "main") } throws: { "\($0)".contains(old) }
+            #expect(store.keyring.primaryID == old)
+            let restarted = try SecretStore(etcd: store.etcd, keyFile: path)
+            let report = try await restarted.reseal()
+            #expect(report.failed.count == 1 && report.failed[0].contains("env/KEPT") && report.keysInUse == [restarted.keyring.primaryID, old])
+            await #expect { try await restarted.buildSecrets(project: Self.shop, ref: "main") } throws: { "\($0)".contains(old) }
         }
     }
 }
