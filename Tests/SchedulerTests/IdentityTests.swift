@@ -270,7 +270,7 @@ struct IdentityAPITests {
                     ("see the group", .view, .GET, "/api/v1/groups/team", nil),
                     ("list its members", .view, .GET, "/api/v1/groups/team/members", nil),
                     ("read its activity", .read, .GET, "/api/v1/groups/team/activity", nil),
-                    ("put a project in it", .build, .POST, "/api/v1/projects", #"{"name":"mine","group":"team","repository":"http://127.0.0.1:1/m.git","buildImage":"a:1","buildCommand":"make"}"#),
+                    ("put a project in it", .setSecrets, .POST, "/api/v1/projects", #"{"name":"mine","group":"team","repository":"http://127.0.0.1:1/m.git","buildImage":"a:1","buildCommand":"make"}"#),
                     ("change its visibility", .manage, .PUT, "/api/v1/groups/team", #"{"visibility":"private"}"#),
                     ("add a developer", .manage, .PUT, "/api/v1/groups/team/members/otto", #"{"role":"developer"}"#),
                     ("add an owner", .own, .PUT, "/api/v1/groups/team/members/otto", #"{"role":"owner"}"#),

@@ -77,7 +77,7 @@ public enum Permission: String, Sendable, CaseIterable {
         case .listSecrets: "list the names of its secrets and credentials (never their values)"
         case .deploy: "deploy, roll back, retire and scale apps; point domains at them"
         case .manage: "change settings and visibility; add, change and remove members (not owners)"
-        case .setSecrets: "set and remove its secrets and credentials (write-only: nobody reads them back)"
+        case .setSecrets: "set and remove its secrets and credentials (write-only: nobody reads them back); put a project into a group (it gets the group's secrets)"
         case .own: "add, demote and remove owners; transfer ownership; delete"
         }
     }

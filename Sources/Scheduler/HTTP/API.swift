@@ -82,8 +82,10 @@ public struct API: Sendable {
                 try await access.require(permission, caller, on: .project, project.name, project: existing.project, hidden: projectNotFound(project.name))
             }
             if let group = project.group, group != existing?.project.group {
-                // Putting a project in a group gives it the group's images: developers of the group only.
-                try await access.require(.build, caller, on: .group, group, hidden: groupNotFound(group))
+                // Putting a project in a group gives it the group's images and secrets (protected-only
+                // ones included, on refs the project's own settings call protected): masters of
+                // the group only, who may set those secrets anyway.
+                try await access.require(.setSecrets, caller, on: .group, group, hidden: groupNotFound(group))
             }
             var webhookWrite: TxnOp?
             if let token = asked.webhookSecret {
