@@ -9,7 +9,7 @@ import Foundation
 public enum GitCredential: Codable, Sendable, Equatable {
     /// HTTPS: a user name and a token (a GitLab deploy token or project access token).
     case token(username: String, token: String)
-    /// SSH: a deploy key (an OpenSSH private key, PEM or `-----BEGIN OPENSSH PRIVATE KEY-----`)
+    /// SSH: a deploy key (an OpenSSH private key, in PEM or OpenSSH's own format, as ssh-keygen writes it)
     /// and the server's pinned host keys, as known_hosts lines (`host ssh-ed25519 AAAA…`;
     /// `[host]:port` for another port). The fetch refuses a host key these lines do not hold.
     case sshKey(privateKey: String, knownHosts: String)
@@ -120,7 +120,7 @@ public struct GitCredentialRequest: Codable, Sendable, Equatable {
         case (nil, nil, let key?, let hosts?):
             try SecretRules.check(key, what: "sshKey", maximum: 16 << 10)
             guard key.contains("-----BEGIN ") && key.contains(" PRIVATE KEY-----") else {
-                throw KilnError.invalid("sshKey is not a private key: give the deploy key's private part, as ssh-keygen wrote it (-----BEGIN OPENSSH PRIVATE KEY-----)")
+                throw KilnError.invalid("sshKey is not a private key: give the deploy key's private part, the whole file ssh-keygen wrote (its first line names an OPENSSH PRIVATE KEY)")
             }
             guard !key.contains("ENCRYPTED") && !key.contains("Proc-Type: 4,ENCRYPTED") else {
                 throw KilnError.invalid("sshKey is protected by a passphrase: make a deploy key without one (ssh-keygen -N '') for Kiln")
