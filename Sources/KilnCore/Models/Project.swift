@@ -106,8 +106,18 @@ public struct Project: Codable, Sendable, Equatable {
     /// `NAME` otherwise. The registry's token service maps it back to the project and group.
     public var repositoryName: String { group.map { "\($0)/\(name)" } ?? name }
 
-    /// The project as the API shows it: the webhook secret left out.
+    /// The project as the API and the console show it: the webhook secret left out, and a
+    /// password a record saved before the URL rule still holds in its repository URL shown as
+    /// `***` (docs/secrets.md: move it into `kiln credential set git`).
     public var redacted: Project {
+        var p = forTask
+        p.repository = Validation.withoutPassword(repository) ?? repository
+        return p
+    }
+
+    /// The project as a task carries it to the agent: the webhook secret left out, the
+    /// repository URL as it is (the agent needs it to fetch, and keeps user info out of logs).
+    public var forTask: Project {
         var p = self
         p.webhookSecret = nil
         return p

@@ -161,7 +161,7 @@ public enum Validation {
 
     /// `url` with the password of its user information replaced by `***`, or nil when it has
     /// none: `scheme://user:password@host…`, `user:password@host:path` (scp-like).
-    static func withoutPassword(_ url: String) -> String? {
+    public static func withoutPassword(_ url: String) -> String? {
         if let schemeEnd = url.range(of: "://") {
             let rest = url[schemeEnd.upperBound...]
             let authority = rest.prefix { $0 != "/" }

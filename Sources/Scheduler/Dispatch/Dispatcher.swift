@@ -223,7 +223,7 @@ public struct Dispatcher: Service {
             return r.succeeded ? .done(revision: r.revision, effects: [.init(kind: .delete, kv: .init(key: a.queued.key, value: [], modRevision: r.revision))]) : .refused
         }
         build.assign(to: a.agent)
-        let task = BuildTask(build: build.id, project: a.project.redacted, ref: build.ref, commit: build.commit, tag: build.tag,
+        let task = BuildTask(build: build.id, project: a.project.forTask, ref: build.ref, commit: build.commit, tag: build.tag,
                              mvncache: build.mvncache, attempt: build.attempt)
         let taskKey = keys.task(agent: a.agent, build: build.id)
         let taskValue = try KilnJSON.encode(task)
