@@ -205,6 +205,7 @@ actor BuildReporter {
         let txn = Txn(
             compare: [guardCompare],
             success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)])
+        _ = try? await lastWrites?.value
         for (key, value) in writes { try await write(key, value) }
         let r = try await persistently("writing the build's end") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
@@ -221,8 +222,19 @@ actor BuildReporter {
         // Numbered before the first write waits: a flush that runs meanwhile (the actor lets
         // one in at each wait) takes the numbers after these, so the log keeps its order.
         let writes = chunks.enumerated().map { numbered($0.element, end: end && $0.offset == chunks.count - 1) }
-        for (key, value) in writes { try await write(key, value) }
+        // Written after the flush before it has written: a follower of the log sees chunks in
+        // etcd's revision order, which must be their numbers' order too.
+        let previous = lastWrites
+        let these = Task {
+            _ = try? await previous?.value
+            for (key, value) in writes { try await self.write(key, value) }
+        }
+        lastWrites = these
+        try await these.value
     }
+
+    /// The writes of the last flush, which the next one waits for.
+    private var lastWrites: Task<Void, Error>?
 
     private func numbered(_ lines: [String], end: Bool) -> (key: String, chunk: LogChunk) {
         defer { seq += 1 }
