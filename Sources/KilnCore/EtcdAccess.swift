@@ -114,6 +114,9 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 Grant(.readWrite, keys.groups, prefix: true),
                 Grant(.readWrite, keys.members, prefix: true),
                 Grant(.readWrite, keys.activity, prefix: true),
+                // Indexes beside the records (builds by project, projects by repository,
+                // pending pipeline runs): hot paths read these, not every record.
+                Grant(.readWrite, keys.index, prefix: true),
                 // Sealed secrets (docs/secrets.md): schedulers alone hold the key and this
                 // prefix; an agent gets one build's secrets from a scheduler over HTTP.
                 Grant(.readWrite, keys.secrets, prefix: true),

@@ -120,6 +120,23 @@ public struct Keys: Sendable, Equatable {
     public func cellCredential(_ cell: String) -> String { "\(secrets)cells/\(cell)" }
     public var secretsCheck: String { "\(secrets)check" }
 
+    /// Indexes the scheduler keeps beside the records (issue 14), so that hot paths read a few
+    /// keys instead of every record. Only schedulers write here, except where noted.
+    public var index: String { "\(prefix)/index/" }
+    /// A project's builds: `index/builds/{project}/{build}`, value empty. Build ids sort by
+    /// their creation time, so a range of this prefix is the project's builds in order.
+    public func buildIndex(project: String) -> String { "\(index)builds/\(project)/" }
+    public func buildIndexEntry(project: String, build: String) -> String { buildIndex(project: project) + build }
+    /// Projects by repository: `index/repos/{url}/{project}`, where `url` is the repository
+    /// URL as webhook matching compares it (no user info, key-escaped), value empty.
+    public var repoIndex: String { "\(index)repos/" }
+    public func repoIndex(url: String) -> String { "\(repoIndex)\(url)/" }
+    public func repoIndexEntry(url: String, project: String) -> String { repoIndex(url: url) + project }
+    /// Builds whose post-build pipeline run waits or runs: `index/pipelines/{build}`, so the
+    /// pipeline service finds them without reading every build record.
+    public var pipelineIndex: String { "\(index)pipelines/" }
+    public func pipelineIndexEntry(build: String) -> String { pipelineIndex + build }
+
     /// `{agent}/{build}` under `base` (tasks and grants), or nil for any other key.
     static func agentAndBuild(of key: String, under base: String) -> (agent: String, build: String)? {
         guard let rest = Keys.name(of: key, under: base) else { return nil }
