@@ -36,6 +36,11 @@ public struct SchedulerConfiguration: Sendable {
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
     /// also refuses a file that does not open what etcd holds.
     public var secretsKeyFile: String?
+    /// The space quota to assume for an etcd member whose metrics do not report it
+    /// (`--etcd-quota-bytes`); nil: etcd's default of 2 GiB. See ``EtcdHealth``.
+    public var etcdQuotaBytes: Int64?
+    /// How often ``EtcdHealth`` looks at etcd's size and alarms.
+    public var etcdHealthInterval: Duration = .seconds(10)
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -60,8 +65,9 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
-    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, logger: logger).addRoutes(to: router)
-    Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
+    let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval, logger: logger)
+    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }
@@ -76,7 +82,7 @@ public func buildSchedulerApplication(
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher],
+        services: [dispatcher, etcdHealth],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.

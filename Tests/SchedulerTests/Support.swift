@@ -47,9 +47,12 @@ struct SchedulerHarness: Sendable {
 
 /// `secretsKey`: start the scheduler with a secrets key file of its own (`credentials/secrets-key`),
 /// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
-func withScheduler(secretsKey: Bool = true, prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
+/// `etcd`: etcd's compaction and quota; `configure`: changes to the scheduler's configuration.
+func withScheduler(secretsKey: Bool = true, etcd maintenance: EtcdServer.Maintenance = .standard,
+                   configure: @escaping @Sendable (inout SchedulerConfiguration) -> Void = { _ in },
+                   prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
                    _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
-    try await withEtcd(timeout: nil) { server, _ in
+    try await withEtcd(timeout: nil, maintenance: maintenance) { server, _ in
         let credentials = try TempDir("scheduler-credentials")
         defer { withExtendedLifetime(credentials) {} }
         let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: credentials.url)
@@ -57,6 +60,7 @@ func withScheduler(secretsKey: Bool = true, prepare: @escaping @Sendable (EtcdCl
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
         configuration.etcdCredentials = try users.credentials(.scheduler)
         if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
+        configure(&configuration)
         let etcd = users.rootClient
         try await prepare(etcd)
         let tokenFile = credentials.url.appendingPathComponent("admin-token").path

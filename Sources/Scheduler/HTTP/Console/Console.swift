@@ -29,10 +29,13 @@ public struct Console: Sendable {
     let api: API
     /// `--console-secure-cookies`: mark the cookies `Secure` whatever the request says.
     let secureCookies: Bool
+    /// etcd's health, shown on the agents page when it needs a person (nil: not watched).
+    let etcdHealth: EtcdHealth?
     let logger: Logger
 
-    public init(store: SchedulerStore, secureCookies: Bool = false, logger: Logger = Logger(label: "kiln.console")) {
+    public init(store: SchedulerStore, secureCookies: Bool = false, etcdHealth: EtcdHealth? = nil, logger: Logger = Logger(label: "kiln.console")) {
         self.store = store
+        self.etcdHealth = etcdHealth
         self.auth = Authenticator(store: store, logger: logger)
         self.access = Access(store: store)
         self.api = API(store: store, schedulerID: "console", logger: logger)
@@ -56,7 +59,7 @@ public struct Console: Sendable {
                     builds: Array(readable.prefix(30)),
                     apps: (try await apps).filter { roles.role(of: $0, projects: byName) != nil },
                     agents: hidingBuilds(try await agents, except: Set(readable.map(\.id)), from: me.caller),
-                    now: Date(), viewer: me.viewer)
+                    etcd: await etcdHealth?.status, now: Date(), viewer: me.viewer)
             }
         }
         router.get("ui/projects/:name") { request, context in
@@ -99,7 +102,7 @@ public struct Console: Sendable {
                     let readable = try await store.builds(limit: Int.max).filter { roles.mayRead($0, projects: byName) }
                     agents = hidingBuilds(agents, except: Set(readable.map(\.id)), from: me.caller)
                 }
-                return ConsolePages.agents(agents, viewer: me.viewer)
+                return ConsolePages.agents(agents, etcd: await etcdHealth?.status, viewer: me.viewer)
             }
         }
         router.get("ui/roles") { request, _ in
