@@ -163,3 +163,31 @@ extension Wire {
     }
 }
 
+
+/// The order in which `kiln etcd defrag` defragments members, without I/O.
+///
+/// The rules: 1. every member must answer first: a member under defragmentation answers
+/// nothing, so with another one already down a cluster of three would lose its quorum;
+/// 2. the followers first, in the order listed; 3. the leader last (a leader that stalls
+/// makes the others elect a new one, which costs every client a second or two).
+public enum DefragmentationPlan {
+    /// The members' endpoints in the order to defragment them, or the reason not to start.
+    public static func order(_ members: [(endpoint: String, status: EtcdMemberStatus?)]) -> Result<[String], DefragmentationRefused> {
+        let down = members.filter { $0.status == nil }.map(\.endpoint)
+        guard down.isEmpty else {
+            return .failure(DefragmentationRefused(reason: """
+                \(down.joined(separator: ", ")) \(down.count == 1 ? "does" : "do") not answer: defragmenting another member \
+                now would block it too and could cost the cluster its quorum. Bring \(down.count == 1 ? "it" : "them") back first
+                """))
+        }
+        let followers = members.filter { $0.status?.isLeader == false }.map(\.endpoint)
+        let leaders = members.filter { $0.status?.isLeader == true }.map(\.endpoint)
+        return .success(followers + leaders)
+    }
+}
+
+/// Why ``DefragmentationPlan`` will not start.
+public struct DefragmentationRefused: Error, Equatable, CustomStringConvertible {
+    public let reason: String
+    public var description: String { reason }
+}

@@ -221,12 +221,13 @@ public struct EtcdClient: Sendable {
     }
 
     /// Renews the lease once and returns its remaining TTL in seconds.
-    /// Throws `.leaseNotFound` if the lease expired or was revoked.
-    public func keepAliveOnce(_ lease: Int64) async throws -> Int64 {
+    /// Throws `.leaseNotFound` if the lease expired or was revoked. `timeout`: instead of
+    /// ``requestTimeout`` for each member asked.
+    public func keepAliveOnce(_ lease: Int64, timeout: TimeAmount? = nil) async throws -> Int64 {
         // A streaming call: one request, one `{"result":…}` line, then the gateway ends the stream.
         let message = try await call(
             "/v3/lease/keepalive", Wire.LeaseRequest(id: String(lease)),
-            as: Wire.StreamMessage<Wire.LeaseResponse>.self, idempotent: true
+            as: Wire.StreamMessage<Wire.LeaseResponse>.self, idempotent: true, timeout: timeout
         )
         if let error = message.error {
             throw EtcdError.gateway(
@@ -248,14 +249,19 @@ public struct EtcdClient: Sendable {
     /// as if its keys were deleted. While renewals fail, it retries every 250 ms (or
     /// `interval`, if shorter). Until the first renewal succeeds the TTL is unknown and taken
     /// to be 3 × `interval`.
+    ///
+    /// Each renewal waits at most `interval` (at least a second) for a member: a member that
+    /// hangs (it forwards renewals to a leader that just died) must not keep the lease from
+    /// reaching another member within its TTL.
     public func keepAlive(_ lease: Int64, every interval: Duration) async throws {
         let clock = ContinuousClock()
         var ttl = interval * 3
         var lastRenewal = clock.now
         var failing: EtcdError?
+        let attemptTimeout = min(requestTimeout, .nanoseconds(Int64(max(interval, .seconds(1)) / .nanoseconds(1))))
         while !Task.isCancelled {
             do {
-                let remaining = try await keepAliveOnce(lease)
+                let remaining = try await keepAliveOnce(lease, timeout: attemptTimeout)
                 lastRenewal = clock.now
                 ttl = .seconds(remaining)
                 if failing != nil {

@@ -26,7 +26,7 @@ struct Kiln: AsyncParsableCommand {
         subcommands: [Up.self, SchedulerCommand.self, AgentCommand.self, ProjectCommand.self, BuildCommand.self,
                       BuildsCommand.self, ActivityCommand.self, LogsCommand.self, CancelCommand.self, AgentsCommand.self,
                       DeployCommand.self, AppsCommand.self, CellCommand.self, PluginsCommand.self, LBAgentCommand.self,
-                      MachineCommand.self, GitFetchCommand.self, EtcdAuthCommand.self, OCIRuntimeCommand.self,
+                      MachineCommand.self, GitFetchCommand.self, EtcdCommand.self, EtcdAuthCommand.self, OCIRuntimeCommand.self,
                       LoginCommand.self, UserCommand.self, TokenCommand.self, MembersCommand.self, RolesCommand.self,
                       SecretCommand.self, CredentialCommand.self, SecretsCommand.self])
 }

@@ -119,4 +119,18 @@ struct MemberStateTests {
         #expect(EtcdClient.quotaBytes(metrics: "etcd_server_has_leader 1\n") == nil)
         #expect(EtcdClient.quotaBytes(metrics: "etcd_server_quota_backend_bytes NaN\n") == nil)
     }
+
+    @Test func defragmentationGoesFollowersFirstAndRefusesWithAMemberDown() throws {
+        func status(_ id: String, leader: String) -> EtcdMemberStatus {
+            EtcdMemberStatus(endpoint: "e\(id)", memberID: id, leaderID: leader, version: "3.4.23", dbSizeBytes: 1, dbSizeInUseBytes: 1, revision: 1)
+        }
+        let planned = try DefragmentationPlan.order([("e1", status("1", leader: "1")), ("e2", status("2", leader: "1")), ("e3", status("3", leader: "1"))]).get()
+        #expect(planned == ["e2", "e3", "e1"])
+        let refused = DefragmentationPlan.order([("e1", status("1", leader: "1")), ("e2", nil), ("e3", status("3", leader: "1"))])
+        guard case .failure(let why) = refused else {
+            Issue.record("defragmentation planned with a member down")
+            return
+        }
+        #expect(why.reason.contains("e2 does not answer"))
+    }
 }

@@ -21,6 +21,10 @@ import Glibc
 /// benchmark's other half): each scheduler and agent then runs as its own etcd user with its
 /// role's grants (``EtcdAccess``), its credential file in `credentials/`; `etcd`, the
 /// harness's own client, is root.
+///
+/// With `etcdMembers` above 1 etcd is a cluster of that many members on loopback
+/// (``EtcdCluster``): every process gets all their URLs (`--etcd URL,URL,URL`, the first
+/// listed first) and `etcdServer` is the first member, the one they all use until it fails.
 public final class ProcessFarm: Sendable {
     /// A scheduler process and the base URL of its API.
     public struct SchedulerProcess: Sendable {
@@ -49,6 +53,10 @@ public final class ProcessFarm: Sendable {
     /// `--log-level` of the schedulers and agents.
     public let logLevel: String
     public let etcdServer: EtcdServer
+    /// The cluster, when the farm was made with more than one member.
+    public let etcdCluster: EtcdCluster?
+    /// What every process gets as `--etcd`: the server's URL, or every member's.
+    public var etcdEndpoint: String { etcdCluster?.endpoint ?? etcdServer.endpoint }
     /// The users and their credential files; nil when authentication is off.
     public let etcdUsers: EtcdUsers?
     public let etcd: EtcdClient
@@ -74,17 +82,17 @@ public final class ProcessFarm: Sendable {
 
     /// Starts etcd with its data in `dir`; schedulers and agents are started one by one.
     /// Throws if `kiln` is not an executable file, saying how to build it (`missing`).
-    public convenience init(dir: URL, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, missing: String) async throws {
-        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, missing: missing)
+    public convenience init(dir: URL, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, etcdMembers: Int = 1, missing: String) async throws {
+        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers, missing: missing)
     }
 
     /// The same in a fresh temporary folder, removed when the farm goes away.
-    public convenience init(_ label: String, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, missing: String) async throws {
+    public convenience init(_ label: String, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, etcdMembers: Int = 1, missing: String) async throws {
         let temporary = try TempDir(label)
-        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, missing: missing)
+        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers, missing: missing)
     }
 
-    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, etcdAuth: Bool, missing: String) async throws {
+    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, etcdAuth: Bool, etcdMembers: Int, missing: String) async throws {
         guard FileManager.default.isExecutableFile(atPath: kiln) else {
             throw FarmError("\(kiln) is missing: \(missing)")
         }
@@ -95,14 +103,22 @@ public final class ProcessFarm: Sendable {
         let tokenFile = dir.appendingPathComponent("credentials/admin-token").path
         adminToken = try CredentialFile.readOrCreate(tokenFile) { "kiln_" + Secret.random() }
         try LocalSecretsKey.ensure(credentialsDir: dir.appendingPathComponent("credentials"))
-        etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
+        if etcdMembers > 1 {
+            let cluster = try await EtcdCluster.start(dir: dir.appendingPathComponent("etcd"), count: etcdMembers)
+            etcdCluster = cluster
+            etcdServer = cluster.members[0]
+        } else {
+            etcdCluster = nil
+            etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
+        }
+        let endpoint = etcdCluster?.endpoint ?? etcdServer.endpoint
         if etcdAuth {
-            let users = try await EtcdUsers.enable(endpoint: etcdServer.endpoint, credentialsDir: dir.appendingPathComponent("credentials"))
+            let users = try await EtcdUsers.enable(endpoint: endpoint, credentialsDir: dir.appendingPathComponent("credentials"))
             etcdUsers = users
             etcd = users.rootClient
         } else {
             etcdUsers = nil
-            etcd = EtcdClient(endpoint: etcdServer.endpoint)
+            etcd = EtcdClient(endpoint: endpoint)
         }
     }
 
@@ -110,6 +126,7 @@ public final class ProcessFarm: Sendable {
         let all = children.withLock { $0 }
         for s in all.schedulers.values { s.process.killNow() }
         for a in all.agents.values { a.killNow() }
+        etcdCluster?.kill()
         etcdServer.kill()
     }
 
@@ -129,7 +146,7 @@ public final class ProcessFarm: Sendable {
         let access = try await credentials(.scheduler)
         for _ in 0..<3 {
             let port = try FreePort.next()
-            let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdServer.endpoint, "--id", id,
+            let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdEndpoint, "--id", id,
                                    "--log-level", logLevel, "--admin-token-file", adminTokenFile, "--secrets-key-file", secretsKeyFile] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
@@ -157,7 +174,7 @@ public final class ProcessFarm: Sendable {
         let access = try await credentials(.agent(id))
         let p = try spawn(id, ["agent", "--simulate", options.simulate, "--id", id, "--capacity", String(options.capacity),
                                "--ttl", String(options.ttl), "--data-dir", dir.appendingPathComponent("agents/\(id)").path,
-                               "--etcd", etcdServer.endpoint, "--log-level", logLevel] + access)
+                               "--etcd", etcdEndpoint, "--log-level", logLevel] + access)
         children.withLock { $0.agents[id] = p }
         return id
     }
@@ -215,6 +232,7 @@ public final class ProcessFarm: Sendable {
     /// Stops the agents and the schedulers, then etcd.
     public func stop() {
         stopProcesses()
+        etcdCluster?.stop()
         etcdServer.stop()
     }
 
