@@ -176,12 +176,17 @@ struct PrunerTests {
             // A project record that does not decode is not taken for deleted: its builds stay.
             try await farm.etcd.put(farm.keys.project("broken"), "{not json")
             let broken = try await farm.build("broken", age: 900)
+            // An index entry whose record names another project: left to a person.
+            try await farm.project("elsewhere")
+            let stray = try await farm.build("elsewhere", age: 500)
+            try await farm.etcd.put(farm.keys.buildIndexEntry(project: "gone", build: stray), "")
 
             let report = try await farm.pruner().pass(fence: [])
             #expect(report.builds == 6, "\(report)")
             #expect(try await farm.indexed("tight") == [tight[3]])
             #expect(try await farm.indexed("roomy") == roomy)
-            #expect(try await farm.indexed("gone") == [goneRecent])
+            #expect(try await farm.indexed("gone") == [stray, goneRecent])
+            #expect(try await farm.left("elsewhere", stray) == whole)
             for id in gone { #expect(try await farm.left("gone", id) == []) }
             #expect(try await farm.left("broken", broken) == whole)
         }
@@ -234,8 +239,10 @@ struct PrunerTests {
             let rev = try await farm.etcd.put(farm.keys.leader, "me")
             let before = try await farm.etcd.range(prefix: "/").kvs.map { "\($0.key)@\($0.modRevision)" }
 
-            let stale = try await farm.pruner().pass(fence: [.createRevision(farm.keys.leader, .equal, rev - 1)])
-            #expect(stale.builds == 0 && stale.activityEvents == 0 && stale.appVersions == 0, "\(stale)")
+            // Its pass stops at the first build it tries to delete; the app it tried first is unchanged.
+            await #expect(throws: Pruner.TermEnded.self) { try await farm.pruner().pass(fence: [.createRevision(farm.keys.leader, .equal, rev - 1)]) }
+            let activity = try await farm.pruner().pruneActivity(projects: [:], apps: [], fence: [.createRevision(farm.keys.leader, .equal, rev - 1)], now: farm.now)
+            #expect(activity == 0)
             #expect(try await farm.etcd.range(prefix: "/").kvs.map { "\($0.key)@\($0.modRevision)" } == before)
             #expect(farm.archive.builds.contains(id))
 

@@ -90,6 +90,8 @@ public struct Pruner: Sendable {
         repeat {
             do {
                 _ = try await pass(fence: fence)
+            } catch is TermEnded {
+                return  // the dispatcher ends this task with the term; nothing more to write
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("retention pass stopped: \(error); the next one in \(configuration.interval)")
@@ -210,7 +212,8 @@ public struct Pruner: Sendable {
                 continue
             }
             revisions[id] = kv.modRevision
-            if let b = try? KilnJSON.decode(Build.self, from: kv.value), b.id == id {
+            // A record that names another build or project than its index entry is left to a person.
+            if let b = try? KilnJSON.decode(Build.self, from: kv.value), b.id == id, b.project == project {
                 entries.append(.init(id: id, record: .build(b)))
             } else {
                 entries.append(.init(id: id, record: .unreadable))
@@ -219,7 +222,8 @@ public struct Pruner: Sendable {
         let references = RetentionPolicy.references(in: try await readApps())
         let page = RetentionPolicy.page(entries, before: before, total: total, retention: retention, now: now, references: references)
         for d in page.decisions where d.verdict == .keep(.unreadable) {
-            logger.warning("retention: build record \(keys.build(d.id)) does not decode; it is kept", metadata: ["build.id": "\(d.id)"])
+            logger.warning("retention: build record \(keys.build(d.id)) does not decode or names another project than \(project); it is kept",
+                           metadata: ["build.id": "\(d.id)"])
         }
         return Plan(page: page, revisions: revisions)
     }
@@ -240,9 +244,18 @@ public struct Pruner: Sendable {
         let r = try await etcd.txn(Txn(compare: fence + [guardRecord], success: [
             .delete(key), .delete(keys.buildIndexEntry(project: project, build: id)),
             .delete(keys.pipelineIndexEntry(build: id)), .deletePrefix(keys.logs(of: id)),
-        ]))
-        guard r.succeeded else { return .changed }
+        ], failure: [.get(key)]))
+        guard r.succeeded else {
+            // The record as read still there: it was the term's fence that failed.
+            if (r.responses.first?.kvs.first?.modRevision ?? 0) == modRevision { throw TermEnded() }
+            return .changed
+        }
         return .deleted(archived: await deleteArchive(of: id))
+    }
+
+    /// This scheduler's term ended during a pass: its writes are refused, so the pass stops.
+    struct TermEnded: Error, CustomStringConvertible {
+        var description: String { "this scheduler no longer leads (its term's fence failed)" }
     }
 
     /// Deletes the archived log of a build whose record is gone, trying three times.

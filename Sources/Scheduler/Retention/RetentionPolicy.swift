@@ -12,7 +12,8 @@ import KilnCore
 /// 3. its post-build pipeline run waits or runs;
 /// 4. it is among the project's last `keepBuilds`;
 /// 5. it is younger than `keepDays`;
-/// 6. its record does not decode (a newer scheduler's, or damaged): a person decides.
+/// 6. its record does not decode (a newer scheduler's, or damaged), or names another build or
+///    project than its index entry: a person decides.
 /// Otherwise it is pruned; so is an index entry whose record is gone.
 ///
 /// Since ids sort by creation time, once a build is among the last `keepBuilds` or younger
@@ -25,7 +26,7 @@ public enum RetentionPolicy {
             case build(Build)
             /// The index names a build whose record is gone.
             case missing
-            /// The record does not decode.
+            /// The record does not decode, or names another build or project.
             case unreadable
         }
         public var id: String
