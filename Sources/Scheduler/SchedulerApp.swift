@@ -36,6 +36,8 @@ public struct SchedulerConfiguration: Sendable {
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
     /// also refuses a file that does not open what etcd holds.
     public var secretsKeyFile: String?
+    /// Retention's pruner on the leader (docs/retention.md); nil: nothing is pruned.
+    public var retention: Pruner.Configuration? = .init()
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -71,8 +73,13 @@ public func buildSchedulerApplication(
     // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
     let pipelines = configuration.plugins.isEmpty ? nil
         : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
+    // No log archive yet: part B's LocalLogArchive (--log-archive) is handed in here.
+    let pruner = configuration.retention.map { Pruner(etcd: etcd, keys: store.keys, archive: nil, configuration: $0, logger: logger) }
+    var leaderTasks = configuration.leaderTasks
+    let schedulerID = configuration.dispatcher.id
+    if let pruner { leaderTasks.append { await pruner.lead(schedulerID: schedulerID) } }
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
-                                leaderTasks: configuration.leaderTasks, logger: logger)
+                                leaderTasks: leaderTasks, logger: logger)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),

@@ -50,6 +50,7 @@ public struct API: Sendable {
         let identity = IdentityAPI(store: store, auth: auth, access: access, logger: logger)
         identity.addRoutes(to: api)
         SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
+        RetentionAPI(store: store, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
         AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
