@@ -81,5 +81,7 @@ public func buildSchedulerApplication(
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
     app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    // Index entries for records from before the indexes, once per farm (a marker says done).
+    app.beforeServerStarts { try await IndexMigration(store: store, logger: logger).runIfNeeded() }
     return app
 }
