@@ -60,7 +60,8 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
-    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, logger: logger).addRoutes(to: router)
+    let metrics = SchedulerMetrics()
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
@@ -76,7 +77,7 @@ public func buildSchedulerApplication(
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher],
+        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger)],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
