@@ -105,18 +105,17 @@ struct MetricsPage: Sendable {
         func metric(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
         }
-        metric("kiln_queue_depth", "gauge", "Builds waiting in the queue for an agent.")
-        out += "kiln_queue_depth \(try await queued)\n"
-        metric("kiln_agents_live", "gauge", "Agents registered under a live lease.")
-        out += "kiln_agents_live \(try await agents)\n"
-        metric("kiln_builds_assigned", "gauge", "Builds assigned to an agent and not yet ended (task keys).")
-        out += "kiln_builds_assigned \(try await tasks)\n"
-        metric("kiln_build_records", "gauge", "Build records kept in etcd, of every status.")
-        out += "kiln_build_records \(try await records)\n"
-        metric("kiln_pipeline_runs_waiting", "gauge", "Post-build pipeline runs pending or running (the pipeline index).")
-        out += "kiln_pipeline_runs_waiting \(try await pipelines)\n"
-        metric("kiln_builds_queued_total", "counter", "Builds queued since this scheduler started (by any scheduler: counted from etcd's changes).")
-        out += "kiln_builds_queued_total \(c.queued)\n"
+        /// A metric of one value, without labels.
+        func one(_ name: String, _ type: String, _ help: String, _ value: some Numeric) {
+            metric(name, type, help)
+            out += "\(name) \(value)\n"
+        }
+        one("kiln_queue_depth", "gauge", "Builds waiting in the queue for an agent.", try await queued)
+        one("kiln_agents_live", "gauge", "Agents registered under a live lease.", try await agents)
+        one("kiln_builds_assigned", "gauge", "Builds assigned to an agent and not yet ended (task keys).", try await tasks)
+        one("kiln_build_records", "gauge", "Build records kept in etcd, of every status.", try await records)
+        one("kiln_pipeline_runs_waiting", "gauge", "Post-build pipeline runs pending or running (the pipeline index).", try await pipelines)
+        one("kiln_builds_queued_total", "counter", "Builds queued since this scheduler started (by any scheduler: counted from etcd's changes).", c.queued)
         metric("kiln_builds_ended_total", "counter", "Builds that ended since this scheduler started, by status.")
         for s in BuildStatus.allCases where s.isFinal { out += "kiln_builds_ended_total{status=\"\(s.rawValue)\"} \(c.ended[s] ?? 0)\n" }
         metric("kiln_pipeline_runs_ended_total", "counter", "Post-build pipeline runs that ended since this scheduler started, by status.")
