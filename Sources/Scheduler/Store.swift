@@ -16,6 +16,8 @@ public struct SchedulerStore: Sendable {
     let loginThrottle = LoginThrottle()
     /// The leases webhook idempotency keys expire with, shared by every copy of the store.
     let hookLeases: HookLeases
+    /// Where the newest builds of each range were found last (listings), shared likewise.
+    let listingHints = NewestWindow.Hints()
 
     public init(etcd: EtcdClient, keys: Keys = Keys(), hookLeases: HookLeases = HookLeases()) {
         self.etcd = etcd

@@ -18,8 +18,21 @@ public final class SchedulerMetrics: Sendable {
     }
 
     private let counts = Mutex(Counts())
+    /// The last count of build records and when it was read: etcd counts them by walking its
+    /// index over every record, so a scrape reads it at most every ``recordsCountAge``.
+    private let recordsCount = Mutex<(at: ContinuousClock.Instant, value: Int64)?>(nil)
+    static let recordsCountAge = Duration.seconds(30)
 
     public init() {}
+
+    /// The count of build records, read with `read` when the last one is older than ``recordsCountAge``.
+    func buildRecords(_ read: () async throws -> Int64) async throws -> Int64 {
+        let now = ContinuousClock.now
+        if let last = recordsCount.withLock({ $0 }), now - last.at < Self.recordsCountAge { return last.value }
+        let value = try await read()
+        recordsCount.withLock { $0 = (now, value) }
+        return value
+    }
 
     func webhookDelivery(result: String) {
         counts.withLock { $0.deliveries[result, default: 0] += 1 }
@@ -80,8 +93,9 @@ struct BuildChange: Equatable, Sendable {
 /// `GET /metrics` in Prometheus' text format (version 0.0.4).
 ///
 /// Gauges from count-only reads of etcd at scrape time (etcd counts in its index, no record
-/// is read): builds queued, live agents, builds assigned (task keys), build records kept,
-/// pipeline runs waiting or running. Counters and histograms of this scheduler since its start
+/// is read): builds queued, live agents, builds assigned (task keys), pipeline runs waiting
+/// or running, and build records kept (its count walks the index over every record, so it
+/// is read at most every 30 s). Counters and histograms of this scheduler since its start
 /// (``SchedulerMetrics``): builds queued and ended by status, pipeline runs ended by status,
 /// finished steps' durations, dispatch latency, webhook deliveries by result. A scrape costs
 /// the same at 100 builds as at 100,000.
@@ -97,7 +111,7 @@ struct MetricsPage: Sendable {
         async let queued = etcd.count(prefix: keys.queue)
         async let agents = etcd.count(prefix: keys.agents)
         async let tasks = etcd.count(prefix: keys.tasks)
-        async let records = etcd.count(prefix: keys.builds)
+        async let records = metrics.buildRecords { try await etcd.count(prefix: keys.builds) }
         async let pipelines = etcd.count(prefix: keys.pipelineIndex)
         let c = metrics.snapshot
 
@@ -113,7 +127,7 @@ struct MetricsPage: Sendable {
         one("kiln_queue_depth", "gauge", "Builds waiting in the queue for an agent.", try await queued)
         one("kiln_agents_live", "gauge", "Agents registered under a live lease.", try await agents)
         one("kiln_builds_assigned", "gauge", "Builds assigned to an agent and not yet ended (task keys).", try await tasks)
-        one("kiln_build_records", "gauge", "Build records kept in etcd, of every status.", try await records)
+        one("kiln_build_records", "gauge", "Build records kept in etcd, of every status (counted at most every 30 s).", try await records)
         one("kiln_pipeline_runs_waiting", "gauge", "Post-build pipeline runs pending or running (the pipeline index).", try await pipelines)
         one("kiln_builds_queued_total", "counter", "Builds queued since this scheduler started (by any scheduler: counted from etcd's changes).", c.queued)
         metric("kiln_builds_ended_total", "counter", "Builds that ended since this scheduler started, by status.")

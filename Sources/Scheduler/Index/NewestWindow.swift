@@ -1,42 +1,54 @@
 import Foundation
 import KilnCore
+import Synchronization
 
 /// Finds the newest `limit` keys of a range whose keys end in build ids (`/kiln/builds/{id}`,
 /// `index/builds/{project}/{id}`), without asking etcd to sort: etcd 3.4 reads every key of a
 /// range with its value before it sorts and cuts to a limit (`EtcdClient.RangeOptions`), so
 /// "newest first with a limit" is a full scan there. Build ids begin with their creation time
 /// (``BuildID``), so the keys created from a time on are one key range: this looks for a time
-/// window just below the upper bound that holds a little more than `limit` keys, counting
-/// with count-only reads (etcd's in-memory index, no value read), then reads that window.
+/// window just below the upper bound that holds more than `limit` keys and at most
+/// ``maxFetch``. Each probe is one read of a window in etcd's own order with a limit of
+/// ``maxFetch``, keys only: etcd stops after that many, and its answer's count is the window's
+/// whole count, so a probe that lands is also the fetch.
 ///
-/// Pure: the caller performs each step and reports what etcd said.
-/// 1. ``start()`` asks to count the whole range below the upper bound (cheap: etcd's index).
-/// 2. ``counted(_:)`` gets the count of the window it asked for and answers the next step:
-///    - the whole range, and at most ``maxFetch`` keys: fetch it;
-///    - more than ``maxFetch`` keys: a narrower window (the first one the last hour, as the
-///      newest page is the one asked for most; never narrower than one millisecond);
-///    - more than `limit` (up to ``maxFetch``): fetch this window;
+/// Pure: the caller performs each probe and reports what etcd said.
+/// 1. ``start()`` probes the window of the hint (the span that landed last time for this
+///    range, ``Hints``), else the whole range below the upper bound. A hint's window of too
+///    few keys is followed by the whole range (it may be small now).
+/// 2. ``probed(count:firstMs:)`` gets the window's count and the time of its oldest key, and
+///    answers the next step:
+///    - at most ``maxFetch`` keys, and more than `limit` or the whole range: ``Step/done``,
+///      the keys read are the answer's window;
+///    - more than ``maxFetch``: a narrower window; after the whole range, one that would hold
+///      keys halfway between `limit` and ``maxFetch`` if they were spread evenly from the
+///      oldest to the bound (one more probe for most farms), else in proportion to the counts;
 ///    - `limit` or fewer: a wider window.
 ///    Each window lies strictly between the widest one known to hold too few keys and the
-///    narrowest known to hold too many (in proportion to the counts, else halfway), so the
-///    search ends; after ``maxSteps`` counts it fetches the window it has.
-/// 3. The caller reads the window's keys (ascending, etcd's own order, no sort) and keeps the
-///    last `limit`, newest first. There are older ones if the window held more than `limit`
-///    or is not the whole range (which then holds more than ``maxFetch``).
+///    narrowest known to hold too many (else halfway between), so the search ends. When no
+///    window lies between them (they differ by a millisecond: more than ``maxFetch`` builds
+///    in one), or after ``maxSteps`` probes, ``Step/fetchAll`` reads the window of too many
+///    (or the last one) without a limit.
+/// 3. The caller keeps the last `limit` keys of the window, newest first. There are older
+///    ones if the window held more than `limit`, or is not the whole range (which then holds
+///    more than ``maxFetch``).
 struct NewestWindow: Sendable {
     /// A window: the keys from this time on (milliseconds since 1970), nil for the whole range.
     enum Step: Equatable, Sendable {
-        case count(fromMs: Int64?)
-        case fetch(fromMs: Int64?)
+        /// Read the window's keys with a limit of ``maxFetch``; report with ``probed(count:firstMs:)``.
+        case probe(fromMs: Int64?)
+        /// The keys the last probe read are all of its window: take the newest.
+        case done(fromMs: Int64?)
+        /// Read every key of the window (no limit), and take the newest.
+        case fetchAll(fromMs: Int64?)
     }
 
     let limit: Int
-    /// The most keys a fetch may read (a window of up to this many is taken as it is).
+    /// The limit of a probe: a window of up to this many keys is read whole.
     let maxFetch: Int
     /// The time of the upper bound: the cursor's build id, or now.
     let upperMs: Int64
     static let maxSteps = 48
-    static let firstSpanMs: Int64 = 3_600_000
 
     /// The window's length below `upperMs`; `upperMs` or more is the whole range.
     private var span: Int64
@@ -45,38 +57,68 @@ struct NewestWindow: Sendable {
     private var tooMany: Int64?
     private(set) var steps = 0
 
-    init(limit: Int, upperMs: Int64) {
+    /// Whether the first probe was the hint's window.
+    private var hinted: Bool
+
+    /// `hintMs`: the span of the window that landed last time for this range (``Hints``);
+    /// nil: start with the whole range.
+    init(limit: Int, upperMs: Int64, hintMs: Int64? = nil) {
         self.limit = max(1, limit)
         self.maxFetch = max(4 * self.limit, 64)
-        self.upperMs = max(0, upperMs)
-        span = self.upperMs
+        let upper = max(0, upperMs)
+        self.upperMs = upper
+        span = hintMs.map { max(1, min($0, upper)) } ?? upper
+        hinted = hintMs != nil
     }
+
+    /// The span to remember for this range once the window of the last step landed (nil:
+    /// the whole range, which needs no hint).
+    var landedSpanMs: Int64? { from == nil ? nil : span }
 
     /// The window's first time; nil once it reaches back to 1970 (the whole range).
     private var from: Int64? { span >= upperMs ? nil : upperMs - span }
 
-    func start() -> Step { .count(fromMs: from) }
+    func start() -> Step { .probe(fromMs: from) }
 
-    /// Whether a fetch of `fetched` keys (of the window of the last step) leaves older ones.
-    func more(fetched: Int, window fromMs: Int64?) -> Bool { fetched > limit || fromMs != nil }
+    /// Whether a window of `count` keys leaves keys older than the `limit` newest of it.
+    func more(count: Int, window fromMs: Int64?) -> Bool { count > limit || fromMs != nil }
 
-    mutating func counted(_ count: Int64) -> Step {
+    /// `count`: how many keys the window probed holds; `firstMs`: the time of its oldest.
+    mutating func probed(count: Int64, firstMs: Int64?) -> Step {
         steps += 1
         let n = Int(clamping: count)
-        if from == nil && n <= maxFetch { return .fetch(fromMs: nil) }
+        if n <= maxFetch && (n > limit || from == nil) { return .done(fromMs: from) }
         if n > maxFetch {
+            let whole = from == nil
             tooMany = span
-            guard span > 1, steps < Self.maxSteps else { return .fetch(fromMs: from) }
-            let estimate = steps == 1 ? Double(Self.firstSpanMs) : Double(span) * Double(2 * limit) / Double(n)
-            span = next(estimate: estimate)
-            return .count(fromMs: from)
+            guard !exhausted else { return .fetchAll(fromMs: from) }
+            let extent = whole ? Double(max(1, upperMs - (firstMs ?? 0))) : Double(span)
+            span = next(estimate: extent * target / Double(n))
+            return .probe(fromMs: from)
         }
-        if n > limit { return .fetch(fromMs: from) }
         tooFew = span
-        guard steps < Self.maxSteps else { return .fetch(fromMs: from) }
-        span = next(estimate: Double(span) * (n == 0 ? 16 : max(2, Double(2 * limit) / Double(n))))
-        return .count(fromMs: from)
+        if hinted && steps == 1 && from != nil {
+            // Fewer than last time: the range may be small now; the whole of it says.
+            span = upperMs
+            return .probe(fromMs: nil)
+        }
+        if exhausted, let tooMany {
+            // The next wider window is one of too many: read it whole.
+            span = tooMany
+            return .fetchAll(fromMs: from)
+        }
+        if steps >= Self.maxSteps { return .fetchAll(fromMs: from) }
+        span = next(estimate: Double(span) * (n == 0 ? 16 : max(2, target / Double(n))))
+        return .probe(fromMs: from)
     }
+
+    /// No window lies between the known ones (they differ by a millisecond), or the probes are used up.
+    private var exhausted: Bool {
+        steps >= Self.maxSteps || tooMany.map { $0 - tooFew <= 1 } ?? false
+    }
+
+    /// How many keys a window is aimed at: halfway between the least a probe may land on and the most.
+    private var target: Double { Double(limit + 1 + maxFetch) / 2 }
 
     /// A span strictly between `tooFew` and `tooMany`: the estimate if it lies there, else halfway.
     private func next(estimate: Double) -> Int64 {
@@ -85,6 +127,25 @@ struct NewestWindow: Sendable {
         if e > low && e < high { return e }
         let mid = low + (high - low) / 2
         return mid > low ? mid : low + 1
+    }
+
+    /// The window that landed last, per range: the next listing of the same range (the newest
+    /// page asked again, or the next page) most often lands with one probe. Shared by every copy
+    /// of a store; at most ``capacity`` ranges are remembered (then it starts afresh).
+    final class Hints: Sendable {
+        static let capacity = 4096
+        private let spans = Mutex<[String: Int64]>([:])
+
+        init() {}
+
+        func span(for range: String) -> Int64? { spans.withLock { $0[range] } }
+
+        func remember(_ span: Int64?, for range: String) {
+            spans.withLock { s in
+                if s.count >= Self.capacity, s[range] == nil { s.removeAll() }
+                s[range] = span
+            }
+        }
     }
 
     // MARK: build ids and time

@@ -4,8 +4,8 @@ import KilnCore
 
 /// Builds newest first, a page at a time, without reading every record: the farm's builds
 /// from `/kiln/builds/`, a project's through its index (`Keys.buildIndex(project:)`), each
-/// found with ``NewestWindow`` (count-only reads, then one window of keys) and read with one
-/// transaction of gets per hundred builds.
+/// found with ``NewestWindow`` (a few limited reads of keys) and read with one transaction of
+/// gets per hundred builds.
 extension SchedulerStore {
     /// How many gets one transaction holds (etcd refuses more than 128 operations by default).
     static let getsPerTxn = 100
@@ -91,18 +91,28 @@ extension SchedulerStore {
         let end = prefix + "c"
         let upper = cursor.map { min(prefix + $0, end) } ?? end
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        var window = NewestWindow(limit: limit, upperMs: cursor.flatMap(NewestWindow.timeMs) ?? nowMs)
+        var window = NewestWindow(limit: limit, upperMs: cursor.flatMap(NewestWindow.timeMs) ?? nowMs, hintMs: listingHints.span(for: prefix))
         func lower(_ fromMs: Int64?) -> String { prefix + NewestWindow.firstID(atMs: fromMs ?? 0) }
+        func keys(_ kvs: [KeyValue], window fromMs: Int64?, count: Int) -> (ids: [String], more: Bool) {
+            let ids = kvs.suffix(limit).reversed().map { String($0.key.dropFirst(prefix.count)) }
+            return (ids.filter(BuildID.isValid), window.more(count: count, window: fromMs))
+        }
         var step = window.start()
         while true {
             switch step {
-            case .count(let fromMs):
-                let n = try await etcd.range(key: lower(fromMs), rangeEnd: upper, options: .init(countOnly: true)).count
-                step = window.counted(n)
-            case .fetch(let fromMs):
+            case .probe(let fromMs):
+                let r = try await etcd.range(key: lower(fromMs), rangeEnd: upper, options: .init(limit: window.maxFetch, keysOnly: true))
+                step = window.probed(count: r.count, firstMs: r.kvs.first.flatMap { NewestWindow.timeMs(of: String($0.key.dropFirst(prefix.count))) })
+                // The probe read every key of its window.
+                if case .done = step {
+                    listingHints.remember(window.landedSpanMs, for: prefix)
+                    return keys(r.kvs, window: fromMs, count: Int(r.count))
+                }
+            case .done:
+                preconditionFailure("a window is done only after its probe")
+            case .fetchAll(let fromMs):
                 let kvs = try await etcd.range(key: lower(fromMs), rangeEnd: upper, options: .init(keysOnly: true)).kvs
-                let ids = kvs.suffix(limit).reversed().map { String($0.key.dropFirst(prefix.count)) }
-                return (ids.filter(BuildID.isValid), window.more(fetched: kvs.count, window: fromMs))
+                return keys(kvs, window: fromMs, count: kvs.count)
             }
         }
     }
