@@ -1,12 +1,14 @@
 /// Range reads with etcd's options: a limit, an order, keys only, a count only.
 ///
-/// What each costs on etcd 3.4 (its `applierV3backend.Range` and mvcc's `rangeKeys`):
-/// - no order (etcd's own: ascending by key) with a limit reads `limit + 1` values and stops;
-/// - `countOnly` walks the in-memory key index only and reads no value: cheap even over many keys;
-/// - `keysOnly` saves the transfer, not the read: etcd still loads every value it returns;
-/// - ANY order (even ascending) makes etcd read every key of the range with its value, sort,
-///   then cut to the limit. A descending read "with a limit" of a large prefix is therefore a
-///   full scan inside etcd: order only small ranges, and page large ones without an order.
+/// What each costs on etcd 3.4 (its `applierV3backend.Range` and mvcc's `rangeKeys`): every
+/// read first walks etcd's in-memory key index over the whole range (that is how the answer's
+/// `count` is the range's, whatever the limit), then loads the values of the keys it returns:
+/// - no order (etcd's own: ascending by key) with a limit loads `limit + 1` values;
+/// - `countOnly` loads no value;
+/// - `keysOnly` saves the transfer, not the load: etcd still reads every value it returns;
+/// - ANY order (even ascending) makes etcd load every value of the range, sort, then cut to
+///   the limit. A descending read "with a limit" of a large prefix is therefore a full scan
+///   inside etcd: order only small ranges, and page large ones without an order.
 extension EtcdClient {
     /// How a range is read. The defaults read the whole range in key order.
     public struct RangeOptions: Sendable, Equatable {

@@ -9,8 +9,10 @@ import Synchronization
 /// (``BuildID``), so the keys created from a time on are one key range: this looks for a time
 /// window just below the upper bound that holds more than `limit` keys and at most
 /// ``maxFetch``. Each probe is one read of a window in etcd's own order with a limit of
-/// ``maxFetch``, keys only: etcd stops after that many, and its answer's count is the window's
-/// whole count, so a probe that lands is also the fetch.
+/// ``maxFetch``, keys only: etcd loads no more values than that (it still walks its in-memory
+/// index over the window), and its answer's count is the window's whole count, so a probe
+/// that lands is also the fetch. Remembering the window that landed (``Hints``) keeps the
+/// walk over the whole range off the hot path.
 ///
 /// Pure: the caller performs each probe and reports what etcd said.
 /// 1. ``start()`` probes the window of the hint (the span that landed last time for this
