@@ -188,8 +188,9 @@ actor BuildReporter {
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
-    /// Writes the last log chunk, the final record and removes the task, in one transaction:
-    /// whoever sees the log's end sees the build's end.
+    /// Writes the last log chunk, the final record (with its pipeline run's entry in the pipeline
+    /// index, if it has one) and removes the task, in one transaction: whoever sees the log's
+    /// end sees the build's end.
     func finish(_ build: Build) async throws {
         var build = masked(build)
         if build.status == .succeeded, !pipeline.isEmpty, build.deploy == nil {
@@ -202,9 +203,10 @@ actor BuildReporter {
         let lines = chunks.popLast() ?? []
         let writes = chunks.map { numbered($0, end: false) }
         let (chunkKey, chunk) = numbered(lines, end: true)
-        let txn = Txn(
-            compare: [guardCompare],
-            success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)])
+        var success: [TxnOp] = [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)]
+        // A pending run goes into the pipeline index, which the leader follows (not every record).
+        if let run = build.deploy, !run.status.isFinal { success.append(.put(keys.pipelineIndexEntry(build: buildID), "")) }
+        let txn = Txn(compare: [guardCompare], success: success)
         _ = try? await lastWrites?.value
         for (key, value) in writes { try await write(key, value) }
         let r = try await persistently("writing the build's end") { try await etcd.txn(txn) }

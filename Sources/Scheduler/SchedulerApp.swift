@@ -62,7 +62,8 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
-    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, logger: logger).addRoutes(to: router)
+    let metrics = SchedulerMetrics()
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
@@ -83,10 +84,12 @@ public func buildSchedulerApplication(
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher],
+        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger)],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
     app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    // Index entries for records from before the indexes, once per farm (a marker says done).
+    app.beforeServerStarts { try await IndexMigration(store: store, logger: logger).runIfNeeded() }
     return app
 }
