@@ -20,8 +20,9 @@ import Glibc
 /// `<data-dir>/last-use/` (the entry's path), whose modification time is the end of the last
 /// build that used it and whose text is the entry's size as last measured. The stamps live
 /// outside the folders builds mount, so a build cannot make its cache look young. An evicted
-/// folder is first renamed into `<data-dir>/trash/` (atomic: no build finds it half gone),
-/// then deleted; the trash is emptied at start too.
+/// folder is first renamed to `.evicted-<uuid>` beside it (atomic, and on its own filesystem
+/// even when the caches are a mount of their own: no build finds it half gone), then deleted;
+/// such leftovers of an agent that died meanwhile are deleted at start.
 actor DiskKeeper {
     struct Settings: Sendable {
         /// Bytes mirrors and caches may hold; nil: `DiskBudget.defaultBudget` at start.
@@ -66,7 +67,9 @@ actor DiskKeeper {
     }
 
     private var stamps: URL { dataDir.appendingPathComponent("last-use") }
-    private var trash: URL { dataDir.appendingPathComponent("trash") }
+    /// The folders entries live in.
+    static let parents = ["mirrors", "mvncache/protected", "mvncache/shared"]
+    static let evictedPrefix = ".evicted-"
 
     /// The entries of one project, relative to the data dir.
     static func entries(of project: String) -> [String] {
@@ -88,19 +91,19 @@ actor DiskKeeper {
 
     /// The entries' paths under `root` (the data dir, or the stamps' folder).
     static func listEntries(under root: URL) -> [String] {
-        ["mirrors", "mvncache/protected", "mvncache/shared"].flatMap { folder in
+        parents.flatMap { folder in
             ((try? FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(folder).path)) ?? []).map { "\(folder)/\($0)" }
         }.filter { project(ofEntry: $0) != nil }
     }
 
     // MARK: start
 
-    /// Empties the trash, finds the entries (measuring those without a stamp), settles the
+    /// Deletes what evictions left half done, finds the entries (measuring those without a stamp), settles the
     /// budget and the minimum, and runs a first check. Before the agent registers.
     func start() async -> AgentDisk {
         let fm = FileManager.default
         try? fm.createDirectory(at: stamps, withIntermediateDirectories: true)
-        await emptyTrash()
+        await deleteLeftovers()
         if let docker {
             do {
                 let kept = try KeptImages(docker: docker, count: keepImages, dataDir: dataDir, logger: logger)
@@ -221,10 +224,7 @@ actor DiskKeeper {
         var fs = DiskUsage.filesystem(of: dataDir.path)
         let plan = DiskBudget.evictions(Array(entries.values), busy: Set(busy.keys), budget: budget, free: fs?.free ?? .max, minFree: minFree)
         for entry in plan { await evict(entry) }
-        if !plan.isEmpty {
-            await emptyTrash()
-            fs = DiskUsage.filesystem(of: dataDir.path)
-        }
+        if !plan.isEmpty { fs = DiskUsage.filesystem(of: dataDir.path) }
         // Short of space still (or the engine's own disk is): the kept images go, oldest first.
         var engine = engineRoot.flatMap(DiskUsage.filesystem(of:))
         if let images, (fs?.free ?? .max) < minFree || (engine?.free ?? .max) < minFree {
@@ -248,16 +248,16 @@ actor DiskKeeper {
         return status
     }
 
-    /// Moves the entry into the trash and forgets it; a mirror takes the project's kept
-    /// images with it (the project has not built here for longest).
+    /// Renames the entry aside and forgets it, then deletes it; a mirror takes the project's
+    /// kept images with it (the project has not built here for longest).
     private func evict(_ entry: DiskBudget.Entry) async {
         // A build of the project may have started while this check waited: rule 1 holds now.
         guard busy[entry.project] == nil else { return }
         let fm = FileManager.default
         let from = dataDir.appendingPathComponent(entry.path)
-        try? fm.createDirectory(at: trash, withIntermediateDirectories: true)
+        let aside = from.deletingLastPathComponent().appendingPathComponent(Self.evictedPrefix + UUID().uuidString)
         do {
-            try fm.moveItem(at: from, to: trash.appendingPathComponent(UUID().uuidString))
+            try fm.moveItem(at: from, to: aside)
         } catch where fm.fileExists(atPath: from.path) {
             logger.warning("cannot evict \(entry.path): \(error)")
             return
@@ -265,14 +265,19 @@ actor DiskKeeper {
         entries[entry.path] = nil
         try? fm.removeItem(at: stamps.appendingPathComponent(entry.path))
         logger.notice("evicted \(entry.path) (\(AgentDisk.describe(entry.bytes)), last used \(KilnJSON.formatDate(entry.lastUse)))")
+        _ = try? await blocking(cancel: nil) { try? FileManager.default.removeItem(at: aside) }
         if entry.path.hasPrefix("mirrors/"), let images { await images.prune(project: entry.project, keeping: 0) }
     }
 
-    private func emptyTrash() async {
-        let trash = self.trash
+    /// Deletes the folders evictions renamed aside and did not get to delete (the agent died).
+    private func deleteLeftovers() async {
+        let dataDir = self.dataDir
         _ = try? await blocking(cancel: nil) {
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: trash.path)) ?? [] {
-                try? FileManager.default.removeItem(at: trash.appendingPathComponent(name))
+            for parent in Self.parents {
+                let folder = dataDir.appendingPathComponent(parent)
+                for name in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [] where name.hasPrefix(Self.evictedPrefix) {
+                    try? FileManager.default.removeItem(at: folder.appendingPathComponent(name))
+                }
             }
         }
     }
