@@ -15,23 +15,11 @@ struct AgentRegistrationTests {
     func withAgent(minFree: Int64, _ body: @escaping @Sendable (EtcdClient) async throws -> Void) async throws {
         try await withEtcd(timeout: .seconds(60)) { server, etcd in
             let dir = try TempDir("agent-registration")
-            let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
             var config = AgentConfiguration(id: "sim-1", ttlSeconds: 4, dataDir: dir.path("agent"), etcdEndpoint: server.endpoint,
                                             simulate: SimulatedDuration(seconds: 0))
             config.minFree = minFree
             config.diskBudget = 1 << 30
-            let configuration = config
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await AgentService(configuration: configuration, logger: logger).run() }
-                do {
-                    try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
-                    try await body(etcd)
-                } catch {
-                    group.cancelAll()
-                    throw error
-                }
-                group.cancelAll()
-            }
+            try await withAgentService(config, etcd: etcd) { try await body(etcd) }
         }
     }
 

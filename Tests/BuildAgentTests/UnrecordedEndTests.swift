@@ -19,23 +19,11 @@ struct UnrecordedEndTests {
     func withAgent(_ body: @escaping @Sendable (EtcdServer, EtcdClient) async throws -> Void) async throws {
         try await withSmallEtcd { server, etcd in
             let dir = try TempDir("unrecorded-end")
-            let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
             var config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 6, dataDir: dir.path("agent"),
                                             etcdEndpoint: server.endpoint, simulate: SimulatedDuration(seconds: 2))
             config.etcdRetryLimit = .seconds(2)
             config.minFree = 0
-            let configuration = config
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await AgentService(configuration: configuration, logger: logger).run() }
-                do {
-                    try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
-                    try await body(server, etcd)
-                } catch {
-                    group.cancelAll()
-                    throw error
-                }
-                group.cancelAll()
-            }
+            try await withAgentService(config, etcd: etcd) { try await body(server, etcd) }
         }
     }
 
