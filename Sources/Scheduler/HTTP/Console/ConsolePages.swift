@@ -232,9 +232,11 @@ enum ConsolePages {
             let tasks = a.tasks ?? []
             let running: HTML = tasks.isEmpty ? "—" : tasks.map(buildLink).joined(separator: " ")
             let labels = a.labels.isEmpty ? "—" : a.labels.joined(separator: ", ")
-            return "<tr><td class=\"agent\">\(a.id)</td><td>\(a.running ?? 0)/\(a.capacity)</td><td>\(labels)</td><td>\(a.homedProjects ?? 0)</td><td>\(running)</td><td>\(a.version)</td><td>\(when(a.startedAt))</td></tr>"
+            var disk: HTML = "\(a.disk?.summary ?? "—")"
+            if let refusing = a.refusing { disk = "\(disk)<br><strong>refuses new builds:</strong> \(refusing)" }
+            return "<tr><td class=\"agent\">\(a.id)</td><td>\(a.running ?? 0)/\(a.capacity)</td><td>\(labels)</td><td>\(a.homedProjects ?? 0)</td><td>\(running)</td><td>\(disk)</td><td>\(a.version)</td><td>\(when(a.startedAt))</td></tr>"
         }
-        return table(["agent", "load/capacity", "labels", "homed projects", "running builds", "version", "up since"], rows,
+        return table(["agent", "load/capacity", "labels", "homed projects", "running builds", "disk", "version", "up since"], rows,
                      empty: "No live agent: start one with <code>kiln agent</code>.")
     }
 
