@@ -14,10 +14,14 @@ public struct SchedulerStore: Sendable {
     /// Failed password logins of this scheduler, shared by every copy of the store: the API's
     /// HTTP Basic logins and the console's login form count against one budget.
     let loginThrottle = LoginThrottle()
+    /// Where ended builds' logs go (docs/logs.md); nil: this store reads only the logs still
+    /// in etcd, and refuses to show an archived one.
+    public let logArchive: (any LogArchive)?
 
-    public init(etcd: EtcdClient, keys: Keys = Keys()) {
+    public init(etcd: EtcdClient, keys: Keys = Keys(), logArchive: (any LogArchive)? = nil) {
         self.etcd = etcd
         self.keys = keys
+        self.logArchive = logArchive
     }
 
     // MARK: projects
@@ -252,12 +256,5 @@ public struct SchedulerStore: Sendable {
         }.sorted { $0.id < $1.id }
     }
 
-    // MARK: logs
-
-    /// The whole log of a build so far.
-    public func log(of id: String) async throws -> [String] {
-        try await etcd.range(prefix: keys.logs(of: id)).kvs.flatMap { kv in
-            (try? KilnJSON.decode(LogChunk.self, from: kv.value))?.lines ?? []
-        }
-    }
+    // The logs (archive and chunks): Logs/Store+Logs.swift.
 }
