@@ -36,6 +36,11 @@ public struct SchedulerConfiguration: Sendable {
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
     /// also refuses a file that does not open what etcd holds.
     public var secretsKeyFile: String?
+    /// Where ended builds' logs go once they leave etcd (`--log-archive`; docs/logs.md): every
+    /// scheduler of a farm needs the same one. nil: logs stay in etcd (tests that read chunks).
+    public var logArchive: (any LogArchive)?
+    /// How the leader's archiver retries and sweeps.
+    public var logArchiver = LogArchiver.Configuration()
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -56,7 +61,7 @@ public func buildSchedulerApplication(
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let etcd = EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger, credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
-    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
+    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix), logArchive: configuration.logArchive)
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
@@ -72,7 +77,8 @@ public func buildSchedulerApplication(
     let pipelines = configuration.plugins.isEmpty ? nil
         : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
-                                leaderTasks: configuration.leaderTasks, logger: logger)
+                                leaderTasks: configuration.leaderTasks,
+                                logArchiver: LogArchiver(store: store, configuration: configuration.logArchiver, logger: logger), logger: logger)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
