@@ -28,7 +28,7 @@ struct LogArchiveFarmTests {
         // The leader tried and said why; the chunks are all still there.
         let leader = try #require(try await farm.leader(asking: "sched-1"))
         let leaderProcess = try #require(farm.schedulers[leader]).process
-        try await leaderProcess.waitUntilReady(timeout: 30) { leaderProcess.logTail(lines: 400).contains("archiving build") }
+        try await leaderProcess.waitUntilReady(timeout: 30) { leaderProcess.logTail(lines: 400).contains("the log archive cannot store") }
         #expect(leaderProcess.logTail(lines: 400).contains(farm.logArchive.path), "\(leaderProcess.logTail(lines: 20))")
         for id in ids { #expect(try await farm.etcd.range(prefix: farm.keys.logs(of: id)).kvs.count > 0, "build \(id)'s chunks left etcd with the archive down") }
         let before = try await etcdBytes(farm.etcd, under: farm.keys.logs)

@@ -9,26 +9,28 @@ import Testing
 struct LogArchiveRulesTests {
     let t0 = ContinuousClock.now
 
-    @Test("queue: due at once, oldest first, a failed build backs off doubling up to the cap, an offer does not hurry it")
+    @Test("queue: due at once in the order offered; a failing build backs off alone, doubling to the cap; a failing archive pauses every build")
     func queue() {
         var q = ArchiveQueue(retryAfter: .seconds(5), retryAtMost: .seconds(30))
         #expect(q.take(now: t0) == nil)
         q.offer("b2", now: t0)
-        q.offer("b1", now: t0 + .seconds(1))
-        q.offer("b2", now: t0 + .seconds(2))  // still due since t0
-        #expect(q.count == 2)
+        q.offer("b1", now: t0)
+        q.offer("b2", now: t0 + .seconds(2))  // queued already: keeps its place
+        q.offer("b0", now: t0 + .seconds(1))
+        #expect(q.count == 3)
         #expect(q.take(now: t0 + .seconds(2)) == "b2")
         #expect(q.take(now: t0 + .seconds(2)) == "b1")
+        #expect(q.take(now: t0 + .seconds(2)) == "b0")
         #expect(q.take(now: t0 + .seconds(2)) == nil)
 
-        // Rule 3: 5, 10, 20, 30, 30 s.
+        // Rule 3: 5, 10, 20, 30, 30 s, for b1 alone.
         var now = t0
+        q.offer("b3", now: now)
         for expected in [5, 10, 20, 30, 30] {
             #expect(q.failed("b1", now: now) == .seconds(expected))
-            #expect(q.take(now: now + .seconds(expected) - .milliseconds(1)) == nil)
             // Rule 1: a new end chunk of a failing build does not bring it forward.
             q.offer("b1", now: now)
-            #expect(q.take(now: now + .seconds(expected) - .milliseconds(1)) == nil)
+            #expect(q.take(now: now + .seconds(expected) - .milliseconds(1)) == (expected == 5 ? "b3" : nil), "others go on meanwhile")
             now = now + .seconds(expected)
             #expect(q.take(now: now) == "b1")
         }
@@ -36,8 +38,24 @@ struct LogArchiveRulesTests {
         q.succeeded("b1")
         #expect(q.failing == 0)
         #expect(q.failed("b1", now: now) == .seconds(5), "a success starts the backoff over")
-        // Rule 4: a failed build stays queued, however often it fails.
-        #expect(q.count == 1)
+
+        // Rule 4: the archive fails: nothing at all is taken until the pause ends, then that build first.
+        var a = ArchiveQueue(retryAfter: .seconds(5), retryAtMost: .seconds(30))
+        for b in ["x1", "x2", "x3"] { a.offer(b, now: t0) }
+        #expect(a.take(now: t0) == "x1")
+        #expect(a.archiveFailed("x1", now: t0) == .seconds(5))
+        a.offer("x4", now: t0)
+        #expect(a.take(now: t0 + .seconds(4)) == nil)
+        #expect(a.take(now: t0 + .seconds(5)) == "x2")
+        #expect(a.archiveFailed("x2", now: t0 + .seconds(5)) == .seconds(10), "the archive's failures in a row double the pause")
+        #expect(a.take(now: t0 + .seconds(14)) == nil)
+        #expect(a.take(now: t0 + .seconds(15)) == "x3")
+        a.succeeded("x3")
+        #expect(a.archiveFailures == 0 && a.pausedUntil == nil)
+        // Rule 6: every build is still there.
+        var left: [String] = []
+        while let b = a.take(now: t0 + .seconds(15)) { left.append(b) }
+        #expect(Set(left) == ["x1", "x2", "x4"])
     }
 
     @Test("plan: nothing before the build and its run have ended; archive what follows the mark; delete what the mark covers")

@@ -152,7 +152,7 @@ struct LogFollowerTests {
             let late = LogArchiverTests.build(.succeeded)
             try await s.write(late, chunks: LogArchiverTests.attempt(4, tag: "late"), end: true)
             let lateLog = try await s.store.log(of: late.id)
-            // Tried at 0, 0.1, 0.3, 0.7, 1.1 s…: chunks still there after several failures.
+            // Tried at 0, 0.1, 0.3, 0.7, 1.1 s (the archive's pauses): chunks still there after several failures.
             try await Task.sleep(for: .seconds(1.5))
             #expect(try await s.chunkNames(late.id).count == 4)
             #expect(try await s.record(late.id).logArchive == nil)

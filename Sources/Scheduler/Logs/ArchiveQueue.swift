@@ -4,19 +4,31 @@ import KilnCore
 /// caller passes the time.
 ///
 /// Rules, in order:
-/// 1. A build offered is due at once, unless it is waiting out a failure's delay: then it
-///    keeps that time (the archive is down; a new chunk of the build does not hurry it).
-/// 2. `take` hands out the build that has been due longest, and only a due one; a build
-///    handed out and offered again (another chunk ended meanwhile) is due again.
-/// 3. A failure puts the build back after `retryAfter`, doubled with each failure in a row
-///    up to `retryAtMost`; a success forgets its failures.
-/// 4. A build is never lost from the queue by a failure: builds never wait for the archive,
-///    and the archive never gives up on a build.
+/// 1. A build offered is due at once, unless it is queued already or waits out its own
+///    failure's delay (then it keeps that time: a new chunk of the build does not hurry it).
+/// 2. `take` hands out the build due first (in the order they were offered when due alike),
+///    and only a due one; nothing while the archive is paused (rule 4). A build handed out and
+///    offered again (another chunk ended meanwhile) is due again.
+/// 3. A failure of one build (its record or a chunk changed, its archived file unreadable,
+///    etcd failing) puts that build back after `retryAfter`, doubled with each failure of it
+///    in a row up to `retryAtMost`.
+/// 4. A failure of the archive itself (it could not store) pauses the whole queue the same
+///    way, counted over the archive's failures in a row; the build is due again when the pause
+///    ends. So an archive that is down is tried once per pause, not once per waiting build.
+/// 5. A success forgets the build's failures and the archive's.
+/// 6. No failure drops a build: builds never wait for the archive, and the archive never
+///    gives up on a build.
 struct ArchiveQueue: Sendable {
     let retryAfter: Duration
     let retryAtMost: Duration
+    /// When each queued build is due; the heap's entries that disagree are stale.
     private var due: [String: ContinuousClock.Instant] = [:]
+    private var heap = Heap()
+    private var offered = 0
     private var failures: [String: Int] = [:]
+    /// The archive's failures in a row, and until when nothing is taken.
+    private(set) var archiveFailures = 0
+    private(set) var pausedUntil: ContinuousClock.Instant?
 
     init(retryAfter: Duration, retryAtMost: Duration) {
         self.retryAfter = retryAfter
@@ -25,20 +37,29 @@ struct ArchiveQueue: Sendable {
 
     /// Builds waiting (due now or later).
     var count: Int { due.count }
-    /// Builds whose last pass failed.
+    /// Builds whose last pass failed on their own (rule 3).
     var failing: Int { failures.count }
 
     /// Rule 1.
     mutating func offer(_ build: String, now: ContinuousClock.Instant) {
-        if let at = due[build], at > now, failures[build] != nil { return }
-        due[build] = min(due[build] ?? now, now)
+        if due[build] != nil { return }
+        schedule(build, at: now)
     }
 
-    /// Rule 2: the build due longest, removed from the queue; nil when none is due.
+    /// Rule 2: the build due first, removed from the queue; nil when none is due.
     mutating func take(now: ContinuousClock.Instant) -> String? {
-        guard let (build, at) = due.min(by: { $0.value < $1.value || ($0.value == $1.value && $0.key < $1.key) }), at <= now else { return nil }
-        due[build] = nil
-        return build
+        if let pause = pausedUntil, pause > now { return nil }
+        while let top = heap.first {
+            guard due[top.build] == top.at else {
+                heap.removeFirst()  // stale: the build was taken or moved since
+                continue
+            }
+            guard top.at <= now else { return nil }
+            heap.removeFirst()
+            due[top.build] = nil
+            return top.build
+        }
+        return nil
     }
 
     /// Rule 3: the build is tried again after the returned delay.
@@ -46,19 +67,82 @@ struct ArchiveQueue: Sendable {
     mutating func failed(_ build: String, now: ContinuousClock.Instant) -> Duration {
         let n = (failures[build] ?? 0) + 1
         failures[build] = n
-        var delay = retryAfter
-        for _ in 1..<min(n, 32) where delay < retryAtMost { delay = delay * 2 }
-        delay = min(delay, retryAtMost)
-        due[build] = now + delay
+        let delay = backoff(n)
+        schedule(build, at: now + delay)
         return delay
     }
 
-    /// Rule 3: the failures in a row so far (after a `failed`, this one's number).
+    /// Rule 4: nothing is taken for the returned delay; then `build` first.
+    @discardableResult
+    mutating func archiveFailed(_ build: String, now: ContinuousClock.Instant) -> Duration {
+        archiveFailures += 1
+        let delay = backoff(archiveFailures)
+        pausedUntil = now + delay
+        schedule(build, at: now)
+        return delay
+    }
+
+    /// The failures of `build` in a row so far (rule 3).
     func failures(of build: String) -> Int { failures[build] ?? 0 }
 
-    /// Rule 3.
+    /// Rule 5.
     mutating func succeeded(_ build: String) {
         failures[build] = nil
+        archiveFailures = 0
+        pausedUntil = nil
+    }
+
+    private mutating func schedule(_ build: String, at: ContinuousClock.Instant) {
+        due[build] = at
+        offered += 1
+        heap.insert(.init(at: at, order: offered, build: build))
+    }
+
+    private func backoff(_ n: Int) -> Duration {
+        var delay = retryAfter
+        for _ in 1..<min(n, 32) where delay < retryAtMost { delay = delay * 2 }
+        return min(delay, retryAtMost)
+    }
+
+    /// A binary min-heap of (time, order of offer): the next build in O(log n), so a first
+    /// walk that finds 100,000 builds with logs does not make each take scan them all.
+    struct Heap: Sendable {
+        struct Entry: Sendable {
+            var at: ContinuousClock.Instant
+            var order: Int
+            var build: String
+            func precedes(_ other: Entry) -> Bool { at != other.at ? at < other.at : order < other.order }
+        }
+        private var items: [Entry] = []
+
+        var first: Entry? { items.first }
+
+        mutating func insert(_ e: Entry) {
+            items.append(e)
+            var i = items.count - 1
+            while i > 0 {
+                let parent = (i - 1) / 2
+                guard items[i].precedes(items[parent]) else { break }
+                items.swapAt(i, parent)
+                i = parent
+            }
+        }
+
+        mutating func removeFirst() {
+            guard !items.isEmpty else { return }
+            items.swapAt(0, items.count - 1)
+            items.removeLast()
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < items.count, items[l].precedes(items[m]) { m = l }
+                if r < items.count, items[r].precedes(items[m]) { m = r }
+                if m == i { return }
+                items.swapAt(i, m)
+                i = m
+            }
+        }
     }
 }
 

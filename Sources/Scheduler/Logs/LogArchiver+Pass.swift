@@ -13,6 +13,12 @@ extension LogArchiver {
         case deleted(Int)
     }
 
+    /// The archive could not store a log: it is down or failing for every build, not this one.
+    struct StoreFailure: Error, CustomStringConvertible {
+        let underlying: any Error
+        var description: String { "\(underlying)" }
+    }
+
     /// Chunks deleted per transaction: each is also compared, and etcd takes at most 128
     /// operations of each kind in one (`--max-txn-ops`), the record's write and the fence besides.
     static let deletesPerTxn = 100
@@ -42,8 +48,17 @@ extension LogArchiver {
             var earlier: [String] = []
             if let mark = record.logArchive, mark.isPlausible(on: record) { earlier = try await store.archivedLines(of: build, mark: mark) }
             let lines = earlier + fresh.flatMap { byName[$0]!.lines }
+            // A deposed leader stores nothing: two leaders replacing one archive file with logs
+            // read at different moments could leave the shorter one under the newer mark.
+            if !fence.isEmpty, !(try await etcd.txn(Txn(compare: fence)).succeeded) {
+                throw KilnError.conflict("this scheduler no longer leads: build \(build)'s log is left to the new leader")
+            }
             // The archive first: only what it has confirmed leaves etcd.
-            try await archive.store(build: build, lines: lines)
+            do {
+                try await archive.store(build: build, lines: lines)
+            } catch {
+                throw StoreFailure(underlying: error)
+            }
             record.logArchive = ArchivedLog(archivedAt: Date(), lines: lines.count, through: fresh.last!)
             markWrite = true
             doomed = leftover + fresh

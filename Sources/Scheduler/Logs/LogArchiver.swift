@@ -17,8 +17,9 @@ import Synchronization
 /// only once the archive has it, write the record's mark and delete exactly those chunks,
 /// each compared with the revision it was read at, in transactions fenced by the term.
 ///
-/// When the archive is down or failing, the chunks stay in etcd and the build is tried again
-/// later (``ArchiveQueue``: 5 s, doubling, at most 5 min by default); no build waits for it.
+/// When the archive is down or failing, the chunks stay in etcd and the archive is tried again
+/// later with one build, then the others (``ArchiveQueue``: 5 s, doubling, at most 5 min by
+/// default); no build waits for it.
 public struct LogArchiver: Sendable {
     public struct Configuration: Sendable {
         /// The first wait before a failed build is tried again; doubled for each failure in a row.
@@ -73,41 +74,52 @@ public struct LogArchiver: Sendable {
             }
             group.addTask {
                 // Wakes the loop for builds whose retry is due; only this process's queue is read.
-                while (try? await Task.sleep(for: .seconds(1))) != nil { inbox.push(.tick) }
+                let every = min(.seconds(1), configuration.retryAfter)
+                while (try? await Task.sleep(for: every)) != nil { inbox.push(.tick) }
             }
-            var failing = false
             for await batch in inbox.batches {
                 queue.withLock { q in
                     for case .offer(let build) in batch { q.offer(build, now: .now) }
                 }
                 while !Task.isCancelled, let build = queue.withLock({ $0.take(now: .now) }) {
-                    do {
-                        try await pass(build, fence: fence)
-                        let stillFailing = queue.withLock { q in
-                            q.succeeded(build)
-                            return q.failing
-                        }
-                        if failing, stillFailing == 0 {
-                            failing = false
-                            logger.notice("the log archive works again; every log waiting for it was archived")
-                        }
-                    } catch {
-                        if Task.isCancelled { break }
-                        let (delay, n, waiting) = queue.withLock { q in
-                            let d = q.failed(build, now: .now)
-                            return (d, q.failures(of: build), q.failing)
-                        }
-                        failing = true
-                        // Every failure of a build at first, then one in ten: the archive may be down for hours.
-                        if n == 1 || n % 10 == 0 {
-                            logger.warning("archiving build \(build)'s log failed (try \(n)): \(error); its chunks stay in etcd, tried again in \(delay) (\(waiting) build\(waiting == 1 ? "" : "s") waiting for the archive)",
-                                           metadata: ["build.id": "\(build)"])
-                        }
-                    }
+                    await passReporting(build, fence: fence, queue: queue)
                 }
                 if Task.isCancelled { break }
             }
             group.cancelAll()
+        }
+    }
+
+    /// One pass of `build`, its outcome told to the queue and, when it failed, to the log:
+    /// a down archive once when it fails, then every tenth try, and once when it works again;
+    /// a build that fails on its own at its first failure, then every tenth.
+    private func passReporting(_ build: String, fence: [Compare], queue: borrowing Mutex<ArchiveQueue>) async {
+        do {
+            try await pass(build, fence: fence)
+            let (wasDown, waiting) = queue.withLock { q in
+                defer { q.succeeded(build) }
+                return (q.archiveFailures > 0, q.count)
+            }
+            if wasDown {
+                logger.notice("the log archive stores again; \(waiting) more build\(waiting == 1 ? "" : "s") to look at")
+            }
+        } catch let failure as StoreFailure {
+            if Task.isCancelled { return }
+            let (delay, n, waiting) = queue.withLock { q in
+                let d = q.archiveFailed(build, now: .now)
+                return (d, q.archiveFailures, q.count)
+            }
+            if n == 1 || n % 10 == 0 {
+                logger.warning("the log archive cannot store (\(failure); try \(n)): ended builds' logs stay in etcd; trying again in \(delay), \(waiting) build\(waiting == 1 ? "" : "s") waiting",
+                               metadata: ["build.id": "\(build)"])
+            }
+        } catch {
+            if Task.isCancelled { return }
+            let (delay, n) = queue.withLock { q in (q.failed(build, now: .now), q.failures(of: build)) }
+            if n == 1 || n % 10 == 0 {
+                logger.warning("archiving build \(build)'s log failed (try \(n)): \(error); its chunks stay in etcd, tried again in \(delay)",
+                               metadata: ["build.id": "\(build)"])
+            }
         }
     }
 
