@@ -38,6 +38,11 @@ public struct SchedulerConfiguration: Sendable {
     public var secretsKeyFile: String?
     /// Retention's pruner on the leader (docs/retention.md); nil: nothing is pruned.
     public var retention: Pruner.Configuration? = .init()
+    /// Where ended builds' logs go once they leave etcd (`--log-archive`; docs/logs.md): every
+    /// scheduler of a farm needs the same one. nil: logs stay in etcd (tests that read chunks).
+    public var logArchive: (any LogArchive)?
+    /// How the leader's archiver retries and sweeps.
+    public var logArchiver = LogArchiver.Configuration()
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -58,7 +63,7 @@ public func buildSchedulerApplication(
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let etcd = EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger, credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
-    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
+    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix), logArchive: configuration.logArchive)
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
@@ -74,13 +79,14 @@ public func buildSchedulerApplication(
     // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
     let pipelines = configuration.plugins.isEmpty ? nil
         : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
-    // No log archive yet: part B's LocalLogArchive (--log-archive) is handed in here.
-    let pruner = configuration.retention.map { Pruner(etcd: etcd, keys: store.keys, archive: nil, configuration: $0, logger: logger) }
+    // The pruner removes a pruned build's archived log too (the same archive the store reads).
+    let pruner = configuration.retention.map { Pruner(etcd: etcd, keys: store.keys, archive: store.logArchive, configuration: $0, logger: logger) }
     var leaderTasks = configuration.leaderTasks
     let schedulerID = configuration.dispatcher.id
     if let pruner { leaderTasks.append { await pruner.lead(schedulerID: schedulerID) } }
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
-                                leaderTasks: leaderTasks, logger: logger)
+                                leaderTasks: leaderTasks,
+                                logArchiver: LogArchiver(store: store, configuration: configuration.logArchiver, logger: logger), logger: logger)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),

@@ -18,11 +18,15 @@ public struct SchedulerStore: Sendable {
     let hookLeases: HookLeases
     /// Where the newest builds of each range were found last (listings), shared likewise.
     let listingHints = NewestWindow.Hints()
+    /// Where ended builds' logs go (docs/logs.md); nil: this store reads only the logs still
+    /// in etcd, and refuses to show an archived one.
+    public let logArchive: (any LogArchive)?
 
-    public init(etcd: EtcdClient, keys: Keys = Keys(), hookLeases: HookLeases = HookLeases()) {
+    public init(etcd: EtcdClient, keys: Keys = Keys(), hookLeases: HookLeases = HookLeases(), logArchive: (any LogArchive)? = nil) {
         self.etcd = etcd
         self.keys = keys
         self.hookLeases = hookLeases
+        self.logArchive = logArchive
     }
 
     // MARK: projects
@@ -276,12 +280,5 @@ public struct SchedulerStore: Sendable {
         }.sorted { $0.id < $1.id }
     }
 
-    // MARK: logs
-
-    /// The whole log of a build so far.
-    public func log(of id: String) async throws -> [String] {
-        try await etcd.range(prefix: keys.logs(of: id)).kvs.flatMap { kv in
-            (try? KilnJSON.decode(LogChunk.self, from: kv.value))?.lines ?? []
-        }
-    }
+    // The logs (archive and chunks): Logs/Store+Logs.swift.
 }

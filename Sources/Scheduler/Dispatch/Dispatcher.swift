@@ -64,13 +64,16 @@ public struct Dispatcher: Service {
     /// Other work only the leader does (deploy discovery), each run while it leads and
     /// cancelled when the term ends.
     let leaderTasks: [@Sendable () async -> Void]
+    /// Moves ended builds' logs into the log archive while this scheduler leads (nil: none).
+    let logArchiver: LogArchiver?
 
     public init(store: SchedulerStore, configuration: Configuration = .init(), pipelines: PipelineService? = nil,
-                leaderTasks: [@Sendable () async -> Void] = [], logger: Logger) {
+                leaderTasks: [@Sendable () async -> Void] = [], logArchiver: LogArchiver? = nil, logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.pipelines = pipelines
         self.leaderTasks = leaderTasks
+        self.logArchiver = logArchiver
         var l = logger
         l[metadataKey: "scheduler.id"] = "\(configuration.id)"
         self.logger = l
@@ -126,6 +129,7 @@ public struct Dispatcher: Service {
                 group.addTask { await pipelines.lead(term: "\(configuration.id)/\(term.createRevision)", fence: fence) }
             }
             for task in leaderTasks { group.addTask { await task() } }
+            if let logArchiver { group.addTask { await logArchiver.lead(fence: fence) } }
             group.addTask { await sweepGrantsWhileLeading(fence: fence) }
             for p in DispatchState.Prefix.allCases {
                 let prefix = state.prefix(p)

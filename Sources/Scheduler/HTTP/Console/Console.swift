@@ -108,7 +108,7 @@ public struct Console: Sendable {
         router.get("ui/builds/:id/log") { request, context in
             try await fragment(request) { me in
                 let build = try await api.visibleBuild(try context.parameters.require("id"), .read, me.caller, access)
-                var response = logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
+                var response = try await logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
                 ConsoleHTTP.secure(&response.headers)
                 return response
             }
