@@ -7,8 +7,8 @@ struct BuildsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "builds", abstract: "List builds, newest first, a page at a time.",
         discussion: """
-            Shows the newest builds (of one project with --project). When there are older ones, the
-            last line is the command that shows the next page: the same with --cursor, the id of the
+            Shows the newest builds (of one project with --project). When there are older ones, the \
+            last line is the command that shows the next page: the same with --cursor, the id of the \
             last build shown. Builds queued meanwhile never push a build onto the next page twice.
             """)
     @OptionGroup var api: APIOptions

@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import KilnClient
 import KilnCore
 import KilnTestSupport
 import NIOHTTP1
@@ -82,6 +83,22 @@ struct BuildListingTests {
             let old = try await h.request(.GET, "/api/v1/builds?project=beta")
             #expect(try KilnJSON.decode([Build].self, from: old.body).count == 47)
             #expect(!old.headers.contains { $0.0.lowercased() == "x-next-cursor" })
+        }
+    }
+
+    @Test func theClientFollowsTheCursorToTheLastPage() async throws {
+        try await withScheduler { h in
+            try await addProjects(h, ["alpha", "beta"])
+            let ids = try await enqueue(h, 25, over: ["alpha", "beta"])
+            let client = APIClient(h.api, token: h.adminToken)
+            var seen: [String] = [], cursor: String?, pages = 0
+            repeat {
+                let page = try await client.builds(project: "beta", limit: 5, cursor: cursor)
+                seen += page.builds.map(\.id)
+                cursor = page.next
+                pages += 1
+            } while cursor != nil && pages < 10
+            #expect(pages == 3 && seen == ids.enumerated().filter { $0.offset % 2 == 1 }.map(\.element).sorted(by: >))
         }
     }
 
