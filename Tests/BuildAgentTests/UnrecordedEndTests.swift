@@ -20,7 +20,7 @@ struct UnrecordedEndTests {
         try await withSmallEtcd { server, etcd in
             let dir = try TempDir("unrecorded-end")
             var config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 6, dataDir: dir.path("agent"),
-                                            etcdEndpoint: server.endpoint, simulate: SimulatedDuration(seconds: 2))
+                                            etcdEndpoint: server.endpoint, simulate: SimulatedDuration(seconds: 6))
             config.etcdRetryLimit = .seconds(2)
             config.minFree = 0
             try await withAgentService(config, etcd: etcd) { try await body(server, etcd) }
@@ -42,13 +42,18 @@ struct UnrecordedEndTests {
 
     func status(_ kvs: [KeyValue]) -> BuildStatus? { kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status }
 
+    /// Fills etcd while the build of `id` runs (it lasts 6 s: a fill takes well under that).
+    func fillWhileRunning(_ server: EtcdServer, _ etcd: EtcdClient, _ id: String) async throws {
+        try await waitUntil(etcd, prefix: keys.build(id)) { status($0) == .running }
+        try await server.fillUntilNoSpace(etcd)
+        try #require(status(try await etcd.range(prefix: keys.build(id)).kvs) == .running, "the build ended before etcd was full: the machine is too slow for this test's 6 s")
+    }
+
     @Test func theAgentReleasesTheSlotUnderNOSPACEAndRecordsTheEndOnceEtcdTakesWritesAgain() async throws {
         try await withAgent { server, etcd in
             let (id, taskKey) = try await assign(etcd)
-            try await waitUntil(etcd, prefix: keys.build(id)) { status($0) == .running }
-            let filled = try await server.fillUntilNoSpace(etcd)
-            #expect(filled > 0)
-            // The build ends (2 s), its end is refused for the retry limit (2 s), then the task
+            try await fillWhileRunning(server, etcd, id)
+            // The build ends (6 s), its end is refused for the retry limit (2 s), then the task
             // key goes: a delete, which etcd over its quota still takes.
             try await waitUntil(etcd, prefix: taskKey, timeout: .seconds(30)) { $0.isEmpty }
             #expect(status(try await etcd.range(prefix: keys.build(id)).kvs) == .running, "no end written: etcd is full")
@@ -69,8 +74,7 @@ struct UnrecordedEndTests {
     @Test func aBuildTheLeaderRequeuedMeanwhileGetsNoEndFromTheAgent() async throws {
         try await withAgent { server, etcd in
             let (id, taskKey) = try await assign(etcd)
-            try await waitUntil(etcd, prefix: keys.build(id)) { status($0) == .running }
-            try await server.fillUntilNoSpace(etcd)
+            try await fillWhileRunning(server, etcd, id)
             try await waitUntil(etcd, prefix: taskKey, timeout: .seconds(30)) { $0.isEmpty }
             let running = try #require(try await etcd.get(keys.build(id)))
             try await server.recoverSpace(etcd)

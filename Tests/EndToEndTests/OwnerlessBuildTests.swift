@@ -26,7 +26,7 @@ struct OwnerlessBuildTests {
             let dispatcher = Dispatcher(store: store, configuration: .init(leaderTTLSeconds: 5, sweepInterval: .milliseconds(300), ownerlessGrace: .seconds(1)),
                                         logger: logger)
             var config = AgentConfiguration(id: "agent-1", capacity: 1, ttlSeconds: 6, dataDir: dir.path("agent"), etcdEndpoint: server.endpoint,
-                                            simulate: SimulatedDuration(seconds: 3))
+                                            simulate: SimulatedDuration(seconds: 6))
             config.etcdRetryLimit = .seconds(2)
             let agentConfiguration = config
             try await store.saveProject(Project(name: "demo", repository: "http://127.0.0.1:1/demo.git", buildImage: "a:1", buildCommand: "make"))
@@ -38,6 +38,8 @@ struct OwnerlessBuildTests {
                 let build = try await store.enqueue(project: "demo", request: BuildRequest())
                 try await waitUntil(etcd, prefix: keys.build(build.id)) { record($0)?.status == .running }
                 try await server.fillUntilNoSpace(etcd)
+                try #require(record(try await etcd.range(prefix: keys.build(build.id)).kvs)?.status == .running,
+                             "the build (6 s) ended before etcd was full: the machine is too slow for this test")
 
                 // The end is refused; the agent releases the task: its only slot is free.
                 try await waitUntil(etcd, prefix: keys.tasks, timeout: .seconds(30)) { $0.isEmpty }

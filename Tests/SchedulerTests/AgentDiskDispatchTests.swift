@@ -15,12 +15,12 @@ struct AgentDiskDispatchTests {
     let keys = Keys()
     let project = Project(name: "demo", repository: "http://127.0.0.1:1/demo.git", buildImage: "a:1", buildCommand: "make")
 
-    /// A leading dispatcher that sweeps every 200 ms and reclaims after a grace of 1 s.
-    func withLeader(_ body: @escaping @Sendable (EtcdServer, EtcdClient, SchedulerStore) async throws -> Void) async throws {
+    /// A leading dispatcher that sweeps every 200 ms and reclaims after `grace`.
+    func withLeader(grace: Duration = .seconds(1), _ body: @escaping @Sendable (EtcdServer, EtcdClient, SchedulerStore) async throws -> Void) async throws {
         try await withSmallEtcd { server, etcd in
             let store = SchedulerStore(etcd: etcd)
             let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
-            let dispatcher = Dispatcher(store: store, configuration: .init(leaderTTLSeconds: 5, sweepInterval: .milliseconds(200), ownerlessGrace: .seconds(1)),
+            let dispatcher = Dispatcher(store: store, configuration: .init(leaderTTLSeconds: 5, sweepInterval: .milliseconds(200), ownerlessGrace: grace),
                                         logger: logger)
             try await store.saveProject(project)
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -101,8 +101,11 @@ struct AgentDiskDispatchTests {
     }
 
     @Test func theAgentsOwnEndWithinTheGraceWinsAndTheGrantGoes() async throws {
-        try await withLeader { _, etcd, store in
+        try await withLeader(grace: .seconds(60)) { _, etcd, store in
             var build = try await running(etcd, store, agent: "a1", task: false)
+            // Seen ownerless by a sweep or two first.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await etcd.get(keys.grant(agent: "a1", build: build.id)) != nil)
             build.end(.succeeded, error: nil, at: Date())
             try await etcd.put(keys.build(build.id), try KilnJSON.encode(build))
             try await waitUntil(etcd, prefix: keys.grant(agent: "a1", build: build.id)) { $0.isEmpty }
@@ -113,14 +116,21 @@ struct AgentDiskDispatchTests {
 
     @Test func underNOSPACETheReclaimWaitsForSpaceAndThenHappens() async throws {
         try await withLeader { server, etcd, store in
-            let build = try await running(etcd, store, agent: "a1", task: false)
+            // a1 is live (its task is not requeued as a dead agent's) and runs the build.
+            _ = try await register(etcd, "a1", refusing: nil)
+            let build = try await running(etcd, store, agent: "a1", task: true)
             try await server.fillUntilNoSpace(etcd)
+            // The agent releases the build as it does under NOSPACE: a delete, which etcd takes.
+            _ = try await etcd.delete(keys.task(agent: "a1", build: build.id))
             // Well past the grace: the leader tried and etcd refused each time.
             try await Task.sleep(for: .seconds(2))
             #expect(record(try await etcd.range(prefix: keys.build(build.id)).kvs)?.status == .running)
+            #expect(try await etcd.get(keys.grant(agent: "a1", build: build.id)) != nil)
             try await server.recoverSpace(etcd)
-            try await waitUntil(etcd, prefix: keys.build(build.id)) { record($0)?.status == .queued }
-            #expect(try await etcd.get(keys.queued(build.id)) != nil)
+            // Requeued with the reason (and given back to a1 at once, which is live).
+            try await waitUntil(etcd, prefix: keys.build(build.id)) { record($0)?.error?.contains("gave attempt 1 up") == true }
+            let after = try #require(record(try await etcd.range(prefix: keys.build(build.id)).kvs))
+            #expect(after.status == .queued || (after.status == .assigned && after.attempt == 2), "\(after.status) \(after.attempt)")
         }
     }
 }

@@ -24,11 +24,12 @@ public func withSmallEtcd<T: Sendable>(
 public let etcdFillPrefix = "/kiln-test-fill/"
 
 extension EtcdServer {
-    /// Puts values of 100 KB under `etcdFillPrefix` until etcd refuses one for lack of space;
-    /// returns how many it put. Throws if etcd never refuses (the quota is too large).
+    /// Puts values of 1 MB under `etcdFillPrefix` until etcd refuses one for lack of space;
+    /// returns how many it put (a handful for the default quota: quick, so that a test can
+    /// fill etcd while something runs). Throws if etcd never refuses (the quota is too large).
     @discardableResult
-    public func fillUntilNoSpace(_ etcd: EtcdClient, limit: Int = 2000) async throws -> Int {
-        let value = String(repeating: "x", count: 100_000)
+    public func fillUntilNoSpace(_ etcd: EtcdClient, limit: Int = 200) async throws -> Int {
+        let value = String(repeating: "x", count: 1_000_000)
         for i in 0..<limit {
             do {
                 try await etcd.put("\(etcdFillPrefix)\(i)", value)
@@ -37,7 +38,7 @@ extension EtcdServer {
                 return i
             }
         }
-        throw FarmError("etcd took \(limit) values of 100 KB without raising NOSPACE")
+        throw FarmError("etcd took \(limit) values of 1 MB without raising NOSPACE")
     }
 
     /// The alarms etcd has raised ("NOSPACE", …).
