@@ -36,6 +36,8 @@ public struct SchedulerConfiguration: Sendable {
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
     /// also refuses a file that does not open what etcd holds.
     public var secretsKeyFile: String?
+    /// Retention's pruner on the leader (docs/retention.md); nil: nothing is pruned.
+    public var retention: Pruner.Configuration? = .init()
     /// Where ended builds' logs go once they leave etcd (`--log-archive`; docs/logs.md): every
     /// scheduler of a farm needs the same one. nil: logs stay in etcd (tests that read chunks).
     public var logArchive: (any LogArchive)?
@@ -65,7 +67,8 @@ public func buildSchedulerApplication(
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
-    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, logger: logger).addRoutes(to: router)
+    let metrics = SchedulerMetrics()
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
@@ -76,16 +79,23 @@ public func buildSchedulerApplication(
     // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
     let pipelines = configuration.plugins.isEmpty ? nil
         : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
+    // The pruner removes a pruned build's archived log too (the same archive the store reads).
+    let pruner = configuration.retention.map { Pruner(etcd: etcd, keys: store.keys, archive: store.logArchive, configuration: $0, logger: logger) }
+    var leaderTasks = configuration.leaderTasks
+    let schedulerID = configuration.dispatcher.id
+    if let pruner { leaderTasks.append { await pruner.lead(schedulerID: schedulerID) } }
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
-                                leaderTasks: configuration.leaderTasks,
+                                leaderTasks: leaderTasks,
                                 logArchiver: LogArchiver(store: store, configuration: configuration.logArchiver, logger: logger), logger: logger)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher],
+        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger)],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
     app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    // Index entries for records from before the indexes, once per farm (a marker says done).
+    app.beforeServerStarts { try await IndexMigration(store: store, logger: logger).runIfNeeded() }
     return app
 }

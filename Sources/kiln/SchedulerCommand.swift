@@ -64,6 +64,9 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
     var discoveryInterval: Double = 5
 
+    @Option(name: .long, help: ArgumentHelp("How often the leader prunes what retention lets go: builds with their logs past their project's retention, old activity, app versions past their app's number (docs/retention.md). A pass also runs soon after a scheduler becomes the leader (0: never prune).", valueName: "seconds"))
+    var pruneInterval: Double = 600
+
     @Option(name: .long, help: ArgumentHelp("""
         PEM file (mode 0600) with the P-256 key registry tokens are signed with (env \
         KILN_REGISTRY_SIGNING_KEY). Turns on the token service at /auth/token; the registry's \
@@ -178,6 +181,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         do { _ = try NotifyAllowList(notifyAllow) } catch { throw ValidationError("--notify-allow: \(error)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
+        guard pruneInterval >= 0 else { throw ValidationError("--prune-interval must be 0 (never prune) or more seconds; 600 is the usual choice") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
         guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
@@ -223,6 +227,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
+        configuration.retention = pruneInterval > 0 ? .init(interval: .milliseconds(Int64(pruneInterval * 1000))) : nil
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

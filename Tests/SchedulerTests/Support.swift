@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import Plugins
 import Scheduler
 
 /// A scheduler running in this process on a free port, over a real etcd started for the test
@@ -47,14 +48,15 @@ struct SchedulerHarness: Sendable {
 
 /// `secretsKey`: start the scheduler with a secrets key file of its own (`credentials/secrets-key`),
 /// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
-func withScheduler(secretsKey: Bool = true, prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
+/// `plugins`: the post-build plugins it runs pipelines with (none: it runs no pipeline).
+func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
                    _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
     try await withEtcd(timeout: nil) { server, _ in
         let credentials = try TempDir("scheduler-credentials")
         defer { withExtendedLifetime(credentials) {} }
         let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: credentials.url)
         try await users.ensure(.scheduler)
-        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
+        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint, plugins: plugins)
         configuration.etcdCredentials = try users.credentials(.scheduler)
         if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
         let etcd = users.rootClient

@@ -29,14 +29,23 @@ public struct Dispatcher: Service {
         public var id: String
         /// Lease TTL of the leader key: a dead leader is replaced within it.
         public var leaderTTLSeconds: Int64
+        /// How often the leader sweeps push grants of ended tasks and looks for builds their
+        /// agent gave up without recording an end (`Dispatcher+Grants.swift`).
+        public var sweepInterval: Duration
+        /// How long such an ownerless build is left for its agent's own end to get through
+        /// before the leader requeues or fails it (`OwnerlessBuilds`).
+        public var ownerlessGrace: Duration
 
         public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25,
-                    id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10) {
+                    id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10,
+                    sweepInterval: Duration = .seconds(60), ownerlessGrace: Duration = .seconds(60)) {
             self.maxAttempts = maxAttempts
             self.virtualNodes = virtualNodes
             self.loadFactor = loadFactor
             self.id = id
             self.leaderTTLSeconds = leaderTTLSeconds
+            self.sweepInterval = sweepInterval
+            self.ownerlessGrace = ownerlessGrace
         }
     }
 

@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import HTTPTypes
 import Hummingbird
 import KilnCore
 import Logging
@@ -50,6 +51,7 @@ public struct API: Sendable {
         let identity = IdentityAPI(store: store, auth: auth, access: access, logger: logger)
         identity.addRoutes(to: api)
         SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
+        RetentionAPI(store: store, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
         AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
@@ -124,17 +126,26 @@ public struct API: Sendable {
             logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)", "by": "\(caller.user)"])
             return json(build, status: .created)
         }
+        // A page of builds, newest first (BuildPage): the next page's cursor in X-Next-Cursor and Link.
         api.get("builds") { request, context in
             let caller = try await auth.caller(request, context: context)
-            let project = request.uri.queryParameters["project"].map(String.init)
-            let limit = max(1, min(request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50, 1000))
+            let query = request.uri.queryParameters
+            let project = query["project"].map(String.init)
+            let (limit, cursor) = try BuildPage.query(limit: query["limit"].map(String.init), cursor: query["cursor"].map(String.init))
+            let page: BuildPage
             if let project {
                 _ = try await visibleProject(project, .read, caller, access)
-                return json(try await store.builds(project: project, limit: limit))
+                page = try await store.buildPage(project: project, limit: limit, cursor: cursor)
+            } else {
+                let roles = try await access.roles(of: caller)
+                page = try await store.buildPage(readableBy: roles, projects: caller.admin ? [] : try await store.projects(), limit: limit, cursor: cursor)
             }
-            let roles = try await access.roles(of: caller)
-            let readable = Set(try await store.projects().filter { roles.may(.read, roles.role(of: $0)) }.map(\.name))
-            return json(Array(try await store.builds(limit: Int.max).filter { readable.contains($0.project) }.prefix(limit)))
+            var response = json(page.builds)
+            if let next = page.next, let path = page.nextPath(limit: limit, project: project) {
+                response.headers[HTTPField.Name(BuildPage.nextCursorHeader)!] = next
+                response.headers[HTTPField.Name("Link")!] = "<\(path)>; rel=\"next\""
+            }
+            return response
         }
         api.get("builds/:id") { request, context in
             json(try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access))
