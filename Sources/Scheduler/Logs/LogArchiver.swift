@@ -173,12 +173,14 @@ public struct LogArchiver: Sendable {
         var count = 0
         while !Task.isCancelled {
             guard let kv = try await etcd.range(key: from, rangeEnd: end, limit: 1).kvs.first else { break }
-            guard let (build, _) = LogNames.split(kv.key, under: keys.logs) else {
-                from = kv.key + "\0"  // not a chunk of a build: step over it
+            guard let (build, _) = LogNames.split(kv.key, under: keys.logs), build.utf8.allSatisfy({ $0 < 0x80 }) else {
+                from = LogNames.resume(after: kv.key)  // not a chunk of a build: step over it
                 continue
             }
-            found(build)
-            count += 1
+            if BuildID.isValid(build) {
+                found(build)
+                count += 1
+            }
             from = LogNames.prefixEnd(keys.logs(of: build))
         }
         return count

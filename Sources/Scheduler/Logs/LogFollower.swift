@@ -98,7 +98,7 @@ struct LogFollower: Sendable {
                     case .events(let events, _):
                         var ended = false
                         for event in events where event.kind == .put {
-                            guard let name = LogNames.split(event.kv.key, under: logs)?.name,
+                            guard let name = LogNames.split(event.kv.key, under: logs)?.name, ArchivedLog.isChunkName(name),
                                   let chunk = try? KilnJSON.decode(LogChunk.self, from: event.kv.value) else { continue }
                             show { $0.chunk(named: name, lines: chunk.lines) }
                             if chunk.end == true { ended = true }

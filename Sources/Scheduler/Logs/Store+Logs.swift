@@ -79,11 +79,15 @@ extension SchedulerStore {
             let page = try await etcd.range(key: from, rangeEnd: end, limit: 100)
             if revision == nil { revision = page.revision }
             for kv in page.kvs {
-                chunks.append(StoredChunk(name: String(kv.key.dropFirst(prefix.count)), key: kv.key, modRevision: kv.modRevision,
+                // Only names of Kiln's form are chunks: anything else under the prefix (an agent
+                // may write there) is neither shown nor archived.
+                let name = String(kv.key.dropFirst(prefix.count))
+                guard ArchivedLog.isChunkName(name) else { continue }
+                chunks.append(StoredChunk(name: name, key: kv.key, modRevision: kv.modRevision,
                                           chunk: try? KilnJSON.decode(LogChunk.self, from: kv.value)))
             }
             guard page.more, let last = page.kvs.last else { break }
-            from = last.key + "\0"
+            from = LogNames.resume(after: last.key)
         }
         return (chunks, revision!)
     }
@@ -105,6 +109,16 @@ enum LogNames {
         guard !bytes.isEmpty else { return "\0" }
         bytes[bytes.count - 1] += 1
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Where a range read goes on after `key`: just after it; or, for a key that is not ASCII
+    /// (never Kiln's: etcd's bytes need not be UTF-8, and then the String is not the key, so
+    /// "just after it" could be before it again), past every key that begins with its ASCII
+    /// part followed by more than ASCII. Always after `key`, so a walk cannot go round.
+    static func resume(after key: String) -> String {
+        let ascii = key.utf8.prefix { $0 < 0x80 }
+        if ascii.count == key.utf8.count { return key + "\0" }
+        return prefixEnd(String(decoding: ascii, as: UTF8.self))
     }
 
     /// The build and chunk name of a key under `logs` (`/kiln/logs/`), or nil for another key.
