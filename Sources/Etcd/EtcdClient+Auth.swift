@@ -58,7 +58,9 @@ extension EtcdClient {
     /// when etcd refuses the user or password.
     func authenticate(_ credentials: EtcdCredentials) async throws -> String {
         if let configurationError { throw configurationError }
-        let (status, bytes) = try await send("/v3/auth/authenticate", Wire.AuthenticateRequest(name: credentials.user, password: credentials.password), token: nil)
+        // Repeating it on another member is harmless: a second token, the first unused.
+        let (status, bytes, endpoint) = try await send("/v3/auth/authenticate", Wire.AuthenticateRequest(name: credentials.user, password: credentials.password),
+                                                       token: nil, idempotent: true)
         if status == 200, let answer = try? Wire.decoder().decode(Wire.AuthenticateResponse.self, from: bytes), let token = answer.token {
             logger.debug("authenticated")
             return token

@@ -8,39 +8,46 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// A client of one etcd v3 endpoint, through etcd 3.4's JSON gateway (`/v3/...`).
+/// A client of etcd v3, one member or several of one cluster, through etcd 3.4's JSON gateway
+/// (`/v3/...`).
 ///
 /// It is a value: copy it freely, share it between tasks. It holds no connection of its own;
 /// requests go through `httpClient`. Keys are UTF-8 strings; values are bytes, with `String`
 /// conveniences. Every call throws ``EtcdError``; one that could not reach etcd throws a
 /// transient `.unreachable`, which the caller may retry.
 ///
+/// With several endpoints (the client URLs of one cluster's members) a call goes to one
+/// member and moves on to the next when that one cannot be reached, by the rules of
+/// ``MemberState``: a call that never reached a member, or only reads, is repeated on the
+/// next at once; a write whose connection broke after it was sent is not (it may have been
+/// applied), and the caller's retry goes to the next member. Watches and follows go on from
+/// their revision on another member (revisions are the cluster's, not a member's). Every
+/// member accepts the token one of them issued (etcd replicates it); a member where it lapsed
+/// refuses it, and the client authenticates again.
+///
 /// Each watch (and each follow) holds one HTTP/1 connection for as long as it is iterated.
 /// The default ``EtcdClient/defaultHTTPClient`` allows 256 connections per host and fails
 /// fast when etcd is down; `HTTPClient.shared` allows only 8 (the ninth request waits for a free one) and
 /// retries a refused connection for up to 90 s, so do not use it with more than a few watches.
 public struct EtcdClient: Sendable {
-    public let endpoint: String
+    /// The client URLs of the members this client talks to, in the order it tries them.
+    public var endpoints: [String] { members.endpoints }
+    /// The member calls go to now: the first of `endpoints` until it fails.
+    public var endpoint: String { members.endpoints[members.current] }
     public let httpClient: HTTPClient
     public let logger: Logger
     /// The deadline of each unary request.
     public var requestTimeout: TimeAmount
     /// Set when the client was made with credentials: its token, shared by every copy.
     let session: EtcdSession?
-    /// Set when the client cannot be used as made (``checkEndpoint(_:tls:)`` or the TLS
+    /// The members and the one in use, shared by every copy.
+    let members: EtcdMembers
+    /// Set when the client cannot be used as made (``checkEndpoints(_:tls:)`` or the TLS
     /// files failed): every call throws it.
     let configurationError: EtcdError?
 
-    /// A client of `endpoint`. With `credentials`, it authenticates on first use and sends the
-    /// token on every call, watches and lease renewals included; when etcd says the token is
-    /// invalid (it lapses after etcd's `--auth-token-ttl` without use) it authenticates again
-    /// and repeats the call once. With `tls` (or an `https://` endpoint) it talks TLS; by
-    /// default over ``defaultHTTPClient``, or ``tlsHTTPClient(for:)`` when `tls` is given.
-    ///
-    /// It never throws: an endpoint that breaks the rule of ``checkEndpoint(_:tls:)``
-    /// (plain HTTP off loopback) or TLS files that cannot be read make every call throw
-    /// `.misconfigured`. A command checks with ``checkEndpoint(_:tls:)`` and
-    /// ``tlsHTTPClient(for:)`` first, to refuse at start.
+    /// A client of `endpoint`: one URL, or the URLs of a cluster's members separated by
+    /// commas, as `--etcd` takes them (``parseEndpoints(_:)``). See ``init(endpoints:httpClient:logger:requestTimeout:credentials:tls:)``.
     public init(
         endpoint: String = "http://127.0.0.1:2379",
         httpClient: HTTPClient? = nil,
@@ -49,24 +56,51 @@ public struct EtcdClient: Sendable {
         credentials: EtcdCredentials? = nil,
         tls: EtcdTLS? = nil
     ) {
-        var endpoint = endpoint
-        while endpoint.hasSuffix("/") { endpoint.removeLast() }
-        self.endpoint = endpoint
+        self.init(endpoints: Self.parseEndpoints(endpoint), httpClient: httpClient, logger: logger,
+                  requestTimeout: requestTimeout, credentials: credentials, tls: tls)
+    }
+
+    /// A client of the members at `endpoints` (one is a cluster of one). With `credentials`,
+    /// it authenticates on first use and sends the token on every call, watches and lease
+    /// renewals included; when etcd says the token is invalid (it lapses after etcd's
+    /// `--auth-token-ttl` without use) it authenticates again and repeats the call once. With
+    /// `tls` (or `https://` endpoints) it talks TLS; by default over ``defaultHTTPClient``, or
+    /// ``tlsHTTPClient(for:)`` when `tls` is given.
+    ///
+    /// It never throws: endpoints that break the rule of ``checkEndpoints(_:tls:)`` (none,
+    /// one twice, plain HTTP off loopback) or TLS files that cannot be read make every call
+    /// throw `.misconfigured`. A command checks with ``checkEndpoints(_:tls:)`` and
+    /// ``tlsHTTPClient(for:)`` first, to refuse at start.
+    public init(
+        endpoints: [String],
+        httpClient: HTTPClient? = nil,
+        logger: Logger = Logger(label: "kiln.etcd"),
+        requestTimeout: TimeAmount = .seconds(10),
+        credentials: EtcdCredentials? = nil,
+        tls: EtcdTLS? = nil
+    ) {
+        let endpoints = endpoints.map { url in
+            var url = url
+            while url.hasSuffix("/") { url.removeLast() }
+            return url
+        }
+        let named = endpoints.joined(separator: ",")
         var configurationError: EtcdError?
         var client = httpClient ?? EtcdClient.defaultHTTPClient
         do {
-            try Self.checkEndpoint(endpoint, tls: tls)
+            try Self.checkEndpoints(endpoints, tls: tls)
             if httpClient == nil, let tls { client = try Self.tlsHTTPClient(for: tls) }
         } catch let error as EtcdError {
-            configurationError = EtcdError.misconfigured(endpoint, error.message)
+            configurationError = EtcdError.misconfigured(named, error.message)
         } catch {
-            configurationError = EtcdError.misconfigured(endpoint, "\(error)")
+            configurationError = EtcdError.misconfigured(named, "\(error)")
         }
+        self.members = EtcdMembers(endpoints.isEmpty ? [""] : endpoints)
         self.httpClient = client
         self.configurationError = configurationError
         self.session = credentials.map(EtcdSession.init)
         var logger = logger
-        logger[metadataKey: "etcd.endpoint"] = .string(endpoint)
+        logger[metadataKey: "etcd.endpoint"] = .string(named)
         if let credentials { logger[metadataKey: "etcd.user"] = .string(credentials.user) }
         self.logger = logger
         self.requestTimeout = requestTimeout
@@ -119,7 +153,7 @@ public struct EtcdClient: Sendable {
             rangeEnd: rangeEnd.map(Wire.base64),
             limit: limit.map(String.init)
         )
-        return try await call("/v3/kv/range", request, as: Wire.RangeResponse.self,
+        return try await call("/v3/kv/range", request, as: Wire.RangeResponse.self, idempotent: true,
                               access: "read \(String(decoding: key, as: UTF8.self))\(rangeEnd == nil ? "" : "…")").result
     }
 
@@ -166,7 +200,7 @@ public struct EtcdClient: Sendable {
 
     /// The store's current revision; also the way to check that etcd answers.
     public func status() async throws -> Int64 {
-        try await call("/v3/maintenance/status", Wire.Empty(), as: Wire.HeaderOnly.self).header.revision
+        try await call("/v3/maintenance/status", Wire.Empty(), as: Wire.HeaderOnly.self, idempotent: true).header.revision
     }
 
     /// Discards the history before `revision` and waits until it is gone from disk. A watch
@@ -192,7 +226,7 @@ public struct EtcdClient: Sendable {
         // A streaming call: one request, one `{"result":…}` line, then the gateway ends the stream.
         let message = try await call(
             "/v3/lease/keepalive", Wire.LeaseRequest(id: String(lease)),
-            as: Wire.StreamMessage<Wire.LeaseResponse>.self
+            as: Wire.StreamMessage<Wire.LeaseResponse>.self, idempotent: true
         )
         if let error = message.error {
             throw EtcdError.gateway(
@@ -258,7 +292,7 @@ public struct EtcdClient: Sendable {
 
     /// The lease's remaining TTL in seconds, or nil if it does not exist.
     public func timeToLive(_ lease: Int64) async throws -> Int64? {
-        let response = try await call("/v3/lease/timetolive", Wire.LeaseRequest(id: String(lease)), as: Wire.LeaseResponse.self)
+        let response = try await call("/v3/lease/timetolive", Wire.LeaseRequest(id: String(lease)), as: Wire.LeaseResponse.self, idempotent: true)
         // An unknown lease answers TTL -1.
         return response.ttl < 0 ? nil : response.ttl
     }
@@ -287,7 +321,7 @@ public struct EtcdClient: Sendable {
 
     // MARK: transport
 
-    func makeRequest(_ path: String, _ body: some Encodable, token: String?) throws -> HTTPClientRequest {
+    func makeRequest(_ path: String, _ body: some Encodable, token: String?, to endpoint: String) throws -> HTTPClientRequest {
         var request = HTTPClientRequest(url: endpoint + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -308,14 +342,18 @@ public struct EtcdClient: Sendable {
     /// One unary call: POST the JSON, read the whole answer, decode it or its error. With
     /// credentials, a refused token is renewed and the call repeated once. `access` says
     /// what the call does to which keys ("write /kiln/x"), for a refusal's message.
+    /// `idempotent`: the call only reads, so it may be repeated on another member after a
+    /// connection that broke (``MemberState``). `member`: this member only, no other.
+    /// `timeout`: instead of ``requestTimeout``.
     func call<Response: Decodable>(
-        _ path: String, _ body: some Encodable, as type: Response.Type, access: @autoclosure () -> String = ""
+        _ path: String, _ body: some Encodable, as type: Response.Type, idempotent: Bool = false,
+        member: String? = nil, timeout: TimeAmount? = nil, access: @autoclosure () -> String = ""
     ) async throws -> Response {
         if let configurationError { throw configurationError }
         var token = try await token(replacing: nil)
         var renewed = false
         while true {
-            let (status, bytes) = try await send(path, body, token: token)
+            let (status, bytes, endpoint) = try await send(path, body, token: token, idempotent: idempotent, member: member, timeout: timeout)
             if status == 200 {
                 do {
                     return try Wire.decoder().decode(Response.self, from: bytes)
@@ -328,19 +366,78 @@ public struct EtcdClient: Sendable {
                 token = try await self.token(replacing: token ?? "")
                 continue
             }
-            throw gatewayError(path, status: status, body: bytes, access: access())
+            throw gatewayError(path, status: status, body: bytes, access: access(), endpoint: endpoint)
         }
     }
 
-    func send(_ path: String, _ body: some Encodable, token: String?) async throws -> (UInt, ByteBuffer) {
-        let request = try makeRequest(path, body, token: token)
-        do {
-            let response = try await httpClient.execute(request, timeout: requestTimeout, logger: logger)
-            return (response.status.code, try await response.body.collect(upTo: 256 << 20))
-        } catch {
-            try Task.checkCancellation()
-            throw EtcdError.unreachable(endpoint, "\(path): \(error)")
+    /// Sends one request and reads its whole answer: to `member` alone if given, else to the
+    /// members in the order of ``MemberState``'s rules. Returns the answer and the member
+    /// that gave it.
+    func send(_ path: String, _ body: some Encodable, token: String?, idempotent: Bool = false,
+              member pinned: String? = nil, timeout: TimeAmount? = nil) async throws -> (UInt, ByteBuffer, String) {
+        let timeout = timeout ?? requestTimeout
+        if let pinned {
+            let request = try makeRequest(path, body, token: token, to: pinned)
+            do {
+                let response = try await httpClient.execute(request, timeout: timeout, logger: logger)
+                return (response.status.code, try await response.body.collect(upTo: 256 << 20), pinned)
+            } catch {
+                try Task.checkCancellation()
+                throw EtcdError.unreachable(pinned, "\(path): \(error)")
+            }
         }
+        let deadline = ContinuousClock.now + .nanoseconds(timeout.nanoseconds)
+        var backoff = Backoff()
+        var failures: [String] = []
+        var tried = Set<Int>()
+        while true {
+            tried = []
+            /// The last answer of a member that could not serve the call now (no leader, an
+            /// election), handed to the caller if no member serves it.
+            var unavailable: (UInt, ByteBuffer, String)?
+            var stopped = false
+            while let member = members.next(excluding: tried) {
+                tried.insert(member)
+                let endpoint = members.endpoints[member]
+                let request = try makeRequest(path, body, token: token, to: endpoint)
+                let failure: CallFailure
+                do {
+                    let response = try await httpClient.execute(request, timeout: timeout, logger: logger)
+                    let bytes = try await response.body.collect(upTo: 256 << 20)
+                    let decoded = try? Wire.decoder().decode(Wire.ErrorBody.self, from: bytes)
+                    guard let refused = CallFailure.of(status: response.status.code, grpcCode: decoded?.code, message: Self.errorMessage(bytes)) else {
+                        return (response.status.code, bytes, endpoint)
+                    }
+                    unavailable = (response.status.code, bytes, endpoint)
+                    failures.append("\(endpoint): \(Self.errorMessage(bytes))")
+                    failure = refused
+                } catch {
+                    try Task.checkCancellation()
+                    failures.append("\(endpoint): \(error)")
+                    failure = CallFailure.of(error)
+                }
+                members.failed(member)
+                let repeats = MemberState.retries(failure, idempotent: idempotent)
+                let goesOn = repeats && members.next(excluding: tried) != nil
+                if members.endpoints.count > 1 {
+                    logger.warning("etcd member \(endpoint) failed \(path)\(goesOn ? "; trying the next member" : "")",
+                                   metadata: ["error": "\(failures.last ?? "")"])
+                }
+                if !repeats { stopped = true }
+                guard goesOn else { break }
+            }
+            // Rule 6: members answered but none could serve a call that may be repeated (a
+            // leader is being elected): again after a wait, while the call's time lasts.
+            if let answer = unavailable {
+                let wait = backoff.failed()
+                if stopped || ContinuousClock.now + wait >= deadline { return answer }
+                try await Task.sleep(for: wait)
+                continue
+            }
+            break
+        }
+        let named = tried.count == 1 ? members.endpoints[tried.first!] : tried.sorted().map { members.endpoints[$0] }.joined(separator: ",")
+        throw EtcdError.unreachable(named, "\(path): \(failures.suffix(members.endpoints.count).joined(separator: "; "))")
     }
 
     /// etcd's answer when the token sent is no good (lapsed, or from before etcd restarted),
@@ -356,16 +453,18 @@ public struct EtcdClient: Sendable {
         return decoded?.message ?? decoded?.error ?? String(String(buffer: body).prefix(500))
     }
 
-    func gatewayError(_ path: String, status: UInt, body: ByteBuffer, access: String = "") -> EtcdError {
+    func gatewayError(_ path: String, status: UInt, body: ByteBuffer, access: String = "", endpoint: String? = nil) -> EtcdError {
         let decoded = try? Wire.decoder().decode(Wire.ErrorBody.self, from: body)
         let message = Self.errorMessage(body)
-        return authError(message, httpStatus: Int(status), grpcCode: decoded?.code, access: access)
+        let endpoint = endpoint ?? self.endpoint
+        return authError(message, httpStatus: Int(status), grpcCode: decoded?.code, access: access, endpoint: endpoint)
             ?? EtcdError.gateway(endpoint, path: path, httpStatus: Int(status), grpcCode: decoded?.code, message: message)
     }
 
     /// An authentication or permission refusal in words that say what to do, or nil for any
     /// other error.
-    func authError(_ message: String, httpStatus: Int?, grpcCode: Int?, access: String) -> EtcdError? {
+    func authError(_ message: String, httpStatus: Int?, grpcCode: Int?, access: String, endpoint: String? = nil) -> EtcdError? {
+        let endpoint = endpoint ?? self.endpoint
         if message.contains("permission denied") {
             let what = access.isEmpty ? "do this" : access
             return EtcdError.permissionDenied(endpoint, "etcd user '\(user ?? "(anonymous)")' may not \(what) (permission denied): its role does not cover the key; see docs/etcd-auth.md")

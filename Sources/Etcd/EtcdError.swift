@@ -15,6 +15,7 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
         case unauthenticated
         case permissionDenied
         case misconfigured
+        case noSpace
     }
 
     private let code: Code
@@ -72,6 +73,10 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
     public static var unauthenticated: EtcdError { EtcdError(.unauthenticated, "unauthenticated") }
     /// The user may not read or write a key the request touches; `message` names the key and the user.
     public static var permissionDenied: EtcdError { EtcdError(.permissionDenied, "permission denied") }
+    /// etcd's database reached its space quota (`--quota-backend-bytes`): it raised the NOSPACE
+    /// alarm and refuses every write until space is freed and the alarm disarmed; reads and
+    /// deletes still work. Not transient: waiting does not help (docs/etcd-operations.md).
+    public static var noSpace: EtcdError { EtcdError(.noSpace, "no space") }
     /// The client cannot be used as configured (an endpoint that would send credentials in
     /// clear over the network, TLS files that cannot be read); `message` says what to change.
     public static var misconfigured: EtcdError { EtcdError(.misconfigured, "misconfigured") }
@@ -106,6 +111,13 @@ public struct EtcdError: Error, CustomStringConvertible, Sendable, Equatable {
             code = .leaseNotFound
         } else if grpcCode == 11 && message.contains("compacted") {
             code = .compacted
+        } else if message.contains("database space exceeded") {
+            code = .noSpace
+            return EtcdError(code, """
+                \(path): \(message): etcd's database reached its space quota and raised the NOSPACE alarm; \
+                it refuses writes until the history is compacted, the members defragmented and the alarm \
+                disarmed (kiln etcd alarm disarm; docs/etcd-operations.md)
+                """, endpoint: endpoint, httpStatus: httpStatus, grpcCode: grpcCode)
         } else {
             code = .rejected
         }

@@ -14,7 +14,9 @@ import Foundation
 /// Each iteration (each `makeAsyncIterator()`) opens its own stream (`POST /v3/watch`) and
 /// holds one HTTP connection until it ends. When the connection drops (etcd restarted, the
 /// network failed) it reconnects with a backoff (100 ms doubling to 2 s) and resumes after the
-/// last revision it delivered, so no event is lost or repeated. When that revision was
+/// last revision it delivered, so no event is lost or repeated. A client of several members
+/// reconnects to the next one (``MemberState``): a revision is the cluster's, so the watch
+/// resumes there from where it was. When that revision was
 /// compacted meanwhile, it reads the whole range and yields `.reset` before further events;
 /// a consumer must handle `.reset` by replacing its view.
 ///
@@ -46,6 +48,9 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         private var finished = false
         /// The token the open stream was made with (nil: anonymous or none yet).
         private var token: String?
+        /// The member the open stream (or the last attempt) went to, an index into the
+        /// client's endpoints.
+        private var member = 0
         /// The token was renewed because etcd refused it, and no watch has been created since:
         /// a second refusal is final.
         private var renewedToken = false
@@ -130,25 +135,27 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             do {
                 token = try await client.token(replacing: renewedToken ? token : nil)
             } catch let error as EtcdError where error.isTransient {
-                connectionLost("could not authenticate: \(error)")
+                connectionLost("could not authenticate: \(error)", memberFailed: false)
                 return
             } catch {
                 if Task.isCancelled { _ = end(); return }
                 throw fail(error)
             }
-            let request = try client.makeRequest("/v3/watch", Wire.WatchRequest(createRequest: create), token: token)
+            member = client.members.current
+            let endpoint = client.members.endpoints[member]
+            let request = try client.makeRequest("/v3/watch", Wire.WatchRequest(createRequest: create), token: token, to: endpoint)
             let response: HTTPClientResponse
             do {
                 // The deadline covers the whole stream, so it must be far away.
                 response = try await client.httpClient.execute(request, timeout: .hours(24 * 365), logger: logger)
             } catch {
                 if Task.isCancelled { _ = end(); return }
-                connectionLost("could not connect: \(error)")
+                connectionLost("could not connect to \(endpoint): \(error)")
                 return
             }
             guard response.status.code == 200 else {
                 let bytes = (try? await response.body.collect(upTo: 1 << 20)) ?? ByteBuffer()
-                let error = client.gatewayError("/v3/watch", status: response.status.code, body: bytes, access: access)
+                let error = client.gatewayError("/v3/watch", status: response.status.code, body: bytes, access: access, endpoint: endpoint)
                 if error.isTransient {
                     connectionLost("\(error)")
                     return
@@ -156,7 +163,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 throw fail(error)
             }
             if state.failures > 0 {
-                logger.info("watch reconnected", metadata: ["etcd.revision": "\(state.nextRevision ?? 0)"])
+                logger.info("watch reconnected", metadata: ["etcd.revision": "\(state.nextRevision ?? 0)", "etcd.member": "\(endpoint)"])
             }
             body = response.body.makeAsyncIterator()
             lines = LineSplitter()
@@ -170,7 +177,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 logger.info("watch resynced after compaction", metadata: ["etcd.revision": "\(range.revision)"])
                 return .reset(range.kvs, revision: range.revision)
             } catch let error as EtcdError where error.isTransient {
-                connectionLost("could not read the range to resync: \(error)")
+                connectionLost("could not read the range to resync: \(error)", memberFailed: false)
                 return nil
             } catch {
                 if Task.isCancelled { return end() }
@@ -184,10 +191,10 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 message = try Wire.decoder().decode(Wire.StreamMessage<Wire.WatchResponse>.self, from: Data(line))
             } catch {
                 throw fail(EtcdError.badResponse(
-                    watch.client.endpoint, "/v3/watch: \(error); line: \(String(decoding: line.prefix(500), as: UTF8.self))"))
+                    watch.client.members.endpoints[member], "/v3/watch: \(error); line: \(String(decoding: line.prefix(500), as: UTF8.self))"))
             }
             if let result = message.result, result.canceled, result.compactRevision == 0, let reason = result.cancelReason,
-               let refusal = watch.client.authError(reason, httpStatus: nil, grpcCode: nil, access: access) {
+               let refusal = watch.client.authError(reason, httpStatus: nil, grpcCode: nil, access: access, endpoint: watch.client.members.endpoints[member]) {
                 // A lapsed token is renewed and the watch made again at once, from where it was.
                 if watch.client.session != nil, !renewedToken, EtcdClient.needsNewToken(reason) {
                     renewedToken = true
@@ -219,7 +226,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
                 connectionLost("etcd ended the stream: \(message.error?.message ?? "")")
                 return nil
             case .fail(let reason):
-                throw fail(EtcdError.watchCanceled(watch.client.endpoint, reason))
+                throw fail(EtcdError.watchCanceled(watch.client.members.endpoints[member], reason))
             }
         }
 
@@ -228,8 +235,12 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             "read \(String(decoding: watch.key, as: UTF8.self))\(watch.rangeEnd == nil ? "" : "…") (a watch)"
         }
 
-        private mutating func connectionLost(_ reason: String) {
+        /// The stream ended or could not be made. When its member failed (not a call that
+        /// already moved on by itself), the client's next calls pass over it (a lone member is
+        /// simply tried again).
+        private mutating func connectionLost(_ reason: String, memberFailed: Bool = true) {
             body = nil
+            if memberFailed { watch.client.members.failed(member) }
             let wait = state.disconnected()
             delay = wait
             let metadata: Logger.Metadata = [

@@ -4,12 +4,25 @@ import NIOCore
 import Synchronization
 
 /// One etcd 3.4 member on loopback ports with a data dir of its own, started as a child
-/// process: the coordination store of a one-machine farm (`kiln up`) and of the tests.
+/// process: the coordination store of a one-machine farm (`kiln up`) and of the tests, alone
+/// or as one member of an ``EtcdCluster``.
 ///
 /// `start` returns once etcd answers `GET /health` with `{"health":"true"}`. Stop it with
 /// `stop()` (or `kill()`); it is also killed when the last reference goes away, so a test
 /// that fails halfway leaves no etcd behind. `restart()` keeps the ports and the data.
+///
+/// It runs with ``Maintenance/standard`` unless told otherwise: history compacted every
+/// 5 minutes, so the database does not grow with every write ever made (docs/etcd-operations.md).
 public final class EtcdServer: Sendable {
+    /// This server's place in a cluster of several members (``EtcdCluster``): its name,
+    /// every member's peer URL, and the cluster's token. nil: a cluster of one.
+    struct Membership: Sendable {
+        var name: String
+        /// `name=http://127.0.0.1:PEER` for every member, joined by commas.
+        var initialCluster: String
+        var token: String
+    }
+
     /// Serve clients over TLS with these PEM files (`--cert-file`, `--key-file`,
     /// `--trusted-ca-file`; with `clientCertificateAuth`, `--client-cert-auth`).
     public struct TLS: Sendable {
@@ -32,6 +45,8 @@ public final class EtcdServer: Sendable {
     public let tls: TLS?
     /// More of etcd's flags, for example `--auth-token-ttl 2`.
     public let arguments: [String]
+    public let maintenance: Maintenance
+    let membership: Membership?
     /// Where etcd answers `GET /health` over plain HTTP when clients talk TLS.
     let healthPort: Int?
     /// `http://127.0.0.1:<clientPort>` (`https://` with TLS), what an `EtcdClient` connects to.
@@ -41,8 +56,14 @@ public final class EtcdServer: Sendable {
 
     private let current: Mutex<ManagedProcess>
 
-    private init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], healthPort: Int?, process: ManagedProcess) {
+    /// The member's name in its cluster (`kiln` for a cluster of one).
+    public var name: String { membership?.name ?? "kiln" }
+
+    init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], maintenance: Maintenance,
+         membership: Membership?, healthPort: Int?, process: ManagedProcess) {
         self.tls = tls
+        self.maintenance = maintenance
+        self.membership = membership
         self.arguments = arguments
         self.healthPort = healthPort
         self.dataDir = dataDir
@@ -65,11 +86,11 @@ public final class EtcdServer: Sendable {
         peerPort: Int? = nil,
         logFile: URL? = nil,
         tls: TLS? = nil,
+        maintenance: Maintenance = .standard,
         arguments: [String] = []
     ) async throws -> EtcdServer {
-        guard ManagedProcess.which("etcd") != nil else {
-            throw FarmError("etcd is not installed: run scripts/install-deps.sh (Debian package etcd-server)")
-        }
+        try checkInstalled()
+        try maintenance.validate()
         for port in [clientPort, peerPort].compactMap({ $0 }) where FreePort.isInUse(port) {
             throw FarmError("etcd: port \(port) on 127.0.0.1 is already in use (another etcd?); stop what listens there or pick another port")
         }
@@ -90,10 +111,12 @@ public final class EtcdServer: Sendable {
                 while port == client || port == peer { port = try FreePort.next() }
                 health = port
             }
-            let process = try launch(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, tls: tls, arguments: arguments, healthPort: health)
+            let server = try EtcdServer(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, tls: tls, arguments: arguments,
+                                        maintenance: maintenance, membership: nil, healthPort: health)
+            let process = server.process
             do {
-                try await waitUntilHealthy(process, port: health ?? client)
-                return EtcdServer(dataDir: dataDir, clientPort: client, peerPort: peer, logFile: logFile, tls: tls, arguments: arguments, healthPort: health, process: process)
+                try await server.waitUntilHealthy()
+                return server
             } catch {
                 process.killNow()
                 lastError = error
@@ -101,6 +124,21 @@ public final class EtcdServer: Sendable {
             }
         }
         throw lastError ?? FarmError("etcd did not start")
+    }
+
+    static func checkInstalled() throws {
+        guard ManagedProcess.which("etcd") != nil else {
+            throw FarmError("etcd is not installed: run scripts/install-deps.sh (Debian package etcd-server)")
+        }
+    }
+
+    /// Launches the member (not waiting for it to be healthy).
+    convenience init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], maintenance: Maintenance,
+                     membership: Membership?, healthPort: Int?) throws {
+        let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls,
+                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort)
+        self.init(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls, arguments: arguments,
+                  maintenance: maintenance, membership: membership, healthPort: healthPort, process: process)
     }
 
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s). Calling it twice is harmless.
@@ -116,12 +154,14 @@ public final class EtcdServer: Sendable {
     /// Stops etcd if it runs and starts it again on the same ports with the same data.
     public func restart() async throws {
         stop()
-        let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls, arguments: arguments, healthPort: healthPort)
+        let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls,
+                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort)
         current.withLock { $0 = process }
-        try await Self.waitUntilHealthy(process, port: healthPort ?? clientPort)
+        try await waitUntilHealthy()
     }
 
-    private static func launch(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], healthPort: Int?) throws -> ManagedProcess {
+    private static func launch(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String],
+                               maintenance: Maintenance, membership: Membership?, healthPort: Int?) throws -> ManagedProcess {
         let client = "\(tls == nil ? "http" : "https")://127.0.0.1:\(clientPort)"
         let peer = "http://127.0.0.1:\(peerPort)"
         var tlsArguments: [String] = []
@@ -130,28 +170,37 @@ public final class EtcdServer: Sendable {
             if tls.clientCertificateAuth { tlsArguments.append("--client-cert-auth") }
         }
         if let healthPort { tlsArguments += ["--listen-metrics-urls", "http://127.0.0.1:\(healthPort)"] }
+        let name = membership?.name ?? "kiln"
+        var clusterArguments = ["--initial-cluster", membership?.initialCluster ?? "\(name)=\(peer)"]
+        if let membership {
+            // "new" is read only when the data dir is empty: a restarted member rejoins from its data.
+            clusterArguments += ["--initial-cluster-token", membership.token, "--initial-cluster-state", "new"]
+        }
         return try ManagedProcess(
-            name: "etcd",
+            name: membership == nil ? "etcd" : "etcd-\(name)",
             executable: "etcd",
             arguments: [
-                "--name", "kiln",
+                "--name", name,
                 "--data-dir", dataDir.path,
                 "--listen-client-urls", client,
                 "--advertise-client-urls", client,
                 "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "kiln=\(peer)",
+            ] + clusterArguments + [
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
-            ] + tlsArguments + arguments,
+            ] + maintenance.arguments + tlsArguments + arguments,
             logFile: logFile
         )
     }
 
-    private static func waitUntilHealthy(_ process: ManagedProcess, port: Int) async throws {
-        let url = "http://127.0.0.1:\(port)/health"
-        try await process.waitUntilReady(timeout: 20) {
+    /// Waits until the member answers `GET /health` with `{"health":"true"}`: it runs and its
+    /// cluster has a leader (a member of a cluster without quorum is not healthy).
+    func waitUntilHealthy(timeout: Double = 20) async throws {
+        let process = self.process
+        let url = "http://127.0.0.1:\(healthPort ?? clientPort)/health"
+        try await process.waitUntilReady(timeout: timeout) {
             do {
                 let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1))
                 let body = try await response.body.collect(upTo: 4096)

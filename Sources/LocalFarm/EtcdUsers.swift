@@ -98,7 +98,7 @@ public struct EtcdUsers: Sendable {
     /// token etcd gave out older than its auth store.
     static func ensureUser(_ client: EtcdClient, _ credentials: EtcdCredentials, roles: [String]) async throws {
         if !(try await client.addUser(credentials.user, password: credentials.password)) {
-            let probe = EtcdClient(endpoint: client.endpoint, httpClient: client.httpClient, credentials: credentials)
+            let probe = EtcdClient(endpoints: client.endpoints, httpClient: client.httpClient, credentials: credentials)
             if (try? await probe.authenticates()) != true {
                 try await client.changePassword(user: credentials.user, password: credentials.password)
             }

@@ -55,10 +55,12 @@ public final class Infrastructure: Sendable {
     /// `registryAuth`: the registry's token authentication (its realm is the scheduler's
     /// `/auth/token`, so the scheduler's address must be chosen before this starts).
     /// `pidsLimit`: the most processes any container of the builders' engine may hold
-    /// (`OCIRuntimeWrapper`); the agents' `--build-pids`.
+    /// (`OCIRuntimeWrapper`); the agents' `--build-pids`. `etcdMaintenance`: etcd's
+    /// compaction and quota.
     public static func start(
         dataDir: URL, ports: Ports = Ports(), podmanRoot: URL? = nil, fixtures: URL? = nil,
         registryAuth: RegistryServer.TokenAuth? = nil, pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit,
+        etcdMaintenance: EtcdServer.Maintenance = .standard,
         logger: Logger, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> Infrastructure {
         let fm = FileManager.default
@@ -76,10 +78,11 @@ public final class Infrastructure: Sendable {
         func rollback() async { for stop in started.reversed() { await stop() } }
         do {
             progress("starting etcd")
-            let etcd = try await EtcdServer.start(dataDir: dataDir.appendingPathComponent("etcd"), clientPort: ports.etcd, peerPort: ports.etcdPeer)
+            let etcd = try await EtcdServer.start(dataDir: dataDir.appendingPathComponent("etcd"), clientPort: ports.etcd, peerPort: ports.etcdPeer,
+                                                  maintenance: etcdMaintenance)
             started.append { etcd.stop() }
             let etcdUsers = try await EtcdUsers.enable(endpoint: etcd.endpoint, credentialsDir: dataDir.appendingPathComponent("credentials"))
-            progress("  etcd         \(etcd.endpoint) (authentication on; root's credential: \(etcdUsers.credentialsDir.path)/\(EtcdAccess.rootCredentialFileName))")
+            progress("  etcd         \(etcd.endpoint) (authentication on; root's credential: \(etcdUsers.credentialsDir.path)/\(EtcdAccess.rootCredentialFileName); \(etcdMaintenance.summary))")
 
             progress("starting the registry")
             let registry = try await RegistryServer.start(root: dataDir.appendingPathComponent("registry"), port: ports.registry,

@@ -43,6 +43,11 @@ public struct SchedulerConfiguration: Sendable {
     public var logArchive: (any LogArchive)?
     /// How the leader's archiver retries and sweeps.
     public var logArchiver = LogArchiver.Configuration()
+    /// The space quota to assume for an etcd member whose metrics do not report it
+    /// (`--etcd-quota-bytes`); nil: etcd's default of 2 GiB. See ``EtcdHealth``.
+    public var etcdQuotaBytes: Int64?
+    /// How often ``EtcdHealth`` looks at etcd's size and alarms.
+    public var etcdHealthInterval: Duration = .seconds(10)
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -68,8 +73,9 @@ public func buildSchedulerApplication(
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
     let metrics = SchedulerMetrics()
-    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, logger: logger).addRoutes(to: router)
-    Console(store: store, secureCookies: configuration.consoleSecureCookies, logger: logger).addRoutes(to: router)
+    let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval, logger: logger)
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }
@@ -90,7 +96,7 @@ public func buildSchedulerApplication(
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger)],
+        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger), etcdHealth],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.

@@ -8,8 +8,11 @@ struct AgentsCommand: AsyncParsableCommand {
     @OptionGroup var api: APIOptions
 
     func run() async throws {
-        let agents = try await try api.client().get("/api/v1/agents", as: [AgentInfo].self)
-        if api.json { Show.printJSON(agents); return }
+        let listing = try await api.client().get("/api/v1/agents?with=etcd", as: AgentsListing.self)
+        if api.json { Show.printJSON(listing); return }
+        let agents = listing.agents
+        // etcd near its quota or in alarm concerns every agent: say it first.
+        if let etcd = listing.etcd, let warning = etcd.warning { print("etcd \(etcd.level.rawValue.uppercased()): \(warning)\n") }
         if agents.isEmpty { print("no live agents; start one with: kiln agent --id NAME"); return }
         for a in agents {
             print("\(a.id.padding(toLength: 16, withPad: " ", startingAt: 0)) running \(a.running ?? 0)/\(a.capacity)  home of \(a.homedProjects ?? 0) projects  labels \(a.labels.isEmpty ? "-" : a.labels.joined(separator: ","))  version \(a.version)")

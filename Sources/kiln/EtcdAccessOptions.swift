@@ -27,6 +27,11 @@ struct EtcdAccessOptions: ParsableArguments {
         valueName: "file"))
     var key: String? = Self.optionalEnv("KILN_ETCD_KEY")
 
+    /// The help of every `--etcd` option.
+    static let etcdHelp = ArgumentHelp(
+        "etcd's client URL; for a cluster, every member's URL separated by commas (https://etcd-1:2379,https://etcd-2:2379,https://etcd-3:2379): a request goes to the first that answers and moves on when a member fails; watches resume on the next one from their revision (env KILN_ETCD; docs/etcd-operations.md).",
+        valueName: "url[,url…]")
+
     /// The variable's value, or nil if it is unset or empty.
     static func optionalEnv(_ name: String) -> String? {
         ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
@@ -47,11 +52,12 @@ struct EtcdAccessOptions: ParsableArguments {
         }
     }
 
-    /// Refuses, at start, what every etcd call would refuse later: plain HTTP off loopback,
-    /// TLS files that cannot be read, a credential file that is unreadable or readable by others.
+    /// Refuses, at start, what every etcd call would refuse later: no URL, one twice, plain
+    /// HTTP off loopback, TLS files that cannot be read, a credential file that is unreadable
+    /// or readable by others. `endpoint` is `--etcd` as given (one URL or several).
     func check(endpoint: String) throws {
         do {
-            try EtcdClient.checkEndpoint(endpoint, tls: tls)
+            try EtcdClient.checkEndpoints(EtcdClient.parseEndpoints(endpoint), tls: tls)
             if let tls { _ = try EtcdClient.tlsHTTPClient(for: tls) }
         } catch let error as EtcdError {
             throw ValidationError(error.message)

@@ -83,7 +83,7 @@ struct EtcdAuthCommand: AsyncParsableCommand {
             /etc/kiln/credentials/etcd-agent.agent-1 …`.
             """)
 
-        @Option(help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+        @Option(help: EtcdAccessOptions.etcdHelp)
         var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
 
         @OptionGroup var tls: EtcdAccessOptions

@@ -69,7 +69,7 @@ struct APIOptions: ParsableArguments {
 
 /// Options of the commands that talk to etcd.
 struct EtcdOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+    @Option(name: .long, help: EtcdAccessOptions.etcdHelp)
     var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
 
     @Option(name: .long, help: ArgumentHelp("Prefix of every Kiln key in etcd (env KILN_PREFIX).", valueName: "prefix"))
@@ -81,9 +81,6 @@ struct EtcdOptions: ParsableArguments {
     @OptionGroup var access: EtcdAccessOptions
 
     func validate() throws {
-        guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
-            throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
-        }
         guard prefix.hasPrefix("/") else { throw ValidationError("--prefix must start with '/', for example /kiln") }
         try access.check(endpoint: etcd)
     }

@@ -38,7 +38,7 @@ struct LBAgentCommand: AsyncParsableCommand {
           curl -H 'Host: demo.localhost' http://127.0.0.1/
         """)
 
-    @Option(name: .long, help: ArgumentHelp("etcd client URL (env KILN_ETCD).", valueName: "url"))
+    @Option(name: .long, help: EtcdAccessOptions.etcdHelp)
     var etcd: String = env("KILN_ETCD", "http://127.0.0.1:2379")
 
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error (env KILN_LOG_LEVEL).", valueName: "level"))
@@ -90,9 +90,6 @@ struct LBAgentCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard etcd.hasPrefix("http://") || etcd.hasPrefix("https://") else {
-            throw ValidationError("--etcd must be a URL such as http://127.0.0.1:2379, not '\(etcd)'")
-        }
         try etcdAccess.check(endpoint: etcd)
         guard !group.isEmpty else { throw ValidationError("--group is required: the lb group whose domains this nginx serves, for example --group web") }
         if serverUpdates == nil, let raw = ProcessInfo.processInfo.environment["KILN_LB_SERVER_UPDATES"], !raw.isEmpty, LBServerUpdates(rawValue: raw) == nil {

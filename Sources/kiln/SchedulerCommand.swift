@@ -61,6 +61,14 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Lease TTL of the leader: a dead leader is replaced within it.", valueName: "seconds"))
     var leaderTTL: Int = 10
 
+    @Option(name: .long, help: ArgumentHelp("""
+        etcd's space quota in bytes, for a member whose /metrics does not report it (env         KILN_ETCD_QUOTA_BYTES; default: etcd's own default, 2147483648). etcd 3.4 reports its         --quota-backend-bytes there, and that wins. The scheduler warns past 80 % of it and         shows it as kiln_etcd_quota_bytes; docs/etcd-operations.md.
+        """, valueName: "bytes"))
+    var etcdQuotaBytes: Int64? = ProcessInfo.processInfo.environment["KILN_ETCD_QUOTA_BYTES"].flatMap { Int64($0) }
+
+    @Option(name: .long, help: ArgumentHelp("How often this scheduler asks etcd for its database size and alarms (kiln_etcd_* metrics, the warning of `kiln agents`).", valueName: "seconds"))
+    var etcdHealthInterval: Double = 10
+
     @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
     var discoveryInterval: Double = 5
 
@@ -180,6 +188,13 @@ struct SchedulerCommand: AsyncParsableCommand {
             do { _ = try UserPassword.read(path) } catch { throw ValidationError("--registry-credentials: \(error)") }
         }
         do { _ = try NotifyAllowList(notifyAllow) } catch { throw ValidationError("--notify-allow: \(error)") }
+        if let etcdQuotaBytes, etcdQuotaBytes < 1 << 20 {
+            throw ValidationError("--etcd-quota-bytes is in bytes: \(etcdQuotaBytes) is less than a MiB; etcd's default is 2147483648 (2 GiB)")
+        }
+        if let text = ProcessInfo.processInfo.environment["KILN_ETCD_QUOTA_BYTES"], !text.isEmpty, Int64(text) == nil {
+            throw ValidationError("KILN_ETCD_QUOTA_BYTES must be a number of bytes such as 2147483648, not '\(text)'")
+        }
+        guard etcdHealthInterval >= 1 else { throw ValidationError("--etcd-health-interval must be at least 1 second (10 is the usual choice)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
         guard pruneInterval >= 0 else { throw ValidationError("--prune-interval must be 0 (never prune) or more seconds; 600 is the usual choice") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
@@ -228,6 +243,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         configuration.retention = pruneInterval > 0 ? .init(interval: .milliseconds(Int64(pruneInterval * 1000))) : nil
+        configuration.etcdQuotaBytes = etcdQuotaBytes
+        configuration.etcdHealthInterval = .milliseconds(Int64(etcdHealthInterval * 1000))
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

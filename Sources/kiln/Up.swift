@@ -50,6 +50,14 @@ struct Up: AsyncParsableCommand {
     @Option(name: .long, help: "Builds each agent runs at once.") var capacity: Int = 2
     @Option(name: .long, help: "etcd client port.") var etcdPort: Int = 2379
     @Option(name: .long, help: "etcd peer port.") var etcdPeerPort: Int = 2380
+    @Option(name: .long, help: ArgumentHelp("""
+        How long etcd keeps the history of its keys: it compacts every this long to the         revision it had this long ago (a Go duration: 5m, 1h). A watch away longer reads its         keys again; docs/etcd-operations.md.
+        """, valueName: "duration"))
+    var etcdCompactionRetention: String = "5m"
+    @Option(name: .long, help: ArgumentHelp("""
+        etcd's space quota (--quota-backend-bytes), in bytes (default: etcd's 2147483648, 2 GiB).         Past it etcd refuses every write until an operator frees space; the scheduler warns at 80 %.
+        """, valueName: "bytes"))
+    var etcdQuotaBytes: Int64?
     @Option(name: .long, help: "Registry port.") var registryPort: Int = 5000
     @Option(name: .long, help: "Scheduler API port.") var apiPort: Int = 7070
     @Option(name: .long, help: "Maven mirror port.") var mavenPort: Int = 8081
@@ -69,6 +77,7 @@ struct Up: AsyncParsableCommand {
     func validate() throws {
         guard agents >= 1 else { throw ValidationError("--agents must be at least 1") }
         guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
+        do { try etcdMaintenance.validate() } catch { throw ValidationError("\(error)") }
         guard BuildLimits.pidsRange.contains(buildPids) else {
             throw ValidationError("--build-pids (or KILN_BUILD_PIDS) must be a number of processes from \(BuildLimits.pidsRange.lowerBound) to \(BuildLimits.pidsRange.upperBound), such as 4096")
         }
@@ -89,7 +98,8 @@ struct Up: AsyncParsableCommand {
         let registryCredentials = try UpRegistryCredentials(dataDir: data, agents: agents)
         let infra = try await Infrastructure.start(
             dataDir: data, ports: .init(etcd: etcdPort, etcdPeer: etcdPeerPort, registry: registryPort, mavenMirror: mavenPort, git: gitPort),
-            registryAuth: try registryCredentials.registryAuth(apiPort: apiPort), pidsLimit: buildPids, logger: logger, progress: say)
+            registryAuth: try registryCredentials.registryAuth(apiPort: apiPort), pidsLimit: buildPids, etcdMaintenance: etcdMaintenance,
+            logger: logger, progress: say)
         let cellsRoot = data.appendingPathComponent("cells")
         var processes: [ManagedProcess] = []
         var cells: [PodmanService] = []
@@ -262,6 +272,11 @@ struct Up: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(100))
         }
         throw ValidationError("the agents did not register within 60 s; see \(processes.last?.logFile.path ?? "the logs")")
+    }
+
+    /// The etcd settings of --etcd-compaction-retention and --etcd-quota-bytes.
+    var etcdMaintenance: EtcdServer.Maintenance {
+        EtcdServer.Maintenance(compactionMode: .periodic, compactionRetention: etcdCompactionRetention, quotaBytes: etcdQuotaBytes)
     }
 
     func selfExecutable() throws -> String {

@@ -49,9 +49,12 @@ struct SchedulerHarness: Sendable {
 /// `secretsKey`: start the scheduler with a secrets key file of its own (`credentials/secrets-key`),
 /// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
 /// `plugins`: the post-build plugins it runs pipelines with (none: it runs no pipeline).
-func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
+/// `etcd`: etcd's compaction and quota; `configure`: changes to the scheduler's configuration.
+func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], etcd maintenance: EtcdServer.Maintenance = .standard,
+                   configure: @escaping @Sendable (inout SchedulerConfiguration) -> Void = { _ in },
+                   prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
                    _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
-    try await withEtcd(timeout: nil) { server, _ in
+    try await withEtcd(timeout: nil, maintenance: maintenance) { server, _ in
         let credentials = try TempDir("scheduler-credentials")
         defer { withExtendedLifetime(credentials) {} }
         let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: credentials.url)
@@ -59,6 +62,7 @@ func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [],
         var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint, plugins: plugins)
         configuration.etcdCredentials = try users.credentials(.scheduler)
         if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
+        configure(&configuration)
         let etcd = users.rootClient
         try await prepare(etcd)
         let tokenFile = credentials.url.appendingPathComponent("admin-token").path

@@ -41,13 +41,14 @@ public func waitUntil(_ etcd: EtcdClient, prefix: String, timeout: Duration = .s
 /// Starts a fresh etcd on free ports in a temporary folder, runs `body` with it and a client
 /// of it, and kills etcd and removes the folder afterwards, whether `body` passed, failed or
 /// timed out. `body` runs under `timeout` (nil: no limit of its own), so a wait for an event
-/// that never comes fails the test.
+/// that never comes fails the test. etcd runs with `maintenance` (by default `kiln up`'s).
 public func withEtcd<T: Sendable>(
     timeout: Duration? = .seconds(60),
+    maintenance: EtcdServer.Maintenance = .standard,
     _ body: @escaping @Sendable (EtcdServer, EtcdClient) async throws -> T
 ) async throws -> T {
     let dir = try TempDir("etcd")
-    let server = try await EtcdServer.start(dataDir: dir.path("data"))
+    let server = try await EtcdServer.start(dataDir: dir.path("data"), maintenance: maintenance)
     defer {
         server.kill()
         withExtendedLifetime(dir) {}

@@ -19,9 +19,12 @@ public struct API: Sendable {
     let metrics: SchedulerMetrics
     /// The sealed secrets (nil store: the scheduler has no key file).
     let secrets: SchedulerSecrets
+    /// etcd's size and alarms (nil: not watched; no `kiln_etcd_*` metrics, no `etcd` in the agents' listing).
+    let etcdHealth: EtcdHealth?
 
     public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), metrics: SchedulerMetrics = SchedulerMetrics(),
-                secrets: SchedulerSecrets? = nil, logger: Logger) {
+                secrets: SchedulerSecrets? = nil, etcdHealth: EtcdHealth? = nil, logger: Logger) {
+        self.etcdHealth = etcdHealth
         self.store = store
         self.schedulerID = schedulerID
         self.metrics = metrics
@@ -40,7 +43,8 @@ public struct API: Sendable {
             try access.requireAdmin(try await auth.caller(request, context: context), to: "read the metrics")
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try await page.render())))
+            let etcdLines = await etcdHealth?.metricLines() ?? ""
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try await page.render() + etcdLines)))
         }
         let api = router.group("api/v1")
         // The one route without a token: load balancers and `kiln up` probe it.
@@ -164,7 +168,9 @@ public struct API: Sendable {
         }
         api.get("agents") { request, context in
             _ = try await auth.caller(request, context: context)
-            return json(try await store.agents())
+            // The bare list unless asked for etcd's health beside it (older clients read the list).
+            guard request.uri.queryParameters["with"] == "etcd" else { return json(try await store.agents()) }
+            return json(AgentsListing(agents: try await store.agents(), etcd: await etcdHealth?.status))
         }
 
         // Deploys: run the project's pipeline again for a build (a roll back to its image).

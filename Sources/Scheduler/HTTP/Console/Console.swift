@@ -30,10 +30,13 @@ public struct Console: Sendable {
     let api: API
     /// `--console-secure-cookies`: mark the cookies `Secure` whatever the request says.
     let secureCookies: Bool
+    /// etcd's health, shown on the agents page when it needs a person (nil: not watched).
+    let etcdHealth: EtcdHealth?
     let logger: Logger
 
-    public init(store: SchedulerStore, secureCookies: Bool = false, logger: Logger = Logger(label: "kiln.console")) {
+    public init(store: SchedulerStore, secureCookies: Bool = false, etcdHealth: EtcdHealth? = nil, logger: Logger = Logger(label: "kiln.console")) {
         self.store = store
+        self.etcdHealth = etcdHealth
         self.auth = Authenticator(store: store, logger: logger)
         self.access = Access(store: store)
         self.api = API(store: store, schedulerID: "console", logger: logger)
@@ -62,7 +65,7 @@ public struct Console: Sendable {
                     builds: recent.builds,
                     apps: (try await apps).filter { roles.role(of: $0, projects: byName) != nil },
                     agents: try await hidingBuilds(agentList, from: me.caller, roles: roles, projects: byName),
-                    now: Date(), viewer: me.viewer, lastBuilds: last, older: recent.next.map { "/ui/builds?cursor=\($0)" })
+                    etcd: await etcdHealth?.status, now: Date(), viewer: me.viewer, lastBuilds: last, older: recent.next.map { "/ui/builds?cursor=\($0)" })
             }
         }
         router.get("ui/builds") { request, _ in
@@ -121,7 +124,7 @@ public struct Console: Sendable {
                     let byName = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
                     agents = try await hidingBuilds(agents, from: me.caller, roles: roles, projects: byName)
                 }
-                return ConsolePages.agents(agents, viewer: me.viewer)
+                return ConsolePages.agents(agents, etcd: await etcdHealth?.status, viewer: me.viewer)
             }
         }
         router.get("ui/roles") { request, _ in

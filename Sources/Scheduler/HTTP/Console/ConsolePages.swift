@@ -13,10 +13,11 @@ import KilnCore
 enum ConsolePages {
     // MARK: pages
 
-    /// `projects`, `builds`, `apps`: those the viewer may see (builds: may read). `lastBuilds`:
-    /// each project's newest build (nil: the first of `builds`); `older`: the next page of builds.
-    static func overview(projects: [Project], builds: [Build], apps: [App], agents: [AgentInfo], now: Date, viewer: ConsoleViewer,
-                         lastBuilds: [String: Build]? = nil, older: String? = nil) -> HTML {
+    /// `projects`, `builds`, `apps`: those the viewer may see (builds: may read). `etcd`: its
+    /// warning, if any, heads the page (a full etcd stops the whole farm). `lastBuilds`: each
+    /// project's newest build (nil: the first of `builds`); `older`: the next page of builds.
+    static func overview(projects: [Project], builds: [Build], apps: [App], agents: [AgentInfo], etcd: EtcdHealthStatus? = nil,
+                         now: Date, viewer: ConsoleViewer, lastBuilds: [String: Build]? = nil, older: String? = nil) -> HTML {
         let projectRows = projects.sorted { $0.name < $1.name }.map { p -> HTML in
             let newest = lastBuilds.map { $0[p.name] } ?? builds.first { $0.project == p.name }
             let last: HTML = newest.map { b -> HTML in "\(buildLink(b.id)) \(badge(b.status))" } ?? "—"
@@ -30,6 +31,7 @@ enum ConsolePages {
         }
         return layout(title: "Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Kiln</h1>
+            \(etcdWarning(etcd))
             <h2>Projects</h2>
             \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project you are a member of: add one with <code>kiln project add</code>, or ask a project's master to add you."))
             <h2>Recent builds</h2>
@@ -143,11 +145,20 @@ enum ConsolePages {
             """
     }
 
-    static func agents(_ agents: [AgentInfo], viewer: ConsoleViewer) -> HTML {
+    /// `etcd`: its health as the scheduler last saw it; its warning, if any, above the table.
+    static func agents(_ agents: [AgentInfo], etcd: EtcdHealthStatus? = nil, viewer: ConsoleViewer) -> HTML {
         layout(title: "Agents · Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Agents</h1>
+            \(etcdWarning(etcd))
             \(agentsTable(agents))
             """)
+    }
+
+    /// etcd's warning as a paragraph (`error` class for an alarm), or nothing when all is well.
+    static func etcdWarning(_ etcd: EtcdHealthStatus?) -> HTML {
+        guard let etcd, let warning = etcd.warning else { return "" }
+        let kind: HTML = etcd.level == .error ? "error" : "warning"
+        return "<p class=\"\(kind)\" id=\"etcd-health\"><b>etcd:</b> \(warning)</p>"
     }
 
     /// `viewer`: nil when no one is logged in (the page then has no header links).
