@@ -84,6 +84,8 @@ let package = Package(
             ]
         ),
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
+        // gzip for the scheduler's log archive (Scheduler/Logs/Gzip.swift).
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(
             name: "Plugins",
             dependencies: ["KilnCore"]
@@ -91,7 +93,7 @@ let package = Package(
         .target(
             name: "Scheduler",
             dependencies: [
-                "KilnCore", "Etcd", "Plugins", "RegistryAuth", "Sealing",
+                "KilnCore", "Etcd", "Plugins", "RegistryAuth", "Sealing", "CZlib",
                 // SHA-256 of API tokens and sessions; scrypt for passwords.
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),

@@ -11,7 +11,7 @@ etcd-server etcd-client
 podman buildah runc debootstrap
 docker-registry
 nginx-light libnginx-mod-http-lua
-libgit2-dev pkg-config libcurl4-openssl-dev libssl-dev
+libgit2-dev zlib1g-dev pkg-config libcurl4-openssl-dev libssl-dev
 libmaven-compiler-plugin-java libmaven-jar-plugin-java libmaven-resources-plugin-java
 libsurefire-java libmaven-install-plugin-java junit4
 libcommons-lang3-java
@@ -22,6 +22,7 @@ openssh-server fcgiwrap apache2-utils
 # libcommons-lang3-java: the demo app's (fixtures/demo) runtime dependency; it puts
 #   org/apache/commons/commons-lang3/3.12.0 into /usr/share/maven-repo, which the test
 #   Maven mirror serves.
+# zlib1g-dev: gzip of the scheduler's log archive (the CZlib system library target).
 # python3, curl: the test Maven mirror (python3 -m http.server) and the fixture checks.
 # zstd: fixtures/make-images.sh compresses its cached root filesystem tarballs.
 # busybox-static: the tiny test image (localhost/kiln/busybox:1) for the container API tests.

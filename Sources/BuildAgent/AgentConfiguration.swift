@@ -65,14 +65,32 @@ public struct AgentConfiguration: Sendable {
     /// The most a build's log may hold, in bytes; past it the log says where it was cut and
     /// how much was dropped, and the build goes on.
     public var maxLogBytes: Int
+    /// Bytes the git mirrors and Maven caches may hold (`--disk-budget`); past it the least
+    /// recently used go. Nil: half of the data dir's free space at start plus what they hold.
+    public var diskBudget: Int64?
+    /// Free bytes below which the agent refuses new builds (`--min-free`). Nil: a tenth of the
+    /// data dir's filesystem, at most 10 GiB.
+    public var minFree: Int64?
+    /// Images kept per project after a successful push, for layer reuse (`--keep-images`).
+    public var keepImages: Int = AgentConfiguration.defaultKeepImages
+    /// How often the agent measures its free space (and publishes it when it changed).
+    public var diskCheckInterval: Duration = .seconds(30)
+    /// How long the agent tries to write a build's record or log before it gives the build
+    /// up (`BuildReporter`): then it releases the build's task so that the slot does not stay
+    /// taken, and goes on trying to record the end in the background (`PendingEnds`).
+    public var etcdRetryLimit: Duration = .seconds(600)
+
+    /// 2: the layers of a project's last two images, enough for a branch and its main line.
+    public static let defaultKeepImages = 2
 
     /// 64 MiB: a log larger than that is read by nobody, and etcd keeps every byte.
     public static let defaultMaxLogBytes = 64 << 20
     /// Below this a cap would cut the agent's own step lines.
     public static let minimumMaxLogBytes = 64 << 10
 
-    /// A size as `--max-log-size` takes it: bytes (`1048576`), or a number with `K`, `M` or
-    /// `G` (powers of 1024, an optional `iB`/`B` after it: `64M`, `64MiB`). Nil for anything else.
+    /// A size as `--max-log-size` and `--disk-budget` take it: bytes (`1048576`), or a number
+    /// with `K`, `M`, `G` or `T` (powers of 1024, an optional `iB`/`B` after it: `64M`,
+    /// `64MiB`, `50GiB`). Nil for anything else.
     public static func parseSize(_ text: String) -> Int? {
         var t = text.trimmingCharacters(in: .whitespaces).uppercased()
         for suffix in ["IB", "B"] where t.hasSuffix(suffix) && t.count > suffix.count {
@@ -80,7 +98,7 @@ public struct AgentConfiguration: Sendable {
             break
         }
         var shift = 0
-        if let last = t.last, let s = ["K": 10, "M": 20, "G": 30][String(last)] {
+        if let last = t.last, let s = ["K": 10, "M": 20, "G": 30, "T": 40][String(last)] {
             shift = s
             t.removeLast()
         }

@@ -11,7 +11,9 @@ import Glibc
 
 /// One build agent: registers `/kiln/agents/{id}` under a lease and keeps it alive
 /// (registering again if the lease is lost), watches `/kiln/tasks/{id}/`, and runs each
-/// build it is given.
+/// build it is given. Its disk (`DiskKeeper`) is checked before it registers and every
+/// `diskCheckInterval`, and the registration says the figures and whether it refuses new
+/// builds; ends it could not record are settled in the background (`PendingEnds`).
 ///
 /// On graceful shutdown it stops its builds without recording an end and revokes its
 /// lease, so the scheduler gives those builds to another agent at once.
@@ -21,6 +23,8 @@ public struct AgentService: Service {
     let keys: Keys
     let logger: Logger
     let runner: any TaskRunner
+    let disk: DiskKeeper
+    let pendingEnds: PendingEnds
 
     /// - Parameter secrets: where builds get their secrets; nil: from `configuration.schedulers`
     ///   with `configuration.registryCredentials` (`SchedulerSecretsClient`), or none when no
@@ -34,16 +38,24 @@ public struct AgentService: Service {
         var l = logger
         l[metadataKey: "agent.id"] = "\(configuration.id)"
         self.logger = l
+        // A simulated agent writes nothing to its disk: it refuses builds only when told a
+        // minimum, so that a benchmark's dozens of them on one machine never do by default.
+        let settings = DiskKeeper.Settings(budget: configuration.diskBudget, minFree: configuration.minFree ?? (configuration.simulate == nil ? nil : 0))
+        self.pendingEnds = PendingEnds(etcd: etcd, logger: l, maxDelay: min(.seconds(30), configuration.etcdRetryLimit))
         if let duration = configuration.simulate {
-            self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l)
+            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: nil, keepImages: 0, logger: l)
+            self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l,
+                                               retryLimit: configuration.etcdRetryLimit, pendingEnds: pendingEnds)
         } else {
             let fromSchedulers = configuration.schedulers.isEmpty ? nil : configuration.registryCredentials.map {
                 SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0)
             }
+            let docker = DockerClient(socketPath: configuration.dockerSocket)
+            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: docker, keepImages: configuration.keepImages, logger: l)
             self.runner = BuildRunner(
-                configuration: configuration, etcd: etcd, keys: keys,
-                docker: DockerClient(socketPath: configuration.dockerSocket),
-                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l, secretsSource: secrets ?? fromSchedulers)
+                configuration: configuration, etcd: etcd, keys: keys, docker: docker,
+                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l, secretsSource: secrets ?? fromSchedulers,
+                disk: disk, pendingEnds: pendingEnds)
         }
     }
 
@@ -52,15 +64,25 @@ public struct AgentService: Service {
         let lockFD = try lockDataDir()
         defer { close(lockFD) }
         try await runner.prepare()
+        let registration = AgentRegistration(
+            info: AgentInfo(id: configuration.id, capacity: configuration.capacity, labels: configuration.labels, version: configuration.version,
+                            disk: await disk.start()),
+            key: keys.agent(configuration.id))
         let builds = RunningBuilds()
         // On graceful shutdown (SIGTERM, Ctrl-C): stop taking tasks, stop the running builds
         // without recording an end, wait for them, then revoke the lease so the scheduler
         // requeues those builds at once.
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await cancelWhenGracefulShutdown { await taskLoop(builds: builds) } }
+            group.addTask { await cancelWhenGracefulShutdown { await pendingEnds.run() } }
+            group.addTask {
+                await cancelWhenGracefulShutdown {
+                    await disk.run(every: configuration.diskCheckInterval) { [etcd] in _ = await registration.update(disk: $0, etcd: etcd) }
+                }
+            }
             group.addTask {
                 await withGracefulShutdownHandler {
-                    await registrationLoop(beforeRevoke: {
+                    await registrationLoop(registration, beforeRevoke: {
                         // Also reached on plain cancellation (tests, embedding): stop the builds.
                         builds.stopAll(reason: .shutdown)
                         await builds.waitForAll()
@@ -91,24 +113,27 @@ public struct AgentService: Service {
 
     /// Keeps the registration alive until graceful shutdown; then runs `beforeRevoke` and
     /// revokes the lease.
-    private func registrationLoop(beforeRevoke: @escaping @Sendable () async -> Void) async {
+    private func registrationLoop(_ registration: AgentRegistration, beforeRevoke: @escaping @Sendable () async -> Void) async {
         var backoff = Duration.milliseconds(200)
         while !Task.isCancelled {
             var lease: Int64?
             do {
                 let id = try await etcd.grantLease(ttl: configuration.ttlSeconds)
                 lease = id
-                let info = AgentInfo(id: configuration.id, capacity: configuration.capacity, labels: configuration.labels, version: configuration.version)
-                try await etcd.put(keys.agent(configuration.id), try KilnJSON.encode(info), lease: id)
-                logger.info("registered", metadata: ["lease": "\(id)", "ttl": "\(configuration.ttlSeconds)", "capacity": "\(configuration.capacity)"])
+                try await registration.register(lease: id, etcd: etcd)
+                let disk = registration.info.disk
+                logger.info("registered", metadata: ["lease": "\(id)", "ttl": "\(configuration.ttlSeconds)", "capacity": "\(configuration.capacity)",
+                                                     "disk": "\(disk?.summary ?? "-")", "refusing": "\(disk?.refusing ?? "no")"])
                 backoff = .milliseconds(200)
                 let interval = Duration.milliseconds(max(500, configuration.ttlSeconds * 1000 / 3))
                 try await cancelWhenGracefulShutdown { try await etcd.keepAlive(id, every: interval) }
             } catch is CancellationError {
             } catch let error as EtcdError where error == .leaseNotFound {
+                registration.leaseLost()
                 logger.warning("lease lost; registering again")
                 continue
             } catch {
+                registration.leaseLost()
                 logger.warning("registration failed: \(error); trying again in \(backoff)")
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(2))
@@ -166,6 +191,8 @@ public struct AgentService: Service {
     }
 
     private func startOrCancel(task: BuildTask, kv: KeyValue, builds: RunningBuilds) {
+        // Its end is being recorded in the background: the build ran here already.
+        if pendingEnds.holds(build: task.build, revision: kv.createRevision) { return }
         if let rev = builds.revision(of: task.build) {
             if rev != kv.createRevision {
                 builds.stop(task.build, reason: .taskLost)  // a new assignment replaces it

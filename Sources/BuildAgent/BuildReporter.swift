@@ -113,20 +113,26 @@ actor BuildReporter {
     let pipeline: [PipelineStep]
 
     let logger: Logger
+    /// How long `persistently` tries (`AgentConfiguration.etcdRetryLimit`).
+    let retryLimit: Duration
+    /// The record's mod revision as this agent last read or wrote it: what guards the end it
+    /// writes after it released the task (`PendingEnds`).
+    var recordRevision: Int64?
 
     /// The reporter of one task; its logger names the build and the project.
     init(task: BuildTask, taskKey: String, taskCreateRevision: Int64, etcd: EtcdClient, keys: Keys, agentLogger: Logger,
-         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes) {
+         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes, retryLimit: Duration = .seconds(600)) {
         var l = agentLogger
         l[metadataKey: "build.id"] = "\(task.build)"
         l[metadataKey: "project"] = "\(task.project.name)"
         self.init(etcd: etcd, keys: keys, buildID: task.build, taskKey: taskKey, taskCreateRevision: taskCreateRevision, attempt: task.attempt,
-                  pipeline: task.project.pipeline ?? [], logger: l, maxLogBytes: maxLogBytes)
+                  pipeline: task.project.pipeline ?? [], logger: l, maxLogBytes: maxLogBytes, retryLimit: retryLimit)
     }
 
     init(etcd: EtcdClient, keys: Keys, buildID: String, taskKey: String, taskCreateRevision: Int64, attempt: Int, pipeline: [PipelineStep] = [], logger: Logger = Logger(label: "kiln.agent"),
-         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes) {
+         maxLogBytes: Int = AgentConfiguration.defaultMaxLogBytes, retryLimit: Duration = .seconds(600)) {
         self.buffer = LogBuffer(maxBytes: maxLogBytes)
+        self.retryLimit = retryLimit
         self.logger = logger
         self.pipeline = pipeline
         self.etcd = etcd
@@ -137,18 +143,18 @@ actor BuildReporter {
         self.attempt = attempt
     }
 
-    private var guardCompare: Compare { .createRevision(taskKey, .equal, taskCreateRevision) }
+    var guardCompare: Compare { .createRevision(taskKey, .equal, taskCreateRevision) }
     private var warnedUnreachable = false
 
     /// Runs one etcd call again until it gets through: a build's record must not be lost
     /// because etcd was restarting when it was written (the agent lives, so nothing else
-    /// would ever end the build). Waits 100 ms doubling to 2 s, for up to 10 minutes; gives up
-    /// at once when the build was taken away or the caller is cancelled. A write that
-    /// committed but whose answer was lost is refused when tried again (the guard no longer
-    /// holds), which reads as `TaskLostError`: its effect is already there.
-    private func persistently<T: Sendable>(_ what: String, _ call: () async throws -> T) async throws -> T {
+    /// would ever end the build). Waits 100 ms doubling to 2 s, for up to `retryLimit` (10
+    /// minutes); gives up at once when the build was taken away or the caller is cancelled. A
+    /// write that committed but whose answer was lost is refused when tried again (the guard
+    /// no longer holds), which reads as `TaskLostError`: its effect is already there.
+    func persistently<T: Sendable>(_ what: String, _ call: () async throws -> T) async throws -> T {
         var delay = Duration.milliseconds(100)
-        let deadline = ContinuousClock.now + .seconds(600)
+        let deadline = ContinuousClock.now + retryLimit
         while true {
             do {
                 return try await call()
@@ -172,6 +178,7 @@ actor BuildReporter {
         let etcd = self.etcd, key = keys.build(buildID)
         if let kv = try await persistently("reading the build record", { try await etcd.get(key) }),
            let build = try? KilnJSON.decode(Build.self, from: kv.value) {
+            recordRevision = kv.modRevision
             return build
         }
         logger.warning("task without a readable build record; removing it")
@@ -186,10 +193,13 @@ actor BuildReporter {
         let txn = Txn(compare: [guardCompare], success: [.put(keys.build(buildID), try KilnJSON.encode(masked(build)))])
         let r = try await persistently("writing the build record") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }
+        recordRevision = r.revision
     }
 
-    /// Writes the last log chunk, the final record and removes the task, in one transaction:
-    /// whoever sees the log's end sees the build's end.
+    /// Writes the last log chunk, the final record (with its pipeline run's entry in the pipeline
+    /// index, if it has one) and removes the task, in one transaction: whoever sees the log's
+    /// end sees the build's end. Throws `UnrecordedEnd`, which carries what is left to write,
+    /// when etcd takes none of it within `retryLimit`.
     func finish(_ build: Build) async throws {
         var build = masked(build)
         if build.status == .succeeded, !pipeline.isEmpty, build.deploy == nil {
@@ -202,12 +212,12 @@ actor BuildReporter {
         let lines = chunks.popLast() ?? []
         let writes = chunks.map { numbered($0, end: false) }
         let (chunkKey, chunk) = numbered(lines, end: true)
-        let txn = Txn(
-            compare: [guardCompare],
-            success: [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)])
+        var success: [TxnOp] = [.put(chunkKey, try KilnJSON.encode(chunk)), .put(keys.build(buildID), try KilnJSON.encode(build)), .delete(taskKey)]
+        // A pending run goes into the pipeline index, which the leader follows (not every record).
+        if let run = build.deploy, !run.status.isFinal { success.append(.put(keys.pipelineIndexEntry(build: buildID), "")) }
+        let txn = Txn(compare: [guardCompare], success: success)
         _ = try? await lastWrites?.value
-        for (key, value) in writes { try await write(key, value) }
-        let r = try await persistently("writing the build's end") { try await etcd.txn(txn) }
+        let r = try await writeEnd(writes, txn)
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }
 
@@ -241,7 +251,7 @@ actor BuildReporter {
         return (keys.logChunk(build: buildID, attempt: attempt, seq: seq), LogChunk(seq: seq, lines: lines, end: end ? true : nil))
     }
 
-    private func write(_ key: String, _ chunk: LogChunk) async throws {
+    func write(_ key: String, _ chunk: LogChunk) async throws {
         let txn = Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(chunk))])
         let r = try await persistently("writing the log") { try await etcd.txn(txn) }
         if !r.succeeded { throw TaskLostError(build: buildID) }

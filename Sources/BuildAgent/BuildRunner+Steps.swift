@@ -13,6 +13,11 @@ extension BuildRunner {
     // from other builds (`pullWithLogin`), and removed when the step ends.
     func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
         let project = task.project
+        // The build image passes the rules of a Dockerfile's FROM: the engine's storage holds
+        // other projects' images (while they build, and the ones kept for layer reuse).
+        if let reason = DockerfilePolicy.refusal(image: project.buildImage, registry: configuration.registry, project: project.repositoryName) {
+            throw StepFailure(step: .compile, message: "the build image: \(reason)")
+        }
         // nosuid, nodev: a root build could leave a setuid-root program in its checkout or
         // cache, which a user of the agent's machine could then run.
         var mounts = ["\(workspace.path):/workspace:rw,nosuid,nodev"]
@@ -52,6 +57,7 @@ extension BuildRunner {
         reporter.log(sandbox.summary)
         if task.mvncache {
             let choice = try await cachePlacement(task: task)
+            await disk?.used("mvncache/\(choice.folder)", by: project.name)
             let cache = cachesDir.appendingPathComponent(choice.folder)
             try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
             reporter.log("Maven cache: \(choice.protected ? "the protected one (\(task.ref) is a protected ref)" : "the one of unprotected refs (only the default branch and protectedRefs use the protected one)")")

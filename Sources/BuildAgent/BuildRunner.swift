@@ -43,6 +43,12 @@ struct BuildRunner: TaskRunner {
     /// Where builds get their secrets (the schedulers); nil: an agent without `--scheduler`,
     /// whose builds get none.
     let secretsSource: (any BuildSecretsSource)?
+    /// Accounts for the mirrors and caches builds use and keeps images for layer reuse; nil:
+    /// no accounting, and every built image leaves the engine once pushed.
+    var disk: DiskKeeper? = nil
+    /// Takes over the ends this runner cannot write (`PendingEnds`); nil: such a build is only
+    /// logged, and its task stays until the agent's lease goes.
+    var pendingEnds: PendingEnds? = nil
     /// The ONBUILD triggers of base images this agent has read, by image ID.
     let triggerCache = ImageTriggerCache()
 
@@ -61,8 +67,9 @@ struct BuildRunner: TaskRunner {
             throw KilnError.unavailable("agent \(configuration.id): no kiln executable to run git fetches in (they run as `kiln git-fetch` so that a time limit can stop them): set KILN_BIN to the kiln program")
         }
         try writeMavenSettings()
-        // Secret files a crashed run of this agent left behind.
+        // Secret files and checkouts a crashed run of this agent left behind.
         try? FileManager.default.removeItem(at: configuration.dataDir.appendingPathComponent("secrets"))
+        try? FileManager.default.removeItem(at: workspacesDir)
         if secretsSource == nil { logger.warning("kiln agent \(configuration.id): \(Self.noSecretsNote)") }
         do {
             try await docker.ping()
@@ -100,15 +107,18 @@ struct BuildRunner: TaskRunner {
     /// except when the build was taken away (then nothing may be written).
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
         let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger,
-                                     maxLogBytes: configuration.maxLogBytes)
+                                     maxLogBytes: configuration.maxLogBytes, retryLimit: configuration.etcdRetryLimit)
         let log = reporter.logger
+        // Its mirror and caches stay until it ends, and are measured and stamped then.
+        await disk?.hold(task.project.name)
         do {
             try await runGuarded(task: task, reporter: reporter, control: control, logger: log)
         } catch is TaskLostError {
             log.warning("build taken away from this agent; abandoning it")
         } catch {
-            log.error("could not record the build's outcome: \(error)")
+            await giveUp(error, reporter: reporter, control: control, pendingEnds: pendingEnds, logger: log)
         }
+        if let disk { _ = await outlivingCancellation { await disk.release(task.project.name) } }
     }
 
     private func runGuarded(task: BuildTask, reporter: BuildReporter, control: BuildControl, logger: Logger) async throws {
@@ -222,6 +232,10 @@ struct BuildRunner: TaskRunner {
             await removeLocal()
             throw error
         }
+        // A few stay under a name no build can reach, for their layers (`KeptImages`).
+        if await disk?.keep(image: reference, project: project.name) == true {
+            reporter.log("kept the image in this agent's storage for the layers of the next builds of \(project.name) (at most \(configuration.keepImages))")
+        }
         await removeLocal()
         build.image = reference
         build.digest = pushed.digest
@@ -287,6 +301,7 @@ struct BuildRunner: TaskRunner {
         try checkFileRepository(project.repository)
         let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
         guard let kiln = configuration.kilnExecutable else { throw StepFailure(step: .fetch, message: "no kiln executable to fetch with") }
+        await disk?.used("mirrors/\(project.name).git", by: project.name)
         return try await mirrorLocks.withLock(project.name) {
             let flag = CancelFlag()
             // In a child process: a silent server cannot hold the step past its limit or a cancel.
@@ -300,6 +315,23 @@ struct BuildRunner: TaskRunner {
             reporter.log("checked out \(sha) (\(task.commit == nil ? "tip of \(task.ref)" : "exact commit"))")
             return sha
         }
+    }
+}
+
+/// A build whose outcome could not be recorded (etcd refused or was gone for the reporter's
+/// retries): unless it was stopped on purpose (the agent stops: its task goes back with the
+/// lease), `pendingEnds` releases its task and settles its end in the background, so that it
+/// neither holds the slot nor stays `running` without an owner.
+func giveUp(_ error: Error, reporter: BuildReporter, control: BuildControl, pendingEnds: PendingEnds?, logger: Logger) async {
+    let stopped = control.reason == .shutdown || control.reason == .taskLost
+    guard let pendingEnds, !stopped, !(error is CancellationError) else {
+        logger.error("could not record the build's outcome: \(error)")
+        return
+    }
+    if let end = error as? UnrecordedEnd {
+        pendingEnds.hand(end)
+    } else {
+        pendingEnds.hand(await reporter.unrecorded(cause: error))
     }
 }
 

@@ -20,13 +20,18 @@ struct SimulatedBuildRunner: TaskRunner {
     let etcd: EtcdClient
     let keys: Keys
     let logger: Logger
+    /// How long the reporter tries each write (`AgentConfiguration.etcdRetryLimit`).
+    var retryLimit: Duration = .seconds(600)
+    /// Takes over the ends it cannot write, as for real builds.
+    var pendingEnds: PendingEnds? = nil
 
     func prepare() async throws {}
 
     func run(task: BuildTask, taskKey: String, taskCreateRevision: Int64, control: BuildControl) async {
         // The build starts when its task reaches this agent; reading the record is its work.
         let began = Date()
-        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger)
+        let reporter = BuildReporter(task: task, taskKey: taskKey, taskCreateRevision: taskCreateRevision, etcd: etcd, keys: keys, agentLogger: logger,
+                                     retryLimit: retryLimit)
         let log = reporter.logger
         // Reads and writes run in tasks of their own: stopping a build cancels its task,
         // which must interrupt only the wait, never a write half done.
@@ -65,7 +70,7 @@ struct SimulatedBuildRunner: TaskRunner {
         } catch is TaskLostError {
             log.warning("build taken away from this agent; abandoning it")
         } catch {
-            log.error("could not record the simulated build: \(error)")
+            await giveUp(error, reporter: reporter, control: control, pendingEnds: pendingEnds, logger: log)
         }
     }
 }

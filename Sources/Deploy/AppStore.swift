@@ -4,7 +4,8 @@ import KilnCore
 
 /// Apps, cells and LB domains in etcd, for the deploy plugins. Every change to an app is a
 /// read-modify-write guarded by the key's mod revision, tried again when another writer
-/// got there first, so two pipelines never lose each other's versions.
+/// got there first, so two pipelines never lose each other's versions. Each write also prunes
+/// the app's oldest stopped versions past its `keepVersions` (``App/prunedVersions()``).
 public struct AppStore: Sendable {
     public let etcd: EtcdClient
     public let keys: Keys
@@ -49,6 +50,8 @@ public struct AppStore: Sendable {
             let kv = try await etcd.get(key)
             var app = try kv.map { try KilnJSON.decode(App.self, from: $0.value) } ?? App(name: name)
             let result = try change(&app)
+            // Every write keeps the record bounded: stopped versions past the app's number go.
+            app = app.prunedVersions().app
             app.updatedAt = Date()
             let guardCompare: Compare = kv.map { .modRevision(key, .equal, $0.modRevision) } ?? .createRevision(key, .equal, 0)
             let r = try await etcd.txn(Txn(compare: [guardCompare], success: [.put(key, try KilnJSON.encode(app))]))

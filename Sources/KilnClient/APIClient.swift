@@ -72,7 +72,28 @@ public struct APIClient: Sendable {
         try await send(method, path, body: body)
     }
 
+    /// `GET /api/v1/builds`: a page of builds, newest first, of one project or every one the
+    /// caller may read, below `cursor` (the `next` of the page before; nil: the newest), and
+    /// the cursor of the next page (nil: this was the last).
+    public func builds(project: String? = nil, limit: Int = BuildPage.defaultLimit, cursor: String? = nil) async throws -> BuildPage {
+        var path = "/api/v1/builds?limit=\(limit)"
+        if let project { path += "&project=\(Self.queryValue(project))" }
+        if let cursor { path += "&cursor=\(Self.queryValue(cursor))" }
+        let (data, header) = try await exchange("GET", path, body: nil)
+        return BuildPage(builds: try decode([Build].self, data), next: header(BuildPage.nextCursorHeader))
+    }
+
+    /// A value for a URL's query: anything but letters, digits and `-._~` percent-encoded.
+    static func queryValue(_ value: String) -> String {
+        value.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")) ?? value
+    }
+
     private func send(_ method: String, _ path: String, body: Data?) async throws -> Data {
+        try await exchange(method, path, body: body).body
+    }
+
+    /// A request to the API: the answer's body and its headers by name, or its error thrown.
+    private func exchange(_ method: String, _ path: String, body: Data?) async throws -> (body: Data, header: @Sendable (String) -> String?) {
         var request = HTTPClientRequest(url: base + path)
         request.method = .init(rawValue: method)
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
@@ -97,7 +118,8 @@ public struct APIClient: Sendable {
             }
             throw Failure(description: "\(method) \(path): HTTP \(response.status.code)")
         }
-        return data
+        let headers = response.headers
+        return (data, { headers.first(name: $0) })
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {

@@ -11,9 +11,9 @@
 ///   lb-agents' reports). It never writes an agent's registration.
 /// - an agent: its own registration key (and so may revoke the lease it is bound to), its
 ///   own tasks prefix (read, and delete when a build ends), the build records (read and
-///   write: the record of a build is `builds/{id}`, with no agent in the key) and the logs
-///   (write only). It cannot read or write projects, the queue, another agent's tasks, the
-///   leader key, cells, apps or `/slb/`.
+///   write: the record of a build is `builds/{id}`, with no agent in the key), the logs
+///   and the pipeline index `index/pipelines/` (write only). It cannot read or write projects,
+///   the queue, another agent's tasks, the leader key, cells, apps, the other indexes or `/slb/`.
 /// - an lb-agent: reads its group's domains and writes its own report key; nothing else.
 /// - nobody but the scheduler reads or writes `/kiln/secrets/` (sealed secrets).
 ///
@@ -131,6 +131,9 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 // Read at a build's start, written at each step under the task's guard.
                 Grant(.readWrite, keys.builds, prefix: true),
                 Grant(.write, keys.logs, prefix: true),
+                // A build that succeeds puts its pipeline run's entry in the index, in its end's
+                // transaction (write only: the leader reads the index and checks each record).
+                Grant(.write, keys.pipelineIndex, prefix: true),
             ]
         case .lbAgent(let group, let id):
             return [

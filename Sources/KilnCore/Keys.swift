@@ -136,6 +136,9 @@ public struct Keys: Sendable, Equatable {
     /// pipeline service finds them without reading every build record.
     public var pipelineIndex: String { "\(index)pipelines/" }
     public func pipelineIndexEntry(build: String) -> String { pipelineIndex + build }
+    /// The schema of the indexes that existing records have entries for (a number, as text):
+    /// a scheduler's start builds what is missing and writes it (`IndexMigration`).
+    public var indexSchema: String { "\(index)schema" }
 
     /// `{agent}/{build}` under `base` (tasks and grants), or nil for any other key.
     static func agentAndBuild(of key: String, under base: String) -> (agent: String, build: String)? {

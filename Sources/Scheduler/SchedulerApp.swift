@@ -36,6 +36,13 @@ public struct SchedulerConfiguration: Sendable {
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
     /// also refuses a file that does not open what etcd holds.
     public var secretsKeyFile: String?
+    /// Retention's pruner on the leader (docs/retention.md); nil: nothing is pruned.
+    public var retention: Pruner.Configuration? = .init()
+    /// Where ended builds' logs go once they leave etcd (`--log-archive`; docs/logs.md): every
+    /// scheduler of a farm needs the same one. nil: logs stay in etcd (tests that read chunks).
+    public var logArchive: (any LogArchive)?
+    /// How the leader's archiver retries and sweeps.
+    public var logArchiver = LogArchiver.Configuration()
     /// The space quota to assume for an etcd member whose metrics do not report it
     /// (`--etcd-quota-bytes`); nil: etcd's default of 2 GiB. See ``EtcdHealth``.
     public var etcdQuotaBytes: Int64?
@@ -61,12 +68,13 @@ public func buildSchedulerApplication(
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let etcd = EtcdClient(endpoint: configuration.etcdEndpoint, logger: logger, credentials: configuration.etcdCredentials, tls: configuration.etcdTLS)
-    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix))
+    let store = SchedulerStore(etcd: etcd, keys: Keys(prefix: configuration.keyPrefix), logArchive: configuration.logArchive)
     let router = Router(context: KilnRequestContext.self)
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
+    let metrics = SchedulerMetrics()
     let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval, logger: logger)
-    API(store: store, schedulerID: configuration.dispatcher.id, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
@@ -77,15 +85,23 @@ public func buildSchedulerApplication(
     // The plugins look secrets up in the sealed store (nil without a key file: a step naming one fails saying so).
     let pipelines = configuration.plugins.isEmpty ? nil
         : PipelineService(store: store, runner: PipelineRunner(plugins: configuration.plugins, secrets: secrets.store), logger: logger)
+    // The pruner removes a pruned build's archived log too (the same archive the store reads).
+    let pruner = configuration.retention.map { Pruner(etcd: etcd, keys: store.keys, archive: store.logArchive, configuration: $0, logger: logger) }
+    var leaderTasks = configuration.leaderTasks
+    let schedulerID = configuration.dispatcher.id
+    if let pruner { leaderTasks.append { await pruner.lead(schedulerID: schedulerID) } }
     let dispatcher = Dispatcher(store: store, configuration: configuration.dispatcher, pipelines: pipelines,
-                                leaderTasks: configuration.leaderTasks, logger: logger)
+                                leaderTasks: leaderTasks,
+                                logArchiver: LogArchiver(store: store, configuration: configuration.logArchiver, logger: logger), logger: logger)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
-        services: [dispatcher, etcdHealth],
+        services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger), etcdHealth],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
     app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    // Index entries for records from before the indexes, once per farm (a marker says done).
+    app.beforeServerStarts { try await IndexMigration(store: store, logger: logger).runIfNeeded() }
     return app
 }

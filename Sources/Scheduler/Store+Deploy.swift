@@ -24,7 +24,9 @@ extension SchedulerStore {
             }
             var b = build
             b.deploy = PipelineRun(run: (build.deploy?.run ?? 0) + 1, pipeline: pipeline, trigger: trigger)
-            let r = try await etcd.txn(Txn(compare: [.modRevision(keys.build(id), .equal, rev)], success: [.put(keys.build(id), try KilnJSON.encode(b))]))
+            // With its entry in the pipeline index, which the leader's pipeline service follows.
+            let r = try await etcd.txn(Txn(compare: [.modRevision(keys.build(id), .equal, rev)],
+                                           success: [.put(keys.build(id), try KilnJSON.encode(b)), .put(keys.pipelineIndexEntry(build: id), "")]))
             if r.succeeded { return b }
         }
         throw KilnError.unavailable("build \(id) kept changing; try again")

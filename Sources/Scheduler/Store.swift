@@ -14,10 +14,19 @@ public struct SchedulerStore: Sendable {
     /// Failed password logins of this scheduler, shared by every copy of the store: the API's
     /// HTTP Basic logins and the console's login form count against one budget.
     let loginThrottle = LoginThrottle()
+    /// The leases webhook idempotency keys expire with, shared by every copy of the store.
+    let hookLeases: HookLeases
+    /// Where the newest builds of each range were found last (listings), shared likewise.
+    let listingHints = NewestWindow.Hints()
+    /// Where ended builds' logs go (docs/logs.md); nil: this store reads only the logs still
+    /// in etcd, and refuses to show an archived one.
+    public let logArchive: (any LogArchive)?
 
-    public init(etcd: EtcdClient, keys: Keys = Keys()) {
+    public init(etcd: EtcdClient, keys: Keys = Keys(), hookLeases: HookLeases = HookLeases(), logArchive: (any LogArchive)? = nil) {
         self.etcd = etcd
         self.keys = keys
+        self.hookLeases = hookLeases
+        self.logArchive = logArchive
     }
 
     // MARK: projects
@@ -30,7 +39,8 @@ public struct SchedulerStore: Sendable {
         return (try KilnJSON.decode(Project.self, from: kv.value), kv.modRevision)
     }
 
-    /// Creates or replaces a project. Returns true if it was new. A new project's `creator`
+    /// Creates or replaces a project, and its entry in the repository index
+    /// (``repositoryIndexWrites(project:from:to:)``). Returns true if it was new. A new project's `creator`
     /// becomes its owner in the same transaction. The write compares against what the caller
     /// decided on (`replacing`, from ``projectIfExists(_:)``; nil: the project must not
     /// exist), else 409: someone changed it meanwhile. Without `replacing` and `creator`
@@ -61,6 +71,7 @@ public struct SchedulerStore: Sendable {
         }
         if p.webhookSecret == "" || webhookWrite != nil { p.webhookSecret = nil }
         var success: [TxnOp] = [.put(key, try KilnJSON.encode(p))] + (webhookWrite.map { [$0] } ?? [])
+        success += repositoryIndexWrites(project: p.name, from: existing?.project.repository, to: p.repository)
         if existing == nil, let creator {
             success.append(.put(keys.members(.project, p.name), try KilnJSON.encode(Members(users: [creator: .owner]))))
         }
@@ -98,13 +109,15 @@ public struct SchedulerStore: Sendable {
 
     /// The same, once per `delivery` (a webhook's idempotency key, at most 200 characters):
     /// the key is written in the build's transaction, so a redelivery, even a concurrent one,
-    /// gets the first build back (`created` false) instead of a second one.
+    /// gets the first build back (`created` false) instead of a second one. The key expires
+    /// after a day (``HookLeases``): a delivery that comes back later is a new one.
     public func enqueue(project name: String, request: BuildRequest, delivery: String?) async throws -> (build: Build, created: Bool) {
         try await enqueue(try await self.project(name), request: request, delivery: delivery)
     }
 
     /// The same, for a project the caller has just read (the transaction still checks that it
-    /// exists).
+    /// exists). The build's entry in its project's index (`Keys.buildIndexEntry`) is written in
+    /// the same transaction, so a listing through the index never misses a build.
     /// `vouchedCommit`: the commit, if any, is the pushed head of the ref (a GitLab delivery); a
     /// commit a person's request names marks the build `commitPinnedByRequest`.
     func enqueue(_ project: Project, request: BuildRequest, delivery: String?, vouchedCommit: Bool = false) async throws -> (build: Build, created: Bool) {
@@ -121,15 +134,15 @@ public struct SchedulerStore: Sendable {
         if build.commit != nil && !vouchedCommit { build.commitPinnedByRequest = true }
         let entry = QueueEntry(queuing: build)
         var compare: [Compare] = [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)]
-        var success: [TxnOp] = [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry))]
+        let success: [TxnOp] = [.put(keys.build(build.id), try KilnJSON.encode(build)), .put(keys.queued(build.id), try KilnJSON.encode(entry)),
+                                .put(keys.buildIndexEntry(project: name, build: build.id), "")]
         var failure: [TxnOp] = []
         let hookKey = delivery.map { keys.hook("\(name)/\(SchedulerStore.escapeKeyPart(String($0.prefix(200))))") }
         if let hookKey {
             compare.append(.createRevision(hookKey, .equal, 0))
-            success.append(.put(hookKey, build.id))
             failure.append(.get(hookKey))
         }
-        let result = try await etcd.txn(Txn(compare: compare, success: success, failure: failure))
+        let result = try await enqueueTxn(Txn(compare: compare, success: success, failure: failure), hookKey: hookKey, build: build.id)
         guard result.succeeded else {
             if hookKey != nil, let first = result.responses.first?.kvs.first {
                 return (try await self.build(first.string), false)
@@ -140,6 +153,23 @@ public struct SchedulerStore: Sendable {
             try await supersede(by: build, includingRunning: mode == .running)
         }
         return (build, true)
+    }
+
+    /// Runs the enqueue's transaction, with the delivery's key (if any) bound to this window's
+    /// hook lease; once more with a new lease if etcd no longer knows the one kept.
+    private func enqueueTxn(_ txn: Txn, hookKey: String?, build: String) async throws -> TxnResult {
+        guard let hookKey else { return try await etcd.txn(txn) }
+        for attempt in 0..<2 {
+            let lease = try await hookLeases.lease(etcd)
+            var t = txn
+            t.success.append(.put(hookKey, build, lease: lease))
+            do {
+                return try await etcd.txn(t)
+            } catch where HookLeases.isLeaseGone(error) && attempt == 0 {
+                hookLeases.forget(lease)
+            }
+        }
+        throw KilnError.unavailable("etcd refused the webhook delivery's lease twice; try again")
     }
 
     /// A string made safe as one component of an etcd key: letters, digits, `-`, `_` and `.`
@@ -157,8 +187,10 @@ public struct SchedulerStore: Sendable {
     }
 
     /// Cancels the older builds of the same project and ref that `build` makes pointless.
+    /// Only builds that have not ended can be: those in the queue (and with `includingRunning`
+    /// those with a task), so these are read, never the project's history.
     func supersede(by build: Build, includingRunning: Bool) async throws {
-        let older = try await builds(project: build.project, limit: 1000).filter {
+        let older = try await unendedBuilds(of: build.project, includingRunning: includingRunning).filter {
             $0.id != build.id && $0.ref == build.ref && $0.createdAt <= build.createdAt
                 && ($0.status == .queued || (includingRunning && ($0.status == .assigned || $0.status == .running)))
         }
@@ -178,13 +210,9 @@ public struct SchedulerStore: Sendable {
         return (try KilnJSON.decode(Build.self, from: kv.value), kv.modRevision)
     }
 
-    /// Builds, newest first, optionally of one project.
-    public func builds(project: String? = nil, limit: Int = 50) async throws -> [Build] {
-        if let project { try Validation.projectName(project) }
-        let all = try await etcd.range(prefix: keys.builds).kvs.compactMap { try? KilnJSON.decode(Build.self, from: $0.value) }
-        return Array(all.filter { project == nil || $0.project == project }
-            .sorted { $0.createdAt != $1.createdAt ? $0.createdAt > $1.createdAt : $0.id > $1.id }
-            .prefix(limit))
+    /// The newest builds, optionally of one project: the first page of ``buildPage(project:limit:cursor:)``.
+    public func builds(project: String? = nil, limit: Int = BuildPage.defaultLimit) async throws -> [Build] {
+        try await buildPage(project: project, limit: limit).builds
     }
 
     /// A project's activity, newest first: its builds and the other events on it.
@@ -252,12 +280,5 @@ public struct SchedulerStore: Sendable {
         }.sorted { $0.id < $1.id }
     }
 
-    // MARK: logs
-
-    /// The whole log of a build so far.
-    public func log(of id: String) async throws -> [String] {
-        try await etcd.range(prefix: keys.logs(of: id)).kvs.flatMap { kv in
-            (try? KilnJSON.decode(LogChunk.self, from: kv.value))?.lines ?? []
-        }
-    }
+    // The logs (archive and chunks): Logs/Store+Logs.swift.
 }

@@ -10,6 +10,13 @@ public struct SecretsStartCheck: Sendable, Equatable {
     public var wroteCheck: Bool
     /// Projects whose webhook token was still in their record, in clear: now sealed.
     public var sealedWebhookSecrets: [String]
+    /// Projects whose repository URL still held a password (a token), in clear: now their
+    /// sealed git credential, and the URL without it.
+    public var sealedURLPasswords: [String] = []
+    /// Projects whose repository URL still holds a password that could not be moved: the
+    /// project has a git credential already (which is kept), or the URL is not HTTP(S). The
+    /// scheduler warns with what to do; nothing is dropped.
+    public var urlPasswordsLeft: [String] = []
 
     public var values: Int { byKey.values.reduce(0, +) }
 }
@@ -26,7 +33,9 @@ extension SecretStore {
     ///    scheduler given another farm's key file is refused even before any secret exists;
     /// 3. a project record still holding its webhook token in clear (written before secrets
     ///    were sealed) has it sealed at `Keys.webhookSecret(project:)` and removed from the
-    ///    record, in one transaction guarded by the record's revision.
+    ///    record, and an HTTP(S) repository URL holding a password has it moved into the
+    ///    project's sealed git credential (unless it has one), in one transaction guarded by
+    ///    the record's revision (and by the credential's absence).
     public func startCheck(by user: String = "kiln scheduler") async throws -> SecretsStartCheck {
         let held = keyring.keyIDs
         let kvs = try await etcd.range(prefix: keys.secrets).kvs
@@ -61,7 +70,9 @@ extension SecretStore {
                 try verifyCheck(other)
             }
         }
-        return SecretsStartCheck(byKey: byKey, wroteCheck: wrote, sealedWebhookSecrets: try await sealWebhookSecretsInRecords(by: user))
+        var check = SecretsStartCheck(byKey: byKey, wroteCheck: wrote, sealedWebhookSecrets: [])
+        try await sealSecretsInRecords(by: user, into: &check)
+        return check
     }
 
     func verifyCheck(_ kv: KeyValue) throws {
@@ -75,27 +86,51 @@ extension SecretStore {
         }
     }
 
-    /// Moves webhook tokens still in project records (in clear) into the sealed store.
-    /// Returns the projects whose token was moved.
-    func sealWebhookSecretsInRecords(by user: String) async throws -> [String] {
-        var moved: [String] = []
+    /// Moves secrets still in project records (in clear) into the sealed store: webhook
+    /// tokens, and passwords in HTTP(S) repository URLs (which become the git credential).
+    func sealSecretsInRecords(by user: String, into check: inout SecretsStartCheck) async throws {
         for first in try await etcd.range(prefix: keys.projects).kvs {
             var kv = first
             for _ in 0..<5 {
-                guard var project = try? KilnJSON.decode(Project.self, from: kv.value), let secret = project.webhookSecret else { break }
-                project.webhookSecret = nil
-                var writes: [TxnOp] = [.put(kv.key, try KilnJSON.encode(project))]
-                if !secret.isEmpty { writes.append(try webhookSecretWrite(secret, project: project.name, by: user)) }
-                let r = try await etcd.txn(Txn(compare: [.modRevision(kv.key, .equal, kv.modRevision)], success: writes, failure: [.get(kv.key)]))
+                guard var project = try? KilnJSON.decode(Project.self, from: kv.value) else { break }
+                var writes: [TxnOp] = []
+                var compare: [Compare] = [.modRevision(kv.key, .equal, kv.modRevision)]
+                let webhook = project.webhookSecret
+                if let webhook {
+                    project.webhookSecret = nil
+                    if !webhook.isEmpty { writes.append(try webhookSecretWrite(webhook, project: project.name, by: user)) }
+                }
+                var movedURL = false, leftURL = false
+                if Validation.withoutPassword(project.repository) != nil {
+                    let credentialKey = keys.gitCredential(project: project.name)
+                    if let split = Validation.splitHTTPPassword(project.repository),
+                       try await etcd.get(credentialKey) == nil {
+                        let credential = GitCredential.token(username: split.username, token: split.password)
+                        let value = try stored(try KilnJSON.encoder().encode(credential), at: credentialKey, detail: "token", by: user)
+                        writes.append(.put(credentialKey, try KilnJSON.encode(value)))
+                        compare.append(.createRevision(credentialKey, .equal, 0))
+                        project.repository = split.url
+                        movedURL = true
+                    } else {
+                        leftURL = true
+                    }
+                }
+                if webhook == nil && !movedURL {
+                    if leftURL { check.urlPasswordsLeft.append(project.name) }
+                    break
+                }
+                writes.insert(.put(kv.key, try KilnJSON.encode(project)), at: 0)
+                let r = try await etcd.txn(Txn(compare: compare, success: writes, failure: [.get(kv.key)]))
                 if r.succeeded {
-                    moved.append(project.name)
+                    if webhook != nil { check.sealedWebhookSecrets.append(project.name) }
+                    if movedURL { check.sealedURLPasswords.append(project.name) }
+                    if leftURL { check.urlPasswordsLeft.append(project.name) }
                     break
                 }
                 guard let fresh = r.responses.first?.kvs.first else { break }  // deleted meanwhile
-                kv = fresh
+                kv = fresh  // the record or the credential changed: look again
             }
         }
-        return moved
     }
 
     /// Seals every value again under the key file's first key, so the keys before it may

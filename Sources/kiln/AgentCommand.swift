@@ -144,6 +144,34 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Most a build's log may hold (env KILN_MAX_LOG_SIZE): bytes, or with a K, M or G suffix (powers of 1024). Past it the log says where it was cut and how much was dropped; the build goes on.", valueName: "size"))
     var maxLogSize: String = env("KILN_MAX_LOG_SIZE", "64M")
 
+    @Option(name: .long, help: ArgumentHelp("""
+        What the git mirrors and Maven caches in --data-dir may hold, such as 50GiB or 800M \
+        (env KILN_DISK_BUDGET). Past it the ones used least recently are deleted after a build \
+        (never those of a project building on this agent); they are made again when needed. \
+        Default: half of the free space of the data dir's filesystem at start plus what they \
+        already hold, leaving the other half to checkouts, the images the engine builds and \
+        the rest of the machine. docs/agents.md.
+        """, valueName: "size"))
+    var diskBudget: String? = ProcessInfo.processInfo.environment["KILN_DISK_BUDGET"].flatMap { $0.isEmpty ? nil : $0 }
+
+    @Option(name: .long, help: ArgumentHelp("""
+        Free space to keep on the data dir's filesystem (and on the container engine's storage \
+        when that is another one on this machine), such as 10GiB (env KILN_MIN_FREE). Below it \
+        the agent evicts mirrors, caches and kept images beyond its budget, and if that is not \
+        enough it refuses new builds, with the reason in its registration (`kiln agents`), until \
+        space is back; running builds go on. Default: a tenth of the filesystem, at most 10GiB.
+        """, valueName: "size"))
+    var minFree: String? = ProcessInfo.processInfo.environment["KILN_MIN_FREE"].flatMap { $0.isEmpty ? nil : $0 }
+
+    @Option(name: .long, help: ArgumentHelp("""
+        Images kept per project in the engine's storage after a successful push, so that the \
+        next build of the project reuses their layers instead of running every Dockerfile step \
+        again (env KILN_KEEP_IMAGES). They keep only a name no build may use; 0 removes every \
+        image once pushed. Kept images go with their project's mirror when it is evicted, and \
+        first when space runs short.
+        """, valueName: "n"))
+    var keepImages: Int = Int(env("KILN_KEEP_IMAGES", "\(AgentConfiguration.defaultKeepImages)")) ?? AgentConfiguration.defaultKeepImages
+
     // Hidden: for the benchmarks (kiln-bench) and FarmTests, not for a farm's users.
     @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
@@ -177,6 +205,13 @@ struct AgentCommand: AsyncParsableCommand {
                 throw ValidationError("--scheduler needs --registry-credentials: the scheduler gives a build's secrets only to the agent it knows by that machine credential (make one with `kiln machine add \(id) --kind agent --out FILE`)")
             }
         }
+        if let diskBudget, AgentConfiguration.parseSize(diskBudget).map({ $0 >= 1 << 20 }) != true {
+            throw ValidationError("--disk-budget must be a size of at least 1M: bytes, or a number with K, M, G or T (for example 50GiB), not '\(diskBudget)'")
+        }
+        if let minFree, AgentConfiguration.parseSize(minFree) == nil {
+            throw ValidationError("--min-free must be a size: bytes, or a number with K, M, G or T (for example 10GiB; 0 never refuses), not '\(minFree)'")
+        }
+        guard keepImages >= 0 else { throw ValidationError("--keep-images must be 0 or more (0: remove every image once pushed)") }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
         }
@@ -221,6 +256,9 @@ struct AgentCommand: AsyncParsableCommand {
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
             registryCredentials: try registryCredentials.map(RegistryCredentials.read))
         if simulate == nil, let scheduler { config.schedulers = try SchedulerURLs.parse(scheduler) }
+        config.diskBudget = diskBudget.flatMap(AgentConfiguration.parseSize).map(Int64.init)
+        config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
+        config.keepImages = keepImages
         config.etcdCredentials = try etcd.access.readCredentials()
         config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)

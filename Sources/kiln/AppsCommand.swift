@@ -19,6 +19,13 @@ struct AppsCommand: AsyncParsableCommand {
     @Argument(help: "App name.") var app: String?
     @Flag(name: .long, help: "Check every running instance's health now, from this machine (discovery), instead of showing the last check the pipeline made.")
     var check = false
+    @Option(name: .long, help: ArgumentHelp("Keep this many versions in the app's record (1 to 100; default 10): older retired and failed ones are pruned, and builds of the versions kept stay as roll-back candidates. Refused below the number of versions that run.", valueName: "n"))
+    var keepVersions: Int?
+
+    func validate() throws {
+        if keepVersions != nil && app == nil { throw ValidationError("--keep-versions needs an app: kiln apps APP --keep-versions n") }
+        if let n = keepVersions, !App.keepVersionsRange.contains(n) { throw ValidationError("--keep-versions must be 1 to 100, not \(n)") }
+    }
 
     func run() async throws {
         let client = try api.client()
@@ -32,6 +39,12 @@ struct AppsCommand: AsyncParsableCommand {
             }
             return
         }
+        if let keepVersions {
+            let data = try await client.raw("PUT", "/api/v1/apps/\(app)/retention", body: try KilnJSON.encoder().encode(AppRetention(keepVersions: keepVersions)))
+            let answer = try KilnJSON.decoder().decode(AppRetention.self, from: data)
+            let pruned = (answer.pruned ?? []).map { "v\($0)" }
+            if !api.json { print("app \(app) keeps \(answer.keepVersions) versions" + (pruned.isEmpty ? "" : "; pruned " + pruned.joined(separator: ", "))) }
+        }
         var status = try await client.get("/api/v1/apps/\(app)", as: AppStatus.self)
         if check {
             let cells = try await client.get("/api/v1/cells", as: [Cell].self)
@@ -41,7 +54,7 @@ struct AppsCommand: AsyncParsableCommand {
             }
         }
         if api.json { Show.printJSON(status); return }
-        print("app \(status.app.name)")
+        print("app \(status.app.name)  (keeps \(status.app.effectiveKeepVersions) versions)")
         for v in status.app.versions.reversed() {
             print("  v\(v.number)  \(v.state.rawValue.uppercased())  build \(v.build)  \(v.image)\(v.tag.map { "  (tag \($0))" } ?? "")")
             let s = v.settings

@@ -6,8 +6,8 @@ import KilnCore
 struct ProjectCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "project",
-        abstract: "Add, show and list projects.",
-        subcommands: [Add.self, ShowProject.self, List.self])
+        abstract: "Add, show and list projects; set how many of their builds are kept.",
+        subcommands: [Add.self, ShowProject.self, List.self, Retention.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -41,8 +41,11 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Read the GitLab webhook secret token from this file (mode 0600).", valueName: "file")) var webhookSecretFile: String?
         @Option(name: .long, help: ArgumentHelp("Post-build pipeline: a JSON file holding an array of steps, each {\"plugin\": \"deploy|lb|retire|notify\", \"settings\": {…}, \"timeoutSeconds\": n}. Checked against the plugins' settings when saved (see `kiln plugins`).", valueName: "file")) var pipeline: String?
 
+        @Option(name: .long, help: ArgumentHelp("Keep the project's last n builds, however old (default 500; 0: keep by age only). A build goes only once it is past both this and --keep-days (`kiln project retention --help`).", valueName: "n")) var keepBuilds: Int?
+        @Option(name: .long, help: ArgumentHelp("Keep every build of the last n days, however many (default 90).", valueName: "days")) var keepDays: Int?
+
         var project: Project {
-            Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
+            var p = Project(name: name, repository: repository, buildImage: buildImage, buildCommand: buildCommand,
                     dockerfile: dockerfile, context: context, defaultBranch: defaultBranch,
                     labels: labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
                     supersede: supersede, maxConcurrent: maxConcurrent,
@@ -50,6 +53,10 @@ struct ProjectCommand: AsyncParsableCommand {
                     webhookSecret: webhookSecretFile.flatMap { try? CredentialFile.read($0) } ?? webhookSecret, pipeline: try? pipelineSteps(),
                     protectedRefs: protectedRefs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
                     limits: limits)
+            if keepBuilds != nil || keepDays != nil {
+                p.retention = BuildRetention(keepBuilds: keepBuilds ?? BuildRetention.defaultKeepBuilds, keepDays: keepDays ?? BuildRetention.defaultKeepDays)
+            }
+            return p
         }
 
         var limits: BuildLimits? {
@@ -82,6 +89,43 @@ struct ProjectCommand: AsyncParsableCommand {
             let p = project
             let saved = try await try api.client().post("/api/v1/projects", body: p, as: Project.self)
             if api.json { Show.printJSON(saved) } else { print("project \(saved.name) saved: \(saved.repository)") }
+        }
+    }
+
+    struct Retention: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show or set how many of a project's builds are kept.",
+            discussion: """
+            A build goes (with its log and archived log) once it is neither among the \
+            project's last --keep-builds nor younger than --keep-days; never while it runs, \
+            while its pipeline run waits or runs, or while a version of an app refers to it. \
+            The leading scheduler prunes every 10 minutes (docs/retention.md). Without \
+            options, shows the settings; an option left out keeps its value.
+
+            Example: kiln project retention demo --keep-builds 200 --keep-days 30
+            """)
+        @OptionGroup var api: APIOptions
+        @Argument(help: "Project name.") var name: String
+        @Option(name: .long, help: ArgumentHelp("Keep the last n builds, however old (0 to 100000; 0: keep by age only).", valueName: "n")) var keepBuilds: Int?
+        @Option(name: .long, help: ArgumentHelp("Keep every build of the last n days, however many (1 to 3650).", valueName: "days")) var keepDays: Int?
+
+        func validate() throws {
+            do { try BuildRetention(keepBuilds: keepBuilds ?? 0, keepDays: keepDays ?? 1).validate(field: "retention") } catch {
+                throw ValidationError("\(error)".replacingOccurrences(of: "retention.keepBuilds", with: "--keep-builds").replacingOccurrences(of: "retention.keepDays", with: "--keep-days"))
+            }
+        }
+
+        func run() async throws {
+            let client = try api.client()
+            let path = "/api/v1/projects/\(name)/retention"
+            var retention = try await client.get(path, as: BuildRetention.self)
+            if keepBuilds != nil || keepDays != nil {
+                retention.keepBuilds = keepBuilds ?? retention.keepBuilds
+                retention.keepDays = keepDays ?? retention.keepDays
+                let data = try await client.raw("PUT", path, body: try KilnJSON.encoder().encode(retention))
+                retention = try KilnJSON.decoder().decode(BuildRetention.self, from: data)
+            }
+            if api.json { Show.printJSON(retention) } else { print("project \(name) keeps \(retention.summary)") }
         }
     }
 

@@ -31,6 +31,9 @@ struct SchedulerCommand: AsyncParsableCommand {
         It also serves the web console at / (log in with a user's password or API token; \
         sessions live in etcd, so every scheduler accepts them): see docs/console.md.
 
+        Builds' logs live in etcd while they are written; once a build (and its pipeline run) \
+        has ended the leader moves its log into the log archive (--log-archive): see docs/logs.md.
+
         With --registry-signing-key and --admin-token-file it is also the registry's token \
         service (GET /auth/token, Docker's token specification): user admin with the admin \
         token gets everything, an agent push and pull on the repositories of its current \
@@ -68,6 +71,9 @@ struct SchedulerCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
     var discoveryInterval: Double = 5
+
+    @Option(name: .long, help: ArgumentHelp("How often the leader prunes what retention lets go: builds with their logs past their project's retention, old activity, app versions past their app's number (docs/retention.md). A pass also runs soon after a scheduler becomes the leader (0: never prune).", valueName: "seconds"))
+    var pruneInterval: Double = 600
 
     @Option(name: .long, help: ArgumentHelp("""
         PEM file (mode 0600) with the P-256 key registry tokens are signed with (env \
@@ -144,6 +150,24 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "file"))
     var secretsKeyFile: String? = ProcessInfo.processInfo.environment["KILN_SECRETS_KEY_FILE"]
 
+    @Option(name: .long, help: ArgumentHelp("Folder for this scheduler's files: the log archive, unless --log-archive names another (env KILN_DATA_DIR).", valueName: "dir"))
+    var dataDir: String = env("KILN_DATA_DIR", "./kiln-data/scheduler")
+
+    @Option(name: .long, help: ArgumentHelp("""
+        Folder of the log archive (env KILN_LOG_ARCHIVE; default <data-dir>/log-archive; \
+        docs/logs.md). When a build and its pipeline run have ended, the leader moves its log \
+        out of etcd into one gzip file per build here, and every scheduler reads it from here: \
+        schedulers on one machine share the folder, schedulers on several machines need one \
+        folder they all mount (NFS). Back it up like etcd. While it cannot be written, logs \
+        stay in etcd and are moved once it works again; builds never wait for it.
+        """, valueName: "dir"))
+    var logArchive: String? = ProcessInfo.processInfo.environment["KILN_LOG_ARCHIVE"]
+
+    /// The log archive's folder: `--log-archive`, else `<data-dir>/log-archive`.
+    var logArchiveFolder: URL {
+        logArchive.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: dataDir).appendingPathComponent("log-archive")
+    }
+
     func validate() throws {
         switch (registrySigningKey, adminTokenFile) {
         case (nil, nil): break
@@ -172,11 +196,13 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         guard etcdHealthInterval >= 1 else { throw ValidationError("--etcd-health-interval must be at least 1 second (10 is the usual choice)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
+        guard pruneInterval >= 0 else { throw ValidationError("--prune-interval must be 0 (never prune) or more seconds; 600 is the usual choice") }
         guard discoveryInterval >= 0 else { throw ValidationError("--discovery-interval must be 0 (off) or more seconds") }
         guard !id.isEmpty, !id.contains("\n") else { throw ValidationError("--id must be a non-empty name on one line") }
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard loadFactor >= 1 else { throw ValidationError("--load-factor must be at least 1 (1.25 is the usual choice)") }
+        guard !dataDir.isEmpty, logArchive?.isEmpty != true else { throw ValidationError("--data-dir and --log-archive must name a folder") }
     }
 
     func run() async throws {
@@ -207,8 +233,16 @@ struct SchedulerCommand: AsyncParsableCommand {
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
         configuration.consoleSecureCookies = consoleSecureCookies
         configuration.secretsKeyFile = secretsKeyFile
+        configuration.logArchive = LocalLogArchive(directory: logArchiveFolder.standardizedFileURL)
+        do {
+            try FileManager.default.createDirectory(at: logArchiveFolder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            // Not a reason to refuse the start: logs stay in etcd until the folder can be written.
+            logger.warning("the log archive's folder \(logArchiveFolder.path) cannot be made (\(error)): ended builds' logs stay in etcd until it can (docs/logs.md)")
+        }
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
+        configuration.retention = pruneInterval > 0 ? .init(interval: .milliseconds(Int64(pruneInterval * 1000))) : nil
         configuration.etcdQuotaBytes = etcdQuotaBytes
         configuration.etcdHealthInterval = .milliseconds(Int64(etcdHealthInterval * 1000))
         if discoveryInterval > 0 {

@@ -132,7 +132,7 @@ struct Up: AsyncParsableCommand {
                 name: "scheduler", executable: exe,
                 arguments: ["scheduler", "--listen", "127.0.0.1:\(apiPort)", "--etcd", infra.etcd.endpoint,
                             "--etcd-credentials", schedulerCredentials.path, "--registry", infra.registry.address, "--log-level", logLevel,
-                            "--secrets-key-file", secretsKey]
+                            "--secrets-key-file", secretsKey, "--log-archive", data.appendingPathComponent("log-archive").path]
                     + registryCredentials.schedulerArguments,
                 logFile: logs.appendingPathComponent("scheduler.log"))
             processes.append(scheduler)

@@ -18,21 +18,10 @@ struct SimulatedAgentTests {
     func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @escaping @Sendable (EtcdClient) async throws -> Void) async throws {
         try await withEtcd(timeout: nil) { server, etcd in
             let dir = try TempDir("simulated-agent")
-            let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
             let config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
                                             etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
                                             simulate: simulate)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await AgentService(configuration: config, logger: logger).run() }
-                do {
-                    try await waitUntil(etcd, prefix: keys.agent("sim-1")) { !$0.isEmpty }
-                    try await body(etcd)
-                } catch {
-                    group.cancelAll()
-                    throw error
-                }
-                group.cancelAll()
-            }
+            try await withAgentService(config, etcd: etcd) { try await body(etcd) }
         }
     }
 

@@ -1,7 +1,10 @@
 import BuildAgent
+import Etcd
 import Foundation
+import KilnCore
 import KilnTestSupport
 import LocalFarm
+import Logging
 import Testing
 
 /// A git repository made with the git CLI (test setup only): a bare `origin.git` that the
@@ -78,4 +81,21 @@ func childFetcher(allowing servers: [String] = []) throws -> GitFetcher {
     let kiln = try #require(KilnExecutable.besideCurrent, "no executable path")
     try #require(FileManager.default.isExecutableFile(atPath: kiln.path), "\(kiln.path) is missing: swift build --build-tests builds it")
     return GitFetcher(executable: kiln, policy: try FetchPolicy(parsing: servers, denyPrivate: false))
+}
+
+/// Runs the agent `configuration` describes (a simulated one, in these tests) until `body`
+/// has run, once the agent's registration is in etcd; then stops it.
+func withAgentService(_ configuration: AgentConfiguration, etcd: EtcdClient, _ body: @escaping @Sendable () async throws -> Void) async throws {
+    let logger = { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await AgentService(configuration: configuration, logger: logger).run() }
+        do {
+            try await waitUntil(etcd, prefix: Keys(prefix: configuration.keyPrefix).agent(configuration.id)) { !$0.isEmpty }
+            try await body()
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
 }

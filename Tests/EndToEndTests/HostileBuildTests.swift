@@ -194,6 +194,12 @@ struct HostileBuildTests {
             // RUN steps have no-new-privileges: the step that checks passes; a setuid-root
             // binary run by a user stays that user (OCIRuntimeWrapperTests shows it gains root
             // without the wrapper).
+            // The podman storage is shared between runs and agents keep their last images for
+            // layer reuse: an earlier run's image would answer these RUNs from the cache, and
+            // the lines checked below would never be printed.
+            let stale = try farm.podman(["images", "--format", "{{.Repository}}:{{.Tag}}"]).split(separator: "\n")
+                .map(String.init).filter { $0.contains("/runnnp:") || $0.contains("/runsetuid:") }
+            if !stale.isEmpty { _ = try farm.podman(["rmi", "-f"] + stale) }
             try await addProject(farm, "runnnp", command: "true", dockerfile: "nnp.Dockerfile")
             let (runnnp, runnnpLog) = try await build(farm, "runnnp")
             #expect(runnnp.status == .succeeded, "\(runnnp.error ?? "") \(runnnpLog)")

@@ -65,6 +65,8 @@ public final class ProcessFarm: Sendable {
     /// (the first to start makes user admin with it).
     public let adminToken: String
     public var adminTokenFile: String { dir.appendingPathComponent("credentials/admin-token").path }
+    /// The log archive every scheduler of the farm shares (`--log-archive`; docs/logs.md).
+    public var logArchive: URL { dir.appendingPathComponent("log-archive") }
     /// The secrets key file every scheduler gets as `--secrets-key-file` (made with the farm,
     /// as `kiln up` makes its own).
     public var secretsKeyFile: String { dir.appendingPathComponent("credentials/\(LocalSecretsKey.fileName)").path }
@@ -147,7 +149,8 @@ public final class ProcessFarm: Sendable {
         for _ in 0..<3 {
             let port = try FreePort.next()
             let p = try spawn(id, ["scheduler", "--listen", "127.0.0.1:\(port)", "--etcd", etcdEndpoint, "--id", id,
-                                   "--log-level", logLevel, "--admin-token-file", adminTokenFile, "--secrets-key-file", secretsKeyFile] + access + options)
+                                   "--log-level", logLevel, "--admin-token-file", adminTokenFile, "--secrets-key-file", secretsKeyFile,
+                                   "--log-archive", logArchive.path] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
                 try await p.waitUntilReady(timeout: 30) {

@@ -11,13 +11,17 @@ struct EtcdAccessTests {
             .init(.readWrite, "/kiln/tasks/agent-1/", prefix: true),
             .init(.readWrite, "/kiln/builds/", prefix: true),
             .init(.write, "/kiln/logs/", prefix: true),
+            .init(.write, "/kiln/index/pipelines/", prefix: true),
         ])
-        // Nothing that lets it steer the farm: no projects, queue, leader, cells, apps, /slb/.
+        // Nothing that lets it steer the farm: no projects, queue, leader, cells, apps, /slb/,
+        // nor the indexes webhooks and listings trust (builds by project, projects by repository).
         for key in ["/kiln/projects/p", "/kiln/queue/b", "/kiln/leader", "/kiln/cells/c", "/kiln/apps/a", "/slb/g/domains/d",
-                    "/kiln/tasks/agent-2/b", "/kiln/tasks/agent-10/b", "/kiln/agents/agent-2", "/kiln/agents/agent-10", "/kiln/hooks/h", "/kiln/machines/m", "/kiln/grants/agent-1/b"] {
+                    "/kiln/tasks/agent-2/b", "/kiln/tasks/agent-10/b", "/kiln/agents/agent-2", "/kiln/agents/agent-10", "/kiln/hooks/h", "/kiln/machines/m", "/kiln/grants/agent-1/b",
+                    "/kiln/index/builds/p/b", "/kiln/index/repos/u/p", "/kiln/index/schema"] {
             #expect(!grants.contains { Self.covers($0, key) }, "\(key)")
         }
         #expect(grants.contains { Self.covers($0, "/kiln/tasks/agent-1/b") })
+        #expect(!grants.contains { Self.covers($0, "/kiln/index/pipelines/b") && $0.access != .write }, "it never reads the index")
     }
 
     static func covers(_ grant: EtcdAccess.Grant, _ key: String) -> Bool {

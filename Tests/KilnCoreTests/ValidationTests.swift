@@ -141,6 +141,17 @@ struct ValidationTests {
         #expect(throws: KilnError.self) { try Validation.commit(c) }
     }
 
+    @Test func anHTTPPasswordIsTakenOutOfAURLDecoded() throws {
+        let split = try #require(Validation.splitHTTPPassword("https://deploy%2Bbot:t%40k@git.example.com:8443/a/b.git"))
+        #expect(split.url == "https://git.example.com:8443/a/b.git" && split.username == "deploy+bot" && split.password == "t@k")
+        #expect(Validation.splitHTTPPassword("HTTP://u:p@h/x")?.url == "HTTP://h/x")
+        #expect(Validation.splitHTTPPassword("https://user@h/x") == nil)
+        #expect(Validation.splitHTTPPassword("https://u:@h/x") == nil)
+        #expect(Validation.splitHTTPPassword("ssh://u:p@h/x") == nil)
+        #expect(Validation.splitHTTPPassword("u:p@h:x") == nil)
+        #expect(Validation.splitHTTPPassword("https://h/x?a=b@c") == nil)
+    }
+
     @Test func projectValidationNamesTheBadField() {
         let p = Project(name: "demo", repository: "ext::sh", buildImage: "localhost/x:1", buildCommand: "make")
         #expect(throws: KilnError.self) { try p.validate() }

@@ -120,6 +120,8 @@ struct IdentityAPITests {
                 (.GET, "/api/v1/projects/demo/secrets"), (.PUT, "/api/v1/projects/demo/secrets/TOKEN"), (.DELETE, "/api/v1/groups/g/secrets/TOKEN"),
                 (.PUT, "/api/v1/projects/demo/credentials/git"), (.DELETE, "/api/v1/groups/g/credentials/registry/r.example.com"),
                 (.PUT, "/api/v1/cells/c1/credentials"), (.POST, "/api/v1/admin/secrets/reseal"),
+                (.GET, "/api/v1/projects/demo/retention"), (.PUT, "/api/v1/projects/demo/retention"),
+                (.GET, "/api/v1/apps/demo/retention"), (.PUT, "/api/v1/apps/demo/retention"),
             ]
             let bad = ["Bearer kiln_wrong", "Bearer ", "Basic " + Data("admin:wrong".utf8).base64EncodedString(), "Token x"]
             for (method, path) in routes {
@@ -203,6 +205,8 @@ struct IdentityAPITests {
                 ("start a build", .build, .POST, "/api/v1/projects/shop/builds", "{}"),
                 ("deploy a build", .deploy, .POST, "/api/v1/builds/\(build.id)/deploy", nil),
                 ("change settings", .manage, .POST, "/api/v1/projects", project),
+                ("see its retention", .view, .GET, "/api/v1/projects/shop/retention", nil),
+                ("change its retention", .manage, .PUT, "/api/v1/projects/shop/retention", #"{"keepBuilds":50}"#),
                 ("add a developer", .manage, .PUT, "/api/v1/projects/shop/members/otto", #"{"role":"developer"}"#),
                 ("add an owner", .own, .PUT, "/api/v1/projects/shop/members/otto", #"{"role":"owner"}"#),
             ]
@@ -279,6 +283,8 @@ struct IdentityAPITests {
                     ("list its members", .view, .GET, "/api/v1/apps/shop-app/members", nil),
                     ("read its versions", .read, .GET, "/api/v1/apps/shop-app", nil),
                     ("read its activity", .read, .GET, "/api/v1/apps/shop-app/activity", nil),
+                    ("read its retention", .read, .GET, "/api/v1/apps/shop-app/retention", nil),
+                    ("change its retention", .manage, .PUT, "/api/v1/apps/shop-app/retention", #"{"keepVersions":5}"#),
                     ("add a developer", .manage, .PUT, "/api/v1/apps/shop-app/members/otto", #"{"role":"developer"}"#),
                     ("let another project deploy", .own, .PUT, "/api/v1/apps/shop-app/projects/shop", nil),
                 ]),

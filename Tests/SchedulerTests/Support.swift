@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import Plugins
 import Scheduler
 
 /// A scheduler running in this process on a free port, over a real etcd started for the test
@@ -47,8 +48,9 @@ struct SchedulerHarness: Sendable {
 
 /// `secretsKey`: start the scheduler with a secrets key file of its own (`credentials/secrets-key`),
 /// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
+/// `plugins`: the post-build plugins it runs pipelines with (none: it runs no pipeline).
 /// `etcd`: etcd's compaction and quota; `configure`: changes to the scheduler's configuration.
-func withScheduler(secretsKey: Bool = true, etcd maintenance: EtcdServer.Maintenance = .standard,
+func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], etcd maintenance: EtcdServer.Maintenance = .standard,
                    configure: @escaping @Sendable (inout SchedulerConfiguration) -> Void = { _ in },
                    prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
                    _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
@@ -57,7 +59,7 @@ func withScheduler(secretsKey: Bool = true, etcd maintenance: EtcdServer.Mainten
         defer { withExtendedLifetime(credentials) {} }
         let users = try await EtcdUsers.enable(endpoint: server.endpoint, credentialsDir: credentials.url)
         try await users.ensure(.scheduler)
-        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint)
+        var configuration = SchedulerConfiguration(port: 0, etcdEndpoint: server.endpoint, plugins: plugins)
         configuration.etcdCredentials = try users.credentials(.scheduler)
         if secretsKey { configuration.secretsKeyFile = try LocalSecretsKey.ensure(credentialsDir: credentials.url) }
         configure(&configuration)

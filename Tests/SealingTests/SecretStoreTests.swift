@@ -192,6 +192,34 @@ struct SecretStoreTests {
         }
     }
 
+    @Test func aPasswordInARepositoryURLBecomesTheSealedGitCredentialAtStart() async throws {
+        try await withStore { store, _ in
+            func put(_ name: String, _ url: String) async throws {
+                try await store.etcd.put(store.keys.project(name), try KilnJSON.encode(Project(name: name, repository: url, buildImage: "a:1", buildCommand: "make")))
+            }
+            try await put("shop", "https://deploy%2Bbot:glpat-s3cr%40t@git.example.com/team/shop.git")
+            try await put("kept", "https://bot:old-token@git.example.com/team/kept.git")
+            try await store.setGitCredential(.token(username: "bot", token: "set-by-a-person"), project: "kept")
+            try await put("scp", "git:ssh-password@git.example.com:team/scp.git")
+            try await put("plain", "https://git.example.com/team/plain.git")
+            let report = try await store.startCheck()
+            #expect(report.sealedURLPasswords == ["shop"])
+            #expect(report.urlPasswordsLeft.sorted() == ["kept", "scp"])
+            let record = try #require(try await store.etcd.get(store.keys.project("shop")))
+            #expect(!record.string.contains("glpat"))
+            #expect(try KilnJSON.decode(Project.self, from: record.value).repository == "https://git.example.com/team/shop.git")
+            #expect(try await store.gitCredential(project: "shop") == .token(username: "deploy+bot", token: "glpat-s3cr@t"))
+            let sealed = try #require(try await store.etcd.get(store.keys.gitCredential(project: "shop")))
+            #expect(!sealed.string.contains("glpat"))
+            // Nothing dropped where it could not move: the person's credential and the URL stay.
+            #expect(try await store.gitCredential(project: "kept") == .token(username: "bot", token: "set-by-a-person"))
+            #expect(try #require(try await store.etcd.get(store.keys.project("kept"))).string.contains("old-token"))
+            #expect(try #require(try await store.etcd.get(store.keys.project("scp"))).string.contains("ssh-password"))
+            let again = try await store.startCheck()
+            #expect(again.sealedURLPasswords.isEmpty && again.urlPasswordsLeft.sorted() == ["kept", "scp"])
+        }
+    }
+
     @Test func aResealMovesEveryValueToTheNewKeyWithoutLosingAWriteMadeMeanwhile() async throws {
         try await withStore { store, path in
             for i in 0..<30 { try await store.setSecret("S\(i)", SecretRequest(value: "value-number-\(i)"), scope: .project("shop")) }

@@ -9,7 +9,11 @@ extension DockerfilePolicy {
     /// - an image of the farm's registry (`registry`, or any loopback name with a port) other
     ///   than the build's own project's: `FROM 127.0.0.1:5000/other@sha256:…`;
     /// - an image ID (`FROM 9b7adf92fabe`, `sha256:…`), which names whatever is stored (build
-    ///   logs show image IDs);
+    ///   logs show image IDs), in any length: the engine takes a prefix as short as two digits
+    ///   (`31` was the image `316336b9…` here), so any name of hex digits alone is refused;
+    /// - a name under `localhost/kiln-kept/` or `localhost/kiln-pulled/`, which the agent gives
+    ///   the images it keeps for layer reuse (`KeptImages`) and the ones it pulled with a
+    ///   project's login (`pullWithLogin`), both other builds' own;
     /// - a name made from a variable (`FROM $BASE`), which the check cannot read.
     /// Stage names (`FROM … AS build`, `COPY --from=build`) and `localhost/…` (images made on
     /// this machine, the base images) pass.
@@ -39,14 +43,20 @@ extension DockerfilePolicy {
         return nil
     }
 
+    /// Where the agent names the images of other builds it holds (`KeptImages`, `pullWithLogin`).
+    static let agentPrivatePrefixes = ["localhost/kiln-kept/", "localhost/kiln-pulled/"]
+
     static func refusal(image reference: String, registry: String, project: String) -> String? {
         let ref = reference.lowercased()
         if ref.contains("$") {
             return "the image '\(reference)' is made from a variable: name the image itself, so that the sandbox can check it"
         }
         let hex = ref.hasPrefix("sha256:") ? String(ref.dropFirst(7)) : ref
-        if hex.count >= 12, hex.count <= 64, hex.allSatisfy(\.isHexDigit) {
-            return "'\(reference)' is an image ID, which names whatever the builder has stored (other projects' images among them): name the image by its repository"
+        if !hex.isEmpty, hex.count <= 64, hex.allSatisfy(\.isHexDigit) {
+            return "'\(reference)' is or could be read as an image ID, which names whatever the builder has stored (other projects' images among them): name the image by its repository (docker.io/library/\(reference) for an image of Docker Hub)"
+        }
+        if Self.agentPrivatePrefixes.contains(where: ref.hasPrefix) {
+            return "'\(reference)' is a name the agent gives other builds' images; a build may not start from them"
         }
         guard let slash = ref.firstIndex(of: "/") else { return nil }
         let host = String(ref[..<slash])

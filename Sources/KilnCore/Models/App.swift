@@ -130,6 +130,10 @@ public struct App: Codable, Sendable, Equatable {
     /// members name that project with `master` (docs/roles.md). nil: an app from before
     /// owners existed; the next deploy claims it.
     public var project: String?
+    /// How many versions the record keeps (nil: 10): older retired and failed versions beyond
+    /// it are pruned at the app's next write, versions that run never (``prunedVersions()``).
+    /// The builds of the versions kept are roll-back candidates, never pruned.
+    public var keepVersions: Int?
     public var updatedAt: Date
 
     public init(name: String, versions: [AppVersion] = [], lb: [LBBinding] = [], project: String? = nil, updatedAt: Date = Date()) {

@@ -13,7 +13,9 @@ import Foundation
 /// 3. **Ended by its agent**: `succeeded`, `failed` or `cancelled`, with `finishedAt` and the
 ///    error (nil on success). Steps still `pending` are `skipped`; the runner has already given
 ///    every step it started its own status. The agent writes its own log end.
-/// 4. **Its agent died** (``agentLost(_:maxAttempts:at:)``): a build already final is left as
+/// 4. **Its agent died** (``agentLost(_:maxAttempts:at:reason:)``), or gave the build up without
+///    recording its end (it could not write to etcd: the leader's `OwnerlessBuilds`, with a
+///    reason of its own): a build already final is left as
 ///    it is (only its task was left behind). One asked to cancel ends `cancelled`; one that has
 ///    had `maxAttempts` attempts ends `failed`; in both the step that was running `failed` and
 ///    the pending ones are `skipped`. Any other goes back to the queue: `queued`, no agent, its
@@ -85,10 +87,11 @@ extension Build {
         for i in steps.indices where steps[i].status == .pending { steps[i].status = .skipped }
     }
 
-    /// Rule 4: the agent holding the build stopped renewing its lease.
-    public mutating func agentLost(_ agent: String, maxAttempts: Int, at now: Date) -> AgentLoss {
+    /// Rule 4: the agent holding the build stopped renewing its lease, or (`reason`) gave the
+    /// build up otherwise.
+    public mutating func agentLost(_ agent: String, maxAttempts: Int, at now: Date, reason: String? = nil) -> AgentLoss {
         if status.isFinal { return .alreadyFinal }
-        let reason = "agent '\(agent)' stopped renewing its lease during attempt \(attempt)"
+        let reason = reason ?? "agent '\(agent)' stopped renewing its lease during attempt \(attempt)"
         if cancelRequested == true || attempt >= maxAttempts {
             status = cancelRequested == true ? .cancelled : .failed
             error = cancelRequested == true ? "cancelled; \(reason)" : "\(reason); gave up after \(attempt) attempts"

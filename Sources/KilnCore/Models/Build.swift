@@ -78,6 +78,9 @@ public struct Build: Codable, Sendable, Equatable {
     /// The post-build pipeline's latest run (deploy, lb, retire, notify), if the project has
     /// a pipeline and the build succeeded. Its failure leaves the build `succeeded`.
     public var deploy: PipelineRun?
+    /// Set once the leader has moved the log (or its first part) out of etcd into the log
+    /// archive (``ArchivedLog``; docs/logs.md). Nil: every line is still in etcd.
+    public var logArchive: ArchivedLog?
 
     public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
         self.id = id

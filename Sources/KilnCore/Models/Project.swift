@@ -49,6 +49,9 @@ public struct Project: Codable, Sendable, Equatable {
     /// farm's registry, with the same tag, using the project's (else its group's) registry
     /// credential for that host (`…/credentials/registry/{host}`). Nil: the farm's only.
     public var pushTo: [String]?
+    /// How many of its builds (with their logs) Kiln keeps: nil keeps the defaults, the last
+    /// 500 and every build of the last 90 days (``effectiveRetention``; docs/retention.md).
+    public var retention: BuildRetention?
     public var createdAt: Date?
 
     public init(
@@ -77,7 +80,7 @@ public struct Project: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, retention, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -99,6 +102,7 @@ public struct Project: Codable, Sendable, Equatable {
         limits = try c.decodeIfPresent(BuildLimits.self, forKey: .limits)
         group = try c.decodeIfPresent(String.self, forKey: .group)
         pushTo = try c.decodeIfPresent([String].self, forKey: .pushTo)
+        retention = try c.decodeIfPresent(BuildRetention.self, forKey: .retention)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 
@@ -204,6 +208,7 @@ public struct Project: Codable, Sendable, Equatable {
             for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "protectedRefs pattern") }
         }
         try limits?.validate(field: "limits")
+        try retention?.validate()
         if let group { try Validation.projectName(group, what: "group name") }
         if let targets = pushTo {
             if targets.count > 10 { throw KilnError.invalid("pushTo lists \(targets.count) repositories: use at most 10") }

@@ -179,6 +179,26 @@ public enum Validation {
         return String(url[..<colon]) + ":***" + String(after[at...])
     }
 
+    /// An `http(s)://user:password@host/…` URL taken apart: the URL without its user
+    /// information, and the user and password percent-decoded. Nil for any other URL (no
+    /// password, another scheme, or user information that does not decode). For moving a
+    /// token written into a repository URL (before URLs were refused with one) into the
+    /// sealed git credential.
+    public static func splitHTTPPassword(_ url: String) -> (url: String, username: String, password: String)? {
+        guard let schemeEnd = url.range(of: "://") else { return nil }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "http" || scheme == "https" else { return nil }
+        let rest = url[schemeEnd.upperBound...]
+        let authority = rest.prefix { $0 != "/" }
+        guard let at = authority.lastIndex(of: "@") else { return nil }
+        let userInfo = authority[..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else { return nil }
+        guard let user = String(userInfo[..<colon]).removingPercentEncoding,
+              let password = String(userInfo[userInfo.index(after: colon)...]).removingPercentEncoding,
+              !password.isEmpty else { return nil }
+        return (String(url[..<schemeEnd.upperBound]) + String(url[url.index(after: at)...]), user, password)
+    }
+
     /// The host of an scp-like address: letters and digits (any script), `.`, `-`, `_` and the
     /// brackets of an IPv6 literal.
     private static let scpHostCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-_[]"))

@@ -20,6 +20,10 @@ import KilnCore
 /// 4. Otherwise it goes to the first agent along the hash ring from its project that carries
 ///    the labels and is below its bounded load (`ceil(c × average)`, never above capacity).
 ///    When no agent has room, it waits; a finishing build or a new agent wakes the next pass.
+/// 5. An agent that refuses new work (`AgentInfo.refusing`: short of disk space) is off the
+///    ring, as if it had left, so its projects walk on to the next agents and come back when
+///    it takes work again; but it is live, so its tasks stay with it (rule 1 does not apply).
+///    A build that only refusing agents could take waits, and its record says why.
 /// A build with an action under way is left alone until that action ends, so one view never
 /// produces two actions for the same build.
 public struct DispatchState: Sendable {
@@ -34,6 +38,8 @@ public struct DispatchState: Sendable {
         public var labels: Set<String>
         /// Changes when the agent registers again: an assignment names the registration it saw.
         public var createRevision: Int64
+        /// Why it takes no new builds (rule 5); nil: it takes them.
+        public var refusing: String?
     }
 
     public struct Queued: Sendable, Equatable {
@@ -215,8 +221,10 @@ public struct DispatchState: Sendable {
         case .agents:
             guard let info = try? KilnJSON.decode(AgentInfo.self, from: kv.value),
                   Keys.name(of: kv.key, under: keys.agents) == info.id else { return }
-            let agent = Agent(id: info.id, capacity: max(0, info.capacity), labels: Set(info.labels), createRevision: kv.createRevision)
-            if agents[info.id]?.capacity != agent.capacity || agents[info.id] == nil { ringIsStale = true }
+            let agent = Agent(id: info.id, capacity: max(0, info.capacity), labels: Set(info.labels), createRevision: kv.createRevision,
+                              refusing: info.refusing)
+            let old = agents[info.id]
+            if old?.capacity != agent.capacity || old == nil || (old?.refusing == nil) != (agent.refusing == nil) { ringIsStale = true }
             agents[info.id] = agent
         case .queue:
             guard let entry = try? KilnJSON.decode(QueueEntry.self, from: kv.value) else { return }
@@ -267,29 +275,31 @@ public struct DispatchState: Sendable {
         }
 
         // Load per agent and running builds per project: tasks of live agents plus
-        // assignments under way.
+        // assignments under way. `total` counts those on the ring (rule 5), which the bounds
+        // are shares of.
         var load: [String: Int] = [:]
         var running: [String: Int] = [:]
         var total = 0
-        for task in tasks.values where agents[task.agent] != nil {
+        for task in tasks.values {
+            guard let agent = agents[task.agent] else { continue }
             load[task.agent, default: 0] += 1
             if let p = task.project { running[p, default: 0] += 1 }
-            total += 1
+            if agent.refusing == nil { total += 1 }
         }
         for case .assign(let a) in underWay.values {
             load[a.agent, default: 0] += 1
             running[a.project.name, default: 0] += 1
             total += 1
         }
-        var free = agents.values.reduce(0) { $0 + max(0, $1.capacity - load[$1.id, default: 0]) }
+        var free = agents.values.reduce(0) { $0 + ($1.refusing == nil ? max(0, $1.capacity - load[$1.id, default: 0]) : 0) }
 
-        // 2-4. The queue, in fair order.
+        // 2-5. The queue, in fair order.
         let candidates = queue.values.filter { underWay[$0.entry.build] == nil && !refused.contains($0.entry.build) }
         let order = FairQueue.order(
             candidates.map { .init(build: $0.entry.build, project: $0.entry.project, priority: $0.entry.priority ?? 0, queuedAt: $0.entry.queuedAt) },
             lastServed: lastServed)
         if ringIsStale {
-            ring = HashRing(members: agents.values.map { .init(id: $0.id, weight: $0.capacity) }, virtualNodes: virtualNodes)
+            ring = HashRing(members: agents.values.filter { $0.refusing == nil }.map { .init(id: $0.id, weight: $0.capacity) }, virtualNodes: virtualNodes)
             ringIsStale = false
         }
         let agents = self.agents
@@ -302,13 +312,16 @@ public struct DispatchState: Sendable {
                 continue
             }
             let wanted = project.labels
-            let carries: (String) -> Bool = { id in
+            let labelled: (String) -> Bool = { id in
                 guard let agent = agents[id] else { return false }
                 return wanted.allSatisfy { agent.labels.contains($0) }
             }
+            let carries: (String) -> Bool = { id in labelled(id) && agents[id]?.refusing == nil }
             var waiting: String?
-            if !wanted.isEmpty && !agents.keys.contains(where: carries) {
+            if !wanted.isEmpty && !agents.keys.contains(where: labelled) {
                 waiting = "no live agent has the labels \(wanted.joined(separator: ","))"
+            } else if !agents.isEmpty && !agents.keys.contains(where: carries) {
+                waiting = Self.allRefuse(agents.values.filter { labelled($0.id) }, labels: wanted)
             } else if let limit = project.maxConcurrent, running[project.name, default: 0] >= limit {
                 waiting = "project '\(project.name)' already runs its limit of \(limit) build\(limit == 1 ? "" : "s") at once"
             }
@@ -338,5 +351,13 @@ public struct DispatchState: Sendable {
         }
         for a in actions { underWay[a.build] = a }
         return actions
+    }
+
+    /// Why a build waits when every agent that could take it refuses new work (rule 5).
+    static func allRefuse(_ refusing: [Agent], labels: [String]) -> String {
+        let who = refusing.sorted { $0.id < $1.id }.prefix(3).map { "\($0.id): \($0.refusing ?? "refusing")" }
+        let more = refusing.count > 3 ? "; and \(refusing.count - 3) more" : ""
+        let which = labels.isEmpty ? "every live agent" : "every live agent with the labels \(labels.joined(separator: ","))"
+        return "\(which) refuses new builds (\(who.joined(separator: "; "))\(more))"
     }
 }

@@ -29,14 +29,23 @@ public struct Dispatcher: Service {
         public var id: String
         /// Lease TTL of the leader key: a dead leader is replaced within it.
         public var leaderTTLSeconds: Int64
+        /// How often the leader sweeps push grants of ended tasks and looks for builds their
+        /// agent gave up without recording an end (`Dispatcher+Grants.swift`).
+        public var sweepInterval: Duration
+        /// How long such an ownerless build is left for its agent's own end to get through
+        /// before the leader requeues or fails it (`OwnerlessBuilds`).
+        public var ownerlessGrace: Duration
 
         public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25,
-                    id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10) {
+                    id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10,
+                    sweepInterval: Duration = .seconds(60), ownerlessGrace: Duration = .seconds(60)) {
             self.maxAttempts = maxAttempts
             self.virtualNodes = virtualNodes
             self.loadFactor = loadFactor
             self.id = id
             self.leaderTTLSeconds = leaderTTLSeconds
+            self.sweepInterval = sweepInterval
+            self.ownerlessGrace = ownerlessGrace
         }
     }
 
@@ -55,13 +64,16 @@ public struct Dispatcher: Service {
     /// Other work only the leader does (deploy discovery), each run while it leads and
     /// cancelled when the term ends.
     let leaderTasks: [@Sendable () async -> Void]
+    /// Moves ended builds' logs into the log archive while this scheduler leads (nil: none).
+    let logArchiver: LogArchiver?
 
     public init(store: SchedulerStore, configuration: Configuration = .init(), pipelines: PipelineService? = nil,
-                leaderTasks: [@Sendable () async -> Void] = [], logger: Logger) {
+                leaderTasks: [@Sendable () async -> Void] = [], logArchiver: LogArchiver? = nil, logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.pipelines = pipelines
         self.leaderTasks = leaderTasks
+        self.logArchiver = logArchiver
         var l = logger
         l[metadataKey: "scheduler.id"] = "\(configuration.id)"
         self.logger = l
@@ -117,6 +129,7 @@ public struct Dispatcher: Service {
                 group.addTask { await pipelines.lead(term: "\(configuration.id)/\(term.createRevision)", fence: fence) }
             }
             for task in leaderTasks { group.addTask { await task() } }
+            if let logArchiver { group.addTask { await logArchiver.lead(fence: fence) } }
             group.addTask { await sweepGrantsWhileLeading(fence: fence) }
             for p in DispatchState.Prefix.allCases {
                 let prefix = state.prefix(p)

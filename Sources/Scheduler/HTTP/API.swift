@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import HTTPTypes
 import Hummingbird
 import KilnCore
 import Logging
@@ -54,6 +55,7 @@ public struct API: Sendable {
         let identity = IdentityAPI(store: store, auth: auth, access: access, logger: logger)
         identity.addRoutes(to: api)
         SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
+        RetentionAPI(store: store, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
         AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
@@ -128,17 +130,26 @@ public struct API: Sendable {
             logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)", "by": "\(caller.user)"])
             return json(build, status: .created)
         }
+        // A page of builds, newest first (BuildPage): the next page's cursor in X-Next-Cursor and Link.
         api.get("builds") { request, context in
             let caller = try await auth.caller(request, context: context)
-            let project = request.uri.queryParameters["project"].map(String.init)
-            let limit = max(1, min(request.uri.queryParameters["limit"].flatMap { Int($0) } ?? 50, 1000))
+            let query = request.uri.queryParameters
+            let project = query["project"].map(String.init)
+            let (limit, cursor) = try BuildPage.query(limit: query["limit"].map(String.init), cursor: query["cursor"].map(String.init))
+            let page: BuildPage
             if let project {
                 _ = try await visibleProject(project, .read, caller, access)
-                return json(try await store.builds(project: project, limit: limit))
+                page = try await store.buildPage(project: project, limit: limit, cursor: cursor)
+            } else {
+                let roles = try await access.roles(of: caller)
+                page = try await store.buildPage(readableBy: roles, projects: caller.admin ? [] : try await store.projects(), limit: limit, cursor: cursor)
             }
-            let roles = try await access.roles(of: caller)
-            let readable = Set(try await store.projects().filter { roles.may(.read, roles.role(of: $0)) }.map(\.name))
-            return json(Array(try await store.builds(limit: Int.max).filter { readable.contains($0.project) }.prefix(limit)))
+            var response = json(page.builds)
+            if let next = page.next, let path = page.nextPath(limit: limit, project: project) {
+                response.headers[HTTPField.Name(BuildPage.nextCursorHeader)!] = next
+                response.headers[HTTPField.Name("Link")!] = "<\(path)>; rel=\"next\""
+            }
+            return response
         }
         api.get("builds/:id") { request, context in
             json(try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access))
@@ -153,7 +164,7 @@ public struct API: Sendable {
         }
         api.get("builds/:id/log") { request, context in
             let build = try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access)
-            return logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
+            return try await logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
         }
         api.get("agents") { request, context in
             _ = try await auth.caller(request, context: context)
@@ -254,27 +265,6 @@ public struct API: Sendable {
     }
 }
 
-/// A build's log as text: what is there, or with `follow` (1, true, yes) a stream of it until
-/// the build (and its pipeline run) has ended. The API and the console serve it alike.
-func logResponse(store: SchedulerStore, build id: String, follow: Substring?, logger: Logger) -> Response {
-    var headers = HTTPFields()
-    headers[.contentType] = "text/plain; charset=utf-8"
-    guard ["1", "true", "yes"].contains(follow.map(String.init) ?? "") else {
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            let lines = try await store.log(of: id)
-            try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
-            try await writer.finish(nil)
-        })
-    }
-    let follower = LogFollower(store: store, build: id, logger: logger)
-    return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-        for try await lines in follower.lines() {
-            try await writer.write(ByteBuffer(string: lines.map { $0 + "\n" }.joined()))
-        }
-        try await writer.finish(nil)
-    })
-}
-
 /// Turns any error from a route into `{"error": "…"}` with the status decided where the
 /// error was made (`KilnError.httpStatus`); etcd trouble is a 503; anything else a 500.
 struct JSONErrorMiddleware: RouterMiddleware {
@@ -333,74 +323,5 @@ func decodeBody<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws ->
         throw KilnError.invalid("field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' is null")
     } catch {
         throw KilnError.invalid("the request body is not valid JSON")
-    }
-}
-
-/// Follows a build's log: what is there, then each new chunk, until the build has ended
-/// (and its post-build pipeline run, whose chunks follow the build's own).
-///
-/// Whoever ends a build (its agent, a cancel of a queued build, the requeue that gives up)
-/// writes a chunk with `end: true` in the same transaction as the final record, so the
-/// follower stops at that chunk. A check every 10 s is the backstop for a build that
-/// somehow ended without one.
-struct LogFollower: Sendable {
-    let store: SchedulerStore
-    let build: String
-    let logger: Logger
-
-    func lines() -> AsyncThrowingStream<[String], Error> {
-        AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    try await run { continuation.yield($0) }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
-    }
-
-    /// The build has ended, and so has its pipeline run if it has one.
-    private func isDone() async throws -> Bool {
-        let b = try await store.build(build)
-        return b.status.isFinal && (b.deploy.map { $0.status.isFinal } ?? true)
-    }
-
-    private func run(_ emit: @escaping @Sendable ([String]) -> Void) async throws {
-        let etcd = store.etcd
-        let prefix = store.keys.logs(of: build)
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                // Every chunk up to this revision was emitted: a later whole log (the follow
-                // read it anew) emits only the chunks written since.
-                var emitted: Int64?
-                for await update in etcd.follow(prefix: prefix) {
-                    let first = emitted == nil
-                    let chunks: [KeyValue]
-                    switch update {
-                    case .reset(let kvs, _): chunks = kvs.filter { kv in emitted.map { kv.modRevision > $0 } ?? true }
-                    case .events(let events, _): chunks = events.filter { $0.kind == .put }.map(\.kv)
-                    }
-                    emitted = update.revision
-                    for kv in chunks {
-                        guard let chunk = try? KilnJSON.decode(LogChunk.self, from: kv.value) else { continue }
-                        emit(chunk.lines)
-                        if !first, chunk.end == true, try await isDone() { return true }
-                    }
-                    if first, try await isDone() { return true }
-                }
-                return true
-            }
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .seconds(10))
-                    if try await isDone() { return true }
-                }
-            }
-            _ = try await group.next()
-            group.cancelAll()
-        }
     }
 }

@@ -9,14 +9,15 @@ import NIOCore
 /// them (https://docs.gitlab.com/user/project/integrations/webhook_events/).
 ///
 /// The Kiln projects are found by the repository URL (`project.git_http_url`, or
-/// `git_ssh_url`; user information in either URL is ignored), and the `X-Gitlab-Token` is
+/// `git_ssh_url`; user information in either URL is ignored) through the repository index
+/// (`Keys.repoIndex`, kept by the project's save), and the `X-Gitlab-Token` is
 /// checked in constant time against each one's webhook token, kept sealed apart from the
 /// record (`Keys.webhookSecret(project:)`; one still in a record, from before secrets were
 /// sealed, counts until the next start seals it). A push to a branch a project builds (`branches`, default its default
 /// branch) queues a build of `checkout_sha`; a tag push builds the tag, with the tag's name as
 /// the image tag; a deletion (`after` all zeros) builds nothing. A redelivery with the same
-/// `Idempotency-Key` (or `X-Gitlab-Event-UUID`) gets the first build back. Only the queue is
-/// written, so the answer is quick.
+/// `Idempotency-Key` (or `X-Gitlab-Event-UUID`) within a day gets the first build back (the
+/// key expires with a lease, ``HookLeases``). Only the queue is written, so the answer is quick.
 ///
 /// Answers follow what GitLab does with them (it disables a hook after repeated 4xx):
 /// 401 wrong or missing token, 404 no project with that repository, 400 malformed (missing
@@ -101,7 +102,7 @@ struct GitLabWebhook: Sendable {
         let repositories = Set(urls.map(Self.normalized))
         // An unknown repository gets the same 401 as a wrong token: the webhook tells nobody
         // without a project's token which repositories Kiln builds.
-        let projects = try await store.projects().filter { repositories.contains(Self.normalized($0.repository)) }
+        let projects = try await store.projects(withRepositoryIn: repositories)
         var opened: [Project] = []
         if let token {
             for p in projects {
@@ -180,6 +181,8 @@ struct GitLabWebhook: Sendable {
     /// (`https://deploy@host/…`, `git@host:…`: a credential or login name is not part of which
     /// repository it is), a trailing `/` or `.git`. The scp-like `git@host:group/app` and
     /// `ssh://git@host/group/app` (port 22) are the same repository, as GitLab means them.
+    /// The repository index is keyed by this form: a change here needs a new schema of the
+    /// index (``IndexMigration/schema``), so that existing entries are written again.
     static func normalized(_ url: String) -> String {
         var s = url.trimmingCharacters(in: .whitespaces)
         while s.hasSuffix("/") { s.removeLast() }

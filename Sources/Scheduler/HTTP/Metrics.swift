@@ -3,28 +3,102 @@ import Foundation
 import KilnCore
 import Synchronization
 
-/// What this scheduler process counts itself (webhook deliveries by result). Everything
-/// else `GET /metrics` shows is read from etcd when it is scraped, so every scheduler of a
-/// farm answers the same.
+/// What this scheduler process counted since it started: webhook deliveries by result, and
+/// what the build records' changes told (``BuildChange``, kept current by ``BuildEventCounter``).
+/// Counters and histograms of one process, as Prometheus expects (it sums the schedulers and
+/// takes a restart's reset in its stride); the gauges of ``MetricsPage`` are read from etcd.
 public final class SchedulerMetrics: Sendable {
-    private let deliveries = Mutex<[String: Int]>([:])
+    struct Counts: Sendable {
+        var deliveries: [String: Int] = [:]
+        var queued = 0
+        var ended: [BuildStatus: Int] = [:]
+        var pipelinesEnded: [PipelineStatus: Int] = [:]
+        var steps: [StepName: Histogram] = [:]
+        var dispatch = Histogram(bounds: MetricsPage.dispatchBuckets)
+    }
+
+    private let counts = Mutex(Counts())
+    /// The last count of build records and when it was read: etcd counts them by walking its
+    /// index over every record, so a scrape reads it at most every ``recordsCountAge``.
+    private let recordsCount = Mutex<(at: ContinuousClock.Instant, value: Int64)?>(nil)
+    static let recordsCountAge = Duration.seconds(30)
 
     public init() {}
 
-    func webhookDelivery(result: String) {
-        deliveries.withLock { $0[result, default: 0] += 1 }
+    /// The count of build records, read with `read` when the last one is older than ``recordsCountAge``.
+    func buildRecords(_ read: () async throws -> Int64) async throws -> Int64 {
+        let now = ContinuousClock.now
+        if let last = recordsCount.withLock({ $0 }), now - last.at < Self.recordsCountAge { return last.value }
+        let value = try await read()
+        recordsCount.withLock { $0 = (now, value) }
+        return value
     }
 
-    var webhookDeliveries: [String: Int] { deliveries.withLock { $0 } }
+    func webhookDelivery(result: String) {
+        counts.withLock { $0.deliveries[result, default: 0] += 1 }
+    }
+
+    func record(_ change: BuildChange) {
+        guard change != BuildChange() else { return }
+        counts.withLock { c in
+            if change.queued { c.queued += 1 }
+            if let s = change.ended { c.ended[s, default: 0] += 1 }
+            if let s = change.pipelineEnded { c.pipelinesEnded[s, default: 0] += 1 }
+            if let d = change.dispatchSeconds { c.dispatch.observe(d) }
+            for (step, seconds) in change.stepSeconds {
+                c.steps[step, default: Histogram(bounds: MetricsPage.stepBuckets)].observe(seconds)
+            }
+        }
+    }
+
+    var snapshot: Counts { counts.withLock { $0 } }
+    var webhookDeliveries: [String: Int] { snapshot.deliveries }
+}
+
+/// What one write of a build record adds to the metrics, from the record before it (nil: the
+/// write made it) and after. Pure; each transition is counted once, by the write that makes it.
+struct BuildChange: Equatable, Sendable {
+    /// The record was made (a build was queued).
+    var queued = false
+    /// The build ended, with this status.
+    var ended: BuildStatus?
+    /// From the build's request to its agent starting it (an attempt's start).
+    var dispatchSeconds: Double?
+    /// Steps that finished (succeeded or failed) in this write, with their durations.
+    var stepSeconds: [StepName: Double] = [:]
+    /// The post-build pipeline run ended, with this status.
+    var pipelineEnded: PipelineStatus?
+
+    init() {}
+
+    init(before: Build?, after b: Build) {
+        queued = before == nil
+        if b.status.isFinal && !(before?.status.isFinal ?? false) { ended = b.status }
+        if let started = b.startedAt, before?.startedAt != started {
+            dispatchSeconds = max(0, started.timeIntervalSince(b.createdAt))
+        }
+        for s in b.steps where s.status == .succeeded || s.status == .failed {
+            guard let ms = s.durationMs else { continue }
+            let earlier = before?.steps.first { $0.name == s.name }
+            if let earlier, earlier.status == s.status, earlier.durationMs == ms { continue }
+            stepSeconds[s.name] = Double(ms) / 1000
+        }
+        if let run = b.deploy, run.status.isFinal {
+            let was = before?.deploy
+            if was == nil || was!.run != run.run || !was!.status.isFinal { pipelineEnded = run.status }
+        }
+    }
 }
 
 /// `GET /metrics` in Prometheus' text format (version 0.0.4).
 ///
-/// Gauges read at scrape time: builds queued, live agents, builds running, records by
-/// status. Histograms over the build records kept in etcd: each finished step's duration,
-/// and the dispatch latency (a build's request to its agent starting it, for builds that
-/// started). Counter of this process: webhook deliveries by result. Reading every record is
-/// fine for thousands of builds; past that, records need retention (noted in the README).
+/// Gauges from count-only reads of etcd at scrape time (etcd counts in its index, no record
+/// is read): builds queued, live agents, builds assigned (task keys), pipeline runs waiting
+/// or running, and build records kept (its count walks the index over every record, so it
+/// is read at most every 30 s). Counters and histograms of this scheduler since its start
+/// (``SchedulerMetrics``): builds queued and ended by status, pipeline runs ended by status,
+/// finished steps' durations, dispatch latency, webhook deliveries by result. A scrape costs
+/// the same at 100 builds as at 100,000.
 struct MetricsPage: Sendable {
     let store: SchedulerStore
     let metrics: SchedulerMetrics
@@ -34,49 +108,46 @@ struct MetricsPage: Sendable {
 
     func render() async throws -> String {
         let etcd = store.etcd, keys = store.keys
-        let queued = try await etcd.range(prefix: keys.queue, limit: 1).count
-        let agents = try await etcd.range(prefix: keys.agents, limit: 1).count
-        let tasks = try await etcd.range(prefix: keys.tasks, limit: 1).count
-        var byStatus: [BuildStatus: Int] = [:]
-        var steps: [StepName: Histogram] = [:]
-        var dispatch = Histogram(bounds: Self.dispatchBuckets)
-        for kv in try await etcd.range(prefix: keys.builds).kvs {
-            guard let b = try? KilnJSON.decode(Build.self, from: kv.value) else { continue }
-            byStatus[b.status, default: 0] += 1
-            if let started = b.startedAt { dispatch.observe(max(0, started.timeIntervalSince(b.createdAt))) }
-            for s in b.steps {
-                guard let ms = s.durationMs, s.status == .succeeded || s.status == .failed else { continue }
-                steps[s.name, default: Histogram(bounds: Self.stepBuckets)].observe(Double(ms) / 1000)
-            }
-        }
+        async let queued = etcd.count(prefix: keys.queue)
+        async let agents = etcd.count(prefix: keys.agents)
+        async let tasks = etcd.count(prefix: keys.tasks)
+        async let records = metrics.buildRecords { try await etcd.count(prefix: keys.builds) }
+        async let pipelines = etcd.count(prefix: keys.pipelineIndex)
+        let c = metrics.snapshot
 
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
         }
-        metric("kiln_queue_depth", "gauge", "Builds waiting in the queue for an agent.")
-        out += "kiln_queue_depth \(queued)\n"
-        metric("kiln_agents_live", "gauge", "Agents registered under a live lease.")
-        out += "kiln_agents_live \(agents)\n"
-        metric("kiln_builds_assigned", "gauge", "Builds assigned to an agent and not yet ended (task keys).")
-        out += "kiln_builds_assigned \(tasks)\n"
-        metric("kiln_builds", "gauge", "Build records kept, by status (succeeded, failed and cancelled are the outcomes).")
-        for status in BuildStatus.allCases { out += "kiln_builds{status=\"\(status.rawValue)\"} \(byStatus[status] ?? 0)\n" }
-        metric("kiln_step_duration_seconds", "histogram", "Duration of each finished build step.")
-        for step in StepName.allCases { out += (steps[step] ?? Histogram(bounds: Self.stepBuckets)).lines("kiln_step_duration_seconds", labels: "step=\"\(step.rawValue)\"") }
-        metric("kiln_dispatch_latency_seconds", "histogram", "From a build's request to its agent starting it (queue wait included).")
-        out += dispatch.lines("kiln_dispatch_latency_seconds", labels: nil)
+        /// A metric of one value, without labels.
+        func one(_ name: String, _ type: String, _ help: String, _ value: some Numeric) {
+            metric(name, type, help)
+            out += "\(name) \(value)\n"
+        }
+        one("kiln_queue_depth", "gauge", "Builds waiting in the queue for an agent.", try await queued)
+        one("kiln_agents_live", "gauge", "Agents registered under a live lease.", try await agents)
+        one("kiln_builds_assigned", "gauge", "Builds assigned to an agent and not yet ended (task keys).", try await tasks)
+        one("kiln_build_records", "gauge", "Build records kept in etcd, of every status (counted at most every 30 s).", try await records)
+        one("kiln_pipeline_runs_waiting", "gauge", "Post-build pipeline runs pending or running (the pipeline index).", try await pipelines)
+        one("kiln_builds_queued_total", "counter", "Builds queued since this scheduler started (by any scheduler: counted from etcd's changes).", c.queued)
+        metric("kiln_builds_ended_total", "counter", "Builds that ended since this scheduler started, by status.")
+        for s in BuildStatus.allCases where s.isFinal { out += "kiln_builds_ended_total{status=\"\(s.rawValue)\"} \(c.ended[s] ?? 0)\n" }
+        metric("kiln_pipeline_runs_ended_total", "counter", "Post-build pipeline runs that ended since this scheduler started, by status.")
+        for s in [PipelineStatus.succeeded, .failed] { out += "kiln_pipeline_runs_ended_total{status=\"\(s.rawValue)\"} \(c.pipelinesEnded[s] ?? 0)\n" }
+        metric("kiln_step_duration_seconds", "histogram", "Duration of each build step that finished since this scheduler started.")
+        for step in StepName.allCases { out += (c.steps[step] ?? Histogram(bounds: Self.stepBuckets)).lines("kiln_step_duration_seconds", labels: "step=\"\(step.rawValue)\"") }
+        metric("kiln_dispatch_latency_seconds", "histogram", "From a build's request to its agent starting it (queue wait included), for starts since this scheduler started.")
+        out += c.dispatch.lines("kiln_dispatch_latency_seconds", labels: nil)
         metric("kiln_webhook_deliveries_total", "counter", "GitLab webhook deliveries this scheduler answered, by result (queued, duplicate, ignored, or the 4xx status).")
-        let deliveries = metrics.webhookDeliveries
-        for result in Set(["queued", "duplicate", "ignored"]).union(deliveries.keys).sorted() {
-            out += "kiln_webhook_deliveries_total{result=\"\(result)\"} \(deliveries[result] ?? 0)\n"
+        for result in Set(["queued", "duplicate", "ignored"]).union(c.deliveries.keys).sorted() {
+            out += "kiln_webhook_deliveries_total{result=\"\(result)\"} \(c.deliveries[result] ?? 0)\n"
         }
         return out
     }
 }
 
 /// A Prometheus histogram: cumulative buckets, sum and count.
-struct Histogram: Sendable {
+struct Histogram: Sendable, Equatable {
     let bounds: [Double]
     private(set) var counts: [Int]
     private(set) var sum = 0.0

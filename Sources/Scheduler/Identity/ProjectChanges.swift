@@ -22,6 +22,7 @@ enum ProjectChanges {
         check("protectedRefs", old.protectedRefs, new.protectedRefs)
         check("limits", old.limits, new.limits)
         check("group", old.group, new.group)
+        check("retention", old.retention, new.retention)
         if new.webhookSecret != nil, new.webhookSecret != old.webhookSecret { changed.append("webhookSecret") }
         return changed.isEmpty ? "nothing changed" : changed.joined(separator: ", ")
     }

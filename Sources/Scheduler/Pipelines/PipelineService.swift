@@ -8,11 +8,14 @@ import Synchronization
 /// Runs post-build pipelines while this scheduler leads.
 ///
 /// A build that succeeds carries its first run (`deploy`, status `pending`) in the same
-/// write that records the success, so a run is never lost: the leader reads every build
-/// at the start of its term, then watches `/kiln/builds/`, and runs each pending run, and
-/// each `running` run left by an earlier term (started over, skipping the steps that
-/// succeeded). Runs of one project go one at a time, oldest build first, so two versions of
-/// an app never deploy into each other. Every write is fenced by the leader's term.
+/// write that records the success, with its entry in the pipeline index
+/// (`index/pipelines/{build}`), so a run is never lost; "run again" writes both too. The
+/// leader follows the index (the runs that wait or run, not every build record), reads those
+/// builds, and runs each pending run and each `running` run left by an earlier term (started
+/// over, skipping the steps that succeeded). The write that ends a run removes its entry; an
+/// entry whose run has ended or whose build is gone is removed when it is read. Runs of one
+/// project go one at a time, oldest build first, so two versions of an app never deploy into
+/// each other. Every write is fenced by the leader's term.
 public struct PipelineService: Sendable {
     let store: SchedulerStore
     let runner: PipelineRunner
@@ -31,20 +34,53 @@ public struct PipelineService: Sendable {
     func lead(term: String, fence: [Compare]) async {
         let lanes = Lanes()
         await withDiscardingTaskGroup { group in
-            func offer(_ kv: KeyValue) {
-                guard let b = try? KilnJSON.decode(Build.self, from: kv.value), let run = b.deploy, b.status == .succeeded else { return }
-                guard run.status == .pending || (run.status == .running && run.runner != term) else { return }
-                if let start = lanes.offer(project: b.project, build: b.id, createdAt: b.createdAt) {
-                    group.addTask { await drive(lane: b.project, first: start, lanes: lanes, term: term, fence: fence) }
-                }
-            }
-            for await update in etcd.follow(prefix: keys.builds) {
+            for await update in etcd.follow(prefix: keys.pipelineIndex) {
+                let entries: [KeyValue]
                 switch update {
-                case .reset(let kvs, _): for kv in kvs { offer(kv) }
-                case .events(let events, _): for e in events where e.kind == .put { offer(e.kv) }
+                case .reset(let kvs, _): entries = kvs
+                case .events(let events, _): entries = events.filter { $0.kind == .put }.map(\.kv)
+                }
+                let ids = entries.compactMap { Keys.name(of: $0.key, under: keys.pipelineIndex) }.filter(BuildID.isValid)
+                guard !ids.isEmpty, let records = await read(ids) else { continue }
+                for id in ids {
+                    let kv = records[id]
+                    guard let kv, let b = try? KilnJSON.decode(Build.self, from: kv.value), let run = b.deploy,
+                          b.status == .succeeded, !run.status.isFinal else {
+                        // Nothing to run: the run ended (its end removed the entry, or not yet), or
+                        // the build is gone. Compared with the record read, so that a run asked
+                        // for meanwhile keeps its entry.
+                        let unchanged: Compare = kv.map { .modRevision($0.key, .equal, $0.modRevision) } ?? .createRevision(keys.build(id), .equal, 0)
+                        _ = try? await etcd.txn(Txn(compare: fence + [unchanged], success: [.delete(keys.pipelineIndexEntry(build: id))]))
+                        continue
+                    }
+                    guard run.status == .pending || run.runner != term else { continue }
+                    if let start = lanes.offer(project: b.project, build: b.id, createdAt: b.createdAt) {
+                        group.addTask { await drive(lane: b.project, first: start, lanes: lanes, term: term, fence: fence) }
+                    }
                 }
             }
         }
+    }
+
+    /// The records of `ids` (those that exist) by id, read again until etcd answers; nil once cancelled.
+    private func read(_ ids: [String]) async -> [String: KeyValue]? {
+        var backoff = Duration.milliseconds(200)
+        while !Task.isCancelled {
+            do {
+                var found: [String: KeyValue] = [:]
+                for start in stride(from: 0, to: ids.count, by: SchedulerStore.getsPerTxn) {
+                    let some = Array(ids[start..<min(start + SchedulerStore.getsPerTxn, ids.count)])
+                    let r = try await etcd.txn(Txn(success: some.map { .get(keys.build($0)) }))
+                    for (id, response) in zip(some, r.responses) { found[id] = response.kvs.first }
+                }
+                return found
+            } catch {
+                logger.warning("pipelines: cannot read the builds of the pipeline index (\(error)); trying again in \(backoff)")
+                do { try await Task.sleep(for: backoff) } catch { return nil }
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+        return nil
     }
 
     /// Runs a project's pending runs one after another until its lane is empty.
@@ -64,13 +100,9 @@ public struct PipelineService: Sendable {
     /// Claims the build's run for this term and runs it.
     func execute(build id: String, term: String, fence: [Compare]) async throws {
         let key = keys.build(id)
-        guard let kv = try await etcd.get(key), var build = try? KilnJSON.decode(Build.self, from: kv.value),
-              var run = build.deploy, !run.status.isFinal, run.runner != term else { return }
-        run.runner = term
-        build.deploy = run
-        let claim = try await etcd.txn(Txn(compare: fence + [.modRevision(key, .equal, kv.modRevision)], success: [.put(key, try KilnJSON.encode(build))]))
-        guard claim.succeeded else { return }  // changed meanwhile: the watch offers it again if still due
-        let revision = Mutex(claim.revision)
+        guard let claimed = try await claim(id, term: term, fence: fence), var run = claimed.build.deploy else { return }
+        let build = claimed.build
+        let revision = Mutex(claimed.revision)
         var log = logger
         log[metadataKey: "build.id"] = "\(id)"
         log[metadataKey: "project"] = "\(build.project)"
@@ -87,15 +119,27 @@ public struct PipelineService: Sendable {
             guard let value = try? KilnJSON.encode(chunk) else { return }
             _ = try? await etcd.txn(Txn(compare: fence, success: [.put(keys.pipelineLogChunk(build: id, run: runNumber, seq: n), value)]))
         }
-        let snapshot = build
+        let snapshot = Mutex(build)
         let record: @Sendable (PipelineRun) async throws -> Void = { run in
-            var b = snapshot
-            b.deploy = run
-            let r = try await etcd.txn(Txn(compare: fence + [.modRevision(key, .equal, revision.withLock { $0 })], success: [.put(key, try KilnJSON.encode(b))]))
-            guard r.succeeded else {
-                throw KilnError.conflict("build \(id)'s record changed under its pipeline run (another scheduler leads now?); this run stops here")
+            // The run's entry in the index goes with the write that ends it.
+            let unindex: [TxnOp] = run.status.isFinal ? [.delete(keys.pipelineIndexEntry(build: id))] : []
+            for _ in 0..<10 {
+                var b = snapshot.withLock { $0 }
+                b.deploy = run
+                let r = try await etcd.txn(Txn(compare: fence + [.modRevision(key, .equal, revision.withLock { $0 })],
+                                               success: [.put(key, try KilnJSON.encode(b))] + unindex))
+                if r.succeeded {
+                    revision.withLock { $0 = r.revision }
+                    return
+                }
+                // Another field of the record changed (its log archived, say): fine while the
+                // run in it is still this term's; anything else means another leader took it.
+                guard let kv = try await etcd.get(key), let now = try? KilnJSON.decode(Build.self, from: kv.value),
+                      now.deploy?.run == run.run, now.deploy?.runner == term, !(now.deploy?.status.isFinal ?? true) else { break }
+                snapshot.withLock { $0 = now }
+                revision.withLock { $0 = kv.modRevision }
             }
-            revision.withLock { $0 = r.revision }
+            throw KilnError.conflict("build \(id)'s record changed under its pipeline run (another scheduler leads now?); this run stops here")
         }
         let project: Project
         do {
@@ -111,6 +155,23 @@ public struct PipelineService: Sendable {
         let ended = try await runner.run(run, build: build, project: project, log: { await writeLog($0, false) }, record: record)
         await writeLog("==> end of pipeline run \(runNumber): \(ended.status.rawValue)", true)
         log.info("pipeline run \(runNumber) \(ended.status.rawValue)", metadata: ended.error.map { ["error": "\($0)"] } ?? [:])
+    }
+
+    /// Marks the build's run as this term's, comparing the record read (again if another field
+    /// of it changed meanwhile). Nil: there is nothing for this term to run (the run ended, is
+    /// this term's already, or the build is gone), or this scheduler no longer leads.
+    private func claim(_ id: String, term: String, fence: [Compare]) async throws -> (build: Build, revision: Int64)? {
+        let key = keys.build(id)
+        for _ in 0..<10 {
+            guard let kv = try await etcd.get(key), var build = try? KilnJSON.decode(Build.self, from: kv.value),
+                  var run = build.deploy, !run.status.isFinal, run.runner != term else { return nil }
+            run.runner = term
+            build.deploy = run
+            let claim = try await etcd.txn(Txn(compare: fence + [.modRevision(key, .equal, kv.modRevision)], success: [.put(key, try KilnJSON.encode(build))]))
+            if claim.succeeded { return (build, claim.revision) }
+            if try await !etcd.txn(Txn(compare: fence)).succeeded { return nil }  // the term is over
+        }
+        throw KilnError.unavailable("build \(id)'s record kept changing; its pipeline run waits for the next offer")
     }
 
     /// Which project runs which build, and which builds wait for their project's turn.

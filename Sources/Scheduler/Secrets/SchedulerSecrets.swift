@@ -62,6 +62,12 @@ public struct SchedulerSecrets: Sendable {
         if !check.sealedWebhookSecrets.isEmpty {
             logger.notice("webhook tokens of \(check.sealedWebhookSecrets.count) projects moved from their records into the sealed store", metadata: ["projects": "\(check.sealedWebhookSecrets.joined(separator: ","))"])
         }
+        if !check.sealedURLPasswords.isEmpty {
+            logger.notice("passwords in the repository URLs of \(check.sealedURLPasswords.count) projects moved into their sealed git credentials", metadata: ["projects": "\(check.sealedURLPasswords.joined(separator: ","))"])
+        }
+        if !check.urlPasswordsLeft.isEmpty {
+            logger.warning("the repository URLs of \(check.urlPasswordsLeft.count) projects still hold a password in clear (they have a git credential already, or are not HTTP(S)): give each URL without it (`kiln project add` with the same name and the URL alone) and keep the credential in `kiln credential set git`", metadata: ["projects": "\(check.urlPasswordsLeft.joined(separator: ","))"])
+        }
         let old = check.byKey.keys.filter { $0 != store.keyring.primaryID }
         if !old.isEmpty {
             logger.notice("secrets are still sealed under keys \(old.sorted().joined(separator: ", ")) besides the first: run `kiln secrets reseal` to finish a rotation")

@@ -7,7 +7,8 @@ import Logging
 import NIOCore
 
 /// The web console the scheduler serves beside its API: `/` (projects, recent builds, apps,
-/// agents), `/ui/projects/{name}`, `/ui/builds/{id}` (with the live log), `/ui/agents`,
+/// agents), `/ui/projects/{name}`, `/ui/builds[?project=][&cursor=]` (builds a page at a
+/// time), `/ui/builds/{id}` (with the live log), `/ui/agents`,
 /// `/ui/roles`, and the login and log out of `Console+Login.swift` (docs/console.md).
 ///
 /// Every page needs a console session (a cookie, `ConsoleSession`): without one a page
@@ -48,18 +49,39 @@ public struct Console: Sendable {
         router.get("/") { request, _ in
             try await page(request) { me in
                 async let projects = store.projects()
-                async let builds = store.builds(limit: Int.max)
                 async let apps = store.apps()
                 async let agents = store.agents()
                 let roles = try await access.roles(of: me.caller)
                 let byName = Dictionary((try await projects).map { ($0.name, $0) }) { a, _ in a }
-                let readable = (try await builds).filter { roles.mayRead($0, projects: byName) }
+                let recent = try await store.buildPage(readableBy: roles, projects: Array(byName.values), limit: 30, cursor: nil)
+                // Each readable project's newest build: the first of its in the recent ones, else its index's newest.
+                var last: [String: Build] = [:]
+                for b in recent.builds where last[b.project] == nil { last[b.project] = b }
+                let others = byName.values.filter { last[$0.name] == nil && roles.may(.read, roles.role(of: $0)) }.map(\.name)
+                last.merge(try await store.latestBuilds(of: others)) { a, _ in a }
+                let agentList = try await agents
                 return ConsolePages.overview(
                     projects: byName.values.filter { roles.role(of: $0) != nil }.map(\.redacted),
-                    builds: Array(readable.prefix(30)),
+                    builds: recent.builds,
                     apps: (try await apps).filter { roles.role(of: $0, projects: byName) != nil },
-                    agents: hidingBuilds(try await agents, except: Set(readable.map(\.id)), from: me.caller),
-                    etcd: await etcdHealth?.status, now: Date(), viewer: me.viewer)
+                    agents: try await hidingBuilds(agentList, from: me.caller, roles: roles, projects: byName),
+                    etcd: await etcdHealth?.status, now: Date(), viewer: me.viewer, lastBuilds: last, older: recent.next.map { "/ui/builds?cursor=\($0)" })
+            }
+        }
+        router.get("ui/builds") { request, _ in
+            try await page(request) { me in
+                let query = request.uri.queryParameters
+                let cursor = try BuildPage.query(limit: nil, cursor: query["cursor"].map(String.init)).cursor
+                let project = query["project"].map(String.init)
+                let builds: BuildPage
+                if let project {
+                    _ = try await api.visibleProject(project, .read, me.caller, access)
+                    builds = try await store.buildPage(project: project, limit: 50, cursor: cursor)
+                } else {
+                    builds = try await store.buildPage(readableBy: try await access.roles(of: me.caller), projects: me.caller.admin ? [] : try await store.projects(), limit: 50, cursor: cursor)
+                }
+                let older = builds.next.map { "/ui/builds?\(project.map { "project=\($0)&" } ?? "")cursor=\($0)" }
+                return ConsolePages.builds(builds.builds, project: project, older: older, newest: cursor == nil, now: Date(), viewer: me.viewer)
             }
         }
         router.get("ui/projects/:name") { request, context in
@@ -67,10 +89,11 @@ public struct Console: Sendable {
                 let name = try context.parameters.require("name")
                 let project = try await api.visibleProject(name, .view, me.caller, access)
                 let builds = try await access.may(.read, me.caller, on: .project, name, project: project)
-                    ? try await store.builds(project: name, limit: 50) : nil
+                    ? try await store.buildPage(project: name, limit: 50) : nil
                 let activity = builds == nil ? nil : try await store.activity(.project, name, limit: 50)
                 let role = try await access.role(me.caller, on: .project, name, project: project) ?? .guest
-                return ConsolePages.project(api.shown(project, to: role), builds: builds, activity: activity, now: Date(), viewer: me.viewer)
+                return ConsolePages.project(api.shown(project, to: role), builds: builds?.builds, activity: activity, now: Date(), viewer: me.viewer,
+                                            older: builds?.next.map { "/ui/builds?project=\(name)&cursor=\($0)" })
             }
         }
         router.get("ui/builds/:id") { request, context in
@@ -88,7 +111,7 @@ public struct Console: Sendable {
         router.get("ui/builds/:id/log") { request, context in
             try await fragment(request) { me in
                 let build = try await api.visibleBuild(try context.parameters.require("id"), .read, me.caller, access)
-                var response = logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
+                var response = try await logResponse(store: store, build: build.id, follow: request.uri.queryParameters["follow"], logger: logger)
                 ConsoleHTTP.secure(&response.headers)
                 return response
             }
@@ -99,8 +122,7 @@ public struct Console: Sendable {
                 if !me.caller.admin {
                     let roles = try await access.roles(of: me.caller)
                     let byName = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
-                    let readable = try await store.builds(limit: Int.max).filter { roles.mayRead($0, projects: byName) }
-                    agents = hidingBuilds(agents, except: Set(readable.map(\.id)), from: me.caller)
+                    agents = try await hidingBuilds(agents, from: me.caller, roles: roles, projects: byName)
                 }
                 return ConsolePages.agents(agents, etcd: await etcdHealth?.status, viewer: me.viewer)
             }
@@ -122,9 +144,11 @@ public struct Console: Sendable {
     }
 
     /// Agents as `caller` may see them: every agent and its load, but links only to the
-    /// builds they may read (`visible`); admins see all.
-    private func hidingBuilds(_ agents: [AgentInfo], except visible: Set<String>, from caller: Caller) -> [AgentInfo] {
+    /// builds they may read (read from the records of the agents' tasks); admins see all.
+    private func hidingBuilds(_ agents: [AgentInfo], from caller: Caller, roles: RoleMap, projects: [String: Project]) async throws -> [AgentInfo] {
         guard !caller.admin else { return agents }
+        let running = try await store.records(agents.flatMap { $0.tasks ?? [] })
+        let visible = Set(running.filter { roles.mayRead($0, projects: projects) }.map(\.id))
         return agents.map { a in
             var a = a
             a.tasks = a.tasks?.filter(visible.contains)

@@ -14,11 +14,13 @@ enum ConsolePages {
     // MARK: pages
 
     /// `projects`, `builds`, `apps`: those the viewer may see (builds: may read). `etcd`: its
-    /// warning, if any, heads the page (a full etcd stops the whole farm).
+    /// warning, if any, heads the page (a full etcd stops the whole farm). `lastBuilds`: each
+    /// project's newest build (nil: the first of `builds`); `older`: the next page of builds.
     static func overview(projects: [Project], builds: [Build], apps: [App], agents: [AgentInfo], etcd: EtcdHealthStatus? = nil,
-                         now: Date, viewer: ConsoleViewer) -> HTML {
+                         now: Date, viewer: ConsoleViewer, lastBuilds: [String: Build]? = nil, older: String? = nil) -> HTML {
         let projectRows = projects.sorted { $0.name < $1.name }.map { p -> HTML in
-            let last: HTML = builds.first { $0.project == p.name }.map { b -> HTML in "\(buildLink(b.id)) \(badge(b.status))" } ?? "—"
+            let newest = lastBuilds.map { $0[p.name] } ?? builds.first { $0.project == p.name }
+            let last: HTML = newest.map { b -> HTML in "\(buildLink(b.id)) \(badge(b.status))" } ?? "—"
             return "<tr><td>\(projectLink(p.name))</td><td>\(p.repository)</td><td>\(p.defaultBranch)</td><td>\(last)</td></tr>"
         }
         let appRows = apps.sorted { $0.name < $1.name }.map { a -> HTML in
@@ -34,6 +36,7 @@ enum ConsolePages {
             \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project you are a member of: add one with <code>kiln project add</code>, or ask a project's master to add you."))
             <h2>Recent builds</h2>
             \(buildsTable(builds, now: now, showProject: true))
+            \(olderLink(older))
             <h2>Apps</h2>
             \(table(["app", "project", "live", "domains"], appRows, empty: "No app you may see."))
             <h2>Agents</h2>
@@ -42,8 +45,8 @@ enum ConsolePages {
     }
 
     /// `builds` and `activity`: nil when the viewer may see the project but not read its
-    /// records (a guest).
-    static func project(_ p: Project, builds: [Build]?, activity: [ActivityEntry]?, now: Date, viewer: ConsoleViewer) -> HTML {
+    /// records (a guest). `older`: the next page of its builds.
+    static func project(_ p: Project, builds: [Build]?, activity: [ActivityEntry]?, now: Date, viewer: ConsoleViewer, older: String? = nil) -> HTML {
         var settings: [(String, String)] = [
             ("repository", p.repository), ("build image", p.buildImage), ("build command", p.buildCommand),
             ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
@@ -65,6 +68,7 @@ enum ConsolePages {
             records = """
                 <h2>Builds</h2>
                 \(buildsTable(builds, now: now, showProject: false))
+                \(olderLink(older))
                 <h2>Activity</h2>
                 \(table(["at", "build", "trigger", "ref", "commit", "tag", "status", "duration", "note"], activityRows, empty: "No activity yet."))
                 """
@@ -76,6 +80,17 @@ enum ConsolePages {
             <h2>Settings</h2>
             \(definitions(settings))
             \(records)
+            """)
+    }
+
+    /// `/ui/builds[?project=][&cursor=]`: a page of builds (of one project, or every one the
+    /// viewer may read) below a cursor, and the link to the next. Only the newest page refreshes.
+    static func builds(_ builds: [Build], project: String?, older: String?, newest: Bool, now: Date, viewer: ConsoleViewer) -> HTML {
+        let title: HTML = project.map { p -> HTML in "Builds of \(projectLink(p))" } ?? "Builds"
+        return layout(title: "Builds · Kiln", refresh: newest ? 10 : nil, viewer: viewer, body: """
+            <h1>\(title)</h1>
+            \(buildsTable(builds, now: now, showProject: project == nil))
+            \(olderLink(older))
             """)
     }
 
@@ -201,6 +216,11 @@ enum ConsolePages {
         return table(heads, rows, empty: "No build yet.")
     }
 
+    /// The link to the next (older) page of a list of builds, if there is one.
+    static func olderLink(_ path: String?) -> HTML {
+        path.map { p -> HTML in "<p class=\"paging\"><a id=\"older\" href=\"\(p)\">Older builds</a></p>" } ?? ""
+    }
+
     /// The step bar without labels, for a table row.
     static func miniBar(_ steps: [BuildStep], now: Date) -> HTML {
         let segments = placed(stepWidths(steps, now: now)).map { w -> HTML in
@@ -223,9 +243,11 @@ enum ConsolePages {
             let tasks = a.tasks ?? []
             let running: HTML = tasks.isEmpty ? "—" : tasks.map(buildLink).joined(separator: " ")
             let labels = a.labels.isEmpty ? "—" : a.labels.joined(separator: ", ")
-            return "<tr><td class=\"agent\">\(a.id)</td><td>\(a.running ?? 0)/\(a.capacity)</td><td>\(labels)</td><td>\(a.homedProjects ?? 0)</td><td>\(running)</td><td>\(a.version)</td><td>\(when(a.startedAt))</td></tr>"
+            var disk: HTML = "\(a.disk?.summary ?? "—")"
+            if let refusing = a.refusing { disk = "\(disk)<br><strong>refuses new builds:</strong> \(refusing)" }
+            return "<tr><td class=\"agent\">\(a.id)</td><td>\(a.running ?? 0)/\(a.capacity)</td><td>\(labels)</td><td>\(a.homedProjects ?? 0)</td><td>\(running)</td><td>\(disk)</td><td>\(a.version)</td><td>\(when(a.startedAt))</td></tr>"
         }
-        return table(["agent", "load/capacity", "labels", "homed projects", "running builds", "version", "up since"], rows,
+        return table(["agent", "load/capacity", "labels", "homed projects", "running builds", "disk", "version", "up since"], rows,
                      empty: "No live agent: start one with <code>kiln agent</code>.")
     }
 
