@@ -37,8 +37,17 @@ public enum KilnJSON {
         try decoder().decode(type, from: Data(bytes))
     }
 
+    /// Milliseconds, rounded to the nearest: a date read back from its text (a binary fraction
+    /// a hair below `.123`) formats to the same text again. (The formatter's own fraction
+    /// truncates, so every decode and encode of a record moved its times back by a millisecond.)
     public static func formatDate(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted))
+        let ms = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let seconds = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
+        let fraction = ms - seconds * 1000
+        let whole = Date(timeIntervalSince1970: Double(seconds))
+            .formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false).timeSeparator(.colon).timeZone(separator: .omitted))
+        guard whole.hasSuffix("Z") else { return whole }
+        return String(whole.dropLast()) + "." + String(repeating: "0", count: 3 - String(fraction).count) + String(fraction) + "Z"
     }
 
     public static func parseDate(_ s: String) -> Date? {

@@ -197,6 +197,25 @@ public final class EtcdServer: Sendable {
 
     /// Waits until the member answers `GET /health` with `{"health":"true"}`: it runs and its
     /// cluster has a leader (a member of a cluster without quorum is not healthy).
+    /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux's
+    /// /proc/net/tcp and the process's fds). True where /proc cannot tell (no such files).
+    static func listens(pid: Int32, port: Int) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return true }
+        let local = String(format: "0100007F:%04X", port)
+        var inodes: Set<String> = []
+        for line in table.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode
+            if f.count > 9, f[1] == local, f[3] == "0A" { inodes.insert("socket:[\(f[9])]") }
+        }
+        guard !inodes.isEmpty else { return false }
+        let fdDir = "/proc/\(pid)/fd"
+        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: fdDir) else { return false }
+        return fds.contains { fd in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(fdDir)/\(fd)")).map(inodes.contains) ?? false
+        }
+    }
+
     func waitUntilHealthy(timeout: Double = 20) async throws {
         let process = self.process
         let url = "http://127.0.0.1:\(healthPort ?? clientPort)/health"
@@ -204,7 +223,11 @@ public final class EtcdServer: Sendable {
             do {
                 let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1))
                 let body = try await response.body.collect(upTo: 4096)
+                // A port picked free may be taken by another test's etcd before this one binds
+                // it: that etcd would answer the health check. Ready only when this process
+                // is the one listening.
                 return response.status.code == 200 && String(buffer: body).contains(#""health":"true""#)
+                    && Self.listens(pid: process.pid, port: healthPort ?? clientPort)
             } catch {
                 return false
             }

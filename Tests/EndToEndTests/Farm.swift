@@ -195,7 +195,9 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
 
 extension Farm {
     func waitForAgents(_ count: Int) async throws {
-        try await waitUntil(etcd, prefix: keys.agents, timeout: .seconds(30)) { $0.count >= count }
+        // An agent registers after its preparation (the base images, its disk's first look,
+        // the kept images' pruning), which takes long while every suite starts at once.
+        try await waitUntil(etcd, prefix: keys.agents, timeout: .seconds(120)) { $0.count >= count }
     }
 
     /// Runs the podman CLI against the farm's (the builders') storage.

@@ -141,6 +141,17 @@ struct ValidationTests {
         #expect(throws: KilnError.self) { try Validation.commit(c) }
     }
 
+    @Test func aDateReadBackFromItsTextWritesTheSameText() throws {
+        #expect(KilnJSON.formatDate(Date(timeIntervalSince1970: 1_795_662_416.5371)) == "2026-11-26T03:06:56.537Z")
+        #expect(KilnJSON.formatDate(Date(timeIntervalSince1970: 0.0996)) == "1970-01-01T00:00:00.100Z")
+        #expect(KilnJSON.formatDate(Date(timeIntervalSince1970: -0.25)) == "1969-12-31T23:59:59.750Z")
+        for _ in 0..<2000 {
+            let text = KilnJSON.formatDate(Date(timeIntervalSince1970: Double.random(in: 1_700_000_000...1_900_000_000)))
+            let again = KilnJSON.formatDate(try #require(KilnJSON.parseDate(text)))
+            #expect(again == text)
+        }
+    }
+
     @Test func anHTTPPasswordIsTakenOutOfAURLDecoded() throws {
         let split = try #require(Validation.splitHTTPPassword("https://deploy%2Bbot:t%40k@git.example.com:8443/a/b.git"))
         #expect(split.url == "https://git.example.com:8443/a/b.git" && split.username == "deploy+bot" && split.password == "t@k")
