@@ -163,26 +163,4 @@ public struct LogArchiver: Sendable {
             if !Task.isCancelled { logger.warning("walking the logs in etcd for ended builds failed: \(error); trying at the next sweep") }
         }
     }
-
-    /// Calls `found` with each build that has keys under `/kiln/logs/`, in key order, reading
-    /// the first key of each build's prefix and jumping past the rest. Returns how many.
-    @discardableResult
-    func buildsWithLogs(_ found: (String) -> Void) async throws -> Int {
-        let end = LogNames.prefixEnd(keys.logs)
-        var from = keys.logs
-        var count = 0
-        while !Task.isCancelled {
-            guard let kv = try await etcd.range(key: from, rangeEnd: end, limit: 1).kvs.first else { break }
-            guard let (build, _) = LogNames.split(kv.key, under: keys.logs), build.utf8.allSatisfy({ $0 < 0x80 }) else {
-                from = LogNames.resume(after: kv.key)  // not a chunk of a build: step over it
-                continue
-            }
-            if BuildID.isValid(build) {
-                found(build)
-                count += 1
-            }
-            from = LogNames.prefixEnd(keys.logs(of: build))
-        }
-        return count
-    }
 }
