@@ -106,7 +106,12 @@ actor DiskKeeper {
         try? fm.createDirectory(at: stamps, withIntermediateDirectories: true)
         await deleteLeftovers()
         await images?.pruneAll()
-        for path in Self.listEntries(under: dataDir) {
+        let found = Self.listEntries(under: dataDir)
+        let unstamped = found.filter { !fm.fileExists(atPath: stamps.appendingPathComponent($0).path) }.count
+        if unstamped > 0 {
+            logger.notice("disk: measuring \(unstamped) mirrors and caches this agent has no record of (once; the agent registers after)")
+        }
+        for path in found {
             entries[path] = await readOrMeasure(path)
         }
         // Stamps whose folder is gone.
