@@ -43,7 +43,7 @@ public struct AgentService: Service {
         let settings = DiskKeeper.Settings(budget: configuration.diskBudget, minFree: configuration.minFree ?? (configuration.simulate == nil ? nil : 0))
         self.pendingEnds = PendingEnds(etcd: etcd, logger: l, maxDelay: min(.seconds(30), configuration.etcdRetryLimit))
         if let duration = configuration.simulate {
-            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: nil, keepImages: 0, logger: l)
+            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: nil, agentID: configuration.id, keepImages: 0, logger: l)
             self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l,
                                                retryLimit: configuration.etcdRetryLimit, pendingEnds: pendingEnds)
         } else {
@@ -51,7 +51,8 @@ public struct AgentService: Service {
                 SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0)
             }
             let docker = DockerClient(socketPath: configuration.dockerSocket)
-            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: docker, keepImages: configuration.keepImages, logger: l)
+            self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: docker, agentID: configuration.id,
+                                   keepImages: configuration.keepImages, logger: l)
             self.runner = BuildRunner(
                 configuration: configuration, etcd: etcd, keys: keys, docker: docker,
                 mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l, secretsSource: secrets ?? fromSchedulers,

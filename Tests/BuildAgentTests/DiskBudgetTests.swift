@@ -95,24 +95,24 @@ struct DiskBudgetTests {
     }
 
     @Test func namesOfKeptImagesAreTheAgentsOwnAndRefusedToBuilds() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-kept-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
         let docker = DockerClient(socketPath: "/nonexistent")
-        let logger = Logger(label: "test")
-        let kept = try KeptImages(docker: docker, count: 2, dataDir: dir, logger: logger)
-        // The token lasts: a second start names its images alike; another data dir does not.
-        #expect(try KeptImages(docker: docker, count: 2, dataDir: dir, logger: logger).prefix == kept.prefix)
-        let token = try String(contentsOf: dir.appendingPathComponent("kept-images.id"), encoding: .utf8)
-        #expect(KeptImages.isToken(token.trimmingCharacters(in: .newlines)))
+        let kept = KeptImages(docker: docker, count: 2, agentID: "Agent_1.x", logger: Logger(label: "test"))
         let name = kept.name(project: "app", milliseconds: 1_700_000_000_123)
-        #expect(name.hasPrefix("localhost/kiln-kept/") && name.hasSuffix("/app:1700000000123"))
+        #expect(name == "localhost/kiln-kept/4167656e745f312e78/app:1700000000123")
         try Validation.imageReference(name)
         #expect(kept.parse(name) == .init(name: name, project: "app", milliseconds: 1_700_000_000_123))
-        #expect(kept.parse("localhost/kiln-kept/0123456789abcdef0123456789abcdef/app:1") == nil, "another agent's")
-        #expect(kept.parse("127.0.0.1:5000/app:1") == nil)
-        #expect(DockerfilePolicy.refusal(image: name, registry: "127.0.0.1:5000", project: "app") != nil)
-        #expect(DockerfilePolicy.refusal(image: "LOCALHOST/kiln-pulled/x:1", registry: "127.0.0.1:5000", project: "app") != nil)
+        // Another agent's on the same engine, and other names, are not this agent's.
+        let other = KeptImages(docker: docker, count: 2, agentID: "agent-2", logger: Logger(label: "test"))
+        #expect(kept.parse(other.name(project: "app", milliseconds: 1)) == nil)
+        #expect(kept.parse("127.0.0.1:5000/app:1") == nil && kept.parse(kept.prefix + "Bad_Name:1") == nil)
+    }
+
+    @Test("the agent's own names for other builds' images are refused, written short too", arguments: [
+        "localhost/kiln-kept/61/app:1", "LOCALHOST/kiln-pulled/x:1", "kiln-kept/61/app:1", "kiln-pulled/0a1b:1", "localhost/kiln-kept/61/app@sha256:" + String(repeating: "a", count: 64),
+    ])
+    func agentPrivateNames(_ image: String) {
+        #expect(DockerfilePolicy.refusal(image: image, registry: "127.0.0.1:5000", project: "app") != nil, "\(image)")
+        #expect(DockerfilePolicy.checkImages("FROM localhost/kiln/busybox:1\nCOPY --from=\(image) / /loot", registry: "127.0.0.1:5000", project: "app") != nil)
     }
 
     @Test("image IDs are refused in any length, names of hex digits too", arguments: [

@@ -19,7 +19,7 @@ struct DiskKeeperTests {
     }
 
     func keeper(_ dir: URL, budget: Int64, minFree: Int64 = 0) -> DiskKeeper {
-        DiskKeeper(dataDir: dir, settings: .init(budget: budget, minFree: minFree), docker: nil, keepImages: 0, logger: logger)
+        DiskKeeper(dataDir: dir, settings: .init(budget: budget, minFree: minFree), docker: nil, agentID: "agent-1", keepImages: 0, logger: logger)
     }
 
     /// A build of `project` that uses `paths`, writing `kib` into each.
@@ -109,10 +109,11 @@ struct DiskKeeperTests {
 
     @Test func theDefaultBudgetIsAShareOfTheFreeSpace() async throws {
         let dir = try TempDir("disk-keeper")
-        let keeper = DiskKeeper(dataDir: dir.url, settings: .init(), docker: nil, keepImages: 0, logger: logger)
+        let keeper = DiskKeeper(dataDir: dir.url, settings: .init(), docker: nil, agentID: "agent-1", keepImages: 0, logger: logger)
         let status = await keeper.start()
         let fs = try #require(DiskUsage.filesystem(of: dir.url.path))
-        #expect(abs(status.budget - fs.free / 2) < 64 << 20, "half of \(fs.free) free: \(status.budget)")
+        // Other processes write to this disk meanwhile: half of the free space, give or take.
+        #expect(abs(Double(status.budget) / Double(fs.free) - 0.5) < 0.05, "half of \(fs.free) free: \(status.budget)")
         #expect(status.minFree == min(10 << 30, fs.size / 10))
         #expect(status.refusing == nil || fs.free < status.minFree)
     }

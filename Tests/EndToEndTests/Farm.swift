@@ -61,6 +61,9 @@ final class Farm: Sendable {
             etcdEndpoint: infra.etcd.endpoint, dockerSocket: infra.podman.socketPath, registry: registry ?? infra.registry.address,
             mavenMirror: infra.mavenMirrorForBuilds, timeouts: timeouts)
         configuration.fetchPolicy = try! FetchPolicy(parsing: [infra.gitServerForFetches] + allowFetchFrom, denyPrivate: false)
+        // These tests read what the Dockerfiles' RUN steps print, and the podman root is reused
+        // across runs: no layers kept from an earlier run (kept images: AgentDiskTests).
+        configuration.keepImages = 0
         configuration.registryCredentials = registryAuth.machines[id]
         // Each build's secrets from the farm's scheduler, as `kiln up`'s agents get them.
         configuration.schedulers = [api]

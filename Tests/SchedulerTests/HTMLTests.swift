@@ -64,6 +64,8 @@ struct HTMLTests {
                               defaultBranch: evil, labels: [evil], branches: [evil])
         var agent = AgentInfo(id: evil, capacity: 1, labels: [evil], version: evil)
         agent.tasks = [evil]
+        // An agent writes its own refusal: the console shows it as text.
+        agent.disk = AgentDisk(free: 1, budget: 2, used: 3, minFree: 4, refusing: evil)
         var version = AppVersion(number: 1, build: evil, project: evil, image: evil, backend: evil, cells: [evil], settings: DeploySettings(port: 8080), state: .live)
         version.tag = evil
         let app = App(name: evil, versions: [version], lb: [LBBinding(group: evil, domain: evil)], project: evil)

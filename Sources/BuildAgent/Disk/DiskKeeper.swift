@@ -42,8 +42,8 @@ actor DiskKeeper {
     /// Images kept per project (`KeptImages`); 0: none.
     let keepImages: Int
     let logger: Logger
-    /// Made by `start` (it reads the agent's token in the data dir); nil: none are kept.
-    private(set) var images: KeptImages?
+    /// This agent's kept images; nil: no engine.
+    let images: KeptImages?
 
     private(set) var budget: Int64 = 0
     private(set) var minFree: Int64 = 0
@@ -58,12 +58,13 @@ actor DiskKeeper {
     /// The figures of the last check.
     private(set) var last: AgentDisk?
 
-    init(dataDir: URL, settings: Settings, docker: DockerClient?, keepImages: Int, logger: Logger) {
+    init(dataDir: URL, settings: Settings, docker: DockerClient?, agentID: String, keepImages: Int, logger: Logger) {
         self.dataDir = dataDir
         self.settings = settings
         self.docker = docker
         self.keepImages = keepImages
         self.logger = logger
+        self.images = docker.map { KeptImages(docker: $0, count: keepImages, agentID: agentID, logger: logger) }
     }
 
     private var stamps: URL { dataDir.appendingPathComponent("last-use") }
@@ -104,16 +105,13 @@ actor DiskKeeper {
         let fm = FileManager.default
         try? fm.createDirectory(at: stamps, withIntermediateDirectories: true)
         await deleteLeftovers()
-        if let docker {
-            do {
-                let kept = try KeptImages(docker: docker, count: keepImages, dataDir: dataDir, logger: logger)
-                await kept.pruneAll()
-                images = kept
-            } catch {
-                logger.warning("no images are kept for layer reuse: \(error)")
-            }
+        await images?.pruneAll()
+        let found = Self.listEntries(under: dataDir)
+        let unstamped = found.filter { !fm.fileExists(atPath: stamps.appendingPathComponent($0).path) }.count
+        if unstamped > 0 {
+            logger.notice("disk: measuring \(unstamped) mirrors and caches this agent has no record of (once; the agent registers after)")
         }
-        for path in Self.listEntries(under: dataDir) {
+        for path in found {
             entries[path] = await readOrMeasure(path)
         }
         // Stamps whose folder is gone.

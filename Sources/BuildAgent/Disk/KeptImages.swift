@@ -12,17 +12,18 @@ import Logging
 ///
 /// Why a kept image is safe to keep (the built image leaves the storage because the engine
 /// serves what it has by name without asking the registry, see `BuildRunner.runSteps`): it
-/// loses the farm's name and keeps only `localhost/kiln-kept/<token>/<project>:<ms>`, a
-/// name under a prefix that `DockerfilePolicy.refusal` refuses in every `FROM`, `COPY --from`
-/// and build image, with a token that is this agent's own (`kept-images.id` in its data dir)
-/// and that no log shows. An image ID, which logs do show, is refused too, in any length.
-/// The names say which project and when, so the engine's own list is the record: nothing
-/// else to keep in step. One agent's kept images are its own; other agents on the same
-/// engine have other tokens.
+/// loses the farm's name and keeps only `localhost/kiln-kept/<agent>/<project>:<ms>`, a name
+/// that `DockerfilePolicy.refusal` refuses in every `FROM`, `COPY --from` and build image, also
+/// written short (`kiln-kept/…`, which the engine looks up as `localhost/kiln-kept/…`). The
+/// name is no secret: a build whose image came whole from the cache prints every name of that
+/// image in its log. An image ID, which logs show too, is refused in any length.
+/// `<agent>` is the agent's id in hex, so agents sharing an engine keep apart and an agent
+/// restarted with an empty data dir still finds its own. The names say which project and
+/// when, so the engine's own list is the record: nothing else to keep in step.
 ///
-/// Every method but `init` talks to the engine and never throws: a failure leaves the
-/// image for the next call (a removal refused because a build's container still uses the
-/// image's layers is tried again later).
+/// Every method talks to the engine and never throws: a failure leaves the image for the
+/// next call (a removal refused because a build's container still uses the image's layers is
+/// tried again later).
 struct KeptImages: Sendable {
     /// One kept image, by the name the agent gave it.
     struct Kept: Sendable, Equatable {
@@ -35,27 +36,19 @@ struct KeptImages: Sendable {
     let docker: DockerClient
     /// Per project; 0 keeps none (every image goes once pushed).
     let count: Int
-    /// `localhost/kiln-kept/<token>/`.
+    /// `localhost/kiln-kept/<agent id in hex>/`.
     let prefix: String
     let logger: Logger
 
     static let root = "localhost/kiln-kept/"
 
-    /// Reads (or makes) this agent's token in `dataDir`.
-    init(docker: DockerClient, count: Int, dataDir: URL, logger: Logger) throws {
-        let file = dataDir.appendingPathComponent("kept-images.id")
-        var token = (try? String(contentsOf: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
-        if !Self.isToken(token) {
-            token = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-            try CredentialFile.write(token + "\n", to: file.path)
-        }
+    init(docker: DockerClient, count: Int, agentID: String, logger: Logger) {
         self.docker = docker
         self.count = max(0, count)
-        self.prefix = Self.root + token + "/"
+        // Hex: an agent id may hold capitals, '_' and '.', which a repository name may not.
+        self.prefix = Self.root + agentID.utf8.map { String(format: "%02x", $0) }.joined() + "/"
         self.logger = logger
     }
-
-    static func isToken(_ s: String) -> Bool { s.count == 32 && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
 
     /// The name a kept image of `project` gets at `milliseconds`.
     func name(project: String, milliseconds: Int64) -> String { "\(prefix)\(project):\(milliseconds)" }

@@ -11,9 +11,10 @@ extension DockerfilePolicy {
     /// - an image ID (`FROM 9b7adf92fabe`, `sha256:…`), which names whatever is stored (build
     ///   logs show image IDs), in any length: the engine takes a prefix as short as two digits
     ///   (`31` was the image `316336b9…` here), so any name of hex digits alone is refused;
-    /// - a name under `localhost/kiln-kept/` or `localhost/kiln-pulled/`, which the agent gives
-    ///   the images it keeps for layer reuse (`KeptImages`) and the ones it pulled with a
-    ///   project's login (`pullWithLogin`), both other builds' own;
+    /// - a name under `localhost/kiln-kept/` or `localhost/kiln-pulled/`, also written short
+    ///   (`kiln-kept/…`: the engine looks a short name up under `localhost/` first), which the
+    ///   agent gives the images it keeps for layer reuse (`KeptImages`) and the ones it pulled
+    ///   with a project's login (`pullWithLogin`), both other builds' own;
     /// - a name made from a variable (`FROM $BASE`), which the check cannot read.
     /// Stage names (`FROM … AS build`, `COPY --from=build`) and `localhost/…` (images made on
     /// this machine, the base images) pass.
@@ -55,7 +56,8 @@ extension DockerfilePolicy {
         if !hex.isEmpty, hex.count <= 64, hex.allSatisfy(\.isHexDigit) {
             return "'\(reference)' is or could be read as an image ID, which names whatever the builder has stored (other projects' images among them): name the image by its repository (docker.io/library/\(reference) for an image of Docker Hub)"
         }
-        if Self.agentPrivatePrefixes.contains(where: ref.hasPrefix) {
+        let local = ref.hasPrefix("localhost/") ? ref : "localhost/" + ref
+        if Self.agentPrivatePrefixes.contains(where: local.hasPrefix) {
             return "'\(reference)' is a name the agent gives other builds' images; a build may not start from them"
         }
         guard let slash = ref.firstIndex(of: "/") else { return nil }
