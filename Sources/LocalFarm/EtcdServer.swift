@@ -200,13 +200,15 @@ public final class EtcdServer: Sendable {
     /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux's
     /// /proc/net/tcp and the process's fds). True where /proc cannot tell (no such files).
     static func listens(pid: Int32, port: Int) -> Bool {
-        guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return true }
-        let local = String(format: "0100007F:%04X", port)
+        let tables = ["/proc/net/tcp", "/proc/net/tcp6"].compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+        guard !tables.isEmpty else { return true }
+        // Any address (etcd may listen on more than loopback), this port, state LISTEN (0A).
+        let portSuffix = String(format: ":%04X", port)
         var inodes: Set<String> = []
-        for line in table.split(separator: "\n").dropFirst() {
+        for line in tables.flatMap({ $0.split(separator: "\n").dropFirst() }) {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
             // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode
-            if f.count > 9, f[1] == local, f[3] == "0A" { inodes.insert("socket:[\(f[9])]") }
+            if f.count > 9, f[1].hasSuffix(portSuffix), f[3] == "0A" { inodes.insert("socket:[\(f[9])]") }
         }
         guard !inodes.isEmpty else { return false }
         let fdDir = "/proc/\(pid)/fd"
