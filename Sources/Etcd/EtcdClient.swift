@@ -250,15 +250,17 @@ public struct EtcdClient: Sendable {
     /// `interval`, if shorter). Until the first renewal succeeds the TTL is unknown and taken
     /// to be 3 × `interval`.
     ///
-    /// Each renewal waits at most `interval` (at least a second) for a member: a member that
-    /// hangs (it forwards renewals to a leader that just died) must not keep the lease from
-    /// reaching another member within its TTL.
+    /// With several members, each renewal waits at most `interval` (at least 2 s) for one: a
+    /// member that hangs (it forwards renewals to a leader that just died) must not keep the
+    /// lease from reaching another member within its TTL. A lone member is waited for as any
+    /// call is: there is no other to ask, and a busy machine may answer slowly.
     public func keepAlive(_ lease: Int64, every interval: Duration) async throws {
         let clock = ContinuousClock()
         var ttl = interval * 3
         var lastRenewal = clock.now
         var failing: EtcdError?
-        let attemptTimeout = min(requestTimeout, .nanoseconds(Int64(max(interval, .seconds(1)) / .nanoseconds(1))))
+        let attemptTimeout = endpoints.count == 1 ? requestTimeout
+            : min(requestTimeout, .nanoseconds(Int64(max(interval, .seconds(2)) / .nanoseconds(1))))
         while !Task.isCancelled {
             do {
                 let remaining = try await keepAliveOnce(lease, timeout: attemptTimeout)

@@ -1,3 +1,4 @@
+import Etcd
 import Foundation
 import KilnCore
 @testable import Scheduler
@@ -102,7 +103,8 @@ struct LogArchiveRulesTests {
         #expect(!LogNames.isAfter("001-00000000", "001-00000000"))
         #expect(LogNames.isAfter("p001-00000000", "999-99999999"))
         #expect(LogNames.isAfter("002-00000000", "001-99999999"))
-        #expect(LogNames.prefixEnd("/kiln/logs/b1/") == "/kiln/logs/b10")
+        #expect(LogNames.resume(after: "/kiln/logs/b1/001-00000000") == "/kiln/logs/b1/001-00000000\0")
+        #expect(LogNames.resume(after: "/kiln/logs/b1/\u{FFFD}x") == "/kiln/logs/b10", "past every key of that ASCII start")
         let split = LogNames.split("/kiln/logs/b1/001-00000002", under: "/kiln/logs/")
         #expect(split?.build == "b1" && split?.name == "001-00000002")
         #expect(LogNames.split("/kiln/logs/b1", under: "/kiln/logs/") == nil)

@@ -10,9 +10,10 @@ import Synchronization
 /// final record are one transaction) and no pipeline run of it is pending or running (the
 /// run's last line ends its log). The archiver learns of it from the chunks marked `end`
 /// (a watch of `/kiln/logs/` from the term's start), and at the start of the term and every
-/// `sweepEvery` it walks `/kiln/logs/` one build at a time (the first key of each build's
-/// prefix, never every chunk or every build record), so a build that ended under an earlier
-/// leader, or whose archive failed, is found too. One pass of a build (``pass(_:fence:)``):
+/// `sweepEvery` it walks the keys of `/kiln/logs/` (keys only, a page at a time: never a value
+/// or a build record; `LogArchiver+Walk.swift`), so a build that ended under an earlier
+/// leader, or whose archive failed, is found too; each build found costs one read of its
+/// record, and a running one no more. One pass of a build (``pass(_:fence:)``):
 /// store the whole log (the archived lines and the chunks after them, in reader order), and
 /// only once the archive has it, write the record's mark and delete exactly those chunks,
 /// each compared with the revision it was read at, in transactions fenced by the term.

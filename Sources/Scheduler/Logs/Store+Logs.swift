@@ -71,7 +71,7 @@ extension SchedulerStore {
     /// read a page at a time (a 64 MiB log is many chunks), and the revision of the first page.
     func logChunks(of id: String, after start: String? = nil) async throws -> (chunks: [StoredChunk], revision: Int64) {
         let prefix = keys.logs(of: id)
-        let end = LogNames.prefixEnd(prefix)
+        let end = EtcdClient.prefixEnd(prefix)
         var from = start.map { prefix + $0 + "\0" } ?? prefix
         var chunks: [StoredChunk] = []
         var revision: Int64?
@@ -101,16 +101,6 @@ enum LogNames {
         return mark.utf8.lexicographicallyPrecedes(name.utf8)
     }
 
-    /// The end of the range of keys that start with `prefix` (its last byte plus one; Kiln's
-    /// log prefixes end in `/`, never in 0xFF).
-    static func prefixEnd(_ prefix: String) -> String {
-        var bytes = Array(prefix.utf8)
-        while let last = bytes.last, last == 0xFF { bytes.removeLast() }
-        guard !bytes.isEmpty else { return "\0" }
-        bytes[bytes.count - 1] += 1
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
     /// Where a range read goes on after `key`: just after it; or, for a key that is not ASCII
     /// (never Kiln's: etcd's bytes need not be UTF-8, and then the String is not the key, so
     /// "just after it" could be before it again), past every key that begins with its ASCII
@@ -118,7 +108,7 @@ enum LogNames {
     static func resume(after key: String) -> String {
         let ascii = key.utf8.prefix { $0 < 0x80 }
         if ascii.count == key.utf8.count { return key + "\0" }
-        return prefixEnd(String(decoding: ascii, as: UTF8.self))
+        return EtcdClient.prefixEnd(String(decoding: ascii, as: UTF8.self))
     }
 
     /// The build and chunk name of a key under `logs` (`/kiln/logs/`), or nil for another key.
