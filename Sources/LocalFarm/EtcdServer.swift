@@ -195,22 +195,34 @@ public final class EtcdServer: Sendable {
         )
     }
 
-    /// Waits until the member answers `GET /health` with `{"health":"true"}`: it runs and its
-    /// cluster has a leader (a member of a cluster without quorum is not healthy).
-    /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux's
-    /// /proc/net/tcp and the process's fds). True where /proc cannot tell (no such files).
+    /// Whether the socket listening on `port` is, as far as /proc can tell, not another etcd's.
+    /// False only on positive evidence: the listening socket's inode shows among the fds of
+    /// another process named etcd, and not among `pid`'s. Anything /proc cannot tell (no such
+    /// tables, inodes that match no process, a sandbox whose /proc numbers sockets its own way)
+    /// counts as ours: CI ran where the stricter "pid must hold it" check never held.
     static func listens(pid: Int32, port: Int) -> Bool {
         let tables = ["/proc/net/tcp", "/proc/net/tcp6"].compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
-        guard !tables.isEmpty else { return true }
         // Any address (etcd may listen on more than loopback), this port, state LISTEN (0A).
         let portSuffix = String(format: ":%04X", port)
         var inodes: Set<String> = []
         for line in tables.flatMap({ $0.split(separator: "\n").dropFirst() }) {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
             // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode
-            if f.count > 9, f[1].hasSuffix(portSuffix), f[3] == "0A" { inodes.insert("socket:[\(f[9])]") }
+            if f.count > 9, f[1].hasSuffix(portSuffix), f[3] == "0A", f[9] != "0" { inodes.insert("socket:[\(f[9])]") }
         }
-        guard !inodes.isEmpty else { return false }
+        guard !inodes.isEmpty else { return true }
+        if holds(pid: pid, inodes) { return true }
+        let fm = FileManager.default
+        let others = ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { $0 != pid }
+        for other in others {
+            guard let comm = try? String(contentsOfFile: "/proc/\(other)/comm", encoding: .utf8),
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == "etcd" else { continue }
+            if holds(pid: other, inodes) { return false }
+        }
+        return true
+    }
+
+    private static func holds(pid: Int32, _ inodes: Set<String>) -> Bool {
         let fdDir = "/proc/\(pid)/fd"
         guard let fds = try? FileManager.default.contentsOfDirectory(atPath: fdDir) else { return false }
         return fds.contains { fd in
@@ -218,6 +230,8 @@ public final class EtcdServer: Sendable {
         }
     }
 
+    /// Waits until the member answers `GET /health` with `{"health":"true"}`: it runs and its
+    /// cluster has a leader (a member of a cluster without quorum is not healthy).
     func waitUntilHealthy(timeout: Double = 20) async throws {
         let process = self.process
         let url = "http://127.0.0.1:\(healthPort ?? clientPort)/health"
