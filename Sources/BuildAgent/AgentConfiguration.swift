@@ -57,6 +57,12 @@ public struct AgentConfiguration: Sendable {
     /// Set: the agent builds nothing and runs each task with `SimulatedBuildRunner` for this
     /// long (benchmarks and chaos tests). Nil: real builds.
     public var simulate: SimulatedDuration?
+    /// With `simulate`: bytes of output each simulated build writes to its log, drawn per
+    /// build (`--simulate-log`); nil writes only the agent's two lines.
+    public var simulateLog: SimulatedSize?
+    /// With `simulate`: bytes each simulated build adds to its project's git mirror and Maven
+    /// cache folders, as real files the `DiskKeeper` measures and evicts (`--simulate-disk`).
+    public var simulateDisk: SimulatedSize?
     /// The `kiln` executable a fetch runs in (its hidden `git-fetch`, so a step's time limit
     /// or a cancel can kill it): by default this process when it is `kiln`, else `KILN_BIN`,
     /// else the `kiln` built beside this executable (`KilnExecutable.locate`). Nil: none was
@@ -194,4 +200,30 @@ public struct SimulatedDuration: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { lower == upper ? "\(lower) s" : "\(lower)-\(upper) s" }
+}
+
+/// How many bytes a simulated build writes (its log, or to its project's folders): a fixed size
+/// (`64K`) or a range (`10K-4M`) from which each build draws log-uniformly, so that every
+/// power of ten between the bounds is as likely as the next (most logs are small, a few big).
+public struct SimulatedSize: Sendable, Equatable, CustomStringConvertible {
+    public let lower: Int
+    public let upper: Int
+
+    /// `"64K"` or `"10K-4M"` (sizes as `AgentConfiguration.parseSize` reads them); nil for
+    /// anything else, zero or reversed.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map(String.init)
+        guard (1...2).contains(parts.count), let lo = AgentConfiguration.parseSize(parts[0]), let hi = AgentConfiguration.parseSize(parts.last!),
+              lo > 0, lo <= hi else { return nil }
+        self.lower = lo
+        self.upper = hi
+    }
+
+    /// One build's size.
+    public func draw() -> Int {
+        guard lower < upper else { return lower }
+        return Int(exp(Double.random(in: log(Double(lower))...log(Double(upper)))).rounded())
+    }
+
+    public var description: String { lower == upper ? "\(lower) bytes" : "\(lower)-\(upper) bytes (log-uniform)" }
 }

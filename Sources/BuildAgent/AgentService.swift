@@ -45,7 +45,9 @@ public struct AgentService: Service {
         if let duration = configuration.simulate {
             self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: nil, agentID: configuration.id, keepImages: 0, logger: l)
             self.runner = SimulatedBuildRunner(agentID: configuration.id, duration: duration, etcd: etcd, keys: keys, logger: l,
-                                               retryLimit: configuration.etcdRetryLimit, pendingEnds: pendingEnds)
+                                               retryLimit: configuration.etcdRetryLimit, pendingEnds: pendingEnds,
+                                               logSize: configuration.simulateLog, diskSize: configuration.simulateDisk,
+                                               dataDir: configuration.dataDir, disk: disk)
         } else {
             let fromSchedulers = configuration.schedulers.isEmpty ? nil : configuration.registryCredentials.map {
                 SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0)

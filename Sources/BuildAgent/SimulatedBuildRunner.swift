@@ -24,6 +24,13 @@ struct SimulatedBuildRunner: TaskRunner {
     var retryLimit: Duration = .seconds(600)
     /// Takes over the ends it cannot write, as for real builds.
     var pendingEnds: PendingEnds? = nil
+    /// Bytes of output each build writes to its log, spread over its duration (`--simulate-log`).
+    var logSize: SimulatedSize? = nil
+    /// Bytes each build adds to its project's mirror and shared Maven cache, as real files in
+    /// `dataDir` that `disk` measures, stamps and evicts like a real build's (`--simulate-disk`).
+    var diskSize: SimulatedSize? = nil
+    var dataDir: URL? = nil
+    var disk: DiskKeeper? = nil
 
     func prepare() async throws {}
 
@@ -35,6 +42,12 @@ struct SimulatedBuildRunner: TaskRunner {
         let log = reporter.logger
         // Reads and writes run in tasks of their own: stopping a build cancels its task,
         // which must interrupt only the wait, never a write half done.
+        let project = task.project.name
+        let usesDisk = disk != nil && diskSize != nil && dataDir != nil
+        if usesDisk { await disk?.hold(project) }
+        defer {
+            if usesDisk, let disk { Task { _ = await disk.release(project) } }
+        }
         do {
             guard var build = try await outlivingCancellation({ try await reporter.currentBuild() }) else { return }
             if build.status.isFinal {
@@ -50,7 +63,7 @@ struct SimulatedBuildRunner: TaskRunner {
                 // The first line goes out with the running record, as a real build's would.
                 reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(length.secondsDescription)")
                 try await outlivingCancellation { try await reporter.update(running) }
-                try? await Task.sleep(for: length)
+                try await simulateWork(length, build: build.id, project: project, reporter: reporter, control: control)
             }
             switch control.reason {
             case .taskLost:
@@ -72,5 +85,43 @@ struct SimulatedBuildRunner: TaskRunner {
         } catch {
             await giveUp(error, reporter: reporter, control: control, pendingEnds: pendingEnds, logger: log)
         }
+    }
+
+    /// Waits `length`; meanwhile writes the drawn log output in ten slices (each flushed, so a
+    /// follower sees it live) and, at the end, the drawn bytes into the project's folders.
+    private func simulateWork(_ length: Duration, build: String, project: String, reporter: BuildReporter, control: BuildControl) async throws {
+        let slices = logSize == nil ? 1 : 10
+        var left = logSize?.draw() ?? 0
+        var line = 0
+        for slice in 0..<slices {
+            if control.reason != nil { return }
+            var bytes = left / (slices - slice)
+            left -= bytes
+            while bytes > 0 {
+                let text = Self.outputLine(line, project: project)
+                reporter.output(text)
+                bytes -= text.utf8.count + 1
+                line += 1
+            }
+            if logSize != nil { try await outlivingCancellation { try await reporter.flush() } }
+            try? await Task.sleep(for: length / slices)
+        }
+        if control.reason == nil, let diskSize, let dataDir, let disk {
+            let total = diskSize.draw()
+            for (path, share) in [("mirrors/\(project).git", total / 2), ("mvncache/shared/\(project)", total - total / 2)] {
+                let folder = dataDir.appendingPathComponent(path)
+                try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+                let file = folder.appendingPathComponent("simulated-\(build)")
+                // Bytes written, not a sparse file: the disk's figures count what is allocated.
+                FileManager.default.createFile(atPath: file.path, contents: Data(repeating: 0x6b, count: share))
+                await disk.used(path, by: project)
+            }
+        }
+    }
+
+    /// A line such as Maven prints, different from the last (so the log compresses as a real one does, not to nothing).
+    static func outputLine(_ n: Int, project: String) -> String {
+        let group = ["org.apache.maven.plugins", "com.fasterxml.jackson.core", "org.springframework", "io.netty", "org.slf4j"][n % 5]
+        return "[INFO] Downloaded from mirror: http://mirror/maven2/\(group.replacingOccurrences(of: ".", with: "/"))/\(project)-lib\(n % 997)/\(n % 13).\(n % 7).\(n % 11)/\(project)-lib\(n % 997)-\(n % 13).\(n % 7).jar (\(n % 1000 + 3) kB at \(Double(n % 97) / 10 + 0.4) MB/s)"
     }
 }

@@ -48,6 +48,10 @@ public struct SchedulerConfiguration: Sendable {
     public var etcdQuotaBytes: Int64?
     /// How often ``EtcdHealth`` looks at etcd's size and alarms.
     public var etcdHealthInterval: Duration = .seconds(10)
+    /// Share of a member's quota in use from which the scheduler compacts etcd itself (0: never).
+    public var etcdCompactAt: Double = 0.5
+    /// History those compactions keep.
+    public var etcdKeepHistory: Duration = .seconds(30)
 
     public init(host: String = "127.0.0.1", port: Int = 7070, etcdEndpoint: String = "http://127.0.0.1:2379",
                 keyPrefix: String = "/kiln", dispatcher: Dispatcher.Configuration = .init(), plugins: [any PostBuildPlugin] = []) {
@@ -73,7 +77,8 @@ public func buildSchedulerApplication(
     router.add(middleware: JSONErrorMiddleware(logger: logger))
     let secrets = SchedulerSecrets(keyFile: configuration.secretsKeyFile, etcd: etcd, keys: store.keys)
     let metrics = SchedulerMetrics()
-    let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval, logger: logger)
+    let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval,
+                                compactAt: configuration.etcdCompactAt, keepHistory: configuration.etcdKeepHistory, logger: logger)
     API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {

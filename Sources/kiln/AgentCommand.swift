@@ -176,6 +176,12 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
 
+    @Option(name: .long, help: ArgumentHelp("With --simulate: bytes of output each build writes to its log, a size (64K) or a range drawn log-uniformly per build (10K-4M).", valueName: "size", visibility: .hidden))
+    var simulateLog: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --simulate: bytes each build adds to its project's mirror and Maven cache folders, as real files the disk budget measures and evicts; a size or a range (1M-8M).", valueName: "size", visibility: .hidden))
+    var simulateDisk: String?
+
     func validate() throws {
         do { try Validation.agentID(id) } catch { throw ValidationError("--id: \(error)") }
         guard capacity >= 1 else { throw ValidationError("--capacity must be at least 1") }
@@ -214,6 +220,13 @@ struct AgentCommand: AsyncParsableCommand {
         guard keepImages >= 0 else { throw ValidationError("--keep-images must be 0 or more (0: remove every image once pushed)") }
         if let simulate, SimulatedDuration(simulate) == nil {
             throw ValidationError("--simulate must be seconds (for example 0 or 2) or a range of seconds (for example 0.5-3), not '\(simulate)'")
+        }
+        for (name, value) in [("--simulate-log", simulateLog), ("--simulate-disk", simulateDisk)] {
+            guard let value else { continue }
+            guard simulate != nil else { throw ValidationError("\(name) goes with --simulate only") }
+            guard SimulatedSize(value) != nil else {
+                throw ValidationError("\(name) must be a size (for example 64K) or a range of sizes (for example 10K-4M), not '\(value)'")
+            }
         }
     }
 
@@ -259,6 +272,8 @@ struct AgentCommand: AsyncParsableCommand {
         config.diskBudget = diskBudget.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.keepImages = keepImages
+        config.simulateLog = simulateLog.flatMap(SimulatedSize.init)
+        config.simulateDisk = simulateDisk.flatMap(SimulatedSize.init)
         config.etcdCredentials = try etcd.access.readCredentials()
         config.etcdTLS = etcd.access.tls
         let agent = AgentService(configuration: config, logger: logger)

@@ -69,6 +69,14 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("How often this scheduler asks etcd for its database size and alarms (kiln_etcd_* metrics, the warning of `kiln agents`).", valueName: "seconds"))
     var etcdHealthInterval: Double = 10
 
+    @Option(name: .long, help: ArgumentHelp("""
+        Share of an etcd member's quota in use from which this scheduler compacts etcd's history         itself, keeping the last --etcd-keep-history seconds, so that a farm writing logs faster         than etcd's own periodic compaction empties it never reaches NOSPACE (0: never;         docs/etcd-operations.md).
+        """, valueName: "share"))
+    var etcdCompactAt: Double = 0.5
+
+    @Option(name: .long, help: ArgumentHelp("History kept by the compactions of --etcd-compact-at: a watch further behind is told to read again.", valueName: "seconds"))
+    var etcdKeepHistory: Double = 30
+
     @Option(name: .long, help: ArgumentHelp("How often the leader checks the live version of every deployed app: an instance failing its health check leaves its domains, and comes back when it passes (0: never).", valueName: "seconds"))
     var discoveryInterval: Double = 5
 
@@ -194,6 +202,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         if let text = ProcessInfo.processInfo.environment["KILN_ETCD_QUOTA_BYTES"], !text.isEmpty, Int64(text) == nil {
             throw ValidationError("KILN_ETCD_QUOTA_BYTES must be a number of bytes such as 2147483648, not '\(text)'")
         }
+        guard etcdCompactAt >= 0, etcdCompactAt < 1 else { throw ValidationError("--etcd-compact-at is a share of the quota between 0 (never) and 1, such as 0.5, not \(etcdCompactAt)") }
+        guard etcdKeepHistory >= 5 else { throw ValidationError("--etcd-keep-history must be at least 5 seconds (30 is the usual choice): less would cut Kiln's own watches short") }
         guard etcdHealthInterval >= 1 else { throw ValidationError("--etcd-health-interval must be at least 1 second (10 is the usual choice)") }
         guard leaderTTL >= 2 else { throw ValidationError("--leader-ttl must be at least 2 seconds") }
         guard pruneInterval >= 0 else { throw ValidationError("--prune-interval must be 0 (never prune) or more seconds; 600 is the usual choice") }
@@ -245,6 +255,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         configuration.retention = pruneInterval > 0 ? .init(interval: .milliseconds(Int64(pruneInterval * 1000))) : nil
         configuration.etcdQuotaBytes = etcdQuotaBytes
         configuration.etcdHealthInterval = .milliseconds(Int64(etcdHealthInterval * 1000))
+        configuration.etcdCompactAt = etcdCompactAt
+        configuration.etcdKeepHistory = .milliseconds(Int64(etcdKeepHistory * 1000))
         if discoveryInterval > 0 {
             let monitor = DiscoveryMonitor(env: deploy, interval: .milliseconds(Int64(discoveryInterval * 1000)), logger: logger)
             configuration.leaderTasks = [{ await monitor.run() }]

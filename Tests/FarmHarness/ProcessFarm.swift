@@ -39,11 +39,14 @@ public final class ProcessFarm: Sendable {
         public var ttl: Int
         /// Seconds each build takes: a number, or a range such as `0.2-0.6` drawn per build.
         public var simulate: String
+        /// More options of `kiln agent` (for example `--simulate-log 10K-4M`).
+        public var extra: [String]
 
-        public init(capacity: Int = 2, ttl: Int = 3, simulate: String = "0.2-0.6") {
+        public init(capacity: Int = 2, ttl: Int = 3, simulate: String = "0.2-0.6", extra: [String] = []) {
             self.capacity = capacity
             self.ttl = ttl
             self.simulate = simulate
+            self.extra = extra
         }
     }
 
@@ -84,17 +87,21 @@ public final class ProcessFarm: Sendable {
 
     /// Starts etcd with its data in `dir`; schedulers and agents are started one by one.
     /// Throws if `kiln` is not an executable file, saying how to build it (`missing`).
-    public convenience init(dir: URL, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, etcdMembers: Int = 1, missing: String) async throws {
-        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers, missing: missing)
+    public convenience init(dir: URL, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, etcdMembers: Int = 1,
+                            etcdMaintenance: EtcdServer.Maintenance = .standard, missing: String) async throws {
+        try await self.init(dir: dir, temporary: nil, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers,
+                            etcdMaintenance: etcdMaintenance, missing: missing)
     }
 
     /// The same in a fresh temporary folder, removed when the farm goes away.
     public convenience init(_ label: String, kiln: String, logLevel: String = "info", etcdAuth: Bool = true, etcdMembers: Int = 1, missing: String) async throws {
         let temporary = try TempDir(label)
-        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers, missing: missing)
+        try await self.init(dir: temporary.url, temporary: temporary, kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth, etcdMembers: etcdMembers,
+                            etcdMaintenance: .standard, missing: missing)
     }
 
-    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, etcdAuth: Bool, etcdMembers: Int, missing: String) async throws {
+    private init(dir: URL, temporary: TempDir?, kiln: String, logLevel: String, etcdAuth: Bool, etcdMembers: Int,
+                 etcdMaintenance: EtcdServer.Maintenance, missing: String) async throws {
         guard FileManager.default.isExecutableFile(atPath: kiln) else {
             throw FarmError("\(kiln) is missing: \(missing)")
         }
@@ -111,7 +118,7 @@ public final class ProcessFarm: Sendable {
             etcdServer = cluster.members[0]
         } else {
             etcdCluster = nil
-            etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"))
+            etcdServer = try await EtcdServer.start(dataDir: dir.appendingPathComponent("etcd"), maintenance: etcdMaintenance)
         }
         let endpoint = etcdCluster?.endpoint ?? etcdServer.endpoint
         if etcdAuth {
@@ -177,7 +184,7 @@ public final class ProcessFarm: Sendable {
         let access = try await credentials(.agent(id))
         let p = try spawn(id, ["agent", "--simulate", options.simulate, "--id", id, "--capacity", String(options.capacity),
                                "--ttl", String(options.ttl), "--data-dir", dir.appendingPathComponent("agents/\(id)").path,
-                               "--etcd", etcdEndpoint, "--log-level", logLevel] + access)
+                               "--etcd", etcdEndpoint, "--log-level", logLevel] + options.extra + access)
         children.withLock { $0.agents[id] = p }
         return id
     }

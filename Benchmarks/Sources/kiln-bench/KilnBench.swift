@@ -14,8 +14,9 @@ struct KilnBench: AsyncParsableCommand {
         Then:
           Benchmarks/.build/release/kiln-bench ring
           Benchmarks/.build/release/kiln-bench farm --only latency
+          Benchmarks/.build/release/kiln-bench year --builds 2000
         """,
-        subcommands: [Ring.self, Farm.self, Deploy.self])
+        subcommands: [Ring.self, Farm.self, Year.self, Deploy.self])
 }
 
 /// Where the repository and its builds are, from this file's place in it

@@ -44,9 +44,10 @@ final class BenchRig: Sendable {
 
     /// One phase's farm in the folder `phase`: a fresh etcd, `kiln scheduler` with
     /// `schedulerOptions`, and `agents` simulated agents (`agent-1`, …), every one registered.
-    func startFarm(_ phase: String, agents count: Int, _ agent: ProcessFarm.AgentOptions, schedulerOptions: [String] = [], etcdAuth: Bool? = nil) async throws -> BenchFarm {
+    func startFarm(_ phase: String, agents count: Int, _ agent: ProcessFarm.AgentOptions, schedulerOptions: [String] = [], etcdAuth: Bool? = nil,
+                   etcdMaintenance: EtcdServer.Maintenance = .standard) async throws -> BenchFarm {
         let farm = try await ProcessFarm(dir: root.appendingPathComponent(phase), kiln: kiln, logLevel: logLevel, etcdAuth: etcdAuth ?? self.etcdAuth,
-                                         missing: Repository.buildKiln)
+                                         etcdMaintenance: etcdMaintenance, missing: Repository.buildKiln)
         farms.withLock { $0.append(farm) }
         let scheduler = try await farm.startScheduler("scheduler", options: schedulerOptions)
         for _ in 0..<count { try await farm.startAgent(agent) }

@@ -23,12 +23,21 @@ public actor EtcdHealth: Service {
     let interval: Duration
     let logger: Logger
     private var state = EtcdHealthState()
+    private var pressure: PressureCompaction
+    /// Compactions this scheduler made because etcd filled (`PressureCompaction`).
+    private(set) var pressureCompactions = 0
 
-    public init(etcd: EtcdClient, quotaBytes: Int64? = nil, interval: Duration = .seconds(10), logger: Logger) {
+    /// - Parameters:
+    ///   - compactAt: share of a member's quota in use from which this scheduler compacts
+    ///     etcd's history itself, keeping `keepHistory` (0: never; `PressureCompaction`).
+    public init(etcd: EtcdClient, quotaBytes: Int64? = nil, interval: Duration = .seconds(10), compactAt: Double = 0.5,
+                keepHistory: Duration = .seconds(30), logger: Logger) {
         self.etcd = etcd
         self.quotaBytes = quotaBytes
         self.interval = interval
         self.logger = logger
+        let history = Double(keepHistory.components.seconds) + Double(keepHistory.components.attoseconds) / 1e18
+        self.pressure = PressureCompaction(threshold: compactAt, minHistory: history)
     }
 
     /// What the last look found (level `unknown` before the first).
@@ -36,7 +45,10 @@ public actor EtcdHealth: Service {
 
     /// The `kiln_etcd_*` gauges in Prometheus' text format, for `GET /metrics`.
     public func metricLines() -> String {
-        EtcdHealthState.metricLines(state.status)
+        let lines = EtcdHealthState.metricLines(state.status)
+        guard !lines.isEmpty else { return lines }
+        return lines + "# HELP kiln_etcd_pressure_compactions_total Compactions of etcd's history this scheduler made because a member's in-use size passed its share of the quota.\n"
+            + "# TYPE kiln_etcd_pressure_compactions_total counter\nkiln_etcd_pressure_compactions_total \(pressureCompactions)\n"
     }
 
     public func run() async throws {
@@ -56,6 +68,18 @@ public actor EtcdHealth: Service {
         case .warning(let text)?: logger.warning("\(text)")
         case .notice(let text)?: logger.notice("\(text)")
         case nil: break
+        }
+        guard let (revision, member) = pressure.observe(look, at: Date()) else { return }
+        let used = member.status.map { EtcdHealthState.bytes($0.dbSizeInUseBytes) } ?? "?"
+        do {
+            try await etcd.compact(revision: revision)
+            pressure.compacted(at: revision)
+            pressureCompactions += 1
+            logger.notice("etcd member \(member.endpoint) has \(used) in use of its \(EtcdHealthState.bytes(member.quotaBytes)) quota: compacted its history before revision \(revision), keeping the last \(Int(pressure.minHistory)) s (etcd's own periodic compaction keeps more; see docs/etcd-operations.md)")
+        } catch let error as EtcdError where error.message.contains("compacted") {
+            pressure.compacted(at: revision)  // etcd, or another scheduler, compacted past it already
+        } catch {
+            logger.warning("etcd member \(member.endpoint) has \(used) in use of its \(EtcdHealthState.bytes(member.quotaBytes)) quota, and compacting its history before revision \(revision) failed: \(error)")
         }
     }
 
