@@ -26,7 +26,7 @@ extension EndToEndTests {
                 #expect(b.error?.contains("fetch: timed out after \(fetchLimit) s") == true, "\(name): \(b.error ?? "")")
                 #expect(b.steps.first { $0.name == .fetch }?.status == .failed)
                 #expect(server.accepted >= 1, "\(name): the fetch never reached the server")
-                let left = processes(containing: mirrors.appendingPathComponent("\(name).git").path)
+                let left = await processesLeft(containing: mirrors.appendingPathComponent("\(name).git").path)
                 #expect(left.isEmpty, "\(name): git-fetch processes left: \(left)")
             }
 
@@ -48,7 +48,7 @@ extension EndToEndTests {
             #expect(cancelled.status == .cancelled, "\(cancelled.status): \(cancelled.error ?? "")")
             #expect(cancelled.steps.first { $0.name == .fetch }?.status == .cancelled)
             #expect(ContinuousClock.now - cancelledAt < .seconds(fetchLimit), "the cancel waited for the fetch's time limit")
-            #expect(processes(containing: mirrors.appendingPathComponent("silent.git").path).isEmpty)
+            #expect(await processesLeft(containing: mirrors.appendingPathComponent("silent.git").path).isEmpty)
 
             // The same project, now pointed at a server that answers, fetches into the same mirror.
             try await farm.addProject("silent", repository: farm.infra.repositoryURL("demo"), buildCommand: "exit 3")

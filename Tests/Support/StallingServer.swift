@@ -125,3 +125,16 @@ public func processes(containing text: String) -> [Int32] {
         return String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(text)
     }
 }
+
+/// The processes whose command line contains `text` once they had up to `within` to exit: a
+/// child killed with SIGKILL is gone a moment after the kill, not at the instant its parent
+/// moves on (on a loaded machine that moment can be long). Empty when they all exited.
+public func processesLeft(containing text: String, within: Duration = .seconds(5)) async -> [Int32] {
+    let deadline = ContinuousClock.now + within
+    var left = processes(containing: text)
+    while !left.isEmpty, ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(50))
+        left = processes(containing: text)
+    }
+    return left
+}
