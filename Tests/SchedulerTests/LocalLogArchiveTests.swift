@@ -40,6 +40,23 @@ struct LocalLogArchiveTests {
         try await archive.delete(build: id)  // none: not an error
     }
 
+    @Test("unfinished writes older than the age are removed; a fresh one (a writer at work) and the archives stay")
+    func leftoversOfAKilledWriterAreRemoved() async throws {
+        let dir = try TempDir("log-archive")
+        let archive = LocalLogArchive(directory: dir.path("archive"))
+        let id = BuildID.generate()
+        try await archive.store(build: id, lines: ["kept"])
+        let folder = try archive.file(of: id).folder
+        let old = folder.appendingPathComponent(".\(id).json.gz.\(UUID().uuidString).tmp")
+        let fresh = folder.appendingPathComponent(".\(id).json.gz.\(UUID().uuidString).tmp")
+        for file in [old, fresh] { try Data("half".utf8).write(to: file) }
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-7200)], ofItemAtPath: old.path)
+        #expect(await archive.removeLeftovers(olderThan: 3600) == 1)
+        #expect(!FileManager.default.fileExists(atPath: old.path))
+        #expect(FileManager.default.fileExists(atPath: fresh.path))
+        #expect(try await archive.read(build: id) == ["kept"])
+    }
+
     @Test("a build id is checked before it becomes a file name")
     func hostileIDs() async throws {
         let dir = try TempDir("log-archive")

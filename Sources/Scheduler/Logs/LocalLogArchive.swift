@@ -87,6 +87,26 @@ public struct LocalLogArchive: LogArchive, CustomStringConvertible {
 
     // MARK: files
 
+    /// The temporary files (`.<id>.json.gz.<uuid>.tmp`) of writes a killed scheduler never
+    /// renamed, older than `age` (another scheduler sharing the folder may be writing one now).
+    public func removeLeftovers(olderThan age: TimeInterval) async -> Int {
+        let directory = self.directory
+        return (try? await blocking {
+            let fm = FileManager.default
+            let limit = Date().addingTimeInterval(-age)
+            var removed = 0
+            for folder in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where folder.count == 7 {
+                let path = directory.appendingPathComponent(folder).path
+                for name in (try? fm.contentsOfDirectory(atPath: path)) ?? [] where name.hasPrefix(".") && name.hasSuffix(".tmp") {
+                    let file = path + "/" + name
+                    guard let modified = (try? fm.attributesOfItem(atPath: file))?[.modificationDate] as? Date, modified < limit else { continue }
+                    if (try? fm.removeItem(atPath: file)) != nil { removed += 1 }
+                }
+            }
+            return removed
+        }) ?? 0
+    }
+
     private static func makeFolder(_ url: URL, withParents: Bool) throws {
         if withParents, !FileManager.default.fileExists(atPath: url.path) {
             // Its parents as well (a first start with the default under --data-dir).

@@ -17,4 +17,13 @@ public protocol LogArchive: Sendable {
     func read(build: String) async throws -> [String]?
     /// Removes the archive of `build` (retention).
     func delete(build: String) async throws
+    /// Removes what writes that never finished left behind (a scheduler killed in the middle
+    /// of a `store`) once it is older than `age`, so that a writer still at work keeps its
+    /// own; returns how many it removed.
+    func removeLeftovers(olderThan age: TimeInterval) async -> Int
+}
+
+extension LogArchive {
+    /// A store whose writes are whole or nothing leaves nothing behind.
+    public func removeLeftovers(olderThan age: TimeInterval) async -> Int { 0 }
 }

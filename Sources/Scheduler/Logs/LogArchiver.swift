@@ -65,6 +65,8 @@ public struct LogArchiver: Sendable {
         let inbox = Inbox<Input>()
         let queue = Mutex(ArchiveQueue(retryAfter: configuration.retryAfter, retryAtMost: configuration.retryAtMost))
         logger.info("archiving ended builds' logs into \(archive)")
+        let leftovers = await archive.removeLeftovers(olderThan: 3600)
+        if leftovers > 0 { logger.notice("removed \(leftovers) unfinished writes older than an hour from \(archive) (a scheduler was stopped while it wrote them)") }
         await withDiscardingTaskGroup { group in
             group.addTask { await watchEnds(into: inbox) }
             group.addTask {
