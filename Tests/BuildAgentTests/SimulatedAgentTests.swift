@@ -15,13 +15,51 @@ struct SimulatedAgentTests {
     let project = Project(name: "sim", repository: "http://127.0.0.1:1/sim.git", buildImage: "a:1", buildCommand: "make")
 
     /// Starts etcd and one simulated agent, runs `body`, stops both.
-    func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @escaping @Sendable (EtcdClient) async throws -> Void) async throws {
+    func withSimulatedAgent(_ simulate: SimulatedDuration, log: SimulatedSize? = nil, disk: SimulatedSize? = nil,
+                            _ body: @escaping @Sendable (EtcdClient, URL) async throws -> Void) async throws {
         try await withEtcd(timeout: nil) { server, etcd in
             let dir = try TempDir("simulated-agent")
-            let config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
+            var config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
                                             etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
                                             simulate: simulate)
-            try await withAgentService(config, etcd: etcd) { try await body(etcd) }
+            config.simulateLog = log
+            config.simulateDisk = disk
+            try await withAgentService(config, etcd: etcd) { try await body(etcd, dir.path("agent")) }
+        }
+    }
+
+    func withSimulatedAgent(_ simulate: SimulatedDuration, _ body: @escaping @Sendable (EtcdClient) async throws -> Void) async throws {
+        try await withSimulatedAgent(simulate) { etcd, _ in try await body(etcd) }
+    }
+
+    @Test func sizesAreReadAsTheOptionsWriteThemAndDrawnWithinTheirBounds() throws {
+        let range = try #require(SimulatedSize("10K-4M"))
+        #expect(range.lower == 10 << 10 && range.upper == 4 << 20)
+        #expect(SimulatedSize("64K")?.lower == 64 << 10)
+        for bad in ["", "0", "4M-10K", "ten", "1K-2K-3K", "-4M"] { #expect(SimulatedSize(bad) == nil, "\(bad)") }
+        let draws = (0..<2000).map { _ in range.draw() }
+        #expect(draws.allSatisfy { (10 << 10)...(4 << 20) ~= $0 })
+        // Log-uniform: half the draws fall under the geometric mean (about 202 KiB), far below the middle.
+        let under = draws.filter { $0 < 202 << 10 }.count
+        #expect((800...1200).contains(under), "\(under) of 2000 under the geometric mean")
+    }
+
+    @Test func aSimulatedLogAndDiskUseAreWrittenForReal() async throws {
+        try await withSimulatedAgent(SimulatedDuration(seconds: 0.2), log: SimulatedSize("64K"), disk: SimulatedSize("1M")) { etcd, dataDir in
+            let (id, _) = try await assign(etcd)
+            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .succeeded
+            }
+            // The log: at least the drawn 64 KiB of output in etcd's chunks, in several writes.
+            let chunks = try await etcd.range(prefix: keys.logs).kvs.compactMap { try? KilnJSON.decode(LogChunk.self, from: $0.value) }
+            let bytes = chunks.flatMap(\.lines).reduce(0) { $0 + $1.utf8.count + 1 }
+            #expect(bytes >= 64 << 10 && bytes < 80 << 10, "\(bytes) bytes of log")
+            #expect(chunks.count >= 3)
+            // The disk: half the drawn megabyte in the project's mirror, half in its Maven cache.
+            let mirror = dataDir.appendingPathComponent("mirrors/sim.git/simulated-\(id)")
+            let cache = dataDir.appendingPathComponent("mvncache/shared/sim/simulated-\(id)")
+            #expect((try FileManager.default.attributesOfItem(atPath: mirror.path)[.size] as? Int) == 512 << 10)
+            #expect((try FileManager.default.attributesOfItem(atPath: cache.path)[.size] as? Int) == 512 << 10)
         }
     }
 
