@@ -46,10 +46,11 @@ public struct APIClient: Sendable {
         try decode(T.self, try await send("GET", path, body: nil))
     }
 
-    /// `POST path` with `body` as JSON (none if nil), the answer decoded as `T`.
-    public func post<T: Decodable>(_ path: String, body: (some Encodable)?, as: T.Type) async throws -> T {
+    /// `POST path` with `body` as JSON (none if nil), the answer decoded as `T`. `timeout`:
+    /// how long to wait for the answer (a scaling answers once it has ended).
+    public func post<T: Decodable>(_ path: String, body: (some Encodable)?, as: T.Type, timeout: Duration = .seconds(30)) async throws -> T {
         let data = try body.map { try KilnJSON.encoder().encode($0) }
-        return try decode(T.self, try await send("POST", path, body: data))
+        return try decode(T.self, try await exchange("POST", path, body: data, timeout: timeout).body)
     }
 
     /// A request to any URL (not the API), with a Host header: the body as text. Throws on a
@@ -93,7 +94,7 @@ public struct APIClient: Sendable {
     }
 
     /// A request to the API: the answer's body and its headers by name, or its error thrown.
-    private func exchange(_ method: String, _ path: String, body: Data?) async throws -> (body: Data, header: @Sendable (String) -> String?) {
+    private func exchange(_ method: String, _ path: String, body: Data?, timeout: Duration = .seconds(30)) async throws -> (body: Data, header: @Sendable (String) -> String?) {
         var request = HTTPClientRequest(url: base + path)
         request.method = .init(rawValue: method)
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
@@ -103,7 +104,7 @@ public struct APIClient: Sendable {
         }
         let response: HTTPClientResponse
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            response = try await HTTPClient.shared.execute(request, timeout: .milliseconds(Int64(timeout.inMilliseconds)))
         } catch {
             throw Failure(description: "cannot reach the Kiln API at \(base) (\(error)). Is `kiln scheduler` (or `kiln up`) running? Pass --api or set KILN_API.")
         }

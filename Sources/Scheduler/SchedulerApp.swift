@@ -21,6 +21,9 @@ public struct SchedulerConfiguration: Sendable {
     /// The post-build plugins this scheduler runs (deploy, lb, retire, notify: wired by
     /// `kiln scheduler` from the Deploy module). Empty: pipelines wait for a scheduler that has them.
     public var plugins: [any PostBuildPlugin]
+    /// Scales apps for `POST /api/v1/apps/{name}/scale` (the Deploy module's `AppScaler`,
+    /// wired by `kiln scheduler`); nil: that route answers 503.
+    public var scaler: (any AppScaling)?
     /// Work only the leader does besides dispatching and pipelines (deploy discovery).
     public var leaderTasks: [@Sendable () async -> Void] = []
     /// The registry's token service (`GET /auth/token`); nil: this scheduler serves no tokens.
@@ -79,7 +82,8 @@ public func buildSchedulerApplication(
     let metrics = SchedulerMetrics()
     let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval,
                                 compactAt: configuration.etcdCompactAt, keepHistory: configuration.etcdKeepHistory, logger: logger)
-    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth,
+        scaler: configuration.scaler, logger: logger).addRoutes(to: router)
     Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)

@@ -7,6 +7,18 @@ import KilnCore
 struct AppsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apps",
+        abstract: "Show deployed apps, and scale them.",
+        discussion: """
+        `kiln apps [APP]` shows (the default); `kiln apps scale APP --replicas N` scales. \
+        (An app named like a subcommand: `kiln apps show scale`.)
+        """,
+        subcommands: [AppsShowCommand.self, AppsScaleCommand.self],
+        defaultSubcommand: AppsShowCommand.self)
+}
+
+struct AppsShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
         abstract: "Show deployed apps: versions, instances per cell with their health, and the LB domain.",
         discussion: """
         Without an app, one line per app. With one: every version (live, ready, retired, \
@@ -58,7 +70,7 @@ struct AppsCommand: AsyncParsableCommand {
         for v in status.app.versions.reversed() {
             print("  v\(v.number)  \(v.state.rawValue.uppercased())  build \(v.build)  \(v.image)\(v.tag.map { "  (tag \($0))" } ?? "")")
             let s = v.settings
-            print("      \(s.replicas) per cell in \(v.cells.joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")")
+            print("      \(v.cells.map { "\(s.replicas(in: $0)) in \($0)" }.joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")")
             for i in v.instances.sorted(by: { ($0.cell, $0.name) < ($1.cell, $1.name) }) {
                 print("      \(i.cell.padding(toLength: 8, withPad: " ", startingAt: 0)) \(i.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(i.address.padding(toLength: 22, withPad: " ", startingAt: 0)) \(i.healthy ? "healthy" : "unhealthy")  \(i.detail ?? "")")
             }

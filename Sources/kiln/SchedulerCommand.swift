@@ -219,11 +219,13 @@ struct SchedulerCommand: AsyncParsableCommand {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         let hp = HostPort(listen)!
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
+        // Kubernetes cells' credentials, and the values of a version's secretEnv, are in the
+        // sealed store (nil without a key file).
+        let sealed = try secretsKeyFile.map { try SecretStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix), keyFile: $0) }
         var deploy = DeployEnvironment(
             store: AppStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix)),
             deployers: DeployEnvironment.standardDeployers(
-                // Kubernetes cells' credentials are in the sealed store (nil without a key file).
-                secrets: try secretsKeyFile.map { try SecretStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix), keyFile: $0) },
+                secrets: sealed,
                 registryCredentials: try registryCredentials.map(RegistryCredentials.read)))
         deploy.registry = registry
         deploy.notifyAllow = try NotifyAllowList(notifyAllow)
@@ -231,6 +233,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
             dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
             plugins: deploy.plugins)
+        // Any scheduler scales (POST /api/v1/apps/{app}/scale), through the same backends.
+        configuration.scaler = AppScaler(env: deploy, secrets: sealed)
         // The first admin before anything serves: its token file is what the token service reads.
         let identity = SchedulerStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix))
         let bootstrap = try await identity.ensureFirstAdmin(tokenFile: adminTokenFile)

@@ -82,23 +82,7 @@ extension FakeKubernetesAPIServer {
         s.deployments["\(ns)/\(name)"] = json(o)
 
         // Where the real cluster's controllers and scheduler take seconds, the fake is done now.
-        let hash = randomName(10)
-        let image = first["image"] as? String ?? ""
-        var behaviour = Self.canPull(s, image: image, namespace: ns, podSpec: podSpec) ? s.behaviours[image] ?? .ready : .imagePullBackOff
-        if behaviour != .unschedulable, let missing = Self.missingEnvSource(s, namespace: ns, container: first) { behaviour = .configError(missing) }
-        for _ in 0..<replicas {
-            var ip: String?
-            if behaviour != .unschedulable {
-                ip = "10.244.\(s.nextIP / 250).\(s.nextIP % 250 + 2)"
-                s.nextIP += 1
-            }
-            var labels = templateLabels
-            labels["pod-template-hash"] = hash
-            s.pods.append(Pod(
-                name: "\(name)-\(hash)-\(randomName(5))", namespace: ns, labels: labels, deployment: name,
-                replicaSet: "\(name)-\(hash)", ip: ip, image: image, containerName: first["name"] as? String ?? "",
-                spec: json(podSpec), behaviour: behaviour, uid: UUID().uuidString.lowercased(), created: now()))
-        }
+        addPods(&s, namespace: ns, deployment: name, template: template, count: replicas)
         return (201, s.deployments["\(ns)/\(name)"]!)
     }
 
@@ -179,7 +163,7 @@ extension FakeKubernetesAPIServer {
         }
         var o: [String: Any] = [
             "metadata": [
-                "name": pod.name, "namespace": pod.namespace, "labels": pod.labels, "uid": pod.uid,
+                "name": pod.name, "namespace": pod.namespace, "labels": pod.labels, "annotations": pod.annotations, "uid": pod.uid,
                 "creationTimestamp": pod.created, "generateName": "\(pod.replicaSet)-",
                 "ownerReferences": [["apiVersion": "apps/v1", "kind": "ReplicaSet", "name": pod.replicaSet, "controller": true, "blockOwnerDeletion": true]],
             ],

@@ -22,7 +22,9 @@ import X509
 /// - `GET|POST /api/v1/namespaces/{ns}/services[/{name}]`
 /// - `GET|POST /apis/apps/v1/namespaces/{ns}/deployments[/{name}]`, `DELETE …/deployments/{name}`
 /// - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,…` (equality selectors only),
-///   `GET /api/v1/namespaces/{ns}/pods/{name}`
+///   `GET /api/v1/namespaces/{ns}/pods/{name}`, `PATCH …/pods/{name}` (a merge patch of
+///   `metadata.annotations` only; any other content type 415, as the real server answers)
+/// - `PUT /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale` (an `autoscaling/v1` `Scale`)
 /// - `POST /api/v1/namespaces/{ns}/secrets` (409 AlreadyExists), `PUT …/secrets/{name}`
 ///   (404 when missing), `DELETE …/secrets/{name}`; `data` values must be base64 (400), keys
 ///   `[-._a-zA-Z0-9]+` (422); a `kubernetes.io/dockerconfigjson` Secret must hold a
@@ -56,8 +58,13 @@ import X509
 ///   IP, `PodScheduled` false). A real pod goes through these over time and probes really run.
 /// - Deleting a Deployment deletes its pods at once (the real garbage collector deletes them
 ///   in the background, each pod terminating for up to its grace period).
+/// - Scaling makes or deletes pods at once, in the same request. Pods to delete are ranked
+///   as the ReplicaSet controller ranks them (unscheduled, pending, not ready, lowest
+///   `controller.kubernetes.io/pod-deletion-cost`, newest), without its rules on pods doubled
+///   up on a node, time ready and restart counts; real pods terminate over their grace period.
 /// - No RBAC (an authenticated caller may do everything), admission, quotas, resourceVersion
-///   conflicts, watches or PATCH; PUT only for Secrets. No anonymous access.
+///   conflicts or watches; PATCH only for pods' annotations; PUT only for Secrets and the
+///   scale subresource. No anonymous access.
 ///
 /// It records every request (method, path, query, Authorization header, the client
 /// certificate's subject, body) so tests can
@@ -110,6 +117,9 @@ final class FakeKubernetesAPIServer: Sendable {
         var behaviour: PodBehaviour
         var uid: String
         var created: String
+        var annotations: [String: String] = [:]
+        /// Order of creation (`created` has whole seconds only): the ReplicaSet deletes newer pods first.
+        var sequence = 0
     }
 
     struct InjectedFailure: Sendable {
@@ -133,6 +143,7 @@ final class FakeKubernetesAPIServer: Sendable {
         var pods: [Pod] = []
         var behaviours: [String: PodBehaviour] = [:]
         var nextIP = 0
+        var nextPod = 0
         var failures: [InjectedFailure] = []
         var waiters: [(method: String, path: String, continuation: CheckedContinuation<Void, Never>)] = []
     }
@@ -193,7 +204,8 @@ final class FakeKubernetesAPIServer: Sendable {
             guard let server = box.server else { return Response(status: .serviceUnavailable) }
             let (status, json) = server.handle(
                 method: request.method.rawValue, path: request.uri.path, query: request.uri.query?.removingPercentEncoding,
-                authorization: request.headers[.authorization], clientCertificate: await Self.peerSubject(context.channel),
+                authorization: request.headers[.authorization], contentType: request.headers[.contentType],
+                clientCertificate: await Self.peerSubject(context.channel),
                 body: body.readableBytes == 0 ? nil : Data(buffer: body))
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
@@ -286,9 +298,10 @@ final class FakeKubernetesAPIServer: Sendable {
 
     // MARK: the API
 
-    private func handle(method: String, path: String, query: String?, authorization: String?, clientCertificate: String?, body: Data?) -> (Int, Data) {
+    private func handle(method: String, path: String, query: String?, authorization: String?, contentType: String?, clientCertificate: String?,
+                        body: Data?) -> (Int, Data) {
         let (answer, waiting) = state.withLock { s in
-            let answer = self.answer(&s, method: method, path: path, query: query, authorization: authorization,
+            let answer = self.answer(&s, method: method, path: path, query: query, authorization: authorization, contentType: contentType,
                                      clientCertificate: clientCertificate, body: body)
             s.requests[s.requests.count - 1].answered = true
             let waiting = s.waiters.filter { $0.method == method && $0.path == path }.map(\.continuation)
@@ -299,8 +312,8 @@ final class FakeKubernetesAPIServer: Sendable {
         return answer
     }
 
-    private func answer(_ s: inout State, method: String, path: String, query: String?, authorization: String?, clientCertificate: String?,
-                        body: Data?) -> (Int, Data) {
+    private func answer(_ s: inout State, method: String, path: String, query: String?, authorization: String?, contentType: String?,
+                        clientCertificate: String?, body: Data?) -> (Int, Data) {
         s.requests.append(RecordedRequest(method: method, path: path, query: query, authorization: authorization,
                                           clientCertificate: clientCertificate, body: body))
         let byToken = access.token.map { authorization == "Bearer \($0)" } ?? false
@@ -339,6 +352,10 @@ final class FakeKubernetesAPIServer: Sendable {
             return Self.deleteSecret(&s, namespace: parts[3], name: parts[5])
         case ("GET", 5, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
             return Self.listPods(s, namespace: parts[3], query: query)
+        case ("PATCH", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
+            return Self.patchPod(&s, namespace: parts[3], name: parts[5], contentType: contentType, object)
+        case ("PUT", 8, _) where parts.starts(with: ["apis", "apps", "v1", "namespaces"]) && parts[5] == "deployments" && parts[7] == "scale":
+            return Self.scaleDeployment(&s, namespace: parts[4], name: parts[6], object)
         case ("GET", 6, _) where parts.starts(with: ["api", "v1", "namespaces"]) && parts[4] == "pods":
             guard let pod = s.pods.first(where: { $0.namespace == parts[3] && $0.name == parts[5] }) else { return Self.notFound("pods", parts[5]) }
             return (200, Self.json(Self.podObject(pod, withKind: true)))

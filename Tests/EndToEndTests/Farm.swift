@@ -167,6 +167,8 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
             env.registry = infra.registry.address
             let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
             configuration.plugins = env.plugins
+            // Scaling through the same backends (the demo app names no secretEnv).
+            configuration.scaler = AppScaler(env: env, secrets: nil)
             configuration.leaderTasks = [{ await monitor.run() }]
         }
         let app = buildSchedulerApplication(configuration: configuration, logger: logger,

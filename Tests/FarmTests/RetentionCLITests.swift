@@ -55,5 +55,18 @@ struct RetentionCLITests {
         #expect(r.status != 0 && r.output.contains("below the 2 versions of app shop that run (v3 live, v2 ready)"), "\(r.output)")
         r = try await SecretsCLITests.kiln(farm, ["apps", "shop", "--keep-versions", "2"])
         #expect(r.status == 0 && r.output.contains("app shop keeps 2 versions; pruned v1") && r.output.contains("app shop  (keeps 2 versions)"), "\(r.output)")
+
+        // `kiln apps scale` through the real scheduler's AppScaler (docs/scaling.md; instances
+        // move in EndToEndTests/ScalingTests). Cell c1 of v3 holds none and is not in etcd.
+        r = try await SecretsCLITests.kiln(farm, ["apps", "scale", "shop", "--replicas=-1"])
+        #expect(r.status != 0 && r.output.contains("replicas -1 is out of range"), "\(r.output)")
+        r = try await SecretsCLITests.kiln(farm, ["apps", "scale", "shop", "--replicas", "2", "--cell", "nowhere"])
+        #expect(r.status != 0 && r.output.contains("cell 'nowhere' does not exist"), "\(r.output)")
+        r = try await SecretsCLITests.kiln(farm, ["apps", "scale", "shop", "--replicas", "1"])
+        #expect(r.status != 0 && r.output.contains("cell c1 no longer exists"), "\(r.output)")
+        r = try await SecretsCLITests.kiln(farm, ["apps", "scale", "shop", "--replicas", "0"])
+        #expect(r.status == 0 && r.output.contains("scaled version 3 of shop: c1 0 → 0"), "the failed one released the app: \(r.output)")
+        r = try await SecretsCLITests.kiln(farm, ["apps", "shop"])
+        #expect(r.output.contains("0 in c1"), "\(r.output)")
     }
 }

@@ -121,7 +121,7 @@ struct IdentityAPITests {
                 (.PUT, "/api/v1/projects/demo/credentials/git"), (.DELETE, "/api/v1/groups/g/credentials/registry/r.example.com"),
                 (.PUT, "/api/v1/cells/c1/credentials"), (.POST, "/api/v1/admin/secrets/reseal"),
                 (.GET, "/api/v1/projects/demo/retention"), (.PUT, "/api/v1/projects/demo/retention"),
-                (.GET, "/api/v1/apps/demo/retention"), (.PUT, "/api/v1/apps/demo/retention"),
+                (.GET, "/api/v1/apps/demo/retention"), (.PUT, "/api/v1/apps/demo/retention"), (.POST, "/api/v1/apps/demo/scale"),
             ]
             let bad = ["Bearer kiln_wrong", "Bearer ", "Basic " + Data("admin:wrong".utf8).base64EncodedString(), "Token x"]
             for (method, path) in routes {
@@ -285,6 +285,8 @@ struct IdentityAPITests {
                     ("read its activity", .read, .GET, "/api/v1/apps/shop-app/activity", nil),
                     ("read its retention", .read, .GET, "/api/v1/apps/shop-app/retention", nil),
                     ("change its retention", .manage, .PUT, "/api/v1/apps/shop-app/retention", #"{"keepVersions":5}"#),
+                    // Who may deploy may scale (this scheduler has no backends: 503 past the check).
+                    ("scale it", .deploy, .POST, "/api/v1/apps/shop-app/scale", #"{"replicas":1}"#),
                     ("add a developer", .manage, .PUT, "/api/v1/apps/shop-app/members/otto", #"{"role":"developer"}"#),
                     ("let another project deploy", .own, .PUT, "/api/v1/apps/shop-app/projects/shop", nil),
                 ]),

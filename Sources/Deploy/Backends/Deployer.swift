@@ -74,4 +74,17 @@ public protocol Deployer: Sendable {
     /// The instances of `app` that exist in `cell`, by version number: what discovery and
     /// `kiln apps` see, whatever etcd says.
     func instances(of app: String, in cell: Cell) async throws -> [Int: [Instance]]
+
+    /// Starts `count` more instances of a version that runs in `cell`, beside `running` (its
+    /// instances the app's record lists, left as they are). Whatever else of this version is
+    /// in the cell was left by an interrupted scaling (never in a load balancer) and goes
+    /// first. Returns only the new instances, started, not yet known healthy; on failure it
+    /// removes what it started. They get `settings.env` and `spec.secretValues` as in `start`.
+    func scaleOut(_ spec: VersionSpec, in cell: Cell, running: [Instance], adding count: Int) async throws -> [Instance]
+
+    /// Leaves `keeping` of the version running in `cell` and stops the rest, which the caller
+    /// has taken out of the load balancer and drained. Returns the instances that run
+    /// afterwards: `keeping`, unless the backend chose otherwise (Kubernetes' ReplicaSet picks
+    /// the pods it deletes; `KubernetesDeployer` says how it steers that choice).
+    func scaleIn(_ spec: VersionSpec, in cell: Cell, keeping: [Instance]) async throws -> [Instance]
 }

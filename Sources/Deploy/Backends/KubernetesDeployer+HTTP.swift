@@ -63,7 +63,7 @@ extension KubernetesDeployer {
 
     /// The verbs Kiln uses (NIOHTTP1's `HTTPMethod` is not among Deploy's dependencies).
     enum Verb: String {
-        case GET, POST, PUT, DELETE
+        case GET, POST, PUT, PATCH, DELETE
     }
 
     func send(_ method: Verb, _ path: String, query: String? = nil, in api: Connection, operation: String) async throws -> Reply {
@@ -85,13 +85,15 @@ extension KubernetesDeployer {
         case .GET: request.method = .GET
         case .POST: request.method = .POST
         case .PUT: request.method = .PUT
+        case .PATCH: request.method = .PATCH
         case .DELETE: request.method = .DELETE
         }
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "kiln")
         if let token = api.token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let bodyData {
-            request.headers.add(name: "Content-Type", value: "application/json")
+            // A PATCH is a JSON merge patch (RFC 7386): only the fields it names change.
+            request.headers.add(name: "Content-Type", value: method == .PATCH ? "application/merge-patch+json" : "application/json")
             request.body = .bytes(ByteBuffer(data: bodyData))
         }
         logger.debug("\(method.rawValue) \(path)", metadata: ["cell": "\(cell.name)"])

@@ -42,6 +42,15 @@ public struct LocalDeployer: Deployer {
     public func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance] {
         let docker = try docker(cell)
         let env = try Self.environment(of: spec, in: cell)
+        try await prepare(spec, in: cell, docker)
+        // A re-run after a crash finds what an earlier start left: start over.
+        let leftovers = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
+        for c in leftovers { try await docker.remove(c.id, force: true) }
+        return try await startInstances(spec, env: env, indices: Array(0..<spec.settings.replicas), in: cell, docker)
+    }
+
+    /// The engine answers and has the image (pulled by digest: a no-op when it is there).
+    func prepare(_ spec: VersionSpec, in cell: Cell, _ docker: DockerClient) async throws {
         do {
             try await docker.ping()
         } catch {
@@ -52,17 +61,18 @@ public struct LocalDeployer: Deployer {
         } catch {
             throw KilnError.invalid("cell \(cell.name): cannot pull \(spec.image): \(Self.message(error))")
         }
-        // A re-run after a crash finds what an earlier start left: start over.
-        let leftovers = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
-        for c in leftovers { try await docker.remove(c.id, force: true) }
+    }
 
+    /// Creates and starts one container per index (`{baseName}-{cell}-{index}`), each on a
+    /// free host port of the cell's range; removes them all if one fails.
+    func startInstances(_ spec: VersionSpec, env: [String: String], indices: [Int], in cell: Cell, _ docker: DockerClient) async throws -> [Instance] {
         let used = Set(try await docker.containers(labeled: ["kiln.cell": cell.name]).compactMap { $0.labels["kiln.host-port"].flatMap(Int.init) })
         let host = cell.advertiseHost ?? "127.0.0.1"
         var started: [Instance] = []
         var taken: [Int] = []
         do {
             var candidates = cell.ports.makeIterator()
-            for index in 0..<spec.settings.replicas {
+            for (n, index) in indices.enumerated() {
                 var port: Int?
                 while let p = candidates.next() {
                     if used.contains(p) { continue }
@@ -72,7 +82,7 @@ public struct LocalDeployer: Deployer {
                 }
                 guard let port else {
                     let why = taken.isEmpty ? "all are used by other instances" : "port\(taken.count == 1 ? "" : "s") \(taken.prefix(5).map(String.init).joined(separator: ", ")) \(taken.count == 1 ? "is" : "are") already taken by another program"
-                    throw KilnError.conflict("cell \(cell.name): no free host port left in \(cell.ports.lowerBound)-\(cell.ports.upperBound) for instance \(index + 1) of \(spec.settings.replicas): \(why); free one, or widen the cell's range (kiln cell add \(cell.name) --ports FIRST-LAST)")
+                    throw KilnError.conflict("cell \(cell.name): no free host port left in \(cell.ports.lowerBound)-\(cell.ports.upperBound) for instance \(n + 1) of \(indices.count): \(why); free one, or widen the cell's range (kiln cell add \(cell.name) --ports FIRST-LAST)")
                 }
                 let name = "\(spec.baseName)-\(cell.name)-\(index)"
                 var labels = Self.labels(app: spec.app, version: spec.version, cell: cell.name)

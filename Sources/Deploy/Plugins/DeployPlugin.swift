@@ -49,28 +49,44 @@ public struct DeployPlugin: PostBuildPlugin {
         // previous version's settings under the pipeline's own.
         // The app belongs to the project whose pipeline first deployed it (docs/roles.md).
         let appMembers = try await store.members(ofApp: appName)
-        let (_, made) = try await store.update(appName) { app -> (AppVersion, Bool) in
-            guard app.allows(project: ctx.project.name, members: appMembers) else { throw app.refusal(project: ctx.project.name) }
-            if app.project == nil { app.project = app.owner ?? ctx.project.name }
-            if let existing = app.versions.last(where: { $0.build == ctx.build.id && $0.pipelineRun == ctx.run }) {
-                return (existing, false)
+        // A scaling under way first ends: the new version then takes its counts.
+        var attempt: (AppVersion, Bool)?
+        while attempt == nil {
+            try await waitForScaling(appName, ctx)
+            do {
+                attempt = try await store.update(appName) { app -> (AppVersion, Bool) in
+                    guard app.allows(project: ctx.project.name, members: appMembers) else { throw app.refusal(project: ctx.project.name) }
+                    if let op = app.scaling, op.isActive(at: Date()) { throw ScalingUnderWay(operation: op) }
+                    if app.project == nil { app.project = app.owner ?? ctx.project.name }
+                    if let existing = app.versions.last(where: { $0.build == ctx.build.id && $0.pipelineRun == ctx.run }) {
+                        return (existing, false)
+                    }
+                    let previous = app.current?.settings
+                    let settings = DeploySettings(
+                        port: ctx.int("port") ?? previous?.port ?? 8080,
+                        replicas: ctx.int("replicas") ?? previous?.replicas ?? 1,
+                        cpu: ctx.double("cpu") ?? previous?.cpu,
+                        memoryMB: ctx.int("memoryMB") ?? previous?.memoryMB,
+                        env: ctx.stringMap("env") ?? previous?.env ?? [:],
+                        healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health",
+                        secretEnv: ctx.strings("secretEnv") ?? previous?.secretEnv,
+                        // Counts a scaling set per cell go on, unless the step sets replicas itself.
+                        cellReplicas: ctx.int("replicas") == nil ? previous?.cellReplicas : nil)
+                    guard cells.contains(where: { settings.replicas(in: $0.name) > 0 }) else {
+                        throw KilnError.invalid("version \(app.nextNumber) of \(appName) would run no instance: the previous version was scaled to 0 in \(cells.map(\.name).joined(separator: ", ")); set replicas in the deploy step")
+                    }
+                    var v = AppVersion(number: app.nextNumber, build: ctx.build.id, project: ctx.project.name, image: image,
+                                       backend: backend, cells: cells.map(\.name), settings: settings)
+                    v.tag = ctx.build.tag
+                    v.pipelineRun = ctx.run
+                    app.versions.append(v)
+                    return (v, true)
+                }.1
+            } catch is ScalingUnderWay {
+                continue  // one began meanwhile: wait for it too
             }
-            let previous = app.current?.settings
-            let settings = DeploySettings(
-                port: ctx.int("port") ?? previous?.port ?? 8080,
-                replicas: ctx.int("replicas") ?? previous?.replicas ?? 1,
-                cpu: ctx.double("cpu") ?? previous?.cpu,
-                memoryMB: ctx.int("memoryMB") ?? previous?.memoryMB,
-                env: ctx.stringMap("env") ?? previous?.env ?? [:],
-                healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health",
-                secretEnv: ctx.strings("secretEnv") ?? previous?.secretEnv)
-            var v = AppVersion(number: app.nextNumber, build: ctx.build.id, project: ctx.project.name, image: image,
-                               backend: backend, cells: cells.map(\.name), settings: settings)
-            v.tag = ctx.build.tag
-            v.pipelineRun = ctx.run
-            app.versions.append(v)
-            return (v, true)
         }
+        let made = attempt!
         var version = made.0
         if !made.1, version.state == .ready || version.state == .live {
             return result(appName, version, note: " (made by an earlier attempt of this run)")
@@ -80,7 +96,11 @@ public struct DeployPlugin: PostBuildPlugin {
             try await store.updateVersion(appName, version.number) { $0.state = .deploying; $0.error = nil; $0.instances = [] }
         }
         let s = version.settings
-        await ctx.log("deploy: version \(version.number) of \(appName) from \(image) (\(tagged)): \(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", ")), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")\((s.secretEnv ?? []).isEmpty ? "" : ", secret env \((s.secretEnv ?? []).joined(separator: ","))")")
+        let perCell: [String] = cells.map { "\($0.name) \(s.replicas(in: $0.name))" }
+        let counts = s.cellReplicas == nil
+            ? "\(s.replicas) instance\(s.replicas == 1 ? "" : "s") per cell in \(cells.map(\.name).joined(separator: ", "))"
+            : "instances per cell: \(perCell.joined(separator: ", "))"
+        await ctx.log("deploy: version \(version.number) of \(appName) from \(image) (\(tagged)): \(counts), port \(s.port), health \(s.healthPath)\(s.cpu.map { ", \($0) CPU" } ?? "")\(s.memoryMB.map { ", \($0) MiB" } ?? "")\(s.env.isEmpty ? "" : ", env \(s.env.keys.sorted().joined(separator: ","))")\((s.secretEnv ?? []).isEmpty ? "" : ", secret env \((s.secretEnv ?? []).joined(separator: ","))")")
 
         let spec = VersionSpec(app: appName, version)
         do {
@@ -95,9 +115,12 @@ public struct DeployPlugin: PostBuildPlugin {
             // clean-up looked); then everything this version started is removed below.
             let outcomes = await withTaskGroup(of: Result<[Instance], any Error>.self) { group in
                 for cell in cells {
-                    group.addTask {
+                    // Each cell with its own count (`cellReplicas`, set by a scaling).
+                    var cellSpec = startSpec
+                    cellSpec.settings.replicas = s.replicas(in: cell.name)
+                    group.addTask { [cellSpec] in
                         do {
-                            let instances = try await deployer.start(startSpec, in: cell)
+                            let instances = try await deployer.start(cellSpec, in: cell)
                             await ctx.log("deploy: cell \(cell.name): started \(instances.map { "\($0.name) at \($0.address)" }.joined(separator: ", "))")
                             return .success(instances)
                         } catch {
@@ -160,10 +183,26 @@ public struct DeployPlugin: PostBuildPlugin {
         }
     }
 
+    /// Waits while a scaling holds the app (`App.scaling`, at most until its claim lapses),
+    /// saying so in the build's log once.
+    func waitForScaling(_ appName: String, _ ctx: PluginContext) async throws {
+        var said = false
+        while let op = try await env.store.app(appName)?.scaling, op.isActive(at: Date()) {
+            if !said { await ctx.log("deploy: app \(appName) is \(op.description); waiting for it to end") }
+            said = true
+            try await Task.sleep(for: .milliseconds(500))
+        }
+    }
+
     func result(_ app: String, _ v: AppVersion, note: String) -> PluginResult {
         let cells = Set(v.instances.map(\.cell)).count
         return PluginResult(
             summary: "version \(v.number) of \(app): \(v.instances.count) instance\(v.instances.count == 1 ? "" : "s") healthy in \(cells) cell\(cells == 1 ? "" : "s")\(note)",
             outputs: ["app": .string(app), "version": .number(Double(v.number))])
     }
+}
+
+/// A scaling began between the deploy step's wait and its write: it waits again.
+struct ScalingUnderWay: Error {
+    let operation: ScaleOperation
 }

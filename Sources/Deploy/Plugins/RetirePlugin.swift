@@ -64,7 +64,8 @@ public struct RetirePlugin: PostBuildPlugin {
         var stopped = 0
         for v in retiring {
             let spec = VersionSpec(app: appName, v)
-            for (cellName, instances) in Dictionary(grouping: v.instances, by: \.cell) {
+            // With any a scaling left starting or stopping (never in a domain).
+            for (cellName, instances) in Dictionary(grouping: v.instances + (v.scalingInstances ?? []), by: \.cell) {
                 guard let cell = cells.first(where: { $0.name == cellName }) else {
                     await ctx.log("retire: cell \(cellName) no longer exists; \(instances.count) instance(s) of v\(v.number) there were not stopped")
                     continue
@@ -72,7 +73,7 @@ public struct RetirePlugin: PostBuildPlugin {
                 try await env.deployer(cell.backend).stop(instances, of: spec, in: cell)
                 stopped += instances.count
             }
-            try await store.updateVersion(appName, v.number) { $0.state = .retired; $0.instances = [] }
+            try await store.updateVersion(appName, v.number) { $0.state = .retired; $0.instances = []; $0.scalingInstances = nil }
         }
         return PluginResult(summary: "retired \(retiring.map { "v\($0.number)" }.joined(separator: ", ")) (\(stopped) instance\(stopped == 1 ? "" : "s") stopped); v\(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
     }

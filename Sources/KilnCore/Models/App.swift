@@ -5,8 +5,11 @@ import Foundation
 public struct DeploySettings: Codable, Sendable, Equatable {
     /// The port the app listens on inside its container.
     public var port: Int
-    /// Instances per cell.
+    /// Instances per cell, in every cell not named in ``cellReplicas``.
     public var replicas: Int
+    /// Cells whose count differs from ``replicas`` (set by `kiln apps scale APP --cell C`);
+    /// nil: every cell runs ``replicas``. Read it through ``replicas(in:)``.
+    public var cellReplicas: [String: Int]?
     public var cpu: Double?
     public var memoryMB: Int?
     public var env: [String: String]
@@ -19,8 +22,9 @@ public struct DeploySettings: Codable, Sendable, Equatable {
     public var secretEnv: [String]?
 
     public init(port: Int, replicas: Int = 1, cpu: Double? = nil, memoryMB: Int? = nil, env: [String: String] = [:], healthPath: String = "/health",
-                secretEnv: [String]? = nil) {
+                secretEnv: [String]? = nil, cellReplicas: [String: Int]? = nil) {
         self.port = port
+        self.cellReplicas = cellReplicas
         self.replicas = replicas
         self.cpu = cpu
         self.memoryMB = memoryMB
@@ -90,6 +94,11 @@ public struct AppVersion: Codable, Sendable, Equatable {
     public var state: VersionState
     public var instances: [Instance]
     public var error: String?
+    /// Instances a scaling is starting (not yet healthy) or stopping (out of the load balancer,
+    /// draining): never in a domain, never checked by discovery. Retire stops them with the
+    /// version; a scaling that finds some here (its predecessor stopped half way) stops them
+    /// first. nil: none.
+    public var scalingInstances: [Instance]?
     public var createdAt: Date
     public var updatedAt: Date
 
@@ -134,6 +143,9 @@ public struct App: Codable, Sendable, Equatable {
     /// it are pruned at the app's next write, versions that run never (``prunedVersions()``).
     /// The builds of the versions kept are roll-back candidates, never pruned.
     public var keepVersions: Int?
+    /// The scaling under way, if any (``ScaleOperation``): one at a time per app; a deploy step
+    /// waits for it to end before it makes its version.
+    public var scaling: ScaleOperation?
     public var updatedAt: Date
 
     public init(name: String, versions: [AppVersion] = [], lb: [LBBinding] = [], project: String? = nil, updatedAt: Date = Date()) {

@@ -5,6 +5,7 @@ import Hummingbird
 import KilnCore
 import Logging
 import NIOCore
+import Plugins
 
 /// The scheduler's HTTP API, `/api/v1/…` (JSON, camelCase keys; errors are
 /// `{"error": "…"}` with a 4xx or 5xx status).
@@ -21,10 +22,13 @@ public struct API: Sendable {
     let secrets: SchedulerSecrets
     /// etcd's size and alarms (nil: not watched; no `kiln_etcd_*` metrics, no `etcd` in the agents' listing).
     let etcdHealth: EtcdHealth?
+    /// Scales apps (`POST /api/v1/apps/{name}/scale`); nil: that route answers 503.
+    let scaler: (any AppScaling)?
 
     public init(store: SchedulerStore, schedulerID: String = Dispatcher.defaultID(), metrics: SchedulerMetrics = SchedulerMetrics(),
-                secrets: SchedulerSecrets? = nil, etcdHealth: EtcdHealth? = nil, logger: Logger) {
+                secrets: SchedulerSecrets? = nil, etcdHealth: EtcdHealth? = nil, scaler: (any AppScaling)? = nil, logger: Logger) {
         self.etcdHealth = etcdHealth
+        self.scaler = scaler
         self.store = store
         self.schedulerID = schedulerID
         self.metrics = metrics
@@ -56,6 +60,7 @@ public struct API: Sendable {
         identity.addRoutes(to: api)
         SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
         RetentionAPI(store: store, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
+        ScaleAPI(store: store, auth: auth, identity: identity, scaler: scaler, logger: logger).addRoutes(to: api)
         AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
