@@ -80,7 +80,7 @@ public func buildSchedulerApplication(
     let etcdHealth = EtcdHealth(etcd: etcd, quotaBytes: configuration.etcdQuotaBytes, interval: configuration.etcdHealthInterval,
                                 compactAt: configuration.etcdCompactAt, keepHistory: configuration.etcdKeepHistory, logger: logger)
     API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
-    Console(store: store, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }
