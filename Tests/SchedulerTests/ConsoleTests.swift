@@ -294,19 +294,23 @@ struct ConsoleTests {
             let queued = try await h.build(id)
             #expect(queued.tag == "v1" && queued.mvncache == false && queued.ref == "main" && queued.trigger == "console by admin", "\(queued)")
 
-            // It runs on agent-one (its task key, as the dispatcher writes it); the log grows on the page.
-            let project = try await SchedulerStore(etcd: h.etcd).project("webshop")
-            let task = BuildTask(build: id, project: project, ref: "main", commit: nil, tag: "v1", mvncache: false, attempt: 1)
-            try await h.etcd.put(h.keys.task(agent: "agent-one", build: id), try KilnJSON.encode(task))
+            // It runs on agent-one, with its task key as the dispatcher writes it (the agent
+            // registers once the build has left the queue, so the dispatcher assigns nothing);
+            // the log grows on the page.
             try await write(h, build: id, log: [LogChunk(seq: 0, lines: ["fetch: cloning"])]) { b in
                 b.status = .running
                 b.agent = "agent-one"
                 b.attempt = 1
             }
+            _ = try await registerAgent(h, id: "agent-one", capacity: 1, ttl: 600)
+            let project = try await SchedulerStore(etcd: h.etcd).project("webshop")
+            let task = BuildTask(build: id, project: project, ref: "main", commit: nil, tag: "v1", mvncache: false, attempt: 1)
+            try await h.etcd.put(h.keys.task(agent: "agent-one", build: id), try KilnJSON.encode(task))
             try await browser.load(h.api + "/ui/builds/\(id)", session: tab)
             _ = try await browser.waitForLog(containing: "fetch: cloning", session: tab)
             try await write(h, build: id, log: [LogChunk(seq: 1, lines: ["compile: mvn package"])])
-            #expect(try await browser.waitForLog(containing: "compile: mvn package", session: tab).hasPrefix("fetch: cloning\ncompile: mvn package\n"))
+            let log = try await browser.waitForLog(containing: "compile: mvn package", session: tab)
+            #expect(log.hasPrefix("fetch: cloning\ncompile: mvn package\n"), "\(log)")
             try await screenshot(browser, tab, "build-from-form-running.png")
 
             // Cancel: the task tells the agent; the agent ends the build, and the page follows.
