@@ -122,11 +122,9 @@ public struct SchedulerStore: Sendable {
     /// commit a person's request names marks the build `commitPinnedByRequest`.
     func enqueue(_ project: Project, request: BuildRequest, delivery: String?, vouchedCommit: Bool = false) async throws -> (build: Build, created: Bool) {
         let name = project.name
+        try request.problems().throwFirst()
         let ref = request.ref ?? project.defaultBranch
         try Validation.ref(ref)
-        if let c = request.commit { try Validation.commit(c) }
-        if let t = request.tag { try Validation.tag(t) }
-        if let p = request.priority, !(-1000...1000).contains(p) { throw KilnError.invalid("priority \(p) is out of range: use -1000 to 1000 (higher goes first)") }
         var build = Build(
             id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")

@@ -261,7 +261,87 @@ struct ConsoleTests {
         }
     }
 
+    /// The forms as a person uses them: a project made through its form (a typo first, shown
+    /// beside its field, the rest kept), a build started from the project's page with a tag
+    /// and the Maven cache off, its log growing, then cancelled while it runs (the test plays
+    /// the agent, which ends a build it is told to cancel). A screenshot of each page.
+    @Test func aProjectAndABuildFromTheFormsInChromium() async throws {
+        let chromium = try Chromium.path()
+        try await withScheduler { h in
+            let browser = try Browser.launch(chromium)
+            defer { browser.close() }
+            let tab = try await browser.attachToPage()
+            #expect(try await browser.logIn(h.api, user: "admin", password: h.adminToken, session: tab) == h.api + "/")
+            #expect(try await browser.clickLink("#new-project", session: tab) == h.api + "/ui/new-project")
+            let typed = ["name": "webshop", "repository": "http//127.0.0.1:1/webshop.git", "buildImage": "a:1", "buildCommand": "make", "branches": "main\nrelease/*"]
+            #expect(try await browser.submit("#project-form", fields: typed, session: tab) == h.api + "/ui/new-project")
+            #expect(try await browser.evaluate("document.getElementById('error-repository').textContent", session: tab).contains("has no transport"))
+            #expect(try await browser.evaluate("document.getElementById('f-branches').value + '|' + document.getElementById('f-buildImage').value", session: tab) == "main\nrelease/*|a:1")
+            try await screenshot(browser, tab, "project-form-refused.png")
+            #expect(try await h.etcd.get(h.keys.project("webshop")) == nil)
+
+            _ = try await browser.evaluate("document.getElementById('f-generateWebhookSecret').checked = true; 'ticked'", session: tab)
+            try await browser.submit("#project-form", fields: ["repository": "http://127.0.0.1:1/webshop.git"], session: tab)
+            let token = try await browser.evaluate("document.getElementById('webhook-token').textContent", session: tab)
+            #expect(token.count == 43)
+            #expect(try await browser.evaluate("document.getElementById('webhook-url').textContent", session: tab) == h.api + "/hooks/gitlab")
+            try await screenshot(browser, tab, "project-created.png")
+
+            // The build form of the project's page: a tag, the Maven cache unticked.
+            _ = try await browser.evaluate("document.getElementById('b-mvncache').checked = false; 'unticked'", session: tab)
+            let page = try await browser.submit("#build-form", fields: ["ref": "main", "tag": "v1"], session: tab)
+            let id = String(try #require(page.components(separatedBy: "/ui/builds/").last))
+            let queued = try await h.build(id)
+            #expect(queued.tag == "v1" && queued.mvncache == false && queued.ref == "main" && queued.trigger == "console by admin", "\(queued)")
+
+            // It runs on agent-one, with its task key as the dispatcher writes it (the agent
+            // registers once the build has left the queue, so the dispatcher assigns nothing);
+            // the log grows on the page.
+            try await write(h, build: id, log: [LogChunk(seq: 0, lines: ["fetch: cloning"])]) { b in
+                b.status = .running
+                b.agent = "agent-one"
+                b.attempt = 1
+            }
+            _ = try await registerAgent(h, id: "agent-one", capacity: 1, ttl: 600)
+            let project = try await SchedulerStore(etcd: h.etcd).project("webshop")
+            let task = BuildTask(build: id, project: project, ref: "main", commit: nil, tag: "v1", mvncache: false, attempt: 1)
+            try await h.etcd.put(h.keys.task(agent: "agent-one", build: id), try KilnJSON.encode(task))
+            try await browser.load(h.api + "/ui/builds/\(id)", session: tab)
+            _ = try await browser.waitForLog(containing: "fetch: cloning", session: tab)
+            try await write(h, build: id, log: [LogChunk(seq: 1, lines: ["compile: mvn package"])])
+            let log = try await browser.waitForLog(containing: "compile: mvn package", session: tab)
+            #expect(log.hasPrefix("fetch: cloning\ncompile: mvn package\n"), "\(log)")
+            try await screenshot(browser, tab, "build-from-form-running.png")
+
+            // Cancel: the task tells the agent; the agent ends the build, and the page follows.
+            #expect(try await browser.submit("#cancel", session: tab) == h.api + "/ui/builds/\(id)")
+            let told = try KilnJSON.decode(BuildTask.self, from: try #require(try await h.etcd.get(h.keys.task(agent: "agent-one", build: id))).value)
+            #expect(told.cancel)
+            try await write(h, build: id, log: [LogChunk(seq: 2, lines: ["cancelled"], end: true)]) { b in
+                b.status = .cancelled
+                b.finishedAt = Date()
+            }
+            #expect(try await browser.evaluate("""
+                new Promise(function(resolve) {
+                  function check() { var s = document.getElementById('summary'); if (s.dataset.status === 'cancelled') { resolve(s.dataset.status); return true; } }
+                  if (!check()) new MutationObserver(check).observe(document.body, {subtree: true, childList: true, attributes: true});
+                })
+                """, session: tab) == "cancelled")
+            #expect(try await browser.evaluate("String(document.getElementById('cancel'))", session: tab) == "null")
+            #expect(try await browser.evaluate("String(document.getElementById('rebuild') !== null)", session: tab) == "true")
+            try await screenshot(browser, tab, "build-cancelled.png")
+        }
+    }
+
     // MARK: helpers
+
+    /// A picture of the page, kept under .build/test-artifacts/console.
+    func screenshot(_ browser: Browser, _ tab: String, _ name: String) async throws {
+        try FileManager.default.createDirectory(at: Self.artifacts, withIntermediateDirectories: true)
+        let png = Self.artifacts.appendingPathComponent(name)
+        try await browser.screenshot(to: png, session: tab)
+        #expect(try Data(contentsOf: png).count > 1000)
+    }
 
     func queueBuild(_ h: SchedulerHarness, project: String, tag: String?) async throws -> String {
         let body = tag.map { #"{"ref":"main","tag":"\#($0)"}"# } ?? #"{"ref":"main"}"#

@@ -25,6 +25,22 @@ public struct BuildRequest: Codable, Sendable {
         self.trigger = trigger
         self.priority = priority
     }
+
+    /// The priorities a request may ask for.
+    public static let priorityRange = -1000...1000
+
+    /// Each field's problem (JSON names), checked on its own; the store queues nothing while
+    /// there is one, and answers the first. A missing ref is the project's default branch.
+    public func problems() -> [FieldProblem] {
+        [
+            FieldProblem.check("ref") { if let ref { try Validation.ref(ref) } },
+            FieldProblem.check("commit") { if let commit { try Validation.commit(commit) } },
+            FieldProblem.check("tag") { if let tag { try Validation.tag(tag) } },
+            FieldProblem.check("priority") {
+                if let p = priority, !Self.priorityRange.contains(p) { throw KilnError.invalid("priority \(p) is out of range: use -1000 to 1000 (higher goes first)") }
+            },
+        ].compactMap { $0 }
+    }
 }
 
 /// `GET /api/v1/scheduler`: which scheduler answers and which one dispatches.

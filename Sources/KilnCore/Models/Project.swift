@@ -180,48 +180,67 @@ public struct Project: Codable, Sendable, Equatable {
         return pi == p.count
     }
 
-    /// Checks every field; throws `KilnError.invalid` naming the first bad one.
+    /// Checks every field; throws `KilnError.invalid` naming the first bad one (the first of
+    /// ``problems()``).
     public func validate() throws {
-        try Validation.projectName(name)
-        try Validation.repositoryURL(repository)
-        try Validation.repositoryURLHasNoPassword(repository)
-        try Validation.imageReference(buildImage, field: "buildImage")
-        if buildCommand.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-            throw KilnError.invalid("buildCommand is empty: give the command that builds the project, for example \"mvn -B -q package\"")
-        }
-        if buildCommand.contains("\0") { throw KilnError.invalid("buildCommand contains a NUL byte") }
-        try Validation.relativePath(dockerfile, field: "dockerfile")
-        try Validation.relativePath(context, field: "context")
-        try Validation.ref(defaultBranch, field: "defaultBranch")
-        for l in labels { try Validation.label(l) }
-        if let patterns = branches {
-            if patterns.isEmpty || patterns.count > 100 { throw KilnError.invalid("branches must list 1 to 100 patterns, for example [\"main\", \"release/*\"]; leave it out to build the default branch only") }
-            for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "branches pattern") }
-        }
-        if let secret = webhookSecret, !secret.isEmpty {
-            if secret.utf8.count > 256 || secret.utf8.contains(where: { $0 < 0x21 || $0 == 0x7f }) {
-                throw KilnError.invalid("webhookSecret must be 1 to 256 visible characters without spaces (GitLab's \"Secret token\" of the webhook)")
-            }
-        }
-        if let patterns = protectedRefs {
-            if patterns.count > 100 { throw KilnError.invalid("protectedRefs lists \(patterns.count) patterns: use at most 100, for example [\"release/*\", \"refs/tags/v*\"]") }
-            for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "protectedRefs pattern") }
-        }
-        try limits?.validate(field: "limits")
-        try retention?.validate()
-        if let group { try Validation.projectName(group, what: "group name") }
-        if let targets = pushTo {
-            if targets.count > 10 { throw KilnError.invalid("pushTo lists \(targets.count) repositories: use at most 10") }
-            for t in targets {
-                try Validation.imageReference(t, field: "pushTo")
-                guard let slash = t.firstIndex(of: "/"), t[..<slash].contains(where: { $0 == "." || $0 == ":" }) || t.hasPrefix("localhost/"),
-                      !t.contains("@"), !t[t.index(after: slash)...].contains(":") else {
-                    throw KilnError.invalid("pushTo entry '\(Validation.printable(t))' is not a repository of another registry: give host[:port]/path without a tag (registry.example.com/team/app); the build's tag is used")
+        try problems().throwFirst()
+    }
+
+    /// Every field's problem, each checked on its own, in the order `validate()` reports them;
+    /// `field` is the field's JSON name. The console's project form shows each beside its field.
+    public func problems() -> [FieldProblem] {
+        let checks: [(String, () throws -> Void)] = [
+            ("name", { try Validation.projectName(name) }),
+            ("repository", {
+                try Validation.repositoryURL(repository)
+                try Validation.repositoryURLHasNoPassword(repository)
+            }),
+            ("buildImage", { try Validation.imageReference(buildImage, field: "buildImage") }),
+            ("buildCommand", {
+                if buildCommand.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+                    throw KilnError.invalid("buildCommand is empty: give the command that builds the project, for example \"mvn -B -q package\"")
                 }
-            }
-        }
-        if let m = maxConcurrent, !(1...1000).contains(m) {
-            throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
-        }
+                if buildCommand.contains("\0") { throw KilnError.invalid("buildCommand contains a NUL byte") }
+            }),
+            ("dockerfile", { try Validation.relativePath(dockerfile, field: "dockerfile") }),
+            ("context", { try Validation.relativePath(context, field: "context") }),
+            ("defaultBranch", { try Validation.ref(defaultBranch, field: "defaultBranch") }),
+            ("labels", { for l in labels { try Validation.label(l) } }),
+            ("branches", {
+                guard let patterns = branches else { return }
+                if patterns.isEmpty || patterns.count > 100 { throw KilnError.invalid("branches must list 1 to 100 patterns, for example [\"main\", \"release/*\"]; leave it out to build the default branch only") }
+                for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "branches pattern") }
+            }),
+            ("webhookSecret", {
+                if let secret = webhookSecret, !secret.isEmpty, secret.utf8.count > 256 || secret.utf8.contains(where: { $0 < 0x21 || $0 == 0x7f }) {
+                    throw KilnError.invalid("webhookSecret must be 1 to 256 visible characters without spaces (GitLab's \"Secret token\" of the webhook)")
+                }
+            }),
+            ("protectedRefs", {
+                guard let patterns = protectedRefs else { return }
+                if patterns.count > 100 { throw KilnError.invalid("protectedRefs lists \(patterns.count) patterns: use at most 100, for example [\"release/*\", \"refs/tags/v*\"]") }
+                for p in patterns { try Validation.ref(p.replacingOccurrences(of: "*", with: "x"), field: "protectedRefs pattern") }
+            }),
+            ("limits", { try limits?.validate(field: "limits") }),
+            ("retention", { try retention?.validate() }),
+            ("group", { if let group { try Validation.projectName(group, what: "group name") } }),
+            ("pushTo", {
+                guard let targets = pushTo else { return }
+                if targets.count > 10 { throw KilnError.invalid("pushTo lists \(targets.count) repositories: use at most 10") }
+                for t in targets {
+                    try Validation.imageReference(t, field: "pushTo")
+                    guard let slash = t.firstIndex(of: "/"), t[..<slash].contains(where: { $0 == "." || $0 == ":" }) || t.hasPrefix("localhost/"),
+                          !t.contains("@"), !t[t.index(after: slash)...].contains(":") else {
+                        throw KilnError.invalid("pushTo entry '\(Validation.printable(t))' is not a repository of another registry: give host[:port]/path without a tag (registry.example.com/team/app); the build's tag is used")
+                    }
+                }
+            }),
+            ("maxConcurrent", {
+                if let m = maxConcurrent, !(1...1000).contains(m) {
+                    throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")
+                }
+            }),
+        ]
+        return checks.compactMap { FieldProblem.check($0.0, $0.1) }
     }
 }

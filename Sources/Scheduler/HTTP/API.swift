@@ -76,40 +76,8 @@ public struct API: Sendable {
             let caller = try await auth.caller(request, context: context)
             var request = request
             let asked = try decodeBody(Project.self, from: try await request.collectBody(upTo: maxBody))
-            try Validation.projectName(asked.name)
-            // The webhook token is sealed apart from the record (write-only: never shown again).
-            var project = asked
-            project.webhookSecret = nil
-            // What this decision is made on is what the write compares against (no swap between).
-            let existing = try await store.projectIfExists(project.name)
-            if let existing {
-                // A name is global: someone who cannot see the project learns only that it is taken.
-                guard try await access.role(caller, on: .project, project.name, project: existing.project) != nil else {
-                    throw KilnError.conflict("a project named '\(project.name)' exists already and you are not its member: choose another name")
-                }
-                // Moving a project between groups changes who holds roles on it (a group's
-                // owner would own it): owners only.
-                let permission: Permission = project.group != existing.project.group ? .own : .manage
-                try await access.require(permission, caller, on: .project, project.name, project: existing.project, hidden: projectNotFound(project.name))
-            }
-            if let group = project.group, group != existing?.project.group {
-                // Putting a project in a group gives it the group's images and secrets (protected-only
-                // ones included, on refs the project's own settings call protected): masters of
-                // the group only, who may set those secrets anyway.
-                try await access.require(.setSecrets, caller, on: .group, group, hidden: groupNotFound(group))
-            }
-            var webhookWrite: TxnOp?
-            if let token = asked.webhookSecret {
-                try asked.validate()
-                // An empty one removes it; none at all (a project saved back as the API shows it) keeps it.
-                webhookWrite = token.isEmpty ? .delete(store.keys.webhookSecret(project: project.name))
-                    : try secrets.require(to: "keep a webhook token").webhookSecretWrite(token, project: project.name, by: caller.user)
-            }
-            let created = try await store.saveProject(project, creator: caller.user, replacing: existing, webhookWrite: webhookWrite)
-            logger.info(created ? "project added" : "project changed", metadata: ["project": "\(project.name)", "by": "\(caller.user)"])
-            try await store.record(ActivityEvent(user: caller.user, action: created ? "project created" : "settings changed",
-                                                 detail: created ? nil : ProjectChanges.describe(from: existing?.project, to: asked)), on: .project, project.name)
-            return json(try await store.project(project.name).redacted, status: created ? .created : .ok)  // a master or above: all but the secret
+            let saved = try await saveProject(asked, by: caller, access: access)
+            return json(saved.project, status: saved.created ? .created : .ok)  // a master or above: all but the secret
         }
         api.get("projects/:name") { request, context in
             let name = try context.parameters.require("name")
@@ -125,15 +93,9 @@ public struct API: Sendable {
         api.post("projects/:name/builds") { request, context in
             let caller = try await auth.caller(request, context: context)
             var request = request
-            let name = try context.parameters.require("name")
-            let project = try await visibleProject(name, .build, caller, access)
             let body = try await request.collectBody(upTo: maxBody)
-            var req = body.readableBytes == 0 ? BuildRequest() : try decodeBody(BuildRequest.self, from: body)
-            // Who asked is recorded with the build (its activity line); a client cannot name another.
-            req.trigger = "\(Validation.printable(String((req.trigger ?? "api").prefix(40)))) by \(caller.user)"
-            let build = try await store.enqueue(project, request: req, delivery: nil).build
-            logger.info("queued", metadata: ["build.id": "\(build.id)", "project": "\(name)", "ref": "\(build.ref)", "by": "\(caller.user)"])
-            return json(build, status: .created)
+            let req = body.readableBytes == 0 ? BuildRequest() : try decodeBody(BuildRequest.self, from: body)
+            return json(try await startBuild(try context.parameters.require("name"), req, by: caller, access: access), status: .created)
         }
         // A page of builds, newest first (BuildPage): the next page's cursor in X-Next-Cursor and Link.
         api.get("builds") { request, context in
@@ -161,11 +123,7 @@ public struct API: Sendable {
         }
         api.post("builds/:id/cancel") { request, context in
             let caller = try await auth.caller(request, context: context)
-            let build = try await visibleBuild(try context.parameters.require("id"), .build, caller, access)
-            logger.info("cancel requested", metadata: ["build.id": "\(build.id)", "by": "\(caller.user)"])
-            let cancelled = try await store.cancel(build.id, reason: "cancelled by \(caller.user)")
-            try await store.record(ActivityEvent(user: caller.user, action: "build cancelled", build: build.id), on: .project, build.project)
-            return json(cancelled)
+            return json(try await cancelBuild(try context.parameters.require("id"), by: caller, access: access))
         }
         api.get("builds/:id/log") { request, context in
             let build = try await visibleBuild(try context.parameters.require("id"), .read, try await auth.caller(request, context: context), access)

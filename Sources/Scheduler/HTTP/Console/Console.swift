@@ -9,7 +9,8 @@ import NIOCore
 /// The web console the scheduler serves beside its API: `/` (projects, recent builds, apps,
 /// agents), `/ui/projects/{name}`, `/ui/builds[?project=][&cursor=]` (builds a page at a
 /// time), `/ui/builds/{id}` (with the live log), `/ui/agents`,
-/// `/ui/roles`, and the login and log out of `Console+Login.swift` (docs/console.md).
+/// `/ui/roles`, the login and log out of `Console+Login.swift`, and the project and build
+/// forms of `Console+Projects.swift` (docs/console.md).
 ///
 /// Every page needs a console session (a cookie, `ConsoleSession`): without one a page
 /// redirects to the login page, and what a page fetches (the log, the summary) answers 401.
@@ -34,12 +35,15 @@ public struct Console: Sendable {
     let etcdHealth: EtcdHealth?
     let logger: Logger
 
-    public init(store: SchedulerStore, secureCookies: Bool = false, etcdHealth: EtcdHealth? = nil, logger: Logger = Logger(label: "kiln.console")) {
+    /// `secrets`: the scheduler's sealed store, where a project form's webhook token goes (nil:
+    /// none, and a form that sets a token is told how to start the scheduler with one).
+    public init(store: SchedulerStore, secrets: SchedulerSecrets? = nil, secureCookies: Bool = false, etcdHealth: EtcdHealth? = nil,
+                logger: Logger = Logger(label: "kiln.console")) {
         self.store = store
         self.etcdHealth = etcdHealth
         self.auth = Authenticator(store: store, logger: logger)
         self.access = Access(store: store)
-        self.api = API(store: store, schedulerID: "console", logger: logger)
+        self.api = API(store: store, schedulerID: "console", secrets: secrets, logger: logger)
         self.secureCookies = secureCookies
         self.logger = logger
     }
@@ -85,16 +89,7 @@ public struct Console: Sendable {
             }
         }
         router.get("ui/projects/:name") { request, context in
-            try await page(request) { me in
-                let name = try context.parameters.require("name")
-                let project = try await api.visibleProject(name, .view, me.caller, access)
-                let builds = try await access.may(.read, me.caller, on: .project, name, project: project)
-                    ? try await store.buildPage(project: name, limit: 50) : nil
-                let activity = builds == nil ? nil : try await store.activity(.project, name, limit: 50)
-                let role = try await access.role(me.caller, on: .project, name, project: project) ?? .guest
-                return ConsolePages.project(api.shown(project, to: role), builds: builds?.builds, activity: activity, now: Date(), viewer: me.viewer,
-                                            older: builds?.next.map { "/ui/builds?project=\(name)&cursor=\($0)" })
-            }
+            try await page(request) { me in try await projectPage(try context.parameters.require("name"), me, request: request) }
         }
         router.get("ui/builds/:id") { request, context in
             try await page(request) { me in
@@ -131,14 +126,13 @@ public struct Console: Sendable {
             try await page(request) { me in ConsolePages.roles(viewer: me.viewer) }
         }
         form("ui/builds/:id/cancel", to: router) { _, context, me, _ in
-            let build = try await api.visibleBuild(try context.parameters.require("id"), .build, me.caller, access)
-            let cancelled = try await store.cancel(build.id, reason: "cancelled by \(me.caller.user) in the console")
-            logger.info("cancel requested", metadata: ["build.id": "\(build.id)", "by": "\(me.caller.user)", "via": "console"])
+            let cancelled = try await api.cancelBuild(try context.parameters.require("id"), by: me.caller, access: access, via: "console")
             return ConsoleHTTP.redirect("/ui/builds/\(cancelled.id)")
         }
+        addProjectRoutes(to: router)
     }
 
-    /// Whether the build page offers `me` the cancel button (developers and up).
+    /// Whether the build page offers `me` the cancel and rebuild buttons (developers and up).
     private func mayCancel(_ build: Build, _ me: SignedIn) async throws -> Bool {
         try await access.may(.build, me.caller, on: .project, build.project)
     }
@@ -178,7 +172,7 @@ public struct Console: Sendable {
 
     /// A page: without a session, a redirect to the login page (which comes back here);
     /// an error, an HTML page with the error's status (404 for what the viewer may not see).
-    private func page(_ request: Request, _ render: (SignedIn) async throws -> HTML) async throws -> Response {
+    func page(_ request: Request, _ render: (SignedIn) async throws -> HTML) async throws -> Response {
         var me: SignedIn?
         do {
             guard let signed = try await signedIn(request) else { return ConsoleHTTP.toLogin(from: request) }

@@ -33,7 +33,7 @@ enum ConsolePages {
             <h1>Kiln</h1>
             \(etcdWarning(etcd))
             <h2>Projects</h2>
-            \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project you are a member of: add one with <code>kiln project add</code>, or ask a project's master to add you."))
+            \(table(["project", "repository", "default branch", "last build"], projectRows, empty: "No project you are a member of: <a href=\"/ui/new-project\">add one</a> (or <code>kiln project add</code>), or ask a project's master to add you."))
             <h2>Recent builds</h2>
             \(buildsTable(builds, now: now, showProject: true))
             \(olderLink(older))
@@ -45,8 +45,10 @@ enum ConsolePages {
     }
 
     /// `builds` and `activity`: nil when the viewer may see the project but not read its
-    /// records (a guest). `older`: the next page of its builds.
-    static func project(_ p: Project, builds: [Build]?, activity: [ActivityEntry]?, now: Date, viewer: ConsoleViewer, older: String? = nil) -> HTML {
+    /// records (a guest). `older`: the next page of its builds. `actions`: the edit link, the
+    /// webhook box and the build form, each as the viewer's role allows.
+    static func project(_ p: Project, builds: [Build]?, activity: [ActivityEntry]?, now: Date, viewer: ConsoleViewer, older: String? = nil,
+                        actions: ProjectActions = ProjectActions()) -> HTML {
         var settings: [(String, String)] = [
             ("repository", p.repository), ("build image", p.buildImage), ("build command", p.buildCommand),
             ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
@@ -75,9 +77,15 @@ enum ConsolePages {
         } else {
             records = "<p class=\"muted\" id=\"no-records\">Your role on this project lets you see its settings, not its builds, logs or activity: reporters and above read them (see <a href=\"/ui/roles\">roles</a>).</p>"
         }
-        return layout(title: "\(p.name) · Kiln", refresh: 10, viewer: viewer, body: """
+        let edit: HTML = actions.mayEdit ? " <small><a id=\"edit\" href=\"/ui/projects/\(p.name)/edit\">Edit settings</a></small>" : ""
+        let startBuild: HTML = actions.buildForm.map { buildForm($0, project: p.name, refs: actions.refs, csrf: viewer.csrf) } ?? ""
+        // A page with a form being filled in (or a token shown once) must not reload itself.
+        let quiet = actions.buildForm != nil || actions.webhook?.newToken != nil
+        return layout(title: "\(p.name) · Kiln", refresh: quiet ? nil : 10, viewer: viewer, body: """
             <h1>Project <span id="project">\(p.name)</span></h1>
-            <h2>Settings</h2>
+            \(actions.webhook.map(webhookBox) ?? "")
+            \(startBuild)
+            <h2>Settings\(edit)</h2>
             \(definitions(settings))
             \(records)
             """)
@@ -95,7 +103,7 @@ enum ConsolePages {
     }
 
     /// The build page: the summary (refreshed by the script) and the live log. `mayCancel`:
-    /// the viewer may cancel it (developer and up), so a running build shows the button.
+    /// the viewer may cancel and rebuild it (developer and up), so it shows the buttons.
     static func build(_ b: Build, now: Date, viewer: ConsoleViewer, mayCancel: Bool) -> HTML {
         layout(title: "\(b.id) · Kiln", refresh: nil, viewer: viewer, body: """
             <h1>Build <span id="build">\(b.id)</span> of \(projectLink(b.project))</h1>
@@ -107,21 +115,21 @@ enum ConsolePages {
     }
 
     /// The part of the build page that changes while it runs: status, fields, step bar, and
-    /// while it has not ended the cancel button for a `canceller` (one who may cancel).
+    /// for a `canceller` (one who may build) the rebuild button and, while it has not ended,
+    /// the cancel button.
     static func buildSummary(_ b: Build, now: Date, canceller: ConsoleViewer?) -> HTML {
         var fields: [(String, String)] = [
             ("status", b.status.rawValue), ("ref", b.ref), ("commit", b.commit ?? "—"), ("tag", b.tag ?? "—"),
             ("image", b.image ?? "—"), ("digest", b.digest ?? "—"), ("agent", b.agent ?? "—"),
             ("attempt", String(b.attempt)), ("trigger", b.trigger ?? "api"), ("Maven cache", b.mvncache ? "yes" : "no"),
+            ("priority", String(b.priority ?? 0)),
             ("created", when(b.createdAt)),
         ]
         if let d = b.durationMs { fields.append(("duration", seconds(d))) }
         if let w = b.waiting, b.status == .queued { fields.append(("waiting", w)) }
         let error: HTML = b.error.map { e -> HTML in "<p class=\"error\" id=\"error\">\(e)</p>" } ?? ""
         let pipeline: HTML = b.deploy.map(pipelineRun) ?? ""
-        let cancel: HTML = canceller.flatMap { v -> HTML? in
-            b.status.isFinal ? nil : ConsoleForm.render(action: "/ui/builds/\(b.id)/cancel", button: "Cancel build", csrf: v.csrf, id: "cancel")
-        } ?? ""
+        let cancel: HTML = canceller.map { buildButtons(b, csrf: $0.csrf) } ?? ""
         return """
             <div id="summary" data-status="\(b.status.rawValue)">
             <p>\(badge(b.status)) \(cancel)</p>
