@@ -47,9 +47,12 @@ struct SimulatedAgentTests {
     @Test func aSimulatedLogAndDiskUseAreWrittenForReal() async throws {
         try await withSimulatedAgent(SimulatedDuration(seconds: 0.2), log: SimulatedSize("64K"), disk: SimulatedSize("1M")) { etcd, dataDir in
             let (id, _) = try await assign(etcd)
-            try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
-                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .succeeded
+            // Any end, then which: a failure says why instead of a timeout (60 s: the whole suite loads the machine).
+            try await waitUntil(etcd, prefix: keys.build(id), timeout: .seconds(60)) { kvs in
+                kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status.isFinal == true
             }
+            let ended = try await record(etcd, id)
+            #expect(ended.status == .succeeded, "\(ended.status): \(ended.error ?? "")")
             // The log: at least the drawn 64 KiB of output in etcd's chunks, in several writes.
             let chunks = try await etcd.range(prefix: keys.logs).kvs.compactMap { try? KilnJSON.decode(LogChunk.self, from: $0.value) }
             let bytes = chunks.flatMap(\.lines).reduce(0) { $0 + $1.utf8.count + 1 }
