@@ -4,6 +4,8 @@ import Foundation
 import KilnCore
 import LocalFarm
 import Synchronization
+import ArgumentParser
+import UnixSignals
 
 /// The processes of `kiln-bench farm`: each phase's farm (the harness's `ProcessFarm`: a real
 /// etcd, a `kiln scheduler` and simulated `kiln agent`s) and the floor's bare etcd, all
@@ -113,5 +115,51 @@ struct FarmAPI: Sendable {
         let r = try await FarmHTTP.send("GET", base + path, headers: headers)
         guard r.status == 200 else { throw FarmError("GET \(path): HTTP \(r.status) \(r.body)") }
         return try KilnJSON.decode(T.self, from: r.body)
+    }
+}
+
+extension BenchRig {
+    /// Runs `body` (which appends to `reports`) until it ends or SIGINT/SIGTERM arrives, then
+    /// stops every process the rig started; writes the reports so far with `write` (told
+    /// whether the run completed) and says where; removes the rig's folder after a success
+    /// unless `keep`, keeps it after a failure. Throws `ExitCode` 1 (130 when interrupted).
+    func runInterruptibly(_ name: String, keep: Bool, reports: Locked<[PhaseReport]>,
+                          write: ([PhaseReport], Bool) throws -> URL,
+                          _ body: @escaping @Sendable () async throws -> Void) async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+        let outcome: Result<Void, Error> = await withTaskGroup(of: Result<Void, Error>?.self) { group in
+            group.addTask {
+                do {
+                    try await body()
+                    return .success(())
+                } catch {
+                    return .failure(error)
+                }
+            }
+            group.addTask {
+                for await _ in signals { break }
+                if Task.isCancelled { return nil }
+                say("\n\(name): interrupted; stopping every process it started")
+                self.stopAll()
+                return .failure(ExitCode(130))
+            }
+            let first = await group.next()!!
+            group.cancelAll()
+            return first
+        }
+        stopAll()
+        let done = reports.withLock { $0 }
+        if !done.isEmpty {
+            let file = try write(done, (try? outcome.get()) != nil)
+            say("\nresults written to \(file.path)")
+        }
+        switch outcome {
+        case .success:
+            if keep { say("kept \(root.path)") } else { try? FileManager.default.removeItem(at: root) }
+        case .failure(let error):
+            if !(error is ExitCode) { say("\(name) failed: \(error)") }
+            say("the processes' data and logs are kept in \(root.path)")
+            throw error is ExitCode ? error : ExitCode(1)
+        }
     }
 }

@@ -105,40 +105,11 @@ extension KilnBench {
             let startedAt = Date()
             let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
             say("kiln-bench year: \(parts.map(\.rawValue).joined(separator: ", ")); \(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load), kiln \(kiln); data and logs in \(root.path)")
-            let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
             let reports = Locked<[PhaseReport]>([])
-            let outcome: Result<Void, Error> = await withTaskGroup(of: Result<Void, Error>?.self) { group in
-                group.addTask {
-                    do {
-                        if parts.contains(.etcd) { let r = try await etcdPart(rig); reports.withLock { $0.append(r) } }
-                        if parts.contains(.disk) { let r = try await diskPart(rig); reports.withLock { $0.append(r) } }
-                        return .success(())
-                    } catch { return .failure(error) }
-                }
-                group.addTask {
-                    for await _ in signals { break }
-                    if Task.isCancelled { return nil }
-                    say("\nkiln-bench year: interrupted; stopping every process it started")
-                    rig.stopAll()
-                    return .failure(ExitCode(130))
-                }
-                let first = await group.next()!!
-                group.cancelAll()
-                return first
-            }
-            rig.stopAll()
-            let done = reports.withLock { $0 }
-            if !done.isEmpty {
-                let file = try writeResults(done, startedAt: startedAt, load: load, complete: (try? outcome.get()) != nil)
-                say("\nresults written to \(file.path)")
-            }
-            switch outcome {
-            case .success:
-                if keep { say("kept \(root.path)") } else { try? FileManager.default.removeItem(at: root) }
-            case .failure(let error):
-                if !(error is ExitCode) { say("kiln-bench year failed: \(error)") }
-                say("the processes' data and logs are kept in \(root.path)")
-                throw error is ExitCode ? error : ExitCode(1)
+            try await rig.runInterruptibly("kiln-bench year", keep: keep, reports: reports,
+                                           write: { try writeResults($0, startedAt: startedAt, load: load, complete: $1) }) {
+                if parts.contains(.etcd) { let r = try await etcdPart(rig); reports.withLock { $0.append(r) } }
+                if parts.contains(.disk) { let r = try await diskPart(rig); reports.withLock { $0.append(r) } }
             }
         }
 
