@@ -19,7 +19,7 @@ struct SimulatedAgentTests {
                             _ body: @escaping @Sendable (EtcdClient, URL) async throws -> Void) async throws {
         try await withEtcd(timeout: nil) { server, etcd in
             let dir = try TempDir("simulated-agent")
-            var config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 4, dataDir: dir.path("agent"),
+            var config = AgentConfiguration(id: "sim-1", capacity: 2, ttlSeconds: 30, dataDir: dir.path("agent"),
                                             etcdEndpoint: server.endpoint, dockerSocket: dir.path("no-such.sock").path,
                                             simulate: simulate)
             config.simulateLog = log

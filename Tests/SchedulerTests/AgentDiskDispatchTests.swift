@@ -37,7 +37,8 @@ struct AgentDiskDispatchTests {
     }
 
     func register(_ etcd: EtcdClient, _ id: String, refusing: String?) async throws -> Int64 {
-        let lease = try await etcd.grantLease(ttl: 10)
+        // Nothing keeps it alive: long enough for a test slowed by the whole suite's load.
+        let lease = try await etcd.grantLease(ttl: 300)
         try await putRegistration(etcd, id, refusing: refusing, lease: lease)
         return lease
     }

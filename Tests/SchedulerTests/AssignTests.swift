@@ -20,7 +20,7 @@ struct AssignTests {
             let build = try await store.enqueue(project: "demo", request: BuildRequest())
             let queueKV = try #require(try await etcd.get(keys.queued(build.id)))
             let entry = try KilnJSON.decode(QueueEntry.self, from: queueKV.value)
-            let lease = try await etcd.grantLease(ttl: 10)
+            let lease = try await etcd.grantLease(ttl: 300)
             try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t")), lease: lease)
             let seen = try #require(try await etcd.get(keys.agent("a1"))).createRevision
             let dispatcher = Dispatcher(store: store, logger: Logger(label: "test"))
@@ -56,7 +56,7 @@ struct AssignTests {
             let firstTerm = try await election.campaign()
             await election.resign(firstTerm)
             let secondTerm = try await election.campaign()
-            let revokedAgain = try await etcd.grantLease(ttl: 10)
+            let revokedAgain = try await etcd.grantLease(ttl: 300)
             try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t3b")), lease: revokedAgain)
             let live = try #require(try await etcd.get(keys.agent("a1"))).createRevision
             #expect(await !assign(live, fence: [election.fence(firstTerm)]))
@@ -65,7 +65,7 @@ struct AssignTests {
             try await etcd.revokeLease(revokedAgain)
 
             // With the state as read, the same call assigns.
-            let back = try await etcd.grantLease(ttl: 10)
+            let back = try await etcd.grantLease(ttl: 300)
             try await etcd.put(keys.agent("a1"), try KilnJSON.encode(AgentInfo(id: "a1", capacity: 1, labels: [], version: "t4")), lease: back)
             let now = try #require(try await etcd.get(keys.agent("a1"))).createRevision
             #expect(await assign(now))

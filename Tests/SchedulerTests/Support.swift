@@ -98,7 +98,10 @@ func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [],
 
 /// Registers an agent the way `kiln agent` does (a key under a lease), without running one:
 /// the scheduler sees only etcd, so this is the real protocol, not a stand-in.
-func registerAgent(_ h: SchedulerHarness, id: String, capacity: Int, labels: [String] = [], ttl: Int64 = 10) async throws -> Int64 {
+/// Registers an agent under a lease of `ttl` seconds that nothing keeps alive: long by default,
+/// so that a test slowed by the whole suite's load (tens of seconds) never loses its agents by
+/// accident; a test of an agent's death revokes the lease or passes a short one.
+func registerAgent(_ h: SchedulerHarness, id: String, capacity: Int, labels: [String] = [], ttl: Int64 = 300) async throws -> Int64 {
     let lease = try await h.etcd.grantLease(ttl: ttl)
     try await h.etcd.put(h.keys.agent(id), try KilnJSON.encode(AgentInfo(id: id, capacity: capacity, labels: labels, version: "test")), lease: lease)
     return lease
