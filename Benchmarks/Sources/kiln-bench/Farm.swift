@@ -130,15 +130,7 @@ extension KilnBench {
         }
 
         func writeResults(_ reports: [PhaseReport], startedAt: Date, load: String, complete: Bool) throws -> URL {
-            let dir = URL(fileURLWithPath: resultsDir)
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let f = DateFormatter()
-            f.locale = Locale(identifier: "en_US_POSIX")
-            f.dateFormat = "yyyy-MM-dd-HHmmss"
-            let file = dir.appendingPathComponent("farm-\(f.string(from: startedAt)).md")
-            let etcdVersion = (try? ManagedProcess.run("etcd", ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "etcd ?"
-            let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
-                .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+            let (file, commit, etcdVersion) = try ResultFile.place(in: resultsDir, kind: "farm", startedAt: startedAt)
             // The kiln binary as the repository names it (.build/release/kiln), else its full path.
             let root = Repository.root.path + "/"
             let kilnShown = kiln.hasPrefix(root) ? String(kiln.dropFirst(root.count)) : kiln

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Processes
 
 @main
 struct KilnBench: AsyncParsableCommand {
@@ -58,4 +59,20 @@ func bootstrapLogging() {
 
 func env(_ name: String, _ fallback: String) -> String {
     ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 } ?? fallback
+}
+
+/// Where a run's result file goes and what its heading names: `<dir>/<kind>-<date>.md` (the
+/// folder made), the repository's short commit, and etcd's version line.
+enum ResultFile {
+    static func place(in dir: String, kind: String, startedAt: Date) throws -> (file: URL, commit: String?, etcdVersion: String) {
+        let folder = URL(fileURLWithPath: dir)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.dateFormat = "yyyy-MM-dd-HHmmss"
+        let etcdVersion = (try? ManagedProcess.run("etcd", ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "etcd ?"
+        let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
+            .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
+        return (folder.appendingPathComponent("\(kind)-\(f.string(from: startedAt)).md"), commit, etcdVersion)
+    }
 }
