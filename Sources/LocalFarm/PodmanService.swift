@@ -203,28 +203,80 @@ public final class PodmanService: Sendable {
     /// `<root>/storage` (a bind mount on `storage/overlay`, and one per mounted layer) that
     /// survive the service: they are unmounted first, deepest first, else the delete fails
     /// with "Device or resource busy". Stop the service (and remove its containers) first.
+    ///
+    /// A stopped service can leave podman processes behind that still use the root: conmon
+    /// runs `podman container cleanup --root <root>/storage …` when a container exits, late
+    /// under load, and that command mounts `storage/overlay` again as it starts. So every
+    /// process whose command line or environment names the root is killed first, and the
+    /// unmount-and-delete is tried again for a few seconds when something mounted anew.
     public static func removeStorage(root: URL) throws {
         let root = root.standardizedFileURL.path
-        guard FileManager.default.fileExists(atPath: root) else { return }
-        // Unmount until nothing is left: with several podman services on one machine a
-        // mount point can carry stacked (propagated) mounts, each needing its own umount.
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            guard FileManager.default.fileExists(atPath: root) else { return }
+            killProcesses(using: root)
+            try unmountAll(under: root)
+            do {
+                try FileManager.default.removeItem(atPath: root)
+                return
+            } catch {
+                // FileManager gives up on some of overlay's leftovers (seen under load: error
+                // 512 with no reason); rm copes, and says why when it cannot.
+                let rm = try? Spawn.run("/bin/rm", ["-rf", "--one-file-system", root])
+                guard FileManager.default.fileExists(atPath: root) else { return }
+                if Date() >= deadline {
+                    let held = mountPoints(under: root)
+                    throw FarmError(
+                        "podman: cannot delete \(root): \(error.localizedDescription) \(rm.map { String(decoding: $0.output, as: UTF8.self) } ?? "")"
+                            + (held.isEmpty ? "" : " (still mounted: \(held.joined(separator: ", ")))"))
+                }
+                usleep(200_000)
+            }
+        }
+    }
+
+    /// Unmounts every mount point at or under `root` until none is left: with several podman
+    /// services on one machine a mount point can carry stacked (propagated) mounts, each
+    /// needing its own umount.
+    private static func unmountAll(under root: String) throws {
         for _ in 0..<16 {
             let mounts = mountPoints(under: root).sorted { $0.count > $1.count }
-            if mounts.isEmpty { break }
+            if mounts.isEmpty { return }
             for mount in mounts where umount2(mount, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
                 throw FarmError("podman: cannot unmount \(mount): \(String(cString: strerror(errno)))")
             }
         }
-        do {
-            try FileManager.default.removeItem(atPath: root)
-        } catch {
-            // FileManager gives up on some of overlay's leftovers (seen under load: error 512
-            // with no reason); rm copes, and says why when it cannot.
-            let rm = try? Spawn.run("/bin/rm", ["-rf", "--one-file-system", root])
-            if FileManager.default.fileExists(atPath: root) {
-                throw FarmError("podman: cannot delete \(root): \(error.localizedDescription) \(rm.map { String(decoding: $0.output, as: UTF8.self) } ?? "")")
+    }
+
+    /// Kills (SIGKILL) every process other than this one whose command line or environment
+    /// names `root` (conmon, `podman container cleanup`, a podman CLI), and waits up to 5 s
+    /// for them to go.
+    private static func killProcesses(using root: String) {
+        let me = getpid()
+        let needle = Data(root.utf8)
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
+            guard pid != me, pid > 1 else { return false }
+            for file in ["cmdline", "environ"] {
+                guard let data = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/\(file)")) else { continue }
+                // An argument or variable equal to the root, or naming a path inside it.
+                for field in data.split(separator: 0) where field.range(of: needle) != nil {
+                    let text = String(decoding: field, as: UTF8.self)
+                    if text.hasSuffix(root) || text.contains(root + "/") { return true }
+                }
             }
+            return false
         }
+        guard !pids.isEmpty else { return }
+        for pid in pids { kill(pid, SIGKILL) }
+        let deadline = Date().addingTimeInterval(5)
+        while pids.contains(where: { kill($0, 0) == 0 && !isZombie($0) }) && Date() < deadline { usleep(20_000) }
+    }
+
+    private static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")")
+        else { return true }
+        return stat[stat.index(after: close)...].split(separator: " ").first == "Z"
     }
 
     /// Makes `name` (by default localhost/kiln/busybox:1) if the storage does not have it: a

@@ -3,7 +3,6 @@ import Foundation
 import KilnCore
 import KilnTestSupport
 import LocalFarm
-@testable import Scheduler
 import Synchronization
 import Testing
 #if canImport(Glibc)
@@ -11,12 +10,12 @@ import Glibc
 #endif
 
 /// Debian's Chromium, headless, as a child process started with `Spawn` and stopped by PID.
-enum Chromium {
-    static let executable = "/usr/bin/chromium"
-    static let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars"]
+public enum Chromium {
+    public static let executable = "/usr/bin/chromium"
+    public static let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars"]
 
     /// The binary, or an error saying how to install it: the console's tests never skip.
-    static func path() throws -> String {
+    public static func path() throws -> String {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw FarmError("Chromium is not installed (\(executable) is missing): run scripts/install-deps.sh as root, which installs Debian's chromium")
         }
@@ -24,13 +23,13 @@ enum Chromium {
     }
 
     /// The DOM after the page's scripts ran for `budgetMs` of virtual time.
-    static func dumpDOM(_ chromium: String, _ url: String, budgetMs: Int = 3000) async throws -> String {
+    public static func dumpDOM(_ chromium: String, _ url: String, budgetMs: Int = 3000) async throws -> String {
         try await run(chromium, ["--dump-dom", "--virtual-time-budget=\(budgetMs)", url])
     }
 
     /// Runs Chromium to its end with a fresh profile and returns its standard output; stops it
     /// (by PID) and fails if it takes more than `timeout` seconds.
-    static func run(_ chromium: String, _ arguments: [String], timeout: Double = 60) async throws -> String {
+    public static func run(_ chromium: String, _ arguments: [String], timeout: Double = 60) async throws -> String {
         let profile = try TempDir("chromium")
         let out = profile.path("stdout"), err = profile.path("stderr")
         let outFD = open(out.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -60,8 +59,8 @@ enum Chromium {
     }
 }
 
-struct DevToolsError: Error, CustomStringConvertible {
-    let description: String
+public struct DevToolsError: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// Headless Chromium driven over its DevTools protocol on a pipe (`--remote-debugging-pipe`):
@@ -70,7 +69,7 @@ struct DevToolsError: Error, CustomStringConvertible {
 /// one of Swift's concurrency threads. Events (`Page.loadEventFired`) read meanwhile are kept
 /// for ``waitForEvent(_:timeout:)``. The profile (its cookies: a console session) lasts as
 /// long as the browser.
-final class Browser: Sendable {
+public final class Browser: Sendable {
     let pid: pid_t
     let profile: TempDir
     private let toBrowser: Int32
@@ -87,7 +86,7 @@ final class Browser: Sendable {
         self.fromBrowser = fromBrowser
     }
 
-    static func launch(_ chromium: String) throws -> Browser {
+    public static func launch(_ chromium: String) throws -> Browser {
         let profile = try TempDir("chromium")
         var commands: [Int32] = [0, 0], answers: [Int32] = [0, 0]
         guard pipe(&commands) == 0, pipe(&answers) == 0 else { throw FarmError("pipe() failed: errno \(errno)") }
@@ -109,7 +108,7 @@ final class Browser: Sendable {
     }
 
     /// Sends one command and returns its answer's `result` as JSON text.
-    func call(_ method: String, _ params: [String: any Sendable] = [:], session: String? = nil, timeout: Double = 30) async throws -> Data {
+    public func call(_ method: String, _ params: [String: any Sendable] = [:], session: String? = nil, timeout: Double = 30) async throws -> Data {
         var message: [String: Any] = ["method": method, "params": params]
         if let session { message["sessionId"] = session }
         let body = try JSONSerialization.data(withJSONObject: message)
@@ -172,13 +171,13 @@ final class Browser: Sendable {
     }
 
     /// Forgets the events read so far: the next ``waitForEvent(_:timeout:)`` waits for a new one.
-    func clearEvents() {
+    public func clearEvents() {
         state.withLock { $0.events.removeAll() }
     }
 
     /// Waits for the next event called `name` (one read since the last ``clearEvents()``
     /// counts) and returns it as JSON text.
-    func waitForEvent(_ name: String, timeout: Double = 30) async throws -> Data {
+    public func waitForEvent(_ name: String, timeout: Double = 30) async throws -> Data {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 continuation.resume(with: Result {
@@ -204,7 +203,7 @@ final class Browser: Sendable {
     }
 
     /// Attaches to the page Chromium opened and returns the session to send page commands on.
-    func attachToPage() async throws -> String {
+    public func attachToPage() async throws -> String {
         let targets = try JSONSerialization.jsonObject(with: try await call("Target.getTargets")) as? [String: Any]
         let infos = targets?["targetInfos"] as? [[String: Any]] ?? []
         guard let page = infos.first(where: { $0["type"] as? String == "page" })?["targetId"] as? String else {
@@ -219,7 +218,7 @@ final class Browser: Sendable {
 
     /// Evaluates a JavaScript expression in the page, waiting for it if it is a promise;
     /// returns its value as a string.
-    func evaluate(_ expression: String, session: String, timeout: Double = 30) async throws -> String {
+    public func evaluate(_ expression: String, session: String, timeout: Double = 30) async throws -> String {
         let answer = try JSONSerialization.jsonObject(with: try await call(
             "Runtime.evaluate", ["expression": expression, "awaitPromise": true, "returnByValue": true], session: session, timeout: timeout)) as? [String: Any]
         if let exception = answer?["exceptionDetails"] { throw DevToolsError(description: "\(expression): \(exception)") }
@@ -229,7 +228,7 @@ final class Browser: Sendable {
 
     /// The text of the page's `#log` once it contains `text` (a MutationObserver in the page
     /// tells when; no polling).
-    func waitForLog(containing text: String, session: String) async throws -> String {
+    public func waitForLog(containing text: String, session: String) async throws -> String {
         let quoted = String(decoding: try JSONSerialization.data(withJSONObject: [text]), as: UTF8.self).dropFirst().dropLast()
         return try await evaluate("""
             new Promise(function(resolve) {
@@ -243,14 +242,14 @@ final class Browser: Sendable {
     }
 
     /// Loads `url` in the page; returns once the new document has been committed.
-    func navigate(_ url: String, session: String) async throws {
+    public func navigate(_ url: String, session: String) async throws {
         _ = try await call("Page.navigate", ["url": url], session: session)
     }
 
     /// Loads `url` and waits for the page's load event (after any redirects); returns where
     /// the browser ended up.
     @discardableResult
-    func load(_ url: String, session: String) async throws -> String {
+    public func load(_ url: String, session: String) async throws -> String {
         clearEvents()
         try await navigate(url, session: session)
         _ = try await waitForEvent("Page.loadEventFired")
@@ -258,14 +257,14 @@ final class Browser: Sendable {
     }
 
     /// The page's markup now.
-    func html(session: String) async throws -> String {
+    public func html(session: String) async throws -> String {
         try await evaluate("document.documentElement.outerHTML", session: session)
     }
 
     /// Fills the fields of the form `selector` (by name), submits it as a person would (its
     /// submit button), waits for the page that answers and returns where the browser ended up.
     @discardableResult
-    func submit(_ selector: String, fields: [String: String] = [:], session: String) async throws -> String {
+    public func submit(_ selector: String, fields: [String: String] = [:], session: String) async throws -> String {
         let quoted = { (s: String) in String(decoding: try JSONSerialization.data(withJSONObject: [s]), as: UTF8.self).dropFirst().dropLast() }
         var script = "var f = document.querySelector(\(try quoted(selector)));"
         for (name, value) in fields.sorted(by: { $0.key < $1.key }) { script += " f.elements[\(try quoted(name))].value = \(try quoted(value));" }
@@ -279,13 +278,13 @@ final class Browser: Sendable {
     /// Logs in to the console at `api` through its login form, starting from `path` (which
     /// redirects to the login page and, once logged in, back); returns where it ended up.
     @discardableResult
-    func logIn(_ api: String, user: String, password: String, from path: String = "/", session: String) async throws -> String {
+    public func logIn(_ api: String, user: String, password: String, from path: String = "/", session: String) async throws -> String {
         let login = try await load(api + path, session: session)
         guard login.hasPrefix(api + "/ui/login") else { throw DevToolsError(description: "\(path) did not lead to the login page but to \(login)") }
         return try await submit("#login", fields: ["user": user, "password": password], session: session)
     }
 
-    func screenshot(to file: URL, session: String) async throws {
+    public func screenshot(to file: URL, session: String) async throws {
         let answer = try JSONSerialization.jsonObject(with: try await call("Page.captureScreenshot", ["format": "png"], session: session)) as? [String: Any]
         guard let base64 = answer?["data"] as? String, let png = Data(base64Encoded: base64) else { throw DevToolsError(description: "no image from Page.captureScreenshot") }
         try png.write(to: file)
@@ -294,7 +293,7 @@ final class Browser: Sendable {
     /// Asks Chromium to close (`Browser.close`, so it stops its own helper processes), then
     /// stops it by its PID if it has not ended within 5 s (SIGTERM, then SIGKILL after 5 s
     /// more), and closes the pipes. A second call does nothing.
-    func close() {
+    public func close() {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         defer { Glibc.close(toBrowser); Glibc.close(fromBrowser) }
         let message = Array(#"{"id":0,"method":"Browser.close"}"#.utf8) + [0]
