@@ -72,10 +72,14 @@ enum CallFailure: Equatable {
 
     /// Sorts an error of the HTTP client. Only errors raised before a connection existed
     /// count as not sent: a refused or timed-out connect, a name that does not resolve, a
-    /// TLS handshake that failed, no connection from the pool in time.
+    /// TLS handshake that failed, no connection from the pool in time, a write on a pooled
+    /// connection that was already closed.
     static func of(_ error: any Error) -> CallFailure {
         if error is NIOConnectionError || error is NIOSSLError { return .notSent }
         if let error = error as? ChannelError, case .connectTimeout = error { return .notSent }
+        // A pooled keep-alive connection whose member died (its close already read) takes
+        // no write: the request never left. Seen when a member is killed between two calls.
+        if let error = error as? ChannelError, case .ioOnClosedChannel = error { return .notSent }
         if let error = error as? IOError, [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL].contains(error.errnoCode) {
             return .notSent
         }

@@ -74,6 +74,7 @@ struct MemberStateTests {
     @Test func failuresBeforeAConnectionAreNotSent() {
         #expect(CallFailure.of(IOError(errnoCode: ECONNREFUSED, reason: "connect")) == .notSent)
         #expect(CallFailure.of(ChannelError.connectTimeout(.seconds(3))) == .notSent)
+        #expect(CallFailure.of(ChannelError.ioOnClosedChannel) == .notSent)
         #expect(CallFailure.of(HTTPClientError.connectTimeout) == .notSent)
         #expect(CallFailure.of(HTTPClientError.remoteConnectionClosed) == .noAnswer)
         #expect(CallFailure.of(HTTPClientError.readTimeout) == .noAnswer)
