@@ -209,7 +209,8 @@ struct LogArchiverTests {
 
     @Test("keys under /kiln/logs/ that are not Kiln's (bytes that are not UTF-8, names not of a chunk's form) stop neither the walk, nor a read, nor the archiving")
     func hostileKeys() async throws {
-        try await withEtcd { server, etcd in
+        // About 300 writes before the checks: a loaded machine needs more than the default minute.
+        try await withEtcd(timeout: .seconds(180)) { server, etcd in
             let s = try Setup(etcd)
             let b = Self.build(.failed)
             try await s.write(b, chunks: Self.attempt(150), end: true)
@@ -229,8 +230,8 @@ struct LogArchiverTests {
                 try await s.archiver.buildsWithLogs(page: page) { found.append($0) }
                 #expect(found == [b.id], "page \(page)")
             }
-            #expect(try await withTimeout(.seconds(10), waitingFor: "the read") { try await s.store.log(of: b.id) } == expected)
-            #expect(try await withTimeout(.seconds(10), waitingFor: "the pass") { try await s.archiver.pass(b.id, fence: []) } == .archived(lines: 450, deleted: 150))
+            #expect(try await withTimeout(.seconds(30), waitingFor: "the read") { try await s.store.log(of: b.id) } == expected)
+            #expect(try await withTimeout(.seconds(30), waitingFor: "the pass") { try await s.archiver.pass(b.id, fence: []) } == .archived(lines: 450, deleted: 150))
             #expect(try await s.store.log(of: b.id) == expected)
         }
     }
