@@ -80,7 +80,7 @@ struct ConsoleAdminTests {
 
     /// The count of the bar of `day` in the chart of `measure`.
     static func bar(_ page: String, _ measure: String, _ day: String) -> Int? {
-        guard let start = page.range(of: "id=\"usage-\(measure)\""), let end = page[start.upperBound...].range(of: "</div>") else { return nil }
+        guard let start = page.range(of: "id=\"usage-\(measure)\""), let end = page[start.upperBound...].range(of: "</dd>") else { return nil }
         let chart = page[start.upperBound..<end.lowerBound]
         guard let rect = chart.range(of: "data-day=\"\(day)\" data-count=\"") else { return nil }
         return Int(chart[rect.upperBound...].prefix { $0.isNumber })
@@ -205,8 +205,8 @@ struct ConsoleAdminTests {
                     _ = try await browser.load(h.api + "/ui/admin", session: tab)
                 }
             }
-            #expect(try await browser.evaluate("String(document.querySelectorAll('#usage-builds rect').length)", session: tab) == "30")
-            #expect(try await browser.evaluate("document.querySelector('#usage-builds rect:last-child').getAttribute('data-count')", session: tab) == "2")
+            #expect(try await browser.evaluate("String(document.querySelectorAll('#usage-builds rect[data-day]').length)", session: tab) == "30")
+            #expect(try await browser.evaluate("document.querySelector('#usage-builds rect[data-day]:last-child').getAttribute('data-count')", session: tab) == "2")
             try FileManager.default.createDirectory(at: ConsoleTests.artifacts, withIntermediateDirectories: true)
             let png = ConsoleTests.artifacts.appendingPathComponent("admin.png")
             try await browser.screenshot(to: png, session: tab)

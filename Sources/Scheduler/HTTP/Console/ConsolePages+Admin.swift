@@ -112,8 +112,9 @@ extension ConsolePages {
                 return "<rect data-day=\"\(day.day)\" data-count=\"\(count)\" x=\"\(percent(Double(i) * slot))%\" width=\"\(percent(slot * 0.8))%\" y=\"\(percent(100 - height))%\" height=\"\(percent(height))%\" fill=\"\(usageColor)\"><title>\(day.day): \(count) \(m.id)</title></rect>"
             }.joined()
             return """
-                <div class="usage" id="usage-\(m.id)"><p><b>\(m.label)</b>: \(counts.reduce(0, +)) in all, at most \(most) a day</p>\
-                <svg width="100%" height="48" role="img" aria-label="\(m.label) per day">\(bars)</svg></div>
+                <dt><b>\(m.label)</b>: \(counts.reduce(0, +)) in all, at most \(most) a day</dt>\
+                <dd id="usage-\(m.id)"><svg width="100%" height="40" role="img" aria-label="\(m.label) per day">\
+                <rect width="100%" height="100%" fill="#eee"/>\(bars)</svg></dd>
                 """
         }.joined(separator: "\n")
         let rows = usage.days.reversed().map { d -> HTML in
@@ -121,7 +122,7 @@ extension ConsolePages {
         }
         let first = usage.days.first?.day ?? "", last = usage.days.last?.day ?? ""
         return """
-            \(charts)
+            <dl class="usage">\(charts)</dl>
             <p class="muted">From \(first) to \(last). A build counts on the day it was asked for, a push on the day its image was pushed, a deploy and a scaling on the day they finished (apps' activity <code>deployed</code> and <code>scaled</code>).</p>
             <details><summary>The numbers</summary>\(table(["day", "builds", "pushes", "deploys", "scalings"], rows, empty: ""))</details>
             """
