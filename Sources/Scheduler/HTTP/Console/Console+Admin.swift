@@ -86,19 +86,31 @@ extension Console {
             guard r.more, let last = r.kvs.last else { break }
             from = last.key + "\0"
         }
-        for app in apps {
-            let prefix = store.keys.activity(.app, app)
-            let first = String(store.keys.activityEvent(.app, app, at: usage.since, id: "").dropLast())
-            // Keys are `{ms:015}-{random}`: ':' sorts after every digit.
-            var from = first
-            while true {
-                let r = try await store.etcd.range(key: from, rangeEnd: prefix + ":", options: .init(limit: Self.usagePage))
-                for kv in r.kvs { if let e = try? KilnJSON.decode(ActivityEvent.self, from: kv.value) { usage.count(e) } }
-                guard r.more, let last = r.kvs.last else { break }
-                from = last.key + "\0"
+        // Each app's activity of the window, a few apps at a time.
+        let since = usage.since
+        for start in stride(from: 0, to: apps.count, by: SchedulerStore.mergedProjectsMax) {
+            let some = apps[start..<min(start + SchedulerStore.mergedProjectsMax, apps.count)]
+            let events = try await withThrowingTaskGroup(of: [ActivityEvent].self) { group in
+                for app in some { group.addTask { try await activity(of: app, since: since) } }
+                return try await group.reduce(into: [ActivityEvent]()) { $0 += $1 }
             }
+            for e in events { usage.count(e) }
         }
         return usage
+    }
+
+    /// An app's activity from `since` on: its keys are `{ms:015}-{random}`, so the read starts
+    /// at `since`'s millisecond and ends at ':', which sorts after every digit.
+    private func activity(of app: String, since: Date) async throws -> [ActivityEvent] {
+        let prefix = store.keys.activity(.app, app)
+        var from = String(store.keys.activityEvent(.app, app, at: since, id: "").dropLast())
+        var events: [ActivityEvent] = []
+        while true {
+            let r = try await store.etcd.range(key: from, rangeEnd: prefix + ":", options: .init(limit: Self.usagePage))
+            events += r.kvs.compactMap { try? KilnJSON.decode(ActivityEvent.self, from: $0.value) }
+            guard r.more, let last = r.kvs.last else { return events }
+            from = last.key + "\0"
+        }
     }
 
     /// The nginx groups under `/slb/`: their domains and what each lb-agent applied. Few keys
