@@ -211,6 +211,11 @@ struct ConsoleAdminTests {
             let png = ConsoleTests.artifacts.appendingPathComponent("admin.png")
             try await browser.screenshot(to: png, session: tab)
             #expect(try Data(contentsOf: png).count > 1000)
+            // The whole page, below the screen's end too.
+            let whole = try JSONSerialization.jsonObject(with: try await browser.call("Page.captureScreenshot", ["format": "png", "captureBeyondViewport": true], session: tab)) as? [String: Any]
+            let full = try #require((whole?["data"] as? String).flatMap { Data(base64Encoded: $0) })
+            try full.write(to: ConsoleTests.artifacts.appendingPathComponent("admin-full.png"))
+            #expect(full.count > 1000)
         }
     }
 }
