@@ -82,7 +82,11 @@ extension Console {
         var from = store.keys.builds + NewestWindow.firstID(atMs: sinceMs)
         while true {
             let r = try await store.etcd.range(key: from, rangeEnd: end, options: .init(limit: Self.usagePage))
-            for kv in r.kvs { if let b = try? KilnJSON.decode(Build.self, from: kv.value) { usage.count(b) } }
+            // A record counts under its own id only (an agent may write any key under the
+            // builds' prefix, and so could copy one record under many keys).
+            for kv in r.kvs {
+                if let b = try? KilnJSON.decode(Build.self, from: kv.value), kv.key == store.keys.build(b.id) { usage.count(b) }
+            }
             guard r.more, let last = r.kvs.last else { break }
             from = last.key + "\0"
         }
