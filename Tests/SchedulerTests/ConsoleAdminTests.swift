@@ -52,6 +52,7 @@ struct ConsoleAdminTests {
         try await h.etcd.put(h.keys.build(pushed.id + "-copy"), try KilnJSON.encode(pushed))
         try await put(build(at: now - 30, pushed: nil))
         try await put(build(at: now - Self.day, pushed: now - Self.day))
+        try await put(build(at: now - 3 * Self.day, pushed: nil))
         try await put(build(at: now - 40 * Self.day, pushed: now - 40 * Self.day))
 
         let settings = DeploySettings(port: 8080)
@@ -133,7 +134,19 @@ struct ConsoleAdminTests {
             #expect(Self.bar(body, "pushes", today) == 1 && Self.bar(body, "pushes", yesterday) == 1)
             #expect(Self.bar(body, "deploys", today) == 2 && Self.bar(body, "deploys", yesterday) == 0)
             #expect(Self.bar(body, "scalings", today) == 0 && Self.bar(body, "scalings", yesterday) == 1)
-            #expect(body.contains("<b>Builds</b>: 3 in all, at most 2 a day") && body.contains("<b>Deploys</b>: 2 in all"))
+            #expect(body.contains("<b>Builds</b>: 4 in all, at most 2 a day") && body.contains("<b>Deploys</b>: 2 in all"))
+
+            // The closed days were counted once: a later view reads only the last days' records.
+            let threeDaysAgo = Usage.dayName(now - 3 * Self.day)
+            #expect(Self.bar(body, "builds", threeDaysAgo) == 1)
+            let old = try #require(try await h.etcd.range(prefix: h.keys.builds, options: .init()).kvs.first { kv in
+                (try? KilnJSON.decode(Build.self, from: kv.value)).map { Usage.dayName($0.createdAt) == threeDaysAgo } == true
+            })
+            _ = try await h.etcd.delete(old.key)
+            let newer = Build(id: BuildID.generate(now: Date()), project: "shop", ref: "main")
+            try await h.etcd.put(h.keys.build(newer.id), try KilnJSON.encode(newer))
+            let later = try await admin.get("/ui/admin").body
+            #expect(Self.bar(later, "builds", threeDaysAgo) == 1 && Self.bar(later, "builds", today) == 3)
 
             // etcd's size against its quota, as a bar.
             #expect(body.contains(#"<svg class="bar" data-size=""#) && body.contains(", quota "))

@@ -62,6 +62,34 @@ struct UsageTests {
         #expect(usage.days[0].scalings == 1)
     }
 
+    @Test func closedDaysAreCountedOnceAndTakenFromWhatWasCounted() {
+        var first = Usage(endingAt: Self.now)
+        // Nothing remembered: every record of the window is read, and from a day before it.
+        #expect(first.firstOpen(in: [:]) == 0)
+        #expect(first.readFrom(0) == first.since - Self.day)
+        first.count(build(1, at: Self.now - 3 * Self.day))
+        first.count(build(2, at: Self.now - Self.day))
+        // Today and yesterday stay open.
+        let closed = first.closedDays
+        #expect(closed.count == 28 && closed["2026-11-23"]?.builds == 1 && closed["2026-11-25"] == nil && closed["2026-11-26"] == nil)
+
+        // The next view reads yesterday and today (from the day before yesterday on) and
+        // keeps the rest as counted, though its records are no longer read.
+        var next = Usage(endingAt: Self.now)
+        let open = next.firstOpen(in: closed)
+        #expect(open == 28)
+        #expect(next.readFrom(open) == Date(timeIntervalSince1970: 1_795_651_200 - 2 * Self.day))
+        next.count(build(2, at: Self.now - Self.day))
+        next.count(build(3, at: Self.now))
+        next.keep(closed, before: open)
+        #expect(next.days.map(\.builds).suffix(4) == [1, 0, 1, 1])
+
+        // A day later the window moves on: the day that was yesterday is closed now, and read.
+        let tomorrow = Usage(endingAt: Self.now + Self.day)
+        #expect(tomorrow.firstOpen(in: next.closedDays) == 27)
+        #expect(tomorrow.days[27].day == "2026-11-25")
+    }
+
     @Test func theChartsCarryEachDaysCountAndEscapeNothingUnsafe() {
         var usage = Usage(endingAt: Self.now)
         usage.count(build(1, at: Self.now))

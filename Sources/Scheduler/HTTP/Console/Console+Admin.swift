@@ -8,9 +8,10 @@ import KilnCore
 /// and `POST /ui/admin/users`, adding a user through the API's own `IdentityAPI.addUser`.
 ///
 /// What it reads, each as cheaply as the data allows: users, cells, apps, agents and the
-/// load-balancer groups whole (they are few); usage over the last 30 days from the records of
-/// that window only (builds by their time-ordered ids, each app's activity by its
-/// time-ordered keys: never the records before it), counted by the pure ``Usage``; etcd's
+/// load-balancer groups whole (they are few); usage over the last 30 days, counted by the pure
+/// ``Usage``: closed days once per scheduler (``UsageCache``), the last days from their records
+/// only (builds by their time-ordered ids, each app's activity by its time-ordered keys: never
+/// the records before them); etcd's
 /// size from `EtcdHealth`'s last look. No secret is read: a cell's credential only as
 /// whether its key exists.
 extension Console {
@@ -18,10 +19,11 @@ extension Console {
     static let usagePage = 500
 
     func addAdminRoutes(to router: Router<KilnRequestContext>) {
+        let usageCache = UsageCache()
         router.get("ui/admin") { request, _ in
             try await page(request) { me in
                 try requireAdmin(me)
-                return ConsolePages.admin(try await adminView(), now: Date(), viewer: me.viewer)
+                return ConsolePages.admin(try await adminView(usage: usageCache), now: Date(), viewer: me.viewer)
             }
         }
         form("ui/admin/users", to: router) { _, _, me, fields in
@@ -34,7 +36,7 @@ extension Console {
                 return ConsoleHTTP.redirect("/ui/admin#users")
             } catch let error as KilnError where error.httpStatus == 400 || error.httpStatus == 409 {
                 // The form comes back with the name and why; never with the password.
-                var view = try await adminView()
+                var view = try await adminView(usage: usageCache)
                 view.userForm = AdminUserForm(name: name, admin: body.admin == true, message: error.message)
                 return ConsoleHTTP.html(ConsolePages.admin(view, now: Date(), viewer: me.viewer), status: error.httpStatus)
             }
@@ -52,14 +54,14 @@ extension Console {
     static let noSuchPage = KilnError.notFound("there is no such page")
 
     /// Everything the admin page shows.
-    func adminView(now: Date = Date()) async throws -> AdminView {
+    func adminView(usage cache: UsageCache, now: Date = Date()) async throws -> AdminView {
         async let users = store.users()
         async let cells = store.cells()
         async let apps = store.apps()
         async let agents = store.agents()
         async let groups = lbGroups()
         let appList = try await apps
-        let usage = try await usage(apps: appList.map(\.name), now: now)
+        let usage = try await usage(apps: appList.map(\.name), now: now, cache: cache)
         var cellViews: [CellView] = []
         for cell in try await cells {
             // Whether a credential is sealed for it: the key's existence, never its value.
@@ -72,12 +74,16 @@ extension Console {
                          usage: usage, etcd: await etcdHealth?.status)
     }
 
-    /// Usage over ``Usage/window`` days: the builds created in it (the farm's build keys are
-    /// their time-ordered ids, so the range starts at the window's first id) and each app's
-    /// activity in it (its keys start with their time), read page by page.
-    func usage(apps: [String], now: Date) async throws -> Usage {
+    /// Usage over ``Usage/window`` days: the closed days from `cache`, the others from the
+    /// records: the builds created since (the farm's build keys are their time-ordered ids, so
+    /// the range starts at that time's first id) and each app's activity since (its keys start
+    /// with their time), read page by page.
+    func usage(apps: [String], now: Date, cache: UsageCache) async throws -> Usage {
         var usage = Usage(endingAt: now)
-        let sinceMs = Int64(usage.since.timeIntervalSince1970 * 1000)
+        let closed = cache.days
+        let open = usage.firstOpen(in: closed)
+        let since = usage.readFrom(open)
+        let sinceMs = Int64(since.timeIntervalSince1970 * 1000)
         let end = store.keys.builds + "c"
         var from = store.keys.builds + NewestWindow.firstID(atMs: sinceMs)
         while true {
@@ -90,8 +96,7 @@ extension Console {
             guard r.more, let last = r.kvs.last else { break }
             from = last.key + "\0"
         }
-        // Each app's activity of the window, a few apps at a time.
-        let since = usage.since
+        // Each app's activity, a few apps at a time.
         for start in stride(from: 0, to: apps.count, by: SchedulerStore.mergedProjectsMax) {
             let some = apps[start..<min(start + SchedulerStore.mergedProjectsMax, apps.count)]
             let events = try await withThrowingTaskGroup(of: [ActivityEvent].self) { group in
@@ -100,6 +105,8 @@ extension Console {
             }
             for e in events { usage.count(e) }
         }
+        usage.keep(closed, before: open)
+        cache.remember(usage)
         return usage
     }
 

@@ -58,6 +58,33 @@ struct Usage: Sendable, Equatable {
         }
     }
 
+    // MARK: closed days
+
+    /// The days whose counts no longer change, by name: every day but today and yesterday (a
+    /// build asked for yesterday may push today; a day that ended more than a day ago is
+    /// taken as closed). A view remembers them (``UsageCache``) and reads the records of the
+    /// open days only.
+    var closedDays: [String: Day] {
+        Dictionary(days.dropLast(2).map { ($0.day, $0) }) { a, _ in a }
+    }
+
+    /// The index of the first day of the window that `closed` does not hold (`days.count`
+    /// when it holds every one): records are read from there on.
+    func firstOpen(in closed: [String: Day]) -> Int {
+        days.firstIndex { closed[$0.day] == nil } ?? days.count
+    }
+
+    /// Where to read records from to count the days from `open` on: a day earlier, so that a
+    /// build asked for the day before and pushed on an open day is read too.
+    func readFrom(_ open: Int) -> Date {
+        since + Double(open - 1) * 86_400
+    }
+
+    /// Takes the days before `open` from `closed` (what was counted when they were read).
+    mutating func keep(_ closed: [String: Day], before open: Int) {
+        for i in days.indices where i < open { if let day = closed[days[i].day] { days[i] = day } }
+    }
+
     /// The day `date` falls on, if it is in the window.
     private func index(_ date: Date) -> Int? {
         let i = Int(((date.timeIntervalSince1970 - since.timeIntervalSince1970) / 86_400).rounded(.down))
@@ -67,5 +94,18 @@ struct Usage: Sendable, Equatable {
     static func dayName(_ date: Date) -> String {
         // `.iso8601` is UTC: `2026-11-26T08:44:27Z`.
         String(date.formatted(.iso8601).prefix(10))
+    }
+}
+
+/// The closed days of the usage window, counted once per scheduler and kept in memory (a
+/// restart counts them again): an admin page view reads the records of the last two days
+/// (and the day before) instead of thirty. Only the current window's days are kept.
+final class UsageCache: Sendable {
+    private let closed = Locked<[String: Usage.Day]>([:])
+
+    var days: [String: Usage.Day] { closed.value }
+
+    func remember(_ usage: Usage) {
+        closed.value = usage.closedDays
     }
 }
