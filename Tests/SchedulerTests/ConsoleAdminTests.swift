@@ -156,6 +156,8 @@ struct ConsoleAdminTests {
             let refused = try await bob.get("/ui/admin")
             #expect(refused.status == 404 && refused.body.contains("<h1>Not found</h1>"), "\(refused.body)")
             #expect(!refused.body.contains("Usage per day") && !refused.body.contains("agent-one"))
+            let missing = try await bob.get("/ui/no/such-page")
+            #expect(missing.status == 404 && missing.body == refused.body, "\(missing.body)")
             #expect(!(try await bob.get("/").body.contains("admin-link")))
             let forged = try await bob.post("/ui/admin/users", form: [("csrf", bobToken), ("name", "eve"), ("password", Self.password), ("admin", "on")])
             #expect(forged.status == 404)

@@ -4,8 +4,9 @@ import Hummingbird
 import KilnCore
 
 /// The admin page (docs/console.md): `GET /ui/admin`, for admins only (anyone else gets the
-/// same 404 page as a page that does not exist, so the page does not even say it is there),
-/// and `POST /ui/admin/users`, adding a user through the API's own `IdentityAPI.addUser`.
+/// same 404 page as a page that does not exist, `GET /ui/**`, so the page does not even say
+/// it is there), and `POST /ui/admin/users`, adding a user through the API's own
+/// `IdentityAPI.addUser`.
 ///
 /// What it reads, each as cheaply as the data allows: users, cells, apps, agents and the
 /// load-balancer groups whole (they are few); usage over the last 30 days, counted by the pure
@@ -25,6 +26,11 @@ extension Console {
                 try requireAdmin(me)
                 return ConsolePages.admin(try await adminView(usage: usageCache), now: Date(), viewer: me.viewer)
             }
+        }
+        // Any other console page that does not exist: the same page a non-admin gets for this
+        // one (the router prefers every route that names its parts over this one).
+        router.get("ui/**") { request, _ in
+            try await page(request) { _ in throw Console.noSuchPage }
         }
         form("ui/admin/users", to: router) { _, _, me, fields in
             try requireAdmin(me)
