@@ -51,6 +51,8 @@ struct BuildRunner: TaskRunner {
     var pendingEnds: PendingEnds? = nil
     /// The ONBUILD triggers of base images this agent has read, by image ID.
     let triggerCache = ImageTriggerCache()
+    /// The refs each project's builds last published (`RepositoryRefs`).
+    let publishedRefs = PublishedRefs()
 
     var mirrorsDir: URL { configuration.dataDir.appendingPathComponent("mirrors") }
     var cachesDir: URL { configuration.dataDir.appendingPathComponent("mvncache") }
@@ -195,11 +197,14 @@ struct BuildRunner: TaskRunner {
 
     private func runSteps(task: BuildTask, build: inout Build, workspace: URL, reporter: BuildReporter, control: BuildControl) async throws {
         let project = task.project
-        let (commit, secrets) = try await step(.fetch, limit: configuration.timeouts.fetch, build: &build, reporter: reporter, control: control) {
+        let (commit, secrets, refs) = try await step(.fetch, limit: configuration.timeouts.fetch, build: &build, reporter: reporter, control: control) {
             let secrets = try await receiveSecrets(task: task, reporter: reporter)
-            return Fetched(commit: try await fetch(task: task, workspace: workspace, secrets: secrets, reporter: reporter), secrets: secrets)
+            let (commit, refs) = try await fetch(task: task, workspace: workspace, secrets: secrets, reporter: reporter)
+            return Fetched(commit: commit, secrets: secrets, refs: refs)
         }.pair
         build.commit = commit
+        // The repository's branches and tags, for the console's build form (`RepositoryRefs`).
+        build.repositoryRefs = refs.flatMap { publishedRefs.publish($0, project: project.name) }
         let tag = task.tag ?? String(commit.prefix(7))
         let repository = "\(configuration.registry)/\(project.repositoryName)"
         build.tag = tag
@@ -246,7 +251,9 @@ struct BuildRunner: TaskRunner {
     private struct Fetched: Sendable {
         let commit: String
         let secrets: BuildSecrets
-        var pair: (String, BuildSecrets) { (commit, secrets) }
+        /// The mirror's branches and tags (nil: they could not be read, which fails nothing).
+        let refs: [String]?
+        var pair: (String, BuildSecrets, [String]?) { (commit, secrets, refs) }
     }
 
     /// Runs one step with its time limit, recording start, end, duration and outcome.
@@ -296,7 +303,7 @@ struct BuildRunner: TaskRunner {
     }
 
     // fetch: libgit2 mirror per project, incremental fetch, exact checkout.
-    private func fetch(task: BuildTask, workspace: URL, secrets: BuildSecrets, reporter: BuildReporter) async throws -> String {
+    private func fetch(task: BuildTask, workspace: URL, secrets: BuildSecrets, reporter: BuildReporter) async throws -> (commit: String, refs: [String]?) {
         let project = task.project
         try checkFileRepository(project.repository)
         let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
@@ -313,7 +320,9 @@ struct BuildRunner: TaskRunner {
             try FileManager.default.createDirectory(at: workspace, withIntermediateDirectories: true)
             try await blocking(cancel: flag) { try mirror.checkout(commit: sha, into: workspace) }
             reporter.log("checked out \(sha) (\(task.commit == nil ? "tip of \(task.ref)" : "exact commit"))")
-            return sha
+            // Read under the mirror's lock, as the fetch left it.
+            let refs = try? await blocking(cancel: flag) { RepositoryRefs.bounded(try mirror.refs()) }
+            return (sha, refs)
         }
     }
 }

@@ -81,6 +81,10 @@ public struct Build: Codable, Sendable, Equatable {
     /// Set once the leader has moved the log (or its first part) out of etcd into the log
     /// archive (``ArchivedLog``; docs/logs.md). Nil: every line is still in etcd.
     public var logArchive: ArchivedLog?
+    /// The repository's branches and tags as this build's fetch found them, newest commit
+    /// first, bounded (``RepositoryRefs``); nil when the agent did not publish them with this
+    /// build (they had not changed). Written by the agent: a suggestion for the build form only.
+    public var repositoryRefs: [String]?
 
     public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
         self.id = id

@@ -12,6 +12,15 @@ struct IdentityAPI: Sendable {
     let logger: Logger
     let maxBody = 1 << 16
 
+    /// Adds a user (admins only; 409 for a taken name): `POST /api/v1/users` and the console's
+    /// admin page.
+    func addUser(_ body: NewUser, by caller: Caller) async throws -> User {
+        try access.requireAdmin(caller, to: "add users")
+        let user = try await store.createUser(body, by: caller.user)
+        logger.info("user added", metadata: ["user": "\(user.name)", "admin": "\(user.admin)", "by": "\(caller.user)"])
+        return user
+    }
+
     func addRoutes(to api: RouterGroup<KilnRequestContext>) {
         // Users: admins make them; anyone sees themselves.
         api.post("users") { request, context in
@@ -19,9 +28,7 @@ struct IdentityAPI: Sendable {
             try access.requireAdmin(caller, to: "add users")
             var request = request
             let body = try decodeBody(NewUser.self, from: try await request.collectBody(upTo: maxBody))
-            let user = try await store.createUser(body, by: caller.user)
-            logger.info("user added", metadata: ["user": "\(user.name)", "admin": "\(user.admin)", "by": "\(caller.user)"])
-            return json(user.view, status: .created)
+            return json(try await addUser(body, by: caller).view, status: .created)
         }
         api.get("users") { request, context in
             let caller = try await auth.caller(request, context: context)

@@ -100,7 +100,7 @@ extension Console {
         }
         if role >= Permission.build.minimumRole {
             actions.buildForm = buildForm ?? BuildForm(project)
-            actions.refs = BuildForm.offeredRefs(project)
+            actions.refs = BuildForm.offeredRefs(project, found: RepositoryRefs.latest(in: builds?.builds ?? []))
         }
         return ConsolePages.project(api.shown(project, to: role), builds: builds?.builds, activity: activity, now: Date(), viewer: me.viewer,
                                     older: builds?.next.map { "/ui/builds?project=\(name)&cursor=\($0)" }, actions: actions)

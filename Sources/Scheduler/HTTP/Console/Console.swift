@@ -130,6 +130,7 @@ public struct Console: Sendable {
             return ConsoleHTTP.redirect("/ui/builds/\(cancelled.id)")
         }
         addProjectRoutes(to: router)
+        addAdminRoutes(to: router)
     }
 
     /// Whether the build page offers `me` the cancel and rebuild buttons (developers and up).

@@ -193,11 +193,12 @@ struct BuildForm: Sendable, Equatable {
     }
 
     /// The refs the form offers: the default branch, then the branches and protected refs the
-    /// project names that are not patterns. (The repository's own branches and tags would need
-    /// a fetch, which only agents make; any other ref can be typed.)
-    static func offeredRefs(_ p: Project) -> [String] {
+    /// project names that are not patterns, then `found`, the repository's own branches and
+    /// tags as an agent's fetch published them (`RepositoryRefs.latest`; the scheduler never
+    /// fetches). Any other ref can be typed.
+    static func offeredRefs(_ p: Project, found: [String] = []) -> [String] {
         var seen = Set<String>()
-        return ([p.defaultBranch] + (p.branches ?? []) + (p.protectedRefs ?? []))
+        return ([p.defaultBranch] + (p.branches ?? []) + (p.protectedRefs ?? []) + found)
             .filter { !$0.contains("*") && seen.insert($0).inserted }
     }
 
