@@ -172,8 +172,22 @@ struct ConsoleGroupsTests {
             // The digest the page showed must still be the tag's.
             let stale = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v1"), ("digest", v2.digest)])
             #expect(stale.status == 409 && stale.body.contains("nothing was deleted"))
-            let deleted = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v1"), ("digest", v1.digest)])
-            #expect(deleted.status == 200 && deleted.body.contains("Deleted team/shop@\(v1.digest) (tags v1, v1-alias)"), "\(deleted.body)")
+            // In Chromium, as a person does it: the tag's link, the confirmation, its button.
+            let browser = try Browser.launch(try Chromium.path())
+            defer { browser.close() }
+            let tab = try await browser.attachToPage()
+            #expect(try await browser.logIn(h.api, user: "mary", password: ConsoleFormsTests.password, from: "/ui/groups", session: tab) == h.api + "/ui/groups")
+            #expect(try await browser.clickLink("a[href='/ui/groups/team']", session: tab) == h.api + "/ui/groups/team")
+            try await ConsoleTests().screenshot(browser, tab, "group-images.png")
+            let confirmation = try await browser.clickLink("tr[data-tag='v1'] a.delete", session: tab)
+            #expect(confirmation.hasPrefix(h.api + "/ui/groups/team/images/delete?"))
+            #expect(try await browser.evaluate("document.getElementById('digest').textContent", session: tab) == v1.digest)
+            try await ConsoleTests().screenshot(browser, tab, "group-image-delete-confirm.png")
+            #expect(try await browser.submit("#delete-image", session: tab) == h.api + "/ui/groups/team/images/delete")
+            let notice = try await browser.evaluate("document.getElementById('notice').textContent", session: tab)
+            #expect(notice == "Deleted team/shop@\(v1.digest) (tags v1, v1-alias).", "\(notice)")
+            #expect(try await browser.evaluate("String(document.querySelector('tr[data-tag=\"v1\"]'))", session: tab) == "null")
+            try await ConsoleTests().screenshot(browser, tab, "group-image-deleted.png")
             #expect(try await tags(registry, key, "team/shop") == ["v2"])
             let activity = try await h.request(.GET, "/api/v1/projects/shop/activity").body
             #expect(activity.contains("image deleted") && activity.contains("mary"), "\(activity)")
