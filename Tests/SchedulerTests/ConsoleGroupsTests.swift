@@ -156,6 +156,7 @@ struct ConsoleGroupsTests {
             // What a live version runs is not deleted, and the page says why.
             let running = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v2")])
             #expect(running.status == 409 && running.body.contains("app shop-app version 3 (live)"), "\(running.body)")
+            #expect(try await mary.get("/ui/groups/team/images/delete?repository=team/shop&tag=v2").status == 409)
             // Hostile names: refused before the registry is asked, escaped.
             for (repository, tag) in [("team/<script>", "v1"), ("elsewhere/thing", "x"), ("team/shop", "<b>x</b>"), ("team/../elsewhere/thing", "x")] {
                 let r = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", repository), ("tag", tag)])
@@ -167,6 +168,7 @@ struct ConsoleGroupsTests {
             // A master: the confirmation names every tag of the digest; the delete takes them.
             let masterPage = try await mary.get("/ui/groups/team").body
             #expect(masterPage.contains(#"href="/ui/groups/team/images/delete?repository=team/shop&amp;tag=v1""#), "\(masterPage)")
+            #expect(masterPage.contains("in use") && !masterPage.contains("tag=v2\""), "no delete link for what runs")
             let confirm = try await mary.get("/ui/groups/team/images/delete?repository=team/shop&tag=v1")
             #expect(confirm.status == 200 && confirm.body.contains(v1.digest) && confirm.body.contains("the tags v1-alias name the same image"), "\(confirm.body)")
             // The digest the page showed must still be the tag's.
@@ -197,6 +199,38 @@ struct ConsoleGroupsTests {
             #expect(apiDelete.status == 200 && apiDelete.body.contains("latest"), "\(apiDelete.body)")
             #expect(try await tags(registry, key, "team/base") == [])
             #expect(try await h.request(.DELETE, "/api/v1/groups/team/images/base/tags/latest").status == 404)
+        }
+    }
+
+    @Test func namesAreCheckedAndHostileValuesEscapedOnTheNewPages() throws {
+        for good in ["team/shop", "team/a.b_c-d/e2"] { #expect(throws: Never.self) { try ImagesAPI.checkRepository(good, in: "team") } }
+        for bad in ["team", "team/", "team/Shop", "team/../x", "other/shop", "team/-x", "team//x", "team/<b>"] {
+            #expect(throws: KilnError.self, "\(bad)") { try ImagesAPI.checkRepository(bad, in: "team") }
+        }
+        #expect(ImagesAPI.isTag("v1.0_rc-1") && !ImagesAPI.isTag(".x") && !ImagesAPI.isTag("-x") && !ImagesAPI.isTag("a/b") && !ImagesAPI.isTag(String(repeating: "a", count: 129)))
+        #expect(ImagesAPI.isDigest("sha256:" + String(repeating: "0f", count: 32)) && !ImagesAPI.isDigest("sha256:" + String(repeating: "0F", count: 32)))
+        #expect(Known.repository(of: "127.0.0.1:5000/team/shop:v1") == "team/shop" && Known.repository(of: "registry.example.com/team/shop@sha256:ab") == "team/shop")
+        #expect(Known.repository(of: "team/shop:v1") == "team/shop")
+        #expect(ConsolePages.bytes(999) == "999 B" && ConsolePages.bytes(1_234_567) == "1.2 MB")
+
+        let evil = "<script>alert('x')</script>"
+        let viewer = ConsoleViewer(user: evil, admin: false, csrf: "token-1")
+        let images = GroupImages(group: Group(name: "team"), projects: [evil], repositories: [
+            ImageRepository(name: "team/\(evil)", project: evil, tags: [ImageTag(tag: evil, digest: evil, size: 10, build: evil,
+                                                                            runningIn: [ImageUse(app: evil, version: 1, state: .live)], error: evil)]),
+        ], fromRegistry: false, registryError: evil)
+        let pages = [
+            ConsolePages.groups([(Group(name: evil), .owner)], viewer: viewer),
+            ConsolePages.group(Group(name: evil), role: .owner, projects: [evil], images: images, actions: GroupActions(mayManage: true, mayDelete: ["team/\(evil)"]),
+                               viewer: viewer, notice: evil, error: evil),
+            ConsolePages.confirmDelete(group: evil, repository: evil, tag: evil, digest: evil, alsoTagged: [evil], viewer: viewer),
+            ConsolePages.members(.project, evil, members: [Member(user: evil, role: .owner)], actions: MemberActions(mayManage: true, mayManageOwners: true),
+                                 viewer: viewer, error: evil, typed: (evil, evil)),
+            ConsolePages.activity(.app, evil, entries: [ActivityEntry(ActivityEvent(user: evil, action: evil, detail: evil))], viewer: viewer),
+        ].map(\.rendered)
+        for page in pages {
+            #expect(!page.contains("<script>"), "\(page)")
+            #expect(page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"))
         }
     }
 

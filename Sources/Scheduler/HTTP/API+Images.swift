@@ -94,11 +94,7 @@ struct ImagesAPI: Sendable {
         if let expected, expected != digest {
             throw KilnError.conflict("\(repository):\(tag) names \(digest) now, not \(expected) as when you looked: nothing was deleted; look again")
         }
-        let running = Known.uses(try await store.apps(), repository: repository, digest: digest)
-        if !running.isEmpty {
-            let versions = running.map { "app \($0.app) version \($0.version) (\($0.state.rawValue))" }.joined(separator: ", ")
-            throw KilnError.conflict("\(repository):\(tag) (\(digest)) is what \(versions) runs: deploy another version or retire it before deleting the image")
-        }
+        try Known.refuseIfRunning(try await store.apps(), repository: repository, tag: tag, digest: digest)
         // The other tags that name the same manifest go with it: say which.
         var tags: [String] = []
         for other in try await registry.tags(repository).prefix(ImageRepository.maxTags * 2) {
@@ -241,6 +237,15 @@ struct Known: Sendable {
         // A first part with '.' or ':' (or `localhost`) is a registry host, as Docker reads it.
         if parts.count == 2, parts[0].contains(".") || parts[0].contains(":") || parts[0] == "localhost" { return String(parts[1]) }
         return full
+    }
+
+    /// 409 when a version runs `repository@digest` (`tag` names it), naming the versions.
+    static func refuseIfRunning(_ apps: [App], repository: String, tag: String, digest: String) throws {
+        let running = uses(apps, repository: repository, digest: digest)
+        guard running.isEmpty else {
+            let versions = running.map { "app \($0.app) version \($0.version) (\($0.state.rawValue))" }.joined(separator: ", ")
+            throw KilnError.conflict("\(repository):\(tag) (\(digest)) is what \(versions) runs: deploy another version or retire it before deleting the image")
+        }
     }
 
     /// The versions whose instances run `repository@digest`.

@@ -45,6 +45,7 @@ extension Console {
                 guard ImagesAPI.isTag(tag), let digest = try await registry.digest(repository, tag) else {
                     throw KilnError.notFound("\(repository) has no tag '\(tag)'")
                 }
+                try Known.refuseIfRunning(try await store.apps(), repository: repository, tag: tag, digest: digest)
                 var others: [String] = []
                 for other in try await registry.tags(repository).prefix(ImageRepository.maxTags * 2) {
                     if other != tag, try await registry.digest(repository, other) == digest { others.append(other) }

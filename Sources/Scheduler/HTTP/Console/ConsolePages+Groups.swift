@@ -68,7 +68,10 @@ extension ConsolePages {
             let rows = r.tags.map { t -> HTML in
                 let running: HTML = t.runningIn.isEmpty ? "—" : t.runningIn.map { u -> HTML in "\(u.app) v\(u.version) (\(u.state.rawValue))" }.joined(separator: "<br>")
                 var delete: HTML = ""
-                if images.fromRegistry, actions.mayDelete.contains(r.name), t.digest != nil {
+                if !t.runningIn.isEmpty {
+                    // Refused anyway while a version runs it: say so instead of offering it.
+                    delete = "<span class=\"muted\">in use</span>"
+                } else if images.fromRegistry, actions.mayDelete.contains(r.name), t.digest != nil {
                     let query = "repository=\(ConsoleHTTP.encodeQueryValue(r.name))&tag=\(ConsoleHTTP.encodeQueryValue(t.tag))"
                     delete = "<a class=\"delete\" href=\"/ui/groups/\(group)/images/delete?\(query)\">Delete…</a>"
                 }
