@@ -211,7 +211,7 @@ struct ConsoleGroupsTests {
         #expect(ImagesAPI.isDigest("sha256:" + String(repeating: "0f", count: 32)) && !ImagesAPI.isDigest("sha256:" + String(repeating: "0F", count: 32)))
         #expect(Known.repository(of: "127.0.0.1:5000/team/shop:v1") == "team/shop" && Known.repository(of: "registry.example.com/team/shop@sha256:ab") == "team/shop")
         #expect(Known.repository(of: "team/shop:v1") == "team/shop")
-        #expect(ConsolePages.bytes(999) == "999 B" && ConsolePages.bytes(1_234_567) == "1.2 MB")
+        #expect(ConsolePages.imageSize(999) == "999 B" && ConsolePages.imageSize(1_234_567) == "1.2 MB")
 
         let evil = "<script>alert('x')</script>"
         let viewer = ConsoleViewer(user: evil, admin: false, csrf: "token-1")

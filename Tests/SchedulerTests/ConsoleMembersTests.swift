@@ -129,6 +129,10 @@ struct ConsoleMembersTests {
             let appPage = try await gina.get("/ui/apps/api-app/members")
             #expect(appPage.status == 200 && appPage.body.contains(#"<tr data-member="gina">"#) && appPage.body.contains(#"id="leave""#) && !appPage.body.contains(#"id="member-form""#))
             #expect(try await gina.get("/ui/apps/api-app/activity").status == 403)
+            // The projects its owners let deploy into it are named there too.
+            _ = try await h.addProjectWithBuild("web")
+            #expect(try await h.request(.PUT, "/api/v1/apps/api-app/projects/web").status == 200)
+            #expect(try await gina.get("/ui/apps/api-app/members").body.contains(#"the pipelines of <a href="/ui/projects/web">web</a> may deploy"#))
             #expect(try await stranger.get("/ui/apps/api-app/members").status == 404)
             #expect(try await stranger.get("/ui/apps/nothing-here/members").status == 404)
             #expect(try await h.request(.PUT, "/api/v1/apps/api-app/members/stranger", body: #"{"role":"reporter"}"#).status == 200)

@@ -9,15 +9,15 @@ import KilnCore
 /// checks, messages and activity. The members and activity tabs: `Console+Members.swift`.
 extension Console {
     /// The API's identity functions, with this console's store and checks.
-    var identity: IdentityAPI { IdentityAPI(store: store, auth: auth, access: access, logger: logger) }
+    var identityAPI: IdentityAPI { IdentityAPI(store: store, auth: auth, access: access, logger: logger) }
 
-    var images: ImagesAPI { ImagesAPI(store: store, registry: registry, logger: logger) }
+    var imagesAPI: ImagesAPI { ImagesAPI(store: store, registry: registry, logger: logger) }
 
     func addGroupRoutes(to router: Router<KilnRequestContext>) {
         router.get("ui/groups") { request, _ in
             try await page(request) { me in
                 let roles = try await access.roles(of: me.caller)
-                let groups = try await identity.visibleGroups(me.caller)
+                let groups = try await identityAPI.visibleGroups(me.caller)
                 return ConsolePages.groups(groups.map { ($0, roles.role(ofGroup: $0.name)) }, viewer: me.viewer)
             }
         }
@@ -29,7 +29,7 @@ extension Console {
             guard let visibility = fields["visibility"].flatMap(Group.Visibility.init(rawValue:)) else {
                 throw KilnError.invalid("visibility is 'private' or 'public'")
             }
-            _ = try await identity.setVisibility(of: name, to: visibility, by: me.caller)
+            _ = try await identityAPI.setVisibility(of: name, to: visibility, by: me.caller)
             return ConsoleHTTP.redirect("/ui/groups/\(name)")
         }
         // The confirmation: what the delete takes away (every tag of the digest).
@@ -38,9 +38,9 @@ extension Console {
                 let name = try context.parameters.require("name")
                 let query = request.uri.queryParameters
                 let repository = query["repository"].map(String.init) ?? "", tag = query["tag"].map(String.init) ?? ""
-                try await identity.requireExisting(.group, name, .view, me.caller)
+                try await identityAPI.requireExisting(.group, name, .view, me.caller)
                 try ImagesAPI.checkRepository(repository, in: name)
-                try await images.requireDelete(repository, group: name, me.caller)
+                try await imagesAPI.requireDelete(repository, group: name, me.caller)
                 guard let registry else { throw KilnError.unavailable("this scheduler cannot reach the registry: start it with --registry-url") }
                 guard ImagesAPI.isTag(tag), let digest = try await registry.digest(repository, tag) else {
                     throw KilnError.notFound("\(repository) has no tag '\(tag)'")
@@ -56,13 +56,13 @@ extension Console {
         form("ui/groups/:name/images/delete", to: router) { _, context, me, fields in
             let name = try context.parameters.require("name")
             do {
-                let deleted = try await images.deleteTag(group: name, repository: fields["repository"] ?? "", tag: fields["tag"] ?? "",
+                let deleted = try await imagesAPI.deleteTag(group: name, repository: fields["repository"] ?? "", tag: fields["tag"] ?? "",
                                                          digest: fields["digest"].flatMap { $0.isEmpty ? nil : $0 }, by: me.caller)
                 let notice = "Deleted \(deleted.repository)@\(deleted.digest) (tags \(deleted.tags.joined(separator: ", ")))."
                 return ConsoleHTTP.html(try await groupPage(name, me, notice: notice))
             } catch let error as KilnError {
                 // Refused: the group's page again with why, if the viewer may see it at all.
-                guard (try? await identity.requireExisting(.group, name, .view, me.caller)) != nil else { throw groupNotFound(name) }
+                guard (try? await identityAPI.requireExisting(.group, name, .view, me.caller)) != nil else { throw groupNotFound(name) }
                 return ConsoleHTTP.html(try await groupPage(name, me, error: error.message), status: error.httpStatus)
             }
         }
@@ -71,15 +71,15 @@ extension Console {
 
     /// The group's page for `me`: 404 without a role on it; images for readers.
     func groupPage(_ name: String, _ me: SignedIn, notice: String? = nil, error: String? = nil) async throws -> HTML {
-        let role = try await identity.requireExisting(.group, name, .view, me.caller)
+        let role = try await identityAPI.requireExisting(.group, name, .view, me.caller)
         let group = try await store.group(name)
         let projects = try await store.projects().filter { $0.group == name }.map(\.name).sorted()
         var found: GroupImages?
         var actions = GroupActions(mayManage: role >= Permission.manage.minimumRole)
         if role >= Permission.read.minimumRole {
-            let listed = try await images.images(of: name, caller: me.caller)
+            let listed = try await imagesAPI.images(of: name, caller: me.caller)
             for r in listed.repositories {
-                if try await images.mayDelete(r.name, group: name, me.caller) { actions.mayDelete.insert(r.name) }
+                if try await imagesAPI.mayDelete(r.name, group: name, me.caller) { actions.mayDelete.insert(r.name) }
             }
             found = listed
         }

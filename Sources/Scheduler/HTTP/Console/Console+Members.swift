@@ -20,7 +20,7 @@ extension Console {
                 let user = (fields["user"] ?? "").trimmingCharacters(in: .whitespaces), role = fields["role"] ?? ""
                 do {
                     guard !user.isEmpty else { throw KilnError.invalid("name the user to add") }
-                    _ = try await identity.setMember(kind, name, user: user, role: role, by: me.caller)
+                    _ = try await identityAPI.setMember(kind, name, user: user, role: role, by: me.caller)
                     return ConsoleHTTP.redirect(ConsolePages.resourcePath(kind, name) + "/members")
                 } catch let error as KilnError {
                     // The tab again with what was typed and why it was refused (a resource the
@@ -32,18 +32,18 @@ extension Console {
                 let name = try context.parameters.require("name")
                 let user = fields["user"] ?? ""
                 do {
-                    _ = try await identity.removeMember(kind, name, user: user, by: me.caller)
+                    _ = try await identityAPI.removeMember(kind, name, user: user, by: me.caller)
                 } catch let error as KilnError {
                     return ConsoleHTTP.html(try await membersPage(kind, name, me, error: error.message), status: error.httpStatus)
                 }
                 // Someone who left may no longer see the resource: then the overview.
-                let stillSees = (try? await identity.requireExisting(kind, name, .view, me.caller)) != nil
+                let stillSees = (try? await identityAPI.requireExisting(kind, name, .view, me.caller)) != nil
                 return ConsoleHTTP.redirect(stillSees ? ConsolePages.resourcePath(kind, name) + "/members" : "/")
             }
             router.get("ui/\(kind.plural)/:name/activity") { request, context in
                 try await page(request) { me in
                     let name = try context.parameters.require("name")
-                    let entries = try await identity.activity(kind, name, limit: 100, caller: me.caller)
+                    let entries = try await identityAPI.activity(kind, name, limit: 100, caller: me.caller)
                     return ConsolePages.activity(kind, name, entries: entries, viewer: me.viewer)
                 }
             }
@@ -52,9 +52,10 @@ extension Console {
 
     /// The members tab for `me` (404 without a role on the resource).
     func membersPage(_ kind: ResourceKind, _ name: String, _ me: SignedIn, error: String? = nil, typed: (user: String, role: String)? = nil) async throws -> HTML {
-        let role = try await identity.requireExisting(kind, name, .view, me.caller)
-        let members = try await identity.members(kind, name, caller: me.caller)
+        let role = try await identityAPI.requireExisting(kind, name, .view, me.caller)
+        let members = try await identityAPI.members(kind, name, caller: me.caller)
         let actions = MemberActions(mayManage: role >= Permission.manage.minimumRole, mayManageOwners: role >= Permission.own.minimumRole)
-        return ConsolePages.members(kind, name, members: members, actions: actions, viewer: me.viewer, error: error, typed: typed)
+        let deployers = kind == .app ? Array((try await store.members(.app, name).members.projects ?? [:]).keys) : []
+        return ConsolePages.members(kind, name, members: members, actions: actions, viewer: me.viewer, error: error, typed: typed, deployers: deployers)
     }
 }

@@ -52,7 +52,7 @@ extension ConsolePages {
             .compactMap { $0 }.joined()
         return layout(title: "\(group.name) · Kiln", refresh: nil, viewer: viewer, body: """
             <h1>Group <span id="group">\(group.name)</span> <small>your role: \(role.rawValue)</small></h1>
-            \(tabs(.group, group.name, current: ""))
+            \(resourceTabs(.group, group.name, current: ""))
             \(top)
             <p>\(visibility) <small class="muted">public: anyone may pull its images without logging in; private: reporters and above.</small></p>
             <h2>Projects</h2>
@@ -76,7 +76,7 @@ extension ConsolePages {
                     delete = "<a class=\"delete\" href=\"/ui/groups/\(group)/images/delete?\(query)\">Delete…</a>"
                 }
                 let error: HTML = t.error.map { e -> HTML in "<br><span class=\"error\">\(e)</span>" } ?? ""
-                return "<tr data-tag=\"\(t.tag)\"><td class=\"tag\">\(t.tag)\(error)</td><td>\(code(t.digest.map(shortDigest)))</td><td>\(t.size.map(bytes) ?? "—")</td><td>\(t.build.map(buildLink) ?? "—")</td><td>\(running)</td><td>\(delete)</td></tr>"
+                return "<tr data-tag=\"\(t.tag)\"><td class=\"tag\">\(t.tag)\(error)</td><td>\(code(t.digest.map(shortDigest)))</td><td>\(t.size.map(imageSize) ?? "—")</td><td>\(t.build.map(buildLink) ?? "—")</td><td>\(running)</td><td>\(delete)</td></tr>"
             }
             let project: HTML = r.project.map { p -> HTML in " <small>of project \(projectLink(p))</small>" } ?? ""
             let more: HTML = r.moreTags.map { n -> HTML in "<p class=\"muted\">… and \(n) more tags.</p>" } ?? ""
@@ -113,7 +113,7 @@ extension ConsolePages {
     static func shortDigest(_ digest: String) -> String { String(digest.prefix(19)) }
 
     /// 1234567 → "1.2 MB" (powers of 1000, as registries and `podman images` show sizes).
-    static func bytes(_ n: Int64) -> String {
+    static func imageSize(_ n: Int64) -> String {
         let units = ["B", "kB", "MB", "GB", "TB"]
         var value = Double(n), unit = 0
         while value >= 1000, unit < units.count - 1 { value /= 1000; unit += 1 }

@@ -17,7 +17,7 @@ extension ConsolePages {
     static func resourcePath(_ kind: ResourceKind, _ name: String) -> String { "/ui/\(kind.plural)/\(name)" }
 
     /// The tab links of a resource page; `current`: "", "members" or "activity".
-    static func tabs(_ kind: ResourceKind, _ name: String, current: String) -> HTML {
+    static func resourceTabs(_ kind: ResourceKind, _ name: String, current: String) -> HTML {
         let first = kind == .group ? "Images" : kind == .app ? "App" : "Project"
         let links = [("", first), ("members", "Members"), ("activity", "Activity")].map { tab -> HTML in
             let path = resourcePath(kind, name) + (tab.0.isEmpty ? "" : "/" + tab.0)
@@ -29,8 +29,9 @@ extension ConsolePages {
 
     /// The members tab. `typed`: what a refused form had (user, role), shown again with
     /// `error`, the refusal; `notice`: what the last change did.
+    /// `deployers`: for an app, the other projects its owners allow to deploy into it.
     static func members(_ kind: ResourceKind, _ name: String, members: [Member], actions: MemberActions, viewer: ConsoleViewer,
-                        error: String? = nil, typed: (user: String, role: String)? = nil) -> HTML {
+                        error: String? = nil, typed: (user: String, role: String)? = nil, deployers: [String] = []) -> HTML {
         let base = resourcePath(kind, name) + "/members"
         let offered = Role.allCases.filter { $0 != .owner || actions.mayManageOwners }
         let rows = members.map { m -> HTML in
@@ -65,13 +66,16 @@ extension ConsolePages {
         let inherited: HTML = kind == .group ? "Members of a group hold their role on every project and image in it."
             : kind == .project ? "Members of the project's group hold their group role here too."
             : "Members of the project that owns the app hold their project role here too."
+        let allowed: HTML = deployers.isEmpty ? ""
+            : "<p id=\"deployers\">Besides its own project, the pipelines of \(deployers.sorted().map(projectLink).joined(separator: ", ")) may deploy into this app (its owners decide: <code>PUT /api/v1/apps/\(name)/projects/PROJECT</code>).</p>"
         return layout(title: "Members of \(name) · Kiln", refresh: nil, viewer: viewer, body: """
             <h1>Members of \(kind.rawValue) <span id="resource">\(name)</span></h1>
-            \(tabs(kind, name, current: "members"))
+            \(resourceTabs(kind, name, current: "members"))
             \(problem)
             <div class="split"><div>
             \(table(["user", "role", ""], rows, empty: "No members."))
             <p class="muted">\(inherited)</p>
+            \(allowed)
             \(add)
             </div>
             <aside id="role-help"><h2>What each role may do</h2>\(roleTable())</aside>
@@ -101,12 +105,12 @@ extension ConsolePages {
     static func activity(_ kind: ResourceKind, _ name: String, entries: [ActivityEntry], viewer: ConsoleViewer) -> HTML {
         layout(title: "Activity of \(name) · Kiln", refresh: 30, viewer: viewer, body: """
             <h1>Activity of \(kind.rawValue) <span id="resource">\(name)</span></h1>
-            \(tabs(kind, name, current: "activity"))
-            \(activityTable(entries))
+            \(resourceTabs(kind, name, current: "activity"))
+            \(activityFeed(entries))
             """)
     }
 
-    static func activityTable(_ entries: [ActivityEntry]) -> HTML {
+    static func activityFeed(_ entries: [ActivityEntry]) -> HTML {
         let rows = entries.map { a -> HTML in
             let what: HTML
             if let build = a.build, let status = a.status {
