@@ -6,6 +6,7 @@ import KilnTestSupport
 import LocalFarm
 import NIOCore
 import NIOHTTP1
+import Processes
 import RegistryAuth
 @testable import Scheduler
 import Testing
@@ -36,7 +37,7 @@ struct ConsoleGroupsTests {
     /// Pushes an image of one config and one layer (texts) as `repository:tag` over the
     /// registry's API, with a token `key` signed; returns its digest and its size.
     @discardableResult
-    func push(_ registry: RegistryServer, _ key: TokenSigningKey, _ repository: String, _ tag: String, layer: String) async throws -> (digest: String, size: Int) {
+    func push(_ registry: some HasURL, _ key: TokenSigningKey, _ repository: String, _ tag: String, layer: String) async throws -> (digest: String, size: Int) {
         let token = try Self.token(key, [ResourceAccess(type: "repository", name: repository, actions: ["pull", "push"])])
         let config = #"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
         for blob in [config, layer] {
@@ -58,11 +59,10 @@ struct ConsoleGroupsTests {
     }
 
     /// The repository's tags as the registry lists them now.
-    func tags(_ registry: RegistryServer, _ key: TokenSigningKey, _ repository: String) async throws -> [String] {
+    func tags(_ registry: some HasURL, _ key: TokenSigningKey, _ repository: String) async throws -> [String] {
         let token = try Self.token(key, [ResourceAccess(type: "repository", name: repository, actions: ["pull"])])
         let r = try await send(.GET, registry.url + "/v2/\(repository)/tags/list", token: token)
-        struct List: Decodable { var tags: [String]? }
-        return (try JSONDecoder().decode(List.self, from: Data(r.body.utf8)).tags ?? []).sorted()
+        return (try JSONDecoder().decode(TagsList.self, from: Data(r.body.utf8)).tags ?? []).sorted()
     }
 
     static func token(_ key: TokenSigningKey, _ access: [ResourceAccess]) throws -> String {
@@ -234,6 +234,47 @@ struct ConsoleGroupsTests {
         }
     }
 
+    /// A registry without authentication whose deletes are off (`REGISTRY_STORAGE_DELETE_ENABLED=false`,
+    /// which overrides its configuration): the scheduler asks it without credentials, lists its
+    /// images, and a delete is refused with how to turn deletes on; nothing is deleted.
+    @Test func aRegistryThatRefusesDeletesIsNamedAsTheReason() async throws {
+        let dir = try TempDir("console-groups-nodelete")
+        defer { withExtendedLifetime(dir) {} }
+        let port = try FreePort.next()
+        let config = dir.url.appendingPathComponent("config.yml")
+        try """
+            version: 0.1
+            log:
+              level: warn
+              accesslog:
+                disabled: true
+            storage:
+              filesystem:
+                rootdirectory: "\(dir.url.appendingPathComponent("data").path)"
+            http:
+              addr: 127.0.0.1:\(port)
+
+            """.write(to: config, atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["REGISTRY_STORAGE_DELETE_ENABLED"] = "false"
+        let process = try ManagedProcess(name: "registry", executable: "docker-registry", arguments: ["serve", config.path],
+                                         environment: environment, logFile: dir.url.appendingPathComponent("registry.log"))
+        defer { process.stop(grace: 2) }
+        let url = "http://127.0.0.1:\(port)"
+        try await process.waitUntilReady(timeout: 20) { (try? await httpRequest(.GET, url + "/v2/"))?.status == 200 }
+        // Any signature will do: this registry checks none.
+        let key = TokenSigningKey.generate()
+        let digest = try await ConsoleGroupsTests().push(RegistryURL(url: url), key, "team/shop", "v1", layer: "kept").digest
+        try await withScheduler(configure: { $0.registryAPI = .init(url: url) }) { h in
+            #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#).status == 201)
+            let images = try KilnJSON.decode(GroupImages.self, from: try await h.request(.GET, "/api/v1/groups/team/images").body)
+            #expect(images.fromRegistry && images.repositories.first?.tags.first?.digest == digest, "\(images)")
+            let refused = try await h.request(.DELETE, "/api/v1/groups/team/images/shop/tags/v1")
+            #expect(refused.status == 409 && refused.body.contains("REGISTRY_STORAGE_DELETE_ENABLED=true"), "\(refused.body)")
+            #expect(try await h.request(.GET, "/api/v1/groups/team/images").body.contains(digest))
+        }
+    }
+
     @Test func visibilityIsChangedByMastersOnlyAndPagesWithoutARegistryComeFromTheBuilds() async throws {
         try await withScheduler { h in
             #expect(try await h.request(.POST, "/api/v1/groups", body: #"{"name":"team"}"#).status == 201)
@@ -266,3 +307,10 @@ struct ConsoleGroupsTests {
         }
     }
 }
+
+struct TagsList: Decodable { var tags: [String]? }
+
+/// Where a test registry answers.
+protocol HasURL: Sendable { var url: String { get } }
+extension RegistryServer: HasURL {}
+struct RegistryURL: HasURL { let url: String }
