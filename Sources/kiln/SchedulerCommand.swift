@@ -139,8 +139,7 @@ struct SchedulerCommand: AsyncParsableCommand {
     var registryAPI: RegistryClient.Configuration? {
         if let registryURL { return RegistryClient.Configuration(url: registryURL) }
         guard let registry else { return nil }
-        let host = registry.split(separator: ":").first.map(String.init) ?? registry
-        let loopback = host == "127.0.0.1" || host == "localhost" || host == "[::1]"
+        let loopback = ["127.0.0.1", "localhost", "[::1]"].contains { registry == $0 || registry.hasPrefix($0 + ":") }
         return RegistryClient.Configuration(url: (loopback ? "http://" : "https://") + registry)
     }
 
