@@ -37,7 +37,7 @@ struct ConsoleGroupsTests {
     /// Pushes an image of one config and one layer (texts) as `repository:tag` over the
     /// registry's API, with a token `key` signed; returns its digest and its size.
     @discardableResult
-    func push(_ registry: some HasURL, _ key: TokenSigningKey, _ repository: String, _ tag: String, layer: String) async throws -> (digest: String, size: Int) {
+    func push(_ registry: some HasURL, _ key: TokenSigningKey, _ repository: String, _ tag: String, layer: String) async throws -> (digest: String, size: Int, manifestSize: Int) {
         let token = try Self.token(key, [ResourceAccess(type: "repository", name: repository, actions: ["pull", "push"])])
         let config = #"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
         for blob in [config, layer] {
@@ -55,7 +55,19 @@ struct ConsoleGroupsTests {
             """
         let put = try await send(.PUT, registry.url + "/v2/\(repository)/manifests/\(tag)", body: manifest, contentType: "application/vnd.oci.image.manifest.v1+json", token: token)
         #expect(put.status == 201, "\(put.body)")
-        return (try #require(put.header("Docker-Content-Digest")), config.utf8.count + layer.utf8.count)
+        return (try #require(put.header("Docker-Content-Digest")), config.utf8.count + layer.utf8.count, manifest.utf8.count)
+    }
+
+    /// Pushes an OCI index of two manifests already in `repository` as `repository:tag`.
+    func pushIndex(_ registry: some HasURL, _ key: TokenSigningKey, _ repository: String, _ tag: String,
+                   of manifests: [(digest: String, size: Int, manifestSize: Int)]) async throws {
+        let token = try Self.token(key, [ResourceAccess(type: "repository", name: repository, actions: ["pull", "push"])])
+        let entries = zip(manifests, ["amd64", "arm64"]).map { m, arch in
+            #"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\#(m.digest)","size":\#(m.manifestSize),"platform":{"architecture":"\#(arch)","os":"linux"}}"#
+        }
+        let index = #"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[\#(entries.joined(separator: ","))]}"#
+        let put = try await send(.PUT, registry.url + "/v2/\(repository)/manifests/\(tag)", body: index, contentType: "application/vnd.oci.image.index.v1+json", token: token)
+        #expect(put.status == 201, "\(put.body)")
     }
 
     /// The repository's tags as the registry lists them now.
@@ -104,6 +116,10 @@ struct ConsoleGroupsTests {
             try await push(registry, key, "team/shop", "v1-alias", layer: "the first layer")
             let v2 = try await push(registry, key, "team/shop", "v2", layer: "the second, longer layer")
             try await push(registry, key, "team/base", "latest", layer: "a base image")
+            // Both platforms of one tag: their distinct blobs (one config, two layers) count once each.
+            let arm = try await push(registry, key, "team/shop", "arm", layer: "the arm layer")
+            try await pushIndex(registry, key, "team/shop", "multi", of: [v2, arm])
+            let configSize = v1.size - "the first layer".utf8.count
             try await push(registry, key, "elsewhere/thing", "x", layer: "not team's")
             let built = try await recordBuild(h, project: "shop", image: "\(registry.address)/team/shop:v1", tag: "v1", digest: v1.digest)
             // An app whose live version runs v2.
@@ -141,8 +157,9 @@ struct ConsoleGroupsTests {
             // The API lists the same.
             let api = try KilnJSON.decode(GroupImages.self, from: try await h.request(.GET, "/api/v1/groups/team/images").body)
             let shopTags = api.repositories.first { $0.name == "team/shop" }?.tags
-            #expect(api.fromRegistry && shopTags?.map(\.tag) == ["v1", "v1-alias", "v2"] && shopTags?.first?.build == built)
+            #expect(api.fromRegistry && shopTags?.map(\.tag) == ["arm", "multi", "v1", "v1-alias", "v2"] && shopTags?[2].build == built)
             #expect(shopTags?.last?.runningIn == [ImageUse(app: "shop-app", version: 3, state: .live)] && shopTags?.last?.size == Int64(v2.size))
+            #expect(shopTags?[1].size == Int64(configSize + "the arm layer".utf8.count + "the second, longer layer".utf8.count), "\(shopTags ?? [])")
 
             // A reporter's delete (form or API) is refused; the registry still has the tag.
             let refused = try await rita.post("/ui/groups/team/images/delete", form: [("csrf", ritaToken), ("repository", "team/shop"), ("tag", "v1")])
@@ -151,7 +168,7 @@ struct ConsoleGroupsTests {
             // A forged one (another site, no token) too.
             #expect(try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v1")], origin: .other("http://evil.example")).status == 403)
             #expect(try await mary.post("/ui/groups/team/images/delete", form: [("repository", "team/shop"), ("tag", "v1")]).status == 403)
-            #expect(try await tags(registry, key, "team/shop") == ["v1", "v1-alias", "v2"])
+            #expect(try await tags(registry, key, "team/shop") == ["arm", "multi", "v1", "v1-alias", "v2"])
 
             // What a live version runs is not deleted, and the page says why.
             let running = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v2")])
@@ -162,7 +179,7 @@ struct ConsoleGroupsTests {
                 let r = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", repository), ("tag", tag)])
                 #expect(r.status == 400 && !r.body.contains("<script>") && !r.body.contains("<b>x</b>"), "\(repository) \(tag): \(r.status) \(r.body)")
             }
-            #expect(try await tags(registry, key, "team/shop") == ["v1", "v1-alias", "v2"])
+            #expect(try await tags(registry, key, "team/shop") == ["arm", "multi", "v1", "v1-alias", "v2"])
             #expect(try await tags(registry, key, "elsewhere/thing") == ["x"])
 
             // A master: the confirmation names every tag of the digest; the delete takes them.
@@ -190,7 +207,7 @@ struct ConsoleGroupsTests {
             #expect(notice == "Deleted team/shop@\(v1.digest) (tags v1, v1-alias).", "\(notice)")
             #expect(try await browser.evaluate("String(document.querySelector('tr[data-tag=\"v1\"]'))", session: tab) == "null")
             try await ConsoleTests().screenshot(browser, tab, "group-image-deleted.png")
-            #expect(try await tags(registry, key, "team/shop") == ["v2"])
+            #expect(try await tags(registry, key, "team/shop") == ["arm", "multi", "v2"])
             let activity = try await h.request(.GET, "/api/v1/projects/shop/activity").body
             #expect(activity.contains("image deleted") && activity.contains("mary"), "\(activity)")
 

@@ -132,7 +132,7 @@ struct ImagesAPI: Sendable {
     /// The group's repositories from the registry's catalog (and the group's projects' own,
     /// which may have no image yet), each tag's manifest read.
     func fromTheRegistry(_ registry: RegistryClient, group: String, projects: [Project], known: Known) async throws -> [ImageRepository] {
-        var names = Set(try await registry.catalog().filter { $0.hasPrefix(group + "/") })
+        var names = Set(try await registry.catalog(prefix: group + "/"))
         names.formUnion(projects.map(\.repositoryName))
         var out: [ImageRepository] = []
         for name in names.sorted() {

@@ -52,22 +52,26 @@ public struct RegistryClient: Sendable {
         "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 
-    /// Every repository of the registry (its catalog, a page of 1000 at a time).
-    func catalog() async throws -> [String] {
+    /// The repositories whose names start with `prefix` (`GROUP/`). The catalog is sorted, so
+    /// the listing starts right after the prefix itself (`last=GROUP/`) and stops at the first
+    /// name past it: a group's page does not read the whole registry's catalog.
+    func catalog(prefix: String) async throws -> [String] {
         struct Page: Decodable { var repositories: [String]? }
         var out: [String] = []
-        var last: String?
-        for _ in 0..<100 {
-            let query = "n=1000" + (last.map { "&last=" + Self.escape($0) } ?? "")
-            let (status, body, _) = try await send(.GET, "/v2/_catalog?\(query)", scopes: [ResourceAccess(type: "registry", name: "catalog", actions: ["*"])])
+        var last = prefix
+        for _ in 0..<1000 {
+            let (status, body, _) = try await send(.GET, "/v2/_catalog?n=\(Self.catalogPage)&last=\(Self.escape(last))",
+                                                   scopes: [ResourceAccess(type: "registry", name: "catalog", actions: ["*"])])
             guard status == 200 else { throw answerError(status, body, doing: "list its repositories") }
             let page = try JSONDecoder().decode(Page.self, from: body).repositories ?? []
-            out += page
-            guard page.count == 1000 else { break }
-            last = page.last
+            out += page.prefix { $0.hasPrefix(prefix) }
+            guard page.count == Self.catalogPage, let next = page.last, next.hasPrefix(prefix) else { break }
+            last = next
         }
         return out
     }
+
+    static let catalogPage = 100
 
     /// A repository's tags; none for a repository the registry does not know.
     func tags(_ repository: String) async throws -> [String] {
