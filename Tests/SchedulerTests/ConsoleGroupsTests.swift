@@ -174,6 +174,9 @@ struct ConsoleGroupsTests {
             let running = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "v2")])
             #expect(running.status == 409 && running.body.contains("app shop-app version 3 (live)"), "\(running.body)")
             #expect(try await mary.get("/ui/groups/team/images/delete?repository=team/shop&tag=v2").status == 409)
+            // Nor one platform of a multi-platform tag.
+            let platform = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", "team/shop"), ("tag", "arm")])
+            #expect(platform.status == 409 && platform.body.contains("is one platform of team/shop:multi"), "\(platform.body)")
             // Hostile names: refused before the registry is asked, escaped.
             for (repository, tag) in [("team/<script>", "v1"), ("elsewhere/thing", "x"), ("team/shop", "<b>x</b>"), ("team/../elsewhere/thing", "x")] {
                 let r = try await mary.post("/ui/groups/team/images/delete", form: [("csrf", maryToken), ("repository", repository), ("tag", tag)])

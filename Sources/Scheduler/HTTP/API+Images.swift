@@ -95,17 +95,27 @@ struct ImagesAPI: Sendable {
             throw KilnError.conflict("\(repository):\(tag) names \(digest) now, not \(expected) as when you looked: nothing was deleted; look again")
         }
         try Known.refuseIfRunning(try await store.apps(), repository: repository, tag: tag, digest: digest)
-        // The other tags that name the same manifest go with it: say which.
-        var tags: [String] = []
-        for other in try await registry.tags(repository).prefix(ImageRepository.maxTags * 2) {
-            if other == tag, !tags.contains(tag) { tags.append(other) } else if try await registry.digest(repository, other) == digest { tags.append(other) }
-        }
-        if !tags.contains(tag) { tags.append(tag) }
+        let tags = [tag] + (try await sharing(digest, in: repository, besides: tag, registry: registry))
         try await registry.deleteManifest(repository, digest: digest, for: caller.user)
         try await store.record(ActivityEvent(user: caller.user, action: "image deleted", detail: "\(repository)@\(digest) (tags \(tags.joined(separator: ", ")))"),
                                on: owner.kind, owner.name)
         logger.info("image deleted", metadata: ["repository": "\(repository)", "digest": "\(digest)", "tags": "\(tags.joined(separator: ","))", "by": "\(caller.user)"])
         return DeletedImage(repository: repository, digest: digest, tags: tags)
+    }
+
+    /// The other tags of `repository` that name `digest` (they go with it: the registry deletes
+    /// by digest). 409 when a multi-platform tag (an index) lists it: deleting it would leave
+    /// that tag naming a manifest that is gone.
+    func sharing(_ digest: String, in repository: String, besides tag: String, registry: RegistryClient) async throws -> [String] {
+        var same: [String] = [], indexes: [String] = []
+        for other in try await registry.tags(repository).prefix(ImageRepository.maxTags * 2) where other != tag {
+            guard let found = try await registry.entries(repository, other) else { continue }
+            if found.digest == digest { same.append(other) } else if found.children.contains(digest) { indexes.append(other) }
+        }
+        guard indexes.isEmpty else {
+            throw KilnError.conflict("\(repository):\(tag) (\(digest)) is one platform of \(indexes.map { "\(repository):\($0)" }.joined(separator: ", ")): delete that tag first, or keep this one")
+        }
+        return same
     }
 
     /// Whether `caller` may delete tags of `repository` (for the console's buttons; the

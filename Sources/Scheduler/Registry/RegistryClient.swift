@@ -111,6 +111,17 @@ public struct RegistryClient: Sendable {
         return headers.first(name: "Docker-Content-Digest")
     }
 
+    /// The digest of the manifest `reference` names and, for an index, the digests of the
+    /// manifests it lists (empty for an image's own manifest); nil if there is none.
+    func entries(_ repository: String, _ reference: String) async throws -> (digest: String, children: [String])? {
+        let (status, body, headers) = try await send(.GET, "/v2/\(repository)/manifests/\(reference)", scopes: [pull(repository)], accept: Self.manifestTypes)
+        if status == 404 { return nil }
+        guard status == 200, let digest = headers.first(name: "Docker-Content-Digest") else {
+            throw answerError(status, body, doing: "read the manifest \(repository):\(reference)")
+        }
+        return (digest, ((try? JSONDecoder().decode(ManifestBody.self, from: body))?.manifests ?? []).map(\.digest))
+    }
+
     /// Deletes the manifest `digest` of `repository`, and so every tag that names it, for
     /// `user` (the token's subject). The registry refuses when deletes are off in its
     /// configuration; that refusal says how to turn them on.

@@ -46,10 +46,7 @@ extension Console {
                     throw KilnError.notFound("\(repository) has no tag '\(tag)'")
                 }
                 try Known.refuseIfRunning(try await store.apps(), repository: repository, tag: tag, digest: digest)
-                var others: [String] = []
-                for other in try await registry.tags(repository).prefix(ImageRepository.maxTags * 2) {
-                    if other != tag, try await registry.digest(repository, other) == digest { others.append(other) }
-                }
+                let others = try await imagesAPI.sharing(digest, in: repository, besides: tag, registry: registry)
                 return ConsolePages.confirmDelete(group: name, repository: repository, tag: tag, digest: digest, alsoTagged: others, viewer: me.viewer)
             }
         }
