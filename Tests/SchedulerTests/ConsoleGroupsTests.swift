@@ -189,6 +189,7 @@ struct ConsoleGroupsTests {
             let masterPage = try await mary.get("/ui/groups/team").body
             #expect(masterPage.contains(#"href="/ui/groups/team/images/delete?repository=team/shop&amp;tag=v1""#), "\(masterPage)")
             #expect(masterPage.contains("in use") && !masterPage.contains("tag=v2\""), "no delete link for what runs")
+            #expect(masterPage.contains("a platform of multi") && !masterPage.contains("tag=arm\""), "nor for a platform of an index")
             let confirm = try await mary.get("/ui/groups/team/images/delete?repository=team/shop&tag=v1")
             #expect(confirm.status == 200 && confirm.body.contains(v1.digest) && confirm.body.contains("the tags v1-alias name the same image"), "\(confirm.body)")
             // The digest the page showed must still be the tag's.

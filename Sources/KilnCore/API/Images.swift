@@ -53,6 +53,9 @@ public struct ImageTag: Codable, Sendable, Equatable {
     public var build: String?
     /// App versions whose instances run this digest (deploying, ready, live or retiring).
     public var runningIn: [ImageUse]
+    /// The multi-platform tags (indexes) of the repository that list this digest as one of
+    /// their platforms: it cannot be deleted before them. Nil: none.
+    public var platformOf: [String]?
     /// Why the manifest could not be read, if it could not.
     public var error: String?
 

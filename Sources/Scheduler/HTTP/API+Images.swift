@@ -148,9 +148,9 @@ struct ImagesAPI: Sendable {
         for name in names.sorted() {
             let all = try await registry.tags(name)
             let shown = Array(all.prefix(ImageRepository.maxTags))
-            let tags = try await withThrowingTaskGroup(of: (Int, ImageTag).self) { tasks in
+            let read = try await withThrowingTaskGroup(of: (Int, ImageTag, [String]).self) { tasks in
                 // At most 8 manifests at once: a page must not flood the registry.
-                var results: [Int: ImageTag] = [:]
+                var results: [Int: (ImageTag, [String])] = [:]
                 var next = 0
                 func add() {
                     let i = next, tag = shown[i]
@@ -158,18 +158,26 @@ struct ImagesAPI: Sendable {
                     tasks.addTask {
                         do {
                             let m = try await registry.manifest(name, tag)
-                            return (i, known.tag(tag, digest: m.digest, size: m.size, repository: name))
+                            return (i, known.tag(tag, digest: m.digest, size: m.size, repository: name), m.children)
                         } catch let error as KilnError {
-                            return (i, ImageTag(tag: tag, digest: nil, error: error.message))
+                            return (i, ImageTag(tag: tag, digest: nil, error: error.message), [])
                         }
                     }
                 }
                 while next < min(8, shown.count) { add() }
-                while let (i, tag) = try await tasks.next() {
-                    results[i] = tag
+                while let (i, tag, children) = try await tasks.next() {
+                    results[i] = (tag, children)
                     if next < shown.count { add() }
                 }
                 return shown.indices.compactMap { results[$0] }
+            }
+            // Which multi-platform tags list each digest.
+            var indexes: [String: [String]] = [:]
+            for (tag, children) in read { for child in children { indexes[child, default: []].append(tag.tag) } }
+            let tags = read.map { entry -> ImageTag in
+                var tag = entry.0
+                tag.platformOf = tag.digest.flatMap { indexes[$0] }
+                return tag
             }
             out.append(ImageRepository(name: name, project: projects.first { $0.repositoryName == name }?.name, tags: tags,
                                        moreTags: all.count > shown.count ? all.count - shown.count : nil))

@@ -45,6 +45,8 @@ public struct RegistryClient: Sendable {
         /// Bytes of the config and every layer (of every platform's manifest for an index,
         /// each distinct blob once): what the image takes in the registry.
         var size: Int64
+        /// For an index, the digests of the platforms' manifests it lists; empty otherwise.
+        var children: [String] = []
     }
 
     static let manifestTypes = [
@@ -100,7 +102,7 @@ public struct RegistryClient: Sendable {
             guard s == 200 else { continue }
             try JSONDecoder().decode(ManifestBody.self, from: b).blobs.forEach { blobs[$0.digest] = $0.size }
         }
-        return Manifest(digest: digest, mediaType: mediaType, size: blobs.values.reduce(0, +))
+        return Manifest(digest: digest, mediaType: mediaType, size: blobs.values.reduce(0, +), children: (parsed.manifests ?? []).map(\.digest))
     }
 
     /// The digest of the manifest `reference` names (a HEAD request), nil if there is none.

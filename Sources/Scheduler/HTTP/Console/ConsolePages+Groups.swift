@@ -71,6 +71,8 @@ extension ConsolePages {
                 if !t.runningIn.isEmpty {
                     // Refused anyway while a version runs it: say so instead of offering it.
                     delete = "<span class=\"muted\">in use</span>"
+                } else if let indexes = t.platformOf {
+                    delete = "<span class=\"muted\">a platform of \(indexes.joined(separator: ", "))</span>"
                 } else if images.fromRegistry, actions.mayDelete.contains(r.name), t.digest != nil {
                     let query = "repository=\(ConsoleHTTP.encodeQueryValue(r.name))&tag=\(ConsoleHTTP.encodeQueryValue(t.tag))"
                     delete = "<a class=\"delete\" href=\"/ui/groups/\(group)/images/delete?\(query)\">Delete…</a>"
