@@ -31,6 +31,9 @@ public struct SchedulerConfiguration: Sendable {
     /// The token the registry sends its push and delete events with (`POST /hooks/registry`);
     /// nil: no such route.
     public var registryEventsToken: String?
+    /// Where the scheduler asks the registry's HTTP API (the console's image pages, deleting
+    /// tags); nil: those pages show what the build records know, and deletes answer 503.
+    public var registryAPI: RegistryClient.Configuration?
     /// Mark the console's cookies `Secure` on every request (`--console-secure-cookies`), for
     /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`.
     public var consoleSecureCookies = false
@@ -84,7 +87,12 @@ public func buildSchedulerApplication(
                                 compactAt: configuration.etcdCompactAt, keepHistory: configuration.etcdKeepHistory, logger: logger)
     API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth,
         scaler: configuration.scaler, logger: logger).addRoutes(to: router)
-    Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    // With the token service's key the registry client signs its own tokens.
+    let registry = configuration.registryAPI.map { RegistryClient(configuration: $0, tokens: configuration.registryTokens) }
+    ImagesAPI(store: store, registry: registry, logger: logger).addRoutes(to: router.group("api/v1"))
+    var console = Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger)
+    console.registry = registry
+    console.addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }

@@ -129,6 +129,21 @@ struct SchedulerCommand: AsyncParsableCommand {
     var registry: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY"]
 
     @Option(name: .long, help: ArgumentHelp("""
+        Where the scheduler reaches the registry's HTTP API, for the console's image pages and \
+        deleting tags (env KILN_REGISTRY_URL). Default: http://HOST:PORT of --registry on \
+        loopback, https:// elsewhere. With --registry-signing-key it signs its own tokens.
+        """, valueName: "url"))
+    var registryURL: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_URL"]
+
+    /// `--registry-url`, else one made from `--registry` (plain HTTP only on loopback, as Docker allows).
+    var registryAPI: RegistryClient.Configuration? {
+        if let registryURL { return RegistryClient.Configuration(url: registryURL) }
+        guard let registry else { return nil }
+        let loopback = ["127.0.0.1", "localhost", "[::1]"].contains { registry == $0 || registry.hasPrefix($0 + ":") }
+        return RegistryClient.Configuration(url: (loopback ? "http://" : "https://") + registry)
+    }
+
+    @Option(name: .long, help: ArgumentHelp("""
         A URL prefix the notify plugin may POST to (repeatable; env KILN_NOTIFY_ALLOW, \
         comma-separated), for example https://hooks.example.com/services/. Matched on scheme, \
         host, port and whole path segments: https://hooks.example.com/a allows \
@@ -245,6 +260,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                 service: registryService)
         }
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
+        configuration.registryAPI = registryAPI
         configuration.consoleSecureCookies = consoleSecureCookies
         configuration.secretsKeyFile = secretsKeyFile
         configuration.logArchive = LocalLogArchive(directory: logArchiveFolder.standardizedFileURL)

@@ -99,9 +99,7 @@ struct IdentityAPI: Sendable {
 
         // Groups.
         api.get("groups") { request, context in
-            let caller = try await auth.caller(request, context: context)
-            let roles = try await access.roles(of: caller)
-            return json(try await store.groups().filter { roles.role(ofGroup: $0.name) != nil })
+            json(try await visibleGroups(try await auth.caller(request, context: context)))
         }
         api.post("groups") { request, context in
             let caller = try await auth.caller(request, context: context)
@@ -126,46 +124,28 @@ struct IdentityAPI: Sendable {
             var request = request
             let body = try decodeBody(GroupRequest.self, from: try await request.collectBody(upTo: maxBody))
             if let other = body.name, other != name { throw KilnError.invalid("a group cannot be renamed: the body names '\(Validation.printable(other))'") }
-            var group = try await store.group(name)
-            if let v = body.visibility { group.visibility = v }
-            try await store.saveGroup(group)
-            try await store.record(ActivityEvent(user: caller.user, action: "settings changed", detail: "visibility \(group.visibility.rawValue)"), on: .group, name)
-            logger.info("group changed", metadata: ["group": "\(name)", "visibility": "\(group.visibility.rawValue)", "by": "\(caller.user)"])
-            return json(group)
+            guard let visibility = body.visibility else { return json(try await store.group(name)) }
+            return json(try await setVisibility(of: name, to: visibility, by: caller))
         }
 
-        // Members of projects, apps and groups.
+        // Members of projects, apps and groups (IdentityAPI+Members.swift, shared with the console).
         for kind in ResourceKind.allCases {
             api.get("\(kind.plural)/:name/members") { request, context in
                 let caller = try await auth.caller(request, context: context)
-                let name = try context.parameters.require("name")
-                try await requireExisting(kind, name, .view, caller)
-                let members = try await store.members(kind, name).members
-                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+                return json(try await members(kind, try context.parameters.require("name"), caller: caller))
             }
             api.put("\(kind.plural)/:name/members/:user") { request, context in
                 let caller = try await auth.caller(request, context: context)
                 let name = try context.parameters.require("name"), user = try context.parameters.require("user")
-                let actorRole = try await requireExisting(kind, name, .manage, caller)
+                try await requireExisting(kind, name, .manage, caller)
                 var request = request
-                let role = try Role.parse(try decodeBody(MemberRequest.self, from: try await request.collectBody(upTo: maxBody)).role)
-                guard try await store.user(user) != nil else { throw KilnError.notFound("user '\(Validation.printable(user))' does not exist: an admin adds users with `kiln user add`") }
-                let members = try await store.updateMembers(kind, name) { try $0.set(user, to: role, by: caller.admin ? nil : actorRole) }
-                try await store.record(ActivityEvent(user: caller.user, action: "member set", detail: "\(user) is \(role.rawValue)"), on: kind, name)
-                logger.info("member set", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "role": "\(role.rawValue)", "by": "\(caller.user)"])
-                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+                let role = try decodeBody(MemberRequest.self, from: try await request.collectBody(upTo: maxBody)).role
+                return json(try await setMember(kind, name, user: user, role: role, by: caller))
             }
             api.delete("\(kind.plural)/:name/members/:user") { request, context in
                 let caller = try await auth.caller(request, context: context)
                 let name = try context.parameters.require("name"), user = try context.parameters.require("user")
-                // Anyone may leave; removing someone else needs manage.
-                let actorRole = try await requireExisting(kind, name, user == caller.user ? .view : .manage, caller)
-                let members = try await store.updateMembers(kind, name) {
-                    try $0.remove(user, by: caller.admin || user == caller.user ? nil : actorRole)
-                }
-                try await store.record(ActivityEvent(user: caller.user, action: user == caller.user ? "member left" : "member removed", detail: user), on: kind, name)
-                logger.info("member removed", metadata: ["\(kind.rawValue)": "\(name)", "user": "\(user)", "by": "\(caller.user)"])
-                return json(members.users.map { Member(user: $0.key, role: $0.value) }.sorted { $0.user < $1.user })
+                return json(try await removeMember(kind, name, user: user, by: caller))
             }
         }
         // The projects whose pipelines may deploy into an app besides its owner: its owners decide.

@@ -34,6 +34,8 @@ public struct Console: Sendable {
     /// etcd's health, shown on the agents page when it needs a person (nil: not watched).
     let etcdHealth: EtcdHealth?
     let logger: Logger
+    /// The registry's API, for the group pages' images (nil: build records only; set by `buildSchedulerApplication`).
+    var registry: RegistryClient? = nil
 
     /// `secrets`: the scheduler's sealed store, where a project form's webhook token goes (nil:
     /// none, and a form that sets a token is told how to start the scheduler with one).
@@ -130,6 +132,7 @@ public struct Console: Sendable {
             return ConsoleHTTP.redirect("/ui/builds/\(cancelled.id)")
         }
         addProjectRoutes(to: router)
+        addGroupRoutes(to: router)
         addAdminRoutes(to: router)
     }
 

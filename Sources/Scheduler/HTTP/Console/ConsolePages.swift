@@ -83,6 +83,7 @@ enum ConsolePages {
         let quiet = actions.buildForm != nil || actions.webhook?.newToken != nil
         return layout(title: "\(p.name) · Kiln", refresh: quiet ? nil : 10, viewer: viewer, body: """
             <h1>Project <span id="project">\(p.name)</span></h1>
+            \(resourceTabs(.project, p.name, current: ""))
             \(actions.webhook.map(webhookBox) ?? "")
             \(startBuild)
             <h2>Settings\(edit)</h2>
