@@ -84,7 +84,8 @@ public func buildSchedulerApplication(
                                 compactAt: configuration.etcdCompactAt, keepHistory: configuration.etcdKeepHistory, logger: logger)
     API(store: store, schedulerID: configuration.dispatcher.id, metrics: metrics, secrets: secrets, etcdHealth: etcdHealth,
         scaler: configuration.scaler, logger: logger).addRoutes(to: router)
-    Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger).addRoutes(to: router)
+    Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, scaler: configuration.scaler,
+            logger: logger).addRoutes(to: router)
     if let tokens = configuration.registryTokens {
         RegistryTokenService(configuration: tokens, store: store, logger: logger).addRoutes(to: router)
     }

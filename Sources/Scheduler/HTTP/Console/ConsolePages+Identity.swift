@@ -16,7 +16,7 @@ extension ConsolePages {
         guard let v = viewer else { return "<nav><a href=\"/\"><b>Kiln</b></a></nav>" }
         let admin: HTML = v.admin ? " (admin)" : ""
         return """
-            <nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/agents">Agents</a> <a href="/ui/roles">Roles</a> <a href="/ui/new-project" id="new-project">New project</a>\
+            <nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/apps">Apps</a> <a href="/ui/agents">Agents</a> <a href="/ui/roles">Roles</a> <a href="/ui/new-project" id="new-project">New project</a>\
             <span class="me">Logged in as <b id="user">\(v.user)</b>\(admin) \(ConsoleForm.render(action: "/ui/logout", button: "Log out", csrf: v.csrf, id: "logout"))</span></nav>
             """
     }
