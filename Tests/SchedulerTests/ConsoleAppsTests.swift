@@ -90,8 +90,8 @@ struct ConsoleAppsTests {
             let page = try await alice.get("/ui/apps/shop")
             #expect(page.status == 200, "\(page.body)")
             for part in [#"<tr id="version-3">"#, "GREETING=hello-there", "secret env: DB_PASSWORD", "health /ready", "127.0.0.1:21051", "connection refused",
-                         #"<h3 id="domain-shop.example">"#, "<td>lb-1</td><td>127.0.0.1:8088</td>", "current", "health changed", "v2: kiln-shop-v2-b-1 unhealthy",
-                         #"id="deploy-form""#, #"id="scale-form""#, #"id="rollback-1""#, #"id="rollback-3""#, #"id="retire-3""#, #"id="live-note""#,
+                         #"<h3 id="domain-shop.example">"#, "<td>lb-1</td><td>127.0.0.1:8088</td>", "current", "shop@sha256:2f2f2f2f2f2f…", "health changed", "v2: kiln-shop-v2-b-1 unhealthy",
+                         #"id="deploy-form""#, #"id="scale-form""#, #"id="rollback-1""#, #"id="rollback-3""#, #"id="retire-3""#, #"id="live-note""#, "is live: it leaves the load balancer only when another version takes its place",
                          #"<option value="\#(ids[0])">"#, #"name="port" value="8080""#, #"name="healthPath" value="/ready""#, "GREETING=hello-there</textarea>",
                          #"name="secretEnv" value="DB_PASSWORD""#, "<b id=\"live\">2</b>"] {
                 #expect(page.body.contains(part), "the master's page lacks \(part)")

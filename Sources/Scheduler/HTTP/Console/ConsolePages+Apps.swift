@@ -26,7 +26,7 @@ extension ConsolePages {
             let project: HTML = a.project.map(projectLink) ?? "—"
             let shown = a.live ?? a.versions.last
             let live: HTML = a.live.map { v -> HTML in "version \(v.number)" } ?? "none"
-            let image: HTML = shown.map { v -> HTML in "\(v.tag ?? "—")<br><code class=\"digest\">\(v.image)</code>" } ?? "—"
+            let image: HTML = shown.map { v -> HTML in "\(v.tag ?? "—")<br>\(digest(v.image))" } ?? "—"
             let cells = shown.map(cellCounts) ?? "—"
             let state: HTML = shown.map { v -> HTML in versionState(v.state) } ?? "no version"
             let domains = a.lb.isEmpty ? "—" : a.lb.map(\.domain).joined(separator: ", ")
@@ -48,7 +48,7 @@ extension ConsolePages {
         let live = app.live
         let versionRows = app.versions.reversed().map { v -> HTML in
             let build: HTML = buildLink(v.build)
-            let image: HTML = "<code class=\"digest\">\(v.image)</code><br>tag \(v.tag ?? "—")"
+            let image: HTML = "tag \(v.tag ?? "—")<br>\(digest(v.image))"
             let error: HTML = v.error.map { e -> HTML in "<br><small class=\"error\">\(e)</small>" } ?? ""
             return "<tr id=\"version-\(v.number)\"><td>\(v.number)</td><td>\(build)</td><td>\(image)</td><td>\(versionState(v.state))\(error)</td><td>\(settingsList(v.settings))</td><td>\(v.cells.joined(separator: ", "))</td><td>\(when(v.createdAt))</td><td>\(versionActions(app, v, actions: actions, csrf: viewer.csrf))</td></tr>"
         }
@@ -79,6 +79,8 @@ extension ConsolePages {
         let eventRows = events.map { e -> HTML in
             "<tr><td>\(when(e.at))</td><td>\(e.user ?? "—")</td><td>\(e.action)</td><td>\(e.detail ?? "")</td><td>\(e.build.map(buildLink) ?? "—")</td></tr>"
         }
+        // Why the live version has no retire button, said once (the API refuses with the same words).
+        let liveNote: HTML = actions.mayDeploy ? live.map { v -> HTML in "<p class=\"muted\" id=\"live-retire\">\(API.liveCannotRetire(app.name, v.number)).</p>" } ?? "" : ""
         let project: HTML = app.owner.map { o -> HTML in "Project \(projectLink(o))" } ?? "No owning project yet"
         let liveLine: HTML = live.map { v -> HTML in "version <b id=\"live\">\(v.number)</b> (\(cellCounts(v)))" } ?? "<b id=\"live\">none</b> (no version is in the load balancer)"
         let scaling: HTML = app.scaling.map { op -> HTML in "<p class=\"warning\" id=\"scaling\">This app is \(op.description).</p>" } ?? ""
@@ -90,6 +92,7 @@ extension ConsolePages {
             \(scaling)
             <h2>Versions</h2>
             \(table(["version", "build", "image", "state", "settings", "cells", "created", ""], versionRows, empty: "No version yet."))
+            \(liveNote)
             <h2>Instances</h2>
             \(table(["version", "cell", "instance", "address", "health", "checked"], instanceRows, empty: "No instance runs."))
             <h2>Domains</h2>
@@ -113,6 +116,14 @@ extension ConsolePages {
         return "<span class=\"status \(kind) version-state\">\(state.rawValue)</span>"
     }
 
+    /// An image by digest, short enough for a table: the repository and the digest's first 12
+    /// hex digits, the whole reference in its title.
+    static func digest(_ image: String) -> HTML {
+        guard let at = image.range(of: "@sha256:") else { return "<code title=\"\(image)\">\(image)</code>" }
+        let repository = image[..<at.lowerBound].split(separator: "/").last.map(String.init) ?? ""
+        return "<code class=\"digest\" title=\"\(image)\">\(repository)@sha256:\(String(image[at.upperBound...].prefix(12)))…</code>"
+    }
+
     /// A version's instances per cell: its count in each of its cells.
     static func cellCounts(_ v: AppVersion) -> String {
         v.cells.map { "\($0): \(v.settings.replicas(in: $0))" }.joined(separator: ", ")
@@ -127,9 +138,9 @@ extension ConsolePages {
         if let memory = s.memoryMB { items.append("\(memory) MiB") }
         items.append("health \(s.healthPath)")
         let env = s.env.sorted { $0.key < $1.key }.map { e -> HTML in "<code class=\"env\">\(e.key)=\(e.value)</code>" }.joined(separator: " ")
-        let secret: HTML = (s.secretEnv ?? []).isEmpty ? "" : "<li>secret env: \((s.secretEnv ?? []).joined(separator: ", "))</li>"
-        let envItem: HTML = s.env.isEmpty ? "" : "<li>env \(env)</li>"
-        return "<ul class=\"settings-list\">\(items.map { i -> HTML in "<li>\(i)</li>" }.joined())\(envItem)\(secret)</ul>"
+        let secret: HTML = (s.secretEnv ?? []).isEmpty ? "" : "<br>secret env: \((s.secretEnv ?? []).joined(separator: ", "))"
+        let envItem: HTML = s.env.isEmpty ? "" : "<br>env \(env)"
+        return "<span class=\"settings-list\">\(items.joined(separator: " · "))\(envItem)\(secret)</span>"
     }
 
     /// A version's buttons: roll back to a version that ran and is not live (ready or retired),
@@ -137,7 +148,7 @@ extension ConsolePages {
     static func versionActions(_ app: App, _ v: AppVersion, actions: AppActions, csrf: String) -> HTML {
         guard actions.mayDeploy else { return "" }
         if v.number == app.live?.number {
-            return "<small class=\"muted\" id=\"live-note\">\(API.liveCannotRetire(app.name, v.number)).</small>"
+            return "<small class=\"muted\" id=\"live-note\" title=\"\(API.liveCannotRetire(app.name, v.number))\">live: no retire button (see below the table)</small>"
         }
         var buttons: [HTML] = []
         if v.state == .ready || v.state == .retired {
