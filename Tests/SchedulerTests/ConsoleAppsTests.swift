@@ -3,6 +3,7 @@ import Foundation
 import KilnCore
 import KilnTestSupport
 import LocalFarm
+import Processes
 @testable import Scheduler
 import Testing
 
@@ -167,12 +168,12 @@ struct ConsoleAppsTests {
                 ("csrf", token), ("build", ids[1]), ("port", "9090"), ("replicas", "2"), ("healthPath", "/ready"), ("env", "GREETING=hi\r\nNEW=1"),
                 ("cpu", "0.5"), ("memoryMB", "256"), ("secretEnv", "DB_PASSWORD")])
             #expect(deployed.status == 303 && deployed.header("Location") == "/ui/apps/shop", "\(deployed.status) \(deployed.body)")
-            let run = try #require(try await h.build(ids[1]).deploy)
-            #expect(run.pipeline.map(\.plugin) == ["deploy", "lb", "retire"])
-            #expect(run.pipeline[0].settings == ["app": .string("shop"), "port": .number(9090), "replicas": .number(2), "healthPath": .string("/ready"),
+            let deployRun = try #require(try await h.build(ids[1]).deploy)
+            #expect(deployRun.pipeline.map(\.plugin) == ["deploy", "lb", "retire"])
+            #expect(deployRun.pipeline[0].settings == ["app": .string("shop"), "port": .number(9090), "replicas": .number(2), "healthPath": .string("/ready"),
                                                  "env": .object(["GREETING": .string("hi"), "NEW": .string("1")]), "cpu": .number(0.5), "memoryMB": .number(256),
-                                                 "secretEnv": .array([.string("DB_PASSWORD")])], "\(run.pipeline[0].settings)")
-            #expect(run.trigger == "console: deploy by alice")
+                                                 "secretEnv": .array([.string("DB_PASSWORD")])], "\(deployRun.pipeline[0].settings)")
+            #expect(deployRun.trigger == "console: deploy by alice")
             // A second deploy of the same build while its run is pending: the refusal on the form.
             let twice = try await alice.post("/ui/apps/shop/deploy", form: [("csrf", token), ("build", ids[1]), ("port", "9090"), ("replicas", "2"), ("healthPath", "/ready")])
             #expect(twice.status == 409 && twice.body.contains(#"id="deploy-error""#), "\(twice.body)")
@@ -183,9 +184,17 @@ struct ConsoleAppsTests {
             #expect(back.pipeline[0].settings["port"] == .number(8080) && back.pipeline[0].settings["env"] == .object(["GREETING": .string("hello-there")]))
             #expect(back.pipeline[0].settings["healthPath"] == .string("/ready") && back.trigger == "console: roll back to version 1 by alice")
 
-            // Retire v3 through the API route: one retire step naming it, with the project's drain.
-            let retired = try await h.request(.POST, "/api/v1/apps/shop/versions/3/retire")
-            #expect(retired.status == 202, "\(retired.body)")
+            // Retire through `kiln apps retire` (the API route): the live version is refused with
+            // the page's words; v3 gets one retire step naming it, with the project's drain.
+            let kiln = try #require(KilnExecutable.besideCurrent)
+            var environment = ProcessInfo.processInfo.environment
+            environment["KILN_API"] = h.api
+            environment["KILN_TOKEN"] = h.adminToken
+            let env = environment
+            let live = await Task.detached { try? ManagedProcess.run(kiln.path, ["apps", "retire", "shop", "2"], environment: env) }.value
+            #expect(live?.status != 0 && live?.output.contains("only when another version takes its place") == true, "\(String(describing: live))")
+            let retired = try await Task.detached { try run(kiln.path, ["apps", "retire", "shop", "3"], environment: env) }.value
+            #expect(retired.contains("pipeline run 1") && retired.contains("api: retire version 3 by admin"), "\(retired)")
             let retire = try #require(try await h.build(ids[2]).deploy)
             #expect(retire.pipeline == [PipelineStep(plugin: "retire", settings: ["app": .string("shop"), "version": .number(3), "drainSeconds": .number(3)])])
 

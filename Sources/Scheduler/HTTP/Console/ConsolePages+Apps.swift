@@ -133,7 +133,7 @@ extension ConsolePages {
     /// secret env by name only: its values are never in a record).
     static func settingsList(_ s: DeploySettings) -> HTML {
         var items: [String] = ["port \(s.port)"]
-        items.append(s.cellReplicas == nil ? "\(s.replicas) per cell" : "\(s.replicas) per cell, " + s.cellReplicas!.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        items.append(s.cellReplicas == nil ? "\(s.replicas) per cell" : "\(s.replicas) per cell (" + s.cellReplicas!.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + ")")
         if let cpu = s.cpu { items.append("\(cpu) CPU") }
         if let memory = s.memoryMB { items.append("\(memory) MiB") }
         items.append("health \(s.healthPath)")
