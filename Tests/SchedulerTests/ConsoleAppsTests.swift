@@ -167,7 +167,7 @@ struct ConsoleAppsTests {
             let deployed = try await alice.post("/ui/apps/shop/deploy", form: [
                 ("csrf", token), ("build", ids[1]), ("port", "9090"), ("replicas", "2"), ("healthPath", "/ready"), ("env", "GREETING=hi\r\nNEW=1"),
                 ("cpu", "0.5"), ("memoryMB", "256"), ("secretEnv", "DB_PASSWORD")])
-            #expect(deployed.status == 303 && deployed.header("Location") == "/ui/apps/shop", "\(deployed.status) \(deployed.body)")
+            #expect(deployed.status == 303 && deployed.header("Location") == "/ui/apps/shop#versions", "\(deployed.status) \(deployed.body)")
             let deployRun = try #require(try await h.build(ids[1]).deploy)
             #expect(deployRun.pipeline.map(\.plugin) == ["deploy", "lb", "retire"])
             #expect(deployRun.pipeline[0].settings == ["app": .string("shop"), "port": .number(9090), "replicas": .number(2), "healthPath": .string("/ready"),
@@ -201,6 +201,17 @@ struct ConsoleAppsTests {
             // The API's deploy route validates as the form does.
             let apiBad = try await h.request(.POST, "/api/v1/apps/shop/deploy", body: #"{"build":"\#(ids[2])","settings":{"port":0,"replicas":1,"env":{},"healthPath":"/"}}"#)
             #expect(apiBad.status == 400 && apiBad.body.contains("port"), "\(apiBad.body)")
+            // A build of a project the app does not allow: refused, nothing asked for.
+            let stranger = try await h.addProjectWithBuild("elsewhere")
+            try await ConsoleTests().write(h, build: stranger, log: []) { b in
+                b.status = .succeeded
+                b.image = "127.0.0.1:5000/elsewhere:1"
+            }
+            let foreign = try await alice.post("/ui/apps/shop/deploy", form: [("csrf", token), ("build", stranger), ("port", "8080"), ("replicas", "1"), ("healthPath", "/")])
+            #expect(foreign.status == 404, "alice cannot read project elsewhere's builds: \(foreign.status)")
+            let foreignAPI = try await h.request(.POST, "/api/v1/apps/shop/deploy", body: #"{"build":"\#(stranger)"}"#)
+            #expect(foreignAPI.status == 400 && foreignAPI.body.contains("choose one of theirs"), "\(foreignAPI.body)")
+            #expect(try await h.build(stranger).deploy == nil)
 
             // Each asked-for action is in the app's events, with who asked.
             let events = try await SchedulerStore(etcd: h.etcd).activity(.app, "shop", limit: 50)

@@ -63,8 +63,12 @@ extension API {
                      via: String = "api") async throws -> Build {
         let app = try await visibleApp(name, .deploy, caller, access).app
         let build = try await visibleBuild(id, .read, caller, access)
+        // A build of the owning project, of a project whose pipeline made one of its versions,
+        // or of one the app's members allow (what the deploy step itself checks, said sooner).
         let projects = Set(app.owner.map { [$0] } ?? []).union(app.versions.map(\.project))
-        guard projects.isEmpty || projects.contains(build.project) else {
+        var allowed = projects.isEmpty || projects.contains(build.project)
+        if !allowed { allowed = app.allows(project: build.project, members: try await store.members(.app, name).members) }
+        guard allowed else {
             throw KilnError.invalid("build \(id) is of project \(build.project); app \(name) runs builds of \(projects.sorted().joined(separator: ", ")): choose one of theirs")
         }
         guard build.status == .succeeded, build.image != nil else {

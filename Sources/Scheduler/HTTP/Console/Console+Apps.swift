@@ -28,7 +28,7 @@ extension Console {
             if problems.isEmpty {
                 do {
                     _ = try await api.deployBuild(build, to: name, settings: settings, by: me.caller, access: access, via: "console")
-                    return ConsoleHTTP.redirect("/ui/apps/\(name)")
+                    return ConsoleHTTP.redirect("/ui/apps/\(name)#versions")
                 } catch let error as KilnError where error.httpStatus < 500 && error.httpStatus != 403 {
                     deploy.message = error.message
                     status = error.httpStatus
@@ -46,7 +46,7 @@ extension Console {
             if let asked {
                 do {
                     _ = try await api.scaleApp(name, asked, by: me.caller, access: access)
-                    return ConsoleHTTP.redirect("/ui/apps/\(name)")
+                    return ConsoleHTTP.redirect("/ui/apps/\(name)#instances")
                 } catch let error as KilnError where error.httpStatus != 403 {
                     // Refused (a scaling or deploy under way, a cell, no scaler) or failed half way: why, on the page.
                     scale.message = error.message
@@ -58,12 +58,12 @@ extension Console {
         form("ui/apps/:name/versions/:number/rollback", to: router) { _, context, me, _ in
             let name = try context.parameters.require("name")
             _ = try await api.rollBack(name, to: try API.versionNumber(context), by: me.caller, access: access, via: "console")
-            return ConsoleHTTP.redirect("/ui/apps/\(name)")
+            return ConsoleHTTP.redirect("/ui/apps/\(name)#versions")
         }
         form("ui/apps/:name/versions/:number/retire", to: router) { _, context, me, _ in
             let name = try context.parameters.require("name")
             _ = try await api.retireVersion(name, try API.versionNumber(context), by: me.caller, access: access, via: "console")
-            return ConsoleHTTP.redirect("/ui/apps/\(name)")
+            return ConsoleHTTP.redirect("/ui/apps/\(name)#versions")
         }
     }
 

@@ -90,10 +90,10 @@ extension ConsolePages {
             <h1>App <span id="app">\(app.name)</span></h1>
             <p>\(project) · live: \(liveLine)</p>
             \(scaling)
-            <h2>Versions</h2>
+            <h2 id="versions">Versions</h2>
             \(table(["version", "build", "image", "state", "settings", "cells", "created", ""], versionRows, empty: "No version yet."))
             \(liveNote)
-            <h2>Instances</h2>
+            <h2 id="instances">Instances</h2>
             \(table(["version", "cell", "instance", "address", "health", "checked"], instanceRows, empty: "No instance runs."))
             <h2>Domains</h2>
             \(domains.rendered.isEmpty ? "<p class=\"muted\">No domain: a pipeline's <code>lb</code> step points one at the app.</p>" : domains)
@@ -161,7 +161,8 @@ extension ConsolePages {
     }
 
     /// The deploy form: a build of the app's project that succeeded, and the new version's
-    /// settings, first those of the live version.
+    /// settings, first those of the live version. Its action ends in `#deploy` (the scale form's in
+    /// `#scale`), so that a refused form comes back scrolled to its heading and refusal.
     static func deployForm(_ app: App, actions: AppActions, csrf: String) -> HTML {
         let form = actions.deployForm ?? DeployForm(app.live?.settings)
         func field(_ name: String, _ label: String, help: String, area: Int? = nil, placeholder: String = "") -> HTML {
@@ -181,10 +182,10 @@ extension ConsolePages {
         let invalidBuild: HTML = form.problems.of("build").isEmpty ? "" : " aria-invalid=\"true\""
         let none: HTML = actions.builds.isEmpty ? "<p class=\"muted\" id=\"no-builds\">No build of the app's project has succeeded with an image (or you may not read its builds).</p>" : ""
         return """
-            <h2>Deploy a build as a new version</h2>
+            <h2 id="deploy">Deploy a build as a new version</h2>
             <p class="muted">The build runs through its project's pipeline steps for this app (deploy, lb, retire), the deploy step with these settings. They start as the live version's: most upgrades change only the image.</p>
             \(message)\(none)
-            <form method="post" action="/ui/apps/\(app.name)/deploy" id="deploy-form" class="settings">\(ConsoleForm.hiddenToken(csrf))
+            <form method="post" action="/ui/apps/\(app.name)/deploy#deploy" id="deploy-form" class="settings">\(ConsoleForm.hiddenToken(csrf))
             <div class="field"><label for="d-build">Build</label><select id="d-build" name="build"\(invalidBuild)><option value="">choose a build</option>\(options)</select>\(errorNotes(form.problems.of("build"), id: "build"))<small>Builds of the app's project that succeeded, newest first.</small></div>
             \(field("port", "Port", help: "The port the app listens on in its container."))
             \(field("replicas", "Instances per cell", help: "Left as shown, counts a scaling set per cell go on."))
@@ -210,10 +211,10 @@ extension ConsolePages {
         }.joined()
         let invalid: HTML = form.problems.of("replicas").isEmpty ? "" : " aria-invalid=\"true\""
         return """
-            <h2>Scale</h2>
+            <h2 id="scale">Scale</h2>
             <p class="muted">Version \(live.number) runs \(cellCounts(live)). Scaling out adds instances to the load balancer once they pass their health check; scaling in takes them out first and stops them after a drain. The page answers once the scaling has ended.</p>
             \(message)
-            <form method="post" action="/ui/apps/\(app.name)/scale" id="scale-form" class="settings">\(ConsoleForm.hiddenToken(csrf))
+            <form method="post" action="/ui/apps/\(app.name)/scale#scale" id="scale-form" class="settings">\(ConsoleForm.hiddenToken(csrf))
             <div class="field"><label for="s-replicas">Instances per cell</label><input id="s-replicas" name="replicas" value="\(form["replicas"])"\(invalid)>\(errorNotes(form.problems.of("replicas"), id: "replicas"))<small>0 to \(DeploySettings.maxReplicas); 0 empties a cell.</small></div>
             <div class="field"><label for="s-cell">In</label><select id="s-cell" name="cell">\(cells)</select>\(errorNotes(form.problems.of("cell"), id: "cell"))<small></small></div>
             <p><button type="submit">Scale</button></p>
