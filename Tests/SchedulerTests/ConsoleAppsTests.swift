@@ -212,6 +212,15 @@ struct ConsoleAppsTests {
             let foreignAPI = try await h.request(.POST, "/api/v1/apps/shop/deploy", body: #"{"build":"\#(stranger)"}"#)
             #expect(foreignAPI.status == 400 && foreignAPI.body.contains("choose one of theirs"), "\(foreignAPI.body)")
             #expect(try await h.build(stranger).deploy == nil)
+            // A master of the app who is only a reporter of its project may deploy, but not name
+            // a secret the app does not get yet (its value would reach the instances).
+            let (bob, bobToken) = try await signIn(h, "bob")
+            try await h.addMember("bob", to: "shop", as: .reporter)
+            #expect(try await h.request(.PUT, "/api/v1/apps/shop/members/bob", body: #"{"role":"master"}"#).status == 200)
+            let secretAsk = try await bob.post("/ui/apps/shop/deploy", form: [("csrf", bobToken), ("build", ids[2]), ("port", "8080"), ("replicas", "1"),
+                                                                             ("healthPath", "/"), ("secretEnv", "DB_PASSWORD, SIGNING_KEY")])
+            #expect(secretAsk.status == 403 && secretAsk.body.contains(#"id="deploy-error""#) && secretAsk.body.contains("you are reporter of project"), "\(secretAsk.body)")
+            #expect(try await h.build(ids[2]).deploy?.run == 1, "only the retire run")
 
             // Each asked-for action is in the app's events, with who asked.
             let events = try await SchedulerStore(etcd: h.etcd).activity(.app, "shop", limit: 50)

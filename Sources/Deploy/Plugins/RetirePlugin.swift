@@ -3,7 +3,8 @@ import KilnCore
 import Plugins
 
 /// Stops the app's versions older than the one in the load balancer (all but `keep`), or the
-/// one version its `version` setting names (never the live one): each first leaves every domain that still lists it, every lb-agent applies that, in-flight
+/// one version its `version` setting names (never the live one; the console's retire button):
+/// each first leaves every domain that still lists it, every lb-agent applies that, in-flight
 /// requests get `drainSeconds`, and only then are its instances stopped.
 public struct RetirePlugin: PostBuildPlugin {
     let env: DeployEnvironment

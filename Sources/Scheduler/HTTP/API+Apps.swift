@@ -76,6 +76,17 @@ extension API {
         }
         if let settings { try Self.settingsProblems(settings, app: name).throwFirst() }
         let project = try await store.project(build.project)
+        // Naming secrets the app does not get yet hands their values to its instances: who may
+        // put them in the project's pipeline (manage on the project) only.
+        let given = Set(app.versions.flatMap { $0.settings.secretEnv ?? [] })
+            .union((project.pipeline ?? []).filter { $0.plugin == "deploy" && $0.settings["app"] == .string(name) }
+                .flatMap { step -> [String] in
+                    guard case .array(let names)? = step.settings["secretEnv"] else { return [] }
+                    return names.compactMap { if case .string(let n) = $0 { n } else { nil } }
+                })
+        if let asked = settings?.secretEnv, !Set(asked).isSubset(of: given) {
+            try await access.require(.manage, caller, on: .project, project.name, project: project, hidden: projectNotFound(project.name))
+        }
         let pipeline = Self.appPipeline(project.pipeline ?? [], app: app, settings: settings)
         try PluginCatalog.validate(pipeline)
         let what = rollBack.map { "roll back to version \($0)" } ?? "deploy"

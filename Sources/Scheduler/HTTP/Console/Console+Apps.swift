@@ -29,7 +29,9 @@ extension Console {
                 do {
                     _ = try await api.deployBuild(build, to: name, settings: settings, by: me.caller, access: access, via: "console")
                     return ConsoleHTTP.redirect("/ui/apps/\(name)#versions")
-                } catch let error as KilnError where error.httpStatus < 500 && error.httpStatus != 403 {
+                } catch let error as KilnError where error.httpStatus < 500 {
+                    // Refused (a run of that build under way, a build of another project, secrets
+                    // only the project's masters may name): why, above the form as typed.
                     deploy.message = error.message
                     status = error.httpStatus
                 }
