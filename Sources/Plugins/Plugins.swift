@@ -59,6 +59,7 @@ public enum PluginCatalog {
             .init(name: "app", kind: .string, required: true, help: "the app whose older versions are retired"),
             .init(name: "keep", kind: .integer, required: false, help: "older versions kept running, for a quick roll back (default 0)", range: 0...10),
             .init(name: "drainSeconds", kind: .integer, required: false, help: "how long an old version keeps running after nginx left it, for requests still in flight (default 2)", range: 0...600),
+            .init(name: "version", kind: .integer, required: false, help: "retire this one version (never the live one) instead of those older than the live one; the console's retire button and POST /api/v1/apps/{app}/versions/{n}/retire set it", range: 1...1_000_000),
         ], defaultTimeoutSeconds: 120),
         PluginSpec(name: "notify", summary: "POST the build's outcome and image as JSON to a URL the scheduler allows (kiln scheduler --notify-allow)", settings: [
             .init(name: "url", kind: .string, required: false, help: "an http:// or https:// URL, under a prefix the scheduler's --notify-allow names (give url or urlSecret)"),

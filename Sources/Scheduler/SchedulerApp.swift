@@ -90,7 +90,8 @@ public func buildSchedulerApplication(
     // With the token service's key the registry client signs its own tokens.
     let registry = configuration.registryAPI.map { RegistryClient(configuration: $0, tokens: configuration.registryTokens) }
     ImagesAPI(store: store, registry: registry, logger: logger).addRoutes(to: router.group("api/v1"))
-    var console = Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth, logger: logger)
+    var console = Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth,
+                          scaler: configuration.scaler, logger: logger)
     console.registry = registry
     console.addRoutes(to: router)
     if let tokens = configuration.registryTokens {

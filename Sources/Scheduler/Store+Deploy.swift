@@ -8,15 +8,17 @@ extension SchedulerStore {
 
     /// Asks for another run of the project's pipeline for a build that succeeded: deploys that
     /// build's image again as a new version (a roll back when the build is older). The
-    /// pipeline is the project's as it is now. Refused while a run of the build is under way.
-    public func requestPipelineRun(build id: String, trigger: String) async throws -> Build {
+    /// pipeline is the project's as it is now, unless `pipeline` gives the steps to run (the
+    /// apps' deploy, roll back and retire actions, `API+Apps.swift`). Refused while a run of
+    /// the build is under way.
+    public func requestPipelineRun(build id: String, trigger: String, pipeline asked: [PipelineStep]? = nil) async throws -> Build {
         for _ in 0..<10 {
             let (build, rev) = try await buildWithRevision(id)
             guard build.status == .succeeded, build.image != nil else {
                 throw KilnError.conflict("build \(id) is \(build.status.rawValue)\(build.status == .succeeded ? " but has no image" : ""): only a build that succeeded can be deployed")
             }
             let project = try await self.project(build.project)
-            guard let pipeline = project.pipeline, !pipeline.isEmpty else {
+            guard let pipeline = asked ?? project.pipeline, !pipeline.isEmpty else {
                 throw KilnError.conflict("project \(project.name) has no pipeline: give it one (kiln project add … --pipeline FILE) to deploy its builds")
             }
             if let current = build.deploy, !current.status.isFinal {

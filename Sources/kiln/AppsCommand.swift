@@ -7,12 +7,14 @@ import KilnCore
 struct AppsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apps",
-        abstract: "Show deployed apps, and scale them.",
+        abstract: "Show deployed apps; deploy, roll back, retire and scale them.",
         discussion: """
-        `kiln apps [APP]` shows (the default); `kiln apps scale APP --replicas N` scales. \
+        `kiln apps [APP]` shows (the default); `kiln apps scale APP --replicas N` scales; \
+        `kiln apps deploy APP BUILD`, `kiln apps rollback APP N` and `kiln apps retire APP N` ask \
+        for the pipeline run that does it. \
         (An app named like a subcommand: `kiln apps show scale`.)
         """,
-        subcommands: [AppsShowCommand.self, AppsScaleCommand.self],
+        subcommands: [AppsShowCommand.self, AppsScaleCommand.self, AppsDeployCommand.self, AppsRollbackCommand.self, AppsRetireCommand.self],
         defaultSubcommand: AppsShowCommand.self)
 }
 

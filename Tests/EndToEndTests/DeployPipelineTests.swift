@@ -146,6 +146,11 @@ extension EndToEndTests {
                 try farm.cellsPodman(["start", victim.id])
                 try await farm.waitForDomain(Self.group, Self.domain) { Set($0.servers.map(\.address)) == Set(v4.instances.map(\.address)) }
                 #expect(try await farm.appStatus().app.live?.instances.allSatisfy { $0.healthy } == true)
+                // Both changes are in the app's events (its console page shows them), by discovery.
+                try await waitUntil(farm.etcd, prefix: farm.keys.activity(.app, "demo")) { kvs in kvs.contains { $0.string.contains("\(victim.name) healthy again") } }
+                let events = try KilnJSON.decode([ActivityEntry].self, from: try await farm.request(.GET, "/api/v1/apps/demo/activity").body)
+                let health = events.filter { $0.action == "health changed" && $0.user == "discovery" }.compactMap(\.detail)
+                #expect(health.contains { $0.contains("\(victim.name) unhealthy") } && health.contains { $0.contains("\(victim.name) healthy again") }, "\(health)")
 
                 // 6. Bad input: each fails the deploy with the reason; v4 keeps serving.
                 try await farm.saveProject(pipeline: Self.pipeline(cells: ["a", "gone"]))

@@ -32,7 +32,7 @@ struct ConsoleAccessTests {
             let overview = try await browser.html(session: tab)
             #expect(overview.contains(#"Logged in as <b id="user">erin</b> <form"#), "\(overview)")
             #expect(overview.contains(#"<a href="/ui/projects/alpha">alpha</a>"#) && overview.contains(alphaBuild))
-            #expect(overview.contains(#"<td class="app">alpha-web</td>"#))
+            #expect(overview.contains(#"<td class="app"><a href="/ui/apps/alpha-web">alpha-web</a></td>"#))
             #expect(!overview.contains("beta"), "\(overview)")
             #expect(!overview.contains(betaBuild))
 

@@ -79,6 +79,11 @@ struct HTMLTests {
             ConsolePages.agents([agent], viewer: viewer),
             ConsolePages.error(status: 400, message: evil, viewer: viewer),
             ConsolePages.login(token: evil, next: evil, user: evil, message: evil),
+            ConsolePages.apps([app], viewer: viewer),
+            ConsolePages.app(AppStatus(app: app, domains: [.init(group: evil, domain: evil, servers: [evil], version: 1,
+                                                                  agents: [.init(id: evil, listen: evil, appliedRevision: 1, current: false, rejected: evil)])]),
+                             events: [ActivityEntry(ActivityEvent(user: evil, action: evil, detail: evil, build: evil))], viewer: viewer,
+                             actions: AppActions(mayDeploy: true, deployForm: DeployForm(fields: ["build": evil, "env": evil]), scaleForm: ScaleForm(fields: ["cell": evil]), builds: [b])),
         ].map(\.rendered)
         for page in pages {
             #expect(!page.contains("<img"), "\(page)")

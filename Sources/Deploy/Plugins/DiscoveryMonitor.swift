@@ -8,7 +8,8 @@ import ServiceLifecycle
 /// app's live version, writes their health into the app record when it changed, and keeps
 /// each of the app's domains pointing at the live version's instances that pass: one that
 /// fails its check leaves the domain, one that passes again comes back. A domain is never
-/// emptied (with no instance passing, nginx keeps trying the ones it has).
+/// emptied (with no instance passing, nginx keeps trying the ones it has). Each change of an
+/// instance's health goes into the app's activity ("health changed").
 ///
 /// It runs on the leading scheduler beside the pipelines, and stays out of their way: it only
 /// touches a domain whose value names the app's live version (so never one an `lb` step has
@@ -78,6 +79,13 @@ public struct DiscoveryMonitor: Service {
             let r = try await store.etcd.txn(Txn(compare: compares, success: ops))
             guard r.succeeded else { continue }  // a pipeline wrote meanwhile: the next round sees it
             let failing = checked.filter { !$0.healthy }.map { "\($0.name) (\($0.detail ?? "?"))" }
+            if healthChanged {
+                // The app's activity (its console page's events): which instances changed, and why.
+                let flips = zip(live.instances, checked).filter { $0.healthy != $1.healthy }
+                    .map { "\($1.name) \($1.healthy ? "healthy again" : "unhealthy (\($1.detail ?? "?"))")" }
+                let detail = "v\(live.number): \(flips.joined(separator: ", ")); \(healthy.count) of \(checked.count) healthy\(changes.isEmpty ? "" : "; \(changes.joined(separator: "; "))")"
+                try? await store.record(ActivityEvent(user: "discovery", action: "health changed", detail: detail), onApp: app.name)
+            }
             logger.notice("discovery: v\(live.number) of \(app.name): \(healthy.count) of \(checked.count) instances healthy\(failing.isEmpty ? "" : "; failing: \(failing.joined(separator: ", "))")\(changes.isEmpty ? "" : "; \(changes.joined(separator: "; "))")")
         }
     }

@@ -2,8 +2,9 @@ import Foundation
 import KilnCore
 import Plugins
 
-/// Stops the app's versions older than the one in the load balancer (all but `keep`): each
-/// first leaves every domain that still lists it, every lb-agent applies that, in-flight
+/// Stops the app's versions older than the one in the load balancer (all but `keep`), or the
+/// one version its `version` setting names (never the live one; the console's retire button):
+/// each first leaves every domain that still lists it, every lb-agent applies that, in-flight
 /// requests get `drainSeconds`, and only then are its instances stopped.
 public struct RetirePlugin: PostBuildPlugin {
     let env: DeployEnvironment
@@ -22,13 +23,30 @@ public struct RetirePlugin: PostBuildPlugin {
         let appName = ctx.string("app")!
         let keep = ctx.int("keep") ?? 0
         let drain = ctx.int("drainSeconds") ?? 2
-        guard let app = try await store.appChangeable(appName, by: ctx.project.name), let live = app.live else {
-            return PluginResult(summary: "nothing to retire: \(appName) has no version in the load balancer")
-        }
-        let older = app.versions.filter { $0.number < live.number && [.ready, .live, .retiring].contains($0.state) }.sorted { $0.number > $1.number }
-        let kept = Array(older.prefix(keep)), retiring = Array(older.dropFirst(keep))
-        guard !retiring.isEmpty else {
-            return PluginResult(summary: "nothing to retire: version \(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
+        let kept: [AppVersion], retiring: [AppVersion]
+        let app: App, live: AppVersion?
+        if let number = ctx.int("version") {
+            // One version by its number (the console's retire button): never the live one,
+            // which leaves the load balancer only when another takes its place.
+            guard let found = try await store.appChangeable(appName, by: ctx.project.name), let version = found.version(number) else {
+                throw KilnError.notFound("version \(number) of \(appName) does not exist")
+            }
+            guard number != found.live?.number else {
+                throw KilnError.conflict("version \(number) of \(appName) is live: it leaves the load balancer only when another version takes its place (deploy one, or roll back); nothing was stopped")
+            }
+            guard [.ready, .live, .retiring].contains(version.state) else {
+                return PluginResult(summary: "nothing to retire: version \(number) of \(appName) is \(version.state.rawValue)")
+            }
+            app = found; live = found.live; kept = []; retiring = [version]
+        } else {
+            guard let found = try await store.appChangeable(appName, by: ctx.project.name), let newest = found.live else {
+                return PluginResult(summary: "nothing to retire: \(appName) has no version in the load balancer")
+            }
+            let older = found.versions.filter { $0.number < newest.number && [.ready, .live, .retiring].contains($0.state) }.sorted { $0.number > $1.number }
+            app = found; live = newest; kept = Array(older.prefix(keep)); retiring = Array(older.dropFirst(keep))
+            guard !retiring.isEmpty else {
+                return PluginResult(summary: "nothing to retire: version \(newest.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
+            }
         }
         // An address a retiring version had may be a newer version's now (a host port freed by
         // a container that is gone and taken again): such an address stays.
@@ -75,6 +93,6 @@ public struct RetirePlugin: PostBuildPlugin {
             }
             try await store.updateVersion(appName, v.number) { $0.state = .retired; $0.instances = []; $0.scalingInstances = nil }
         }
-        return PluginResult(summary: "retired \(retiring.map { "v\($0.number)" }.joined(separator: ", ")) (\(stopped) instance\(stopped == 1 ? "" : "s") stopped); v\(live.number) is live\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
+        return PluginResult(summary: "retired \(retiring.map { "v\($0.number)" }.joined(separator: ", ")) (\(stopped) instance\(stopped == 1 ? "" : "s") stopped)\(live.map { "; v\($0.number) is live" } ?? "")\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
     }
 }

@@ -60,7 +60,8 @@ public struct API: Sendable {
         identity.addRoutes(to: api)
         SecretsAPI(store: store, secrets: secrets, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
         RetentionAPI(store: store, auth: auth, access: access, identity: identity, logger: logger).addRoutes(to: api)
-        ScaleAPI(store: store, auth: auth, identity: identity, scaler: scaler, logger: logger).addRoutes(to: api)
+        ScaleAPI(shared: self, auth: auth, access: access).addRoutes(to: api)
+        addAppRoutes(to: api, auth: auth, access: access)
         AgentSecrets(store: store, secrets: secrets, logger: logger).addRoutes(to: router)
         // Which scheduler answers and which one dispatches (the elected leader).
         api.get("scheduler") { request, context in
@@ -147,16 +148,11 @@ public struct API: Sendable {
             return json(build, status: .accepted)
         }
         api.get("apps") { request, context in
-            let roles = try await access.roles(of: try await auth.caller(request, context: context))
-            let projects = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
-            return json(try await store.apps().filter { roles.role(of: $0, projects: projects) != nil })
+            json(try await visibleApps(try await auth.caller(request, context: context), access))
         }
         api.get("apps/:name") { request, context in
             let caller = try await auth.caller(request, context: context)
-            let name = try context.parameters.require("name")
-            let role = try await identity.requireExisting(.app, name, .read, caller)
-            let status = try await store.appStatus(name)
-            return json(role >= Permission.manage.minimumRole ? status : status.maskedForViewers)
+            return json(try await shownApp(try context.parameters.require("name"), caller, access).status)
         }
         for kind in ResourceKind.allCases where kind != .project {
             api.get("\(kind.plural)/:name/activity") { request, context in

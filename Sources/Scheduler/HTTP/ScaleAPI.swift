@@ -12,31 +12,24 @@ import Plugins
 /// The answer comes once the scaling has ended: new instances healthy and in the load
 /// balancer, or old ones out of it, drained and stopped. The scaling itself is the Deploy
 /// module's `AppScaler`, handed in by `kiln scheduler` (``SchedulerConfiguration/scaler``);
-/// it goes on to its end even when the client goes away.
+/// it goes on to its end even when the client goes away. The route and the console's scale
+/// form both call `API.scaleApp` (`API+Apps.swift`).
 struct ScaleAPI: Sendable {
-    let store: SchedulerStore
+    /// The API whose `scaleApp` (and scaler) the route calls.
+    let shared: API
     let auth: Authenticator
-    let identity: IdentityAPI
-    let scaler: (any AppScaling)?
-    let logger: Logger
+    let access: Access
     let maxBody = 4096
 
     func addRoutes(to api: RouterGroup<KilnRequestContext>) {
         api.post("apps/:name/scale") { request, context in
             let caller = try await auth.caller(request, context: context)
             let name = try context.parameters.require("name")
-            try await identity.requireExisting(.app, name, .deploy, caller)
+            // Who may not scale the app learns nothing from the body's mistakes.
+            _ = try await shared.visibleApp(name, .deploy, caller, access)
             var request = request
             let asked = try decodeBody(ScaleRequest.self, from: try await request.collectBody(upTo: maxBody))
-            try asked.validate()
-            guard let scaler else {
-                throw KilnError.unavailable("this scheduler runs no deploy backends, so it cannot scale apps: ask one started with `kiln scheduler`")
-            }
-            logger.info("scaling", metadata: ["app": "\(name)", "replicas": "\(asked.replicas)", "cell": "\(asked.cell ?? "all")", "by": "\(caller.user)"])
-            let user = caller.user
-            let result = try await outlivingCancellation { try await scaler.scale(app: name, asked, by: user) }
-            logger.info("scaled", metadata: ["app": "\(name)", "summary": "\(result.summary)", "by": "\(caller.user)"])
-            return json(result)
+            return json(try await shared.scaleApp(name, asked, by: caller, access: access))
         }
     }
 }

@@ -5,6 +5,7 @@ import Hummingbird
 import KilnCore
 import Logging
 import NIOCore
+import Plugins
 
 /// The web console the scheduler serves beside its API: `/` (projects, recent builds, apps,
 /// agents), `/ui/projects/{name}`, `/ui/builds[?project=][&cursor=]` (builds a page at a
@@ -40,12 +41,12 @@ public struct Console: Sendable {
     /// `secrets`: the scheduler's sealed store, where a project form's webhook token goes (nil:
     /// none, and a form that sets a token is told how to start the scheduler with one).
     public init(store: SchedulerStore, secrets: SchedulerSecrets? = nil, secureCookies: Bool = false, etcdHealth: EtcdHealth? = nil,
-                logger: Logger = Logger(label: "kiln.console")) {
+                scaler: (any AppScaling)? = nil, logger: Logger = Logger(label: "kiln.console")) {
         self.store = store
         self.etcdHealth = etcdHealth
         self.auth = Authenticator(store: store, logger: logger)
         self.access = Access(store: store)
-        self.api = API(store: store, schedulerID: "console", secrets: secrets, logger: logger)
+        self.api = API(store: store, schedulerID: "console", secrets: secrets, scaler: scaler, logger: logger)
         self.secureCookies = secureCookies
         self.logger = logger
     }
@@ -132,6 +133,7 @@ public struct Console: Sendable {
             return ConsoleHTTP.redirect("/ui/builds/\(cancelled.id)")
         }
         addProjectRoutes(to: router)
+        addAppRoutes(to: router)
         addGroupRoutes(to: router)
         addAdminRoutes(to: router)
     }

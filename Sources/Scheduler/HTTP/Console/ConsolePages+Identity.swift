@@ -17,7 +17,7 @@ extension ConsolePages {
         let admin: HTML = v.admin ? " (admin)" : ""
         let adminLink: HTML = v.admin ? " <a href=\"/ui/admin\" id=\"admin-link\">Admin</a>" : ""
         return """
-            <nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/agents">Agents</a> <a href="/ui/groups" id="groups">Groups</a> <a href="/ui/roles">Roles</a> <a href="/ui/new-project" id="new-project">New project</a>\(adminLink)\
+            <nav><a href="/"><b>Kiln</b></a> <a href="/">Overview</a> <a href="/ui/apps">Apps</a> <a href="/ui/agents">Agents</a> <a href="/ui/groups" id="groups">Groups</a> <a href="/ui/roles">Roles</a> <a href="/ui/new-project" id="new-project">New project</a>\(adminLink)\
             <span class="me">Logged in as <b id="user">\(v.user)</b>\(admin) \(ConsoleForm.render(action: "/ui/logout", button: "Log out", csrf: v.csrf, id: "logout"))</span></nav>
             """
     }

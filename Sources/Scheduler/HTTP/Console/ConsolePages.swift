@@ -27,7 +27,7 @@ enum ConsolePages {
             let project: HTML = a.project.map(projectLink) ?? "—"
             let live = a.live.map { v in "version \(v.number): \(v.tag ?? v.image)" } ?? "—"
             let domains = a.lb.isEmpty ? "—" : a.lb.map(\.domain).joined(separator: ", ")
-            return "<tr><td class=\"app\">\(a.name)</td><td>\(project)</td><td>\(live)</td><td>\(domains)</td></tr>"
+            return "<tr><td class=\"app\">\(appLink(a.name))</td><td>\(project)</td><td>\(live)</td><td>\(domains)</td></tr>"
         }
         return layout(title: "Kiln", refresh: 10, viewer: viewer, body: """
             <h1>Kiln</h1>
