@@ -165,7 +165,7 @@ func withFarm(agents ids: [String] = ["agent-1"], deploy: Bool = false, configur
             var env = DeployEnvironment(store: AppStore(etcd: schedulerEtcd),
                                         deployers: ["local": LocalDeployer(registryCredentials: auth.machines["deployer"])])
             env.registry = infra.registry.address
-            let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), logger: logger)
+            let monitor = DiscoveryMonitor(env: env, interval: .seconds(1), healthEventSpacing: 0, logger: logger)
             configuration.plugins = env.plugins
             // Scaling through the same backends (the demo app names no secretEnv).
             configuration.scaler = AppScaler(env: env, secrets: nil)

@@ -160,8 +160,12 @@ public final class ProcessFarm: Sendable {
                                    "--log-archive", logArchive.path] + access + options)
             let scheduler = SchedulerProcess(process: p, api: "http://127.0.0.1:\(port)")
             do {
+                // Ready when this very scheduler answers with our admin token: the port was only
+                // free a moment ago, and another test's scheduler may have taken it meanwhile.
                 try await p.waitUntilReady(timeout: 30) {
-                    (try? await FarmHTTP.send("GET", "\(scheduler.api)/api/v1/health"))?.status == 200
+                    guard let reply = try? await FarmHTTP.send("GET", "\(scheduler.api)/api/v1/scheduler", headers: self.adminHeaders), reply.status == 200,
+                          let status = try? KilnJSON.decode(SchedulerStatus.self, from: reply.body) else { return false }
+                    return status.id == id
                 }
                 children.withLock { $0.schedulers[id] = scheduler }
                 return scheduler

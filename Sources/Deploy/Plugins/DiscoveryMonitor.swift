@@ -3,13 +3,16 @@ import Foundation
 import KilnCore
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Discovery while the pipeline is idle: every `interval` it checks the instances of each
 /// app's live version, writes their health into the app record when it changed, and keeps
 /// each of the app's domains pointing at the live version's instances that pass: one that
 /// fails its check leaves the domain, one that passes again comes back. A domain is never
-/// emptied (with no instance passing, nginx keeps trying the ones it has). Each change of an
-/// instance's health goes into the app's activity ("health changed").
+/// emptied (with no instance passing, nginx keeps trying the ones it has). A change of an
+/// instance's health goes into the app's activity ("health changed"), at most one entry per
+/// app every ``healthEventSpacing`` (activity is kept for days, and a flapping instance would
+/// write one every round): the changes between two entries are counted in the next.
 ///
 /// It runs on the leading scheduler beside the pipelines, and stays out of their way: it only
 /// touches a domain whose value names the app's live version (so never one an `lb` step has
@@ -23,10 +26,14 @@ public struct DiscoveryMonitor: Service {
     let env: DeployEnvironment
     let interval: Duration
     let logger: Logger
+    /// Shortest time between two "health changed" entries of one app.
+    let healthEventSpacing: TimeInterval
+    private let healthEvents = HealthEventSpacing()
 
-    public init(env: DeployEnvironment, interval: Duration = .seconds(5), logger: Logger) {
+    public init(env: DeployEnvironment, interval: Duration = .seconds(5), healthEventSpacing: TimeInterval = 300, logger: Logger) {
         self.env = env
         self.interval = interval
+        self.healthEventSpacing = healthEventSpacing
         self.logger = logger
     }
 
@@ -83,10 +90,33 @@ public struct DiscoveryMonitor: Service {
                 // The app's activity (its console page's events): which instances changed, and why.
                 let flips = zip(live.instances, checked).filter { $0.healthy != $1.healthy }
                     .map { "\($1.name) \($1.healthy ? "healthy again" : "unhealthy (\($1.detail ?? "?"))")" }
-                let detail = "v\(live.number): \(flips.joined(separator: ", ")); \(healthy.count) of \(checked.count) healthy\(changes.isEmpty ? "" : "; \(changes.joined(separator: "; "))")"
-                try? await store.record(ActivityEvent(user: "discovery", action: "health changed", detail: detail), onApp: app.name)
+                if let earlier = healthEvents.due(app.name, now: Date(), spacing: healthEventSpacing) {
+                    let more = earlier > 0 ? "; \(earlier) more change\(earlier == 1 ? "" : "s") since the last entry" : ""
+                    let detail = "v\(live.number): \(flips.joined(separator: ", ")); \(healthy.count) of \(checked.count) healthy\(changes.isEmpty ? "" : "; \(changes.joined(separator: "; "))")\(more)"
+                    try? await store.record(ActivityEvent(user: "discovery", action: "health changed", detail: detail), onApp: app.name)
+                }
             }
             logger.notice("discovery: v\(live.number) of \(app.name): \(healthy.count) of \(checked.count) instances healthy\(failing.isEmpty ? "" : "; failing: \(failing.joined(separator: ", "))")\(changes.isEmpty ? "" : "; \(changes.joined(separator: "; "))")")
+        }
+    }
+}
+
+/// When an app's next "health changed" entry may be written (``DiscoveryMonitor``): one per
+/// app per spacing; the changes seen meanwhile are counted and said in the next entry.
+final class HealthEventSpacing: Sendable {
+    private let state = Mutex<[String: (last: Date, skipped: Int)]>([:])
+
+    /// Nil: too soon after the app's last entry (this change is counted); else the number of
+    /// changes skipped since that entry, and `now` becomes the last entry's time.
+    func due(_ app: String, now: Date, spacing: TimeInterval) -> Int? {
+        state.withLock { apps in
+            if let entry = apps[app], now.timeIntervalSince(entry.last) < spacing {
+                apps[app]?.skipped += 1
+                return nil
+            }
+            let skipped = apps[app]?.skipped ?? 0
+            apps[app] = (now, 0)
+            return skipped
         }
     }
 }

@@ -88,6 +88,7 @@ extension ConsolePages {
             : "<p class=\"muted\" id=\"no-actions\">Your role on this app lets you see it; deploying, scaling, rolling back and retiring need master or above (see <a href=\"/ui/roles\">roles</a>).</p>"
         return layout(title: "\(app.name) · Kiln", refresh: actions.mayDeploy ? nil : 10, viewer: viewer, body: """
             <h1>App <span id="app">\(app.name)</span></h1>
+            \(resourceTabs(.app, app.name, current: ""))
             <p>\(project) · live: \(liveLine)</p>
             \(scaling)
             <h2 id="versions">Versions</h2>
