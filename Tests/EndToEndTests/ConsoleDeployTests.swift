@@ -27,14 +27,25 @@ extension EndToEndTests {
                 var pipeline = D.pipeline()
                 pipeline[2].settings["keep"] = .number(1)
                 try await farm.saveProject(pipeline: pipeline)
-                let build = try await farm.deployed(try await farm.startBuild().id)
-                #expect(build.deploy?.status == .succeeded, "\(build.deploy?.error ?? "")")
-                try await farm.expectServing(version: 1, counts: ["a": 1, "b": 1])
-
                 let browser = try Browser.launch(chromium)
                 defer { browser.close() }
                 let tab = try await browser.attachToPage()
-                #expect(try await browser.logIn(farm.api, user: "admin", password: farm.registryAuth.adminToken, from: "/ui/apps", session: tab) == farm.api + "/ui/apps")
+                // The build from the project page's form, with a tag and the Maven cache off, run
+                // by the farm's real agent; its page follows the log as it grows to the end.
+                #expect(try await browser.logIn(farm.api, user: "admin", password: farm.registryAuth.adminToken, from: "/ui/projects/demo", session: tab)
+                        == farm.api + "/ui/projects/demo")
+                _ = try await browser.evaluate("document.getElementById('b-mvncache').checked = false; 'unticked'", session: tab)
+                let buildPage = try await browser.submit("#build-form", fields: ["ref": "main", "tag": "from-console"], session: tab)
+                let id = String(try #require(buildPage.components(separatedBy: "/ui/builds/").last))
+                let first = try await browser.waitForLog(containing: "kiln: build \(id) of demo (ref main", session: tab, timeout: 300)
+                let whole = try await browser.waitForLog(containing: "kiln: steps: ", session: tab, timeout: 300)
+                #expect(whole.hasPrefix(first) && whole.contains("kiln: build succeeded"), "\(first)\n---\n\(whole)")
+                try await screenshot(browser, tab, "build-from-form.png")
+                let build = try await farm.deployed(id)
+                #expect(build.tag == "from-console" && build.mvncache == false && build.trigger == "console by admin", "\(build)")
+                #expect(build.deploy?.status == .succeeded, "\(build.deploy?.error ?? "")")
+                try await farm.expectServing(version: 1, counts: ["a": 1, "b": 1])
+                try await browser.load(farm.api + "/ui/apps", session: tab)
                 #expect(try await browser.html(session: tab).contains(#"<tr id="app-demo">"#))
                 try await screenshot(browser, tab, "list.png")
 

@@ -227,8 +227,8 @@ public final class Browser: Sendable {
     }
 
     /// The text of the page's `#log` once it contains `text` (a MutationObserver in the page
-    /// tells when; no polling).
-    public func waitForLog(containing text: String, session: String) async throws -> String {
+    /// tells when; no polling), waiting at most `timeout` seconds.
+    public func waitForLog(containing text: String, session: String, timeout: Double = 30) async throws -> String {
         let quoted = String(decoding: try JSONSerialization.data(withJSONObject: [text]), as: UTF8.self).dropFirst().dropLast()
         return try await evaluate("""
             new Promise(function(resolve) {
@@ -238,7 +238,7 @@ public final class Browser: Sendable {
               }
               if (!check()) new MutationObserver(check).observe(document, {subtree: true, childList: true, characterData: true});
             })
-            """, session: session)
+            """, session: session, timeout: timeout)
     }
 
     /// Loads `url` in the page; returns once the new document has been committed.
