@@ -69,7 +69,10 @@ public final class RegistryServer: Sendable {
     /// `htpasswd` (a file of `user:bcrypt-hash` lines, `htpasswd -Bbn USER PASSWORD`) turns on
     /// Distribution's HTTP Basic authentication instead: a registry of someone else's, as a
     /// project's `pushTo` or a private base image's registry would be.
-    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil) async throws -> RegistryServer {
+    /// `deletes`: whether the registry deletes manifests (Kiln's console deletes tags; off
+    /// only for a test of a registry that refuses).
+    public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil,
+                             deletes: Bool = true) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
@@ -86,7 +89,7 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes), to: config.path)
             let process = try ManagedProcess(
                 name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
             do {
@@ -107,7 +110,7 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true) -> String {
         var text = """
         version: 0.1
         log:
@@ -118,7 +121,7 @@ public final class RegistryServer: Sendable {
           filesystem:
             rootdirectory: "\(root.appendingPathComponent("data").path)"
           delete:
-            enabled: true
+            enabled: \(deletes)
         http:
           addr: 127.0.0.1:\(port)
         health:

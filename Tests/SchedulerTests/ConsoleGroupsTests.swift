@@ -255,34 +255,15 @@ struct ConsoleGroupsTests {
         }
     }
 
-    /// A registry without authentication whose deletes are off (`REGISTRY_STORAGE_DELETE_ENABLED=false`,
-    /// which overrides its configuration): the scheduler asks it without credentials, lists its
+    /// A registry without authentication whose deletes are off (its configuration's
+    /// `storage.delete.enabled: false`): the scheduler asks it without credentials, lists its
     /// images, and a delete is refused with how to turn deletes on; nothing is deleted.
     @Test func aRegistryThatRefusesDeletesIsNamedAsTheReason() async throws {
         let dir = try TempDir("console-groups-nodelete")
         defer { withExtendedLifetime(dir) {} }
-        let port = try FreePort.next()
-        let config = dir.url.appendingPathComponent("config.yml")
-        try """
-            version: 0.1
-            log:
-              level: warn
-              accesslog:
-                disabled: true
-            storage:
-              filesystem:
-                rootdirectory: "\(dir.url.appendingPathComponent("data").path)"
-            http:
-              addr: 127.0.0.1:\(port)
-
-            """.write(to: config, atomically: true, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["REGISTRY_STORAGE_DELETE_ENABLED"] = "false"
-        let process = try ManagedProcess(name: "registry", executable: "docker-registry", arguments: ["serve", config.path],
-                                         environment: environment, logFile: dir.url.appendingPathComponent("registry.log"))
-        defer { process.stop(grace: 2) }
-        let url = "http://127.0.0.1:\(port)"
-        try await process.waitUntilReady(timeout: 20) { (try? await httpRequest(.GET, url + "/v2/"))?.status == 200 }
+        let registry = try await RegistryServer.start(root: dir.url, deletes: false)
+        defer { registry.stop() }
+        let url = "http://127.0.0.1:\(registry.port)"
         // Any signature will do: this registry checks none.
         let key = TokenSigningKey.generate()
         let digest = try await ConsoleGroupsTests().push(RegistryURL(url: url), key, "team/shop", "v1", layer: "kept").digest
