@@ -231,6 +231,48 @@ struct ConsoleAppsTests {
         }
     }
 
+    /// Found by a hostile review: the app's owner lets another project into the app; a master
+    /// of the app who is only a reporter of that project may not deploy its builds (the run is
+    /// that project's, with its secrets), and the app list masks env values below master as the
+    /// app's own answer does. The feed is read newest first with its limit.
+    @Test func anotherProjectsBuildNeedsDeployThereAndTheListMasksEnvBelowMaster() async throws {
+        try await withScheduler { h in
+            let ids = try await shop(h)
+            let billing = try await h.addProjectWithBuild("billing")
+            try await ConsoleTests().write(h, build: billing, log: []) { b in
+                b.status = .succeeded
+                b.image = "127.0.0.1:5000/billing:1"
+                b.digest = "sha256:" + String(repeating: "b", count: 64)
+                b.finishedAt = Date()
+            }
+            #expect(try await h.request(.PUT, "/api/v1/apps/shop/projects/billing", body: #"{"role":"master"}"#).status == 200)
+            let (mallory, token) = try await signIn(h, "mallory")
+            try await h.addMember("mallory", to: "shop", as: .master)
+            try await h.addMember("mallory", to: "billing", as: .reporter)
+            let form = [("csrf", token), ("build", billing), ("port", "8080"), ("replicas", "1"), ("healthPath", "/")]
+            let refused = try await mallory.post("/ui/apps/shop/deploy", form: form)
+            #expect(refused.status == 403 && refused.body.contains("reporter"), "\(refused.status) \(refused.body)")
+            #expect(try await h.build(billing).deploy == nil)
+            // Her own project's build still deploys.
+            #expect(try await mallory.post("/ui/apps/shop/deploy", form: [("csrf", token), ("build", ids[2]), ("port", "8080"), ("replicas", "1"), ("healthPath", "/")]).status == 303)
+
+            // The list as a reporter sees it: values masked, as in GET /api/v1/apps/shop.
+            try await h.addUser("rita", password: Self.password)
+            try await h.addMember("rita", to: "shop", as: .reporter)
+            let basic = Data("rita:\(Self.password)".utf8).base64EncodedString()
+            let made = try await h.request(.POST, "/api/v1/tokens", body: #"{"name":"t"}"#, token: nil, headers: [("Authorization", "Basic \(basic)")])
+            let ritaToken = try #require(made.json?["token"] as? String, "\(made.body)")
+            let list = try await h.request(.GET, "/api/v1/apps", token: ritaToken)
+            #expect(list.status == 200 && !list.body.contains("hello-there") && list.body.contains("***"), "\(list.body)")
+            #expect(try await h.request(.GET, "/api/v1/apps").body.contains("hello-there"), "the admin sees the values")
+
+            // The feed: the newest events, at most the limit.
+            let store = SchedulerStore(etcd: h.etcd)
+            for n in 0..<5 { try await store.record(ActivityEvent(at: Date().addingTimeInterval(Double(n)), user: "t", action: "event \(n)"), on: .app, "shop") }
+            #expect(try await store.activity(.app, "shop", limit: 2).map(\.action) == ["event 4", "event 3"])
+        }
+    }
+
     @Test func thePipelineOfADeployKeepsToTheAppAndTakesTheFormsSettings() {
         let steps = [PipelineStep(plugin: "deploy", settings: ["app": .string("shop"), "port": .number(80), "cells": .array([.string("a")])]),
                      PipelineStep(plugin: "deploy", settings: ["app": .string("other"), "port": .number(81)]),

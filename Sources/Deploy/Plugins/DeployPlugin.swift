@@ -69,7 +69,10 @@ public struct DeployPlugin: PostBuildPlugin {
                         memoryMB: ctx.int("memoryMB") ?? previous?.memoryMB,
                         env: ctx.stringMap("env") ?? previous?.env ?? [:],
                         healthPath: ctx.string("healthPath") ?? previous?.healthPath ?? "/health",
-                        secretEnv: ctx.strings("secretEnv") ?? previous?.secretEnv,
+                        // Secret names carry over only within one project: they are looked up
+                        // in this build's project, and another project's names for the app are
+                        // no consent of this project's to hand its secrets of those names out.
+                        secretEnv: ctx.strings("secretEnv") ?? (app.current?.project == ctx.project.name ? previous?.secretEnv : nil),
                         // Counts a scaling set per cell go on, unless the step sets replicas itself.
                         cellReplicas: ctx.int("replicas") == nil ? previous?.cellReplicas : nil)
                     guard cells.contains(where: { settings.replicas(in: $0.name) > 0 }) else {

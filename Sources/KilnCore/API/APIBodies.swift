@@ -70,7 +70,7 @@ public struct AppStatus: Codable, Sendable {
     /// As someone below `master` sees it: the versions' environment values masked.
     public var maskedForViewers: AppStatus {
         var s = self
-        for i in s.app.versions.indices { s.app.versions[i].settings.env = s.app.versions[i].settings.env.mapValues { _ in "***" } }
+        s.app = s.app.maskedForViewers
         return s
     }
 

@@ -130,6 +130,13 @@ public struct LBBinding: Codable, Sendable, Equatable {
 
 /// An app and all its versions, at `/kiln/apps/{name}`.
 public struct App: Codable, Sendable, Equatable {
+    /// The app as a viewer below master sees it: every version's env values masked (`***`).
+    public var maskedForViewers: App {
+        var app = self
+        for i in app.versions.indices { app.versions[i].settings.env = app.versions[i].settings.env.mapValues { _ in "***" } }
+        return app
+    }
+
     public var name: String
     /// Oldest first.
     public var versions: [AppVersion]

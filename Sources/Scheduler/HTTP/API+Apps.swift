@@ -15,11 +15,15 @@ import Plugins
 /// Scaling is the `AppScaling` handed to the scheduler (`ScaleAPI.swift`).
 extension API {
     /// Every app `caller` has a role on (directly, through its owning project or that
-    /// project's group): `GET /api/v1/apps` and the console's apps page.
+    /// project's group): `GET /api/v1/apps` and the console's apps page. The versions' env
+    /// values are masked where the caller is below master, as `GET /api/v1/apps/{app}` does.
     func visibleApps(_ caller: Caller, _ access: Access) async throws -> [App] {
         let roles = try await access.roles(of: caller)
         let projects = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
-        return try await store.apps().filter { roles.role(of: $0, projects: projects) != nil }
+        return try await store.apps().compactMap { app in
+            guard let role = roles.role(of: app, projects: projects) else { return nil }
+            return role >= Permission.manage.minimumRole ? app : app.maskedForViewers
+        }
     }
 
     /// App `name` and `caller`'s role on it, if they may do `permission`; the same 404 as a
@@ -62,7 +66,13 @@ extension API {
     func deployBuild(_ id: String, to name: String, settings: DeploySettings?, rollBack: Int? = nil, by caller: Caller, access: Access,
                      via: String = "api") async throws -> Build {
         let app = try await visibleApp(name, .deploy, caller, access).app
+        // The run is one of the build's project (its steps for this app, its secrets): a build
+        // of another project than the app's owner needs `deploy` there too, as
+        // `POST /api/v1/builds/{id}/deploy` does.
         let build = try await visibleBuild(id, .read, caller, access)
+        if build.project != app.owner {
+            _ = try await access.require(.deploy, caller, on: .project, build.project, hidden: projectNotFound(build.project))
+        }
         // A build of the owning project, of a project whose pipeline made one of its versions,
         // or of one the app's members allow (what the deploy step itself checks, said sooner).
         let projects = Set(app.owner.map { [$0] } ?? []).union(app.versions.map(\.project))
@@ -78,7 +88,9 @@ extension API {
         let project = try await store.project(build.project)
         // Naming secrets the app does not get yet hands their values to its instances: who may
         // put them in the project's pipeline (manage on the project) only.
-        let given = Set(app.versions.flatMap { $0.settings.secretEnv ?? [] })
+        // Names this project gave the app already (another project's names say nothing of
+        // what this project's secrets may reach).
+        let given = Set(app.versions.filter { $0.project == build.project }.flatMap { $0.settings.secretEnv ?? [] })
             .union((project.pipeline ?? []).filter { $0.plugin == "deploy" && $0.settings["app"] == .string(name) }
                 .flatMap { step -> [String] in
                     guard case .array(let names)? = step.settings["secretEnv"] else { return [] }

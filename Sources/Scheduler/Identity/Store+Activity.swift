@@ -12,9 +12,11 @@ extension SchedulerStore {
         try await etcd.put(keys.activityEvent(kind, name, at: event.at, id: Secret.random(bytes: 4)), try KilnJSON.encode(event))
     }
 
-    /// A resource's feed, newest first: its events, and for a project its builds too.
+    /// A resource's feed, newest first: its events, and for a project its builds too. Only the
+    /// newest `limit` events are read (their keys start with their time), not the whole feed:
+    /// pages read it on every view, and a busy app's feed holds thousands.
     public func activity(_ kind: ResourceKind, _ name: String, limit: Int = 50) async throws -> [ActivityEntry] {
-        var entries = try await etcd.range(prefix: keys.activity(kind, name)).kvs
+        var entries = try await etcd.range(prefix: keys.activity(kind, name), options: .init(limit: limit, order: .descending)).kvs
             .compactMap { try? KilnJSON.decode(ActivityEvent.self, from: $0.value) }.map(ActivityEntry.init)
         if kind == .project { entries += try await builds(project: name, limit: limit).map(ActivityEntry.init) }
         return Array(entries.sorted { $0.at > $1.at }.prefix(limit))
