@@ -69,6 +69,32 @@ struct DeploySecretEnvTests {
         }
     }
 
+    /// Another project allowed into the app deploys without naming secrets: the app's secret
+    /// names do not carry over to its version (they would be looked up in that project's
+    /// secrets and hand its values of those names to an app another team owns).
+    @Test func secretNamesCarryOverOnlyWithinOneProject() async throws {
+        try await withCells { etcd, fakes, secrets, deploy in
+            secrets.set("DATABASE_URL", Self.value, project: "shop")
+            secrets.set("DATABASE_URL", "billing-secret-value", project: "billing")
+            _ = try await deploy.run(context(secrets: secrets))
+            var members = Members(users: [:])
+            members.projects = ["billing": .master]
+            try await etcd.put(Keys().members(.app, "shop"), try KilnJSON.encode(members))
+            var ctx = context(secrets: secrets)
+            ctx.settings["secretEnv"] = nil
+            ctx.build.project = "billing"
+            ctx.build.id = "b000test-000008"
+            ctx.build.image = "127.0.0.1:5000/billing:v1"
+            ctx.build.digest = "sha256:" + String(repeating: "d", count: 64)
+            ctx.project.name = "billing"
+            let result = try await deploy.run(ctx)
+            #expect(result.summary.hasPrefix("version 2 of shop"), "\(result.summary)")
+            let app = try #require(try await AppStore(etcd: etcd).app("shop"))
+            #expect(app.versions.last?.project == "billing" && app.versions.last?.settings.secretEnv == nil, "\(String(describing: app.versions.last))")
+            for fake in fakes { #expect(fake.secretValue("shop-v2-env", key: "DATABASE_URL", in: "kiln-shop") == nil) }
+        }
+    }
+
     @Test func aMissingOrWithheldSecretFailsTheStepNamingIt() async throws {
         try await withCells { etcd, fakes, secrets, deploy in
             let missing = await #expect(throws: KilnError.self) { _ = try await deploy.run(context(secrets: secrets)) }
