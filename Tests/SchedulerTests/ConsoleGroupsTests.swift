@@ -127,6 +127,11 @@ struct ConsoleGroupsTests {
             app.versions = [AppVersion(number: 3, build: built, project: "shop", image: "\(registry.address)/team/shop@\(v2.digest)", backend: "local",
                                        cells: ["local"], settings: DeploySettings(port: 8080), state: .live)]
             try await h.etcd.put(h.keys.app("shop-app"), try KilnJSON.encode(app))
+            // And another team's app (its project is not in the group) runs v2 too.
+            var theirs = App(name: "their-app", project: "their-project")
+            theirs.versions = [AppVersion(number: 1, build: built, project: "their-project", image: "\(registry.address)/team/shop@\(v2.digest)", backend: "local",
+                                          cells: ["local"], settings: DeploySettings(port: 8080), state: .live)]
+            try await h.etcd.put(h.keys.app("their-app"), try KilnJSON.encode(theirs))
 
             let (mary, maryToken) = try await ConsoleFormsTests().signIn(h, "mary")
             let (rita, ritaToken) = try await ConsoleFormsTests().signIn(h, "rita")
@@ -150,6 +155,7 @@ struct ConsoleGroupsTests {
             #expect(body.contains(#"data-repository="team/shop""#) && body.contains(#"data-repository="team/base""#) && !body.contains("elsewhere/thing"))
             #expect(body.contains(#"<tr data-tag="v1"><td class="tag">v1</td><td><code>\#(v1.digest.prefix(19))</code></td><td>\#(v1.size) B</td><td><a href="/ui/builds/\#(built)">"#), "\(body)")
             #expect(body.contains(#"<tr data-tag="v2">"#) && body.contains("shop-app v3 (live)"))
+            #expect(!body.contains("their-app") && body.contains("(an app you have no role on) v1 (live)"), "an app the reader has no role on is not named")
             #expect(!body.contains("registry-note") && !body.contains("Delete…"), "a reporter gets no delete link")
             // A guest: the group and its projects, not its images.
             let guest = try await gus.get("/ui/groups/team").body
@@ -158,7 +164,8 @@ struct ConsoleGroupsTests {
             let api = try KilnJSON.decode(GroupImages.self, from: try await h.request(.GET, "/api/v1/groups/team/images").body)
             let shopTags = api.repositories.first { $0.name == "team/shop" }?.tags
             #expect(api.fromRegistry && shopTags?.map(\.tag) == ["arm", "multi", "v1", "v1-alias", "v2"] && shopTags?[2].build == built)
-            #expect(shopTags?.last?.runningIn == [ImageUse(app: "shop-app", version: 3, state: .live)] && shopTags?.last?.size == Int64(v2.size))
+            #expect(shopTags?.last?.runningIn == [ImageUse(app: "shop-app", version: 3, state: .live), ImageUse(app: "their-app", version: 1, state: .live)]
+                    && shopTags?.last?.size == Int64(v2.size), "the admin sees every app: \(shopTags?.last?.runningIn ?? [])")
             #expect(shopTags?[1].size == Int64(configSize + "the arm layer".utf8.count + "the second, longer layer".utf8.count), "\(shopTags ?? [])")
 
             // A reporter's delete (form or API) is refused; the registry still has the tag.

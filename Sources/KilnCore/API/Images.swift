@@ -8,6 +8,10 @@ public struct GroupImages: Codable, Sendable, Equatable {
     /// The group's projects the caller may see.
     public var projects: [String]
     public var repositories: [ImageRepository]
+    /// Repositories beyond the first ``maxRepositories`` (the group's projects' first, then by
+    /// name), not read: a page view must not read a whole registry. Nil: none.
+    public var moreRepositories: Int?
+    public static let maxRepositories = 50
     /// Where the tags came from: the registry's own API, or, when the scheduler was started
     /// without `--registry-url` (or the registry did not answer), the build records only
     /// (`registryError` says why), which know no sizes and no tags pushed by hand.
@@ -71,7 +75,9 @@ public struct ImageTag: Codable, Sendable, Equatable {
 
 /// An app version that runs an image.
 public struct ImageUse: Codable, Sendable, Equatable {
+    /// The app's name, or ``hidden`` for an app the viewer has no role on.
     public var app: String
+    public static let hidden = "(an app you have no role on)"
     public var version: Int
     public var state: VersionState
 

@@ -61,9 +61,10 @@ struct ImagesAPI: Sendable {
         var fromRegistry = false
         var registryError: String?
         var repositories: [ImageRepository] = []
+        var more: Int?
         if let registry {
             do {
-                repositories = try await fromTheRegistry(registry, group: name, projects: projects, known: known)
+                (repositories, more) = try await fromTheRegistry(registry, group: name, projects: projects, known: known)
                 fromRegistry = true
             } catch let error as KilnError {
                 registryError = error.message
@@ -72,7 +73,20 @@ struct ImagesAPI: Sendable {
             registryError = "the scheduler was started without --registry-url, so it cannot ask the registry: tags, digests and builds come from the build records (no sizes, no tags pushed by hand)"
         }
         if !fromRegistry { repositories = known.repositoriesFromBuilds(projects) }
-        return GroupImages(group: group, projects: projects.map(\.name), repositories: repositories, fromRegistry: fromRegistry, registryError: registryError)
+        // Which versions run a tag: the apps the caller has no role on are not named.
+        let roles = try await access.roles(of: caller)
+        let everyProject = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
+        let visible = Set(known.apps.filter { roles.role(of: $0, projects: everyProject) != nil }.map(\.name))
+        for r in repositories.indices {
+            for t in repositories[r].tags.indices {
+                for u in repositories[r].tags[t].runningIn.indices where !visible.contains(repositories[r].tags[t].runningIn[u].app) {
+                    repositories[r].tags[t].runningIn[u].app = ImageUse.hidden
+                }
+            }
+        }
+        var answer = GroupImages(group: group, projects: projects.map(\.name), repositories: repositories, fromRegistry: fromRegistry, registryError: registryError)
+        answer.moreRepositories = more
+        return answer
     }
 
     /// Deletes the manifest `tag` names in `repository` (`GROUP/…`) for `caller`, unless an
@@ -120,15 +134,19 @@ struct ImagesAPI: Sendable {
 
     /// Whether `caller` may delete tags of `repository` (for the console's buttons; the
     /// delete itself checks again).
-    func mayDelete(_ repository: String, group: String, _ caller: Caller) async throws -> Bool {
-        (try? await requireDelete(repository, group: group, caller)) != nil
+    func mayDelete(_ repository: String, group: String, _ caller: Caller, projects: [Project]? = nil) async throws -> Bool {
+        (try? await requireDelete(repository, group: group, caller, projects: projects)) != nil
     }
 
     /// The resource whose role decides a delete (the repository's project, else the group),
     /// once `caller` holds `manage` on it; 403 otherwise.
     @discardableResult
-    func requireDelete(_ repository: String, group: String, _ caller: Caller) async throws -> (kind: ResourceKind, name: String) {
-        let project = try await store.projects().first { $0.group == group && $0.repositoryName == repository }
+    /// `projects`: every project, when the caller has read them already (a page asks for each
+    /// repository it shows).
+    func requireDelete(_ repository: String, group: String, _ caller: Caller, projects: [Project]? = nil) async throws -> (kind: ResourceKind, name: String) {
+        let all: [Project]
+        if let projects { all = projects } else { all = try await store.projects() }
+        let project = all.first { $0.group == group && $0.repositoryName == repository }
         let owner: (kind: ResourceKind, name: String) = project.map { (.project, $0.name) } ?? (.group, group)
         let role = try await access.role(caller, on: owner.kind, owner.name, project: project)
         guard let role, role >= Permission.manage.minimumRole else {
@@ -141,11 +159,16 @@ struct ImagesAPI: Sendable {
 
     /// The group's repositories from the registry's catalog (and the group's projects' own,
     /// which may have no image yet), each tag's manifest read.
-    func fromTheRegistry(_ registry: RegistryClient, group: String, projects: [Project], known: Known) async throws -> [ImageRepository] {
-        var names = Set(try await registry.catalog(prefix: group + "/"))
-        names.formUnion(projects.map(\.repositoryName))
+    /// At most ``GroupImages/maxRepositories`` repositories are read, the projects' own first;
+    /// returns how many more there are.
+    func fromTheRegistry(_ registry: RegistryClient, group: String, projects: [Project], known: Known) async throws -> ([ImageRepository], more: Int?) {
+        let own = Set(projects.map(\.repositoryName))
+        let names = Set(try await registry.catalog(prefix: group + "/")).union(own).sorted { a, b in
+            own.contains(a) != own.contains(b) ? own.contains(a) : a < b
+        }
+        let read = names.prefix(GroupImages.maxRepositories)
         var out: [ImageRepository] = []
-        for name in names.sorted() {
+        for name in read.sorted() {
             let all = try await registry.tags(name)
             let shown = Array(all.prefix(ImageRepository.maxTags))
             let read = try await withThrowingTaskGroup(of: (Int, ImageTag, [String]).self) { tasks in
@@ -182,7 +205,7 @@ struct ImagesAPI: Sendable {
             out.append(ImageRepository(name: name, project: projects.first { $0.repositoryName == name }?.name, tags: tags,
                                        moreTags: all.count > shown.count ? all.count - shown.count : nil))
         }
-        return out
+        return (out, names.count > read.count ? names.count - read.count : nil)
     }
 
     // MARK: names

@@ -75,8 +75,9 @@ extension Console {
         var actions = GroupActions(mayManage: role >= Permission.manage.minimumRole)
         if role >= Permission.read.minimumRole {
             let listed = try await imagesAPI.images(of: name, caller: me.caller)
+            let everyProject = try await store.projects()
             for r in listed.repositories {
-                if try await imagesAPI.mayDelete(r.name, group: name, me.caller) { actions.mayDelete.insert(r.name) }
+                if try await imagesAPI.mayDelete(r.name, group: name, me.caller, projects: everyProject) { actions.mayDelete.insert(r.name) }
             }
             found = listed
         }

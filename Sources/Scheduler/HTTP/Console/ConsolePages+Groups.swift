@@ -89,10 +89,14 @@ extension ConsolePages {
                 """
         }
         let list: HTML = repositories.isEmpty ? "<p class=\"muted\">No image repository in this group.</p>" : repositories.joined(separator: "\n")
+        let more: HTML = images.moreRepositories.map { n -> HTML in
+            "<p class=\"muted\" id=\"more-repositories\">… and \(n) more repositories, not read (a page reads at most \(GroupImages.maxRepositories), the group's projects' first).</p>"
+        } ?? ""
         return """
             <h2>Images</h2>
             \(source)
             \(list)
+            \(more)
             """
     }
 
