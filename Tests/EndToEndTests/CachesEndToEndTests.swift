@@ -24,7 +24,7 @@ struct CachesEndToEndTests {
             }
             // Each build reports what an earlier one left in each cache, then leaves its own id.
             // (The marker is quoted apart so that the command line the log repeats never holds it.)
-            let command = #"for d in /root/.m2 /root/.gradle /var/cache/npm; do if [ -f $d/seen ]; then echo "FOUND-""$d $(cat $d/seen)"; fi; echo "$KILN_BUILD" > $d/seen; done"#
+            let command = #"for d in /root/.m2 /root/.gradle /var/cache/npm; do if [ -f $d/seen ]; then echo "FOUND-""$d $(cat $d/seen)"; fi; mkdir -p $d; echo "$KILN_BUILD" > $d/seen; done"#
             var p = Project(name: "tools", repository: farm.infra.repositoryURL("caches"), buildImage: Self.busybox, buildCommand: command)
             p.caches = Self.caches
             let r = try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(p))
