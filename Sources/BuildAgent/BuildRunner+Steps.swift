@@ -56,20 +56,17 @@ extension BuildRunner {
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
         }
         reporter.log(sandbox.summary)
-        let declared: [(path: String, folder: String)]
-        do { declared = try CacheLayout.mounts(of: project) } catch let e as KilnError {
-            throw StepFailure(step: .compile, message: "the project's caches: \(e.message)")
+        var declared: [(path: String, folder: String)] = []
+        if task.mvncache {
+            do { declared = try CacheLayout.mounts(of: project) } catch let e as KilnError {
+                throw StepFailure(step: .compile, message: "the project's caches: \(e.message)")
+            }
         }
         if task.mvncache && !declared.isEmpty {
             let choice = try await cachePlacement(task: task)
             await disk?.used("mvncache/\(choice.folder)", by: project.name)
             let root = cachesDir.appendingPathComponent(choice.folder)
-            var binds = baseMounts
-            for (path, folder) in declared {
-                let dir = folder.isEmpty ? root : root.appendingPathComponent(folder)
-                try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-                binds.append("\(dir.path):\(path):rw,nosuid,nodev")
-            }
+            try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             reporter.log("caches: \(choice.protected ? "the protected ones (\(task.ref) is a protected ref)" : "the ones of unprotected refs (only the default branch and protectedRefs use the protected ones)")")
             // One build at a time writes a project's caches: Maven's local repository (and
             // Gradle's, npm's) is not safe for two processes.
@@ -77,8 +74,16 @@ extension BuildRunner {
                 reporter.log("waiting for the caches of \(project.name): another build of it is using them")
             }
             let names = declared.map(\.path).joined(separator: ", ")
-            let cacheBinds = binds
-            try await cacheLocks.withLock(choice.folder) { try await runIt(cacheBinds, "caches mounted: \(names)") }
+            let declared = declared
+            try await cacheLocks.withLock(choice.folder) {
+                // Under the lock: no build of this folder runs now to swap a folder for a link.
+                var binds = baseMounts
+                for (path, folder) in declared {
+                    let dir = try CacheLayout.prepare(folder, in: root)
+                    binds.append("\(dir.path):\(path):rw,nosuid,nodev")
+                }
+                try await runIt(binds, "caches mounted: \(names)")
+            }
         } else {
             try await runIt(baseMounts, task.mvncache ? "no caches declared" : "no caches")
         }

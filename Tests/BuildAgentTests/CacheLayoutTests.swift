@@ -1,5 +1,7 @@
 @testable import BuildAgent
+import Foundation
 import KilnCore
+import KilnTestSupport
 import Testing
 
 @Suite("Where a project's caches live on the agent (CacheLayout)")
@@ -55,5 +57,41 @@ struct CacheLayoutTests {
             p.caches = bad
             #expect(throws: KilnError.self) { try CacheLayout.mounts(of: p) }
         }
+    }
+
+    @Test("a link a build planted where a cache's folder goes is replaced by a plain folder; what it pointed to is untouched")
+    func plantedLinksAreReplaced() throws {
+        let dir = try TempDir("cache-layout")
+        let fm = FileManager.default
+        let root = dir.url.appendingPathComponent("mvncache/protected/p")
+        let outside = dir.url.appendingPathComponent("outside")
+        try fm.createDirectory(at: root, withIntermediateDirectories: true)
+        try fm.createDirectory(at: outside, withIntermediateDirectories: true)
+        try "keep".write(to: outside.appendingPathComponent("file"), atomically: true, encoding: .utf8)
+        let gradle = try #require(CacheLayout.folder(of: "/root/.gradle"))
+        #expect(try CacheLayout.prepare("", in: root) == root)
+
+        // The folder itself a link.
+        try fm.createDirectory(at: root.appendingPathComponent(".kiln-caches"), withIntermediateDirectories: true)
+        try fm.createSymbolicLink(at: root.appendingPathComponent(gradle), withDestinationURL: outside)
+        var made = try CacheLayout.prepare(gradle, in: root)
+        #expect(made.path == root.appendingPathComponent(gradle).path)
+        #expect(try fm.attributesOfItem(atPath: made.path)[.type] as? FileAttributeType == .typeDirectory)
+        #expect(try fm.contentsOfDirectory(atPath: made.path).isEmpty)
+        #expect(try fm.contentsOfDirectory(atPath: outside.path) == ["file"])
+
+        // .kiln-caches a link, and a cache's folder a plain file.
+        try fm.removeItem(at: root.appendingPathComponent(".kiln-caches"))
+        try fm.createSymbolicLink(at: root.appendingPathComponent(".kiln-caches"), withDestinationURL: outside)
+        made = try CacheLayout.prepare(gradle, in: root)
+        #expect(try fm.attributesOfItem(atPath: root.appendingPathComponent(".kiln-caches").path)[.type] as? FileAttributeType == .typeDirectory)
+        #expect(try fm.contentsOfDirectory(atPath: outside.path) == ["file"])
+        try fm.removeItem(at: made)
+        try "x".write(to: made, atomically: true, encoding: .utf8)
+        made = try CacheLayout.prepare(gradle, in: root)
+        #expect(try fm.attributesOfItem(atPath: made.path)[.type] as? FileAttributeType == .typeDirectory)
+        // What a cache holds stays.
+        try "jar".write(to: made.appendingPathComponent("dep.jar"), atomically: true, encoding: .utf8)
+        #expect(try fm.contentsOfDirectory(atPath: try CacheLayout.prepare(gradle, in: root).path) == ["dep.jar"])
     }
 }

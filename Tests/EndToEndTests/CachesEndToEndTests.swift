@@ -66,6 +66,21 @@ struct CachesEndToEndTests {
             #expect(featureLog.contains("caches: the ones of unprotected refs"), "\(featureLog)")
             #expect(!featureLog.contains("FOUND-/"), "a feature build found the main builds' caches: \(featureLog)")
             #expect(FileManager.default.fileExists(atPath: farm.dataDir.appendingPathComponent("agents/agent-1/mvncache/shared/tools/.kiln-caches/var%2Fcache%2Fnpm/seen").path))
+
+            // A build that swaps its Gradle cache's folder for a link to a folder of the host
+            // (seen through /root/.m2/.kiln-caches): the next build's /root/.gradle is a plain
+            // folder again, and the host folder gets nothing.
+            let outside = try TempDir("caches-outside")
+            let plant = #"echo x > /root/.gradle/escaped; rm -rf /root/.m2/.kiln-caches/root%2F.gradle && ln -s "# + outside.url.path + #" /root/.m2/.kiln-caches/root%2F.gradle && echo PLANTED-'OK'"#
+            var planter = Project(name: "planter", repository: farm.infra.repositoryURL("caches"), buildImage: Self.busybox, buildCommand: plant)
+            planter.caches = ["/root/.m2", "/root/.gradle"]
+            #expect(try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(planter)).status == 201)
+            for n in 1...2 {
+                let b = try await farm.finished(try await farm.startBuild("planter", BuildRequest(ref: "main", tag: "p\(n)", mvncache: true)).id, timeout: .seconds(180))
+                let log = try await farm.log(b.id)
+                #expect(b.status == .succeeded && log.contains("PLANTED-OK"), "\(b.error ?? "") \(log)")
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: outside.url.path).isEmpty, "a build wrote through a planted link into the host")
         }
     }
 }

@@ -98,6 +98,8 @@ struct ProjectFormTests {
         #expect(problems.isEmpty, "\(problems)")
         #expect(p.caches == ["/root/.m2", "/root/.gradle"])
         #expect(ProjectForm(p)["caches"] == "/root/.m2\n/root/.gradle")
+        let v = ConsoleViewer(user: "mia", admin: false, csrf: "tok")
+        #expect(ConsolePages.project(p, builds: [], activity: [], now: Date(), viewer: v).rendered.contains("/root/.m2, /root/.gradle"))
         form.values["caches"] = ""
         #expect(form.read(over: Self.full, newToken: "x").project.caches == nil)
         form.values["caches"] = " none "

@@ -1,3 +1,4 @@
+import Foundation
 import KilnCore
 
 /// Where each of a project's caches (`Project.caches`) lives on the agent, inside the
@@ -18,8 +19,15 @@ import KilnCore
 ///    list `Validation.caches` refuses: the agent mounts nothing for a project record that
 ///    skipped the scheduler's checks.
 ///
-/// The Maven cache's mount shows the other caches under `/root/.m2/.kiln-caches`: they are
-/// the same project's, chosen by the same protected/shared rule, so nothing crosses that line.
+/// 4. `.kiln-caches` and each cache's folder in it must be plain folders: the Maven cache's
+///    mount shows them under `/root/.m2/.kiln-caches`, so a build can replace one with a link
+///    (to `/etc` of the agent's machine, say), which the engine would follow on the host when
+///    it mounts the folder. `prepare` removes whatever is there but a folder (a link goes, not
+///    what it points to) and checks the folder it returns resolves to itself.
+///
+/// Apart from rule 4, what a build leaves under `/root/.m2/.kiln-caches` is harmless: the
+/// folders are the same project's, chosen by the same protected/shared rule, so nothing
+/// crosses that line.
 enum CacheLayout {
     static let maven = "/root/.m2"
     static let others = ".kiln-caches"
@@ -29,6 +37,25 @@ enum CacheLayout {
         guard (try? Validation.cachePath(path)) != nil else { return nil }
         if path == maven { return "" }
         return "\(others)/\(name(of: path))"
+    }
+
+    /// The folder of a cache (`folder(of:)`) in the project's cache folder `root` (which the
+    /// agent made), made a plain folder (rule 4). Call it holding the folder's lock.
+    static func prepare(_ folder: String, in root: URL) throws -> URL {
+        if folder.isEmpty { return root }
+        let fm = FileManager.default
+        var dir = root
+        for part in folder.split(separator: "/") {
+            dir = dir.appendingPathComponent(String(part))
+            if let type = try? fm.attributesOfItem(atPath: dir.path)[.type] as? FileAttributeType, type != .typeDirectory {
+                try fm.removeItem(at: dir)
+            }
+            if !fm.fileExists(atPath: dir.path) { try fm.createDirectory(at: dir, withIntermediateDirectories: false) }
+        }
+        guard let real = Containment.realPath(dir.path), let realRoot = Containment.realPath(root.path), real == realRoot + "/" + folder else {
+            throw StepFailure(step: .compile, message: "the cache folder \(folder) of the project is not a plain folder")
+        }
+        return dir
     }
 
     /// Rule 2's name of a path.
