@@ -5,8 +5,9 @@ import KilnCore
 /// The compile and image steps of `BuildRunner` (the order and the records: BuildRunner.swift).
 extension BuildRunner {
     // compile: the build command in the project's build image, the checkout mounted as
-    // /workspace and, with mvncache, the project's own Maven cache as /root/.m2 (the
-    // protected one for protected refs), in the build's sandbox.
+    // /workspace and, with mvncache, each of the project's caches (`Project.caches`, Maven's
+    // /root/.m2 by default) from its folder on the agent (`CacheLayout`; the protected ones for
+    // protected refs), in the build's sandbox.
     // The secrets (`compileSecrets`) as environment variables of the container (never its
     // command line) and files under /run/secrets, removed when the step ends, however it ends.
     // A build image on a registry the project has a login for is pulled with it and hidden
@@ -45,30 +46,46 @@ extension BuildRunner {
         defer { try? FileManager.default.removeItem(at: folder) }
         let (secretEnv, secretBind) = try await compileSecrets(task: task, secrets: secrets, reporter: reporter)
         let baseMounts = mounts + (secretBind.map { [$0] } ?? [])
-        let runIt: @Sendable ([String]) async throws -> Void = { binds in
+        let runIt: @Sendable ([String], String) async throws -> Void = { binds, caches in
             let spec = sandbox.confine(ContainerSpec(
                 image: image, cmd: ["sh", "-c", project.buildCommand], workingDir: "/workspace",
                 env: secretEnv.merging(["KILN_BUILD": task.build, "KILN_PROJECT": project.name]) { _, kiln in kiln }, binds: binds,
                 labels: ["kiln.build": task.build, "kiln.agent": configuration.id]))
-            reporter.log("$ \(project.buildCommand)   (in \(project.buildImage)\(task.mvncache ? ", Maven cache mounted" : ", no Maven cache"))")
+            reporter.log("$ \(project.buildCommand)   (in \(project.buildImage), \(caches))")
             let code = try await runContainer(spec, name: "kiln-\(task.build)-\(task.attempt)-compile", reporter: reporter)
             if code != 0 { throw StepFailure(step: .compile, message: "the build command exited with status \(code)") }
         }
         reporter.log(sandbox.summary)
+        var declared: [(path: String, folder: String)] = []
         if task.mvncache {
+            do { declared = try CacheLayout.mounts(of: project) } catch let e as KilnError {
+                throw StepFailure(step: .compile, message: "the project's caches: \(e.message)")
+            }
+        }
+        if task.mvncache && !declared.isEmpty {
             let choice = try await cachePlacement(task: task)
             await disk?.used("mvncache/\(choice.folder)", by: project.name)
-            let cache = cachesDir.appendingPathComponent(choice.folder)
-            try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
-            reporter.log("Maven cache: \(choice.protected ? "the protected one (\(task.ref) is a protected ref)" : "the one of unprotected refs (only the default branch and protectedRefs use the protected one)")")
-            // One build at a time writes a cache: Maven's local repository is not safe for
-            // two processes.
+            let root = cachesDir.appendingPathComponent(choice.folder)
+            try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+            reporter.log("caches: \(choice.protected ? "the protected ones (\(task.ref) is a protected ref)" : "the ones of unprotected refs (only the default branch and protectedRefs use the protected ones)")")
+            // One build at a time writes a project's caches: Maven's local repository (and
+            // Gradle's, npm's) is not safe for two processes.
             if await cacheLocks.isHeld(choice.folder) {
-                reporter.log("waiting for the Maven cache of \(project.name): another build of it is using it")
+                reporter.log("waiting for the caches of \(project.name): another build of it is using them")
             }
-            try await cacheLocks.withLock(choice.folder) { try await runIt(baseMounts + ["\(cache.path):/root/.m2:rw,nosuid,nodev"]) }
+            let names = declared.map(\.path).joined(separator: ", ")
+            let declared = declared
+            try await cacheLocks.withLock(choice.folder) {
+                // Under the lock: no build of this folder runs now to swap a folder for a link.
+                var binds = baseMounts
+                for (path, folder) in declared {
+                    let dir = try CacheLayout.prepare(folder, in: root)
+                    binds.append("\(dir.path):\(path):rw,nosuid,nodev")
+                }
+                try await runIt(binds, "caches mounted: \(names)")
+            }
         } else {
-            try await runIt(baseMounts)
+            try await runIt(baseMounts, task.mvncache ? "no caches declared" : "no caches")
         }
     }
 

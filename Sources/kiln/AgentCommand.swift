@@ -16,7 +16,7 @@ struct AgentCommand: AsyncParsableCommand {
         Registers /kiln/agents/ID under a lease (renewed every third of --ttl; registered \
         again if lost), watches /kiln/tasks/ID/, and runs each build: fetch with libgit2 into \
         a mirror per project, compile in a container through the Docker Engine API (with the \
-        project's own Maven cache when mvncache is on), build the image, push it.
+        project's own caches when mvncache is on), build the image, push it.
 
         Example:
           kiln agent --id agent-1 --capacity 2 --labels jdk17,maven --data-dir /var/lib/kiln/agent-1 \\

@@ -23,7 +23,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Branch, tag or refs/… to build.") var ref: String?
     @Option(name: .long, help: "Exact commit to build (7 to 40 hex digits).") var commit: String?
     @Option(name: .long, help: "Image tag (default: the commit's short sha).") var tag: String?
-    @Flag(name: .long, inversion: .prefixedNo, help: "Mount the project's Maven cache in the compile container.") var mvncache = true
+    @Flag(name: .long, inversion: .prefixedNo, help: "Mount the project's caches (its caches setting; Maven's /root/.m2 by default) in the compile container.") var mvncache = true
     @Flag(name: [.long, .short], help: "Follow the log until the build ends.") var follow = false
     @Option(name: .long, help: "Priority, -1000 to 1000: higher goes first; within one priority, projects take turns.") var priority: Int?
 

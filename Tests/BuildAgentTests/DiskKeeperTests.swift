@@ -55,6 +55,29 @@ struct DiskKeeperTests {
         }
     }
 
+    /// A project's caches other than Maven's (`CacheLayout`: `.kiln-caches/…` in its folder)
+    /// count with its folder, which stays one entry, and go with it.
+    @Test func aProjectsOtherCachesCountAndGoWithItsFolder() async throws {
+        let dir = try TempDir("disk-keeper")
+        let keeper = keeper(dir.url, budget: 450 << 10)
+        _ = await keeper.start()
+        let gradle = try #require(CacheLayout.folder(of: "/root/.gradle"))
+        for p in ["a", "b"] {
+            await keeper.hold(p)
+            await keeper.used("mvncache/protected/\(p)", by: p)
+            try fill(dir.url, "mvncache/protected/\(p)/repository/blob", kib: 100)
+            try fill(dir.url, "mvncache/protected/\(p)/\(gradle)/blob", kib: 200)
+            await keeper.release(p)
+            let status = await keeper.check()
+            if p == "a" { #expect(abs(status.used - (300 << 10)) <= 16 << 10, "counted \(status.used)") }
+        }
+        // 600 KiB over a 450 KiB budget: a's folder went, its Gradle cache with it.
+        #expect(!exists(dir.url, "mvncache/protected/a"))
+        #expect(exists(dir.url, "mvncache/protected/b/\(gradle)/blob"))
+        #expect(DiskKeeper.listEntries(under: dir.url) == ["mvncache/protected/b"])
+        #expect(DiskKeeper.project(ofEntry: "mvncache/protected/b/\(gradle)") == nil)
+    }
+
     @Test func aProjectBuildingHereKeepsItsFoldersEvenOverTheBudget() async throws {
         let dir = try TempDir("disk-keeper")
         // The oldest folder, and over the budget alone.

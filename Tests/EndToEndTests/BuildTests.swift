@@ -98,7 +98,7 @@ struct EndToEndTests {
             let b = try await farm.startBuild("demo", BuildRequest(ref: "main", tag: "twin-b", mvncache: true))
             let (doneA, doneB) = (try await farm.finished(a.id), try await farm.finished(b.id))
             #expect(doneA.status == .succeeded && doneB.status == .succeeded)
-            let waited = [try await farm.log(a.id), try await farm.log(b.id)].filter { $0.contains("waiting for the Maven cache of demo") }
+            let waited = [try await farm.log(a.id), try await farm.log(b.id)].filter { $0.contains("waiting for the caches of demo") }
             #expect(waited.count == 1, "exactly one of two concurrent builds should wait for the cache")
         }
     }

@@ -241,7 +241,7 @@ struct HostileBuildTests {
             let (main, mainLog) = try await build(farm, "cache", BuildRequest(ref: "main", mvncache: true))
             #expect(main.status == .succeeded, "the agent is not healthy after the bombs: \(main.error ?? "") \(mainLog)")
             #expect(!mainLog.contains("FOUND-PLANTED"), "the main build found what the feature branch planted")
-            #expect(mainLog.contains("Maven cache: the protected one"))
+            #expect(mainLog.contains("caches: the protected ones"))
             // A pinned commit of another branch, asked for as main: not main's cache either.
             let featureCommit: String = try #require(feature.commit)
             let (pinned, pinnedLog) = try await build(farm, "cache", BuildRequest(ref: "main", commit: featureCommit, mvncache: true))

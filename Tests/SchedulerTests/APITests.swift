@@ -47,6 +47,9 @@ struct APITests {
                 (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","maxConcurrent":0}"#, "maxConcurrent 0 is out of range"),
                 (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","pipeline":[{"plugin":"deploi"}]}"#, "unknown plugin 'deploi'"),
                 (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","pipeline":[{"plugin":"lb","settings":{"group":"web","app":"demo"}}]}"#, "setting 'domain' is required"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","caches":["/root/../etc"]}"#, "'..'"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","caches":["/workspace/.m2"]}"#, "/workspace is the checkout"),
+                (#"{"name":"demo","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","caches":["/root","/root/.m2"]}"#, "is inside cache '/root'"),
                 (#"{"name":"demo","#, "not valid JSON"),
                 ("", "empty"),
             ]

@@ -91,6 +91,27 @@ struct ProjectFormTests {
         #expect(form.read(over: Self.full, newToken: "x").problems.map(\.field) == ["supersede"])
     }
 
+    @Test func cachesReadOneALineEmptyIsMavensNoneIsNone() {
+        var form = ProjectForm(Self.full)
+        form.values["caches"] = "/root/.m2\r\n/root/.gradle\r\n\r\n"
+        var (p, problems) = form.read(over: Self.full, newToken: "x")
+        #expect(problems.isEmpty, "\(problems)")
+        #expect(p.caches == ["/root/.m2", "/root/.gradle"])
+        #expect(ProjectForm(p)["caches"] == "/root/.m2\n/root/.gradle")
+        let v = ConsoleViewer(user: "mia", admin: false, csrf: "tok")
+        #expect(ConsolePages.project(p, builds: [], activity: [], now: Date(), viewer: v).rendered.contains("/root/.m2, /root/.gradle"))
+        form.values["caches"] = ""
+        #expect(form.read(over: Self.full, newToken: "x").project.caches == nil)
+        form.values["caches"] = " none "
+        p = form.read(over: Self.full, newToken: "x").project
+        #expect(p.caches == [])
+        #expect(ProjectForm(p)["caches"] == "none")
+        form.values["caches"] = "/root/.m2\n/workspace/cache"
+        (p, problems) = form.read(over: Self.full, newToken: "x")
+        #expect(problems.map(\.field) == ["caches"])
+        #expect(problems.first?.message.contains("/workspace is the checkout") == true, "\(problems)")
+    }
+
     @Test func aRefusedFormShowsWhatWasTypedAndEachProblemBesideItsInput() throws {
         var form = ProjectForm.blank
         form.values["name"] = "Shop"

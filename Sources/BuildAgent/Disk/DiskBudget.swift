@@ -6,8 +6,9 @@ import KilnCore
 /// measures, asks, and carries the answers out.
 ///
 /// An entry is one folder of the data dir that builds reuse and that can be made again from
-/// elsewhere: a project's git mirror (`mirrors/<project>.git`) or one of its Maven caches
-/// (`mvncache/protected/<project>`, `mvncache/shared/<project>`). Workspaces are not entries:
+/// elsewhere: a project's git mirror (`mirrors/<project>.git`) or one of its two cache folders
+/// (`mvncache/protected/<project>`, `mvncache/shared/<project>`, each with all the project's
+/// caches inside: `CacheLayout`). Workspaces are not entries:
 /// each is removed when its build ends.
 ///
 /// Rules of eviction, in order:

@@ -1,6 +1,7 @@
 import KilnCore
 
-/// Which Maven cache folder a build mounts as `/root/.m2`.
+/// Which of the project's two cache folders a build mounts its caches from (`CacheLayout`:
+/// `/root/.m2` is the folder itself, the project's other caches are folders in it).
 ///
 /// A build can write anything into the cache it is given, and the next build that mounts it
 /// runs what it finds there (a planted plugin jar). So builds of refs only trusted people push

@@ -52,6 +52,11 @@ public struct Project: Codable, Sendable, Equatable {
     /// How many of its builds (with their logs) Kiln keeps: nil keeps the defaults, the last
     /// 500 and every build of the last 90 days (``effectiveRetention``; docs/retention.md).
     public var retention: BuildRetention?
+    /// The folders the build caches into, as container paths (`/root/.m2`, `/root/.gradle`,
+    /// `/root/.npm`): each is mounted from the project's cache on the agent when the build's
+    /// `mvncache` is on (docs/agents.md, "Caches"). Nil: `["/root/.m2"]` (``effectiveCaches``);
+    /// empty: none.
+    public var caches: [String]?
     public var createdAt: Date?
 
     public init(
@@ -80,7 +85,7 @@ public struct Project: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, retention, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, retention, caches, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -103,8 +108,15 @@ public struct Project: Codable, Sendable, Equatable {
         group = try c.decodeIfPresent(String.self, forKey: .group)
         pushTo = try c.decodeIfPresent([String].self, forKey: .pushTo)
         retention = try c.decodeIfPresent(BuildRetention.self, forKey: .retention)
+        caches = try c.decodeIfPresent([String].self, forKey: .caches)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
+
+    /// The cache folders a build mounts (with `mvncache` on): `caches`, or the Maven cache
+    /// alone when the project names none.
+    public var effectiveCaches: [String] { caches ?? Self.defaultCaches }
+    /// The caches of a project that declares none: Maven's, as before projects declared them.
+    public static let defaultCaches = ["/root/.m2"]
 
     /// The repository its images go to in the farm's registry: `GROUP/NAME` in a group,
     /// `NAME` otherwise. The registry's token service maps it back to the project and group.
@@ -235,6 +247,7 @@ public struct Project: Codable, Sendable, Equatable {
                     }
                 }
             }),
+            ("caches", { if let caches { try Validation.caches(caches) } }),
             ("maxConcurrent", {
                 if let m = maxConcurrent, !(1...1000).contains(m) {
                     throw KilnError.invalid("maxConcurrent \(m) is out of range: use 1 to 1000 builds of this project at once, or leave it out for no limit")

@@ -29,7 +29,7 @@ extension ConsolePages {
     /// was refused) head the form. `revision`: the record's mod revision the edit started from.
     static func projectForm(_ form: ProjectForm, problems: [FieldProblem], editing: String?, revision: Int64?, message: String?, viewer: ConsoleViewer) -> HTML {
         var shown: Set<String> = ["repository", "buildImage", "buildCommand", "dockerfile", "context", "defaultBranch", "branches", "protectedRefs",
-                                  "labels", "supersede", "maxConcurrent", "group", "pushTo", "limits", "retention", "webhookSecret", "pipeline"]
+                                  "caches", "labels", "supersede", "maxConcurrent", "group", "pushTo", "limits", "retention", "webhookSecret", "pipeline"]
         if editing == nil { shown.insert("name") }
         let general = (message.map { [$0] } ?? []) + problems.filter { !shown.contains($0.field) }.map(\.message)
         var top: HTML = ""
@@ -75,9 +75,10 @@ extension ConsolePages {
             \(field("labels", "Labels", help: "Labels an agent must carry to build this project, separated by commas.", placeholder: "jdk17, large"))
             </fieldset>
             <fieldset><legend>Branches and caches</legend>
-            \(field("defaultBranch", "Default branch", help: "Built when a build names no ref; its builds use the protected Maven cache."))
+            \(field("defaultBranch", "Default branch", help: "Built when a build names no ref; its builds use the protected caches."))
             \(field("branches", "Branches pushes build", help: "One pattern a line (<code>*</code> matches anything, <code>/</code> too). Empty: the default branch only.", area: 3, placeholder: "main\nrelease/*"))
-            \(field("protectedRefs", "Refs that use the protected Maven cache", help: "Besides the default branch; one pattern a line. Only refs trusted with releases: what their builds leave in the cache, the default branch's builds use.", area: 2, placeholder: "release/*\nrefs/tags/v*"))
+            \(field("protectedRefs", "Refs that use the protected caches", help: "Besides the default branch; one pattern a line. Only refs trusted with releases: what their builds leave in the caches, the default branch's builds use.", area: 2, placeholder: "release/*\nrefs/tags/v*"))
+            \(field("caches", "Caches", help: "Folders the build caches into, as container paths, one a line: each is mounted from the project's cache on the agent when a build uses its caches (protected refs get their own). Empty: <code>/root/.m2</code> (Maven's); <code>none</code>: no cache.", area: 3, placeholder: "/root/.m2\n/root/.gradle"))
             <div class="field"><label for="f-supersede">A newer build of a branch cancels its older</label><select id="f-supersede" name="supersede">\(supersede)</select>\(errorNotes(problems.of("supersede"), id: "supersede"))<small></small></div>
             \(field("maxConcurrent", "At most this many builds at once", help: "Empty: no limit of its own (the agents' capacity still applies)."))
             </fieldset>
@@ -126,7 +127,7 @@ extension ConsolePages {
             \(input("commit", "Commit", placeholder: "the ref's newest"))
             \(input("tag", "Image tag", placeholder: "the commit's short id"))
             \(input("priority", "Priority", placeholder: "0"))
-            <label class="check"><input type="checkbox" name="mvncache" id="b-mvncache"\(mvncache)> Use the Maven cache</label>
+            <label class="check"><input type="checkbox" name="mvncache" id="b-mvncache"\(mvncache)> Use the project's caches</label>
             <p><button type="submit">Start build</button></p>
             </form>
             """

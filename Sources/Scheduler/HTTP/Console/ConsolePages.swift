@@ -54,6 +54,7 @@ enum ConsolePages {
             ("dockerfile", p.dockerfile), ("context", p.context), ("default branch", p.defaultBranch),
             ("labels", p.labels.isEmpty ? "—" : p.labels.joined(separator: ", ")),
             ("branches", p.branches?.joined(separator: ", ") ?? p.defaultBranch),
+            ("caches", p.effectiveCaches.isEmpty ? "none" : p.effectiveCaches.joined(separator: ", ")),
             ("supersede", p.supersede?.rawValue ?? "—"),
             ("max concurrent", p.maxConcurrent.map(String.init) ?? "—"),
         ]

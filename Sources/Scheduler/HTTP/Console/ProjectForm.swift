@@ -17,7 +17,7 @@ struct ProjectForm: Sendable, Equatable {
 
     static let names: Set<String> = [
         "name", "repository", "buildImage", "buildCommand", "dockerfile", "context", "defaultBranch", "branches", "protectedRefs",
-        "labels", "supersede", "maxConcurrent", "group", "pushTo", "limitsMemory", "limitsCpus", "limitsPids", "keepBuilds", "keepDays",
+        "caches", "labels", "supersede", "maxConcurrent", "group", "pushTo", "limitsMemory", "limitsCpus", "limitsPids", "keepBuilds", "keepDays",
         "webhookSecret", "generateWebhookSecret", "removeWebhookSecret", "pipeline",
     ]
 
@@ -44,6 +44,7 @@ struct ProjectForm: Sendable, Equatable {
         v["branches"] = p.branches?.joined(separator: "\n")
         v["protectedRefs"] = p.protectedRefs?.joined(separator: "\n")
         v["pushTo"] = p.pushTo?.joined(separator: "\n")
+        v["caches"] = p.caches.map { $0.isEmpty ? "none" : $0.joined(separator: "\n") }
         v["maxConcurrent"] = p.maxConcurrent.map(String.init)
         v["group"] = p.group
         v["limitsMemory"] = p.limits?.memoryBytes.map(Self.size)
@@ -97,6 +98,8 @@ struct ProjectForm: Sendable, Equatable {
         p.protectedRefs = list("protectedRefs")
         p.labels = list("labels") ?? []
         p.pushTo = list("pushTo")
+        // Empty: the default (Maven's cache); "none": no cache at all.
+        p.caches = text("caches") == "none" ? [] : list("caches")
         p.group = optional("group")
         p.maxConcurrent = number("maxConcurrent", "maxConcurrent", "maxConcurrent", as: Int.self)
         switch text("supersede") {
