@@ -12,6 +12,9 @@ import Logging
 /// revision. The record turns `running` with this agent and `startedAt` (the moment the
 /// agent started the build); the runner then waits the simulated duration and finishes
 /// `succeeded` (end of log, final record and the task's deletion in one transaction).
+/// Once a build of a project started here, the agent holds that project warm
+/// (`AgentDisk.warm`), with `--simulate-disk` through the files it writes, without through
+/// `DiskKeeper.ran`, so placement by warm caches is measured on the real path.
 /// Stopping behaves as with a real build: a requested cancel finishes `cancelled`; a lost
 /// task or the agent's shutdown writes nothing more.
 struct SimulatedBuildRunner: TaskRunner {
@@ -63,6 +66,13 @@ struct SimulatedBuildRunner: TaskRunner {
                 // The first line goes out with the running record, as a real build's would.
                 reporter.log("kiln: simulated build \(build.id) of \(task.project.name), attempt \(task.attempt), on agent \(agentID) (kiln agent --simulate \(duration)): nothing is built; waiting \(length.secondsDescription)")
                 try await outlivingCancellation { try await reporter.update(running) }
+                // The project is warm here from now on, as a real build's mirror is once it
+                // starts fetching into it: the agent publishes it, the dispatcher places by it.
+                if usesDisk {
+                    await disk?.used("mirrors/\(project).git", by: project)
+                } else {
+                    await disk?.ran(project)
+                }
                 try await simulateWork(length, build: build.id, project: project, reporter: reporter, control: control)
             }
             switch control.reason {

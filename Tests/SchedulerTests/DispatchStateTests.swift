@@ -19,8 +19,9 @@ struct DispatchStateTests {
         KeyValue(key: key, value: Array(try! KilnJSON.encode(value).utf8), createRevision: rev, modRevision: rev, version: 1)
     }
 
-    mutating func agent(_ id: String, capacity: Int = 2, labels: [String] = []) -> KeyValue {
-        kv(keys.agent(id), AgentInfo(id: id, capacity: capacity, labels: labels, version: "t"), next())
+    mutating func agent(_ id: String, capacity: Int = 2, labels: [String] = [], warm: [String]? = nil) -> KeyValue {
+        let disk = warm.map { AgentDisk(free: 1 << 40, budget: 1 << 30, used: 0, minFree: 0, warm: $0.map { WarmProject(name: $0, bytes: 1) }) }
+        return kv(keys.agent(id), AgentInfo(id: id, capacity: capacity, labels: labels, version: "t", disk: disk), next())
     }
 
     mutating func queued(_ build: String, _ project: String, at seconds: Double = 0, priority: Int? = nil) -> KeyValue {
@@ -213,6 +214,40 @@ struct DispatchStateTests {
         #expect(perAgent.values.allSatisfy { $0 <= 3 }, "\(perAgent)")
         let home = HashRing(members: (0..<4).map { .init(id: "a\($0)", weight: 4) }).home(of: "hot")!
         #expect(perAgent[home] == perAgent.values.max())
+    }
+
+    @Test mutating func aFullHomePassesItsBuildToAnAgentThatHoldsTheProjectWarm() {
+        let p = project("hot")
+        let ids = (0..<5).map { "a\($0)" }
+        let order = HashRing(members: ids.map { .init(id: $0, weight: 2) }).preference(for: "hot")
+        let (home, following, warm) = (order[0], order[1], order[3])
+        // The home runs its two; the agent after it along the ring is cold, a later one warm.
+        let running = [task(home, "r0", p), task(home, "r1", p)]
+        var s = state(agents: ids.map { agent($0, capacity: 2, warm: $0 == warm ? ["hot", "other"] : ["other"]) },
+                      queue: [queued("b1", "hot")], tasks: running, projects: [p])
+        #expect(s.warmAgents["hot"] == [warm])
+        #expect(assignments(s.decide()) == ["b1": warm])
+
+        // The warm agent's registration no longer lists the project (evicted): the next along the ring.
+        s.apply(.agents, events: [.init(kind: .put, kv: agent(warm, capacity: 2, warm: ["other"]))], revision: next())
+        #expect(s.warmAgents["hot"] == nil)
+        #expect(s.warmAgents["other"] == Set(ids))
+        s.apply(.queue, events: [.init(kind: .put, kv: queued("b2", "hot", at: 1))], revision: revision)
+        s.apply(.tasks, events: [], revision: next())  // the tasks' view is current: no hold for the home
+        #expect(assignments(s.decide()) == ["b2": following])
+
+        // A registration that lists names no project may have, or more than the cap, is read
+        // only as far as it is valid.
+        var names = ["Bad Name", "-x", "hot"]
+        names += (0..<(AgentDisk.maxWarm + 10)).map { "p\($0)" }
+        s.apply(.agents, events: [.init(kind: .put, kv: agent(warm, capacity: 2, warm: names))], revision: next())
+        #expect(s.agents[warm]?.warm.count == AgentDisk.maxWarm)
+        #expect(s.agents[warm]?.warm.contains("hot") == true)
+        #expect(s.agents[warm]?.warm.contains("Bad Name") == false)
+        // An agent that leaves is no longer warm for anything.
+        s.apply(.agents, events: [.init(kind: .delete, kv: KeyValue(key: keys.agent(warm), value: []))], revision: next())
+        #expect(s.warmAgents["hot"] == nil)
+        #expect(s.warmAgents["p0"] == nil)
     }
 
     @Test mutating func aResetReplacesTheView() {

@@ -124,6 +124,53 @@ struct BoundedLoadTests {
         #expect(ring.pick("demo", loads: full, c: 1.25) == ring.preference(for: "demo").first { full[$0, default: 0] < 4 && $0 != home })
     }
 
+    @Test func aFullHomePassesItsBuildToAWarmAgentBeforeACold() {
+        let ring = HashRing(members: (1...6).map { .init(id: "agent-\($0)", weight: 4) })
+        let order = ring.preference(for: "demo")
+        let home = order[0]
+        // Loads where the home is at capacity and everyone else has room.
+        var loads = Dictionary(uniqueKeysWithValues: ring.members.map { ($0.id, 1) })
+        loads[home] = 4
+        let farWarm = order[4]
+        // Without warm agents: the next along the ring (the plain rule).
+        #expect(ring.pick("demo", loads: loads, c: 1.25) == order[1])
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: []) == order[1])
+        // A warm agent further along is taken before the cold ones in between.
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: [farWarm]) == farWarm)
+        // Two warm ones: the first along the ring.
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: [order[5], order[3]]) == order[3])
+        // The home with room wins over a warm agent, warm or not itself.
+        var homeFree = loads
+        homeFree[home] = 0
+        #expect(ring.pick("demo", loads: homeFree, c: 1.25, warm: [farWarm]) == home)
+        #expect(ring.pick("demo", loads: homeFree, c: 1.25, warm: [home, farWarm]) == home)
+        // A warm agent at its capacity is passed over for the next warm one with room.
+        var warmFull = loads
+        warmFull[order[3]] = 4
+        #expect(ring.pick("demo", loads: warmFull, c: 1.25, warm: [order[3], farWarm]) == farWarm)
+        // Every warm agent full (the home among them): the first with room along the ring, cold.
+        #expect(ring.pick("demo", loads: warmFull, c: 1.25, warm: [home, order[3]]) == order[1])
+        // A warm agent the caller does not accept (labels, refusing) is skipped like a full one.
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: [farWarm], eligible: { $0 != farWarm }) == order[1])
+        // A warm agent that is not on the ring changes nothing.
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: ["gone"]) == order[1])
+        // Nobody with room: nil, warm or not.
+        let allFull = Dictionary(uniqueKeysWithValues: ring.members.map { ($0.id, 4) })
+        #expect(ring.pick("demo", loads: allFull, c: 1.25, warm: [farWarm]) == nil)
+    }
+
+    @Test func theHomeIsTheFirstEligibleAgentAndItsBoundCounts() {
+        let ring = HashRing(members: (1...4).map { .init(id: "agent-\($0)", weight: 4) })
+        let order = ring.preference(for: "demo")
+        // The first eligible agent stands in for the home the caller does not accept: with
+        // room, it takes the build even though another is warm.
+        #expect(ring.pick("demo", loads: [:], c: 1.25, warm: [order[3]], eligible: { $0 != order[0] }) == order[1])
+        // At its bound (not its capacity): ceil(1.25 × (4 + 1) × 4 / 16) = 2 builds. The build
+        // goes to the warm agent, not the next one.
+        let loads = [order[1]: 2, order[0]: 2]
+        #expect(ring.pick("demo", loads: loads, c: 1.25, warm: [order[3]], eligible: { $0 != order[0] }) == order[3])
+    }
+
     @Test func capacityIsAHardLimitAndEligibilityFilters() {
         let ring = HashRing(members: [.init(id: "small", weight: 1), .init(id: "big", weight: 3)])
         #expect(ring.pick("x", loads: ["small": 1, "big": 3], c: 10) == nil)

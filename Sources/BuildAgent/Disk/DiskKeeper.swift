@@ -57,6 +57,13 @@ actor DiskKeeper {
     private var checking: Task<AgentDisk, Never>?
     /// The figures of the last check.
     private(set) var last: AgentDisk?
+    /// The figures, each time the set of warm projects changed (an entry appeared or went),
+    /// so that `run` publishes them at once rather than at the next periodic check: the
+    /// dispatcher places builds by them (issue 16).
+    private let warmUpdates: AsyncStream<AgentDisk>
+    private let warmChanged: AsyncStream<AgentDisk>.Continuation
+    /// The warm projects last sent on `warmUpdates` (or published by a check).
+    private var warmSent: Set<String> = []
 
     init(dataDir: URL, settings: Settings, docker: DockerClient?, agentID: String, keepImages: Int, logger: Logger) {
         self.dataDir = dataDir
@@ -65,6 +72,7 @@ actor DiskKeeper {
         self.keepImages = keepImages
         self.logger = logger
         self.images = docker.map { KeptImages(docker: $0, count: keepImages, agentID: agentID, logger: logger) }
+        (warmUpdates, warmChanged) = AsyncStream.makeStream(of: AgentDisk.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     private var stamps: URL { dataDir.appendingPathComponent("last-use") }
@@ -173,7 +181,33 @@ actor DiskKeeper {
     /// The build of `project` is about to use the entry at `path` (relative to the data dir).
     func used(_ path: String, by project: String) {
         touched[project, default: []].insert(path)
-        if entries[path] == nil { entries[path] = DiskBudget.Entry(path: path, project: project, bytes: 0, lastUse: Date()) }
+        if entries[path] == nil {
+            entries[path] = DiskBudget.Entry(path: path, project: project, bytes: 0, lastUse: Date())
+            sendWarmIfChanged()
+        }
+    }
+
+    /// A simulated build of `project` ran here and wrote nothing (`kiln agent --simulate`
+    /// without `--simulate-disk`): the project counts as warm from now on, as if its mirror
+    /// were here, so that a benchmark measures placement through the same registration and
+    /// dispatcher as real builds. Nothing is written or measured; the entry is forgotten when
+    /// the agent stops.
+    func ran(_ project: String) {
+        let path = "mirrors/\(project).git"
+        entries[path] = DiskBudget.Entry(path: path, project: project, bytes: entries[path]?.bytes ?? 0, lastUse: Date())
+        sendWarmIfChanged()
+    }
+
+    /// Sends the last figures with the warm projects as they are now, when their set is not
+    /// the one last sent. Cheap (no measuring): called whenever an entry may have come or gone.
+    private func sendWarmIfChanged() {
+        guard var status = last else { return }  // before `start`: its check publishes
+        status.warm = DiskBudget.warm(Array(entries.values))
+        let names = Set(status.warm?.map(\.name) ?? [])
+        guard names != warmSent else { return }
+        warmSent = names
+        last = status
+        warmChanged.yield(status)
     }
 
     /// A build of `project` ended: the entries it used are measured and stamped, then the
@@ -241,8 +275,12 @@ actor DiskKeeper {
         } else if refusing == nil, wasRefusing {
             logger.notice("taking builds again: \(AgentDisk.describe(min(fs?.free ?? .max, engine?.free ?? .max))) free")
         }
-        let status = AgentDisk(free: min(fs?.free ?? 0, engine?.free ?? .max), budget: budget, used: used, minFree: minFree, refusing: refusing)
+        let status = AgentDisk(free: min(fs?.free ?? 0, engine?.free ?? .max), budget: budget, used: used, minFree: minFree, refusing: refusing,
+                               warm: DiskBudget.warm(Array(entries.values)))
+        // An entry went (evicted, or its folder gone after a build): publish without waiting.
+        if last == nil { warmSent = Set(status.warm?.map(\.name) ?? []) }
         last = status
+        sendWarmIfChanged()
         return status
     }
 
@@ -280,10 +318,23 @@ actor DiskKeeper {
         }
     }
 
-    /// Checks every `interval` and hands each result to `publish`, until cancelled.
+    /// Checks every `interval`, and at once when the warm projects may have changed, and
+    /// hands each result to `publish`, until cancelled. `publish` decides whether it is worth
+    /// writing (`AgentDisk.differsMeaningfully`).
     func run(every interval: Duration, publish: @escaping @Sendable (AgentDisk) async -> Void) async {
-        while (try? await Task.sleep(for: interval)) != nil {
-            await publish(await check())
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while (try? await Task.sleep(for: interval)) != nil {
+                    await publish(await self.check())
+                }
+            }
+            group.addTask {
+                for await status in self.warmUpdates {
+                    await publish(status)
+                }
+            }
+            await group.next()
+            group.cancelAll()
         }
     }
 }

@@ -50,21 +50,42 @@ public struct AgentDisk: Codable, Sendable, Equatable {
     public var minFree: Int64
     /// Set while the agent refuses new builds: the reason, for people and the dispatcher.
     public var refusing: String?
+    /// The projects whose mirror or caches this agent holds, most recently used first, at
+    /// most ``maxWarm`` (nil: an agent from before issue 16). When a project's home agent is
+    /// at its bound, the dispatcher sends the build to one of these agents before a cold one.
+    public var warm: [WarmProject]?
 
-    public init(free: Int64, budget: Int64, used: Int64, minFree: Int64, refusing: String? = nil) {
+    /// At most this many warm projects are published: the registration stays small (about
+    /// 20 KB), and a project not used in the agent's last 500 is hardly warm any more.
+    public static let maxWarm = 500
+
+    public init(free: Int64, budget: Int64, used: Int64, minFree: Int64, refusing: String? = nil, warm: [WarmProject]? = nil) {
         self.free = free
         self.budget = budget
         self.used = used
         self.minFree = minFree
         self.refusing = refusing
+        self.warm = warm
+    }
+
+    /// The names of the warm projects as a reader may trust them: valid project names only,
+    /// the first ``maxWarm`` (a registration is written by the agent, not checked on the way).
+    public var warmProjects: Set<String> {
+        var names = Set<String>()
+        for p in warm ?? [] where names.count < Self.maxWarm && (try? Validation.projectName(p.name)) != nil {
+            names.insert(p.name)
+        }
+        return names
     }
 
     /// Whether `self` is worth publishing when `old` is what the registration says: the
-    /// refusal, the budget or the minimum changed, or the free space or the use moved by at
-    /// least the larger of 256 MiB and 5 % of the budget.
+    /// refusal, the budget, the minimum or the set of warm projects changed, or the free
+    /// space or the use moved by at least the larger of 256 MiB and 5 % of the budget. A warm
+    /// project's bytes alone do not count: they change with every build.
     public func differsMeaningfully(from old: AgentDisk?) -> Bool {
         guard let old else { return true }
         if refusing != old.refusing || budget != old.budget || minFree != old.minFree { return true }
+        if Set((warm ?? []).map(\.name)) != Set((old.warm ?? []).map(\.name)) { return true }
         let step = max(256 << 20, budget / 20)
         return abs(free - old.free) >= step || abs(used - old.used) >= step
     }
@@ -82,5 +103,18 @@ public struct AgentDisk: Codable, Sendable, Equatable {
     /// One line for `kiln agents` and the console: "41.2 GiB free, caches 3.1 GiB of 20 GiB".
     public var summary: String {
         "\(Self.describe(free)) free, caches \(Self.describe(used)) of \(Self.describe(budget))"
+    }
+}
+
+
+/// A project whose git mirror or caches an agent holds (``AgentDisk/warm``): its name and the
+/// bytes its entries take on the agent's disk.
+public struct WarmProject: Codable, Sendable, Equatable {
+    public var name: String
+    public var bytes: Int64
+
+    public init(name: String, bytes: Int64) {
+        self.name = name
+        self.bytes = bytes
     }
 }

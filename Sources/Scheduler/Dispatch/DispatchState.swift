@@ -17,8 +17,11 @@ import KilnCore
 /// 3. A build whose project is gone fails. A build whose project asks for labels that no live
 ///    agent carries, or whose project already runs its `maxConcurrent` builds, waits, and its
 ///    record says why (written once per reason).
-/// 4. Otherwise it goes to the first agent along the hash ring from its project that carries
-///    the labels and is below its bounded load (`ceil(c × average)`, never above capacity).
+/// 4. Otherwise, among the agents that carry the labels and are below their bounded load
+///    (`ceil(c × average)`, never above capacity), it goes to its project's home (the first
+///    such agent along the hash ring from the project) if the home is below its bound; else
+///    to the first one along the ring that publishes the project as warm (`AgentDisk.warm`:
+///    it holds the project's mirror and caches); else to the first one along the ring, cold.
 ///    When no agent has room, it waits; a finishing build or a new agent wakes the next pass.
 /// 5. An agent that refuses new work (`AgentInfo.refusing`: short of disk space) is off the
 ///    ring, as if it had left, so its projects walk on to the next agents and come back when
@@ -40,6 +43,8 @@ public struct DispatchState: Sendable {
         public var createRevision: Int64
         /// Why it takes no new builds (rule 5); nil: it takes them.
         public var refusing: String?
+        /// The projects it holds warm (rule 4), as published: valid names, at most `AgentDisk.maxWarm`.
+        public var warm: Set<String> = []
     }
 
     public struct Queued: Sendable, Equatable {
@@ -124,6 +129,8 @@ public struct DispatchState: Sendable {
     private var lastServed: [String: Int] = [:]
     private var ring = HashRing()
     private var ringIsStale = true
+    /// The agents that hold each project warm (rule 4): `agents`' `warm`, by project.
+    public private(set) var warmAgents: [String: Set<String>] = [:]
     /// Builds held back from walking on past a full home because the view of the tasks may
     /// not yet show that home's slot free (see `decide`), with when that began.
     private var heldSince: [String: Double] = [:]
@@ -156,7 +163,7 @@ public struct DispatchState: Sendable {
     /// Replaces everything known under `p` with a full read at `revision`.
     public mutating func reset(_ p: Prefix, kvs: [KeyValue], revision: Int64) {
         switch p {
-        case .agents: agents = [:]; ringIsStale = true
+        case .agents: agents = [:]; warmAgents = [:]; ringIsStale = true
         case .queue: queue = [:]
         case .tasks: tasks = [:]
         case .projects: projects = [:]
@@ -222,10 +229,11 @@ public struct DispatchState: Sendable {
             guard let info = try? KilnJSON.decode(AgentInfo.self, from: kv.value),
                   Keys.name(of: kv.key, under: keys.agents) == info.id else { return }
             let agent = Agent(id: info.id, capacity: max(0, info.capacity), labels: Set(info.labels), createRevision: kv.createRevision,
-                              refusing: info.refusing)
+                              refusing: info.refusing, warm: info.disk?.warmProjects ?? [])
             let old = agents[info.id]
             if old?.capacity != agent.capacity || old == nil || (old?.refusing == nil) != (agent.refusing == nil) { ringIsStale = true }
             agents[info.id] = agent
+            index(warm: agent.warm, of: info.id, replacing: old?.warm ?? [])
         case .queue:
             guard let entry = try? KilnJSON.decode(QueueEntry.self, from: kv.value) else { return }
             queue[entry.build] = Queued(entry: entry, key: kv.key, modRevision: kv.modRevision)
@@ -242,7 +250,10 @@ public struct DispatchState: Sendable {
     private mutating func delete(_ p: Prefix, _ key: String) {
         switch p {
         case .agents:
-            if let id = Keys.name(of: key, under: keys.agents), agents.removeValue(forKey: id) != nil { ringIsStale = true }
+            if let id = Keys.name(of: key, under: keys.agents), let old = agents.removeValue(forKey: id) {
+                ringIsStale = true
+                index(warm: [], of: id, replacing: old.warm)
+            }
         case .queue:
             if let id = Keys.name(of: key, under: keys.queue) { queue[id] = nil }
         case .tasks:
@@ -250,6 +261,15 @@ public struct DispatchState: Sendable {
         case .projects:
             if let name = Keys.name(of: key, under: keys.projects) { projects[name] = nil }
         }
+    }
+
+    private mutating func index(warm: Set<String>, of agent: String, replacing old: Set<String>) {
+        guard warm != old else { return }
+        for p in old.subtracting(warm) {
+            warmAgents[p]?.remove(agent)
+            if warmAgents[p]?.isEmpty == true { warmAgents[p] = nil }
+        }
+        for p in warm.subtracting(old) { warmAgents[p, default: []].insert(agent) }
     }
 
     private mutating func forgetNotesOfBuildsNotQueued() {
@@ -330,7 +350,7 @@ public struct DispatchState: Sendable {
                 continue
             }
             if free <= 0 { continue }  // every agent is full; only failures and notes remain
-            guard let agent = ring.pick(project.name, loads: load, c: loadFactor, running: total, eligible: carries),
+            guard let agent = ring.pick(project.name, loads: load, c: loadFactor, running: total, warm: warmAgents[project.name] ?? [], eligible: carries),
                   let registration = agents[agent] else {
                 continue  // every agent it may use is at its bound
             }

@@ -105,21 +105,58 @@ public struct HashRing: Sendable {
     }
 
     /// The agent for `key` under bounded loads (Mirrokni, Thorup, Zadimoghaddam, "Consistent
-    /// Hashing with Bounded Loads"): walking the ring from the key's hash, the first agent
-    /// that `eligible` accepts, whose load is below its declared capacity and below its bound
-    /// `ceil(c × (running + 1) × weight / total weight)`. `running` counts the builds running
-    /// on every agent of the ring, so the bound grows with the farm's load, and an agent never
-    /// holds more than `c` times its share. Nil when no agent qualifies. Pass `running` when
-    /// the caller keeps the total, to spare a sum over the members.
-    public func pick(_ key: String, loads: [String: Int], c: Double, running: Int? = nil, eligible: (String) -> Bool = { _ in true }) -> String? {
+    /// Hashing with Bounded Loads"), preferring agents where the key is `warm`. An agent has
+    /// room when `eligible` accepts it and its load is below its declared capacity and below
+    /// its bound `ceil(c × (running + 1) × weight / total weight)`. `running` counts the builds
+    /// running on every agent of the ring, so the bound grows with the farm's load, and an
+    /// agent never holds more than `c` times its share. Pass `running` when the caller keeps
+    /// the total, to spare a sum over the members.
+    ///
+    /// Walking the ring from the key's hash, over the agents `eligible` accepts:
+    /// 1. the first one, the key's home, if it has room;
+    /// 2. else the first one in `warm` (it holds the project's mirror and caches) with room;
+    /// 3. else the first one with room, warm or not (with `warm` empty, the plain rule).
+    /// Nil when no agent has room. Rule 3's agent is the same for the key until loads change,
+    /// so a project that overflows its home tends to warm the same next agent, not a random one.
+    public func pick(_ key: String, loads: [String: Int], c: Double, running: Int? = nil, warm: Set<String> = [],
+                     eligible: (String) -> Bool = { _ in true }) -> String? {
         guard totalWeight > 0 else { return nil }
         let m = running ?? members.reduce(0) { $0 + loads[$1.id, default: 0] }
         let perWeight = c * Double(m + 1) / Double(totalWeight)
-        return pick(key) { agent in
-            guard eligible(agent), let w = weights[agent] else { return false }
+        let hasRoom = { (agent: String) -> Bool in
+            guard let w = weights[agent] else { return false }
             let bound = min(w, max(1, Int((perWeight * Double(w)).rounded(.up))))
             return loads[agent, default: 0] < bound
         }
+        if warm.isEmpty {
+            return pick(key) { eligible($0) && hasRoom($0) }
+        }
+        var sawHome = false
+        var chosen: String?
+        var firstWithRoom: String?
+        var fullWarm = 0
+        _ = pick(key) { agent in
+            guard eligible(agent) else { return false }
+            let room = hasRoom(agent)
+            if !sawHome {
+                sawHome = true
+                if room {
+                    chosen = agent  // 1
+                    return true
+                }
+            }
+            if room && firstWithRoom == nil { firstWithRoom = agent }
+            if warm.contains(agent) {
+                if room {
+                    chosen = agent  // 2
+                    return true
+                }
+                fullWarm += 1
+            }
+            // Every warm agent is full and rule 3's agent is known: the rest need no visit.
+            return fullWarm == warm.count && firstWithRoom != nil
+        }
+        return chosen ?? firstWithRoom  // 3
     }
 
     /// Each member's bound for the next placement: `min(capacity, ceil(c × (m + 1) × w / W))`
