@@ -44,16 +44,10 @@ struct AppsRollbackCommand: AsyncParsableCommand {
         Example: kiln apps rollback demo 3
         """)
     @OptionGroup var api: APIOptions
-    @Argument(help: "App name.") var app: String
-    @Argument(help: "The version to return to.") var version: Int
-
-    func validate() throws {
-        do { try Validation.projectName(app, what: "app name") } catch let e as KilnError { throw ValidationError(e.message) }
-        if version < 1 { throw ValidationError("a version number is 1 or more, not \(version)") }
-    }
+    @OptionGroup var target: AppVersionArguments
 
     func run() async throws {
-        let requested = try await api.client().post("/api/v1/apps/\(app)/versions/\(version)/rollback", body: nil as String?, as: Build.self)
+        let requested = try await api.client().post("/api/v1/apps/\(target.app)/versions/\(target.version)/rollback", body: nil as String?, as: Build.self)
         AppsActionOutput.print(requested, json: api.json)
     }
 }
@@ -69,17 +63,23 @@ struct AppsRetireCommand: AsyncParsableCommand {
         Example: kiln apps retire demo 2
         """)
     @OptionGroup var api: APIOptions
+    @OptionGroup var target: AppVersionArguments
+
+    func run() async throws {
+        let requested = try await api.client().post("/api/v1/apps/\(target.app)/versions/\(target.version)/retire", body: nil as String?, as: Build.self)
+        AppsActionOutput.print(requested, json: api.json)
+    }
+}
+
+/// The app and version `kiln apps rollback` and `kiln apps retire` act on, checked before
+/// anything is sent.
+struct AppVersionArguments: ParsableArguments {
     @Argument(help: "App name.") var app: String
-    @Argument(help: "The version to retire.") var version: Int
+    @Argument(help: "The version: a number `kiln apps APP` lists.") var version: Int
 
     func validate() throws {
         do { try Validation.projectName(app, what: "app name") } catch let e as KilnError { throw ValidationError(e.message) }
         if version < 1 { throw ValidationError("a version number is 1 or more, not \(version)") }
-    }
-
-    func run() async throws {
-        let requested = try await api.client().post("/api/v1/apps/\(app)/versions/\(version)/retire", body: nil as String?, as: Build.self)
-        AppsActionOutput.print(requested, json: api.json)
     }
 }
 

@@ -56,7 +56,8 @@ struct ImagesAPI: Sendable {
     func images(of name: String, caller: Caller) async throws -> GroupImages {
         try await identity.requireExisting(.group, name, .read, caller)
         let group = try await store.group(name)
-        let projects = try await store.projects().filter { $0.group == name }.sorted { $0.name < $1.name }
+        let everyProject = try await store.projects()
+        let projects = everyProject.filter { $0.group == name }.sorted { $0.name < $1.name }
         let known = try await Known(store: store, projects: projects)
         var fromRegistry = false
         var registryError: String?
@@ -75,8 +76,8 @@ struct ImagesAPI: Sendable {
         if !fromRegistry { repositories = known.repositoriesFromBuilds(projects) }
         // Which versions run a tag: the apps the caller has no role on are not named.
         let roles = try await access.roles(of: caller)
-        let everyProject = Dictionary(try await store.projects().map { ($0.name, $0) }) { a, _ in a }
-        let visible = Set(known.apps.filter { roles.role(of: $0, projects: everyProject) != nil }.map(\.name))
+        let byName = Dictionary(everyProject.map { ($0.name, $0) }) { a, _ in a }
+        let visible = Set(known.apps.filter { roles.role(of: $0, projects: byName) != nil }.map(\.name))
         for r in repositories.indices {
             for t in repositories[r].tags.indices {
                 for u in repositories[r].tags[t].runningIn.indices where !visible.contains(repositories[r].tags[t].runningIn[u].app) {
