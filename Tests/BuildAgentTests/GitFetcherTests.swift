@@ -52,7 +52,9 @@ struct GitFetcherTests {
             _ = try await KilnCore.withTimeout(.seconds(2), { Limit() }) { try await fetcher.fetch(GitMirror(path: path, url: server.url)) }
         }
         let took = ContinuousClock.now - started
-        #expect(took < .seconds(10), "the fetch took \(took) to stop")
+        // The server never answers: a child that was not killed would hang here for good. The bound is
+        // loose because a loaded CI machine took 11.4 s to reap the child and return.
+        #expect(took < .seconds(60), "the fetch took \(took) to stop")
         #expect(server.accepted >= 1, "the child never reached the server")
         #expect(processes(containing: path.path).isEmpty, "a git-fetch child is left: \(processes(containing: path.path))")
         // The same mirror, now from a server that answers: the lock is free and the fetch works.
@@ -78,7 +80,7 @@ struct GitFetcherTests {
         let cancelledAt = ContinuousClock.now
         task.cancel()
         await #expect(throws: CancellationError.self) { _ = try await task.value }
-        #expect(ContinuousClock.now - cancelledAt < .seconds(5))
+        #expect(ContinuousClock.now - cancelledAt < .seconds(60), "the cancel waited (the server never answers)")
         #expect(processes(containing: path.path).isEmpty)
     }
 

@@ -146,7 +146,7 @@ struct LBAgentTests {
             let lagging = await #expect(throws: KilnError.self) {
                 try await LBAgents.waitApplied(etcd: farm.etcd, keys: farm.keys, group: farm.group, revision: revision, timeout: .seconds(1))
             }
-            #expect(clock.now - start < .seconds(5))
+            #expect(clock.now - start < .seconds(30), "waitApplied outlived its 1 s limit by far (the stuck agent never applies)")
             let message = lagging?.message ?? ""
             #expect(message.contains("stuck (applied revision 1, nginx on 127.0.0.1:1)"), "\(message)")
             #expect(!message.contains("a1"), "a1 applied; only the lagging agent is named: \(message)")

@@ -135,7 +135,7 @@ struct DockerClientTests {
             try await docker.start(id)
             let clock = ContinuousClock()
             let took = try await clock.measure { try await docker.stop(id, timeoutSeconds: 1) }
-            #expect(took < .seconds(10))
+            #expect(took < .seconds(60), "stop waited \(took); the container sleeps 300 s")
             #expect([137, 143].contains(try await docker.wait(id)))
             try await docker.stop(id, timeoutSeconds: 1)  // already stopped: 304
             try await docker.remove(id, force: false)

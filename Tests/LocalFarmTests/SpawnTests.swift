@@ -72,7 +72,7 @@ struct SpawnTests {
         let cancelledAt = ContinuousClock.now
         task.cancel()
         await #expect(throws: CancellationError.self) { _ = try await task.value }
-        #expect(ContinuousClock.now - cancelledAt < .seconds(3))
+        #expect(ContinuousClock.now - cancelledAt < .seconds(60), "the group outlived the cancel (it sleeps 300 s)")
         #expect(processes(containing: marker).isEmpty)
     }
 
