@@ -86,6 +86,8 @@ let package = Package(
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
         // gzip for the scheduler's log archive (Scheduler/Logs/Gzip.swift).
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // mount(2) and extended attributes for the agent's cache layers (Sandbox/CacheLayers.swift).
+        .systemLibrary(name: "CLinuxFS"),
         .target(
             name: "Plugins",
             dependencies: ["KilnCore"]
@@ -113,7 +115,7 @@ let package = Package(
         .target(
             name: "BuildAgent",
             dependencies: [
-                "KilnCore", "Etcd", "CLibGit2", "DockerAPI", "Processes",
+                "KilnCore", "Etcd", "CLibGit2", "CLinuxFS", "DockerAPI", "Processes",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -79,12 +79,22 @@ public struct AgentConfiguration: Sendable {
     public var minFree: Int64?
     /// Images kept per project after a successful push, for layer reuse (`--keep-images`).
     public var keepImages: Int = AgentConfiguration.defaultKeepImages
+    /// How builds write their project's caches (`--cache-writes`): `.onSuccess` keeps what a
+    /// build wrote only when it succeeds (`CacheLayers`), `.direct` writes in place.
+    public var cacheWrites: CacheWrites = .onSuccess
     /// How often the agent measures its free space (and publishes it when it changed).
     public var diskCheckInterval: Duration = .seconds(30)
     /// How long the agent tries to write a build's record or log before it gives the build
     /// up (`BuildReporter`): then it releases the build's task so that the slot does not stay
     /// taken, and goes on trying to record the end in the background (`PendingEnds`).
     public var etcdRetryLimit: Duration = .seconds(600)
+
+    public enum CacheWrites: String, Sendable, CaseIterable {
+        /// Each build writes into an overlay layer of its own, kept only if the build succeeds.
+        case onSuccess = "on-success"
+        /// Builds write the cache in place, one build of a project at a time.
+        case direct
+    }
 
     /// 2: the layers of a project's last two images, enough for a branch and its main line.
     public static let defaultKeepImages = 2

@@ -57,7 +57,8 @@ public struct AgentService: Service {
                                    keepImages: configuration.keepImages, logger: l)
             self.runner = BuildRunner(
                 configuration: configuration, etcd: etcd, keys: keys, docker: docker,
-                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(), logger: l, secretsSource: secrets ?? fromSchedulers,
+                mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(),
+                cacheLayers: CacheLayers(cachesDir: configuration.dataDir.appendingPathComponent("mvncache")), logger: l, secretsSource: secrets ?? fromSchedulers,
                 disk: disk, pendingEnds: pendingEnds)
         }
     }

@@ -7,12 +7,14 @@ extension BuildRunner {
     // compile: the build command in the project's build image, the checkout mounted as
     // /workspace and, with mvncache, each of the project's caches (`Project.caches`, Maven's
     // /root/.m2 by default) from its folder on the agent (`CacheLayout`; the protected ones for
-    // protected refs), in the build's sandbox.
+    // protected refs), in the build's sandbox. With `--cache-writes on-success` the caches are
+    // an overlay (`CacheLayers`) and the build's changes come back as a session that the
+    // build's end keeps (it succeeded) or drops (anything else); nil: nothing to keep.
     // The secrets (`compileSecrets`) as environment variables of the container (never its
     // command line) and files under /run/secrets, removed when the step ends, however it ends.
     // A build image on a registry the project has a login for is pulled with it and hidden
     // from other builds (`pullWithLogin`), and removed when the step ends.
-    func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
+    func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws -> CacheLayers.Session? {
         let project = task.project
         // The build image passes the rules of a Dockerfile's FROM: the engine's storage holds
         // other projects' images (while they build, and the ones kept for layer reuse).
@@ -31,16 +33,18 @@ extension BuildRunner {
         }
         let pulled = image == project.buildImage ? nil : image
         let docker = self.docker
+        let changes: CacheLayers.Session?
         do {
-            try await compile(task: task, image: image, mounts: mounts, sandbox: sandbox, secrets: secrets, reporter: reporter)
+            changes = try await compile(task: task, image: image, mounts: mounts, sandbox: sandbox, secrets: secrets, reporter: reporter)
         } catch {
             if let pulled { await outlivingCancellation { try? await docker.removeImage(pulled, force: false) } }
             throw error
         }
         if let pulled { try? await docker.removeImage(pulled, force: false) }
+        return changes
     }
 
-    private func compile(task: BuildTask, image: String, mounts: [String], sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws {
+    private func compile(task: BuildTask, image: String, mounts: [String], sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws -> CacheLayers.Session? {
         let project = task.project
         let folder = secretFolder(task: task)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -68,12 +72,15 @@ extension BuildRunner {
             let root = cachesDir.appendingPathComponent(choice.folder)
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             reporter.log("caches: \(choice.protected ? "the protected ones (\(task.ref) is a protected ref)" : "the ones of unprotected refs (only the default branch and protectedRefs use the protected ones)")")
+            let names = declared.map(\.path).joined(separator: ", ")
+            if configuration.cacheWrites == .onSuccess {
+                return try await compileOverLayers(task: task, folder: choice.folder, declared: declared, names: names, baseMounts: baseMounts, runIt: runIt, reporter: reporter)
+            }
             // One build at a time writes a project's caches: Maven's local repository (and
             // Gradle's, npm's) is not safe for two processes.
             if await cacheLocks.isHeld(choice.folder) {
                 reporter.log("waiting for the caches of \(project.name): another build of it is using them")
             }
-            let names = declared.map(\.path).joined(separator: ", ")
             let declared = declared
             try await cacheLocks.withLock(choice.folder) {
                 // Under the lock: no build of this folder runs now to swap a folder for a link.
@@ -87,6 +94,33 @@ extension BuildRunner {
         } else {
             try await runIt(baseMounts, task.mvncache ? "no caches declared" : "no caches")
         }
+        return nil
+    }
+
+    /// The build command over an overlay of the project's caches (`CacheLayers`): its changes
+    /// come back as the session, unmounted; on any failure they are dropped here.
+    private func compileOverLayers(task: BuildTask, folder: String, declared: [(path: String, folder: String)], names: String, baseMounts: [String],
+                                   runIt: @Sendable ([String], String) async throws -> Void, reporter: BuildReporter) async throws -> CacheLayers.Session {
+        let layers = cacheLayers
+        let session = try await layers.mount(folder: folder, name: "\(task.build)-\(task.attempt)")
+        do {
+            var binds = baseMounts
+            for (path, folder) in declared {
+                // In the overlay: a link a build left is replaced in this build's layer only.
+                let dir = try CacheLayout.prepare(folder, in: session.merged)
+                binds.append("\(dir.path):\(path):rw,nosuid,nodev")
+            }
+            try await runIt(binds, "caches mounted: \(names); this build's changes to them are kept only if it succeeds")
+        } catch {
+            await outlivingCancellation {
+                await layers.unmount(session)
+                await layers.discard(session)
+            }
+            if !(error is CancellationError) { reporter.log("caches: the changes of this build to them are dropped (the compile step did not succeed)") }
+            throw error
+        }
+        await layers.unmount(session)
+        return session
     }
 
     /// Creates, starts and waits for a container, streaming its output into the log.

@@ -38,7 +38,10 @@ struct BuildRunner: TaskRunner {
     let keys: Keys
     let docker: DockerClient
     let mirrorLocks: KeyedLock
+    /// One build of a project at a time writes its caches in place (`--cache-writes direct`).
     let cacheLocks: KeyedLock
+    /// The overlay layers that keep a failed build's cache changes out (`--cache-writes on-success`).
+    let cacheLayers: CacheLayers
     let logger: Logger
     /// Where builds get their secrets (the schedulers); nil: an agent without `--scheduler`,
     /// whose builds get none.
@@ -79,6 +82,22 @@ struct BuildRunner: TaskRunner {
             throw KilnError.unavailable("agent \(configuration.id): the container API at \(configuration.dockerSocket) does not answer (\(error)). Start podman's service (`podman system service --time=0 unix://\(configuration.dockerSocket)`) or dockerd, or pass --docker-socket")
         }
         try await removeOrphans()
+        try await prepareCaches()
+    }
+
+    /// With `--cache-writes on-success`: checks that an overlay can be mounted in the data dir
+    /// (a clear error at start, not a failed build later), then settles what a dead run of
+    /// this agent left in the cache layers (`CacheLayers.recover`).
+    private func prepareCaches() async throws {
+        guard configuration.cacheWrites == .onSuccess else {
+            logger.notice("kiln agent \(configuration.id): --cache-writes direct: builds write their project's caches in place, one build of a project at a time; a failed build's writes stay")
+            return
+        }
+        try FileManager.default.createDirectory(at: cacheLayers.layersDir, withIntermediateDirectories: true)
+        if let reason = CacheLayers.probe(in: cacheLayers.layersDir) {
+            throw KilnError.unavailable("agent \(configuration.id): builds keep their cache changes only when they succeed, through an overlay mount, and this agent cannot mount one: \(reason)")
+        }
+        for note in await cacheLayers.recover() { logger.notice("caches: \(note)") }
     }
 
     private func writeMavenSettings() throws {
@@ -211,7 +230,7 @@ struct BuildRunner: TaskRunner {
         try await reporter.update(build)
 
         let sandbox = BuildSandbox(network: configuration.compileNetwork, agentLimits: configuration.limits, project: project)
-        try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
+        let cacheChanges = try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
             try await compile(task: task, workspace: workspace, sandbox: sandbox, secrets: secrets, reporter: reporter)
         }
         // The image leaves the engine's storage once pushed (or failed): every project's builds
@@ -235,8 +254,14 @@ struct BuildRunner: TaskRunner {
             }
         } catch {
             await removeLocal()
+            if let cacheChanges {
+                await outlivingCancellation { await cacheLayers.discard(cacheChanges) }
+                reporter.log("caches: the changes of this build to them are dropped (the build did not succeed)")
+            }
             throw error
         }
+        // Every step succeeded: the compile step's cache changes join the project's caches.
+        if let cacheChanges { await keepCacheChanges(cacheChanges, reporter: reporter) }
         // A few stay under a name no build can reach, for their layers (`KeptImages`).
         if await disk?.keep(image: reference, project: project.name) == true {
             reporter.log("kept the image in this agent's storage for the layers of the next builds of \(project.name) (at most \(configuration.keepImages))")

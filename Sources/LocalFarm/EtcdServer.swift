@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KilnCore
 import NIOCore
 import Synchronization
 
@@ -201,7 +202,7 @@ public final class EtcdServer: Sendable {
     /// tables, inodes that match no process, a sandbox whose /proc numbers sockets its own way)
     /// counts as ours: CI ran where the stricter "pid must hold it" check never held.
     static func listens(pid: Int32, port: Int) -> Bool {
-        let tables = ["/proc/net/tcp", "/proc/net/tcp6"].compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+        let tables = ["/proc/net/tcp", "/proc/net/tcp6"].compactMap { ProcFile.text($0) }
         // Any address (etcd may listen on more than loopback), this port, state LISTEN (0A).
         let portSuffix = String(format: ":%04X", port)
         var inodes: Set<String> = []
@@ -215,7 +216,7 @@ public final class EtcdServer: Sendable {
         let fm = FileManager.default
         let others = ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { $0 != pid }
         for other in others {
-            guard let comm = try? String(contentsOfFile: "/proc/\(other)/comm", encoding: .utf8),
+            guard let comm = ProcFile.text("/proc/\(other)/comm"),
                   comm.trimmingCharacters(in: .whitespacesAndNewlines) == "etcd" else { continue }
             if holds(pid: other, inodes) { return false }
         }

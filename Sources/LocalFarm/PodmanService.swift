@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import KilnCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -257,7 +258,7 @@ public final class PodmanService: Sendable {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
             guard pid != me, pid > 1 else { return false }
             for file in ["cmdline", "environ"] {
-                guard let data = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/\(file)")) else { continue }
+                guard let data = ProcFile.data("/proc/\(pid)/\(file)") else { continue }
                 // An argument or variable equal to the root, or naming a path inside it.
                 for field in data.split(separator: 0) where field.range(of: needle) != nil {
                     let text = String(decoding: field, as: UTF8.self)
@@ -273,7 +274,7 @@ public final class PodmanService: Sendable {
     }
 
     private static func isZombie(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let stat = ProcFile.text("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")")
         else { return true }
         return stat[stat.index(after: close)...].split(separator: " ").first == "Z"
@@ -322,7 +323,7 @@ public final class PodmanService: Sendable {
               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
         else { return }
         let socket = root.appendingPathComponent("\(name).sock").path
-        guard let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return }
+        guard let cmdline = ProcFile.data("/proc/\(pid)/cmdline") else { return }
         let arguments = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         guard arguments.contains(where: { $0.hasSuffix("podman") }), arguments.contains("service"),
               arguments.contains("unix://\(socket)")
@@ -337,7 +338,7 @@ public final class PodmanService: Sendable {
     }
 
     private static func parentPID(of pid: Int32) -> Int32? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let stat = ProcFile.text("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")")
         else { return nil }
         // after "pid (comm) ": state ppid …
@@ -353,7 +354,7 @@ public final class PodmanService: Sendable {
 
     /// Mount points at or under `root`, from /proc/self/mountinfo (field 5, octal-escaped).
     private static func mountPoints(under root: String) -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = ProcFile.text("/proc/self/mountinfo") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { return nil }

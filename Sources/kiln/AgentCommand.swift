@@ -172,6 +172,16 @@ struct AgentCommand: AsyncParsableCommand {
         """, valueName: "n"))
     var keepImages: Int = Int(env("KILN_KEEP_IMAGES", "\(AgentConfiguration.defaultKeepImages)")) ?? AgentConfiguration.defaultKeepImages
 
+    @Option(name: .long, help: ArgumentHelp("""
+        How builds write their project's caches (env KILN_CACHE_WRITES). on-success (the \
+        default): each build writes into an overlay layer of its own, which joins the cache only \
+        if the build succeeds, so a failed, cancelled or timed-out build leaves the cache as it \
+        was, and builds of one project run at once. Needs root and a data dir on a filesystem \
+        overlayfs writes into (ext4, xfs); the agent checks at start. direct: builds write the \
+        cache in place, one build of a project at a time, and a failed build's writes stay.
+        """, valueName: "on-success|direct"))
+    var cacheWrites: String = env("KILN_CACHE_WRITES", AgentConfiguration.CacheWrites.onSuccess.rawValue)
+
     // Hidden: for the benchmarks (kiln-bench) and FarmTests, not for a farm's users.
     @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
@@ -216,6 +226,9 @@ struct AgentCommand: AsyncParsableCommand {
         }
         if let minFree, AgentConfiguration.parseSize(minFree) == nil {
             throw ValidationError("--min-free must be a size: bytes, or a number with K, M, G or T (for example 10GiB; 0 never refuses), not '\(minFree)'")
+        }
+        guard AgentConfiguration.CacheWrites(rawValue: cacheWrites) != nil else {
+            throw ValidationError("--cache-writes must be on-success or direct, not '\(cacheWrites)'")
         }
         guard keepImages >= 0 else { throw ValidationError("--keep-images must be 0 or more (0: remove every image once pushed)") }
         if let simulate, SimulatedDuration(simulate) == nil {
@@ -272,6 +285,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.diskBudget = diskBudget.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.keepImages = keepImages
+        config.cacheWrites = AgentConfiguration.CacheWrites(rawValue: cacheWrites) ?? .onSuccess
         config.simulateLog = simulateLog.flatMap(SimulatedSize.init)
         config.simulateDisk = simulateDisk.flatMap(SimulatedSize.init)
         config.etcdCredentials = try etcd.access.readCredentials()

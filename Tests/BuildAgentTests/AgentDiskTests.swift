@@ -27,6 +27,7 @@ struct AgentDiskTests {
         var config = farm.configuration()
         config.keepImages = keep
         return BuildRunner(configuration: config, etcd: farm.etcd, keys: farm.keys, docker: farm.docker, mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(),
+                           cacheLayers: CacheLayers(cachesDir: config.dataDir.appendingPathComponent("mvncache")),
                            logger: logger, secretsSource: nil, disk: disk)
     }
 

@@ -122,7 +122,7 @@ struct GitCredentialTests {
         #expect(!children.isEmpty, "the git-fetch child was not found")
         for pid in children {
             for file in ["cmdline", "environ"] {
-                let text = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/\(file)") ?? Data(), as: UTF8.self)
+                let text = String(decoding: ProcFile.data("/proc/\(pid)/\(file)") ?? Data(), as: UTF8.self)
                 #expect(!text.contains(secret), "the secret is in /proc/\(pid)/\(file)")
             }
             let arguments = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data(), as: UTF8.self)

@@ -83,6 +83,7 @@ struct SecretsFarm: Sendable {
     func runner(_ source: (any BuildSecretsSource)?) -> BuildRunner {
         let logger = { var l = Logger(label: "secrets-test"); l.logLevel = .critical; return l }()
         return BuildRunner(configuration: configuration(), etcd: etcd, keys: keys, docker: docker, mirrorLocks: KeyedLock(), cacheLocks: KeyedLock(),
+                           cacheLayers: CacheLayers(cachesDir: configuration().dataDir.appendingPathComponent("mvncache")),
                            logger: logger, secretsSource: source)
     }
 

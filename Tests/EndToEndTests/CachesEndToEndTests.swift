@@ -83,5 +83,92 @@ struct CachesEndToEndTests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: outside.url.path).isEmpty, "a build wrote through a planted link into the host")
         }
     }
+
+    @Test("a build that writes into its caches and then fails, or is cancelled, leaves them exactly as they were; two builds of one project at once on one agent both succeed and both keep what they wrote")
+    func onlySuccessChangesTheCaches() async throws {
+        // The farm's agent takes two builds at once.
+        try await withFarm { farm in
+            try farm.infra.podman.ensureBusyboxImage(Self.busybox)
+            _ = try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
+                                           bareRepository: farm.infra.gitRoot.appendingPathComponent("layers.git"), branch: "main") { dir in
+                try "FROM \(Self.busybox)\nCOPY Dockerfile /built-from\n".write(to: dir.appendingPathComponent("Dockerfile"), atomically: true, encoding: .utf8)
+            }
+            func project(_ name: String, _ command: String) async throws {
+                var p = Project(name: name, repository: farm.infra.repositoryURL("layers"), buildImage: Self.busybox, buildCommand: command)
+                p.caches = ["/root/.m2", "/root/.gradle"]
+                let r = try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(p))
+                #expect(r.status == 201, "\(r.body)")
+            }
+            let root = farm.dataDir.appendingPathComponent("agents/agent-1/mvncache/protected")
+            func cache(_ project: String) -> [String: String] {
+                var out: [String: String] = [:]
+                for rel in ["seen", "deps/a.jar", "deps/b.jar", ".kiln-caches/root%2F.gradle/seen", ".kiln-caches/root%2F.gradle/keep"] {
+                    out[rel] = try? String(contentsOf: root.appendingPathComponent("\(project)/\(rel)"), encoding: .utf8)
+                }
+                return out
+            }
+            func run(_ project: String, tag: String) async throws -> (Build, String) {
+                let b = try await farm.finished(try await farm.startBuild(project, BuildRequest(ref: "main", tag: tag, mvncache: true)).id, timeout: .seconds(180))
+                return (b, try await farm.log(b.id))
+            }
+
+            // A first, good build fills the caches.
+            let fill = #"mkdir -p /root/.m2/deps && echo a > /root/.m2/deps/a.jar && echo good > /root/.m2/seen && echo kept > /root/.gradle/keep && echo good > /root/.gradle/seen"#
+            // Then a build that changes, adds and deletes in both caches and fails.
+            let spoil = #"echo bad > /root/.m2/seen; echo planted > /root/.m2/deps/b.jar; rm -f /root/.gradle/keep /root/.m2/deps/a.jar; echo bad > /root/.gradle/seen; if [ -f /root/.m2/spoil-fails ]; then exit 3; fi; echo SPOIL-""WAITING; sleep 300"#
+            try await project("spoil", fill + "; touch /root/.m2/spoil-fails")
+            let (good, goodLog) = try await run("spoil", tag: "good")
+            #expect(good.status == .succeeded, "\(good.error ?? "") \(goodLog)")
+            #expect(goodLog.contains("caches: this build's changes are kept"), "\(goodLog)")
+            let filled = cache("spoil")
+            #expect(filled["seen"] == "good\n" && filled["deps/a.jar"] == "a\n" && filled[".kiln-caches/root%2F.gradle/keep"] == "kept\n", "\(filled)")
+
+            var p = try KilnJSON.decode(Project.self, from: try await farm.request(.GET, "/api/v1/projects/spoil").body)
+            p.buildCommand = spoil
+            #expect(try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(p)).status == 200)
+            let (failed, failedLog) = try await run("spoil", tag: "failed")
+            #expect(failed.status == .failed && failedLog.contains("exited with status 3"), "\(failed.status) \(failedLog)")
+            #expect(failedLog.contains("caches: the changes of this build to them are dropped"), "\(failedLog)")
+            #expect(cache("spoil") == filled, "a failed build changed the caches")
+
+            // A cancelled one: it has written its changes and sleeps when it is cancelled.
+            try FileManager.default.removeItem(at: root.appendingPathComponent("spoil/spoil-fails"))
+            let cancelled = try await farm.startBuild("spoil", BuildRequest(ref: "main", tag: "cancelled", mvncache: true))
+            try await farm.waitForLog(cancelled.id, containing: "SPOIL-WAITING")
+            #expect(try await farm.request(.POST, "/api/v1/builds/\(cancelled.id)/cancel").status == 200)
+            let ended = try await farm.finished(cancelled.id, timeout: .seconds(120))
+            #expect(ended.status == .cancelled, "\(ended.status) \(ended.error ?? "")")
+            var expected = filled
+            expected["spoil-fails"] = nil
+            #expect(cache("spoil") == expected, "a cancelled build changed the caches")
+            #expect(!FileManager.default.fileExists(atPath: root.appendingPathComponent("spoil/spoil-fails").path))
+
+            // Two builds of one project at once on the one agent: neither waits for the other's
+            // caches, their compile steps overlap, both succeed and both files are kept.
+            let both = #"echo "$KILN_BUILD" > /root/.m2/by-$KILN_BUILD; mkdir -p /root/.gradle/by && echo x > /root/.gradle/by/$KILN_BUILD; sleep 3; ls /root/.m2 | grep -c '^by-' | sed 's/^/SAW-/'"#
+            try await project("twice", both)
+            let one = try await farm.startBuild("twice", BuildRequest(ref: "main", tag: "one", mvncache: true))
+            let two = try await farm.startBuild("twice", BuildRequest(ref: "main", tag: "two", mvncache: true))
+            let b1 = try await farm.finished(one.id, timeout: .seconds(180)), b2 = try await farm.finished(two.id, timeout: .seconds(180))
+            let l1 = try await farm.log(b1.id), l2 = try await farm.log(b2.id)
+            #expect(b1.status == .succeeded && b2.status == .succeeded, "\(l1) \(l2)")
+            #expect(!(l1 + l2).contains("waiting for the caches"), "a build waited for the other's caches")
+            // They ran at once: their compile steps overlap in time.
+            let c1 = b1.steps.first { $0.name == .compile }, c2 = b2.steps.first { $0.name == .compile }
+            if let s1 = c1?.startedAt, let e1 = c1?.finishedAt, let s2 = c2?.startedAt, let e2 = c2?.finishedAt {
+                #expect(s1 < e2 && s2 < e1, "the compile steps did not overlap: \(s1)–\(e1), \(s2)–\(e2)")
+            } else {
+                Issue.record("a compile step has no times: \(b1.steps) \(b2.steps)")
+            }
+            let twice = root.appendingPathComponent("twice")
+            for b in [b1, b2] {
+                #expect(FileManager.default.fileExists(atPath: twice.appendingPathComponent("by-\(b.id)").path))
+                #expect(FileManager.default.fileExists(atPath: twice.appendingPathComponent(".kiln-caches/root%2F.gradle/by/\(b.id)").path))
+            }
+            // No layer is left once both ended: the cache is whole in its folder.
+            let state = farm.dataDir.appendingPathComponent("agents/agent-1/mvncache/.layers/protected/twice/layers.json")
+            #expect((try? String(contentsOf: state, encoding: .utf8)) == "[]")
+        }
+    }
 }
 }

@@ -1,5 +1,6 @@
 import DockerAPI
 import Foundation
+import KilnCore
 import KilnTestSupport
 import LocalFarm
 import Testing
@@ -35,7 +36,7 @@ struct LocalFarmTests {
 
         try PodmanService.removeStorage(root: root)
         #expect(!FileManager.default.fileExists(atPath: root.path))
-        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mounts = try #require(ProcFile.text("/proc/self/mountinfo"))
         #expect(!mounts.contains(root.path))
     }
 

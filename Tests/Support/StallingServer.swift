@@ -1,4 +1,5 @@
 import Foundation
+import KilnCore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -120,7 +121,7 @@ public func processes(containing text: String) -> [Int32] {
     let me = getpid()
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap { Int32($0) }.filter { pid in
-        guard pid != me, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        guard pid != me, let data = ProcFile.data("/proc/\(pid)/cmdline") else { return false }
         // A zombie has an empty command line: it is gone but for its exit status.
         return String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(text)
     }

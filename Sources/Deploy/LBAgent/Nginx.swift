@@ -95,7 +95,7 @@ struct Nginx: Sendable {
     func groupHasLiveProcesses() -> Bool {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return false }
         for entry in entries where pid_t(entry) != nil {
-            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            guard let stat = ProcFile.text("/proc/\(entry)/stat"),
                   let close = stat.lastIndex(of: ")") else { continue }
             // "pid (comm) state ppid pgrp …"
             let fields = stat[stat.index(after: close)...].split(separator: " ")
@@ -111,12 +111,12 @@ struct Nginx: Sendable {
         var found: [(pid: pid_t, shuttingDown: Bool)] = []
         for entry in entries {
             guard let pid = pid_t(entry),
-                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let stat = ProcFile.text("/proc/\(entry)/stat"),
                   let close = stat.lastIndex(of: ")") else { continue }
             // "pid (comm) state ppid …": the name may hold spaces, so read after its ')'.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 1, pid_t(fields[1]) == process.pid,
-                  let cmdline = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+                  let cmdline = ProcFile.data("/proc/\(entry)/cmdline") else { continue }
             let title = String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
             guard title.contains("worker process") else { continue }
             found.append((pid, title.contains("shutting down")))
