@@ -46,6 +46,19 @@ struct RetentionCLITests {
         #expect(r.status == 0, "\(r.output)")
         r = try await SecretsCLITests.kiln(farm, ["project", "show", "other"])
         #expect(r.output.contains(#""keepBuilds" : 500"#) && r.output.contains(#""keepDays" : 14"#), "\(r.output)")
+        // The caches a project declares (issue 16): a list, none, and a path refused with its reason.
+        r = try await SecretsCLITests.kiln(farm, ["project", "add", "gradle", "--repository", "http://127.0.0.1:1/g.git", "--build-image", "a:1",
+                                                  "--build-command", "gradle build", "--caches", "/root/.m2, /root/.gradle"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(try KilnJSON.decode(Project.self, from: try #require(try await farm.etcd.get(farm.keys.project("gradle"))).value).caches == ["/root/.m2", "/root/.gradle"])
+        r = try await SecretsCLITests.kiln(farm, ["project", "add", "bare", "--repository", "http://127.0.0.1:1/b.git", "--build-image", "a:1",
+                                                  "--build-command", "make", "--caches", "none"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(try KilnJSON.decode(Project.self, from: try #require(try await farm.etcd.get(farm.keys.project("bare"))).value).caches == [])
+        r = try await SecretsCLITests.kiln(farm, ["project", "add", "bad", "--repository", "http://127.0.0.1:1/b.git", "--build-image", "a:1",
+                                                  "--build-command", "make", "--caches", "/root/.m2,/etc/passwd-cache"])
+        #expect(r.status != 0 && r.output.contains("/etc"), "\(r.output)")
+        #expect(try await farm.etcd.get(farm.keys.project("bad")) == nil)
 
         func v(_ n: Int, _ state: VersionState) -> AppVersion {
             AppVersion(number: n, build: "b\(n)", project: "shop", image: "r/shop@sha256:x", backend: "local", cells: ["c1"], settings: DeploySettings(port: 8080), state: state)

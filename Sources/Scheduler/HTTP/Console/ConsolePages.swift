@@ -123,7 +123,7 @@ enum ConsolePages {
         var fields: [(String, String)] = [
             ("status", b.status.rawValue), ("ref", b.ref), ("commit", b.commit ?? "—"), ("tag", b.tag ?? "—"),
             ("image", b.image ?? "—"), ("digest", b.digest ?? "—"), ("agent", b.agent ?? "—"),
-            ("attempt", String(b.attempt)), ("trigger", b.trigger ?? "api"), ("Maven cache", b.mvncache ? "yes" : "no"),
+            ("attempt", String(b.attempt)), ("trigger", b.trigger ?? "api"), ("caches", b.mvncache ? "the project's" : "none (started empty)"),
             ("priority", String(b.priority ?? 0)),
             ("created", when(b.createdAt)),
         ]
