@@ -186,7 +186,7 @@ let package = Package(
         .testTarget(name: "PluginsTests", dependencies: ["Plugins", "KilnCore"]),
         .testTarget(name: "EtcdTests", dependencies: ["Etcd", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
         .testTarget(name: "BuildAgentTests", dependencies: [
-            "BuildAgent", "LocalFarm", "Etcd", "KilnCore", "DockerAPI", "KilnTestSupport", .product(name: "Logging", package: "swift-log"),
+            "BuildAgent", "LocalFarm", "Processes", "Etcd", "KilnCore", "DockerAPI", "KilnTestSupport", .product(name: "Logging", package: "swift-log"),
             .product(name: "Hummingbird", package: "hummingbird"), .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         .testTarget(name: "DockerAPITests", dependencies: ["DockerAPI", "LocalFarm", "KilnTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")]),

@@ -8,13 +8,13 @@ extension BuildRunner {
     // /workspace and, with mvncache, each of the project's caches (`Project.caches`, Maven's
     // /root/.m2 by default) from its folder on the agent (`CacheLayout`; the protected ones for
     // protected refs), in the build's sandbox. With `--cache-writes on-success` the caches are
-    // an overlay (`CacheLayers`) and the build's changes come back as a session that the
-    // build's end keeps (it succeeded) or drops (anything else); nil: nothing to keep.
+    // an overlay (`CacheLayers`) and the build's changes go to `changes`, which the build's
+    // end keeps (it succeeded) or drops (anything else).
     // The secrets (`compileSecrets`) as environment variables of the container (never its
     // command line) and files under /run/secrets, removed when the step ends, however it ends.
     // A build image on a registry the project has a login for is pulled with it and hidden
     // from other builds (`pullWithLogin`), and removed when the step ends.
-    func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws -> CacheLayers.Session? {
+    func compile(task: BuildTask, workspace: URL, sandbox: BuildSandbox, secrets: BuildSecrets, changes: CacheChanges, reporter: BuildReporter) async throws {
         let project = task.project
         // The build image passes the rules of a Dockerfile's FROM: the engine's storage holds
         // other projects' images (while they build, and the ones kept for layer reuse).
@@ -33,18 +33,16 @@ extension BuildRunner {
         }
         let pulled = image == project.buildImage ? nil : image
         let docker = self.docker
-        let changes: CacheLayers.Session?
         do {
-            changes = try await compile(task: task, image: image, mounts: mounts, sandbox: sandbox, secrets: secrets, reporter: reporter)
+            try await compile(task: task, image: image, mounts: mounts, sandbox: sandbox, secrets: secrets, changes: changes, reporter: reporter)
         } catch {
             if let pulled { await outlivingCancellation { try? await docker.removeImage(pulled, force: false) } }
             throw error
         }
         if let pulled { try? await docker.removeImage(pulled, force: false) }
-        return changes
     }
 
-    private func compile(task: BuildTask, image: String, mounts: [String], sandbox: BuildSandbox, secrets: BuildSecrets, reporter: BuildReporter) async throws -> CacheLayers.Session? {
+    private func compile(task: BuildTask, image: String, mounts: [String], sandbox: BuildSandbox, secrets: BuildSecrets, changes: CacheChanges, reporter: BuildReporter) async throws {
         let project = task.project
         let folder = secretFolder(task: task)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -74,7 +72,8 @@ extension BuildRunner {
             reporter.log("caches: \(choice.protected ? "the protected ones (\(task.ref) is a protected ref)" : "the ones of unprotected refs (only the default branch and protectedRefs use the protected ones)")")
             let names = declared.map(\.path).joined(separator: ", ")
             if configuration.cacheWrites == .onSuccess {
-                return try await compileOverLayers(task: task, folder: choice.folder, declared: declared, names: names, baseMounts: baseMounts, runIt: runIt, reporter: reporter)
+                return try await compileOverLayers(task: task, folder: choice.folder, declared: declared, names: names, baseMounts: baseMounts, runIt: runIt,
+                                                   changes: changes, reporter: reporter)
             }
             // One build at a time writes a project's caches: Maven's local repository (and
             // Gradle's, npm's) is not safe for two processes.
@@ -94,15 +93,14 @@ extension BuildRunner {
         } else {
             try await runIt(baseMounts, task.mvncache ? "no caches declared" : "no caches")
         }
-        return nil
     }
 
     /// The build command over an overlay of the project's caches (`CacheLayers`): its changes
-    /// come back as the session, unmounted; on any failure they are dropped here.
+    /// go to `changes` once unmounted; on any failure they are dropped here.
     private func compileOverLayers(task: BuildTask, folder: String, declared: [(path: String, folder: String)], names: String, baseMounts: [String],
-                                   runIt: @Sendable ([String], String) async throws -> Void, reporter: BuildReporter) async throws -> CacheLayers.Session {
+                                   runIt: @Sendable ([String], String) async throws -> Void, changes: CacheChanges, reporter: BuildReporter) async throws {
         let layers = cacheLayers
-        let session = try await layers.mount(folder: folder, name: "\(task.build)-\(task.attempt)")
+        let session = try await layers.mount(folder: folder, name: "\(task.build)-\(task.attempt)") { reporter.log($0) }
         do {
             var binds = baseMounts
             for (path, folder) in declared {
@@ -114,13 +112,13 @@ extension BuildRunner {
         } catch {
             await outlivingCancellation {
                 await layers.unmount(session)
-                await layers.discard(session)
+                await layers.discard(session) { reporter.log($0) }
             }
             if !(error is CancellationError) { reporter.log("caches: the changes of this build to them are dropped (the compile step did not succeed)") }
             throw error
         }
         await layers.unmount(session)
-        return session
+        changes.set(session)
     }
 
     /// Creates, starts and waits for a container, streaming its output into the log.

@@ -88,16 +88,18 @@ struct BuildRunner: TaskRunner {
     /// With `--cache-writes on-success`: checks that an overlay can be mounted in the data dir
     /// (a clear error at start, not a failed build later), then settles what a dead run of
     /// this agent left in the cache layers (`CacheLayers.recover`).
+    /// Both ways, the layers a run with on-success left are settled first, so that switching
+    /// never folds old layers over caches that moved on.
     private func prepareCaches() async throws {
+        try FileManager.default.createDirectory(at: cacheLayers.layersDir, withIntermediateDirectories: true)
+        for note in await cacheLayers.recover() { logger.notice("caches: \(note)") }
         guard configuration.cacheWrites == .onSuccess else {
             logger.notice("kiln agent \(configuration.id): --cache-writes direct: builds write their project's caches in place, one build of a project at a time; a failed build's writes stay")
             return
         }
-        try FileManager.default.createDirectory(at: cacheLayers.layersDir, withIntermediateDirectories: true)
         if let reason = CacheLayers.probe(in: cacheLayers.layersDir) {
             throw KilnError.unavailable("agent \(configuration.id): builds keep their cache changes only when they succeed, through an overlay mount, and this agent cannot mount one: \(reason)")
         }
-        for note in await cacheLayers.recover() { logger.notice("caches: \(note)") }
     }
 
     private func writeMavenSettings() throws {
@@ -230,8 +232,15 @@ struct BuildRunner: TaskRunner {
         try await reporter.update(build)
 
         let sandbox = BuildSandbox(network: configuration.compileNetwork, agentLimits: configuration.limits, project: project)
-        let cacheChanges = try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
-            try await compile(task: task, workspace: workspace, sandbox: sandbox, secrets: secrets, reporter: reporter)
+        // The compile step's cache changes wait here for the build's end (`CacheChanges`).
+        let cacheChanges = CacheChanges()
+        do {
+            try await step(.compile, limit: configuration.timeouts.compile, build: &build, reporter: reporter, control: control) {
+                try await compile(task: task, workspace: workspace, sandbox: sandbox, secrets: secrets, changes: cacheChanges, reporter: reporter)
+            }
+        } catch {
+            await dropCacheChanges(cacheChanges, reporter: reporter)
+            throw error
         }
         // The image leaves the engine's storage once pushed (or failed): every project's builds
         // share that storage, and another build's `FROM registry/<this project>:<tag>` or build
@@ -254,14 +263,11 @@ struct BuildRunner: TaskRunner {
             }
         } catch {
             await removeLocal()
-            if let cacheChanges {
-                await outlivingCancellation { await cacheLayers.discard(cacheChanges) }
-                reporter.log("caches: the changes of this build to them are dropped (the build did not succeed)")
-            }
+            await dropCacheChanges(cacheChanges, reporter: reporter)
             throw error
         }
         // Every step succeeded: the compile step's cache changes join the project's caches.
-        if let cacheChanges { await keepCacheChanges(cacheChanges, reporter: reporter) }
+        await keepCacheChanges(cacheChanges, reporter: reporter)
         // A few stay under a name no build can reach, for their layers (`KeptImages`).
         if await disk?.keep(image: reference, project: project.name) == true {
             reporter.log("kept the image in this agent's storage for the layers of the next builds of \(project.name) (at most \(configuration.keepImages))")

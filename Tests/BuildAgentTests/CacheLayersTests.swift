@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KilnCore
 import KilnTestSupport
+import Processes
 import Testing
 
 /// `CacheLayers` on the real kernel: overlay mounts as the agent makes them, in a folder of
@@ -203,8 +204,105 @@ struct CacheLayersTests {
         #expect(CacheLayers.probe(in: colon)?.contains("has a ',', ':' or '\\'") == true)
     }
 
+    @Test("a symlinked data dir: the overlay is unmounted all the same, and the start finds what a dead run left mounted")
+    func symlinkedDataDir() async throws {
+        let link = dir.url.appendingPathComponent("link")
+        try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: dir.url.path)
+        let linked = CacheLayers(cachesDir: link.appendingPathComponent("mvncache"))
+        try seed()
+        let s = try await linked.mount(folder: folder, name: "b-1")
+        try write(["new.txt": "n"], in: s.merged)
+        await linked.unmount(s)
+        #expect(!Self.mounted(under: layers.layersDir), "an overlay stayed mounted")
+        try await linked.commit(s)
+        #expect(Self.tree(base)["new.txt"] == "n")
+        _ = try await linked.mount(folder: folder, name: "dead-1")  // the agent dies with it mounted
+        _ = await CacheLayers(cachesDir: link.appendingPathComponent("mvncache")).recover()
+        #expect(!Self.mounted(under: layers.layersDir), "the start left a dead run's overlay mounted")
+    }
+
+    @Test("a layer left unlisted (its list's write failed) never takes the next success's name: that success is kept")
+    func unlistedLayerIsSkipped() async throws {
+        try seed()
+        try write(["stale.txt": "unlisted"], in: layers.layersDir.appendingPathComponent("\(folder)/layers/1"))
+        let other = try await layers.mount(folder: folder, name: "other-1")
+        let s = try await layers.mount(folder: folder, name: "b-1")
+        try write(["mine.txt": "kept"], in: s.merged)
+        await layers.unmount(s)
+        try await layers.commit(s)
+        #expect(Self.tree(layers.layersDir.appendingPathComponent(folder))["layers.json"] == #"["2"]"#)
+        await layers.unmount(other)
+        await layers.discard(other)
+        #expect(Self.tree(base)["mine.txt"] == "kept")
+        #expect(Self.tree(base)["stale.txt"] == nil, "an unlisted layer was folded")
+    }
+
+    @Test("a file that replaces a folder, and a folder that replaces a file, fold as the build left them")
+    func fileAndFolderSwap() async throws {
+        try write(["was-folder/x": "1", "was-file": "f"], in: base)
+        let s = try await layers.mount(folder: folder, name: "b-1")
+        try FileManager.default.removeItem(at: s.merged.appendingPathComponent("was-folder"))
+        try "now a file".write(to: s.merged.appendingPathComponent("was-folder"), atomically: false, encoding: .utf8)
+        try FileManager.default.removeItem(at: s.merged.appendingPathComponent("was-file"))
+        try write(["was-file/y": "2"], in: s.merged)
+        await layers.unmount(s)
+        try await layers.commit(s)
+        #expect(Self.tree(base) == ["was-folder": "now a file", "was-file": "/", "was-file/y": "2"])
+    }
+
+    @Test("a layer too deep to fold (paths past PATH_MAX) resets the project's caches instead of blocking every later build")
+    func unfoldableLayerResets() async throws {
+        try seed()
+        // The same chain of 2,500 folders in the base and in a listed layer: the fold must walk
+        // it and cannot name what is at its bottom.
+        let deep = "import os\nfor _ in range(2500):\n    os.makedirs('d', exist_ok=True)\n    os.chdir('d')\nopen('f', 'w').write('x')\n"
+        let layer = layers.layersDir.appendingPathComponent("\(folder)/layers/1")
+        for root in [base, layer] {
+            try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+            let r = try Spawn.run("/usr/bin/python3", ["-c", "import os; os.chdir('\(root.path)')\n" + deep])
+            #expect(r.status == 0, "\(String(decoding: r.output, as: UTF8.self))")
+        }
+        try Data(#"["1"]"#.utf8).write(to: layers.layersDir.appendingPathComponent("\(folder)/layers.json"))
+        let notes = await layers.recover()
+        #expect(notes.contains { $0.contains("are reset") }, "\(notes)")
+        #expect(!FileManager.default.fileExists(atPath: base.path) || Self.tree(base).isEmpty)
+        #expect(Self.tree(layers.layersDir.appendingPathComponent(folder))["layers.json"] == "[]")
+        // The next build mounts and succeeds over empty caches.
+        let s = try await layers.mount(folder: folder, name: "b-1")
+        try write(["fresh": "1"], in: s.merged)
+        await layers.unmount(s)
+        try await layers.commit(s)
+        #expect(Self.tree(base) == ["fresh": "1"])
+    }
+
+    @Test("at 16 layers (builds that overlap without a pause) a new build waits, says so, and mounts once the running ones end and the stack is folded")
+    func tooManyLayersWait() async throws {
+        try seed()
+        let holder = try await layers.mount(folder: folder, name: "holder-1")
+        for i in 1...CacheLayers.maxLayers {
+            let s = try await layers.mount(folder: folder, name: "s\(i)-1")
+            try write(["by-\(i)": "\(i)"], in: s.merged)
+            await layers.unmount(s)
+            try await layers.commit(s)
+        }
+        let said = Locked<[String]>([])
+        let layers = self.layers, folder = self.folder
+        let waiting = Task { try await layers.mount(folder: folder, name: "late-1") { line in said.withLock { $0.append(line) } } }
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(said.value.contains { $0.contains("waiting for the builds of this project") }, "\(said.value)")
+        #expect(Self.tree(base)["by-1"] == nil, "folded while an overlay was mounted")
+        await layers.unmount(holder)
+        await layers.discard(holder)
+        let late = try await waiting.value
+        #expect(Self.tree(late.merged)["by-16"] == "16")
+        #expect((1...CacheLayers.maxLayers).allSatisfy { Self.tree(base)["by-\($0)"] == "\($0)" })
+        await layers.unmount(late)
+        await layers.discard(late)
+    }
+
     static func mounted(under dir: URL) -> Bool {
         let table = ProcFile.text("/proc/self/mountinfo") ?? ""
-        return table.contains(" \(dir.path)/")
+        let real = Containment.realPath(dir.path) ?? dir.path
+        return table.contains(" \(real)/")
     }
 }

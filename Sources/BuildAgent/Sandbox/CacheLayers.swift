@@ -2,6 +2,7 @@ import CLinuxFS
 import Foundation
 import Glibc
 import KilnCore
+import Processes
 
 /// Keeps a project's caches exactly as they were unless a build succeeds (issue 16).
 ///
@@ -48,12 +49,15 @@ import KilnCore
 actor CacheLayers {
     /// Where the bases live (`mvncache`).
     nonisolated let cachesDir: URL
-    /// A mount's options hold every lower layer's path; past this many the build waits until
-    /// the project's overlays are unmounted and the stack is folded.
+    /// A mount's options hold every lower layer's path; with this many the next build waits
+    /// until the project's overlays are unmounted and the stack is folded.
     static let maxLayers = 16
     static let opaque = "trusted.overlay.opaque"
 
     private var mounted: [String: Int] = [:]
+    /// Folders whose layers are being folded into their base (off the actor, `fold`): no
+    /// overlay of them is mounted meanwhile.
+    private var folding: Set<String> = []
 
     init(cachesDir: URL) {
         self.cachesDir = cachesDir
@@ -76,24 +80,32 @@ actor CacheLayers {
     // MARK: a build's session
 
     /// Mounts an overlay over `folder`'s base and layers with a new, empty upper layer named
-    /// after the build (`name`: its id and attempt). Waits while the stack is at `maxLayers`.
-    func mount(folder: String, name: String) async throws -> Session {
+    /// after the build (`name`: its id and attempt). Waits while the folder is being folded,
+    /// and while its stack is at `maxLayers` or its paths would not fit in a mount's options
+    /// (then until the folder's overlays are unmounted and the stack is folded); `log` says so.
+    func mount(folder: String, name: String, log: @Sendable (String) -> Void = { _ in }) async throws -> Session {
+        let base = cachesDir.appendingPathComponent(folder)
+        let state = stateDir(folder)
+        let session = Session(folder: folder, dir: state.appendingPathComponent("builds").appendingPathComponent(name))
+        var said = false
         while true {
-            let state = stateDir(folder)
-            let layers = readList(state)
-            if layers.count < Self.maxLayers { break }
-            if (mounted[folder] ?? 0) == 0 {
-                try fold(folder)
-                break
+            if !folding.contains(folder) {
+                let lowers = readList(state).reversed().map { layerDir(state, $0).path } + [base.path]
+                if lowers.count - 1 < Self.maxLayers && Self.options(lowers: lowers, upper: session.upper, work: session.work).utf8.count <= Self.maxOptions { break }
+                if (mounted[folder] ?? 0) == 0 {
+                    await fold(folder, log: log)
+                    continue
+                }
+            }
+            if !said {
+                log("caches: waiting for the builds of this project that run now to end: the changes of the builds that ran at once are folded into the caches first")
+                said = true
             }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let base = cachesDir.appendingPathComponent(folder)
         try Self.plainFolder(base)
-        let state = stateDir(folder)
-        let session = Session(folder: folder, dir: state.appendingPathComponent("builds").appendingPathComponent(name))
         // Left by an earlier run of this attempt (the agent died): it never counts.
-        Self.unmountAll(under: session.dir)
+        Self.unmount(session.merged)
         try? FileManager.default.removeItem(at: session.dir)
         for dir in [session.upper, session.work, session.merged] {
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -112,44 +124,51 @@ actor CacheLayers {
     /// Unmounts the session's overlay (its container is gone); its upper layer stays for
     /// `commit` or `discard`.
     func unmount(_ session: Session) {
-        Self.unmountAll(under: session.dir)
+        Self.unmount(session.merged)
         try? FileManager.default.removeItem(at: session.work)
         try? FileManager.default.removeItem(at: session.merged)
         let left = (mounted[session.folder] ?? 1) - 1
         mounted[session.folder] = left > 0 ? left : nil
     }
 
-    /// The build succeeded: its upper layer joins the stack, which is folded into the base
-    /// when no overlay of the folder is mounted. Returns how many entries the layer held at
-    /// its top (for the log).
-    @discardableResult
-    func commit(_ session: Session) throws -> Int {
+    /// The build succeeded: its upper layer joins the stack (a rename, then the list), which
+    /// is folded into the base when no overlay of the folder is mounted. Throws only when the
+    /// layer could not join the stack (the caches are then as they were); a fold that fails
+    /// later is `fold`'s to report.
+    func commit(_ session: Session, log: @Sendable (String) -> Void = { _ in }) async throws {
         let state = stateDir(session.folder)
         var list = readList(state)
-        let next = String((list.compactMap { Int($0) }.max() ?? 0) + 1)
-        let top = (try? FileManager.default.contentsOfDirectory(atPath: session.upper.path).count) ?? 0
-        try FileManager.default.createDirectory(at: state.appendingPathComponent("layers"), withIntermediateDirectories: true)
+        let layers = state.appendingPathComponent("layers")
+        try FileManager.default.createDirectory(at: layers, withIntermediateDirectories: true)
+        // Past every name listed or present: a layer a failed list write left unlisted is
+        // never reused (it goes at the next start).
+        let present = ((try? FileManager.default.contentsOfDirectory(atPath: layers.path)) ?? []).compactMap { Int($0) }
+        let next = String(((list.compactMap { Int($0) } + present).max() ?? 0) + 1)
         try Self.rename(session.upper, to: layerDir(state, next))
         list.append(next)
-        try writeList(list, state)
+        do {
+            try writeList(list, state)
+        } catch {
+            try? FileManager.default.removeItem(at: layerDir(state, next))
+            throw error
+        }
         try? FileManager.default.removeItem(at: session.dir)
-        if (mounted[session.folder] ?? 0) == 0 { try fold(session.folder) }
-        return top
+        if (mounted[session.folder] ?? 0) == 0 { await fold(session.folder, log: log) }
     }
 
     /// The build did not succeed: its upper layer goes, and nothing of it reaches the base.
-    func discard(_ session: Session) {
-        Self.unmountAll(under: session.dir)
+    func discard(_ session: Session, log: @Sendable (String) -> Void = { _ in }) async {
+        Self.unmount(session.merged)
         try? FileManager.default.removeItem(at: session.dir)
-        if (mounted[session.folder] ?? 0) == 0 { try? fold(session.folder) }
+        if (mounted[session.folder] ?? 0) == 0 { await fold(session.folder, log: log) }
     }
 
     // MARK: the agent's start
 
     /// Before any build: unmounts and deletes every build's layer a dead run left, drops
     /// layers the lists do not name, and folds the rest. Returns what it did, for the log.
-    func recover() -> [String] {
-        var notes: [String] = []
+    func recover() async -> [String] {
+        let notes = Locked<[String]>([])
         let fm = FileManager.default
         Self.unmountAll(under: layersDir)
         for kind in ["protected", "shared"] {
@@ -159,42 +178,54 @@ actor CacheLayers {
                 let state = stateDir(folder)
                 let builds = state.appendingPathComponent("builds")
                 let dropped = (try? fm.contentsOfDirectory(atPath: builds.path)) ?? []
-                try? fm.removeItem(at: builds)
-                if !dropped.isEmpty { notes.append("\(folder): dropped the cache changes of \(dropped.count) build(s) that did not end: \(dropped.sorted().joined(separator: ", "))") }
+                Self.removeTree(builds)
+                if !dropped.isEmpty { notes.withLock { $0.append("\(folder): dropped the cache changes of \(dropped.count) build(s) that did not end: \(dropped.sorted().joined(separator: ", "))") } }
                 let list = readList(state)
                 for name in (try? fm.contentsOfDirectory(atPath: state.appendingPathComponent("layers").path)) ?? [] where !list.contains(name) {
-                    try? fm.removeItem(at: layerDir(state, name))
+                    Self.removeTree(layerDir(state, name))
                 }
                 guard !list.isEmpty else { continue }
-                do {
-                    try fold(folder)
-                    notes.append("\(folder): folded \(list.count) layer(s) of successful builds into the cache")
-                } catch {
-                    notes.append("\(folder): could not fold its layers (\(error)); the next build of it tries again")
-                }
+                await fold(folder) { note in notes.withLock { $0.append("\(folder): \(note)") } }
+                if readList(state).isEmpty { notes.withLock { $0.append("\(folder): folded \(list.count) layer(s) of successful builds into the cache") } }
             }
         }
-        return notes
+        return notes.value
     }
 
     // MARK: folding
 
-    /// Folds the folder's layers into its base, oldest first. Call only with no overlay of it
-    /// mounted.
-    func fold(_ folder: String) throws {
+    /// Folds the folder's layers into its base, oldest first, off the actor (other folders'
+    /// builds go on; this folder's mounts wait). Call with no overlay of it mounted; a fold
+    /// already running picks up the layers added meanwhile. A layer that cannot be folded
+    /// (a tree too deep for a path, a full disk) resets the folder's caches, base and layers:
+    /// they are caches, and half a layer is no state a build ever saw.
+    func fold(_ folder: String, log: @Sendable (String) -> Void = { _ in }) async {
+        guard !folding.contains(folder), (mounted[folder] ?? 0) == 0 else { return }
+        folding.insert(folder)
+        defer { folding.remove(folder) }
         let state = stateDir(folder)
-        var list = readList(state)
         let base = cachesDir.appendingPathComponent(folder)
-        try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
-        try Self.plainFolder(base)
-        while let first = list.first {
+        while let first = readList(state).first {
             let layer = layerDir(state, first)
-            if FileManager.default.fileExists(atPath: layer.path) {
-                try Self.apply(layer, onto: base)
-                try? FileManager.default.removeItem(at: layer)
+            do {
+                try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+                try Self.plainFolder(base)
+                try await blocking(cancel: nil) {
+                    if FileManager.default.fileExists(atPath: layer.path) { try Self.apply(layer, onto: base) }
+                    Self.removeTree(layer)
+                }
+                var list = readList(state)
+                list.removeAll { $0 == first }
+                try writeList(list, state)
+            } catch {
+                log("caches: the changes of a successful build could not be folded into the caches (\(error)); the caches of \(folder) are reset, and the next build of it starts with empty ones")
+                _ = try? await blocking(cancel: nil) { [self] in
+                    for layer in readList(state) { Self.removeTree(layerDir(state, layer)) }
+                    try? writeList([], state)
+                    Self.removeTree(base)
+                }
+                return
             }
-            list.removeFirst()
-            try writeList(list, state)
         }
     }
 
@@ -203,7 +234,9 @@ actor CacheLayers {
         let fm = FileManager.default
         for name in try fm.contentsOfDirectory(atPath: layer.path) {
             let from = layer.appendingPathComponent(name), to = base.appendingPathComponent(name)
-            guard let entry = lstatType(from) else { continue }
+            guard let entry = lstatType(from) else {
+                throw KilnError.unavailable("cannot read \(from.path): \(String(cString: strerror(errno)))")
+            }
             let there = lstatType(to)
             switch entry {
             case .whiteout:
@@ -258,27 +291,46 @@ actor CacheLayers {
 
     // MARK: mounts
 
-    /// Mounts an overlay; the options keep the upper layer plain (no redirects, no metacopy,
-    /// no index), so that it can be read as a lower layer and folded by `apply`.
+    /// A mount's options fit in a page (the kernel cuts what is longer).
+    static let maxOptions = 4000
+
+    /// The options of a build's overlay. They keep the upper layer plain (no redirects, no
+    /// metacopy, no index), so that it can be read as a lower layer and folded by `apply`;
+    /// `nofollow` also ignores a redirect found in a lower layer.
+    static func options(lowers: [String], upper: URL, work: URL) -> String {
+        "lowerdir=\(lowers.joined(separator: ":")),upperdir=\(upper.path),workdir=\(work.path),redirect_dir=nofollow,index=off,metacopy=off"
+    }
+
+    /// Mounts an overlay (`options`), `nosuid,nodev`.
     static func mountOverlay(lowers: [String], upper: URL, work: URL, at target: URL) throws {
         for path in lowers + [upper.path, work.path] where path.contains(where: { ",:\\".contains($0) }) {
             throw KilnError.invalid("the cache folder \(path) has a ',', ':' or '\\' in its path, which an overlay mount cannot take: move the agent's --data-dir")
         }
-        let options = "lowerdir=\(lowers.joined(separator: ":")),upperdir=\(upper.path),workdir=\(work.path),redirect_dir=off,index=off,metacopy=off"
+        let options = options(lowers: lowers, upper: upper, work: work)
+        guard options.utf8.count <= maxOptions else {
+            throw KilnError.invalid("the overlay of the caches needs \(options.utf8.count) bytes of mount options, more than \(maxOptions): the agent's --data-dir path is too long")
+        }
         guard Glibc.mount("overlay", target.path, "overlay", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
             let reason = String(cString: strerror(errno))
             throw KilnError.unavailable("cannot mount the overlay that keeps a failed build's cache changes apart (\(reason)). The data dir's filesystem must be one overlayfs can write into (ext4, xfs with d_type), and the agent must run as root; or pass --cache-writes direct (a failed build's cache changes then stay)")
         }
     }
 
+    /// Unmounts the mount at `point` if there is one, detaching it if it is busy (by path: the
+    /// kernel resolves links in it, which a match against /proc's table would not).
+    static func unmount(_ point: URL) {
+        if umount2(point.path, 0) != 0 && errno == EBUSY { _ = umount2(point.path, Int32(MNT_DETACH)) }
+    }
+
     /// Unmounts every mount at or under `dir` (deepest first), detaching a busy one.
     static func unmountAll(under dir: URL) {
         guard let table = ProcFile.text("/proc/self/mountinfo") else { return }
-        let prefix = dir.standardizedFileURL.path
+        // The table has real paths, with space, tab, newline and '\' written in octal.
+        let prefix = Containment.realPath(dir.path) ?? dir.standardizedFileURL.path
         let points = table.split(separator: "\n").compactMap { line -> String? in
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { return nil }
-            let point = String(fields[4]).replacingOccurrences(of: "\\040", with: " ")
+            let point = unescape(String(fields[4]))
             return point == prefix || point.hasPrefix(prefix + "/") ? point : nil
         }
         for point in points.sorted(by: { $0.count > $1.count }) where umount2(point, 0) != 0 {
@@ -286,11 +338,34 @@ actor CacheLayers {
         }
     }
 
+    /// /proc's octal escapes (`\040`) decoded.
+    static func unescape(_ field: String) -> String {
+        var out: [UInt8] = [], bytes = Array(field.utf8), i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count, let v = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Deletes a tree of any depth without following links (`rm -rf`, which walks with
+    /// directory descriptors; Foundation's walk gives up past PATH_MAX).
+    static func removeTree(_ url: URL) {
+        guard lstatType(url) != nil else { return }
+        if (try? FileManager.default.removeItem(at: url)) != nil, lstatType(url) == nil { return }
+        _ = try? Spawn.run("/bin/rm", ["-rf", "--one-file-system", "--", url.path], discardStderr: true)
+    }
+
     /// Whether an overlay can be mounted and written in `dir`'s filesystem, as builds mount
     /// theirs; nil if it can, else why not.
     static func probe(in dir: URL) -> String? {
         let root = dir.appendingPathComponent(".probe-\(getpid())")
-        defer { unmountAll(under: root); try? FileManager.default.removeItem(at: root) }
+        defer { unmountAll(under: root); removeTree(root) }
         do {
             let lower = root.appendingPathComponent("lower"), upper = root.appendingPathComponent("upper")
             let work = root.appendingPathComponent("work"), merged = root.appendingPathComponent("merged")
@@ -298,7 +373,7 @@ actor CacheLayers {
             try Data("kept\n".utf8).write(to: lower.appendingPathComponent("a"))
             try mountOverlay(lowers: [lower.path], upper: upper, work: work, at: merged)
             try FileManager.default.removeItem(at: merged.appendingPathComponent("a"))
-            unmountAll(under: merged)
+            unmount(merged)
             guard lstatType(upper.appendingPathComponent("a")) == .whiteout, FileManager.default.fileExists(atPath: lower.appendingPathComponent("a").path) else {
                 return "an overlay in \(dir.path) did not leave a whiteout in its upper folder"
             }
@@ -312,17 +387,17 @@ actor CacheLayers {
 
     // MARK: the stack's list
 
-    private func stateDir(_ folder: String) -> URL { layersDir.appendingPathComponent(folder) }
-    private func layerDir(_ state: URL, _ name: String) -> URL { state.appendingPathComponent("layers").appendingPathComponent(name) }
+    nonisolated private func stateDir(_ folder: String) -> URL { layersDir.appendingPathComponent(folder) }
+    nonisolated private func layerDir(_ state: URL, _ name: String) -> URL { state.appendingPathComponent("layers").appendingPathComponent(name) }
 
     /// The names of the folder's layers, oldest first.
-    private func readList(_ state: URL) -> [String] {
+    nonisolated private func readList(_ state: URL) -> [String] {
         guard let data = try? Data(contentsOf: state.appendingPathComponent("layers.json")),
               let list = try? JSONDecoder().decode([String].self, from: data) else { return [] }
         return list.filter { Int($0) != nil }
     }
 
-    private func writeList(_ list: [String], _ state: URL) throws {
+    nonisolated private func writeList(_ list: [String], _ state: URL) throws {
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
         // Written to a temporary file and renamed over the old one: a crash leaves one or the other.
         try JSONEncoder().encode(list).write(to: state.appendingPathComponent("layers.json"), options: .atomic)
@@ -339,16 +414,35 @@ actor CacheLayers {
 }
 
 extension BuildRunner {
+    /// Where the compile step leaves its cache changes (`CacheLayers.Session`) for the build's
+    /// end, which keeps them (it succeeded) or drops them (any other end, a step's failure,
+    /// a lost record write or a time limit that won the race against a finished compile).
+    final class CacheChanges: Sendable {
+        private let session = Locked<CacheLayers.Session?>(nil)
+        func set(_ s: CacheLayers.Session) { session.value = s }
+        func take() -> CacheLayers.Session? { session.withLock { s in defer { s = nil }; return s } }
+    }
+
     /// The build succeeded: its cache changes join the project's caches. A failure here fails
-    /// nothing (the cache is as it was, which is always allowed) and is logged.
-    func keepCacheChanges(_ session: CacheLayers.Session, reporter: BuildReporter) async {
+    /// nothing (the caches are as they were, which is always allowed) and is logged.
+    func keepCacheChanges(_ changes: CacheChanges, reporter: BuildReporter) async {
+        guard let session = changes.take() else { return }
         let layers = cacheLayers
+        let log: @Sendable (String) -> Void = { reporter.log($0) }
         do {
-            let entries = try await outlivingCancellation { try await layers.commit(session) }
-            reporter.log("caches: this build's changes are kept (\(entries) changed \(entries == 1 ? "entry" : "entries") at the top of the cache folder)")
+            try await outlivingCancellation { try await layers.commit(session, log: log) }
+            reporter.log("caches: this build's changes are kept")
         } catch {
-            await outlivingCancellation { await layers.discard(session) }
+            await outlivingCancellation { await layers.discard(session, log: log) }
             reporter.log("caches: could not keep this build's changes, the caches stay as they were: \(error)")
         }
+    }
+
+    /// Any other end: the compile step's cache changes, if it left any, are dropped.
+    func dropCacheChanges(_ changes: CacheChanges, reporter: BuildReporter) async {
+        guard let session = changes.take() else { return }
+        let layers = cacheLayers
+        await outlivingCancellation { await layers.discard(session) { reporter.log($0) } }
+        reporter.log("caches: the changes of this build to them are dropped (the build did not succeed)")
     }
 }
