@@ -202,7 +202,10 @@ actor CacheLayers {
     func fold(_ folder: String, log: @Sendable (String) -> Void = { _ in }) async {
         guard !folding.contains(folder), (mounted[folder] ?? 0) == 0 else { return }
         folding.insert(folder)
-        defer { folding.remove(folder) }
+        defer {
+            folding.remove(folder)
+            tidy(folder)
+        }
         let state = stateDir(folder)
         let base = cachesDir.appendingPathComponent(folder)
         while let first = readList(state).first {
@@ -227,6 +230,17 @@ actor CacheLayers {
                 return
             }
         }
+    }
+
+    /// Deletes the folder's state when nothing is in it (no layer listed, no build's layer
+    /// waiting, nothing mounted): at a quiet moment the base is all there is.
+    private func tidy(_ folder: String) {
+        let state = stateDir(folder)
+        guard (mounted[folder] ?? 0) == 0, !folding.contains(folder), readList(state).isEmpty else { return }
+        let fm = FileManager.default
+        guard ((try? fm.contentsOfDirectory(atPath: state.appendingPathComponent("builds").path)) ?? []).isEmpty,
+              ((try? fm.contentsOfDirectory(atPath: state.appendingPathComponent("layers").path)) ?? []).isEmpty else { return }
+        try? fm.removeItem(at: state)
     }
 
     /// Applies one layer (an overlay's upper folder) onto `base`, emptying it as it goes.
