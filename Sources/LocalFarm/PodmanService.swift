@@ -352,34 +352,8 @@ public final class PodmanService: Sendable {
         return limit.rlim_max == rlim_t.max ? 1_048_576 : UInt64(limit.rlim_max)
     }
 
-    /// Mount points at or under `root`, from /proc/self/mountinfo (field 5, octal-escaped).
-    private static func mountPoints(under root: String) -> [String] {
-        guard let text = ProcFile.text("/proc/self/mountinfo") else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ")
-            guard fields.count > 4 else { return nil }
-            let point = unescapeMountInfo(String(fields[4]))
-            return point == root || point.hasPrefix(root + "/") ? point : nil
-        }
-    }
-
-    private static func unescapeMountInfo(_ s: String) -> String {
-        guard s.contains("\\") else { return s }
-        var bytes: [UInt8] = []
-        let utf8 = Array(s.utf8)
-        var i = 0
-        while i < utf8.count {
-            if utf8[i] == UInt8(ascii: "\\"), i + 3 < utf8.count,
-               let value = UInt8(String(decoding: utf8[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                bytes.append(value)
-                i += 4
-            } else {
-                bytes.append(utf8[i])
-                i += 1
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    /// Mount points at or under `root`.
+    private static func mountPoints(under root: String) -> [String] { ProcFile.mountPoints(under: root) }
 
     /// A dynamically linked busybox names its loader ("ld-linux") near the start of the file.
     private func isStatic(_ path: String) -> Bool {

@@ -338,33 +338,10 @@ actor CacheLayers {
 
     /// Unmounts every mount at or under `dir` (deepest first), detaching a busy one.
     static func unmountAll(under dir: URL) {
-        guard let table = ProcFile.text("/proc/self/mountinfo") else { return }
-        // The table has real paths, with space, tab, newline and '\' written in octal.
-        let prefix = Containment.realPath(dir.path) ?? dir.standardizedFileURL.path
-        let points = table.split(separator: "\n").compactMap { line -> String? in
-            let fields = line.split(separator: " ")
-            guard fields.count > 4 else { return nil }
-            let point = unescape(String(fields[4]))
-            return point == prefix || point.hasPrefix(prefix + "/") ? point : nil
-        }
+        let points = ProcFile.mountPoints(under: Containment.realPath(dir.path) ?? dir.standardizedFileURL.path)
         for point in points.sorted(by: { $0.count > $1.count }) where umount2(point, 0) != 0 {
             _ = umount2(point, Int32(MNT_DETACH))
         }
-    }
-
-    /// /proc's octal escapes (`\040`) decoded.
-    static func unescape(_ field: String) -> String {
-        var out: [UInt8] = [], bytes = Array(field.utf8), i = 0
-        while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count, let v = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(v)
-                i += 4
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// Deletes a tree of any depth without following links (`rm -rf`, which walks with
