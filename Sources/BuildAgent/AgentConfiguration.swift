@@ -85,6 +85,9 @@ public struct AgentConfiguration: Sendable {
     /// up (`BuildReporter`): then it releases the build's task so that the slot does not stay
     /// taken, and goes on trying to record the end in the background (`PendingEnds`).
     public var etcdRetryLimit: Duration = .seconds(600)
+    /// Whether a build whose inputs equal an earlier successful build's takes that build's image
+    /// instead of compiling (`--no-reuse-builds` turns it off for this agent; docs/reuse.md).
+    public var reuseBuilds: Bool = true
 
     /// 2: the layers of a project's last two images, enough for a branch and its main line.
     public static let defaultKeepImages = 2
