@@ -140,7 +140,7 @@ struct ReuseRulesTests {
         let p = try KilnJSON.decode(Project.self, from: #"{"name":"p","repository":"http://h/r.git","buildImage":"a:1","buildCommand":"make","reuseBuilds":false}"#)
         #expect(p.reuseBuilds == false)
         #expect(try KilnJSON.encode(p).contains(#""reuseBuilds":false"#))
-        var b = Build(id: "b1", project: "p", ref: "main")
+        var b = Build(id: "b1", project: "p", ref: "main", createdAt: Date(timeIntervalSince1970: 1_700_000_000))
         b.reusedFrom = "b0"
         b.inputs = Self.inputs(protected: false)
         let decoded = try KilnJSON.decode(Build.self, from: try KilnJSON.encode(b))
