@@ -16,8 +16,8 @@ struct ReuseEndToEndTests {
 
     /// A farm whose agent reuses builds (the harness's agents do not: the other suites build one
     /// commit again on purpose, to watch caches and compiles).
-    static func withReuseFarm(_ body: @Sendable (Farm) async throws -> Void) async throws {
-        try await withFarm(configure: { farm, id in
+    static func withReuseFarm(deploy: Bool = false, _ body: @Sendable (Farm) async throws -> Void) async throws {
+        try await withFarm(deploy: deploy, configure: { farm, id in
             var c = farm.agentConfiguration(id)
             c.reuseBuilds = true
             return c
@@ -38,9 +38,11 @@ struct ReuseEndToEndTests {
     /// repeats never holds it).
     static let command = #"echo "COMPILE-""RAN $KILN_BUILD""#
 
-    static func addProject(_ farm: Farm, name: String, repo: String, buildImage: String = busybox, reuseBuilds: Bool? = nil) async throws {
+    static func addProject(_ farm: Farm, name: String, repo: String, buildImage: String = busybox, reuseBuilds: Bool? = nil,
+                           pipeline: [PipelineStep]? = nil) async throws {
         var p = Project(name: name, repository: farm.infra.repositoryURL(repo), buildImage: buildImage, buildCommand: command)
         p.reuseBuilds = reuseBuilds
+        p.pipeline = pipeline
         let r = try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(p))
         #expect(r.status == 201 || r.status == 200, "\(r.body)")
     }
@@ -75,13 +77,16 @@ struct ReuseEndToEndTests {
 
     @Test("a second build of the same inputs tags the first's image (same digest, no compile) and the image runs; another branch's commit with the same tree reuses it too; rebuild, the project setting, a changed Dockerfile or build image, another project build for real")
     func reuse() async throws {
-        try await Self.withReuseFarm { farm in
+        try await Self.withReuseFarm(deploy: true) { farm in
             try farm.infra.podman.ensureBusyboxImage(Self.busybox)
             // The build image under a name of this test's own, so that it can later name another image.
             let builder = "localhost/kiln/reuse-builder:1"
             try farm.podman(["tag", Self.busybox, builder])
             try Self.publish(farm, repo: "reuse")
-            try await Self.addProject(farm, name: "reuse", repo: "reuse", buildImage: builder)
+            // A post-build pipeline (not an input): a notify step to a URL the scheduler does not
+            // allow, which fails, but only once the pipeline has run.
+            let pipeline = [PipelineStep(plugin: "notify", settings: ["url": .string("http://127.0.0.1:9/reuse")])]
+            try await Self.addProject(farm, name: "reuse", repo: "reuse", buildImage: builder, pipeline: pipeline)
 
             let (first, firstLog) = try await Self.run(farm, "reuse", BuildRequest(ref: "main", tag: "one"))
             Self.expectReal(first, firstLog, "the first build")
@@ -97,9 +102,25 @@ struct ReuseEndToEndTests {
             #expect(second.image == "\(farm.infra.registry.address)/reuse:two")
             #expect(try await registryDigest(farm, "reuse", "two") == first.digest)
             #expect(try await registryDigest(farm, "reuse", "one") == first.digest)
-            // The API answer and the CLI's summary say which build was reused.
+            // The API answer says which build was reused.
             let answered = try KilnJSON.decode(Build.self, from: try await farm.request(.GET, "/api/v1/builds/\(second.id)").body)
             #expect(answered.reusedFrom == first.id)
+            // The post-build pipeline runs after the reused build as after the real one.
+            for b in [first, second] {
+                let ran = try await farm.waitForBuild(b.id, timeout: .seconds(60)) { $0.deploy?.status.isFinal == true }
+                #expect(ran.deploy?.steps.first?.status != .pending, "\(String(describing: ran.deploy))")
+            }
+            // A tag pushed on the built commit (an unprotected ref): the protected build's image.
+            let git = Process()
+            git.executableURL = URL(fileURLWithPath: "/usr/bin/git")
+            git.arguments = ["-C", farm.infra.gitRoot.appendingPathComponent("reuse.git").path, "tag", "v1", "main"]
+            try git.run()
+            git.waitUntilExit()
+            #expect(git.terminationStatus == 0)
+            let (tagged, taggedLog) = try await Self.run(farm, "reuse", BuildRequest(ref: "refs/tags/v1", tag: "v1"))
+            Self.expectReused(tagged, from: first, taggedLog, "the tag's build")
+            #expect(tagged.inputs?.protected == false)
+            #expect(try await registryDigest(farm, "reuse", "v1") == first.digest)
             // The new tag runs: pulled back from the registry (as admin).
             let image = "\(farm.infra.registry.address)/reuse:two"
             _ = try? farm.podman(["rmi", "-f", image])
