@@ -26,9 +26,10 @@ struct ReuseEndToEndTests {
 
     /// A repository whose Dockerfile copies a marker into a busybox image; `dockerfileExtra`
     /// changes the Dockerfile.
-    static func publish(_ farm: Farm, repo: String, branch: String = "main", marker: String = "one", dockerfileExtra: String = "") throws {
+    static func publish(_ farm: Farm, repo: String, branch: String = "main", message: String = "Demo project", marker: String = "one",
+                        dockerfileExtra: String = "") throws {
         _ = try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
-                                       bareRepository: farm.infra.gitRoot.appendingPathComponent("\(repo).git"), branch: branch) { dir in
+                                       bareRepository: farm.infra.gitRoot.appendingPathComponent("\(repo).git"), branch: branch, message: message) { dir in
             try marker.write(to: dir.appendingPathComponent("marker"), atomically: true, encoding: .utf8)
             try "FROM \(Self.busybox)\nCOPY marker /marker\n\(dockerfileExtra)".write(to: dir.appendingPathComponent("Dockerfile"), atomically: true, encoding: .utf8)
         }
@@ -75,7 +76,7 @@ struct ReuseEndToEndTests {
         try await DockerClient.registryDigest(registry: farm.infra.registry.address, repository: repository, tag: tag, insecure: true, credentials: farm.admin)
     }
 
-    @Test("a second build of the same inputs tags the first's image (same digest, no compile) and the image runs; another branch's commit with the same tree reuses it too; rebuild, the project setting, a changed Dockerfile or build image, another project build for real")
+    @Test("a second build of the same inputs tags the first's image (same digest, no compile), the image runs and the pipeline runs after it; a tag of the commit and another commit with the same tree reuse it too; rebuild, the project setting, a changed Dockerfile or build image, another project build for real")
     func reuse() async throws {
         try await Self.withReuseFarm(deploy: true) { farm in
             try farm.infra.podman.ensureBusyboxImage(Self.busybox)
@@ -128,10 +129,12 @@ struct ReuseEndToEndTests {
             defer { _ = try? farm.podman(["rmi", "-f", image]) }
             #expect(try farm.podman(["run", "--rm", image, "cat", "/marker"]).trimmingCharacters(in: .whitespacesAndNewlines) == "one")
 
-            // A feature branch's commit with the same tree (an unprotected ref) takes the protected build's image.
-            try Self.publish(farm, repo: "reuse", branch: "feature")
+            // Another commit (another message) with the same files, on a feature branch (an
+            // unprotected ref): the same tree, so the protected build's image.
+            try Self.publish(farm, repo: "reuse", branch: "feature", message: "Another commit, the same files")
             let (feature, featureLog) = try await Self.run(farm, "reuse", BuildRequest(ref: "feature", tag: "feature"))
             Self.expectReused(feature, from: first, featureLog, "the feature branch's build")
+            #expect(feature.commit != first.commit && feature.inputs?.tree == inputs.tree)
             #expect(feature.inputs?.protected == false)
 
             // rebuild: a real build, recorded as the newest for these inputs.
@@ -172,7 +175,7 @@ struct ReuseEndToEndTests {
         }
     }
 
-    @Test("a failed build is never reused, and a reuse whose image is gone from the registry builds for real")
+    @Test("a failed build is never reused; a reuse whose image is gone from the registry builds for real; a protected ref never takes an unprotected build's image")
     func failedAndGone() async throws {
         try await Self.withReuseFarm { farm in
             try farm.infra.podman.ensureBusyboxImage(Self.busybox)
@@ -183,8 +186,8 @@ struct ReuseEndToEndTests {
             let (failed, _) = try await Self.run(farm, "fails", BuildRequest(ref: "main", tag: "f1"))
             #expect(failed.status == .failed && failed.inputs != nil)
             #expect(try await farm.etcd.range(prefix: farm.keys.reuseIndex + "fails/").kvs.isEmpty)
-            let (again, againLog) = try await Self.run(farm, "fails", BuildRequest(ref: "main", tag: "f2"))
-            #expect(again.status == .failed && again.reusedFrom == nil && againLog.contains("COMPILE-RAN"), "\(againLog)")
+            let (failedAgain, againLog) = try await Self.run(farm, "fails", BuildRequest(ref: "main", tag: "f2"))
+            #expect(failedAgain.status == .failed && failedAgain.reusedFrom == nil && againLog.contains("COMPILE-RAN"), "\(againLog)")
             #expect(againLog.contains("no earlier successful build has these inputs"), "\(againLog)")
 
             // The same project fixed: it builds, and the next build reuses it...
@@ -209,6 +212,21 @@ struct ReuseEndToEndTests {
             // It is the entry now.
             let entry = try #require(try await farm.etcd.get(farm.keys.reuseEntry(project: "fails", key: rebuilt.inputs!.key, protected: true)))
             #expect(try KilnJSON.decode(ReuseEntry.self, from: entry.value).build == rebuilt.id)
+
+            // A protected ref never takes the image of an unprotected ref's build (which ran with
+            // the caches every branch writes into); the other way round it may.
+            try Self.publish(farm, repo: "guarded", branch: "feature")
+            try Self.publish(farm, repo: "guarded", branch: "main", message: "The same files on main")
+            try await Self.addProject(farm, name: "guarded", repo: "guarded")
+            let (feature, featureLog) = try await Self.run(farm, "guarded", BuildRequest(ref: "feature", tag: "feature"))
+            Self.expectReal(feature, featureLog, "the feature branch's first build")
+            #expect(feature.inputs?.protected == false)
+            let (main, mainLog) = try await Self.run(farm, "guarded", BuildRequest(ref: "main", tag: "main"))
+            Self.expectReal(main, mainLog, "main after a feature branch built the same tree")
+            #expect(main.inputs?.key == feature.inputs?.key && main.inputs?.protected == true)
+            #expect(mainLog.contains("was of an unprotected ref"), "\(mainLog)")
+            let (again, againFeatureLog) = try await Self.run(farm, "guarded", BuildRequest(ref: "feature", tag: "feature-2"))
+            Self.expectReused(again, from: main, againFeatureLog, "the feature branch after main built")
         }
     }
 }
