@@ -62,7 +62,14 @@ extension BuildRunner {
         let stored = entries.first { $0.entry == entry }!
         let started = ContinuousClock.now
         let startedAt = Date()
-        if let why = try await staleness(of: entry, inputs: inputs, project: project, build: build.id) {
+        let stale: String?
+        do {
+            stale = try await staleness(of: entry, inputs: inputs, project: project, build: build.id)
+        } catch {
+            reporter.log("reuse: could not read the record of build \(entry.build) (\(error)); building")
+            return false
+        }
+        if let why = stale {
             reporter.log("reuse: the index names build \(entry.build), but \(why); removing that entry and building")
             await dropEntry(stored.key, revision: stored.revision)
             return false
