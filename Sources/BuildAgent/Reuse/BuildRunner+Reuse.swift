@@ -144,11 +144,8 @@ extension BuildRunner {
         let project = task.project
         do {
             let mirror = GitMirror(path: mirrorsDir.appendingPathComponent("\(project.name).git"), url: project.repository)
-            let tree = try await mirrorLocks.withLock(project.name) { try await blocking(cancel: nil) { try mirror.tree(of: commit) } }
-            let protected = try await isProtectedBuild(task: task)
-            guard let buildImage = try await imageID(project.buildImage, secrets: secrets) else {
-                throw InputUnread("the build image \(project.buildImage) is not in the container engine, or is pulled for each build")
-            }
+            // The Dockerfile first (no I/O but the file), then the mirror and the engine's
+            // inspections at once: they are most of this time, and a reused build waits for it.
             let (_, _, text) = try resolveImageInputs(project: project, workspace: workspace)
             let bases: [DockerfilePolicy.BaseImage]
             switch DockerfilePolicy.baseImages(text) {
@@ -156,13 +153,21 @@ extension BuildRunner {
             case .failure(let violation): throw InputUnread("\(project.dockerfile): \(violation)")
             }
             if let copied = Self.copiedImage(text) { throw InputUnread("\(project.dockerfile) copies from the image \(copied)") }
-            var baseIDs: [String] = []
-            for base in bases {
-                guard let id = try await imageID(base.image, secrets: secrets) else {
-                    throw InputUnread("the base image \(base.image) is not in the container engine, or is pulled for each build")
-                }
-                baseIDs.append(id)
+            async let readTree = mirrorLocks.withLock(project.name) { try await blocking(cancel: nil) { try mirror.tree(of: commit) } }
+            async let readProtected = isProtectedBuild(task: task)
+            let images = [project.buildImage] + bases.map(\.image)
+            let ids = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+                for (i, image) in images.enumerated() { group.addTask { (i, try await imageID(image, secrets: secrets)) } }
+                var ids = [String?](repeating: nil, count: images.count)
+                for try await (i, id) in group { ids[i] = id }
+                return ids
             }
+            if let missing = ids.firstIndex(where: { $0 == nil }) {
+                throw InputUnread("the \(missing == 0 ? "build" : "base") image \(images[missing]) is not in the container engine, or is pulled for each build")
+            }
+            let buildImage = ids[0]!
+            let baseIDs = ids.dropFirst().map { $0! }
+            let (tree, protected) = try await (readTree, readProtected)
             let canonical = BuildInputs.canonicalText(project: project, tree: tree, buildImage: buildImage, baseImages: baseIDs, mvncache: task.mvncache,
                                                  secretNames: secrets.env.map { $0.file ? "\($0.name) (file)" : $0.name },
                                                  registryLogins: secrets.registries.map { $0.host.lowercased() })
