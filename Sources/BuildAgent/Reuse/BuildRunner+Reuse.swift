@@ -62,16 +62,16 @@ extension BuildRunner {
         let stored = entries.first { $0.entry == entry }!
         let started = ContinuousClock.now
         let startedAt = Date()
-        let stale: String?
+        let stale: (String, drop: Bool)?
         do {
             stale = try await staleness(of: entry, inputs: inputs, project: project, build: build.id)
         } catch {
             reporter.log("reuse: could not read the record of build \(entry.build) (\(error)); building")
             return false
         }
-        if let why = stale {
-            reporter.log("reuse: the index names build \(entry.build), but \(why); removing that entry and building")
-            await dropEntry(stored.key, revision: stored.revision)
+        if let (why, drop) = stale {
+            reporter.log("reuse: the index names build \(entry.build), but \(why); \(drop ? "removing that entry and " : "")building")
+            if drop { await dropEntry(stored.key, revision: stored.revision) }
             return false
         }
         let tag = build.tag ?? String((build.commit ?? "").prefix(7))
@@ -114,16 +114,21 @@ extension BuildRunner {
     }
 
     /// Why an index entry may not be used (nil: it may): its build's record must back it.
-    private func staleness(of entry: ReuseEntry, inputs: BuildInputs, project: Project, build: String) async throws -> String? {
-        if entry.build == build { return "that is this build" }
-        guard let kv = try await etcd.get(keys.build(entry.build)) else { return "that build's record is gone (retention)" }
-        guard let source = try? KilnJSON.decode(Build.self, from: kv.value) else { return "that build's record cannot be read" }
-        if source.project != project.name { return "that build is of project \(source.project)" }
-        if source.status != .succeeded { return "that build is \(source.status.rawValue)" }
-        if source.reusedFrom != nil { return "that build reused another's image" }
-        guard let recorded = source.inputs, recorded.key == inputs.key, recorded.protected == entry.protected else { return "that build's record names other inputs" }
-        guard source.digest == entry.digest, let image = source.image else { return "that build's record names another digest" }
-        guard Build.repository(of: image) == "\(configuration.registry)/\(project.repositoryName)" else { return "that build's image \(image) is not in this project's repository of this registry" }
+    /// `drop`: the entry will never serve (a build whose end is still being written may).
+    private func staleness(of entry: ReuseEntry, inputs: BuildInputs, project: Project, build: String) async throws -> (String, drop: Bool)? {
+        if entry.build == build { return ("that is this build", true) }
+        guard let kv = try await etcd.get(keys.build(entry.build)) else { return ("that build's record is gone (retention)", true) }
+        guard let source = try? KilnJSON.decode(Build.self, from: kv.value) else { return ("that build's record cannot be read", true) }
+        if source.project != project.name { return ("that build is of project \(source.project)", true) }
+        // The entry is written just before its build's end: not final yet is not stale yet.
+        if !source.status.isFinal { return ("that build has not ended yet", false) }
+        if source.status != .succeeded { return ("that build is \(source.status.rawValue)", true) }
+        if source.reusedFrom != nil { return ("that build reused another's image", true) }
+        guard let recorded = source.inputs, recorded.key == inputs.key, recorded.protected == entry.protected else { return ("that build's record names other inputs", true) }
+        guard source.digest == entry.digest, let image = source.image else { return ("that build's record names another digest", true) }
+        guard Build.repository(of: image) == "\(configuration.registry)/\(project.repositoryName)" else {
+            return ("that build's image \(image) is not in this project's repository of this registry", true)
+        }
         return nil
     }
 

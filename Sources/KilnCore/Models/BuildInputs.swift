@@ -93,7 +93,9 @@ public struct BuildInputs: Codable, Sendable, Equatable {
 
 /// The entry of the reuse index (`Keys.reuseEntry`): the latest successful, real (not itself
 /// reused) build of a project with one input key and one protection class. Written by the agent
-/// once the build's success is recorded, so a failed, cancelled or unfinished build never has one.
+/// just before it records the build's success (never for a failure); a reusing agent takes it
+/// only once that build's record says `succeeded`, so a failed, cancelled or unfinished build is
+/// never reused.
 public struct ReuseEntry: Codable, Sendable, Equatable {
     public var build: String
     /// The manifest digest the build pushed.
