@@ -119,6 +119,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // SHA-256 of a build's inputs (the reuse key, docs/reuse.md).
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .target(

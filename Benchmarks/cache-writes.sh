@@ -16,7 +16,7 @@
 #                     farms and runs: the agents' mirrors and Maven caches stay warm.
 #   --kiln PATH       The kiln binary (default: .build/debug/kiln of this repository).
 #   --port-base P     The farm's ports are P (etcd), P+10 (peer), P+20 (registry), P+30 (API),
-#                     P+40 (Maven mirror), P+50 (git) (default 43790).
+#                     P+40 (Maven mirror), P+50 (git) (default 53790).
 #   --results-dir DIR Where the markdown goes (default Benchmarks/results).
 #
 # Each farm: `KILN_CACHE_WRITES=MODE kiln up --no-demo` (the agents read the variable), the
@@ -32,7 +32,7 @@ RUNS=5
 ROUNDS=2
 DATA=/var/tmp/kiln-bench-cache
 KILN=$repo/.build/debug/kiln
-BASE=43790
+BASE=53790
 RESULTS_DIR=$here/results
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }

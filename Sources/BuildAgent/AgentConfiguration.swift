@@ -88,6 +88,9 @@ public struct AgentConfiguration: Sendable {
     /// up (`BuildReporter`): then it releases the build's task so that the slot does not stay
     /// taken, and goes on trying to record the end in the background (`PendingEnds`).
     public var etcdRetryLimit: Duration = .seconds(600)
+    /// Whether a build whose inputs equal an earlier successful build's takes that build's image
+    /// instead of compiling (`--no-reuse-builds` turns it off for this agent; docs/reuse.md).
+    public var reuseBuilds: Bool = true
 
     public enum CacheWrites: String, Sendable, CaseIterable {
         /// Each build writes into an overlay layer of its own, kept only if the build succeeds.

@@ -217,6 +217,18 @@ actor BuildReporter {
         if let run = build.deploy, !run.status.isFinal { success.append(.put(keys.pipelineIndexEntry(build: buildID), "")) }
         let txn = Txn(compare: [guardCompare], success: success)
         _ = try? await lastWrites?.value
+        // A real build that succeeded becomes the one later builds with its inputs reuse
+        // (docs/reuse.md). Written just before the end, so whoever sees the success finds the
+        // entry; a reusing agent takes an entry only once its build's record says succeeded
+        // (an end that never comes leaves an entry nobody takes). A write of its own, not part
+        // of the end: a missing entry costs a later build its reuse, nothing more, while an
+        // agent whose etcd role predates the reuse index (`kiln etcd-auth setup` not run again)
+        // would otherwise lose every build's end.
+        if let (key, entry) = build.reuseEntry(keys: keys), let value = try? KilnJSON.encode(entry) {
+            do { _ = try await etcd.txn(Txn(compare: [guardCompare], success: [.put(key, value)])) } catch {
+                logger.warning("could not record build \(buildID) for reuse: \(error)")
+            }
+        }
         let r = try await writeEnd(writes, txn)
         if !r.succeeded { throw TaskLostError(build: buildID) }
     }

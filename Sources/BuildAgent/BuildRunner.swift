@@ -229,6 +229,8 @@ struct BuildRunner: TaskRunner {
         let tag = task.tag ?? String(commit.prefix(7))
         let repository = "\(configuration.registry)/\(project.repositoryName)"
         build.tag = tag
+        // The same inputs as an earlier successful build: its image, tagged again (BuildRunner+Reuse.swift).
+        if try await reuse(task: task, build: &build, workspace: workspace, secrets: secrets, reporter: reporter) { return }
         try await reporter.update(build)
 
         let sandbox = BuildSandbox(network: configuration.compileNetwork, agentLimits: configuration.limits, project: project)

@@ -12,7 +12,8 @@
 /// - an agent: its own registration key (and so may revoke the lease it is bound to), its
 ///   own tasks prefix (read, and delete when a build ends), the build records (read and
 ///   write: the record of a build is `builds/{id}`, with no agent in the key), the logs
-///   and the pipeline index `index/pipelines/` (write only). It cannot read or write projects,
+///   and the pipeline index `index/pipelines/` (write only), the reuse index `index/reuse/`
+///   (read and write). It cannot read or write projects,
 ///   the queue, another agent's tasks, the leader key, cells, apps, the other indexes or `/slb/`.
 /// - an lb-agent: reads its group's domains and writes its own report key; nothing else.
 /// - nobody but the scheduler reads or writes `/kiln/secrets/` (sealed secrets).
@@ -134,6 +135,12 @@ public enum EtcdAccess: Hashable, Sendable, CustomStringConvertible {
                 // A build that succeeds puts its pipeline run's entry in the index, in its end's
                 // transaction (write only: the leader reads the index and checks each record).
                 Grant(.write, keys.pipelineIndex, prefix: true),
+                // The reuse index (docs/reuse.md): read after a fetch to find an earlier build with
+                // the same inputs, written in a successful real build's end, an entry whose build
+                // is gone deleted. An agent already writes any build record, and its registry
+                // token pushes only the repository of a build it holds: an entry it writes names
+                // at most an image of that project, which a reusing agent checks again.
+                Grant(.readWrite, keys.reuseIndex, prefix: true),
             ]
         case .lbAgent(let group, let id):
             return [

@@ -136,6 +136,16 @@ public struct Keys: Sendable, Equatable {
     /// pipeline service finds them without reading every build record.
     public var pipelineIndex: String { "\(index)pipelines/" }
     public func pipelineIndexEntry(build: String) -> String { pipelineIndex + build }
+    /// Builds whose image a later build with the same inputs may reuse (docs/reuse.md):
+    /// `index/reuse/{project}/{key hex}/{protected|shared}`, a ``ReuseEntry``. Written and read
+    /// by the agents (the end of a successful real build; the reuse lookup after a fetch).
+    public var reuseIndex: String { "\(index)reuse/" }
+    public func reuseEntries(project: String, key: String) -> String {
+        "\(reuseIndex)\(project)/\(key.hasPrefix("sha256:") ? String(key.dropFirst(7)) : key)/"
+    }
+    public func reuseEntry(project: String, key: String, protected: Bool) -> String {
+        reuseEntries(project: project, key: key) + (protected ? "protected" : "shared")
+    }
     /// The schema of the indexes that existing records have entries for (a number, as text):
     /// a scheduler's start builds what is missing and writes it (`IndexMigration`).
     public var indexSchema: String { "\(index)schema" }

@@ -129,6 +129,7 @@ public struct SchedulerStore: Sendable {
             id: BuildID.generate(), project: name, ref: ref, commit: request.commit?.lowercased(), tag: request.tag,
             mvncache: request.mvncache ?? true, trigger: request.trigger ?? "api")
         build.priority = request.priority
+        if request.rebuild == true { build.rebuild = true }
         if build.commit != nil && !vouchedCommit { build.commitPinnedByRequest = true }
         let entry = QueueEntry(queuing: build)
         var compare: [Compare] = [.version(keys.project(name), .greater, 0), .createRevision(keys.build(build.id), .equal, 0)]

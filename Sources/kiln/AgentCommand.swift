@@ -182,6 +182,15 @@ struct AgentCommand: AsyncParsableCommand {
         """, valueName: "on-success|direct"))
     var cacheWrites: String = env("KILN_CACHE_WRITES", AgentConfiguration.CacheWrites.onSuccess.rawValue)
 
+    @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp("""
+        Let a build whose inputs (the commit's tree, the build image, the command, the caches \
+        switch, the Dockerfile's base images, …) equal an earlier successful build's of the same \
+        project take that build's image: the registry gets the new tag for the same manifest, \
+        and nothing is compiled (docs/reuse.md). --no-reuse-builds builds everything for real \
+        (env KILN_REUSE_BUILDS=0).
+        """))
+    var reuseBuilds = env("KILN_REUSE_BUILDS", "1") != "0"
+
     // Hidden: for the benchmarks (kiln-bench) and FarmTests, not for a farm's users.
     @Option(name: .long, help: ArgumentHelp("Build nothing: run each task for this many seconds (a number, or a range such as 0.5-3 drawn per build) and finish it succeeded, through the same etcd writes as a real build. For benchmarks and chaos tests; the container, registry and Maven options are ignored.", valueName: "seconds", visibility: .hidden))
     var simulate: String?
@@ -286,6 +295,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.keepImages = keepImages
         config.cacheWrites = AgentConfiguration.CacheWrites(rawValue: cacheWrites) ?? .onSuccess
+        config.reuseBuilds = reuseBuilds
         config.simulateLog = simulateLog.flatMap(SimulatedSize.init)
         config.simulateDisk = simulateDisk.flatMap(SimulatedSize.init)
         config.etcdCredentials = try etcd.access.readCredentials()

@@ -35,6 +35,7 @@ struct ProjectCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Branches whose GitLab pushes build, comma-separated; '*' matches anything (default: the default branch).", valueName: "main,release/*")) var branches: String?
         @Option(name: .long, help: ArgumentHelp("Refs whose builds share the default branch's protected Maven cache, comma-separated; '*' matches anything. Name only refs that only trusted people can push (every other ref uses a second cache).", valueName: "release/*,refs/tags/v*")) var protectedRefs: String?
         @Option(name: .long, help: ArgumentHelp("Folders the build caches into, as container paths, comma-separated, each mounted from the project's cache on the agent; 'none': no cache (default: /root/.m2, Maven's).", valueName: "/root/.m2,/root/.gradle")) var caches: String?
+        @Flag(name: .long, inversion: .prefixedNo, help: "A build whose inputs equal an earlier successful build's takes that build's image instead of compiling (docs/reuse.md); --no-reuse-builds builds every time.") var reuseBuilds = true
         @Option(name: .long, help: ArgumentHelp("Memory of its build containers, such as 2g; an agent's own limit still applies when lower (default: the agent's).", valueName: "size")) var buildMemory: String?
         @Option(name: .long, help: ArgumentHelp("CPUs its build containers may keep busy, such as 1.5 (default: the agent's).", valueName: "cpus")) var buildCpus: Double?
         @Option(name: .long, help: ArgumentHelp("Processes at once in its build containers (default: the agent's).", valueName: "n")) var buildPids: Int?
@@ -54,6 +55,7 @@ struct ProjectCommand: AsyncParsableCommand {
                     webhookSecret: webhookSecretFile.flatMap { try? CredentialFile.read($0) } ?? webhookSecret, pipeline: try? pipelineSteps(),
                     protectedRefs: protectedRefs.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
                     limits: limits)
+            p.reuseBuilds = reuseBuilds ? nil : false
             p.caches = caches.map { $0 == "none" ? [] : $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
             if keepBuilds != nil || keepDays != nil {
                 p.retention = BuildRetention(keepBuilds: keepBuilds ?? BuildRetention.defaultKeepBuilds, keepDays: keepDays ?? BuildRetention.defaultKeepDays)

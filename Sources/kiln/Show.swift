@@ -9,15 +9,17 @@ enum Show {
     }
 
     static func steps(_ b: Build) -> String {
-        b.steps.map { "\($0.name.rawValue) \($0.status == .succeeded ? seconds($0.durationMs) : $0.status.rawValue)" }.joined(separator: "  ")
+        let steps = b.steps.map { "\($0.name.rawValue) \($0.status == .succeeded ? seconds($0.durationMs) : $0.status.rawValue)" }.joined(separator: "  ")
+        return b.reusedFrom.map { steps + "  (reused \($0))" } ?? steps
     }
 
     static func summary(_ b: Build) -> String {
         var lines = ["build \(b.id)  \(b.project)  \(b.status.rawValue.uppercased())"]
         lines.append("  ref \(b.ref)  commit \(b.commit.map { String($0.prefix(12)) } ?? "-")  tag \(b.tag ?? "-")  mvncache \(b.mvncache ? "on" : "off")  agent \(b.agent ?? "-")  attempt \(b.attempt)")
         for s in b.steps {
-            lines.append("  \(s.name.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)) \(s.status.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(seconds(s.durationMs))\(s.error.map { "  \($0)" } ?? "")")
+            lines.append("  \(s.name.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)) \(s.status.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(seconds(s.durationMs))\(s.error.map { "  \($0)" } ?? "")\(s.note.map { "  \($0)" } ?? "")")
         }
+        if let from = b.reusedFrom { lines.append("  reused   the image of build \(from) (same inputs; nothing compiled)") }
         if let d = b.durationMs { lines.append("  total    \(seconds(d))") }
         if let image = b.image { lines.append("  image    \(image)") }
         if let digest = b.digest { lines.append("  digest   \(digest)") }

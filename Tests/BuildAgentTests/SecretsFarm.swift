@@ -74,10 +74,13 @@ struct SecretsFarm: Sendable {
     }
 
     func configuration() -> AgentConfiguration {
-        AgentConfiguration(id: Self.agentID, dataDir: dataDir, etcdEndpoint: etcdEndpoint, dockerSocket: podman.socketPath,
-                           registry: farmRegistry.address, registryInsecure: true, compileNetwork: .none,
-                           allowFileRepos: [git.dir.url], imagePidsCgroup: false,
-                           timeouts: StepTimeouts(fetch: .seconds(60), compile: .seconds(120), image: .seconds(180), push: .seconds(120)))
+        var c = AgentConfiguration(id: Self.agentID, dataDir: dataDir, etcdEndpoint: etcdEndpoint, dockerSocket: podman.socketPath,
+                                   registry: farmRegistry.address, registryInsecure: true, compileNetwork: .none,
+                                   allowFileRepos: [git.dir.url], imagePidsCgroup: false,
+                                   timeouts: StepTimeouts(fetch: .seconds(60), compile: .seconds(120), image: .seconds(180), push: .seconds(120)))
+        // These tests build one commit again with other secrets or disks: every build is real.
+        c.reuseBuilds = false
+        return c
     }
 
     func runner(_ source: (any BuildSecretsSource)?) -> BuildRunner {

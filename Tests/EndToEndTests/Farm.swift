@@ -64,6 +64,9 @@ final class Farm: Sendable {
         // These tests read what the Dockerfiles' RUN steps print, and the podman root is reused
         // across runs: no layers kept from an earlier run (kept images: AgentDiskTests).
         configuration.keepImages = 0
+        // The suites build one commit again on purpose (caches, compiles, fetches), which a reuse
+        // would skip: the harness's agents build for real; ReuseEndToEndTests turns reuse on.
+        configuration.reuseBuilds = false
         configuration.registryCredentials = registryAuth.machines[id]
         // Each build's secrets from the farm's scheduler, as `kiln up`'s agents get them.
         configuration.schedulers = [api]

@@ -12,6 +12,7 @@ struct EtcdAccessTests {
             .init(.readWrite, "/kiln/builds/", prefix: true),
             .init(.write, "/kiln/logs/", prefix: true),
             .init(.write, "/kiln/index/pipelines/", prefix: true),
+            .init(.readWrite, "/kiln/index/reuse/", prefix: true),
         ])
         // Nothing that lets it steer the farm: no projects, queue, leader, cells, apps, /slb/,
         // nor the indexes webhooks and listings trust (builds by project, projects by repository).

@@ -16,14 +16,18 @@ public struct BuildRequest: Codable, Sendable {
     public var trigger: String?
     /// Higher goes first (default 0); within one priority, projects take turns.
     public var priority: Int?
+    /// Build for real even when an earlier successful build had the same inputs (docs/reuse.md).
+    public var rebuild: Bool?
 
-    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil, priority: Int? = nil) {
+    public init(ref: String? = nil, commit: String? = nil, tag: String? = nil, mvncache: Bool? = nil, trigger: String? = nil, priority: Int? = nil,
+                rebuild: Bool? = nil) {
         self.ref = ref
         self.commit = commit
         self.tag = tag
         self.mvncache = mvncache
         self.trigger = trigger
         self.priority = priority
+        self.rebuild = rebuild
     }
 
     /// The priorities a request may ask for.

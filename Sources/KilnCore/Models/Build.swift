@@ -24,6 +24,9 @@ public struct BuildStep: Codable, Sendable, Equatable {
     public var finishedAt: Date?
     public var durationMs: Int?
     public var error: String?
+    /// Why a step was skipped, or what it did instead of its usual work (a reused build's
+    /// compile and image: `reused the image of build …`; its push: the tag moved in the registry).
+    public var note: String?
 
     public init(name: StepName, status: StepStatus = .pending, startedAt: Date? = nil, finishedAt: Date? = nil, durationMs: Int? = nil, error: String? = nil) {
         self.name = name
@@ -85,6 +88,16 @@ public struct Build: Codable, Sendable, Equatable {
     /// first, bounded (``RepositoryRefs``); nil when the agent did not publish them with this
     /// build (they had not changed). Written by the agent: a suggestion for the build form only.
     public var repositoryRefs: [String]?
+    /// Asked to build for real even when an earlier build had the same inputs (`kiln build
+    /// --rebuild`, `"rebuild": true`). Nil: reuse is allowed (docs/reuse.md).
+    public var rebuild: Bool?
+    /// What this build's image is made of, read by the agent before compiling, with the key
+    /// builds of the same inputs share (``BuildInputs``). Nil: not read (an older agent, or an
+    /// input could not be read, such as a build image the engine does not hold).
+    public var inputs: BuildInputs?
+    /// The build whose image this one reused instead of compiling: the registry got this
+    /// build's tag for that build's manifest (same digest). Nil: a real build.
+    public var reusedFrom: String?
 
     public init(id: String, project: String, ref: String, commit: String? = nil, tag: String? = nil, mvncache: Bool = true, createdAt: Date = Date(), trigger: String? = nil) {
         self.id = id

@@ -57,6 +57,9 @@ public struct Project: Codable, Sendable, Equatable {
     /// `mvncache` is on (docs/agents.md, "Caches"). Nil: `["/root/.m2"]` (``effectiveCaches``);
     /// empty: none.
     public var caches: [String]?
+    /// Whether a build whose inputs equal an earlier successful build's reuses that build's
+    /// image instead of compiling (docs/reuse.md). Nil: yes; false: every build is a real one.
+    public var reuseBuilds: Bool?
     public var createdAt: Date?
 
     public init(
@@ -85,7 +88,7 @@ public struct Project: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, retention, caches, createdAt
+        case name, repository, buildImage, buildCommand, dockerfile, context, defaultBranch, labels, supersede, maxConcurrent, branches, webhookSecret, pipeline, protectedRefs, limits, group, pushTo, retention, caches, reuseBuilds, createdAt
     }
 
     public init(from decoder: Decoder) throws {
@@ -109,6 +112,7 @@ public struct Project: Codable, Sendable, Equatable {
         pushTo = try c.decodeIfPresent([String].self, forKey: .pushTo)
         retention = try c.decodeIfPresent(BuildRetention.self, forKey: .retention)
         caches = try c.decodeIfPresent([String].self, forKey: .caches)
+        reuseBuilds = try c.decodeIfPresent(Bool.self, forKey: .reuseBuilds)
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt)
     }
 

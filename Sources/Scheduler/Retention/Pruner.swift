@@ -242,13 +242,17 @@ public struct Pruner: Sendable {
         let key = keys.build(id)
         let guardRecord: Compare = modRevision == 0 ? .createRevision(key, .equal, 0) : .modRevision(key, .equal, modRevision)
         let r = try await etcd.txn(Txn(compare: fence + [guardRecord], success: [
-            .delete(key), .delete(keys.buildIndexEntry(project: project, build: id)),
+            .get(key), .delete(key), .delete(keys.buildIndexEntry(project: project, build: id)),
             .delete(keys.pipelineIndexEntry(build: id)), .deletePrefix(keys.logs(of: id)),
         ], failure: [.get(key)]))
         guard r.succeeded else {
             // The record as read still there: it was the term's fence that failed.
             if (r.responses.first?.kvs.first?.modRevision ?? 0) == modRevision { throw TermEnded() }
             return .changed
+        }
+        // The record as it was deleted: its entry in the reuse index goes too (Pruner+Reuse.swift).
+        if let kv = r.responses.first?.kvs.first, let record = try? KilnJSON.decode(Build.self, from: kv.value) {
+            await dropReuseEntry(of: record)
         }
         return .deleted(archived: await deleteArchive(of: id))
     }

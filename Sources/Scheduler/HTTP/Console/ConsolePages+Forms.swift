@@ -81,6 +81,7 @@ extension ConsolePages {
             \(field("caches", "Caches", help: "Folders the build caches into, as container paths, one a line: each is mounted from the project's cache on the agent when a build uses its caches (protected refs get their own). Empty: <code>/root/.m2</code> (Maven's); <code>none</code>: no cache.", area: 3, placeholder: "/root/.m2\n/root/.gradle"))
             <div class="field"><label for="f-supersede">A newer build of a branch cancels its older</label><select id="f-supersede" name="supersede">\(supersede)</select>\(errorNotes(problems.of("supersede"), id: "supersede"))<small></small></div>
             \(field("maxConcurrent", "At most this many builds at once", help: "Empty: no limit of its own (the agents' capacity still applies)."))
+            <label class="check"><input type="checkbox" name="reuseBuilds" id="f-reuseBuilds"\(checked("reuseBuilds"))> Reuse builds: a build whose inputs equal an earlier successful build's takes its image instead of compiling</label>
             </fieldset>
             <fieldset><legend>Limits and retention</legend>
             \(field("limitsMemory", "Memory", placeholder: "4g", problemField: "limits"))\(field("limitsCpus", "CPUs", placeholder: "2", problemField: "limits"))\(field("limitsPids", "Processes", placeholder: "4096", problemField: "limits"))
@@ -119,6 +120,7 @@ extension ConsolePages {
         let options = refs.map { r -> HTML in "<option value=\"\(r)\">" }.joined()
         let message: HTML = form.message.map { m -> HTML in "<p class=\"error\" id=\"build-error\">\(m)</p>" } ?? ""
         let mvncache: HTML = form["mvncache"] == "on" ? " checked" : ""
+        let rebuild: HTML = form["rebuild"] == "on" ? " checked" : ""
         return """
             <h2>Start a build</h2>
             \(message)
@@ -128,6 +130,7 @@ extension ConsolePages {
             \(input("tag", "Image tag", placeholder: "the commit's short id"))
             \(input("priority", "Priority", placeholder: "0"))
             <label class="check"><input type="checkbox" name="mvncache" id="b-mvncache"\(mvncache)> Use the project's caches</label>
+            <label class="check"><input type="checkbox" name="rebuild" id="b-rebuild"\(rebuild)> Build for real, even when an earlier build had the same inputs</label>
             <p><button type="submit">Start build</button></p>
             </form>
             """

@@ -129,13 +129,20 @@ enum ConsolePages {
         ]
         if let d = b.durationMs { fields.append(("duration", seconds(d))) }
         if let w = b.waiting, b.status == .queued { fields.append(("waiting", w)) }
+        if b.rebuild == true { fields.append(("rebuild", "asked for: no reuse")) }
+        if let key = b.inputs?.key { fields.append(("inputs", key)) }
         let error: HTML = b.error.map { e -> HTML in "<p class=\"error\" id=\"error\">\(e)</p>" } ?? ""
+        // docs/reuse.md: which build's image this one took instead of compiling.
+        let reused: HTML = b.reusedFrom.map { from -> HTML in
+            "<p id=\"reused\">Reused the image of build <a href=\"/ui/builds/\(from)\">\(from)</a> (same inputs; nothing compiled).</p>"
+        } ?? ""
         let pipeline: HTML = b.deploy.map(pipelineRun) ?? ""
         let cancel: HTML = canceller.map { buildButtons(b, csrf: $0.csrf) } ?? ""
         return """
             <div id="summary" data-status="\(b.status.rawValue)">
             <p>\(badge(b.status)) \(cancel)</p>
             \(error)
+            \(reused)
             \(definitions(fields))
             <h2>Steps</h2>
             \(stepBar(b.steps, now: now))

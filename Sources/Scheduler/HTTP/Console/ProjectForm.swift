@@ -18,11 +18,11 @@ struct ProjectForm: Sendable, Equatable {
     static let names: Set<String> = [
         "name", "repository", "buildImage", "buildCommand", "dockerfile", "context", "defaultBranch", "branches", "protectedRefs",
         "caches", "labels", "supersede", "maxConcurrent", "group", "pushTo", "limitsMemory", "limitsCpus", "limitsPids", "keepBuilds", "keepDays",
-        "webhookSecret", "generateWebhookSecret", "removeWebhookSecret", "pipeline",
+        "webhookSecret", "generateWebhookSecret", "removeWebhookSecret", "pipeline", "reuseBuilds",
     ]
 
     /// An empty form for a new project, with the model's defaults filled in.
-    static let blank = ProjectForm(values: ["dockerfile": "Dockerfile", "context": ".", "defaultBranch": "main"])
+    static let blank = ProjectForm(values: ["dockerfile": "Dockerfile", "context": ".", "defaultBranch": "main", "reuseBuilds": "on"])
 
     init(values: [String: String]) {
         self.values = values
@@ -46,6 +46,7 @@ struct ProjectForm: Sendable, Equatable {
         v["pushTo"] = p.pushTo?.joined(separator: "\n")
         v["caches"] = p.caches.map { $0.isEmpty ? "none" : $0.joined(separator: "\n") }
         v["maxConcurrent"] = p.maxConcurrent.map(String.init)
+        v["reuseBuilds"] = p.reuseBuilds == false ? nil : "on"
         v["group"] = p.group
         v["limitsMemory"] = p.limits?.memoryBytes.map(Self.size)
         v["limitsCpus"] = p.limits?.cpus.map { $0 == $0.rounded() ? String(Int($0)) : String($0) }
@@ -102,6 +103,8 @@ struct ProjectForm: Sendable, Equatable {
         p.caches = text("caches") == "none" ? [] : list("caches")
         p.group = optional("group")
         p.maxConcurrent = number("maxConcurrent", "maxConcurrent", "maxConcurrent", as: Int.self)
+        // An unticked box sends nothing: off. Ticked: the default (nil), as the API leaves it.
+        p.reuseBuilds = self["reuseBuilds"] == "on" ? nil : false
         switch text("supersede") {
         case "": p.supersede = nil
         case let mode:
@@ -163,7 +166,7 @@ struct BuildForm: Sendable, Equatable {
     /// Why the scheduler refused it (not one field's problem).
     var message: String?
 
-    static let names: Set<String> = ["ref", "commit", "tag", "mvncache", "priority"]
+    static let names: Set<String> = ["ref", "commit", "tag", "mvncache", "priority", "rebuild"]
 
     /// The form as the project's page first shows it: its default branch, the Maven cache on.
     init(_ project: Project) {
@@ -191,7 +194,7 @@ struct BuildForm: Sendable, Equatable {
             if priority == nil { problems.append(FieldProblem(field: "priority", message: "priority '\(Validation.printable(String(p.prefix(40))))' is not a number: use -1000 to 1000 (higher goes first), or leave it empty")) }
         }
         let request = BuildRequest(ref: optional("ref"), commit: optional("commit"), tag: optional("tag"), mvncache: self["mvncache"] == "on",
-                                   trigger: "console", priority: priority)
+                                   trigger: "console", priority: priority, rebuild: self["rebuild"] == "on" ? true : nil)
         return (request, problems + request.problems())
     }
 
@@ -205,10 +208,12 @@ struct BuildForm: Sendable, Equatable {
             .filter { !$0.contains("*") && seen.insert($0).inserted }
     }
 
-    /// A new build of the same ref and options as `b`: its tag, Maven cache and priority, and
-    /// its commit only if a person's request pinned it (else the ref's newest commit).
+    /// A new build of the same ref and options as `b`: its tag, Maven cache, priority and
+    /// rebuild flag, and its commit only if a person's request pinned it (else the ref's newest
+    /// commit). Like any build it reuses an earlier one with the same inputs unless `b` asked
+    /// for a real build (the build form's box does that; docs/reuse.md).
     static func rebuild(of b: Build) -> BuildRequest {
         BuildRequest(ref: b.ref, commit: b.commitPinnedByRequest == true ? b.commit : nil, tag: b.tag, mvncache: b.mvncache,
-                     trigger: "rebuild of \(b.id)", priority: b.priority)
+                     trigger: "rebuild of \(b.id)", priority: b.priority, rebuild: b.rebuild)
     }
 }
