@@ -60,6 +60,8 @@ let package = Package(
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                // A retagged manifest's bytes hashed against its digest (DockerClient+Retag.swift).
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // Docker's registry token specification: ES256 JWTs signed by the scheduler (the token

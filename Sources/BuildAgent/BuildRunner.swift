@@ -270,6 +270,8 @@ struct BuildRunner: TaskRunner {
         }
         // Every step succeeded: the compile step's cache changes join the project's caches.
         await keepCacheChanges(cacheChanges, reporter: reporter)
+        // Recorded for reuse only if the inputs it was keyed by are still the ones it built from.
+        await confirmInputs(task: task, build: &build, workspace: workspace, secrets: secrets, reporter: reporter)
         // A few stay under a name no build can reach, for their layers (`KeptImages`).
         if await disk?.keep(image: reference, project: project.name) == true {
             reporter.log("kept the image in this agent's storage for the layers of the next builds of \(project.name) (at most \(configuration.keepImages))")

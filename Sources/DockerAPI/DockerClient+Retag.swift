@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import NIOCore
 
@@ -57,17 +58,22 @@ extension DockerClient {
             }
         }
 
-        var (got, manifest) = try await send(.get, digest)
-        if got.status.code == 401, let credentials {
-            let header = got.headers.first(name: "Www-Authenticate") ?? ""
+        // Answers a 401's challenge with a token for pull and push (a registry that lets anyone
+        // pull answers the GET without one and asks only at the PUT); false: no way to answer.
+        func authorize(after response: HTTPClientResponse) async throws -> Bool {
+            guard response.status.code == 401, authorization == nil, let credentials else { return false }
+            let header = response.headers.first(name: "Www-Authenticate") ?? ""
             if var bearer = BearerChallenge(header: header) {
                 bearer.scope = "repository:\(repository):pull,push"
                 authorization = "Bearer " + (try await bearer.token(credentials: credentials, httpClient: httpClient, operation: operation))
             } else if header.lowercased().hasPrefix("basic") {
                 authorization = credentials.basicAuthorization
             }
-            if authorization != nil { (got, manifest) = try await send(.get, digest) }
+            return authorization != nil
         }
+
+        var (got, manifest) = try await send(.get, digest)
+        if try await authorize(after: got) { (got, manifest) = try await send(.get, digest) }
         switch got.status.code {
         case 200: break
         case 404: throw DockerError(operation, 404, "the registry has no manifest \(digest) in \(repository)")
@@ -81,8 +87,14 @@ extension DockerClient {
         if let served = got.headers.first(name: "Docker-Content-Digest"), served != digest {
             throw DockerError(operation, 200, "the registry served \(served) for \(digest)")
         }
+        // The bytes themselves must be the manifest the digest names.
+        let hashed = "sha256:" + SHA256.hash(data: Array(manifest.readableBytesView)).map { String(format: "%02x", $0) }.joined()
+        guard hashed == digest else {
+            throw DockerError(operation, 200, "the manifest served for \(digest) hashes to \(hashed)")
+        }
 
-        let (put, putBody) = try await send(.put, tag, body: manifest, contentType: contentType)
+        var (put, putBody) = try await send(.put, tag, body: manifest, contentType: contentType)
+        if try await authorize(after: put) { (put, putBody) = try await send(.put, tag, body: manifest, contentType: contentType) }
         guard put.status.code == 201 || put.status.code == 200 else {
             let text = String(buffer: putBody).prefix(300)
             throw DockerError(operation, Int(put.status.code), put.status.code == 401 || put.status.code == 403

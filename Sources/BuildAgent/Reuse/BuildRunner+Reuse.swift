@@ -113,12 +113,27 @@ extension BuildRunner {
         return true
     }
 
+    /// After a real build's image step: the inputs read again, from the Dockerfile the image
+    /// step used and the engine as it is now. The build's own code ran in between and may have
+    /// rewritten its Dockerfile (another FROM, a COPY --from an image), and a build or base
+    /// image's tag may have moved during the compile: then the image is not the one its key
+    /// describes, and the build is not recorded for reuse (`build.inputs` cleared).
+    func confirmInputs(task: BuildTask, build: inout Build, workspace: URL, secrets: BuildSecrets, reporter: BuildReporter) async {
+        guard let before = build.inputs else { return }
+        let after = await readInputs(task: task, commit: build.commit ?? "", workspace: workspace, secrets: secrets, reporter: reporter)
+        guard after?.key != before.key else { return }
+        build.inputs = nil
+        reporter.log("reuse: the build's inputs changed while it ran (its Dockerfile, or the engine's build or base images); it is not recorded for reuse")
+    }
+
     /// Why an index entry may not be used (nil: it may): its build's record must back it.
     /// `drop`: the entry will never serve (a build whose end is still being written may).
     private func staleness(of entry: ReuseEntry, inputs: BuildInputs, project: Project, build: String) async throws -> (String, drop: Bool)? {
         if entry.build == build { return ("that is this build", true) }
         guard let kv = try await etcd.get(keys.build(entry.build)) else { return ("that build's record is gone (retention)", true) }
-        guard let source = try? KilnJSON.decode(Build.self, from: kv.value) else { return ("that build's record cannot be read", true) }
+        // Reasons of this agent's own (a record of a newer schema it cannot decode, another name
+        // for the registry) keep the entry for the agents it serves.
+        guard let source = try? KilnJSON.decode(Build.self, from: kv.value) else { return ("that build's record cannot be read by this agent", false) }
         if source.project != project.name { return ("that build is of project \(source.project)", true) }
         // The entry is written just before its build's end: not final yet is not stale yet.
         if !source.status.isFinal { return ("that build has not ended yet", false) }
@@ -127,7 +142,7 @@ extension BuildRunner {
         guard let recorded = source.inputs, recorded.key == inputs.key, recorded.protected == entry.protected else { return ("that build's record names other inputs", true) }
         guard source.digest == entry.digest, let image = source.image else { return ("that build's record names another digest", true) }
         guard Build.repository(of: image) == "\(configuration.registry)/\(project.repositoryName)" else {
-            return ("that build's image \(image) is not in this project's repository of this registry", true)
+            return ("that build's image \(image) is not in this project's repository of this agent's registry", false)
         }
         return nil
     }

@@ -208,12 +208,12 @@ struct BuildForm: Sendable, Equatable {
             .filter { !$0.contains("*") && seen.insert($0).inserted }
     }
 
-    /// A new build of the same ref and options as `b`: its tag, Maven cache, priority and
-    /// rebuild flag, and its commit only if a person's request pinned it (else the ref's newest
-    /// commit). Like any build it reuses an earlier one with the same inputs unless `b` asked
-    /// for a real build (the build form's box does that; docs/reuse.md).
+    /// A new build of the same ref and options as `b`: its tag, Maven cache and priority, and
+    /// its commit only if a person's request pinned it (else the ref's newest commit). A real
+    /// build, never a reuse: a person presses "rebuild" to build again (after a secret or the
+    /// caches changed, say), which a reuse of `b`'s own image would not do (docs/reuse.md).
     static func rebuild(of b: Build) -> BuildRequest {
         BuildRequest(ref: b.ref, commit: b.commitPinnedByRequest == true ? b.commit : nil, tag: b.tag, mvncache: b.mvncache,
-                     trigger: "rebuild of \(b.id)", priority: b.priority, rebuild: b.rebuild)
+                     trigger: "rebuild of \(b.id)", priority: b.priority, rebuild: true)
     }
 }
