@@ -337,6 +337,8 @@ public struct DispatchState: Sendable {
         let agents = self.agents
         nextWake = nil
         heldSince = heldSince.filter { queue[$0.key] != nil }
+        // Projects with a build held in this pass, and the hold's limit (see below).
+        var heldThisPass: [String: Double] = [:]
         for item in order {
             guard let queued = queue[item.build] else { continue }
             guard let project = projects[item.project] else {
@@ -362,6 +364,17 @@ public struct DispatchState: Sendable {
                 continue
             }
             if free <= 0 { continue }  // every agent is full; only failures and notes remain
+            if let limit = heldThisPass[project.name] {
+                // An earlier build of its project was held in this pass; loads have only grown
+                // since, so this one could go only to the same agent or nowhere: held alike,
+                // without a walk of the ring (a burst queues thousands of builds of a project).
+                let since = heldSince[item.build] ?? now
+                if now - since < limit {
+                    heldSince[item.build] = since
+                    nextWake = min(nextWake ?? .infinity, since + limit)
+                    continue
+                }
+            }
             guard let agent = ring.pick(project.name, loads: load, c: loadFactor, running: total, warm: warmAgents[project.name] ?? [], eligible: carries),
                   let registration = agents[agent] else {
                 continue  // every agent it may use is at its bound
@@ -375,6 +388,7 @@ public struct DispatchState: Sendable {
                 if now - since < limit {
                     heldSince[item.build] = since
                     nextWake = min(nextWake ?? .infinity, since + limit)
+                    heldThisPass[project.name] = limit
                     continue
                 }
             }
