@@ -55,6 +55,15 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Bounded loads: no agent runs more than ceil(c × average) builds; past it a build walks on along the ring.", valueName: "c"))
     var loadFactor: Double = 1.25
 
+    @Option(name: .long, help: ArgumentHelp("""
+        Delay scheduling: when a build's home agent and every agent holding its project's caches \
+        warm are at their bound, it waits up to this long for one of them before a cold agent \
+        takes it (env KILN_WARM_WAIT; 0: no wait). Builds of other projects are placed meanwhile, \
+        and no agent goes above its bound. Keep it small against a cold build's extra cost (a \
+        full clone and empty dependency caches).
+        """, valueName: "seconds"))
+    var warmWait: Double = Double(env("KILN_WARM_WAIT", "")) ?? Dispatcher.Configuration.defaultWarmWait
+
     @Option(name: .long, help: ArgumentHelp("This scheduler's name in the leader election (env KILN_SCHEDULER_ID; default: host-pid).", valueName: "name"))
     var id: String = env("KILN_SCHEDULER_ID", Dispatcher.defaultID())
 
@@ -227,6 +236,12 @@ struct SchedulerCommand: AsyncParsableCommand {
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, for example 127.0.0.1:7070, not '\(listen)'") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard loadFactor >= 1 else { throw ValidationError("--load-factor must be at least 1 (1.25 is the usual choice)") }
+        if let text = ProcessInfo.processInfo.environment["KILN_WARM_WAIT"], !text.isEmpty, Double(text) == nil {
+            throw ValidationError("KILN_WARM_WAIT must be a number of seconds such as 1 or 0.5, not '\(text)'")
+        }
+        guard warmWait.isFinite, warmWait >= 0, warmWait <= 600 else {
+            throw ValidationError("--warm-wait is seconds from 0 (no wait) to 600, such as \(Dispatcher.Configuration.defaultWarmWait), not \(warmWait)")
+        }
         guard !dataDir.isEmpty, logArchive?.isEmpty != true else { throw ValidationError("--data-dir and --log-archive must name a folder") }
     }
 
@@ -246,7 +261,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         deploy.notifyAllow = try NotifyAllowList(notifyAllow)
         var configuration = SchedulerConfiguration(
             host: hp.host, port: hp.port, etcdEndpoint: etcd.etcd, keyPrefix: etcd.prefix,
-            dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, id: id, leaderTTLSeconds: Int64(leaderTTL)),
+            dispatcher: .init(maxAttempts: maxAttempts, loadFactor: loadFactor, warmWait: warmWait, id: id, leaderTTLSeconds: Int64(leaderTTL)),
             plugins: deploy.plugins)
         // Any scheduler scales (POST /api/v1/apps/{app}/scale), through the same backends.
         configuration.scaler = AppScaler(env: deploy, secrets: sealed)

@@ -38,8 +38,9 @@ struct DispatchStateTests {
     }
 
     /// A state with every prefix read.
-    mutating func state(agents: [KeyValue] = [], queue: [KeyValue] = [], tasks: [KeyValue] = [], projects: [Project] = []) -> DispatchState {
-        var s = DispatchState(keys: keys)
+    mutating func state(agents: [KeyValue] = [], queue: [KeyValue] = [], tasks: [KeyValue] = [], projects: [Project] = [],
+                        warmWait: Double = 0) -> DispatchState {
+        var s = DispatchState(keys: keys, warmWait: warmWait)
         s.reset(.agents, kvs: agents, revision: revision)
         s.reset(.queue, kvs: queue, revision: revision)
         s.reset(.tasks, kvs: tasks, revision: revision)
@@ -285,5 +286,94 @@ struct DispatchStateTests {
         // A build whose tasks' view is current walks on at once.
         var current = state(agents: [agent("a1", capacity: 1), agent("a2", capacity: 1)], queue: [queued("b3", "p")], tasks: [task(home, "b0", p)], projects: [p])
         #expect(assignments(current.decide(now: 0)) == ["b3": other])
+    }
+
+    // MARK: delay scheduling (rule 4a)
+
+    /// Five agents of capacity 2 along the ring from "hot": its home runs two builds of it, a
+    /// later agent is warm for it and runs two builds of another project, and the three cold
+    /// ones run one each, so the bound is 2 (ceil(1.25 × 8 × 2 / 10)): the home and the warm
+    /// agent are at it, the cold ones below.
+    struct Crowd {
+        var order: [String]
+        var home: String { order[0] }
+        var cold: String { order[1] }
+        var warm: String { order[3] }
+        var warmTasks: [KeyValue]
+    }
+
+    mutating func crowd(warmWait: Double, queue: [String]) -> (DispatchState, Crowd) {
+        let hot = project("hot"), other = project("other")
+        let ids = (0..<5).map { "a\($0)" }
+        let order = HashRing(members: ids.map { .init(id: $0, weight: 2) }).preference(for: "hot")
+        var tasks = [task(order[0], "h0", hot), task(order[0], "h1", hot)]
+        let warmTasks = [task(order[3], "o0", other), task(order[3], "o1", other)]
+        tasks += warmTasks
+        for (i, a) in [order[1], order[2], order[4]].enumerated() { tasks.append(task(a, "c\(i)", other)) }
+        let q = queue.enumerated().map { i, b in queued(b, b.hasPrefix("hot") ? "hot" : String(b.prefix(while: { $0 != "." })), at: Double(i)) }
+        let names = Set(queue.map { $0.hasPrefix("hot") ? "hot" : String($0.prefix(while: { $0 != "." })) }).union(["hot", "other"])
+        let s = state(agents: ids.map { agent($0, capacity: 2, warm: $0 == order[3] ? ["hot", "other"] : ["other"]) },
+                      queue: q, tasks: tasks, projects: names.sorted().map { project($0) }, warmWait: warmWait)
+        return (s, Crowd(order: order, warmTasks: warmTasks))
+    }
+
+    @Test mutating func aBuildThatWouldGoColdWaitsForAWarmAgentAndTakesItWhenASlotFrees() {
+        var (s, c) = crowd(warmWait: 1, queue: ["hot.1"])
+        #expect(s.decide(now: 0).isEmpty, "home and warm agent at their bound: it waits rather than go cold")
+        #expect(s.nextWake == 1)
+        #expect(s.decide(now: 0.5).isEmpty)
+        #expect(s.nextWake == 1, "the wait counts from the first pass that held it")
+        // One of the warm agent's builds ends: the waiting build takes its slot, well within the wait.
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: c.warmTasks[0].key, value: [], modRevision: next()))], revision: revision)
+        #expect(assignments(s.decide(now: 0.6)) == ["hot.1": c.warm])
+        #expect(s.nextWake == nil)
+
+        // Its home frees first instead: it goes home.
+        var (h, hc) = crowd(warmWait: 1, queue: ["hot.2"])
+        #expect(h.decide(now: 3).isEmpty)
+        h.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: keys.task(agent: hc.home, build: "h0"), value: [], modRevision: next()))], revision: revision)
+        #expect(assignments(h.decide(now: 3.2)) == ["hot.2": hc.home])
+    }
+
+    @Test mutating func pastTheWaitTheBuildGoesColdUnderTheBound() {
+        var (s, c) = crowd(warmWait: 1, queue: ["hot.1"])
+        #expect(s.decide(now: 10).isEmpty)
+        #expect(s.decide(now: 10.99).isEmpty)
+        let placed = s.decide(now: 11)
+        #expect(assignments(placed) == ["hot.1": c.cold], "the first agent along the ring with room")
+        // The cold agent ran one build: the new one makes two, its bound; none is above it.
+        guard case .assign(let a)? = placed.first else { return }
+        succeed(.assign(a), in: &s)
+        let perAgent = Dictionary(grouping: s.tasks.values, by: \.agent).mapValues(\.count)
+        #expect(perAgent.values.allSatisfy { $0 <= 2 }, "\(perAgent)")
+        #expect(s.nextWake == nil)
+    }
+
+    @Test mutating func aWaitingBuildDoesNotHoldBackLaterBuildsOfOtherProjects() {
+        // A project whose home is one of the cold agents (they have room).
+        let ring = HashRing(members: (0..<5).map { .init(id: "a\($0)", weight: 2) })
+        let order = ring.preference(for: "hot")
+        let cold = [order[1], order[2], order[4]]
+        let name = (0..<200).map { "q\($0)" }.first { cold.contains(ring.home(of: $0)!) }!
+        var (s, c) = crowd(warmWait: 1, queue: ["hot.1", "\(name).1", "hot.2"])
+        // The two builds of "hot" wait, the later build of the other project is placed at once
+        // on its home, a slot "hot.1" could have taken cold.
+        let first = assignments(s.decide(now: 0))
+        #expect(first == ["\(name).1": ring.home(of: name)!])
+        #expect(s.nextWake == 1)
+        // The warm agent frees a slot: the older waiting build takes it.
+        for a in s.decide(now: 0.1) { Issue.record("nothing changed, yet \(a)") }
+        s.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: c.warmTasks[0].key, value: [], modRevision: next()))], revision: revision)
+        #expect(assignments(s.decide(now: 0.2)) == ["hot.1": c.warm])
+    }
+
+    @Test mutating func aWaitOfZeroPlacesTheBuildColdAtOnceAsBefore() {
+        var (s, c) = crowd(warmWait: 0, queue: ["hot.1"])
+        #expect(assignments(s.decide(now: 0)) == ["hot.1": c.cold])
+        #expect(s.nextWake == nil)
+        // And with a wait, a build that can go to a warm agent at once does.
+        var (w, wc) = crowd(warmWait: 5, queue: ["hot.2"])
+        w.apply(.tasks, events: [.init(kind: .delete, kv: KeyValue(key: wc.warmTasks[1].key, value: [], modRevision: next()))], revision: revision)
+        #expect(assignments(w.decide(now: 0)) == ["hot.2": wc.warm])
     }
 }

@@ -20,8 +20,10 @@ extension KilnBench {
                           it, the builds going to them in turn
               throughput  builds assigned per second for a burst, 50 agents, next to etcd's own
                           transaction rate
-              affinity    share of builds run on their project's home agent under ≈ 50 % load,
-                          Zipf(1.1) popularity (target ≥ 90 %)
+              affinity    share of builds run where their project's caches are warm under
+                          ≈ 50 % load, Zipf(1.1) popularity (target ≥ 97 %), the share on the
+                          home agent, where the cold builds come from, the bounded load held
+                          at each start (no agent above ceil(c × average)), and the queue wait
               chaos       agents killed with SIGKILL while building: nothing lost, nothing run
                           twice, kill → requeue p99 ≤ TTL + 2 s
               webhook     GitLab push deliveries: answer time under 50 concurrent ones, and
@@ -56,6 +58,7 @@ extension KilnBench {
         @Option(help: "Affinity: builds.") var affinityBuilds: Int = 2000
         @Option(help: "Affinity: average share of the slots kept busy, which sets the arrival rate.") var affinityLoad: Double = 0.5
         @Option(help: ArgumentHelp("Affinity: the scheduler's bounded-load factor (kiln scheduler --load-factor).", valueName: "c")) var affinityLoadFactor: Double = 1.25
+        @Option(help: ArgumentHelp("Affinity: how long a build that would go cold waits for a warm agent (kiln scheduler --warm-wait; default: the scheduler's).", valueName: "seconds")) var affinityWarmWait: Double?
         @Option(help: "Chaos: builds.") var chaosBuilds: Int = 500
         @Option(help: "Chaos: agents.") var chaosAgents: Int = 12
         @Option(help: "Chaos: lease TTL of the agents, seconds.") var chaosTtl: Int = 3
@@ -77,6 +80,7 @@ extension KilnBench {
             guard !names.isEmpty else { throw ValidationError("--only: name at least one phase") }
             guard floorSamples > 0, latencyBuilds > 0, throughputBuilds > 0, affinityBuilds > 0, chaosBuilds > 0 else { throw ValidationError("counts must be positive") }
             guard latencyAgents > 0, throughputAgents > 0, chaosAgents > 1, clients > 0 else { throw ValidationError("--*-agents and --clients must be positive (chaos needs at least 2 agents)") }
+            guard (affinityWarmWait ?? 0) >= 0 else { throw ValidationError("--affinity-warm-wait is seconds, 0 or more") }
             guard affinityLoad > 0, affinityLoad < 1 else { throw ValidationError("--affinity-load is a share of the slots, between 0 and 1 (0.5 for half)") }
             guard chaosTtl >= 2 else { throw ValidationError("--chaos-ttl must be at least 2 seconds (etcd's shortest useful lease)") }
             guard FileManager.default.isExecutableFile(atPath: kiln) else {
@@ -117,7 +121,7 @@ extension KilnBench {
                 done(try await ThroughputPhase.run(rig: rig, settings: settings))
             }
             if selected.contains(.affinity) {
-                let settings = AffinityPhase.Settings(builds: affinityBuilds, load: affinityLoad, loadFactor: affinityLoadFactor)
+                let settings = AffinityPhase.Settings(builds: affinityBuilds, load: affinityLoad, loadFactor: affinityLoadFactor, warmWait: affinityWarmWait)
                 done(try await AffinityPhase.run(rig: rig, settings: settings))
             }
             if selected.contains(.chaos) {

@@ -23,6 +23,12 @@ import KilnCore
 ///    to the first one along the ring that publishes the project as warm (`AgentDisk.warm`:
 ///    it holds the project's mirror and caches); else to the first one along the ring, cold.
 ///    When no agent has room, it waits; a finishing build or a new agent wakes the next pass.
+/// 4a. Delay scheduling (Zaharia et al., "Delay Scheduling", EuroSys 2010): a build that would
+///    go cold (its home and every agent warm for it are at their bound) waits in the queue up
+///    to `warmWait` seconds for one of them to free a slot, and only then goes cold. A waiting
+///    build holds no slot, so the builds behind it are placed as if it were not there (no
+///    head-of-line blocking), and it is placed only under the same bound (never above it).
+///    `warmWait` 0 places it cold at once.
 /// 5. An agent that refuses new work (`AgentInfo.refusing`: short of disk space) is off the
 ///    ring, as if it had left, so its projects walk on to the next agents and come back when
 ///    it takes work again; but it is live, so its tasks stay with it (rule 1 does not apply).
@@ -136,13 +142,17 @@ public struct DispatchState: Sendable {
     private var heldSince: [String: Double] = [:]
     /// How long a build is held back at most, in seconds.
     public var holdLimit = 0.02
+    /// How long a build that would go cold waits for its home or a warm agent (rule 4a), in
+    /// seconds; 0: it goes cold at once.
+    public var warmWait: Double
     /// When `decide` should run again even if nothing arrives: a held build's time is up.
     public private(set) var nextWake: Double?
 
-    public init(keys: Keys = Keys(), loadFactor: Double = 1.25, virtualNodes: Int = 64) {
+    public init(keys: Keys = Keys(), loadFactor: Double = 1.25, virtualNodes: Int = 64, warmWait: Double = 0) {
         self.keys = keys
         self.loadFactor = loadFactor
         self.virtualNodes = virtualNodes
+        self.warmWait = max(0, warmWait)
     }
 
     public func prefix(_ p: Prefix) -> String {
@@ -285,7 +295,9 @@ public struct DispatchState: Sendable {
     /// prefix has its own watch, so a build queued right after a task ended can arrive before
     /// that task's end. When such a build would walk on past its home because the home looks
     /// full, and the view of the tasks is older than the build's queue entry, it is held up to
-    /// `holdLimit` for the tasks' watch to catch up, rather than leave its cache behind.
+    /// `holdLimit` for the tasks' watch to catch up, rather than leave its cache behind. A build
+    /// that would go cold is held up to `warmWait` (rule 4a). Either hold counts from the first
+    /// pass that held the build; `nextWake` says when the next one runs out.
     public mutating func decide(now: Double = 0) -> [Action] {
         var actions: [Action] = []
 
@@ -325,6 +337,8 @@ public struct DispatchState: Sendable {
         let agents = self.agents
         nextWake = nil
         heldSince = heldSince.filter { queue[$0.key] != nil }
+        // Projects with a build held in this pass, and the hold's limit (see below).
+        var heldThisPass: [String: Double] = [:]
         for item in order {
             guard let queued = queue[item.build] else { continue }
             guard let project = projects[item.project] else {
@@ -350,15 +364,31 @@ public struct DispatchState: Sendable {
                 continue
             }
             if free <= 0 { continue }  // every agent is full; only failures and notes remain
+            if let limit = heldThisPass[project.name] {
+                // An earlier build of its project was held in this pass; loads have only grown
+                // since, so this one could go only to the same agent or nowhere: held alike,
+                // without a walk of the ring (a burst queues thousands of builds of a project).
+                let since = heldSince[item.build] ?? now
+                if now - since < limit {
+                    heldSince[item.build] = since
+                    nextWake = min(nextWake ?? .infinity, since + limit)
+                    continue
+                }
+            }
             guard let agent = ring.pick(project.name, loads: load, c: loadFactor, running: total, warm: warmAgents[project.name] ?? [], eligible: carries),
                   let registration = agents[agent] else {
                 continue  // every agent it may use is at its bound
             }
-            if (seen[.tasks] ?? 0) < queued.modRevision, agent != ring.pick(project.name, accept: carries) {
+            if agent != ring.pick(project.name, accept: carries) {
+                // Past its home: held while the tasks' view may lag (a home slot may be free
+                // already), and, when the agent is cold for it, while a warm slot may free (4a).
+                var limit = (seen[.tasks] ?? 0) < queued.modRevision ? holdLimit : 0
+                if warmWait > 0, warmAgents[project.name]?.contains(agent) != true { limit = max(limit, warmWait) }
                 let since = heldSince[item.build] ?? now
-                if now - since < holdLimit {
+                if now - since < limit {
                     heldSince[item.build] = since
-                    nextWake = min(nextWake ?? .infinity, since + holdLimit)
+                    nextWake = min(nextWake ?? .infinity, since + limit)
+                    heldThisPass[project.name] = limit
                     continue
                 }
             }

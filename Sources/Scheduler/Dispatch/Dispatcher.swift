@@ -25,6 +25,11 @@ public struct Dispatcher: Service {
         public var virtualNodes: Int
         /// `c` of bounded loads: no agent runs more than ceil(c × average) builds.
         public var loadFactor: Double
+        /// Seconds a build that would go cold waits for its home or an agent warm for its
+        /// project to have room (delay scheduling, `DispatchState` rule 4a); 0: no wait. Small
+        /// against what a cold build costs (a full clone and an empty dependency cache: 1.6 s
+        /// more for the demo's Maven compile alone, minutes for a large project).
+        public var warmWait: Double
         /// This scheduler's name in the election.
         public var id: String
         /// Lease TTL of the leader key: a dead leader is replaced within it.
@@ -36,12 +41,17 @@ public struct Dispatcher: Service {
         /// before the leader requeues or fails it (`OwnerlessBuilds`).
         public var ownerlessGrace: Duration
 
+        /// The default of `warmWait`, in seconds.
+        public static let defaultWarmWait = 1.0
+
         public init(maxAttempts: Int = 3, virtualNodes: Int = 64, loadFactor: Double = 1.25,
+                    warmWait: Double = Configuration.defaultWarmWait,
                     id: String = Dispatcher.defaultID(), leaderTTLSeconds: Int64 = 10,
                     sweepInterval: Duration = .seconds(60), ownerlessGrace: Duration = .seconds(60)) {
             self.maxAttempts = maxAttempts
             self.virtualNodes = virtualNodes
             self.loadFactor = loadFactor
+            self.warmWait = warmWait
             self.id = id
             self.leaderTTLSeconds = leaderTTLSeconds
             self.sweepInterval = sweepInterval
@@ -118,7 +128,8 @@ public struct Dispatcher: Service {
     /// Dispatches until the term ends or the task is cancelled.
     func lead(_ term: LeaderElection.Term) async {
         let inbox = Inbox<Input>()
-        var state = DispatchState(keys: keys, loadFactor: configuration.loadFactor, virtualNodes: configuration.virtualNodes)
+        var state = DispatchState(keys: keys, loadFactor: configuration.loadFactor, virtualNodes: configuration.virtualNodes,
+                                  warmWait: configuration.warmWait)
         let fence = [election.fence(term)]
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -170,7 +181,8 @@ public struct Dispatcher: Service {
                     }
                 }
                 if let wake = state.nextWake, wake < (wakeAt ?? .infinity) {
-                    // A held build's time runs out then: decide again even if nothing arrives.
+                    // A held build's time runs out then (a lagging view, or a wait for a warm
+                    // agent): decide again even if nothing arrives.
                     wakeAt = wake
                     group.addTask {
                         try? await Task.sleep(until: start + .milliseconds(Int64((wake * 1000).rounded(.up)) + 1), clock: clock)
