@@ -169,5 +169,36 @@ struct CachesEndToEndTests {
             #expect(!FileManager.default.fileExists(atPath: state.path), "the layers' state stayed after both builds ended")
         }
     }
+
+    @Test("--cache-writes direct: builds write the caches in place, a second build of the project waits for the first, and a failed build's writes stay")
+    func directWrites() async throws {
+        try await withFarm(configure: { farm, id in
+            var c = farm.agentConfiguration(id)
+            c.cacheWrites = .direct
+            return c
+        }) { farm in
+            try farm.infra.podman.ensureBusyboxImage(Self.busybox)
+            _ = try DemoRepository.publish(source: DemoRepository.locateFixtures()!.appendingPathComponent("demo"),
+                                           bareRepository: farm.infra.gitRoot.appendingPathComponent("direct.git"), branch: "main") { dir in
+                try "FROM \(Self.busybox)\nCOPY Dockerfile /built-from\n".write(to: dir.appendingPathComponent("Dockerfile"), atomically: true, encoding: .utf8)
+            }
+            let command = #"echo "$KILN_BUILD" >> /root/.m2/seen; sleep 2; if [ -f /root/.m2/fail ]; then exit 3; fi"#
+            let p = Project(name: "direct", repository: farm.infra.repositoryURL("direct"), buildImage: Self.busybox, buildCommand: command)
+            #expect(try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(p)).status == 201)
+            let a = try await farm.startBuild("direct", BuildRequest(ref: "main", tag: "a", mvncache: true))
+            let b = try await farm.startBuild("direct", BuildRequest(ref: "main", tag: "b", mvncache: true))
+            let (doneA, doneB) = (try await farm.finished(a.id, timeout: .seconds(180)), try await farm.finished(b.id, timeout: .seconds(180)))
+            let logs = [try await farm.log(a.id), try await farm.log(b.id)]
+            #expect(doneA.status == .succeeded && doneB.status == .succeeded, "\(logs)")
+            #expect(logs.filter { $0.contains("waiting for the caches of direct") }.count == 1, "\(logs)")
+            #expect(!logs.contains { $0.contains("kept only if it succeeds") })
+            let cache = farm.dataDir.appendingPathComponent("agents/agent-1/mvncache/protected/direct")
+            try "".write(to: cache.appendingPathComponent("fail"), atomically: true, encoding: .utf8)
+            let failed = try await farm.finished(try await farm.startBuild("direct", BuildRequest(ref: "main", tag: "c", mvncache: true)).id, timeout: .seconds(180))
+            #expect(failed.status == .failed)
+            let seen = try String(contentsOf: cache.appendingPathComponent("seen"), encoding: .utf8)
+            #expect(seen.contains(failed.id), "in place, a failed build's write stays: \(seen)")
+        }
+    }
 }
 }

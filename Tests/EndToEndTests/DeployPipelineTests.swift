@@ -139,12 +139,14 @@ extension EndToEndTests {
                 let v4 = try #require(app.app.live)
                 let victim = v4.instances[0], survivor = v4.instances[1]
                 try farm.cellsPodman(["stop", "-t", "1", victim.id])
-                try await farm.waitForDomain(Self.group, Self.domain) { $0.servers.map(\.address) == [survivor.address] }
+                try await farm.waitForDomain(Self.group, Self.domain, timeout: .seconds(60)) { $0.servers.map(\.address) == [survivor.address] }
                 #expect(try await page().contains("kiln-demo version 1.0.0"))
                 app = try await farm.appStatus()
                 #expect(app.app.live?.instances.first { $0.id == victim.id }?.healthy == false)
                 try farm.cellsPodman(["start", victim.id])
-                try await farm.waitForDomain(Self.group, Self.domain) { Set($0.servers.map(\.address)) == Set(v4.instances.map(\.address)) }
+                // The demo's JVM starts again and passes its health check: 20-40 s on 2 cores
+                // under a full run's load (30 s was not enough once).
+                try await farm.waitForDomain(Self.group, Self.domain, timeout: .seconds(120)) { Set($0.servers.map(\.address)) == Set(v4.instances.map(\.address)) }
                 #expect(try await farm.appStatus().app.live?.instances.allSatisfy { $0.healthy } == true)
                 // Both changes are in the app's events (its console page shows them), by discovery.
                 try await waitUntil(farm.etcd, prefix: farm.keys.activity(.app, "demo")) { kvs in kvs.contains { $0.string.contains("\(victim.name) healthy again") } }

@@ -6,10 +6,11 @@ import LocalFarm
 import Testing
 
 // An agent killed with SIGKILL in the middle of a compile leaves its container running, with
-// the project's Maven cache mounted. The agent started again with the same id must remove
-// it before it builds anything, so that no two containers use one cache at once. The agents
-// here are real `kiln agent` processes (the one beside this test bundle), so they can die
-// like one does in production.
+// the project's caches mounted (an overlay whose upper layer is the build's: CacheLayers). The
+// agent started again with the same id must remove it before it builds anything, and drop
+// that build's layer (it did not succeed), so that nothing of the dead attempt reaches the
+// caches. The agents here are real `kiln agent` processes (the one beside this test bundle), so
+// they can die like one does in production.
 extension EndToEndTests {
     @Test("kill -9 during a compile: the restarted agent removes the orphan before its next build uses the cache")
     func orphanRemovedBeforeTheCacheIsUsedAgain() async throws {
@@ -18,7 +19,11 @@ extension EndToEndTests {
         try await withFarm(agents: []) { farm in
             let id = "agent-orphan"
             let dataDir = farm.dataDir.appendingPathComponent("agents/\(id)")
-            let cache = dataDir.appendingPathComponent("mvncache/protected/orphan")  // main is the default branch: the protected cache
+            // main is the default branch: the protected caches; each attempt writes into its own layer.
+            let cache = dataDir.appendingPathComponent("mvncache/protected/orphan")
+            func layer(_ attempt: Int, _ build: String) -> URL {
+                dataDir.appendingPathComponent("mvncache/.layers/protected/orphan/builds/\(build)-\(attempt)/upper")
+            }
             let etcdCredentials = try await farm.infra.etcdUsers.ensure(.agent(id))
             func startAgent(_ run: Int) throws -> ManagedProcess {
                 try ManagedProcess(
@@ -42,7 +47,7 @@ extension EndToEndTests {
             try #require(!orphan.isEmpty, "the compile container is not running")
             // Should this test fail, the orphan must not outlive it in the shared podman storage.
             defer { _ = try? farm.podman(["rm", "-f", "-t", "0", orphan]) }
-            let orphanBeat = try await waitForBeat(in: cache, excluding: [], agent: first, farm: farm, build: b.id)
+            let orphanBeat = try await waitForBeat(in: layer(1, b.id), excluding: [], agent: first, farm: farm, build: b.id)
 
             first.killNow()
             // The container outlives its agent and goes on writing the cache.
@@ -54,10 +59,13 @@ extension EndToEndTests {
             let second = try startAgent(2)
             defer { second.stop() }
             // The new attempt's container beats: by then the orphan must be gone, and its beat still.
-            let newBeat = try await waitForBeat(in: cache, excluding: [orphanBeat.lastPathComponent], agent: second, farm: farm, build: b.id)
+            let newBeat = try await waitForBeat(in: layer(2, b.id), excluding: [orphanBeat.lastPathComponent], agent: second, farm: farm, build: b.id)
             #expect(try farm.podman(["ps", "-a", "-q", "--no-trunc", "--filter", "id=\(orphan)"]).trimmingCharacters(in: .whitespacesAndNewlines).isEmpty,
                     "the orphan container still exists while a new build uses the cache")
-            #expect(try await !isBeating(orphanBeat), "the orphan still writes the cache")
+            // The dead attempt's layer is gone with what it wrote; nothing of it reached the caches.
+            #expect(!FileManager.default.fileExists(atPath: layer(1, b.id).path), "the dead attempt's cache layer is still there")
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: cache.path)) ?? []).allSatisfy { !$0.hasPrefix("beat-") },
+                    "the dead attempt's writes reached the caches")
             #expect(try await isBeating(newBeat))
             #expect(second.logTail(lines: 200).contains("removed a container an earlier run of this agent left"), "\(second.logTail())")
             let running = try await farm.build(b.id)

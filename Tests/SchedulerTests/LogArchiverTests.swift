@@ -266,7 +266,8 @@ struct LogArchiverTests {
 
     @Test("a reader between the mark and the last deletes sees every line once; the next pass deletes the rest")
     func partlyDeleted() async throws {
-        try await withEtcd { _, etcd in
+        // About 360 writes one after another: a loaded full run took more than 60 s for them.
+        try await withEtcd(timeout: .seconds(180)) { _, etcd in
             let s = try Setup(etcd)
             var b = Self.build(.failed)
             let chunks = Self.attempt(250)
