@@ -25,7 +25,8 @@
 #      for "Kiln is running". Registers the project demo through POST /api/v1/projects
 #      (repository = the farm's git server). Warms up: one Kiln build with --mvncache and one
 #      by-hand run with the by-hand Maven cache.
-#   2. N times: (a) `kiln build demo --ref main --tag kiln-I --mvncache --follow`, timed by the
+#   2. N times: (a) `kiln build demo --ref main --tag kiln-I --mvncache --rebuild --follow` (a real
+#      build: the same commit again would otherwise reuse the first one's image), timed by the
 #      wall clock of the command, with Kiln's own step durations from `kiln builds ID --json`;
 #      (b) by hand against the same podman storage (DIR/podman/*.conf), the same Maven mirror
 #      settings (the home agent's maven-settings.xml), a warm by-hand Maven cache, and the
@@ -273,7 +274,7 @@ kiln_build() {
     local label=$1 tag=$2 cacheflag=$3 out=$TMP/kiln-$2.log t0 t1 cpu0 cpu1 id
     cpu0=$(podman_cpu_ms)
     t0=$(now_ms)
-    if ! "$KILN" build demo --ref main --tag "$tag" "$cacheflag" --follow --api "$API" >"$out" 2>&1; then
+    if ! "$KILN" build demo --ref main --tag "$tag" "$cacheflag" --rebuild --follow --api "$API" >"$out" 2>&1; then
         tail -n 40 "$out" >&2
         die "kiln build (tag $tag) failed; its output is above"
     fi

@@ -16,11 +16,11 @@
 #                     farms and runs: the agents' mirrors and Maven caches stay warm.
 #   --kiln PATH       The kiln binary (default: .build/debug/kiln of this repository).
 #   --port-base P     The farm's ports are P (etcd), P+10 (peer), P+20 (registry), P+30 (API),
-#                     P+40 (Maven mirror), P+50 (git) (default 53790).
+#                     P+40 (Maven mirror), P+50 (git) (default 31790: below the machine's ephemeral ports, which a client may take between the check and the start).
 #   --results-dir DIR Where the markdown goes (default Benchmarks/results).
 #
 # Each farm: `KILN_CACHE_WRITES=MODE kiln up --no-demo` (the agents read the variable), the
-# project demo registered, one warm-up build, then N builds `kiln build demo --mvncache
+# project demo registered, one warm-up build, then N builds `kiln build demo --mvncache --rebuild
 # --follow`, each timed by the wall clock of the command and by its compile step's duration
 # (`kiln builds ID --json`). The table gives the medians per mode and their difference. The
 # load average is recorded before each farm: the machine has 2 cores and other work may run.
@@ -32,7 +32,7 @@ RUNS=5
 ROUNDS=2
 DATA=/var/tmp/kiln-bench-cache
 KILN=$repo/.build/debug/kiln
-BASE=53790
+BASE=31790
 RESULTS_DIR=$here/results
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -120,7 +120,7 @@ farm() {
     for (( i = 0; i <= RUNS; i++ )); do
         local tag=cw-$mode-$round-$i out=$TMP/build.log t0 t1 id
         t0=$(now_ms)
-        "$KILN" build demo --ref main --tag "$tag" --mvncache --follow --api "$API" >"$out" 2>&1 || { tail -n 40 "$out" >&2; die "kiln build (tag $tag) failed"; }
+        "$KILN" build demo --ref main --tag "$tag" --mvncache --rebuild --follow --api "$API" >"$out" 2>&1 || { tail -n 40 "$out" >&2; die "kiln build (tag $tag) failed"; }
         t1=$(now_ms)
         id=$(sed -n 's/^kiln: build \([^ ]*\) of demo.*/\1/p' "$out" | head -n 1)
         [[ -n $id ]] || die "no build id in the output of kiln build (tag $tag)"
