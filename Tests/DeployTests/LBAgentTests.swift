@@ -142,6 +142,10 @@ struct LBAgentTests {
             try await farm.etcd.put(farm.keys.agent(group: farm.group, "stuck"),
                                     try KilnJSON.encode(SLBAgentReport(id: "stuck", appliedRevision: 1, listen: "127.0.0.1:1")), lease: lease)
             let revision = try await farm.put("demo.localhost", [b1])
+            // a1 applies it (under a full run's load that took more than the 1 s below once).
+            try await waitUntil(farm.etcd, prefix: farm.keys.agent(group: farm.group, "a1"), timeout: .seconds(60)) { kvs in
+                kvs.contains { ((try? KilnJSON.decode(SLBAgentReport.self, from: $0.value))?.appliedRevision ?? 0) >= revision }
+            }
             let clock = ContinuousClock(), start = clock.now
             let lagging = await #expect(throws: KilnError.self) {
                 try await LBAgents.waitApplied(etcd: farm.etcd, keys: farm.keys, group: farm.group, revision: revision, timeout: .seconds(1))
