@@ -362,11 +362,20 @@ actor CacheLayers {
             let work = root.appendingPathComponent("work"), merged = root.appendingPathComponent("merged")
             for d in [lower, upper, work, merged] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
             try Data("kept\n".utf8).write(to: lower.appendingPathComponent("a"))
+            try FileManager.default.createDirectory(at: lower.appendingPathComponent("d"), withIntermediateDirectories: true)
+            try Data("old\n".utf8).write(to: lower.appendingPathComponent("d/x"))
             try mountOverlay(lowers: [lower.path], upper: upper, work: work, at: merged)
+            // A deleted file (a whiteout) and a folder deleted and made again (opaque: a trusted
+            // xattr, which the filesystem must keep), as builds leave them and `apply` reads them.
             try FileManager.default.removeItem(at: merged.appendingPathComponent("a"))
+            try FileManager.default.removeItem(at: merged.appendingPathComponent("d"))
+            try FileManager.default.createDirectory(at: merged.appendingPathComponent("d"), withIntermediateDirectories: false)
             unmount(merged)
             guard lstatType(upper.appendingPathComponent("a")) == .whiteout, FileManager.default.fileExists(atPath: lower.appendingPathComponent("a").path) else {
                 return "an overlay in \(dir.path) did not leave a whiteout in its upper folder"
+            }
+            guard isOpaque(upper.appendingPathComponent("d")) else {
+                return "an overlay in \(dir.path) did not mark a folder made again as opaque (the filesystem keeps no trusted.* extended attributes)"
             }
             return nil
         } catch let e as KilnError {
