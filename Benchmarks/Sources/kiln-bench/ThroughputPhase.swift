@@ -51,6 +51,14 @@ enum ThroughputPhase {
         // 2. The dispatcher alone: a queue filled while no agent is up, drained once they are.
         say("  draining: agents stopped, \(s.builds) builds queued, then \(s.agents) fresh agents started")
         try await farm.processes.stopAgents()
+        // The fresh agents' etcd users are made before the clock starts: making a user (or a
+        // role) changes etcd's auth revision, which makes every client's token stale at once,
+        // so 50 made during the drain measured etcd's re-authentications (24 assignments/s,
+        // 90 s for the agents to start), not the dispatcher.
+        let fresh = (1...s.agents).map { "drain-\($0)" }
+        if let users = farm.processes.etcdUsers {
+            for id in fresh { _ = try await users.ensure(.agent(id)) }
+        }
         let drain = BuildTracker()
         let drainQueued = Locked(0)
         let (agentsStarted, agentsUp, drainAll) = try await whileTracking(farm, drain) {
@@ -60,7 +68,7 @@ enum ThroughputPhase {
             }) {
                 try await enqueue(farm, projects, count: s.builds, clients: s.clients, enqueued: drainQueued, failed: failedPosts)
                 let started = Date()
-                for _ in 0..<s.agents { try await farm.addAgent() }
+                for id in fresh { try await farm.processes.startAgent(farm.agent, id: id) }
                 try await farm.processes.waitForAgents()
                 let up = Date()
                 let all = try await drain.waitFinals(drainQueued.value, timeout: .seconds(600))
