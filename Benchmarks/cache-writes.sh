@@ -38,6 +38,8 @@ RESULTS_DIR=$here/results
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { printf 'cache-writes: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib/farm.sh
+. "$here/lib/farm.sh"
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -68,23 +70,11 @@ STAMP=$(date +%Y-%m-%d-%H%M%S)
 TMP=$(mktemp -d "$DATA/bench/tmp.XXXXXX")
 RAW=$TMP/raw.tsv
 API=http://127.0.0.1:${PORTS[3]}
-UP_PID=
-now_ms() { local t=${EPOCHREALTIME/./}; echo $(( 10#$t / 1000 )); }
-
-stop_farm() {
-    [[ -n $UP_PID ]] || return 0
-    kill -TERM "$UP_PID" 2>/dev/null || true
-    local i
-    for (( i = 0; i < 90; i++ )); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 1; done
-    kill -0 "$UP_PID" 2>/dev/null && { say "kiln up did not stop within 90 s: SIGKILL"; kill -KILL "$UP_PID" 2>/dev/null || true; }
-    wait "$UP_PID" 2>/dev/null || true
-    UP_PID=
-}
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    stop_farm
+    farm_stop
     rm -rf "$TMP"
     (( rc == 0 )) || say "failed (exit $rc); the farms' output is in $DATA/bench/logs"
     exit "$rc"
@@ -99,16 +89,9 @@ farm() {
     local log=$DATA/bench/logs/up-$STAMP-$mode-$round.log
     say "farm $round, --cache-writes $mode (load $(cut -d' ' -f1-3 /proc/loadavg); log $log)"
     printf '%s\t%s\tload\t%s\n' "$mode" "$round" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
-    KILN_CACHE_WRITES=$mode setsid "$KILN" up --no-demo --data-dir "$DATA" \
+    KILN_CACHE_WRITES=$mode farm_start "$log" 900 \
         --etcd-port "${PORTS[0]}" --etcd-peer-port "${PORTS[1]}" --registry-port "${PORTS[2]}" \
-        --api-port "${PORTS[3]}" --maven-port "${PORTS[4]}" --git-port "${PORTS[5]}" >"$log" 2>&1 </dev/null &
-    UP_PID=$!
-    local deadline=$(( SECONDS + 900 ))
-    until grep -qs "Kiln is running" "$log"; do
-        kill -0 "$UP_PID" 2>/dev/null || { tail -n 30 "$log" >&2; die "kiln up exited before it printed \"Kiln is running\" (see $log)"; }
-        (( SECONDS < deadline )) || die "kiln up did not start within 900 s (see $log)"
-        sleep 1
-    done
+        --api-port "${PORTS[3]}" --maven-port "${PORTS[4]}" --git-port "${PORTS[5]}"
     KILN_TOKEN=$(cat "$DATA/credentials/admin-token")
     export KILN_TOKEN
     (umask 077; printf 'Authorization: Bearer %s\n' "$KILN_TOKEN" >"$TMP/auth-header")
@@ -140,7 +123,7 @@ compile = next(s["durationMs"] for s in b["steps"] if s["name"] == "compile")
 print(f"{sys.argv[2]}\t{sys.argv[3]}\tbuild\t{sys.argv[4]}\t{compile}")
 PY
     done
-    stop_farm
+    farm_stop
 }
 
 for (( r = 1; r <= ROUNDS; r++ )); do

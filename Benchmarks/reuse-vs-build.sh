@@ -14,7 +14,8 @@
 #   --data-dir DIR     The farm's data folder (default /var/tmp/kiln-reuse-bench), kept between
 #                      runs (base images, mirrors, Maven caches stay warm).
 #   --kiln PATH        The kiln binary (default: .build/debug/kiln of this repository).
-#   --*-port P         The farm's ports (defaults 43790 43800 45000 47070 48081 48082).
+#   --*-port P         The farm's ports (defaults 24790 24800 26000 26070 26081 26082: below the
+#                      ephemeral ports, which a client may take between the check and the start).
 #   --results-dir DIR  Where the markdown goes (default Benchmarks/results).
 #   --start-timeout S  How long `kiln up` may take to print "Kiln is running" (default 900).
 #
@@ -38,12 +39,12 @@ repo=$(cd "$here/.." && pwd -P)
 RUNS=5
 DATA=/var/tmp/kiln-reuse-bench
 KILN=$repo/.build/debug/kiln
-ETCD_PORT=43790
-ETCD_PEER_PORT=43800
-REGISTRY_PORT=45000
-API_PORT=47070
-MAVEN_PORT=48081
-GIT_PORT=48082
+ETCD_PORT=24790
+ETCD_PEER_PORT=24800
+REGISTRY_PORT=26000
+API_PORT=26070
+MAVEN_PORT=26081
+GIT_PORT=26082
 RESULTS_DIR=$here/results
 START_TIMEOUT=900
 BUILD_IMAGE=localhost/kiln/jdk17-maven:1
@@ -52,6 +53,8 @@ BUILD_COMMAND='mvn -B -q package'
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 say() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { printf 'reuse-vs-build: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib/farm.sh
+. "$here/lib/farm.sh"
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -90,29 +93,14 @@ UP_LOG=$DATA/bench/logs/up-$STAMP.log
 RAW=$TMP/raw.tsv
 API=http://127.0.0.1:$API_PORT
 GIT_URL=http://127.0.0.1:$GIT_PORT/demo.git
-UP_PID=
 
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-now_ms() { local t=${EPOCHREALTIME/./}; echo $(( 10#$t / 1000 )); }
-
-stop_farm() {
-    [[ -n $UP_PID ]] || return 0
-    if kill -0 "$UP_PID" 2>/dev/null; then
-        say "stopping the farm (kiln up, pid $UP_PID)"
-        kill -TERM "$UP_PID" 2>/dev/null || true
-        local i
-        for (( i = 0; i < 90; i++ )); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 1; done
-        kill -0 "$UP_PID" 2>/dev/null && { say "kiln up did not stop within 90 s: SIGKILL"; kill -KILL "$UP_PID" 2>/dev/null || true; }
-    fi
-    wait "$UP_PID" 2>/dev/null || true
-    UP_PID=
-}
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    stop_farm
+    farm_stop
     rm -rf "$TMP"
     (( rc == 0 )) || say "failed (exit $rc); the farm's output is in $UP_LOG"
     exit "$rc"
@@ -125,17 +113,9 @@ LOAD_START=$(loadavg)
 UPTIME_START=$(uptime)
 say "uptime at start: $UPTIME_START"
 say "starting the farm: $KILN up --no-demo --data-dir $DATA (log: $UP_LOG)"
-setsid "$KILN" up --no-demo --data-dir "$DATA" \
+farm_start "$UP_LOG" "$START_TIMEOUT" \
     --etcd-port "$ETCD_PORT" --etcd-peer-port "$ETCD_PEER_PORT" --registry-port "$REGISTRY_PORT" \
-    --api-port "$API_PORT" --maven-port "$MAVEN_PORT" --git-port "$GIT_PORT" \
-    >"$UP_LOG" 2>&1 </dev/null &
-UP_PID=$!
-deadline=$(( SECONDS + START_TIMEOUT ))
-until grep -qs "Kiln is running" "$UP_LOG"; do
-    kill -0 "$UP_PID" 2>/dev/null || { UP_PID=; tail -n 30 "$UP_LOG" >&2; die "kiln up exited before it printed \"Kiln is running\""; }
-    (( SECONDS <= deadline )) || { tail -n 30 "$UP_LOG" >&2; die "kiln up did not start within $START_TIMEOUT s"; }
-    sleep 1
-done
+    --api-port "$API_PORT" --maven-port "$MAVEN_PORT" --git-port "$GIT_PORT"
 say "farm running"
 (umask 077; printf 'Authorization: Bearer %s\n' "$(cat "$DATA/credentials/admin-token")" >"$TMP/auth-header")
 
