@@ -269,6 +269,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         let identity = SchedulerStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix))
         let bootstrap = try await identity.ensureFirstAdmin(tokenFile: adminTokenFile)
         logger.notice("\(bootstrap)")
+        if let registry, let warning = HostReach.warning(option: "--registry", address: registry, readers: "cells, which pull the images deployed by this name",
+                                                         etcd: etcd.etcd, fix: "Give the registry's name every builder, cell and scheduler host resolves, the same as the agents' --registry (docs/hosts.md).") {
+            logger.warning("\(warning)")
+        }
         if let key = registrySigningKey {
             configuration.registryTokens = .init(
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
