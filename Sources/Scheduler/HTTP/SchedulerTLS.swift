@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import KilnCore
 import NIOSSL
@@ -68,7 +69,7 @@ public struct SchedulerTLS: Sendable {
             }
             return nil
         }
-        self.server = try .tls(.http1(), tlsConfiguration: configuration)
+        self.server = try HTTPServerBuilder.tls(.http1(), tlsConfiguration: configuration)
     }
 
     /// The warning a scheduler serving plain HTTP logs at start when `host` (of `--listen`) is
