@@ -1,9 +1,10 @@
 import AsyncHTTPClient
 import Foundation
 import KilnCore
+import TLSTrust
 
-/// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP,
-/// storing its blobs under `root`: where the farm's builders push images.
+/// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP
+/// (or HTTPS with `TLS`), storing its blobs under `root`: where the farm's builders push images.
 ///
 /// `start` returns once `GET /v2/` answers 200. Stop it with `stop()`; it is also stopped when
 /// the last reference goes away, so a test that fails halfway leaves no registry behind.
@@ -41,21 +42,38 @@ public final class RegistryServer: Sendable {
         }
     }
 
+    /// The registry serving HTTPS (its `http.tls`): the certificate and key it serves, PEM,
+    /// and the CA that signed the certificate, which the start's probe trusts.
+    public struct TLS: Sendable, Equatable {
+        public var certificate: String
+        public var key: String
+        public var ca: String
+
+        public init(certificate: String, key: String, ca: String) {
+            self.certificate = certificate
+            self.key = key
+            self.ca = ca
+        }
+    }
+
     public let root: URL
     public let port: Int
     public let logFile: URL
     public let process: ManagedProcess
+    /// nil: plain HTTP.
+    public let tls: TLS?
 
     /// "127.0.0.1:<port>": the registry part of image names pushed here.
     public var address: String { "127.0.0.1:\(port)" }
-    /// "http://127.0.0.1:<port>".
-    public var url: String { "http://\(address)" }
+    /// "http://127.0.0.1:<port>", or https:// with `tls`.
+    public var url: String { "\(tls == nil ? "http" : "https")://\(address)" }
 
-    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess) {
+    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, tls: TLS?) {
         self.root = root
         self.port = port
         self.logFile = logFile
         self.process = process
+        self.tls = tls
     }
 
     deinit {
@@ -70,9 +88,9 @@ public final class RegistryServer: Sendable {
     /// Distribution's HTTP Basic authentication instead: a registry of someone else's, as a
     /// project's `pushTo` or a private base image's registry would be.
     /// `deletes`: whether the registry deletes manifests (Kiln's console deletes tags; off
-    /// only for a test of a registry that refuses).
+    /// only for a test of a registry that refuses). `tls`: serve HTTPS with these files.
     public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil,
-                             deletes: Bool = true) async throws -> RegistryServer {
+                             deletes: Bool = true, tls: TLS? = nil) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
@@ -89,12 +107,12 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes, tls: tls), to: config.path)
             let process = try ManagedProcess(
                 name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
             do {
-                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil) }
-                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process)
+                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil, tls: tls) }
+                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, tls: tls)
             } catch {
                 process.killNow()
                 lastError = error
@@ -110,7 +128,7 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true, tls: TLS? = nil) -> String {
         var text = """
         version: 0.1
         log:
@@ -129,6 +147,16 @@ public final class RegistryServer: Sendable {
             enabled: false
 
         """
+        if let tls {
+            // The nested keys of `http:` (a second `http:` block would replace the first).
+            text = text.replacingOccurrences(of: "  addr: 127.0.0.1:\(port)\n", with: """
+                  addr: 127.0.0.1:\(port)
+                  tls:
+                    certificate: "\(tls.certificate)"
+                    key: "\(tls.key)"
+
+                """)
+        }
         if let htpasswd, auth == nil {
             text += """
             auth:
@@ -172,9 +200,16 @@ public final class RegistryServer: Sendable {
     }
 
     /// `GET /v2/` answers 200, or 401 with `challenge` (`Bearer `, `Basic `) when auth is on.
-    private static func answers(port: Int, challenge: String?) async -> Bool {
-        let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v2/")
-        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
+    private static func answers(port: Int, challenge: String?, tls: TLS?) async -> Bool {
+        let request = HTTPClientRequest(url: "\(tls == nil ? "http" : "https")://127.0.0.1:\(port)/v2/")
+        let client: HTTPClient
+        if let tls {
+            guard let ca = try? TrustedCA(file: tls.ca) else { return false }
+            client = OutgoingHTTP.client(.init(connect: .seconds(2), read: .seconds(2), retryConnecting: false), trusting: ca)
+        } else {
+            client = HTTPClient.shared
+        }
+        guard let response = try? await client.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 16)
         if let challenge {
             return response.status.code == 401 && response.headers.first(name: "Www-Authenticate")?.hasPrefix(challenge) == true

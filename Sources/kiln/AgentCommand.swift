@@ -76,10 +76,13 @@ struct AgentCommand: AsyncParsableCommand {
         secrets (the project's git credential, registry logins and build secrets), logging in \
         with --registry-credentials; the scheduler gives them only to the agent it assigned \
         the build to. http:// only for a scheduler on this machine's loopback, https:// \
-        elsewhere. Without it builds get no secrets or credentials (a warning at start and in \
+        elsewhere (its CA in --ca-file, if it is the farm's own; docs/tls.md). Without it builds get no secrets or credentials (a warning at start and in \
         every build's log), and projects that need them fail.
         """, valueName: "url[,url…]"))
     var scheduler: String? = ProcessInfo.processInfo.environment["KILN_SCHEDULER"].flatMap { $0.isEmpty ? nil : $0 }
+
+    /// `--ca-file`: the CA of the schedulers' certificates (`https://` --scheduler), besides the system's roots.
+    @OptionGroup var ca: CAFileOption
 
     @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
@@ -306,6 +309,7 @@ struct AgentCommand: AsyncParsableCommand {
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
             registryCredentials: try registryCredentials.map(RegistryCredentials.read))
         if simulate == nil, let scheduler { config.schedulers = try SchedulerURLs.parse(scheduler) }
+        config.schedulerCA = try ca.trusted()
         config.diskBudget = diskBudget.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.keepImages = keepImages

@@ -23,7 +23,8 @@ extension CellCommand {
 
         struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Set a cell's credential: a token (standard input or --token-file) or a client certificate, and the cluster's CA.")
-            @OptionGroup var api: APIOptions
+            // --ca-file is the cluster's CA here: the API's own comes from KILN_CA_FILE.
+            @OptionGroup var api: APIOptionsCAFromEnv
             @Argument(help: "The cell.") var name: String
             @Option(name: .long, help: ArgumentHelp("The cluster's CA certificate (PEM).", valueName: "file")) var caFile: String
             @Option(name: .long, help: ArgumentHelp("Read the bearer token from this file (mode 0600) instead of standard input.", valueName: "file")) var tokenFile: String?
