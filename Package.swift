@@ -71,6 +71,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 // A retagged manifest's bytes hashed against its digest (DockerClient+Retag.swift).
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
