@@ -228,7 +228,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
