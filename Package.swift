@@ -246,7 +246,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "TLSTrust"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "TLSTrust", "RegistryAuth"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
