@@ -19,12 +19,12 @@ struct TLSCLITests {
         for name in ["KILN_CA_FILE", "KILN_API", "KILN_TLS_CERT", "KILN_TLS_KEY"] { environment[name] = nil }
         environment["KILN_TOKEN"] = farm.adminToken
         environment.merge(extra) { $1 }
-        let kiln = farm.kiln
+        let (kiln, finalEnvironment) = (farm.kiln, environment)
         let start = ContinuousClock.now
         let (status, output): (Int32, String) = try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 continuation.resume(with: Result {
-                    let (status, output) = try Spawn.run(kiln, arguments, environment: environment, replaceEnvironment: true)
+                    let (status, output) = try Spawn.run(kiln, arguments, environment: finalEnvironment, replaceEnvironment: true)
                     return (status, String(decoding: output, as: UTF8.self))
                 })
             }
