@@ -76,10 +76,12 @@ struct TLSCLITests {
         #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
         r = try await Self.kiln(farm, ["user", "me", "--api", "http://0.0.0.0:\(port)"])
         #expect(r.status != 0 && r.output.contains("not on this machine's loopback") && r.output.contains("https://"), "\(r.output)")
-        // A machine credential made over TLS, as an operator sets up an agent.
-        let out = dir.url.appendingPathComponent("agent-t.credentials").path
-        r = try await Self.kiln(farm, ["machine", "add", "agent-t", "--kind", "agent", "--out", out, "--api", api, "--ca-file", pki.ca])
-        #expect(r.status == 0 && (try? CredentialFile.read(out))?.hasPrefix("agent-t:") == true, "\(r.output)")
+        // `kiln login` over TLS keeps the token for the https:// URL; the next command uses it.
+        let person = ["XDG_CONFIG_HOME": dir.url.appendingPathComponent("config").path, "KILN_TOKEN": ""]
+        r = try await Self.kiln(farm, ["login", "--token-file", farm.adminTokenFile, "--api", api, "--ca-file", pki.ca], environment: person)
+        #expect(r.status == 0 && r.output.contains("logged in to \(api) as admin"), "\(r.output)")
+        r = try await Self.kiln(farm, ["user", "me", "--api", api], environment: person.merging(["KILN_CA_FILE": pki.ca]) { $1 })
+        #expect(r.status == 0 && r.output.contains("admin (admin)"), "\(r.output)")
     }
 
     @Test func badTLSFilesStopTheStartAndPlainHTTPOffLoopbackIsWarnedAbout() async throws {
