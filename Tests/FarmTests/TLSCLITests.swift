@@ -100,6 +100,14 @@ struct TLSCLITests {
         #expect(r.status != 0 && r.output.contains("--tls-cert and --tls-key go together"), "\(r.output)")
         r = try await Self.kiln(farm, base + ["--tls-cert", pki.serverCertificate, "--tls-key", pki.clientKey])
         #expect(r.status != 0 && r.output.contains("does not go with --tls-cert"), "\(r.output)")
+        // A --ca-file that holds no CA stops the scheduler and the agent at start too.
+        r = try await Self.kiln(farm, base + ["--ca-file", pki.serverKey, "--registry-url", "https://127.0.0.1:1"])
+        #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
+        let agentCredentials = dir.url.appendingPathComponent("agent-t.credentials").path
+        try CredentialFile.write("agent-t:token-of-agent-t", to: agentCredentials)
+        r = try await Self.kiln(farm, ["agent", "--id", "agent-t", "--etcd", farm.etcdEndpoint, "--registry-credentials", agentCredentials,
+                                       "--scheduler", "https://127.0.0.1:1", "--ca-file", pki.serverKey, "--data-dir", dir.url.appendingPathComponent("agent").path])
+        #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
         #expect(!FreePort.isInUse(port), "a refused scheduler listened")
 
         // Plain HTTP on every interface: warned about before anything else. Its etcd is a port
