@@ -60,7 +60,7 @@ extension BuildRunner {
                 return digest
             }
             let path = String(target.dropFirst(target.prefix { $0 != "/" }.count + 1))
-            return try await DockerClient.registryDigest(registry: host, repository: path, tag: tag, insecure: SchedulerURLs.isLoopback(Self.hostName(host)), credentials: credentials)
+            return try await DockerClient.registryDigest(registry: host, repository: path, tag: tag, insecure: HostReach.isLoopback(Self.hostName(host)), credentials: credentials)
         } catch let e as DockerError {
             let refused = Self.looksRefused(e.message)
             throw StepFailure(step: .push, message: refused

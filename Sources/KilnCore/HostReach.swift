@@ -4,10 +4,14 @@
 /// loopback is right; once etcd is elsewhere, a loopback address handed to another host
 /// silently means that other host itself.
 public enum HostReach {
-    /// True for `localhost`, `::1` and 127.0.0.0/8 written as a dotted quad.
+    /// True for `localhost`, `::1` (also as `[::1]`) and 127.0.0.0/8 written as a dotted
+    /// quad: where plain HTTP never leaves the machine. Names under `.localhost` are not
+    /// counted (a resolver may send them anywhere). The one copy for every module that has
+    /// KilnCore; Etcd and DockerAPI, which do not, keep their own.
     public static func isLoopback(_ host: String) -> Bool {
-        let h = host.lowercased()
-        if h == "localhost" || h.hasSuffix(".localhost") || h == "::1" { return true }
+        var h = host.lowercased()
+        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        if h == "localhost" || h == "::1" { return true }
         let parts = h.split(separator: ".", omittingEmptySubsequences: false)
         return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }

@@ -25,12 +25,4 @@ struct CAFileOption: ParsableArguments {
         do { return try TrustedCA.from(option: file) } catch { throw ValidationError("\(error)") }
     }
 
-    /// `localhost`, `::1` and 127.0.0.0/8: where plain HTTP never leaves the machine.
-    static func isLoopback(_ host: String) -> Bool {
-        var h = host.lowercased()
-        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-        if h == "localhost" || h == "::1" { return true }
-        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
 }

@@ -74,7 +74,7 @@ struct APIOptions: ParsableArguments {
               let host = url.host, !host.isEmpty, url.user == nil else {
             throw ValidationError("--api must be the scheduler's URL, such as http://127.0.0.1:7070 or https://kiln.example.com, not '\(api)'")
         }
-        if scheme == "http" && !CAFileOption.isLoopback(host) {
+        if scheme == "http" && !HostReach.isLoopback(host) {
             throw ValidationError("--api \(api) is not on this machine's loopback: plain HTTP would carry your API token across the network in clear. Use the scheduler's https:// address (kiln scheduler --tls-cert/--tls-key; docs/tls.md)")
         }
     }

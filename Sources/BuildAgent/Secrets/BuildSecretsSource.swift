@@ -53,15 +53,10 @@ public enum SchedulerURLs {
             host = authority.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         }
         guard !host.isEmpty else { throw KilnError.invalid("scheduler '\(Validation.printable(url))' names no host") }
-        if scheme == "http" && !isLoopback(String(host)) {
+        if scheme == "http" && !HostReach.isLoopback(String(host)) {
             throw KilnError.invalid("scheduler \(url) is not on this machine's loopback: plain HTTP would carry the agent's machine credential and the builds' secrets across the network in clear. Use https://")
         }
         return "\(scheme)://\(rest)"
     }
 
-    static func isLoopback(_ host: String) -> Bool {
-        if host == "localhost" || host == "::1" { return true }
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
 }

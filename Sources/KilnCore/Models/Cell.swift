@@ -86,18 +86,11 @@ public struct Cell: Codable, Sendable, Equatable {
         guard u.user == nil, u.password == nil, u.path.isEmpty || u.path == "/", u.query == nil, u.fragment == nil else {
             throw KilnError.invalid("cell \(name): endpoint '\(shown)' holds more than the address: give \(u.scheme ?? "https")://HOST:PORT, and the credential with `kiln cell credential set \(name)`")
         }
-        if u.scheme == "http" && !Self.isLoopback(host) {
+        if u.scheme == "http" && !HostReach.isLoopback(host) {
             throw KilnError.invalid("cell \(name): endpoint '\(shown)' is plain HTTP off this machine's loopback: anyone who reaches it could run containers on that engine. Put a TLS proxy that asks for a client certificate in front of it and use https://\(host):PORT with `kiln cell credential set \(name) --client-cert-file … --client-key-file … --ca-file …` (docs/cells.md)")
         }
     }
 
-    /// 127.0.0.0/8, `localhost` and `::1`.
-    static func isLoopback(_ host: String) -> Bool {
-        let host = host.lowercased()
-        if host == "localhost" || host == "::1" { return true }
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
 
     /// What `kiln cell add` warns about (nil: nothing): a local cell whose engine is not on
     /// this machine (an endpoint that is neither a unix socket nor on the loopback) and that
@@ -106,7 +99,7 @@ public struct Cell: Codable, Sendable, Equatable {
     public var advertiseHostWarning: String? {
         guard backend == "local", advertiseHost == nil, !endpoint.hasPrefix("unix://"),
               let host = URL(string: endpoint)?.host?.trimmingCharacters(in: CharacterSet(charactersIn: "[]")),
-              !Self.isLoopback(host)
+              !HostReach.isLoopback(host)
         else { return nil }
         return "warning: cell \(name)'s engine is at \(host), not on this machine, and no --advertise-host is given: its instances will be advertised as 127.0.0.1:PORT, an address only the cell host itself reaches (nginx and the scheduler's health checks elsewhere would reach their own machine). Give the address other hosts reach the cell host on: kiln cell add \(name) --endpoint \(endpoint) --advertise-host IP"
     }

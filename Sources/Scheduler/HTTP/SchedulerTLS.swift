@@ -75,7 +75,7 @@ public struct SchedulerTLS: Sendable {
     /// The warning a scheduler serving plain HTTP logs at start when `host` (of `--listen`) is
     /// not loopback; nil when it is (or when it serves TLS, where the caller does not ask).
     public static func plainHTTPWarning(listen host: String) -> String? {
-        guard !isLoopback(host) else { return nil }
+        guard !HostReach.isLoopback(host) else { return nil }
         return """
             serving plain HTTP on \(host), which is not this machine's loopback: agents (--scheduler) and \
             the CLI (--api) refuse an http:// scheduler anywhere but on loopback, since API tokens, the \
@@ -85,11 +85,4 @@ public struct SchedulerTLS: Sendable {
             """
     }
 
-    static func isLoopback(_ host: String) -> Bool {
-        var h = host.lowercased()
-        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-        if h == "localhost" || h == "::1" { return true }
-        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
 }
