@@ -123,7 +123,7 @@ public struct DockerEndpoint: Sendable, Hashable, CustomStringConvertible {
         let host = host.lowercased()
         if host == "localhost" || host == "::1" { return true }
         let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCIIDigit) && UInt8($0) != nil }
     }
 
     private static func bracketed(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
@@ -132,7 +132,7 @@ public struct DockerEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// information of a `scheme://user:password@host` (a password must not reach a log).
     static func shown(_ text: String) -> String {
         var text = text
-        if let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].firstIndex(of: "@") {
+        if let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].prefix(while: { $0 != "/" }).lastIndex(of: "@") {
             text.replaceSubrange(scheme.upperBound...at, with: "***@")
         }
         return String(text.unicodeScalars.map { $0.properties.isWhitespace || $0.value < 0x20 ? "?" : Character($0) }.prefix(200))
@@ -199,4 +199,9 @@ public struct DockerTLS: Sendable, Hashable, CustomStringConvertible, CustomDebu
         configuration.redirectConfiguration = .disallow
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
+}
+
+extension Character {
+    /// `0` to `9` only (not other scripts' digits, not signs): an IPv4 octet as inet_aton reads it.
+    fileprivate var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }

@@ -80,7 +80,7 @@ extension EtcdClient {
     static func isLoopback(_ host: String) -> Bool {
         if host == "localhost" || host == "::1" { return true }
         let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCIIDigit) && UInt8($0) != nil }
     }
 
     private static let tlsClients = Mutex<[EtcdTLS: HTTPClient]>([:])
@@ -206,4 +206,9 @@ struct TokenState: Equatable {
         authenticating = false
         if let token { self.token = token }
     }
+}
+
+extension Character {
+    /// `0` to `9` only (not other scripts' digits, not signs): an IPv4 octet as inet_aton reads it.
+    fileprivate var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }

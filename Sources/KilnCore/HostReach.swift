@@ -13,7 +13,7 @@ public enum HostReach {
         if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
         if h == "localhost" || h == "::1" { return true }
         let parts = h.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCIIDigit) && UInt8($0) != nil }
     }
 
     /// True for the unspecified addresses (`0.0.0.0`, `::`): a listen address meaning every
@@ -59,4 +59,9 @@ public enum HostReach {
         }
         return nil
     }
+}
+
+extension Character {
+    /// `0` to `9` only (not other scripts' digits, not signs): an IPv4 octet as inet_aton reads it.
+    fileprivate var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }

@@ -290,7 +290,7 @@ struct AgentCommand: AsyncParsableCommand {
             warnings.append(w)
         }
         if let mirror = mavenMirror, compileNetwork != .host, let host = HostReach.host(of: mirror), HostReach.isLoopback(host) {
-            warnings.append("--maven-mirror \(mirror) is a loopback address, which a build container on the \(compileNetwork.rawValue) network reaches as itself: give a name the container resolves (host.containers.internal for this machine, or the mirror's host name; docs/hosts.md)")
+            warnings.append("--maven-mirror names \(host), a loopback address, which a build container on the \(compileNetwork.rawValue) network reaches as itself: give a name the container resolves (host.containers.internal for this machine, or the mirror's host name; docs/hosts.md)")
         }
         return warnings
     }

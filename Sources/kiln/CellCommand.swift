@@ -57,7 +57,6 @@ struct CellCommand: AsyncParsableCommand {
 
         func run() async throws {
             let c = try cell()
-            if let warning = c.advertiseHostWarning { FileHandle.standardError.write(Data((warning + "\n").utf8)) }
             let data = try await try api.client().raw("PUT", "/api/v1/cells/\(c.name)", body: try KilnJSON.encoder().encode(c))
             if api.json { print(String(decoding: data, as: UTF8.self)) } else { print("cell \(c.name) saved: \(c.backend) \(c.endpoint)") }
         }

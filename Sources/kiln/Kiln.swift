@@ -71,8 +71,11 @@ struct APIOptions: ParsableArguments {
     /// only inside TLS.
     static func check(api: String) throws {
         guard let url = URL(string: api), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
-              let host = url.host, !host.isEmpty, url.user == nil else {
-            throw ValidationError("--api must be the scheduler's URL, such as http://127.0.0.1:7070 or https://kiln.example.com, not '\(api)'")
+              let host = url.host, !host.isEmpty else {
+            throw ValidationError("--api must be the scheduler's URL, such as http://127.0.0.1:7070 or https://kiln.example.com, not '\(Validation.withoutPassword(api) ?? api)'")
+        }
+        guard url.user == nil, url.password == nil else {
+            throw ValidationError("--api must be the scheduler's URL without a user or password in it (the token comes from kiln login or KILN_TOKEN), not '\(Validation.withoutPassword(api) ?? api)'")
         }
         if scheme == "http" && !HostReach.isLoopback(host) {
             throw ValidationError("--api \(api) is not on this machine's loopback: plain HTTP would carry your API token across the network in clear. Use the scheduler's https:// address (kiln scheduler --tls-cert/--tls-key; docs/tls.md)")

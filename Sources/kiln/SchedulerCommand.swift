@@ -147,6 +147,21 @@ struct SchedulerCommand: AsyncParsableCommand {
 
     /// `--registry-url`, else one made from `--registry` (plain HTTP only on loopback, as
     /// Docker allows); an `https://` one trusts `--ca-file` besides the system's roots.
+    /// The registry's API gets the scheduler's own tokens (every repository, the log archive's
+    /// included): only inside TLS off the loopback, and never with user information in the URL.
+    static func checkRegistryURL(_ text: String) throws {
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = url.host, !host.isEmpty else {
+            throw ValidationError("--registry-url must be the registry's API address, such as https://registry.example.com:5000, not '\(Validation.withoutPassword(text) ?? text)'")
+        }
+        guard url.user == nil, url.password == nil else {
+            throw ValidationError("--registry-url must hold no user or password (the scheduler signs its own tokens with --registry-signing-key), not '\(Validation.withoutPassword(text) ?? text)'")
+        }
+        if scheme == "http" && !HostReach.isLoopback(host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))) {
+            throw ValidationError("--registry-url \(text) is plain HTTP off this machine's loopback: the scheduler's registry tokens (which read and write every repository, archived logs included) would cross the network in clear. Use https:// (trust a private CA with --ca-file; docs/tls.md)")
+        }
+    }
+
     func registryAPI(ca: TrustedCA?) -> RegistryClient.Configuration? {
         if let registryURL { return RegistryClient.Configuration(url: registryURL, ca: ca) }
         guard let registry else { return nil }
@@ -273,6 +288,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         guard !dataDir.isEmpty, logArchive?.isEmpty != true else { throw ValidationError("--data-dir and --log-archive must name a folder") }
         _ = try serverTLS()
+        if let registryURL { try Self.checkRegistryURL(registryURL) }
         try validateLogArchive()
     }
 

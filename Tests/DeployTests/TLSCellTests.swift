@@ -64,19 +64,21 @@ import Testing
         }
     }
 
-    @Test("kiln cell add warns when a cell on another host has no advertise host; never for one on this machine")
+    @Test("a cell on another host without an advertise host is refused; one on this machine needs none")
     func advertiseHostWarning() throws {
         let far = Cell(name: "b", endpoint: "https://cell-b:2376")
-        let warning = try #require(far.advertiseHostWarning)
+        let warning = try #require(far.advertiseHostProblem)
+        let refused = #expect(throws: KilnError.self) { try far.validate() }
+        #expect(refused?.message == warning)
         #expect(warning.contains("127.0.0.1") && warning.contains("--advertise-host"), "\(warning)")
         #expect(warning.contains("cell-b"))
-        #expect(Cell(name: "b", endpoint: "https://10.0.0.12:2376").advertiseHostWarning != nil)
+        #expect(Cell(name: "b", endpoint: "https://10.0.0.12:2376").advertiseHostProblem != nil)
         for quiet in [Cell(name: "b", endpoint: "https://cell-b:2376", advertiseHost: "10.0.0.12"),
                       Cell(name: "a", endpoint: "unix:///run/podman.sock"),
                       Cell(name: "a", endpoint: "http://127.0.0.1:2375"),
                       Cell(name: "a", endpoint: "https://localhost:2376"),
                       Cell(name: "k", backend: "kubernetes", endpoint: "https://10.0.0.1:6443")] {
-            #expect(quiet.advertiseHostWarning == nil, "\(quiet.endpoint)")
+            #expect(quiet.advertiseHostProblem == nil, "\(quiet.endpoint)")
         }
     }
 

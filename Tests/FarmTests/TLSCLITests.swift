@@ -100,6 +100,12 @@ struct TLSCLITests {
         #expect(r.status != 0 && r.output.contains("--tls-cert and --tls-key go together"), "\(r.output)")
         r = try await Self.kiln(farm, base + ["--tls-cert", pki.serverCertificate, "--tls-key", pki.clientKey])
         #expect(r.status != 0 && r.output.contains("does not go with --tls-cert"), "\(r.output)")
+        // The registry's API gets the scheduler's own tokens: never over plain HTTP off the
+        // loopback, never with a password in the URL (and the refusal does not repeat it).
+        r = try await Self.kiln(farm, base + ["--registry-url", "http://registry.test:5000"])
+        #expect(r.status != 0 && r.output.contains("plain HTTP off this machine's loopback") && r.output.contains("https://"), "\(r.output)")
+        r = try await Self.kiln(farm, base + ["--registry-url", "https://kiln:s3cret-pw@registry.test:5443"])
+        #expect(r.status != 0 && r.output.contains("no user or password") && !r.output.contains("s3cret-pw"), "\(r.output)")
         // A --ca-file that holds no CA stops the scheduler and the agent at start too.
         r = try await Self.kiln(farm, base + ["--ca-file", pki.serverKey, "--registry-url", "https://127.0.0.1:1"])
         #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")

@@ -19,7 +19,7 @@ struct HostReachTests {
 
     @Test func loopbackIsLocalhostAndAllOf127Only() {
         for h in ["127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "[::1]"] { #expect(HostReach.isLoopback(h), "\(h)") }
-        for h in ["10.217.0.11", "registry", "128.0.0.1", "127.0.0", "127.0.0.256", "0.0.0.0", "::", "localhost.example", "demo.localhost"] {
+        for h in ["10.217.0.11", "registry", "128.0.0.1", "127.0.0", "127.0.0.256", "0.0.0.0", "::", "localhost.example", "demo.localhost", "127.0.0.+1", "127.-0.0.1", "127.0.0.0001", "127.0.0.١"] {
             #expect(!HostReach.isLoopback(h), "\(h)")
         }
     }

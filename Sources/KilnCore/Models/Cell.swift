@@ -45,6 +45,7 @@ public struct Cell: Codable, Sendable, Equatable {
         switch backend {
         case "local":
             try validateLocalEndpoint()
+            if let problem = advertiseHostProblem { throw KilnError.invalid(problem) }
         default:
             guard let u = URL(string: endpoint), ["http", "https"].contains(u.scheme ?? ""), u.host?.isEmpty == false else {
                 throw KilnError.invalid("cell \(name): endpoint '\(Validation.printable(endpoint))' is not a Kubernetes API server URL; use https://host:port")
@@ -74,8 +75,8 @@ public struct Cell: Codable, Sendable, Equatable {
     /// client certificate), or https. The Deploy module parses it again (`DockerEndpoint`).
     private func validateLocalEndpoint() throws {
         var shown = Validation.printable(endpoint)
-        if let scheme = shown.range(of: "://"), let at = shown[scheme.upperBound...].firstIndex(of: "@") {
-            shown.replaceSubrange(scheme.upperBound...at, with: "***@")  // a password never goes into an error
+        if let scheme = shown.range(of: "://"), let at = shown[scheme.upperBound...].prefix(while: { $0 != "/" }).lastIndex(of: "@") {
+            shown.replaceSubrange(scheme.upperBound...at, with: "***@")  // a password (which may hold '@') never goes into an error
         }
         if endpoint.hasPrefix("unix:///") { return }
         guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://"), let u = URL(string: endpoint),
@@ -92,15 +93,16 @@ public struct Cell: Codable, Sendable, Equatable {
     }
 
 
-    /// What `kiln cell add` warns about (nil: nothing): a local cell whose engine is not on
-    /// this machine (an endpoint that is neither a unix socket nor on the loopback) and that
-    /// has no advertise host. Its instances would be advertised as 127.0.0.1, which only the
-    /// machine that reads the address reaches: nginx on another host would send to itself.
-    public var advertiseHostWarning: String? {
+    /// Why a local cell whose engine is not on this machine (an endpoint that is neither a
+    /// unix socket nor on the loopback) needs an advertise host (nil: it has one, or needs
+    /// none). Without one its instances would be advertised as 127.0.0.1, which only the
+    /// machine that reads the address reaches: nginx and the scheduler's health checks on
+    /// other hosts would reach their own machine, where another app may answer on that port.
+    public var advertiseHostProblem: String? {
         guard backend == "local", advertiseHost == nil, !endpoint.hasPrefix("unix://"),
               let host = URL(string: endpoint)?.host?.trimmingCharacters(in: CharacterSet(charactersIn: "[]")),
               !HostReach.isLoopback(host)
         else { return nil }
-        return "warning: cell \(name)'s engine is at \(host), not on this machine, and no --advertise-host is given: its instances will be advertised as 127.0.0.1:PORT, an address only the cell host itself reaches (nginx and the scheduler's health checks elsewhere would reach their own machine). Give the address other hosts reach the cell host on: kiln cell add \(name) --endpoint \(endpoint) --advertise-host IP"
+        return "cell \(name)'s engine is at \(host), not on this machine, and no --advertise-host is given: its instances would be advertised as 127.0.0.1:PORT, an address only the cell host itself reaches (nginx and the scheduler's health checks elsewhere would reach their own machine, where another app may answer). Give the address other hosts reach the cell host on: kiln cell add \(name) --endpoint \(endpoint) --advertise-host IP"
     }
 }
