@@ -29,30 +29,34 @@ extension KilnBench {
             (the etcd client's pool is soft-limited to 256 connections per host, and each agent's \
             watch holds one). The agents' users are all made BEFORE the clock starts: making a user \
             makes every client's token stale at once.
+            The agents start --start-rate a second (all at once, 500 logins stalled etcd here).
             Steps and figures:
-              1 register   time from starting the agents until all are in /kiln/agents/ (each
-                           authenticates: etcd checks a bcrypt hash per login)
-              2 idle       over --idle seconds with nothing to build: etcd revisions/s, raft
-                           proposals/s, lease keep-alive requests/s, gRPC calls/s, watchers and
-                           watch streams (etcd /metrics), etcd CPU (utime+stime of /proc/PID/stat)
-                           and RSS, the schedulers' CPU, this process's CPU (the agents); keys and
-                           bytes under /kiln/agents/
-              3 latency    build accepted → agent starts it, one build at a time, with all agents
-              4 builds     --builds simulated builds over --projects projects, in equal steps at
-                           each of --rates builds/s: per step the queue wait (accepted → startedAt)
-                           p50/p99, etcd revisions per build, watch events sent per build
-                           (etcd_debugging_mvcc_events_total), bytes etcd sent to clients per
-                           build; then keys and bytes retained per build and per project, by
-                           prefix, and etcd's in-use size after a compaction per build
-              5 baseline   all but --baseline-agents agents stopped; the idle figures and the
-                           latency again with that many, on the same farm (the difference is the
-                           cost of the other agents)
-              6 ceiling    etcd's guarded-transaction rate here, 1 client and --txn-clients
+              1 register  from the first agent started until all are in /kiln/agents/
+                          (each logs in: etcd checks a bcrypt hash per login)
+              2 idle      once etcd's revision stands still for 5 s, over --idle seconds:
+                          etcd revisions/s, raft proposals/s, lease keep-alive requests/s,
+                          gRPC calls/s, watchers and watch streams (etcd /metrics), etcd
+                          CPU (utime+stime of /proc/PID/stat) and RSS, the schedulers' CPU,
+                          this process's CPU (the agents); keys and bytes under
+                          /kiln/agents/
+              3 latency   build accepted → agent starts it, one build at a time
+              4 builds    --builds simulated builds over --projects projects, in equal
+                          steps at each of --rates builds/s: per step the queue wait
+                          (accepted → startedAt) p50/p99, etcd revisions per build, watch
+                          events sent per build (etcd_debugging_mvcc_events_total), bytes
+                          etcd sent per build; then keys and bytes kept per build and per
+                          project, by prefix, and etcd's in-use size after a compaction
+              5 baseline  all but --baseline-agents agents stopped: the idle figures and
+                          the latency again on the same farm; per additional agent, the
+                          difference
+              6 ceiling   etcd's guarded transactions/s, 1 client and --txn-clients
             Results are printed and written to Benchmarks/results/scale-DATE.md.
 
-            Example: cd Benchmarks && swift build -c release --product kiln && swift build -c release --product kiln-bench && cd ..
-                     Benchmarks/.build/release/kiln-bench scale --kiln Benchmarks/.build/release/kiln
-                     Benchmarks/.build/release/kiln-bench scale --agents 200 --builds 500 --rates 10,40
+            Example (in Benchmarks/, then from the repository):
+              swift build -c release --product kiln
+              swift build -c release --product kiln-bench
+              Benchmarks/.build/release/kiln-bench scale --kiln Benchmarks/.build/release/kiln
+              Benchmarks/.build/release/kiln-bench scale --agents 200 --builds 500 --rates 10,40
             """)
 
         @Option(help: "Simulated agents, in this process.") var agents: Int = 500
