@@ -20,6 +20,8 @@ actor BuildTracker {
     private(set) var assignments: [Date] = []
     private(set) var finalCount = 0
     private(set) var runningCount = 0
+    /// Events the two watches delivered (etcd counts them among every watcher's).
+    private(set) var eventsSeen = 0
 
     /// Follows both prefixes from `revision` until cancelled.
     func follow(_ etcd: EtcdClient, keys: Keys, from revision: Int64) async throws {
@@ -28,6 +30,7 @@ actor BuildTracker {
                 for try await update in etcd.watch(prefix: keys.builds, fromRevision: revision) {
                     guard case .events(let events, _) = update else { continue }
                     let now = Date()
+                    await self.count(events.count)
                     let records = events.compactMap { e in e.kind == .put ? try? KilnJSON.decode(Build.self, from: e.kv.value) : nil }
                     await self.saw(records, at: now)
                 }
@@ -36,6 +39,7 @@ actor BuildTracker {
                 for try await update in etcd.watch(prefix: keys.tasks, fromRevision: revision) {
                     guard case .events(let events, _) = update else { continue }
                     let now = Date()
+                    await self.count(events.count)
                     let created = events.filter { $0.kind == .put && $0.kv.version == 1 }.count
                     if created > 0 { await self.assigned(created, at: now) }
                 }
@@ -59,6 +63,8 @@ actor BuildTracker {
             builds[b.id] = s
         }
     }
+
+    private func count(_ n: Int) { eventsSeen += n }
 
     private func assigned(_ n: Int, at now: Date) {
         for _ in 0..<n { assignments.append(now) }

@@ -17,7 +17,7 @@ struct KilnBench: AsyncParsableCommand {
           Benchmarks/.build/release/kiln-bench farm --only latency
           Benchmarks/.build/release/kiln-bench year --builds 2000
         """,
-        subcommands: [Ring.self, Farm.self, Year.self, Deploy.self])
+        subcommands: [Ring.self, Farm.self, Year.self, Scale.self, Deploy.self])
 }
 
 /// Where the repository and its builds are, from this file's place in it
