@@ -115,9 +115,10 @@ struct LogArchiverTests {
     struct Interfering: LogArchive {
         let inner: LocalLogArchive
         let during: @Sendable () async throws -> Void
-        func store(build: String, lines: [String]) async throws {
-            try await inner.store(build: build, lines: lines)
+        func store(build: String, lines: [String]) async throws -> String? {
+            let version = try await inner.store(build: build, lines: lines)
             try await during()
+            return version
         }
         func read(build: String) async throws -> [String]? { try await inner.read(build: build) }
         func delete(build: String) async throws { try await inner.delete(build: build) }

@@ -14,10 +14,11 @@ struct FolderLogArchive: LogArchive {
 
     func file(_ build: String) -> URL { folder.appendingPathComponent("\(build).log") }
 
-    func store(build: String, lines: [String]) async throws {
+    func store(build: String, lines: [String]) async throws -> String? {
         let temp = folder.appendingPathComponent(".\(build).\(UUID().uuidString)")
         try Data(lines.map { $0 + "\n" }.joined().utf8).write(to: temp)
         guard rename(temp.path, file(build).path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        return nil
     }
 
     func read(build: String) async throws -> [String]? {

@@ -281,6 +281,34 @@ struct RegistryLogArchiveTests {
         }
     }
 
+    @Test("the record names the archived copy by digest: a later store under the build's tag (a deposed leader's, or a forger's with push) changes nothing a reader gets; a replaced copy is deleted by its digest")
+    func readersTakeTheCopyTheRecordNames() async throws {
+        let registry = try await ArchiveRegistry.start()
+        defer { registry.stop() }
+        try await withEtcd { _, etcd in
+            let s = try LogArchiverTests.Setup(etcd, archive: try registry.archive())
+            let b = LogArchiverTests.build(.succeeded)
+            try await s.write(b, chunks: LogArchiverTests.attempt(3), end: true)
+            let before = try await s.store.log(of: b.id)
+            #expect(try await s.archiver.pass(b.id, fence: []) == .archived(lines: 9, deleted: 3))
+            let version = try #require(try await s.record(b.id).logArchive?.version)
+            #expect(RegistryLogArchive.isDigest(version))
+            // A late store moves the tag; the record's digest still names the archived copy.
+            let late = try await registry.archive().store(build: b.id, lines: ["forged line"])
+            #expect(late != version)
+            #expect(try await registry.archive().read(build: b.id) == ["forged line"])
+            #expect(try await s.store.log(of: b.id) == before)
+            let elsewhere = SchedulerStore(etcd: etcd, logArchive: try registry.archive())
+            #expect(try await elsewhere.log(of: b.id) == before)
+            // A copy deleted by its digest is gone; the other stays.
+            try await registry.archive().delete(build: b.id, version: try #require(late))
+            #expect(try await registry.archive().read(build: b.id, version: try #require(late)) == nil)
+            #expect(try await s.store.log(of: b.id) == before)
+            // A record changed by hand to name something that is not a digest is refused, not read.
+            await #expect(throws: KilnError.self) { _ = try await registry.archive().read(build: b.id, version: "latest") }
+        }
+    }
+
     @Test("start checks: a registry that deletes and takes the key passes; one that does not answer is a warning; no deletes, no authentication or another key is refused saying what to do")
     func startChecks() async throws {
         let registry = try await ArchiveRegistry.start()

@@ -16,11 +16,17 @@ public struct ArchivedLog: Codable, Sendable, Equatable {
     /// The name of the last archived chunk under the build's log prefix (`001-00000042`,
     /// `p001-00000003`): chunks named up to it are in the archive.
     public var through: String
+    /// The archive's own name for the copy these lines are in, when it has one (the
+    /// registry's manifest digest; nil for the folder archive): readers ask for exactly that
+    /// copy, so a copy written later under the build's name (a deposed leader's late store,
+    /// or anyone with push on the archive's repository) changes nothing they read.
+    public var version: String?
 
-    public init(archivedAt: Date, lines: Int, through: String) {
+    public init(archivedAt: Date, lines: Int, through: String, version: String? = nil) {
         self.archivedAt = archivedAt
         self.lines = lines
         self.through = through
+        self.version = version
     }
 
     /// A mark a reader may trust: on a final build (the archiver marks no other), with a

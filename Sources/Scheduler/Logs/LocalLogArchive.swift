@@ -39,7 +39,8 @@ public struct LocalLogArchive: LogArchive, CustomStringConvertible {
 
     typealias File = LogArchiveFile
 
-    public func store(build: String, lines: [String]) async throws {
+    @discardableResult
+    public func store(build: String, lines: [String]) async throws -> String? {
         let (folder, file) = try self.file(of: build)
         let bytes = try LogArchiveFile.encode(build: build, lines: lines)
         let directory = self.directory
@@ -48,6 +49,7 @@ public struct LocalLogArchive: LogArchive, CustomStringConvertible {
             try LocalLogArchive.makeFolder(folder, withParents: false)
             try LocalLogArchive.writeDurably(bytes, to: file, in: folder)
         }
+        return nil  // one file a build: nothing to name
     }
 
     public func read(build: String) async throws -> [String]? {

@@ -12,8 +12,16 @@ import KilnCore
 /// `delete` of a build with no archive is not an error.
 public protocol LogArchive: Sendable {
     /// Stores the whole log of `build` (every attempt's lines, then every pipeline run's, in
-    /// the order a reader sees them), replacing an earlier archive of it.
-    func store(build: String, lines: [String]) async throws
+    /// the order a reader sees them), replacing an earlier archive of it. Returns the
+    /// archive's name for this copy (``ArchivedLog/version``), or nil when the archive keeps
+    /// one copy a build and names none.
+    @discardableResult
+    func store(build: String, lines: [String]) async throws -> String?
+    /// The copy `version` of `build`'s log (a value `store` returned), or nil when it is gone.
+    func read(build: String, version: String) async throws -> [String]?
+    /// Removes the copy `version` of `build`'s log once a newer copy is marked in the
+    /// record; gone already is not an error.
+    func delete(build: String, version: String) async throws
     /// The archived log of `build`, or nil when it has none.
     func read(build: String) async throws -> [String]?
     /// Removes the archive of `build` (retention).
@@ -25,6 +33,11 @@ public protocol LogArchive: Sendable {
 }
 
 extension LogArchive {
+    /// An archive with one copy a build reads that copy.
+    public func read(build: String, version: String) async throws -> [String]? { try await read(build: build) }
+    /// An archive with one copy a build replaced it already.
+    public func delete(build: String, version: String) async throws {}
+
     /// A store whose writes are whole or nothing leaves nothing behind.
     public func removeLeftovers(olderThan age: TimeInterval) async -> Int { 0 }
 }

@@ -39,6 +39,7 @@ extension LogArchiver {
         let byName = Dictionary(chunks.map { ($0.name, $0) }) { a, _ in a }
         let doomed: [String]
         var markWrite = false
+        var replaced: String?  // the copy the new mark replaces, removed once the mark is written
         switch ArchivePlan.decide(build: record, chunks: chunks.map(\.name)) {
         case .nothing(let why):
             return .nothing(why)
@@ -54,12 +55,14 @@ extension LogArchiver {
                 throw KilnError.conflict("this scheduler no longer leads: build \(build)'s log is left to the new leader")
             }
             // The archive first: only what it has confirmed leaves etcd.
+            let version: String?
             do {
-                try await archive.store(build: build, lines: lines)
+                version = try await archive.store(build: build, lines: lines)
             } catch {
                 throw StoreFailure(underlying: error)
             }
-            record.logArchive = ArchivedLog(archivedAt: Date(), lines: lines.count, through: fresh.last!)
+            replaced = record.logArchive?.version.flatMap { $0 == version ? nil : $0 }
+            record.logArchive = ArchivedLog(archivedAt: Date(), lines: lines.count, through: fresh.last!, version: version)
             markWrite = true
             doomed = leftover + fresh
         }
@@ -77,6 +80,12 @@ extension LogArchiver {
                 throw KilnError.conflict("build \(build)'s record or log changed while its log was archived (or this scheduler no longer leads); \(deleted) of \(doomed.count) chunks left etcd")
             }
             deleted += batch.count
+        }
+        if markWrite, let replaced {
+            // Only now: until the new mark was written, readers asked for this copy.
+            do { try await archive.delete(build: build, version: replaced) } catch {
+                logger.warning("the earlier archived copy \(replaced) of build \(build)'s log stays in the archive (\(error)); retention removes only the newest", metadata: ["build.id": "\(build)"])
+            }
         }
         if markWrite, let mark = record.logArchive {
             logger.info("log archived: \(mark.lines) lines, \(deleted) chunks left etcd", metadata: ["build.id": "\(build)"])

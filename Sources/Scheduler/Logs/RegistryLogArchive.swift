@@ -131,7 +131,8 @@ public struct RegistryLogArchive: LogArchive, CustomStringConvertible {
 
     // MARK: LogArchive
 
-    public func store(build: String, lines: [String]) async throws {
+    @discardableResult
+    public func store(build: String, lines: [String]) async throws -> String? {
         let tag = try Self.tag(of: build)
         let blob = try LogArchiveFile.encode(build: build, lines: lines)
         let manifest = try Self.manifest(blob: blob)
@@ -147,15 +148,42 @@ public struct RegistryLogArchive: LogArchive, CustomStringConvertible {
         guard stored == Self.digest(manifest) else {
             throw KilnError.unavailable("the registry stored build \(build)'s log manifest under digest \(Validation.printable(stored ?? "(none)")), not \(Self.digest(manifest)): it changed what it was sent; the log stays in etcd")
         }
+        return Self.digest(manifest)
     }
 
     public func read(build: String) async throws -> [String]? {
-        let tag = try Self.tag(of: build)
+        try await read(build: build, reference: try Self.tag(of: build))
+    }
+
+    /// The copy whose manifest digest is `version` (what `store` returned), checked against
+    /// that digest: a tag moved since (a deposed leader's late store) does not matter.
+    public func read(build: String, version: String) async throws -> [String]? {
+        guard Self.isDigest(version) else {
+            throw KilnError.internalError("build \(build)'s record names the archived copy '\(Validation.printable(version))', which is not a sha256 digest: the record was changed by hand (docs/logs.md)")
+        }
+        return try await read(build: build, reference: version)
+    }
+
+    public func delete(build: String, version: String) async throws {
+        guard Self.isDigest(version) else { return }
+        do {
+            try await client.deleteManifest(repository, digest: version, for: "kiln-scheduler")
+        } catch let error as KilnError where error.isNotFound {}
+    }
+
+    /// The log under a manifest `reference`: a tag or a digest (then the manifest's bytes
+    /// must hash to it).
+    func read(build: String, reference: String) async throws -> [String]? {
+        _ = try Self.tag(of: build)
+        let tag = reference
         let (status, body, _) = try await client.send(.GET, "/v2/\(repository)/manifests/\(tag)", scopes: pull, accept: [Self.manifestType])
         // MANIFEST_UNKNOWN, or NAME_UNKNOWN before the first archive.
         if status == 404 { return nil }
         guard status == 200 else { throw client.answerError(status, body, doing: "read build \(build)'s log manifest \(repository):\(tag)") }
-        let place = "\(repository):\(tag) in the registry at \(client.configuration.url)"
+        let place = "\(repository)\(tag.hasPrefix("sha256:") ? "@" : ":")\(tag) in the registry at \(client.configuration.url)"
+        if tag.hasPrefix("sha256:"), Self.digest([UInt8](body)) != tag {
+            throw KilnError.internalError("\(place) answered a manifest whose digest is \(Self.digest([UInt8](body))): the registry's storage is damaged; restore it from a backup (docs/logs.md)")
+        }
         guard let manifest = try? JSONDecoder().decode(Manifest.self, from: body), manifest.layers.count == 1,
               let layer = manifest.layers.first, layer.mediaType == Self.layerType, Self.isDigest(layer.digest),
               (0...Self.maxBlobBytes).contains(layer.size) else {

@@ -58,7 +58,9 @@ extension SchedulerStore {
         guard let archive = logArchive else {
             throw KilnError.unavailable("build \(id)'s log was moved to the log archive (\(mark.lines) lines), which this scheduler was not given: start it with the --log-archive of the other schedulers (docs/logs.md)")
         }
-        guard let all = try await archive.read(build: id) else {
+        let copy: [String]?
+        if let version = mark.version { copy = try await archive.read(build: id, version: version) } else { copy = try await archive.read(build: id) }
+        guard let all = copy else {
             throw KilnError.unavailable("build \(id)'s log was archived (\(mark.lines) lines) but \(archive) has no archive of it: does every scheduler use the same --log-archive (one folder, or one registry)? A lost archive comes back from its backup (docs/logs.md)")
         }
         guard all.count >= mark.lines else {
