@@ -45,17 +45,23 @@ public final class RegistryServer: Sendable {
     public let port: Int
     public let logFile: URL
     public let process: ManagedProcess
+    /// Where it runs (``Placement/local``: this machine's loopback).
+    public let placement: Placement
+    /// Whether it serves TLS (`start`'s `tls`).
+    public let servesTLS: Bool
 
-    /// "127.0.0.1:<port>": the registry part of image names pushed here.
-    public var address: String { "127.0.0.1:\(port)" }
-    /// "http://127.0.0.1:<port>".
-    public var url: String { "http://\(address)" }
+    /// "127.0.0.1:<port>" (the placement's advertised name): the registry part of image names pushed here.
+    public var address: String { "\(placement.advertise):\(port)" }
+    /// "http://127.0.0.1:<port>" (https with TLS).
+    public var url: String { "\(servesTLS ? "https" : "http")://\(address)" }
 
-    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess) {
+    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, placement: Placement, servesTLS: Bool) {
         self.root = root
         self.port = port
         self.logFile = logFile
         self.process = process
+        self.placement = placement
+        self.servesTLS = servesTLS
     }
 
     deinit {
@@ -71,12 +77,17 @@ public final class RegistryServer: Sendable {
     /// project's `pushTo` or a private base image's registry would be.
     /// `deletes`: whether the registry deletes manifests (Kiln's console deletes tags; off
     /// only for a test of a registry that refuses).
+    ///
+    /// `tls` (PEM certificate and key files) serves HTTPS; `placement` puts it on another
+    /// host (then `port` is required: that host's port space is its own).
     public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil,
-                             deletes: Bool = true) async throws -> RegistryServer {
+                             deletes: Bool = true, tls: (certificate: String, key: String)? = nil,
+                             placement: Placement = .local) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
-        if let port, FreePort.isInUse(port) {
+        if !placement.isLocal, port == nil { throw FarmError("registry: a registry on another host needs its port") }
+        if placement.isLocal, let port, FreePort.isInUse(port) {
             throw FarmError("registry: port \(port) on 127.0.0.1 is already in use (another registry?); stop what listens there or pick another port")
         }
         try FileManager.default.createDirectory(at: root.appendingPathComponent("data"), withIntermediateDirectories: true)
@@ -89,12 +100,17 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes,
+                                                   bindHost: placement.bindHost, tls: tls), to: config.path)
+            let command = try placement.command("docker-registry", ["serve", config.path])
             let process = try ManagedProcess(
-                name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
+                name: "registry", executable: command.executable, arguments: command.arguments, logFile: logFile)
+            let probe = "\(tls == nil ? "http" : "https")://\(placement.probeHost):\(chosen)/v2/"
             do {
-                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil) }
-                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process)
+                try await process.waitUntilReady(timeout: 20) {
+                    await answers(probe, client: placement.probeClient, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil)
+                }
+                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, placement: placement, servesTLS: tls != nil)
             } catch {
                 process.killNow()
                 lastError = error
@@ -110,7 +126,8 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true,
+                              bindHost: String = "127.0.0.1", tls: (certificate: String, key: String)? = nil) -> String {
         var text = """
         version: 0.1
         log:
@@ -123,8 +140,8 @@ public final class RegistryServer: Sendable {
           delete:
             enabled: \(deletes)
         http:
-          addr: 127.0.0.1:\(port)
-        health:
+          addr: \(bindHost):\(port)
+        \(tls.map { "  tls:\n    certificate: \"\($0.certificate)\"\n    key: \"\($0.key)\"\n" } ?? "")health:
           storagedriver:
             enabled: false
 
@@ -172,9 +189,9 @@ public final class RegistryServer: Sendable {
     }
 
     /// `GET /v2/` answers 200, or 401 with `challenge` (`Bearer `, `Basic `) when auth is on.
-    private static func answers(port: Int, challenge: String?) async -> Bool {
-        let request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v2/")
-        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)) else { return false }
+    private static func answers(_ url: String, client: HTTPClient, challenge: String?) async -> Bool {
+        let request = HTTPClientRequest(url: url)
+        guard let response = try? await client.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 16)
         if let challenge {
             return response.status.code == 401 && response.headers.first(name: "Www-Authenticate")?.hasPrefix(challenge) == true
