@@ -208,10 +208,13 @@ public final class NetnsNetwork: Sendable {
         throw FarmError("the holder of host \(host) did not start within 20 s: \(holder.logTail())")
     }
 
-    /// `nsenter -t HOLDER --net --mount --uts --wd=HOSTDIR --`: put before a program to run it on `host`.
+    /// `nsenter -t HOLDER --net --mount --uts --wd=HOSTDIR -- env PWD=HOSTDIR`: put before a
+    /// program to run it on `host`. PWD must name the working directory: Go programs trust
+    /// it (buildah's copier, chrooted, fails with "getwd: no such file or directory" when it
+    /// names this process's folder instead). nsenter and env exec: the PID is the program's.
     public func launcher(_ host: String) -> [String] {
         let h = self.host(host)
-        return ["/usr/bin/nsenter", "-t", String(h.holder.pid), "--net", "--mount", "--uts", "--wd=\(h.dir.path)", "--"]
+        return ["/usr/bin/nsenter", "-t", String(h.holder.pid), "--net", "--mount", "--uts", "--wd=\(h.dir.path)", "--", "/usr/bin/env", "PWD=\(h.dir.path)"]
     }
 
     /// Starts `executable` on `host` (its namespaces, in its folder), stopped by PID as any

@@ -111,7 +111,9 @@ public final class NetnsFarm: Sendable {
                 try pki.issue(name: host.name, address: host.address, into: tls)
             }
             // etcd with a trusted CA asks every client for a certificate (etcd 3.4 answers
-            // "bad certificate" to one without): each etcd client host gets its own.
+            // "bad certificate" to one without), even without --client-cert-auth: each etcd
+            // client host gets its own. --client-cert-auth stays off: it would make the
+            // certificate, not the password token, the etcd user.
             if schedulerHosts.contains(host.name) || builderHosts.contains(host.name) {
                 try pki.issueClient(name: host.name, into: tls)
             }
@@ -135,7 +137,7 @@ public final class NetnsFarm: Sendable {
         let memberTLS = etcdHosts.map { host -> EtcdServer.TLS in
             let tls = net.host(host).dir.appendingPathComponent("tls")
             return EtcdServer.TLS(certificateFile: tls.appendingPathComponent("server.pem").path, keyFile: tls.appendingPathComponent("server.key").path,
-                                  caFile: tls.appendingPathComponent("ca.pem").path, clientCertificateAuth: true)
+                                  caFile: tls.appendingPathComponent("ca.pem").path)
         }
         let memberDirs = etcdHosts.enumerated().map { net.host($0.element).dir.appendingPathComponent("etcd/m\($0.offset + 1)") }
         for (i, host) in etcdHosts.enumerated() {
@@ -400,7 +402,8 @@ public final class NetnsFarm: Sendable {
 
 /// The farm's CA and the server certificates of its TLS hosts, made with openssl (EC P-256).
 /// A server certificate is for client use too: etcd's JSON gateway dials etcd's own gRPC
-/// port with it.
+/// port with it. No certificate has a common name: etcd's gateway answers 400 to a client
+/// certificate with one.
 struct FarmPKI {
     let dir: URL
     let ca: String
@@ -424,19 +427,21 @@ struct FarmPKI {
         let key = folder.appendingPathComponent("server.key").path
         let csr = dir.appendingPathComponent("\(name).csr").path
         let ext = dir.appendingPathComponent("\(name).ext")
-        try Self.openssl(["req"] + Self.curve + ["-keyout", key, "-out", csr, "-subj", "/CN=\(name)"])
+        try Self.openssl(["req"] + Self.curve + ["-keyout", key, "-out", csr, "-subj", "/O=kiln-test-server-\(name)"])
         try "subjectAltName=DNS:\(name),IP:\(address),IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n".write(to: ext, atomically: true, encoding: .utf8)
         try Self.openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", dir.appendingPathComponent("ca.key").path, "-CAcreateserial",
                           "-out", folder.appendingPathComponent("server.pem").path, "-days", "2", "-extfile", ext.path])
         chmod(key, 0o600)
     }
 
-    /// `client.pem` and `client.key` (client use only, CN `client-<name>`) into `folder`.
+    /// `client.pem` and `client.key` (client use only) into `folder`. No common name: etcd's
+    /// JSON gateway answers 400 to a client certificate with one ("CommonName of client sending
+    /// a request against gateway will be ignored").
     func issueClient(name: String, into folder: URL) throws {
         let key = folder.appendingPathComponent("client.key").path
         let csr = dir.appendingPathComponent("client-\(name).csr").path
         let ext = dir.appendingPathComponent("client-\(name).ext")
-        try Self.openssl(["req"] + Self.curve + ["-keyout", key, "-out", csr, "-subj", "/CN=client-\(name)"])
+        try Self.openssl(["req"] + Self.curve + ["-keyout", key, "-out", csr, "-subj", "/O=kiln-test-client-\(name)"])
         try "extendedKeyUsage=clientAuth\n".write(to: ext, atomically: true, encoding: .utf8)
         try Self.openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", dir.appendingPathComponent("ca.key").path, "-CAcreateserial",
                           "-out", folder.appendingPathComponent("client.pem").path, "-days", "2", "-extfile", ext.path])
