@@ -193,8 +193,8 @@ public final class NetnsFarm: Sendable {
                 podman[host] = service
                 // Leftovers of an earlier run's containers in the kept storage.
                 _ = try? service.podmanCommand(["rm", "-af"])
-                try service.ensureBusyboxImage()
             }
+            try ensureImage(buildImage, in: podman) { try $0.ensureBusyboxImage(buildImage) }
         } catch {
             for p in podman.values { p.stop() }
             git.stop()
@@ -227,6 +227,41 @@ public final class NetnsFarm: Sendable {
                          git: git, podman: podman, adminToken: adminToken, machines: machines)
     }
 
+    /// The build image of the test projects, in every builder's storage.
+    public static let buildImage = "localhost/kiln/busybox:1"
+
+    /// Makes sure every builder's storage holds `image` (plan §7): made once with `make` in
+    /// builder-1's storage when no builder has it, then `podman save` (an OCI archive kept in
+    /// `<persistentRoot>/images/`, so a fresh storage needs only a load) and `podman load`
+    /// into each builder that lacks it. Every command runs on the builder's host.
+    static func ensureImage(_ image: String, in services: [String: PodmanService], make: (PodmanService) throws -> Void) throws {
+        func has(_ s: PodmanService) -> Bool { (try? s.podmanCommand(["image", "exists", image]))?.status == 0 }
+        func podman(_ s: PodmanService, _ arguments: [String]) throws {
+            let r = try s.podmanCommand(arguments)
+            guard r.status == 0 else { throw FarmError("podman \(arguments.joined(separator: " ")) failed (\(r.status)): \(r.output)") }
+        }
+        let ordered = builderHosts.compactMap { services[$0] }
+        let missing = ordered.filter { !has($0) }
+        if missing.isEmpty { return }
+        let images = persistentRoot.appendingPathComponent("images")
+        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
+        let archive = images.appendingPathComponent(image.map { $0.isLetter || $0.isNumber ? $0 : "_" } + ".oci.tar").path
+        var source = ordered.first(where: has)
+        if source == nil, !FileManager.default.fileExists(atPath: archive) {
+            try make(ordered[0])
+            source = ordered[0]
+        }
+        if let source, !FileManager.default.fileExists(atPath: archive) {
+            try podman(source, ["save", "--format", "oci-archive", "-o", archive + ".part", image])
+            try FileManager.default.moveItem(atPath: archive + ".part", toPath: archive)
+        }
+        for service in ordered where !has(service) {
+            try podman(service, ["load", "-i", archive])
+            // An OCI archive loads under the name it was saved with; tag it if podman lost it.
+            if !has(service) { throw FarmError("podman load of \(archive) did not give \(image)") }
+        }
+    }
+
     private init(net: NetnsNetwork, kiln: String, caFile: String, tlsClient: HTTPClient, etcdCluster: EtcdCluster, etcdUsers: EtcdUsers,
                  registry: RegistryServer, git: ManagedProcess, podman: [String: PodmanService], adminToken: String, machines: [String: String]) {
         self.net = net
@@ -252,7 +287,7 @@ public final class NetnsFarm: Sendable {
     /// split on `,` `=` `:` boundaries) is in `host`'s folder, the host's own kept storage,
     /// the kiln binary, a system program or /usr/share/maven-repo: point 1's "no file
     /// system path is shared", checked for every process the farm starts.
-    static func checkNoSharedPath(net: NetnsNetwork, host: String, kiln: String, _ values: [String]) throws {
+    public static func checkNoSharedPath(net: NetnsNetwork, host: String, kiln: String, _ values: [String]) throws {
         let own = [net.host(host).dir.path, persistentRoot.appendingPathComponent(host).path]
         let system = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/share/maven-repo", "/dev/null"]
         for value in values {

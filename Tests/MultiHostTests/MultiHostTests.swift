@@ -86,6 +86,26 @@ struct MultiHostTests {
         print("multi-host: sched-1 cut, sched-2 leading after \(handover)")
     }
 
+    /// The harness's own guards: a host is refused a path outside its folder, and the test
+    /// process refuses an address its op link does not route (one off the machine).
+    @Test func harnessGuards() throws {
+        let net = farm.net
+        #expect(throws: FarmError.self) {
+            try NetnsFarm.checkNoSharedPath(net: net, host: "sched-1", kiln: farm.kiln, ["--data-dir", net.host("sched-2").dir.path])
+        }
+        #expect(throws: FarmError.self) {
+            try NetnsFarm.checkNoSharedPath(net: net, host: "builder-1", kiln: farm.kiln, ["--etcd-ca=/etc/ssl/certs/ca-certificates.crt"])
+        }
+        try NetnsFarm.checkNoSharedPath(net: net, host: "sched-1", kiln: farm.kiln,
+                                        ["--data-dir", net.host("sched-1").dir.appendingPathComponent("scheduler").path, farm.kiln, "/usr/bin/env"])
+        #expect(throws: FarmError.self) { try net.checkRoute("192.0.2.1") }
+        try net.checkRoute(net.host("registry").address)
+        // Every builder's storage got the build image (made once, saved, loaded into the others).
+        for host in NetnsFarm.builderHosts {
+            #expect(try farm.podman(on: host, ["image", "exists", NetnsFarm.buildImage]).isEmpty)
+        }
+    }
+
     // MARK: helpers
 
     func leader(asking scheduler: String) async throws -> String? {
@@ -95,10 +115,10 @@ struct MultiHostTests {
 
     func addProject(_ name: String, buildCommand: String) async throws {
         let repository = try farm.publish(name, files: [
-            "Dockerfile": "FROM localhost/kiln/busybox:1\nCOPY message /message\nCMD [\"cat\", \"/message\"]\n",
+            "Dockerfile": "FROM \(NetnsFarm.buildImage)\nCOPY message /message\nCMD [\"cat\", \"/message\"]\n",
             "message": "\(name) v1\n",
         ])
-        let project = Project(name: name, repository: repository, buildImage: "localhost/kiln/busybox:1", buildCommand: buildCommand)
+        let project = Project(name: name, repository: repository, buildImage: NetnsFarm.buildImage, buildCommand: buildCommand)
         let r = try await farm.request("POST", "/api/v1/projects", body: try KilnJSON.encode(project))
         #expect(r.status == 201 || r.status == 200, "\(r.body)")
     }
