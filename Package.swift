@@ -30,12 +30,23 @@ let package = Package(
         .target(
             name: "KilnCore"
         ),
+        // The trust of Kiln's outgoing TLS connections (`--ca-file`: a CA added to the system's
+        // roots) and the process-wide HTTP clients made with it: the CLI's API client, the
+        // agent's secrets client, the scheduler's registry client (docs/tls.md).
+        .target(
+            name: "TLSTrust",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         // The client of the scheduler's HTTP API; its wire types are KilnCore's (API/), so
         // the scheduler does not need an HTTP client and the CLI does not need the scheduler.
         .target(
             name: "KilnClient",
             dependencies: [
-                "KilnCore",
+                "KilnCore", "TLSTrust",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -60,6 +71,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 // A retagged manifest's bytes hashed against its digest (DockerClient+Retag.swift).
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -97,7 +109,7 @@ let package = Package(
         .target(
             name: "Scheduler",
             dependencies: [
-                "KilnCore", "Etcd", "Plugins", "RegistryAuth", "Sealing", "CZlib",
+                "KilnCore", "Etcd", "Plugins", "RegistryAuth", "Sealing", "CZlib", "TLSTrust",
                 // SHA-256 of API tokens and sessions; scrypt for passwords.
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -105,6 +117,10 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                // Serving the API over TLS (`kiln scheduler --tls-cert/--tls-key`).
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,7 +133,7 @@ let package = Package(
         .target(
             name: "BuildAgent",
             dependencies: [
-                "KilnCore", "Etcd", "CLibGit2", "CLinuxFS", "DockerAPI", "Processes",
+                "KilnCore", "Etcd", "CLibGit2", "CLinuxFS", "DockerAPI", "Processes", "TLSTrust",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -143,7 +159,7 @@ let package = Package(
         .target(
             name: "LocalFarm",
             dependencies: [
-                "Processes", "KilnCore", "Etcd", "Sealing",
+                "Processes", "KilnCore", "Etcd", "Sealing", "TLSTrust",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -154,7 +170,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm", "RegistryAuth", "DockerAPI", "Sealing",
+                "KilnCore", "KilnClient", "Etcd", "Scheduler", "BuildAgent", "Plugins", "Deploy", "LocalFarm", "RegistryAuth", "DockerAPI", "Sealing", "TLSTrust",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -164,7 +180,7 @@ let package = Package(
         .target(
             name: "KilnTestSupport",
             dependencies: [
-                "KilnCore", "Etcd", "DockerAPI", "LocalFarm", "Processes",
+                "KilnCore", "Etcd", "DockerAPI", "LocalFarm", "Processes", "TLSTrust",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -198,7 +214,9 @@ let package = Package(
         .testTarget(
             name: "SchedulerTests",
             dependencies: [
-                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "Sealing",
+                "Scheduler", "KilnClient", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "RegistryAuth", "Sealing", "TLSTrust",
+                // The agent's secrets client against a scheduler serving TLS (SchedulerTLSTests).
+                "BuildAgent", "DockerAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -228,7 +246,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "TLSTrust"]),
         // Issue 17: the farm with its parts on separate hosts (network namespaces, NetnsFarm);
         // skipped where namespaces cannot be made. docs/testing-multihost.md.
         .testTarget(

@@ -50,7 +50,8 @@ public struct AgentService: Service {
                                                dataDir: configuration.dataDir, disk: disk)
         } else {
             let fromSchedulers = configuration.schedulers.isEmpty ? nil : configuration.registryCredentials.map {
-                SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0)
+                SchedulerSecretsClient(schedulers: configuration.schedulers, credentials: $0,
+                                       httpClient: SchedulerSecretsClient.httpClient(trusting: configuration.schedulerCA))
             }
             let docker = DockerClient(socketPath: configuration.dockerSocket)
             self.disk = DiskKeeper(dataDir: configuration.dataDir, settings: settings, docker: docker, agentID: configuration.id,

@@ -20,16 +20,27 @@ extension DockerClient {
         if !query.isEmpty {
             uri += "?" + query.map { "\(DockerClient.escapeComponent($0.0))=\(DockerClient.escapeComponent($0.1))" }.joined(separator: "&")
         }
-        // Without this, a missing socket costs the whole connect timeout (AsyncHTTPClient retries).
-        guard FileManager.default.fileExists(atPath: socketPath) else {
-            throw DockerError(operation, nil, "the container API does not answer: there is no socket at \(socketPath)")
+        var request: HTTPClientRequest
+        switch endpoint.kind {
+        case .unixSocket(let socketPath):
+            // Without this, a missing socket costs the whole connect timeout (AsyncHTTPClient retries).
+            guard FileManager.default.fileExists(atPath: socketPath) else {
+                throw DockerError(operation, nil, "the container API does not answer: there is no socket at \(socketPath)")
+            }
+            guard let url = URL(httpURLWithSocketPath: socketPath, uri: uri) else {
+                throw DockerError(operation, nil, "cannot make a URL of the socket path \(socketPath) and \(uri)")
+            }
+            request = HTTPClientRequest(url: url.absoluteString)
+            // AHC would send the socket path as Host; podman's Go server answers 400 to a '/' in it.
+            request.headers.add(name: "Host", value: "localhost")
+        case .http, .https:
+            // The shared client trusts the system's CAs and has no client certificate: never
+            // the right one for a cell behind a TLS proxy.
+            if endpoint.isTLS && client === DockerClient.httpClient {
+                throw DockerError(operation, nil, "\(endpoint) is https: give DockerClient an HTTP client made with the endpoint's CA and client certificate (DockerTLS.makeHTTPClient)")
+            }
+            request = HTTPClientRequest(url: (endpoint.baseURL ?? "") + uri)
         }
-        guard let url = URL(httpURLWithSocketPath: socketPath, uri: uri) else {
-            throw DockerError(operation, nil, "cannot make a URL of the socket path \(socketPath) and \(uri)")
-        }
-        var request = HTTPClientRequest(url: url.absoluteString)
-        // AHC would send the socket path as Host; podman's Go server answers 400 to a '/' in it.
-        request.headers.add(name: "Host", value: "localhost")
         switch method {
         case .GET: request.method = .GET
         case .POST: request.method = .POST
@@ -46,7 +57,10 @@ extension DockerClient {
             return try await client.execute(request, timeout: long ? .hours(24 * 365) : timeout)
         } catch {
             if Task.isCancelled { throw CancellationError() }
-            throw DockerError.transport(operation, nil, "the container API at \(socketPath) does not answer", error)
+            if let tls = DockerEndpoint.tlsFailure(error) {
+                throw DockerError(operation, nil, "the container API at \(endpoint) cannot be reached: \(tls)", isTLSFailure: true)
+            }
+            throw DockerError.transport(operation, nil, "the container API at \(endpoint) does not answer", error)
         }
     }
 
@@ -66,6 +80,9 @@ extension DockerClient {
         var message = (try? JSONDecoder().decode(APIError.self, from: data))?.message
             ?? String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         if message.isEmpty { message = "\(response.status)" }
+        if let proxy = proxyRefusal(status: status, body: data) {
+            throw DockerError(operation, status, proxy.message, isTLSFailure: proxy.tls)
+        }
         throw DockerError(operation, status, message)
     }
 
@@ -88,6 +105,23 @@ extension DockerClient {
             if Task.isCancelled { throw CancellationError() }
             throw DockerError.transport(operation, nil, "the answer broke off", error)
         }
+    }
+
+    /// What a TLS proxy's own error page means (a TCP endpoint's answer that podman did not
+    /// write): nginx answers 400 to a request without an acceptable client certificate, and
+    /// 502 or 504 when the engine behind it does not answer. Nil for any other answer.
+    func proxyRefusal(status: Int, body: Data) -> (message: String, tls: Bool)? {
+        guard endpoint.socketPath == nil, [400, 502, 503, 504].contains(status) else { return nil }
+        let text = String(decoding: body.prefix(4096), as: UTF8.self)
+        guard text.contains("<html"), let open = text.range(of: "<title>"), let close = text.range(of: "</title>", range: open.upperBound..<text.endIndex) else { return nil }
+        let title = String(text[open.upperBound..<close.lowerBound])
+        if status == 400 && title.contains("SSL certificate") {
+            return ("the TLS proxy in front of the container API at \(endpoint) refused the client certificate (\(title)): it must be one the proxy's client CA (ssl_client_certificate) signed, and it must be sent (docs/cells.md)", true)
+        }
+        if status != 400 {
+            return ("the proxy at \(endpoint) answers, but the container API behind it does not (\(title)): start the engine's service on the cell host (podman system service tcp://127.0.0.1:2375, docs/cells.md)", false)
+        }
+        return nil
     }
 
     func escape(_ id: String) -> String { DockerClient.escapeComponent(id) }

@@ -11,16 +11,21 @@ public struct DockerError: Error, CustomStringConvertible, Sendable {
 
     /// The HTTP client gave up waiting (its read timeout).
     let isReadTimeout: Bool
+    /// TLS refused the call: the handshake failed (a server certificate the CA given does not
+    /// vouch for, a client certificate the server refused), or the TLS proxy in front of the
+    /// engine refused the client certificate. Nothing reached the engine.
+    public let isTLSFailure: Bool
 
     public init(_ operation: String, _ statusCode: Int?, _ message: String) {
         self.init(operation, statusCode, message, isReadTimeout: false)
     }
 
-    init(_ operation: String, _ statusCode: Int?, _ message: String, isReadTimeout: Bool) {
+    init(_ operation: String, _ statusCode: Int?, _ message: String, isReadTimeout: Bool = false, isTLSFailure: Bool = false) {
         self.operation = operation
         self.statusCode = statusCode
         self.message = message
         self.isReadTimeout = isReadTimeout
+        self.isTLSFailure = isTLSFailure
     }
 
     static func transport(_ operation: String, _ status: Int?, _ what: String, _ error: any Error) -> DockerError {

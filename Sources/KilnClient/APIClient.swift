@@ -3,37 +3,59 @@ import Foundation
 import KilnCore
 import NIOCore
 import NIOFoundationCompat
+import TLSTrust
 
 /// A client of the scheduler's HTTP API (`/api/v1/…`), for the CLI and anything else that
 /// drives a farm from outside: JSON in and out with KilnCore's coders, the API's
 /// `{"error": …}` answers thrown as `Failure` with their message.
 ///
-/// `base` is the scheduler's URL (`http://127.0.0.1:7070`); paths start with `/`. Every call
-/// goes through the process-wide `HTTPClient.shared`, so a client is cheap to make and needs
-/// no shutdown.
+/// `base` is the scheduler's URL (`http://127.0.0.1:7070`, `https://sched-1:7443`); paths
+/// start with `/`. Every call goes through a process-wide client (`OutgoingHTTP`) that trusts
+/// `ca` besides the system's roots (`kiln --ca-file`), so a client is cheap to make and needs
+/// no shutdown. A connection that fails (refused, a certificate not trusted) fails the call at
+/// once, saying why: a person is waiting.
 public struct APIClient: Sendable {
     public let base: String
     /// The `Authorization` header sent with every request to the API: `Bearer TOKEN`, or
     /// HTTP Basic for the one call that takes a password (making a token).
     let authorization: String?
+    /// Trusted besides the system's roots for an `https://` API.
+    public let ca: TrustedCA?
 
-    public init(_ base: String, token: String? = nil) {
+    public init(_ base: String, token: String? = nil, ca: TrustedCA? = nil) {
         var b = base
         while b.hasSuffix("/") { b.removeLast() }
         self.base = b
         authorization = token.map { "Bearer \($0)" }
+        self.ca = ca
     }
 
     /// A client that logs in with a user's name and password (HTTP Basic): only
     /// `POST /api/v1/tokens` takes it.
-    public init(_ base: String, user: String, password: String) {
-        self.init(base)
-        self = APIClient(base: self.base, authorization: "Basic " + Data("\(user):\(password)".utf8).base64EncodedString())
+    public init(_ base: String, user: String, password: String, ca: TrustedCA? = nil) {
+        self.init(base, ca: ca)
+        self = APIClient(base: self.base, authorization: "Basic " + Data("\(user):\(password)".utf8).base64EncodedString(), ca: ca)
     }
 
-    private init(base: String, authorization: String?) {
+    private init(base: String, authorization: String?, ca: TrustedCA?) {
         self.base = base
         self.authorization = authorization
+        self.ca = ca
+    }
+
+    /// The API's requests: 10 s to connect, 90 s for each read.
+    static let http = OutgoingHTTP.Settings(connect: .seconds(10), read: .seconds(90), retryConnecting: false)
+    /// Following a log: no read time-out, since a step may print nothing for minutes (a quiet
+    /// compile, a large base image checked).
+    static let streaming = OutgoingHTTP.Settings(connect: .seconds(10), read: nil, retryConnecting: false)
+
+    /// What a request that never got an answer says: a TLS failure with what to do about it,
+    /// else that the scheduler may not be running.
+    func unreachable(_ error: any Error) -> Failure {
+        if let tls = TLSFailure.explain(error, url: base) {
+            return Failure(description: "cannot reach the Kiln API at \(base): \(tls)")
+        }
+        return Failure(description: "cannot reach the Kiln API at \(base) (\(error)). Is `kiln scheduler` (or `kiln up`) running? Pass --api or set KILN_API.")
     }
 
     /// A request that failed: the API's own message, or what went wrong on the way.
@@ -60,7 +82,7 @@ public struct APIClient: Sendable {
         request.method = .init(rawValue: method)
         request.headers.add(name: "Host", value: host)
         if closeConnection { request.headers.add(name: "Connection", value: "close") }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let response = try await OutgoingHTTP.client(Self.http, trusting: ca).execute(request, timeout: .seconds(10))
         let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
         guard anyStatus || (200..<300).contains(Int(response.status.code)) else {
             throw Failure(description: "\(method) \(url) (Host \(host)): HTTP \(response.status.code) \(body.prefix(200))")
@@ -104,9 +126,9 @@ public struct APIClient: Sendable {
         }
         let response: HTTPClientResponse
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: .milliseconds(Int64(timeout.inMilliseconds)))
+            response = try await OutgoingHTTP.client(Self.http, trusting: ca).execute(request, timeout: .milliseconds(Int64(timeout.inMilliseconds)))
         } catch {
-            throw Failure(description: "cannot reach the Kiln API at \(base) (\(error)). Is `kiln scheduler` (or `kiln up`) running? Pass --api or set KILN_API.")
+            throw unreachable(error)
         }
         let buffer = try await response.body.collect(upTo: 64 << 20)
         let data = Data(buffer: buffer)
@@ -131,19 +153,16 @@ public struct APIClient: Sendable {
         }
     }
 
-    /// For following a log: no read time-out, since a step may print nothing for minutes (a
-    /// quiet compile, a large base image checked); the shared client gives up after 90 s.
-    static let streaming: HTTPClient = {
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(10), read: nil)
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
-
     /// Streams a build's log to `output` until the build ends.
     public func followLog(_ id: String, output: @Sendable (String) -> Void) async throws {
         var request = HTTPClientRequest(url: base + "/api/v1/builds/\(id)/log?follow=1")
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
-        let response = try await APIClient.streaming.execute(request, timeout: .hours(24))
+        let response: HTTPClientResponse
+        do {
+            response = try await OutgoingHTTP.client(Self.streaming, trusting: ca).execute(request, timeout: .hours(24))
+        } catch {
+            throw unreachable(error)
+        }
         guard response.status == .ok else {
             let body = try await response.body.collect(upTo: 1 << 20)
             throw Failure(description: "log of \(id): HTTP \(response.status.code) \(String(buffer: body))")

@@ -1,9 +1,10 @@
 import AsyncHTTPClient
 import Foundation
 import KilnCore
+import TLSTrust
 
-/// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP,
-/// storing its blobs under `root`: where the farm's builders push images.
+/// A Docker Distribution 2.8 registry (`docker-registry serve`) on 127.0.0.1, plain HTTP
+/// (or HTTPS with `TLS`), storing its blobs under `root`: where the farm's builders push images.
 ///
 /// `start` returns once `GET /v2/` answers 200. Stop it with `stop()`; it is also stopped when
 /// the last reference goes away, so a test that fails halfway leaves no registry behind.
@@ -41,27 +42,41 @@ public final class RegistryServer: Sendable {
         }
     }
 
+    /// The registry serving HTTPS (its `http.tls`): the certificate and key it serves, PEM,
+    /// and the CA that signed the certificate, which the start's probe trusts.
+    public struct TLS: Sendable, Equatable {
+        public var certificate: String
+        public var key: String
+        public var ca: String
+
+        public init(certificate: String, key: String, ca: String) {
+            self.certificate = certificate
+            self.key = key
+            self.ca = ca
+        }
+    }
+
     public let root: URL
     public let port: Int
     public let logFile: URL
     public let process: ManagedProcess
+    /// nil: plain HTTP.
+    public let tls: TLS?
     /// Where it runs (``Placement/local``: this machine's loopback).
     public let placement: Placement
-    /// Whether it serves TLS (`start`'s `tls`).
-    public let servesTLS: Bool
 
     /// "127.0.0.1:<port>" (the placement's advertised name): the registry part of image names pushed here.
     public var address: String { "\(placement.advertise):\(port)" }
-    /// "http://127.0.0.1:<port>" (https with TLS).
-    public var url: String { "\(servesTLS ? "https" : "http")://\(address)" }
+    /// "http://127.0.0.1:<port>", or https:// with `tls`.
+    public var url: String { "\(tls == nil ? "http" : "https")://\(address)" }
 
-    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, placement: Placement, servesTLS: Bool) {
+    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, tls: TLS?, placement: Placement) {
+        self.placement = placement
         self.root = root
         self.port = port
         self.logFile = logFile
         self.process = process
-        self.placement = placement
-        self.servesTLS = servesTLS
+        self.tls = tls
     }
 
     deinit {
@@ -76,13 +91,11 @@ public final class RegistryServer: Sendable {
     /// Distribution's HTTP Basic authentication instead: a registry of someone else's, as a
     /// project's `pushTo` or a private base image's registry would be.
     /// `deletes`: whether the registry deletes manifests (Kiln's console deletes tags; off
-    /// only for a test of a registry that refuses).
-    ///
-    /// `tls` (PEM certificate and key files) serves HTTPS; `placement` puts it on another
-    /// host (then `port` is required: that host's port space is its own).
+    /// only for a test of a registry that refuses). `tls`: serve HTTPS with these files.
+    /// `placement` puts it on another host (then `port` is required: that host's port space
+    /// is its own).
     public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil,
-                             deletes: Bool = true, tls: (certificate: String, key: String)? = nil,
-                             placement: Placement = .local) async throws -> RegistryServer {
+                             deletes: Bool = true, tls: TLS? = nil, placement: Placement = .local) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
@@ -100,17 +113,14 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes,
-                                                   bindHost: placement.bindHost, tls: tls), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes, tls: tls,
+                                                   bindHost: placement.bindHost), to: config.path)
             let command = try placement.command("docker-registry", ["serve", config.path])
             let process = try ManagedProcess(
                 name: "registry", executable: command.executable, arguments: command.arguments, logFile: logFile)
-            let probe = "\(tls == nil ? "http" : "https")://\(placement.probeHost):\(chosen)/v2/"
             do {
-                try await process.waitUntilReady(timeout: 20) {
-                    await answers(probe, client: placement.probeClient, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil)
-                }
-                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, placement: placement, servesTLS: tls != nil)
+                try await process.waitUntilReady(timeout: 20) { await answers(host: placement.probeHost, port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil, tls: tls) }
+                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, tls: tls, placement: placement)
             } catch {
                 process.killNow()
                 lastError = error
@@ -126,8 +136,8 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true,
-                              bindHost: String = "127.0.0.1", tls: (certificate: String, key: String)? = nil) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true, tls: TLS? = nil,
+                              bindHost: String = "127.0.0.1") -> String {
         var text = """
         version: 0.1
         log:
@@ -141,11 +151,21 @@ public final class RegistryServer: Sendable {
             enabled: \(deletes)
         http:
           addr: \(bindHost):\(port)
-        \(tls.map { "  tls:\n    certificate: \"\($0.certificate)\"\n    key: \"\($0.key)\"\n" } ?? "")health:
+        health:
           storagedriver:
             enabled: false
 
         """
+        if let tls {
+            // The nested keys of `http:` (a second `http:` block would replace the first).
+            text = text.replacingOccurrences(of: "  addr: \(bindHost):\(port)\n", with: """
+                  addr: \(bindHost):\(port)
+                  tls:
+                    certificate: "\(tls.certificate)"
+                    key: "\(tls.key)"
+
+                """)
+        }
         if let htpasswd, auth == nil {
             text += """
             auth:
@@ -189,8 +209,15 @@ public final class RegistryServer: Sendable {
     }
 
     /// `GET /v2/` answers 200, or 401 with `challenge` (`Bearer `, `Basic `) when auth is on.
-    private static func answers(_ url: String, client: HTTPClient, challenge: String?) async -> Bool {
-        let request = HTTPClientRequest(url: url)
+    private static func answers(host: String, port: Int, challenge: String?, tls: TLS?) async -> Bool {
+        let request = HTTPClientRequest(url: "\(tls == nil ? "http" : "https")://\(host):\(port)/v2/")
+        let client: HTTPClient
+        if let tls {
+            guard let ca = try? TrustedCA(file: tls.ca) else { return false }
+            client = OutgoingHTTP.client(.init(connect: .seconds(2), read: .seconds(2), retryConnecting: false), trusting: ca)
+        } else {
+            client = HTTPClient.shared
+        }
         guard let response = try? await client.execute(request, timeout: .seconds(2)) else { return false }
         _ = try? await response.body.collect(upTo: 1 << 16)
         if let challenge {

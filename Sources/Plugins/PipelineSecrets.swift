@@ -12,7 +12,8 @@ public protocol PipelineSecrets: Sendable {
     /// The build secret `name` of `project` (or of its group) for a build of `ref`
     /// (`Build.protectionRef`: nil when a request pinned the commit, which holds no protection).
     func secret(_ name: String, of project: Project, ref: String?) async throws -> SecretLookup
-    /// The credential of the Kubernetes cell `cell`, nil when none was set.
+    /// The credential of the cell `cell` (a Kubernetes cell, or a local cell reached over
+    /// https), nil when none was set.
     func cellCredential(_ cell: String) async throws -> CellCredential?
 }
 

@@ -35,8 +35,11 @@ public struct SchedulerConfiguration: Sendable {
     /// tags); nil: those pages show what the build records know, and deletes answer 503.
     public var registryAPI: RegistryClient.Configuration?
     /// Mark the console's cookies `Secure` on every request (`--console-secure-cookies`), for
-    /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`.
+    /// a scheduler behind a TLS proxy that does not send `X-Forwarded-Proto: https`. A
+    /// scheduler serving TLS itself (`tls`) marks them so whatever this says.
     public var consoleSecureCookies = false
+    /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`); nil: plain HTTP.
+    public var tls: SchedulerTLS?
     /// The secrets key file (`--secrets-key-file`, mode 0600; docs/secrets.md): secrets and
     /// credentials are sealed in etcd under its first key. nil: the secret routes answer 503,
     /// and the scheduler refuses to start if etcd already holds sealed secrets. The start
@@ -90,7 +93,7 @@ public func buildSchedulerApplication(
     // With the token service's key the registry client signs its own tokens.
     let registry = configuration.registryAPI.map { RegistryClient(configuration: $0, tokens: configuration.registryTokens) }
     ImagesAPI(store: store, registry: registry, logger: logger).addRoutes(to: router.group("api/v1"))
-    var console = Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies, etcdHealth: etcdHealth,
+    var console = Console(store: store, secrets: secrets, secureCookies: configuration.consoleSecureCookies || configuration.tls != nil, etcdHealth: etcdHealth,
                           scaler: configuration.scaler, logger: logger)
     console.registry = registry
     console.addRoutes(to: router)
@@ -113,6 +116,7 @@ public func buildSchedulerApplication(
                                 logArchiver: LogArchiver(store: store, configuration: configuration.logArchiver, logger: logger), logger: logger)
     var app = Application(
         router: router,
+        server: configuration.tls?.server ?? .http1(),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "kiln-scheduler"),
         services: [dispatcher, BuildEventCounter(store: store, metrics: metrics, logger: logger), etcdHealth],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },

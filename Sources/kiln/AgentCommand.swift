@@ -76,10 +76,13 @@ struct AgentCommand: AsyncParsableCommand {
         secrets (the project's git credential, registry logins and build secrets), logging in \
         with --registry-credentials; the scheduler gives them only to the agent it assigned \
         the build to. http:// only for a scheduler on this machine's loopback, https:// \
-        elsewhere. Without it builds get no secrets or credentials (a warning at start and in \
+        elsewhere (its CA in --ca-file, if it is the farm's own; docs/tls.md). Without it builds get no secrets or credentials (a warning at start and in \
         every build's log), and projects that need them fail.
         """, valueName: "url[,url…]"))
     var scheduler: String? = ProcessInfo.processInfo.environment["KILN_SCHEDULER"].flatMap { $0.isEmpty ? nil : $0 }
+
+    /// `--ca-file`: the CA of the schedulers' certificates (`https://` --scheduler), besides the system's roots.
+    @OptionGroup var ca: CAFileOption
 
     @Option(name: .long, help: ArgumentHelp("Maven repository mirror URL for compile containers (env KILN_MAVEN_MIRROR).", valueName: "url"))
     var mavenMirror: String? = ProcessInfo.processInfo.environment["KILN_MAVEN_MIRROR"]
@@ -277,6 +280,21 @@ struct AgentCommand: AsyncParsableCommand {
         return StepTimeouts(fetch: .seconds(n[0]), compile: .seconds(n[1]), image: .seconds(n[2]), push: .seconds(n[3]))
     }
 
+    /// What this agent hands to other hosts or to its builds that they cannot reach
+    /// (docs/hosts.md): the registry name it records in every image (cells pull it), and a
+    /// Maven mirror on loopback, which a bridged build container reaches as itself.
+    var addressWarnings: [String] {
+        var warnings: [String] = []
+        if let w = HostReach.warning(option: "--registry", address: registry, readers: "cells and schedulers, which pull and check the images it records",
+                                     etcd: etcd.etcd, fix: "Give --registry (env KILN_REGISTRY) the name every builder, cell and scheduler host resolves to the registry, and the same on the schedulers (docs/hosts.md).") {
+            warnings.append(w)
+        }
+        if let mirror = mavenMirror, compileNetwork != .host, let host = HostReach.host(of: mirror), HostReach.isLoopback(host) {
+            warnings.append("--maven-mirror \(mirror) is a loopback address, which a build container on the \(compileNetwork.rawValue) network reaches as itself: give a name the container resolves (host.containers.internal for this machine, or the mirror's host name; docs/hosts.md)")
+        }
+        return warnings
+    }
+
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         var config = AgentConfiguration(
@@ -291,6 +309,7 @@ struct AgentCommand: AsyncParsableCommand {
             kilnExecutable: KilnExecutable.current, maxLogBytes: AgentConfiguration.parseSize(maxLogSize)!,
             registryCredentials: try registryCredentials.map(RegistryCredentials.read))
         if simulate == nil, let scheduler { config.schedulers = try SchedulerURLs.parse(scheduler) }
+        config.schedulerCA = try ca.trusted()
         config.diskBudget = diskBudget.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.minFree = minFree.flatMap(AgentConfiguration.parseSize).map(Int64.init)
         config.keepImages = keepImages
@@ -305,6 +324,7 @@ struct AgentCommand: AsyncParsableCommand {
             logger.notice("kiln agent \(id): SIMULATED builds of \(duration) (nothing is built), capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd)")
         } else {
             logger.notice("kiln agent \(id): capacity \(capacity), data \(config.dataDir.path), etcd \(etcd.etcd), containers \(dockerSocket), registry \(registry); builds: network \(compileNetwork.rawValue), \(config.limits.description); \(config.fetchPolicy.summary); secrets from \(config.schedulers.isEmpty ? "nowhere (no --scheduler)" : config.schedulers.joined(separator: ", "))")
+            for warning in addressWarnings { logger.warning("kiln agent \(id): \(warning)") }
             if compileNetwork == .host {
                 logger.warning("kiln agent \(id): --compile-network host: every build runs on this machine's network and can reach etcd, the scheduler and the registry on loopback. Use it only when every build on this agent is trusted; the default is bridge")
             }

@@ -4,28 +4,34 @@ import KilnClient
 import KilnCore
 
 extension CellCommand {
-    /// `kiln cell credential set|rm`: how the scheduler logs in to a Kubernetes cell.
+    /// `kiln cell credential set|rm`: how the scheduler logs in to a Kubernetes cell, or to a
+    /// local cell's TLS proxy (an `https://` endpoint).
     struct Credential: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Set or remove a Kubernetes cell's credential (admins).",
+            abstract: "Set or remove a cell's credential: a Kubernetes cell's, or an https local cell's (admins).",
             discussion: """
             Each Kubernetes cell has its own: a bearer token (a service account's; prefer a \
             short-lived one, bound by a Role in each app's namespace: docs/kubernetes.md) or a \
             client certificate and key, and the cluster's CA certificate that the API server's \
-            certificate must chain to. Sealed in etcd; nobody reads it back.
+            certificate must chain to. A local cell at an https:// endpoint (an engine on another \
+            host behind a TLS proxy) takes a client certificate and key that the proxy's client CA \
+            signed, and the CA of the proxy's own certificate (docs/cells.md). Sealed in etcd; \
+            nobody reads it back.
 
             Examples:
               kubectl create token kiln -n apps --duration 24h | kiln cell credential set k1 --ca-file ca.crt
               kiln cell credential set k1 --client-cert-file kiln.crt --client-key-file kiln.key --ca-file ca.crt
+              kiln cell credential set b --client-cert-file kiln.crt --client-key-file kiln.key --ca-file cells-ca.crt
               kiln cell credential rm k1
             """,
             subcommands: [Set.self, Remove.self])
 
         struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Set a cell's credential: a token (standard input or --token-file) or a client certificate, and the cluster's CA.")
-            @OptionGroup var api: APIOptions
+            // --ca-file is the cluster's CA here: the API's own comes from KILN_CA_FILE.
+            @OptionGroup var api: APIOptionsCAFromEnv
             @Argument(help: "The cell.") var name: String
-            @Option(name: .long, help: ArgumentHelp("The cluster's CA certificate (PEM).", valueName: "file")) var caFile: String
+            @Option(name: .long, help: ArgumentHelp("The CA certificate the server's certificate must chain to (PEM): the cluster's, or a local cell's TLS proxy's.", valueName: "file")) var caFile: String
             @Option(name: .long, help: ArgumentHelp("Read the bearer token from this file (mode 0600) instead of standard input.", valueName: "file")) var tokenFile: String?
             @Option(name: .long, help: ArgumentHelp("A client certificate (PEM) instead of a token.", valueName: "file")) var clientCertFile: String?
             @Option(name: .long, help: ArgumentHelp("The client certificate's private key (PEM, mode 0600).", valueName: "file")) var clientKeyFile: String?

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Etcd
 import KilnClient
+import KilnCore
 import Logging
 
 @main
@@ -54,16 +55,50 @@ func env(_ name: String, _ fallback: String) -> String {
 
 /// Options of the commands that talk to the scheduler's API.
 struct APIOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Scheduler API URL (env KILN_API).", valueName: "url"))
+    static let apiHelp = ArgumentHelp("Scheduler API URL (env KILN_API): http:// only on this machine's loopback, https:// elsewhere (with --ca-file for a private CA).", valueName: "url")
+
+    @Option(name: .long, help: apiHelp)
     var api: String = env("KILN_API", "http://127.0.0.1:7070")
 
     @Flag(name: .long, help: "Print the JSON the API returned.")
     var json = false
 
+    @OptionGroup var ca: CAFileOption
+
+    func validate() throws { try Self.check(api: api) }
+
+    /// The rule of the agents' --scheduler and of etcd: the API token crosses the network
+    /// only inside TLS.
+    static func check(api: String) throws {
+        guard let url = URL(string: api), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = url.host, !host.isEmpty, url.user == nil else {
+            throw ValidationError("--api must be the scheduler's URL, such as http://127.0.0.1:7070 or https://kiln.example.com, not '\(api)'")
+        }
+        if scheme == "http" && !CAFileOption.isLoopback(host) {
+            throw ValidationError("--api \(api) is not on this machine's loopback: plain HTTP would carry your API token across the network in clear. Use the scheduler's https:// address (kiln scheduler --tls-cert/--tls-key; docs/tls.md)")
+        }
+    }
+
     /// A client with this user's token: KILN_TOKEN, else the one `kiln login` stored for
     /// this API in ~/.config/kiln/credentials.
     func client() throws -> APIClient {
-        APIClient(api, token: try CLICredentials.token(for: api))
+        APIClient(api, token: try CLICredentials.token(for: api), ca: try ca.trusted())
+    }
+}
+
+/// `APIOptions` without `--ca-file`, for the one command whose own `--ca-file` is something
+/// else (`kiln cell credential set`, the cluster's CA): the API's CA comes from KILN_CA_FILE.
+struct APIOptionsCAFromEnv: ParsableArguments {
+    @Option(name: .long, help: APIOptions.apiHelp)
+    var api: String = env("KILN_API", "http://127.0.0.1:7070")
+
+    func validate() throws {
+        try APIOptions.check(api: api)
+        _ = try CAFileOption.trusted(CAFileOption.environment)
+    }
+
+    func client() throws -> APIClient {
+        APIClient(api, token: try CLICredentials.token(for: api), ca: try CAFileOption.trusted(CAFileOption.environment))
     }
 }
 

@@ -104,6 +104,10 @@ struct LBAgentCommand: AsyncParsableCommand {
         let config = agentConfiguration
         let agent = LBAgent(configuration: config, etcd: try etcdAccess.client(endpoint: etcd, logger: logger), logger: logger)
         logger.notice("kiln lb-agent \(config.id): group \(config.group), nginx on \(config.listen), folder \(config.directory.path), etcd \(etcd)")
+        if let warning = HostReach.warning(option: "--listen", address: listen, readers: "clients and the DNS names pointed at this lb host", etcd: etcd,
+                                           fix: "Listen on the address clients reach (this host's address, or 0.0.0.0:PORT) with --listen (env KILN_LB_LISTEN; docs/hosts.md).", listening: true) {
+            logger.warning("kiln lb-agent \(config.id): \(warning)")
+        }
         // Graceful shutdown (SIGTERM, Ctrl-C) stops nginx and revokes the report's lease.
         let group = ServiceGroup(configuration: .init(services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

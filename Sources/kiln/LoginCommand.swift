@@ -100,11 +100,11 @@ struct LoginCommand: AsyncParsableCommand {
         } else {
             let password = try readSecret(prompt: "password for \(user!) at \(api.api): ")
             let host = ProcessInfo.processInfo.hostName
-            let created = try await APIClient(api.api, user: user!, password: password)
+            let created = try await APIClient(api.api, user: user!, password: password, ca: try api.ca.trusted())
                 .post("/api/v1/tokens", body: NewToken(name: "kiln login on \(host)", expiresInDays: expiresInDays), as: CreatedToken.self)
             token = created.token
         }
-        let me = try await APIClient(api.api, token: token).get("/api/v1/users/me", as: UserView.self)
+        let me = try await APIClient(api.api, token: token, ca: try api.ca.trusted()).get("/api/v1/users/me", as: UserView.self)
         try CLICredentials.store(token, for: api.api)
         print("logged in to \(api.api) as \(me.name)\(me.admin ? " (admin)" : ""); token kept in \(CLICredentials.path)")
     }

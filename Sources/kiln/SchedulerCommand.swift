@@ -9,6 +9,7 @@ import RegistryAuth
 import Scheduler
 import Sealing
 import ServiceLifecycle
+import TLSTrust
 
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -144,12 +145,37 @@ struct SchedulerCommand: AsyncParsableCommand {
         """, valueName: "url"))
     var registryURL: String? = ProcessInfo.processInfo.environment["KILN_REGISTRY_URL"]
 
-    /// `--registry-url`, else one made from `--registry` (plain HTTP only on loopback, as Docker allows).
-    var registryAPI: RegistryClient.Configuration? {
-        if let registryURL { return RegistryClient.Configuration(url: registryURL) }
+    /// `--registry-url`, else one made from `--registry` (plain HTTP only on loopback, as
+    /// Docker allows); an `https://` one trusts `--ca-file` besides the system's roots.
+    func registryAPI(ca: TrustedCA?) -> RegistryClient.Configuration? {
+        if let registryURL { return RegistryClient.Configuration(url: registryURL, ca: ca) }
         guard let registry else { return nil }
         let loopback = ["127.0.0.1", "localhost", "[::1]"].contains { registry == $0 || registry.hasPrefix($0 + ":") }
-        return RegistryClient.Configuration(url: (loopback ? "http://" : "https://") + registry)
+        return RegistryClient.Configuration(url: (loopback ? "http://" : "https://") + registry, ca: ca)
+    }
+
+    @Option(name: .long, help: ArgumentHelp("""
+        PEM certificate chain to serve the API, the console and the webhooks over HTTPS with \
+        on --listen (env KILN_TLS_CERT; needs --tls-key): the server's certificate first, naming \
+        every host name and address agents and people reach this scheduler by (docs/tls.md). \
+        Makes the console's cookies Secure.
+        """, valueName: "file"))
+    var tlsCert: String? = ProcessInfo.processInfo.environment["KILN_TLS_CERT"].flatMap { $0.isEmpty ? nil : $0 }
+
+    @Option(name: .long, help: ArgumentHelp("The private key of --tls-cert, PEM, mode 0600 (env KILN_TLS_KEY).", valueName: "file"))
+    var tlsKey: String? = ProcessInfo.processInfo.environment["KILN_TLS_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+
+    /// `--ca-file`: the CA of the registry's certificate (an `https://` --registry-url), besides the system's roots.
+    @OptionGroup var ca: CAFileOption
+
+    /// `--tls-cert` and `--tls-key`, checked and read; nil for plain HTTP.
+    func serverTLS() throws -> SchedulerTLS? {
+        switch (tlsCert, tlsKey) {
+        case (nil, nil): return nil
+        case (let cert?, let key?):
+            do { return try SchedulerTLS(certificateFile: cert, keyFile: key) } catch let error as KilnError { throw ValidationError(error.message) }
+        default: throw ValidationError("--tls-cert and --tls-key go together: give the certificate and its key, or neither for plain HTTP")
+        }
     }
 
     @Option(name: .long, help: ArgumentHelp("""
@@ -164,9 +190,9 @@ struct SchedulerCommand: AsyncParsableCommand {
 
     @Flag(name: .long, help: ArgumentHelp("""
         Mark the web console's session cookies Secure (the browser sends them over HTTPS only) \
-        on every request (env KILN_CONSOLE_SECURE_COOKIES=1). The scheduler serves plain HTTP; \
-        behind a TLS proxy that sends X-Forwarded-Proto: https the cookies are Secure anyway, so \
-        use this for a proxy that does not, and never when browsers reach the scheduler over \
+        on every request (env KILN_CONSOLE_SECURE_COOKIES=1). With --tls-cert, or behind a TLS \
+        proxy that sends X-Forwarded-Proto: https, the cookies are Secure anyway, so use this \
+        for a proxy that does not, and never when browsers reach the scheduler over \
         plain HTTP (they would not send the cookie back, and no one could log in).
         """))
     var consoleSecureCookies = env("KILN_CONSOLE_SECURE_COOKIES", "0") == "1"
@@ -243,11 +269,14 @@ struct SchedulerCommand: AsyncParsableCommand {
             throw ValidationError("--warm-wait is seconds from 0 (no wait) to 600, such as \(Dispatcher.Configuration.defaultWarmWait), not \(warmWait)")
         }
         guard !dataDir.isEmpty, logArchive?.isEmpty != true else { throw ValidationError("--data-dir and --log-archive must name a folder") }
+        _ = try serverTLS()
     }
 
     func run() async throws {
         let logger = KilnLogging.bootstrap(etcd.logLevel)
         let hp = HostPort(listen)!
+        let tls = try serverTLS()
+        if tls == nil, let warning = SchedulerTLS.plainHTTPWarning(listen: hp.host) { logger.warning("\(warning)") }
         // The post-build plugins: deploys run from the leader, through the cells in etcd.
         // Kubernetes cells' credentials, and the values of a version's secretEnv, are in the
         // sealed store (nil without a key file).
@@ -269,13 +298,18 @@ struct SchedulerCommand: AsyncParsableCommand {
         let identity = SchedulerStore(etcd: try etcd.client(logger: logger), keys: Keys(prefix: etcd.prefix))
         let bootstrap = try await identity.ensureFirstAdmin(tokenFile: adminTokenFile)
         logger.notice("\(bootstrap)")
+        if let registry, let warning = HostReach.warning(option: "--registry", address: registry, readers: "cells, which pull the images deployed by this name",
+                                                         etcd: etcd.etcd, fix: "Give the registry's name every builder, cell and scheduler host resolves, the same as the agents' --registry (docs/hosts.md).") {
+            logger.warning("\(warning)")
+        }
         if let key = registrySigningKey {
             configuration.registryTokens = .init(
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
                 service: registryService)
         }
         configuration.registryEventsToken = try registryEventsTokenFile.map(CredentialFile.read)
-        configuration.registryAPI = registryAPI
+        configuration.registryAPI = registryAPI(ca: try ca.trusted())
+        configuration.tls = tls
         configuration.consoleSecureCookies = consoleSecureCookies
         configuration.secretsKeyFile = secretsKeyFile
         configuration.logArchive = LocalLogArchive(directory: logArchiveFolder.standardizedFileURL)
@@ -299,7 +333,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         let app = buildSchedulerApplication(
             configuration: configuration,
             logger: logger,
-            onServerRunning: { port in logger.notice("kiln scheduler listening on http://\(hp.host):\(port), etcd \(etcd.etcd)") })
+            onServerRunning: { port in
+                let names = tls.map { "; certificate \($0.certificateFile) for \($0.names.joined(separator: ", "))" } ?? ""
+                logger.notice("kiln scheduler listening on \(tls == nil ? "http" : "https")://\(hp.host):\(port), etcd \(etcd.etcd)\(names)")
+            })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

@@ -8,7 +8,7 @@ import Testing
 @Suite struct KubernetesClientsTests {
     @Test func aClientIsKeptPerCredentialAndReplacedWhenItChanges() async throws {
         let ca = try TestCA(name: "cluster CA").pem
-        let clients = KubernetesClients()
+        let clients = CellClients(make: KubernetesDeployer.makeClient)
         let first = try await clients.acquire(cell: "k1", credential: CellCredential(token: "token-one-1", certificateAuthority: ca))
         let again = try await clients.acquire(cell: "k1", credential: CellCredential(token: "token-one-1", certificateAuthority: ca))
         #expect(first === again)
@@ -31,7 +31,7 @@ import Testing
     }
 
     @Test func anUnreadableCredentialNamesTheCellAndTheField() async throws {
-        let clients = KubernetesClients()
+        let clients = CellClients(make: KubernetesDeployer.makeClient)
         let noCA = await #expect(throws: KilnError.self) {
             _ = try await clients.acquire(cell: "k1", credential: CellCredential(token: "token-one-1", certificateAuthority: "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
         }

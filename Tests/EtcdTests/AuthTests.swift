@@ -119,7 +119,7 @@ struct AuthTests {
 
     @Test func tlsWithACAAndAClientCertificate() async throws {
         let dir = try TempDir("etcd-tls")
-        let pki = try TestPKI(dir.url)
+        let pki = try TestCA(dir.url)
         let server = try await EtcdServer.start(
             dataDir: dir.path("data"),
             tls: .init(certificateFile: pki.serverCertificate, keyFile: pki.serverKey, caFile: pki.ca, clientCertificateAuth: true))
@@ -170,38 +170,4 @@ func withAuthEtcd(
         return EtcdClient(endpoint: server.endpoint, credentials: EtcdCredentials(user: name, password: password))
     }
     try await withTimeout(.seconds(60)) { try await body(server, root, makeUser) }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and an
-/// unrelated CA, made with openssl in `dir`. The server certificate is for client use too:
-/// etcd's JSON gateway dials etcd's own gRPC port with it, and with `--client-cert-auth` a
-/// server-only certificate fails that handshake (every call answers 503 "connection closed").
-struct TestPKI {
-    let ca: String, otherCA: String
-    let serverCertificate: String, serverKey: String
-    let clientCertificate: String, clientKey: String
-
-    init(_ dir: URL) throws {
-        func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
-        func openssl(_ arguments: [String]) throws {
-            let r = try Spawn.run("/usr/bin/openssl", arguments)
-            guard r.status == 0 else { throw FarmError("openssl \(arguments.joined(separator: " ")) failed: \(String(decoding: r.output, as: UTF8.self))") }
-        }
-        let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        for name in ["ca", "other-ca"] {
-            try openssl(["req", "-x509"] + curve + ["-keyout", path("\(name).key"), "-out", path("\(name).pem"), "-days", "1", "-subj", "/CN=kiln-test-\(name)"])
-        }
-        for (name, usage) in [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"), ("client", "extendedKeyUsage=clientAuth")] {
-            try openssl(["req"] + curve + ["-keyout", path("\(name).key"), "-out", path("\(name).csr"), "-subj", "/CN=kiln-test-\(name)"])
-            try usage.write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
-            try openssl(["x509", "-req", "-in", path("\(name).csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"), "-CAcreateserial",
-                         "-out", path("\(name).pem"), "-days", "1", "-extfile", path("\(name).ext")])
-        }
-        ca = path("ca.pem")
-        otherCA = path("other-ca.pem")
-        serverCertificate = path("server.pem")
-        serverKey = path("server.key")
-        clientCertificate = path("client.pem")
-        clientKey = path("client.key")
-    }
 }

@@ -162,7 +162,7 @@ struct ClusterTests {
 
     @Test func aClusterOverTLSWithACA() async throws {
         let dir = try TempDir("etcd-cluster-pki")
-        let pki = try TestPKI(dir.url)
+        let pki = try TestCA(dir.url)
         // etcd 3.4 with --trusted-ca-file wants a client certificate too.
         let tls = EtcdServer.TLS(certificateFile: pki.serverCertificate, keyFile: pki.serverKey, caFile: pki.ca, clientCertificateAuth: true)
         try await withCluster(tls: tls) { cluster in

@@ -162,7 +162,9 @@ public final class NetnsFarm: Sendable {
         let bundle = registryDir.appendingPathComponent("credentials/registry-signing-cert.pem")
         try fm.createDirectory(at: bundle.deletingLastPathComponent(), withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try CredentialFile.write(try signingKey.certificatePEM(), to: bundle.path)
-        let registryTLS = (certificate: registryDir.appendingPathComponent("tls/server.pem").path, key: registryDir.appendingPathComponent("tls/server.key").path)
+        let registryTLS = RegistryServer.TLS(certificate: registryDir.appendingPathComponent("tls/server.pem").path,
+                                             key: registryDir.appendingPathComponent("tls/server.key").path,
+                                             ca: registryDir.appendingPathComponent("tls/ca.pem").path)
         try checkNoSharedPath(net: net, host: "registry", kiln: kiln, [registryDir.appendingPathComponent("registry").path, bundle.path, registryTLS.certificate, registryTLS.key])
         let registry: RegistryServer
         do {

@@ -11,6 +11,7 @@ import NIOFoundationCompat
 import NIOHTTP1
 import Plugins
 import Scheduler
+import TLSTrust
 
 /// A scheduler running in this process on a free port, over a real etcd started for the test
 /// with authentication on: the scheduler is its own etcd user (``EtcdAccess/scheduler``), the
@@ -22,6 +23,8 @@ struct SchedulerHarness: Sendable {
     let adminToken: String
     /// The scheduler's `--secrets-key-file` (nil: started without one).
     let secretsKeyFile: String?
+    /// The client of `request`: one trusting the test CA for a scheduler serving TLS.
+    var client: HTTPClient = .shared
     let keys = Keys()
 
     /// A request as the admin.
@@ -31,7 +34,7 @@ struct SchedulerHarness: Sendable {
 
     /// A request with `token` (nil: none).
     func request(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String?, headers: [(String, String)] = []) async throws -> HTTPReply {
-        try await httpRequest(method, api + path, body: body, headers: (token.map { [("Authorization", "Bearer \($0)")] } ?? []) + headers)
+        try await httpRequest(method, api + path, body: body, headers: (token.map { [("Authorization", "Bearer \($0)")] } ?? []) + headers, client: client)
     }
 
     func build(_ id: String) async throws -> Build {
@@ -50,7 +53,9 @@ struct SchedulerHarness: Sendable {
 /// as `kiln up` does; false: without one. `prepare` runs on etcd (as root) before the scheduler starts.
 /// `plugins`: the post-build plugins it runs pipelines with (none: it runs no pipeline).
 /// `etcd`: etcd's compaction and quota; `configure`: changes to the scheduler's configuration.
-func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], etcd maintenance: EtcdServer.Maintenance = .standard,
+/// `ca`: the scheduler serves TLS (`configure` sets its `tls`) with a certificate of this CA,
+/// which the harness's requests trust.
+func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [], etcd maintenance: EtcdServer.Maintenance = .standard, ca: TrustedCA? = nil,
                    configure: @escaping @Sendable (inout SchedulerConfiguration) -> Void = { _ in },
                    prepare: @escaping @Sendable (EtcdClient) async throws -> Void = { _ in },
                    _ body: @escaping @Sendable (SchedulerHarness) async throws -> Void) async throws {
@@ -84,7 +89,9 @@ func withScheduler(secretsKey: Bool = true, plugins: [any PostBuildPlugin] = [],
             var port = 0
             for await p in ports { port = p; break }
             if port == 0 { try await group.next() }
-            let harness = SchedulerHarness(api: "http://127.0.0.1:\(port)", etcd: etcd, adminToken: adminToken, secretsKeyFile: configuration.secretsKeyFile)
+            var harness = SchedulerHarness(api: "\(configuration.tls == nil ? "http" : "https")://127.0.0.1:\(port)", etcd: etcd, adminToken: adminToken,
+                                           secretsKeyFile: configuration.secretsKeyFile)
+            if let ca { harness.client = OutgoingHTTP.client(.init(connect: .seconds(10), read: .seconds(60), retryConnecting: false), trusting: ca) }
             do {
                 try await body(harness)
             } catch {

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DockerAPI
 import Foundation
 import KilnCore
+import TLSTrust
 
 /// Asks the schedulers for the secrets of a build this agent holds:
 /// `POST {scheduler}/agent/v1/builds/{build}/secrets` with HTTP Basic `agentID:machineToken`
@@ -24,13 +25,17 @@ public struct SchedulerSecretsClient: BuildSecretsSource {
 
     /// A scheduler that is down must not hold every build for the whole request time: the
     /// HTTP client tries a refused connection again until its connect timeout (3 s here), and
-    /// `HTTPClient.shared` has none shorter than the request's. One for the process, never
-    /// shut down.
-    public static let defaultHTTPClient: HTTPClient = {
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(3), read: .seconds(30))
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
+    /// `HTTPClient.shared` has none shorter than the request's.
+    static let http = OutgoingHTTP.Settings(connect: .seconds(3), read: .seconds(30), retryConnecting: true)
+
+    /// The process's client for schedulers whose certificates `ca` (`kiln agent --ca-file`)
+    /// or the system's roots signed. Never shut down.
+    public static func httpClient(trusting ca: TrustedCA?) -> HTTPClient {
+        OutgoingHTTP.client(http, trusting: ca)
+    }
+
+    /// The client trusting the system's roots only.
+    public static var defaultHTTPClient: HTTPClient { httpClient(trusting: nil) }
 
     public init(schedulers: [String], credentials: RegistryCredentials, httpClient: HTTPClient = defaultHTTPClient, timeoutSeconds: Int64 = 30) {
         self.schedulers = schedulers
@@ -54,7 +59,11 @@ public struct SchedulerSecretsClient: BuildSecretsSource {
                 body = Array(try await response.body.collect(upTo: 8 << 20).readableBytesView)
             } catch {
                 if Task.isCancelled { throw CancellationError() }
-                tried.append("\(base) (\(Self.unreachable(error)))")
+                if let tls = TLSFailure.explain(error, url: base, option: "the agent's --ca-file (env KILN_CA_FILE)") {
+                    tried.append("\(base) (\(tls))")
+                } else {
+                    tried.append("\(base) (\(Self.unreachable(error)))")
+                }
                 continue
             }
             switch status {

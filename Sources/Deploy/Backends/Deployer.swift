@@ -50,8 +50,9 @@ public struct SecretValues: Sendable, Equatable, CustomStringConvertible, Custom
     public var customMirror: Mirror { Mirror(self, children: ["names": names]) }
 }
 
-/// Runs an app's versions in a cell. One implementation per backend: `LocalDeployer` (the
-/// Docker Engine API on this machine) and `KubernetesDeployer` (the Kubernetes REST API).
+/// Runs an app's versions in a cell. One implementation per backend: `LocalDeployer` (a
+/// Docker Engine API: on this machine, or on another host behind a TLS proxy) and
+/// `KubernetesDeployer` (the Kubernetes REST API).
 ///
 /// Every call is about one cell. Errors are `KilnError`s that say what failed and where
 /// (`cell b: port 20000 is already taken`), so the deploy step can report them as they are.

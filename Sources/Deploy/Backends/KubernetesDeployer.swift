@@ -66,7 +66,7 @@ public struct KubernetesDeployer: Deployer {
     let secrets: (any PipelineSecrets)?
     /// What the kubelet pulls images with (a `deployer` machine's pull-only credential).
     let registryCredentials: RegistryCredentials?
-    let clients = KubernetesClients()
+    let clients = CellClients(make: KubernetesDeployer.makeClient)
     let logger: Logger
 
     /// - Parameters:

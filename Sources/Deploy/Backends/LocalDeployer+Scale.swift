@@ -4,8 +4,11 @@ import KilnCore
 
 extension LocalDeployer {
     public func scaleOut(_ spec: VersionSpec, in cell: Cell, running: [Instance], adding count: Int) async throws -> [Instance] {
-        let docker = try docker(cell)
         let env = try Self.environment(of: spec, in: cell)
+        return try await withDocker(cell) { docker in try await scaleOut(spec, env: env, in: cell, running: running, adding: count, docker) }
+    }
+
+    private func scaleOut(_ spec: VersionSpec, env: [String: String], in cell: Cell, running: [Instance], adding count: Int, _ docker: DockerClient) async throws -> [Instance] {
         try await prepare(spec, in: cell, docker)
         // A container of this version the record does not list was started by a scaling that
         // stopped before it recorded it: never in a load balancer, so it goes.
@@ -25,8 +28,9 @@ extension LocalDeployer {
     }
 
     public func scaleIn(_ spec: VersionSpec, in cell: Cell, keeping: [Instance]) async throws -> [Instance] {
-        let docker = try docker(cell)
-        let found = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
+        let found = try await withDocker(cell) { docker in
+            try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
+        }
         let leaving = found.filter { c in !keeping.contains { Self.sameContainer($0.id, c.id) } }
             .map { Instance(id: $0.id, name: $0.names.first ?? $0.id, cell: cell.name, address: "") }
         try await stop(leaving, of: spec, in: cell)

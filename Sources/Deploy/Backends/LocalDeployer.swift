@@ -3,11 +3,21 @@ import DockerAPI
 import Foundation
 import KilnCore
 import NIOCore
+import Plugins
 import Processes
 
 /// The local backend: each instance is a container run through a cell's Docker Engine API
 /// (podman's compatible service or dockerd), its port published on the cell's advertise host
 /// at a host port from the cell's range. nginx reaches instances there.
+///
+/// A cell's endpoint (`DockerEndpoint`) is a unix socket on the scheduler's machine, plain
+/// HTTP on its loopback, or `https://HOST:PORT`: an engine on another host, behind a TLS proxy
+/// that asks for a client certificate (docs/cells.md). For `https` the cell's sealed
+/// credential (`PipelineSecrets.cellCredential`, set with `kiln cell credential set NAME
+/// --client-cert-file … --client-key-file … --ca-file …`) gives the proxy's CA, the only trust
+/// root, and the client certificate; it is read again for every call, and the HTTP client
+/// made from it is kept while it stays the same (`CellClients`). An https cell without one is
+/// refused before anything is sent.
 ///
 /// Containers carry the labels `kiln.app`, `kiln.version`, `kiln.cell` and `kiln.host-port`;
 /// several cells may share one engine (on one machine), so every query filters on the cell.
@@ -17,21 +27,87 @@ import Processes
 public struct LocalDeployer: Deployer {
     let http: HTTPClient
     let registryCredentials: RegistryCredentials?
+    /// Where https cells' credentials come from (the scheduler's secret store); nil: none can
+    /// be read here, and calls to https cells are refused saying so.
+    let secrets: (any PipelineSecrets)?
+    let clients = CellClients(make: LocalDeployer.makeClient)
 
-    public init(registryCredentials: RegistryCredentials? = nil, http: HTTPClient = .shared) {
+    public init(registryCredentials: RegistryCredentials? = nil, secrets: (any PipelineSecrets)? = nil, http: HTTPClient = .shared) {
         self.http = http
         self.registryCredentials = registryCredentials
+        self.secrets = secrets
     }
 
-    static func socket(of cell: Cell) throws -> String {
+    /// The cell's engine endpoint; refused (before any connection) when it is not a local
+    /// cell's, or is plain HTTP off this machine's loopback.
+    static func endpoint(of cell: Cell) throws -> DockerEndpoint {
         guard cell.backend == "local" else { throw KilnError.invalid("cell \(cell.name) is a \(cell.backend) cell, not a local one") }
-        guard cell.endpoint.hasPrefix("unix://") else {
-            throw KilnError.invalid("cell \(cell.name): the local backend speaks to a unix socket (unix:///path); \(cell.endpoint) is not one")
+        do {
+            return try DockerEndpoint(cell.endpoint)
+        } catch let e as DockerError {
+            throw KilnError.invalid("cell \(cell.name): \(e.message); change it with `kiln cell add \(cell.name) --endpoint …`")
         }
-        return String(cell.endpoint.dropFirst("unix://".count))
     }
 
-    func docker(_ cell: Cell) throws -> DockerClient { DockerClient(socketPath: try Self.socket(of: cell)) }
+    /// Runs `body` with a client of the cell's engine: for an https cell, one made from the
+    /// cell's credential as it is now.
+    func withDocker<T>(_ cell: Cell, _ body: (DockerClient) async throws -> T) async throws -> T {
+        let endpoint = try Self.endpoint(of: cell)
+        guard endpoint.isTLS else { return try await body(DockerClient(endpoint: endpoint)) }
+        let credential = try await credential(of: cell)
+        let client = try await clients.acquire(cell: cell.name, credential: credential)
+        do {
+            let result = try await body(DockerClient(endpoint: endpoint, httpClient: client))
+            await clients.release(client)
+            return result
+        } catch let e as DockerError where e.isTLSFailure {
+            await clients.release(client)
+            throw Self.tlsRefusal(cell, e)
+        } catch {
+            await clients.release(client)
+            throw error
+        }
+    }
+
+    /// A call TLS refused (nothing reached the engine), naming the cell and what to set.
+    static func tlsRefusal(_ cell: Cell, _ e: DockerError) -> KilnError {
+        KilnError.unavailable("cell \(cell.name): TLS refused the call to \(cell.endpoint) (\(e.operation)): \(e.message); the cell's credential must hold the CA that signed the proxy's certificate and a client certificate the proxy's client CA signed: set it with `kiln cell credential set \(cell.name) --client-cert-file … --client-key-file … --ca-file …` (docs/cells.md)")
+    }
+
+    /// An https cell's credential: the CA of its TLS proxy and a client certificate and key.
+    func credential(of cell: Cell) async throws -> CellCredential {
+        let how = "`kiln cell credential set \(cell.name) --client-cert-file CERT --client-key-file KEY --ca-file CA` (the CA that signed the proxy's certificate, and a client certificate its ssl_client_certificate signed; docs/cells.md)"
+        guard let secrets else {
+            throw KilnError.unavailable("cell \(cell.name): its endpoint \(cell.endpoint) is https, and no cell credentials can be read here: only a scheduler with the farm's secrets key (--secrets-key-file) reaches https cells")
+        }
+        let found: CellCredential?
+        do {
+            found = try await secrets.cellCredential(cell.name)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw KilnError.unavailable("cell \(cell.name): its credential could not be read: \((error as? KilnError)?.message ?? "\(error)")")
+        }
+        guard let found else {
+            throw KilnError.invalid("cell \(cell.name) has no credential, and its endpoint \(cell.endpoint) is https (TLS with a client certificate): set one with \(how)")
+        }
+        guard found.clientCertificate != nil, found.clientKey != nil else {
+            throw KilnError.invalid("cell \(cell.name): its credential is a bearer token, but a local cell's TLS proxy asks for a client certificate: set one with \(how)")
+        }
+        return found
+    }
+
+    /// The HTTP client of one https cell (`DockerTLS.makeHTTPClient`).
+    static func makeClient(cell: String, credential: CellCredential) throws -> HTTPClient {
+        guard let certificate = credential.clientCertificate, let key = credential.clientKey else {
+            throw KilnError.invalid("cell \(cell): its credential holds no client certificate")
+        }
+        do {
+            return try DockerTLS(certificateAuthority: credential.certificateAuthority, clientCertificate: certificate, clientKey: key).makeHTTPClient()
+        } catch let e as DockerError {
+            throw KilnError.invalid("cell \(cell): \(e.message) in its credential: set the credential again with `kiln cell credential set \(cell) --client-cert-file … --client-key-file … --ca-file …`")
+        }
+    }
 
     static func labels(app: String, version: Int? = nil, cell: String) -> [String: String] {
         var l = ["kiln.app": app, "kiln.cell": cell]
@@ -40,19 +116,22 @@ public struct LocalDeployer: Deployer {
     }
 
     public func start(_ spec: VersionSpec, in cell: Cell) async throws -> [Instance] {
-        let docker = try docker(cell)
         let env = try Self.environment(of: spec, in: cell)
-        try await prepare(spec, in: cell, docker)
-        // A re-run after a crash finds what an earlier start left: start over.
-        let leftovers = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
-        for c in leftovers { try await docker.remove(c.id, force: true) }
-        return try await startInstances(spec, env: env, indices: Array(0..<spec.settings.replicas), in: cell, docker)
+        return try await withDocker(cell) { docker in
+            try await prepare(spec, in: cell, docker)
+            // A re-run after a crash finds what an earlier start left: start over.
+            let leftovers = try await docker.containers(labeled: Self.labels(app: spec.app, version: spec.version, cell: cell.name))
+            for c in leftovers { try await docker.remove(c.id, force: true) }
+            return try await startInstances(spec, env: env, indices: Array(0..<spec.settings.replicas), in: cell, docker)
+        }
     }
 
     /// The engine answers and has the image (pulled by digest: a no-op when it is there).
     func prepare(_ spec: VersionSpec, in cell: Cell, _ docker: DockerClient) async throws {
         do {
             try await docker.ping()
+        } catch let e as DockerError where e.isTLSFailure {
+            throw Self.tlsRefusal(cell, e)
         } catch {
             throw KilnError.unavailable("cell \(cell.name): the Docker API at \(cell.endpoint) does not answer (\(error)); start it, or remove the cell with `kiln cell remove \(cell.name)`")
         }
@@ -123,7 +202,7 @@ public struct LocalDeployer: Deployer {
             return ((200..<300).contains(code), "HTTP \(code) from \(spec.settings.healthPath)")
         } catch {
             // Say why: a container that exited explains more than a refused connection.
-            if let docker = try? docker(cell), let state = try? await docker.state(of: instance.id), !state.running {
+            if let state = try? await withDocker(cell, { try await $0.state(of: instance.id) }), !state.running {
                 return (false, "container \(state.status), exit code \(state.exitCode)\(state.error.isEmpty ? "" : ": \(state.error)")")
             }
             return (false, "no answer from \(instance.address)\(spec.settings.healthPath): \(Self.message(error))")
@@ -131,32 +210,34 @@ public struct LocalDeployer: Deployer {
     }
 
     public func stop(_ instances: [Instance], of spec: VersionSpec, in cell: Cell) async throws {
-        let docker = try docker(cell)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for instance in instances {
-                group.addTask {
-                    do {
-                        try await docker.stop(instance.id, timeoutSeconds: 10)
-                    } catch let e as DockerError where e.isNotFound {
-                        return  // already gone
+        try await withDocker(cell) { docker in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for instance in instances {
+                    group.addTask {
+                        do {
+                            try await docker.stop(instance.id, timeoutSeconds: 10)
+                        } catch let e as DockerError where e.isNotFound {
+                            return  // already gone
+                        }
+                        try await docker.remove(instance.id, force: true)
                     }
-                    try await docker.remove(instance.id, force: true)
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
         }
     }
 
     public func instances(of app: String, in cell: Cell) async throws -> [Int: [Instance]] {
-        let docker = try docker(cell)
-        var found: [Int: [Instance]] = [:]
-        for c in try await docker.containers(labeled: Self.labels(app: app, cell: cell.name)) {
-            guard let v = c.labels["kiln.version"].flatMap(Int.init), let port = c.labels["kiln.host-port"] else { continue }
-            found[v, default: []].append(Instance(
-                id: c.id, name: c.names.first ?? c.id, cell: cell.name, address: "\(cell.advertiseHost ?? "127.0.0.1"):\(port)",
-                healthy: false, detail: "container \(c.state)"))
+        try await withDocker(cell) { docker in
+            var found: [Int: [Instance]] = [:]
+            for c in try await docker.containers(labeled: Self.labels(app: app, cell: cell.name)) {
+                guard let v = c.labels["kiln.version"].flatMap(Int.init), let port = c.labels["kiln.host-port"] else { continue }
+                found[v, default: []].append(Instance(
+                    id: c.id, name: c.names.first ?? c.id, cell: cell.name, address: "\(cell.advertiseHost ?? "127.0.0.1"):\(port)",
+                    healthy: false, detail: "container \(c.state)"))
+            }
+            return found
         }
-        return found
     }
 
     /// The container's environment: `settings.env`, and each name of `settings.secretEnv`

@@ -22,14 +22,15 @@ public struct DeployEnvironment: Sendable {
         self.deployers = deployers
     }
 
-    /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints) and
-    /// `kubernetes` (API servers, each reached with the cell's credential from `secrets`: the
-    /// scheduler's secret store; nil refuses every Kubernetes call). Both pull with
+    /// The backends `kiln scheduler` offers: `local` (Docker Engine API endpoints; an https
+    /// one with the cell's client certificate from `secrets`) and `kubernetes` (API servers,
+    /// each reached with the cell's credential from `secrets`). `secrets` is the scheduler's
+    /// secret store; nil refuses every call to a Kubernetes or https cell. Both pull with
     /// `registryCredentials` (`kiln scheduler --registry-credentials`).
     public static func standardDeployers(
         secrets: (any PipelineSecrets)? = nil, registryCredentials: RegistryCredentials? = nil
     ) -> [String: any Deployer] {
-        ["local": LocalDeployer(registryCredentials: registryCredentials),
+        ["local": LocalDeployer(registryCredentials: registryCredentials, secrets: secrets),
          "kubernetes": KubernetesDeployer(secrets: secrets, registryCredentials: registryCredentials)]
     }
 

@@ -280,9 +280,11 @@ public struct KnownHosts: Sendable, Equatable {
     }
 }
 
-/// How Kiln logs in to a Kubernetes cell's API server (`PUT /api/v1/cells/{name}/credentials`),
-/// kept sealed at `/kiln/secrets/cells/{name}`: a bearer token or a client certificate and its
-/// key, and the cluster's CA (PEM) that the server's certificate must chain to.
+/// How Kiln logs in to a cell (`PUT /api/v1/cells/{name}/credentials`), kept sealed at
+/// `/kiln/secrets/cells/{name}`: a bearer token or a client certificate and its key, and the
+/// CA (PEM) that the server's certificate must chain to. A Kubernetes cell's API server takes
+/// either; a local cell at an `https://` endpoint (a Docker Engine API behind a TLS proxy,
+/// docs/cells.md) takes the client certificate and its proxy's CA.
 public struct CellCredential: Codable, Sendable, Equatable {
     public var token: String?
     public var clientCertificate: String?

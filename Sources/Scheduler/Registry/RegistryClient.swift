@@ -4,6 +4,7 @@ import KilnCore
 import NIOCore
 import NIOHTTP1
 import RegistryAuth
+import TLSTrust
 
 /// The farm's registry as the scheduler reads and changes it, over the Docker Registry HTTP
 /// API v2: the catalog, a repository's tags, a manifest (its digest and size), and deleting a
@@ -20,12 +21,19 @@ public struct RegistryClient: Sendable {
     public struct Configuration: Sendable, Equatable {
         /// `http://127.0.0.1:5000`, no trailing slash.
         public var url: String
-        public init(url: String) {
+        /// A CA trusted besides the system's roots for an `https://` registry (`--ca-file`).
+        public var ca: TrustedCA?
+        public init(url: String, ca: TrustedCA? = nil) {
             var url = url
             while url.hasSuffix("/") { url.removeLast() }
             self.url = url
+            self.ca = ca
         }
     }
+
+    /// A registry that is down or untrusted fails the page at once, with why, rather than
+    /// after the request's whole time.
+    static let http = OutgoingHTTP.Settings(connect: .seconds(5), read: .seconds(10), retryConnecting: false)
 
     let configuration: Configuration
     /// The token service's key and names; nil: no credentials.
@@ -166,10 +174,13 @@ public struct RegistryClient: Sendable {
         }
         if !accept.isEmpty { request.headers.add(name: "Accept", value: accept.joined(separator: ", ")) }
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+            let response = try await OutgoingHTTP.client(Self.http, trusting: configuration.ca).execute(request, timeout: timeout)
             let body = try await response.body.collect(upTo: 4 << 20)
             return (Int(response.status.code), Data(buffer: body), response.headers)
         } catch {
+            if let tls = TLSFailure.explain(error, url: configuration.url, option: "the scheduler's --ca-file (env KILN_CA_FILE)") {
+                throw KilnError.unavailable("the registry's API: \(tls)")
+            }
             throw KilnError.unavailable("the registry at \(configuration.url) did not answer (\(error)): is it running, and is --registry-url right?")
         }
     }

@@ -9,10 +9,10 @@ import NIOCore
 /// connection, where they are named with the `__Host-` prefix (which makes the browser refuse
 /// one set by another host, a sibling subdomain, or without `Secure`).
 ///
-/// Secure means: the scheduler was started with `--console-secure-cookies`, or the request came
-/// through a TLS proxy that says so (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
-/// The scheduler itself serves plain HTTP (Hummingbird's HTTP/1 codec would call even a TLS
-/// request `http`). Trusting the proxy's header from anyone is harmless: it can only make the
+/// Secure means: the scheduler serves TLS itself (`--tls-cert`) or was started with
+/// `--console-secure-cookies` (both give `forced`), or the request came through a TLS proxy
+/// that says so (`X-Forwarded-Proto: https` or `Forwarded: proto=https`). The request itself
+/// cannot tell (Hummingbird's HTTP/1 codec calls even a TLS request `http`). Trusting the proxy's header from anyone is harmless: it can only make the
 /// cookie stricter, which a client that lies breaks for itself alone.
 struct ConsoleCookies: Sendable {
     let secure: Bool

@@ -5,16 +5,15 @@ import NIOCore
 import NIOSSL
 import Synchronization
 
-/// One HTTP client per Kubernetes cell, made from the cell's credential: the cluster's CA as
-/// the only trust root (the system's store is not consulted, so no public CA can vouch for a
-/// server pretending to be the cluster), the client certificate when the credential has one,
-/// no redirects followed (a redirect would carry the bearer token elsewhere).
+/// One HTTP client per cell reached over TLS, made from the cell's credential by the backend's
+/// `make` (Kubernetes: `KubernetesDeployer.makeClient`; local cells behind a TLS proxy:
+/// `LocalDeployer.makeClient`).
 ///
 /// A client is kept while its cell's credential stays the same, and replaced when it
-/// changes (a rotated token or CA); the old one is shut down once no call still uses it.
-/// Callers pair every `acquire` with one `release`. Every client left is shut down when the
-/// cache goes away.
-final class KubernetesClients: Sendable {
+/// changes (a rotated token, certificate or CA); the old one is shut down once no call still
+/// uses it. Callers pair every `acquire` with one `release`. Every client left is shut down
+/// when the cache goes away.
+final class CellClients: Sendable {
     private struct Slot {
         var credential: CellCredential
         var client: HTTPClient
@@ -29,8 +28,11 @@ final class KubernetesClients: Sendable {
     }
 
     private let state = Mutex(State())
+    private let make: @Sendable (_ cell: String, _ credential: CellCredential) throws -> HTTPClient
 
-    init() {}
+    init(make: @escaping @Sendable (_ cell: String, _ credential: CellCredential) throws -> HTTPClient) {
+        self.make = make
+    }
 
     deinit {
         let clients = state.withLock { Array($0.current.values.map(\.client)) + Array($0.retired.values) }
@@ -39,8 +41,8 @@ final class KubernetesClients: Sendable {
         for client in clients { _ = client.shutdown() as EventLoopFuture<Void> }
     }
 
-    /// The client for `cell` with `credential`, made (or remade) when needed. Throws a
-    /// `KilnError` naming the cell when the credential's PEM cannot be read.
+    /// The client for `cell` with `credential`, made (or remade) when needed. Throws what
+    /// `make` throws (a `KilnError` naming the cell when the credential's PEM cannot be read).
     func acquire(cell: String, credential: CellCredential) async throws -> HTTPClient {
         let reused: HTTPClient? = state.withLock { s in
             guard let slot = s.current[cell], slot.credential == credential else { return nil }
@@ -48,7 +50,7 @@ final class KubernetesClients: Sendable {
             return slot.client
         }
         if let reused { return reused }
-        let fresh = try Self.makeClient(cell: cell, credential: credential)
+        let fresh = try make(cell, credential)
         let (client, idle): (HTTPClient, [HTTPClient]) = state.withLock { s in
             // Another call may have made one for the same credential meanwhile: use it.
             if let slot = s.current[cell], slot.credential == credential {
@@ -81,7 +83,13 @@ final class KubernetesClients: Sendable {
 
     /// Clients in use or kept (for tests: a changed credential replaces the client).
     var count: Int { state.withLock { $0.current.count + $0.retired.count } }
+}
 
+extension KubernetesDeployer {
+    /// The client of one Kubernetes cell: the cluster's CA as the only trust root (the
+    /// system's store is not consulted, so no public CA can vouch for a server pretending to
+    /// be the cluster), the client certificate when the credential has one, no redirects
+    /// followed (a redirect would carry the bearer token elsewhere).
     static func makeClient(cell: String, credential: CellCredential) throws -> HTTPClient {
         func unreadable(_ field: String, _ error: any Error) -> KilnError {
             KilnError.invalid("cell \(cell): the \(field) of its credential cannot be read (\(error)): set the credential again with `kiln cell credential set \(cell) …`")
