@@ -246,7 +246,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FarmTests",
-            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "TLSTrust"]),
+            dependencies: ["FarmHarness", "Scheduler", "LocalFarm", "Etcd", "KilnCore", "KilnTestSupport", "TLSTrust", "RegistryAuth"]),
         // Issue 17: the farm with its parts on separate hosts (network namespaces, NetnsFarm);
         // skipped where namespaces cannot be made. docs/testing-multihost.md.
         .testTarget(

@@ -123,6 +123,11 @@ public func buildSchedulerApplication(
         logger: logger)
     // A key file that does not open what etcd holds stops the start here, before any request.
     app.beforeServerStarts { try await secrets.checkAtStart(logger: logger) }
+    // The log archive in a registry that would show logs to anyone, or never delete them,
+    // stops the start here; one that does not answer yet is only a warning (logs wait in etcd).
+    if let archive = configuration.logArchive as? RegistryLogArchive {
+        app.beforeServerStarts { if let warning = try await archive.checkAtStart() { logger.warning("\(warning)") } }
+    }
     // Index entries for records from before the indexes, once per farm (a marker says done).
     app.beforeServerStarts { try await IndexMigration(store: store, logger: logger).runIfNeeded() }
     return app

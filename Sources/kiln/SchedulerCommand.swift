@@ -212,13 +212,16 @@ struct SchedulerCommand: AsyncParsableCommand {
     var dataDir: String = env("KILN_DATA_DIR", "./kiln-data/scheduler")
 
     @Option(name: .long, help: ArgumentHelp("""
-        Folder of the log archive (env KILN_LOG_ARCHIVE; default <data-dir>/log-archive; \
-        docs/logs.md). When a build and its pipeline run have ended, the leader moves its log \
-        out of etcd into one gzip file per build here, and every scheduler reads it from here: \
-        schedulers on one machine share the folder, schedulers on several machines need one \
-        folder they all mount (NFS). Back it up like etcd. While it cannot be written, logs \
-        stay in etcd and are moved once it works again; builds never wait for it.
-        """, valueName: "dir"))
+        The log archive (env KILN_LOG_ARCHIVE; default <data-dir>/log-archive; docs/logs.md): \
+        a folder, or `registry` (or registry:REPO, REPO beginning kiln_; default \
+        kiln_logs/archive) for the farm's registry at --registry-url, reached with \
+        --registry-signing-key. When a build and its pipeline run have ended, the leader moves \
+        its log out of etcd into one gzip per build there, and every scheduler reads it from \
+        there: a folder serves schedulers on one machine (or one folder they all mount, NFS), \
+        the registry schedulers on any host. A folder named registry is ./registry. Back it up \
+        like etcd. While it cannot be written, logs stay in etcd and are moved once it works \
+        again; builds never wait for it.
+        """, valueName: "dir|registry[:REPO]"))
     var logArchive: String? = ProcessInfo.processInfo.environment["KILN_LOG_ARCHIVE"]
 
     /// The log archive's folder: `--log-archive`, else `<data-dir>/log-archive`.
@@ -270,6 +273,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         guard !dataDir.isEmpty, logArchive?.isEmpty != true else { throw ValidationError("--data-dir and --log-archive must name a folder") }
         _ = try serverTLS()
+        try validateLogArchive()
     }
 
     func run() async throws {
@@ -312,13 +316,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         configuration.tls = tls
         configuration.consoleSecureCookies = consoleSecureCookies
         configuration.secretsKeyFile = secretsKeyFile
-        configuration.logArchive = LocalLogArchive(directory: logArchiveFolder.standardizedFileURL)
-        do {
-            try FileManager.default.createDirectory(at: logArchiveFolder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            // Not a reason to refuse the start: logs stay in etcd until the folder can be written.
-            logger.warning("the log archive's folder \(logArchiveFolder.path) cannot be made (\(error)): ended builds' logs stay in etcd until it can (docs/logs.md)")
-        }
+        configuration.logArchive = try makeLogArchive(tokens: configuration.registryTokens, logger: logger)
         configuration.etcdCredentials = try etcd.access.readCredentials()
         configuration.etcdTLS = etcd.access.tls
         configuration.retention = pruneInterval > 0 ? .init(interval: .milliseconds(Int64(pruneInterval * 1000))) : nil

@@ -19,12 +19,12 @@ struct TLSCLITests {
         for name in ["KILN_CA_FILE", "KILN_API", "KILN_TLS_CERT", "KILN_TLS_KEY"] { environment[name] = nil }
         environment["KILN_TOKEN"] = farm.adminToken
         environment.merge(extra) { $1 }
-        let kiln = farm.kiln
+        let (kiln, finalEnvironment) = (farm.kiln, environment)
         let start = ContinuousClock.now
         let (status, output): (Int32, String) = try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 continuation.resume(with: Result {
-                    let (status, output) = try Spawn.run(kiln, arguments, environment: environment, replaceEnvironment: true)
+                    let (status, output) = try Spawn.run(kiln, arguments, environment: finalEnvironment, replaceEnvironment: true)
                     return (status, String(decoding: output, as: UTF8.self))
                 })
             }
@@ -76,10 +76,12 @@ struct TLSCLITests {
         #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
         r = try await Self.kiln(farm, ["user", "me", "--api", "http://0.0.0.0:\(port)"])
         #expect(r.status != 0 && r.output.contains("not on this machine's loopback") && r.output.contains("https://"), "\(r.output)")
-        // A machine credential made over TLS, as an operator sets up an agent.
-        let out = dir.url.appendingPathComponent("agent-t.credentials").path
-        r = try await Self.kiln(farm, ["machine", "add", "agent-t", "--kind", "agent", "--out", out, "--api", api, "--ca-file", pki.ca])
-        #expect(r.status == 0 && (try? CredentialFile.read(out))?.hasPrefix("agent-t:") == true, "\(r.output)")
+        // `kiln login` over TLS keeps the token for the https:// URL; the next command uses it.
+        let person = ["XDG_CONFIG_HOME": dir.url.appendingPathComponent("config").path, "KILN_TOKEN": ""]
+        r = try await Self.kiln(farm, ["login", "--token-file", farm.adminTokenFile, "--api", api, "--ca-file", pki.ca], environment: person)
+        #expect(r.status == 0 && r.output.contains("logged in to \(api) as admin"), "\(r.output)")
+        r = try await Self.kiln(farm, ["user", "me", "--api", api], environment: person.merging(["KILN_CA_FILE": pki.ca]) { $1 })
+        #expect(r.status == 0 && r.output.contains("admin (admin)"), "\(r.output)")
     }
 
     @Test func badTLSFilesStopTheStartAndPlainHTTPOffLoopbackIsWarnedAbout() async throws {
@@ -98,6 +100,14 @@ struct TLSCLITests {
         #expect(r.status != 0 && r.output.contains("--tls-cert and --tls-key go together"), "\(r.output)")
         r = try await Self.kiln(farm, base + ["--tls-cert", pki.serverCertificate, "--tls-key", pki.clientKey])
         #expect(r.status != 0 && r.output.contains("does not go with --tls-cert"), "\(r.output)")
+        // A --ca-file that holds no CA stops the scheduler and the agent at start too.
+        r = try await Self.kiln(farm, base + ["--ca-file", pki.serverKey, "--registry-url", "https://127.0.0.1:1"])
+        #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
+        let agentCredentials = dir.url.appendingPathComponent("agent-t.credentials").path
+        try CredentialFile.write("agent-t:token-of-agent-t", to: agentCredentials)
+        r = try await Self.kiln(farm, ["agent", "--id", "agent-t", "--etcd", farm.etcdEndpoint, "--registry-credentials", agentCredentials,
+                                       "--scheduler", "https://127.0.0.1:1", "--ca-file", pki.serverKey, "--data-dir", dir.url.appendingPathComponent("agent").path])
+        #expect(r.status != 0 && r.output.contains("--ca-file") && r.output.contains(pki.serverKey), "\(r.output)")
         #expect(!FreePort.isInUse(port), "a refused scheduler listened")
 
         // Plain HTTP on every interface: warned about before anything else. Its etcd is a port

@@ -53,6 +53,22 @@ struct RegistryAccessTests {
         #expect(RegistryAccessPolicy.grant(Self.scopes("repository:pub/app:pull,push", "repository:priv/app:pull"), to: anonymous) == Self.scopes("repository:pub/app:pull"))
     }
 
+    @Test("Kiln's own repositories (kiln_…, the log archive's) are granted to no one, admins included; the rest of a request still is")
+    func kilnOwnRepositories() {
+        let asked = Self.scopes("repository:kiln_logs/archive:pull,push,delete,*", "repository:kiln_x:pull", "repository:team/shop:pull")
+        let rights = ["kiln_logs/archive": RepositoryRights(role: .owner, isPublic: true), "kiln_x": RepositoryRights(role: .owner, isPublic: true),
+                      "team/shop": RepositoryRights(role: .owner, isPublic: true)]
+        let callers: [RegistryCaller] = [.admin("admin"), .user("u", rights: rights), .anonymous(rights: rights),
+                                         .agent("agent-1", repositories: ["kiln_logs/archive", "kiln_x", "team/shop"]), .deployer("d")]
+        for caller in callers {
+            #expect(RegistryAccessPolicy.grant(asked, to: caller).map(\.name) == ["team/shop"], "\(caller)")
+        }
+        #expect(RegistryAccessPolicy.isKilnOwn("kiln_logs/archive") && !RegistryAccessPolicy.isKilnOwn("kiln-logs/archive") && !RegistryAccessPolicy.isKilnOwn("team/kiln_logs"))
+        // No group or project can take such a name ('_' is refused), so no image is kept out.
+        #expect(throws: KilnError.self) { try Validation.groupName("kiln_logs") }
+        #expect(throws: KilnError.self) { try Validation.projectName("kiln_logs") }
+    }
+
     @Test("repeated scopes and actions are merged")
     func merged() {
         let asked = Self.scopes("repository:demo:pull", "repository:demo:push,pull", "repository:demo:push")

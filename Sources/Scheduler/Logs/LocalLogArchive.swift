@@ -14,19 +14,15 @@ import Glibc
 /// renamed over the old one, so a reader sees the old archive or the new one, never part of
 /// either. Files are mode 0600 and folders 0700: logs are shown to a project's members only.
 ///
-/// A file holds `{"format":1,"build":…,"lines":[…]}`, gzipped: the lines exactly as the build
-/// wrote them (a line may hold any character), and the build's id, so a file copied under
-/// another build's name is refused instead of shown. Read one with
-/// `zcat FILE | jq -r '.lines[]'`.
+/// A file holds a `LogArchiveFile`: `{"format":1,"build":…,"lines":[…]}`, gzipped, with the
+/// build's id, so a file copied under another build's name is refused instead of shown. Read
+/// one with `zcat FILE | jq -r '.lines[]'`.
 public struct LocalLogArchive: LogArchive, CustomStringConvertible {
     public let directory: URL
 
     public var description: String { "the log archive at \(directory.path)" }
 
-    /// The most a file may inflate to: far above any log the agents' cap lets through
-    /// (`--max-log-size`, 64 MiB by default) with its JSON escapes, and a bound on what a
-    /// corrupt file can make the scheduler allocate.
-    static let maxInflatedBytes = 1 << 30
+    static let maxInflatedBytes = LogArchiveFile.maxInflatedBytes
 
     public init(directory: URL) {
         self.directory = directory.standardizedFileURL
@@ -41,15 +37,11 @@ public struct LocalLogArchive: LogArchive, CustomStringConvertible {
         return (folder, folder.appendingPathComponent(build + ".json.gz"))
     }
 
-    struct File: Codable {
-        var format: Int
-        var build: String
-        var lines: [String]
-    }
+    typealias File = LogArchiveFile
 
     public func store(build: String, lines: [String]) async throws {
         let (folder, file) = try self.file(of: build)
-        let bytes = try Gzip.compress(Array(try KilnJSON.encoder().encode(File(format: 1, build: build, lines: lines))))
+        let bytes = try LogArchiveFile.encode(build: build, lines: lines)
         let directory = self.directory
         try await blocking {
             try LocalLogArchive.makeFolder(directory, withParents: true)
@@ -61,17 +53,13 @@ public struct LocalLogArchive: LogArchive, CustomStringConvertible {
     public func read(build: String) async throws -> [String]? {
         let (_, file) = try self.file(of: build)
         guard let bytes = try await blocking({ try LocalLogArchive.readIfExists(file) }) else { return nil }
-        let decoded: File
         do {
-            let json = try Gzip.decompress(bytes, limit: LocalLogArchive.maxInflatedBytes)
-            decoded = try KilnJSON.decode(File.self, from: json)
-        } catch {
-            throw KilnError.internalError("the log archive's file \(file.path) is corrupt (\(error)): restore it from a backup of the archive folder, or remove it and the build's record keeps saying its log was archived (docs/logs.md)")
+            return try LogArchiveFile.decode(bytes, build: build)
+        } catch LogArchiveFile.Refusal.corrupt(let why) {
+            throw KilnError.internalError("the log archive's file \(file.path) is corrupt (\(why)): restore it from a backup of the archive folder, or remove it and the build's record keeps saying its log was archived (docs/logs.md)")
+        } catch LogArchiveFile.Refusal.foreign(let what) {
+            throw KilnError.internalError("the log archive's file \(file.path) holds \(what), not build \(build)'s: was it copied under another name? (docs/logs.md)")
         }
-        guard decoded.format == 1, decoded.build == build else {
-            throw KilnError.internalError("the log archive's file \(file.path) holds \(decoded.format == 1 ? "build \(Validation.printable(decoded.build))'s log" : "format \(decoded.format)"), not build \(build)'s: was it copied under another name? (docs/logs.md)")
-        }
-        return decoded.lines
     }
 
     public func delete(build: String) async throws {

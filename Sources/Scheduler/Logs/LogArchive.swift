@@ -1,4 +1,5 @@
 import Foundation
+import KilnCore
 
 /// Where a build's log goes when it leaves etcd (issue 14; docs/logs.md): the whole log of an
 /// ended build, compressed, readable by every scheduler. The local default is a folder of the
@@ -26,4 +27,53 @@ public protocol LogArchive: Sendable {
 extension LogArchive {
     /// A store whose writes are whole or nothing leaves nothing behind.
     public func removeLeftovers(olderThan age: TimeInterval) async -> Int { 0 }
+}
+
+/// One archived log as every archive stores it: gzip of `{"format":1,"build":…,"lines":[…]}`,
+/// the lines exactly as the build wrote them (a line may hold any character), and the build's
+/// id, so an archive filed under another build's name is refused instead of shown. Read one
+/// with `zcat FILE | jq -r '.lines[]'`. The gzip has no time in its header, so the same log
+/// always gives the same bytes (the registry's archive stores them under their digest).
+struct LogArchiveFile: Codable {
+    var format: Int
+    var build: String
+    var lines: [String]
+
+    /// The most an archive may inflate to: far above any log the agents' cap lets through
+    /// (`--max-log-size`, 64 MiB by default) with its JSON escapes, and a bound on what a
+    /// corrupt archive can make the scheduler allocate.
+    static let maxInflatedBytes = 1 << 30
+
+    /// Why stored bytes are not `build`'s log; `description` says what they are instead.
+    enum Refusal: Error, CustomStringConvertible {
+        /// Not intact gzip of the JSON above.
+        case corrupt(String)
+        /// Whole, but another build's log or a format this scheduler does not know.
+        case foreign(String)
+
+        var description: String {
+            switch self {
+            case .corrupt(let why), .foreign(let why): why
+            }
+        }
+    }
+
+    /// The archive's bytes for `lines` of `build`.
+    static func encode(build: String, lines: [String]) throws -> [UInt8] {
+        try Gzip.compress(Array(try KilnJSON.encoder().encode(LogArchiveFile(format: 1, build: build, lines: lines))))
+    }
+
+    /// The lines of `build` in `bytes`, or a `Refusal`: never part of a log.
+    static func decode(_ bytes: [UInt8], build: String) throws -> [String] {
+        let decoded: LogArchiveFile
+        do {
+            decoded = try KilnJSON.decode(LogArchiveFile.self, from: try Gzip.decompress(bytes, limit: maxInflatedBytes))
+        } catch {
+            throw Refusal.corrupt("\(error)")
+        }
+        guard decoded.format == 1, decoded.build == build else {
+            throw Refusal.foreign(decoded.format == 1 ? "build \(Validation.printable(decoded.build))'s log" : "format \(decoded.format)")
+        }
+        return decoded.lines
+    }
 }

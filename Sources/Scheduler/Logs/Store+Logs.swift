@@ -59,7 +59,7 @@ extension SchedulerStore {
             throw KilnError.unavailable("build \(id)'s log was moved to the log archive (\(mark.lines) lines), which this scheduler was not given: start it with the --log-archive of the other schedulers (docs/logs.md)")
         }
         guard let all = try await archive.read(build: id) else {
-            throw KilnError.unavailable("build \(id)'s log was archived (\(mark.lines) lines) but \(archive) has no archive of it: does every scheduler use the same --log-archive folder? A lost folder comes back from its backup (docs/logs.md)")
+            throw KilnError.unavailable("build \(id)'s log was archived (\(mark.lines) lines) but \(archive) has no archive of it: does every scheduler use the same --log-archive (one folder, or one registry)? A lost archive comes back from its backup (docs/logs.md)")
         }
         guard all.count >= mark.lines else {
             throw KilnError.internalError("\(archive) holds \(all.count) lines of build \(id)'s log, its record says \(mark.lines) were archived: the archive is older than the record (restored from an older backup?) (docs/logs.md)")

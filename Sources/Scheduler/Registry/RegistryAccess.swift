@@ -4,7 +4,7 @@ import RegistryAuth
 
 /// Who asked the token service for a token, once their credentials were checked.
 public enum RegistryCaller: Sendable, Equatable {
-    /// A user with the admin flag: everything, the catalog included.
+    /// A user with the admin flag: everything, the catalog included, but Kiln's own repositories.
     case admin(String)
     /// A user, with their rights on each repository they asked for.
     case user(String, rights: [String: RepositoryRights])
@@ -37,7 +37,11 @@ public struct RepositoryRights: Sendable, Equatable {
 /// What a caller gets of what it asked for. Pure: no clock, no etcd.
 ///
 /// The rules, in order:
-/// 1. An admin gets every action it asked for on every resource (repositories, the catalog).
+/// 0. Kiln's own repositories (names beginning `kiln_`: the log archive's, `kiln_logs/archive`)
+///    are granted to no one, admins included: only tokens the scheduler signs itself reach
+///    them, so logs of private projects are not readable through the registry. No group or
+///    project can be named so ('_' is not allowed in their names), so no image is kept out.
+/// 1. An admin gets every action it asked for on every other resource (repositories, the catalog).
 /// 2. A user gets, on a repository: `pull` as reporter or above, or when its group is
 ///    public; `push` as developer or above; `delete` as master or above (docs/roles.md).
 ///    Nothing else (no catalog).
@@ -49,11 +53,18 @@ public struct RepositoryRights: Sendable, Equatable {
 /// 6. Anything not granted is left out of the answer (the registry then answers 401
 ///    `insufficient_scope`), as Docker's token specification says; duplicate actions are merged.
 public enum RegistryAccessPolicy {
+    /// Where Kiln's own repositories' names begin (rule 0).
+    public static let kilnOwnPrefix = "kiln_"
+
+    /// True for a repository of Kiln's own (rule 0): the token service grants nothing on it.
+    public static func isKilnOwn(_ repository: String) -> Bool { repository.hasPrefix(kilnOwnPrefix) }
+
     public static func grant(_ requested: [ResourceAccess], to caller: RegistryCaller) -> [ResourceAccess] {
         var out: [ResourceAccess] = []
         for request in requested {
             let allowed: Set<String>
             let isRepository = request.type == "repository"
+            if isRepository, isKilnOwn(request.name) { continue }
             switch caller {
             case .admin:
                 allowed = Set(request.actions)

@@ -162,11 +162,17 @@ public struct RegistryClient: Sendable {
 
     func pull(_ repository: String) -> ResourceAccess { ResourceAccess(type: "repository", name: repository, actions: ["pull"]) }
 
-    /// One request; the body is at most 4 MiB (a manifest, a tags list, a catalog page).
+    /// One request with a token for exactly `scopes`; the answer's body is at most `limit`
+    /// bytes (4 MiB: a manifest, a tags list, a catalog page; the log archive's blobs more).
     func send(_ method: HTTPMethod, _ path: String, scopes: [ResourceAccess], subject: String = "kiln-scheduler",
-              accept: [String] = []) async throws -> (Int, Data, HTTPHeaders) {
+              accept: [String] = [], body: (bytes: [UInt8], contentType: String)? = nil, limit: Int = 4 << 20,
+              timeout: TimeAmount? = nil) async throws -> (Int, Data, HTTPHeaders) {
         var request = HTTPClientRequest(url: configuration.url + path)
         request.method = method
+        if let body {
+            request.headers.add(name: "Content-Type", value: body.contentType)
+            request.body = .bytes(ByteBuffer(bytes: body.bytes))
+        }
         if let tokens {
             let claims = RegistryTokenClaims(issuer: tokens.issuer, subject: subject, audience: tokens.service, access: scopes,
                                              issuedAt: Date(), lifetime: 60, id: Secret.random(bytes: 16))
@@ -174,8 +180,8 @@ public struct RegistryClient: Sendable {
         }
         if !accept.isEmpty { request.headers.add(name: "Accept", value: accept.joined(separator: ", ")) }
         do {
-            let response = try await OutgoingHTTP.client(Self.http, trusting: configuration.ca).execute(request, timeout: timeout)
-            let body = try await response.body.collect(upTo: 4 << 20)
+            let response = try await OutgoingHTTP.client(Self.http, trusting: configuration.ca).execute(request, timeout: timeout ?? self.timeout)
+            let body = try await response.body.collect(upTo: limit)
             return (Int(response.status.code), Data(buffer: body), response.headers)
         } catch {
             if let tls = TLSFailure.explain(error, url: configuration.url, option: "the scheduler's --ca-file (env KILN_CA_FILE)") {
