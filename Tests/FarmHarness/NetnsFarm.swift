@@ -77,7 +77,7 @@ public final class NetnsFarm: Sendable {
     public var etcdEndpoint: String { Self.etcdHosts.map { "https://\($0):2379" }.joined(separator: ",") }
 
     /// The API base URL of a scheduler host, as the operator reaches it (its address).
-    public func api(_ scheduler: String) -> String { "http://\(net.host(scheduler).address):\(Self.apiPort)" }
+    public func api(_ scheduler: String) -> String { "https://\(net.host(scheduler).address):\(Self.apiPort)" }
 
     public func hostDir(_ host: String) -> URL { net.host(host).dir }
 
@@ -107,8 +107,8 @@ public final class NetnsFarm: Sendable {
             let tls = host.dir.appendingPathComponent("tls")
             try fm.createDirectory(at: tls, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try fm.copyItem(atPath: pki.ca, toPath: tls.appendingPathComponent("ca.pem").path)
-            if etcdHosts.contains(host.name) || host.name == "registry" {
-                try pki.issue(name: host.name, address: host.address, into: tls)
+            if etcdHosts.contains(host.name) || host.name == "registry" || schedulerHosts.contains(host.name) {
+                try pki.issue(name: host.name, address: host.address, into: tls, aliases: host.name == "sched-2" ? ["kiln-api"] : [])
             }
             // etcd with a trusted CA asks every client for a certificate (etcd 3.4 answers
             // "bad certificate" to one without), even without --client-cert-auth: each etcd
@@ -170,8 +170,13 @@ public final class NetnsFarm: Sendable {
         do {
             registry = try await RegistryServer.start(
                 root: registryDir.appendingPathComponent("registry"), port: 5443,
-                auth: .init(realm: "http://kiln-api:\(apiPort)/auth/token", rootCertBundle: bundle, events: ("http://kiln-api:\(apiPort)/hooks/registry", eventsToken)),
-                tls: registryTLS, placement: placement("registry"))
+                auth: .init(realm: "https://kiln-api:\(apiPort)/auth/token", rootCertBundle: bundle, events: ("https://kiln-api:\(apiPort)/hooks/registry", eventsToken)),
+                tls: registryTLS, placement: {
+                    // Go reads SSL_CERT_FILE: the registry's events to https://kiln-api trust the farm's CA.
+                    var p = placement("registry")
+                    p.launcher += ["SSL_CERT_FILE=\(registryTLS.ca)"]
+                    return p
+                }())
         } catch {
             cluster.kill()
             throw error
@@ -339,12 +344,14 @@ public final class NetnsFarm: Sendable {
             "--secrets-key-file", c.appendingPathComponent(LocalSecretsKey.fileName).path,
             "--registry-signing-key", c.appendingPathComponent("registry-signing-key.pem").path,
             "--registry-events-token-file", c.appendingPathComponent("registry-events-token").path,
-            "--registry", Self.registryName,
+            "--registry", Self.registryName, "--registry-url", "https://\(Self.registryName)",
+            "--tls-cert", dir.appendingPathComponent("tls/server.pem").path, "--tls-key", dir.appendingPathComponent("tls/server.key").path,
+            "--ca-file", dir.appendingPathComponent("tls/ca.pem").path,
         ] + (try await etcdOptions(on: host, .scheduler)) + options)
         try net.checkRoute(net.host(host).address)
         let url = "\(api(host))/api/v1/scheduler"
         try await p.waitUntilReady(timeout: 60) {
-            guard let reply = try? await FarmHTTP.send("GET", url, headers: self.adminHeaders, timeout: .seconds(3)), reply.status == 200,
+            guard let reply = try? await FarmHTTP.send("GET", url, headers: self.adminHeaders, client: self.tlsClient, timeout: .seconds(3)), reply.status == 200,
                   let status = try? KilnJSON.decode(SchedulerStatus.self, from: reply.body) else { return false }
             return status.id == host
         }
@@ -363,6 +370,8 @@ public final class NetnsFarm: Sendable {
             "--docker-socket", service.socketPath,
             "--registry", Self.registryName,
             "--registry-credentials", dir.appendingPathComponent("credentials/registry").path,
+            "--scheduler", Self.schedulerHosts.map { "https://\($0):\(Self.apiPort)" }.joined(separator: ","),
+            "--ca-file", dir.appendingPathComponent("tls/ca.pem").path,
         ] + (try await etcdOptions(on: host, .agent(host))) + options)
     }
 
@@ -386,7 +395,7 @@ public final class NetnsFarm: Sendable {
     /// A request to `scheduler`'s API as the first admin.
     public func request(_ method: String, _ path: String, on scheduler: String = "sched-1", body: String? = nil) async throws -> (status: Int, body: String) {
         try net.checkRoute(net.host(scheduler).address)
-        return try await FarmHTTP.send(method, api(scheduler) + path, body: body, headers: adminHeaders, timeout: .seconds(30))
+        return try await FarmHTTP.send(method, api(scheduler) + path, body: body, headers: adminHeaders, client: tlsClient, timeout: .seconds(30))
     }
 
     /// Publishes `files` (name → content) as the `main` branch of `<name>.git` on the git host;
@@ -460,12 +469,12 @@ struct FarmPKI {
     }
 
     /// `server.pem` and `server.key` for `name` and `address` (and loopback) into `folder`.
-    func issue(name: String, address: String, into folder: URL) throws {
+    func issue(name: String, address: String, into folder: URL, aliases: [String] = []) throws {
         let key = folder.appendingPathComponent("server.key").path
         let csr = dir.appendingPathComponent("\(name).csr").path
         let ext = dir.appendingPathComponent("\(name).ext")
         try Self.openssl(["req"] + Self.curve + ["-keyout", key, "-out", csr, "-subj", "/O=kiln-test-server-\(name)"])
-        try "subjectAltName=DNS:\(name),IP:\(address),IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n".write(to: ext, atomically: true, encoding: .utf8)
+        try "subjectAltName=DNS:\(name),\(aliases.map { "DNS:\($0)," }.joined())IP:\(address),IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n".write(to: ext, atomically: true, encoding: .utf8)
         try Self.openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", dir.appendingPathComponent("ca.key").path, "-CAcreateserial",
                           "-out", folder.appendingPathComponent("server.pem").path, "-days", "2", "-extfile", ext.path])
         chmod(key, 0o600)

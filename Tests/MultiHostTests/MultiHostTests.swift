@@ -171,7 +171,7 @@ struct MultiHostTests {
         let basic = Data("admin:\(farm.adminToken)".utf8).base64EncodedString()
         let scope = "repository:\(repository):pull"
         let tokenReply = try await FarmHTTP.send("GET", "\(farm.api("sched-2"))/auth/token?service=kiln-registry&scope=\(scope)",
-                                                 headers: [("Authorization", "Basic \(basic)")])
+                                                 headers: [("Authorization", "Basic \(basic)")], client: farm.tlsClient)
         guard tokenReply.status == 200,
               let json = try JSONSerialization.jsonObject(with: Data(tokenReply.body.utf8)) as? [String: Any],
               let token = json["token"] as? String else { throw FarmError("no registry token: \(tokenReply.status) \(tokenReply.body)") }
