@@ -20,18 +20,17 @@ import Glibc
 /// Credentials are copied into each host's `credentials/` that needs them.
 ///
 /// Layout (docs/plans/multi-host.md §2): etcd-1..3 .11–.13 (https :2379, peers :2380 plain
-/// HTTP on the farm's bridge, health :2381), registry .21 (https :5443, token auth by the
-/// schedulers: realm `http://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418),
-/// sched-1/2 .31–.32 (`kiln scheduler --listen <addr>:7070`), builder-1..3 .41–.43 (podman
-/// service + `kiln agent`). `kiln-api` names sched-2 in every hosts file.
+/// HTTP on the farm's bridge, health :2381; every client shows a certificate of the farm's
+/// CA), registry .21 (https :5443, token auth by the schedulers: realm
+/// `https://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418), sched-1/2 .31–.32
+/// (`kiln scheduler --listen <addr>:7070` with TLS), builder-1..3 .41–.43 (podman service +
+/// `kiln agent --scheduler https://sched-1:7070,https://sched-2:7070`). `kiln-api` names
+/// sched-2 in every hosts file.
 ///
-/// The test process is the operator: it reaches the hosts through the op link (etcd as root
-/// over TLS with the farm's CA, the schedulers' API over plain HTTP).
+/// The test process is the operator: it reaches the hosts through the op link (etcd as root,
+/// the schedulers' API and the registry, all over TLS with the farm's CA).
 ///
-/// What is not there yet, because the product lacks it (see docs/testing-multihost.md):
-/// the schedulers serve plain HTTP (no `--tls-cert` on main yet), so the agents run without
-/// `--scheduler` (it refuses http:// off loopback) and builds get no secrets; no cells and no
-/// lb hosts (cells over TCP+TLS are not on main yet).
+/// Not there yet (docs/testing-multihost.md): the cells and the lb hosts.
 public final class NetnsFarm: Sendable {
     public static let etcdHosts = ["etcd-1", "etcd-2", "etcd-3"]
     public static let schedulerHosts = ["sched-1", "sched-2"]
