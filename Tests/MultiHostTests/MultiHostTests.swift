@@ -107,6 +107,25 @@ struct MultiHostTests {
         }
     }
 
+    /// The sweep removes a run whose owner died (its namespaces with what runs in them, its
+    /// blackhole route, its folder) and leaves a live run alone (this suite's farm).
+    @Test func sweepRemovesOnlyRunsOfDeadOwners() throws {
+        let orphan = try NetnsNetwork.create([(name: "lonely", octet: 10)])
+        defer { orphan.teardown() }
+        // An owner that has died: a child that ran and was reaped.
+        let child = try ManagedProcess(name: "true", executable: "/bin/true", arguments: [], logFile: orphan.dir.appendingPathComponent("true.log"))
+        while child.isRunning { usleep(10_000) }
+        try "\(child.pid)\n".write(to: orphan.dir.appendingPathComponent("owner"), atomically: true, encoding: .utf8)
+        NetnsNetwork.sweep()
+        let namespaces = try #require(String(data: try Spawn.run("/usr/sbin/ip", ["netns", "list"]).output, encoding: .utf8))
+        #expect(!namespaces.contains("kmh\(orphan.runID)-"), "\(namespaces)")
+        #expect(namespaces.contains("kmh\(farm.net.runID)-registry"), "the live farm's namespaces must stay: \(namespaces)")
+        let routes = String(decoding: try Spawn.run("/usr/sbin/ip", ["route"]).output, as: UTF8.self)
+        #expect(!routes.contains("10.217.\(orphan.subnet).0/24"), "\(routes)")
+        #expect(!FileManager.default.fileExists(atPath: orphan.dir.path))
+        try farm.net.checkRoute(farm.net.host("registry").address)
+    }
+
     // MARK: helpers
 
     func leader(asking scheduler: String) async throws -> String? {
