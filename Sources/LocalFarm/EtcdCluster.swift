@@ -25,15 +25,28 @@ public final class EtcdCluster: Sendable {
     /// free loopback ports, with their data under `dir`, and waits until all are healthy.
     /// With `tls` every member serves its clients over TLS with those files (peers talk
     /// plain HTTP on loopback).
+    ///
+    /// With `placements` (one per member, `count` is then their number) each member runs
+    /// where its placement says, on the fixed ports 2379 (clients), 2380 (peers, plain HTTP)
+    /// and, with `tls`, 2381 (health), with its data in `dir/<member>` as usual (the caller
+    /// gives each member's host its own folder in `memberDirs`, and its own copy of the TLS
+    /// files in `memberTLS`).
     public static func start(
         dir: URL,
         count: Int = 3,
         tls: EtcdServer.TLS? = nil,
         maintenance: EtcdServer.Maintenance = .standard,
-        arguments: [String] = []
+        arguments: [String] = [],
+        placements: [Placement]? = nil,
+        memberDirs: [URL]? = nil,
+        memberTLS: [EtcdServer.TLS]? = nil
     ) async throws -> EtcdCluster {
         try EtcdServer.checkInstalled()
         try maintenance.validate()
+        if let placements {
+            return try await start(placements: placements, dirs: memberDirs ?? placements.indices.map { dir.appendingPathComponent("m\($0 + 1)") },
+                                   tls: memberTLS ?? placements.map { _ in tls }, maintenance: maintenance, arguments: arguments)
+        }
         guard count >= 1 else { throw FarmError("an etcd cluster needs at least one member") }
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var lastError: (any Error)?
@@ -71,6 +84,35 @@ public final class EtcdCluster: Sendable {
         }
         throw lastError ?? FarmError("the etcd cluster did not start")
     }
+
+    /// The members on hosts of their own (see `start`): fixed ports, one attempt.
+    private static func start(placements: [Placement], dirs: [URL], tls: [EtcdServer.TLS?], maintenance: EtcdServer.Maintenance,
+                              arguments: [String]) async throws -> EtcdCluster {
+        guard !placements.isEmpty, dirs.count == placements.count, tls.count == placements.count else { throw FarmError("an etcd cluster needs at least one member, and a folder for each") }
+        let names = (1...placements.count).map { "m\($0)" }
+        let initial = zip(names, placements).map { "\($0.0)=http://\($0.1.advertise):2380" }.joined(separator: ",")
+        let token = "kiln-\(UUID().uuidString.prefix(8))"
+        var members: [EtcdServer] = []
+        do {
+            for (i, (name, placement)) in zip(names, placements).enumerated() {
+                let data = dirs[i]
+                try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                members.append(try EtcdServer(
+                    dataDir: data, clientPort: 2379, peerPort: 2380, logFile: data.deletingLastPathComponent().appendingPathComponent("\(name).log"),
+                    tls: tls[i], arguments: arguments, maintenance: maintenance,
+                    membership: .init(name: name, initialCluster: initial, token: token), healthPort: tls[i] == nil ? nil : 2381,
+                    placement: placement))
+            }
+            for member in members { try await member.waitUntilHealthy(timeout: 60) }
+            return EtcdCluster(members: members)
+        } catch {
+            for member in members { member.kill() }
+            throw error
+        }
+    }
+
+    /// Every member's client URL as this process reaches it (``endpoints`` on loopback).
+    public var probeEndpoints: [String] { members.map(\.probeEndpoint) }
 
     /// The member that leads now, asked of the members that answer; nil while none leads.
     /// `client`: one that may talk to the members (their TLS), by default an anonymous one

@@ -50,8 +50,13 @@ public final class EtcdServer: Sendable {
     let membership: Membership?
     /// Where etcd answers `GET /health` over plain HTTP when clients talk TLS.
     let healthPort: Int?
-    /// `http://127.0.0.1:<clientPort>` (`https://` with TLS), what an `EtcdClient` connects to.
-    public var endpoint: String { "\(tls == nil ? "http" : "https")://127.0.0.1:\(clientPort)" }
+    /// Where it runs and how this process reaches it (``Placement/local`` by default).
+    public let placement: Placement
+    /// `http://127.0.0.1:<clientPort>` (`https://` with TLS), what an `EtcdClient` connects to;
+    /// with another placement, the advertised name (what other hosts use).
+    public var endpoint: String { "\(tls == nil ? "http" : "https")://\(placement.advertise):\(clientPort)" }
+    /// The client URL this process reaches it at (`endpoint` for a member on loopback).
+    public var probeEndpoint: String { "\(tls == nil ? "http" : "https")://\(placement.probeHost):\(clientPort)" }
     /// The running etcd process (a new one after `restart()`).
     public var process: ManagedProcess { current.withLock { $0 } }
 
@@ -61,8 +66,9 @@ public final class EtcdServer: Sendable {
     public var name: String { membership?.name ?? "kiln" }
 
     init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], maintenance: Maintenance,
-         membership: Membership?, healthPort: Int?, process: ManagedProcess) {
+         membership: Membership?, healthPort: Int?, placement: Placement = .local, process: ManagedProcess) {
         self.tls = tls
+        self.placement = placement
         self.maintenance = maintenance
         self.membership = membership
         self.arguments = arguments
@@ -135,11 +141,12 @@ public final class EtcdServer: Sendable {
 
     /// Launches the member (not waiting for it to be healthy).
     convenience init(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String], maintenance: Maintenance,
-                     membership: Membership?, healthPort: Int?) throws {
+                     membership: Membership?, healthPort: Int?, placement: Placement = .local) throws {
         let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls,
-                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort)
+                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort,
+                                      placement: placement)
         self.init(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls, arguments: arguments,
-                  maintenance: maintenance, membership: membership, healthPort: healthPort, process: process)
+                  maintenance: maintenance, membership: membership, healthPort: healthPort, placement: placement, process: process)
     }
 
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s). Calling it twice is harmless.
@@ -156,44 +163,44 @@ public final class EtcdServer: Sendable {
     public func restart() async throws {
         stop()
         let process = try Self.launch(dataDir: dataDir, clientPort: clientPort, peerPort: peerPort, logFile: logFile, tls: tls,
-                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort)
+                                      arguments: arguments, maintenance: maintenance, membership: membership, healthPort: healthPort,
+                                      placement: placement)
         current.withLock { $0 = process }
         try await waitUntilHealthy()
     }
 
     private static func launch(dataDir: URL, clientPort: Int, peerPort: Int, logFile: URL, tls: TLS?, arguments: [String],
-                               maintenance: Maintenance, membership: Membership?, healthPort: Int?) throws -> ManagedProcess {
-        let client = "\(tls == nil ? "http" : "https")://127.0.0.1:\(clientPort)"
-        let peer = "http://127.0.0.1:\(peerPort)"
+                               maintenance: Maintenance, membership: Membership?, healthPort: Int?, placement: Placement) throws -> ManagedProcess {
+        let scheme = tls == nil ? "http" : "https"
+        let client = "\(scheme)://\(placement.bindHost):\(clientPort)"
+        let peer = "http://\(placement.bindHost):\(peerPort)"
+        let advertisedClient = "\(scheme)://\(placement.advertise):\(clientPort)"
+        let advertisedPeer = "http://\(placement.advertise):\(peerPort)"
         var tlsArguments: [String] = []
         if let tls {
             tlsArguments = ["--cert-file", tls.certificateFile, "--key-file", tls.keyFile, "--trusted-ca-file", tls.caFile]
             if tls.clientCertificateAuth { tlsArguments.append("--client-cert-auth") }
         }
-        if let healthPort { tlsArguments += ["--listen-metrics-urls", "http://127.0.0.1:\(healthPort)"] }
+        if let healthPort { tlsArguments += ["--listen-metrics-urls", "http://\(placement.bindHost):\(healthPort)"] }
         let name = membership?.name ?? "kiln"
-        var clusterArguments = ["--initial-cluster", membership?.initialCluster ?? "\(name)=\(peer)"]
+        var clusterArguments = ["--initial-cluster", membership?.initialCluster ?? "\(name)=\(advertisedPeer)"]
         if let membership {
             // "new" is read only when the data dir is empty: a restarted member rejoins from its data.
             clusterArguments += ["--initial-cluster-token", membership.token, "--initial-cluster-state", "new"]
         }
-        return try ManagedProcess(
-            name: membership == nil ? "etcd" : "etcd-\(name)",
-            executable: "etcd",
-            arguments: [
+        let command = try placement.command("etcd", [
                 "--name", name,
                 "--data-dir", dataDir.path,
                 "--listen-client-urls", client,
-                "--advertise-client-urls", client,
+                "--advertise-client-urls", advertisedClient,
                 "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
+                "--initial-advertise-peer-urls", advertisedPeer,
             ] + clusterArguments + [
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
-            ] + maintenance.arguments + tlsArguments + arguments,
-            logFile: logFile
-        )
+            ] + maintenance.arguments + tlsArguments + arguments)
+        return try ManagedProcess(name: membership == nil ? "etcd" : "etcd-\(name)", executable: command.executable, arguments: command.arguments, logFile: logFile)
     }
 
     /// Whether the socket listening on `port` is, as far as /proc can tell, not another etcd's.
@@ -235,16 +242,18 @@ public final class EtcdServer: Sendable {
     /// cluster has a leader (a member of a cluster without quorum is not healthy).
     func waitUntilHealthy(timeout: Double = 20) async throws {
         let process = self.process
-        let url = "http://127.0.0.1:\(healthPort ?? clientPort)/health"
+        let url = "http://\(placement.probeHost):\(healthPort ?? clientPort)/health"
+        let placement = self.placement
         try await process.waitUntilReady(timeout: timeout) {
             do {
-                let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(1))
+                let response = try await placement.probeClient.execute(HTTPClientRequest(url: url), timeout: .seconds(1))
                 let body = try await response.body.collect(upTo: 4096)
                 // A port picked free may be taken by another test's etcd before this one binds
                 // it: that etcd would answer the health check. Ready only when this process
                 // is the one listening.
+                // (Another placement is a network namespace of its own: no one else's ports there.)
                 return response.status.code == 200 && String(buffer: body).contains(#""health":"true""#)
-                    && Self.listens(pid: process.pid, port: healthPort ?? clientPort)
+                    && (!placement.isLocal || Self.listens(pid: process.pid, port: healthPort ?? clientPort))
             } catch {
                 return false
             }

@@ -35,8 +35,13 @@ public final class PodmanService: Sendable {
     /// `podman` for the first service on a root; other names for more API endpoints on the
     /// same storage (cells of the local deploy backend): socket `<root>/<name>.sock`.
     public let name: String
+    /// Where the service runs: the podman and buildah commands of ``podmanCommand(_:)`` and
+    /// ``ensureBusyboxImage(_:)`` run there too (its launcher), so that they share the service's
+    /// mount namespace. The socket is reached by its path from anywhere.
+    public let placement: Placement
 
-    private init(root: URL, name: String, socketPath: String, environment: [String: String], process: ManagedProcess) {
+    private init(root: URL, name: String, socketPath: String, environment: [String: String], process: ManagedProcess, placement: Placement) {
+        self.placement = placement
         self.root = root
         self.name = name
         self.socketPath = socketPath
@@ -60,7 +65,7 @@ public final class PodmanService: Sendable {
     ///     `--pids-limit`; one value per root: the last start's counts for every service on it).
     public static func start(
         root: URL, name: String = "podman", logFile: URL? = nil, insecureRegistries: [String] = [],
-        pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit, timeout: Double = 30
+        pidsLimit: Int = OCIRuntimeWrapper.defaultPidsLimit, timeout: Double = 30, placement: Placement = .local
     ) async throws -> PodmanService {
         guard ManagedProcess.which("podman") != nil else {
             throw FarmError("podman is not installed: run scripts/install-deps.sh (Debian packages podman, runc)")
@@ -76,9 +81,10 @@ public final class PodmanService: Sendable {
         try? FileManager.default.removeItem(atPath: socket)
 
         let environment = self.environment(root: root)
+        let command = try placement.command("podman", ["system", "service", "--time=0", "unix://\(socket)"])
         let process = try ManagedProcess(
-            name: "podman service", executable: "podman",
-            arguments: ["system", "service", "--time=0", "unix://\(socket)"],
+            name: "podman service", executable: command.executable,
+            arguments: command.arguments,
             environment: environment,
             // conmon leaves an empty file named "oom" in its working directory when a
             // container hits its memory limit: keep that inside the service's own folder.
@@ -91,7 +97,7 @@ public final class PodmanService: Sendable {
             process.stop()
             throw error
         }
-        return PodmanService(root: root, name: name, socketPath: socket, environment: environment, process: process)
+        return PodmanService(root: root, name: name, socketPath: socket, environment: environment, process: process, placement: placement)
     }
 
     /// Stops the service (SIGTERM, then SIGKILL after 10 s). Calling it twice is harmless.
@@ -105,7 +111,8 @@ public final class PodmanService: Sendable {
     /// service) and returns its exit status and combined output.
     @discardableResult
     public func podmanCommand(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        try ManagedProcess.run("podman", arguments, environment: environment)
+        let command = try placement.command("podman", arguments)
+        return try ManagedProcess.run(command.executable, command.arguments, environment: environment)
     }
 
     /// The environment that points podman and buildah at `root`'s configuration.
@@ -295,7 +302,8 @@ public final class PodmanService: Sendable {
             throw FarmError("a static busybox is needed to make \(name): apt-get install busybox-static")
         }
         func buildah(_ arguments: [String]) throws -> String {
-            let (status, output) = try ManagedProcess.run("buildah", arguments, environment: environment)
+            let command = try placement.command("buildah", arguments)
+            let (status, output) = try ManagedProcess.run(command.executable, command.arguments, environment: environment)
             guard status == 0 else {
                 throw FarmError("buildah \(arguments.joined(separator: " ")) failed (\(status)): \(output)")
             }

@@ -62,13 +62,16 @@ public final class RegistryServer: Sendable {
     public let process: ManagedProcess
     /// nil: plain HTTP.
     public let tls: TLS?
+    /// Where it runs (``Placement/local``: this machine's loopback).
+    public let placement: Placement
 
-    /// "127.0.0.1:<port>": the registry part of image names pushed here.
-    public var address: String { "127.0.0.1:\(port)" }
+    /// "127.0.0.1:<port>" (the placement's advertised name): the registry part of image names pushed here.
+    public var address: String { "\(placement.advertise):\(port)" }
     /// "http://127.0.0.1:<port>", or https:// with `tls`.
     public var url: String { "\(tls == nil ? "http" : "https")://\(address)" }
 
-    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, tls: TLS?) {
+    private init(root: URL, port: Int, logFile: URL, process: ManagedProcess, tls: TLS?, placement: Placement) {
+        self.placement = placement
         self.root = root
         self.port = port
         self.logFile = logFile
@@ -89,12 +92,15 @@ public final class RegistryServer: Sendable {
     /// project's `pushTo` or a private base image's registry would be.
     /// `deletes`: whether the registry deletes manifests (Kiln's console deletes tags; off
     /// only for a test of a registry that refuses). `tls`: serve HTTPS with these files.
+    /// `placement` puts it on another host (then `port` is required: that host's port space
+    /// is its own).
     public static func start(root: URL, port: Int? = nil, logFile: URL? = nil, auth: TokenAuth? = nil, htpasswd: URL? = nil,
-                             deletes: Bool = true, tls: TLS? = nil) async throws -> RegistryServer {
+                             deletes: Bool = true, tls: TLS? = nil, placement: Placement = .local) async throws -> RegistryServer {
         guard ManagedProcess.which("docker-registry") != nil else {
             throw FarmError("docker-registry is not installed: run scripts/install-deps.sh (Debian package docker-registry)")
         }
-        if let port, FreePort.isInUse(port) {
+        if !placement.isLocal, port == nil { throw FarmError("registry: a registry on another host needs its port") }
+        if placement.isLocal, let port, FreePort.isInUse(port) {
             throw FarmError("registry: port \(port) on 127.0.0.1 is already in use (another registry?); stop what listens there or pick another port")
         }
         try FileManager.default.createDirectory(at: root.appendingPathComponent("data"), withIntermediateDirectories: true)
@@ -107,12 +113,14 @@ public final class RegistryServer: Sendable {
             let chosen = try port ?? FreePort.next()
             let config = root.appendingPathComponent("config.yml")
             // Mode 0600: it may hold the token the registry reports events with.
-            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes, tls: tls), to: config.path)
+            try CredentialFile.write(configuration(root: root, port: chosen, auth: auth, htpasswd: htpasswd, deletes: deletes, tls: tls,
+                                                   bindHost: placement.bindHost), to: config.path)
+            let command = try placement.command("docker-registry", ["serve", config.path])
             let process = try ManagedProcess(
-                name: "registry", executable: "docker-registry", arguments: ["serve", config.path], logFile: logFile)
+                name: "registry", executable: command.executable, arguments: command.arguments, logFile: logFile)
             do {
-                try await process.waitUntilReady(timeout: 20) { await answers(port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil, tls: tls) }
-                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, tls: tls)
+                try await process.waitUntilReady(timeout: 20) { await answers(host: placement.probeHost, port: chosen, challenge: auth != nil ? "Bearer " : htpasswd != nil ? "Basic " : nil, tls: tls) }
+                return RegistryServer(root: root, port: chosen, logFile: logFile, process: process, tls: tls, placement: placement)
             } catch {
                 process.killNow()
                 lastError = error
@@ -128,7 +136,8 @@ public final class RegistryServer: Sendable {
     }
 
     /// The registry's configuration file.
-    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true, tls: TLS? = nil) -> String {
+    static func configuration(root: URL, port: Int, auth: TokenAuth? = nil, htpasswd: URL? = nil, deletes: Bool = true, tls: TLS? = nil,
+                              bindHost: String = "127.0.0.1") -> String {
         var text = """
         version: 0.1
         log:
@@ -141,7 +150,7 @@ public final class RegistryServer: Sendable {
           delete:
             enabled: \(deletes)
         http:
-          addr: 127.0.0.1:\(port)
+          addr: \(bindHost):\(port)
         health:
           storagedriver:
             enabled: false
@@ -149,8 +158,8 @@ public final class RegistryServer: Sendable {
         """
         if let tls {
             // The nested keys of `http:` (a second `http:` block would replace the first).
-            text = text.replacingOccurrences(of: "  addr: 127.0.0.1:\(port)\n", with: """
-                  addr: 127.0.0.1:\(port)
+            text = text.replacingOccurrences(of: "  addr: \(bindHost):\(port)\n", with: """
+                  addr: \(bindHost):\(port)
                   tls:
                     certificate: "\(tls.certificate)"
                     key: "\(tls.key)"
@@ -200,8 +209,8 @@ public final class RegistryServer: Sendable {
     }
 
     /// `GET /v2/` answers 200, or 401 with `challenge` (`Bearer `, `Basic `) when auth is on.
-    private static func answers(port: Int, challenge: String?, tls: TLS?) async -> Bool {
-        let request = HTTPClientRequest(url: "\(tls == nil ? "http" : "https")://127.0.0.1:\(port)/v2/")
+    private static func answers(host: String, port: Int, challenge: String?, tls: TLS?) async -> Bool {
+        let request = HTTPClientRequest(url: "\(tls == nil ? "http" : "https")://\(host):\(port)/v2/")
         let client: HTTPClient
         if let tls {
             guard let ca = try? TrustedCA(file: tls.ca) else { return false }
