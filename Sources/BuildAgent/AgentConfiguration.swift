@@ -35,7 +35,8 @@ public struct AgentConfiguration: Sendable {
     /// secrets, with `registryCredentials` as its login. Empty: builds get no secrets or
     /// credentials (said at start and in each build's log).
     public var schedulers: [String] = []
-    /// A CA trusted besides the system's roots for `https://` schedulers (`--ca-file`).
+    /// A CA trusted besides the system's roots for `https://` schedulers and the agent's own
+    /// calls to the registry's API (`--ca-file`).
     public var schedulerCA: TrustedCA?
     /// A Maven repository mirror (for example Nexus) written into the global settings.xml
     /// mounted into compile containers; nil leaves the build image's settings alone.

@@ -1,6 +1,8 @@
+import AsyncHTTPClient
 import DockerAPI
 import Foundation
 import KilnCore
+import TLSTrust
 
 /// What the push step pushed: the digest in the farm's registry, and each `Project.pushTo`
 /// repository's copy as `host/path:tag@sha256:…` (`Build.pushedTo`).
@@ -32,7 +34,8 @@ extension BuildRunner {
                 digest = d
             } else {
                 digest = try await DockerClient.registryDigest(registry: configuration.registry, repository: project.repositoryName, tag: tag,
-                                                               insecure: configuration.registryInsecure, credentials: configuration.registryCredentials)
+                                                               insecure: configuration.registryInsecure, credentials: configuration.registryCredentials,
+                                                               httpClient: registryHTTP)
             }
         } catch let e as DockerError {
             throw StepFailure(step: .push, message: "could not push to \(configuration.registry): \(e)")
@@ -60,7 +63,8 @@ extension BuildRunner {
                 return digest
             }
             let path = String(target.dropFirst(target.prefix { $0 != "/" }.count + 1))
-            return try await DockerClient.registryDigest(registry: host, repository: path, tag: tag, insecure: HostReach.isLoopback(Self.hostName(host)), credentials: credentials)
+            return try await DockerClient.registryDigest(registry: host, repository: path, tag: tag, insecure: HostReach.isLoopback(Self.hostName(host)), credentials: credentials,
+                                                  httpClient: registryHTTP)
         } catch let e as DockerError {
             let refused = Self.looksRefused(e.message)
             throw StepFailure(step: .push, message: refused
@@ -73,5 +77,16 @@ extension BuildRunner {
     static func hostName(_ hostPort: String) -> String {
         if hostPort.hasPrefix("[") { return String(hostPort.dropFirst().prefix { $0 != "]" }) }
         return String(hostPort.prefix { $0 != ":" })
+    }
+}
+
+extension BuildRunner {
+    /// The client of the agent's own calls to registries' APIs (a digest read after a push, a
+    /// reused build's new tag): the system's roots and the agent's `--ca-file`, as for the
+    /// schedulers; one connect attempt, so a registry that is down or not trusted fails the
+    /// call at once with its own error. (The engine's pushes and pulls trust the builder
+    /// host's `certs.d` instead: docs/tls.md.)
+    var registryHTTP: HTTPClient {
+        OutgoingHTTP.client(.init(connect: .seconds(5), read: .seconds(30), retryConnecting: false), trusting: configuration.schedulerCA)
     }
 }

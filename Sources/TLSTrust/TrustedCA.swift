@@ -77,11 +77,17 @@ public enum OutgoingHTTP {
         /// first failure (refused, a certificate not trusted) fails the request at once with
         /// its own error, which is what a person at a terminal needs.
         public var retryConnecting: Bool
+        /// How long an idle connection is kept for the next request; nil: the HTTP client's
+        /// default (60 s). Short for calls made seldom to one of several servers: a kept
+        /// connection to a host cut off the network takes a request the whole read time to
+        /// find dead, where a new one fails within the connect time.
+        public var idle: Duration?
 
-        public init(connect: Duration, read: Duration?, retryConnecting: Bool) {
+        public init(connect: Duration, read: Duration?, retryConnecting: Bool, idle: Duration? = nil) {
             self.connect = connect
             self.read = read
             self.retryConnecting = retryConnecting
+            self.idle = idle
         }
     }
 
@@ -100,6 +106,7 @@ public enum OutgoingHTTP {
             var configuration = HTTPClient.Configuration()
             configuration.timeout = .init(connect: TimeAmount(settings.connect), read: settings.read.map { TimeAmount($0) })
             configuration.connectionPool.retryConnectionEstablishment = settings.retryConnecting
+            if let idle = settings.idle { configuration.connectionPool.idleTimeout = TimeAmount(idle) }
             if let ca { configuration.tlsConfiguration = ca.tlsConfiguration }
             let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             clients[key] = client

@@ -8,7 +8,7 @@ import TLSTrust
 struct CAFileOption: ParsableArguments {
     @Option(name: .customLong("ca-file"), help: ArgumentHelp("""
         PEM file of a CA to trust besides the system's roots for https:// connections to the \
-        scheduler's API (CLI, agents) and the registry's API (scheduler) (env KILN_CA_FILE): \
+        scheduler's API (CLI, agents) and the registry's API (scheduler, agents) (env KILN_CA_FILE): \
         the CA of a farm's private certificates (docs/tls.md). etcd has its own --etcd-ca.
         """, valueName: "file"))
     var caFile: String? = Self.environment

@@ -85,6 +85,7 @@ struct MultiHostTests {
         #expect(check.runTwice.isEmpty, "\(check.runTwice)")
         let steps = build.steps.map { "\($0.name.rawValue) \($0.durationMs ?? -1) ms" }.joined(separator: ", ")
         print("multi-host: sched-1 cut, sched-2 leading after \(handover); the build requested from sched-2 took \(build.durationMs ?? -1) ms (\(steps))")
+
     }
 
     /// The harness's own guards: a host is refused a path outside its folder, and the test

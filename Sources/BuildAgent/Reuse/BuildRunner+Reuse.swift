@@ -80,7 +80,8 @@ extension BuildRunner {
             try Task.checkCancellation()
             try await withTimeout(configuration.timeouts.push, { StepTimeout(step: .push, limit: self.configuration.timeouts.push) }) {
                 try await DockerClient.retag(registry: self.configuration.registry, repository: project.repositoryName, digest: entry.digest, tag: tag,
-                                             insecure: self.configuration.registryInsecure, credentials: self.configuration.registryCredentials)
+                                             insecure: self.configuration.registryInsecure, credentials: self.configuration.registryCredentials,
+                                             httpClient: self.registryHTTP)
             }
         } catch let e as DockerError where e.statusCode == 404 {
             reporter.log("reuse: the registry no longer has \(entry.digest) of build \(entry.build) (\(e)); removing that entry and building")

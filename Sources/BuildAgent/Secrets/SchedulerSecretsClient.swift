@@ -28,8 +28,10 @@ public struct SchedulerSecretsClient: BuildSecretsSource {
 
     /// A scheduler that is down must not hold every build for the whole request time: one
     /// connect attempt of at most 3 s each (the HTTP client's own retries would go on until the
-    /// request's deadline against a host that never answers), the retrying done here.
-    static let http = OutgoingHTTP.Settings(connect: .seconds(3), read: .seconds(30), retryConnecting: false)
+    /// request's deadline against a host that never answers), the retrying done here; and no
+    /// connection kept past 2 s (one request a build: a kept connection to a scheduler host cut
+    /// off meanwhile would take the whole read time to find dead).
+    static let http = OutgoingHTTP.Settings(connect: .seconds(3), read: .seconds(30), retryConnecting: false, idle: .seconds(2))
     /// The scheduler that answered last, shared by the copies of this client.
     let lastAnswered = Locked<String?>(nil)
     /// Rounds over the whole list when no scheduler could be reached.
