@@ -16,7 +16,10 @@ import Testing
         l.logLevel = .warning
         return l
     }()
-    static let fast = KubernetesDeployer.Configuration(requestTimeout: .seconds(5), startTimeout: .seconds(5), pollInterval: .milliseconds(50))
+    /// Each request may take 30 s: the fake answers in milliseconds, but at the start of a full
+    /// run (every suite at once, TLS keys and handshakes in many of them) 5 s was not enough
+    /// for sixteen of these tests at once. The start's own limit stays short: one test waits it out.
+    static let fast = KubernetesDeployer.Configuration(requestTimeout: .seconds(30), startTimeout: .seconds(5), pollInterval: .milliseconds(50))
     /// The cell's service account token, as the fakes expect it unless a test says otherwise.
     static let token = "kiln-deployer-token-1"
 

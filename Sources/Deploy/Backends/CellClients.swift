@@ -3,6 +3,7 @@ import Foundation
 import KilnCore
 import NIOCore
 import NIOSSL
+import Plugins
 import Synchronization
 
 /// One HTTP client per cell reached over TLS, made from the cell's credential by the backend's
@@ -117,5 +118,26 @@ extension KubernetesDeployer {
             connectionPool: .init(idleTimeout: .seconds(60)))
         configuration.decompression = .disabled
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }
+}
+
+extension CellClients {
+    /// The sealed credential of `cell`, read through the pipeline's secrets; the errors say
+    /// what to do. `kind` names the cells that need one ("https cells", "Kubernetes cells"),
+    /// `missing` is the refusal when none was set.
+    static func credential(of cell: Cell, from secrets: (any PipelineSecrets)?, kind: String, missing: String) async throws -> CellCredential {
+        guard let secrets else {
+            throw KilnError.unavailable("cell \(cell.name): no cell credentials can be read here: only a scheduler with the farm's secrets key (--secrets-key-file) reaches \(kind)")
+        }
+        let found: CellCredential?
+        do {
+            found = try await secrets.cellCredential(cell.name)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw KilnError.unavailable("cell \(cell.name): its credential could not be read: \((error as? KilnError)?.message ?? "\(error)")")
+        }
+        guard let found else { throw KilnError.invalid(missing) }
+        return found
     }
 }

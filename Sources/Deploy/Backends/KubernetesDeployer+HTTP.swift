@@ -37,21 +37,9 @@ extension KubernetesDeployer {
         guard cell.endpoint.lowercased().hasPrefix("https://") else {
             throw KilnError.invalid("cell \(cell.name): endpoint \(Validation.printable(cell.endpoint)) is not https; Kiln sends a Kubernetes cell's credential over https only: change it with `kiln cell add \(cell.name) --backend kubernetes --endpoint https://HOST:PORT`")
         }
-        guard let secrets else {
-            throw KilnError.unavailable("cell \(cell.name): no cell credentials can be read here: only a scheduler with the farm's secrets key (--secrets-key-file) reaches Kubernetes cells")
-        }
-        let found: CellCredential?
-        do {
-            found = try await secrets.cellCredential(cell.name)
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            throw KilnError.unavailable("cell \(cell.name): its credentials could not be read: \((error as? KilnError)?.message ?? "\(error)")")
-        }
-        guard let found else {
-            throw KilnError.invalid("cell \(cell.name) has no credentials: set them with `kiln cell credential set \(cell.name) …` (a service account token or a client certificate and key, and the cluster's CA; docs/kubernetes.md)")
-        }
-        return found
+        return try await CellClients.credential(
+            of: cell, from: secrets, kind: "Kubernetes cells",
+            missing: "cell \(cell.name) has no credentials: set them with `kiln cell credential set \(cell.name) …` (a service account token or a client certificate and key, and the cluster's CA; docs/kubernetes.md)")
     }
 
     // MARK: HTTP

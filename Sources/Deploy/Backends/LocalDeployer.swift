@@ -77,20 +77,9 @@ public struct LocalDeployer: Deployer {
     /// An https cell's credential: the CA of its TLS proxy and a client certificate and key.
     func credential(of cell: Cell) async throws -> CellCredential {
         let how = "`kiln cell credential set \(cell.name) --client-cert-file CERT --client-key-file KEY --ca-file CA` (the CA that signed the proxy's certificate, and a client certificate its ssl_client_certificate signed; docs/cells.md)"
-        guard let secrets else {
-            throw KilnError.unavailable("cell \(cell.name): its endpoint \(cell.endpoint) is https, and no cell credentials can be read here: only a scheduler with the farm's secrets key (--secrets-key-file) reaches https cells")
-        }
-        let found: CellCredential?
-        do {
-            found = try await secrets.cellCredential(cell.name)
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            throw KilnError.unavailable("cell \(cell.name): its credential could not be read: \((error as? KilnError)?.message ?? "\(error)")")
-        }
-        guard let found else {
-            throw KilnError.invalid("cell \(cell.name) has no credential, and its endpoint \(cell.endpoint) is https (TLS with a client certificate): set one with \(how)")
-        }
+        let found = try await CellClients.credential(
+            of: cell, from: secrets, kind: "https cells",
+            missing: "cell \(cell.name) has no credential, and its endpoint \(cell.endpoint) is https (TLS with a client certificate): set one with \(how)")
         guard found.clientCertificate != nil, found.clientKey != nil else {
             throw KilnError.invalid("cell \(cell.name): its credential is a bearer token, but a local cell's TLS proxy asks for a client certificate: set one with \(how)")
         }
