@@ -46,7 +46,7 @@ public struct SchedulerTLS: Sendable {
         do {
             key = try NIOSSLPrivateKey(bytes: Array(pem.utf8), format: .pem)
         } catch {
-            throw KilnError.invalid("--tls-key \(keyFile): not a PEM private key (\(error)); give the unencrypted key of --tls-cert (-----BEGIN PRIVATE KEY-----)")
+            throw KilnError.invalid("--tls-key \(keyFile): not a PEM private key (\(error)); give the unencrypted PEM private key of --tls-cert")
         }
         var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
