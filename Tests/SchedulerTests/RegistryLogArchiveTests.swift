@@ -3,9 +3,10 @@ import Etcd
 import Foundation
 import KilnCore
 import KilnTestSupport
-import LocalFarm
+@testable import LocalFarm
 import NIOCore
 import NIOHTTP1
+import Processes
 import RegistryAuth
 @testable import Scheduler
 import Testing
@@ -333,6 +334,27 @@ struct RegistryLogArchiveTests {
         defer { open.stop() }
         let onOpen = try RegistryLogArchive(registry: .init(url: open.url), tokens: registry.tokens)
         await expectStartRefused(onOpen, saying: ["without credentials", "readable by anyone", "token authentication"])
+
+        // A registry that asks for a token but takes any (Distribution's "silly" auth stands for
+        // a proxy that only checks a bearer token is there): refused, the forged token shown to work.
+        let port = try FreePort.next()
+        let sillyRoot = dir.url.appendingPathComponent("silly")
+        try FileManager.default.createDirectory(at: sillyRoot, withIntermediateDirectories: true)
+        let config = RegistryServer.configuration(root: sillyRoot, port: port) + """
+            auth:
+              silly:
+                realm: "http://127.0.0.1:9/auth/token"
+                service: "kiln-registry"
+
+            """
+        let configFile = sillyRoot.appendingPathComponent("config.yml")
+        try config.write(to: configFile, atomically: true, encoding: .utf8)
+        let silly = try ManagedProcess(name: "silly-registry", executable: try #require(ManagedProcess.which("docker-registry")),
+                                       arguments: ["serve", configFile.path], logFile: sillyRoot.appendingPathComponent("registry.log"))
+        defer { silly.stop() }
+        try await silly.waitUntilReady(timeout: 20) { FreePort.isInUse(port) }
+        let onSilly = try RegistryLogArchive(registry: .init(url: "http://127.0.0.1:\(port)"), tokens: registry.tokens)
+        await expectStartRefused(onSilly, saying: ["a key it cannot know", "rootcertbundle"])
     }
 
     func expectStartRefused(_ archive: RegistryLogArchive, saying words: [String]) async {

@@ -276,6 +276,18 @@ public struct RegistryLogArchive: LogArchive, CustomStringConvertible {
         // A manifest no one has: found to be missing (404) only by a registry that deletes
         // and takes this scheduler's token; nothing is deleted.
         let none = "sha256:" + String(repeating: "0", count: 64)
+        // The same call with a token signed by a key made just now must be refused: a registry
+        // (or a proxy in front of it) that takes any bearer token would give the archive to anyone.
+        if let tokens = client.tokens {
+            var stranger = tokens
+            stranger.signingKey = TokenSigningKey.generate()
+            let forged = RegistryClient(configuration: client.configuration, tokens: stranger)
+            let refused = try await forged.send(.DELETE, "/v2/\(repository)/manifests/\(none)",
+                                                scopes: [ResourceAccess(type: "repository", name: repository, actions: ["delete"])]).0
+            guard refused == 401 else {
+                throw KilnError.unavailable("\(description): the registry answered \(refused) to a token signed by a key it cannot know, so it does not check who signed a token and every archived log would be open to anyone who sends one. Point its auth.token.rootcertbundle at this scheduler's key's certificate only (docs/registry-auth.md), or keep the local archive (--log-archive DIR)")
+            }
+        }
         let (status, body, _) = try await client.send(.DELETE, "/v2/\(repository)/manifests/\(none)",
                                                       scopes: [ResourceAccess(type: "repository", name: repository, actions: ["delete"])])
         switch status {
