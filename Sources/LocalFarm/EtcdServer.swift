@@ -199,6 +199,11 @@ public final class EtcdServer: Sendable {
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
+                // Every etcd password Kiln makes is 256 random bits (EtcdUsers), so bcrypt's
+                // work factor protects nothing, and at etcd's default of 10 each login costs
+                // etcd ~60 ms of CPU: 500 agents starting at once stalled it (docs/scale.md,
+                // Benchmarks/etcd-logins.sh: 12.2 s of etcd CPU for 200 logins against 0.4 s).
+                "--bcrypt-cost", "4",
             ] + maintenance.arguments + tlsArguments + arguments)
         return try ManagedProcess(name: membership == nil ? "etcd" : "etcd-\(name)", executable: command.executable, arguments: command.arguments, logFile: logFile)
     }
