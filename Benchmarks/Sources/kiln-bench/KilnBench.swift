@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnCore
 import Logging
 import Processes
 
@@ -74,5 +75,23 @@ enum ResultFile {
         let commit = (try? ManagedProcess.run("git", ["-C", Repository.root.path, "rev-parse", "--short", "HEAD"]))
             .flatMap { $0.status == 0 ? $0.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil }
         return (folder.appendingPathComponent("\(kind)-\(f.string(from: startedAt)).md"), commit, etcdVersion)
+    }
+
+    /// Writes a result file of `reports` (each phase's markdown) headed by the command, the
+    /// build, the cores, `load` (what the machine carried) and `setting` (how the components
+    /// ran); `complete` false marks a run that stopped early.
+    static func write(_ reports: [PhaseReport], kind: String, in dir: String, startedAt: Date, load: String, setting: String, complete: Bool) throws -> URL {
+        let (file, commit, etcdVersion) = try place(in: dir, kind: kind, startedAt: startedAt)
+        var lines = [
+            "# kiln-bench \(kind), \(KilnJSON.formatDate(startedAt))",
+            "",
+            "`\((["kiln-bench \(kind)"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? "")); "
+                + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load); \(etcdVersion). \(setting)",
+            "",
+        ]
+        if !complete { lines += ["**Incomplete run**: it stopped early (error or interrupt); the parts below are those that finished.", ""] }
+        lines += reports.map(\.markdown)
+        try lines.joined(separator: "\n").write(to: file, atomically: true, encoding: .utf8)
+        return file
     }
 }

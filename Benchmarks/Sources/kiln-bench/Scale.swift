@@ -475,18 +475,8 @@ extension KilnBench {
         }
 
         func writeResults(_ reports: [PhaseReport], startedAt: Date, load: String, loadAtEnd: String, complete: Bool) throws -> URL {
-            let (file, commit, etcdVersion) = try ResultFile.place(in: resultsDir, kind: "scale", startedAt: startedAt)
-            var lines = [
-                "# kiln-bench scale, \(KilnJSON.formatDate(startedAt))",
-                "",
-                "`\((["kiln-bench scale"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? "")); "
-                    + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load), at end \(loadAtEnd); \(etcdVersion). etcd and the schedulers are processes of their own; the \(agents) simulated agents run in kiln-bench's process.",
-                "",
-            ]
-            if !complete { lines += ["**Incomplete run**: it stopped early (error or interrupt); the parts below are those that finished.", ""] }
-            lines += reports.map(\.markdown)
-            try lines.joined(separator: "\n").write(to: file, atomically: true, encoding: .utf8)
-            return file
+            try ResultFile.write(reports, kind: "scale", in: resultsDir, startedAt: startedAt, load: "at start \(load), at end \(loadAtEnd)",
+                                 setting: "etcd and the schedulers are processes of their own; the \(agents) simulated agents run in kiln-bench's process.", complete: complete)
         }
     }
 }

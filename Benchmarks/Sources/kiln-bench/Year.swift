@@ -373,18 +373,8 @@ extension KilnBench {
         }
 
         func writeResults(_ reports: [PhaseReport], startedAt: Date, load: String, complete: Bool) throws -> URL {
-            let (file, commit, etcdVersion) = try ResultFile.place(in: resultsDir, kind: "year", startedAt: startedAt)
-            var lines = [
-                "# kiln-bench year, \(KilnJSON.formatDate(startedAt))",
-                "",
-                "`\((["kiln-bench year"] + CommandLine.arguments.dropFirst(2)).joined(separator: " "))` (\(Repository.configuration) build\(commit.map { ", commit \($0)" } ?? "")); "
-                    + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(load); \(etcdVersion). Every component is its own process on this machine.",
-                "",
-            ]
-            if !complete { lines += ["**Incomplete run**: it stopped early (error or interrupt); the parts below are those that finished.", ""] }
-            lines += reports.map(\.markdown)
-            try lines.joined(separator: "\n").write(to: file, atomically: true, encoding: .utf8)
-            return file
+            try ResultFile.write(reports, kind: "year", in: resultsDir, startedAt: startedAt, load: "at start \(load)",
+                                 setting: "Every component is its own process on this machine.", complete: complete)
         }
     }
 }
