@@ -96,21 +96,7 @@ final class TLSCellProxy: Sendable {
 
     /// nginx's configuration: the lines docs/cells.md gives, with this test's files and ports.
     static func config(dir: String, tlsPort: Int, podmanPort: Int) -> String {
-        let user = geteuid() == 0 ? "user root root;\n" : ""
-        return """
-        daemon off;
-        \(user)worker_processes 1;
-        pid \(dir)/nginx.pid;
-        error_log \(dir)/logs/error.log info;
-        events { worker_connections 256; }
-        http {
-            log_format cell '$status $ssl_client_verify "$request"';
-            access_log \(dir)/logs/access.log cell;
-            client_body_temp_path \(dir)/temp/client_body;
-            proxy_temp_path \(dir)/temp/proxy;
-            fastcgi_temp_path \(dir)/temp/fastcgi;
-            uwsgi_temp_path \(dir)/temp/uwsgi;
-            scgi_temp_path \(dir)/temp/scgi;
+        NginxTestConfig.wrap(dir: dir, logFormat: "$status $ssl_client_verify \"$request\"", connections: 256, server: """
             server {
                 listen 127.0.0.1:\(tlsPort) ssl;
                 ssl_certificate \(dir)/server.crt;
@@ -127,9 +113,7 @@ final class TLSCellProxy: Sendable {
                     proxy_send_timeout 600s;
                 }
             }
-        }
-
-        """
+            """)
     }
 
     /// nginx's access log so far: one `STATUS VERIFY "REQUEST"` line per request it answered.

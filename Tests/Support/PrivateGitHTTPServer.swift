@@ -70,22 +70,7 @@ public final class PrivateGitHTTPServer: Sendable {
 
     /// The nginx configuration: Basic authentication on every path, then the CGI.
     static func config(dir: String, port: Int, socket: String, backend: String, root: String) -> String {
-        // Workers of a root master run as nobody, who may not connect to root's socket.
-        let user = geteuid() == 0 ? "user root root;\n" : ""
-        return """
-        daemon off;
-        \(user)worker_processes 1;
-        pid \(dir)/nginx.pid;
-        error_log \(dir)/logs/error.log info;
-        events { worker_connections 64; }
-        http {
-            log_format kiln '$status $remote_user "$request"';
-            access_log \(dir)/logs/access.log kiln;
-            client_body_temp_path \(dir)/temp/client_body;
-            proxy_temp_path \(dir)/temp/proxy;
-            fastcgi_temp_path \(dir)/temp/fastcgi;
-            uwsgi_temp_path \(dir)/temp/uwsgi;
-            scgi_temp_path \(dir)/temp/scgi;
+        NginxTestConfig.wrap(dir: dir, logFormat: "$status $remote_user \"$request\"", connections: 64, server: """
             server {
                 listen 127.0.0.1:\(port);
                 location / {
@@ -108,9 +93,7 @@ public final class PrivateGitHTTPServer: Sendable {
                     fastcgi_param HTTP_GIT_PROTOCOL $http_git_protocol;
                 }
             }
-        }
-
-        """
+            """)
     }
 
     /// One request nginx answered.
