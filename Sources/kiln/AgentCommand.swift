@@ -289,6 +289,12 @@ struct AgentCommand: AsyncParsableCommand {
                                      etcd: etcd.etcd, fix: "Give --registry (env KILN_REGISTRY) the name every builder, cell and scheduler host resolves to the registry, and the same on the schedulers (docs/hosts.md).") {
             warnings.append(w)
         }
+        for url in (scheduler ?? "").split(separator: ",").map(String.init) {
+            if let w = HostReach.warning(option: "--scheduler", address: url, readers: "this agent, which asks it for each build's secrets",
+                                         etcd: etcd.etcd, fix: "Give the schedulers' https:// addresses (docs/hosts.md), unless a scheduler of this farm runs on this very host.") {
+                warnings.append(w)
+            }
+        }
         if let mirror = mavenMirror, compileNetwork != .host, let host = HostReach.host(of: mirror), HostReach.isLoopback(host) {
             warnings.append("--maven-mirror names \(host), a loopback address, which a build container on the \(compileNetwork.rawValue) network reaches as itself: give a name the container resolves (host.containers.internal for this machine, or the mirror's host name; docs/hosts.md)")
         }

@@ -322,6 +322,10 @@ struct SchedulerCommand: AsyncParsableCommand {
                                                          etcd: etcd.etcd, fix: "Give the registry's name every builder, cell and scheduler host resolves, the same as the agents' --registry (docs/hosts.md).") {
             logger.warning("\(warning)")
         }
+        if let warning = HostReach.warning(option: "--listen", address: listen, readers: "agents (secrets), people, GitLab and the registry (tokens, events)", etcd: etcd.etcd,
+                                           fix: "Listen on an address other hosts reach (this host's address, or 0.0.0.0:PORT) with --tls-cert/--tls-key (docs/hosts.md, docs/tls.md), or put a TLS proxy on this host in front of it.", listening: true) {
+            logger.warning("\(warning)")
+        }
         if let key = registrySigningKey {
             configuration.registryTokens = .init(
                 signingKey: try TokenSigningKey(pem: try CredentialFile.read(key)), issuer: registryTokenIssuer,
