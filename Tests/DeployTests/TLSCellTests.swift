@@ -127,8 +127,12 @@ import Testing
 struct TLSCellTests {
     static let cellName = "far"
 
-    static func cell(_ proxy: TLSCellProxy, firstPort: Int) -> Cell {
-        Cell(name: cellName, endpoint: proxy.endpoint, firstPort: firstPort, lastPort: min(firstPort + 20, 65535), advertiseHost: "127.0.0.1")
+    static func cell(_ proxy: TLSCellProxy) -> Cell {
+        // Below Linux's ephemeral ports (32768 up), which any outgoing connection of the
+        // machine may take between the deployer's check and podman's bind; apart from the
+        // end-to-end farms' cells (21000-30999).
+        let first = 31000 + proxy.tlsPort % 80 * 20
+        return Cell(name: cellName, endpoint: proxy.endpoint, firstPort: first, lastPort: first + 19, advertiseHost: "127.0.0.1")
     }
 
     @Test("the engine answers through TLS with the right client certificate; none, another CA's, or a server another CA vouches for are refused, naming the cell and TLS")
@@ -161,7 +165,7 @@ struct TLSCellTests {
             // Through the deployer, as the scheduler reaches the cell: a client certificate
             // another CA signed.
             let spec = VersionSpec(app: "web", version: 1, image: "127.0.0.1:1/web/app:1", settings: DeploySettings(port: 8080))
-            let cell = Self.cell(proxy, firstPort: try FreePort.next())
+            let cell = Self.cell(proxy)
             let stranger = try proxy.otherCA.issue(commonName: "kiln-scheduler", server: false)
             let secrets = FixedPipelineSecrets(cells: [Self.cellName: CellCredential(clientCertificate: stranger.certificate, clientKey: stranger.key, certificateAuthority: proxy.serverCA.pem)])
             let deployer = LocalDeployer(secrets: secrets)
@@ -222,7 +226,7 @@ struct TLSCellTests {
 
                 let secrets = FixedPipelineSecrets(cells: [Self.cellName: proxy.credential])
                 let deployer = LocalDeployer(secrets: secrets)
-                let cell = Self.cell(proxy, firstPort: try FreePort.next())
+                let cell = Self.cell(proxy)
                 let spec = VersionSpec(app: "web", version: 1, image: "\(repository)@\(digest)",
                                        settings: DeploySettings(port: 8080, healthPath: "/health"))
                 let instances = try await deployer.start(spec, in: cell)
