@@ -153,6 +153,30 @@ public enum FreePort {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
+    /// A loopback port that refuses connections for as long as the returned value lives: a socket
+    /// bound to it that never listens. Nothing else can bind the port meanwhile (no
+    /// `SO_REUSEADDR` here) and the kernel does not hand it out for outgoing connections, so a
+    /// test that wants "connection refused" gets it, where a port `next()` found free could be
+    /// taken by another test's server before the connection is tried.
+    public static func refusing() throws -> RefusingPort {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FarmError("socket() failed: errno \(errno)") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { close(fd); throw FarmError("bind() to 127.0.0.1:0 failed: errno \(errno)") }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard named == 0 else { close(fd); throw FarmError("getsockname() failed: errno \(errno)") }
+        return RefusingPort(fd: fd, port: Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
     /// Whether something already listens on `host` (an IPv4 address):`port`.
     public static func isInUse(_ port: Int, host: String = "127.0.0.1") -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -167,4 +191,13 @@ public enum FreePort {
         }
         return r == 0
     }
+}
+
+/// A loopback port held bound and never listening (`FreePort.refusing()`): connections to it are
+/// refused until this value is released.
+public final class RefusingPort: @unchecked Sendable {
+    private let fd: Int32
+    public let port: Int
+    init(fd: Int32, port: Int) { self.fd = fd; self.port = port }
+    deinit { close(fd) }
 }

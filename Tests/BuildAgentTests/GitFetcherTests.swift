@@ -26,7 +26,9 @@ struct GitFetcherTests {
     @Test("a server that fails: the child's reason becomes the error")
     func failureReason() async throws {
         let repo = try GitFixture()
-        let port = try FreePort.next()  // nothing listens there
+        let refusing = try FreePort.refusing()  // bound, never listening: refused
+        defer { withExtendedLifetime(refusing) {} }  // held until the test ends
+        let port = refusing.port
         let mirror = GitMirror(path: repo.dir.path("mirrors/refused.git"), url: "http://127.0.0.1:\(port)/x.git")
         let error = await #expect(throws: GitError.self) { _ = try await childFetcher(allowing: ["127.0.0.1:\(port)"]).fetch(mirror) }
         #expect(error?.operation == "fetch http://127.0.0.1:\(port)/x.git")

@@ -265,7 +265,9 @@ import Testing
     }
 
     @Test func anUnreachableAPIServerIsNamed() async throws {
-        let port = try FreePort.next()
+        let refusing = try FreePort.refusing()  // bound, never listening: refused
+        defer { withExtendedLifetime(refusing) {} }  // held until the test ends
+        let port = refusing.port
         let cell = Cell(name: "k1", backend: "kubernetes", endpoint: "https://127.0.0.1:\(port)")
         let credential = CellCredential(token: Self.token, certificateAuthority: try TestCA(name: "cluster CA").pem)
         let deployer = KubernetesDeployer(secrets: FixedPipelineSecrets(cells: ["k1": credential]), configuration: .init(requestTimeout: .seconds(1)), logger: Self.logger)

@@ -265,7 +265,9 @@ struct DockerClientTests {
     @Test("push to an address where nothing listens fails with a clear error")
     func pushNowhere() async throws {
         try await withPodman { service, docker in
-            let port = try FreePort.next()
+            let refusing = try FreePort.refusing()
+            defer { withExtendedLifetime(refusing) {} }  // held until the test ends
+            let port = refusing.port
             let name = "127.0.0.1:\(port)/kiln/nowhere"
             #expect(try service.podmanCommand(["tag", busyboxImage, "\(name):1"]).status == 0)
             let error = await #expect(throws: DockerError.self) {

@@ -118,7 +118,9 @@ struct TLSCLITests {
 
         // Plain HTTP on every interface: warned about before anything else. Its etcd is a port
         // nothing listens on, so it never gets as far as listening; stopped once it has warned.
-        let closed = try FreePort.next()
+        let refusing = try FreePort.refusing()
+        defer { withExtendedLifetime(refusing) {} }  // held until the test ends
+        let closed = refusing.port
         let plain = try ManagedProcess(
             name: "sched-plain", executable: farm.kiln,
             arguments: try await Self.schedulerArguments(farm, id: "sched-plain", listen: "0.0.0.0:\(port)", etcd: "http://127.0.0.1:\(closed)"),
