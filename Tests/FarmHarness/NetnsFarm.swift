@@ -12,7 +12,7 @@ import Glibc
 #endif
 
 /// Kiln's farm with its parts on separate hosts (``NetnsNetwork``): three etcd members, the
-/// registry, the git server, two schedulers and three builders, each on a host of its own,
+/// registry, the git server, two schedulers, three builders, two cells and two lb hosts, each on a host of its own,
 /// reaching each other by name. Only etcd, the registry and the git server are shared; no
 /// file system path is: every file a process is given is in its host's folder
 /// (`<run>/hosts/<host>/`), which ``start(on:name:_:)`` checks (it refuses any other
@@ -25,20 +25,36 @@ import Glibc
 /// `https://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418), sched-1/2 .31–.32
 /// (`kiln scheduler --listen <addr>:7070` with TLS), builder-1..3 .41–.43 (podman service +
 /// `kiln agent --scheduler https://sched-1:7070,https://sched-2:7070`). `kiln-api` names
-/// sched-2 in every hosts file.
+/// sched-2 in every hosts file. cell-1/2 .51–.52 (podman's API on a root-only unix socket,
+/// nginx in front of it on `<addr>:2376` with TLS and client certificates, docs/cells.md;
+/// app containers publish on the host's address, ports 20000–20049), lb-1/2 .61–.62
+/// (`kiln lb-agent --group mh` with its nginx on `<addr>:8088`).
 ///
 /// The test process is the operator: it reaches the hosts through the op link (etcd as root,
 /// the schedulers' API and the registry, all over TLS with the farm's CA).
 ///
-/// Not there yet (docs/testing-multihost.md): the cells and the lb hosts.
+/// Two CAs: the farm's signs every server certificate (etcd, registry, schedulers, the cells'
+/// proxies) and the etcd client certificates; the cell clients' CA signs only the
+/// schedulers' certificate for the cells' proxies, so no etcd client certificate (a
+/// builder's, say) opens a cell's engine.
 public final class NetnsFarm: Sendable {
     public static let etcdHosts = ["etcd-1", "etcd-2", "etcd-3"]
     public static let schedulerHosts = ["sched-1", "sched-2"]
     public static let builderHosts = ["builder-1", "builder-2", "builder-3"]
+    public static let cellHosts = ["cell-1", "cell-2"]
+    public static let lbHosts = ["lb-1", "lb-2"]
     public static let layout: [(name: String, octet: Int)] = [
         ("etcd-1", 11), ("etcd-2", 12), ("etcd-3", 13), ("registry", 21), ("git", 22),
         ("sched-1", 31), ("sched-2", 32), ("builder-1", 41), ("builder-2", 42), ("builder-3", 43),
+        ("cell-1", 51), ("cell-2", 52), ("lb-1", 61), ("lb-2", 62),
     ]
+    /// The port of each cell host's TLS proxy in front of its engine.
+    public static let cellProxyPort = 2376
+    /// The host ports a cell's app instances publish on (on the cell host's address).
+    public static let cellPorts = 20000...20049
+    /// The lb group both lb hosts serve, and the port their nginx listens on.
+    public static let lbGroup = "mh"
+    public static let lbPort = 8088
     /// The scheduler port on every scheduler host.
     public static let apiPort = 7070
     /// The registry's name and port, the same on every host.
@@ -62,6 +78,14 @@ public final class NetnsFarm: Sendable {
     public let git: ManagedProcess
     /// Each builder host's podman service.
     public let podmanServices: [String: PodmanService]
+    /// Each cell host's podman service (its unix socket) and the nginx proxying TLS to it.
+    public let cellServices: [String: PodmanService]
+    public let cellProxies: [String: ManagedProcess]
+    /// What `kiln cell credential set` seals for both cells: the schedulers' client
+    /// certificate (the cell clients' CA) and the farm's CA, which signed the proxies'.
+    public let cellCredential: CellCredential
+    /// An etcd client certificate of a builder host (the farm's CA): the cells' proxies must refuse it.
+    public let builderClientCertificate: (certificate: String, key: String)
     public let adminToken: String
     public let keys = Keys()
     /// The registry password of each machine (builders, `deployer`).
@@ -106,14 +130,14 @@ public final class NetnsFarm: Sendable {
             let tls = host.dir.appendingPathComponent("tls")
             try fm.createDirectory(at: tls, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try fm.copyItem(atPath: pki.ca, toPath: tls.appendingPathComponent("ca.pem").path)
-            if etcdHosts.contains(host.name) || host.name == "registry" || schedulerHosts.contains(host.name) {
+            if etcdHosts.contains(host.name) || host.name == "registry" || schedulerHosts.contains(host.name) || cellHosts.contains(host.name) {
                 try pki.issue(name: host.name, address: host.address, into: tls, aliases: host.name == "sched-2" ? ["kiln-api"] : [])
             }
             // etcd with a trusted CA asks every client for a certificate (etcd 3.4 answers
             // "bad certificate" to one without), even without --client-cert-auth: each etcd
             // client host gets its own. --client-cert-auth stays off: it would make the
             // certificate, not the password token, the etcd user.
-            if schedulerHosts.contains(host.name) || builderHosts.contains(host.name) {
+            if schedulerHosts.contains(host.name) || builderHosts.contains(host.name) || lbHosts.contains(host.name) {
                 try pki.issueClient(name: host.name, into: tls)
             }
             // Every host's podman trusts the registry through the CA (no insecure entry).
@@ -122,6 +146,19 @@ public final class NetnsFarm: Sendable {
             try fm.copyItem(atPath: pki.ca, toPath: certs.appendingPathComponent("ca.crt").path)
         }
         try pki.issueClient(name: "operator", into: pki.dir)
+        // The cell clients' CA: nginx on each cell host accepts only its certificates.
+        let cellClients = try FarmPKI(dir: run.appendingPathComponent("cell-clients-ca"), name: "kiln-multihost-cell-clients-ca")
+        try cellClients.issueClient(name: "kiln-scheduler", into: cellClients.dir)
+        let cellCredential = CellCredential(
+            clientCertificate: try String(contentsOf: cellClients.dir.appendingPathComponent("client.pem"), encoding: .utf8),
+            clientKey: try String(contentsOf: cellClients.dir.appendingPathComponent("client.key"), encoding: .utf8),
+            certificateAuthority: try String(contentsOfFile: pki.ca, encoding: .utf8))
+        for host in cellHosts {
+            try fm.copyItem(atPath: cellClients.ca, toPath: net.host(host).dir.appendingPathComponent("tls/clients-ca.pem").path)
+        }
+        let builderTLS = net.host(builderHosts[0]).dir.appendingPathComponent("tls")
+        let builderClientCertificate = (certificate: try String(contentsOf: builderTLS.appendingPathComponent("client.pem"), encoding: .utf8),
+                                        key: try String(contentsOf: builderTLS.appendingPathComponent("client.key"), encoding: .utf8))
         let operatorTLS = EtcdTLS(caFile: pki.ca, certificateFile: pki.dir.appendingPathComponent("client.pem").path,
                                   keyFile: pki.dir.appendingPathComponent("client.key").path)
         let tlsClient = try EtcdClient.tlsHTTPClient(for: operatorTLS)
@@ -209,6 +246,31 @@ public final class NetnsFarm: Sendable {
             throw error
         }
 
+        // The cells: podman on a root-only unix socket of the cell host, nginx in front of
+        // it with TLS and client certificates (docs/cells.md §1–3). Images come from the
+        // registry only (by digest, with the deployer's credential); nothing is loaded.
+        var cellServices: [String: PodmanService] = [:]
+        var cellProxies: [String: ManagedProcess] = [:]
+        do {
+            for host in cellHosts {
+                let root = persistentRoot.appendingPathComponent(host)
+                for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
+                let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
+                                                            placement: placement(host))
+                cellServices[host] = service
+                _ = try? service.podmanCommand(["rm", "-af"])
+                cellProxies[host] = try await startCellProxy(net: net, host: host, socket: service.socketPath, kiln: kiln)
+            }
+        } catch {
+            for p in cellProxies.values { p.stop(grace: 5) }
+            for p in cellServices.values { p.stop() }
+            for p in podman.values { p.stop() }
+            git.stop()
+            registry.stop()
+            cluster.kill()
+            throw error
+        }
+
         // Machine credentials for the registry (etcd holds only their SHA-256), one file per builder host.
         var machines: [String: String] = [:]
         for name in builderHosts + ["deployer"] {
@@ -220,6 +282,10 @@ public final class NetnsFarm: Sendable {
                 try CredentialFile.write("\(name):\(token)", to: net.host(name).dir.appendingPathComponent("credentials/registry").path)
             }
         }
+        // The deployer's credential: the schedulers pull with it into the cells.
+        for host in schedulerHosts {
+            try CredentialFile.write("deployer:\(machines["deployer"]!)", to: net.host(host).dir.appendingPathComponent("credentials/registry-deployer").path)
+        }
         // The schedulers' files: each host its own copy of the same content.
         let secretsKey = try LocalSecretsKey.ensure(credentialsDir: credentials)
         for host in schedulerHosts {
@@ -230,7 +296,8 @@ public final class NetnsFarm: Sendable {
             try CredentialFile.write(try String(contentsOfFile: secretsKey, encoding: .utf8), to: dir.appendingPathComponent(LocalSecretsKey.fileName).path)
         }
         return NetnsFarm(net: net, kiln: kiln, caFile: pki.ca, tlsClient: tlsClient, etcdCluster: cluster, etcdUsers: etcdUsers, registry: registry,
-                         git: git, podman: podman, adminToken: adminToken, machines: machines)
+                         git: git, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential,
+                         builderClientCertificate: builderClientCertificate, adminToken: adminToken, machines: machines)
     }
 
     /// The build image of the test projects, in every builder's storage.
@@ -268,8 +335,54 @@ public final class NetnsFarm: Sendable {
         }
     }
 
+    /// nginx on cell `host`: TLS on `<addr>:2376` with the host's certificate (the farm's CA),
+    /// client certificates of the cell clients' CA only, proxying to the engine's unix socket;
+    /// the lines docs/cells.md gives. Returns once it listens.
+    static func startCellProxy(net: NetnsNetwork, host: String, socket: String, kiln: String) async throws -> ManagedProcess {
+        let h = net.host(host)
+        let dir = h.dir.appendingPathComponent("cell-proxy")
+        for sub in ["logs", "temp"] { try FileManager.default.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true) }
+        let tls = h.dir.appendingPathComponent("tls").path
+        let config = NginxTestConfig.wrap(dir: dir.path, logFormat: "$status $ssl_client_verify \"$request\"", connections: 256, server: """
+            server {
+                listen \(h.address):\(cellProxyPort) ssl;
+                ssl_certificate \(tls)/server.pem;
+                ssl_certificate_key \(tls)/server.key;
+                ssl_client_certificate \(tls)/clients-ca.pem;
+                ssl_verify_client on;
+                location / {
+                    proxy_pass http://unix:\(socket):;
+                    proxy_http_version 1.1;
+                    proxy_set_header Host localhost;
+                    proxy_buffering off;
+                    proxy_request_buffering off;
+                    client_max_body_size 0;
+                    proxy_read_timeout 600s;
+                    proxy_send_timeout 600s;
+                }
+            }
+            """)
+        let file = dir.appendingPathComponent("nginx.conf")
+        try config.write(to: file, atomically: true, encoding: .utf8)
+        let arguments = ["-p", dir.path + "/", "-c", file.path]
+        try checkNoSharedPath(net: net, host: host, kiln: kiln, arguments + [tls, socket])
+        let nginx = try net.start(on: host, name: "nginx (cell proxy)", executable: "nginx", arguments: arguments, logFile: dir.appendingPathComponent("logs/nginx.log"))
+        try net.checkRoute(h.address)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FreePort.isInUse(cellProxyPort, host: h.address) {
+            guard nginx.isRunning, ContinuousClock.now < deadline else {
+                nginx.stop(grace: 2)
+                throw FarmError("nginx on \(host) did not listen on \(h.address):\(cellProxyPort): \(nginx.logTail())\n\((try? String(contentsOf: dir.appendingPathComponent("logs/error.log"), encoding: .utf8)) ?? "")")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return nginx
+    }
+
     private init(net: NetnsNetwork, kiln: String, caFile: String, tlsClient: HTTPClient, etcdCluster: EtcdCluster, etcdUsers: EtcdUsers,
-                 registry: RegistryServer, git: ManagedProcess, podman: [String: PodmanService], adminToken: String, machines: [String: String]) {
+                 registry: RegistryServer, git: ManagedProcess, podman: [String: PodmanService], cellServices: [String: PodmanService],
+                 cellProxies: [String: ManagedProcess], cellCredential: CellCredential, builderClientCertificate: (certificate: String, key: String),
+                 adminToken: String, machines: [String: String]) {
         self.net = net
         self.kiln = kiln
         self.caFile = caFile
@@ -279,6 +392,10 @@ public final class NetnsFarm: Sendable {
         self.registry = registry
         self.git = git
         self.podmanServices = podman
+        self.cellServices = cellServices
+        self.cellProxies = cellProxies
+        self.cellCredential = cellCredential
+        self.builderClientCertificate = builderClientCertificate
         self.adminToken = adminToken
         self.machines = machines
     }
@@ -344,6 +461,7 @@ public final class NetnsFarm: Sendable {
             "--registry-signing-key", c.appendingPathComponent("registry-signing-key.pem").path,
             "--registry-events-token-file", c.appendingPathComponent("registry-events-token").path,
             "--registry", Self.registryName, "--registry-url", "https://\(Self.registryName)",
+            "--registry-credentials", c.appendingPathComponent("registry-deployer").path,
             "--tls-cert", dir.appendingPathComponent("tls/server.pem").path, "--tls-key", dir.appendingPathComponent("tls/server.key").path,
             "--ca-file", dir.appendingPathComponent("tls/ca.pem").path,
         ] + (try await etcdOptions(on: host, .scheduler)) + options)
@@ -374,6 +492,60 @@ public final class NetnsFarm: Sendable {
         ] + (try await etcdOptions(on: host, .agent(host))) + options)
     }
 
+    /// Starts Kiln's own processes on the farm, as the multi-host tests and `kiln-bench
+    /// multihost` use it: sched-1 (waited for until it leads, so the lead is known), sched-2,
+    /// the three agents and the two lb-agents, and adds both cells; returns once every agent
+    /// is registered.
+    public func startKiln(leaderTTL: Int = 2) async throws {
+        try await startScheduler("sched-1", options: ["--leader-ttl", String(leaderTTL)])
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            let r = try? await request("GET", "/api/v1/scheduler", on: "sched-1")
+            if let r, (try? KilnJSON.decode(SchedulerStatus.self, from: r.body))?.isLeader == true { break }
+            guard ContinuousClock.now < deadline else { throw FarmError("sched-1 did not take the lead within 60 s") }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await startScheduler("sched-2", options: ["--leader-ttl", String(leaderTTL)])
+        for host in Self.builderHosts { try await startAgent(host) }
+        for host in Self.lbHosts { try await startLBAgent(host) }
+        try await addCells()
+        try await waitForAgents(Self.builderHosts)
+    }
+
+    /// Starts `kiln lb-agent` on lb `host` (id = the host name, group ``lbGroup``): it runs its
+    /// nginx on `<addr>:8088` from the host's `lb/` folder, and reports to etcd with a 3 s
+    /// lease. Returns once its report is in etcd and nginx answers.
+    @discardableResult
+    public func startLBAgent(_ host: String, options: [String] = []) async throws -> ManagedProcess {
+        guard Self.lbHosts.contains(host) else { throw FarmError("\(host) is not an lb host") }
+        let h = net.host(host)
+        let p = try start(on: host, name: host, [
+            "lb-agent", "--group", Self.lbGroup, "--id", host, "--listen", "\(h.address):\(Self.lbPort)", "--ttl", "3", "--log-level", "info",
+            "--dir", h.dir.appendingPathComponent("lb").path,
+        ] + (try await etcdOptions(on: host, .lbAgent(group: Self.lbGroup, id: host))) + options)
+        let key = SLBKeys().agent(group: Self.lbGroup, host)
+        try net.checkRoute(h.address)
+        try await p.waitUntilReady(timeout: 60) {
+            guard (try? await self.etcd.get(key)) != nil else { return false }
+            return FreePort.isInUse(Self.lbPort, host: h.address)
+        }
+        return p
+    }
+
+    /// The cells as an admin adds them (`kiln cell add` and `kiln cell credential set`
+    /// through sched-1's API): `https://cell-N:2376`, advertised on the cell host's address,
+    /// ports ``cellPorts``, the sealed ``cellCredential``.
+    public func addCells() async throws {
+        for host in Self.cellHosts {
+            let cell = Cell(name: host, endpoint: "https://\(host):\(Self.cellProxyPort)", firstPort: Self.cellPorts.lowerBound, lastPort: Self.cellPorts.upperBound,
+                            advertiseHost: net.host(host).address)
+            let put = try await request("PUT", "/api/v1/cells/\(host)", body: try KilnJSON.encode(cell))
+            guard put.status == 200 || put.status == 201 else { throw FarmError("adding cell \(host): \(put.status) \(put.body)") }
+            let credential = try await request("PUT", "/api/v1/cells/\(host)/credentials", body: try KilnJSON.encode(cellCredential))
+            guard credential.status == 200 || credential.status == 201 else { throw FarmError("the credential of cell \(host): \(credential.status) \(credential.body)") }
+        }
+    }
+
     /// A process this farm started by name (a scheduler or agent: its host's name).
     public func process(_ name: String) -> ManagedProcess? { started.withLock { $0[name] } }
 
@@ -398,20 +570,40 @@ public final class NetnsFarm: Sendable {
     }
 
     /// Publishes `files` (name → content) as the `main` branch of `<name>.git` on the git host;
-    /// its URL as the builders reach it.
+    /// its URL as the builders reach it, and the commit `main` now names.
     @discardableResult
-    public func publish(_ name: String, files: [String: String]) throws -> String {
+    public func publish(_ name: String, files: [String: String]) throws -> (url: String, commit: String) {
         let source = net.dir.appendingPathComponent("sources/\(name)")
         try? FileManager.default.removeItem(at: source)
         try FileManager.default.createDirectory(at: source, withIntermediateDirectories: true)
         for (file, content) in files { try content.write(to: source.appendingPathComponent(file), atomically: true, encoding: .utf8) }
-        try DemoRepository.publish(source: source, bareRepository: net.host("git").dir.appendingPathComponent("git/\(name).git"))
-        return "git://git/\(name).git"
+        let commit = try DemoRepository.publish(source: source, bareRepository: net.host("git").dir.appendingPathComponent("git/\(name).git"))
+        return ("git://git/\(name).git", commit)
     }
 
-    /// Runs the podman CLI on builder `host` (its storage, through its holder).
+    /// Sends GitLab's push hook for `commit` on `main` of `repository` (a URL ``publish(_:files:)``
+    /// returned) to `scheduler`'s `/hooks/gitlab` with the project's webhook `token`; the id of
+    /// the first build it queued.
+    public func sendPushHook(repository: String, commit: String, token: String, to scheduler: String = "sched-1") async throws -> String {
+        let hook: [String: Any] = [
+            "object_kind": "push", "ref": "refs/heads/main", "before": String(repeating: "0", count: 40), "after": commit,
+            "checkout_sha": commit, "user_username": "multihost", "total_commits_count": 1,
+            "project": ["git_http_url": repository],
+        ]
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: hook), as: UTF8.self)
+        try net.checkRoute(net.host(scheduler).address)
+        let reply = try await FarmHTTP.send("POST", api(scheduler) + "/hooks/gitlab", body: body,
+                                            headers: [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", token), ("X-Gitlab-Event-UUID", UUID().uuidString)],
+                                            client: tlsClient)
+        guard reply.status == 201,
+              let answer = try JSONSerialization.jsonObject(with: Data(reply.body.utf8)) as? [String: Any],
+              let id = (answer["builds"] as? [String])?.first else { throw FarmError("the push hook answered \(reply.status): \(reply.body)") }
+        return id
+    }
+
+    /// Runs the podman CLI on builder or cell `host` (its storage, through its holder).
     public func podman(on host: String, _ arguments: [String]) throws -> String {
-        guard let service = podmanServices[host] else { throw FarmError("\(host) is not a builder host") }
+        guard let service = podmanServices[host] ?? cellServices[host] else { throw FarmError("\(host) is neither a builder nor a cell host") }
         let r = try service.podmanCommand(arguments)
         guard r.status == 0 else { throw FarmError("podman \(arguments.joined(separator: " ")) on \(host) failed: \(r.output)") }
         return r.output
@@ -421,20 +613,22 @@ public final class NetnsFarm: Sendable {
     public func logs(lines: Int = 15) -> String {
         var parts: [(String, ManagedProcess)] = etcdCluster.members.enumerated().map { ("etcd-\($0.offset + 1)", $0.element.process) }
         parts += [("registry", registry.process), ("git", git)]
-        parts += podmanServices.sorted { $0.key < $1.key }.map { ("\($0.key) podman", $0.value.process) }
+        parts += podmanServices.merging(cellServices) { a, _ in a }.sorted { $0.key < $1.key }.map { ("\($0.key) podman", $0.value.process) }
+        parts += cellProxies.sorted { $0.key < $1.key }.map { ("\($0.key) nginx", $0.value) }
         parts += started.withLock { $0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         return parts.map { "--- \($0.0)\($0.1.isRunning ? "" : " (exited \($0.1.status ?? -1))")\n\($0.1.logTail(lines: lines))" }.joined(separator: "\n")
     }
 
-    /// Stops everything in the order of docs/plans/multi-host.md §9: agents and schedulers,
-    /// the builders' containers (through their hosts) and podman, git, the registry, etcd,
-    /// then the network. Calling it twice is harmless.
+    /// Stops everything in the order of docs/plans/multi-host.md §9: agents, schedulers and
+    /// lb-agents (each stops its nginx), the cells' proxies, the builders' and the cells'
+    /// containers (through their hosts) and podman, git, the registry, etcd, then the network. Calling it twice is harmless.
     public func stop() {
         guard stopped.withLock({ s in defer { s = true }; return !s }) else { return }
         let processes = started.withLock { $0 }.values
         for p in processes where p.isRunning { kill(p.pid, SIGTERM) }
         for p in processes { p.stop(grace: 10) }
-        for service in podmanServices.values {
+        for p in cellProxies.values { p.stop(grace: 5) }
+        for service in Array(podmanServices.values) + Array(cellServices.values) {
             _ = try? service.podmanCommand(["rm", "-af", "-t", "0"])
             service.stop()
         }
@@ -453,11 +647,11 @@ struct FarmPKI {
     let dir: URL
     let ca: String
 
-    init(dir: URL) throws {
+    init(dir: URL, name: String = "kiln-multihost-test-ca") throws {
         self.dir = dir
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         ca = dir.appendingPathComponent("ca.pem").path
-        try Self.openssl(["req", "-x509"] + Self.curve + ["-keyout", dir.appendingPathComponent("ca.key").path, "-out", ca, "-days", "2", "-subj", "/CN=kiln-multihost-test-ca"])
+        try Self.openssl(["req", "-x509"] + Self.curve + ["-keyout", dir.appendingPathComponent("ca.key").path, "-out", ca, "-days", "2", "-subj", "/CN=\(name)"])
     }
 
     static let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -88,6 +88,103 @@ struct MultiHostTests {
 
     }
 
+    /// Plan §6 test 1: a push (a GitLab webhook to sched-1) builds on a builder host, pushes
+    /// to the registry by name, deploys to both cell hosts (each pulls by digest through its
+    /// TLS proxy, with the deployer's credential) and both lb hosts' nginx serve the page.
+    /// The cell proxies let in only the cell clients' CA: a builder host's own etcd client
+    /// certificate, or none, gets nginx's 400 and never reaches the engine.
+    @Test func aPushIsServedByBothLBHostsFromBothCellHosts() async throws {
+        let build = try await pushWeb("v1")
+        #expect(build.status == .succeeded && build.deploy?.status == .succeeded, "\(build.error ?? "") \(build.deploy?.error ?? "")\n\(farm.logs())")
+        #expect(NetnsFarm.builderHosts.contains(build.agent ?? ""), "built by \(build.agent ?? "nobody")")
+        #expect(build.trigger?.hasPrefix("gitlab push to main") == true, "\(build.trigger ?? "no trigger")")
+        let pinned = try #require(build.imageByDigest)
+        #expect(pinned.hasPrefix("\(NetnsFarm.registryName)/web@sha256:"), "\(pinned)")
+
+        let app = try await appStatus("web")
+        let live = try #require(app.app.live, "no live version of web")
+        #expect(live.image == pinned, "\(live.image)")
+        #expect(live.instances.map(\.cell).sorted() == NetnsFarm.cellHosts, "\(live.instances.map(\.cell))")
+        for instance in live.instances {
+            let address = farm.net.host(instance.cell).address
+            #expect(instance.address.hasPrefix("\(address):"), "\(instance.cell) advertises \(instance.address)")
+            // The container runs on that cell host, from the image pulled by digest.
+            let image = try farm.podman(on: instance.cell, ["inspect", "--format", "{{.ImageName}}", instance.id]).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(image == pinned, "\(instance.cell) runs \(image)")
+        }
+        // No cell holds what the other runs: each pulled into its own storage.
+        for cell in NetnsFarm.cellHosts {
+            #expect(try farm.podman(on: cell, ["ps", "-q", "--filter", "label=kiln.app=web"]).split(separator: "\n").count == 1, "\(cell)")
+        }
+        for lb in NetnsFarm.lbHosts {
+            let page = try await served(by: lb)
+            #expect(page.status == 200 && page.body.contains("web v1"), "\(lb) answered \(page.status): \(page.body)")
+        }
+        #expect(app.domains.first?.agents.map(\.id).sorted() == NetnsFarm.lbHosts && app.domains.first?.agents.allSatisfy(\.current) == true,
+                "\(app.domains.first?.agents.map { "\($0.id) \($0.current)" } ?? [])")
+
+        // The cell proxy from a builder host: its etcd client certificate (the farm's CA) and
+        // no certificate are both refused by nginx; the engine is never reached.
+        let tls = farm.net.host("builder-1").dir.appendingPathComponent("tls").path
+        for (what, extra) in [("the builder's etcd client certificate", ["--cert", "\(tls)/client.pem", "--key", "\(tls)/client.key"]), ("no certificate", [])] {
+            let r = try farm.net.run(on: "builder-1", "curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", "\(tls)/ca.pem"]
+                                     + extra + ["https://cell-1:\(NetnsFarm.cellProxyPort)/_ping"])
+            #expect(r.output == "400", "\(what): \(r.status) \(r.output)")
+        }
+        print("multi-host: push → served on \(NetnsFarm.lbHosts.joined(separator: " and ")) from \(NetnsFarm.cellHosts.joined(separator: " and ")) in \(build.durationMs ?? -1) ms of build, deploy \(build.deploy?.steps.map { "\($0.plugin) \($0.durationMs ?? -1) ms" }.joined(separator: ", ") ?? "")")
+    }
+
+    /// Plan §6 test 4: lb-1 is cut off while v2 is pushed. lb-2 serves v2; lb-1 keeps its
+    /// nginx, its lb-agent and its last config (its domain files unchanged, nginx still
+    /// answers for the domain on its own host); healed, it catches up and serves v2.
+    @Test func anLBHostCutKeepsItsLastConfigAndCatchesUp() async throws {
+        if try await appStatus("web").app.live == nil { _ = try await pushWeb("v1") }
+        let lb1 = farm.net.host("lb-1")
+        let domains = lb1.dir.appendingPathComponent("lb/domains")
+        let before = try snapshot(domains)
+        #expect(!before.isEmpty, "lb-1 has no domain files in \(domains.path)")
+        let pidFile = lb1.dir.appendingPathComponent("lb/nginx.pid").path
+        let pid = try #require(Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)), "no nginx pid in \(pidFile)")
+        let agent = try #require(farm.process("lb-1"))
+
+        try farm.net.cut("lb-1")
+        var healed = false
+        defer { if !healed { try? farm.net.heal("lb-1") } }
+        // Its report's lease (3 s) runs out: the pipeline waits for lb-2 only.
+        try await waitUntil(farm.etcd, prefix: SLBKeys().agent(group: NetnsFarm.lbGroup, "lb-1"), timeout: .seconds(30)) { $0.isEmpty }
+        let build = try await pushWeb("v2")
+        #expect(build.status == .succeeded && build.deploy?.status == .succeeded, "\(build.error ?? "") \(build.deploy?.error ?? "")\n\(farm.logs())")
+        let page = try await served(by: "lb-2")
+        #expect(page.status == 200 && page.body.contains("web v2"), "lb-2 answered \(page.status): \(page.body)")
+
+        // Cut off, lb-1 kept everything: the same nginx, its agent, its domain files.
+        #expect(kill(pid, 0) == 0, "lb-1's nginx (pid \(pid)) is gone")
+        #expect(agent.isRunning, "lb-1's agent exited: \(agent.logTail())")
+        #expect(try snapshot(domains) == before, "lb-1's domain files changed while it was cut off")
+        // On its own host nginx still knows the domain: not the 404 of an unknown host
+        // (its servers are unreachable from a cut host, so it answers 502).
+        let inside = try farm.net.run(on: "lb-1", "curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-H", "Host: \(Self.webDomain)",
+                                                           "http://\(lb1.address):\(NetnsFarm.lbPort)/"])
+        #expect(inside.output != "404" && inside.output != "000", "lb-1's nginx answered \(inside.output) for \(Self.webDomain) while cut")
+
+        let revision = try #require(try await farm.etcd.get(SLBKeys().domain(group: NetnsFarm.lbGroup, Self.webDomain))?.modRevision)
+        let cutFor = ContinuousClock.now
+        try farm.net.heal("lb-1")
+        healed = true
+        try await poll("lb-1 serving v2 after the heal", timeout: .seconds(60)) {
+            let page = try await served(by: "lb-1")
+            return page.status == 200 && page.body.contains("web v2")
+        }
+        let caughtUp = ContinuousClock.now - cutFor
+        try await poll("lb-1 reporting revision \(revision) applied", timeout: .seconds(30)) {
+            guard let kv = try await farm.etcd.get(SLBKeys().agent(group: NetnsFarm.lbGroup, "lb-1")),
+                  let report = try? KilnJSON.decode(SLBAgentReport.self, from: kv.value) else { return false }
+            return report.appliedRevision >= revision
+        }
+        #expect(kill(pid, 0) == 0, "lb-1's nginx was replaced rather than told the new config")
+        print("multi-host: lb-1 cut while v2 went live; healed, it served v2 after \(caughtUp)")
+    }
+
     /// The harness's own guards: a host is refused a path outside its folder, and the test
     /// process refuses an address its op link does not route (one off the machine).
     @Test func harnessGuards() throws {
@@ -129,6 +226,57 @@ struct MultiHostTests {
 
     // MARK: helpers
 
+    static let webDomain = "web.test"
+
+    /// Publishes the `web` project's page `version` and sends GitLab's push hook for it to
+    /// sched-1 (the project is added first, with its pipeline: deploy to both cells, the
+    /// domain in group mh, retire); the build once it and its deploy have ended.
+    func pushWeb(_ version: String) async throws -> Build {
+        let pushed = try farm.publish("web", files: [
+            "Dockerfile": "FROM \(NetnsFarm.buildImage)\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            "index.html": "<h1>web \(version)</h1>\n",
+        ])
+        let secret = "multihost-hook-secret"
+        if try await farm.request("GET", "/api/v1/projects/web").status == 404 {
+            let pipeline = [
+                PipelineStep(plugin: "deploy", settings: ["app": .string("web"), "port": .number(8080), "replicas": .number(1), "healthPath": .string("/"),
+                                                          "healthTimeoutSeconds": .number(120)]),
+                PipelineStep(plugin: "lb", settings: ["group": .string(NetnsFarm.lbGroup), "domain": .string(Self.webDomain), "app": .string("web")]),
+                PipelineStep(plugin: "retire", settings: ["app": .string("web"), "drainSeconds": .number(1)]),
+            ]
+            let project = Project(name: "web", repository: pushed.url, buildImage: NetnsFarm.buildImage, buildCommand: "cat index.html",
+                                  webhookSecret: secret, pipeline: pipeline)
+            let r = try await farm.request("POST", "/api/v1/projects", body: try KilnJSON.encode(project))
+            guard r.status == 201 || r.status == 200 else { throw FarmError("adding project web: \(r.status) \(r.body)") }
+        }
+        let id = try await farm.sendPushHook(repository: pushed.url, commit: pushed.commit, token: secret)
+        return try await waitForBuild(id, timeout: .seconds(420)) { b in
+            b.status.isFinal && (b.status != .succeeded || b.deploy?.status.isFinal == true)
+        }
+    }
+
+    func appStatus(_ app: String) async throws -> AppStatus {
+        let r = try await farm.request("GET", "/api/v1/apps/\(app)")
+        guard r.status == 200 else { throw FarmError("GET /api/v1/apps/\(app): \(r.status) \(r.body)") }
+        return try KilnJSON.decode(AppStatus.self, from: r.body)
+    }
+
+    /// What lb host `lb`'s nginx answers for the web domain, asked over the op link.
+    func served(by lb: String) async throws -> (status: Int, body: String) {
+        let address = farm.net.host(lb).address
+        try farm.net.checkRoute(address)
+        return try await FarmHTTP.send("GET", "http://\(address):\(NetnsFarm.lbPort)/", headers: [("Host", Self.webDomain), ("Connection", "close")], timeout: .seconds(10))
+    }
+
+    /// Each file of `folder` by name, with its content.
+    func snapshot(_ folder: URL) throws -> [String: Data] {
+        var files: [String: Data] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) {
+            files[name] = try Data(contentsOf: folder.appendingPathComponent(name))
+        }
+        return files
+    }
+
     func leader(asking scheduler: String) async throws -> String? {
         let r = try await farm.request("GET", "/api/v1/scheduler", on: scheduler)
         return try? KilnJSON.decode(SchedulerStatus.self, from: r.body).leader
@@ -139,7 +287,7 @@ struct MultiHostTests {
             "Dockerfile": "FROM \(NetnsFarm.buildImage)\nCOPY message /message\nCMD [\"cat\", \"/message\"]\n",
             "message": "\(name) v1\n",
         ])
-        let project = Project(name: name, repository: repository, buildImage: NetnsFarm.buildImage, buildCommand: buildCommand)
+        let project = Project(name: name, repository: repository.url, buildImage: NetnsFarm.buildImage, buildCommand: buildCommand)
         let r = try await farm.request("POST", "/api/v1/projects", body: try KilnJSON.encode(project))
         #expect(r.status == 201 || r.status == 200, "\(r.body)")
     }
@@ -206,7 +354,8 @@ struct MultiHostTests {
 }
 
 /// The suite's one farm: started before the first test (etcd, registry, git, podman, the two
-/// schedulers with sched-1 leading first, the three agents registered, the history of
+/// schedulers with sched-1 leading first, the three agents registered, the two lb-agents
+/// reporting, both cells added with their credential, the history of
 /// `/kiln/` followed from the start), stopped after the last, whether the tests passed or not.
 struct MultiHostFarm: SuiteTrait, TestScoping {
     nonisolated(unsafe) static var farm: NetnsFarm?
@@ -221,14 +370,7 @@ struct MultiHostFarm: SuiteTrait, TestScoping {
         let follower = Task { try await history.follow(farm.etcd, prefix: farm.keys.prefix + "/", from: 1, failOnCompaction: true) }
         defer { follower.cancel() }
         do {
-            try await farm.startScheduler("sched-1", options: ["--leader-ttl", "2"])
-            try await poll(timeout: .seconds(60)) {
-                let r = try await farm.request("GET", "/api/v1/scheduler", on: "sched-1")
-                return (try? KilnJSON.decode(SchedulerStatus.self, from: r.body))?.isLeader == true
-            }
-            try await farm.startScheduler("sched-2", options: ["--leader-ttl", "2"])
-            for host in NetnsFarm.builderHosts { try await farm.startAgent(host) }
-            try await farm.waitForAgents(NetnsFarm.builderHosts)
+            try await farm.startKiln()
         } catch {
             throw FarmError("the multi-host farm did not start: \(error)\n\(farm.logs())")
         }
@@ -241,14 +383,5 @@ struct MultiHostFarm: SuiteTrait, TestScoping {
         }
         try await function()
         print("multi-host: suite done in \(ContinuousClock.now - started)")
-    }
-
-    private func poll(timeout: Duration, _ condition: @Sendable () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        throw FarmError("not within \(timeout)")
     }
 }
