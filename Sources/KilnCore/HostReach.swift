@@ -59,6 +59,15 @@ public enum HostReach {
         }
         return nil
     }
+
+    /// The warning for a scheduler whose log archive is the folder `path` while etcd is not on
+    /// loopback: schedulers on other hosts cannot read what this one archives there (they
+    /// answer 503 for those logs) unless every one of them mounts that same folder. Nil when
+    /// etcd is on this machine.
+    public static func logArchiveFolderWarning(path: String, etcd: String) -> String? {
+        guard !etcdIsLocal(etcd) else { return nil }
+        return "the log archive is the folder \(path) of this host, but etcd (\(etcd)) is not on this machine: a scheduler on another host answers 503 for every log this one archives, and this one for theirs, unless all of them mount this same folder (NFS). Use --log-archive registry, which keeps the archive in the farm's registry (docs/logs.md), or ignore this if the folder is shared."
+    }
 }
 
 extension Character {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnCore
 import Logging
 import Scheduler
 
@@ -47,6 +48,7 @@ extension SchedulerCommand {
                 // Not a reason to refuse the start: logs stay in etcd until the folder can be written.
                 logger.warning("the log archive's folder \(folder.path) cannot be made (\(error)): ended builds' logs stay in etcd until it can (docs/logs.md)")
             }
+            if let warning = HostReach.logArchiveFolderWarning(path: folder.standardizedFileURL.path, etcd: etcd.etcd) { logger.warning("\(warning)") }
             return LocalLogArchive(directory: folder.standardizedFileURL)
         }
     }

@@ -22,7 +22,7 @@ import Glibc
 /// Layout (docs/plans/multi-host.md §2): etcd-1..3 .11–.13 (https :2379, peers :2380 plain
 /// HTTP on the farm's bridge, health :2381; every client shows a certificate of the farm's
 /// CA), registry .21 (https :5443, token auth by the schedulers: realm
-/// `https://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418), sched-1/2 .31–.32
+/// `https://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418, a Maven mirror on http :8081), sched-1/2 .31–.32
 /// (`kiln scheduler --listen <addr>:7070` with TLS), builder-1..3 .41–.43 (podman service +
 /// `kiln agent --scheduler https://sched-1:7070,https://sched-2:7070`). `kiln-api` names
 /// sched-2 in every hosts file. cell-1/2 .51–.52 (podman's API on a root-only unix socket,
@@ -55,6 +55,9 @@ public final class NetnsFarm: Sendable {
     /// The lb group both lb hosts serve, and the port their nginx listens on.
     public static let lbGroup = "mh"
     public static let lbPort = 8088
+    /// The Maven mirror's port on the git host, and its URL as builds reach it.
+    public static let mavenMirrorPort = 8081
+    public static let mavenMirrorURL = "http://git:\(mavenMirrorPort)"
     /// The scheduler port on every scheduler host.
     public static let apiPort = 7070
     /// The registry's name and port, the same on every host.
@@ -76,6 +79,10 @@ public final class NetnsFarm: Sendable {
     public var etcd: EtcdClient { etcdUsers.rootClient }
     public let registry: RegistryServer
     public let git: ManagedProcess
+    /// The Maven mirror on the git host: `http://git:8081/`, serving ``mavenDir``.
+    public let mavenMirror: ManagedProcess
+    /// What the Maven mirror serves (the git host's `maven/` folder).
+    public var mavenDir: URL { net.host("git").dir.appendingPathComponent("maven") }
     /// Each builder host's podman service.
     public let podmanServices: [String: PodmanService]
     /// Each cell host's podman service (its unix socket) and the nginx proxying TLS to it.
@@ -224,6 +231,13 @@ public final class NetnsFarm: Sendable {
         let git = try net.start(on: "git", name: "git daemon", executable: "git",
                                 arguments: ["daemon", "--reuseaddr", "--export-all", "--base-path=\(gitDir.path)", "--listen=\(net.host("git").address)", "--port=9418", gitDir.path],
                                 logFile: net.host("git").dir.appendingPathComponent("git-daemon.log"))
+        // A Maven mirror on the git host (a static HTTP server of its `maven/` folder, as a
+        // Nexus would be): the agents' --maven-mirror names it, builds reach it by name.
+        let mavenDir = net.host("git").dir.appendingPathComponent("maven")
+        try fm.createDirectory(at: mavenDir, withIntermediateDirectories: true)
+        let mavenMirror = try net.start(on: "git", name: "maven mirror", executable: "python3",
+                                        arguments: ["-m", "http.server", String(mavenMirrorPort), "--bind", net.host("git").address, "--directory", mavenDir.path],
+                                        logFile: net.host("git").dir.appendingPathComponent("maven-mirror.log"))
 
         // The builders' podman: a storage of their own each, kept across runs; fresh run state.
         var podman: [String: PodmanService] = [:]
@@ -241,6 +255,7 @@ public final class NetnsFarm: Sendable {
         } catch {
             for p in podman.values { p.stop() }
             git.stop()
+            mavenMirror.stop()
             registry.stop()
             cluster.kill()
             throw error
@@ -266,6 +281,7 @@ public final class NetnsFarm: Sendable {
             for p in cellServices.values { p.stop() }
             for p in podman.values { p.stop() }
             git.stop()
+            mavenMirror.stop()
             registry.stop()
             cluster.kill()
             throw error
@@ -296,7 +312,7 @@ public final class NetnsFarm: Sendable {
             try CredentialFile.write(try String(contentsOfFile: secretsKey, encoding: .utf8), to: dir.appendingPathComponent(LocalSecretsKey.fileName).path)
         }
         return NetnsFarm(net: net, kiln: kiln, caFile: pki.ca, tlsClient: tlsClient, etcdCluster: cluster, etcdUsers: etcdUsers, registry: registry,
-                         git: git, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential,
+                         git: git, mavenMirror: mavenMirror, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential,
                          builderClientCertificate: builderClientCertificate, adminToken: adminToken, machines: machines)
     }
 
@@ -380,7 +396,7 @@ public final class NetnsFarm: Sendable {
     }
 
     private init(net: NetnsNetwork, kiln: String, caFile: String, tlsClient: HTTPClient, etcdCluster: EtcdCluster, etcdUsers: EtcdUsers,
-                 registry: RegistryServer, git: ManagedProcess, podman: [String: PodmanService], cellServices: [String: PodmanService],
+                 registry: RegistryServer, git: ManagedProcess, mavenMirror: ManagedProcess, podman: [String: PodmanService], cellServices: [String: PodmanService],
                  cellProxies: [String: ManagedProcess], cellCredential: CellCredential, builderClientCertificate: (certificate: String, key: String),
                  adminToken: String, machines: [String: String]) {
         self.net = net
@@ -391,6 +407,7 @@ public final class NetnsFarm: Sendable {
         self.etcdUsers = etcdUsers
         self.registry = registry
         self.git = git
+        self.mavenMirror = mavenMirror
         self.podmanServices = podman
         self.cellServices = cellServices
         self.cellProxies = cellProxies
@@ -462,6 +479,8 @@ public final class NetnsFarm: Sendable {
             "--registry-events-token-file", c.appendingPathComponent("registry-events-token").path,
             "--registry", Self.registryName, "--registry-url", "https://\(Self.registryName)",
             "--registry-credentials", c.appendingPathComponent("registry-deployer").path,
+            // Logs archived by one scheduler are read by the other: the registry, not a folder.
+            "--log-archive", "registry",
             "--tls-cert", dir.appendingPathComponent("tls/server.pem").path, "--tls-key", dir.appendingPathComponent("tls/server.key").path,
             "--ca-file", dir.appendingPathComponent("tls/ca.pem").path,
         ] + (try await etcdOptions(on: host, .scheduler)) + options)
@@ -489,6 +508,7 @@ public final class NetnsFarm: Sendable {
             "--registry-credentials", dir.appendingPathComponent("credentials/registry").path,
             "--scheduler", Self.schedulerHosts.map { "https://\($0):\(Self.apiPort)" }.joined(separator: ","),
             "--ca-file", dir.appendingPathComponent("tls/ca.pem").path,
+            "--maven-mirror", Self.mavenMirrorURL,
         ] + (try await etcdOptions(on: host, .agent(host))) + options)
     }
 
@@ -612,7 +632,7 @@ public final class NetnsFarm: Sendable {
     /// The last `lines` lines of every process's log, by host, for a failing expectation.
     public func logs(lines: Int = 15) -> String {
         var parts: [(String, ManagedProcess)] = etcdCluster.members.enumerated().map { ("etcd-\($0.offset + 1)", $0.element.process) }
-        parts += [("registry", registry.process), ("git", git)]
+        parts += [("registry", registry.process), ("git", git), ("maven mirror", mavenMirror)]
         parts += podmanServices.merging(cellServices) { a, _ in a }.sorted { $0.key < $1.key }.map { ("\($0.key) podman", $0.value.process) }
         parts += cellProxies.sorted { $0.key < $1.key }.map { ("\($0.key) nginx", $0.value) }
         parts += started.withLock { $0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
@@ -633,6 +653,7 @@ public final class NetnsFarm: Sendable {
             service.stop()
         }
         git.stop()
+        mavenMirror.stop()
         registry.stop()
         etcdCluster.stop()
         net.teardown()

@@ -44,4 +44,10 @@ struct HostReachTests {
         #expect(HostReach.warning(option: "--listen", address: "0.0.0.0:80", readers: "clients", etcd: "https://etcd-1:2379", fix: "", listening: true) == nil)
         #expect(HostReach.warning(option: "--listen", address: "127.0.0.1:8088", readers: "clients", etcd: "https://etcd-1:2379", fix: "", listening: true) != nil)
     }
+
+    @Test func aLogArchiveFolderIsWarnedAboutOnlyWhenEtcdIsElsewhere() throws {
+        #expect(HostReach.logArchiveFolderWarning(path: "/var/lib/kiln/log-archive", etcd: "http://127.0.0.1:2379,http://localhost:22379") == nil)
+        let w = try #require(HostReach.logArchiveFolderWarning(path: "/var/lib/kiln/log-archive", etcd: "https://etcd-1:2379"))
+        #expect(w.contains("/var/lib/kiln/log-archive") && w.contains("https://etcd-1:2379") && w.contains("--log-archive registry"), "\(w)")
+    }
 }

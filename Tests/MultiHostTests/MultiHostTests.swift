@@ -185,6 +185,77 @@ struct MultiHostTests {
         print("multi-host: lb-1 cut while v2 went live; healed, it served v2 after \(caughtUp)")
     }
 
+    /// A build on a builder host is hostile, across hosts too. Its compile step reaches the
+    /// Maven mirror on another host by name (the agents' `--maven-mirror`, written into
+    /// `/etc/maven/settings.xml`). etcd, a cell's engine, the registry and the scheduler it
+    /// reaches only through TLS, and there, without a credential (which a build never holds),
+    /// it is refused: etcd ends the handshake, the cell's proxy answers 400, the registry's
+    /// upload path and the scheduler's API 401.
+    @Test func aBuildOnABuilderHostReachesTheMavenMirrorByNameAndIsRefusedEverythingElse() async throws {
+        let marker = "mirror-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(at: farm.mavenDir.appendingPathComponent("kiln"), withIntermediateDirectories: true)
+        try "\(marker)\n".write(to: farm.mavenDir.appendingPathComponent("kiln/marker.txt"), atomically: true, encoding: .utf8)
+        // busybox's wget crashes here (Debian's busybox-static 1.35), so the script speaks
+        // HTTP/1.0 through nc. TLS it cannot speak: a plain request to each TLS port shows the
+        // port is reached and takes TLS only; what TLS refuses without credentials is checked
+        // from the builder host itself below, as a build bringing its own TLS client would.
+        let script = """
+            set -u
+            get() { printf 'GET %s HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' "$3" "$1" | nc -w 10 "$1" "$2" 2>&1; }
+            mirror=$(sed -n 's:.*<url>\\(.*\\)</url>.*:\\1:p' /etc/maven/settings.xml)
+            echo "MIRROR-URL $mirror"
+            host=$(echo "$mirror" | sed 's|^http://\\([^:/]*\\).*|\\1|'); port=$(echo "$mirror" | sed 's|^http://[^:/]*:\\([0-9]*\\).*|\\1|')
+            echo "MIRROR-FILE $(get "$host" "$port" /kiln/marker.txt | tail -n 1)"
+            for target in etcd-1:2379 cell-1:\(NetnsFarm.cellProxyPort) \(NetnsFarm.registryName) kiln-api:\(NetnsFarm.apiPort); do
+              echo "PLAIN $target $(get "${target%%:*}" "${target##*:}" / | tr -d '\\r' | tr '\\n' ' ' | head -c 200)"
+            done
+            exit 0
+
+            """
+        let repository = try farm.publish("prober", files: [
+            "Dockerfile": "FROM \(NetnsFarm.buildImage)\nCOPY probe.sh /probe.sh\n",
+            "probe.sh": script,
+        ])
+        let project = Project(name: "prober", repository: repository.url, buildImage: NetnsFarm.buildImage, buildCommand: "sh probe.sh")
+        let added = try await farm.request("POST", "/api/v1/projects", body: try KilnJSON.encode(project))
+        #expect(added.status == 201, "\(added.body)")
+        let id = try await requestBuild("prober")
+        let build = try await waitForBuild(id, timeout: .seconds(300)) { $0.status.isFinal }
+        #expect(build.status == .succeeded, "\(build.error ?? "")")
+        // Once the leader has archived the log (in the registry), the other scheduler reads it.
+        let archived = try await waitForBuild(id, timeout: .seconds(120)) { $0.logArchive != nil }
+        let leader = try await leader(asking: "sched-2") ?? "sched-2"
+        let reader = NetnsFarm.schedulerHosts.first { $0 != leader }!
+        let answer = try await farm.request("GET", "/api/v1/builds/\(id)/log", on: reader)
+        #expect(answer.status == 200, "\(reader) answered \(answer.status) for the log \(leader) archived (\(archived.logArchive.map { "\($0)" } ?? "")): \(answer.body)")
+        let log = answer.body
+        func line(_ prefix: String) -> String { log.split(separator: "\n").map(String.init).first { $0.contains(prefix) } ?? "(no \(prefix) line)" }
+        #expect(line("MIRROR-URL").hasSuffix("MIRROR-URL \(NetnsFarm.mavenMirrorURL)"), "\(line("MIRROR-URL"))")
+        #expect(line("MIRROR-FILE").hasSuffix("MIRROR-FILE \(marker)"), "\(line("MIRROR-FILE"))")
+        // Reached, and answered that only TLS is spoken there.
+        let plain = ["etcd-1:2379", "cell-1:\(NetnsFarm.cellProxyPort)", NetnsFarm.registryName, "kiln-api:\(NetnsFarm.apiPort)"].map { line("PLAIN \($0)") }
+        // etcd and the scheduler close the connection without a word (nc would print its
+        // error for a refused connection or an unknown name); nginx and the registry say why.
+        #expect(plain[0] == "PLAIN etcd-1:2379 ", "\(plain[0])")
+        #expect(plain[1].contains("400 The plain HTTP request was sent"), "\(plain[1])")
+        #expect(plain[2].contains("Client sent an HTTP request to an HTTPS server"), "\(plain[2])")
+        #expect(plain[3] == "PLAIN kiln-api:\(NetnsFarm.apiPort) ", "\(plain[3])")
+
+        // What a build with its own TLS client meets, from the builder host (curl, the farm's
+        // CA, which is no secret, and no credential): etcd ends the handshake, the cell's proxy
+        // answers 400, the registry's upload path and the scheduler's API 401.
+        let ca = farm.net.host("builder-1").dir.appendingPathComponent("tls/ca.pem").path
+        func curl(_ arguments: [String]) throws -> (status: Int32, output: String) {
+            try farm.net.run(on: "builder-1", "curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", ca] + arguments)
+        }
+        let etcd = try curl(["-X", "POST", "-d", #"{"key":"L2tpbG4v","range_end":"L2tpbG4w"}"#, "https://etcd-1:2379/v3/kv/range"])
+        #expect(etcd.status != 0 && etcd.output == "000", "etcd answered \(etcd.output) without a client certificate (curl status \(etcd.status))")
+        #expect(try curl(["https://cell-1:\(NetnsFarm.cellProxyPort)/v1.41/containers/json"]).output == "400")
+        #expect(try curl(["-X", "POST", "https://\(NetnsFarm.registryName)/v2/web/blobs/uploads/"]).output == "401")
+        #expect(try curl(["https://kiln-api:\(NetnsFarm.apiPort)/api/v1/agents"]).output == "401")
+        print("multi-host: a build on \(build.agent ?? "?") fetched from the Maven mirror by name; \(plain.joined(separator: " | "))")
+    }
+
     /// The harness's own guards: a host is refused a path outside its folder, and the test
     /// process refuses an address its op link does not route (one off the machine).
     @Test func harnessGuards() throws {
