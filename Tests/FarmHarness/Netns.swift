@@ -42,9 +42,8 @@ public enum NetnsSupport {
 
 /// A network of "hosts" on this machine, for the multi-host test farm: one network
 /// namespace per host on a bridge (in a "switch" namespace of its own), a hosts file per host
-/// naming every host, and the test process's own link into it (the op link). Design and
-/// verified commands: docs/plans/multi-host.md §1, §2, §9; how to use and debug it:
-/// docs/testing-multihost.md.
+/// naming every host, and the test process's own link into it (the op link). How to use and
+/// debug it, and the verified facts it rests on: docs/testing-multihost.md.
 ///
 /// Names, for run id `r` (4 hex digits): namespaces `kmh<r>-<host>`, the switch `kmh<r>-sw`,
 /// interfaces `kmh<r>v<nn>` (in host nn), `kmh<r>p<nn>` (its switch port) and `kmh<r>op` (the

@@ -19,7 +19,7 @@ import Glibc
 /// absolute path but the kiln binary, system programs and the builder's own podman storage).
 /// Credentials are copied into each host's `credentials/` that needs them.
 ///
-/// Layout (docs/plans/multi-host.md §2): etcd-1..3 .11–.13 (https :2379, peers :2380 plain
+/// Layout (docs/testing-multihost.md): etcd-1..3 .11–.13 (https :2379, peers :2380 plain
 /// HTTP on the farm's bridge, health :2381; every client shows a certificate of the farm's
 /// CA), registry .21 (https :5443, token auth by the schedulers: realm
 /// `https://kiln-api:7070/auth/token`), git .22 (`git daemon` :9418, a Maven mirror on http :8081), sched-1/2 .31–.32
@@ -639,7 +639,7 @@ public final class NetnsFarm: Sendable {
         return parts.map { "--- \($0.0)\($0.1.isRunning ? "" : " (exited \($0.1.status ?? -1))")\n\($0.1.logTail(lines: lines))" }.joined(separator: "\n")
     }
 
-    /// Stops everything in the order of docs/plans/multi-host.md §9: agents, schedulers and
+    /// Stops everything in this order: agents, schedulers and
     /// lb-agents (each stops its nginx), the cells' proxies, the builders' and the cells'
     /// containers (through their hosts) and podman, git, the registry, etcd, then the network. Calling it twice is harmless.
     public func stop() {
