@@ -129,15 +129,18 @@ struct SimulatedAgentTests {
             try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
                 kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .running
             }
-            let running = try #require(try await etcd.get(keys.build(id)))
-            try await etcd.delete(taskKey)
+            // The task taken away, in a transaction that tells its revision: a write the agent
+            // had sent before (a step's start, say) may land before it, none may land after.
+            let taken = try await etcd.txn(Txn(success: [.delete(taskKey)]))
             // A second build, put after the first was taken away, runs to its end on the same
             // agent: once it has, the first one's wait is long over.
             let (second, _) = try await assign(etcd)
             try await waitUntil(etcd, prefix: keys.build(second)) { kvs in
                 kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .succeeded
             }
-            #expect(try await etcd.get(keys.build(id))?.modRevision == running.modRevision)
+            let record = try #require(try await etcd.get(keys.build(id)))
+            #expect(record.modRevision < taken.revision, "the record was written at revision \(record.modRevision), after the task was deleted at \(taken.revision)")
+            #expect(try KilnJSON.decode(Build.self, from: record.value).status == .running)
         }
     }
 

@@ -25,6 +25,8 @@ struct BuildSecretsEndToEndTests {
     @Test("a secret set with the API reaches the build masked; a protected-only one is withheld from a feature branch; etcd holds neither in clear")
     func secretsThroughTheFarm() async throws {
         try await withFarm { farm in
+            // Made here, not left to whichever test ran first: the suite's order is not fixed.
+            try farm.infra.podman.ensureBusyboxImage(Self.busybox)
             try Self.publish(farm, branch: "main")
             try Self.publish(farm, branch: "feature")
             let project = Project(name: "vault", repository: farm.infra.repositoryURL("vault"), buildImage: Self.busybox,

@@ -23,6 +23,7 @@ struct PrivateRepositoryEndToEndTests {
         let git = try await PrivateGitHTTPServer.start(root: root.url, username: "deploy", password: token)
         defer { git.stop() }
         try await withFarm(configure: { farm, id in farm.agentConfiguration(id, allowFetchFrom: [git.server]) }) { farm in
+            try farm.infra.podman.ensureBusyboxImage(BuildSecretsEndToEndTests.busybox)
             let project = Project(name: "private", repository: git.url("private.git"), buildImage: BuildSecretsEndToEndTests.busybox,
                                   buildCommand: "sleep 4; echo \"api=$API_TOKEN\"")
             let created = try await farm.request(.POST, "/api/v1/projects", body: try KilnJSON.encode(project))
