@@ -159,7 +159,8 @@ public enum FreePort {
     /// test that wants "connection refused" gets it, where a port `next()` found free could be
     /// taken by another test's server before the connection is tried.
     public static func refusing() throws -> RefusingPort {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // Close-on-exec: a child process must not inherit it and hold the port past the test.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw FarmError("socket() failed: errno \(errno)") }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)

@@ -91,7 +91,9 @@ struct SchedulerSecretsClientTests {
 
     @Test("unreachable, 5xx or 404: the next scheduler is asked; when none answers, every URL tried is named")
     func triesEachScheduler() async throws {
-        let closed = "http://127.0.0.1:\(try FreePort.next())"
+        let refusing = try FreePort.refusing()  // bound, never listening: refused
+        defer { withExtendedLifetime(refusing) {} }
+        let closed = "http://127.0.0.1:\(refusing.port)"
         let secrets = BuildSecrets(registries: [RegistryLogin(host: "registry.example.com", username: "ci", password: "registry-pass-0123")])
         try await Self.withScheduler(.serviceUnavailable, body: #"{"error":"etcd is not answering"}"#) { broken in
             try await Self.withScheduler(.notFound) { old in

@@ -124,7 +124,8 @@ struct SimulatedAgentTests {
     }
 
     @Test func aTaskTakenAwayWhileItRunsWritesNothingMore() async throws {
-        try await withSimulatedAgent(SimulatedDuration(seconds: 0.5)) { etcd in
+        // 3 s: long enough for the delete to land while it runs on a loaded machine.
+        try await withSimulatedAgent(SimulatedDuration(seconds: 3)) { etcd in
             let (id, taskKey) = try await assign(etcd)
             try await waitUntil(etcd, prefix: keys.build(id)) { kvs in
                 kvs.first.flatMap { try? KilnJSON.decode(Build.self, from: $0.value) }?.status == .running

@@ -91,7 +91,9 @@ import Testing
         let e = await #expect(throws: KilnError.self) { try await notify.run(context(url: "http://127.0.0.1:\(receiver.port)/hook")) }
         #expect(e?.message == "POST to http://127.0.0.1:\(receiver.port) (url) answered 500", "\(e?.message ?? "")")
         #expect(e?.message.contains("broken") == false, "the answer's body stays out of the build's record")
-        let closed = try FreePort.next()
+        let refusing = try FreePort.refusing()  // bound, never listening: refused
+        defer { withExtendedLifetime(refusing) {} }
+        let closed = refusing.port
         let gone = await #expect(throws: KilnError.self) {
             try await plugin(allowing: "http://127.0.0.1:\(closed)/").run(context(url: "http://127.0.0.1:\(closed)/hook"))
         }

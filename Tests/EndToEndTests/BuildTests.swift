@@ -151,7 +151,9 @@ struct EndToEndTests {
 
     @Test("an unreachable registry fails the push step with the reason")
     func unreachableRegistry() async throws {
-        let deadPort = try FreePort.next()
+        let refusing = try FreePort.refusing()  // bound, never listening: refused
+        defer { withExtendedLifetime(refusing) {} }
+        let deadPort = refusing.port
         try await withFarm(configure: { farm, id in farm.agentConfiguration(id, registry: "127.0.0.1:\(deadPort)") }) { farm in
             try await farm.addProject()
             let b = try await farm.finished(try await farm.startBuild().id)

@@ -91,14 +91,14 @@ public final class NetnsFarm: Sendable {
     /// What `kiln cell credential set` seals for both cells: the schedulers' client
     /// certificate (the cell clients' CA) and the farm's CA, which signed the proxies'.
     public let cellCredential: CellCredential
-    /// An etcd client certificate of a builder host (the farm's CA): the cells' proxies must refuse it.
-    public let builderClientCertificate: (certificate: String, key: String)
     public let adminToken: String
     public let keys = Keys()
     /// The registry password of each machine (builders, `deployer`).
     public let machines: [String: String]
     private let started = Mutex<[String: ManagedProcess]>([:])
     private let stopped = Mutex(false)
+    /// The lock on ``persistentRoot`` this farm holds until it stops (``lockStorage(timeout:)``).
+    private let storageLock = Mutex<Int32?>(nil)
 
     /// `Authorization` for the API as the first admin.
     public var adminHeaders: [(String, String)] { [("Authorization", "Bearer \(adminToken)")] }
@@ -111,18 +111,55 @@ public final class NetnsFarm: Sendable {
 
     public func hostDir(_ host: String) -> URL { net.host(host).dir }
 
-    /// Builds the network and starts etcd, the registry, the git server and the builders'
-    /// podman services; schedulers and agents are started by the caller
-    /// (``startScheduler(_:options:)``, ``startAgent(_:options:)``).
+    /// Builds the network and starts etcd, the registry, the git server and the Maven mirror,
+    /// the builders' podman services, and the cells' podman services with their nginx
+    /// proxies; Kiln's own processes are started by the caller (``startKiln(leaderTTL:)``, or
+    /// ``startScheduler(_:options:)``, ``startAgent(_:options:)``, ``startLBAgent(_:options:)``
+    /// and ``addCells()`` one by one).
     public static func start(kiln: String) async throws -> NetnsFarm {
         guard FileManager.default.isExecutableFile(atPath: kiln) else { throw FarmError("\(kiln) is missing: run swift build") }
-        let net = try NetnsNetwork.create(layout, aliases: ["kiln-api": "sched-2"])
+        let lock = try await lockStorage()
+        let net: NetnsNetwork
         do {
-            return try await start(net: net, kiln: kiln)
+            net = try NetnsNetwork.create(layout, aliases: ["kiln-api": "sched-2"])
         } catch {
-            net.teardown()
+            close(lock)
             throw error
         }
+        do {
+            let farm = try await start(net: net, kiln: kiln)
+            farm.storageLock.withLock { $0 = lock }
+            return farm
+        } catch {
+            net.teardown()
+            close(lock)
+            throw error
+        }
+    }
+
+    /// Takes the lock on ``persistentRoot`` (`<root>/farm.lock`, flock): the builders' and
+    /// cells' kept storages serve one farm at a time, and a second farm starting their podman
+    /// services would stop the first one's (the multi-host tests and `kiln-bench multihost`
+    /// on one machine). Waits for the other farm to stop, saying so, up to `timeout`.
+    static func lockStorage(timeout: Duration = .seconds(900)) async throws -> Int32 {
+        try FileManager.default.createDirectory(at: persistentRoot, withIntermediateDirectories: true)
+        let path = persistentRoot.appendingPathComponent("farm.lock").path
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FarmError("cannot open \(path): errno \(errno)") }
+        let deadline = ContinuousClock.now + timeout
+        var said = false
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard ContinuousClock.now < deadline else {
+                close(fd)
+                throw FarmError("another multi-host farm has held \(path) for \(timeout): stop it (its run folder is /tmp/kmh*), or set KILN_TEST_MULTIHOST_ROOT to keep the storages elsewhere")
+            }
+            if !said {
+                print("multi-host: another farm holds \(path) (its builders' and cells' storages); waiting for it to stop")
+                said = true
+            }
+            try await Task.sleep(for: .seconds(1))
+        }
+        return fd
     }
 
     private static func start(net: NetnsNetwork, kiln: String) async throws -> NetnsFarm {
@@ -163,9 +200,6 @@ public final class NetnsFarm: Sendable {
         for host in cellHosts {
             try fm.copyItem(atPath: cellClients.ca, toPath: net.host(host).dir.appendingPathComponent("tls/clients-ca.pem").path)
         }
-        let builderTLS = net.host(builderHosts[0]).dir.appendingPathComponent("tls")
-        let builderClientCertificate = (certificate: try String(contentsOf: builderTLS.appendingPathComponent("client.pem"), encoding: .utf8),
-                                        key: try String(contentsOf: builderTLS.appendingPathComponent("client.key"), encoding: .utf8))
         let operatorTLS = EtcdTLS(caFile: pki.ca, certificateFile: pki.dir.appendingPathComponent("client.pem").path,
                                   keyFile: pki.dir.appendingPathComponent("client.key").path)
         let tlsClient = try EtcdClient.tlsHTTPClient(for: operatorTLS)
@@ -312,14 +346,13 @@ public final class NetnsFarm: Sendable {
             try CredentialFile.write(try String(contentsOfFile: secretsKey, encoding: .utf8), to: dir.appendingPathComponent(LocalSecretsKey.fileName).path)
         }
         return NetnsFarm(net: net, kiln: kiln, caFile: pki.ca, tlsClient: tlsClient, etcdCluster: cluster, etcdUsers: etcdUsers, registry: registry,
-                         git: git, mavenMirror: mavenMirror, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential,
-                         builderClientCertificate: builderClientCertificate, adminToken: adminToken, machines: machines)
+                         git: git, mavenMirror: mavenMirror, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential, adminToken: adminToken, machines: machines)
     }
 
     /// The build image of the test projects, in every builder's storage.
     public static let buildImage = "localhost/kiln/busybox:1"
 
-    /// Makes sure every builder's storage holds `image` (plan §7): made once with `make` in
+    /// Makes sure every builder's storage holds `image`: made once with `make` in
     /// builder-1's storage when no builder has it, then `podman save` (an OCI archive kept in
     /// `<persistentRoot>/images/`, so a fresh storage needs only a load) and `podman load`
     /// into each builder that lacks it. Every command runs on the builder's host.
@@ -382,8 +415,8 @@ public final class NetnsFarm: Sendable {
         try config.write(to: file, atomically: true, encoding: .utf8)
         let arguments = ["-p", dir.path + "/", "-c", file.path]
         try checkNoSharedPath(net: net, host: host, kiln: kiln, arguments + [tls, socket])
-        let nginx = try net.start(on: host, name: "nginx (cell proxy)", executable: "nginx", arguments: arguments, logFile: dir.appendingPathComponent("logs/nginx.log"))
         try net.checkRoute(h.address)
+        let nginx = try net.start(on: host, name: "nginx (cell proxy)", executable: "nginx", arguments: arguments, logFile: dir.appendingPathComponent("logs/nginx.log"))
         let deadline = ContinuousClock.now + .seconds(30)
         while !FreePort.isInUse(cellProxyPort, host: h.address) {
             guard nginx.isRunning, ContinuousClock.now < deadline else {
@@ -397,7 +430,7 @@ public final class NetnsFarm: Sendable {
 
     private init(net: NetnsNetwork, kiln: String, caFile: String, tlsClient: HTTPClient, etcdCluster: EtcdCluster, etcdUsers: EtcdUsers,
                  registry: RegistryServer, git: ManagedProcess, mavenMirror: ManagedProcess, podman: [String: PodmanService], cellServices: [String: PodmanService],
-                 cellProxies: [String: ManagedProcess], cellCredential: CellCredential, builderClientCertificate: (certificate: String, key: String),
+                 cellProxies: [String: ManagedProcess], cellCredential: CellCredential,
                  adminToken: String, machines: [String: String]) {
         self.net = net
         self.kiln = kiln
@@ -412,7 +445,6 @@ public final class NetnsFarm: Sendable {
         self.cellServices = cellServices
         self.cellProxies = cellProxies
         self.cellCredential = cellCredential
-        self.builderClientCertificate = builderClientCertificate
         self.adminToken = adminToken
         self.machines = machines
     }
@@ -657,6 +689,7 @@ public final class NetnsFarm: Sendable {
         registry.stop()
         etcdCluster.stop()
         net.teardown()
+        if let fd = storageLock.withLock({ l in defer { l = nil }; return l }) { close(fd) }
     }
 }
 
