@@ -17,8 +17,9 @@ struct KilnBench: AsyncParsableCommand {
           Benchmarks/.build/release/kiln-bench ring
           Benchmarks/.build/release/kiln-bench farm --only latency
           Benchmarks/.build/release/kiln-bench year --builds 2000
+          Benchmarks/.build/release/kiln-bench multihost   (as root: network namespaces)
         """,
-        subcommands: [Ring.self, Farm.self, Year.self, Scale.self, Deploy.self])
+        subcommands: [Ring.self, Farm.self, Year.self, Scale.self, Deploy.self, MultiHost.self])
 }
 
 /// Where the repository and its builds are, from this file's place in it
