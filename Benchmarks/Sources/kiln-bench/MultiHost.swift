@@ -26,9 +26,8 @@ extension KilnBench {
             2 schedulers, 3 builders, 2 cells behind nginx TLS, 2 lb hosts (group mh), each \
             host a network namespace. Its builders' podman storages are NetnsFarm's persistent \
             ones (/var/tmp/kiln-test/multihost/builder-N, or KILN_TEST_MULTIHOST_ROOT), which \
-            every NetnsFarm on this machine shares: do not run this while MultiHostTests (or \
-            another multihost run) is running, or set KILN_TEST_MULTIHOST_ROOT to a folder of \
-            its own.
+            every NetnsFarm on this machine shares: a farm locks them while it runs, so this \
+            waits while MultiHostTests (or another multihost run) is running.
 
             dispatch (accepted → started): from the API's 201 answer to POST \
             /api/v1/projects/lat/builds (a project with no pipeline) to the `startedAt` of the \
