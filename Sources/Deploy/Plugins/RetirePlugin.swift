@@ -82,15 +82,25 @@ public struct RetirePlugin: PostBuildPlugin {
         var stopped = 0
         for v in retiring {
             let spec = VersionSpec(app: appName, v)
-            // With any a scaling left starting or stopping (never in a domain).
+            // With any a scaling left starting or stopping (never in a domain). The cells at
+            // once: an app that ignores SIGTERM costs each stop the engine's 10 s, once, not
+            // once per cell.
+            var byCell: [(Cell, [Instance])] = []
             for (cellName, instances) in Dictionary(grouping: v.instances + (v.scalingInstances ?? []), by: \.cell) {
                 guard let cell = cells.first(where: { $0.name == cellName }) else {
                     await ctx.log("retire: cell \(cellName) no longer exists; \(instances.count) instance(s) of v\(v.number) there were not stopped")
                     continue
                 }
-                try await env.deployer(cell.backend).stop(instances, of: spec, in: cell)
-                stopped += instances.count
+                byCell.append((cell, instances))
             }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (cell, instances) in byCell {
+                    let deployer = try env.deployer(cell.backend)
+                    group.addTask { try await deployer.stop(instances, of: spec, in: cell) }
+                }
+                try await group.waitForAll()
+            }
+            stopped += byCell.reduce(0) { $0 + $1.1.count }
             try await store.updateVersion(appName, v.number) { $0.state = .retired; $0.instances = []; $0.scalingInstances = nil }
         }
         return PluginResult(summary: "retired \(retiring.map { "v\($0.number)" }.joined(separator: ", ")) (\(stopped) instance\(stopped == 1 ? "" : "s") stopped)\(live.map { "; v\($0.number) is live" } ?? "")\(kept.isEmpty ? "" : ", kept \(kept.map { "v\($0.number)" }.joined(separator: ", "))")")
