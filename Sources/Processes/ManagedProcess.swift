@@ -134,33 +134,25 @@ public final class ManagedProcess: Sendable {
 public enum FreePort {
     /// A port that was free a moment ago on 127.0.0.1 (bound to port 0, read back, closed).
     public static func next() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FarmError("socket() failed: errno \(errno)") }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else { throw FarmError("bind() to 127.0.0.1:0 failed: errno \(errno)") }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        guard named == 0 else { throw FarmError("getsockname() failed: errno \(errno)") }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        let (fd, port) = try boundLoopbackSocket(flags: 0)
+        close(fd)
+        return port
     }
 
     /// A loopback port that refuses connections for as long as the returned value lives: a socket
     /// bound to it that never listens. Nothing else can bind the port meanwhile (no
     /// `SO_REUSEADDR` here) and the kernel does not hand it out for outgoing connections, so a
     /// test that wants "connection refused" gets it, where a port `next()` found free could be
-    /// taken by another test's server before the connection is tried.
+    /// taken by another test's server before the connection is tried. Close-on-exec: a child
+    /// process must not inherit it and hold the port past the test.
     public static func refusing() throws -> RefusingPort {
-        // Close-on-exec: a child process must not inherit it and hold the port past the test.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let (fd, port) = try boundLoopbackSocket(flags: Int32(SOCK_CLOEXEC.rawValue))
+        return RefusingPort(fd: fd, port: port)
+    }
+
+    /// A TCP socket bound to 127.0.0.1 on a port the kernel chose, and that port.
+    private static func boundLoopbackSocket(flags: Int32) throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | flags, 0)
         guard fd >= 0 else { throw FarmError("socket() failed: errno \(errno)") }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -175,7 +167,7 @@ public enum FreePort {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
         }
         guard named == 0 else { close(fd); throw FarmError("getsockname() failed: errno \(errno)") }
-        return RefusingPort(fd: fd, port: Int(UInt16(bigEndian: addr.sin_port)))
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
     }
 
     /// Whether something already listens on `host` (an IPv4 address):`port`.

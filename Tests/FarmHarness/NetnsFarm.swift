@@ -273,18 +273,21 @@ public final class NetnsFarm: Sendable {
                                         arguments: ["-m", "http.server", String(mavenMirrorPort), "--bind", net.host("git").address, "--directory", mavenDir.path],
                                         logFile: net.host("git").dir.appendingPathComponent("maven-mirror.log"))
 
-        // The builders' podman: a storage of their own each, kept across runs; fresh run state.
+        // A host's podman service on its kept storage, with fresh run state and no leftovers
+        // of an earlier run's containers.
+        func startKeptPodman(_ host: String) async throws -> PodmanService {
+            let root = persistentRoot.appendingPathComponent(host)
+            for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
+            let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
+                                                        placement: placement(host))
+            _ = try? service.podmanCommand(["rm", "-af"])
+            return service
+        }
+
+        // The builders' podman: a storage of their own each, kept across runs.
         var podman: [String: PodmanService] = [:]
         do {
-            for host in builderHosts {
-                let root = persistentRoot.appendingPathComponent(host)
-                for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
-                let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
-                                                            placement: placement(host))
-                podman[host] = service
-                // Leftovers of an earlier run's containers in the kept storage.
-                _ = try? service.podmanCommand(["rm", "-af"])
-            }
+            for host in builderHosts { podman[host] = try await startKeptPodman(host) }
             try ensureImage(buildImage, in: podman) { try $0.ensureBusyboxImage(buildImage) }
         } catch {
             for p in podman.values { p.stop() }
@@ -302,12 +305,8 @@ public final class NetnsFarm: Sendable {
         var cellProxies: [String: ManagedProcess] = [:]
         do {
             for host in cellHosts {
-                let root = persistentRoot.appendingPathComponent(host)
-                for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
-                let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
-                                                            placement: placement(host))
+                let service = try await startKeptPodman(host)
                 cellServices[host] = service
-                _ = try? service.podmanCommand(["rm", "-af"])
                 cellProxies[host] = try await startCellProxy(net: net, host: host, socket: service.socketPath, kiln: kiln)
             }
         } catch {
