@@ -292,7 +292,17 @@ public final class PodmanService: Sendable {
     /// buildah in about a second. No image can be pulled on these machines, so this is the
     /// base image of the tests and the demo.
     public func ensureBusyboxImage(_ name: String = "localhost/kiln/busybox:1") throws {
-        if try podmanCommand(["image", "exists", name]).status == 0 { return }
+        try Self.ensureBusyboxImage(name, root: root, placement: placement)
+    }
+
+    /// The same for the storage at `root`, with no service needed (`kiln up`'s, say).
+    public static func ensureBusyboxImage(_ name: String = "localhost/kiln/busybox:1", root: URL, placement: Placement = .local) throws {
+        let environment = environment(root: root)
+        func podman(_ arguments: [String]) throws -> Int32 {
+            let command = try placement.command("podman", arguments)
+            return try ManagedProcess.run(command.executable, command.arguments, environment: environment).status
+        }
+        if try podman(["image", "exists", name]) == 0 { return }
         guard ManagedProcess.which("buildah") != nil else {
             throw FarmError("buildah is not installed: run scripts/install-deps.sh (Debian package buildah)")
         }
@@ -364,7 +374,7 @@ public final class PodmanService: Sendable {
     private static func mountPoints(under root: String) -> [String] { ProcFile.mountPoints(under: root) }
 
     /// A dynamically linked busybox names its loader ("ld-linux") near the start of the file.
-    private func isStatic(_ path: String) -> Bool {
+    private static func isStatic(_ path: String) -> Bool {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? handle.close() }
         let head = handle.readData(ofLength: 8192)

@@ -222,130 +222,114 @@ public final class NetnsFarm: Sendable {
         }
         let cluster = try await EtcdCluster.start(dir: run.appendingPathComponent("etcd-unused"), tls: nil, placements: etcdHosts.map(placement),
                                                   memberDirs: memberDirs, memberTLS: memberTLS)
-        var users: EtcdUsers?
+        // From here on, whatever fails stops what was started before it (latest first).
+        let started = StartedProcesses()
+        started.add { cluster.kill() }
         do {
-            users = try await EtcdUsers.enable(endpoint: cluster.probeEndpoints.joined(separator: ","), credentialsDir: credentials, tls: operatorTLS)
-        } catch {
-            cluster.kill()
-            throw error
-        }
-        let etcdUsers = users!
+            let etcdUsers = try await EtcdUsers.enable(endpoint: cluster.probeEndpoints.joined(separator: ","), credentialsDir: credentials, tls: operatorTLS)
 
-        // The registry: TLS with its own certificate, token auth by the schedulers (kiln-api).
-        let adminToken = "kiln_" + Secret.random()
-        let eventsToken = Secret.random()
-        let signingKey = TokenSigningKey.generate()
-        let registryDir = net.host("registry").dir
-        let bundle = registryDir.appendingPathComponent("credentials/registry-signing-cert.pem")
-        try fm.createDirectory(at: bundle.deletingLastPathComponent(), withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        try CredentialFile.write(try signingKey.certificatePEM(), to: bundle.path)
-        let registryTLS = RegistryServer.TLS(certificate: registryDir.appendingPathComponent("tls/server.pem").path,
-                                             key: registryDir.appendingPathComponent("tls/server.key").path,
-                                             ca: registryDir.appendingPathComponent("tls/ca.pem").path)
-        try checkNoSharedPath(net: net, host: "registry", kiln: kiln, [registryDir.appendingPathComponent("registry").path, bundle.path, registryTLS.certificate, registryTLS.key])
-        let registry: RegistryServer
-        do {
-            registry = try await RegistryServer.start(
-                root: registryDir.appendingPathComponent("registry"), port: 5443,
-                auth: .init(realm: "https://kiln-api:\(apiPort)/auth/token", rootCertBundle: bundle, events: ("https://kiln-api:\(apiPort)/hooks/registry", eventsToken)),
-                tls: registryTLS, placement: {
-                    // Go reads SSL_CERT_FILE: the registry's events to https://kiln-api trust the farm's CA.
-                    var p = placement("registry")
-                    p.launcher += ["SSL_CERT_FILE=\(registryTLS.ca)"]
-                    return p
-                }())
-        } catch {
-            cluster.kill()
-            throw error
-        }
+            // The registry: TLS with its own certificate, token auth by the schedulers (kiln-api).
+            let adminToken = "kiln_" + Secret.random()
+            let eventsToken = Secret.random()
+            let signingKey = TokenSigningKey.generate()
+            let registryDir = net.host("registry").dir
+            let bundle = registryDir.appendingPathComponent("credentials/registry-signing-cert.pem")
+            try fm.createDirectory(at: bundle.deletingLastPathComponent(), withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try CredentialFile.write(try signingKey.certificatePEM(), to: bundle.path)
+            let registryTLS = RegistryServer.TLS(certificate: registryDir.appendingPathComponent("tls/server.pem").path,
+                                                 key: registryDir.appendingPathComponent("tls/server.key").path,
+                                                 ca: registryDir.appendingPathComponent("tls/ca.pem").path)
+            try checkNoSharedPath(net: net, host: "registry", kiln: kiln, [registryDir.appendingPathComponent("registry").path, bundle.path, registryTLS.certificate, registryTLS.key])
+            let registry = try await RegistryServer.start(
+                    root: registryDir.appendingPathComponent("registry"), port: 5443,
+                    auth: .init(realm: "https://kiln-api:\(apiPort)/auth/token", rootCertBundle: bundle, events: ("https://kiln-api:\(apiPort)/hooks/registry", eventsToken)),
+                    tls: registryTLS, placement: {
+                        // Go reads SSL_CERT_FILE: the registry's events to https://kiln-api trust the farm's CA.
+                        var p = placement("registry")
+                        p.launcher += ["SSL_CERT_FILE=\(registryTLS.ca)"]
+                        return p
+                    }())
+            started.add { registry.stop() }
 
-        // The git server: git daemon serving the bare repositories in the git host's folder.
-        let gitDir = net.host("git").dir.appendingPathComponent("git")
-        try fm.createDirectory(at: gitDir, withIntermediateDirectories: true)
-        let git = try net.start(on: "git", name: "git daemon", executable: "git",
-                                arguments: ["daemon", "--reuseaddr", "--export-all", "--base-path=\(gitDir.path)", "--listen=\(net.host("git").address)", "--port=9418", gitDir.path],
-                                logFile: net.host("git").dir.appendingPathComponent("git-daemon.log"))
-        // A Maven mirror on the git host (a static HTTP server of its `maven/` folder, as a
-        // Nexus would be): the agents' --maven-mirror names it, builds reach it by name.
-        let mavenDir = net.host("git").dir.appendingPathComponent("maven")
-        try fm.createDirectory(at: mavenDir, withIntermediateDirectories: true)
-        let mavenMirror = try net.start(on: "git", name: "maven mirror", executable: "python3",
-                                        arguments: ["-m", "http.server", String(mavenMirrorPort), "--bind", net.host("git").address, "--directory", mavenDir.path],
-                                        logFile: net.host("git").dir.appendingPathComponent("maven-mirror.log"))
+            // The git server: git daemon serving the bare repositories in the git host's folder.
+            let gitDir = net.host("git").dir.appendingPathComponent("git")
+            try fm.createDirectory(at: gitDir, withIntermediateDirectories: true)
+            let git = try net.start(on: "git", name: "git daemon", executable: "git",
+                                    arguments: ["daemon", "--reuseaddr", "--export-all", "--base-path=\(gitDir.path)", "--listen=\(net.host("git").address)", "--port=9418", gitDir.path],
+                                    logFile: net.host("git").dir.appendingPathComponent("git-daemon.log"))
+            started.add { git.stop() }
+            // A Maven mirror on the git host (a static HTTP server of its `maven/` folder, as a
+            // Nexus would be): the agents' --maven-mirror names it, builds reach it by name.
+            let mavenDir = net.host("git").dir.appendingPathComponent("maven")
+            try fm.createDirectory(at: mavenDir, withIntermediateDirectories: true)
+            let mavenMirror = try net.start(on: "git", name: "maven mirror", executable: "python3",
+                                            arguments: ["-m", "http.server", String(mavenMirrorPort), "--bind", net.host("git").address, "--directory", mavenDir.path],
+                                            logFile: net.host("git").dir.appendingPathComponent("maven-mirror.log"))
+            started.add { mavenMirror.stop() }
 
-        // A host's podman service on its kept storage, with fresh run state and no leftovers
-        // of an earlier run's containers.
-        func startKeptPodman(_ host: String) async throws -> PodmanService {
-            let root = persistentRoot.appendingPathComponent(host)
-            for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
-            let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
-                                                        placement: placement(host))
-            _ = try? service.podmanCommand(["rm", "-af"])
-            return service
-        }
+            // A host's podman service on its kept storage, with fresh run state and no leftovers
+            // of an earlier run's containers.
+            func startKeptPodman(_ host: String) async throws -> PodmanService {
+                let root = persistentRoot.appendingPathComponent(host)
+                for sub in ["run", "tmp"] { try? fm.removeItem(at: root.appendingPathComponent(sub)) }
+                let service = try await PodmanService.start(root: root, logFile: net.host(host).dir.appendingPathComponent("podman.log"), timeout: 60,
+                                                            placement: placement(host))
+                _ = try? service.podmanCommand(["rm", "-af"])
+                started.add {
+                    _ = try? service.podmanCommand(["rm", "-af", "-t", "0"])
+                    service.stop()
+                }
+                return service
+            }
 
-        // The builders' podman: a storage of their own each, kept across runs.
-        var podman: [String: PodmanService] = [:]
-        do {
+            // The builders' podman: a storage of their own each, kept across runs.
+            var podman: [String: PodmanService] = [:]
             for host in builderHosts { podman[host] = try await startKeptPodman(host) }
             try ensureImage(buildImage, in: podman) { try $0.ensureBusyboxImage(buildImage) }
-        } catch {
-            for p in podman.values { p.stop() }
-            git.stop()
-            mavenMirror.stop()
-            registry.stop()
-            cluster.kill()
-            throw error
-        }
 
-        // The cells: podman on a root-only unix socket of the cell host, nginx in front of
-        // it with TLS and client certificates (docs/cells.md §1–3). Images come from the
-        // registry only (by digest, with the deployer's credential); nothing is loaded.
-        var cellServices: [String: PodmanService] = [:]
-        var cellProxies: [String: ManagedProcess] = [:]
-        do {
+            // The cells: podman on a root-only unix socket of the cell host, nginx in front of
+            // it with TLS and client certificates (docs/cells.md §1–3). Images come from the
+            // registry only (by digest, with the deployer's credential); nothing is loaded.
+            var cellServices: [String: PodmanService] = [:]
+            var cellProxies: [String: ManagedProcess] = [:]
             for host in cellHosts {
                 let service = try await startKeptPodman(host)
                 cellServices[host] = service
-                cellProxies[host] = try await startCellProxy(net: net, host: host, socket: service.socketPath, kiln: kiln)
+                let proxy = try await startCellProxy(net: net, host: host, socket: service.socketPath, kiln: kiln)
+                cellProxies[host] = proxy
+                started.add { proxy.stop(grace: 5) }
             }
+
+            // Machine credentials for the registry (etcd holds only their SHA-256), one file per builder host.
+            var machines: [String: String] = [:]
+            for name in builderHosts + ["deployer"] {
+                let token = Secret.random()
+                machines[name] = token
+                let record = MachineCredential(name: name, kind: name == "deployer" ? .deployer : .agent, tokenSHA256: MachineToken.sha256Hex(token))
+                _ = try await etcdUsers.rootClient.put(Keys().machine(name), try KilnJSON.encode(record))
+                if builderHosts.contains(name) {
+                    try CredentialFile.write("\(name):\(token)", to: net.host(name).dir.appendingPathComponent("credentials/registry").path)
+                }
+            }
+            // The deployer's credential: the schedulers pull with it into the cells.
+            for host in schedulerHosts {
+                try CredentialFile.write("deployer:\(machines["deployer"]!)", to: net.host(host).dir.appendingPathComponent("credentials/registry-deployer").path)
+            }
+            // The schedulers' files: each host its own copy of the same content.
+            let secretsKey = try LocalSecretsKey.ensure(credentialsDir: credentials)
+            for host in schedulerHosts {
+                let dir = net.host(host).dir.appendingPathComponent("credentials")
+                try CredentialFile.write(adminToken, to: dir.appendingPathComponent("admin-token").path)
+                try CredentialFile.write(eventsToken, to: dir.appendingPathComponent("registry-events-token").path)
+                try CredentialFile.write(signingKey.privateKeyPEM, to: dir.appendingPathComponent("registry-signing-key.pem").path)
+                try CredentialFile.write(try String(contentsOfFile: secretsKey, encoding: .utf8), to: dir.appendingPathComponent(LocalSecretsKey.fileName).path)
+            }
+            return NetnsFarm(net: net, kiln: kiln, caFile: pki.ca, tlsClient: tlsClient, etcdCluster: cluster, etcdUsers: etcdUsers, registry: registry,
+                             git: git, mavenMirror: mavenMirror, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential, adminToken: adminToken, machines: machines)
         } catch {
-            for p in cellProxies.values { p.stop(grace: 5) }
-            for p in cellServices.values { p.stop() }
-            for p in podman.values { p.stop() }
-            git.stop()
-            mavenMirror.stop()
-            registry.stop()
-            cluster.kill()
+            started.stopAll()
             throw error
         }
-
-        // Machine credentials for the registry (etcd holds only their SHA-256), one file per builder host.
-        var machines: [String: String] = [:]
-        for name in builderHosts + ["deployer"] {
-            let token = Secret.random()
-            machines[name] = token
-            let record = MachineCredential(name: name, kind: name == "deployer" ? .deployer : .agent, tokenSHA256: MachineToken.sha256Hex(token))
-            _ = try await etcdUsers.rootClient.put(Keys().machine(name), try KilnJSON.encode(record))
-            if builderHosts.contains(name) {
-                try CredentialFile.write("\(name):\(token)", to: net.host(name).dir.appendingPathComponent("credentials/registry").path)
-            }
-        }
-        // The deployer's credential: the schedulers pull with it into the cells.
-        for host in schedulerHosts {
-            try CredentialFile.write("deployer:\(machines["deployer"]!)", to: net.host(host).dir.appendingPathComponent("credentials/registry-deployer").path)
-        }
-        // The schedulers' files: each host its own copy of the same content.
-        let secretsKey = try LocalSecretsKey.ensure(credentialsDir: credentials)
-        for host in schedulerHosts {
-            let dir = net.host(host).dir.appendingPathComponent("credentials")
-            try CredentialFile.write(adminToken, to: dir.appendingPathComponent("admin-token").path)
-            try CredentialFile.write(eventsToken, to: dir.appendingPathComponent("registry-events-token").path)
-            try CredentialFile.write(signingKey.privateKeyPEM, to: dir.appendingPathComponent("registry-signing-key.pem").path)
-            try CredentialFile.write(try String(contentsOfFile: secretsKey, encoding: .utf8), to: dir.appendingPathComponent(LocalSecretsKey.fileName).path)
-        }
-        return NetnsFarm(net: net, kiln: kiln, caFile: pki.ca, tlsClient: tlsClient, etcdCluster: cluster, etcdUsers: etcdUsers, registry: registry,
-                         git: git, mavenMirror: mavenMirror, podman: podman, cellServices: cellServices, cellProxies: cellProxies, cellCredential: cellCredential, adminToken: adminToken, machines: machines)
     }
 
     /// The build image of the test projects, in every builder's storage.
@@ -689,6 +673,16 @@ public final class NetnsFarm: Sendable {
         etcdCluster.stop()
         net.teardown()
         if let fd = storageLock.withLock({ l in defer { l = nil }; return l }) { close(fd) }
+    }
+}
+
+/// What `NetnsFarm.start` has started so far, to stop (latest first) when a later step fails.
+final class StartedProcesses {
+    private var stops: [() -> Void] = []
+    func add(_ stop: @escaping () -> Void) { stops.append(stop) }
+    func stopAll() {
+        for stop in stops.reversed() { stop() }
+        stops = []
     }
 }
 

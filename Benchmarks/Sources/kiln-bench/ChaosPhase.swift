@@ -49,19 +49,9 @@ enum ChaosPhase {
 
         // Every build is requested at once; the queue drains while agents die.
         let ids = Locked<[String]>([])
-        let next = Locked(0)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<s.clients {
-                group.addTask {
-                    while true {
-                        let i = next.add(1)
-                        if i >= s.builds { return }
-                        let (b, _) = try await farm.api.requestBuild(projects[i % projects.count])
-                        ids.withLock { $0.append(b.id) }
-                    }
-                }
-            }
-            try await group.waitForAll()
+        try await inParallel(count: s.builds, workers: s.clients) { i in
+            let (b, _) = try await farm.api.requestBuild(projects[i % projects.count])
+            ids.withLock { $0.append(b.id) }
         }
         let requested = Set(ids.withLock { $0 })
         let start = ContinuousClock.now

@@ -455,22 +455,9 @@ final class SingleHostFarm: Sendable {
         return farm
     }
 
-    /// The builders' storage is `<data>/podman` (Infrastructure.start): the same steps as
-    /// `PodmanService.ensureBusyboxImage`, run with that storage's environment.
+    /// The busybox build image in the builders' storage, `<data>/podman` (Infrastructure.start).
     func ensureBusyboxImage() throws {
-        let env = PodmanService.environment(root: data.appendingPathComponent("podman"))
-        if try ManagedProcess.run("podman", ["image", "exists", Target.buildImage], environment: env).status == 0 { return }
-        func buildah(_ arguments: [String]) throws -> String {
-            let r = try ManagedProcess.run("buildah", arguments, environment: env)
-            guard r.status == 0 else { throw FarmError("buildah \(arguments.joined(separator: " ")) failed (\(r.status)): \(r.output)") }
-            return r.output.trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-        let container = try buildah(["from", "scratch"]).split(separator: "\n").last.map(String.init) ?? ""
-        defer { _ = try? buildah(["rm", container]) }
-        _ = try buildah(["copy", container, "/bin/busybox", "/bin/busybox"])
-        _ = try buildah(["run", container, "/bin/busybox", "--install", "-s", "/bin"])
-        _ = try buildah(["config", "--cmd", "/bin/sh", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", container])
-        _ = try buildah(["commit", "--quiet", container, Target.buildImage])
+        try PodmanService.ensureBusyboxImage(Target.buildImage, root: data.appendingPathComponent("podman"))
     }
 
     /// Publishes `files` as `main` of `<data>/git/<name>.git`, which kiln up's git server serves.

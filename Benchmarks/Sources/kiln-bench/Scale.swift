@@ -279,19 +279,7 @@ extension KilnBench {
 
         /// Runs `body` for each of `items`, `concurrency` at once.
         func forEach(_ items: [String], concurrency: Int, _ body: @escaping @Sendable (String) async throws -> Void) async throws {
-            let next = Locked(0)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 0..<concurrency {
-                    group.addTask {
-                        while true {
-                            let i = next.add(1)
-                            if i >= items.count { return }
-                            try await body(items[i])
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
+            try await inParallel(count: items.count, workers: concurrency) { try await body(items[$0]) }
         }
 
         // MARK: idle
@@ -411,26 +399,16 @@ extension KilnBench {
         /// Requests `count` builds at `rate` a second from `clients` tasks.
         func request(_ farm: BenchFarm, projects: [String], first: Int, count: Int, rate: Double, accepted: Locked<[(String, Date)]>,
                      failures: Locked<[String]>, requested: Locked<Int>) async throws {
-            let next = Locked(0)
             let start = ContinuousClock.now
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 0..<clients {
-                    group.addTask {
-                        while true {
-                            let i = next.add(1)
-                            if i >= count { return }
-                            try await Task.sleep(until: start + .seconds(Double(i) / rate))
-                            do {
-                                let (build, at) = try await farm.api.requestBuild(projects[(first + i) % projects.count], trigger: "scale")
-                                accepted.withLock { $0.append((build.id, at)) }
-                            } catch {
-                                failures.withLock { $0.append("\(error)") }
-                            }
-                            requested.add(1)
-                        }
-                    }
+            try await inParallel(count: count, workers: clients) { i in
+                try await Task.sleep(until: start + .seconds(Double(i) / rate))
+                do {
+                    let (build, at) = try await farm.api.requestBuild(projects[(first + i) % projects.count], trigger: "scale")
+                    accepted.withLock { $0.append((build.id, at)) }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
                 }
-                try await group.waitForAll()
+                requested.add(1)
             }
         }
 

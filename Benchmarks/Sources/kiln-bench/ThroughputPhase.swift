@@ -118,23 +118,13 @@ enum ThroughputPhase {
     /// Requests `count` builds through the API from `clients` concurrent clients, round-robin
     /// over `projects`.
     static func enqueue(_ farm: BenchFarm, _ projects: [String], count: Int, clients: Int, enqueued: Locked<Int>, failed: Locked<[String]>) async throws {
-        let next = Locked(0)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<clients {
-                group.addTask {
-                    while true {
-                        let i = next.add(1)
-                        if i >= count { return }
-                        do {
-                            _ = try await farm.api.requestBuild(projects[i % projects.count])
-                            enqueued.add(1)
-                        } catch {
-                            failed.withLock { $0.append("\(error)") }
-                        }
-                    }
-                }
+        try await inParallel(count: count, workers: clients) { i in
+            do {
+                _ = try await farm.api.requestBuild(projects[i % projects.count])
+                enqueued.add(1)
+            } catch {
+                failed.withLock { $0.append("\(error)") }
             }
-            try await group.waitForAll()
         }
     }
 
